@@ -1,0 +1,127 @@
+"""The Limiter: the C core plus blocking and asyncio conveniences."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import _core
+from ._core import Decision
+from ._rates import Rate, normalize_rates
+
+__all__ = ["Decision", "Limiter", "RateLimitExceeded"]
+
+ALGORITHMS = ("token_bucket", "fixed_window", "sliding_window")
+
+
+class RateLimitExceeded(Exception):
+    """Raised by ``acquire`` when a hit is not allowed within its timeout."""
+
+    def __init__(self, decision: Decision, message: str | None = None) -> None:
+        self.decision = decision
+        self.retry_after = decision.retry_after
+        super().__init__(
+            message
+            or f"rate limit exceeded (limit {decision.limit}); retry after "
+            f"{decision.retry_after:.3f}s"
+        )
+
+
+class Limiter(_core.Limiter):
+    """Rate limiter keyed by client.
+
+    ``hit``, ``peek`` and ``reset`` are C methods; this class adds the
+    blocking ``acquire`` and the asyncio twins.
+    """
+
+    __slots__ = ("_rates",)
+
+    def __init__(
+        self,
+        rates: str | Rate | list[str | Rate],
+        *,
+        algorithm: str = "token_bucket",
+        burst: int | list[int | None] | None = None,
+        storage: Any = None,
+        max_keys: int = 1_000_000,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        parsed = normalize_rates(rates)
+        if not isinstance(algorithm, str):
+            raise TypeError(f"algorithm must be a str, not {type(algorithm).__name__}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"unknown algorithm {algorithm!r} (use 'token_bucket', "
+                "'fixed_window' or 'sliding_window')"
+            )
+        if burst is not None and algorithm != "token_bucket":
+            raise ValueError("burst applies to algorithm='token_bucket' only")
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
+            raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
+        if storage is not None:
+            raise TypeError(
+                f"unsupported storage {storage!r}: use None for the in-process "
+                "table"
+            )
+        super().__init__(parsed, algorithm, burst, max_keys, clock)
+        self._rates = tuple(parsed)
+
+    @property
+    def rates(self) -> tuple[Rate, ...]:
+        return self._rates
+
+    def __repr__(self) -> str:
+        rates = ";".join(str(r) for r in self._rates)
+        return f"Limiter({rates!r}, algorithm={self.algorithm!r})"
+
+    # -- blocking --------------------------------------------------------------
+
+    def acquire(self, key: str | bytes, cost: int = 1, timeout: float | None = None) -> Decision:
+        """Hit, waiting while denied. With a ``timeout`` (seconds), raises
+        RateLimitExceeded as soon as the wait would exceed it."""
+        deadline = _deadline(timeout)
+        while True:
+            d = self.hit(key, cost)
+            if d.allowed:
+                return d
+            wait = d.retry_after
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise RateLimitExceeded(d)
+            time.sleep(wait)
+
+    # -- asyncio ---------------------------------------------------------------
+
+    async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
+        return self.hit(key, cost)
+
+    async def apeek(self, key: str | bytes, cost: int = 1) -> Decision:
+        return self.peek(key, cost)
+
+    async def areset(self, key: str | bytes | None = None) -> None:
+        self.reset(key)
+
+    async def aacquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
+        """Like ``acquire``, sleeping with asyncio (never blocks the loop)."""
+        deadline = _deadline(timeout)
+        while True:
+            d = self.hit(key, cost)
+            if d.allowed:
+                return d
+            wait = d.retry_after
+            if deadline is not None and time.monotonic() + wait > deadline:
+                raise RateLimitExceeded(d)
+            await asyncio.sleep(wait)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if timeout != timeout or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
+    return time.monotonic() + timeout

@@ -1,0 +1,45 @@
+"""Builds the stanchion._core extension.
+
+STANCHION_DEBUG=1     -O0 -g3, assertions on
+STANCHION_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer
+"""
+
+import os
+import sys
+from glob import glob
+
+from setuptools import Extension, setup
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+extra_compile_args = []
+extra_link_args = []
+undef_macros = []
+
+if sys.platform != "win32":
+    extra_compile_args = ["-std=c11", "-Wall", "-Wextra", "-Werror"]
+    if _flag("STANCHION_DEBUG"):
+        extra_compile_args += ["-O0", "-g3"]
+        undef_macros = ["NDEBUG"]
+    else:
+        extra_compile_args += ["-O3"]
+    if _flag("STANCHION_SANITIZE"):
+        san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+        extra_compile_args += san + ["-fno-sanitize-recover=undefined"]
+        extra_link_args += san
+
+setup(
+    ext_modules=[
+        Extension(
+            "stanchion._core",
+            sources=sorted(glob("src/*.c")),
+            include_dirs=["src"],
+            extra_compile_args=extra_compile_args,
+            extra_link_args=extra_link_args,
+            undef_macros=undef_macros,
+        )
+    ],
+)

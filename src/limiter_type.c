@@ -1,0 +1,994 @@
+/* Python bindings for the limiter engine: _core.Limiter and _core.Decision.
+ *
+ * Python equivalent (the behaviour, not the speed):
+ *
+ *     class Decision:
+ *         allowed: bool; limit: int; remaining: int
+ *         reset_after: float; retry_after: float        # seconds
+ *         reset_after_ns: int; retry_after_ns: int
+ *         def __bool__(self): return self.allowed
+ *
+ *     class Limiter:
+ *         def __init__(self, rates, algorithm="token_bucket", burst=None,
+ *                      max_keys=1_000_000, clock=None): ...
+ *         def hit(self, key, /, cost=1) -> Decision: ...
+ *         def peek(self, key, /, cost=1) -> Decision: ...
+ *         def reset(self, key=None) -> None: ...
+ *         def stats(self) -> dict: ...
+ */
+#include <math.h>
+#include <stdint.h>
+
+#include "clock.h"
+#include "keytable.h"
+#include "limit.h"
+#include "module.h"
+#include "rate.h"
+
+/* Key kinds in the table, so "a" and b"a" are different clients. */
+#define KEY_STR 1
+#define KEY_BYTES 2
+
+/* Entries sampled when a full table must evict a live key. */
+#define EVICT_SAMPLES 8
+
+/* =========================================================================
+ * Decision
+ * ========================================================================= */
+
+typedef struct {
+	PyObject_HEAD
+	int allowed;
+	int64_t limit;
+	int64_t remaining;
+	int64_t reset_after_ns;
+	int64_t retry_after_ns;
+} DecisionObject;
+
+static PyObject *decision_make(st_state *st, const st_decision *d)
+{
+	DecisionObject *o = PyObject_New(DecisionObject, st->decision_type);
+	if (o == NULL)
+		return NULL;
+	o->allowed = d->allowed;
+	o->limit = d->limit;
+	o->remaining = d->remaining;
+	o->reset_after_ns = d->reset_after_ns;
+	o->retry_after_ns = d->retry_after_ns;
+	return (PyObject *)o;
+}
+
+/* Seconds (a finite, non-negative number) to integer nanoseconds. */
+static int seconds_to_ns(PyObject *v, const char *what, int64_t *out)
+{
+	double s = PyFloat_AsDouble(v);
+	if (s == -1.0 && PyErr_Occurred())
+		return -1;
+	if (!isfinite(s) || s < 0.0 || s * 1e9 >= (double)ST_MAX_CLOCK_NS) {
+		PyErr_Format(PyExc_ValueError,
+			     "%s must be a finite number of seconds >= 0, "
+			     "got %R",
+			     what, v);
+		return -1;
+	}
+	*out = (int64_t)llround(s * 1e9);
+	return 0;
+}
+
+static PyObject *decision_new(PyTypeObject *type, PyObject *args,
+			      PyObject *kwds)
+{
+	static char *kwlist[] = {"allowed",	"limit",       "remaining",
+				 "reset_after", "retry_after", NULL};
+	int allowed;
+	long long limit, remaining;
+	PyObject *reset = NULL, *retry = NULL;
+	int64_t reset_ns = 0, retry_ns = 0;
+	DecisionObject *o;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "pLL|OO:Decision", kwlist,
+					 &allowed, &limit, &remaining, &reset,
+					 &retry))
+		return NULL;
+	if (limit < 0 || remaining < 0) {
+		PyErr_SetString(PyExc_ValueError,
+				"limit and remaining must be >= 0");
+		return NULL;
+	}
+	if (reset && seconds_to_ns(reset, "reset_after", &reset_ns) < 0)
+		return NULL;
+	if (retry && seconds_to_ns(retry, "retry_after", &retry_ns) < 0)
+		return NULL;
+	o = (DecisionObject *)type->tp_alloc(type, 0);
+	if (o == NULL)
+		return NULL;
+	o->allowed = allowed;
+	o->limit = limit;
+	o->remaining = remaining;
+	o->reset_after_ns = reset_ns;
+	o->retry_after_ns = retry_ns;
+	return (PyObject *)o;
+}
+
+static void decision_dealloc(DecisionObject *self)
+{
+	PyTypeObject *tp = Py_TYPE(self);
+	tp->tp_free(self);
+	Py_DECREF(tp);
+}
+
+static int decision_bool(DecisionObject *self) { return self->allowed; }
+
+static PyObject *decision_repr(DecisionObject *self)
+{
+	char reset[32], retry[32];
+	PyOS_snprintf(reset, sizeof(reset), "%.9g",
+		      (double)self->reset_after_ns / 1e9);
+	PyOS_snprintf(retry, sizeof(retry), "%.9g",
+		      (double)self->retry_after_ns / 1e9);
+	return PyUnicode_FromFormat(
+	    "Decision(allowed=%s, limit=%lld, remaining=%lld, "
+	    "reset_after=%s, retry_after=%s)",
+	    self->allowed ? "True" : "False", (long long)self->limit,
+	    (long long)self->remaining, reset, retry);
+}
+
+static PyObject *decision_richcompare(PyObject *a, PyObject *b, int op)
+{
+	DecisionObject *x = (DecisionObject *)a, *y = (DecisionObject *)b;
+	int eq;
+	if (!PyObject_TypeCheck(b, Py_TYPE(a)) || (op != Py_EQ && op != Py_NE))
+		Py_RETURN_NOTIMPLEMENTED;
+	eq = x->allowed == y->allowed && x->limit == y->limit &&
+	     x->remaining == y->remaining &&
+	     x->reset_after_ns == y->reset_after_ns &&
+	     x->retry_after_ns == y->retry_after_ns;
+	return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+static PyObject *decision_allowed(DecisionObject *self, void *c)
+{
+	(void)c;
+	return PyBool_FromLong(self->allowed);
+}
+
+static PyObject *decision_limit(DecisionObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLongLong(self->limit);
+}
+
+static PyObject *decision_remaining(DecisionObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLongLong(self->remaining);
+}
+
+static PyObject *decision_reset_after(DecisionObject *self, void *c)
+{
+	(void)c;
+	return PyFloat_FromDouble((double)self->reset_after_ns / 1e9);
+}
+
+static PyObject *decision_retry_after(DecisionObject *self, void *c)
+{
+	(void)c;
+	return PyFloat_FromDouble((double)self->retry_after_ns / 1e9);
+}
+
+static PyObject *decision_reset_after_ns(DecisionObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLongLong(self->reset_after_ns);
+}
+
+static PyObject *decision_retry_after_ns(DecisionObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLongLong(self->retry_after_ns);
+}
+
+static PyGetSetDef decision_getset[] = {
+    {"allowed", (getter)decision_allowed, NULL,
+     "True when the hit was allowed (and, for hit, consumed).", NULL},
+    {"limit", (getter)decision_limit, NULL,
+     "Capacity of the binding rate: its burst or N per window.", NULL},
+    {"remaining", (getter)decision_remaining, NULL,
+     "Hits of cost 1 the binding rate still allows right now.", NULL},
+    {"reset_after", (getter)decision_reset_after, NULL,
+     "Seconds until the binding rate is back to full capacity.", NULL},
+    {"retry_after", (getter)decision_retry_after, NULL,
+     "Seconds until the same hit would be allowed; 0.0 when allowed.",
+     NULL},
+    {"reset_after_ns", (getter)decision_reset_after_ns, NULL,
+     "reset_after in integer nanoseconds.", NULL},
+    {"retry_after_ns", (getter)decision_retry_after_ns, NULL,
+     "retry_after in integer nanoseconds.", NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(decision_doc,
+	     "Decision(allowed, limit, remaining, reset_after=0.0, "
+	     "retry_after=0.0)\n--\n\n"
+	     "The answer to a hit or a peek. It is true when allowed. When a "
+	     "limiter has\nseveral rates, the fields describe the most "
+	     "restrictive one.");
+
+static PyType_Slot decision_slots[] = {
+    {Py_tp_doc, (void *)decision_doc},
+    {Py_tp_new, decision_new},
+    {Py_tp_dealloc, decision_dealloc},
+    {Py_tp_repr, decision_repr},
+    {Py_tp_richcompare, decision_richcompare},
+    {Py_tp_getset, decision_getset},
+    {Py_nb_bool, decision_bool},
+    {0, NULL},
+};
+
+static PyType_Spec decision_spec = {
+    .name = "stanchion._core.Decision",
+    .basicsize = sizeof(DecisionObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = decision_slots,
+};
+
+/* =========================================================================
+ * Limiter
+ * ========================================================================= */
+
+typedef struct {
+	PyObject_HEAD
+	st_state *st;		   /* module state: the Decision type */
+	PyObject *clock;	   /* NULL = the C monotonic clock */
+	int64_t last_now;	   /* time never runs backwards in here */
+	int64_t max_cost;	   /* the largest cost any hit may ask */
+	st_policy policy;	   /* algorithm and compiled rates */
+	kt_table table;		   /* key -> state */
+	size_t inserts_since_sweep; /* when to look for full keys again */
+	uint64_t evicted;	   /* live keys dropped to make room */
+	uint64_t expired;	   /* full keys dropped (nothing lost) */
+	int ready;		   /* __init__ succeeded */
+} LimiterObject;
+
+static PyObject *limiter_new(PyTypeObject *type, PyObject *args,
+			     PyObject *kwds)
+{
+	LimiterObject *self;
+	st_state *st = st_state_from_type(type);
+
+	(void)args;
+	(void)kwds;
+	if (st == NULL)
+		return NULL;
+	self = (LimiterObject *)type->tp_alloc(type, 0);
+	if (self == NULL)
+		return NULL;
+	self->st = st;
+	st_policy_init(&self->policy, ST_TOKEN_BUCKET);
+	kt_init(&self->table, 1, 1, 0);
+	return (PyObject *)self;
+}
+
+static int limiter_traverse(LimiterObject *self, visitproc visit, void *arg)
+{
+	Py_VISIT(self->clock);
+	Py_VISIT(Py_TYPE(self));
+	return 0;
+}
+
+static int limiter_clear(LimiterObject *self)
+{
+	Py_CLEAR(self->clock);
+	return 0;
+}
+
+static void limiter_dealloc(LimiterObject *self)
+{
+	PyTypeObject *tp = Py_TYPE(self);
+	PyObject_GC_UnTrack(self);
+	limiter_clear(self);
+	kt_free(&self->table);
+	tp->tp_free(self);
+	Py_DECREF(tp);
+}
+
+/* ---- construction ------------------------------------------------------- */
+
+/* Appends the rates of one argument item (a rate string, or a pair
+ * (N, period_seconds) such as stanchion.Rate) to `rates`. */
+static int collect_rates(PyObject *item, st_rate *rates, int *n)
+{
+	char err[200];
+
+	if (PyUnicode_Check(item)) {
+		Py_ssize_t len;
+		const char *s = PyUnicode_AsUTF8AndSize(item, &len);
+		int got;
+		if (s == NULL)
+			return -1;
+		got = rate_parse(s, (size_t)len, rates + *n,
+				 (size_t)(ST_MAX_RATES - *n), err,
+				 sizeof(err));
+		if (got < 0) {
+			PyErr_SetString(PyExc_ValueError, err);
+			return -1;
+		}
+		*n += got;
+		return 0;
+	}
+	if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2) {
+		PyObject *a = PyTuple_GET_ITEM(item, 0);
+		PyObject *p = PyTuple_GET_ITEM(item, 1);
+		double amount, period;
+		if (*n >= ST_MAX_RATES) {
+			PyErr_Format(PyExc_ValueError,
+				     "at most %d rates per limiter",
+				     ST_MAX_RATES);
+			return -1;
+		}
+		if (!PyNumber_Check(a) || !PyNumber_Check(p) ||
+		    PyBool_Check(a) || PyBool_Check(p)) {
+			PyErr_Format(PyExc_TypeError,
+				     "a rate pair must be (N, period_seconds) "
+				     "numbers, got %R",
+				     item);
+			return -1;
+		}
+		amount = PyFloat_AsDouble(a);
+		if (amount == -1.0 && PyErr_Occurred())
+			return -1;
+		period = PyFloat_AsDouble(p);
+		if (period == -1.0 && PyErr_Occurred())
+			return -1;
+		if (!isfinite(amount) || !(amount > 0.0)) {
+			PyErr_Format(PyExc_ValueError,
+				     "invalid rate %R: N must be a positive "
+				     "finite number",
+				     item);
+			return -1;
+		}
+		if (!isfinite(period) || !(period * 1e9 >= 1.0) ||
+		    period * 1e9 > (double)ST_MAX_SPAN_NS) {
+			PyErr_Format(PyExc_ValueError,
+				     "invalid rate %R: the period must be a "
+				     "finite number of seconds between 1e-9 "
+				     "and about 36 years",
+				     item);
+			return -1;
+		}
+		rates[*n].amount = amount;
+		rates[*n].period_ns = (int64_t)llround(period * 1e9);
+		(*n)++;
+		return 0;
+	}
+	PyErr_Format(PyExc_TypeError,
+		     "rates must be a rate string such as '10/second', or a "
+		     "list of such strings or (N, period_seconds) pairs, not "
+		     "%.100s",
+		     Py_TYPE(item)->tp_name);
+	return -1;
+}
+
+/* A (N, period_seconds) pair such as stanchion.Rate. */
+static int is_rate_pair(PyObject *o)
+{
+	PyObject *a;
+	if (!PyTuple_Check(o) || PyTuple_GET_SIZE(o) != 2)
+		return 0;
+	a = PyTuple_GET_ITEM(o, 0);
+	return PyLong_Check(a) || PyFloat_Check(a);
+}
+
+/* burst: None, an int >= 1 (one rate), or one int-or-None per rate. */
+static int parse_burst(PyObject *burst, int nrates, int64_t *out)
+{
+	for (int i = 0; i < nrates; i++)
+		out[i] = 0;
+	if (burst == Py_None)
+		return 0;
+	if (PyLong_Check(burst) && !PyBool_Check(burst)) {
+		long long b = PyLong_AsLongLong(burst);
+		if (b == -1 && PyErr_Occurred())
+			return -1;
+		if (b < 1) {
+			PyErr_Format(PyExc_ValueError,
+				     "burst must be >= 1, got %lld", b);
+			return -1;
+		}
+		if (nrates != 1) {
+			PyErr_SetString(PyExc_ValueError,
+					"with several rates, burst must be a "
+					"list with one entry (int or None) per "
+					"rate");
+			return -1;
+		}
+		out[0] = b;
+		return 0;
+	}
+	if (PyList_Check(burst) || PyTuple_Check(burst)) {
+		PyObject *seq = PySequence_Fast(burst, "burst");
+		int rc = 0;
+		if (seq == NULL)
+			return -1;
+		if (PySequence_Fast_GET_SIZE(seq) != nrates) {
+			PyErr_Format(PyExc_ValueError,
+				     "burst has %zd entries for %d rates",
+				     PySequence_Fast_GET_SIZE(seq), nrates);
+			rc = -1;
+		}
+		for (int i = 0; rc == 0 && i < nrates; i++) {
+			PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
+			if (b == Py_None)
+				continue;
+			if (!PyLong_Check(b) || PyBool_Check(b)) {
+				PyErr_Format(PyExc_TypeError,
+					     "burst entries must be int or "
+					     "None, not %.100s",
+					     Py_TYPE(b)->tp_name);
+				rc = -1;
+				break;
+			}
+			out[i] = PyLong_AsLongLong(b);
+			if (out[i] == -1 && PyErr_Occurred()) {
+				rc = -1;
+			} else if (out[i] < 1) {
+				PyErr_Format(PyExc_ValueError,
+					     "burst must be >= 1, got %lld",
+					     (long long)out[i]);
+				rc = -1;
+			}
+		}
+		Py_DECREF(seq);
+		return rc;
+	}
+	PyErr_Format(PyExc_TypeError,
+		     "burst must be None, an int or a list, not %.100s",
+		     Py_TYPE(burst)->tp_name);
+	return -1;
+}
+
+static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"rates",    "algorithm", "burst",
+				 "max_keys", "clock",	  NULL};
+	PyObject *rates_arg, *burst = Py_None, *clock = Py_None;
+	const char *algorithm = "token_bucket";
+	long long max_keys = 1000000;
+	st_rate rates[ST_MAX_RATES];
+	int64_t bursts[ST_MAX_RATES];
+	int nrates = 0;
+	st_policy policy;
+	st_algorithm alg;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|sOLO:Limiter", kwlist,
+					 &rates_arg, &algorithm, &burst,
+					 &max_keys, &clock))
+		return -1;
+	if (strcmp(algorithm, "token_bucket") == 0) {
+		alg = ST_TOKEN_BUCKET;
+	} else if (strcmp(algorithm, "fixed_window") == 0) {
+		alg = ST_FIXED_WINDOW;
+	} else if (strcmp(algorithm, "sliding_window") == 0) {
+		alg = ST_SLIDING_WINDOW;
+	} else {
+		PyErr_Format(PyExc_ValueError,
+			     "unknown algorithm '%s' (use 'token_bucket', "
+			     "'fixed_window' or 'sliding_window')",
+			     algorithm);
+		return -1;
+	}
+	if (PyUnicode_Check(rates_arg) || is_rate_pair(rates_arg)) {
+		if (collect_rates(rates_arg, rates, &nrates) < 0)
+			return -1;
+	} else if (PyList_Check(rates_arg) || PyTuple_Check(rates_arg)) {
+		Py_ssize_t n = PySequence_Fast_GET_SIZE(rates_arg);
+		if (n == 0) {
+			PyErr_SetString(PyExc_ValueError,
+					"a limiter needs at least one rate");
+			return -1;
+		}
+		for (Py_ssize_t i = 0; i < n; i++) {
+			if (collect_rates(PySequence_Fast_GET_ITEM(rates_arg, i),
+					  rates, &nrates) < 0)
+				return -1;
+		}
+	} else {
+		PyErr_Format(PyExc_TypeError,
+			     "rates must be a rate string such as "
+			     "'10/second', or a list of such strings or "
+			     "(N, period_seconds) pairs, not %.100s",
+			     Py_TYPE(rates_arg)->tp_name);
+		return -1;
+	}
+	if (parse_burst(burst, nrates, bursts) < 0)
+		return -1;
+	if (max_keys < 1 || max_keys > INT32_MAX) {
+		PyErr_Format(PyExc_ValueError,
+			     "max_keys must be between 1 and %d, got %lld",
+			     INT32_MAX, max_keys);
+		return -1;
+	}
+	if (clock != Py_None && !PyCallable_Check(clock)) {
+		PyErr_Format(PyExc_TypeError,
+			     "clock must be a callable returning seconds, or "
+			     "None, not %.100s",
+			     Py_TYPE(clock)->tp_name);
+		return -1;
+	}
+	st_policy_init(&policy, alg);
+	for (int i = 0; i < nrates; i++) {
+		const char *why;
+		if (st_policy_add(&policy, rates[i].amount, rates[i].period_ns,
+				  bursts[i], &why) < 0) {
+			char buf[96];
+			PyOS_snprintf(buf, sizeof(buf), "%g per %.9g seconds",
+				      rates[i].amount,
+				      (double)rates[i].period_ns / 1e9);
+			PyErr_Format(PyExc_ValueError, "rate %d (%s): %s",
+				     i + 1, buf, why);
+			return -1;
+		}
+	}
+
+	/* Everything is valid: only now replace the state. */
+	kt_free(&self->table);
+	kt_init(&self->table, (size_t)st_policy_words(&policy),
+		(size_t)max_keys, (uint64_t)(uintptr_t)self ^ st_monotonic_ns());
+	self->policy = policy;
+	self->max_cost = st_policy_max_cost(&policy);
+	self->last_now = INT64_MIN;
+	self->evicted = self->expired = 0;
+	self->inserts_since_sweep = 0;
+	Py_XSETREF(self->clock, clock == Py_None ? NULL : Py_NewRef(clock));
+	self->ready = 1;
+	return 0;
+}
+
+/* ---- the hot path -------------------------------------------------------
+ */
+
+/* Reads the key's bytes and hash without running Python code: str
+ * subclasses are hashed as str (their __hash__ is not called). */
+ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
+			  uint8_t *tag, Py_hash_t *hash)
+{
+	if (ST_LIKELY(PyUnicode_Check(key))) {
+		*hash = PyUnicode_Type.tp_hash(key);
+		*buf = PyUnicode_AsUTF8AndSize(key, len);
+		*tag = KEY_STR;
+		return *buf == NULL || *hash == -1 ? -1 : 0;
+	}
+	if (PyBytes_Check(key)) {
+		*hash = PyBytes_Type.tp_hash(key);
+		*buf = PyBytes_AS_STRING(key);
+		*len = PyBytes_GET_SIZE(key);
+		*tag = KEY_BYTES;
+		return *hash == -1 ? -1 : 0;
+	}
+	PyErr_Format(PyExc_TypeError, "key must be str or bytes, not %.100s",
+		     Py_TYPE(key)->tp_name);
+	return -1;
+}
+
+/* The current time in ns. Calls the injected clock, if any, before the
+ * caller touches the table, so Python code never runs mid-update. */
+static int limiter_now(LimiterObject *self, int64_t *now)
+{
+	PyObject *r;
+	double s;
+	int64_t ns;
+
+	if (ST_LIKELY(self->clock == NULL)) {
+		*now = st_monotonic_ns();
+		return 0;
+	}
+	r = PyObject_CallNoArgs(self->clock);
+	if (r == NULL)
+		return -1;
+	if (!(PyFloat_Check(r) || PyLong_Check(r)) || PyBool_Check(r)) {
+		PyErr_Format(PyExc_TypeError,
+			     "clock must return a number of seconds, not "
+			     "%.100s",
+			     Py_TYPE(r)->tp_name);
+		Py_DECREF(r);
+		return -1;
+	}
+	s = PyFloat_AsDouble(r);
+	Py_DECREF(r);
+	if (s == -1.0 && PyErr_Occurred())
+		return -1;
+	if (!isfinite(s) || fabs(s) * 1e9 >= (double)ST_MAX_CLOCK_NS) {
+		char buf[64];
+		PyOS_snprintf(buf, sizeof(buf), "%g", s);
+		PyErr_Format(PyExc_ValueError,
+			     "clock returned %s seconds: it must be finite "
+			     "and within +-%lld seconds",
+			     buf, (long long)(ST_MAX_CLOCK_NS / ST_NS_PER_SEC));
+		return -1;
+	}
+	ns = (int64_t)llround(s * 1e9);
+	if (ns < self->last_now) {
+		char buf[96];
+		PyOS_snprintf(buf, sizeof(buf), "from %.9f to %.9f seconds",
+			      (double)self->last_now / 1e9, s);
+		PyErr_Format(PyExc_ValueError,
+			     "clock went backwards (%s); a limiter's clock "
+			     "must be monotonic",
+			     buf);
+		return -1;
+	}
+	*now = ns;
+	return 0;
+}
+
+/* Parses (key, /, cost=1). */
+static int limiter_args(LimiterObject *self, PyObject *const *args,
+			Py_ssize_t nargs, PyObject *kwnames, const char *fname,
+			int64_t *cost)
+{
+	PyObject *c = NULL;
+	Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+
+	if (ST_UNLIKELY(!self->ready)) {
+		PyErr_SetString(PyExc_RuntimeError,
+				"Limiter.__init__ was not called");
+		return -1;
+	}
+	if (ST_UNLIKELY(nargs < 1 || nargs > 2)) {
+		PyErr_Format(PyExc_TypeError,
+			     "%s() takes from 1 to 2 positional arguments but "
+			     "%zd were given",
+			     fname, nargs);
+		return -1;
+	}
+	if (nargs == 2)
+		c = args[1];
+	for (Py_ssize_t i = 0; i < nkw; i++) {
+		PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+		if (st_kw_is(name, self->st->str_cost) && c == NULL) {
+			c = args[nargs + i];
+		} else if (st_kw_is(name, self->st->str_cost)) {
+			PyErr_Format(PyExc_TypeError,
+				     "%s() got multiple values for argument "
+				     "'cost'",
+				     fname);
+			return -1;
+		} else {
+			PyErr_Format(PyExc_TypeError,
+				     "%s() got an unexpected keyword argument "
+				     "'%U'",
+				     fname, name);
+			return -1;
+		}
+	}
+	if (ST_LIKELY(c == NULL)) {
+		*cost = 1;
+		return 0;
+	}
+	if (!PyLong_Check(c) || PyBool_Check(c)) {
+		PyErr_Format(PyExc_TypeError, "cost must be an int, not %.100s",
+			     Py_TYPE(c)->tp_name);
+		return -1;
+	}
+	*cost = PyLong_AsLongLong(c);
+	if (*cost == -1 && PyErr_Occurred()) {
+		if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+			return -1;
+		PyErr_Clear();
+		*cost = INT64_MAX;
+	}
+	if (*cost < 1) {
+		PyErr_Format(PyExc_ValueError, "cost must be >= 1, got %R", c);
+		return -1;
+	}
+	if (*cost > self->max_cost) {
+		PyErr_Format(PyExc_ValueError,
+			     "cost %R can never be allowed: the smallest "
+			     "capacity of this limiter's rates is %lld",
+			     c, (long long)self->max_cost);
+		return -1;
+	}
+	return 0;
+}
+
+/* Makes room for one key in a full table: first drops keys that are back
+ * to full (nothing is lost), amortised over inserts; otherwise evicts the
+ * sampled key closest to full, so blocked clients stay blocked. */
+static void limiter_make_room(LimiterObject *self, int64_t now)
+{
+	kt_table *t = &self->table;
+	size_t best = 0;
+	int64_t best_full_in = INT64_MAX;
+
+	if (self->inserts_since_sweep >= t->count / 4 + 16) {
+		self->inserts_since_sweep = 0;
+		for (size_t i = t->count; i-- > 0;) {
+			if (st_policy_full_in(&self->policy,
+					      kt_at(t, i)->state, now) == 0) {
+				kt_remove_at(t, i);
+				self->expired++;
+			}
+		}
+		if (t->count < t->max)
+			return;
+	}
+	for (int k = 0; k < EVICT_SAMPLES; k++) {
+		size_t i = kt_random(t);
+		int64_t f = st_policy_full_in(&self->policy, kt_at(t, i)->state,
+					      now);
+		if (f < best_full_in) {
+			best_full_in = f;
+			best = i;
+			if (f == 0)
+				break;
+		}
+	}
+	kt_remove_at(t, best);
+	if (best_full_in == 0)
+		self->expired++;
+	else
+		self->evicted++;
+}
+
+static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
+				Py_ssize_t nargs, PyObject *kwnames,
+				int commit, const char *fname)
+{
+	const char *key;
+	Py_ssize_t len;
+	uint8_t tag;
+	Py_hash_t hash;
+	int64_t cost, now;
+	st_decision d;
+	kt_entry *e;
+
+	if (limiter_args(self, args, nargs, kwnames, fname, &cost) < 0)
+		return NULL;
+	if (limiter_key(args[0], &key, &len, &tag, &hash) < 0)
+		return NULL;
+	if (limiter_now(self, &now) < 0)
+		return NULL;
+	/* From here on no Python code runs until the table is consistent. */
+	if (now > self->last_now)
+		self->last_now = now;
+	else
+		now = self->last_now;
+	e = kt_find(&self->table, (uint64_t)hash, tag, key, (size_t)len);
+	if (ST_LIKELY(e != NULL)) {
+		st_policy_decide(&self->policy, e->state, now, cost, commit,
+				 &d);
+	} else {
+		/* An unknown key is full. Only an allowed, committed hit
+		 * stores it: peeks and denials never grow the table. */
+		int64_t fresh[ST_MAX_RATES * 3];
+		st_policy_fresh(&self->policy, fresh);
+		st_policy_decide(&self->policy, fresh, now, cost, commit, &d);
+		if (d.allowed && commit) {
+			if (self->table.count >= self->table.max)
+				limiter_make_room(self, now);
+			e = kt_insert(&self->table, (uint64_t)hash, tag, key,
+				      (size_t)len);
+			if (e == NULL)
+				return PyErr_NoMemory();
+			memcpy(e->state, fresh,
+			       sizeof(int64_t) *
+				   (size_t)st_policy_words(&self->policy));
+			self->inserts_since_sweep++;
+		}
+	}
+	return decision_make(self->st, &d);
+}
+
+static PyObject *limiter_hit(LimiterObject *self, PyObject *const *args,
+			     Py_ssize_t nargs, PyObject *kwnames)
+{
+	return limiter_decide(self, args, nargs, kwnames, 1, "hit");
+}
+
+static PyObject *limiter_peek(LimiterObject *self, PyObject *const *args,
+			      Py_ssize_t nargs, PyObject *kwnames)
+{
+	return limiter_decide(self, args, nargs, kwnames, 0, "peek");
+}
+
+static PyObject *limiter_reset(LimiterObject *self, PyObject *args,
+			       PyObject *kwds)
+{
+	static char *kwlist[] = {"key", NULL};
+	PyObject *key = Py_None;
+	const char *buf;
+	Py_ssize_t len;
+	uint8_t tag;
+	Py_hash_t hash;
+	kt_entry *e;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:reset", kwlist, &key))
+		return NULL;
+	if (key == Py_None) {
+		size_t words = self->table.words, max = self->table.max;
+		uint64_t rng = self->table.rng;
+		kt_free(&self->table);
+		kt_init(&self->table, words, max, rng);
+		Py_RETURN_NONE;
+	}
+	if (limiter_key(key, &buf, &len, &tag, &hash) < 0)
+		return NULL;
+	e = kt_find(&self->table, (uint64_t)hash, tag, buf, (size_t)len);
+	if (e != NULL)
+		kt_remove_at(&self->table,
+			     (size_t)((char *)e - self->table.entries) /
+				 self->table.stride);
+	Py_RETURN_NONE;
+}
+
+static PyObject *limiter_stats(LimiterObject *self, PyObject *unused)
+{
+	(void)unused;
+	return Py_BuildValue(
+	    "{s:n,s:n,s:K,s:K,s:n}", "keys", (Py_ssize_t)self->table.count,
+	    "max_keys", (Py_ssize_t)self->table.max, "evicted",
+	    (unsigned long long)self->evicted, "expired",
+	    (unsigned long long)self->expired, "memory_bytes",
+	    (Py_ssize_t)kt_memory(&self->table));
+}
+
+static PyObject *limiter_get_algorithm(LimiterObject *self, void *c)
+{
+	static const char *names[] = {"token_bucket", "fixed_window",
+				      "sliding_window"};
+	(void)c;
+	return PyUnicode_FromString(names[self->policy.algorithm]);
+}
+
+static PyObject *limiter_get_max_keys(LimiterObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromSize_t(self->table.max);
+}
+
+static PyObject *limiter_get_max_cost(LimiterObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLongLong(self->max_cost);
+}
+
+PyDoc_STRVAR(limiter_hit_doc,
+	     "hit($self, key, /, cost=1)\n--\n\n"
+	     "Consume `cost` from every rate for `key` (str or bytes) if all "
+	     "of them allow it;\notherwise consume nothing. Returns a "
+	     "Decision.");
+PyDoc_STRVAR(limiter_peek_doc,
+	     "peek($self, key, /, cost=1)\n--\n\n"
+	     "The Decision hit() would return now, consuming nothing.");
+PyDoc_STRVAR(limiter_reset_doc,
+	     "reset($self, /, key=None)\n--\n\n"
+	     "Forget one key (back to full), or every key when key is None.");
+PyDoc_STRVAR(limiter_stats_doc,
+	     "stats($self, /)\n--\n\n"
+	     "A dict: keys tracked, max_keys, evicted (live keys dropped to "
+	     "make room),\nexpired (full keys dropped, nothing lost) and "
+	     "memory_bytes.");
+
+static PyMethodDef limiter_methods[] = {
+    {"hit", (PyCFunction)(void (*)(void))limiter_hit,
+     METH_FASTCALL | METH_KEYWORDS, limiter_hit_doc},
+    {"peek", (PyCFunction)(void (*)(void))limiter_peek,
+     METH_FASTCALL | METH_KEYWORDS, limiter_peek_doc},
+    {"reset", (PyCFunction)(void (*)(void))limiter_reset,
+     METH_VARARGS | METH_KEYWORDS, limiter_reset_doc},
+    {"stats", (PyCFunction)limiter_stats, METH_NOARGS, limiter_stats_doc},
+    {NULL},
+};
+
+static PyGetSetDef limiter_getset[] = {
+    {"algorithm", (getter)limiter_get_algorithm, NULL,
+     "'token_bucket', 'fixed_window' or 'sliding_window'.", NULL},
+    {"max_keys", (getter)limiter_get_max_keys, NULL,
+     "The most keys tracked at once.", NULL},
+    {"max_cost", (getter)limiter_get_max_cost, NULL,
+     "The largest cost a hit can ever be allowed.", NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(limiter_doc,
+	     "Limiter(rates, algorithm='token_bucket', burst=None, "
+	     "max_keys=1000000, clock=None)\n--\n\n"
+	     "An in-process rate limiter keyed by client.");
+
+static PyType_Slot limiter_slots[] = {
+    {Py_tp_doc, (void *)limiter_doc},
+    {Py_tp_new, limiter_new},
+    {Py_tp_init, limiter_init},
+    {Py_tp_dealloc, limiter_dealloc},
+    {Py_tp_traverse, limiter_traverse},
+    {Py_tp_clear, limiter_clear},
+    {Py_tp_methods, limiter_methods},
+    {Py_tp_getset, limiter_getset},
+    {0, NULL},
+};
+
+static PyType_Spec limiter_spec = {
+    .name = "stanchion._core.Limiter",
+    .basicsize = sizeof(LimiterObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+	     Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = limiter_slots,
+};
+
+/* =========================================================================
+ * parse_rates
+ * ========================================================================= */
+
+PyDoc_STRVAR(parse_rates_doc,
+	     "parse_rates(text, /)\n--\n\n"
+	     "Parse '10/second;1000/day' into a list of (N, period_ns) "
+	     "tuples; N is an int\nwhen whole. Raises ValueError naming the "
+	     "bad part.");
+
+static PyObject *parse_rates(PyObject *module, PyObject *text)
+{
+	st_rate rates[ST_MAX_RATES];
+	char err[200];
+	const char *s;
+	Py_ssize_t len;
+	int n;
+	PyObject *list;
+
+	(void)module;
+	if (!PyUnicode_Check(text)) {
+		PyErr_Format(PyExc_TypeError,
+			     "rates must be a str such as '10/second', not "
+			     "%.100s",
+			     Py_TYPE(text)->tp_name);
+		return NULL;
+	}
+	s = PyUnicode_AsUTF8AndSize(text, &len);
+	if (s == NULL)
+		return NULL;
+	n = rate_parse(s, (size_t)len, rates, ST_MAX_RATES, err, sizeof(err));
+	if (n < 0) {
+		PyErr_SetString(PyExc_ValueError, err);
+		return NULL;
+	}
+	list = PyList_New(n);
+	if (list == NULL)
+		return NULL;
+	for (int i = 0; i < n; i++) {
+		double a = rates[i].amount;
+		PyObject *item;
+		if (a == floor(a) && a < 9007199254740992.0)
+			item = Py_BuildValue("(LL)", (long long)a,
+					     (long long)rates[i].period_ns);
+		else
+			item = Py_BuildValue("(dL)", a,
+					     (long long)rates[i].period_ns);
+		if (item == NULL) {
+			Py_DECREF(list);
+			return NULL;
+		}
+		PyList_SET_ITEM(list, i, item);
+	}
+	return list;
+}
+
+static PyMethodDef limiter_module_methods[] = {
+    {"parse_rates", parse_rates, METH_O, parse_rates_doc},
+    {NULL},
+};
+
+int st_limiter_exec(PyObject *module, st_state *st)
+{
+	st->decision_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+	    module, &decision_spec, NULL);
+	if (st->decision_type == NULL)
+		return -1;
+	if (PyModule_AddType(module, st->decision_type) < 0)
+		return -1;
+	st->limiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+	    module, &limiter_spec, NULL);
+	if (st->limiter_type == NULL)
+		return -1;
+	if (PyModule_AddType(module, st->limiter_type) < 0)
+		return -1;
+	return PyModule_AddFunctions(module, limiter_module_methods);
+}

@@ -1,0 +1,90 @@
+/* stanchion._core: module definition, state and multi-phase init. */
+#include "module.h"
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+	st_state *st = PyModule_GetState(module);
+	Py_VISIT(st->limiter_type);
+	Py_VISIT(st->decision_type);
+	Py_VISIT(st->cache_type);
+	Py_VISIT(st->str_cost);
+	Py_VISIT(st->str_default);
+	Py_VISIT(st->str_ttl);
+	return 0;
+}
+
+static int module_clear(PyObject *module)
+{
+	st_state *st = PyModule_GetState(module);
+	Py_CLEAR(st->limiter_type);
+	Py_CLEAR(st->decision_type);
+	Py_CLEAR(st->cache_type);
+	Py_CLEAR(st->str_cost);
+	Py_CLEAR(st->str_default);
+	Py_CLEAR(st->str_ttl);
+	return 0;
+}
+
+static void module_free(void *module) { module_clear((PyObject *)module); }
+
+st_state *st_state_from_type(PyTypeObject *type)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+	PyObject *module = PyType_GetModuleByDef(type, &st_module_def);
+	return module ? PyModule_GetState(module) : NULL;
+#else
+	/* 3.10: walk the bases to the first type created by this module. */
+	for (PyTypeObject *t = type; t != NULL; t = t->tp_base) {
+		if (PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE)) {
+			PyObject *module = PyType_GetModule(t);
+			if (module != NULL &&
+			    PyModule_GetDef(module) == &st_module_def)
+				return PyModule_GetState(module);
+			PyErr_Clear();
+		}
+	}
+	PyErr_Format(PyExc_TypeError, "%s is not a stanchion type",
+		     type->tp_name);
+	return NULL;
+#endif
+}
+
+static int module_exec(PyObject *module)
+{
+	st_state *st = PyModule_GetState(module);
+
+	st->str_cost = PyUnicode_InternFromString("cost");
+	st->str_default = PyUnicode_InternFromString("default");
+	st->str_ttl = PyUnicode_InternFromString("ttl");
+	if (!st->str_cost || !st->str_default || !st->str_ttl)
+		return -1;
+	if (st_limiter_exec(module, st) < 0)
+		return -1;
+	if (st_cache_exec(module, st) < 0)
+		return -1;
+	return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+#if PY_VERSION_HEX >= 0x030C0000
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+PyDoc_STRVAR(module_doc,
+	     "The C core of stanchion: rate limiters and an LRU/TTL cache.");
+
+PyModuleDef st_module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "stanchion._core",
+    .m_doc = module_doc,
+    .m_size = sizeof(st_state),
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&st_module_def); }

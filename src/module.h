@@ -1,0 +1,43 @@
+/* The stanchion._core module state and the hooks each binding file exports.
+ *
+ * Every type is a heap type created per module object (multi-phase init),
+ * so a module can be re-imported or loaded in a subinterpreter; code that
+ * runs with only an instance at hand reaches the state through the
+ * pointer the instance stored when it was created (the instance keeps
+ * its type, and so the module, alive).
+ */
+#ifndef ST_MODULE_H
+#define ST_MODULE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+typedef struct {
+	PyTypeObject *limiter_type;  /* _core.Limiter */
+	PyTypeObject *decision_type; /* _core.Decision */
+	PyTypeObject *cache_type;    /* _core.Cache */
+	PyObject *str_cost;	     /* interned keyword names */
+	PyObject *str_default;
+	PyObject *str_ttl;
+} st_state;
+
+extern PyModuleDef st_module_def;
+
+/* The module state for an instance of one of our types, or of a Python
+ * subclass of one. Returns NULL with an exception set if `type` is not. */
+st_state *st_state_from_type(PyTypeObject *type);
+
+/* Each binding file creates its types into the state and adds them to the
+ * module. They return 0, or -1 with an exception set. */
+int st_limiter_exec(PyObject *module, st_state *st);
+int st_cache_exec(PyObject *module, st_state *st);
+
+/* Matches a FASTCALL keyword name: by pointer against the interned name,
+ * then by value. */
+static inline int st_kw_is(PyObject *name, PyObject *interned)
+{
+	return name == interned ||
+	       PyUnicode_Compare(name, interned) == 0;
+}
+
+#endif /* ST_MODULE_H */
