@@ -14,6 +14,18 @@ from ._rates import Rate, normalize_rates
 __all__ = ["Decision", "Limiter", "RateLimitExceeded"]
 
 ALGORITHMS = ("token_bucket", "fixed_window", "sliding_window")
+ON_ERROR = ("allow", "deny", "raise")
+
+
+def _check_algorithm(algorithm: object) -> str:
+    if not isinstance(algorithm, str):
+        raise TypeError(f"algorithm must be a str, not {type(algorithm).__name__}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"unknown algorithm {algorithm!r} (use 'token_bucket', "
+            "'fixed_window' or 'sliding_window')"
+        )
+    return algorithm
 
 
 class RateLimitExceeded(Exception):
@@ -38,6 +50,36 @@ class Limiter(_core.Limiter):
 
     __slots__ = ("_rates",)
 
+    def __new__(
+        cls,
+        rates: str | Rate | list[str | Rate],
+        *,
+        algorithm: str = "token_bucket",
+        burst: int | list[int | None] | None = None,
+        storage: Any = None,
+        max_keys: int = 1_000_000,
+        clock: Callable[[], float] | None = None,
+        on_error: str = "allow",
+    ) -> Any:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if storage is None:
+            return super().__new__(cls)
+        make = getattr(storage, "make_limiter", None)
+        if make is None:
+            raise TypeError(
+                f"unsupported storage {storage!r}: use None (in-process) or a "
+                "stanchion storage such as RedisStorage"
+            )
+        # A shared storage decides elsewhere; it returns its own limiter
+        # object with the same methods (and Limiter.__init__ is not run).
+        return make(
+            normalize_rates(rates),
+            algorithm=_check_algorithm(algorithm),
+            burst=burst,
+            on_error=on_error,
+        )
+
     def __init__(
         self,
         rates: str | Rate | list[str | Rate],
@@ -47,24 +89,14 @@ class Limiter(_core.Limiter):
         storage: Any = None,
         max_keys: int = 1_000_000,
         clock: Callable[[], float] | None = None,
+        on_error: str = "allow",
     ) -> None:
         parsed = normalize_rates(rates)
-        if not isinstance(algorithm, str):
-            raise TypeError(f"algorithm must be a str, not {type(algorithm).__name__}")
-        if algorithm not in ALGORITHMS:
-            raise ValueError(
-                f"unknown algorithm {algorithm!r} (use 'token_bucket', "
-                "'fixed_window' or 'sliding_window')"
-            )
+        _check_algorithm(algorithm)
         if burst is not None and algorithm != "token_bucket":
             raise ValueError("burst applies to algorithm='token_bucket' only")
         if isinstance(max_keys, bool) or not isinstance(max_keys, int):
             raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
-        if storage is not None:
-            raise TypeError(
-                f"unsupported storage {storage!r}: use None for the in-process "
-                "table"
-            )
         super().__init__(parsed, algorithm, burst, max_keys, clock)
         self._rates = tuple(parsed)
 
