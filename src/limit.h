@@ -32,6 +32,7 @@ typedef struct {
 	int64_t capacity;    /* burst (token bucket) or N per window */
 	int64_t interval_ns; /* token bucket: ns to earn one token, >= 1 */
 	int64_t tolerance_ns; /* token bucket: capacity * interval_ns */
+	double inv_interval;  /* 1.0 / interval_ns, to divide by multiplying */
 } st_limit;
 
 typedef struct {

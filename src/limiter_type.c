@@ -47,9 +47,16 @@ typedef struct {
 
 static PyObject *decision_make(st_state *st, const st_decision *d)
 {
-	DecisionObject *o = PyObject_New(DecisionObject, st->decision_type);
-	if (o == NULL)
-		return NULL;
+	DecisionObject *o;
+
+	if (ST_LIKELY(st->ndecisions > 0)) {
+		o = (DecisionObject *)st->decisions[--st->ndecisions];
+		PyObject_Init((PyObject *)o, st->decision_type);
+	} else {
+		o = PyObject_New(DecisionObject, st->decision_type);
+		if (o == NULL)
+			return NULL;
+	}
 	o->allowed = d->allowed;
 	o->limit = d->limit;
 	o->remaining = d->remaining;
@@ -113,7 +120,14 @@ static PyObject *decision_new(PyTypeObject *type, PyObject *args,
 static void decision_dealloc(DecisionObject *self)
 {
 	PyTypeObject *tp = Py_TYPE(self);
-	tp->tp_free(self);
+	st_state *st = PyType_GetModuleState(tp);
+
+	/* The type is not subclassable, so every instance has the plain
+	 * size and can be kept for reuse. */
+	if (st != NULL && st->ndecisions < ST_DECISION_FREELIST)
+		st->decisions[st->ndecisions++] = (PyObject *)self;
+	else
+		tp->tp_free(self);
 	Py_DECREF(tp);
 }
 
@@ -240,6 +254,7 @@ typedef struct {
 	PyObject_HEAD
 	st_state *st;		   /* module state: the Decision type */
 	PyObject *clock;	   /* NULL = the C monotonic clock */
+	st_fastclock fclock;	   /* the C monotonic clock, fast */
 	int64_t last_now;	   /* time never runs backwards in here */
 	int64_t max_cost;	   /* the largest cost any hit may ask */
 	st_policy policy;	   /* algorithm and compiled rates */
@@ -537,6 +552,7 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	self->policy = policy;
 	self->max_cost = st_policy_max_cost(&policy);
 	self->last_now = INT64_MIN;
+	st_fastclock_copy(&self->fclock, &self->st->clock);
 	self->evicted = self->expired = 0;
 	self->inserts_since_sweep = 0;
 	Py_XSETREF(self->clock, clock == Py_None ? NULL : Py_NewRef(clock));
@@ -552,7 +568,18 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
 			  uint8_t *tag, Py_hash_t *hash)
 {
-	if (ST_LIKELY(PyUnicode_Check(key))) {
+	if (ST_LIKELY(PyUnicode_CheckExact(key) &&
+		      PyUnicode_IS_COMPACT_ASCII(key) &&
+		      ((PyASCIIObject *)key)->hash != -1)) {
+		/* ASCII str with its hash cached: the bytes follow the
+		 * header, as PyUnicode_DATA gives them. */
+		*hash = ((PyASCIIObject *)key)->hash;
+		*buf = (const char *)PyUnicode_DATA(key);
+		*len = PyUnicode_GET_LENGTH(key);
+		*tag = KEY_STR;
+		return 0;
+	}
+	if (PyUnicode_Check(key)) {
 		*hash = PyUnicode_Type.tp_hash(key);
 		*buf = PyUnicode_AsUTF8AndSize(key, len);
 		*tag = KEY_STR;
@@ -579,7 +606,7 @@ static int limiter_now(LimiterObject *self, int64_t *now)
 	int64_t ns;
 
 	if (ST_LIKELY(self->clock == NULL)) {
-		*now = st_monotonic_ns();
+		*now = st_fastclock_now(&self->fclock);
 		return 0;
 	}
 	r = PyObject_CallNoArgs(self->clock);

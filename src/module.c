@@ -16,6 +16,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 static int module_clear(PyObject *module)
 {
 	st_state *st = PyModule_GetState(module);
+	while (st->ndecisions > 0)
+		PyObject_Free(st->decisions[--st->ndecisions]);
 	Py_CLEAR(st->limiter_type);
 	Py_CLEAR(st->decision_type);
 	Py_CLEAR(st->cache_type);
@@ -53,6 +55,7 @@ static int module_exec(PyObject *module)
 {
 	st_state *st = PyModule_GetState(module);
 
+	st_fastclock_init(&st->clock);
 	st->str_cost = PyUnicode_InternFromString("cost");
 	st->str_default = PyUnicode_InternFromString("default");
 	st->str_ttl = PyUnicode_InternFromString("ttl");

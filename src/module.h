@@ -12,6 +12,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "clock.h"
+
+/* Decisions kept for reuse: a hit allocates nothing in the common case. */
+#define ST_DECISION_FREELIST 64
+
 typedef struct {
 	PyTypeObject *limiter_type;  /* _core.Limiter */
 	PyTypeObject *decision_type; /* _core.Decision */
@@ -19,6 +24,9 @@ typedef struct {
 	PyObject *str_cost;	     /* interned keyword names */
 	PyObject *str_default;
 	PyObject *str_ttl;
+	st_fastclock clock; /* calibrated once; limiters copy its rate */
+	int ndecisions;	    /* entries used in `decisions` */
+	PyObject *decisions[ST_DECISION_FREELIST]; /* freed, type ref dropped */
 } st_state;
 
 extern PyModuleDef st_module_def;

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+import stanchion
+from stanchion import Rate, parse_rates
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10/second", [Rate(10, 1.0)]),
+        ("10/s", [Rate(10, 1.0)]),
+        ("10 per minute", [Rate(10, 60.0)]),
+        ("10 PER Minute", [Rate(10, 60.0)]),
+        ("100 per 2 hours", [Rate(100, 7200.0)]),
+        ("100/2 hours", [Rate(100, 7200.0)]),
+        ("5/s;1000/day", [Rate(5, 1.0), Rate(1000, 86400.0)]),
+        ("5/s, 1000/day", [Rate(5, 1.0), Rate(1000, 86400.0)]),
+        ("  3 / hour ", [Rate(3, 3600.0)]),
+        ("1/month", [Rate(1, 30 * 86400.0)]),
+        ("1 per year", [Rate(1, 365 * 86400.0)]),
+        ("7/d", [Rate(7, 86400.0)]),
+        ("0.5/second", [Rate(0.5, 1.0)]),
+        ("90 per 1.5 minutes", [Rate(90, 90.0)]),
+        ("2/min", [Rate(2, 60.0)]),
+        ("2/m", [Rate(2, 60.0)]),
+        ("2/h", [Rate(2, 3600.0)]),
+    ],
+)
+def test_parse(text: str, expected: list[Rate]) -> None:
+    assert parse_rates(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("", "expected a number"),
+        ("ten/second", "'ten/second'"),
+        ("10/fortnight", "unknown unit 'fortnight'"),
+        ("10 second", "expected '/' or 'per'"),
+        ("10/", "expected a unit"),
+        ("0/second", "must be positive"),
+        ("10/second;", "expected a number"),
+        ("10/second;5/eon", "'5/eon'"),
+        ("10/second extra", "unexpected text 'extra'"),
+        ("10 per 0 seconds", "multiple must be positive"),
+        ("-5/second", "expected a number"),
+        ("1e3/second", "expected '/' or 'per'"),
+        ("10/100 years", "between 1 ns and 30 years"),
+        (";".join(["1/s"] * 9), "too many rates"),
+    ],
+)
+def test_parse_errors_name_the_bad_part(text: str, fragment: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_rates(text)
+    assert fragment in str(info.value)
+
+
+def test_parse_rejects_non_str() -> None:
+    with pytest.raises(TypeError, match="must be a str"):
+        parse_rates(10)  # type: ignore[arg-type]
+
+
+def test_rate_str_round_trips() -> None:
+    for text in ["10/second", "100 per 2 hours", "5/minute", "1/day", "3 per 10 seconds"]:
+        (rate,) = parse_rates(text)
+        assert parse_rates(str(rate)) == [rate]
+    assert str(Rate(10, 1.0)) == "10/second"
+    assert str(Rate(100, 7200.0)) == "100 per 2 hours"
+
+
+def test_limiter_accepts_rate_objects_and_lists(clock: object) -> None:
+    a = stanchion.Limiter([Rate(2, 1.0), "5/minute"])
+    assert a.rates == (Rate(2, 1.0), Rate(5, 60.0))
+    b = stanchion.Limiter(Rate(3, 2.0))
+    assert b.rates == (Rate(3, 2.0),)
+    assert [b.hit("k").allowed for _ in range(4)] == [True, True, True, False]
