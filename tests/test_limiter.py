@@ -204,10 +204,10 @@ def test_several_rates_retry_is_the_longest(clock: FakeClock) -> None:
     clock.advance(1)
     assert lim.hit("a")
     d = lim.hit("a")
-    # per-second: 1 s to wait; per-minute: the first token comes back 60 s
-    # after the first hit, so 59 s from now. The longest wait wins.
+    # per-second: 1 s to wait; per-minute: a token every 30 s, the next
+    # one 30 s after the first hit, 29 s from now. The longest wait wins.
     assert not d
-    assert d.retry_after_ns == 59_000_000_000
+    assert d.retry_after_ns == 29_000_000_000
     assert d.limit == 2
 
 
