@@ -70,7 +70,9 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+    widths = [
+        max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)
+    ]
     line = "  ".join(str(h).ljust(w) for h, w in zip(headers, widths, strict=True))
     print(line)
     print("-" * len(line))
@@ -95,21 +97,29 @@ def write_section(name: str, body: str) -> None:
     """Replace (or append) the section ``name`` of RESULTS.md."""
     if quick():
         return
-    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- section:{name} -->\n## {name}\n\n"
         f"Run {stamp} on {machine()}.\n\nCommand: `{command}`\n\n{body.strip()}\n"
         f"<!-- /section:{name} -->\n"
     )
-    text = RESULTS.read_text() if RESULTS.exists() else (
-        "# Benchmark results\n\nEach section is rewritten by the benchmark named in "
-        "its command. Figures are medians of repeats in one process; compare the "
-        "ratios, not the absolute times, across machines.\n\n"
+    text = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else (
+            "# Benchmark results\n\nEach section is rewritten by the benchmark named in "
+            "its command. Figures are medians of repeats in one process; compare the "
+            "ratios, not the absolute times, across machines.\n\n"
+        )
     )
     pattern = re.compile(
         rf"<!-- section:{re.escape(name)} -->.*?<!-- /section:{re.escape(name)} -->\n",
         re.S,
     )
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text + "\n" + section
+    text = (
+        pattern.sub(lambda _: section, text)
+        if pattern.search(text)
+        else text + "\n" + section
+    )
     RESULTS.write_text(text)

@@ -46,9 +46,11 @@ void st_fastclock_init(st_fastclock *c)
 			t1 = st_ticks();
 		} while (ns1 - ns0 < 200000);
 		if (t1 > t0) {
-			c->ns_per_tick = (double)(ns1 - ns0) / (double)(t1 - t0);
-			c->sync_ticks = (uint64_t)((double)ST_FASTCLOCK_SYNC_NS /
-						   c->ns_per_tick);
+			c->ns_per_tick =
+			    (double)(ns1 - ns0) / (double)(t1 - t0);
+			c->sync_ticks =
+			    (uint64_t)((double)ST_FASTCLOCK_SYNC_NS /
+			               c->ns_per_tick);
 		}
 		c->base_ns = ns1;
 		c->base_tick = t1;
@@ -77,7 +79,8 @@ int64_t st_fastclock_sync(st_fastclock *c)
 		if (dns > 0 && dt > 0 && dt < 4 * c->sync_ticks) {
 			double r = (double)dns / (double)dt;
 			if (r > 0.5 * c->ns_per_tick && r < 2 * c->ns_per_tick)
-				c->ns_per_tick = 0.9 * c->ns_per_tick + 0.1 * r;
+				c->ns_per_tick =
+				    0.9 * c->ns_per_tick + 0.1 * r;
 		}
 	}
 	c->base_ns = ns;

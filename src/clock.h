@@ -44,7 +44,10 @@ int64_t st_fastclock_sync(st_fastclock *c);
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <x86intrin.h>
 #define ST_HAVE_TICKS 1
-ST_INLINE uint64_t st_ticks(void) { return __rdtsc(); }
+ST_INLINE uint64_t st_ticks(void)
+{
+	return __rdtsc();
+}
 #elif defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 #define ST_HAVE_TICKS 1
 ST_INLINE uint64_t st_ticks(void)
@@ -55,7 +58,10 @@ ST_INLINE uint64_t st_ticks(void)
 }
 #else
 #define ST_HAVE_TICKS 0
-ST_INLINE uint64_t st_ticks(void) { return 0; }
+ST_INLINE uint64_t st_ticks(void)
+{
+	return 0;
+}
 #endif
 
 /* Monotonic nanoseconds, never less than the previous value from `c`.

@@ -35,8 +35,14 @@ typedef __int128 st_i128;
 #error "stanchion needs a compiler with __int128 (gcc or clang)"
 #endif
 
-ST_INLINE int64_t st_max64(int64_t a, int64_t b) { return a > b ? a : b; }
-ST_INLINE int64_t st_min64(int64_t a, int64_t b) { return a < b ? a : b; }
+ST_INLINE int64_t st_max64(int64_t a, int64_t b)
+{
+	return a > b ? a : b;
+}
+ST_INLINE int64_t st_min64(int64_t a, int64_t b)
+{
+	return a < b ? a : b;
+}
 
 /* floor(a / b) for b > 0 and any sign of a. */
 ST_INLINE int64_t st_floordiv(int64_t a, int64_t b)

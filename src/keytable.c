@@ -69,7 +69,7 @@ ST_INLINE int kt_key_eq(const char *a, const char *b, size_t len)
 }
 
 kt_entry *kt_find(const kt_table *t, uint64_t hash, uint8_t tag,
-		  const char *key, size_t len)
+                  const char *key, size_t len)
 {
 	size_t i;
 	uint32_t v;
@@ -117,7 +117,7 @@ static int kt_index_grow(kt_table *t, size_t need)
 }
 
 kt_entry *kt_insert(kt_table *t, uint64_t hash, uint8_t tag, const char *key,
-		    size_t len)
+                    size_t len)
 {
 	kt_entry *e;
 	char *big = NULL;
@@ -215,8 +215,7 @@ size_t kt_random(kt_table *t)
 	x ^= x << 25;
 	x ^= x >> 27;
 	t->rng = x;
-	return (size_t)(((x * UINT64_C(0x2545F4914F6CDD1D)) >> 32) %
-			t->count);
+	return (size_t)(((x * UINT64_C(0x2545F4914F6CDD1D)) >> 32) % t->count);
 }
 
 size_t kt_memory(const kt_table *t)

@@ -20,28 +20,28 @@
 #define KT_INLINE 16
 
 typedef struct {
-	uint64_t hash;	/* caller's hash of the key */
-	uint32_t len;	/* key length in bytes */
-	uint8_t tag;	/* caller's key kind */
+	uint64_t hash; /* caller's hash of the key */
+	uint32_t len;  /* key length in bytes */
+	uint8_t tag;   /* caller's key kind */
 	uint8_t pad[3];
 	union {
 		char small[KT_INLINE]; /* len <= KT_INLINE */
-		char *big;	       /* len > KT_INLINE: malloc'd copy */
+		char *big;             /* len > KT_INLINE: malloc'd copy */
 	} key;
 	int64_t state[]; /* `words` words of caller state */
 } kt_entry;
 
 typedef struct {
-	size_t words;	 /* state words per entry */
-	size_t stride;	 /* bytes per entry */
-	size_t count;	 /* live entries */
-	size_t cap;	 /* entries allocated */
-	size_t max;	 /* never more than this many entries */
-	size_t mask;	 /* index slots - 1 (0 when no index yet) */
-	uint32_t *index; /* 0 = empty, else entry position + 1 */
-	char *entries;	 /* cap * stride bytes */
+	size_t words;     /* state words per entry */
+	size_t stride;    /* bytes per entry */
+	size_t count;     /* live entries */
+	size_t cap;       /* entries allocated */
+	size_t max;       /* never more than this many entries */
+	size_t mask;      /* index slots - 1 (0 when no index yet) */
+	uint32_t *index;  /* 0 = empty, else entry position + 1 */
+	char *entries;    /* cap * stride bytes */
 	size_t key_bytes; /* bytes held by heap key copies */
-	uint64_t rng;	  /* xorshift state for kt_random */
+	uint64_t rng;     /* xorshift state for kt_random */
 } kt_table;
 
 /* Initialises an empty table for at most `max` (>= 1, < 2**31) keys with
@@ -60,13 +60,13 @@ static inline kt_entry *kt_at(const kt_table *t, size_t i)
 
 /* Finds the key; returns its entry or NULL. */
 kt_entry *kt_find(const kt_table *t, uint64_t hash, uint8_t tag,
-		  const char *key, size_t len);
+                  const char *key, size_t len);
 
 /* Inserts a key known to be absent, with count < max. Returns the new
  * entry, whose state the caller must initialise, or NULL when memory
  * runs out (the table is unchanged then). */
 kt_entry *kt_insert(kt_table *t, uint64_t hash, uint8_t tag, const char *key,
-		    size_t len);
+                    size_t len);
 
 /* Removes the entry at dense position `i`; the last entry moves into its
  * place, so entry pointers and positions are invalid afterwards. */

@@ -6,13 +6,13 @@ void st_policy_init(st_policy *policy, st_algorithm algorithm)
 {
 	policy->algorithm = algorithm;
 	policy->nrates = 0;
-	policy->words = algorithm == ST_TOKEN_BUCKET	? 1
-			: algorithm == ST_FIXED_WINDOW ? 2
-						       : 3;
+	policy->words = algorithm == ST_TOKEN_BUCKET   ? 1
+	                : algorithm == ST_FIXED_WINDOW ? 2
+	                                               : 3;
 }
 
 int st_policy_add(st_policy *policy, double amount, int64_t period_ns,
-		  int64_t burst, const char **why)
+                  int64_t burst, const char **why)
 {
 	st_limit *r;
 
@@ -50,8 +50,9 @@ int st_policy_add(st_policy *policy, double amount, int64_t period_ns,
 		r->inv_interval = 1.0 / (double)r->interval_ns;
 	} else {
 		if (amount < 1.0) {
-			*why = "a window algorithm needs at least 1 request "
-			       "per window";
+			*why =
+			    "a window algorithm needs at least 1 request "
+			    "per window";
 			return -1;
 		}
 		r->capacity = (int64_t)floor(amount);
@@ -109,7 +110,7 @@ ST_INLINE int64_t tb_tokens(const st_limit *r, int64_t num)
  * cost * interval <= tolerance (cost <= capacity), so every sum below
  * stays under 2 * ST_MAX_SPAN_NS. */
 ST_INLINE void tb_check(const st_limit *r, const int64_t *s, int64_t now,
-		     int64_t cost, st_check *c)
+                        int64_t cost, st_check *c)
 {
 	int64_t tat = st_max64(s[0], now);
 	int64_t new_tat = tat + cost * r->interval_ns;
@@ -135,7 +136,7 @@ static int64_t tb_full_in(const int64_t *s, int64_t now)
 /* ---- fixed window -------------------------------------------------------
  * Windows are aligned on multiples of the period. */
 ST_INLINE void fw_check(const st_limit *r, const int64_t *s, int64_t now,
-		     int64_t cost, st_check *c)
+                        int64_t cost, st_check *c)
 {
 	int64_t idx = st_floordiv(now, r->period_ns);
 	int64_t count = s[0] == idx ? s[1] : 0;
@@ -167,7 +168,7 @@ static int64_t fw_full_in(const st_limit *r, const int64_t *s, int64_t now)
  *     prev * (P - e) / P + cur
  * compared exactly in 128-bit integers as prev * (P - e) + cur * P. */
 static void sw_load(const st_limit *r, const int64_t *s, int64_t now,
-		    int64_t *idx, int64_t *prev, int64_t *cur, int64_t *e)
+                    int64_t *idx, int64_t *prev, int64_t *cur, int64_t *e)
 {
 	*idx = st_floordiv(now, r->period_ns);
 	if (s[0] == *idx) {
@@ -184,7 +185,7 @@ static void sw_load(const st_limit *r, const int64_t *s, int64_t now,
 }
 
 static int64_t sw_reset_in(const st_limit *r, int64_t prev, int64_t cur,
-			   int64_t e)
+                           int64_t e)
 {
 	if (cur > 0)
 		return (r->period_ns - e) + r->period_ns;
@@ -194,7 +195,7 @@ static int64_t sw_reset_in(const st_limit *r, int64_t prev, int64_t cur,
 }
 
 static void sw_check(const st_limit *r, const int64_t *s, int64_t now,
-		     int64_t cost, st_check *c)
+                     int64_t cost, st_check *c)
 {
 	const int64_t P = r->period_ns, L = r->capacity;
 	int64_t idx, prev, cur, e;
@@ -238,7 +239,7 @@ static int64_t sw_full_in(const st_limit *r, const int64_t *s, int64_t now)
 /* ---- the policy ---------------------------------------------------------
  */
 ST_INLINE void check_one(const st_policy *policy, int i, const int64_t *state,
-			int64_t now, int64_t cost, st_check *c)
+                         int64_t now, int64_t cost, st_check *c)
 {
 	const st_limit *r = &policy->rates[i];
 	const int64_t *s = state + i * policy->words;
@@ -257,7 +258,7 @@ ST_INLINE void check_one(const st_policy *policy, int i, const int64_t *state,
 }
 
 void st_policy_decide(const st_policy *policy, int64_t *state, int64_t now,
-		      int64_t cost, int commit, st_decision *out)
+                      int64_t cost, int commit, st_decision *out)
 {
 	st_check checks[ST_MAX_RATES];
 	int allowed = 1, binding = -1;
@@ -318,7 +319,7 @@ void st_policy_decide(const st_policy *policy, int64_t *state, int64_t now,
 }
 
 int64_t st_policy_full_in(const st_policy *policy, const int64_t *state,
-			  int64_t now)
+                          int64_t now)
 {
 	int64_t m = 0;
 	for (int i = 0; i < policy->nrates; i++) {

@@ -28,25 +28,25 @@ typedef enum {
 } st_algorithm;
 
 typedef struct {
-	int64_t period_ns;   /* the rate's period, > 0 */
-	int64_t capacity;    /* burst (token bucket) or N per window */
-	int64_t interval_ns; /* token bucket: ns to earn one token, >= 1 */
+	int64_t period_ns;    /* the rate's period, > 0 */
+	int64_t capacity;     /* burst (token bucket) or N per window */
+	int64_t interval_ns;  /* token bucket: ns to earn one token, >= 1 */
 	int64_t tolerance_ns; /* token bucket: capacity * interval_ns */
 	double inv_interval;  /* 1.0 / interval_ns, to divide by multiplying */
 } st_limit;
 
 typedef struct {
 	st_algorithm algorithm;
-	int nrates;			/* 1..ST_MAX_RATES */
-	int words;			/* state words per rate (1, 2 or 3) */
+	int nrates; /* 1..ST_MAX_RATES */
+	int words;  /* state words per rate (1, 2 or 3) */
 	st_limit rates[ST_MAX_RATES];
 } st_policy;
 
 typedef struct {
-	int allowed;		/* 1 when every rate allowed */
-	int binding;		/* index of the rate the fields come from */
-	int64_t limit;		/* that rate's capacity */
-	int64_t remaining;	/* cost-1 hits it still allows now */
+	int allowed;            /* 1 when every rate allowed */
+	int binding;            /* index of the rate the fields come from */
+	int64_t limit;          /* that rate's capacity */
+	int64_t remaining;      /* cost-1 hits it still allows now */
 	int64_t reset_after_ns; /* until that rate is back to full */
 	int64_t retry_after_ns; /* 0 when allowed; else until this hit fits */
 } st_decision;
@@ -59,7 +59,7 @@ typedef struct {
  * message in *why when the rate cannot be represented (N below 1 for a
  * window algorithm, spans beyond ST_MAX_SPAN_NS, too many rates). */
 int st_policy_add(st_policy *policy, double amount, int64_t period_ns,
-		  int64_t burst, const char **why);
+                  int64_t burst, const char **why);
 
 /* Sets `policy` to an empty policy of `algorithm`. */
 void st_policy_init(st_policy *policy, st_algorithm algorithm);
@@ -81,11 +81,11 @@ void st_policy_fresh(const st_policy *policy, int64_t *state);
  * When every rate allows and `commit` is nonzero, charges all of them in
  * `state`; otherwise `state` is untouched. Never fails. */
 void st_policy_decide(const st_policy *policy, int64_t *state, int64_t now,
-		      int64_t cost, int commit, st_decision *out);
+                      int64_t cost, int commit, st_decision *out);
 
 /* Nanoseconds from `now` until `state` is back to full on every rate;
  * 0 means it is full (forgetting it loses nothing). */
 int64_t st_policy_full_in(const st_policy *policy, const int64_t *state,
-			  int64_t now);
+                          int64_t now);
 
 #endif /* ST_LIMIT_H */

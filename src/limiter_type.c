@@ -37,8 +37,7 @@
  * ========================================================================= */
 
 typedef struct {
-	PyObject_HEAD
-	int allowed;
+	PyObject_HEAD int allowed;
 	int64_t limit;
 	int64_t remaining;
 	int64_t reset_after_ns;
@@ -73,9 +72,9 @@ static int seconds_to_ns(PyObject *v, const char *what, int64_t *out)
 		return -1;
 	if (!isfinite(s) || s < 0.0 || s * 1e9 >= (double)ST_MAX_CLOCK_NS) {
 		PyErr_Format(PyExc_ValueError,
-			     "%s must be a finite number of seconds >= 0, "
-			     "got %R",
-			     what, v);
+		             "%s must be a finite number of seconds >= 0, "
+		             "got %R",
+		             what, v);
 		return -1;
 	}
 	*out = (int64_t)llround(s * 1e9);
@@ -83,10 +82,10 @@ static int seconds_to_ns(PyObject *v, const char *what, int64_t *out)
 }
 
 static PyObject *decision_new(PyTypeObject *type, PyObject *args,
-			      PyObject *kwds)
+                              PyObject *kwds)
 {
-	static char *kwlist[] = {"allowed",	"limit",       "remaining",
-				 "reset_after", "retry_after", NULL};
+	static char *kwlist[] = {"allowed",     "limit",       "remaining",
+	                         "reset_after", "retry_after", NULL};
 	int allowed;
 	long long limit, remaining;
 	PyObject *reset = NULL, *retry = NULL;
@@ -94,12 +93,12 @@ static PyObject *decision_new(PyTypeObject *type, PyObject *args,
 	DecisionObject *o;
 
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "pLL|OO:Decision", kwlist,
-					 &allowed, &limit, &remaining, &reset,
-					 &retry))
+	                                 &allowed, &limit, &remaining, &reset,
+	                                 &retry))
 		return NULL;
 	if (limit < 0 || remaining < 0) {
 		PyErr_SetString(PyExc_ValueError,
-				"limit and remaining must be >= 0");
+		                "limit and remaining must be >= 0");
 		return NULL;
 	}
 	if (reset && seconds_to_ns(reset, "reset_after", &reset_ns) < 0)
@@ -131,15 +130,18 @@ static void decision_dealloc(DecisionObject *self)
 	Py_DECREF(tp);
 }
 
-static int decision_bool(DecisionObject *self) { return self->allowed; }
+static int decision_bool(DecisionObject *self)
+{
+	return self->allowed;
+}
 
 static PyObject *decision_repr(DecisionObject *self)
 {
 	char reset[32], retry[32];
 	PyOS_snprintf(reset, sizeof(reset), "%.9g",
-		      (double)self->reset_after_ns / 1e9);
+	              (double)self->reset_after_ns / 1e9);
 	PyOS_snprintf(retry, sizeof(retry), "%.9g",
-		      (double)self->retry_after_ns / 1e9);
+	              (double)self->retry_after_ns / 1e9);
 	return PyUnicode_FromFormat(
 	    "Decision(allowed=%s, limit=%lld, remaining=%lld, "
 	    "reset_after=%s, retry_after=%s)",
@@ -212,8 +214,7 @@ static PyGetSetDef decision_getset[] = {
     {"reset_after", (getter)decision_reset_after, NULL,
      "Seconds until the binding rate is back to full capacity.", NULL},
     {"retry_after", (getter)decision_retry_after, NULL,
-     "Seconds until the same hit would be allowed; 0.0 when allowed.",
-     NULL},
+     "Seconds until the same hit would be allowed; 0.0 when allowed.", NULL},
     {"reset_after_ns", (getter)decision_reset_after_ns, NULL,
      "reset_after in integer nanoseconds.", NULL},
     {"retry_after_ns", (getter)decision_retry_after_ns, NULL,
@@ -222,11 +223,11 @@ static PyGetSetDef decision_getset[] = {
 };
 
 PyDoc_STRVAR(decision_doc,
-	     "Decision(allowed, limit, remaining, reset_after=0.0, "
-	     "retry_after=0.0)\n--\n\n"
-	     "The answer to a hit or a peek. It is true when allowed. When a "
-	     "limiter has\nseveral rates, the fields describe the most "
-	     "restrictive one.");
+             "Decision(allowed, limit, remaining, reset_after=0.0, "
+             "retry_after=0.0)\n--\n\n"
+             "The answer to a hit or a peek. It is true when allowed. When a "
+             "limiter has\nseveral rates, the fields describe the most "
+             "restrictive one.");
 
 static PyType_Slot decision_slots[] = {
     {Py_tp_doc, (void *)decision_doc},
@@ -251,22 +252,21 @@ static PyType_Spec decision_spec = {
  * ========================================================================= */
 
 typedef struct {
-	PyObject_HEAD
-	st_state *st;		   /* module state: the Decision type */
-	PyObject *clock;	   /* NULL = the C monotonic clock */
-	st_fastclock fclock;	   /* the C monotonic clock, fast */
-	int64_t last_now;	   /* time never runs backwards in here */
-	int64_t max_cost;	   /* the largest cost any hit may ask */
-	st_policy policy;	   /* algorithm and compiled rates */
-	kt_table table;		   /* key -> state */
+	PyObject_HEAD st_state *st; /* module state: the Decision type */
+	PyObject *clock;            /* NULL = the C monotonic clock */
+	st_fastclock fclock;        /* the C monotonic clock, fast */
+	int64_t last_now;           /* time never runs backwards in here */
+	int64_t max_cost;           /* the largest cost any hit may ask */
+	st_policy policy;           /* algorithm and compiled rates */
+	kt_table table;             /* key -> state */
 	size_t inserts_since_sweep; /* when to look for full keys again */
-	uint64_t evicted;	   /* live keys dropped to make room */
-	uint64_t expired;	   /* full keys dropped (nothing lost) */
-	int ready;		   /* __init__ succeeded */
+	uint64_t evicted;           /* live keys dropped to make room */
+	uint64_t expired;           /* full keys dropped (nothing lost) */
+	int ready;                  /* __init__ succeeded */
 } LimiterObject;
 
 static PyObject *limiter_new(PyTypeObject *type, PyObject *args,
-			     PyObject *kwds)
+                             PyObject *kwds)
 {
 	LimiterObject *self;
 	st_state *st = st_state_from_type(type);
@@ -321,9 +321,9 @@ static int collect_rates(PyObject *item, st_rate *rates, int *n)
 		int got;
 		if (s == NULL)
 			return -1;
-		got = rate_parse(s, (size_t)len, rates + *n,
-				 (size_t)(ST_MAX_RATES - *n), err,
-				 sizeof(err));
+		got =
+		    rate_parse(s, (size_t)len, rates + *n,
+		               (size_t)(ST_MAX_RATES - *n), err, sizeof(err));
 		if (got < 0) {
 			PyErr_SetString(PyExc_ValueError, err);
 			return -1;
@@ -337,16 +337,16 @@ static int collect_rates(PyObject *item, st_rate *rates, int *n)
 		double amount, period;
 		if (*n >= ST_MAX_RATES) {
 			PyErr_Format(PyExc_ValueError,
-				     "at most %d rates per limiter",
-				     ST_MAX_RATES);
+			             "at most %d rates per limiter",
+			             ST_MAX_RATES);
 			return -1;
 		}
 		if (!PyNumber_Check(a) || !PyNumber_Check(p) ||
 		    PyBool_Check(a) || PyBool_Check(p)) {
 			PyErr_Format(PyExc_TypeError,
-				     "a rate pair must be (N, period_seconds) "
-				     "numbers, got %R",
-				     item);
+			             "a rate pair must be (N, period_seconds) "
+			             "numbers, got %R",
+			             item);
 			return -1;
 		}
 		amount = PyFloat_AsDouble(a);
@@ -357,18 +357,18 @@ static int collect_rates(PyObject *item, st_rate *rates, int *n)
 			return -1;
 		if (!isfinite(amount) || !(amount > 0.0)) {
 			PyErr_Format(PyExc_ValueError,
-				     "invalid rate %R: N must be a positive "
-				     "finite number",
-				     item);
+			             "invalid rate %R: N must be a positive "
+			             "finite number",
+			             item);
 			return -1;
 		}
 		if (!isfinite(period) || !(period * 1e9 >= 1.0) ||
 		    period * 1e9 > (double)ST_MAX_SPAN_NS) {
 			PyErr_Format(PyExc_ValueError,
-				     "invalid rate %R: the period must be a "
-				     "finite number of seconds between 1e-9 "
-				     "and about 36 years",
-				     item);
+			             "invalid rate %R: the period must be a "
+			             "finite number of seconds between 1e-9 "
+			             "and about 36 years",
+			             item);
 			return -1;
 		}
 		rates[*n].amount = amount;
@@ -377,10 +377,10 @@ static int collect_rates(PyObject *item, st_rate *rates, int *n)
 		return 0;
 	}
 	PyErr_Format(PyExc_TypeError,
-		     "rates must be a rate string such as '10/second', or a "
-		     "list of such strings or (N, period_seconds) pairs, not "
-		     "%.100s",
-		     Py_TYPE(item)->tp_name);
+	             "rates must be a rate string such as '10/second', or a "
+	             "list of such strings or (N, period_seconds) pairs, not "
+	             "%.100s",
+	             Py_TYPE(item)->tp_name);
 	return -1;
 }
 
@@ -407,14 +407,15 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 			return -1;
 		if (b < 1) {
 			PyErr_Format(PyExc_ValueError,
-				     "burst must be >= 1, got %lld", b);
+			             "burst must be >= 1, got %lld", b);
 			return -1;
 		}
 		if (nrates != 1) {
-			PyErr_SetString(PyExc_ValueError,
-					"with several rates, burst must be a "
-					"list with one entry (int or None) per "
-					"rate");
+			PyErr_SetString(
+			    PyExc_ValueError,
+			    "with several rates, burst must be a "
+			    "list with one entry (int or None) per "
+			    "rate");
 			return -1;
 		}
 		out[0] = b;
@@ -427,8 +428,8 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 			return -1;
 		if (PySequence_Fast_GET_SIZE(seq) != nrates) {
 			PyErr_Format(PyExc_ValueError,
-				     "burst has %zd entries for %d rates",
-				     PySequence_Fast_GET_SIZE(seq), nrates);
+			             "burst has %zd entries for %d rates",
+			             PySequence_Fast_GET_SIZE(seq), nrates);
 			rc = -1;
 		}
 		for (int i = 0; rc == 0 && i < nrates; i++) {
@@ -437,9 +438,9 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 				continue;
 			if (!PyLong_Check(b) || PyBool_Check(b)) {
 				PyErr_Format(PyExc_TypeError,
-					     "burst entries must be int or "
-					     "None, not %.100s",
-					     Py_TYPE(b)->tp_name);
+				             "burst entries must be int or "
+				             "None, not %.100s",
+				             Py_TYPE(b)->tp_name);
 				rc = -1;
 				break;
 			}
@@ -448,8 +449,8 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 				rc = -1;
 			} else if (out[i] < 1) {
 				PyErr_Format(PyExc_ValueError,
-					     "burst must be >= 1, got %lld",
-					     (long long)out[i]);
+				             "burst must be >= 1, got %lld",
+				             (long long)out[i]);
 				rc = -1;
 			}
 		}
@@ -457,15 +458,15 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 		return rc;
 	}
 	PyErr_Format(PyExc_TypeError,
-		     "burst must be None, an int or a list, not %.100s",
-		     Py_TYPE(burst)->tp_name);
+	             "burst must be None, an int or a list, not %.100s",
+	             Py_TYPE(burst)->tp_name);
 	return -1;
 }
 
 static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"rates",    "algorithm", "burst",
-				 "max_keys", "clock",	  NULL};
+	                         "max_keys", "clock",     NULL};
 	PyObject *rates_arg, *burst = Py_None, *clock = Py_None;
 	const char *algorithm = "token_bucket";
 	long long max_keys = 1000000;
@@ -476,8 +477,8 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	st_algorithm alg;
 
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|sOLO:Limiter", kwlist,
-					 &rates_arg, &algorithm, &burst,
-					 &max_keys, &clock))
+	                                 &rates_arg, &algorithm, &burst,
+	                                 &max_keys, &clock))
 		return -1;
 	if (strcmp(algorithm, "token_bucket") == 0) {
 		alg = ST_TOKEN_BUCKET;
@@ -487,9 +488,9 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 		alg = ST_SLIDING_WINDOW;
 	} else {
 		PyErr_Format(PyExc_ValueError,
-			     "unknown algorithm '%s' (use 'token_bucket', "
-			     "'fixed_window' or 'sliding_window')",
-			     algorithm);
+		             "unknown algorithm '%s' (use 'token_bucket', "
+		             "'fixed_window' or 'sliding_window')",
+		             algorithm);
 		return -1;
 	}
 	if (PyUnicode_Check(rates_arg) || is_rate_pair(rates_arg)) {
@@ -499,48 +500,49 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 		Py_ssize_t n = PySequence_Fast_GET_SIZE(rates_arg);
 		if (n == 0) {
 			PyErr_SetString(PyExc_ValueError,
-					"a limiter needs at least one rate");
+			                "a limiter needs at least one rate");
 			return -1;
 		}
 		for (Py_ssize_t i = 0; i < n; i++) {
-			if (collect_rates(PySequence_Fast_GET_ITEM(rates_arg, i),
-					  rates, &nrates) < 0)
+			if (collect_rates(
+			        PySequence_Fast_GET_ITEM(rates_arg, i), rates,
+			        &nrates) < 0)
 				return -1;
 		}
 	} else {
 		PyErr_Format(PyExc_TypeError,
-			     "rates must be a rate string such as "
-			     "'10/second', or a list of such strings or "
-			     "(N, period_seconds) pairs, not %.100s",
-			     Py_TYPE(rates_arg)->tp_name);
+		             "rates must be a rate string such as "
+		             "'10/second', or a list of such strings or "
+		             "(N, period_seconds) pairs, not %.100s",
+		             Py_TYPE(rates_arg)->tp_name);
 		return -1;
 	}
 	if (parse_burst(burst, nrates, bursts) < 0)
 		return -1;
 	if (max_keys < 1 || max_keys > INT32_MAX) {
 		PyErr_Format(PyExc_ValueError,
-			     "max_keys must be between 1 and %d, got %lld",
-			     INT32_MAX, max_keys);
+		             "max_keys must be between 1 and %d, got %lld",
+		             INT32_MAX, max_keys);
 		return -1;
 	}
 	if (clock != Py_None && !PyCallable_Check(clock)) {
 		PyErr_Format(PyExc_TypeError,
-			     "clock must be a callable returning seconds, or "
-			     "None, not %.100s",
-			     Py_TYPE(clock)->tp_name);
+		             "clock must be a callable returning seconds, or "
+		             "None, not %.100s",
+		             Py_TYPE(clock)->tp_name);
 		return -1;
 	}
 	st_policy_init(&policy, alg);
 	for (int i = 0; i < nrates; i++) {
 		const char *why;
 		if (st_policy_add(&policy, rates[i].amount, rates[i].period_ns,
-				  bursts[i], &why) < 0) {
+		                  bursts[i], &why) < 0) {
 			char buf[96];
 			PyOS_snprintf(buf, sizeof(buf), "%g per %.9g seconds",
-				      rates[i].amount,
-				      (double)rates[i].period_ns / 1e9);
+			              rates[i].amount,
+			              (double)rates[i].period_ns / 1e9);
 			PyErr_Format(PyExc_ValueError, "rate %d (%s): %s",
-				     i + 1, buf, why);
+			             i + 1, buf, why);
 			return -1;
 		}
 	}
@@ -548,7 +550,8 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	/* Everything is valid: only now replace the state. */
 	kt_free(&self->table);
 	kt_init(&self->table, (size_t)st_policy_words(&policy),
-		(size_t)max_keys, (uint64_t)(uintptr_t)self ^ st_monotonic_ns());
+	        (size_t)max_keys,
+	        (uint64_t)(uintptr_t)self ^ st_monotonic_ns());
 	self->policy = policy;
 	self->max_cost = st_policy_max_cost(&policy);
 	self->last_now = INT64_MIN;
@@ -566,11 +569,11 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 /* Reads the key's bytes and hash without running Python code: str
  * subclasses are hashed as str (their __hash__ is not called). */
 ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
-			  uint8_t *tag, Py_hash_t *hash)
+                          uint8_t *tag, Py_hash_t *hash)
 {
 	if (ST_LIKELY(PyUnicode_CheckExact(key) &&
-		      PyUnicode_IS_COMPACT_ASCII(key) &&
-		      ((PyASCIIObject *)key)->hash != -1)) {
+	              PyUnicode_IS_COMPACT_ASCII(key) &&
+	              ((PyASCIIObject *)key)->hash != -1)) {
 		/* ASCII str with its hash cached: the bytes follow the
 		 * header, as PyUnicode_DATA gives them. */
 		*hash = ((PyASCIIObject *)key)->hash;
@@ -593,7 +596,7 @@ ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
 		return *hash == -1 ? -1 : 0;
 	}
 	PyErr_Format(PyExc_TypeError, "key must be str or bytes, not %.100s",
-		     Py_TYPE(key)->tp_name);
+	             Py_TYPE(key)->tp_name);
 	return -1;
 }
 
@@ -614,9 +617,9 @@ static int limiter_now(LimiterObject *self, int64_t *now)
 		return -1;
 	if (!(PyFloat_Check(r) || PyLong_Check(r)) || PyBool_Check(r)) {
 		PyErr_Format(PyExc_TypeError,
-			     "clock must return a number of seconds, not "
-			     "%.100s",
-			     Py_TYPE(r)->tp_name);
+		             "clock must return a number of seconds, not "
+		             "%.100s",
+		             Py_TYPE(r)->tp_name);
 		Py_DECREF(r);
 		return -1;
 	}
@@ -628,20 +631,21 @@ static int limiter_now(LimiterObject *self, int64_t *now)
 		char buf[64];
 		PyOS_snprintf(buf, sizeof(buf), "%g", s);
 		PyErr_Format(PyExc_ValueError,
-			     "clock returned %s seconds: it must be finite "
-			     "and within +-%lld seconds",
-			     buf, (long long)(ST_MAX_CLOCK_NS / ST_NS_PER_SEC));
+		             "clock returned %s seconds: it must be finite "
+		             "and within +-%lld seconds",
+		             buf,
+		             (long long)(ST_MAX_CLOCK_NS / ST_NS_PER_SEC));
 		return -1;
 	}
 	ns = (int64_t)llround(s * 1e9);
 	if (ns < self->last_now) {
 		char buf[96];
 		PyOS_snprintf(buf, sizeof(buf), "from %.9f to %.9f seconds",
-			      (double)self->last_now / 1e9, s);
+		              (double)self->last_now / 1e9, s);
 		PyErr_Format(PyExc_ValueError,
-			     "clock went backwards (%s); a limiter's clock "
-			     "must be monotonic",
-			     buf);
+		             "clock went backwards (%s); a limiter's clock "
+		             "must be monotonic",
+		             buf);
 		return -1;
 	}
 	*now = ns;
@@ -650,22 +654,22 @@ static int limiter_now(LimiterObject *self, int64_t *now)
 
 /* Parses (key, /, cost=1). */
 static int limiter_args(LimiterObject *self, PyObject *const *args,
-			Py_ssize_t nargs, PyObject *kwnames, const char *fname,
-			int64_t *cost)
+                        Py_ssize_t nargs, PyObject *kwnames, const char *fname,
+                        int64_t *cost)
 {
 	PyObject *c = NULL;
 	Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
 
 	if (ST_UNLIKELY(!self->ready)) {
 		PyErr_SetString(PyExc_RuntimeError,
-				"Limiter.__init__ was not called");
+		                "Limiter.__init__ was not called");
 		return -1;
 	}
 	if (ST_UNLIKELY(nargs < 1 || nargs > 2)) {
 		PyErr_Format(PyExc_TypeError,
-			     "%s() takes from 1 to 2 positional arguments but "
-			     "%zd were given",
-			     fname, nargs);
+		             "%s() takes from 1 to 2 positional arguments but "
+		             "%zd were given",
+		             fname, nargs);
 		return -1;
 	}
 	if (nargs == 2)
@@ -676,15 +680,15 @@ static int limiter_args(LimiterObject *self, PyObject *const *args,
 			c = args[nargs + i];
 		} else if (st_kw_is(name, self->st->str_cost)) {
 			PyErr_Format(PyExc_TypeError,
-				     "%s() got multiple values for argument "
-				     "'cost'",
-				     fname);
+			             "%s() got multiple values for argument "
+			             "'cost'",
+			             fname);
 			return -1;
 		} else {
 			PyErr_Format(PyExc_TypeError,
-				     "%s() got an unexpected keyword argument "
-				     "'%U'",
-				     fname, name);
+			             "%s() got an unexpected keyword argument "
+			             "'%U'",
+			             fname, name);
 			return -1;
 		}
 	}
@@ -693,8 +697,9 @@ static int limiter_args(LimiterObject *self, PyObject *const *args,
 		return 0;
 	}
 	if (!PyLong_Check(c) || PyBool_Check(c)) {
-		PyErr_Format(PyExc_TypeError, "cost must be an int, not %.100s",
-			     Py_TYPE(c)->tp_name);
+		PyErr_Format(PyExc_TypeError,
+		             "cost must be an int, not %.100s",
+		             Py_TYPE(c)->tp_name);
 		return -1;
 	}
 	*cost = PyLong_AsLongLong(c);
@@ -710,9 +715,9 @@ static int limiter_args(LimiterObject *self, PyObject *const *args,
 	}
 	if (*cost > self->max_cost) {
 		PyErr_Format(PyExc_ValueError,
-			     "cost %R can never be allowed: the smallest "
-			     "capacity of this limiter's rates is %lld",
-			     c, (long long)self->max_cost);
+		             "cost %R can never be allowed: the smallest "
+		             "capacity of this limiter's rates is %lld",
+		             c, (long long)self->max_cost);
 		return -1;
 	}
 	return 0;
@@ -731,7 +736,7 @@ static void limiter_make_room(LimiterObject *self, int64_t now)
 		self->inserts_since_sweep = 0;
 		for (size_t i = t->count; i-- > 0;) {
 			if (st_policy_full_in(&self->policy,
-					      kt_at(t, i)->state, now) == 0) {
+			                      kt_at(t, i)->state, now) == 0) {
 				kt_remove_at(t, i);
 				self->expired++;
 			}
@@ -741,8 +746,8 @@ static void limiter_make_room(LimiterObject *self, int64_t now)
 	}
 	for (int k = 0; k < EVICT_SAMPLES; k++) {
 		size_t i = kt_random(t);
-		int64_t f = st_policy_full_in(&self->policy, kt_at(t, i)->state,
-					      now);
+		int64_t f =
+		    st_policy_full_in(&self->policy, kt_at(t, i)->state, now);
 		if (f < best_full_in) {
 			best_full_in = f;
 			best = i;
@@ -758,8 +763,8 @@ static void limiter_make_room(LimiterObject *self, int64_t now)
 }
 
 static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
-				Py_ssize_t nargs, PyObject *kwnames,
-				int commit, const char *fname)
+                                Py_ssize_t nargs, PyObject *kwnames,
+                                int commit, const char *fname)
 {
 	const char *key;
 	Py_ssize_t len;
@@ -783,7 +788,7 @@ static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
 	e = kt_find(&self->table, (uint64_t)hash, tag, key, (size_t)len);
 	if (ST_LIKELY(e != NULL)) {
 		st_policy_decide(&self->policy, e->state, now, cost, commit,
-				 &d);
+		                 &d);
 	} else {
 		/* An unknown key is full. Only an allowed, committed hit
 		 * stores it: peeks and denials never grow the table. */
@@ -794,12 +799,12 @@ static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
 			if (self->table.count >= self->table.max)
 				limiter_make_room(self, now);
 			e = kt_insert(&self->table, (uint64_t)hash, tag, key,
-				      (size_t)len);
+			              (size_t)len);
 			if (e == NULL)
 				return PyErr_NoMemory();
 			memcpy(e->state, fresh,
 			       sizeof(int64_t) *
-				   (size_t)st_policy_words(&self->policy));
+			           (size_t)st_policy_words(&self->policy));
 			self->inserts_since_sweep++;
 		}
 	}
@@ -807,19 +812,19 @@ static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
 }
 
 static PyObject *limiter_hit(LimiterObject *self, PyObject *const *args,
-			     Py_ssize_t nargs, PyObject *kwnames)
+                             Py_ssize_t nargs, PyObject *kwnames)
 {
 	return limiter_decide(self, args, nargs, kwnames, 1, "hit");
 }
 
 static PyObject *limiter_peek(LimiterObject *self, PyObject *const *args,
-			      Py_ssize_t nargs, PyObject *kwnames)
+                              Py_ssize_t nargs, PyObject *kwnames)
 {
 	return limiter_decide(self, args, nargs, kwnames, 0, "peek");
 }
 
 static PyObject *limiter_reset(LimiterObject *self, PyObject *args,
-			       PyObject *kwds)
+                               PyObject *kwds)
 {
 	static char *kwlist[] = {"key", NULL};
 	PyObject *key = Py_None;
@@ -843,26 +848,26 @@ static PyObject *limiter_reset(LimiterObject *self, PyObject *args,
 	e = kt_find(&self->table, (uint64_t)hash, tag, buf, (size_t)len);
 	if (e != NULL)
 		kt_remove_at(&self->table,
-			     (size_t)((char *)e - self->table.entries) /
-				 self->table.stride);
+		             (size_t)((char *)e - self->table.entries) /
+		                 self->table.stride);
 	Py_RETURN_NONE;
 }
 
 static PyObject *limiter_stats(LimiterObject *self, PyObject *unused)
 {
 	(void)unused;
-	return Py_BuildValue(
-	    "{s:n,s:n,s:K,s:K,s:n}", "keys", (Py_ssize_t)self->table.count,
-	    "max_keys", (Py_ssize_t)self->table.max, "evicted",
-	    (unsigned long long)self->evicted, "expired",
-	    (unsigned long long)self->expired, "memory_bytes",
-	    (Py_ssize_t)kt_memory(&self->table));
+	return Py_BuildValue("{s:n,s:n,s:K,s:K,s:n}", "keys",
+	                     (Py_ssize_t)self->table.count, "max_keys",
+	                     (Py_ssize_t)self->table.max, "evicted",
+	                     (unsigned long long)self->evicted, "expired",
+	                     (unsigned long long)self->expired, "memory_bytes",
+	                     (Py_ssize_t)kt_memory(&self->table));
 }
 
 static PyObject *limiter_get_algorithm(LimiterObject *self, void *c)
 {
 	static const char *names[] = {"token_bucket", "fixed_window",
-				      "sliding_window"};
+	                              "sliding_window"};
 	(void)c;
 	return PyUnicode_FromString(names[self->policy.algorithm]);
 }
@@ -880,21 +885,21 @@ static PyObject *limiter_get_max_cost(LimiterObject *self, void *c)
 }
 
 PyDoc_STRVAR(limiter_hit_doc,
-	     "hit($self, key, /, cost=1)\n--\n\n"
-	     "Consume `cost` from every rate for `key` (str or bytes) if all "
-	     "of them allow it;\notherwise consume nothing. Returns a "
-	     "Decision.");
+             "hit($self, key, /, cost=1)\n--\n\n"
+             "Consume `cost` from every rate for `key` (str or bytes) if all "
+             "of them allow it;\notherwise consume nothing. Returns a "
+             "Decision.");
 PyDoc_STRVAR(limiter_peek_doc,
-	     "peek($self, key, /, cost=1)\n--\n\n"
-	     "The Decision hit() would return now, consuming nothing.");
+             "peek($self, key, /, cost=1)\n--\n\n"
+             "The Decision hit() would return now, consuming nothing.");
 PyDoc_STRVAR(limiter_reset_doc,
-	     "reset($self, /, key=None)\n--\n\n"
-	     "Forget one key (back to full), or every key when key is None.");
+             "reset($self, /, key=None)\n--\n\n"
+             "Forget one key (back to full), or every key when key is None.");
 PyDoc_STRVAR(limiter_stats_doc,
-	     "stats($self, /)\n--\n\n"
-	     "A dict: keys tracked, max_keys, evicted (live keys dropped to "
-	     "make room),\nexpired (full keys dropped, nothing lost) and "
-	     "memory_bytes.");
+             "stats($self, /)\n--\n\n"
+             "A dict: keys tracked, max_keys, evicted (live keys dropped to "
+             "make room),\nexpired (full keys dropped, nothing lost) and "
+             "memory_bytes.");
 
 static PyMethodDef limiter_methods[] = {
     {"hit", (PyCFunction)(void (*)(void))limiter_hit,
@@ -918,9 +923,9 @@ static PyGetSetDef limiter_getset[] = {
 };
 
 PyDoc_STRVAR(limiter_doc,
-	     "Limiter(rates, algorithm='token_bucket', burst=None, "
-	     "max_keys=1000000, clock=None)\n--\n\n"
-	     "An in-process rate limiter keyed by client.");
+             "Limiter(rates, algorithm='token_bucket', burst=None, "
+             "max_keys=1000000, clock=None)\n--\n\n"
+             "An in-process rate limiter keyed by client.");
 
 static PyType_Slot limiter_slots[] = {
     {Py_tp_doc, (void *)limiter_doc},
@@ -938,7 +943,7 @@ static PyType_Spec limiter_spec = {
     .name = "stanchion._core.Limiter",
     .basicsize = sizeof(LimiterObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
-	     Py_TPFLAGS_IMMUTABLETYPE,
+             Py_TPFLAGS_IMMUTABLETYPE,
     .slots = limiter_slots,
 };
 
@@ -947,10 +952,10 @@ static PyType_Spec limiter_spec = {
  * ========================================================================= */
 
 PyDoc_STRVAR(parse_rates_doc,
-	     "parse_rates(text, /)\n--\n\n"
-	     "Parse '10/second;1000/day' into a list of (N, period_ns) "
-	     "tuples; N is an int\nwhen whole. Raises ValueError naming the "
-	     "bad part.");
+             "parse_rates(text, /)\n--\n\n"
+             "Parse '10/second;1000/day' into a list of (N, period_ns) "
+             "tuples; N is an int\nwhen whole. Raises ValueError naming the "
+             "bad part.");
 
 static PyObject *parse_rates(PyObject *module, PyObject *text)
 {
@@ -964,9 +969,9 @@ static PyObject *parse_rates(PyObject *module, PyObject *text)
 	(void)module;
 	if (!PyUnicode_Check(text)) {
 		PyErr_Format(PyExc_TypeError,
-			     "rates must be a str such as '10/second', not "
-			     "%.100s",
-			     Py_TYPE(text)->tp_name);
+		             "rates must be a str such as '10/second', not "
+		             "%.100s",
+		             Py_TYPE(text)->tp_name);
 		return NULL;
 	}
 	s = PyUnicode_AsUTF8AndSize(text, &len);
@@ -985,10 +990,10 @@ static PyObject *parse_rates(PyObject *module, PyObject *text)
 		PyObject *item;
 		if (a == floor(a) && a < 9007199254740992.0)
 			item = Py_BuildValue("(LL)", (long long)a,
-					     (long long)rates[i].period_ns);
+			                     (long long)rates[i].period_ns);
 		else
 			item = Py_BuildValue("(dL)", a,
-					     (long long)rates[i].period_ns);
+			                     (long long)rates[i].period_ns);
 		if (item == NULL) {
 			Py_DECREF(list);
 			return NULL;

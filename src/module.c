@@ -27,7 +27,10 @@ static int module_clear(PyObject *module)
 	return 0;
 }
 
-static void module_free(void *module) { module_clear((PyObject *)module); }
+static void module_free(void *module)
+{
+	module_clear((PyObject *)module);
+}
 
 st_state *st_state_from_type(PyTypeObject *type)
 {
@@ -46,7 +49,7 @@ st_state *st_state_from_type(PyTypeObject *type)
 		}
 	}
 	PyErr_Format(PyExc_TypeError, "%s is not a stanchion type",
-		     type->tp_name);
+	             type->tp_name);
 	return NULL;
 #endif
 }
@@ -77,17 +80,16 @@ static PyModuleDef_Slot module_slots[] = {
 };
 
 PyDoc_STRVAR(module_doc,
-	     "The C core of stanchion: rate limiters and an LRU/TTL cache.");
+             "The C core of stanchion: rate limiters and an LRU/TTL cache.");
 
 PyModuleDef st_module_def = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "stanchion._core",
-    .m_doc = module_doc,
-    .m_size = sizeof(st_state),
-    .m_slots = module_slots,
-    .m_traverse = module_traverse,
-    .m_clear = module_clear,
-    .m_free = module_free,
+    PyModuleDef_HEAD_INIT,   .m_name = "stanchion._core",
+    .m_doc = module_doc,     .m_size = sizeof(st_state),
+    .m_slots = module_slots, .m_traverse = module_traverse,
+    .m_clear = module_clear, .m_free = module_free,
 };
 
-PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&st_module_def); }
+PyMODINIT_FUNC PyInit__core(void)
+{
+	return PyModuleDef_Init(&st_module_def);
+}

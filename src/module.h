@@ -21,12 +21,13 @@ typedef struct {
 	PyTypeObject *limiter_type;  /* _core.Limiter */
 	PyTypeObject *decision_type; /* _core.Decision */
 	PyTypeObject *cache_type;    /* _core.Cache */
-	PyObject *str_cost;	     /* interned keyword names */
+	PyObject *str_cost;          /* interned keyword names */
 	PyObject *str_default;
 	PyObject *str_ttl;
 	st_fastclock clock; /* calibrated once; limiters copy its rate */
-	int ndecisions;	    /* entries used in `decisions` */
-	PyObject *decisions[ST_DECISION_FREELIST]; /* freed, type ref dropped */
+	int ndecisions;     /* entries used in `decisions` */
+	PyObject
+	    *decisions[ST_DECISION_FREELIST]; /* freed, type ref dropped */
 } st_state;
 
 extern PyModuleDef st_module_def;
@@ -44,8 +45,7 @@ int st_cache_exec(PyObject *module, st_state *st);
  * then by value. */
 static inline int st_kw_is(PyObject *name, PyObject *interned)
 {
-	return name == interned ||
-	       PyUnicode_Compare(name, interned) == 0;
+	return name == interned || PyUnicode_Compare(name, interned) == 0;
 }
 
 #endif /* ST_MODULE_H */

@@ -47,7 +47,7 @@ static const rate_unit rate_units[] = {
 };
 
 static void rate_error(char *err, size_t errlen, const char *part,
-		       size_t partlen, const char *fmt, ...)
+                       size_t partlen, const char *fmt, ...)
 {
 	char why[128];
 	va_list ap;
@@ -59,10 +59,10 @@ static void rate_error(char *err, size_t errlen, const char *part,
 	va_end(ap);
 	if (partlen > 60)
 		snprintf(err, errlen, "invalid rate '%.57s...': %s", part,
-			 why);
+		         why);
 	else
 		snprintf(err, errlen, "invalid rate '%.*s': %s", (int)partlen,
-			 part, why);
+		         part, why);
 }
 
 static int rate_isspace(char c)
@@ -71,7 +71,10 @@ static int rate_isspace(char c)
 	       c == '\v';
 }
 
-static int rate_isdigit(char c) { return c >= '0' && c <= '9'; }
+static int rate_isdigit(char c)
+{
+	return c >= '0' && c <= '9';
+}
 
 static int rate_isalpha(char c)
 {
@@ -120,7 +123,7 @@ static void rate_skip_space(const char **p, const char *end)
 
 /* Parses one rate in [s, end), surrounding spaces allowed. */
 static int rate_one(const char *s, const char *end, st_rate *out, char *err,
-		    size_t errlen)
+                    size_t errlen)
 {
 	const char *p = s, *word;
 	double amount, multiple = 1.0, period;
@@ -130,37 +133,37 @@ static int rate_one(const char *s, const char *end, st_rate *out, char *err,
 	rate_skip_space(&p, end);
 	if (rate_number(&p, end, &amount) < 0) {
 		rate_error(err, errlen, s, (size_t)(end - s),
-			   "expected a number of requests first");
+		           "expected a number of requests first");
 		return -1;
 	}
 	if (!(amount > 0.0)) {
 		rate_error(err, errlen, s, (size_t)(end - s),
-			   "the number of requests must be positive");
+		           "the number of requests must be positive");
 		return -1;
 	}
 	if (amount > RATE_MAX_AMOUNT) {
 		rate_error(err, errlen, s, (size_t)(end - s),
-			   "the number of requests is too large (max %g)",
-			   RATE_MAX_AMOUNT);
+		           "the number of requests is too large (max %g)",
+		           RATE_MAX_AMOUNT);
 		return -1;
 	}
 	rate_skip_space(&p, end);
 	if (p < end && *p == '/') {
 		p++;
 	} else if (end - p >= 3 && rate_lower(p[0]) == 'p' &&
-		   rate_lower(p[1]) == 'e' && rate_lower(p[2]) == 'r' &&
-		   (end - p == 3 || !rate_isalpha(p[3]))) {
+	           rate_lower(p[1]) == 'e' && rate_lower(p[2]) == 'r' &&
+	           (end - p == 3 || !rate_isalpha(p[3]))) {
 		p += 3;
 	} else {
 		rate_error(err, errlen, s, (size_t)(end - s),
-			   "expected '/' or 'per' after the number");
+		           "expected '/' or 'per' after the number");
 		return -1;
 	}
 	rate_skip_space(&p, end);
 	if (p < end && (rate_isdigit(*p) || *p == '.')) {
 		if (rate_number(&p, end, &multiple) < 0 || !(multiple > 0.0)) {
 			rate_error(err, errlen, s, (size_t)(end - s),
-				   "the period multiple must be positive");
+			           "the period multiple must be positive");
 			return -1;
 		}
 		rate_skip_space(&p, end);
@@ -172,14 +175,14 @@ static int rate_one(const char *s, const char *end, st_rate *out, char *err,
 	rate_skip_space(&p, end);
 	if (wlen == 0) {
 		rate_error(err, errlen, s, (size_t)(end - s),
-			   "expected a unit (second, minute, hour, day, "
-			   "month, year)");
+		           "expected a unit (second, minute, hour, day, "
+		           "month, year)");
 		return -1;
 	}
 	if (p != end) {
 		rate_error(err, errlen, s, (size_t)(end - s),
-			   "unexpected text '%.*s' after the unit",
-			   (int)(end - p > 20 ? 20 : end - p), p);
+		           "unexpected text '%.*s' after the unit",
+		           (int)(end - p > 20 ? 20 : end - p), p);
 		return -1;
 	}
 	if (wlen >= sizeof(unit))
@@ -197,7 +200,7 @@ static int rate_one(const char *s, const char *end, st_rate *out, char *err,
 	period = multiple * (double)rate_units[i].seconds * 1e9;
 	if (!(period >= 1.0) || period > (double)RATE_MAX_PERIOD_NS) {
 		rate_error(err, errlen, s, (size_t)(end - s),
-			   "the period must be between 1 ns and 30 years");
+		           "the period must be between 1 ns and 30 years");
 		return -1;
 	}
 	out->amount = amount;
@@ -206,14 +209,14 @@ static int rate_one(const char *s, const char *end, st_rate *out, char *err,
 
 bad_unit:
 	rate_error(err, errlen, s, (size_t)(end - s),
-		   "unknown unit '%.*s' (use second, minute, hour, day, "
-		   "month or year)",
-		   (int)(wlen > 20 ? 20 : wlen), word);
+	           "unknown unit '%.*s' (use second, minute, hour, day, "
+	           "month or year)",
+	           (int)(wlen > 20 ? 20 : wlen), word);
 	return -1;
 }
 
 int rate_parse(const char *s, size_t n, st_rate *out, size_t max, char *err,
-	       size_t errlen)
+               size_t errlen)
 {
 	const char *p = s, *end = s + n, *sep;
 	size_t count = 0;
@@ -226,7 +229,7 @@ int rate_parse(const char *s, size_t n, st_rate *out, size_t max, char *err,
 			sep++;
 		if (count == max) {
 			rate_error(err, errlen, s, n,
-				   "too many rates (at most %zu)", max);
+			           "too many rates (at most %zu)", max);
 			return -1;
 		}
 		if (rate_one(p, sep, &out[count], err, errlen) < 0)

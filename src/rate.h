@@ -26,6 +26,6 @@ typedef struct {
  * `err` naming the bad part. Never reads past s[n-1]; `s` need not be
  * NUL-terminated. Too many rates (> max) is an error. */
 int rate_parse(const char *s, size_t n, st_rate *out, size_t max, char *err,
-	       size_t errlen);
+               size_t errlen);
 
 #endif /* ST_RATE_H */

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -19,3 +21,19 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+# Under ASan (scripts/test-sanitize) freed memory sits in quarantine, so RSS
+# says nothing about leaks there; the leak and flood tests check RSS only
+# in the normal pass and rely on ASan itself in the sanitizer pass.
+SANITIZED = bool(os.environ.get("STANCHION_SANITIZED"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import stanchion._core
+
+    if SANITIZED and "sanitize" not in str(stanchion._core.__file__):
+        raise pytest.UsageError(
+            f"sanitizer pass is testing the wrong build: {stanchion._core.__file__}"
+        )
+    return f"stanchion._core: {stanchion._core.__file__}"

@@ -61,7 +61,10 @@ class _FixedWindow:
         end_in = (idx + 1) * self.period - now
         if count + cost <= self.capacity:
             count += cost
-            return Verdict(True, self.capacity, self.capacity - count, end_in, 0), (idx, count)
+            return Verdict(True, self.capacity, self.capacity - count, end_in, 0), (
+                idx,
+                count,
+            )
         reset = end_in if count > 0 else 0
         return Verdict(False, self.capacity, self.capacity - count, reset, end_in), None
 
@@ -139,7 +142,9 @@ class ModelLimiter:
         burst: list[int | None] | None = None,
     ) -> None:
         bursts = burst or [None] * len(rates)
-        self.rates = [_KINDS[algorithm](a, p, b) for (a, p), b in zip(rates, bursts, strict=True)]
+        self.rates = [
+            _KINDS[algorithm](a, p, b) for (a, p), b in zip(rates, bursts, strict=True)
+        ]
 
     def decide(self, key: str, now: int, cost: int, commit: bool = True) -> Verdict:
         results = [r.check(key, now, cost) for r in self.rates]

@@ -329,7 +329,11 @@ def test_bad_costs(clock: FakeClock) -> None:
         ({"rates": "1/s", "burst": 1.5}, TypeError, "burst must be"),
         ({"rates": "1/s;2/m", "burst": 3}, ValueError, "one entry"),
         ({"rates": "1/s;2/m", "burst": [3]}, ValueError, "1 entries for 2 rates"),
-        ({"rates": "1/s", "algorithm": "fixed_window", "burst": 2}, ValueError, "token_bucket"),
+        (
+            {"rates": "1/s", "algorithm": "fixed_window", "burst": 2},
+            ValueError,
+            "token_bucket",
+        ),
         ({"rates": "1/s", "max_keys": 0}, ValueError, "max_keys"),
         ({"rates": "1/s", "max_keys": 1.5}, TypeError, "max_keys"),
         ({"rates": "1/s", "clock": 5}, TypeError, "clock must be a callable"),
@@ -338,7 +342,9 @@ def test_bad_costs(clock: FakeClock) -> None:
         ({"rates": "1000000/second", "burst": 10**18}, ValueError, "36 years"),
     ],
 )
-def test_bad_constructor_arguments(kwargs: dict[str, object], exc: type, fragment: str) -> None:
+def test_bad_constructor_arguments(
+    kwargs: dict[str, object], exc: type, fragment: str
+) -> None:
     with pytest.raises(exc) as info:
         Limiter(**kwargs)  # type: ignore[arg-type]
     assert fragment in str(info.value)

@@ -16,7 +16,9 @@ ALGORITHMS = ["token_bucket", "fixed_window", "sliding_window"]
 # evenly by N, so the rounding of the emission interval is exercised.
 rate = st.tuples(
     st.integers(min_value=1, max_value=20),
-    st.sampled_from([1_000_000, 7_000_000, 1_000_000_000, 3_000_000_000, 60_000_000_000]),
+    st.sampled_from(
+        [1_000_000, 7_000_000, 1_000_000_000, 3_000_000_000, 60_000_000_000]
+    ),
 )
 step = st.tuples(
     st.integers(min_value=0, max_value=400_000_000),  # time advance, ns
@@ -26,7 +28,11 @@ step = st.tuples(
 )
 
 
-def run_both(algorithm: str, rates: list[tuple[int, int]], steps: list[tuple[int, str, int, bool]]) -> None:
+def run_both(
+    algorithm: str,
+    rates: list[tuple[int, int]],
+    steps: list[tuple[int, str, int, bool]],
+) -> None:
     clock = FakeClock(start=0.0)
     now_ns = 5_000_000_000_000  # an arbitrary start, exactly representable
     clock.now = now_ns / 1e9
@@ -41,7 +47,13 @@ def run_both(algorithm: str, rates: list[tuple[int, int]], steps: list[tuple[int
         cost = min(cost, max_cost)
         d = lim.hit(key, cost) if commit else lim.peek(key, cost)
         v = model.decide(key, now_ns, cost, commit)
-        assert (d.allowed, d.limit, d.remaining, d.reset_after_ns, d.retry_after_ns) == (
+        assert (
+            d.allowed,
+            d.limit,
+            d.remaining,
+            d.reset_after_ns,
+            d.retry_after_ns,
+        ) == (
             v.allowed,
             v.limit,
             v.remaining,
@@ -56,7 +68,11 @@ def run_both(algorithm: str, rates: list[tuple[int, int]], steps: list[tuple[int
     rates=st.lists(rate, min_size=1, max_size=1),
     steps=st.lists(step, max_size=80),
 )
-def test_single_rate_matches_model(algorithm: str, rates: list[tuple[int, int]], steps: list[tuple[int, str, int, bool]]) -> None:
+def test_single_rate_matches_model(
+    algorithm: str,
+    rates: list[tuple[int, int]],
+    steps: list[tuple[int, str, int, bool]],
+) -> None:
     run_both(algorithm, rates, steps)
 
 
@@ -66,20 +82,29 @@ def test_single_rate_matches_model(algorithm: str, rates: list[tuple[int, int]],
     rates=st.lists(rate, min_size=2, max_size=4),
     steps=st.lists(step, max_size=80),
 )
-def test_several_rates_match_model(algorithm: str, rates: list[tuple[int, int]], steps: list[tuple[int, str, int, bool]]) -> None:
+def test_several_rates_match_model(
+    algorithm: str,
+    rates: list[tuple[int, int]],
+    steps: list[tuple[int, str, int, bool]],
+) -> None:
     run_both(algorithm, rates, steps)
 
 
 # -- what a policy may admit ---------------------------------------------------------
 
 hits = st.lists(
-    st.tuples(st.integers(min_value=0, max_value=300_000_000), st.integers(min_value=1, max_value=3)),
+    st.tuples(
+        st.integers(min_value=0, max_value=300_000_000),
+        st.integers(min_value=1, max_value=3),
+    ),
     min_size=1,
     max_size=120,
 )
 
 
-def admitted(algorithm: str, n: int, period_ns: int, seq: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def admitted(
+    algorithm: str, n: int, period_ns: int, seq: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
     clock = FakeClock(start=0.0)
     now = 7_000_000_000_000
     lim = Limiter([(n, period_ns / 1e9)], algorithm=algorithm, clock=clock)
@@ -94,8 +119,14 @@ def admitted(algorithm: str, n: int, period_ns: int, seq: list[tuple[int, int]])
 
 
 @settings(max_examples=200, deadline=None)
-@given(n=st.integers(1, 10), period=st.sampled_from([1_000_000_000, 2_000_000_000]), seq=hits)
-def test_token_bucket_never_exceeds_burst_plus_refill(n: int, period: int, seq: list[tuple[int, int]]) -> None:
+@given(
+    n=st.integers(1, 10),
+    period=st.sampled_from([1_000_000_000, 2_000_000_000]),
+    seq=hits,
+)
+def test_token_bucket_never_exceeds_burst_plus_refill(
+    n: int, period: int, seq: list[tuple[int, int]]
+) -> None:
     got = admitted("token_bucket", n, period, seq)
     interval = round(period / n)
     # In any interval [t_i, t_j], at most burst + (t_j - t_i) / interval.
@@ -113,7 +144,9 @@ def test_token_bucket_never_exceeds_burst_plus_refill(n: int, period: int, seq: 
     period=st.sampled_from([1_000_000_000, 2_000_000_000]),
     seq=hits,
 )
-def test_windows_never_exceed_their_bounds(algorithm: str, n: int, period: int, seq: list[tuple[int, int]]) -> None:
+def test_windows_never_exceed_their_bounds(
+    algorithm: str, n: int, period: int, seq: list[tuple[int, int]]
+) -> None:
     got = admitted(algorithm, n, period, seq)
     per_window: dict[int, int] = {}
     for t, c in got:

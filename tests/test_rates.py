@@ -63,7 +63,13 @@ def test_parse_rejects_non_str() -> None:
 
 
 def test_rate_str_round_trips() -> None:
-    for text in ["10/second", "100 per 2 hours", "5/minute", "1/day", "3 per 10 seconds"]:
+    for text in [
+        "10/second",
+        "100 per 2 hours",
+        "5/minute",
+        "1/day",
+        "3 per 10 seconds",
+    ]:
         (rate,) = parse_rates(text)
         assert parse_rates(str(rate)) == [rate]
     assert str(Rate(10, 1.0)) == "10/second"

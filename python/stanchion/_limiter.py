@@ -110,7 +110,9 @@ class Limiter(_core.Limiter):
 
     # -- blocking --------------------------------------------------------------
 
-    def acquire(self, key: str | bytes, cost: int = 1, timeout: float | None = None) -> Decision:
+    def acquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
         """Hit, waiting while denied. With a ``timeout`` (seconds), raises
         RateLimitExceeded as soon as the wait would exceed it."""
         deadline = _deadline(timeout)
@@ -153,7 +155,9 @@ def _deadline(timeout: float | None) -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        raise TypeError(
+            f"timeout must be a number of seconds, not {type(timeout).__name__}"
+        )
     if timeout != timeout or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
     return time.monotonic() + timeout

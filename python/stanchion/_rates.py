@@ -51,7 +51,11 @@ def normalize_rates(rates: object) -> list[Rate]:
     """Rates from a string, a Rate, or a list of strings and Rates."""
     if isinstance(rates, str):
         return parse_rates(rates)
-    if isinstance(rates, tuple) and len(rates) == 2 and not isinstance(rates[0], (str, tuple)):
+    if (
+        isinstance(rates, tuple)
+        and len(rates) == 2
+        and not isinstance(rates[0], (str, tuple))
+    ):
         return [_checked(rates)]
     if isinstance(rates, (list, tuple)):
         out: list[Rate] = []

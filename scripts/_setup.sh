@@ -1,0 +1,33 @@
+# Sourced by scripts/demo and scripts/test: brings a fresh machine to a
+# working checkout. Idempotent; each step is skipped when already done.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${STANCHION_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+
+# System packages the test suite needs: redis-server (Redis tests),
+# clang-format (C style check). Debian/Ubuntu names.
+ensure_system_packages() {
+	local missing=()
+	command -v redis-server >/dev/null || missing+=(redis-server)
+	command -v clang-format >/dev/null || missing+=(clang-format)
+	[ ${#missing[@]} -eq 0 ] && return 0
+	local sudo=""
+	[ "$(id -u)" -ne 0 ] && sudo="sudo"
+	echo "installing ${missing[*]} with apt-get" >&2
+	$sudo apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# The virtual environment with the package (built from source) and the
+# extras named in $1 (e.g. "all").
+ensure_venv() {
+	local extras="$1"
+	if [ ! -x "$PY" ]; then
+		python3 -m venv "$VENV"
+		"$PY" -m pip install -q --upgrade pip
+	fi
+	"$PY" -m pip install -q -e "$ROOT[$extras]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+	"$PY" -c "import stanchion._core" # fails loudly if the build failed
+}
