@@ -1,0 +1,386 @@
+/* The cache engine; see lru.h. */
+#include "lru.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MIN_CAP 8
+
+void lru_init(lru_table *t, uint32_t max_cap, int weighted)
+{
+	memset(t, 0, sizeof(*t));
+	t->mru = t->lru = LRU_NIL;
+	t->fhead = t->ftail = LRU_NIL;
+	t->max_cap = max_cap < LRU_MAX_ENTRIES ? max_cap : LRU_MAX_ENTRIES;
+	t->weighted = weighted;
+}
+
+void lru_free(lru_table *t)
+{
+	uint64_t mutations = t->mutations;
+
+	free(t->entries);
+	free(t->weights);
+	free(t->slots);
+	free(t->heap);
+	lru_init(t, t->max_cap, t->weighted);
+	/* A walk in progress must still see that things moved. */
+	t->mutations = mutations + 1;
+}
+
+size_t lru_memory(const lru_table *t)
+{
+	return (size_t)t->cap * sizeof(lru_entry) +
+	       (t->weights ? (size_t)t->cap * sizeof(int64_t) : 0) +
+	       (size_t)t->nslots * sizeof(uint32_t) +
+	       (size_t)t->hcap * sizeof(uint32_t);
+}
+
+/* ---- hash index ----------------------------------------------------------
+ */
+
+/* The slot holding entry `i` (which must be indexed). */
+static uint32_t slot_of(const lru_table *t, uint32_t i)
+{
+	uint32_t mask = t->nslots - 1;
+	uint32_t s = lru_home(t, t->entries[i].hash);
+
+	while (t->slots[s] != i + 1)
+		s = (s + 1) & mask;
+	return s;
+}
+
+static void index_add(lru_table *t, uint32_t i)
+{
+	uint32_t mask = t->nslots - 1;
+	uint32_t s = lru_home(t, t->entries[i].hash);
+
+	while (t->slots[s] != 0)
+		s = (s + 1) & mask;
+	t->slots[s] = i + 1;
+}
+
+/* Empties slot `s` and shifts later members of its cluster back, so every
+ * entry stays reachable from its home slot without tombstones. */
+static void index_delete_slot(lru_table *t, uint32_t s)
+{
+	uint32_t mask = t->nslots - 1, j = s;
+
+	for (;;) {
+		uint32_t v, home;
+		j = (j + 1) & mask;
+		v = t->slots[j];
+		if (v == 0)
+			break;
+		home = lru_home(t, t->entries[v - 1].hash);
+		/* The entry at j may move to s if s lies cyclically in
+		 * [home, j). */
+		if (((j - home) & mask) >= ((j - s) & mask)) {
+			t->slots[s] = v;
+			s = j;
+		}
+	}
+	t->slots[s] = 0;
+}
+
+/* Smallest power of two > cap * 3 / 2 (load factor <= 2/3). */
+static uint32_t slots_for(uint32_t cap)
+{
+	uint64_t want = (uint64_t)cap + cap / 2 + 1, n = 8;
+
+	while (n < want)
+		n <<= 1;
+	return (uint32_t)n;
+}
+
+static int log2u(uint32_t n)
+{
+	int k = 0;
+	while ((UINT32_C(1) << k) < n)
+		k++;
+	return k;
+}
+
+/* Reallocates the entries to `cap` (>= count) and the index to match.
+ * Returns 0, or -1 with the table unchanged. */
+static int resize(lru_table *t, uint32_t cap)
+{
+	uint32_t nslots = slots_for(cap);
+	lru_entry *entries;
+	uint32_t *slots = NULL;
+
+	if (nslots != t->nslots) {
+		slots = calloc(nslots, sizeof(uint32_t));
+		if (slots == NULL)
+			return -1;
+	}
+	entries = realloc(t->entries, (size_t)cap * sizeof(lru_entry));
+	if (entries == NULL) {
+		free(slots);
+		return -1;
+	}
+	t->entries = entries;
+	if (t->weighted) {
+		int64_t *w =
+		    realloc(t->weights, (size_t)cap * sizeof(int64_t));
+		if (w == NULL) {
+			/* Entries stay valid (count <= both capacities);
+			 * keep the old sizes. */
+			if (cap > t->cap) {
+				free(slots);
+				return -1;
+			}
+		} else {
+			t->weights = w;
+		}
+	}
+	t->cap = cap;
+	if (slots != NULL) {
+		free(t->slots);
+		t->slots = slots;
+		t->nslots = nslots;
+		t->shift = 64 - log2u(nslots);
+		for (uint32_t i = 0; i < t->count; i++)
+			index_add(t, i);
+	}
+	t->mutations++;
+	return 0;
+}
+
+int lru_reserve_heap(lru_table *t)
+{
+	uint64_t hcap = t->hcap < MIN_CAP ? MIN_CAP : (uint64_t)t->hcap * 2;
+	uint32_t *h;
+
+	if (t->hcount < t->hcap)
+		return 0;
+	if (hcap > t->max_cap)
+		hcap = t->max_cap;
+	if (hcap <= t->hcount)
+		return -1;
+	h = realloc(t->heap, (size_t)hcap * sizeof(uint32_t));
+	if (h == NULL)
+		return -1;
+	t->heap = h;
+	t->hcap = (uint32_t)hcap;
+	return 0;
+}
+
+int lru_reserve(lru_table *t, int heap)
+{
+	if (t->count >= t->cap) {
+		uint64_t cap =
+		    t->cap < MIN_CAP ? MIN_CAP : (uint64_t)t->cap * 2;
+		if (t->count >= t->max_cap)
+			return -1;
+		if (cap > t->max_cap)
+			cap = t->max_cap;
+		if (resize(t, (uint32_t)cap) < 0)
+			return -1;
+	}
+	return heap ? lru_reserve_heap(t) : 0;
+}
+
+/* ---- expiry: FIFO and heap ------------------------------------------------
+ */
+
+static void heap_place(lru_table *t, uint32_t pos, uint32_t i)
+{
+	t->heap[pos] = i;
+	t->entries[i].tnext = pos;
+}
+
+static void heap_up(lru_table *t, uint32_t pos)
+{
+	uint32_t i = t->heap[pos];
+	int64_t x = t->entries[i].expires;
+
+	while (pos > 0) {
+		uint32_t parent = (pos - 1) / 2;
+		if (t->entries[t->heap[parent]].expires <= x)
+			break;
+		heap_place(t, pos, t->heap[parent]);
+		pos = parent;
+	}
+	heap_place(t, pos, i);
+}
+
+static void heap_down(lru_table *t, uint32_t pos)
+{
+	uint32_t i = t->heap[pos], n = t->hcount;
+	int64_t x = t->entries[i].expires;
+
+	for (;;) {
+		uint32_t c = 2 * pos + 1;
+		if (c >= n)
+			break;
+		if (c + 1 < n && t->entries[t->heap[c + 1]].expires <
+		                     t->entries[t->heap[c]].expires)
+			c++;
+		if (x <= t->entries[t->heap[c]].expires)
+			break;
+		heap_place(t, pos, t->heap[c]);
+		pos = c;
+	}
+	heap_place(t, pos, i);
+}
+
+/* Takes entry `i` out of whichever expiry structure holds it. */
+static void expiry_unlink(lru_table *t, uint32_t i)
+{
+	lru_entry *e = t->entries, *x = &e[i];
+
+	if (x->expires == LRU_NEVER)
+		return;
+	if (x->tprev == LRU_IN_HEAP) {
+		uint32_t pos = x->tnext, last = t->heap[--t->hcount];
+		if (pos < t->hcount) {
+			heap_place(t, pos, last);
+			heap_down(t, pos);
+			heap_up(t, t->entries[last].tnext);
+		}
+	} else {
+		if (x->tprev != LRU_NIL)
+			e[x->tprev].tnext = x->tnext;
+		else
+			t->fhead = x->tnext;
+		if (x->tnext != LRU_NIL)
+			e[x->tnext].tprev = x->tprev;
+		else
+			t->ftail = x->tprev;
+	}
+	x->tprev = x->tnext = LRU_NIL;
+}
+
+/* Puts entry `i`, whose expires is set, into an expiry structure. */
+static void expiry_link(lru_table *t, uint32_t i, int fifo)
+{
+	lru_entry *e = t->entries, *x = &e[i];
+
+	x->tprev = x->tnext = LRU_NIL;
+	if (x->expires == LRU_NEVER)
+		return;
+	if (fifo &&
+	    (t->ftail == LRU_NIL || e[t->ftail].expires <= x->expires)) {
+		x->tprev = t->ftail;
+		if (t->ftail != LRU_NIL)
+			e[t->ftail].tnext = i;
+		else
+			t->fhead = i;
+		t->ftail = i;
+		return;
+	}
+	x->tprev = LRU_IN_HEAP;
+	heap_place(t, t->hcount++, i);
+	heap_up(t, t->hcount - 1);
+}
+
+void lru_set_expiry(lru_table *t, uint32_t i, int64_t expires, int fifo)
+{
+	expiry_unlink(t, i);
+	t->entries[i].expires = expires;
+	expiry_link(t, i, fifo);
+}
+
+/* ---- entries ---------------------------------------------------------------
+ */
+
+uint32_t lru_insert(lru_table *t, uint64_t hash, void *key, void *value,
+                    int64_t expires, int fifo, int64_t weight)
+{
+	uint32_t i = t->count++;
+	lru_entry *x = &t->entries[i];
+
+	x->hash = hash;
+	x->key = key;
+	x->value = value;
+	x->expires = expires;
+	x->newer = LRU_NIL;
+	x->older = t->mru;
+	if (t->mru != LRU_NIL)
+		t->entries[t->mru].newer = i;
+	else
+		t->lru = i;
+	t->mru = i;
+	expiry_link(t, i, fifo);
+	if (t->weights != NULL) {
+		t->weights[i] = weight;
+		t->total_weight += weight;
+	}
+	index_add(t, i);
+	t->mutations++;
+	return i;
+}
+
+/* Moves entry `from` (the last one) into the free place `to`, fixing
+ * every link that points at it. */
+static void move_entry(lru_table *t, uint32_t from, uint32_t to)
+{
+	lru_entry *e = t->entries, *x;
+
+	t->slots[slot_of(t, from)] = to + 1;
+	e[to] = e[from];
+	x = &e[to];
+	if (x->newer != LRU_NIL)
+		e[x->newer].older = to;
+	else
+		t->mru = to;
+	if (x->older != LRU_NIL)
+		e[x->older].newer = to;
+	else
+		t->lru = to;
+	if (x->expires != LRU_NEVER) {
+		if (x->tprev == LRU_IN_HEAP) {
+			t->heap[x->tnext] = to;
+		} else {
+			if (x->tprev != LRU_NIL)
+				e[x->tprev].tnext = to;
+			else
+				t->fhead = to;
+			if (x->tnext != LRU_NIL)
+				e[x->tnext].tprev = to;
+			else
+				t->ftail = to;
+		}
+	}
+	if (t->weights != NULL)
+		t->weights[to] = t->weights[from];
+}
+
+void lru_remove(lru_table *t, uint32_t i)
+{
+	lru_entry *e = t->entries, *x = &e[i];
+	uint32_t last;
+
+	/* LRU list. */
+	if (x->newer != LRU_NIL)
+		e[x->newer].older = x->older;
+	else
+		t->mru = x->older;
+	if (x->older != LRU_NIL)
+		e[x->older].newer = x->newer;
+	else
+		t->lru = x->newer;
+	expiry_unlink(t, i);
+	if (t->weights != NULL)
+		t->total_weight -= t->weights[i];
+	index_delete_slot(t, slot_of(t, i));
+	last = --t->count;
+	if (i != last)
+		move_entry(t, last, i);
+	t->mutations++;
+	/* Give memory back once the table is mostly empty. A failed shrink
+	 * just keeps the larger arrays. */
+	if (t->cap > 4 * MIN_CAP && t->count < t->cap / 4)
+		(void)resize(t, t->cap / 2);
+	if (t->hcap > 4 * MIN_CAP && t->hcount < t->hcap / 4) {
+		uint32_t *h =
+		    realloc(t->heap, (size_t)(t->hcap / 2) * sizeof(uint32_t));
+		if (h != NULL) {
+			t->heap = h;
+			t->hcap /= 2;
+		}
+	}
+	if (t->count == 0 && t->cap > 0)
+		lru_free(t);
+}
