@@ -66,6 +66,7 @@ typedef struct {
 	int64_t ttl_ns;       /* default TTL, 0 = entries never expire */
 	int64_t maxweight;    /* most total weight kept, when weigh is set */
 	PyObject *clock;      /* NULL = the C monotonic clock */
+	st_fastclock fclock;  /* the C monotonic clock, fast */
 	PyObject *weigh;      /* NULL = unweighted */
 	int64_t last_now;     /* time never runs backwards in here */
 	uint64_t hits;        /* reads that found a live entry */
@@ -151,7 +152,7 @@ static int cache_clock(CacheObject *self, int64_t *now)
 	int64_t ns;
 
 	if (ST_LIKELY(self->clock == NULL)) {
-		ns = st_monotonic_ns();
+		ns = st_fastclock_now(&self->fclock);
 	} else {
 		PyObject *r = PyObject_CallNoArgs(self->clock);
 		double s;
@@ -586,6 +587,7 @@ static PyObject *cache_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 	self->maxsize = DEFAULT_MAXSIZE;
 	self->bounded = 1;
 	self->last_now = INT64_MIN;
+	st_fastclock_copy(&self->fclock, &st->clock);
 	lru_init(&self->table, DEFAULT_MAXSIZE + 1, 0);
 	return (PyObject *)self;
 }
