@@ -26,11 +26,14 @@
 
 #include "common.h"
 
-#define LRU_NIL UINT32_MAX           /* no entry */
-#define LRU_IN_HEAP (UINT32_MAX - 1) /* tprev marker: tnext is a heap index \
-	                              */
-#define LRU_NEVER INT64_MAX          /* expires: never */
-#define LRU_MAX_ENTRIES (UINT32_C(1) << 30) /* hard bound on count */
+/* No entry. */
+#define LRU_NIL UINT32_MAX
+/* In tprev: the entry is in the heap, at position tnext. */
+#define LRU_IN_HEAP (UINT32_MAX - 1)
+/* In expires: the entry never expires. */
+#define LRU_NEVER INT64_MAX
+/* The most entries a table can hold. */
+#define LRU_MAX_ENTRIES (UINT32_C(1) << 30)
 
 typedef struct {
 	uint64_t hash;   /* the key's hash, computed once */

@@ -268,6 +268,7 @@ class _SyncFlights:
         other = self.inflight.setdefault(key, flight)
         if other is not flight:
             return self._wait(other, key, args, kwargs)
+        del other
         try:
             # The result may have been stored between our miss and now.
             value = self.store.peek(key)
@@ -282,6 +283,9 @@ class _SyncFlights:
         finally:
             self.inflight.pop(key, None)
             flight.done.set()
+            # A traceback keeps this frame alive: it must not keep the
+            # flight, which holds the exception (a reference cycle).
+            del flight
 
     def _wait(
         self,
@@ -302,14 +306,16 @@ class _SyncFlights:
                 del _thread_waits[me]
             else:
                 _thread_waits[me] = previous
+        error, value = flight.error, flight.value
+        del flight  # as in miss(): no cycle through a traceback
         if cycle:
             # Waiting would wait for ourselves: compute alone.
             value = self.store.func(*args, **kwargs)
             self.store.store(key, value)
             return value
-        if flight.error is not None:
-            raise flight.error
-        return flight.value
+        if error is not None:
+            raise error
+        return value
 
 
 class _AsyncFlights:
