@@ -480,6 +480,18 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 		lru_set_expiry(t, i, expires, fifo);
 		lru_set_weight(t, i, weight);
 		lru_touch(t, i);
+	} else if (t->count >= self->maxsize && t->weights == NULL &&
+	           t->count > 0 &&
+	           (!lru_needs_heap(t, expires, fifo) ||
+	            lru_reserve_heap(t) == 0)) {
+		/* Full: the new entry takes the least recently used one's
+		 * place, as lru_cache reuses its oldest link. */
+		void *k, *v;
+		lru_replace_lru(t, (uint64_t)hash, Py_NewRef(key),
+		                Py_NewRef(value), expires, fifo, 0, &k, &v);
+		self->evictions++;
+		Py_DECREF((PyObject *)k);
+		Py_DECREF((PyObject *)v);
 	} else {
 		if (lru_reserve(t, lru_needs_heap(t, expires, fifo)) < 0) {
 			PyErr_NoMemory();

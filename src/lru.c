@@ -86,7 +86,7 @@ static void index_delete_slot(lru_table *t, uint32_t s)
 /* Smallest power of two > cap * 3 / 2 (load factor <= 2/3). */
 static uint32_t slots_for(uint32_t cap)
 {
-	uint64_t want = (uint64_t)cap + cap / 2 + 1, n = 8;
+	uint64_t want = (uint64_t)cap * 2, n = 8;
 
 	while (n < want)
 		n <<= 1;
@@ -306,6 +306,40 @@ uint32_t lru_insert(lru_table *t, uint64_t hash, void *key, void *value,
 	if (t->weights != NULL) {
 		t->weights[i] = weight;
 		t->total_weight += weight;
+	}
+	index_add(t, i);
+	t->mutations++;
+	return i;
+}
+
+uint32_t lru_replace_lru(lru_table *t, uint64_t hash, void *key, void *value,
+                         int64_t expires, int fifo, int64_t weight,
+                         void **old_key, void **old_value)
+{
+	uint32_t i = t->lru;
+	lru_entry *e = t->entries, *x = &e[i];
+
+	*old_key = x->key;
+	*old_value = x->value;
+	index_delete_slot(t, slot_of(t, i));
+	expiry_unlink(t, i);
+	/* Move from the lru end to the mru end (a no-op for one entry). */
+	if (t->mru != i) {
+		t->lru = x->newer;
+		e[x->newer].older = LRU_NIL;
+		x->older = t->mru;
+		x->newer = LRU_NIL;
+		e[t->mru].newer = i;
+		t->mru = i;
+	}
+	x->hash = hash;
+	x->key = key;
+	x->value = value;
+	x->expires = expires;
+	expiry_link(t, i, fifo);
+	if (t->weights != NULL) {
+		t->total_weight += weight - t->weights[i];
+		t->weights[i] = weight;
 	}
 	index_add(t, i);
 	t->mutations++;

@@ -123,6 +123,16 @@ int lru_reserve_heap(lru_table *t);
 uint32_t lru_insert(lru_table *t, uint64_t hash, void *key, void *value,
                     int64_t expires, int fifo, int64_t weight);
 
+/* Replaces the least recently used entry (the table must not be empty)
+ * by a new one, in place: what lru_remove(t, t->lru) then lru_insert
+ * would do, without moving any other entry. Stores the old key and value
+ * in *old_key and *old_value for the caller to release. Same
+ * requirements as lru_insert, except that no reservation is needed.
+ * Returns the entry's index. */
+uint32_t lru_replace_lru(lru_table *t, uint64_t hash, void *key, void *value,
+                         int64_t expires, int fifo, int64_t weight,
+                         void **old_key, void **old_value);
+
 /* Removes entry `i` from every structure; the last entry moves into its
  * place. The caller must have taken the key and value first. May shrink
  * the arrays when the table has become mostly empty. */
