@@ -396,7 +396,7 @@ static int cache_find_live(CacheObject *self, PyObject *key, uint32_t *idx)
 	r = cache_lookup(self, key, hash, &i);
 	if (r <= 0)
 		return r;
-	if (t->entries[i].expires != LRU_NEVER) {
+	if (t->ttl != NULL && t->ttl[i].expires != LRU_NEVER) {
 		if (!have_now) {
 			/* The injected clock was not read (nothing could
 			 * expire before the lookup ran Python code): use its
@@ -406,7 +406,7 @@ static int cache_find_live(CacheObject *self, PyObject *key, uint32_t *idx)
 			else
 				now = self->last_now;
 		}
-		if (t->entries[i].expires <= now) {
+		if (t->ttl[i].expires <= now) {
 			self->expirations++;
 			cache_drop(self, i);
 			return 0;
@@ -470,8 +470,7 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 	/* From here on no Python code runs until the table is consistent. */
 	expires = ttl_ns > 0 ? now + ttl_ns : LRU_NEVER;
 	if (r > 0) {
-		if (lru_needs_heap(t, expires, fifo) &&
-		    lru_reserve_heap(t) < 0) {
+		if (lru_reserve_expiry(t, expires, fifo) < 0) {
 			PyErr_NoMemory();
 			return -1;
 		}
@@ -481,9 +480,7 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 		lru_set_weight(t, i, weight);
 		lru_touch(t, i);
 	} else if (t->count >= self->maxsize && t->weights == NULL &&
-	           t->count > 0 &&
-	           (!lru_needs_heap(t, expires, fifo) ||
-	            lru_reserve_heap(t) == 0)) {
+	           t->count > 0 && lru_reserve_expiry(t, expires, fifo) == 0) {
 		/* Full: the new entry takes the least recently used one's
 		 * place, as lru_cache reuses its oldest link. */
 		void *k, *v;
@@ -493,7 +490,7 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 		Py_DECREF((PyObject *)k);
 		Py_DECREF((PyObject *)v);
 	} else {
-		if (lru_reserve(t, lru_needs_heap(t, expires, fifo)) < 0) {
+		if (lru_reserve(t, expires, fifo) < 0) {
 			PyErr_NoMemory();
 			return -1;
 		}

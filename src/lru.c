@@ -20,6 +20,7 @@ void lru_free(lru_table *t)
 	uint64_t mutations = t->mutations;
 
 	free(t->entries);
+	free(t->ttl);
 	free(t->weights);
 	free(t->slots);
 	free(t->heap);
@@ -31,6 +32,7 @@ void lru_free(lru_table *t)
 size_t lru_memory(const lru_table *t)
 {
 	return (size_t)t->cap * sizeof(lru_entry) +
+	       (t->ttl ? (size_t)t->cap * sizeof(lru_ttl) : 0) +
 	       (t->weights ? (size_t)t->cap * sizeof(int64_t) : 0) +
 	       (size_t)t->nslots * sizeof(uint32_t) +
 	       (size_t)t->hcap * sizeof(uint32_t);
@@ -83,7 +85,7 @@ static void index_delete_slot(lru_table *t, uint32_t s)
 	t->slots[s] = 0;
 }
 
-/* Smallest power of two > cap * 3 / 2 (load factor <= 2/3). */
+/* Smallest power of two >= cap * 2 (load factor <= 1/2). */
 static uint32_t slots_for(uint32_t cap)
 {
 	uint64_t want = (uint64_t)cap * 2, n = 8;
@@ -101,38 +103,39 @@ static int log2u(uint32_t n)
 	return k;
 }
 
-/* Reallocates the entries to `cap` (>= count) and the index to match.
- * Returns 0, or -1 with the table unchanged. */
+/* Reallocates *p to n elements of `size` bytes. A failure leaves *p as
+ * it was, which is only an error when growing. */
+static int realloc_array(void *p, size_t n, size_t size, int growing)
+{
+	void **pp = p, *q = realloc(*pp, n * size);
+
+	if (q == NULL)
+		return growing ? -1 : 0;
+	*pp = q;
+	return 0;
+}
+
+/* Reallocates the entries and their parallel arrays to `cap` (>= count),
+ * and the index to match. Returns 0, or -1 with the table unchanged (an
+ * array may have grown, which is harmless). */
 static int resize(lru_table *t, uint32_t cap)
 {
 	uint32_t nslots = slots_for(cap);
-	lru_entry *entries;
 	uint32_t *slots = NULL;
+	int growing = cap > t->cap;
 
 	if (nslots != t->nslots) {
 		slots = calloc(nslots, sizeof(uint32_t));
 		if (slots == NULL)
-			return -1;
+			return growing ? -1 : 0;
 	}
-	entries = realloc(t->entries, (size_t)cap * sizeof(lru_entry));
-	if (entries == NULL) {
+	if (realloc_array(&t->entries, cap, sizeof(lru_entry), growing) < 0 ||
+	    (t->ttl != NULL &&
+	     realloc_array(&t->ttl, cap, sizeof(lru_ttl), growing) < 0) ||
+	    (t->weighted &&
+	     realloc_array(&t->weights, cap, sizeof(int64_t), growing) < 0)) {
 		free(slots);
 		return -1;
-	}
-	t->entries = entries;
-	if (t->weighted) {
-		int64_t *w =
-		    realloc(t->weights, (size_t)cap * sizeof(int64_t));
-		if (w == NULL) {
-			/* Entries stay valid (count <= both capacities);
-			 * keep the old sizes. */
-			if (cap > t->cap) {
-				free(slots);
-				return -1;
-			}
-		} else {
-			t->weights = w;
-		}
 	}
 	t->cap = cap;
 	if (slots != NULL) {
@@ -147,7 +150,8 @@ static int resize(lru_table *t, uint32_t cap)
 	return 0;
 }
 
-int lru_reserve_heap(lru_table *t)
+/* Ensures one more heap slot. */
+static int reserve_heap(lru_table *t)
 {
 	uint64_t hcap = t->hcap < MIN_CAP ? MIN_CAP : (uint64_t)t->hcap * 2;
 	uint32_t *h;
@@ -166,7 +170,25 @@ int lru_reserve_heap(lru_table *t)
 	return 0;
 }
 
-int lru_reserve(lru_table *t, int heap)
+int lru_reserve_expiry(lru_table *t, int64_t expires, int fifo)
+{
+	if (expires == LRU_NEVER)
+		return 0;
+	if (t->ttl == NULL && t->cap > 0) {
+		/* The first entry that can expire: from now on every entry
+		 * has expiry data. */
+		t->ttl = malloc((size_t)t->cap * sizeof(lru_ttl));
+		if (t->ttl == NULL)
+			return -1;
+		for (uint32_t i = 0; i < t->cap; i++) {
+			t->ttl[i].expires = LRU_NEVER;
+			t->ttl[i].tprev = t->ttl[i].tnext = LRU_NIL;
+		}
+	}
+	return lru_needs_heap(t, expires, fifo) ? reserve_heap(t) : 0;
+}
+
+int lru_reserve(lru_table *t, int64_t expires, int fifo)
 {
 	if (t->count >= t->cap) {
 		uint64_t cap =
@@ -178,26 +200,26 @@ int lru_reserve(lru_table *t, int heap)
 		if (resize(t, (uint32_t)cap) < 0)
 			return -1;
 	}
-	return heap ? lru_reserve_heap(t) : 0;
+	return lru_reserve_expiry(t, expires, fifo);
 }
 
-/* ---- expiry: FIFO and heap ------------------------------------------------
+/* ---- expiry: FIFO and heap ----------------------------------------------
  */
 
 static void heap_place(lru_table *t, uint32_t pos, uint32_t i)
 {
 	t->heap[pos] = i;
-	t->entries[i].tnext = pos;
+	t->ttl[i].tnext = pos;
 }
 
 static void heap_up(lru_table *t, uint32_t pos)
 {
 	uint32_t i = t->heap[pos];
-	int64_t x = t->entries[i].expires;
+	int64_t x = t->ttl[i].expires;
 
 	while (pos > 0) {
 		uint32_t parent = (pos - 1) / 2;
-		if (t->entries[t->heap[parent]].expires <= x)
+		if (t->ttl[t->heap[parent]].expires <= x)
 			break;
 		heap_place(t, pos, t->heap[parent]);
 		pos = parent;
@@ -208,16 +230,16 @@ static void heap_up(lru_table *t, uint32_t pos)
 static void heap_down(lru_table *t, uint32_t pos)
 {
 	uint32_t i = t->heap[pos], n = t->hcount;
-	int64_t x = t->entries[i].expires;
+	int64_t x = t->ttl[i].expires;
 
 	for (;;) {
 		uint32_t c = 2 * pos + 1;
 		if (c >= n)
 			break;
-		if (c + 1 < n && t->entries[t->heap[c + 1]].expires <
-		                     t->entries[t->heap[c]].expires)
+		if (c + 1 < n && t->ttl[t->heap[c + 1]].expires <
+		                     t->ttl[t->heap[c]].expires)
 			c++;
-		if (x <= t->entries[t->heap[c]].expires)
+		if (x <= t->ttl[t->heap[c]].expires)
 			break;
 		heap_place(t, pos, t->heap[c]);
 		pos = c;
@@ -228,16 +250,17 @@ static void heap_down(lru_table *t, uint32_t pos)
 /* Takes entry `i` out of whichever expiry structure holds it. */
 static void expiry_unlink(lru_table *t, uint32_t i)
 {
-	lru_entry *e = t->entries, *x = &e[i];
+	lru_ttl *e = t->ttl, *x;
 
-	if (x->expires == LRU_NEVER)
+	if (e == NULL || e[i].expires == LRU_NEVER)
 		return;
+	x = &e[i];
 	if (x->tprev == LRU_IN_HEAP) {
 		uint32_t pos = x->tnext, last = t->heap[--t->hcount];
 		if (pos < t->hcount) {
 			heap_place(t, pos, last);
 			heap_down(t, pos);
-			heap_up(t, t->entries[last].tnext);
+			heap_up(t, e[last].tnext);
 		}
 	} else {
 		if (x->tprev != LRU_NIL)
@@ -252,16 +275,19 @@ static void expiry_unlink(lru_table *t, uint32_t i)
 	x->tprev = x->tnext = LRU_NIL;
 }
 
-/* Puts entry `i`, whose expires is set, into an expiry structure. */
-static void expiry_link(lru_table *t, uint32_t i, int fifo)
+/* Gives entry `i`, in no expiry structure, its expiry and links it. */
+static void expiry_link(lru_table *t, uint32_t i, int64_t expires, int fifo)
 {
-	lru_entry *e = t->entries, *x = &e[i];
+	lru_ttl *e = t->ttl, *x;
 
+	if (e == NULL)
+		return; /* expires is LRU_NEVER: the caller reserved */
+	x = &e[i];
+	x->expires = expires;
 	x->tprev = x->tnext = LRU_NIL;
-	if (x->expires == LRU_NEVER)
+	if (expires == LRU_NEVER)
 		return;
-	if (fifo &&
-	    (t->ftail == LRU_NIL || e[t->ftail].expires <= x->expires)) {
+	if (fifo && (t->ftail == LRU_NIL || e[t->ftail].expires <= expires)) {
 		x->tprev = t->ftail;
 		if (t->ftail != LRU_NIL)
 			e[t->ftail].tnext = i;
@@ -278,11 +304,10 @@ static void expiry_link(lru_table *t, uint32_t i, int fifo)
 void lru_set_expiry(lru_table *t, uint32_t i, int64_t expires, int fifo)
 {
 	expiry_unlink(t, i);
-	t->entries[i].expires = expires;
-	expiry_link(t, i, fifo);
+	expiry_link(t, i, expires, fifo);
 }
 
-/* ---- entries ---------------------------------------------------------------
+/* ---- entries -------------------------------------------------------------
  */
 
 uint32_t lru_insert(lru_table *t, uint64_t hash, void *key, void *value,
@@ -294,7 +319,6 @@ uint32_t lru_insert(lru_table *t, uint64_t hash, void *key, void *value,
 	x->hash = hash;
 	x->key = key;
 	x->value = value;
-	x->expires = expires;
 	x->newer = LRU_NIL;
 	x->older = t->mru;
 	if (t->mru != LRU_NIL)
@@ -302,7 +326,7 @@ uint32_t lru_insert(lru_table *t, uint64_t hash, void *key, void *value,
 	else
 		t->lru = i;
 	t->mru = i;
-	expiry_link(t, i, fifo);
+	expiry_link(t, i, expires, fifo);
 	if (t->weights != NULL) {
 		t->weights[i] = weight;
 		t->total_weight += weight;
@@ -335,8 +359,7 @@ uint32_t lru_replace_lru(lru_table *t, uint64_t hash, void *key, void *value,
 	x->hash = hash;
 	x->key = key;
 	x->value = value;
-	x->expires = expires;
-	expiry_link(t, i, fifo);
+	expiry_link(t, i, expires, fifo);
 	if (t->weights != NULL) {
 		t->total_weight += weight - t->weights[i];
 		t->weights[i] = weight;
@@ -363,16 +386,20 @@ static void move_entry(lru_table *t, uint32_t from, uint32_t to)
 		e[x->older].newer = to;
 	else
 		t->lru = to;
-	if (x->expires != LRU_NEVER) {
-		if (x->tprev == LRU_IN_HEAP) {
-			t->heap[x->tnext] = to;
+	if (t->ttl != NULL) {
+		lru_ttl *d = t->ttl, *y = &d[to];
+		*y = d[from];
+		if (y->expires == LRU_NEVER) {
+			/* in no expiry structure */
+		} else if (y->tprev == LRU_IN_HEAP) {
+			t->heap[y->tnext] = to;
 		} else {
-			if (x->tprev != LRU_NIL)
-				e[x->tprev].tnext = to;
+			if (y->tprev != LRU_NIL)
+				d[y->tprev].tnext = to;
 			else
 				t->fhead = to;
-			if (x->tnext != LRU_NIL)
-				e[x->tnext].tprev = to;
+			if (y->tnext != LRU_NIL)
+				d[y->tnext].tprev = to;
 			else
 				t->ftail = to;
 		}

@@ -6,8 +6,10 @@
  * never calls out, so every function here leaves the table consistent
  * when it returns, and nothing can observe it half-way.
  *
- *   entries   dense array [0, count); removing an entry moves the last one
- *             into its place, so iteration and memory stay compact.
+ *   entries   dense array [0, count) of 32 bytes each (two per cache
+ *             line); removing an entry moves the last one into its place,
+ *             so iteration and memory stay compact. Expiry data lives in a
+ *             parallel array allocated only once an entry can expire.
  *   slots     open addressing with linear probing over 2**k slots holding
  *             entry index + 1 (0 = empty); deletion shifts back, so there
  *             are no tombstones. The home slot comes from the stored hash,
@@ -36,24 +38,28 @@
 #define LRU_MAX_ENTRIES (UINT32_C(1) << 30)
 
 typedef struct {
-	uint64_t hash;   /* the key's hash, computed once */
-	void *key;       /* owned by the caller */
-	void *value;     /* owned by the caller */
-	int64_t expires; /* ns; LRU_NEVER when the entry never expires */
-	uint32_t newer;  /* LRU list: towards mru, LRU_NIL at mru */
-	uint32_t older;  /* LRU list: towards lru, LRU_NIL at lru */
-	uint32_t tprev;  /* FIFO links, or LRU_IN_HEAP; LRU_NIL if none */
-	uint32_t tnext;  /* FIFO link, or the entry's heap index */
+	uint64_t hash;  /* the key's hash, computed once */
+	void *key;      /* owned by the caller */
+	void *value;    /* owned by the caller */
+	uint32_t newer; /* LRU list: towards mru, LRU_NIL at mru */
+	uint32_t older; /* LRU list: towards lru, LRU_NIL at lru */
 } lru_entry;
 
 typedef struct {
+	int64_t expires; /* ns; LRU_NEVER when the entry never expires */
+	uint32_t tprev;  /* FIFO links, or LRU_IN_HEAP; LRU_NIL if none */
+	uint32_t tnext;  /* FIFO link, or the entry's heap index */
+} lru_ttl;
+
+typedef struct {
 	lru_entry *entries;   /* dense, `cap` allocated, `count` used */
+	lru_ttl *ttl;         /* parallel to entries, or NULL: none expires */
 	int64_t *weights;     /* parallel to entries, or NULL if unweighted */
 	uint32_t *slots;      /* hash index: entry index + 1, 0 = empty */
 	uint32_t *heap;       /* entry indices ordered by expires */
 	uint32_t count;       /* entries in use */
 	uint32_t cap;         /* entries allocated */
-	uint32_t nslots;      /* 0 or a power of two > cap */
+	uint32_t nslots;      /* 0 or a power of two >= 2 * cap */
 	uint32_t hcount;      /* entries in the heap */
 	uint32_t hcap;        /* heap slots allocated */
 	int shift;            /* 64 - log2(nslots) */
@@ -65,6 +71,12 @@ typedef struct {
 	int64_t total_weight; /* sum of weights */
 	uint64_t mutations;   /* bumped whenever entries or slots move */
 } lru_table;
+
+/* When entry `i` expires (LRU_NEVER if it does not). */
+ST_INLINE int64_t lru_expires(const lru_table *t, uint32_t i)
+{
+	return t->ttl != NULL ? t->ttl[i].expires : LRU_NEVER;
+}
 
 /* Initialises an empty table that owns no memory and will never hold
  * more than `max_cap` (<= LRU_MAX_ENTRIES) entries. */
@@ -107,13 +119,16 @@ ST_INLINE uint32_t lru_next_match(const lru_table *t, uint64_t hash,
 	}
 }
 
-/* Ensures one more entry fits without allocating, and one more heap slot
- * if `heap`. Returns 0, or -1 when out of memory or when the table holds
- * max_cap entries already (the table is unchanged either way). */
-int lru_reserve(lru_table *t, int heap);
+/* Ensures one more entry fits without allocating, and that an entry with
+ * `expires` and `fifo` (as for lru_insert) can be stored. Returns 0, or
+ * -1 when out of memory or when the table holds max_cap entries already
+ * (the table is unchanged either way). */
+int lru_reserve(lru_table *t, int64_t expires, int fifo);
 
-/* Ensures one more heap slot. Returns 0, or -1 when out of memory. */
-int lru_reserve_heap(lru_table *t);
+/* Ensures an existing entry can be given `expires` and `fifo` (as for
+ * lru_set_expiry) without allocating. Returns 0, or -1 when out of
+ * memory (the table is unchanged). */
+int lru_reserve_expiry(lru_table *t, int64_t expires, int fifo);
 
 /* Appends an entry as most recently used. `expires` is LRU_NEVER or a
  * time in ns; `fifo` says it expires no earlier than every entry already
@@ -127,7 +142,8 @@ uint32_t lru_insert(lru_table *t, uint64_t hash, void *key, void *value,
  * by a new one, in place: what lru_remove(t, t->lru) then lru_insert
  * would do, without moving any other entry. Stores the old key and value
  * in *old_key and *old_value for the caller to release. Same
- * requirements as lru_insert, except that no reservation is needed.
+ * requirements as lru_insert, except that only lru_reserve_expiry is
+ * needed.
  * Returns the entry's index. */
 uint32_t lru_replace_lru(lru_table *t, uint64_t hash, void *key, void *value,
                          int64_t expires, int fifo, int64_t weight,
@@ -161,13 +177,12 @@ ST_INLINE void lru_touch(lru_table *t, uint32_t i)
 /* Gives entry `i` a new expiry (same meaning as in lru_insert). */
 void lru_set_expiry(lru_table *t, uint32_t i, int64_t expires, int fifo);
 
-/* True when an entry given `expires` and `fifo` (as for lru_insert) would
- * go to the heap, so the caller must reserve a heap slot first. */
+/* True when an entry given `expires` and `fifo` would go to the heap. */
 ST_INLINE int lru_needs_heap(const lru_table *t, int64_t expires, int fifo)
 {
 	return expires != LRU_NEVER &&
-	       (!fifo || (t->ftail != LRU_NIL &&
-	                  t->entries[t->ftail].expires > expires));
+	       (!fifo ||
+	        (t->ftail != LRU_NIL && t->ttl[t->ftail].expires > expires));
 }
 
 /* Sets entry `i`'s weight, keeping the total. */
@@ -188,9 +203,9 @@ ST_INLINE int lru_has_expiry(const lru_table *t)
 /* An entry with expires <= now, or LRU_NIL if none has expired. */
 ST_INLINE uint32_t lru_expired(const lru_table *t, int64_t now)
 {
-	if (t->fhead != LRU_NIL && t->entries[t->fhead].expires <= now)
+	if (t->fhead != LRU_NIL && t->ttl[t->fhead].expires <= now)
 		return t->fhead;
-	if (t->hcount > 0 && t->entries[t->heap[0]].expires <= now)
+	if (t->hcount > 0 && t->ttl[t->heap[0]].expires <= now)
 		return t->heap[0];
 	return LRU_NIL;
 }

@@ -104,7 +104,7 @@ static void check(const lru_table *t, const model *m)
 		CHECK(n < t->count);
 		CHECK(t->entries[i].older == prev);
 		CHECK((uintptr_t)t->entries[i].key == m->key[n]);
-		CHECK(t->entries[i].expires == m->expires[n]);
+		CHECK(lru_expires(t, i) == m->expires[n]);
 		CHECK((uintptr_t)t->entries[i].value == m->key[n] * 3);
 		if (t->weights)
 			CHECK(t->weights[i] == m->weight[n]);
@@ -123,11 +123,11 @@ static void check(const lru_table *t, const model *m)
 	/* FIFO sorted by expiry, heap ordered, every expiring entry in one. */
 	n = 0;
 	prev = LRU_NIL;
-	for (i = t->fhead; i != LRU_NIL; i = t->entries[i].tnext) {
-		CHECK(t->entries[i].tprev == prev);
-		CHECK(t->entries[i].expires != LRU_NEVER);
-		CHECK(t->entries[i].expires >= last);
-		last = t->entries[i].expires;
+	for (i = t->fhead; i != LRU_NIL; i = t->ttl[i].tnext) {
+		CHECK(t->ttl[i].tprev == prev);
+		CHECK(t->ttl[i].expires != LRU_NEVER);
+		CHECK(t->ttl[i].expires >= last);
+		last = t->ttl[i].expires;
 		prev = i;
 		n++;
 	}
@@ -135,19 +135,20 @@ static void check(const lru_table *t, const model *m)
 	for (uint32_t p = 0; p < t->hcount; p++) {
 		uint32_t e = t->heap[p];
 		CHECK(e < t->count);
-		CHECK(t->entries[e].tprev == LRU_IN_HEAP);
-		CHECK(t->entries[e].tnext == p);
+		CHECK(t->ttl[e].tprev == LRU_IN_HEAP);
+		CHECK(t->ttl[e].tnext == p);
 		if (p > 0)
-			CHECK(t->entries[t->heap[(p - 1) / 2]].expires <=
-			      t->entries[e].expires);
+			CHECK(t->ttl[t->heap[(p - 1) / 2]].expires <=
+			      t->ttl[e].expires);
 	}
 	/* n counted the FIFO; with the heap, that is every expiring entry. */
 	{
 		uint32_t expiring = 0;
 		for (i = 0; i < t->count; i++) {
-			if (t->entries[i].expires == LRU_NEVER)
-				CHECK(t->entries[i].tprev == LRU_NIL &&
-				      t->entries[i].tnext == LRU_NIL);
+			if (lru_expires(t, i) == LRU_NEVER)
+				CHECK(t->ttl == NULL ||
+				      (t->ttl[i].tprev == LRU_NIL &&
+				       t->ttl[i].tnext == LRU_NIL));
 			else
 				expiring++;
 		}
@@ -162,6 +163,7 @@ static void purge(lru_table *t, model *m, int64_t now)
 	while ((i = lru_expired(t, now)) != LRU_NIL) {
 		int at = model_find(m, (uintptr_t)t->entries[i].key);
 		CHECK(at >= 0 && m->expires[at] <= now);
+		CHECK(lru_expires(t, i) <= now);
 		lru_remove(t, i);
 		model_remove_at(m, at);
 	}
@@ -197,8 +199,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			                             : now + (arg % 97);
 			int64_t w = weighted ? arg % 5 : 0;
 			if (i != LRU_NIL) {
-				if (lru_needs_heap(&t, exp, fifo))
-					CHECK(lru_reserve_heap(&t) == 0);
+				CHECK(lru_reserve_expiry(&t, exp, fifo) == 0);
 				lru_set_expiry(&t, i, exp, fifo);
 				lru_set_weight(&t, i, w);
 				lru_touch(&t, i);
@@ -207,8 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				m.weight[m.n - 1] = weighted ? w : 0;
 			} else if (t.count >= MAXCAP - 1 && t.count > 0) {
 				void *ok, *ov;
-				if (lru_needs_heap(&t, exp, fifo))
-					CHECK(lru_reserve_heap(&t) == 0);
+				CHECK(lru_reserve_expiry(&t, exp, fifo) == 0);
 				lru_replace_lru(&t, hash_of(k), (void *)k,
 				                (void *)(k * 3), exp, fifo, w,
 				                &ok, &ov);
@@ -220,9 +220,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				m.weight[m.n] = weighted ? w : 0;
 				m.n++;
 			} else {
-				CHECK(lru_reserve(
-				          &t, lru_needs_heap(&t, exp, fifo)) ==
-				      0);
+				CHECK(lru_reserve(&t, exp, fifo) == 0);
 				lru_insert(&t, hash_of(k), (void *)k,
 				           (void *)(k * 3), exp, fifo, w);
 				m.key[m.n] = k;
