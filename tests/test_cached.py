@@ -107,6 +107,21 @@ def test_typed_and_custom_key() -> None:
     assert profile.invalidate("ann", 99) is True
 
 
+def test_a_key_function_that_raises_propagates() -> None:
+    def bad_key(x: int) -> Hashable:
+        raise KeyError("no key")
+
+    @cached(key=bad_key)
+    def f(x: int) -> int:
+        return x
+
+    with pytest.raises(KeyError, match="no key"):
+        f(1)
+    with pytest.raises(KeyError, match="no key"):
+        f.invalidate(1)
+    assert f.cache_info() == (0, 0, 1024, 0)
+
+
 def test_keys_from_make_key() -> None:
     mk = stanchion._core.make_key
     assert mk((1,)) == 1 and mk(("a",)) == "a"
