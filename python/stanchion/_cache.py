@@ -137,7 +137,8 @@ class CachedFunction(Protocol[R_co]):
 
     def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Forget the result for these arguments (for a method, pass the
-        instance first). True if there was one."""
+        instance first). True if there was one. A computation already
+        running for them still stores its result when it finishes."""
         ...
 
 
