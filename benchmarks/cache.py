@@ -128,7 +128,7 @@ def bench_ops() -> dict[str, dict[str, float]]:
     misses = keys("absent", 1000)
     fresh = keys("new", 2 * MAXSIZE)  # cycling through 2N keys: every write is new
     ops = zipf_ops(20_000 if quick() else 100_000, 10 * MAXSIZE)
-    rounds = 1 if quick() else 3
+    rounds = 1 if quick() else 5
     results: dict[str, dict[str, float]] = {name: {} for name in MAKERS}
 
     def run(op: str, setups: dict[str, tuple[str, dict[str, Any], int]]) -> None:

@@ -464,6 +464,8 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 			return -1;
 		cache_purge(self, now);
 	}
+	if (t->count >= self->maxsize)
+		lru_prefetch_victim(t); /* likely replaced below */
 	r = cache_lookup(self, key, hash, &i);
 	if (r < 0)
 		return -1;

@@ -366,6 +366,12 @@ uint32_t lru_replace_lru(lru_table *t, uint64_t hash, void *key, void *value,
 	}
 	index_add(t, i);
 	t->mutations++;
+#if defined(__GNUC__) || defined(__clang__)
+	/* The next replacement starts from the new least recent entry. */
+	__builtin_prefetch(&e[t->lru]);
+	if (t->ttl != NULL)
+		__builtin_prefetch(&t->ttl[t->lru], 1);
+#endif
 	return i;
 }
 

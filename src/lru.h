@@ -149,6 +149,19 @@ uint32_t lru_replace_lru(lru_table *t, uint64_t hash, void *key, void *value,
                          int64_t expires, int fifo, int64_t weight,
                          void **old_key, void **old_value);
 
+/* Starts loading what replacing the least recently used entry will
+ * touch, so the loads overlap the caller's lookup of the new key. */
+ST_INLINE void lru_prefetch_victim(const lru_table *t)
+{
+#if defined(__GNUC__) || defined(__clang__)
+	if (t->lru != LRU_NIL && t->nslots > 0)
+		__builtin_prefetch(
+		    &t->slots[lru_home(t, t->entries[t->lru].hash)], 1);
+#else
+	(void)t;
+#endif
+}
+
 /* Removes entry `i` from every structure; the last entry moves into its
  * place. The caller must have taken the key and value first. May shrink
  * the arrays when the table has become mostly empty. */
