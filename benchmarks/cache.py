@@ -330,7 +330,9 @@ def main() -> None:
             f"({'met' if mem[s] <= mbest else 'MISSED'})"
         )
 
+    load_end = os.getloadavg()[0]
     print("\n".join(verdicts))
+    print(f"\nload average after the run: {load_end:.2f}")
     body = "\n\n".join(
         [
             f"maxsize {MAXSIZE:,}, str keys; TTL caches use ttl={TTL:.0f}s. get-hit reads "
@@ -338,7 +340,9 @@ def main() -> None:
             f"through {2 * MAXSIZE:,} keys so every write inserts a new key and evicts "
             "one (the dict floor just stores); the Zipf mix is 90% get / 10% set over "
             f"{10 * MAXSIZE:,} keys (s=1.0). Times include the Python loop around each "
-            f"call, the same for everyone. Load average at start: {load:.2f}.",
+            f"call, the same for everyone; each figure is the best of "
+            "5 rounds in which the implementations take turns. Load average (2 cores, "
+            f"shared with other work): {load:.2f} at start, {load_end:.2f} at the end.",
             md_table(headers, rows),
             "Decorator hit: a one-argument function called with 100 cached int "
             "arguments in turn.",
