@@ -206,14 +206,14 @@ def bench_decorators() -> dict[str, float]:
         )(plain),
         "cachebox @cached(LRUCache)": cachebox.cached(cachebox.LRUCache(1024))(plain),
     }
-    out: dict[str, float] = {}
-    for name, f in funcs.items():
+    for f in funcs.values():
         for a in args:
             f(a)
-        out[name] = per_call_ns("for a in args: f(a)", {"f": f, "args": args}) / len(
-            args
-        )
-    return out
+    setups = {
+        name: ("for a in args: f(a)", {"f": f, "args": args}, len(args))
+        for name, f in funcs.items()
+    }
+    return interleaved(setups, 1 if quick() else 5)
 
 
 # ---------------------------------------------------------------------------
