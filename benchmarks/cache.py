@@ -239,7 +239,7 @@ def memory_child(name: str, n: int) -> None:
 
 
 def bench_memory() -> dict[str, float]:
-    n = 100_000 if quick() else MEMORY_ENTRIES
+    n = 20_000 if quick() else MEMORY_ENTRIES
     out: dict[str, float] = {}
     for name in MAKERS:
         proc = subprocess.run(

@@ -66,3 +66,40 @@ def test_limiter_benchmark_runs_every_implementation() -> None:
     verdicts = [ln for ln in lines if "MET: " in ln or "MISSED: " in ln]
     # 3 algorithms x 2 paths vs the floor, 2 peers x 2 paths, memory.
     assert len(verdicts) >= 3 * 2 + 2 * 2 + 3, out
+
+
+CACHE_ROWS = [
+    "dict",
+    "stanchion.Cache",
+    "stanchion.Cache ttl",
+    "cachetools.LRUCache",
+    "cachetools.TTLCache",
+    "cachebox.LRUCache",
+    "cachebox.TTLCache",
+    "lru-dict",
+    "moka-py (lru)",
+]
+
+
+def test_cache_benchmark_runs_every_implementation() -> None:
+    out = run_quick("cache.py")
+    lines = out.splitlines()
+    for op in ("get-hit", "get-miss", "set-new", "zipf 90/10"):
+        for name in CACHE_ROWS:
+            assert any(
+                ln.startswith(op) and f"  {name}  " in ln and TIME.search(ln + " ")
+                for ln in lines
+            ), f"no {op} line for {name!r} in:\n{out}"
+    for name in (
+        "stanchion @cached(ttl=60)",
+        "functools.lru_cache",
+        "cachetools @cached(LRUCache)",
+    ):
+        assert any(ln.startswith(name) for ln in lines), out
+    for name in CACHE_ROWS:
+        assert any(ln.startswith(name + "  ") and "x" in ln for ln in lines), out
+    verdicts = [
+        ln for ln in lines if ln.endswith(("(met)", ": met", "(MISSED)", ": MISSED"))
+    ]
+    # get-hit vs dict, 4 operations x 2 caches, the decorator, 2 memory lines.
+    assert len(verdicts) == 1 + 4 * 2 + 1 + 2, out
