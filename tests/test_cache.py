@@ -388,10 +388,10 @@ def test_bad_clock_results_raise_and_change_nothing() -> None:
 def test_default_clock_expires_real_time() -> None:
     import time
 
-    c: Cache[str, int] = Cache(10, ttl=0.02)
+    c: Cache[str, int] = Cache(10, ttl=0.25)
     c["a"] = 1
     assert c["a"] == 1
-    time.sleep(0.05)
+    time.sleep(0.3)
     assert "a" not in c
 
 
@@ -1033,3 +1033,39 @@ print("ok")
 def test_a_million_operations_leak_nothing() -> None:
     out = run_python(ISOLATED / "leak_cache.py")
     assert out.startswith("ok")
+
+
+def test_threads_sharing_a_cache_keep_it_consistent() -> None:
+    import random
+    import threading
+
+    now = [0.0]
+    c: Cache[Any, Any] = Cache(64, ttl=0.001, clock=lambda: now[0])
+    slow = EvilKey(-1, lambda: None)  # __eq__ in Python: threads switch mid-lookup
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(3000):
+                now[0] += 1e-4  # time passes while threads work
+                k = rng.choice([rng.randrange(200), slow, EvilKey(rng.randrange(3))])
+                op = rng.random()
+                if op < 0.5:
+                    c.get(k)
+                elif op < 0.9:
+                    c.set(k, seed, ttl=rng.choice([None, 0.0005, 1.0]))
+                else:
+                    c.pop(k, None)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    check_consistent(c)  # the clock stands still now
+    s = c.stats()
+    assert s["hits"] + s["misses"] > 0 and s["size"] <= 64

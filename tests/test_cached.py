@@ -147,13 +147,13 @@ def test_unhashable_arguments_raise_type_error() -> None:
 def test_ttl_expires_results() -> None:
     n = [0]
 
-    @cached(ttl=0.03)
+    @cached(ttl=0.25)
     def f() -> int:
         n[0] += 1
         return n[0]
 
     assert f() == 1 and f() == 1
-    time.sleep(0.06)
+    time.sleep(0.3)
     assert f() == 2
 
 
@@ -250,29 +250,55 @@ def run_threads(n: int, target: Any) -> list[Any]:
     return results
 
 
+class Arrivals:
+    """A key function that counts callers, so a computation can wait until
+    every caller has asked for the key (and so is waiting on it)."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.count = 0
+        self.lock = threading.Lock()
+        self.all_in = threading.Event()
+
+    def __call__(self, x: int) -> Hashable:
+        with self.lock:
+            self.count += 1
+            if self.count >= self.expected:
+                self.all_in.set()
+        return x
+
+    def wait(self) -> None:
+        assert self.all_in.wait(10), "callers did not arrive"
+        time.sleep(0.05)  # from the key function to the wait: a few lines
+
+
 def test_sixteen_threads_one_computation() -> None:
     n = [0]
+    arrivals = Arrivals(16)
 
-    @cached(ttl=60)
+    @cached(ttl=60, key=arrivals)
     def slow(x: int) -> object:
         n[0] += 1
-        time.sleep(0.2)
+        arrivals.wait()
         return object()
 
     results = run_threads(16, lambda: slow(7))
     assert n[0] == 1
     assert all(kind == "ok" for kind, _ in results)
     assert len({id(value) for _, value in results}) == 1
-    assert slow.cache_info().currsize == 1
+    # Every caller missed, and all but one waited for the one computation.
+    assert slow.cache_info() == (0, 16, 1024, 1)
 
 
 def test_an_exception_reaches_every_waiting_thread() -> None:
     n = [0]
+    arrivals = Arrivals(16)
 
-    @cached
+    @cached(key=arrivals)
     def failing(x: int) -> int:
         n[0] += 1
-        time.sleep(0.2)
+        if n[0] == 1:
+            arrivals.wait()
         raise LookupError(f"attempt {n[0]}")
 
     results = run_threads(16, lambda: failing(1))
