@@ -377,6 +377,9 @@ def authenticated_user(attribute: str | None = None) -> KeyFunc:
                 ident = user
         return None if ident is None or ident == "" else f"user:{ident}"
 
+    # Adapters whose user needs loading first (Django's async auser()) look
+    # for this mark.
+    key.needs_user = True  # type: ignore[attr-defined]
     return key
 
 
@@ -489,8 +492,10 @@ def _capacity(rate: Rate) -> int:
 class Plans:
     """Limits by plan: ``Plans({"free": "10/minute", "pro": "600/minute"},
     plan=lambda request: ...)``. Every rate is checked when the rule is
-    built; a plan name the mapping lacks uses ``default`` (a plan name,
-    or ``None`` for no limit)."""
+    built. A request whose plan is ``None`` or not in the mapping gets
+    ``default`` (a plan name; the first plan when not given), so a
+    missing or forged plan never means "no limit". Map a plan to ``None``
+    to leave it unlimited."""
 
     def __init__(
         self,
@@ -504,14 +509,14 @@ class Plans:
             )
         if not callable(plan):
             raise SettingError("limit", "Plans needs a plan function")
-        if default is not None and default not in rates:
+        if default is None:
+            default = next(iter(rates))
+        if default not in rates:
             raise SettingError("limit", f"default plan {default!r} is not in the plans")
         for name, spec in rates.items():
-            if spec is not None:
+            if spec is not None and not callable(getattr(spec, "hit", None)):
                 try:
-                    normalize_rates(spec) if not callable(
-                        getattr(spec, "hit", None)
-                    ) else None
+                    normalize_rates(spec)
                 except (TypeError, ValueError) as exc:
                     raise SettingError("limit", f"plan {name!r}: {exc}") from None
         self.rates = dict(rates)
@@ -520,10 +525,9 @@ class Plans:
 
     def __call__(self, request: Request) -> RateSpec | None:
         name = self.plan(request)
-        spec = self.rates.get(name) if name is not None else None
-        if spec is None and (name is None or name not in self.rates):
-            spec = self.rates.get(self.default) if self.default is not None else None
-        return spec
+        if name is None or name not in self.rates:
+            name = self.default
+        return self.rates[name]
 
 
 # -- verdicts and replies ------------------------------------------------------
