@@ -20,7 +20,7 @@ def build_app(clock: Any) -> Any:
     async def search(q: str = "") -> dict[str, str]:
         return {"q": q}
 
-    app.add_middleware(
+    app.add_middleware(  # type: ignore[arg-type]  (mypy vs Starlette's ParamSpec factory)
         RateLimitMiddleware,
         limit=Plans(
             {"free": "5/minute", "paid": "20/minute"},

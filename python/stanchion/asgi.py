@@ -9,15 +9,15 @@ blocks the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .http import Request, Rule, Verdict
 
 __all__ = ["AsgiRequest", "RateLimitMiddleware", "send_reply"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
+Scope = Any  # MutableMapping[str, Any], as Starlette types it
+Message = Any  # MutableMapping[str, Any]; Any matches Starlette's own aliases
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
