@@ -20,8 +20,8 @@ def build_app(clock: Any) -> Any:
     async def search(q: str = "") -> dict[str, str]:
         return {"q": q}
 
-    app.add_middleware(  # type: ignore[arg-type]  (mypy vs Starlette's ParamSpec factory)
-        RateLimitMiddleware,
+    app.add_middleware(
+        RateLimitMiddleware,  # type: ignore[arg-type]
         limit=Plans(
             {"free": "5/minute", "paid": "20/minute"},
             plan=lambda r: (
