@@ -68,12 +68,14 @@ def add_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> None:
     """Append rate limit headers to an ``http.response.start`` message.
     ``X-RateLimit-*`` set by an inner limit (a route's) are kept: the
     inner, more specific limit speaks for that family."""
-    headers = list(message.get("headers") or ())
-    if any(k == _X_LIMIT for k, _ in extra) and any(
-        k.lower() == _X_LIMIT for k, _ in headers
-    ):
-        extra = [(k, v) for k, v in extra if not k.startswith(b"x-ratelimit-")]
-    headers.extend(extra)
+    headers = message.get("headers")
+    headers = list(headers) if headers else []
+    if extra[-1][0] == b"x-ratelimit-reset":  # we send that family
+        for k, _ in headers:
+            if k.lower() == _X_LIMIT:
+                extra = [(k, v) for k, v in extra if not k.startswith(b"x-ratelimit-")]
+                break
+    headers += extra
     message["headers"] = headers
 
 
@@ -108,20 +110,25 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        verdict = await self.rule.acheck(
-            AsgiRequest(scope), client[0] if client else None
-        )
+        rule = self.rule
+        if rule.simple:
+            verdict = await rule.acheck_simple(
+                scope["method"], scope["path"], client[0] if client else None
+            )
+        else:
+            verdict = await rule.acheck(
+                AsgiRequest(scope), client[0] if client else None
+            )
         if verdict is None:
             await self.app(scope, receive, send)
             return
         if verdict.blocked:
             await send_reply(verdict, send)
             return
-        headers = verdict.headers()
-        if not headers:
+        extra = verdict.raw_headers()
+        if not extra:
             await self.app(scope, receive, send)
             return
-        extra = encode_headers(headers)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -92,6 +92,14 @@ def _peer(request: StarletteRequest) -> str | None:
     return client.host if client else None
 
 
+async def _acheck(rule: Rule, request: StarletteRequest) -> Verdict | None:
+    if rule.simple:
+        return await rule.acheck_simple(
+            request.method, request.scope["path"], _peer(request)
+        )
+    return await rule.acheck(StarletteView(request), _peer(request))
+
+
 def problem_response(verdict: Verdict) -> Response:
     """The verdict's 429 as a Starlette response."""
     status, headers, body = verdict.reply()
@@ -172,9 +180,7 @@ class RateLimit:
         return rule
 
     async def __call__(self, request: StarletteRequest, response: Response) -> None:
-        verdict = await self._rule_for(request).acheck(
-            StarletteView(request), _peer(request)
-        )
+        verdict = await _acheck(self._rule_for(request), request)
         if verdict is None:
             return
         if verdict.blocked:
@@ -244,7 +250,7 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 request = kwargs[req_name] if pass_req else kwargs.pop(req_name)
                 response = kwargs[resp_name] if pass_resp else kwargs.pop(resp_name)
-                verdict = await rule.acheck(StarletteView(request), _peer(request))
+                verdict = await _acheck(rule, request)
                 if verdict is None:
                     return await func(*args, **kwargs)
                 if verdict.blocked:
@@ -262,7 +268,13 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
                 request = kwargs[req_name] if pass_req else kwargs.pop(req_name)
                 response = kwargs[resp_name] if pass_resp else kwargs.pop(resp_name)
-                verdict = rule.check(StarletteView(request), _peer(request))
+                verdict = (
+                    rule.check_simple(
+                        request.method, request.scope["path"], _peer(request)
+                    )
+                    if rule.simple
+                    else rule.check(StarletteView(request), _peer(request))
+                )
                 if verdict is None:
                     return func(*args, **kwargs)
                 if verdict.blocked:

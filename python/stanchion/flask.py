@@ -294,18 +294,23 @@ class Stanchion:
         rules = self._rules_for(state, view)
         if not rules:
             return None
-        user = state.user
-        view_req = FlaskRequest(
-            request.method,
-            request.path,
-            None,
-            request,
-            user if user is not None else _g_user,
-        )
         peer = request.remote_addr
+        view_req: FlaskRequest | None = None
         verdicts: list[Verdict] = []
         for rule in rules:
-            verdict = rule.check(view_req, peer)
+            if rule.simple:
+                verdict = rule.check_simple(request.method, request.path, peer)
+            else:
+                if view_req is None:
+                    user = state.user
+                    view_req = FlaskRequest(
+                        request.method,
+                        request.path,
+                        None,
+                        request,
+                        user if user is not None else _g_user,
+                    )
+                verdict = rule.check(view_req, peer)
             if verdict is None:
                 continue
             if verdict.blocked:

@@ -558,7 +558,7 @@ class Verdict:
         decision: Decision | None,
         info: _RateInfo | None,
         blocked: bool,
-        request: Request,
+        request: Request | None,
     ) -> None:
         self.rule = rule
         self.decision = decision
@@ -573,6 +573,10 @@ class Verdict:
     def headers(self) -> list[tuple[str, str]]:
         """The rate limit headers this verdict adds to the response."""
         return self.rule._headers(self)
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The same, as ASGI's lower-case byte pairs."""
+        return self.rule._raw_headers(self)
 
     def reply(self) -> tuple[int, list[tuple[str, str]], bytes]:
         """``(status, headers, body)`` of the 429 response."""
@@ -613,6 +617,38 @@ def _sf_string(text: str) -> str:
 
 
 ResponseFunc: TypeAlias = Callable[[Request, "Decision | None"], Reply]
+
+
+class _HeaderParts:
+    """The parts of the rate limit headers that never change for one
+    (rule, limiter) pair."""
+
+    __slots__ = ("by_cap", "by_cap_b", "first", "first_b", "info", "policy", "policy_b")
+
+    def __init__(
+        self,
+        info: _RateInfo,
+        policy: str,
+        names: tuple[str, ...],
+        capacities: tuple[int, ...],
+    ) -> None:
+        self.info = info
+        self.policy = policy
+        self.policy_b = policy.encode("ascii")
+        self.first = names[0]
+        self.first_b = names[0].encode("ascii")
+        # With several rates the decision names its rate by its capacity.
+        self.by_cap: dict[int, str] = {}
+        if len(names) > 1:
+            for name, cap in zip(names, capacities, strict=False):
+                self.by_cap.setdefault(cap, name)
+        self.by_cap_b = {k: v.encode("ascii") for k, v in self.by_cap.items()}
+
+    def name_for(self, limit: int) -> str:
+        return self.by_cap.get(limit, self.first) if self.by_cap else self.first
+
+    def name_b_for(self, limit: int) -> bytes:
+        return self.by_cap_b.get(limit, self.first_b) if self.by_cap_b else self.first_b
 
 
 class Rule:
@@ -766,6 +802,7 @@ class Rule:
         self._send_ietf = "ratelimit" in fams
         self._send_x = "x-ratelimit" in fams
         self._send_retry = "retry-after" in fams
+        self._send_all = self._send_ietf and self._send_x
         if not isinstance(headers_on_allowed, bool):
             raise SettingError(
                 "headers_on_allowed",
@@ -788,8 +825,20 @@ class Rule:
             )
         self.unidentified = unidentified
         self._warned = False
-        self._policy_cache: dict[int, tuple[str, tuple[str, ...]]] = {}
+        self._parts_cache: dict[int, _HeaderParts] = {}
+        self._fixed_parts = (
+            self._parts(self._fixed) if self._fixed is not None else None
+        )
         self._has_funcs = bool(self._limit_func or self._cost_func or self._key)
+        #: True when a decision needs only the method, path and peer: the
+        #: adapters then call check_simple/acheck_simple and build no
+        #: Request view at all (the common case, and the fast one).
+        self.simple = not (
+            self._has_funcs
+            or self._exempt_when is not None
+            or self.client_address.has_proxies
+            or response is not None
+        )
 
     # -- deciding --------------------------------------------------------------
 
@@ -868,6 +917,62 @@ class Rule:
             cost = _check_cost(cost, "cost function")
         return info, key, cost
 
+    def _exempt_simple(self, method: str, path: str) -> bool:
+        return (
+            method in self._exempt_methods
+            or path in self._exempt_exact
+            or bool(self._exempt_prefixes and path.startswith(self._exempt_prefixes))
+        )
+
+    def check_simple(self, method: str, path: str, peer: str | None) -> Verdict | None:
+        """``check`` for a rule whose ``simple`` is True, without a Request."""
+        if not self._plain and self._exempt_simple(method, path):
+            return None
+        if not peer:
+            return self._check_unidentified(Request(method, path))
+        ident = peer if ":" not in peer else self.client_address._name(peer)
+        if len(ident) > MAX_IDENTITY or not ident.isascii():
+            ident = _safe_identity(ident)
+        info = self._fixed
+        assert info is not None
+        key = self._prefix + ident
+        d = info.limiter.hit(key, self._cost)
+        if d.allowed:
+            return Verdict(self, d, info, False, None)
+        return self._denied(d, info, None, key)
+
+    async def acheck_simple(
+        self, method: str, path: str, peer: str | None
+    ) -> Verdict | None:
+        """``acheck`` for a rule whose ``simple`` is True, without a Request."""
+        if not self._plain and self._exempt_simple(method, path):
+            return None
+        if not peer:
+            return self._check_unidentified(Request(method, path))
+        ident = peer if ":" not in peer else self.client_address._name(peer)
+        if len(ident) > MAX_IDENTITY or not ident.isascii():
+            ident = _safe_identity(ident)
+        info = self._fixed
+        assert info is not None
+        key = self._prefix + ident
+        lim = info.limiter
+        if type(lim).ahit is _INPROC_AHIT:
+            d = lim.hit(key, self._cost)  # in-process: decided in C, never waits
+        else:
+            d = await lim.ahit(key, self._cost)
+        if d.allowed:
+            return Verdict(self, d, info, False, None)
+        return self._denied(d, info, None, key)
+
+    def _check_unidentified(self, request: Request) -> Verdict | None:
+        key, blocked = self._unidentified(request)
+        if key is None:
+            return Verdict(self, None, None, True, request) if blocked else None
+        info = self._fixed
+        assert info is not None
+        d = info.limiter.hit(key, self._cost)
+        return self._verdict(d, info, request)
+
     def check(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide (sync, calls ``limiter.hit``). ``None``: not limited."""
         if not self._plain and self.exempt(request):
@@ -944,13 +1049,16 @@ class Rule:
     def _verdict(self, d: Decision, info: _RateInfo, request: Request) -> Verdict:
         if d.allowed:
             return Verdict(self, d, info, False, request)
+        return self._denied(d, info, request, request.key)
+
+    def _denied(
+        self, d: Decision, info: _RateInfo, request: Request | None, key: Any
+    ) -> Verdict:
         if self.dry_run:
             self.dry_run_denials += 1
             log.info(
-                "stanchion dry run: would have limited %s %s (key %r, scope %r)",
-                request.method,
-                request.path,
-                request.key,
+                "stanchion dry run: would have limited key %r (scope %r)",
+                key,
                 self.scope,
             )
             return Verdict(self, d, info, False, request)
@@ -958,27 +1066,27 @@ class Rule:
 
     # -- headers ---------------------------------------------------------------
 
-    def _policy(self, info: _RateInfo) -> tuple[str, tuple[str, ...]]:
-        """(RateLimit-Policy value, policy names) for a limiter, cached."""
-        cached = self._policy_cache.get(id(info))
-        if cached is not None:
-            return cached
+    def _parts(self, info: _RateInfo) -> _HeaderParts:
+        """The static parts of the headers for one limiter, cached."""
+        parts = self._parts_cache.get(id(info))
+        if parts is not None and parts.info is info:
+            return parts
         windows = info.windows
         if len(windows) <= 1:
             names: tuple[str, ...] = (_sf_string(self.scope),)
         else:
             names = tuple(_sf_string(f"{self.scope}-{w}s") for _, w in windows)
-        parts = []
+        items = []
         for name, (q, w), cap in zip(names, windows, info.capacities, strict=False):
-            part = f"{name};q={q};w={w}"
-            if info.rates and cap != q and info.limiter.algorithm == "token_bucket":
-                part += f";stanchion-burst={cap}"
-            parts.append(part)
-        value = ", ".join(parts)
-        if len(self._policy_cache) > 256:
-            self._policy_cache.clear()
-        self._policy_cache[id(info)] = (value, names)
-        return value, names
+            item = f"{name};q={q};w={w}"
+            if cap != q and getattr(info.limiter, "algorithm", "") == "token_bucket":
+                item += f";stanchion-burst={cap}"
+            items.append(item)
+        parts = _HeaderParts(info, ", ".join(items), names, info.capacities)
+        if len(self._parts_cache) > 256:
+            self._parts_cache.clear()
+        self._parts_cache[id(info)] = parts
+        return parts
 
     def _headers(self, v: Verdict) -> list[tuple[str, str]]:
         d = v.decision
@@ -986,31 +1094,80 @@ class Rule:
             return []
         if not v.blocked and not self.headers_on_allowed:
             return []
-        out: list[tuple[str, str]] = []
         remaining = d.remaining
-        reset = _ceil_seconds(d.reset_after_ns)
+        reset = -(-d.reset_after_ns // NS)
+        parts = self._fixed_parts
+        if self._send_all and parts is not None and parts.info is v.info:
+            # The common case in one expression (this runs on every request).
+            t = reset if d.allowed else -(-d.retry_after_ns // NS)
+            limit = d.limit
+            rem = str(remaining)
+            return [
+                ("RateLimit-Policy", parts.policy),
+                ("RateLimit", f"{parts.name_for(limit)};r={rem};t={t}"),
+                ("X-RateLimit-Limit", str(limit)),
+                ("X-RateLimit-Remaining", rem),
+                ("X-RateLimit-Reset", str(reset)),
+            ]
+        out: list[tuple[str, str]] = []
         if self._send_ietf:
-            policy, names = self._policy(v.info)
-            name = names[0]
-            if len(names) > 1:
-                caps = v.info.capacities
-                for i, cap in enumerate(caps):
-                    if cap == d.limit:
-                        name = names[i]
-                        break
-            t = _ceil_seconds(d.retry_after_ns) if not d.allowed else reset
-            if policy:
-                out.append(("RateLimit-Policy", policy))
-            out.append(("RateLimit", f"{name};r={remaining};t={t}"))
+            parts = self._fixed_parts
+            if parts is None or parts.info is not v.info:
+                parts = self._parts(v.info)
+            t = reset if d.allowed else -(-d.retry_after_ns // NS)
+            if parts.policy:
+                out.append(("RateLimit-Policy", parts.policy))
+            out.append(("RateLimit", f"{parts.name_for(d.limit)};r={remaining};t={t}"))
         if self._send_x:
             out.append(("X-RateLimit-Limit", str(d.limit)))
             out.append(("X-RateLimit-Remaining", str(remaining)))
             out.append(("X-RateLimit-Reset", str(reset)))
         return out
 
+    def _raw_headers(self, v: Verdict) -> list[tuple[bytes, bytes]]:
+        """``_headers`` as lower-case ASGI byte pairs, built directly."""
+        d = v.decision
+        if d is None or v.info is None:
+            return []
+        if not v.blocked and not self.headers_on_allowed:
+            return []
+        remaining = d.remaining
+        reset = -(-d.reset_after_ns // NS)
+        parts = self._fixed_parts
+        if self._send_all and parts is not None and parts.info is v.info:
+            t = reset if d.allowed else -(-d.retry_after_ns // NS)
+            limit = d.limit
+            rem = b"%d" % remaining
+            return [
+                (b"ratelimit-policy", parts.policy_b),
+                (b"ratelimit", b"%s;r=%s;t=%d" % (parts.name_b_for(limit), rem, t)),
+                (b"x-ratelimit-limit", b"%d" % limit),
+                (b"x-ratelimit-remaining", rem),
+                (b"x-ratelimit-reset", b"%d" % reset),
+            ]
+        out: list[tuple[bytes, bytes]] = []
+        if self._send_ietf:
+            parts = self._fixed_parts
+            if parts is None or parts.info is not v.info:
+                parts = self._parts(v.info)
+            t = reset if d.allowed else -(-d.retry_after_ns // NS)
+            if parts.policy:
+                out.append((b"ratelimit-policy", parts.policy_b))
+            out.append(
+                (
+                    b"ratelimit",
+                    b"%s;r=%d;t=%d" % (parts.name_b_for(d.limit), remaining, t),
+                )
+            )
+        if self._send_x:
+            out.append((b"x-ratelimit-limit", b"%d" % d.limit))
+            out.append((b"x-ratelimit-remaining", b"%d" % remaining))
+            out.append((b"x-ratelimit-reset", b"%d" % reset))
+        return out
+
     def _reply(self, v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
         d = v.decision
-        reply = self._response(v.request, d)
+        reply = self._response(v.request, d)  # type: ignore[arg-type]
         if not isinstance(reply, Reply):
             reply = Reply(*reply)
         headers = [

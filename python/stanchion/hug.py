@@ -78,6 +78,12 @@ class FalconRequest(Request):
             return getattr(ctx, "user", None)
 
 
+def _check(rule: Rule, req: falcon.Request) -> Verdict | None:
+    if rule.simple:
+        return rule.check_simple(req.method, req.path, req.remote_addr)
+    return rule.check(FalconRequest(req), req.remote_addr)
+
+
 def _blocked(verdict: Verdict, response: falcon.Response) -> bytes:
     status, headers, body = verdict.reply()
     response.status = status_line(status)
@@ -136,7 +142,13 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 forward(kwargs, request, response)
                 if request is None or response is None:
                     return await func(*args, **kwargs)
-                verdict = await rule.acheck(FalconRequest(request), request.remote_addr)
+                verdict = (
+                    await rule.acheck_simple(
+                        request.method, request.path, request.remote_addr
+                    )
+                    if rule.simple
+                    else await rule.acheck(FalconRequest(request), request.remote_addr)
+                )
                 if verdict is not None and verdict.blocked:
                     return io.BytesIO(_blocked(verdict, response))
                 result = await func(*args, **kwargs)
@@ -154,7 +166,7 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 forward(kwargs, request, response)
                 if request is None or response is None:
                     return func(*args, **kwargs)
-                verdict = rule.check(FalconRequest(request), request.remote_addr)
+                verdict = _check(rule, request)
                 if verdict is not None and verdict.blocked:
                     return io.BytesIO(_blocked(verdict, response))
                 result = func(*args, **kwargs)
@@ -189,7 +201,7 @@ class RateLimitMiddleware:
         self.rule = Rule(limit if limiter is None else limiter, scope=scope, **settings)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        verdict = self.rule.check(FalconRequest(req), req.remote_addr)
+        verdict = _check(self.rule, req)
         if verdict is None:
             return
         if verdict.blocked:

@@ -77,11 +77,12 @@ def merge_headers(
 ) -> list[tuple[str, str]]:
     """Rate limit headers added to an app's own. ``X-RateLimit-*`` set by
     an inner (route) limit are kept, as the more specific answer."""
-    if any(k == "X-RateLimit-Limit" for k, _ in extra) and any(
-        k.lower() == "x-ratelimit-limit" for k, _ in headers
-    ):
-        extra = [(k, v) for k, v in extra if not k.startswith("X-RateLimit-")]
-    return [*headers, *extra]
+    if extra[-1][0] == "X-RateLimit-Reset":  # we send that family
+        for k, _ in headers:
+            if k.lower() == "x-ratelimit-limit":
+                extra = [(k, v) for k, v in extra if not k.startswith("X-RateLimit-")]
+                break
+    return headers + extra
 
 
 class RateLimitMiddleware:
@@ -110,7 +111,15 @@ class RateLimitMiddleware:
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
-        verdict = self.rule.check(WsgiRequest(environ), environ.get("REMOTE_ADDR"))
+        rule = self.rule
+        if rule.simple:
+            verdict = rule.check_simple(
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("PATH_INFO") or "/",
+                environ.get("REMOTE_ADDR"),
+            )
+        else:
+            verdict = rule.check(WsgiRequest(environ), environ.get("REMOTE_ADDR"))
         if verdict is None:
             return self.app(environ, start_response)
         if verdict.blocked:

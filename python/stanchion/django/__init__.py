@@ -109,6 +109,24 @@ async def _view_of(request: HttpRequest, rule: Rule) -> DjangoRequest:
     return DjangoRequest(request, user)
 
 
+def _check(rule: Rule, request: HttpRequest) -> Verdict | None:
+    if rule.simple:
+        return rule.check_simple(
+            request.method or "GET", request.path, request.META.get("REMOTE_ADDR")
+        )
+    return rule.check(DjangoRequest(request), request.META.get("REMOTE_ADDR"))
+
+
+async def _acheck(rule: Rule, request: HttpRequest) -> Verdict | None:
+    if rule.simple:
+        return await rule.acheck_simple(
+            request.method or "GET", request.path, request.META.get("REMOTE_ADDR")
+        )
+    return await rule.acheck(
+        await _view_of(request, rule), request.META.get("REMOTE_ADDR")
+    )
+
+
 class _Settings:
     """``settings.STANCHION`` read and checked once."""
 
@@ -266,9 +284,7 @@ class RateLimitMiddleware:
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        verdict = await self.rule.acheck(
-            await _view_of(request, self.rule), request.META.get("REMOTE_ADDR")
-        )
+        verdict = await _acheck(self.rule, request)
         if verdict is None:
             return await self.get_response(request)
         if verdict.blocked:
@@ -348,9 +364,7 @@ class ratelimit:
                 request: HttpRequest, *args: Any, **kwargs: Any
             ) -> Any:
                 rule = self._rule(scope)
-                verdict = await rule.acheck(
-                    await _view_of(request, rule), request.META.get("REMOTE_ADDR")
-                )
+                verdict = await _acheck(rule, request)
                 if verdict is not None:
                     limited = verdict.blocked or (
                         verdict.decision is not None and not verdict.decision.allowed
