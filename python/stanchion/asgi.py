@@ -130,9 +130,11 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_headers(message: Message) -> None:
+        # A plain function returning send's awaitable: one coroutine frame
+        # fewer per message than an async wrapper.
+        def send_with_headers(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 add_headers(message, extra)
-            await send(message)
+            return send(message)
 
         await self.app(scope, receive, send_with_headers)

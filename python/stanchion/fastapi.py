@@ -88,8 +88,8 @@ class StarletteView(Request):
 
 
 def _peer(request: StarletteRequest) -> str | None:
-    client = request.client
-    return client.host if client else None
+    client = request.scope.get("client")  # request.client builds a tuple
+    return client[0] if client else None
 
 
 async def _acheck(rule: Rule, request: StarletteRequest) -> Verdict | None:
@@ -112,8 +112,8 @@ def problem_response(verdict: Verdict) -> Response:
 
 
 def _set_headers(response: Response, verdict: Verdict) -> None:
-    for k, v in verdict.headers():
-        response.headers.append(k, v)
+    # raw_headers is the list both Starlette and FastAPI's header merge use.
+    response.raw_headers.extend(verdict.raw_headers())
 
 
 class RateLimited(HTTPException):
@@ -250,7 +250,14 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 request = kwargs[req_name] if pass_req else kwargs.pop(req_name)
                 response = kwargs[resp_name] if pass_resp else kwargs.pop(resp_name)
-                verdict = await _acheck(rule, request)
+                scope = request.scope
+                if rule.simple:
+                    client = scope.get("client")
+                    verdict = await rule.acheck_simple(
+                        scope["method"], scope["path"], client[0] if client else None
+                    )
+                else:
+                    verdict = await rule.acheck(StarletteView(request), _peer(request))
                 if verdict is None:
                     return await func(*args, **kwargs)
                 if verdict.blocked:

@@ -177,6 +177,8 @@ class _AppState:
             )
             self.default_rule = probe if default_limit is not None else None
         self.rules: dict[int, Rule] = {}
+        self.by_endpoint: dict[str | None, list[Rule]] = {}
+        self.version = ext._version
 
     def rule(self, spec: _LimitSpec) -> Rule:
         rule = self.rules.get(id(spec))
@@ -217,6 +219,7 @@ class Stanchion:
         self._blueprint_limits: dict[str, list[_LimitSpec]] = {}
         self._exempt_views: set[Any] = set()
         self._exempt_blueprints: set[str] = set()
+        self._version = 0  # bumped by every declaration; apps recompute
         if app is not None:
             self.init_app(app)
 
@@ -257,6 +260,7 @@ class Stanchion:
         self._blueprint_limits.setdefault(blueprint.name, []).append(
             _LimitSpec(limit, name, settings)
         )
+        self._version += 1
 
     def exempt(self, view_or_blueprint: Any) -> Any:
         """Exempt a view (decorator) or a whole blueprint from the default
@@ -265,13 +269,26 @@ class Stanchion:
             self._exempt_blueprints.add(view_or_blueprint.name)
         else:
             self._exempt_views.add(view_or_blueprint)
+        self._version += 1
         return view_or_blueprint
 
     # -- hooks -----------------------------------------------------------------
 
-    def _rules_for(self, state: _AppState, view: Any) -> list[Rule]:
+    def _rules_for(
+        self, state: _AppState, endpoint: str | None, req: Any
+    ) -> list[Rule]:
+        """The rules for an endpoint, worked out once per app and endpoint
+        (again if limits are declared after the first request)."""
+        if state.version != self._version:
+            state.by_endpoint.clear()
+            state.version = self._version
+        rules = state.by_endpoint.get(endpoint)
+        if rules is not None:
+            return rules
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        view = app.view_functions.get(endpoint) if endpoint else None
         rules = [state.rule(s) for s in self._view_limits.get(view, ())]
-        blueprints = request.blueprints
+        blueprints = req.blueprints
         exempt = view in self._exempt_views or any(
             b in self._exempt_blueprints for b in blueprints
         )
@@ -280,34 +297,35 @@ class Stanchion:
                 rules.extend(state.rule(s) for s in self._blueprint_limits.get(bp, ()))
             if not rules and state.default_rule is not None:
                 rules.append(state.default_rule)
+        if len(state.by_endpoint) < 10_000:
+            state.by_endpoint[endpoint] = rules
         return rules
 
     def _before_request(self) -> Response | None:
-        state: _AppState = current_app.extensions["stanchion"]
+        # One proxy lookup each for the app and the request: werkzeug's
+        # context-local proxies cost about as much as a decision.
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        state: _AppState = app.extensions["stanchion"]
         if not state.enabled:
             return None
-        view = (
-            current_app.view_functions.get(request.endpoint)
-            if request.endpoint
-            else None
-        )
-        rules = self._rules_for(state, view)
+        rules = self._rules_for(state, req.endpoint, req)
         if not rules:
             return None
-        peer = request.remote_addr
+        peer = req.remote_addr
         view_req: FlaskRequest | None = None
         verdicts: list[Verdict] = []
         for rule in rules:
             if rule.simple:
-                verdict = rule.check_simple(request.method, request.path, peer)
+                verdict = rule.check_simple(req.method, req.path, peer)
             else:
                 if view_req is None:
                     user = state.user
                     view_req = FlaskRequest(
-                        request.method,
-                        request.path,
+                        req.method,
+                        req.path,
                         None,
-                        request,
+                        req,
                         user if user is not None else _g_user,
                     )
                 verdict = rule.check(view_req, peer)
@@ -315,22 +333,26 @@ class Stanchion:
                 continue
             if verdict.blocked:
                 status, headers, body = verdict.reply()
-                return current_app.response_class(body, status=status, headers=headers)
-            verdicts.append(verdict)
-        g._stanchion_verdicts = verdicts
+                return app.response_class(body, status=status, headers=headers)  # type: ignore[no-any-return]
+            if verdict.rule.headers_on_allowed:
+                verdicts.append(verdict)
+        if verdicts:
+            req.environ["stanchion.verdicts"] = verdicts
         return None
 
     def _after_request(self, response: Response) -> Response:
-        verdicts = g.pop("_stanchion_verdicts", None)
+        verdicts = request.environ.get("stanchion.verdicts")
         if verdicts:
+            out = response.headers
             for verdict in verdicts:
                 headers = verdict.headers()
-                if "X-RateLimit-Limit" in response.headers:
+                if not headers:
+                    continue
+                if headers[-1][0] == "X-RateLimit-Reset" and "X-RateLimit-Limit" in out:
                     headers = [
                         (k, v) for k, v in headers if not k.startswith("X-RateLimit-")
                     ]
-                for k, v in headers:
-                    response.headers.add(k, v)
+                out.extend(headers)
         return response
 
 

@@ -237,14 +237,16 @@ def _add_headers(response: HttpResponse, verdict: Verdict) -> None:
     headers = verdict.headers()
     if not headers:
         return
-    has_x = response.has_header("X-RateLimit-Limit")
+    skip_x = headers[-1][0] == "X-RateLimit-Reset" and response.has_header(
+        "X-RateLimit-Limit"
+    )
     for k, v in headers:
-        if has_x and k.startswith("X-RateLimit-"):
-            continue
-        if response.has_header(k) and k.startswith("RateLimit"):
-            response[k] = f"{response[k]}, {v}"  # structured field lists merge
-        else:
-            response[k] = v
+        if k[0] == "X":
+            if skip_x:
+                continue
+        elif k in response.headers:
+            v = f"{response.headers[k]}, {v}"  # structured field lists merge
+        response.headers[k] = v
 
 
 class RateLimitMiddleware:
