@@ -352,7 +352,14 @@ class Stanchion:
                     headers = [
                         (k, v) for k, v in headers if not k.startswith("X-RateLimit-")
                     ]
-                out.extend(headers)
+                # Our names and values are plain ASCII made here, so they can
+                # skip werkzeug's per-value checks (most of the cost of
+                # headers on allowed responses) when its list is at hand.
+                raw = getattr(out, "_list", None)
+                if type(raw) is list:
+                    raw.extend(headers)
+                else:
+                    out.extend(headers)
         return response
 
 

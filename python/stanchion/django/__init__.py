@@ -240,13 +240,20 @@ def _add_headers(response: HttpResponse, verdict: Verdict) -> None:
     skip_x = headers[-1][0] == "X-RateLimit-Reset" and response.has_header(
         "X-RateLimit-Limit"
     )
+    # Our names and values are plain ASCII made here, so they can skip
+    # Django's per-header charset checks when its store is at hand.
+    store = getattr(response.headers, "_store", None)
+    fast = type(store) is dict
     for k, v in headers:
         if k[0] == "X":
             if skip_x:
                 continue
         elif k in response.headers:
             v = f"{response.headers[k]}, {v}"  # structured field lists merge
-        response.headers[k] = v
+        if fast:
+            store[k.lower()] = (k, v)  # type: ignore[index]
+        else:
+            response.headers[k] = v
 
 
 class RateLimitMiddleware:
