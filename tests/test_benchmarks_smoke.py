@@ -1,0 +1,68 @@
+"""The benchmarks still run: a short smoke pass of each, writing nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+RESULTS = BENCHMARKS / "RESULTS.md"
+TIME = re.compile(r"\d (ns|us|ms) ")
+
+LIMITER_ROWS = [
+    "dict.get (floor)",
+    "stanchion token_bucket",
+    "stanchion fixed_window",
+    "stanchion sliding_window",
+    "limits FixedWindow (MemoryStorage)",
+    "limits MovingWindow (MemoryStorage)",
+    "limits SlidingWindowCounter (MemoryStorage)",
+    "throttled-py token_bucket (MemoryStore)",
+    "throttled-py gcra (MemoryStore)",
+    "pyrate-limiter InMemoryBucket",
+    "pyrate-limiter StateBucket GCRA",
+]
+
+
+def run_quick(script: str) -> str:
+    before = RESULTS.read_text() if RESULTS.exists() else None
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script)],
+        env={**os.environ, "STANCHION_BENCH_QUICK": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = RESULTS.read_text() if RESULTS.exists() else None
+    assert after == before, f"a quick run of {script} must not write RESULTS.md"
+    return proc.stdout
+
+
+def test_limiter_benchmark_runs_every_implementation() -> None:
+    out = run_quick("limiter.py")
+    lines = out.splitlines()
+    for name in LIMITER_ROWS:
+        # One timing row per implementation: its name, then two times.
+        rows = [
+            ln
+            for ln in lines
+            if ln.startswith(name + "  ") and len(TIME.findall(ln)) >= 2
+        ]
+        assert rows, f"no timing line for {name!r} in:\n{out}"
+    for name in (
+        "stanchion token_bucket",
+        "stanchion fixed_window",
+        "stanchion sliding_window",
+        "limits FixedWindow (MemoryStorage)",
+    ):
+        assert any(ln.startswith(name) and " B " in ln for ln in lines), (
+            f"no memory line for {name!r} in:\n{out}"
+        )
+    verdicts = [ln for ln in lines if "MET: " in ln or "MISSED: " in ln]
+    # 3 algorithms x 2 paths vs the floor, 2 peers x 2 paths, memory.
+    assert len(verdicts) >= 3 * 2 + 2 * 2 + 3, out
