@@ -448,7 +448,7 @@ class _Connector:
         self._lock = threading.Lock()
         self.down_since: float | None = None  # monotonic start of an outage
         self._retry_at = 0.0
-        self._last_error = ""
+        self.last_error: BaseException | None = None
 
     @property
     def async_link(self) -> _AsyncLink:
@@ -491,6 +491,7 @@ class _Connector:
         now = time.monotonic()
         with self._lock:
             self._retry_at = now + self.retry_interval
+            self.last_error = exc
             if self.down_since is not None:
                 return
             self.down_since = now
@@ -509,6 +510,7 @@ class _Connector:
                 return
             self.down_since = None
             self._retry_at = 0.0
+            self.last_error = None
         logger.info(
             "Redis at %s is available again after %.3f s", self.where, time.monotonic() - since
         )
@@ -738,7 +740,8 @@ class RedisLimiter:
             return Decision(True, self._min_cap, self._min_cap - cost, 0.0, 0.0)
         if self.on_error == "deny":
             return self._deny
-        raise StorageUnavailable(f"Redis at {self._connector.where} is unavailable")
+        conn = self._connector
+        raise StorageUnavailable(f"Redis at {conn.where} is unavailable") from conn.last_error
 
     def _failure(self, exc: BaseException, cost: int) -> Decision:
         self._connector.failed(exc)
@@ -1016,7 +1019,9 @@ class RedisCache:
         conn = self._connector
         if conn.down_since is not None and conn.skip():
             if self.on_error == "raise":
-                raise StorageUnavailable(f"Redis at {conn.where} is unavailable")
+                raise StorageUnavailable(
+                    f"Redis at {conn.where} is unavailable"
+                ) from conn.last_error
             return True
         return False
 
