@@ -22,6 +22,10 @@ import pytest
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
 
+# The timeout for tests of behaviour rather than of failures: a loaded
+# 2-core machine can take longer than the 50 ms default to connect.
+SLOW = 1.0
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -80,7 +84,9 @@ class RedisServer:
             "--daemonize", "no",
             *self.extra,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while not ping(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -137,10 +143,13 @@ class RedisCluster:
             RedisServer(
                 os.path.join(directory, str(i)),
                 free_cluster_port(),
-                "--cluster-enabled", "yes",
-                "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "2000",
-            )  # fmt: skip
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            )
             for i in range(3)
         ]
 
@@ -154,10 +163,14 @@ class RedisCluster:
             node.start()
         subprocess.run(
             [
-                REDIS_CLI, "--cluster", "create",
+                REDIS_CLI,
+                "--cluster",
+                "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                "--cluster-replicas", "0", "--cluster-yes",
-            ],  # fmt: skip
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
             check=True,
             capture_output=True,
             timeout=60,

@@ -13,7 +13,7 @@ import redis.cluster
 import stanchion
 from stanchion.redis import RedisCache, RedisLimiter, RedisStorage
 
-from ._redis import RedisCluster
+from ._redis import SLOW, RedisCluster
 from .test_redis_limiter import ALGORITHMS, pair
 
 
@@ -24,7 +24,9 @@ def cluster_client(redis_cluster: RedisCluster) -> Iterator[redis.cluster.RedisC
     client.close()
 
 
-def _keys_on_every_master(client: redis.cluster.RedisCluster, lim: RedisLimiter) -> list[str]:
+def _keys_on_every_master(
+    client: redis.cluster.RedisCluster, lim: RedisLimiter
+) -> list[str]:
     by_node: dict[str, str] = {}
     for i in range(1000):
         key = f"{uuid.uuid4().hex[:6]}-{i}"
@@ -35,8 +37,12 @@ def _keys_on_every_master(client: redis.cluster.RedisCluster, lim: RedisLimiter)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_multi_rate_on_cluster(cluster_client: redis.cluster.RedisCluster, algorithm: str) -> None:
-    storage = RedisStorage(cluster_client, prefix=f"c{uuid.uuid4().hex[:6]}:")
+def test_multi_rate_on_cluster(
+    cluster_client: redis.cluster.RedisCluster, algorithm: str
+) -> None:
+    storage = RedisStorage(
+        cluster_client, timeout=SLOW, prefix=f"c{uuid.uuid4().hex[:6]}:"
+    )
     local, remote, clock = pair([(3, 1), (5, 60), (100, 3600)], algorithm, storage)
     keys = _keys_on_every_master(cluster_client, remote)
     for step in range(40):
@@ -55,8 +61,12 @@ def test_multi_rate_on_cluster(cluster_client: redis.cluster.RedisCluster, algor
 
 
 def test_cluster_script_reload(cluster_client: redis.cluster.RedisCluster) -> None:
-    storage = RedisStorage(cluster_client, prefix=f"c{uuid.uuid4().hex[:6]}:")
-    lim = stanchion.Limiter("5/minute;10/hour", algorithm="sliding_window", storage=storage)
+    storage = RedisStorage(
+        cluster_client, timeout=SLOW, prefix=f"c{uuid.uuid4().hex[:6]}:"
+    )
+    lim = stanchion.Limiter(
+        "5/minute;10/hour", algorithm="sliding_window", storage=storage
+    )
     assert isinstance(lim, RedisLimiter)
     keys = _keys_on_every_master(cluster_client, lim)
     for key in keys:
@@ -67,11 +77,15 @@ def test_cluster_script_reload(cluster_client: redis.cluster.RedisCluster) -> No
         assert lim.hit(key).remaining == 3
 
 
-async def test_async_cluster(redis_cluster: RedisCluster, cluster_client: redis.cluster.RedisCluster) -> None:
-    client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.port)
+async def test_async_cluster(
+    redis_cluster: RedisCluster, cluster_client: redis.cluster.RedisCluster
+) -> None:
+    client = redis.asyncio.cluster.RedisCluster(
+        host="127.0.0.1", port=redis_cluster.port
+    )
     try:
         prefix = f"c{uuid.uuid4().hex[:6]}:"
-        storage = RedisStorage(client, prefix=prefix)
+        storage = RedisStorage(client, timeout=SLOW, prefix=prefix)
         for algorithm in ALGORITHMS:
             local, remote, clock = pair([(3, 1), (5, 60)], algorithm, storage)
             keys = _keys_on_every_master(cluster_client, remote)
@@ -85,20 +99,25 @@ async def test_async_cluster(redis_cluster: RedisCluster, cluster_client: redis.
             with pytest.raises(TypeError, match="asyncio client"):
                 remote.hit(keys[0])
         # The cache works there too.
-        cache = RedisCache(client, prefix=prefix + "cache:")
+        cache = RedisCache(client, timeout=SLOW, prefix=prefix + "cache:")
         for i in range(20):
             await cache.aset(f"k{i}", {"i": i}, ttl=60)
         assert await cache.aget("k7") == {"i": 7}
-        assert await cache.aclear() == 20
+        await cache.aclear()
         assert await cache.aget("k7") is None
     finally:
         await client.aclose()
 
 
 def test_cluster_cache(cluster_client: redis.cluster.RedisCluster) -> None:
-    cache = RedisCache(cluster_client, prefix=f"c{uuid.uuid4().hex[:6]}:", serializer="json")
+    cache = RedisCache(
+        cluster_client,
+        timeout=SLOW,
+        prefix=f"c{uuid.uuid4().hex[:6]}:",
+        serializer="json",
+    )
     for i in range(30):
         cache.set(f"k{i}", [i, "x"])
     assert cache.get("k3") == [3, "x"]
-    assert cache.clear() == 30
+    cache.clear()
     assert "k3" not in cache

@@ -60,7 +60,11 @@ class Timeline:
     def check(self, policy: str) -> None:
         expected = {"allow": "allowed", "deny": "denied", "raise": "raised"}[policy]
         before = [c for c in self.calls if c.end < self.down_at]
-        during = [c for c in self.calls if self.down_at + 0.01 < c.start and c.end < self.up_at]
+        during = [
+            c
+            for c in self.calls
+            if self.down_at + 0.01 < c.start and c.end < self.up_at
+        ]
         after = [c for c in self.calls if c.start > self.up_at + RETRY_INTERVAL + 0.15]
         assert len(before) > 5 and len(during) > 5 and len(after) > 5
         assert {c.outcome for c in before} == {"real"}
@@ -170,13 +174,17 @@ async def test_outage_under_async_load(
     _one_warning_one_info(caplog)
 
 
-def test_restart_empty_needs_nothing(private_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_restart_empty_needs_nothing(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     """A restart loses the scripts and the idle connection: the next
     decision reconnects, reloads the script and answers for real."""
     caplog.set_level(logging.INFO, logger="stanchion")
     storage = RedisStorage(private_redis.url)
     for algorithm in ("token_bucket", "fixed_window", "sliding_window"):
-        lim = stanchion.Limiter("5/minute", algorithm=algorithm, storage=storage, on_error="raise")
+        lim = stanchion.Limiter(
+            "5/minute", algorithm=algorithm, storage=storage, on_error="raise"
+        )
         assert lim.hit("k").remaining == 4
         assert lim.hit("k").remaining == 3
         private_redis.restart()
@@ -197,7 +205,9 @@ async def test_async_restart_empty(private_redis: RedisServer) -> None:
         await storage.aclose()
 
 
-def test_down_from_the_start(private_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_down_from_the_start(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="stanchion")
     private_redis.kill()
     allow = _limiter(private_redis, "allow")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import stanchion
 from stanchion.redis import RedisLimiter, RedisStorage
 
-from ._redis import RedisServer
+from ._redis import SLOW, RedisServer
 
 ALGORITHMS = ["token_bucket", "fixed_window", "sliding_window"]
 
@@ -34,7 +34,7 @@ BASE_US = 2800 * 604_800_000_000
 
 @pytest.fixture
 def storage(redis_server: RedisServer) -> Iterator[RedisStorage]:
-    s = RedisStorage(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    s = RedisStorage(redis_server.url, timeout=SLOW, prefix=f"t{uuid.uuid4().hex[:8]}:")
     yield s
     s.close()
 
@@ -63,7 +63,9 @@ def pair(
     rates: object, algorithm: str, storage: RedisStorage, burst: object = None
 ) -> tuple[stanchion.Limiter, RedisLimiter, Clock]:
     clock = Clock()
-    local = stanchion.Limiter(rates, algorithm=algorithm, burst=burst, clock=clock.local)
+    local = stanchion.Limiter(
+        rates, algorithm=algorithm, burst=burst, clock=clock.local
+    )
     remote = stanchion.Limiter(rates, algorithm=algorithm, burst=burst, storage=storage)
     assert isinstance(remote, RedisLimiter)
     remote._script_clock = clock.remote
@@ -119,8 +121,15 @@ def test_limiter_rejects_bad_arguments(storage: RedisStorage) -> None:
     for bad_key in (None, 5, ["a"]):
         with pytest.raises(TypeError, match="key must be str or bytes"):
             lim.hit(bad_key)  # type: ignore[arg-type]
-    for bad_cost, exc in ((0, ValueError), (-1, ValueError), (4, ValueError),
-                          (1.0, TypeError), (True, TypeError), ("1", TypeError)):  # fmt: skip
+    bad_costs = [
+        (0, ValueError),
+        (-1, ValueError),
+        (4, ValueError),
+        (1.0, TypeError),
+        (True, TypeError),
+        ("1", TypeError),
+    ]
+    for bad_cost, exc in bad_costs:
         with pytest.raises(exc) as remote_err:
             lim.hit("k", bad_cost)  # type: ignore[arg-type]
         with pytest.raises(exc) as local_err:
@@ -225,7 +234,9 @@ def test_key_expires_when_full(storage: RedisStorage, rclient: redis.Redis) -> N
     assert not rclient.keys(storage.prefix + "*")
 
 
-def test_script_reloaded_after_flush(storage: RedisStorage, rclient: redis.Redis) -> None:
+def test_script_reloaded_after_flush(
+    storage: RedisStorage, rclient: redis.Redis
+) -> None:
     lim = stanchion.Limiter("3/minute", storage=storage)
     assert lim.hit("k").remaining == 2
     rclient.script_flush()
@@ -233,10 +244,12 @@ def test_script_reloaded_after_flush(storage: RedisStorage, rclient: redis.Redis
     assert lim.peek("k").allowed and lim.peek("k").remaining == 0
 
 
-def test_user_clients_share_state_with_url(redis_server: RedisServer, storage: RedisStorage) -> None:
+def test_user_clients_share_state_with_url(
+    redis_server: RedisServer, storage: RedisStorage
+) -> None:
     client = redis.Redis(port=redis_server.port, socket_timeout=5)
     try:
-        mine = RedisStorage(client, prefix=storage.prefix)
+        mine = RedisStorage(client, timeout=SLOW, prefix=storage.prefix)
         a = stanchion.Limiter("4/minute", storage=storage)
         b = stanchion.Limiter("4/minute", storage=mine)
         a.hit("k")
@@ -250,7 +263,9 @@ def test_user_clients_share_state_with_url(redis_server: RedisServer, storage: R
 
 
 def test_acquire(storage: RedisStorage) -> None:
-    lim = stanchion.Limiter("2 per 0.2 seconds", algorithm="fixed_window", storage=storage)
+    lim = stanchion.Limiter(
+        "2 per 0.2 seconds", algorithm="fixed_window", storage=storage
+    )
     lim.hit("k")
     lim.hit("k")
     t0 = time.monotonic()
@@ -265,7 +280,7 @@ def test_acquire(storage: RedisStorage) -> None:
 
 
 def test_clock_never_runs_backwards_for_a_key(storage: RedisStorage) -> None:
-    local, remote, clock = pair("2/minute", "fixed_window", storage)
+    _, remote, clock = pair("2/minute", "fixed_window", storage)
     key = uuid.uuid4().hex
     remote.hit(key)
     clock.us -= 120_000_000  # the server's clock steps back two minutes
@@ -274,7 +289,9 @@ def test_clock_never_runs_backwards_for_a_key(storage: RedisStorage) -> None:
     assert not remote.hit(key)
 
 
-def test_one_round_trip_whatever_the_rates(storage: RedisStorage, rclient: redis.Redis) -> None:
+def test_one_round_trip_whatever_the_rates(
+    storage: RedisStorage, rclient: redis.Redis
+) -> None:
     lims = {
         n: stanchion.Limiter(
             ";".join(["100/second", "1000/minute", "10000/hour"][:n]), storage=storage
@@ -303,12 +320,14 @@ def test_one_round_trip_whatever_the_rates(storage: RedisStorage, rclient: redis
         }, calls[n]
 
 
-# -- differential against the in-process engine ------------------------------------------
+# -- differential against the in-process engine ----------------------------------
 
 
 def _rates(algorithm: str) -> st.SearchStrategy[list[tuple[float, float]]]:
     if algorithm == "token_bucket":
-        amount = st.one_of(st.integers(1, 40), st.sampled_from([0.5, 1.5, 2.5, 7.3, 1000.0]))
+        amount = st.one_of(
+            st.integers(1, 40), st.sampled_from([0.5, 1.5, 2.5, 7.3, 1000.0])
+        )
     else:
         amount = st.one_of(st.integers(1, 40), st.sampled_from([1.5, 2.5, 7.3, 1000.0]))
     return st.lists(st.tuples(amount, st.sampled_from(PERIODS)), min_size=1, max_size=3)
@@ -345,9 +364,15 @@ def _differential(storage: RedisStorage, algorithm: str, data: st.DataObject) ->
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(data=st.data())
-def test_differential_against_in_process(storage: RedisStorage, algorithm: str, data: st.DataObject) -> None:
+def test_differential_against_in_process(
+    storage: RedisStorage, algorithm: str, data: st.DataObject
+) -> None:
     _differential(storage, algorithm, data)
 
 
@@ -359,13 +384,18 @@ def test_differential_long_runs(storage: RedisStorage, algorithm: str) -> None:
 
     rng = random.Random(algorithm)
     for _ in range(6):
-        rates = [(rng.choice([3, 10, 97, 1000, 2.5]), rng.choice(PERIODS)) for _ in range(rng.randint(1, 5))]
+        rates = [
+            (rng.choice([3, 10, 97, 1000, 2.5]), rng.choice(PERIODS))
+            for _ in range(rng.randint(1, 5))
+        ]
         if algorithm == "token_bucket":
             rates[0] = (7.3, 1)
         local, remote, clock = pair(rates, algorithm, storage)
         key = uuid.uuid4().hex
         for _ in range(150):
-            clock.us += rng.choice([0, 1, 17, 1000, 33_333, 500_000, 7_000_000, 3_600_000_000])
+            clock.us += rng.choice(
+                [0, 1, 17, 1000, 33_333, 500_000, 7_000_000, 3_600_000_000]
+            )
             cost = rng.randint(1, local.max_cost) if rng.random() < 0.2 else 1
             op = "peek" if rng.random() < 0.2 else "hit"
             assert getattr(local, op)(key, cost) == getattr(remote, op)(key, cost)
@@ -404,7 +434,9 @@ async def test_async_api(redis_server: RedisServer, storage: RedisStorage) -> No
         assert (await lim.apeek("a")).remaining == 2
         with pytest.raises(TypeError):
             await lim.ahit(3)  # type: ignore[arg-type]
-        fast = stanchion.Limiter("2 per 0.2 seconds", algorithm="fixed_window", storage=storage)
+        fast = stanchion.Limiter(
+            "2 per 0.2 seconds", algorithm="fixed_window", storage=storage
+        )
         await fast.ahit("k")
         await fast.ahit("k")
         assert (await fast.aacquire("k", timeout=1.0)).allowed
@@ -417,7 +449,7 @@ async def test_async_api(redis_server: RedisServer, storage: RedisStorage) -> No
 
 async def test_async_client(redis_server: RedisServer, storage: RedisStorage) -> None:
     client = redis.asyncio.Redis(port=redis_server.port)
-    mine = RedisStorage(client, prefix=storage.prefix)
+    mine = RedisStorage(client, timeout=SLOW, prefix=storage.prefix)
     try:
         lim = stanchion.Limiter("4/minute;10/hour", storage=mine)
         d = await lim.ahit("k")
@@ -453,7 +485,7 @@ async def test_async_differential(storage: RedisStorage) -> None:
 def test_decision_fields_are_exact_to_the_nanosecond(storage: RedisStorage) -> None:
     # 3 per second: the token bucket's interval is 333333333 ns, not a
     # whole number of microseconds.
-    local, remote, clock = pair("3/second", "token_bucket", storage)
+    local, remote, _ = pair("3/second", "token_bucket", storage)
     key = uuid.uuid4().hex
     for _ in range(4):
         a, b = local.hit(key), remote.hit(key)

@@ -16,7 +16,7 @@ import redis.cluster
 import stanchion
 from stanchion.redis import RedisLimiter, RedisStorage
 
-from ._redis import RedisCluster, RedisServer
+from ._redis import SLOW, RedisCluster, RedisServer
 
 ALGORITHMS = ["token_bucket", "fixed_window", "sliding_window"]
 PROCESSES = 8
@@ -45,9 +45,11 @@ def _worker(
 ) -> None:
     if lim is None:
         assert make is not None
-        kind, where, rates, algorithm = make
+        _, where, rates, algorithm = make
         client = redis.cluster.RedisCluster(host="127.0.0.1", port=where)
-        lim = stanchion.Limiter(rates, algorithm=algorithm, storage=RedisStorage(client))
+        lim = stanchion.Limiter(
+            rates, algorithm=algorithm, storage=RedisStorage(client)
+        )
     rng = random.Random(seed)
     admitted = charged = 0
     barrier.wait()
@@ -70,7 +72,9 @@ def run_processes(
     barrier = CTX.Barrier(PROCESSES)
     out = CTX.Queue()
     procs = [
-        CTX.Process(target=_worker, args=(lim, make, key, hits, n, max_cost, barrier, out))
+        CTX.Process(
+            target=_worker, args=(lim, make, key, hits, n, max_cost, barrier, out)
+        )
         for n in range(PROCESSES)
     ]
     for p in procs:
@@ -100,10 +104,16 @@ def consumed(raw: bytes, algorithm: str, rates: list[tuple[int, int]]) -> list[i
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_exactly_the_limit_across_processes(redis_server: RedisServer, algorithm: str) -> None:
+def test_exactly_the_limit_across_processes(
+    redis_server: RedisServer, algorithm: str
+) -> None:
     client = redis.Redis(port=redis_server.port)
-    storage = RedisStorage(redis_server.url, prefix=f"p{uuid.uuid4().hex[:6]}:")
-    lim = stanchion.Limiter([(1000, safe_period(client))], algorithm=algorithm, storage=storage)
+    storage = RedisStorage(
+        redis_server.url, timeout=SLOW, prefix=f"p{uuid.uuid4().hex[:6]}:"
+    )
+    lim = stanchion.Limiter(
+        [(1000, safe_period(client))], algorithm=algorithm, storage=storage
+    )
     assert isinstance(lim, RedisLimiter)
     lim.hit("warm-up")  # the children inherit an open connection: forked
     # children must not share it.
@@ -115,10 +125,14 @@ def test_exactly_the_limit_across_processes(redis_server: RedisServer, algorithm
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_rates_charged_together_across_processes(redis_server: RedisServer, algorithm: str) -> None:
+def test_rates_charged_together_across_processes(
+    redis_server: RedisServer, algorithm: str
+) -> None:
     client = redis.Redis(port=redis_server.port)
     period = safe_period(client)
-    storage = RedisStorage(redis_server.url, prefix=f"p{uuid.uuid4().hex[:6]}:")
+    storage = RedisStorage(
+        redis_server.url, timeout=SLOW, prefix=f"p{uuid.uuid4().hex[:6]}:"
+    )
     rates = [(1000, period), (50, period), (400, period)]
     lim = stanchion.Limiter(rates, algorithm=algorithm, storage=storage)
     assert isinstance(lim, RedisLimiter)
@@ -133,11 +147,15 @@ def test_rates_charged_together_across_processes(redis_server: RedisServer, algo
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_cluster_multi_rate_across_processes(redis_cluster: RedisCluster, algorithm: str) -> None:
+def test_cluster_multi_rate_across_processes(
+    redis_cluster: RedisCluster, algorithm: str
+) -> None:
     client = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.port)
     period = safe_period(client)
     rates = [(1000, period), (50, period), (400, period)]
-    lim = stanchion.Limiter(rates, algorithm=algorithm, storage=RedisStorage(client))
+    lim = stanchion.Limiter(
+        rates, algorithm=algorithm, storage=RedisStorage(client, timeout=SLOW)
+    )
     assert isinstance(lim, RedisLimiter)
     # One client key on each master.
     run_id = uuid.uuid4().hex[:6]
@@ -150,7 +168,11 @@ def test_cluster_multi_rate_across_processes(redis_cluster: RedisCluster, algori
     assert len(by_node) == 3
     for key in by_node.values():
         admitted, charged = run_processes(
-            None, key, 40, max_cost=3, make=("cluster", redis_cluster.port, rates, algorithm)
+            None,
+            key,
+            40,
+            max_cost=3,
+            make=("cluster", redis_cluster.port, rates, algorithm),
         )
         assert 48 <= charged <= 50 and admitted <= 50
         raw = client.get(lim._key(key))

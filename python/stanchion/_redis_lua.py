@@ -123,9 +123,12 @@ local allowed = true
 """
 
 # Per rate i (1-based), the state words start at s[2 + (i - 1) * W].
-_TOKEN_BUCKET = r"""
+_TOKEN_BUCKET = (
+    r"""
 local W = 1
-""" + _COMMON_HEAD + r"""
+"""
+    + _COMMON_HEAD
+    + r"""
 for i = 1, n do
   local c = tonumber(ARGV[1 + 3 * i])
   local I = tonumber(ARGV[2 + 3 * i])
@@ -152,11 +155,16 @@ for i = 1, n do
     retry[i] = nd - T
   end
 end
-""" + "@TAIL@"
+"""
+    + "@TAIL@"
+)
 
-_FIXED_WINDOW = r"""
+_FIXED_WINDOW = (
+    r"""
 local W = 2
-""" + _COMMON_HEAD + r"""
+"""
+    + _COMMON_HEAD
+    + r"""
 for i = 1, n do
   local c = tonumber(ARGV[1 + 3 * i])
   local P = tonumber(ARGV[2 + 3 * i])
@@ -179,11 +187,16 @@ for i = 1, n do
   rem[i] = c - count
   if count > 0 then reset[i] = end_in else reset[i] = 0 end
 end
-""" + "@TAIL@"
+"""
+    + "@TAIL@"
+)
 
-_SLIDING_WINDOW = r"""
+_SLIDING_WINDOW = (
+    r"""
 local W = 3
-""" + _COMMON_HEAD + r"""
+"""
+    + _COMMON_HEAD
+    + r"""
 for i = 1, n do
   local L = tonumber(ARGV[1 + 3 * i])
   local P = tonumber(ARGV[2 + 3 * i])
@@ -233,7 +246,9 @@ for i = 1, n do
     reset[i] = 0
   end
 end
-""" + "@TAIL@"
+"""
+    + "@TAIL@"
+)
 
 # The binding rate exactly as st_policy_decide picks it, then the write.
 _TAIL = r"""

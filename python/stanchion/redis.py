@@ -82,7 +82,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 import redis as _redis
@@ -126,7 +126,9 @@ else:  # pragma: no cover - Python 3.10
         async def __aenter__(self) -> None:
             task = asyncio.current_task()
             assert task is not None
-            self._handle = asyncio.get_running_loop().call_later(self._delay, self._fire, task)
+            self._handle = asyncio.get_running_loop().call_later(
+                self._delay, self._fire, task
+            )
 
         def _fire(self, task: asyncio.Task[Any]) -> None:
             self._fired = True
@@ -142,10 +144,14 @@ else:  # pragma: no cover - Python 3.10
 
 def _check_seconds(name: str, value: object, *, zero_ok: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a number of seconds, not {type(value).__name__}"
+        )
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
-        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a finite number of seconds {bound}, got {value!r}"
+        )
     return float(value)
 
 
@@ -193,7 +199,9 @@ class _DirectSync:
     its reply and puts it back. No pool lock, no per-call health check.
     """
 
-    def __init__(self, connection_class: type[Any], kwargs: dict[str, Any], timeout: float):
+    def __init__(
+        self, connection_class: type[Any], kwargs: dict[str, Any], timeout: float
+    ):
         self._class = connection_class
         self._kwargs = _own_kwargs(kwargs, timeout)
         self._idle: list[Any] = []
@@ -261,7 +269,9 @@ class _DirectAsync:
     idle connections per event loop. The whole exchange runs under
     ``asyncio.timeout``, which also bounds connecting."""
 
-    def __init__(self, connection_class: type[Any], kwargs: dict[str, Any], timeout: float):
+    def __init__(
+        self, connection_class: type[Any], kwargs: dict[str, Any], timeout: float
+    ):
         self._class = connection_class
         self._kwargs = _own_kwargs(kwargs, None)
         self._timeout = timeout
@@ -327,7 +337,9 @@ class _DirectAsync:
         cursor: Any = b"0"
         deleted = 0
         while True:
-            cursor, keys = await self.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            cursor, keys = await self.call(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", 1000
+            )
             if keys:
                 deleted += int(await self.call("UNLINK", *keys))
             if cursor in (b"0", 0, "0"):
@@ -346,7 +358,7 @@ class _ClusterSync:
     """A RedisCluster client's own command path (slot routing, MOVED)."""
 
     def __init__(self, client: _RedisCluster) -> None:
-        self._client = client
+        self._client: Any = client
 
     def call(self, *args: Any) -> Any:
         return self._client.execute_command(*args)
@@ -363,7 +375,7 @@ class _ClusterSync:
 
 class _ClusterAsync:
     def __init__(self, client: _AsyncRedisCluster, timeout: float) -> None:
-        self._client = client
+        self._client: Any = client
         self._timeout = timeout
 
     async def call(self, *args: Any) -> Any:
@@ -408,7 +420,9 @@ _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class _Connector:
-    def __init__(self, client_or_url: object, timeout: float, retry_interval: float) -> None:
+    def __init__(
+        self, client_or_url: object, timeout: float, retry_interval: float
+    ) -> None:
         self.timeout = timeout
         self.retry_interval = retry_interval
         self.sync: _SyncLink | None = None
@@ -422,7 +436,9 @@ class _Connector:
                     f"unsupported Redis URL {c!r}: use redis://, rediss:// or unix://"
                 )
             pool = _redis.ConnectionPool.from_url(c)
-            self.sync = _DirectSync(pool.connection_class, pool.connection_kwargs, timeout)
+            self.sync = _DirectSync(
+                pool.connection_class, pool.connection_kwargs, timeout
+            )
             self._async_url = c
             self.where = _describe(pool.connection_kwargs)
         elif isinstance(c, _RedisCluster):
@@ -433,11 +449,15 @@ class _Connector:
             self.where = "Redis Cluster"
         elif isinstance(c, _redis.Redis):
             pool = c.connection_pool
-            self.sync = _DirectSync(pool.connection_class, pool.connection_kwargs, timeout)
+            self.sync = _DirectSync(
+                pool.connection_class, pool.connection_kwargs, timeout
+            )
             self.where = _describe(pool.connection_kwargs)
         elif isinstance(c, _aredis.Redis):
             apool = c.connection_pool
-            self._async = _DirectAsync(apool.connection_class, apool.connection_kwargs, timeout)
+            self._async = _DirectAsync(
+                apool.connection_class, apool.connection_kwargs, timeout
+            )
             self.where = _describe(apool.connection_kwargs)
         else:
             raise TypeError(
@@ -512,7 +532,9 @@ class _Connector:
             self._retry_at = 0.0
             self.last_error = None
         logger.info(
-            "Redis at %s is available again after %.3f s", self.where, time.monotonic() - since
+            "Redis at %s is available again after %.3f s",
+            self.where,
+            time.monotonic() - since,
         )
 
     def close(self) -> None:
@@ -530,7 +552,9 @@ def _describe(kwargs: dict[str, Any]) -> str:
     return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
-def _connector_of(client_or_url: object, timeout: float, retry_interval: float) -> _Connector:
+def _connector_of(
+    client_or_url: object, timeout: float, retry_interval: float
+) -> _Connector:
     if isinstance(client_or_url, RedisStorage):
         return client_or_url._connector
     return _Connector(client_or_url, timeout, retry_interval)
@@ -563,7 +587,9 @@ class RedisStorage:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         if "{" in prefix or "}" in prefix:
-            raise ValueError(f"prefix must not contain '{{' or '}}' (hash tags), got {prefix!r}")
+            raise ValueError(
+                f"prefix must not contain '{{' or '}}' (hash tags), got {prefix!r}"
+            )
         timeout = _check_seconds("timeout", timeout, zero_ok=False)
         retry_interval = _check_seconds("retry_interval", retry_interval, zero_ok=True)
         self.prefix = prefix
@@ -582,7 +608,9 @@ class RedisStorage:
         on_error: str,
     ) -> RedisLimiter:
         """Called by ``stanchion.Limiter(..., storage=self)``."""
-        return RedisLimiter(self, rates, algorithm=algorithm, burst=burst, on_error=on_error)
+        return RedisLimiter(
+            self, rates, algorithm=algorithm, burst=burst, on_error=on_error
+        )
 
     def close(self) -> None:
         """Close the blocking connections (new ones open on next use)."""
@@ -665,7 +693,9 @@ class RedisLimiter:
         on_error: str = "allow",
     ) -> None:
         if not isinstance(storage, RedisStorage):
-            raise TypeError(f"storage must be a RedisStorage, not {type(storage).__name__}")
+            raise TypeError(
+                f"storage must be a RedisStorage, not {type(storage).__name__}"
+            )
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}")
         if on_error not in ON_ERROR:
@@ -703,7 +733,10 @@ class RedisLimiter:
 
     def __repr__(self) -> str:
         rates = ";".join(str(r) for r in self.rates)
-        return f"RedisLimiter({rates!r}, algorithm={self.algorithm!r}, storage={self.storage!r})"
+        return (
+            f"RedisLimiter({rates!r}, algorithm={self.algorithm!r}, "
+            f"storage={self.storage!r})"
+        )
 
     # -- arguments -----------------------------------------------------------
 
@@ -733,7 +766,9 @@ class RedisLimiter:
 
     @staticmethod
     def _decision(reply: Any) -> Decision:
-        return Decision(reply[0] == 1, reply[1], reply[2], reply[3] / 1e9, reply[4] / 1e9)
+        return Decision(
+            reply[0] == 1, reply[1], reply[2], reply[3] / 1e9, reply[4] / 1e9
+        )
 
     def _fallback(self, cost: int) -> Decision:
         if self.on_error == "allow":
@@ -741,7 +776,9 @@ class RedisLimiter:
         if self.on_error == "deny":
             return self._deny
         conn = self._connector
-        raise StorageUnavailable(f"Redis at {conn.where} is unavailable") from conn.last_error
+        raise StorageUnavailable(
+            f"Redis at {conn.where} is unavailable"
+        ) from conn.last_error
 
     def _failure(self, exc: BaseException, cost: int) -> Decision:
         self._connector.failed(exc)
@@ -804,7 +841,9 @@ class RedisLimiter:
                 f"Redis at {self._connector.where} is unavailable"
             ) from exc
 
-    def acquire(self, key: str | bytes, cost: int = 1, timeout: float | None = None) -> Decision:
+    def acquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
         """Hit, waiting while denied. With a ``timeout`` (seconds), raises
         RateLimitExceeded as soon as the wait would exceed it."""
         deadline = _deadline(timeout)
@@ -916,17 +955,96 @@ class _Json:
 
 _MISSING: Any = object()
 
+# Cache keys: str and bytes keys are stored as they are (readable in
+# redis-cli); any other key, such as the tuples @cached builds from a
+# call's arguments, as a 0x00 byte and a canonical encoding of its value,
+# which every process computes alike (hash() and repr() do not). A str or
+# bytes key that itself starts with 0x00 is encoded too, so two different
+# keys never share a Redis key. Long encodings are replaced by a SHA-256.
+_LONG_KEY = 256
+
+
+def _encode(value: object, out: bytearray) -> None:
+    if isinstance(value, str):
+        b = value.encode()
+        out += b"s%d:" % len(b)
+        out += b
+    elif isinstance(value, bool):
+        out += b"T" if value else b"F"
+    elif isinstance(value, int):
+        out += b"i%d;" % value
+    elif isinstance(value, tuple):
+        out += b"t%d:" % len(value)
+        for item in value:
+            _encode(item, out)
+    elif isinstance(value, bytes):
+        out += b"b%d:" % len(value)
+        out += value
+    elif value is None:
+        out += b"N"
+    elif isinstance(value, float):
+        out += b"f" + value.hex().encode() + b";"
+    elif isinstance(value, frozenset):
+        parts = []
+        for item in value:
+            buf = bytearray()
+            _encode(item, buf)
+            parts.append(bytes(buf))
+        out += b"z%d:" % len(parts)
+        for part in sorted(parts):
+            out += part
+    elif type(value) is object:
+        # A bare object() is @cached's marker between positional and
+        # keyword arguments (typed=True keys hold types, below).
+        out += b"K"
+    elif isinstance(value, type):
+        out += f"y{value.__module__}.{value.__qualname__};".encode()
+    else:
+        raise TypeError(
+            "RedisCache keys must be str, bytes, int, float, bool, None, or tuples "
+            f"and frozensets of them, not {type(value).__name__} (give @cached a "
+            "key= function that returns a str)"
+        )
+
+
+def _cache_key(key: object) -> bytes:
+    if isinstance(key, str):
+        b = key.encode()
+        if not b.startswith(b"\x00"):
+            return b
+    elif isinstance(key, bytes) and not key.startswith(b"\x00"):
+        return bytes(key)
+    elif type(key) is object:
+        raise TypeError(
+            "RedisCache keys must be str, bytes, int, float, bool, None, or tuples "
+            "and frozensets of them, not object"
+        )
+    out = bytearray(b"\x00")
+    _encode(key, out)
+    if len(out) > _LONG_KEY:
+        return b"\x00h" + hashlib.sha256(out).hexdigest().encode()
+    return bytes(out)
+
 
 class RedisCache:
     """A cache in Redis, shared by every process: the ``stanchion.Cache``
     subset that a remote store can keep (``get``/``set``/``delete``/``ttl``/
     ``clear``, ``c[k]``, ``k in c``) and their asyncio twins (``aget``...).
 
-    Keys are str or bytes, stored under ``prefix``. Values go through
-    ``serializer``: ``"pickle"`` (default; only for data you trust: a
-    pickle can run code when loaded), ``"json"``, or any object with
-    ``dumps(value) -> bytes | str`` and ``loads(bytes) -> value``. ``ttl``
-    is the default lifetime in seconds (None: no expiry).
+    Keys are stored under ``prefix``: str and bytes keys as they are,
+    other keys (ints, floats, None, and tuples or frozensets of these, as
+    ``@cached`` builds them) by a canonical encoding that is the same in
+    every process. Values go through ``serializer``: ``"pickle"``
+    (default; only for data you trust: a pickle can run code when loaded),
+    ``"json"``, or any object with ``dumps(value) -> bytes | str`` and
+    ``loads(bytes) -> value``. ``ttl`` is the default lifetime in seconds
+    (None: no expiry), used whenever ``set`` is given no ttl; it is kept
+    as ``default_ttl``.
+
+    It follows ``stanchion.CacheBackend``, so ``@cached(backend=cache)``
+    keeps results in Redis. Keys from ``@cached`` are built from the
+    arguments only: give each cached function its own namespace,
+    ``@cached(backend=cache.namespace("users"))``.
 
     When Redis fails, reads miss, writes are dropped and deletes report
     False, logged once per outage; ``on_error="raise"`` raises
@@ -935,7 +1053,7 @@ class RedisCache:
     a cold key each process may compute it once.
 
     ``client_or_url`` is as for ``RedisStorage``, or a ``RedisStorage``
-    whose connections (and outage state) are then shared.
+    whose connections, timeout and outage state are then shared.
     """
 
     def __init__(
@@ -951,13 +1069,16 @@ class RedisCache:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
         if not prefix:
-            raise ValueError("prefix must not be empty: clear() deletes every key under it")
+            raise ValueError(
+                "prefix must not be empty: clear() deletes every key under it"
+            )
         if ttl is not None:
             ttl = _check_seconds("ttl", ttl, zero_ok=False)
         if isinstance(serializer, str):
             if serializer not in ("pickle", "json"):
                 raise ValueError(
-                    f"serializer must be 'pickle', 'json' or an object with dumps/loads, "
+                    "serializer must be 'pickle', 'json' or an object with "
+                    f"dumps/loads, "
                     f"got {serializer!r}"
                 )
             ser: Any = _Pickle if serializer == "pickle" else _Json
@@ -976,23 +1097,37 @@ class RedisCache:
         self._connector = _connector_of(client_or_url, timeout, 0.1)
         self.prefix = prefix
         self._prefix = prefix.encode()
-        self.ttl = ttl
+        self.default_ttl = ttl
         self.on_error = on_error
         self._dumps = ser.dumps
         self._loads = ser.loads
 
     def __repr__(self) -> str:
-        return f"RedisCache({self._connector.where!r}, prefix={self.prefix!r}, ttl={self.ttl})"
+        where = self._connector.where
+        return f"RedisCache({where!r}, prefix={self.prefix!r}, ttl={self.default_ttl})"
+
+    def namespace(self, name: str) -> RedisCache:
+        """The same cache under ``prefix + name + ":"`` (same connections,
+        serializer, ttl and on_error): one per cached function."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not name:
+            raise ValueError("name must not be empty")
+        child = object.__new__(RedisCache)
+        child.__dict__.update(self.__dict__)
+        child.prefix = f"{self.prefix}{name}:"
+        child._prefix = child.prefix.encode()
+        return child
 
     # -- pieces shared by both sides ------------------------------------------
 
     def _key(self, key: object) -> bytes:
-        return self._prefix + _key_bytes(key)
+        return self._prefix + _cache_key(key)
 
     def _set_args(self, key: object, value: Any, ttl: float | None) -> tuple[Any, ...]:
         rkey = self._key(key)
         if ttl is None:
-            ttl = self.ttl
+            ttl = self.default_ttl
         else:
             ttl = _check_seconds("ttl", ttl, zero_ok=False)
         data = self._dumps(value)
@@ -1000,7 +1135,8 @@ class RedisCache:
             data = data.encode()
         elif not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
-                f"the serializer's dumps returned {type(data).__name__}, not bytes or str"
+                f"the serializer's dumps returned {type(data).__name__}, "
+                "not bytes or str"
             )
         if ttl is None:
             return ("SET", rkey, data)
@@ -1009,7 +1145,9 @@ class RedisCache:
     def _failed(self, exc: BaseException) -> None:
         self._connector.failed(exc)
         if self.on_error == "raise":
-            raise StorageUnavailable(f"Redis at {self._connector.where} is unavailable") from exc
+            raise StorageUnavailable(
+                f"Redis at {self._connector.where} is unavailable"
+            ) from exc
 
     def _ok(self) -> None:
         if self._connector.down_since is not None:
@@ -1048,7 +1186,7 @@ class RedisCache:
         self._ok()
         return reply
 
-    def get(self, key: str | bytes, default: Any = None) -> Any:
+    def get(self, key: Hashable, default: Any = None) -> Any:
         """The value for ``key``, or ``default`` when absent (or Redis is
         unavailable)."""
         data = self._call("GET", self._key(key))
@@ -1056,47 +1194,47 @@ class RedisCache:
             return default
         return self._loads(data)
 
-    def set(self, key: str | bytes, value: Any, ttl: float | None = None) -> None:
+    def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` for ``ttl`` seconds (default: the cache's ttl)."""
         self._call(*self._set_args(key, value, ttl))
 
-    def delete(self, key: str | bytes) -> bool:
+    def delete(self, key: Hashable) -> bool:
         """Remove ``key``; True if it was there."""
         n = self._call("UNLINK", self._key(key))
         return n is not _MISSING and int(n) > 0
 
-    def ttl(self, key: str | bytes) -> float | None:
+    def ttl(self, key: Hashable) -> float | None:
         """Seconds until ``key`` expires, or None when it never does (or
         Redis is unavailable); KeyError when it is absent."""
         reply = self._call("PTTL", self._key(key))
         return None if reply is _MISSING else self._pttl(reply)
 
-    def clear(self) -> int:
-        """Delete every key under the prefix (SCAN + UNLINK, never FLUSHDB);
-        returns how many."""
+    def clear(self) -> None:
+        """Delete every key under the prefix (SCAN + UNLINK on every master,
+        never FLUSHDB)."""
         link = self._connector.sync_link()
         try:
-            n = link.scan_delete(_glob_escape(self._prefix) + b"*")
+            link.scan_delete(_glob_escape(self._prefix) + b"*")
         except _FAILURES as exc:
             self._failed(exc)
-            return 0
+            return
         self._ok()
-        return n
 
-    def __getitem__(self, key: str | bytes) -> Any:
+    def __getitem__(self, key: Hashable) -> Any:
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
-    def __setitem__(self, key: str | bytes, value: Any) -> None:
+    def __setitem__(self, key: Hashable, value: Any) -> None:
         self.set(key, value)
 
-    def __delitem__(self, key: str | bytes) -> None:
+    def __delitem__(self, key: Hashable) -> None:
         if not self.delete(key):
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
+        """True when ``key`` is stored (False when Redis is unavailable)."""
         n = self._call("EXISTS", self._key(key))
         return n is not _MISSING and int(n) > 0
 
@@ -1117,36 +1255,37 @@ class RedisCache:
         self._ok()
         return reply
 
-    async def aget(self, key: str | bytes, default: Any = None) -> Any:
+    async def aget(self, key: Hashable, default: Any = None) -> Any:
         data = await self._acall("GET", self._key(key))
         if data is None or data is _MISSING:
             return default
         return self._loads(data)
 
-    async def aset(self, key: str | bytes, value: Any, ttl: float | None = None) -> None:
+    async def aset(
+        self, key: Hashable, value: Any, ttl: float | None = None
+    ) -> None:
         await self._acall(*self._set_args(key, value, ttl))
 
-    async def adelete(self, key: str | bytes) -> bool:
+    async def adelete(self, key: Hashable) -> bool:
         n = await self._acall("UNLINK", self._key(key))
         return n is not _MISSING and int(n) > 0
 
-    async def attl(self, key: str | bytes) -> float | None:
+    async def attl(self, key: Hashable) -> float | None:
         reply = await self._acall("PTTL", self._key(key))
         return None if reply is _MISSING else self._pttl(reply)
 
-    async def acontains(self, key: str | bytes) -> bool:
+    async def acontains(self, key: Hashable) -> bool:
         n = await self._acall("EXISTS", self._key(key))
         return n is not _MISSING and int(n) > 0
 
-    async def aclear(self) -> int:
+    async def aclear(self) -> None:
         link = self._connector.async_link
         try:
-            n = await link.scan_delete(_glob_escape(self._prefix) + b"*")
+            await link.scan_delete(_glob_escape(self._prefix) + b"*")
         except _FAILURES as exc:
             self._failed(exc)
-            return 0
+            return
         self._ok()
-        return n
 
     async def aclose(self) -> None:
         await self._connector.aclose()
