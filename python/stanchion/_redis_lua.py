@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 
-_COMMON_HEAD = r"""
+_HELPERS = r"""
 local B = 16777216
 -- a * b as five base-2**24 limbs, most significant first; a, b integers
 -- in [0, 2**72).
@@ -90,24 +90,31 @@ local function fdiv(a, b, d)
   while cmp(q + 1, d, a, b) <= 0 do q = q + 1 end
   return q
 end
--- ceil(a * b / d) for a, b >= 0 and d > 0, exactly.
-local function cdiv(a, b, d)
-  local q = fdiv(a, b, d)
-  if cmp(q, d, a, b) < 0 then q = q + 1 end
-  return q
+-- floor(a / d) for 0 <= a and d > 0: a double division is exact enough
+-- below 2**52.
+local function div(a, d)
+  if a < 4e15 then return math.floor(a / d) end
+  return fdiv(a, 1, d)
 end
+"""
 
+# The clock, the stored state, and the per-rate loop's accumulators:
+#   ac, ar, ae     the binding rate if every rate allows (capacity,
+#                  remaining, reset): fewest remaining, then longest reset;
+#   dc, dr, de, dt the binding rate if one denies (capacity, remaining,
+#                  reset, retry): the denying rate with the longest retry;
+#   out, full      the state to write and the time until it is full (ns).
+# W (state words per rate) is set before it.
+_HEAD = r"""
 local fixed = ARGV[1] ~= ''
 local now
 if fixed then
   now = tonumber(ARGV[1])
 else
-  if redis.replicate_commands then redis.replicate_commands() end
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = t[1] * 1000000 + t[2]
 end
 local cost = tonumber(ARGV[2])
-local commit = ARGV[3] == '1'
 local n = (#ARGV - 3) / 3
 local fmt = string.rep('d', 1 + n * W)
 local s = nil
@@ -118,17 +125,25 @@ if raw and #raw == 8 * (1 + n * W) then
   -- whose clock is behind), as the in-process clock never does.
   if s[1] > now then now = s[1] end
 end
-local cap, ok, rem, reset, retry, nxt = {}, {}, {}, {}, {}, {}
 local allowed = true
+local ac, ar, ae = 0, 0, 0
+local dc, dr, de, dt = 0, 0, 0, -1
+local out, full = {now}, 0
+-- Records rate i's verdict; the order of calls is the rates' order.
+local function allow(i, c, rem, reset)
+  if i == 1 or rem < ar or (rem == ar and reset > ae) then
+    ac, ar, ae = c, rem, reset
+  end
+  if reset > full then full = reset end
+end
+local function deny(c, rem, reset, retry)
+  allowed = false
+  if retry > dt then dc, dr, de, dt = c, rem, reset, retry end
+end
 """
 
-# Per rate i (1-based), the state words start at s[2 + (i - 1) * W].
-_TOKEN_BUCKET = (
-    r"""
-local W = 1
-"""
-    + _COMMON_HEAD
-    + r"""
+# Per rate i (1-based) the state words are s[2 + (i - 1) * W ...].
+_TOKEN_BUCKET = r"""
 for i = 1, n do
   local c = tonumber(ARGV[1 + 3 * i])
   local I = tonumber(ARGV[2 + 3 * i])
@@ -140,31 +155,16 @@ for i = 1, n do
     if d < 0 then d = 0 end
   end
   local nd = d + cost * I
-  cap[i] = c
   if nd <= T then
-    ok[i] = true
-    rem[i] = fdiv(T - nd, 1, I)
-    reset[i] = nd
-    retry[i] = 0
-    nxt[i] = nd
+    allow(i, c, div(T - nd, I), nd)
+    out[1 + i] = nd
   else
-    ok[i] = false
-    allowed = false
-    rem[i] = fdiv(T - d, 1, I)
-    reset[i] = d
-    retry[i] = nd - T
+    deny(c, div(T - d, I), d, nd - T)
   end
 end
 """
-    + "@TAIL@"
-)
 
-_FIXED_WINDOW = (
-    r"""
-local W = 2
-"""
-    + _COMMON_HEAD
-    + r"""
+_FIXED_WINDOW = r"""
 for i = 1, n do
   local c = tonumber(ARGV[1 + 3 * i])
   local P = tonumber(ARGV[2 + 3 * i])
@@ -173,30 +173,20 @@ for i = 1, n do
   local count = 0
   if s and s[2 * i] == idx then count = s[2 * i + 1] end
   local end_in = (P - e) * 1000
-  cap[i] = c
   if count + cost <= c then
-    ok[i] = true
     count = count + cost
-    retry[i] = 0
-    nxt[i] = {idx, count}
+    allow(i, c, c - count, end_in)
+    out[2 * i] = idx
+    out[2 * i + 1] = count
   else
-    ok[i] = false
-    allowed = false
-    retry[i] = end_in
+    local reset = 0
+    if count > 0 then reset = end_in end
+    deny(c, c - count, reset, end_in)
   end
-  rem[i] = c - count
-  if count > 0 then reset[i] = end_in else reset[i] = 0 end
 end
 """
-    + "@TAIL@"
-)
 
-_SLIDING_WINDOW = (
-    r"""
-local W = 3
-"""
-    + _COMMON_HEAD
-    + r"""
+_SLIDING_WINDOW = r"""
 for i = 1, n do
   local L = tonumber(ARGV[1 + 3 * i])
   local P = tonumber(ARGV[2 + 3 * i])
@@ -214,96 +204,79 @@ for i = 1, n do
   end
   -- allowed when prev * (P - e) / P + cur + cost <= L, exactly
   local X = L - cur - cost
-  cap[i] = L
-  if X >= 0 and cmp(prev, P - e, X, P) <= 0 then
-    ok[i] = true
+  local ok = X >= 0 and cmp(prev, P - e, X, P) <= 0
+  local retry = 0
+  if ok then
     cur = cur + cost
-    retry[i] = 0
-    nxt[i] = {idx, prev, cur}
+  elseif X >= 0 then
+    -- wait in this window until prev's weight has shrunk
+    retry = (Pn - fdiv(X, Pn, prev)) - e * 1000
   else
-    ok[i] = false
-    allowed = false
-    if X >= 0 then
-      -- wait in this window until prev's weight has shrunk
-      local q = fdiv(X, Pn, prev)
-      retry[i] = (Pn - q) - e * 1000
-    else
-      -- wait for the next window, where cur becomes prev
-      local q = fdiv(L - cost, Pn, cur)
-      local e2 = 0
-      if q < Pn then e2 = Pn - q end
-      retry[i] = (P - e) * 1000 + e2
-    end
+    -- wait for the next window, where cur becomes prev
+    local q = fdiv(L - cost, Pn, cur)
+    local e2 = 0
+    if q < Pn then e2 = Pn - q end
+    retry = (P - e) * 1000 + e2
   end
-  local left = L - cur - cdiv(prev, P - e, P)
+  local w = fdiv(prev, P - e, P)
+  if cmp(w, P, prev, P - e) < 0 then w = w + 1 end
+  local left = L - cur - w
   if left < 0 then left = 0 end
-  rem[i] = left
+  local reset = 0
   if cur > 0 then
-    reset[i] = ((P - e) + P) * 1000
+    reset = ((P - e) + P) * 1000
   elseif prev > 0 then
-    reset[i] = (P - e) * 1000
+    reset = (P - e) * 1000
+  end
+  if ok then
+    allow(i, L, left, reset)
+    out[3 * i - 1] = idx
+    out[3 * i] = prev
+    out[3 * i + 1] = cur
   else
-    reset[i] = 0
+    deny(L, left, reset, retry)
   end
 end
 """
-    + "@TAIL@"
-)
 
-# The binding rate exactly as st_policy_decide picks it, then the write.
+# Denied: nothing is written. Allowed: a hit writes every rate's new
+# state at once, with an expiry of when the key is back to full.
 _TAIL = r"""
-local b = 0
-for i = 1, n do
-  if b == 0 then
-    if allowed or not ok[i] then b = i end
-  elseif allowed then
-    if rem[i] < rem[b] or (rem[i] == rem[b] and reset[i] > reset[b]) then
-      b = i
-    end
-  elseif not ok[i] and retry[i] > retry[b] then
-    b = i
-  end
-end
-if allowed and commit then
-  local out = {now}
-  local full = 0
-  for i = 1, n do
-    @PACK@
-    if reset[i] > full then full = reset[i] end
-  end
+if not allowed then return {0, dc, dr, de, dt} end
+if ARGV[3] == '1' then
   local ms = math.ceil(full / 1000000)
   if ms < 1 then ms = 1 end
   if fixed then ms = ms + 600000 end
   redis.call('SET', KEYS[1], struct.pack(fmt, unpack(out)), 'PX', ms)
 end
-return {allowed and 1 or 0, cap[b], rem[b], reset[b], retry[b]}
+return {1, ac, ar, ae, 0}
 """
 
-_PACK = {
-    "token_bucket": "out[#out + 1] = nxt[i]",
-    "fixed_window": "out[#out + 1] = nxt[i][1]; out[#out + 1] = nxt[i][2]",
-    "sliding_window": (
-        "out[#out + 1] = nxt[i][1]; out[#out + 1] = nxt[i][2]; "
-        "out[#out + 1] = nxt[i][3]"
-    ),
-}
-
-_BODIES = {
-    "token_bucket": _TOKEN_BUCKET,
-    "fixed_window": _FIXED_WINDOW,
-    "sliding_window": _SLIDING_WINDOW,
+_LOOPS = {
+    "token_bucket": (1, _TOKEN_BUCKET),
+    "fixed_window": (2, _FIXED_WINDOW),
+    "sliding_window": (3, _SLIDING_WINDOW),
 }
 
 
 def _build(algorithm: str) -> str:
-    tail = _TAIL.replace("@PACK@", _PACK[algorithm])
-    body = _BODIES[algorithm].replace("@TAIL@", tail)
-    return f"-- stanchion {algorithm} v1\n{body.strip()}\n"
+    words, loop = _LOOPS[algorithm]
+    return (
+        f"-- stanchion {algorithm} v1\nlocal W = {words}\n"
+        + _HELPERS.strip()
+        + "\n"
+        + _HEAD.strip()
+        + "\n"
+        + loop.strip()
+        + "\n"
+        + _TAIL.strip()
+        + "\n"
+    )
 
 
 SCRIPTS: dict[str, tuple[bytes, bytes]] = {}
 """algorithm -> (script source, its SHA1 in hex), both as bytes."""
 
-for _name in _BODIES:
+for _name in _LOOPS:
     _src = _build(_name).encode()
     SCRIPTS[_name] = (_src, hashlib.sha1(_src).hexdigest().encode())
