@@ -109,6 +109,13 @@ logger = logging.getLogger("stanchion")
 # socket errors, and asyncio timeouts (builtins.TimeoutError on 3.11+).
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:  # redis[hiredis]: the C packer (redis.asyncio packs in Python)
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - redis without hiredis
+    _hiredis_pack = None
+
+
 _ALGORITHM_CODES = {"token_bucket": "tb", "fixed_window": "fw", "sliding_window": "sw"}
 
 if sys.version_info >= (3, 11):
@@ -205,6 +212,7 @@ class _DirectSync:
         self._class = connection_class
         self._kwargs = _own_kwargs(kwargs, timeout)
         self._idle: list[Any] = []
+        self._pack = _hiredis_pack
         _after_fork.add(self)
 
     def _forget(self) -> None:
@@ -219,7 +227,9 @@ class _DirectSync:
         except IndexError:
             conn = self._class(**self._kwargs)
             reused = False
-        packed = conn.pack_command(*args)
+        pack = self._pack
+        # A list of chunks, as redis-py's own packer gives.
+        packed = [pack(args)] if pack is not None else conn.pack_command(*args)
         try:
             conn.send_packed_command(packed, check_health=False)
             reply = conn.read_response()
@@ -279,6 +289,7 @@ class _DirectAsync:
             weakref.WeakKeyDictionary()
         )
         self._last: tuple[asyncio.AbstractEventLoop | None, list[Any]] = (None, [])
+        self._pack = _hiredis_pack
         _after_fork.add(self)
 
     def _forget(self) -> None:
@@ -308,7 +319,8 @@ class _DirectAsync:
         except IndexError:
             conn = self._class(**self._kwargs)
             reused = False
-        packed = conn.pack_command(*args)
+        pack = self._pack
+        packed = pack(args) if pack is not None else conn.pack_command(*args)
         try:
             reply = await self._exchange(conn, packed)
         except ResponseError:
@@ -1133,7 +1145,9 @@ class RedisCache:
         data = self._dumps(value)
         if isinstance(data, str):
             data = data.encode()
-        elif not isinstance(data, (bytes, bytearray, memoryview)):
+        elif isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)
+        elif not isinstance(data, bytes):
             raise TypeError(
                 f"the serializer's dumps returned {type(data).__name__}, "
                 "not bytes or str"
