@@ -27,6 +27,13 @@ REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
 SLOW = 1.0
 
 
+def server_env() -> dict[str, str]:
+    """The environment for redis-server and redis-cli: without the
+    sanitizer pass's preloaded runtime, which is for Python only."""
+    drop = ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,6 +135,7 @@ class RedisServer:
     def cli(self, *args: str) -> str:
         out = subprocess.run(
             [REDIS_CLI, "-p", str(self.port), *args],
+            env=server_env(),
             check=True,
             capture_output=True,
             timeout=10,
@@ -171,6 +179,7 @@ class RedisCluster:
                 "0",
                 "--cluster-yes",
             ],
+            env=server_env(),
             check=True,
             capture_output=True,
             timeout=60,

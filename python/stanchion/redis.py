@@ -1275,9 +1275,7 @@ class RedisCache:
             return default
         return self._loads(data)
 
-    async def aset(
-        self, key: Hashable, value: Any, ttl: float | None = None
-    ) -> None:
+    async def aset(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
         await self._acall(*self._set_args(key, value, ttl))
 
     async def adelete(self, key: Hashable) -> bool:
