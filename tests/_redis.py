@@ -92,7 +92,7 @@ class RedisServer:
             *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env()
         )
         deadline = time.monotonic() + 10
         while not ping(self.port):
