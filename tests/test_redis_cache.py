@@ -287,6 +287,22 @@ def test_shares_a_storage(redis_server: RedisServer) -> None:
     storage.close()
 
 
+def test_decoding_client(redis_server: RedisServer) -> None:
+    """A client that decodes replies to str still gives a cache of bytes
+    (and a limiter) that work: the storage's connections never decode."""
+    client = redis.Redis(port=redis_server.port, decode_responses=True, protocol=3)
+    cache = RedisCache(client, timeout=SLOW, prefix=f"d{uuid.uuid4().hex[:6]}:")
+    cache.set("k", {"x": b"\xff"})
+    assert cache.get("k") == {"x": b"\xff"}
+    cache.clear()
+    lim = stanchion.Limiter(
+        "2/minute", storage=RedisStorage(client, timeout=SLOW, prefix=cache.prefix)
+    )
+    assert lim.hit("k").remaining == 1
+    lim.reset()
+    client.close()
+
+
 def test_outage(private_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="stanchion")
     storage = RedisStorage(private_redis.url, timeout=FAIL_FAST)

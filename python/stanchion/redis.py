@@ -193,6 +193,7 @@ def _own_kwargs(kwargs: dict[str, Any], timeout: float | None) -> dict[str, Any]
     kw["socket_timeout"] = timeout
     kw["socket_connect_timeout"] = timeout
     kw["retry"] = Retry(NoBackoff(), 0)
+    kw["decode_responses"] = False  # cached values are bytes
     kw.pop("retry_on_timeout", None)
     kw.pop("retry_on_error", None)
     return kw
