@@ -92,6 +92,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as _RedisCluster
 from redis.exceptions import ConnectionError as _RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as _RedisTimeoutError
 from redis.retry import Retry
 
 from . import _core
@@ -308,9 +309,12 @@ class _DirectAsync:
         return idle
 
     async def _exchange(self, conn: Any, packed: Any) -> Any:
-        async with _timeout(self._timeout):
-            await conn.send_packed_command(packed, check_health=False)
-            return await conn.read_response()
+        try:
+            async with _timeout(self._timeout):
+                await conn.send_packed_command(packed, check_health=False)
+                return await conn.read_response()
+        except asyncio.TimeoutError:
+            raise _RedisTimeoutError(f"no answer within {self._timeout} s") from None
 
     async def call(self, *args: Any) -> Any:
         idle = self._idle()
@@ -392,8 +396,11 @@ class _ClusterAsync:
         self._timeout = timeout
 
     async def call(self, *args: Any) -> Any:
-        async with _timeout(self._timeout):
-            return await self._client.execute_command(*args)
+        try:
+            async with _timeout(self._timeout):
+                return await self._client.execute_command(*args)
+        except asyncio.TimeoutError:
+            raise _RedisTimeoutError(f"no answer within {self._timeout} s") from None
 
     async def scan_delete(self, pattern: bytes) -> int:
         deleted = 0
