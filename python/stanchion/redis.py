@@ -19,7 +19,8 @@ carries the client key as its hash tag (``stanchion:{client-42}:tb:<id>``),
 so it works on Redis Cluster, and every write sets an expiry of the time
 until the key is back to full, so nothing is left behind. When the server
 has lost the script (restart, failover, SCRIPT FLUSH) it is sent again with
-EVAL, which loads it.
+EVAL, which loads it. Needs Redis 5 or later, or Valkey (a script that
+reads TIME and then writes relies on effects replication).
 
 The decisions are the in-process engine's, field for field: denied hits
 consume nothing, several rates are charged together or not at all, the
