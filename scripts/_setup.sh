@@ -26,7 +26,7 @@ ensure_venv() {
 	local extras="$1"
 	if [ ! -x "$PY" ]; then
 		python3 -m venv "$VENV"
-		"$PY" -m pip install -q --upgrade pip
+		"$PY" -m pip install -q --upgrade pip "setuptools>=77" wheel
 	fi
 	"$PY" -m pip install -q -e "$ROOT[$extras]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
 	"$PY" -c "import stanchion._core" # fails loudly if the build failed

@@ -1,9 +1,1632 @@
-/* Python bindings for the LRU/TTL cache: _core.Cache (issue 3). */
+/* Python bindings for the cache engine: _core.Cache, _core.CachedCall,
+ * _core.CacheInfo and _core.make_key.
+ *
+ * Python equivalent (the behaviour, not the speed):
+ *
+ *     class Cache:     # an OrderedDict with expiry times
+ *         def __init__(self, maxsize=1024, ttl=None, clock=None, *,
+ *                      maxweight=None, weigh=None): ...
+ *         def get(self, key, /, default=None): ...   # a hit moves key
+ *         def peek(self, key, /, default=None): ...  # no move, no stats
+ *         def set(self, key, value, /, ttl=None): ...
+ *         def pop(self, key, /, default=<raise KeyError>): ...
+ *         def popitem(self): ...                     # least recent
+ *         def clear(self): ...
+ *         def stats(self) -> dict: ...
+ *         def reset_stats(self): ...
+ *         def keys(self) / values(self) / items(self) -> list: ...
+ *         __getitem__, __setitem__, __delitem__, __contains__, __len__,
+ *         __iter__                                   # live keys only
+ *
+ *     class CachedCall:    # what @stanchion.cached returns for a plain
+ *         def __init__(self, func, cache, miss, typed=False, key=None)
+ *         def __call__(self, *args, **kwargs):
+ *             k = key(*args, **kwargs) if key else make_key(args, kwargs)
+ *             v = cache.get(k, MISSING)
+ *             return miss(k, args, kwargs) if v is MISSING else v
+ *         def cache_info(self) -> CacheInfo: ...
+ *         def cache_clear(self): ...
+ *         def invalidate(self, *args, **kwargs) -> bool: ...
+ *
+ * Expiry: an entry lives while now < expires. Reads (get, [], in, peek,
+ * pop, del) remove the expired entry they find; writes (set, []=) first
+ * remove every expired entry (O(1) each, so amortised over the writes
+ * that made them), as do len(), stats() and iteration. Eviction drops the
+ * least recently used live entries while there are more than maxsize
+ * entries or more than maxweight weight.
+ *
+ * Reentrancy (after CPython's lru_cache): a key's __hash__ and __eq__, a
+ * value's __del__, the clock and weigh are Python code that may use or
+ * clear this very cache. So: hash, weigh and the clock run before the
+ * table is touched; key comparisons restart the walk if the table moved
+ * under them; a reference is dropped only once the table is consistent,
+ * and every loop re-reads the table after each drop. No lock of ours is
+ * ever held (the GIL serialises callers).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "clock.h"
+#include "lru.h"
 #include "module.h"
+#include "structmember.h"
+
+#define DEFAULT_MAXSIZE 1024
+
+/* =========================================================================
+ * Cache
+ * ========================================================================= */
+
+typedef struct {
+	PyObject_HEAD st_state *st; /* module state */
+	lru_table table;      /* the entries; keys and values are owned */
+	uint32_t maxsize;     /* most entries kept */
+	int bounded;          /* maxsize was given (not None) */
+	int64_t ttl_ns;       /* default TTL, 0 = entries never expire */
+	int64_t maxweight;    /* most total weight kept, when weigh is set */
+	PyObject *clock;      /* NULL = the C monotonic clock */
+	st_fastclock fclock;  /* the C monotonic clock, fast */
+	PyObject *weigh;      /* NULL = unweighted */
+	int64_t last_now;     /* time never runs backwards in here */
+	uint64_t hits;        /* reads that found a live entry */
+	uint64_t misses;      /* reads that did not */
+	uint64_t evictions;   /* live entries dropped to make room */
+	uint64_t expirations; /* expired entries removed */
+	PyObject *weakreflist;
+} CacheObject;
+
+/* ---- small helpers ------------------------------------------------------ */
+
+/* The key's hash; exact str reads its cached hash without a call. */
+ST_INLINE Py_hash_t key_hash(PyObject *key)
+{
+	if (ST_LIKELY(PyUnicode_CheckExact(key))) {
+		Py_hash_t h = ((PyASCIIObject *)key)->hash;
+		if (ST_LIKELY(h != -1))
+			return h;
+	}
+	return PyObject_Hash(key);
+}
+
+/* Equality of two exact str without calling out, or -1 if it cannot be
+ * decided that way. */
+ST_INLINE int str_eq(PyObject *a, PyObject *b)
+{
+	Py_ssize_t n;
+	int kind;
+#if PY_VERSION_HEX < 0x030C0000
+	if (!PyUnicode_IS_READY(a) || !PyUnicode_IS_READY(b))
+		return -1;
+#endif
+	n = PyUnicode_GET_LENGTH(a);
+	kind = PyUnicode_KIND(a);
+	return n == PyUnicode_GET_LENGTH(b) && kind == PyUnicode_KIND(b) &&
+	       memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b),
+	              (size_t)n * (size_t)kind) == 0;
+}
+
+/* Seconds to a TTL in ns: a real number, finite, > 0 and at most about
+ * 36 years. */
+static int parse_ttl(PyObject *v, int64_t *out)
+{
+	double s;
+
+	if (PyBool_Check(v) || !(PyLong_Check(v) || PyFloat_Check(v))) {
+		PyErr_Format(PyExc_TypeError,
+		             "ttl must be a number of seconds or None, not "
+		             "%.100s",
+		             Py_TYPE(v)->tp_name);
+		return -1;
+	}
+	s = PyFloat_AsDouble(v);
+	if (s == -1.0 && PyErr_Occurred()) {
+		if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+			return -1;
+		PyErr_Clear();
+		s = HUGE_VAL;
+	}
+	if (!isfinite(s) || !(s > 0.0) || s * 1e9 > (double)ST_MAX_SPAN_NS) {
+		PyErr_Format(PyExc_ValueError,
+		             "ttl must be a finite number of seconds > 0 and "
+		             "at most %lld, got %R",
+		             (long long)(ST_MAX_SPAN_NS / ST_NS_PER_SEC), v);
+		return -1;
+	}
+	*out = (int64_t)ceil(s * 1e9);
+	if (*out < 1)
+		*out = 1;
+	return 0;
+}
+
+static PyObject *ns_to_seconds(int64_t ns)
+{
+	return PyFloat_FromDouble((double)ns / 1e9);
+}
+
+/* The current time in ns, never earlier than the last reading. Calls the
+ * injected clock (Python code) if there is one: callers do so before
+ * they look at the table. */
+static int cache_clock(CacheObject *self, int64_t *now)
+{
+	int64_t ns;
+
+	if (ST_LIKELY(self->clock == NULL)) {
+		ns = st_fastclock_now(&self->fclock);
+	} else {
+		PyObject *r = PyObject_CallNoArgs(self->clock);
+		double s;
+		if (r == NULL)
+			return -1;
+		if (PyBool_Check(r) ||
+		    !(PyFloat_Check(r) || PyLong_Check(r))) {
+			PyErr_Format(PyExc_TypeError,
+			             "clock must return a number of seconds, "
+			             "not %.100s",
+			             Py_TYPE(r)->tp_name);
+			Py_DECREF(r);
+			return -1;
+		}
+		s = PyFloat_AsDouble(r);
+		Py_DECREF(r);
+		if (s == -1.0 && PyErr_Occurred())
+			return -1;
+		if (!isfinite(s) || fabs(s) * 1e9 >= (double)ST_MAX_CLOCK_NS) {
+			char buf[64];
+			PyOS_snprintf(buf, sizeof(buf), "%g", s);
+			PyErr_Format(
+			    PyExc_ValueError,
+			    "clock returned %s seconds: it must be "
+			    "finite and within +-%lld seconds",
+			    buf, (long long)(ST_MAX_CLOCK_NS / ST_NS_PER_SEC));
+			return -1;
+		}
+		ns = (int64_t)llround(s * 1e9);
+	}
+	if (ns < self->last_now)
+		ns = self->last_now;
+	self->last_now = ns;
+	*now = ns;
+	return 0;
+}
+
+/* Weight of `value` from weigh(): an int or float >= 0 (floats round up)
+ * and at most maxweight. */
+static int cache_weigh(CacheObject *self, PyObject *value, int64_t *out)
+{
+	PyObject *r = PyObject_CallOneArg(self->weigh, value);
+	int64_t w;
+
+	if (r == NULL)
+		return -1;
+	if (PyLong_Check(r) && !PyBool_Check(r)) {
+		int overflow;
+		long long v = PyLong_AsLongLongAndOverflow(r, &overflow);
+		if (v == -1 && PyErr_Occurred()) {
+			Py_DECREF(r);
+			return -1;
+		}
+		w = overflow > 0 ? INT64_MAX : overflow < 0 ? -1 : v;
+	} else if (PyFloat_Check(r)) {
+		double d = PyFloat_AS_DOUBLE(r);
+		if (isnan(d))
+			w = -1;
+		else if (d >= 9.2e18)
+			w = INT64_MAX;
+		else
+			w = d < 0 ? -1 : (int64_t)ceil(d);
+	} else {
+		PyErr_Format(PyExc_TypeError,
+		             "weigh must return a number >= 0, not %.100s",
+		             Py_TYPE(r)->tp_name);
+		Py_DECREF(r);
+		return -1;
+	}
+	if (w < 0) {
+		PyErr_Format(PyExc_ValueError,
+		             "weigh must return a number >= 0, got %R", r);
+		Py_DECREF(r);
+		return -1;
+	}
+	if (w > self->maxweight) {
+		PyErr_Format(PyExc_ValueError,
+		             "the value weighs %R, more than maxweight %lld",
+		             r, (long long)self->maxweight);
+		Py_DECREF(r);
+		return -1;
+	}
+	Py_DECREF(r);
+	*out = w;
+	return 0;
+}
+
+/* ---- the table -------------------------------------------------------- */
+
+/* Finds `key`, whose hash is `hash`. Returns 1 and sets *idx, 0 if it is
+ * absent, -1 on error. A comparison may run Python code that changes
+ * this cache; the walk then starts over, so the answer holds for the
+ * table as it is when this returns. */
+static int cache_lookup(CacheObject *self, PyObject *key, Py_hash_t hash,
+                        uint32_t *idx)
+{
+	lru_table *t = &self->table;
+	uint64_t h = (uint64_t)hash;
+
+	for (;;) {
+		uint64_t m = t->mutations;
+		uint32_t slot, i;
+		int moved = 0;
+
+		if (t->nslots == 0)
+			return 0;
+		slot = lru_home(t, h);
+		while ((i = lru_next_match(t, h, &slot)) != LRU_NIL) {
+			PyObject *k = (PyObject *)t->entries[i].key;
+			int cmp;
+			if (ST_LIKELY(k == key)) {
+				*idx = i;
+				return 1;
+			}
+			if (PyUnicode_CheckExact(k) &&
+			    PyUnicode_CheckExact(key)) {
+				cmp = str_eq(k, key);
+				if (cmp > 0) {
+					*idx = i;
+					return 1;
+				}
+				if (cmp == 0)
+					continue;
+			}
+			Py_INCREF(k);
+			cmp = PyObject_RichCompareBool(k, key, Py_EQ);
+			Py_DECREF(k);
+			if (cmp < 0)
+				return -1;
+			if (t->mutations != m) {
+				moved = 1;
+				break;
+			}
+			if (cmp > 0) {
+				*idx = i;
+				return 1;
+			}
+		}
+		if (!moved)
+			return 0;
+	}
+}
+
+/* Removes entry `i` and drops its references afterwards. */
+static void cache_drop(CacheObject *self, uint32_t i)
+{
+	PyObject *k = (PyObject *)self->table.entries[i].key;
+	PyObject *v = (PyObject *)self->table.entries[i].value;
+
+	lru_remove(&self->table, i);
+	Py_DECREF(k);
+	Py_DECREF(v);
+}
+
+/* Removes every entry that has expired at `now`. */
+static void cache_purge(CacheObject *self, int64_t now)
+{
+	uint32_t i;
+
+	while ((i = lru_expired(&self->table, now)) != LRU_NIL) {
+		self->expirations++;
+		cache_drop(self, i);
+	}
+}
+
+/* Reads the clock and purges, when anything can expire. */
+static int cache_purge_now(CacheObject *self)
+{
+	int64_t now;
+
+	if (!lru_has_expiry(&self->table))
+		return 0;
+	if (cache_clock(self, &now) < 0)
+		return -1;
+	cache_purge(self, now);
+	return 0;
+}
+
+/* Evicts least recently used entries while over a bound. */
+static void cache_evict(CacheObject *self)
+{
+	lru_table *t = &self->table;
+
+	while (t->count > 0 &&
+	       (t->count > self->maxsize ||
+	        (t->weights != NULL && t->total_weight > self->maxweight))) {
+		self->evictions++;
+		cache_drop(self, t->lru);
+	}
+}
+
+/* Drops the references of a table already detached from its cache, then
+ * frees it. Python code may run; it sees the cache's new table. */
+static void drop_table(lru_table *old)
+{
+	for (uint32_t i = 0; i < old->count; i++) {
+		Py_DECREF((PyObject *)old->entries[i].key);
+		Py_DECREF((PyObject *)old->entries[i].value);
+	}
+	lru_free(old);
+}
+
+/* Detaches the table, leaving an empty one with the given shape, and
+ * returns the old one for drop_table. */
+static lru_table detach_table(CacheObject *self, uint32_t max_cap,
+                              int weighted)
+{
+	lru_table old = self->table;
+
+	lru_init(&self->table, max_cap, weighted);
+	self->table.mutations = old.mutations + 1;
+	return old;
+}
+
+/* Empties the table, dropping the references once it is empty. */
+static void cache_clear_table(CacheObject *self)
+{
+	lru_table old =
+	    detach_table(self, self->table.max_cap, self->table.weighted);
+	drop_table(&old);
+}
+
+/* Finds the live entry for `key`. An expired one is removed (counted)
+ * and reported absent. Returns 1 and sets *idx, 0, or -1 on error. The
+ * index is valid until Python code runs. */
+static int cache_find_live(CacheObject *self, PyObject *key, uint32_t *idx)
+{
+	lru_table *t = &self->table;
+	Py_hash_t hash = key_hash(key);
+	int64_t now = 0;
+	int have_now = 0, r;
+	uint32_t i;
+
+	if (ST_UNLIKELY(hash == -1))
+		return -1;
+	if (self->clock != NULL && lru_has_expiry(t)) {
+		if (cache_clock(self, &now) < 0)
+			return -1;
+		have_now = 1;
+	}
+	r = cache_lookup(self, key, hash, &i);
+	if (r <= 0)
+		return r;
+	if (t->ttl != NULL && t->ttl[i].expires != LRU_NEVER) {
+		if (!have_now) {
+			/* The injected clock was not read (nothing could
+			 * expire before the lookup ran Python code): use its
+			 * last reading rather than run it now. */
+			if (self->clock == NULL)
+				(void)cache_clock(self, &now);
+			else
+				now = self->last_now;
+		}
+		if (t->ttl[i].expires <= now) {
+			self->expirations++;
+			cache_drop(self, i);
+			return 0;
+		}
+	}
+	*idx = i;
+	return 1;
+}
+
+/* A read that counts: a hit makes the entry the most recently used and
+ * sets *value (new reference). Returns 1, 0 on a miss, -1 on error. */
+static int cache_read(CacheObject *self, PyObject *key, PyObject **value)
+{
+	uint32_t i;
+	int r = cache_find_live(self, key, &i);
+
+	if (ST_LIKELY(r > 0)) {
+		lru_touch(&self->table, i);
+		self->hits++;
+		*value = Py_NewRef((PyObject *)self->table.entries[i].value);
+		return 1;
+	}
+	if (r == 0)
+		self->misses++;
+	return r;
+}
+
+/* Stores key -> value. `ttl` is NULL or None for the cache's default, or
+ * seconds. */
+static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
+                       PyObject *ttl)
+{
+	lru_table *t = &self->table;
+	int64_t ttl_ns = self->ttl_ns, weight = 0, now = 0, expires;
+	int fifo = 1, r;
+	Py_hash_t hash;
+	uint32_t i;
+	PyObject *old = NULL;
+
+	/* Everything that can fail or run Python code comes first. */
+	if (ttl != NULL && ttl != Py_None) {
+		if (parse_ttl(ttl, &ttl_ns) < 0)
+			return -1;
+		fifo = ttl_ns == self->ttl_ns;
+	}
+	hash = key_hash(key);
+	if (hash == -1)
+		return -1;
+	if (self->weigh != NULL && cache_weigh(self, value, &weight) < 0)
+		return -1;
+	if (self->maxsize == 0)
+		return 0; /* keeps nothing */
+	if (ttl_ns > 0 || lru_has_expiry(t)) {
+		if (cache_clock(self, &now) < 0)
+			return -1;
+		cache_purge(self, now);
+	}
+	r = cache_lookup(self, key, hash, &i);
+	if (r < 0)
+		return -1;
+	/* From here on no Python code runs until the table is consistent. */
+	expires = ttl_ns > 0 ? now + ttl_ns : LRU_NEVER;
+	if (r > 0) {
+		if (lru_reserve_expiry(t, expires, fifo) < 0) {
+			PyErr_NoMemory();
+			return -1;
+		}
+		old = (PyObject *)t->entries[i].value;
+		t->entries[i].value = Py_NewRef(value);
+		lru_set_expiry(t, i, expires, fifo);
+		lru_set_weight(t, i, weight);
+		lru_touch(t, i);
+	} else if (t->count >= self->maxsize && t->weights == NULL &&
+	           t->count > 0 && lru_reserve_expiry(t, expires, fifo) == 0) {
+		/* Full: the new entry takes the least recently used one's
+		 * place, as lru_cache reuses its oldest link. */
+		void *k, *v;
+		lru_replace_lru(t, (uint64_t)hash, Py_NewRef(key),
+		                Py_NewRef(value), expires, fifo, 0, &k, &v);
+		self->evictions++;
+		Py_DECREF((PyObject *)k);
+		Py_DECREF((PyObject *)v);
+	} else {
+		if (lru_reserve(t, expires, fifo) < 0) {
+			PyErr_NoMemory();
+			return -1;
+		}
+		lru_insert(t, (uint64_t)hash, Py_NewRef(key), Py_NewRef(value),
+		           expires, fifo, weight);
+	}
+	Py_XDECREF(old);
+	cache_evict(self);
+	return 0;
+}
+
+/* Removes `key`. Returns 1 and its value (new reference) in *value if it
+ * was live, 0 if absent or expired (an expired one is removed), -1 on
+ * error. */
+static int cache_take(CacheObject *self, PyObject *key, PyObject **value)
+{
+	uint32_t i;
+	int r = cache_find_live(self, key, &i);
+	PyObject *k;
+
+	if (r <= 0)
+		return r;
+	k = (PyObject *)self->table.entries[i].key;
+	*value = (PyObject *)self->table.entries[i].value;
+	lru_remove(&self->table, i);
+	Py_DECREF(k);
+	return 1;
+}
+
+static void set_key_error(PyObject *key)
+{
+	PyObject *tup = PyTuple_Pack(1, key);
+	if (tup != NULL) {
+		PyErr_SetObject(PyExc_KeyError, tup);
+		Py_DECREF(tup);
+	}
+}
+
+/* ---- argument parsing ---------------------------------------------------
+ */
+
+/* Parses (nreq positional arguments, /, kw=<absent>) for FASTCALL with
+ * keywords. The optional argument, if given, is stored in *opt. */
+static int fast_args(const char *fname, PyObject *const *args,
+                     Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t nreq,
+                     PyObject *kw, PyObject **opt)
+{
+	Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+
+	*opt = NULL;
+	if (nargs < nreq || nargs > nreq + 1) {
+		if (nargs < nreq)
+			PyErr_Format(PyExc_TypeError,
+			             "%s() takes at least %zd positional "
+			             "argument%s (%zd given)",
+			             fname, nreq, nreq == 1 ? "" : "s", nargs);
+		else
+			PyErr_Format(PyExc_TypeError,
+			             "%s() takes at most %zd arguments (%zd "
+			             "given)",
+			             fname, nreq + 1, nargs);
+		return -1;
+	}
+	if (nargs == nreq + 1)
+		*opt = args[nreq];
+	for (Py_ssize_t i = 0; i < nkw; i++) {
+		PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+		if (!st_kw_is(name, kw)) {
+			PyErr_Format(PyExc_TypeError,
+			             "%s() got an unexpected keyword argument "
+			             "'%U'",
+			             fname, name);
+			return -1;
+		}
+		if (*opt != NULL) {
+			PyErr_Format(PyExc_TypeError,
+			             "%s() got multiple values for argument "
+			             "'%U'",
+			             fname, kw);
+			return -1;
+		}
+		*opt = args[nargs + i];
+	}
+	return 0;
+}
+
+/* ---- construction -------------------------------------------------------
+ */
+
+static PyObject *cache_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+	CacheObject *self;
+	st_state *st = st_state_from_type(type);
+
+	(void)args;
+	(void)kwds;
+	if (st == NULL)
+		return NULL;
+	self = (CacheObject *)type->tp_alloc(type, 0);
+	if (self == NULL)
+		return NULL;
+	self->st = st;
+	self->maxsize = DEFAULT_MAXSIZE;
+	self->bounded = 1;
+	self->last_now = INT64_MIN;
+	st_fastclock_copy(&self->fclock, &st->clock);
+	lru_init(&self->table, DEFAULT_MAXSIZE + 1, 0);
+	return (PyObject *)self;
+}
+
+static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"maxsize",   "ttl",   "clock",
+	                         "maxweight", "weigh", NULL};
+	PyObject *maxsize_o = NULL, *ttl_o = Py_None, *clock = Py_None;
+	PyObject *maxweight_o = Py_None, *weigh = Py_None;
+	long long maxsize = DEFAULT_MAXSIZE, maxweight = 0;
+	int bounded = 1;
+	int64_t ttl_ns = 0;
+	lru_table old;
+	PyObject *old_clock, *old_weigh;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOO$OO:Cache", kwlist,
+	                                 &maxsize_o, &ttl_o, &clock,
+	                                 &maxweight_o, &weigh))
+		return -1;
+	if (maxsize_o == Py_None) {
+		bounded = 0;
+		maxsize = LRU_MAX_ENTRIES - 1;
+	} else if (maxsize_o != NULL) {
+		if (!PyLong_Check(maxsize_o) || PyBool_Check(maxsize_o)) {
+			PyErr_Format(PyExc_TypeError,
+			             "maxsize must be an int or None, not "
+			             "%.100s",
+			             Py_TYPE(maxsize_o)->tp_name);
+			return -1;
+		}
+		maxsize = PyLong_AsLongLong(maxsize_o);
+		if (maxsize == -1 && PyErr_Occurred()) {
+			if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+				return -1;
+			PyErr_Clear();
+			maxsize = LLONG_MAX;
+		}
+		if (maxsize < 0 || maxsize >= (long long)LRU_MAX_ENTRIES) {
+			PyErr_Format(PyExc_ValueError,
+			             "maxsize must be between 0 and %lld, got "
+			             "%R",
+			             (long long)LRU_MAX_ENTRIES - 1,
+			             maxsize_o);
+			return -1;
+		}
+	}
+	if (ttl_o != Py_None && parse_ttl(ttl_o, &ttl_ns) < 0)
+		return -1;
+	if (clock != Py_None && !PyCallable_Check(clock)) {
+		PyErr_Format(PyExc_TypeError,
+		             "clock must be a callable returning seconds, or "
+		             "None, not %.100s",
+		             Py_TYPE(clock)->tp_name);
+		return -1;
+	}
+	if ((maxweight_o == Py_None) != (weigh == Py_None)) {
+		PyErr_SetString(PyExc_TypeError,
+		                "maxweight and weigh go together: give both "
+		                "or neither");
+		return -1;
+	}
+	if (weigh != Py_None && !PyCallable_Check(weigh)) {
+		PyErr_Format(PyExc_TypeError,
+		             "weigh must be a callable, not %.100s",
+		             Py_TYPE(weigh)->tp_name);
+		return -1;
+	}
+	if (maxweight_o != Py_None) {
+		if (!PyLong_Check(maxweight_o) || PyBool_Check(maxweight_o)) {
+			PyErr_Format(PyExc_TypeError,
+			             "maxweight must be an int, not %.100s",
+			             Py_TYPE(maxweight_o)->tp_name);
+			return -1;
+		}
+		maxweight = PyLong_AsLongLong(maxweight_o);
+		if (maxweight == -1 && PyErr_Occurred())
+			return -1;
+		if (maxweight < 1) {
+			PyErr_Format(PyExc_ValueError,
+			             "maxweight must be >= 1, got %R",
+			             maxweight_o);
+			return -1;
+		}
+	}
+
+	/* Valid: take the new settings with an empty table, then drop what
+	 * the old one held. */
+	old = detach_table(self, (uint32_t)maxsize + 1, weigh != Py_None);
+	self->maxsize = (uint32_t)maxsize;
+	self->bounded = bounded;
+	self->ttl_ns = ttl_ns;
+	self->maxweight = maxweight;
+	self->last_now = INT64_MIN;
+	self->hits = self->misses = self->evictions = self->expirations = 0;
+	old_clock = self->clock;
+	old_weigh = self->weigh;
+	self->clock = clock == Py_None ? NULL : Py_NewRef(clock);
+	self->weigh = weigh == Py_None ? NULL : Py_NewRef(weigh);
+	drop_table(&old);
+	Py_XDECREF(old_clock);
+	Py_XDECREF(old_weigh);
+	return 0;
+}
+
+static int cache_traverse(CacheObject *self, visitproc visit, void *arg)
+{
+	for (uint32_t i = 0; i < self->table.count; i++) {
+		Py_VISIT((PyObject *)self->table.entries[i].key);
+		Py_VISIT((PyObject *)self->table.entries[i].value);
+	}
+	Py_VISIT(self->clock);
+	Py_VISIT(self->weigh);
+	Py_VISIT(Py_TYPE(self));
+	return 0;
+}
+
+static int cache_tp_clear(CacheObject *self)
+{
+	cache_clear_table(self);
+	Py_CLEAR(self->clock);
+	Py_CLEAR(self->weigh);
+	return 0;
+}
+
+static void cache_dealloc(CacheObject *self)
+{
+	PyTypeObject *tp = Py_TYPE(self);
+
+	PyObject_GC_UnTrack(self);
+	if (self->weakreflist != NULL)
+		PyObject_ClearWeakRefs((PyObject *)self);
+	cache_tp_clear(self);
+	lru_free(&self->table);
+	tp->tp_free(self);
+	Py_DECREF(tp);
+}
+
+/* ---- mapping protocol ---------------------------------------------------
+ */
+
+static PyObject *cache_subscript(CacheObject *self, PyObject *key)
+{
+	PyObject *value;
+	int r = cache_read(self, key, &value);
+
+	if (ST_LIKELY(r > 0))
+		return value;
+	if (r == 0)
+		set_key_error(key);
+	return NULL;
+}
+
+static int cache_ass_subscript(CacheObject *self, PyObject *key,
+                               PyObject *value)
+{
+	PyObject *old;
+	int r;
+
+	if (value != NULL)
+		return cache_write(self, key, value, NULL);
+	r = cache_take(self, key, &old);
+	if (r > 0) {
+		Py_DECREF(old);
+		return 0;
+	}
+	if (r == 0)
+		set_key_error(key);
+	return -1;
+}
+
+static int cache_contains(CacheObject *self, PyObject *key)
+{
+	uint32_t i;
+	return cache_find_live(self, key, &i);
+}
+
+static Py_ssize_t cache_length(CacheObject *self)
+{
+	if (cache_purge_now(self) < 0)
+		return -1;
+	return (Py_ssize_t)self->table.count;
+}
+
+/* What a snapshot holds. */
+enum { SNAP_KEYS, SNAP_VALUES, SNAP_ITEMS };
+
+/* A list of the live keys, values or (key, value) pairs, least recently
+ * used first. */
+static PyObject *cache_snapshot(CacheObject *self, int what)
+{
+	lru_table *t = &self->table;
+	PyObject *list;
+	Py_ssize_t n = 0;
+
+	if (cache_purge_now(self) < 0)
+		return NULL;
+	/* No Python code runs from here on: the table stays as it is. */
+	list = PyList_New((Py_ssize_t)t->count);
+	if (list == NULL)
+		return NULL;
+	for (uint32_t i = t->lru; i != LRU_NIL; i = t->entries[i].newer) {
+		PyObject *k = (PyObject *)t->entries[i].key;
+		PyObject *v = (PyObject *)t->entries[i].value;
+		PyObject *item;
+		if (what == SNAP_KEYS) {
+			item = Py_NewRef(k);
+		} else if (what == SNAP_VALUES) {
+			item = Py_NewRef(v);
+		} else {
+			item = PyTuple_Pack(2, k, v);
+			if (item == NULL) {
+				Py_DECREF(list);
+				return NULL;
+			}
+		}
+		PyList_SET_ITEM(list, n++, item);
+	}
+	return list;
+}
+
+static PyObject *cache_iter(CacheObject *self)
+{
+	PyObject *keys = cache_snapshot(self, SNAP_KEYS), *it;
+
+	if (keys == NULL)
+		return NULL;
+	it = PyObject_GetIter(keys);
+	Py_DECREF(keys);
+	return it;
+}
+
+/* ---- methods ------------------------------------------------------------
+ */
+
+static PyObject *cache_get(CacheObject *self, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
+{
+	PyObject *dflt = NULL, *value;
+	int r;
+
+	if (ST_UNLIKELY(nargs != 1 || kwnames != NULL) &&
+	    fast_args("get", args, nargs, kwnames, 1, self->st->str_default,
+	              &dflt) < 0)
+		return NULL;
+	r = cache_read(self, args[0], &value);
+	if (ST_LIKELY(r > 0))
+		return value;
+	if (r < 0)
+		return NULL;
+	if (nargs == 1 && kwnames == NULL)
+		Py_RETURN_NONE;
+	return Py_NewRef(dflt ? dflt : Py_None);
+}
+
+static PyObject *cache_peek(CacheObject *self, PyObject *const *args,
+                            Py_ssize_t nargs, PyObject *kwnames)
+{
+	PyObject *dflt;
+	uint32_t i;
+	int r;
+
+	if (fast_args("peek", args, nargs, kwnames, 1, self->st->str_default,
+	              &dflt) < 0)
+		return NULL;
+	r = cache_find_live(self, args[0], &i);
+	if (r > 0)
+		return Py_NewRef((PyObject *)self->table.entries[i].value);
+	if (r < 0)
+		return NULL;
+	return Py_NewRef(dflt ? dflt : Py_None);
+}
+
+static PyObject *cache_set(CacheObject *self, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
+{
+	PyObject *ttl = NULL;
+
+	if (ST_UNLIKELY(nargs != 2 || kwnames != NULL) &&
+	    fast_args("set", args, nargs, kwnames, 2, self->st->str_ttl,
+	              &ttl) < 0)
+		return NULL;
+	if (cache_write(self, args[0], args[1], ttl) < 0)
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+static PyObject *cache_pop(CacheObject *self, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
+{
+	PyObject *dflt, *value;
+	int r;
+
+	if (fast_args("pop", args, nargs, kwnames, 1, self->st->str_default,
+	              &dflt) < 0)
+		return NULL;
+	r = cache_take(self, args[0], &value);
+	if (r > 0)
+		return value;
+	if (r < 0)
+		return NULL;
+	if (dflt != NULL)
+		return Py_NewRef(dflt);
+	set_key_error(args[0]);
+	return NULL;
+}
+
+static PyObject *cache_popitem(CacheObject *self, PyObject *unused)
+{
+	lru_table *t = &self->table;
+	PyObject *k, *v, *pair;
+
+	(void)unused;
+	if (cache_purge_now(self) < 0)
+		return NULL;
+	if (t->count == 0) {
+		PyErr_SetString(PyExc_KeyError, "popitem(): cache is empty");
+		return NULL;
+	}
+	k = (PyObject *)t->entries[t->lru].key;
+	v = (PyObject *)t->entries[t->lru].value;
+	pair = PyTuple_Pack(2, k, v);
+	if (pair == NULL)
+		return NULL;
+	lru_remove(t, t->lru);
+	Py_DECREF(k);
+	Py_DECREF(v);
+	return pair;
+}
+
+static PyObject *cache_clear(CacheObject *self, PyObject *unused)
+{
+	(void)unused;
+	cache_clear_table(self);
+	Py_RETURN_NONE;
+}
+
+static PyObject *cache_keys(CacheObject *self, PyObject *unused)
+{
+	(void)unused;
+	return cache_snapshot(self, SNAP_KEYS);
+}
+
+static PyObject *cache_values(CacheObject *self, PyObject *unused)
+{
+	(void)unused;
+	return cache_snapshot(self, SNAP_VALUES);
+}
+
+static PyObject *cache_items(CacheObject *self, PyObject *unused)
+{
+	(void)unused;
+	return cache_snapshot(self, SNAP_ITEMS);
+}
+
+static PyObject *maxsize_object(CacheObject *self)
+{
+	if (!self->bounded)
+		Py_RETURN_NONE;
+	return PyLong_FromUnsignedLong(self->maxsize);
+}
+
+static PyObject *cache_stats(CacheObject *self, PyObject *unused)
+{
+	PyObject *d, *maxsize;
+
+	(void)unused;
+	if (cache_purge_now(self) < 0)
+		return NULL;
+	maxsize = maxsize_object(self);
+	if (maxsize == NULL)
+		return NULL;
+	d = Py_BuildValue("{s:K,s:K,s:K,s:K,s:k,s:N}", "hits",
+	                  (unsigned long long)self->hits, "misses",
+	                  (unsigned long long)self->misses, "evictions",
+	                  (unsigned long long)self->evictions, "expirations",
+	                  (unsigned long long)self->expirations, "size",
+	                  (unsigned long)self->table.count, "maxsize",
+	                  maxsize);
+	if (d != NULL && self->weigh != NULL) {
+		PyObject *w = PyLong_FromLongLong(self->table.total_weight);
+		PyObject *mw = PyLong_FromLongLong(self->maxweight);
+		if (w == NULL || mw == NULL ||
+		    PyDict_SetItemString(d, "weight", w) < 0 ||
+		    PyDict_SetItemString(d, "maxweight", mw) < 0)
+			Py_CLEAR(d);
+		Py_XDECREF(w);
+		Py_XDECREF(mw);
+	}
+	return d;
+}
+
+static PyObject *cache_reset_stats(CacheObject *self, PyObject *unused)
+{
+	(void)unused;
+	self->hits = self->misses = self->evictions = self->expirations = 0;
+	Py_RETURN_NONE;
+}
+
+static PyObject *cache_sizeof(CacheObject *self, PyObject *unused)
+{
+	(void)unused;
+	return PyLong_FromSize_t((size_t)Py_TYPE(self)->tp_basicsize +
+	                         lru_memory(&self->table));
+}
+
+static PyObject *cache_repr(CacheObject *self)
+{
+	PyObject *maxsize = maxsize_object(self), *ttl, *r;
+
+	if (maxsize == NULL)
+		return NULL;
+	ttl = self->ttl_ns ? ns_to_seconds(self->ttl_ns) : Py_NewRef(Py_None);
+	if (ttl == NULL) {
+		Py_DECREF(maxsize);
+		return NULL;
+	}
+	r = PyUnicode_FromFormat("<%s maxsize=%R ttl=%R entries=%u>",
+	                         Py_TYPE(self)->tp_name, maxsize, ttl,
+	                         (unsigned)self->table.count);
+	Py_DECREF(maxsize);
+	Py_DECREF(ttl);
+	return r;
+}
+
+static PyObject *cache_get_maxsize(CacheObject *self, void *c)
+{
+	(void)c;
+	return maxsize_object(self);
+}
+
+static PyObject *cache_get_ttl(CacheObject *self, void *c)
+{
+	(void)c;
+	if (self->ttl_ns == 0)
+		Py_RETURN_NONE;
+	return ns_to_seconds(self->ttl_ns);
+}
+
+static PyObject *cache_get_maxweight(CacheObject *self, void *c)
+{
+	(void)c;
+	if (self->weigh == NULL)
+		Py_RETURN_NONE;
+	return PyLong_FromLongLong(self->maxweight);
+}
+
+static PyObject *cache_get_weight(CacheObject *self, void *c)
+{
+	(void)c;
+	return PyLong_FromLongLong(self->table.total_weight);
+}
+
+PyDoc_STRVAR(cache_get_doc,
+             "get($self, key, /, default=None)\n--\n\n"
+             "The value for `key` if it is live, else `default`. A hit makes "
+             "the key the most\nrecently used.");
+PyDoc_STRVAR(cache_peek_doc,
+             "peek($self, key, /, default=None)\n--\n\n"
+             "Like get(), but leaves the recency order and the hit/miss "
+             "counts alone.");
+PyDoc_STRVAR(cache_set_doc,
+             "set($self, key, value, /, ttl=None)\n--\n\n"
+             "Store `value` under `key`, living `ttl` seconds (None: the "
+             "cache's default TTL),\nand evict the least recently used "
+             "entries beyond maxsize or maxweight.");
+PyDoc_STRVAR(cache_pop_doc,
+             "pop($self, key, /, default=<unset>)\n--\n\n"
+             "Remove `key` and return its value; if it is not live, return "
+             "`default` or raise\nKeyError.");
+PyDoc_STRVAR(cache_popitem_doc,
+             "popitem($self, /)\n--\n\n"
+             "Remove and return the least recently used (key, value) pair.");
+PyDoc_STRVAR(cache_clear_doc,
+             "clear($self, /)\n--\n\n"
+             "Remove every entry. The statistics are kept (see "
+             "reset_stats).");
+PyDoc_STRVAR(cache_keys_doc,
+             "keys($self, /)\n--\n\n"
+             "A list of the live keys, least recently used "
+             "first.");
+PyDoc_STRVAR(cache_values_doc,
+             "values($self, /)\n--\n\n"
+             "A list of the live values, least recently used first.");
+PyDoc_STRVAR(cache_items_doc,
+             "items($self, /)\n--\n\n"
+             "A list of the live (key, value) pairs, least recently used "
+             "first.");
+PyDoc_STRVAR(cache_stats_doc,
+             "stats($self, /)\n--\n\n"
+             "A dict: hits, misses, evictions (live entries dropped for "
+             "room), expirations,\nsize and maxsize; weight and maxweight "
+             "too when the cache weighs its values.");
+PyDoc_STRVAR(cache_reset_stats_doc,
+             "reset_stats($self, /)\n--\n\n"
+             "Set the hit, miss, eviction and "
+             "expiration counts to 0.");
+
+static PyMethodDef cache_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))cache_get,
+     METH_FASTCALL | METH_KEYWORDS, cache_get_doc},
+    {"peek", (PyCFunction)(void (*)(void))cache_peek,
+     METH_FASTCALL | METH_KEYWORDS, cache_peek_doc},
+    {"set", (PyCFunction)(void (*)(void))cache_set,
+     METH_FASTCALL | METH_KEYWORDS, cache_set_doc},
+    {"pop", (PyCFunction)(void (*)(void))cache_pop,
+     METH_FASTCALL | METH_KEYWORDS, cache_pop_doc},
+    {"popitem", (PyCFunction)cache_popitem, METH_NOARGS, cache_popitem_doc},
+    {"clear", (PyCFunction)cache_clear, METH_NOARGS, cache_clear_doc},
+    {"keys", (PyCFunction)cache_keys, METH_NOARGS, cache_keys_doc},
+    {"values", (PyCFunction)cache_values, METH_NOARGS, cache_values_doc},
+    {"items", (PyCFunction)cache_items, METH_NOARGS, cache_items_doc},
+    {"stats", (PyCFunction)cache_stats, METH_NOARGS, cache_stats_doc},
+    {"reset_stats", (PyCFunction)cache_reset_stats, METH_NOARGS,
+     cache_reset_stats_doc},
+    {"__sizeof__", (PyCFunction)cache_sizeof, METH_NOARGS, NULL},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "See PEP 585."},
+    {NULL},
+};
+
+static PyGetSetDef cache_getset[] = {
+    {"maxsize", (getter)cache_get_maxsize, NULL,
+     "The most entries kept; None when unbounded.", NULL},
+    {"ttl", (getter)cache_get_ttl, NULL,
+     "The default time to live in seconds; None when entries never "
+     "expire.",
+     NULL},
+    {"maxweight", (getter)cache_get_maxweight, NULL,
+     "The most total weight kept; None when unweighted.", NULL},
+    {"weight", (getter)cache_get_weight, NULL,
+     "The total weight of the entries (0 when unweighted).", NULL},
+    {NULL},
+};
+
+static PyMemberDef cache_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(CacheObject, weakreflist),
+     READONLY, NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(cache_doc,
+             "Cache(maxsize=1024, ttl=None, clock=None, *, maxweight=None, "
+             "weigh=None)\n--\n\n"
+             "A mapping that keeps the `maxsize` most recently used entries "
+             "(None: no bound),\neach living `ttl` seconds (None: forever). "
+             "`clock` is a callable returning\nseconds, for tests (default: "
+             "the monotonic clock). With `weigh`, a callable\ngiving each "
+             "value's weight (an int or float >= 0), the entries' total "
+             "weight\nstays within `maxweight` too.");
+
+static PyType_Slot cache_slots[] = {
+    {Py_tp_doc, (void *)cache_doc},
+    {Py_tp_new, cache_new},
+    {Py_tp_init, cache_init},
+    {Py_tp_dealloc, cache_dealloc},
+    {Py_tp_traverse, cache_traverse},
+    {Py_tp_clear, cache_tp_clear},
+    {Py_tp_repr, cache_repr},
+    {Py_tp_iter, cache_iter},
+    {Py_tp_methods, cache_methods},
+    {Py_tp_getset, cache_getset},
+    {Py_tp_members, cache_members},
+    {Py_mp_subscript, cache_subscript},
+    {Py_mp_ass_subscript, cache_ass_subscript},
+    {Py_mp_length, cache_length},
+    {Py_sq_contains, cache_contains},
+    {Py_tp_hash, PyObject_HashNotImplemented},
+    {0, NULL},
+};
+
+static PyType_Spec cache_spec = {
+    .name = "stanchion._core.Cache",
+    .basicsize = sizeof(CacheObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = cache_slots,
+};
+
+/* =========================================================================
+ * Keys for cached functions
+ * ========================================================================= */
+
+/* The cache key of a call: the lone argument itself when it is an exact
+ * str or int, else a tuple of the positional arguments, then (if any)
+ * the keyword mark and name, value pairs, then (if typed) every
+ * argument's type. Keyword order matters, as for functools.lru_cache. */
+static PyObject *make_key(st_state *st, PyObject *const *args,
+                          Py_ssize_t nargs, PyObject *const *names,
+                          PyObject *const *values, Py_ssize_t nkw, int typed)
+{
+	PyObject *key;
+	Py_ssize_t n, j = 0;
+
+	if (!typed && nkw == 0 && nargs == 1 &&
+	    (PyUnicode_CheckExact(args[0]) || PyLong_CheckExact(args[0])))
+		return Py_NewRef(args[0]);
+	n = nargs + (nkw ? 1 + 2 * nkw : 0) + (typed ? nargs + nkw : 0);
+	key = PyTuple_New(n);
+	if (key == NULL)
+		return NULL;
+	for (Py_ssize_t i = 0; i < nargs; i++)
+		PyTuple_SET_ITEM(key, j++, Py_NewRef(args[i]));
+	if (nkw) {
+		PyTuple_SET_ITEM(key, j++, Py_NewRef(st->kwd_mark));
+		for (Py_ssize_t i = 0; i < nkw; i++) {
+			PyTuple_SET_ITEM(key, j++, Py_NewRef(names[i]));
+			PyTuple_SET_ITEM(key, j++, Py_NewRef(values[i]));
+		}
+	}
+	if (typed) {
+		for (Py_ssize_t i = 0; i < nargs; i++)
+			PyTuple_SET_ITEM(
+			    key, j++, Py_NewRef((PyObject *)Py_TYPE(args[i])));
+		for (Py_ssize_t i = 0; i < nkw; i++)
+			PyTuple_SET_ITEM(
+			    key, j++,
+			    Py_NewRef((PyObject *)Py_TYPE(values[i])));
+	}
+	return key;
+}
+
+/* make_key from a FASTCALL argument vector. */
+static PyObject *make_key_vector(st_state *st, PyObject *const *args,
+                                 Py_ssize_t nargs, PyObject *kwnames,
+                                 int typed)
+{
+	Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+	PyObject *const *names =
+	    nkw ? &PyTuple_GET_ITEM(kwnames, 0) : (PyObject *const *)NULL;
+
+	return make_key(st, args, nargs, names, args + nargs, nkw, typed);
+}
+
+/* make_key from an args tuple and a kwargs dict (or None). */
+static PyObject *make_key_tuple(st_state *st, PyObject *args, PyObject *kwargs,
+                                int typed)
+{
+	Py_ssize_t nkw = kwargs ? PyDict_GET_SIZE(kwargs) : 0, pos = 0, i = 0;
+	PyObject **kv, *k, *v, *key;
+
+	if (nkw == 0)
+		return make_key(st, &PyTuple_GET_ITEM(args, 0),
+		                PyTuple_GET_SIZE(args), NULL, NULL, 0, typed);
+	kv = PyMem_Malloc((size_t)nkw * 2 * sizeof(PyObject *));
+	if (kv == NULL)
+		return PyErr_NoMemory();
+	while (i < nkw && PyDict_Next(kwargs, &pos, &k, &v)) {
+		kv[i] = k;
+		kv[nkw + i] = v;
+		i++;
+	}
+	key = make_key(st, &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args),
+	               kv, kv + nkw, i, typed);
+	PyMem_Free(kv);
+	return key;
+}
+
+PyDoc_STRVAR(make_key_doc,
+             "make_key(args, kwargs=None, typed=False)\n--\n\n"
+             "The cache key @cached uses for a call with `args` (a tuple) and "
+             "`kwargs` (a dict).");
+
+static PyObject *module_make_key(PyObject *module, PyObject *args,
+                                 PyObject *kwds)
+{
+	static char *kwlist[] = {"args", "kwargs", "typed", NULL};
+	PyObject *a, *kw = Py_None;
+	int typed = 0;
+	st_state *st = PyModule_GetState(module);
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|Op:make_key", kwlist,
+	                                 &PyTuple_Type, &a, &kw, &typed))
+		return NULL;
+	if (kw != Py_None && !PyDict_Check(kw)) {
+		PyErr_Format(PyExc_TypeError,
+		             "kwargs must be a dict or None, not %.100s",
+		             Py_TYPE(kw)->tp_name);
+		return NULL;
+	}
+	return make_key_tuple(st, a, kw == Py_None ? NULL : kw, typed);
+}
+
+/* =========================================================================
+ * CacheInfo
+ * ========================================================================= */
+
+static PyStructSequence_Field cache_info_fields[] = {
+    {"hits", "calls answered from the cache"},
+    {"misses", "calls that were not"},
+    {"maxsize", "the most entries kept; None when unbounded"},
+    {"currsize", "the live entries"},
+    {NULL, NULL},
+};
+
+static PyStructSequence_Desc cache_info_desc = {
+    "stanchion._core.CacheInfo",
+    "What cache_info() of a cached function returns, as functools does.",
+    cache_info_fields,
+    4,
+};
+
+/* =========================================================================
+ * CachedCall
+ * ========================================================================= */
+
+typedef struct {
+	PyObject_HEAD vectorcallfunc vectorcall;
+	st_state *st;       /* module state: the keyword mark */
+	CacheObject *cache; /* where results live */
+	PyObject *func;     /* the function being cached */
+	PyObject *miss;     /* miss(key, args, kwargs) computes a result */
+	PyObject *key_func; /* NULL, or key(*args, **kwargs) */
+	int typed;          /* keys include argument types */
+	PyObject *dict;     /* __dict__: __wrapped__, __name__, ... */
+	PyObject *weakreflist;
+} CachedCallObject;
+
+static PyObject *cc_key(CachedCallObject *self, PyObject *const *args,
+                        Py_ssize_t nargs, PyObject *kwnames)
+{
+	if (self->key_func != NULL)
+		return PyObject_Vectorcall(self->key_func, args, (size_t)nargs,
+		                           kwnames);
+	return make_key_vector(self->st, args, nargs, kwnames, self->typed);
+}
+
+static PyObject *cc_vectorcall(CachedCallObject *self, PyObject *const *args,
+                               size_t nargsf, PyObject *kwnames)
+{
+	Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+	Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+	PyObject *key, *value, *targs, *kwargs = NULL, *res = NULL;
+	int r;
+
+	if (ST_UNLIKELY(self->cache == NULL)) {
+		PyErr_SetString(PyExc_RuntimeError,
+		                "this cached function has been cleared");
+		return NULL;
+	}
+	key = cc_key(self, args, nargs, kwnames);
+	if (key == NULL)
+		return NULL;
+	r = cache_read(self->cache, key, &value);
+	if (ST_LIKELY(r > 0)) {
+		Py_DECREF(key);
+		return value;
+	}
+	if (r < 0) {
+		Py_DECREF(key);
+		return NULL;
+	}
+	/* A miss: the Python side computes, once per key at a time. */
+	targs = PyTuple_New(nargs);
+	if (targs == NULL)
+		goto done;
+	for (Py_ssize_t i = 0; i < nargs; i++)
+		PyTuple_SET_ITEM(targs, i, Py_NewRef(args[i]));
+	if (nkw) {
+		kwargs = PyDict_New();
+		if (kwargs == NULL)
+			goto done;
+		for (Py_ssize_t i = 0; i < nkw; i++)
+			if (PyDict_SetItem(kwargs,
+			                   PyTuple_GET_ITEM(kwnames, i),
+			                   args[nargs + i]) < 0)
+				goto done;
+	}
+	res = PyObject_CallFunctionObjArgs(self->miss, key, targs,
+	                                   kwargs ? kwargs : Py_None, NULL);
+done:
+	Py_DECREF(key);
+	Py_XDECREF(targs);
+	Py_XDECREF(kwargs);
+	return res;
+}
+
+static PyObject *cc_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"func",  "cache", "miss",
+	                         "typed", "key",   NULL};
+	PyObject *func, *cache, *miss, *key_func = Py_None;
+	int typed = 0;
+	CachedCallObject *self;
+	st_state *st = st_state_from_type(type);
+
+	if (st == NULL)
+		return NULL;
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O|pO:CachedCall",
+	                                 kwlist, &func, st->cache_type, &cache,
+	                                 &miss, &typed, &key_func))
+		return NULL;
+	if (!PyCallable_Check(func) || !PyCallable_Check(miss) ||
+	    (key_func != Py_None && !PyCallable_Check(key_func))) {
+		PyErr_SetString(PyExc_TypeError,
+		                "func, miss and key (unless None) must be "
+		                "callable");
+		return NULL;
+	}
+	self = (CachedCallObject *)type->tp_alloc(type, 0);
+	if (self == NULL)
+		return NULL;
+	self->vectorcall = (vectorcallfunc)cc_vectorcall;
+	self->st = st;
+	self->cache = (CacheObject *)Py_NewRef(cache);
+	self->func = Py_NewRef(func);
+	self->miss = Py_NewRef(miss);
+	self->key_func = key_func == Py_None ? NULL : Py_NewRef(key_func);
+	self->typed = typed;
+	return (PyObject *)self;
+}
+
+static int cc_traverse(CachedCallObject *self, visitproc visit, void *arg)
+{
+	Py_VISIT(self->cache);
+	Py_VISIT(self->func);
+	Py_VISIT(self->miss);
+	Py_VISIT(self->key_func);
+	Py_VISIT(self->dict);
+	Py_VISIT(Py_TYPE(self));
+	return 0;
+}
+
+static int cc_clear(CachedCallObject *self)
+{
+	Py_CLEAR(self->cache);
+	Py_CLEAR(self->func);
+	Py_CLEAR(self->miss);
+	Py_CLEAR(self->key_func);
+	Py_CLEAR(self->dict);
+	return 0;
+}
+
+static void cc_dealloc(CachedCallObject *self)
+{
+	PyTypeObject *tp = Py_TYPE(self);
+
+	PyObject_GC_UnTrack(self);
+	if (self->weakreflist != NULL)
+		PyObject_ClearWeakRefs((PyObject *)self);
+	cc_clear(self);
+	tp->tp_free(self);
+	Py_DECREF(tp);
+}
+
+/* The cache must still be there (tp_clear may have run in a cycle). */
+static int cc_ready(CachedCallObject *self)
+{
+	if (self->cache == NULL) {
+		PyErr_SetString(PyExc_RuntimeError,
+		                "this cached function has been cleared");
+		return -1;
+	}
+	return 0;
+}
+
+static PyObject *cc_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+	(void)type;
+	if (obj == NULL || obj == Py_None)
+		return Py_NewRef(self);
+	return PyMethod_New(self, obj);
+}
+
+static PyObject *cc_cache_info(CachedCallObject *self, PyObject *unused)
+{
+	CacheObject *c = self->cache;
+	PyObject *info, *maxsize;
+
+	(void)unused;
+	if (cc_ready(self) < 0 || cache_purge_now(c) < 0)
+		return NULL;
+	maxsize = maxsize_object(c);
+	if (maxsize == NULL)
+		return NULL;
+	info = PyStructSequence_New(self->st->cache_info_type);
+	if (info == NULL) {
+		Py_DECREF(maxsize);
+		return NULL;
+	}
+	PyStructSequence_SetItem(info, 0,
+	                         PyLong_FromUnsignedLongLong(c->hits));
+	PyStructSequence_SetItem(info, 1,
+	                         PyLong_FromUnsignedLongLong(c->misses));
+	PyStructSequence_SetItem(info, 2, maxsize);
+	PyStructSequence_SetItem(info, 3,
+	                         PyLong_FromUnsignedLong(c->table.count));
+	for (Py_ssize_t i = 0; i < 4; i++) {
+		if (PyStructSequence_GetItem(info, i) == NULL) {
+			Py_DECREF(info);
+			return NULL;
+		}
+	}
+	return info;
+}
+
+static PyObject *cc_cache_clear(CachedCallObject *self, PyObject *unused)
+{
+	(void)unused;
+	if (cc_ready(self) < 0)
+		return NULL;
+	cache_clear_table(self->cache);
+	return cache_reset_stats(self->cache, NULL);
+}
+
+static PyObject *cc_invalidate(CachedCallObject *self, PyObject *const *args,
+                               size_t nargsf, PyObject *kwnames)
+{
+	PyObject *key, *value;
+	int r;
+
+	if (cc_ready(self) < 0)
+		return NULL;
+	key = cc_key(self, args, PyVectorcall_NARGS(nargsf), kwnames);
+	if (key == NULL)
+		return NULL;
+	r = cache_take(self->cache, key, &value);
+	Py_DECREF(key);
+	if (r < 0)
+		return NULL;
+	if (r > 0)
+		Py_DECREF(value);
+	return PyBool_FromLong(r);
+}
+
+static PyObject *cc_reduce(PyObject *self, PyObject *unused)
+{
+	(void)unused;
+	return PyObject_GetAttrString(self, "__qualname__");
+}
+
+static PyObject *cc_repr(CachedCallObject *self)
+{
+	if (self->func == NULL)
+		return PyUnicode_FromString("<cached function (cleared)>");
+	return PyUnicode_FromFormat("<cached %R>", self->func);
+}
+
+PyDoc_STRVAR(cc_cache_info_doc,
+             "cache_info($self, /)\n--\n\n"
+             "CacheInfo(hits, misses, maxsize, currsize), as "
+             "functools.lru_cache gives.");
+PyDoc_STRVAR(cc_cache_clear_doc,
+             "cache_clear($self, /)\n--\n\n"
+             "Forget every result and reset the statistics.");
+PyDoc_STRVAR(cc_invalidate_doc,
+             "invalidate($self, /, *args, **kwargs)\n--\n\n"
+             "Forget the result of the call with these arguments (for a "
+             "method, the instance\ncomes first). Returns True if there was "
+             "one.");
+
+static PyMethodDef cc_methods[] = {
+    {"cache_info", (PyCFunction)cc_cache_info, METH_NOARGS, cc_cache_info_doc},
+    {"cache_clear", (PyCFunction)cc_cache_clear, METH_NOARGS,
+     cc_cache_clear_doc},
+    {"invalidate", (PyCFunction)(void (*)(void))cc_invalidate,
+     METH_FASTCALL | METH_KEYWORDS, cc_invalidate_doc},
+    {"__reduce__", (PyCFunction)cc_reduce, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyMemberDef cc_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(CachedCallObject, dict), READONLY,
+     NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(CachedCallObject, weakreflist),
+     READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET,
+     offsetof(CachedCallObject, vectorcall), READONLY, NULL},
+    {"cache", T_OBJECT, offsetof(CachedCallObject, cache), READONLY,
+     "The Cache holding the results."},
+    {NULL},
+};
+
+static PyGetSetDef cc_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(cc_doc,
+             "CachedCall(func, cache, miss, typed=False, key=None)\n--\n\n"
+             "Calls `func` through `cache`: a hit returns the stored result; "
+             "a miss returns\nmiss(key, args, kwargs). Built by "
+             "stanchion.cached.");
+
+static PyType_Slot cc_slots[] = {
+    {Py_tp_doc, (void *)cc_doc},     {Py_tp_new, cc_new},
+    {Py_tp_dealloc, cc_dealloc},     {Py_tp_traverse, cc_traverse},
+    {Py_tp_clear, cc_clear},         {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_descr_get, cc_descr_get}, {Py_tp_repr, cc_repr},
+    {Py_tp_methods, cc_methods},     {Py_tp_members, cc_members},
+    {Py_tp_getset, cc_getset},       {0, NULL},
+};
+
+static PyType_Spec cc_spec = {
+    .name = "stanchion._core.CachedCall",
+    .basicsize = sizeof(CachedCallObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL |
+             Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .slots = cc_slots,
+};
+
+/* =========================================================================
+ * Module hook
+ * ========================================================================= */
+
+static PyMethodDef cache_module_methods[] = {
+    {"make_key", (PyCFunction)(void (*)(void))module_make_key,
+     METH_VARARGS | METH_KEYWORDS, make_key_doc},
+    {NULL},
+};
 
 int st_cache_exec(PyObject *module, st_state *st)
 {
-	(void)module;
-	(void)st;
-	return 0;
+	st->kwd_mark = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+	if (st->kwd_mark == NULL)
+		return -1;
+	st->cache_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+	    module, &cache_spec, NULL);
+	if (st->cache_type == NULL ||
+	    PyModule_AddType(module, st->cache_type) < 0)
+		return -1;
+	st->cached_call_type =
+	    (PyTypeObject *)PyType_FromModuleAndSpec(module, &cc_spec, NULL);
+	if (st->cached_call_type == NULL ||
+	    PyModule_AddType(module, st->cached_call_type) < 0)
+		return -1;
+	st->cache_info_type = PyStructSequence_NewType(&cache_info_desc);
+	if (st->cache_info_type == NULL ||
+	    PyModule_AddType(module, st->cache_info_type) < 0)
+		return -1;
+	return PyModule_AddFunctions(module, cache_module_methods);
 }

@@ -133,12 +133,31 @@ static int64_t tb_full_in(const int64_t *s, int64_t now)
 	return s[0] > now ? s[0] - now : 0;
 }
 
+/* The window index floor(now / P), without a division when `hint` (the
+ * window a key's state was last written in) is the current or the
+ * previous window: the common case for an active key. */
+ST_INLINE int64_t window_of(int64_t now, int64_t P, int64_t hint)
+{
+	if (ST_LIKELY(hint != INT64_MIN)) {
+		int64_t start = hint * P;
+		if (now >= start) {
+			/* Unsigned: the true difference always fits. */
+			uint64_t d = (uint64_t)now - (uint64_t)start;
+			if (d < (uint64_t)P)
+				return hint;
+			if (d < 2 * (uint64_t)P)
+				return hint + 1;
+		}
+	}
+	return st_floordiv(now, P);
+}
+
 /* ---- fixed window -------------------------------------------------------
  * Windows are aligned on multiples of the period. */
 ST_INLINE void fw_check(const st_limit *r, const int64_t *s, int64_t now,
                         int64_t cost, st_check *c)
 {
-	int64_t idx = st_floordiv(now, r->period_ns);
+	int64_t idx = window_of(now, r->period_ns, s[0]);
 	int64_t count = s[0] == idx ? s[1] : 0;
 	int64_t end_in = (idx + 1) * r->period_ns - now;
 
@@ -157,7 +176,7 @@ ST_INLINE void fw_check(const st_limit *r, const int64_t *s, int64_t now,
 
 static int64_t fw_full_in(const st_limit *r, const int64_t *s, int64_t now)
 {
-	int64_t idx = st_floordiv(now, r->period_ns);
+	int64_t idx = window_of(now, r->period_ns, s[0]);
 	if (s[0] != idx || s[1] == 0)
 		return 0;
 	return (idx + 1) * r->period_ns - now;
@@ -170,7 +189,7 @@ static int64_t fw_full_in(const st_limit *r, const int64_t *s, int64_t now)
 static void sw_load(const st_limit *r, const int64_t *s, int64_t now,
                     int64_t *idx, int64_t *prev, int64_t *cur, int64_t *e)
 {
-	*idx = st_floordiv(now, r->period_ns);
+	*idx = window_of(now, r->period_ns, s[0]);
 	if (s[0] == *idx) {
 		*prev = s[1];
 		*cur = s[2];
@@ -192,6 +211,20 @@ static int64_t sw_reset_in(const st_limit *r, int64_t prev, int64_t cur,
 	if (prev > 0)
 		return r->period_ns - e;
 	return 0;
+}
+
+/* ceil(w / P) for 0 <= w <= ST_MAX_SPAN_NS * 1e15 whose quotient is at
+ * most a window's capacity: a multiplication corrected to the exact value,
+ * since a 128-bit division is a slow library call. */
+ST_INLINE int64_t sw_ceil_div(st_i128 w, const st_limit *r)
+{
+	const int64_t P = r->period_ns;
+	int64_t q = (int64_t)((double)w * r->inv_interval);
+	while ((st_i128)q * P > w)
+		q--;
+	while ((st_i128)(q + 1) * P <= w)
+		q++;
+	return (st_i128)q * P == w ? q : q + 1;
 }
 
 static void sw_check(const st_limit *r, const int64_t *s, int64_t now,
@@ -223,7 +256,9 @@ static void sw_check(const st_limit *r, const int64_t *s, int64_t now,
 		int64_t e2 = q >= P ? 0 : P - (int64_t)q;
 		c->retry_ns = (P - e) + e2;
 	}
-	c->remaining = (int64_t)((budget - weighted - (st_i128)cur * P) / P);
+	/* floor((L*P - weighted - cur*P) / P) = L - cur - ceil(weighted / P)
+	 */
+	c->remaining = L - cur - sw_ceil_div(weighted, r);
 	if (c->remaining < 0)
 		c->remaining = 0;
 	c->reset_ns = sw_reset_in(r, prev, cur, e);

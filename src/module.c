@@ -7,6 +7,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->limiter_type);
 	Py_VISIT(st->decision_type);
 	Py_VISIT(st->cache_type);
+	Py_VISIT(st->cached_call_type);
+	Py_VISIT(st->cache_info_type);
+	Py_VISIT(st->kwd_mark);
 	Py_VISIT(st->str_cost);
 	Py_VISIT(st->str_default);
 	Py_VISIT(st->str_ttl);
@@ -21,6 +24,9 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->limiter_type);
 	Py_CLEAR(st->decision_type);
 	Py_CLEAR(st->cache_type);
+	Py_CLEAR(st->cached_call_type);
+	Py_CLEAR(st->cache_info_type);
+	Py_CLEAR(st->kwd_mark);
 	Py_CLEAR(st->str_cost);
 	Py_CLEAR(st->str_default);
 	Py_CLEAR(st->str_ttl);

@@ -18,10 +18,13 @@
 #define ST_DECISION_FREELIST 64
 
 typedef struct {
-	PyTypeObject *limiter_type;  /* _core.Limiter */
-	PyTypeObject *decision_type; /* _core.Decision */
-	PyTypeObject *cache_type;    /* _core.Cache */
-	PyObject *str_cost;          /* interned keyword names */
+	PyTypeObject *limiter_type;     /* _core.Limiter */
+	PyTypeObject *decision_type;    /* _core.Decision */
+	PyTypeObject *cache_type;       /* _core.Cache */
+	PyTypeObject *cached_call_type; /* _core.CachedCall */
+	PyTypeObject *cache_info_type;  /* _core.CacheInfo */
+	PyObject *kwd_mark; /* separates args from kwargs in cache keys */
+	PyObject *str_cost; /* interned keyword names */
 	PyObject *str_default;
 	PyObject *str_ttl;
 	st_fastclock clock; /* calibrated once; limiters copy its rate */
