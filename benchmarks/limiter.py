@@ -400,6 +400,7 @@ def main() -> int:
     rounds = 1 if quick() else args.rounds
     n_keys = QUICK_MEMORY_KEYS if quick() else MEMORY_KEYS
 
+    load_before = os.getloadavg()[0]
     medians, counterparts, floor_spread = measure_speed(rounds)
     floor = medians[FLOOR]
     stanchion_ns = {a: medians[f"stanchion {a}"] for a in ALGORITHMS}
@@ -513,7 +514,8 @@ def main() -> int:
             f"`call(key)`. Median of {rounds} interleaved rounds, each the median of "
             "repeats, in process CPU time. The floor is `dict.get(key)` (one figure "
             f"for both paths; its samples ranged {spread}, a measure of the "
-            "machine's noise).",
+            f"machine's noise; load average {load_before:.2f} before, "
+            f"{os.getloadavg()[0]:.2f} after, on {os.cpu_count()} CPUs).",
             md_table(headers, rows),
             NOTES,
             "Reference calls (where stanchion's time goes):",
