@@ -36,9 +36,9 @@ def per_call_ns(
     clock: Callable[[], float] = timeit.default_timer,
 ) -> float:
     """Median nanoseconds per execution of ``stmt`` over ``repeat`` runs,
-    each run sized to last about ``target_s`` seconds. ``clock`` may be
-    time.process_time to count only this process's CPU time (robust when
-    other work shares the machine)."""
+    each run sized to last about ``target_s`` seconds of ``clock``
+    (wall time by default; ``time.process_time`` leaves out the time other
+    processes hold the CPU, which steadies figures on a shared machine)."""
     if quick():
         repeat, target_s = 3, 0.005
     timer = timeit.Timer(stmt, globals=globals, timer=clock)

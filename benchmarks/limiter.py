@@ -13,6 +13,8 @@ one str key (``call(key)``), in this process, on two paths:
 The floor is ``dict.get`` on one key, the cheapest keyed lookup Python has.
 Each figure is the median over rounds of the median of repeats; rounds
 interleave the implementations so a noisy neighbour hurts them all alike.
+Times are process CPU time (``time.process_time``, every thread of this
+process), so time the CPU spends on other processes is left out.
 
 Memory: each implementation fills 1M keys ``client-0`` ... in a fresh
 subprocess; RSS is read before and after (psutil). The caller's key string
@@ -29,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,7 +202,7 @@ def time_impl(make: Callable[[str], Impl], path: str) -> tuple[str, str, float]:
         expect = path == "allowed"
         if impl.allowed() is not expect:
             raise AssertionError(f"{impl.name}: the {path} path is not {path}")
-        ns = per_call_ns(impl.stmt, impl.env)
+        ns = per_call_ns(impl.stmt, impl.env, clock=time.process_time)
         if impl.allowed() is not expect:
             raise AssertionError(f"{impl.name}: left the {path} path while timed")
         return impl.name, impl.counterpart, ns
@@ -238,8 +241,6 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
     """Reference calls around stanchion's token bucket hit: a bare C method
     call that does nothing (what any C call costs from Python), the clock as
     Python sees it, and stanchion's own variants of the call."""
-    import time
-
     import stanchion
     from _bench import per_call_ns
 
@@ -268,7 +269,7 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
     samples: dict[str, list[float]] = {label: [] for label, _ in cases}
     for _ in range(rounds):
         for label, stmt in cases:
-            samples[label].append(per_call_ns(stmt, env))
+            samples[label].append(per_call_ns(stmt, env, clock=time.process_time))
     return [(label, statistics.median(v)) for label, v in samples.items()]
 
 
@@ -399,6 +400,7 @@ def main() -> int:
     rounds = 1 if quick() else args.rounds
     n_keys = QUICK_MEMORY_KEYS if quick() else MEMORY_KEYS
 
+    load_before = os.getloadavg()[0]
     medians, counterparts, floor_spread = measure_speed(rounds)
     floor = medians[FLOOR]
     stanchion_ns = {a: medians[f"stanchion {a}"] for a in ALGORITHMS}
@@ -510,8 +512,10 @@ def main() -> int:
             "One `hit` on one str key, allowed path (a huge rate) and denied path "
             "(1/hour, exhausted); each implementation called as a pre-bound method, "
             f"`call(key)`. Median of {rounds} interleaved rounds, each the median of "
-            "repeats. The floor is `dict.get(key)` (one figure for both paths; "
-            f"its samples ranged {spread}, a measure of the machine's noise).",
+            "repeats, in process CPU time. The floor is `dict.get(key)` (one figure "
+            f"for both paths; its samples ranged {spread}, a measure of the "
+            f"machine's noise; load average {load_before:.2f} before, "
+            f"{os.getloadavg()[0]:.2f} after, on {os.cpu_count()} CPUs).",
             md_table(headers, rows),
             NOTES,
             "Reference calls (where stanchion's time goes):",

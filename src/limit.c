@@ -227,6 +227,16 @@ ST_INLINE int64_t sw_ceil_div(st_i128 w, const st_limit *r)
 	return (st_i128)q * P == w ? q : q + 1;
 }
 
+/* a * b / d for a, b >= 0 and d > 0: in 64 bits when the product fits (a
+ * 128-bit division is a slow library call), else in 128. */
+ST_INLINE st_i128 sw_div(int64_t a, int64_t b, int64_t d)
+{
+	int64_t ab;
+	if (!__builtin_mul_overflow(a, b, &ab))
+		return ab / d;
+	return (st_i128)a * b / d;
+}
+
 static void sw_check(const st_limit *r, const int64_t *s, int64_t now,
                      int64_t cost, st_check *c)
 {
@@ -247,12 +257,12 @@ static void sw_check(const st_limit *r, const int64_t *s, int64_t now,
 	} else if (cur + cost <= L) {
 		/* Wait in this window until prev's weight has shrunk:
 		 * prev * (P - e') <= (L - cur - cost) * P. */
-		st_i128 q = (st_i128)(L - cur - cost) * P / prev;
+		st_i128 q = sw_div(L - cur - cost, P, prev);
 		c->retry_ns = (P - (int64_t)q) - e;
 	} else {
 		/* Wait for the next window, where cur becomes prev:
 		 * cur * (P - e2) <= (L - cost) * P. */
-		st_i128 q = (st_i128)(L - cost) * P / cur;
+		st_i128 q = sw_div(L - cost, P, cur);
 		int64_t e2 = q >= P ? 0 : P - (int64_t)q;
 		c->retry_ns = (P - e) + e2;
 	}

@@ -37,3 +37,7 @@ def pytest_report_header(config: pytest.Config) -> str:
             f"sanitizer pass is testing the wrong build: {stanchion._core.__file__}"
         )
     return f"stanchion._core: {stanchion._core.__file__}"
+
+
+# Real redis-server fixtures (redis_server, private_redis, redis_cluster).
+from ._redis import private_redis, redis_cluster, redis_server  # noqa: E402, F401

@@ -40,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo_burst()
+        from ._demo_web import demo_web
+
+        demo_web()
     return 0
 
 

@@ -1,0 +1,532 @@
+"""Per-request cost of rate limiting in web frameworks, in-process.
+
+ASGI apps are called directly with a prebuilt scope and no-op
+receive/send (100 calls per event loop turn), WSGI apps with a prebuilt
+environ, Django through its WSGI handler. Each app is minimal (one route
+returning a short body); each limit is so high it never denies, so the
+figures are the cost of deciding and (where enabled) of the headers.
+
+    stanchion vs slowapi (FastAPI), flask-limiter (Flask),
+    django-ratelimit (Django).
+
+"added" = limited app minus the same app without limiting.
+Run: python benchmarks/web.py   (STANCHION_BENCH_QUICK=1 for a smoke run)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from starlette.requests import Request as StarletteRequest
+
+from _bench import fmt_ns, fmt_ratio, md_table, print_table, quick, write_section
+
+HIGH = "1000000000/minute"
+PEER = "203.0.113.7"
+warnings.simplefilter("ignore", DeprecationWarning)
+logging.disable(logging.WARNING)
+
+# -- ASGI ------------------------------------------------------------------------
+
+
+def asgi_runner(app: Any, path: str = "/") -> Callable[[], None]:
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench")],
+        "client": (PEER, 40000),
+        "server": ("bench", 80),
+        "state": {},
+    }
+    body = {"type": "http.request", "body": b"", "more_body": False}
+
+    async def receive() -> dict[str, Any]:
+        return body
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            assert message["status"] == 200, (app, message)
+
+    async def batch() -> None:
+        for _ in range(100):
+            await app(dict(scope), receive, send)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(batch())  # warm up (and check it works)
+    return lambda: loop.run_until_complete(batch())
+
+
+def asgi_call(app: Any, path: str = "/") -> tuple[Callable[[], None], int]:
+    """A callable running 100 requests, and that count."""
+    return asgi_runner(app, path), 100
+
+
+def measure(cases: dict[str, tuple[Callable[[], None], int]]) -> dict[str, float]:
+    """Nanoseconds per request of each case: the minimum over many short
+    samples (one batch of requests each), taken case after case so any
+    slow spell of this shared machine hits every case alike. A framework
+    request costs ~100 us and our share a few us: a median of separate
+    runs would drown that share in noise; the least disturbed batch
+    does not."""
+    rounds = 5 if quick() else 200
+    best = {name: float("inf") for name in cases}
+    clock = time.perf_counter_ns
+    gc.disable()  # as timeit does
+    try:
+        for _ in range(rounds):
+            for name, (fn, per) in cases.items():
+                t0 = clock()
+                fn()
+                best[name] = min(best[name], (clock() - t0) / per)
+    finally:
+        gc.enable()
+    return best
+
+
+async def raw_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def fastapi_apps() -> dict[str, Any]:
+    from fastapi import FastAPI
+    from slowapi import Limiter as SlowLimiter
+    from slowapi.middleware import SlowAPIASGIMiddleware
+    from slowapi.util import get_remote_address
+
+    from stanchion.asgi import RateLimitMiddleware
+    from stanchion.fastapi import limit
+
+    def base() -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/")
+        async def root() -> str:
+            return "ok"
+
+        return app
+
+    plain = base()
+
+    st_mw = base()
+    st_mw.add_middleware(RateLimitMiddleware, limit=HIGH)  # type: ignore[arg-type]
+
+    st_mw_quiet = base()
+    st_mw_quiet.add_middleware(
+        RateLimitMiddleware,  # type: ignore[arg-type]
+        limit=HIGH,
+        headers_on_allowed=False,
+    )
+
+    sl_mw = base()
+    sl_limiter = SlowLimiter(key_func=get_remote_address, default_limits=[HIGH])
+    sl_mw.state.limiter = sl_limiter
+    sl_mw.add_middleware(SlowAPIASGIMiddleware)
+
+    st_dec = FastAPI()
+
+    @st_dec.get("/")
+    @limit(HIGH)
+    async def st_root() -> str:
+        return "ok"
+
+    sl_dec = FastAPI()
+    sl_dec_limiter = SlowLimiter(key_func=get_remote_address)
+    sl_dec.state.limiter = sl_dec_limiter
+
+    @sl_dec.get("/")
+    @sl_dec_limiter.limit(HIGH)
+    async def sl_root(request: StarletteRequest) -> str:
+        return "ok"
+
+    return {
+        "plain": plain,
+        "st_mw": st_mw,
+        "st_mw_quiet": st_mw_quiet,
+        "sl_mw": sl_mw,
+        "st_dec": st_dec,
+        "sl_dec": sl_dec,
+    }
+
+
+# -- WSGI ------------------------------------------------------------------------
+
+
+def wsgi_call(app: Any, path: str = "/") -> tuple[Callable[[], None], int]:
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": PEER,
+        "HTTP_HOST": "bench",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": None,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    import io
+
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    def call() -> None:
+        env = dict(environ)
+        env["wsgi.input"] = io.BytesIO()
+        it = app(env, start_response)
+        for _ in it:
+            pass
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+    call()
+    assert statuses[-1].startswith("200"), statuses[-1]
+
+    def batch() -> None:
+        for _ in range(100):
+            call()
+
+    return batch, 100
+
+
+def raw_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def flask_apps() -> dict[str, Any]:
+    from flask import Flask
+    from flask_limiter import Limiter as FlaskLimiter
+    from flask_limiter.util import get_remote_address
+
+    from stanchion.flask import Stanchion
+
+    def base() -> Flask:
+        app = Flask("bench")
+
+        @app.route("/")
+        def root() -> str:
+            return "ok"
+
+        return app
+
+    plain = base()
+    st = base()
+    st.config["STANCHION_DEFAULT_LIMIT"] = HIGH
+    Stanchion(st)
+    st_quiet = base()
+    st_quiet.config.update(
+        STANCHION_DEFAULT_LIMIT=HIGH, STANCHION_HEADERS_ON_ALLOWED=False
+    )
+    Stanchion(st_quiet)
+    fl = base()
+    FlaskLimiter(
+        get_remote_address, app=fl, default_limits=[HIGH], storage_uri="memory://"
+    )
+    fl_headers = base()
+    FlaskLimiter(
+        get_remote_address,
+        app=fl_headers,
+        default_limits=[HIGH],
+        storage_uri="memory://",
+        headers_enabled=True,
+    )
+    return {
+        "plain": plain,
+        "st": st,
+        "st_quiet": st_quiet,
+        "fl": fl,
+        "fl_headers": fl_headers,
+    }
+
+
+# -- Django ----------------------------------------------------------------------
+
+
+def django_handlers() -> dict[str, Any]:
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="bench",
+        ROOT_URLCONF=__name__,
+        ALLOWED_HOSTS=["*"],
+        INSTALLED_APPS=[],
+        MIDDLEWARE=[],
+        CACHES={
+            "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        },
+        STANCHION={"LIMIT": HIGH},
+        SILENCED_SYSTEM_CHECKS=["django_ratelimit.E003", "django_ratelimit.W001"],
+    )
+    django.setup()
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.http import HttpResponse
+    from django.test import override_settings
+    from django.urls import path
+    from django_ratelimit.decorators import ratelimit as dj_ratelimit
+
+    from stanchion.django import ratelimit as st_ratelimit
+
+    def plain(request: Any) -> HttpResponse:
+        return HttpResponse("ok")
+
+    @st_ratelimit(HIGH, scope="bench")
+    def st_view(request: Any) -> HttpResponse:
+        return HttpResponse("ok")
+
+    @st_ratelimit(HIGH, scope="bench-quiet", headers_on_allowed=False)
+    def st_quiet_view(request: Any) -> HttpResponse:
+        return HttpResponse("ok")
+
+    @dj_ratelimit(key="ip", rate="1000000000/m", block=True)
+    def dj_view(request: Any) -> HttpResponse:
+        return HttpResponse("ok")
+
+    global urlpatterns
+    urlpatterns = [
+        path("", plain),
+        path("st", st_view),
+        path("st-quiet", st_quiet_view),
+        path("dj", dj_view),
+    ]
+    handler = WSGIHandler()
+    with override_settings(MIDDLEWARE=["stanchion.django.RateLimitMiddleware"]):
+        mw_handler = WSGIHandler()
+    return {"handler": handler, "mw_handler": mw_handler}
+
+
+urlpatterns: list[Any] = []
+
+
+# -- report ----------------------------------------------------------------------
+
+
+def main() -> None:
+    from stanchion.asgi import RateLimitMiddleware as AsgiMW
+    from stanchion.wsgi import RateLimitMiddleware as WsgiMW
+
+    apps = fastapi_apps()
+    fapps = flask_apps()
+    dj = django_handlers()
+    cases = {
+        "asgi": asgi_call(raw_app),
+        "asgi_st": asgi_call(AsgiMW(raw_app, limit=HIGH)),
+        "asgi_st_quiet": asgi_call(
+            AsgiMW(raw_app, limit=HIGH, headers_on_allowed=False)
+        ),
+        "wsgi": wsgi_call(raw_wsgi),
+        "wsgi_st": wsgi_call(WsgiMW(raw_wsgi, limit=HIGH)),
+        "wsgi_st_quiet": wsgi_call(
+            WsgiMW(raw_wsgi, limit=HIGH, headers_on_allowed=False)
+        ),
+        **{f"fastapi_{k}": asgi_call(v) for k, v in apps.items()},
+        **{f"flask_{k}": wsgi_call(v) for k, v in fapps.items()},
+        "django": wsgi_call(dj["handler"], "/"),
+        "django_dj": wsgi_call(dj["handler"], "/dj"),
+        "django_st": wsgi_call(dj["handler"], "/st"),
+        "django_st_quiet": wsgi_call(dj["handler"], "/st-quiet"),
+        "django_mw": wsgi_call(dj["mw_handler"], "/"),
+    }
+    t = measure(cases)
+
+    rows: list[list[str]] = []
+
+    def add(
+        family: str, what: str, case: str, base: str, peer: str | None = None
+    ) -> float:
+        added = t[case] - t[base]
+        ratio = ""
+        if peer is not None:
+            peer_added = t[peer] - t[base]
+            ratio = fmt_ratio(peer_added / added) if added > 0 else "inf"
+        rows.append(
+            [family, what, fmt_ns(t[base]), fmt_ns(t[case]), fmt_ns(added), ratio]
+        )
+        return added
+
+    a1 = add("ASGI", "stanchion middleware, headers on allowed", "asgi_st", "asgi")
+    a2 = add(
+        "ASGI", "stanchion middleware, headers on 429 only", "asgi_st_quiet", "asgi"
+    )
+    add(
+        "FastAPI",
+        "slowapi SlowAPIASGIMiddleware (no headers)",
+        "fastapi_sl_mw",
+        "fastapi_plain",
+    )
+    f2 = add(
+        "FastAPI",
+        "stanchion middleware, 429 headers only",
+        "fastapi_st_mw_quiet",
+        "fastapi_plain",
+        "fastapi_sl_mw",
+    )
+    f1 = add(
+        "FastAPI",
+        "stanchion middleware, headers on allowed",
+        "fastapi_st_mw",
+        "fastapi_plain",
+        "fastapi_sl_mw",
+    )
+    add(
+        "FastAPI",
+        "slowapi @limiter.limit (no headers)",
+        "fastapi_sl_dec",
+        "fastapi_plain",
+    )
+    f3 = add(
+        "FastAPI",
+        "stanchion @limit, headers on allowed",
+        "fastapi_st_dec",
+        "fastapi_plain",
+        "fastapi_sl_dec",
+    )
+    w1 = add("WSGI", "stanchion middleware, headers on allowed", "wsgi_st", "wsgi")
+    w2 = add(
+        "WSGI", "stanchion middleware, headers on 429 only", "wsgi_st_quiet", "wsgi"
+    )
+    add("Flask", "flask-limiter default_limits (no headers)", "flask_fl", "flask_plain")
+    add("Flask", "flask-limiter, headers_enabled", "flask_fl_headers", "flask_plain")
+    g2 = add(
+        "Flask",
+        "stanchion, 429 headers only",
+        "flask_st_quiet",
+        "flask_plain",
+        "flask_fl",
+    )
+    g1 = add(
+        "Flask",
+        "stanchion, headers on allowed",
+        "flask_st",
+        "flask_plain",
+        "flask_fl_headers",
+    )
+    add("Django", "django-ratelimit @ratelimit (no headers)", "django_dj", "django")
+    d2 = add(
+        "Django",
+        "stanchion @ratelimit, 429 headers only",
+        "django_st_quiet",
+        "django",
+        "django_dj",
+    )
+    d1 = add(
+        "Django",
+        "stanchion @ratelimit, headers on allowed",
+        "django_st",
+        "django",
+        "django_dj",
+    )
+    d3 = add(
+        "Django",
+        "stanchion middleware, headers on allowed",
+        "django_mw",
+        "django",
+        "django_dj",
+    )
+
+    headers = ["stack", "limit", "without", "with", "added", "peer added / ours"]
+    print_table(headers, rows)
+
+    targets: list[str] = []
+
+    def verdict(
+        name: str, added: float, peer: float | None, budget: float | None
+    ) -> None:
+        parts = [f"{name}: added {fmt_ns(added)}"]
+        if budget is not None:
+            parts.append(
+                f"{'within' if added <= budget else 'OVER'} the {fmt_ns(budget)} target"
+            )
+        if peer is not None:
+            r = peer / added if added > 0 else float("inf")
+            parts.append(
+                f"peer adds {r:.1f}x more ({'meets' if r >= 10 else 'misses'} 10x)"
+            )
+        targets.append("; ".join(parts))
+
+    def peer(case: str, base: str) -> float:
+        return t[case] - t[base]
+
+    verdict("ASGI middleware, headers on allowed", a1, None, 3000)
+    verdict("ASGI middleware, headers on 429 only", a2, None, 3000)
+    verdict("WSGI middleware, headers on allowed", w1, None, 3000)
+    verdict("WSGI middleware, headers on 429 only", w2, None, 3000)
+    sl_mw = peer("fastapi_sl_mw", "fastapi_plain")
+    verdict("FastAPI middleware (429 headers only) vs slowapi", f2, sl_mw, None)
+    verdict("FastAPI middleware (headers on allowed) vs slowapi", f1, sl_mw, None)
+    verdict(
+        "FastAPI @limit vs slowapi @limiter.limit",
+        f3,
+        peer("fastapi_sl_dec", "fastapi_plain"),
+        None,
+    )
+    verdict(
+        "Flask (429 headers only) vs flask-limiter",
+        g2,
+        peer("flask_fl", "flask_plain"),
+        None,
+    )
+    verdict(
+        "Flask (headers on allowed) vs flask-limiter headers_enabled",
+        g1,
+        peer("flask_fl_headers", "flask_plain"),
+        None,
+    )
+    dj_added = peer("django_dj", "django")
+    verdict(
+        "Django @ratelimit (429 headers only) vs django-ratelimit", d2, dj_added, None
+    )
+    verdict(
+        "Django @ratelimit (headers on allowed) vs django-ratelimit", d1, dj_added, None
+    )
+    verdict(
+        "Django middleware (headers on allowed) vs django-ratelimit", d3, dj_added, None
+    )
+    for line in targets:
+        print(line)
+
+    body = (
+        "Per-request cost in-process: ASGI apps called directly (prebuilt scope, "
+        "no-op receive/send, 100 calls per loop turn), WSGI apps and Django's WSGI "
+        "handler called with a prebuilt environ. Minimal apps; limits never deny; "
+        "one client. Each figure is the fastest of 200 batches of 100 requests, the cases taken in turn. "
+        '"added" is the limited app minus the same app without limiting; the last '
+        "column is the peer's added cost divided by stanchion's (the peers send no "
+        "rate limit headers on allowed responses unless noted).\n\n"
+        + md_table(headers, rows)
+        + "\n\n"
+        + "\n".join(f"- {x}" for x in targets)
+    )
+    write_section("Web", body)
+
+
+if __name__ == "__main__":
+    main()

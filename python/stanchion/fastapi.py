@@ -1,0 +1,300 @@
+"""Rate limiting for FastAPI routes.
+
+Two ways, both keeping the endpoint's own signature, validation and
+OpenAPI schema::
+
+    from stanchion.fastapi import RateLimit, limit
+
+    @app.get("/items/{item_id}")
+    @limit("10/minute")                      # no `request: Request` needed
+    async def read_item(item_id: int): ...
+
+    @app.get("/search", dependencies=[Depends(RateLimit("5/second"))])
+    def search(q: str): ...
+
+``limit`` adds a hidden ``Request`` (and ``Response``) parameter through
+``__signature__``, so FastAPI injects them and the endpoint never sees
+them; blocked requests get the 429 problem+json response directly.
+``RateLimit`` as a dependency raises :class:`RateLimited` (an
+``HTTPException`` carrying the headers); FastAPI's default handler turns
+it into ``{"detail": ...}``; pass ``exception_handlers=stanchion.fastapi.
+exception_handlers`` to ``FastAPI()`` for the problem+json body.
+
+For a limit on the whole app use :class:`stanchion.asgi.RateLimitMiddleware`
+(also re-exported here).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import HTTPException
+from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response
+
+from .asgi import RateLimitMiddleware
+from .http import LimiterCache, Request, Rule, Verdict
+
+__all__ = [
+    "RateLimit",
+    "RateLimitMiddleware",
+    "RateLimited",
+    "exception_handlers",
+    "limit",
+    "problem_response",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Limiters shared by every route limit that gives no ``limiters=``: two
+#: routes with the same ``scope`` and rate share buckets.
+default_limiters: LimiterCache | None = None
+
+
+def _limiters() -> LimiterCache:
+    global default_limiters
+    if default_limiters is None:
+        default_limiters = LimiterCache()
+    return default_limiters
+
+
+_OWN_CACHE = ("limiters", "algorithm", "storage", "max_keys", "clock")
+
+
+def _share_limiters(settings: dict[str, Any]) -> None:
+    """Use the shared limiters unless the settings ask for their own."""
+    if not any(k in settings for k in _OWN_CACHE):
+        settings["limiters"] = _limiters()
+
+
+class StarletteView(Request):
+    """The rules' view of a Starlette request (``native`` is the request)."""
+
+    __slots__ = ()
+
+    def __init__(self, request: StarletteRequest) -> None:
+        super().__init__(request.method, request.url.path, None, request)
+
+    def _header(self, name: str) -> str | None:
+        values = self.native.headers.getlist(name)
+        return ", ".join(values) if values else None
+
+    @property
+    def user(self) -> Any:
+        return self.native.scope.get("user")
+
+
+def _peer(request: StarletteRequest) -> str | None:
+    client = request.scope.get("client")  # request.client builds a tuple
+    return client[0] if client else None
+
+
+async def _acheck(rule: Rule, request: StarletteRequest) -> Verdict | None:
+    if rule.simple:
+        return await rule.acheck_simple(
+            request.method, request.scope["path"], _peer(request)
+        )
+    return await rule.acheck(StarletteView(request), _peer(request))
+
+
+def problem_response(verdict: Verdict) -> Response:
+    """The verdict's 429 as a Starlette response."""
+    status, headers, body = verdict.reply()
+    media_type = next(v for k, v in headers if k == "Content-Type")
+    rest = [(k, v) for k, v in headers if k != "Content-Type"]
+    response = Response(body, status_code=status, media_type=media_type)
+    for k, v in rest:
+        response.headers.append(k, v)
+    return response
+
+
+def _set_headers(response: Response, verdict: Verdict) -> None:
+    # raw_headers is the list both Starlette and FastAPI's header merge use.
+    response.raw_headers.extend(verdict.raw_headers())
+
+
+class RateLimited(HTTPException):
+    """Raised by the :class:`RateLimit` dependency when a request is
+    limited; ``verdict`` holds the decision."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+        status, headers, _ = verdict.reply()
+        super().__init__(
+            status_code=status,
+            detail="Too Many Requests",
+            headers={k: v for k, v in headers if k != "Content-Type"},
+        )
+
+
+async def _rate_limited_handler(request: StarletteRequest, exc: Exception) -> Response:
+    assert isinstance(exc, RateLimited)
+    return problem_response(exc.verdict)
+
+
+#: ``FastAPI(exception_handlers=stanchion.fastapi.exception_handlers)``
+#: answers :class:`RateLimited` with the problem+json 429.
+exception_handlers: dict[Any, Callable[..., Any]] = {RateLimited: _rate_limited_handler}
+
+
+def _route_scope(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+class RateLimit:
+    """A FastAPI dependency: ``Depends(RateLimit("10/minute"))`` in a
+    route's parameters or ``dependencies=[...]``, or in a router's or the
+    app's ``dependencies``.
+
+    Without ``scope=`` each route it guards gets its own buckets (scope =
+    the endpoint's module and qualified name); give ``scope="..."`` to
+    share one limit across routes. Other keywords are
+    :class:`stanchion.http.Rule` settings.
+    """
+
+    def __init__(
+        self, limit: Any, *, scope: str | None = None, **settings: Any
+    ) -> None:
+        _share_limiters(settings)
+        self._settings = settings
+        self._limit = limit
+        self._rules: dict[str, Rule] = {}
+        self.rule = Rule(limit, scope=scope or "default", **settings)
+        self._fixed_scope = scope is not None
+        if self._fixed_scope:
+            self._rules[scope or "default"] = self.rule
+
+    def _rule_for(self, request: StarletteRequest) -> Rule:
+        if self._fixed_scope:
+            return self.rule
+        endpoint = request.scope.get("endpoint")
+        name = _route_scope(endpoint) if endpoint is not None else request.url.path
+        rule = self._rules.get(name)
+        if rule is None:
+            if len(self._rules) >= 4096:  # one per route; bound it anyway
+                self._rules.clear()
+            rule = self._rules[name] = Rule(self._limit, scope=name, **self._settings)
+        return rule
+
+    async def __call__(self, request: StarletteRequest, response: Response) -> None:
+        verdict = await _acheck(self._rule_for(request), request)
+        if verdict is None:
+            return
+        if verdict.blocked:
+            raise RateLimited(verdict)
+        _set_headers(response, verdict)
+
+
+def _find_param(sig: inspect.Signature, cls: type) -> str | None:
+    for p in sig.parameters.values():
+        ann = p.annotation
+        if isinstance(ann, type) and issubclass(ann, cls):
+            return p.name
+    return None
+
+
+def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[[F], F]:
+    """Route decorator: ``@limit("10/minute")`` under ``@app.get(...)``.
+
+    The endpoint keeps its parameters (no ``request: Request`` needed),
+    validation and OpenAPI schema; sync endpoints stay sync (FastAPI runs
+    them in its thread pool) and async ones async. ``scope`` defaults to
+    the endpoint's module and qualified name. Other keywords are
+    :class:`stanchion.http.Rule` settings; bad ones fail here, at import.
+
+    Requests that fail FastAPI's validation (422) never reach the
+    endpoint and are not counted; use the middleware to count those too.
+    """
+    _share_limiters(settings)
+
+    def decorate(func: F) -> F:
+        rule = Rule(limit, scope=scope or _route_scope(func), **settings)
+        try:
+            sig = inspect.signature(func, eval_str=True)
+        except NameError:
+            sig = inspect.signature(func)
+        req_name = _find_param(sig, StarletteRequest)
+        resp_name = _find_param(sig, Response)
+        params = list(sig.parameters.values())
+        extra = []
+        if req_name is None:
+            req_name = "_stanchion_request"
+            extra.append(
+                inspect.Parameter(
+                    req_name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=StarletteRequest,
+                )
+            )
+        if resp_name is None:
+            resp_name = "_stanchion_response"
+            extra.append(
+                inspect.Parameter(
+                    resp_name, inspect.Parameter.KEYWORD_ONLY, annotation=Response
+                )
+            )
+        pass_req = req_name in sig.parameters
+        pass_resp = resp_name in sig.parameters
+        if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+            params[-1:-1] = extra
+        else:
+            params.extend(extra)
+        new_sig = sig.replace(parameters=params)
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                request = kwargs[req_name] if pass_req else kwargs.pop(req_name)
+                response = kwargs[resp_name] if pass_resp else kwargs.pop(resp_name)
+                scope = request.scope
+                if rule.simple:
+                    client = scope.get("client")
+                    verdict = await rule.acheck_simple(
+                        scope["method"], scope["path"], client[0] if client else None
+                    )
+                else:
+                    verdict = await rule.acheck(StarletteView(request), _peer(request))
+                if verdict is None:
+                    return await func(*args, **kwargs)
+                if verdict.blocked:
+                    return problem_response(verdict)
+                result = await func(*args, **kwargs)
+                _set_headers(
+                    result if isinstance(result, Response) else response, verdict
+                )
+                return result
+
+            wrapper: Any = async_wrapper
+        else:
+
+            @functools.wraps(func)
+            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+                request = kwargs[req_name] if pass_req else kwargs.pop(req_name)
+                response = kwargs[resp_name] if pass_resp else kwargs.pop(resp_name)
+                verdict = (
+                    rule.check_simple(
+                        request.method, request.scope["path"], _peer(request)
+                    )
+                    if rule.simple
+                    else rule.check(StarletteView(request), _peer(request))
+                )
+                if verdict is None:
+                    return func(*args, **kwargs)
+                if verdict.blocked:
+                    return problem_response(verdict)
+                result = func(*args, **kwargs)
+                _set_headers(
+                    result if isinstance(result, Response) else response, verdict
+                )
+                return result
+
+            wrapper = sync_wrapper
+        wrapper.__signature__ = new_sig
+        wrapper.__stanchion_rule__ = rule
+        return wrapper  # type: ignore[no-any-return]
+
+    return decorate

@@ -1,0 +1,367 @@
+"""Rate limiting for Flask.
+
+::
+
+    from stanchion.flask import Stanchion
+
+    limits = Stanchion()            # or Stanchion(app)
+
+    def create_app():
+        app = Flask(__name__)
+        app.config["STANCHION_DEFAULT_LIMIT"] = "100/minute"
+        limits.init_app(app)
+        return app
+
+    @bp.route("/search")
+    @limits.limit("5/second")
+    def search(): ...
+
+    @app.route("/health")
+    @limits.exempt
+    def health(): ...
+
+    limits.limit_blueprint(admin_bp, "30/minute")
+
+One extension object serves any number of apps; each app keeps its own
+settings and buckets in ``app.extensions["stanchion"]``. Limits are
+checked in a ``before_request`` hook (so they also cover async views,
+which need no wrapping) and headers added in ``after_request``.
+
+Which limits apply to a request:
+
+- the view's own ``@limits.limit(...)`` (one or several);
+- its blueprint's ``limit_blueprint`` limits (shared by the blueprint's
+  routes), unless the view is ``@limits.exempt``;
+- ``STANCHION_DEFAULT_LIMIT`` (shared by every such view) only when
+  neither of the above applies and the view is not exempt.
+
+Config keys (each overrides the keyword of the same name given to
+``Stanchion(...)``; a bad value fails in ``init_app`` naming the key):
+
+==================================  =========================================
+``STANCHION_ENABLED``               ``False`` turns every limit off
+``STANCHION_DEFAULT_LIMIT``         rate string for views without limits
+``STANCHION_STORAGE_URL``           ``None``/``"memory://"`` or ``redis://...``
+``STANCHION_ALGORITHM``             ``"token_bucket"`` (default), ...
+``STANCHION_MAX_KEYS``              bound on tracked clients per rate
+``STANCHION_KEY``                   function of the request -> identity
+``STANCHION_TRUSTED_PROXIES``       addresses / CIDRs of your proxies
+``STANCHION_FORWARDED_HEADER``      ``"X-Forwarded-For"`` or ``"Forwarded"``
+``STANCHION_HEADERS``               header families to send
+``STANCHION_HEADERS_ON_ALLOWED``    headers on allowed responses too
+``STANCHION_DRY_RUN``               compute and report, never block
+``STANCHION_EXEMPT_PATHS``          paths (``"/static/*"``) never limited
+``STANCHION_EXEMPT_METHODS``        methods never limited (``["OPTIONS"]``)
+``STANCHION_UNIDENTIFIED``          ``"deny"``, ``"allow"`` or ``"share"``
+==================================  =========================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+
+from .http import LimiterCache, Request, Rule, SettingError, Verdict
+
+__all__ = ["FlaskRequest", "Stanchion"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SETTINGS = {
+    # config key suffix -> Rule keyword
+    "KEY": "key",
+    "TRUSTED_PROXIES": "trusted_proxies",
+    "FORWARDED_HEADER": "forwarded_header",
+    "HEADERS": "headers",
+    "HEADERS_ON_ALLOWED": "headers_on_allowed",
+    "DRY_RUN": "dry_run",
+    "UNIDENTIFIED": "unidentified",
+}
+_CACHE_SETTINGS = {"ALGORITHM": "algorithm", "MAX_KEYS": "max_keys"}
+_KEYWORD_TO_CONFIG = {
+    **{v: "STANCHION_" + k for k, v in _SETTINGS.items()},
+    **{v: "STANCHION_" + k for k, v in _CACHE_SETTINGS.items()},
+    "exempt_paths": "STANCHION_EXEMPT_PATHS",
+    "exempt_methods": "STANCHION_EXEMPT_METHODS",
+    "limit": "STANCHION_DEFAULT_LIMIT",
+    "algorithm/max_keys": "STANCHION_ALGORITHM / STANCHION_MAX_KEYS",
+}
+
+
+class FlaskRequest(Request):
+    """The rules' view of the current Flask request."""
+
+    __slots__ = ()
+
+    def _header(self, name: str) -> str | None:
+        return self.native.headers.get(name)  # type: ignore[no-any-return]
+
+
+def _storage_from_url(url: Any) -> Any:
+    if url is None or url == "memory://":
+        return None
+    if not isinstance(url, str):
+        raise SettingError(
+            "STANCHION_STORAGE_URL", f"expected a URL string, got {url!r}"
+        )
+    if url.startswith(("redis://", "rediss://", "unix://", "valkey://")):
+        try:
+            redis_storage = importlib.import_module("stanchion.redis").RedisStorage
+        except (ImportError, AttributeError) as exc:
+            raise SettingError(
+                "STANCHION_STORAGE_URL", f"Redis storage is not available: {exc}"
+            ) from None
+        return redis_storage(url)
+    raise SettingError(
+        "STANCHION_STORAGE_URL", f"unsupported URL {url!r} (memory:// or redis://...)"
+    )
+
+
+class _LimitSpec:
+    """A limit declared with ``@ext.limit`` or ``ext.limit_blueprint``,
+    turned into one Rule per app on first use."""
+
+    __slots__ = ("limit", "scope", "settings")
+
+    def __init__(self, limit: Any, scope: str, settings: dict[str, Any]) -> None:
+        self.limit = limit
+        self.scope = scope
+        self.settings = settings
+        # Fail at decoration time on a bad rate or setting.
+        Rule(limit, scope=scope, **settings)
+
+
+class _AppState:
+    """One app's settings, limiters and rules."""
+
+    def __init__(self, ext: Stanchion, app: Flask) -> None:
+        cfg = app.config
+        self.enabled = bool(cfg.get("STANCHION_ENABLED", True))
+        base = dict(ext._defaults)
+        for suffix, kw in _SETTINGS.items():
+            if "STANCHION_" + suffix in cfg:
+                base[kw] = cfg["STANCHION_" + suffix]
+        cache_kw: dict[str, Any] = {
+            k: base.pop(k) for k in ("algorithm", "max_keys") if k in base
+        }
+        for suffix, kw in _CACHE_SETTINGS.items():
+            if "STANCHION_" + suffix in cfg:
+                cache_kw[kw] = cfg["STANCHION_" + suffix]
+        storage = base.pop("storage", None)
+        if "STANCHION_STORAGE_URL" in cfg:
+            storage = _storage_from_url(cfg["STANCHION_STORAGE_URL"])
+        self.user = base.pop("user", None)
+        default_limit = base.pop("default_limit", None)
+        default_limit = cfg.get("STANCHION_DEFAULT_LIMIT", default_limit)
+        exempt_paths = cfg.get("STANCHION_EXEMPT_PATHS", base.pop("exempt_paths", ()))
+        exempt_methods = cfg.get(
+            "STANCHION_EXEMPT_METHODS", base.pop("exempt_methods", ())
+        )
+        base.pop("exempt_paths", None)
+        base.pop("exempt_methods", None)
+        with _config_errors():
+            self.limiters = LimiterCache(storage=storage, **cache_kw)
+            self.settings = {**base, "limiters": self.limiters}
+            # Path and method exemptions apply to every limit of the app.
+            self.settings["exempt_paths"] = exempt_paths
+            self.settings["exempt_methods"] = exempt_methods
+            # Built even without a default limit, so every setting is
+            # checked here and not on the first request.
+            probe = Rule(
+                default_limit if default_limit is not None else "1/second",
+                scope="default",
+                **self.settings,
+            )
+            self.default_rule = probe if default_limit is not None else None
+        self.rules: dict[int, Rule] = {}
+        self.by_endpoint: dict[str | None, list[Rule]] = {}
+        self.version = ext._version
+
+    def rule(self, spec: _LimitSpec) -> Rule:
+        rule = self.rules.get(id(spec))
+        if rule is None:
+            settings = {**self.settings, **spec.settings}
+            rule = self.rules[id(spec)] = Rule(spec.limit, scope=spec.scope, **settings)
+        return rule
+
+
+class _config_errors:
+    """Re-raise SettingError with the Flask config key name."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, tp: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, SettingError):
+            name = _KEYWORD_TO_CONFIG.get(exc.setting, exc.setting)
+            raise SettingError(name, exc.reason) from None
+
+
+class Stanchion:
+    """The Flask extension. ``Stanchion(app)`` or ``Stanchion()`` +
+    ``init_app(app)`` (any number of apps).
+
+    Keywords are app-wide defaults, overridden by ``STANCHION_*`` config:
+    ``default_limit``, ``key``, ``trusted_proxies``, ``forwarded_header``,
+    ``headers``, ``headers_on_allowed``, ``dry_run``, ``exempt_paths``,
+    ``exempt_methods``, ``unidentified``, ``algorithm``, ``max_keys``,
+    ``storage`` (a storage object), ``response``, and ``user`` (a function
+    returning the current user, for :func:`stanchion.http.authenticated_user`;
+    default ``g.user`` if set).
+    """
+
+    def __init__(self, app: Flask | None = None, **defaults: Any) -> None:
+        self._defaults = defaults
+        self._view_limits: dict[Any, list[_LimitSpec]] = {}
+        self._blueprint_limits: dict[str, list[_LimitSpec]] = {}
+        self._exempt_views: set[Any] = set()
+        self._exempt_blueprints: set[str] = set()
+        self._version = 0  # bumped by every declaration; apps recompute
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        app.extensions["stanchion"] = _AppState(self, app)
+        app.before_request(self._before_request)
+        app.after_request(self._after_request)
+
+    # -- declaring limits ------------------------------------------------------
+
+    def limit(
+        self, limit: Any, *, scope: str | None = None, **settings: Any
+    ) -> Callable[[F], F]:
+        """View decorator (either side of ``@app.route``). ``scope``
+        defaults to the view's module and qualified name; other keywords
+        are :class:`stanchion.http.Rule` settings for this limit."""
+
+        def decorate(view: F) -> F:
+            name = scope or f"{view.__module__}.{view.__qualname__}"
+            self._view_limits.setdefault(view, []).append(
+                _LimitSpec(limit, name, settings)
+            )
+            return view
+
+        return decorate
+
+    def limit_blueprint(
+        self,
+        blueprint: Blueprint,
+        limit: Any,
+        *,
+        scope: str | None = None,
+        **settings: Any,
+    ) -> None:
+        """A limit shared by every route of ``blueprint`` (and its nested
+        blueprints)."""
+        name = scope or f"blueprint:{blueprint.name}"
+        self._blueprint_limits.setdefault(blueprint.name, []).append(
+            _LimitSpec(limit, name, settings)
+        )
+        self._version += 1
+
+    def exempt(self, view_or_blueprint: Any) -> Any:
+        """Exempt a view (decorator) or a whole blueprint from the default
+        and blueprint limits."""
+        if isinstance(view_or_blueprint, Blueprint):
+            self._exempt_blueprints.add(view_or_blueprint.name)
+        else:
+            self._exempt_views.add(view_or_blueprint)
+        self._version += 1
+        return view_or_blueprint
+
+    # -- hooks -----------------------------------------------------------------
+
+    def _rules_for(
+        self, state: _AppState, endpoint: str | None, req: Any
+    ) -> list[Rule]:
+        """The rules for an endpoint, worked out once per app and endpoint
+        (again if limits are declared after the first request)."""
+        if state.version != self._version:
+            state.by_endpoint.clear()
+            state.version = self._version
+        rules = state.by_endpoint.get(endpoint)
+        if rules is not None:
+            return rules
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        view = app.view_functions.get(endpoint) if endpoint else None
+        rules = [state.rule(s) for s in self._view_limits.get(view, ())]
+        blueprints = req.blueprints
+        exempt = view in self._exempt_views or any(
+            b in self._exempt_blueprints for b in blueprints
+        )
+        if not exempt:
+            for bp in blueprints:
+                rules.extend(state.rule(s) for s in self._blueprint_limits.get(bp, ()))
+            if not rules and state.default_rule is not None:
+                rules.append(state.default_rule)
+        if len(state.by_endpoint) < 10_000:
+            state.by_endpoint[endpoint] = rules
+        return rules
+
+    def _before_request(self) -> Response | None:
+        # One proxy lookup each for the app and the request: werkzeug's
+        # context-local proxies cost about as much as a decision.
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        state: _AppState = app.extensions["stanchion"]
+        if not state.enabled:
+            return None
+        rules = self._rules_for(state, req.endpoint, req)
+        if not rules:
+            return None
+        peer = req.remote_addr
+        view_req: FlaskRequest | None = None
+        verdicts: list[Verdict] = []
+        for rule in rules:
+            if rule.simple:
+                verdict = rule.check_simple(req.method, req.path, peer)
+            else:
+                if view_req is None:
+                    user = state.user
+                    view_req = FlaskRequest(
+                        req.method,
+                        req.path,
+                        None,
+                        req,
+                        user if user is not None else _g_user,
+                    )
+                verdict = rule.check(view_req, peer)
+            if verdict is None:
+                continue
+            if verdict.blocked:
+                status, headers, body = verdict.reply()
+                return app.response_class(body, status=status, headers=headers)  # type: ignore[no-any-return]
+            if verdict.rule.headers_on_allowed:
+                verdicts.append(verdict)
+        if verdicts:
+            req.environ["stanchion.verdicts"] = verdicts
+        return None
+
+    def _after_request(self, response: Response) -> Response:
+        verdicts = request.environ.get("stanchion.verdicts")
+        if verdicts:
+            out = response.headers
+            for verdict in verdicts:
+                headers = verdict.headers()
+                if not headers:
+                    continue
+                if headers[-1][0] == "X-RateLimit-Reset" and "X-RateLimit-Limit" in out:
+                    headers = [
+                        (k, v) for k, v in headers if not k.startswith("X-RateLimit-")
+                    ]
+                # Our names and values are plain ASCII made here, so they can
+                # skip werkzeug's per-value checks (most of the cost of
+                # headers on allowed responses) when its list is at hand.
+                raw = getattr(out, "_list", None)
+                if type(raw) is list:
+                    raw.extend(headers)
+                else:
+                    out.extend(headers)
+        return response
+
+
+def _g_user() -> Any:
+    return g.get("user")

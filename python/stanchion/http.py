@@ -1,0 +1,1207 @@
+"""The HTTP layer shared by every framework adapter.
+
+A :class:`Rule` says which requests are limited, at what rate, keyed on
+what, and what the client is told. The adapters (``stanchion.asgi``,
+``stanchion.fastapi``, ``stanchion.wsgi``, ``stanchion.flask``,
+``stanchion.django``, ``stanchion.hug``) turn their framework's request
+into a :class:`Request` view, ask the rule for a :class:`Verdict`, and
+turn the verdict into headers or a 429 response.
+
+Client identity
+    The socket peer by default. ``X-Forwarded-For`` (or RFC 7239
+    ``Forwarded``) is read only when the peer is one of
+    ``trusted_proxies``, from the right, skipping trusted hops: the first
+    address that is not a trusted proxy is the client. A malformed entry
+    stops the walk at the last trusted hop, so forged or garbled headers
+    all land in the proxy's own bucket and a spoofer gains nothing. IPv6
+    clients are grouped by their /64 (``ipv6_prefix``), since one host
+    usually owns a whole /64.
+
+Empty identity
+    A key function that returns ``None`` or ``""`` falls back to the
+    client address (a missing API key is limited per address, never in
+    one shared bucket). If the address is unknown too (no peer, e.g. a
+    Unix socket without a trusted proxy), ``unidentified`` decides:
+    ``"deny"`` (default) answers 429 without ``Retry-After``; ``"allow"``
+    lets the request through unlimited; ``"share"`` puts every such
+    request in one bucket named ``<unidentified>``. ``"allow"`` and
+    ``"share"`` log a warning the first time they apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import ipaddress
+import json
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from fractions import Fraction
+from typing import Any, NamedTuple, TypeAlias, Union
+
+from ._core import Decision
+from ._limiter import Limiter
+from ._rates import Rate, normalize_rates
+
+__all__ = [
+    "HEADER_FAMILIES",
+    "ClientAddress",
+    "LimiterCache",
+    "Plans",
+    "Reply",
+    "Request",
+    "Rule",
+    "SettingError",
+    "Verdict",
+    "api_key",
+    "authenticated_user",
+    "problem_json",
+]
+
+log = logging.getLogger("stanchion.http")
+
+#: Header families a rule can send: the IETF draft fields (``RateLimit``
+#: and ``RateLimit-Policy``), the common ``X-RateLimit-*`` trio, and
+#: ``Retry-After`` (on 429 only).
+HEADER_FAMILIES = ("ratelimit", "x-ratelimit", "retry-after")
+
+#: Longest identity kept as is; longer ones (and ones that are not valid
+#: UTF-8) are replaced by a hash, so a huge header cannot bloat the table.
+MAX_IDENTITY = 200
+#: Most forwarded hops examined (right to left) before giving up.
+MAX_HOPS = 16
+#: Distinct rates a LimiterCache keeps before dropping the least used.
+MAX_LIMITERS = 1024
+
+PROBLEM_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
+NS = 1_000_000_000
+
+RateSpec: TypeAlias = Union[str, Rate, "list[str | Rate]", Any]
+
+
+class SettingError(ValueError):
+    """A bad setting, found when the rule is built (not on a request).
+
+    ``setting`` is the keyword the value was given as; adapters re-raise
+    with their own name for it (``STANCHION_DEFAULT_LIMIT``, ...)."""
+
+    def __init__(self, setting: str, reason: str) -> None:
+        self.setting = setting
+        self.reason = reason
+        super().__init__(f"{setting}: {reason}")
+
+
+# -- the request as the rules see it -------------------------------------------
+
+
+class Request:
+    """A framework's request as the rules see it.
+
+    ``native`` is the framework's own object (ASGI scope or Starlette
+    request, WSGI environ, Flask or Django request, falcon request), for
+    key functions that need more. ``client`` is the client address after
+    the trusted-proxy walk, ``key`` the identity the rule settled on
+    (both set while a rule decides, so a rate or cost function can use
+    them). Adapters subclass it to read headers and the user their way.
+    """
+
+    __slots__ = ("_getter", "_user", "client", "key", "method", "native", "path")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        get_header: Callable[[str], str | None] | None = None,
+        native: Any = None,
+        user: Callable[[], Any] | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self._getter = get_header
+        self.native = native
+        self._user = user
+        self.client: str | None = None
+        self.key: str | None = None
+
+    def _header(self, name: str) -> str | None:
+        """Header ``name`` (lower case); adapters override this."""
+        return self._getter(name) if self._getter is not None else None
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (any case), repeated fields joined
+        with ``", "``; ``None`` when absent."""
+        return self._header(name.lower())
+
+    @property
+    def user(self) -> Any:
+        """The authenticated user as the framework knows it, or ``None``."""
+        return self._user() if self._user is not None else None
+
+    def __repr__(self) -> str:
+        return f"<stanchion.http.Request {self.method} {self.path!r}>"
+
+
+# -- client address ------------------------------------------------------------
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address from a forwarded entry: bare, ``v4:port``, ``[v6]`` or
+    ``[v6]:port``; ``None`` when it is anything else."""
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    try:
+        return _canonical(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if text[0] == "[":
+        end = text.find("]")
+        rest = text[end + 1 :]
+        if end < 0 or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:
+        text, port = text.split(":")
+        if not port.isdigit():
+            return None
+    else:
+        return None
+    try:
+        return _canonical(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _canonical(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class ClientAddress:
+    """Resolves the client address of a request: the socket peer, or,
+    when the peer is a trusted proxy, the first untrusted hop of the
+    forwarded header read from the right.
+
+    ``trusted_proxies``: addresses and CIDR ranges (``"10.0.0.0/8"``),
+    plus ``"unix"`` to trust a peer-less connection (a Unix socket).
+    ``header``: ``"X-Forwarded-For"`` (default) or ``"Forwarded"``;
+    configure the one your proxy writes, since the other one passes
+    through from the client untouched.
+    """
+
+    def __init__(
+        self,
+        trusted_proxies: Iterable[str] = (),
+        *,
+        header: str = "X-Forwarded-For",
+        ipv6_prefix: int = 64,
+    ) -> None:
+        if isinstance(trusted_proxies, str):
+            trusted_proxies = [trusted_proxies]
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.trust_unix = False
+        for item in trusted_proxies:
+            if not isinstance(item, str):
+                raise SettingError(
+                    "trusted_proxies",
+                    f"expected address or CIDR strings, got {type(item).__name__}",
+                )
+            if item == "unix":
+                self.trust_unix = True
+                continue
+            try:
+                nets.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise SettingError(
+                    "trusted_proxies", f"{item!r} is not an IP address or CIDR range"
+                ) from None
+        self.networks = tuple(nets)
+        if not isinstance(header, str) or header.lower() not in (
+            "x-forwarded-for",
+            "forwarded",
+        ):
+            raise SettingError(
+                "forwarded_header",
+                f"must be 'X-Forwarded-For' or 'Forwarded', got {header!r}",
+            )
+        self.header = header.lower()
+        if (
+            isinstance(ipv6_prefix, bool)
+            or not isinstance(ipv6_prefix, int)
+            or not 1 <= ipv6_prefix <= 128
+        ):
+            raise SettingError(
+                "ipv6_prefix", f"must be an int from 1 to 128, got {ipv6_prefix!r}"
+            )
+        self.ipv6_prefix = ipv6_prefix
+        self._trusted_cache: dict[str, bool] = {}
+        self._v6_cache: dict[str, str] = {}
+
+    @property
+    def has_proxies(self) -> bool:
+        return bool(self.networks) or self.trust_unix
+
+    def __call__(
+        self, peer: str | None, get_header: Callable[[str], str | None]
+    ) -> str:
+        """The client address, or ``""`` when it cannot be known."""
+        if not self.has_proxies:
+            return self._name(peer) if peer else ""
+        if not peer:
+            if not self.trust_unix:
+                return ""
+        elif not self._trusted(peer):
+            return self._name(peer)
+        value = get_header(self.header)
+        current = peer or ""
+        if not value:
+            return self._name(current) if current else ""
+        entries = value.rsplit(",", MAX_HOPS)
+        forwarded = self.header == "forwarded"
+        for raw in reversed(entries):
+            ip = _forwarded_for(raw) if forwarded else _parse_ip(raw)
+            if ip is None:
+                break  # garbled: keep the last hop we could trust
+            text = str(ip)
+            if not self._trusted(text):
+                return self._name(text)
+            current = text
+        return self._name(current) if current else ""
+
+    def _trusted(self, addr: str) -> bool:
+        cache = self._trusted_cache
+        hit = cache.get(addr)
+        if hit is not None:
+            return hit
+        ip = _parse_ip(addr)
+        ok = ip is not None and any(ip in net for net in self.networks)
+        if len(cache) >= 4096:
+            cache.clear()
+        cache[addr] = ok
+        return ok
+
+    def _name(self, addr: str) -> str:
+        """The bucket name for an address: IPv4 as is, IPv6 as its
+        network of ``ipv6_prefix`` bits (one host usually owns a /64)."""
+        if ":" not in addr:
+            return addr
+        cache = self._v6_cache
+        name = cache.get(addr)
+        if name is None:
+            ip = _parse_ip(addr)
+            if ip is None:
+                name = addr
+            elif isinstance(ip, ipaddress.IPv4Address):
+                name = str(ip)
+            else:
+                net = ipaddress.IPv6Network((ip, self.ipv6_prefix), strict=False)
+                name = str(net) if self.ipv6_prefix < 128 else str(ip)
+            if len(cache) >= 4096:
+                cache.clear()
+            cache[addr] = name
+        return name
+
+
+def _forwarded_for(
+    element: str,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The ``for=`` address of one RFC 7239 ``Forwarded`` element, or
+    ``None`` when it is missing, ``unknown``, obfuscated or garbled."""
+    found = None
+    for pair in element.split(";"):
+        name, sep, value = pair.partition("=")
+        if not sep:
+            return None
+        if name.strip().lower() == "for":
+            if found is not None:
+                return None
+            found = value.strip()
+    if found is None:
+        return None
+    if len(found) >= 2 and found[0] == '"' and found[-1] == '"':
+        found = found[1:-1]
+    return _parse_ip(found)
+
+
+# -- identity helpers ----------------------------------------------------------
+
+KeyFunc: TypeAlias = Callable[[Request], Any]
+
+
+def _digest(value: str) -> str:
+    data = value.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def api_key(header: str = "X-API-Key") -> KeyFunc:
+    """Key requests by an API key header. The key is hashed (so raw keys
+    never reach a shared store); requests without one fall back to the
+    client address."""
+    if not isinstance(header, str) or not header:
+        raise SettingError("key", "api_key() needs a header name")
+    name = header.lower()
+
+    def key(request: Request) -> str | None:
+        value = request.header(name)
+        return "apikey:" + _digest(value) if value else None
+
+    key.__qualname__ = f"api_key({header!r})"
+    return key
+
+
+def authenticated_user(attribute: str | None = None) -> KeyFunc:
+    """Key requests by the authenticated user (``request.user``: Django's
+    user, Starlette's ``scope["user"]``, falcon's ``context.user``, or
+    what a Flask ``user`` getter returns); anonymous requests fall back
+    to the client address. ``attribute`` picks the user field to key on
+    (default: ``pk``, ``id``, ``identity`` or ``username``, first found)."""
+
+    def key(request: Request) -> str | None:
+        user = request.user
+        if user is None or getattr(user, "is_authenticated", True) is False:
+            return None
+        if attribute is not None:
+            ident = getattr(user, attribute, None)
+        else:
+            ident = None
+            for name in ("pk", "id", "identity", "username"):
+                ident = getattr(user, name, None)
+                if ident is not None:
+                    break
+            if ident is None and isinstance(user, (str, int)):
+                ident = user
+        return None if ident is None or ident == "" else f"user:{ident}"
+
+    # Adapters whose user needs loading first (Django's async auser()) look
+    # for this mark.
+    key.needs_user = True  # type: ignore[attr-defined]
+    return key
+
+
+# -- limiters per distinct rate ------------------------------------------------
+
+
+class _RateInfo:
+    """What the headers need to know about one limiter's rates."""
+
+    __slots__ = ("capacities", "limiter", "rates", "windows")
+
+    def __init__(
+        self, limiter: Any, rates: tuple[Rate, ...], capacities: tuple[int, ...]
+    ):
+        self.limiter = limiter
+        self.rates = rates
+        self.capacities = capacities
+        # (q, w) per rate for RateLimit-Policy: whole quota over whole
+        # seconds, scaling the window when the rate is fractional.
+        windows = []
+        for r in rates:
+            if float(r.limit).is_integer() and float(r.period).is_integer():
+                windows.append((int(r.limit), int(r.period)))
+            else:
+                f = (Fraction(r.limit) / Fraction(r.period)).limit_denominator(10**6)
+                windows.append((f.numerator, max(1, f.denominator)))
+        self.windows = tuple(windows)
+
+
+class LimiterCache:
+    """One limiter per distinct rate (and algorithm), shared by every rule
+    that uses it, at most ``maxsize`` of them (least recently used dropped
+    first: its clients start afresh)."""
+
+    def __init__(
+        self,
+        *,
+        algorithm: str = "token_bucket",
+        storage: Any = None,
+        max_keys: int = 1_000_000,
+        clock: Callable[[], float] | None = None,
+        maxsize: int = MAX_LIMITERS,
+    ) -> None:
+        self.algorithm = algorithm
+        self.storage = storage
+        self.max_keys = max_keys
+        self.clock = clock
+        self.maxsize = maxsize
+        self._by_rate: OrderedDict[tuple[Any, ...], _RateInfo] = OrderedDict()
+        # Build one limiter now so a bad algorithm/max_keys/storage fails
+        # at startup, not on the first request.
+        try:
+            Limiter("1/second", algorithm=algorithm, max_keys=max_keys, clock=clock)
+        except (TypeError, ValueError) as exc:
+            raise SettingError("algorithm/max_keys", str(exc)) from None
+
+    def get(self, spec: RateSpec, setting: str = "limit") -> _RateInfo:
+        if isinstance(spec, str):
+            cache_key: tuple[Any, ...] = (spec,)
+        elif isinstance(spec, list):
+            cache_key = tuple(spec)
+        elif isinstance(spec, tuple):
+            cache_key = (spec,)
+        else:
+            return self._wrap(spec, setting)
+        info = self._by_rate.get(cache_key)
+        if info is not None:
+            self._by_rate.move_to_end(cache_key)
+            return info
+        try:
+            rates = tuple(normalize_rates(spec))
+            limiter = Limiter(
+                list(rates),
+                algorithm=self.algorithm,
+                storage=self.storage,
+                max_keys=self.max_keys,
+                clock=self.clock,
+            )
+        except (TypeError, ValueError) as exc:
+            raise SettingError(setting, f"bad rate {spec!r}: {exc}") from None
+        info = _RateInfo(limiter, rates, tuple(_capacity(r) for r in rates))
+        self._by_rate[cache_key] = info
+        if len(self._by_rate) > self.maxsize:
+            self._by_rate.popitem(last=False)
+        return info
+
+    def _wrap(self, limiter: Any, setting: str) -> _RateInfo:
+        """A limiter object given directly (a Limiter, RedisLimiter, ...)."""
+        if not callable(getattr(limiter, "hit", None)):
+            raise SettingError(
+                setting,
+                "expected a rate string such as '10/second', a list of rates or "
+                f"a limiter, not {type(limiter).__name__}",
+            )
+        key = ("limiter", id(limiter))
+        info = self._by_rate.get(key)
+        if info is None or info.limiter is not limiter:
+            rates = tuple(getattr(limiter, "rates", ()) or ())
+            info = _RateInfo(limiter, rates, tuple(_capacity(r) for r in rates))
+            self._by_rate[key] = info
+            if len(self._by_rate) > self.maxsize:
+                self._by_rate.popitem(last=False)
+        return info
+
+
+def _capacity(rate: Rate) -> int:
+    return max(1, math.floor(rate.limit))
+
+
+class Plans:
+    """Limits by plan: ``Plans({"free": "10/minute", "pro": "600/minute"},
+    plan=lambda request: ...)``. Every rate is checked when the rule is
+    built. A request whose plan is ``None`` or not in the mapping gets
+    ``default`` (a plan name; the first plan when not given), so a
+    missing or forged plan never means "no limit". Map a plan to ``None``
+    to leave it unlimited."""
+
+    def __init__(
+        self,
+        rates: Mapping[str, RateSpec | None],
+        plan: Callable[[Request], Any],
+        default: str | None = None,
+    ) -> None:
+        if not isinstance(rates, Mapping) or not rates:
+            raise SettingError(
+                "limit", "Plans needs a non-empty mapping of plan -> rate"
+            )
+        if not callable(plan):
+            raise SettingError("limit", "Plans needs a plan function")
+        if default is None:
+            default = next(iter(rates))
+        if default not in rates:
+            raise SettingError("limit", f"default plan {default!r} is not in the plans")
+        for name, spec in rates.items():
+            if spec is not None and not callable(getattr(spec, "hit", None)):
+                try:
+                    normalize_rates(spec)
+                except (TypeError, ValueError) as exc:
+                    raise SettingError("limit", f"plan {name!r}: {exc}") from None
+        self.rates = dict(rates)
+        self.plan = plan
+        self.default = default
+
+    def __call__(self, request: Request) -> RateSpec | None:
+        name = self.plan(request)
+        if name is None or name not in self.rates:
+            name = self.default
+        return self.rates[name]
+
+
+# -- verdicts and replies ------------------------------------------------------
+
+
+class Reply(NamedTuple):
+    """A 429 body: ``Reply(status, body, content_type)``. ``status`` may be
+    changed (503 for a maintenance rule, say); stanchion adds the rate
+    limit headers and ``Cache-Control: no-store`` itself."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+class Verdict:
+    """What a rule decided for one request.
+
+    ``blocked`` is True only when the request must get a 429 (never in
+    dry run); ``decision`` is the limiter's Decision (``None`` when the
+    request could not be identified and ``unidentified="deny"``)."""
+
+    __slots__ = ("blocked", "decision", "info", "request", "rule")
+
+    def __init__(
+        self,
+        rule: Rule,
+        decision: Decision | None,
+        info: _RateInfo | None,
+        blocked: bool,
+        request: Request | None,
+    ) -> None:
+        self.rule = rule
+        self.decision = decision
+        self.info = info
+        self.blocked = blocked
+        self.request = request
+
+    @property
+    def allowed(self) -> bool:
+        return not self.blocked
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The rate limit headers this verdict adds to the response."""
+        return self.rule._headers(self)
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The same, as ASGI's lower-case byte pairs."""
+        return self.rule._raw_headers(self)
+
+    def reply(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """``(status, headers, body)`` of the 429 response."""
+        return self.rule._reply(self)
+
+    def __repr__(self) -> str:
+        return f"<Verdict blocked={self.blocked} {self.decision!r}>"
+
+
+def _ceil_seconds(ns: int) -> int:
+    return -(-ns // NS)
+
+
+def problem_json(request: Request, decision: Decision | None) -> Reply:
+    """The default 429 body: RFC 9457 problem details with the quota
+    exceeded type of the IETF rate limit headers draft."""
+    if decision is None:
+        detail = "The client could not be identified, so it cannot be served."
+    else:
+        wait = _ceil_seconds(decision.retry_after_ns)
+        detail = (
+            f"Rate limit of {decision.limit} exceeded; retry in {wait} "
+            f"second{'s' if wait != 1 else ''}."
+        )
+    body = {
+        "type": PROBLEM_TYPE,
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": detail,
+    }
+    return Reply(429, json.dumps(body).encode(), "application/problem+json")
+
+
+def _sf_string(text: str) -> str:
+    """``text`` as an RFC 8941 sf-string (printable ASCII, quoted)."""
+    safe = "".join(c if " " <= c <= "~" else "_" for c in text)
+    return '"' + safe.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+ResponseFunc: TypeAlias = Callable[[Request, "Decision | None"], Reply]
+
+
+class _HeaderParts:
+    """The parts of the rate limit headers that never change for one
+    (rule, limiter) pair."""
+
+    __slots__ = ("by_cap", "by_cap_b", "first", "first_b", "info", "policy", "policy_b")
+
+    def __init__(
+        self,
+        info: _RateInfo,
+        policy: str,
+        names: tuple[str, ...],
+        capacities: tuple[int, ...],
+    ) -> None:
+        self.info = info
+        self.policy = policy
+        self.policy_b = policy.encode("ascii")
+        self.first = names[0]
+        self.first_b = names[0].encode("ascii")
+        # With several rates the decision names its rate by its capacity.
+        self.by_cap: dict[int, str] = {}
+        if len(names) > 1:
+            for name, cap in zip(names, capacities, strict=False):
+                self.by_cap.setdefault(cap, name)
+        self.by_cap_b = {k: v.encode("ascii") for k, v in self.by_cap.items()}
+
+    def name_for(self, limit: int) -> str:
+        return self.by_cap.get(limit, self.first) if self.by_cap else self.first
+
+    def name_b_for(self, limit: int) -> bytes:
+        return self.by_cap_b.get(limit, self.first_b) if self.by_cap_b else self.first_b
+
+
+class Rule:
+    """One rate limit for HTTP requests.
+
+    ``limit``: a rate string (``"100/minute;1000/day"``), a list of rates,
+    a limiter object (``Limiter``, ``RedisLimiter``), a :class:`Plans`, or
+    a function of the request returning any of these (``None``: not
+    limited). ``request.key`` and ``request.client`` are set when it is
+    called, so rates can depend on the key. One limiter is built per
+    distinct rate and shared through ``limiters``.
+
+    ``key``: a function of the request returning the identity to limit
+    on (default: the client address). Helpers: :func:`api_key`,
+    :func:`authenticated_user`.
+
+    ``scope``: rules with the same scope and rate share buckets (a limit
+    across several routes). Also names the policy in the headers.
+
+    ``cost``: an int, or a function of the request returning one.
+
+    ``exempt_paths`` (exact, or a prefix ending in ``*``),
+    ``exempt_methods``, ``exempt_when`` (a predicate): not limited.
+
+    ``dry_run``: decide and send headers, but never block (would-be
+    429s are logged and counted in ``dry_run_denials``).
+
+    ``headers``: which header families to send (:data:`HEADER_FAMILIES`);
+    ``headers_on_allowed``: also on responses that were let through.
+
+    ``response``: a function ``(request, decision) -> Reply`` for the
+    429 body (default: :func:`problem_json`).
+    """
+
+    def __init__(
+        self,
+        limit: RateSpec | Callable[[Request], Any] | None,
+        *,
+        key: KeyFunc | None = None,
+        scope: str = "default",
+        cost: int | Callable[[Request], Any] = 1,
+        exempt_paths: Iterable[str] = (),
+        exempt_methods: Iterable[str] = (),
+        exempt_when: Callable[[Request], Any] | None = None,
+        dry_run: bool = False,
+        trusted_proxies: Iterable[str] | ClientAddress = (),
+        forwarded_header: str = "X-Forwarded-For",
+        ipv6_prefix: int = 64,
+        headers: Iterable[str] = HEADER_FAMILIES,
+        headers_on_allowed: bool = True,
+        response: ResponseFunc | None = None,
+        unidentified: str = "deny",
+        limiters: LimiterCache | None = None,
+        algorithm: str = "token_bucket",
+        storage: Any = None,
+        max_keys: int = 1_000_000,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if limiters is None:
+            limiters = LimiterCache(
+                algorithm=algorithm, storage=storage, max_keys=max_keys, clock=clock
+            )
+        self.limiters = limiters
+        if not isinstance(scope, str) or not scope:
+            raise SettingError("scope", f"must be a non-empty str, got {scope!r}")
+        self.scope = scope
+        self._prefix = scope + "\x1f"
+
+        # limit: fixed (checked now) or a function (checked per request).
+        self._fixed: _RateInfo | None = None
+        self._limit_func: Callable[[Request], Any] | None = None
+        if limit is None:
+            raise SettingError("limit", "a rule needs a limit such as '100/minute'")
+        if callable(limit) and not callable(getattr(limit, "hit", None)):
+            self._limit_func = limit
+        else:
+            self._fixed = limiters.get(limit)
+
+        if key is not None and not callable(key):
+            raise SettingError("key", f"must be a function of the request, not {key!r}")
+        self._key = key
+
+        if callable(cost):
+            self._cost_func: Callable[[Request], Any] | None = cost
+            self._cost = 1
+        else:
+            self._cost_func = None
+            self._cost = _check_cost(cost, "cost")
+            if self._fixed is not None and self._fixed.capacities:
+                cap = min(self._fixed.capacities)
+                if self._cost > cap:
+                    raise SettingError(
+                        "cost",
+                        f"cost {self._cost} is more than the limit allows at once "
+                        f"({cap}); such requests could never pass",
+                    )
+
+        if isinstance(exempt_paths, str):
+            exempt_paths = [exempt_paths]
+        exact, prefixes = set(), []
+        for p in exempt_paths:
+            if not isinstance(p, str) or not p:
+                raise SettingError("exempt_paths", f"expected path strings, got {p!r}")
+            if p.endswith("*"):
+                prefixes.append(p[:-1])
+            else:
+                exact.add(p)
+        self._exempt_exact = frozenset(exact)
+        self._exempt_prefixes = tuple(prefixes)
+        if isinstance(exempt_methods, str):
+            exempt_methods = [exempt_methods]
+        methods = set()
+        for m in exempt_methods:
+            if not isinstance(m, str) or not m.isalpha():
+                raise SettingError(
+                    "exempt_methods", f"expected method names, got {m!r}"
+                )
+            methods.add(m.upper())
+        self._exempt_methods = frozenset(methods)
+        if exempt_when is not None and not callable(exempt_when):
+            raise SettingError("exempt_when", "must be a predicate of the request")
+        self._exempt_when = exempt_when
+        self._plain = not (
+            self._exempt_exact
+            or self._exempt_prefixes
+            or self._exempt_methods
+            or self._exempt_when
+        )
+
+        if not isinstance(dry_run, bool):
+            raise SettingError("dry_run", f"must be True or False, got {dry_run!r}")
+        self.dry_run = dry_run
+        self.dry_run_denials = 0
+
+        if isinstance(trusted_proxies, ClientAddress):
+            self.client_address = trusted_proxies
+        else:
+            self.client_address = ClientAddress(
+                trusted_proxies, header=forwarded_header, ipv6_prefix=ipv6_prefix
+            )
+
+        if isinstance(headers, str):
+            headers = [headers]
+        fams = set()
+        for h in headers:
+            if not isinstance(h, str) or h.lower() not in HEADER_FAMILIES:
+                raise SettingError(
+                    "headers", f"unknown header family {h!r} (use {HEADER_FAMILIES})"
+                )
+            fams.add(h.lower())
+        self._send_ietf = "ratelimit" in fams
+        self._send_x = "x-ratelimit" in fams
+        self._send_retry = "retry-after" in fams
+        self._send_all = self._send_ietf and self._send_x
+        if not isinstance(headers_on_allowed, bool):
+            raise SettingError(
+                "headers_on_allowed",
+                f"must be True or False, got {headers_on_allowed!r}",
+            )
+        self.headers_on_allowed = headers_on_allowed and bool(
+            self._send_ietf or self._send_x
+        )
+
+        if response is not None and not callable(response):
+            raise SettingError(
+                "response", "must be a function (request, decision) -> Reply"
+            )
+        self._response = response or problem_json
+
+        if unidentified not in ("deny", "allow", "share"):
+            raise SettingError(
+                "unidentified",
+                f"must be 'deny', 'allow' or 'share', got {unidentified!r}",
+            )
+        self.unidentified = unidentified
+        self._warned = False
+        self._parts_cache: dict[int, _HeaderParts] = {}
+        self._fixed_parts = (
+            self._parts(self._fixed) if self._fixed is not None else None
+        )
+        self._has_funcs = bool(self._limit_func or self._cost_func or self._key)
+        #: True when a decision needs only the method, path and peer: the
+        #: adapters then call check_simple/acheck_simple and build no
+        #: Request view at all (the common case, and the fast one).
+        self.simple = not (
+            self._has_funcs
+            or self._exempt_when is not None
+            or self.client_address.has_proxies
+            or response is not None
+        )
+
+    # -- deciding --------------------------------------------------------------
+
+    def exempt(self, request: Request) -> bool:
+        if self._plain:
+            return False
+        if request.method in self._exempt_methods:
+            return True
+        path = request.path
+        if path in self._exempt_exact:
+            return True
+        for p in self._exempt_prefixes:
+            if path.startswith(p):
+                return True
+        return bool(self._exempt_when is not None and self._exempt_when(request))
+
+    def _client(self, request: Request, peer: str | None) -> str:
+        client = self.client_address(peer, request._header)
+        request.client = client or None
+        return client
+
+    def _finish(self, request: Request, client: str, answer: Any) -> str | None:
+        """The bucket key from a key function's answer (falling back to
+        the client address), or None when there is no identity at all."""
+        ident: str
+        if answer is None or isinstance(answer, str):
+            ident = answer or ""
+        elif isinstance(answer, bytes):
+            ident = answer.decode("utf-8", "replace")
+        else:
+            ident = str(answer)
+        if not ident:
+            if not client:
+                return None
+            ident = client
+        if len(ident) > MAX_IDENTITY or not ident.isascii():
+            ident = _safe_identity(ident)
+        request.key = ident
+        return self._prefix + ident
+
+    def _unidentified(self, request: Request) -> tuple[str | None, bool]:
+        """(key, blocked) for a request with no identity."""
+        if self.unidentified == "deny":
+            if self.dry_run:
+                self.dry_run_denials += 1
+                return None, False
+            return None, True
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "stanchion: a request to %s could not be identified (no client "
+                "address); unidentified=%r applies",
+                request.path,
+                self.unidentified,
+            )
+        if self.unidentified == "allow":
+            return None, False
+        request.key = "<unidentified>"
+        return self._prefix + "<unidentified>", False
+
+    def _settle(
+        self, request: Request, key: str | None, spec: Any, cost: Any
+    ) -> tuple[Any, ...] | None:
+        """(info, key, cost) to hit, (Verdict,) already reached, or None
+        when the request is not limited."""
+        if key is None:
+            key, blocked = self._unidentified(request)
+            if key is None:
+                return (Verdict(self, None, None, True, request),) if blocked else None
+        info = self._fixed
+        if info is None:
+            if spec is None:
+                return None
+            info = self.limiters.get(spec)
+        if self._cost_func is not None:
+            cost = _check_cost(cost, "cost function")
+        return info, key, cost
+
+    def _exempt_simple(self, method: str, path: str) -> bool:
+        return (
+            method in self._exempt_methods
+            or path in self._exempt_exact
+            or bool(self._exempt_prefixes and path.startswith(self._exempt_prefixes))
+        )
+
+    def check_simple(self, method: str, path: str, peer: str | None) -> Verdict | None:
+        """``check`` for a rule whose ``simple`` is True, without a Request."""
+        if not self._plain and self._exempt_simple(method, path):
+            return None
+        if not peer:
+            return self._check_unidentified(Request(method, path))
+        ident = peer if ":" not in peer else self.client_address._name(peer)
+        if len(ident) > MAX_IDENTITY or not ident.isascii():
+            ident = _safe_identity(ident)
+        info = self._fixed
+        assert info is not None
+        key = self._prefix + ident
+        d = info.limiter.hit(key, self._cost)
+        if d.allowed:
+            return Verdict(self, d, info, False, None)
+        return self._denied(d, info, None, key)
+
+    async def acheck_simple(
+        self, method: str, path: str, peer: str | None
+    ) -> Verdict | None:
+        """``acheck`` for a rule whose ``simple`` is True, without a Request."""
+        if not self._plain and self._exempt_simple(method, path):
+            return None
+        if not peer:
+            return self._check_unidentified(Request(method, path))
+        ident = peer if ":" not in peer else self.client_address._name(peer)
+        if len(ident) > MAX_IDENTITY or not ident.isascii():
+            ident = _safe_identity(ident)
+        info = self._fixed
+        assert info is not None
+        key = self._prefix + ident
+        lim = info.limiter
+        if type(lim).ahit is _INPROC_AHIT:
+            d = lim.hit(key, self._cost)  # in-process: decided in C, never waits
+        else:
+            d = await lim.ahit(key, self._cost)
+        if d.allowed:
+            return Verdict(self, d, info, False, None)
+        return self._denied(d, info, None, key)
+
+    def _check_unidentified(self, request: Request) -> Verdict | None:
+        key, blocked = self._unidentified(request)
+        if key is None:
+            return Verdict(self, None, None, True, request) if blocked else None
+        info = self._fixed
+        assert info is not None
+        d = info.limiter.hit(key, self._cost)
+        return self._verdict(d, info, request)
+
+    def check(self, request: Request, peer: str | None) -> Verdict | None:
+        """Decide (sync, calls ``limiter.hit``). ``None``: not limited."""
+        if not self._plain and self.exempt(request):
+            return None
+        client = self._client(request, peer)
+        if self._has_funcs:
+            key = self._finish(
+                request, client, self._key(request) if self._key is not None else None
+            )
+            spec = self._limit_func(request) if self._limit_func is not None else None
+            cost = (
+                self._cost_func(request) if self._cost_func is not None else self._cost
+            )
+            r = self._settle(request, key, spec, cost)
+            if r is None or len(r) == 1:
+                return r[0] if r else None
+            info, key, cost = r
+        else:
+            info = self._fixed
+            key = self._finish(request, client, None)
+            cost = self._cost
+            if key is None:
+                key, blocked = self._unidentified(request)
+                if key is None:
+                    return Verdict(self, None, None, True, request) if blocked else None
+        try:
+            d = info.limiter.hit(key, cost)
+        except ValueError:
+            # A cost function asked for more than the limit allows at once.
+            d = Decision(False, min(info.capacities or (0,)), 0)
+        return self._verdict(d, info, request)
+
+    async def acheck(self, request: Request, peer: str | None) -> Verdict | None:
+        """Decide without blocking the loop (awaits ``limiter.ahit``;
+        key, cost and limit functions may be coroutine functions)."""
+        if not self._plain and self.exempt(request):
+            return None
+        client = self._client(request, peer)
+        if self._has_funcs:
+            ident = self._key(request) if self._key is not None else None
+            if inspect.isawaitable(ident):
+                ident = await ident
+            key = self._finish(request, client, ident)
+            spec = self._limit_func(request) if self._limit_func is not None else None
+            if inspect.isawaitable(spec):
+                spec = await spec
+            cost = (
+                self._cost_func(request) if self._cost_func is not None else self._cost
+            )
+            if inspect.isawaitable(cost):
+                cost = await cost
+            r = self._settle(request, key, spec, cost)
+            if r is None or len(r) == 1:
+                return r[0] if r else None
+            info, key, cost = r
+        else:
+            info = self._fixed
+            key = self._finish(request, client, None)
+            cost = self._cost
+            if key is None:
+                key, blocked = self._unidentified(request)
+                if key is None:
+                    return Verdict(self, None, None, True, request) if blocked else None
+        lim = info.limiter
+        try:
+            if type(lim).ahit is _INPROC_AHIT:
+                d = lim.hit(key, cost)  # in-process: decided in C, never waits
+            else:
+                d = await lim.ahit(key, cost)
+        except ValueError:
+            d = Decision(False, min(info.capacities or (0,)), 0)
+        return self._verdict(d, info, request)
+
+    def _verdict(self, d: Decision, info: _RateInfo, request: Request) -> Verdict:
+        if d.allowed:
+            return Verdict(self, d, info, False, request)
+        return self._denied(d, info, request, request.key)
+
+    def _denied(
+        self, d: Decision, info: _RateInfo, request: Request | None, key: Any
+    ) -> Verdict:
+        if self.dry_run:
+            self.dry_run_denials += 1
+            log.info(
+                "stanchion dry run: would have limited key %r (scope %r)",
+                key,
+                self.scope,
+            )
+            return Verdict(self, d, info, False, request)
+        return Verdict(self, d, info, True, request)
+
+    # -- headers ---------------------------------------------------------------
+
+    def _parts(self, info: _RateInfo) -> _HeaderParts:
+        """The static parts of the headers for one limiter, cached."""
+        parts = self._parts_cache.get(id(info))
+        if parts is not None and parts.info is info:
+            return parts
+        windows = info.windows
+        if len(windows) <= 1:
+            names: tuple[str, ...] = (_sf_string(self.scope),)
+        else:
+            names = tuple(_sf_string(f"{self.scope}-{w}s") for _, w in windows)
+        items = []
+        for name, (q, w), cap in zip(names, windows, info.capacities, strict=False):
+            item = f"{name};q={q};w={w}"
+            if cap != q and getattr(info.limiter, "algorithm", "") == "token_bucket":
+                item += f";stanchion-burst={cap}"
+            items.append(item)
+        parts = _HeaderParts(info, ", ".join(items), names, info.capacities)
+        if len(self._parts_cache) > 256:
+            self._parts_cache.clear()
+        self._parts_cache[id(info)] = parts
+        return parts
+
+    def _headers(self, v: Verdict) -> list[tuple[str, str]]:
+        d = v.decision
+        if d is None or v.info is None:
+            return []
+        if not v.blocked and not self.headers_on_allowed:
+            return []
+        remaining = d.remaining
+        reset = -(-d.reset_after_ns // NS)
+        parts = self._fixed_parts
+        if self._send_all and parts is not None and parts.info is v.info:
+            # The common case in one expression (this runs on every request).
+            t = reset if d.allowed else -(-d.retry_after_ns // NS)
+            limit = d.limit
+            rem = str(remaining)
+            return [
+                ("RateLimit-Policy", parts.policy),
+                ("RateLimit", f"{parts.name_for(limit)};r={rem};t={t}"),
+                ("X-RateLimit-Limit", str(limit)),
+                ("X-RateLimit-Remaining", rem),
+                ("X-RateLimit-Reset", str(reset)),
+            ]
+        out: list[tuple[str, str]] = []
+        if self._send_ietf:
+            parts = self._fixed_parts
+            if parts is None or parts.info is not v.info:
+                parts = self._parts(v.info)
+            t = reset if d.allowed else -(-d.retry_after_ns // NS)
+            if parts.policy:
+                out.append(("RateLimit-Policy", parts.policy))
+            out.append(("RateLimit", f"{parts.name_for(d.limit)};r={remaining};t={t}"))
+        if self._send_x:
+            out.append(("X-RateLimit-Limit", str(d.limit)))
+            out.append(("X-RateLimit-Remaining", str(remaining)))
+            out.append(("X-RateLimit-Reset", str(reset)))
+        return out
+
+    def _raw_headers(self, v: Verdict) -> list[tuple[bytes, bytes]]:
+        """``_headers`` as lower-case ASGI byte pairs, built directly."""
+        d = v.decision
+        if d is None or v.info is None:
+            return []
+        if not v.blocked and not self.headers_on_allowed:
+            return []
+        remaining = d.remaining
+        reset = -(-d.reset_after_ns // NS)
+        parts = self._fixed_parts
+        if self._send_all and parts is not None and parts.info is v.info:
+            t = reset if d.allowed else -(-d.retry_after_ns // NS)
+            limit = d.limit
+            rem = b"%d" % remaining
+            return [
+                (b"ratelimit-policy", parts.policy_b),
+                (b"ratelimit", b"%s;r=%s;t=%d" % (parts.name_b_for(limit), rem, t)),
+                (b"x-ratelimit-limit", b"%d" % limit),
+                (b"x-ratelimit-remaining", rem),
+                (b"x-ratelimit-reset", b"%d" % reset),
+            ]
+        out: list[tuple[bytes, bytes]] = []
+        if self._send_ietf:
+            parts = self._fixed_parts
+            if parts is None or parts.info is not v.info:
+                parts = self._parts(v.info)
+            t = reset if d.allowed else -(-d.retry_after_ns // NS)
+            if parts.policy:
+                out.append((b"ratelimit-policy", parts.policy_b))
+            out.append(
+                (
+                    b"ratelimit",
+                    b"%s;r=%d;t=%d" % (parts.name_b_for(d.limit), remaining, t),
+                )
+            )
+        if self._send_x:
+            out.append((b"x-ratelimit-limit", b"%d" % d.limit))
+            out.append((b"x-ratelimit-remaining", b"%d" % remaining))
+            out.append((b"x-ratelimit-reset", b"%d" % reset))
+        return out
+
+    def _reply(self, v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
+        d = v.decision
+        reply = self._response(v.request, d)  # type: ignore[arg-type]
+        if not isinstance(reply, Reply):
+            reply = Reply(*reply)
+        headers = [
+            ("Content-Type", reply.content_type),
+            ("Cache-Control", "no-store"),
+        ]
+        if d is not None:
+            if self._send_retry:
+                headers.append(
+                    ("Retry-After", str(max(1, _ceil_seconds(d.retry_after_ns))))
+                )
+            headers.extend(self._headers(v))
+        body = reply.body if isinstance(reply.body, bytes) else str(reply.body).encode()
+        return reply.status, headers, body
+
+
+_INPROC_AHIT = Limiter.ahit
+
+
+def _check_cost(cost: Any, setting: str) -> int:
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise SettingError(setting, f"cost must be an int, not {type(cost).__name__}")
+    if cost < 1:
+        raise SettingError(setting, f"cost must be >= 1, got {cost}")
+    return cost
+
+
+def _safe_identity(ident: str) -> str:
+    """A long or non-ASCII identity as something the table can hold
+    cheaply: kept when short and valid UTF-8, else hashed."""
+    if len(ident) <= MAX_IDENTITY:
+        try:
+            ident.encode("utf-8")
+            return ident
+        except UnicodeEncodeError:
+            pass
+    return "#" + _digest(ident)

@@ -1,0 +1,249 @@
+"""Redis failing under load: killed, paused beyond the timeout, restarted
+empty. Every on_error policy answers as documented, within the timeout
+(plus a margin), logs once per outage, and resumes by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from redis.exceptions import RedisError
+
+import stanchion
+from stanchion.redis import RedisLimiter, RedisStorage
+
+from ._redis import RedisServer
+from .conftest import SANITIZED
+
+# The default timeout; the sanitizer pass runs everything several times
+# slower, so it gets more room (the point stands: an outage lasts OUTAGE).
+TIMEOUT = 0.2 if SANITIZED else 0.05
+RETRY_INTERVAL = 0.05
+# Scheduling noise on a busy 2-core machine: generous, yet far below the
+# outage, so a call that waited for Redis would show.
+MARGIN = 0.3 if SANITIZED else 0.2
+OUTAGE = 0.8
+
+
+@dataclass
+class Call:
+    start: float
+    end: float
+    outcome: str  # "real" | "allowed" | "denied" | "raised"
+
+
+@dataclass
+class Timeline:
+    calls: list[Call] = field(default_factory=list)
+    down_at: float = 0.0  # just before the kill or pause
+    back_at: float = 0.0  # just before the restart or resume
+    up_at: float = 0.0  # once it answers again
+
+    def record(self, start: float, result: object) -> None:
+        end = time.monotonic()
+        if isinstance(result, BaseException):
+            assert isinstance(result, stanchion.StorageUnavailable), result
+            assert isinstance(result, ConnectionError)
+            assert isinstance(result.__cause__, (RedisError, OSError)), result.__cause__
+            outcome = "raised"
+        else:
+            assert isinstance(result, stanchion.Decision)
+            if result.allowed and result.reset_after > 0:
+                outcome = "real"  # the script answered (a huge limit)
+            elif result.allowed:
+                assert result.remaining == result.limit - 1 and result.retry_after == 0
+                outcome = "allowed"
+            else:
+                assert result.retry_after == 1.0 and result.remaining == 0
+                outcome = "denied"
+        self.calls.append(Call(start, end, outcome))
+
+    def check(self, policy: str) -> None:
+        expected = {"allow": "allowed", "deny": "denied", "raise": "raised"}[policy]
+        before = [c for c in self.calls if c.end < self.down_at]
+        during = [
+            c
+            for c in self.calls
+            if self.down_at + 0.01 < c.start and c.end < self.back_at
+        ]
+        after = [c for c in self.calls if c.start > self.up_at + RETRY_INTERVAL + 0.15]
+        assert len(before) > 5 and len(during) > 5 and len(after) > 5
+        assert {c.outcome for c in before} == {"real"}
+        assert {c.outcome for c in during} == {expected}
+        assert {c.outcome for c in after} == {"real"}
+        worst = max(c.end - c.start for c in self.calls)
+        assert worst < TIMEOUT + MARGIN, worst
+
+
+def _limiter(server: RedisServer, policy: str) -> RedisLimiter:
+    storage = RedisStorage(server.url, timeout=TIMEOUT, retry_interval=RETRY_INTERVAL)
+    lim = stanchion.Limiter("1000000/second", storage=storage, on_error=policy)
+    assert isinstance(lim, RedisLimiter)
+    return lim
+
+
+def _one_warning_one_info(caplog: pytest.LogCaptureFixture) -> None:
+    records = [r for r in caplog.records if r.name == "stanchion"]
+    levels = [r.levelno for r in records]
+    assert levels == [logging.WARNING, logging.INFO], [r.getMessage() for r in records]
+    assert "unavailable" in records[0].getMessage()
+    assert "available again" in records[1].getMessage()
+
+
+def _outage(server: RedisServer, kind: str, timeline: Timeline) -> None:
+    time.sleep(0.4)
+    timeline.down_at = time.monotonic()
+    if kind == "kill":
+        server.kill()
+        time.sleep(OUTAGE)
+        timeline.back_at = time.monotonic()
+        server.start()  # empty: no data, no scripts
+    else:
+        server.pause()
+        time.sleep(OUTAGE)
+        timeline.back_at = time.monotonic()
+        server.resume()
+    timeline.up_at = time.monotonic()
+    time.sleep(0.6)
+
+
+@pytest.mark.parametrize("kind", ["kill", "pause"])
+@pytest.mark.parametrize("policy", ["allow", "deny", "raise"])
+def test_outage_under_load(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture, policy: str, kind: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="stanchion")
+    lim = _limiter(private_redis, policy)
+    timeline = Timeline()
+    stop = threading.Event()
+
+    def load() -> None:
+        lim.hit("warm-up")  # connect before the clock starts
+        i = 0
+        while not stop.is_set():
+            i += 1
+            start = time.monotonic()
+            try:
+                result: object = lim.hit(f"client-{i % 7}")
+            except stanchion.StorageUnavailable as exc:
+                result = exc
+            timeline.record(start, result)
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        _outage(private_redis, kind, timeline)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    lim.storage.close()
+    timeline.check(policy)
+    _one_warning_one_info(caplog)
+
+
+@pytest.mark.parametrize("kind", ["kill", "pause"])
+@pytest.mark.parametrize("policy", ["allow", "deny", "raise"])
+async def test_outage_under_async_load(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture, policy: str, kind: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="stanchion")
+    lim = _limiter(private_redis, policy)
+    timeline = Timeline()
+    stop = False
+
+    async def load(n: int) -> None:
+        await lim.ahit("warm-up")  # connect before the clock starts
+        i = 0
+        while not stop:
+            i += 1
+            start = time.monotonic()
+            try:
+                result: object = await lim.ahit(f"client-{n}-{i % 7}")
+            except stanchion.StorageUnavailable as exc:
+                result = exc
+            timeline.record(start, result)
+            await asyncio.sleep(0.002)
+
+    tasks = [asyncio.create_task(load(n)) for n in range(4)]
+    try:
+        # The outage is driven from a thread: kill/pause/sleep block.
+        await asyncio.to_thread(_outage, private_redis, kind, timeline)
+    finally:
+        stop = True
+        await asyncio.gather(*tasks)
+        await lim.storage.aclose()
+    timeline.check(policy)
+    _one_warning_one_info(caplog)
+
+
+def test_restart_empty_needs_nothing(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart loses the scripts and the idle connection: the next
+    decision reconnects, reloads the script and answers for real."""
+    caplog.set_level(logging.INFO, logger="stanchion")
+    storage = RedisStorage(private_redis.url)
+    for algorithm in ("token_bucket", "fixed_window", "sliding_window"):
+        lim = stanchion.Limiter(
+            "5/minute", algorithm=algorithm, storage=storage, on_error="raise"
+        )
+        assert lim.hit("k").remaining == 4
+        assert lim.hit("k").remaining == 3
+        private_redis.restart()
+        assert lim.hit("k").remaining == 4  # the state went with the server
+        assert lim.peek("k").remaining == 3
+    assert [r for r in caplog.records if r.name == "stanchion"] == []
+    storage.close()
+
+
+async def test_async_restart_empty(private_redis: RedisServer) -> None:
+    storage = RedisStorage(private_redis.url)
+    lim = stanchion.Limiter("5/minute;50/hour", storage=storage, on_error="raise")
+    try:
+        assert (await lim.ahit("k")).remaining == 4
+        private_redis.restart()
+        assert (await lim.ahit("k")).remaining == 4
+    finally:
+        await storage.aclose()
+
+
+def test_down_from_the_start(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stanchion")
+    private_redis.kill()
+    allow = _limiter(private_redis, "allow")
+    deny = stanchion.Limiter(
+        "10 per 0.25 seconds;100/minute", storage=allow.storage, on_error="deny"
+    )
+    d = allow.hit("k", 3)
+    assert d.allowed and d.limit == 1000000 and d.remaining == 999997
+    d = deny.hit("k")
+    # Denied, with the shortest period as the wait (at most 1 s).
+    assert not d and d.limit == 10 and d.retry_after == 0.25 and d.reset_after == 0.25
+    with pytest.raises(stanchion.StorageUnavailable):
+        stanchion.Limiter("1/s", storage=allow.storage, on_error="raise").hit("k")
+    # reset answers by the policy too.
+    allow.reset("k")
+    allow.reset()
+    with pytest.raises(stanchion.StorageUnavailable):
+        stanchion.Limiter("1/s", storage=allow.storage, on_error="raise").reset()
+    # acquire with the deny policy waits, then gives up at its timeout.
+    t0 = time.monotonic()
+    with pytest.raises(stanchion.RateLimitExceeded):
+        deny.acquire("k", timeout=0.1)
+    assert time.monotonic() - t0 < 0.1 + MARGIN
+    records = [r for r in caplog.records if r.name == "stanchion"]
+    assert [r.levelno for r in records] == [logging.WARNING]
+    private_redis.start()
+    time.sleep(RETRY_INTERVAL)
+    assert allow.hit("k").reset_after > 0
+    records = [r for r in caplog.records if r.name == "stanchion"]
+    assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]

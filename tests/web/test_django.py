@@ -1,0 +1,377 @@
+"""Django middleware, view decorator, settings and system check, in a real
+Django project: the sync path through Django's test Client (WSGI
+handler), the async path through Django's ASGI handler driven by httpx."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import django
+import httpx
+import pytest
+from django.conf import settings
+
+if not settings.configured:
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="tests-only",
+        ROOT_URLCONF=__name__,
+        ALLOWED_HOSTS=["testserver", "test"],
+        INSTALLED_APPS=["stanchion.django"],
+        MIDDLEWARE=[],
+        STANCHION={},
+        USE_TZ=True,
+    )
+    django.setup()
+
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.test import Client, override_settings
+from django.urls import path
+from django.utils.decorators import method_decorator
+from django.views import View
+
+from stanchion import Limiter
+from stanchion.django import ratelimit
+from stanchion.http import LimiterCache, Plans, SettingError, api_key
+
+from ..conftest import FakeClock
+from .conftest import problem
+
+CLOCK = FakeClock()
+CACHE = LimiterCache(clock=CLOCK)
+
+
+class SlowLimiter(Limiter):
+    async def ahit(self, key: str | bytes, cost: int = 1) -> Any:
+        await asyncio.sleep(0.3)
+        return self.hit(key, cost)
+
+
+# -- views ------------------------------------------------------------------------
+
+
+key_by_api_key = api_key()
+
+
+def hello(request: HttpRequest) -> HttpResponse:
+    return JsonResponse({"hello": "world"})
+
+
+@ratelimit("2/minute", scope="login", limiters=CACHE)
+def login(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("login")
+
+
+@ratelimit("2/minute", scope="login", limiters=CACHE)
+def login_api(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("login-api")
+
+
+@ratelimit("1/minute", limiters=CACHE)
+async def async_view(request: HttpRequest) -> HttpResponse:
+    await asyncio.sleep(0)
+    return HttpResponse("async")
+
+
+@ratelimit("1/minute", block=False, limiters=CACHE)
+def soft(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("limited" if request.limited else "fine")  # type: ignore[attr-defined]
+
+
+@ratelimit(
+    Plans({"free": "1/minute", "paid": "3/minute"}, plan=lambda r: r.header("x-plan")),
+    key=api_key(),
+    limiters=CACHE,
+)
+def plan(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("plan")
+
+
+class Things(View):
+    @method_decorator(ratelimit("1/minute", scope="things", limiters=CACHE))
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse("things")
+
+
+class AsyncThings(View):
+    @method_decorator(ratelimit("1/minute", scope="athings", limiters=CACHE))
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse("athings")
+
+
+@ratelimit(SlowLimiter("100/second"))
+async def slow(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("slow")
+
+
+async def fast(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("fast")
+
+
+urlpatterns = [
+    path("hello", hello),
+    path("health", hello),
+    path("login", login),
+    path("login-api", login_api),
+    path("async", async_view),
+    path("soft", soft),
+    path("plan", plan),
+    path("things", Things.as_view()),
+    path("athings", AsyncThings.as_view()),
+    path("slow", slow),
+    path("fast", fast),
+]
+
+MW = ["stanchion.django.RateLimitMiddleware"]
+RATE_HEADERS = (
+    "Retry-After",
+    "Cache-Control",
+    "RateLimit-Policy",
+    "RateLimit",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+)
+
+
+def rate_headers(r: Any) -> dict[str, str]:
+    return {k: r.headers[k] for k in RATE_HEADERS if k in r.headers}
+
+
+@pytest.fixture(autouse=True)
+def fresh() -> None:
+    for info in list(CACHE._by_rate.values()):
+        info.limiter.reset()
+
+
+def stanchion(**kw: Any) -> dict[str, Any]:
+    return {"ALGORITHM": "token_bucket", **kw}
+
+
+def get(c: Client, p: str, ip: str = "203.0.113.1", **headers: str) -> Any:
+    return c.get(p, REMOTE_ADDR=ip, headers=headers)
+
+
+def asgi_client(ip: str = "203.0.113.1") -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=ASGIHandler(), client=(ip, 5000)),
+        base_url="http://test",
+    )
+
+
+# -- middleware, sync -----------------------------------------------------------------
+
+
+def test_middleware_429_headers_exact(clock: FakeClock) -> None:
+    limiter = Limiter("2/minute", clock=clock)
+    with override_settings(MIDDLEWARE=MW, STANCHION=stanchion(LIMIT=limiter)):
+        c = Client()
+        r1 = get(c, "/hello")
+        clock.advance(12)
+        r2 = get(c, "/hello")
+        r3 = get(c, "/hello")
+    assert [r.status_code for r in (r1, r2, r3)] == [200, 200, 429]
+    assert r1.json() == {"hello": "world"}
+    assert rate_headers(r1) == {
+        "RateLimit-Policy": '"global";q=2;w=60',
+        "RateLimit": '"global";r=1;t=30',
+        "X-RateLimit-Limit": "2",
+        "X-RateLimit-Remaining": "1",
+        "X-RateLimit-Reset": "30",
+    }
+    assert rate_headers(r3) == {
+        "Retry-After": "18",
+        "Cache-Control": "no-store",
+        "RateLimit-Policy": '"global";q=2;w=60',
+        "RateLimit": '"global";r=0;t=18',
+        "X-RateLimit-Limit": "2",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": "48",
+    }
+    assert r3.headers["Content-Type"] == "application/problem+json"
+    assert json.loads(r3.content) == problem(18, 2)
+
+
+def test_middleware_exemptions_dry_run_and_allowed_headers() -> None:
+    conf = stanchion(
+        LIMIT="1/minute", EXEMPT_PATHS=["/health"], HEADERS_ON_ALLOWED=False
+    )
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        c = Client()
+        assert [get(c, "/health").status_code for _ in range(3)] == [200] * 3
+        r = get(c, "/hello")
+        assert r.status_code == 200 and "RateLimit" not in r.headers
+        assert get(c, "/hello").status_code == 429
+    with override_settings(
+        MIDDLEWARE=MW, STANCHION=stanchion(LIMIT="1/minute", DRY_RUN=True)
+    ):
+        c = Client()
+        rs = [get(c, "/hello", "198.51.100.50") for _ in range(3)]
+        assert [r.status_code for r in rs] == [200] * 3
+        assert rs[2].headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_middleware_spoofing() -> None:
+    with override_settings(MIDDLEWARE=MW, STANCHION=stanchion(LIMIT="1/minute")):
+        c = Client()
+        codes = [
+            get(c, "/hello", "198.51.100.1", X_Forwarded_For=f"1.1.1.{i}").status_code
+            for i in range(3)
+        ]
+    assert codes == [200, 429, 429]
+    conf = stanchion(LIMIT="1/minute", TRUSTED_PROXIES=["10.0.0.0/8"])
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        c = Client()
+        codes = [
+            get(c, "/hello", "10.0.0.1", X_Forwarded_For=f"1.1.1.{i}").status_code
+            for i in range(3)
+        ]
+        assert codes == [200, 200, 200]
+        assert (
+            get(c, "/hello", "10.0.0.1", X_Forwarded_For="1.1.1.1").status_code == 429
+        )
+
+
+def test_middleware_plans_via_key_setting() -> None:
+    conf = stanchion(
+        LIMIT=Plans(
+            {"free": "1/minute", "paid": "2/minute"}, plan=lambda r: r.header("x-plan")
+        ),
+        KEY=f"{__name__}.key_by_api_key",
+    )
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        c = Client()
+        paid = [
+            get(c, "/hello", X_Plan="paid", X_Api_Key="a").status_code for _ in range(3)
+        ]
+        free = [
+            get(c, "/hello", X_Plan="free", X_Api_Key="b").status_code for _ in range(2)
+        ]
+    assert paid == [200, 200, 429] and free == [200, 429]
+
+
+# -- decorator, sync ------------------------------------------------------------------
+
+
+def test_decorator_shared_scope_cbv_and_soft() -> None:
+    c = Client()
+    codes = [get(c, p).status_code for p in ("/login", "/login-api", "/login")]
+    assert codes == [200, 200, 429]
+    r = get(c, "/login", "198.51.100.9")
+    assert r.headers["RateLimit"] == '"login";r=1;t=30'
+    assert [get(c, "/things").status_code for _ in range(2)] == [200, 429]
+    soft = [get(c, "/soft").content for _ in range(2)]
+    assert soft == [b"fine", b"limited"]
+    plans = [
+        get(c, "/plan", X_Plan="paid", X_Api_Key="k").status_code for _ in range(4)
+    ]
+    assert plans == [200, 200, 200, 429]
+    # no plan header: the first plan ("free"), never unlimited
+    assert [get(c, "/plan", X_Api_Key="q").status_code for _ in range(2)] == [200, 429]
+    spoof = [
+        get(c, "/login", "198.51.100.2", X_Forwarded_For=f"{i}.1.1.1").status_code
+        for i in range(3)
+    ]
+    assert spoof == [200, 200, 429]
+
+
+def test_async_view_under_the_sync_client() -> None:
+    c = Client()
+    assert [get(c, "/async").status_code for _ in range(2)] == [200, 429]
+    assert [get(c, "/athings").status_code for _ in range(2)] == [200, 429]
+
+
+# -- async path (ASGI handler) ---------------------------------------------------------
+
+
+async def test_asgi_middleware_and_async_views() -> None:
+    with override_settings(MIDDLEWARE=MW, STANCHION=stanchion(LIMIT="3/minute")):
+        async with asgi_client() as c:
+            r1 = await c.get("/async")
+            r2 = await c.get("/async")
+            r3 = await c.get("/athings")
+            r4 = await c.get("/athings")
+            r5 = await c.get("/hello")
+    assert [r.status_code for r in (r1, r2, r3, r4, r5)] == [200, 429, 200, 429, 429]
+    # the view's own limit speaks for X-RateLimit-*; both RateLimit fields listed
+    assert r1.headers["x-ratelimit-limit"] == "1"
+    assert r1.headers["ratelimit"].count(";r=") == 2
+    assert r5.headers["retry-after"] == "20"
+
+
+async def test_asgi_slow_limiter_does_not_stall_other_requests() -> None:
+    start = time.monotonic()
+    async with asgi_client() as c:
+        slow_req = asyncio.create_task(c.get("/slow"))
+        await asyncio.sleep(0.05)
+        r = await c.get("/fast")
+        fast_at = time.monotonic() - start
+        assert (await slow_req).status_code == 200
+    assert r.status_code == 200 and fast_at < 0.25
+
+
+async def test_asgi_middleware_slow_limiter_does_not_stall() -> None:
+    conf = stanchion(LIMIT=SlowLimiter("100/second"), EXEMPT_PATHS=["/fast"])
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        start = time.monotonic()
+        async with asgi_client() as c:
+            slow_req = asyncio.create_task(c.get("/hello"))
+            await asyncio.sleep(0.05)
+            r = await c.get("/fast")
+            fast_at = time.monotonic() - start
+            assert (await slow_req).status_code == 200
+    assert r.status_code == 200 and fast_at < 0.25
+
+
+# -- settings -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        ({"LIMIT": "5/fortnight"}, "STANCHION['LIMIT']: bad rate"),
+        (
+            {"LIMIT": "5/minute", "TRUSTED_PROXIES": ["lb"]},
+            "STANCHION['TRUSTED_PROXIES']: ",
+        ),
+        ({"LIMIT": "5/minute", "HEADERS": ["x"]}, "STANCHION['HEADERS']: "),
+        ({"LIMITS": "5/minute"}, "STANCHION: unknown keys ['LIMITS']"),
+        ({"ALGORITHM": "leaky"}, "STANCHION['ALGORITHM'] / STANCHION['MAX_KEYS']: "),
+        ({"KEY": "no.such.module.key"}, "STANCHION['KEY']: cannot import"),
+        ({"STORAGE_URL": "memcached://x"}, "STANCHION['STORAGE_URL']: "),
+        ({"DRY_RUN": "no"}, "STANCHION['DRY_RUN']: "),
+    ],
+)
+def test_bad_settings_fail_check_and_startup(
+    conf: dict[str, Any], message: str
+) -> None:
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        errors = checks.run_checks(tags=["stanchion"])
+        assert [e.id for e in errors] == ["stanchion.E001"]
+        assert message in errors[0].msg
+        with pytest.raises(ImproperlyConfigured, match=message.replace("[", r"\[")):
+            Client().get("/hello")
+
+
+def test_good_settings_pass_the_check() -> None:
+    with override_settings(STANCHION=stanchion(LIMIT="5/minute")):
+        assert checks.run_checks(tags=["stanchion"]) == []
+
+
+def test_decorator_bad_settings_fail_at_import() -> None:
+    with pytest.raises(SettingError, match=r"^limit: "):
+        ratelimit("5/eon")
+    with pytest.raises(SettingError, match=r"^block: "):
+        ratelimit("5/minute", block="yes")  # type: ignore[arg-type]
+
+
+def test_middleware_not_used_without_limit() -> None:
+    with override_settings(MIDDLEWARE=MW, STANCHION={}):
+        c = Client()
+        assert [get(c, "/hello").status_code for _ in range(5)] == [200] * 5

@@ -1,0 +1,525 @@
+"""The shared HTTP layer: identity, proxies, plans, headers, bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from stanchion import Limiter
+from stanchion.http import (
+    ClientAddress,
+    LimiterCache,
+    Plans,
+    Reply,
+    Request,
+    Rule,
+    SettingError,
+    api_key,
+    authenticated_user,
+)
+
+from ..conftest import FakeClock
+
+
+def req(
+    path: str = "/",
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    user: Any = None,
+) -> Request:
+    h = {k.lower(): v for k, v in (headers or {}).items()}
+    return Request(
+        method, path, h.get, None, (lambda: user) if user is not None else None
+    )
+
+
+def hits(rule: Rule, n: int, peer: str | None = "10.0.0.1", **kw: Any) -> list[bool]:
+    out = []
+    for _ in range(n):
+        v = rule.check(req(**kw), peer)
+        out.append(v is None or not v.blocked)
+    return out
+
+
+# -- client address -------------------------------------------------------------
+
+PROXIES = ["10.0.0.0/8", "192.168.1.5"]
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "expected"),
+    [
+        ("203.0.113.9", None, "203.0.113.9"),
+        # Not from a trusted proxy: the header is ignored.
+        ("203.0.113.9", "1.1.1.1", "203.0.113.9"),
+        # From a proxy: the rightmost untrusted address.
+        ("10.1.2.3", "198.51.100.7", "198.51.100.7"),
+        ("10.1.2.3", "6.6.6.6, 198.51.100.7", "198.51.100.7"),
+        ("10.1.2.3", "6.6.6.6, 198.51.100.7, 10.9.9.9, 192.168.1.5", "198.51.100.7"),
+        # Every hop trusted: the leftmost one.
+        ("10.1.2.3", "10.0.0.7, 10.0.0.8", "10.0.0.7"),
+        # No header from the proxy: the proxy itself.
+        ("10.1.2.3", None, "10.1.2.3"),
+        # Ports and IPv4-mapped forms name the same client.
+        ("10.1.2.3", "198.51.100.7:4711", "198.51.100.7"),
+        ("10.1.2.3", "::ffff:198.51.100.7", "198.51.100.7"),
+        # Garbage stops the walk at the last trusted hop.
+        ("10.1.2.3", "198.51.100.7, not-an-ip", "10.1.2.3"),
+        ("10.1.2.3", "198.51.100.7, not-an-ip, 10.0.0.9", "10.0.0.9"),
+        ("10.1.2.3", ",,,", "10.1.2.3"),
+        ("10.1.2.3", "1.2.3.4\x00", "10.1.2.3"),
+        ("10.1.2.3", "é" * 5000, "10.1.2.3"),
+        ("10.1.2.3", "[2001:db8::1]:80", "2001:db8::/64"),
+        ("10.1.2.3", "2001:db8::1", "2001:db8::/64"),
+    ],
+)
+def test_x_forwarded_for(peer: str, xff: str | None, expected: str) -> None:
+    ca = ClientAddress(PROXIES)
+    headers = {"x-forwarded-for": xff} if xff is not None else {}
+    assert ca(peer, headers.get) == expected
+
+
+def test_absurdly_long_forwarded_chain_is_bounded() -> None:
+    ca = ClientAddress(["10.0.0.0/8"])
+    chain = ", ".join(["10.0.0.1"] * 100_000)
+    # More trusted hops than MAX_HOPS: the walk stops at a trusted hop.
+    assert ca("10.1.1.1", {"x-forwarded-for": "9.9.9.9, " + chain}.get) == "10.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("for=198.51.100.7", "198.51.100.7"),
+        ('for="198.51.100.7:4711";proto=https', "198.51.100.7"),
+        ('for=6.6.6.6, for="[2001:db8:cafe::17]:4711"', "2001:db8:cafe::/64"),
+        ("for=6.6.6.6, For=198.51.100.7;by=10.0.0.1", "198.51.100.7"),
+        ("for=198.51.100.7, for=10.0.0.4", "198.51.100.7"),
+        ("for=unknown", "10.1.2.3"),
+        ("for=_hidden", "10.1.2.3"),
+        ("proto=http", "10.1.2.3"),
+        ("for=1.1.1.1;for=2.2.2.2", "10.1.2.3"),
+        ('for="[::1', "10.1.2.3"),
+        ("garbage", "10.1.2.3"),
+    ],
+)
+def test_forwarded(value: str, expected: str) -> None:
+    ca = ClientAddress(["10.0.0.0/8"], header="Forwarded")
+    assert ca("10.1.2.3", {"forwarded": value}.get) == expected
+
+
+def test_forwarded_header_is_ignored_when_xff_is_configured() -> None:
+    ca = ClientAddress(["10.0.0.0/8"])
+    assert ca("10.1.2.3", {"forwarded": "for=6.6.6.6"}.get) == "10.1.2.3"
+
+
+def test_unix_socket_peer_trusted_only_when_configured() -> None:
+    h = {"x-forwarded-for": "198.51.100.7"}.get
+    assert ClientAddress([])(None, h) == ""
+    assert ClientAddress(["10.0.0.0/8"])(None, h) == ""
+    assert ClientAddress(["unix"])(None, h) == "198.51.100.7"
+
+
+def test_ipv6_grouping() -> None:
+    assert ClientAddress()("2001:db8::1", {}.get) == "2001:db8::/64"
+    assert ClientAddress()("2001:db8::ffff:1", {}.get) == "2001:db8::/64"
+    assert ClientAddress(ipv6_prefix=128)("2001:db8::1", {}.get) == "2001:db8::1"
+    assert ClientAddress()("::ffff:1.2.3.4", {}.get) == "1.2.3.4"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"trusted_proxies": ["10.0.0.300"]}, "trusted_proxies"),
+        ({"trusted_proxies": [10]}, "trusted_proxies"),
+        ({"forwarded_header": "X-Real-IP"}, "forwarded_header"),
+        ({"ipv6_prefix": 0}, "ipv6_prefix"),
+        ({"headers": ["ratelimit", "bogus"]}, "headers"),
+        ({"headers_on_allowed": "yes"}, "headers_on_allowed"),
+        ({"dry_run": 1}, "dry_run"),
+        ({"cost": 0}, "cost"),
+        ({"cost": 11}, "cost"),
+        ({"cost": "2"}, "cost"),
+        ({"exempt_paths": [""]}, "exempt_paths"),
+        ({"exempt_methods": ["G ET"]}, "exempt_methods"),
+        ({"exempt_when": 3}, "exempt_when"),
+        ({"key": "ip"}, "key"),
+        ({"unidentified": "maybe"}, "unidentified"),
+        ({"scope": ""}, "scope"),
+        ({"response": "429"}, "response"),
+        ({"algorithm": "leaky"}, "algorithm/max_keys"),
+    ],
+)
+def test_bad_settings_fail_at_construction(
+    kwargs: dict[str, Any], setting: str
+) -> None:
+    with pytest.raises(SettingError) as info:
+        Rule("10/second", **kwargs)
+    assert info.value.setting == setting
+    assert str(info.value).startswith(setting + ": ")
+
+
+@pytest.mark.parametrize("bad", ["10/fortnight", "ten/second", "", "0/second", 42])
+def test_bad_rate_names_the_setting(bad: Any) -> None:
+    with pytest.raises(SettingError, match=r"^limit: "):
+        Rule(bad)
+
+
+def test_bad_plan_rate_fails_at_construction() -> None:
+    with pytest.raises(SettingError, match="plan 'pro'"):
+        Plans({"free": "10/minute", "pro": "10/fortnight"}, plan=lambda r: "free")
+    with pytest.raises(SettingError, match="default plan"):
+        Plans({"free": "10/minute"}, plan=lambda r: "free", default="gold")
+
+
+# -- identity -------------------------------------------------------------------
+
+
+def test_default_key_is_the_peer(clock: FakeClock) -> None:
+    rule = Rule("2/minute", clock=clock)
+    assert hits(rule, 3, "1.1.1.1") == [True, True, False]
+    assert hits(rule, 1, "2.2.2.2") == [True]
+
+
+def test_spoofed_xff_without_trusted_proxies_gains_nothing(clock: FakeClock) -> None:
+    rule = Rule("2/minute", clock=clock)
+    got = [
+        hits(rule, 1, "6.6.6.6", headers={"X-Forwarded-For": f"1.2.3.{i}"})[0]
+        for i in range(5)
+    ]
+    assert got == [True, True, False, False, False]
+
+
+def test_spoofed_xff_through_a_trusted_proxy_gains_nothing(clock: FakeClock) -> None:
+    # The proxy appends the real peer; the client's forged prefix is left
+    # of it and never read.
+    rule = Rule("2/minute", trusted_proxies=["10.0.0.0/8"], clock=clock)
+    got = [
+        hits(rule, 1, "10.0.0.2", headers={"X-Forwarded-For": f"1.2.3.{i}, 6.6.6.6"})[0]
+        for i in range(5)
+    ]
+    assert got == [True, True, False, False, False]
+    # Garbage from the client lands in one bucket (the proxy's), not a fresh one each.
+    garbage = [
+        hits(rule, 1, "10.0.0.2", headers={"X-Forwarded-For": f"junk{i}"})[0]
+        for i in range(5)
+    ]
+    assert garbage == [True, True, False, False, False]
+
+
+def test_api_key_helper_falls_back_to_address(clock: FakeClock) -> None:
+    rule = Rule("1/minute", key=api_key("X-API-Key"), clock=clock)
+    assert hits(rule, 2, "1.1.1.1", headers={"X-API-Key": "k1"}) == [True, False]
+    assert hits(rule, 1, "1.1.1.1", headers={"X-API-Key": "k2"}) == [True]
+    # No key: limited per address, not in one shared "no key" bucket.
+    assert hits(rule, 2, "1.1.1.1") == [True, False]
+    assert hits(rule, 1, "2.2.2.2") == [True]
+    v = rule.check(req(headers={"X-API-Key": "secret"}), "3.3.3.3")
+    assert v is not None and v.request.key is not None
+    assert "secret" not in v.request.key and v.request.key.startswith("apikey:")
+
+
+def test_authenticated_user_helper(clock: FakeClock) -> None:
+    class User:
+        is_authenticated = True
+        pk = 7
+
+    class Anonymous:
+        is_authenticated = False
+        pk = None
+
+    rule = Rule("1/minute", key=authenticated_user(), clock=clock)
+    assert hits(rule, 2, "1.1.1.1", user=User()) == [True, False]
+    assert hits(rule, 1, "2.2.2.2", user=User()) == [False]  # same user elsewhere
+    assert hits(rule, 1, "2.2.2.2", user=Anonymous()) == [True]
+    assert hits(rule, 1, "2.2.2.2", user=Anonymous()) == [False]
+    assert hits(rule, 1, "3.3.3.3", user=Anonymous()) == [True]
+
+
+def test_key_function_returning_nothing_falls_back_to_address(clock: FakeClock) -> None:
+    rule = Rule("1/minute", key=lambda r: None, clock=clock)
+    assert hits(rule, 2, "1.1.1.1") == [True, False]
+    assert hits(rule, 1, "2.2.2.2") == [True]
+
+
+def test_unidentified_requests(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    deny = Rule("5/minute", clock=clock)
+    v = deny.check(req(), None)
+    assert v is not None and v.blocked and v.decision is None
+    status, headers, body = v.reply()
+    assert status == 429
+    assert "Retry-After" not in dict(headers)
+    assert dict(headers)["Cache-Control"] == "no-store"
+    assert "could not be identified" in json.loads(body)["detail"]
+
+    with caplog.at_level(logging.WARNING, "stanchion.http"):
+        allow = Rule("1/minute", unidentified="allow", clock=clock)
+        assert hits(allow, 3, None) == [True, True, True]
+        share = Rule("1/minute", unidentified="share", clock=clock)
+        assert hits(share, 2, None) == [True, False]
+    assert (
+        len([r for r in caplog.records if "could not be identified" in r.message]) == 2
+    )
+
+
+@pytest.mark.parametrize(
+    "ident",
+    ["é", "\U0001f600" * 3, "\ud800", "x" * 100_000, "\x00\x1f", "a\udcff" * 300],
+)
+def test_any_identity_is_safe(clock: FakeClock, ident: str) -> None:
+    rule = Rule("1/minute", key=lambda r: ident, clock=clock)
+    assert hits(rule, 2) == [True, False]
+    assert rule.limiters.get("1/minute").limiter.stats()["keys"] == 1
+    key = rule.check(req(), "1.1.1.1").request.key  # type: ignore[union-attr]
+    assert key is not None and len(key) <= 200
+
+
+def test_bytes_and_int_identities(clock: FakeClock) -> None:
+    rule = Rule("1/minute", key=lambda r: r.header("x-id"), clock=clock)
+    assert hits(Rule("1/minute", key=lambda r: 42, clock=clock), 2) == [True, False]
+    assert hits(Rule("1/minute", key=lambda r: b"\xff", clock=clock), 2) == [
+        True,
+        False,
+    ]
+    assert hits(rule, 1, headers={"x-id": "a"}) == [True]
+
+
+# -- limits, plans, cost, scope -------------------------------------------------
+
+
+def test_plans(clock: FakeClock) -> None:
+    plans = Plans(
+        {"free": "2/minute", "pro": "5/minute", "internal": None},
+        plan=lambda r: r.header("x-plan"),
+        default="free",
+    )
+    rule = Rule(plans, key=api_key(), clock=clock)
+
+    def n_ok(plan: str | None, api: str) -> int:
+        headers = {"x-api-key": api} | ({"x-plan": plan} if plan else {})
+        return sum(hits(rule, 10, headers=headers))
+
+    assert n_ok("free", "a") == 2
+    assert n_ok("pro", "b") == 5
+    assert n_ok(None, "c") == 2
+    assert n_ok("gold", "d") == 2
+    assert n_ok("internal", "e") == 10
+
+
+def test_rate_function_of_the_key(clock: FakeClock) -> None:
+    paid = {"alice"}
+    rule = Rule(
+        lambda r: "5/minute" if r.key in paid else "1/minute",
+        key=lambda r: r.header("x-user"),
+        clock=clock,
+    )
+    assert sum(hits(rule, 10, headers={"x-user": "alice"})) == 5
+    assert sum(hits(rule, 10, headers={"x-user": "bob"})) == 1
+
+
+def test_limiter_cache_is_bounded_and_shared(clock: FakeClock) -> None:
+    cache = LimiterCache(clock=clock, maxsize=3)
+    rule = Rule(lambda r: r.header("x-rate"), limiters=cache)
+    for i in range(1, 10):
+        hits(rule, 1, headers={"x-rate": f"{i}/minute"})
+    assert len(cache._by_rate) == 3
+    a = cache.get("7/minute")
+    assert cache.get("7/minute") is a
+
+
+def test_shared_scope_across_rules(clock: FakeClock) -> None:
+    cache = LimiterCache(clock=clock)
+    one = Rule("3/minute", scope="search", limiters=cache)
+    two = Rule("3/minute", scope="search", limiters=cache)
+    other = Rule("3/minute", scope="upload", limiters=cache)
+    assert hits(one, 2) + hits(two, 2) == [True, True, True, False]
+    assert hits(other, 1) == [True]
+
+
+def test_cost(clock: FakeClock) -> None:
+    rule = Rule("10/minute", cost=4, clock=clock)
+    assert hits(rule, 3) == [True, True, False]
+    by_size = Rule("10/minute", cost=lambda r: int(r.header("x-n") or 1), clock=clock)
+    assert hits(by_size, 1, headers={"x-n": "9"}) == [True]
+    assert hits(by_size, 1, headers={"x-n": "2"}) == [False]
+    assert hits(by_size, 1, headers={"x-n": "1"}) == [True]
+    # More than the limit at once: denied, never a 500.
+    v = by_size.check(req(headers={"x-n": "11"}), "9.9.9.9")
+    assert v is not None and v.blocked
+    with pytest.raises(SettingError, match="cost function"):
+        Rule("10/minute", cost=lambda r: 0, clock=clock).check(req(), "1.1.1.1")
+
+
+def test_exemptions(clock: FakeClock) -> None:
+    rule = Rule(
+        "1/minute",
+        exempt_paths=["/health", "/static/*"],
+        exempt_methods=["options"],
+        exempt_when=lambda r: r.header("x-internal") == "yes",
+        clock=clock,
+    )
+    assert rule.check(req("/health"), "1.1.1.1") is None
+    assert rule.check(req("/static/app.js"), "1.1.1.1") is None
+    assert rule.check(req("/api", "OPTIONS"), "1.1.1.1") is None
+    assert rule.check(req("/api", headers={"x-internal": "yes"}), "1.1.1.1") is None
+    assert hits(rule, 2, path="/api") == [True, False]
+    assert hits(rule, 1, path="/healthz") == [False]
+
+
+def test_dry_run_never_blocks(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    rule = Rule("2/minute", dry_run=True, clock=clock)
+    with caplog.at_level(logging.INFO, "stanchion.http"):
+        verdicts = [rule.check(req(), "1.1.1.1") for _ in range(4)]
+    assert all(v is not None and not v.blocked for v in verdicts)
+    assert rule.dry_run_denials == 2
+    assert [
+        v.decision.allowed for v in verdicts if v is not None and v.decision is not None
+    ] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert dict(verdicts[3].headers())["X-RateLimit-Remaining"] == "0"  # type: ignore[union-attr]
+    assert "would have limited" in caplog.text
+    assert rule.check(req(), None) is None  # unidentified: let through
+    assert rule.dry_run_denials == 3
+
+
+# -- headers --------------------------------------------------------------------
+
+
+def test_headers_exact(clock: FakeClock) -> None:
+    rule = Rule("2/minute", scope="api", clock=clock)
+    v1 = rule.check(req(), "1.1.1.1")
+    clock.advance(10)
+    v2 = rule.check(req(), "1.1.1.1")
+    v3 = rule.check(req(), "1.1.1.1")
+    assert v1 is not None and v2 is not None and v3 is not None
+    assert v1.headers() == [
+        ("RateLimit-Policy", '"api";q=2;w=60'),
+        ("RateLimit", '"api";r=1;t=30'),
+        ("X-RateLimit-Limit", "2"),
+        ("X-RateLimit-Remaining", "1"),
+        ("X-RateLimit-Reset", "30"),
+    ]
+    assert v2.headers()[1] == ("RateLimit", '"api";r=0;t=50')
+    status, headers, body = v3.reply()
+    assert status == 429
+    assert headers == [
+        ("Content-Type", "application/problem+json"),
+        ("Cache-Control", "no-store"),
+        ("Retry-After", "20"),
+        ("RateLimit-Policy", '"api";q=2;w=60'),
+        ("RateLimit", '"api";r=0;t=20'),
+        ("X-RateLimit-Limit", "2"),
+        ("X-RateLimit-Remaining", "0"),
+        ("X-RateLimit-Reset", "50"),
+    ]
+    assert (
+        json.loads(body)["detail"] == "Rate limit of 2 exceeded; retry in 20 seconds."
+    )
+
+
+def test_retry_after_rounds_up_never_early(clock: FakeClock) -> None:
+    rule = Rule("3/second", clock=clock)
+    for _ in range(3):
+        rule.check(req(), "1.1.1.1")
+    v = rule.check(req(), "1.1.1.1")
+    assert v is not None and v.blocked
+    assert v.decision is not None and 0 < v.decision.retry_after < 1
+    assert dict(v.reply()[1])["Retry-After"] == "1"
+    # Exactly on a second: not rounded up further.
+    rule2 = Rule("1 per 5 seconds", clock=clock)
+    rule2.check(req(), "1.1.1.1")
+    assert dict(rule2.check(req(), "1.1.1.1").reply()[1])["Retry-After"] == "5"  # type: ignore[union-attr]
+
+
+def test_several_rates_and_fractional_rates(clock: FakeClock) -> None:
+    rule = Rule("2/second;3/minute", scope="s", clock=clock)
+    v = rule.check(req(), "1.1.1.1")
+    assert v is not None
+    h = dict(v.headers())
+    assert h["RateLimit-Policy"] == '"s-1s";q=2;w=1, "s-60s";q=3;w=60'
+    for _ in range(2):
+        clock.advance(1)
+        v = rule.check(req(), "1.1.1.1")
+    v = rule.check(req(), "1.1.1.1")
+    assert v is not None and v.blocked
+    assert dict(v.headers())["RateLimit"].startswith('"s-60s";r=0;')
+    frac = Rule("0.5/second", scope="f", clock=clock)
+    assert dict(frac.check(req(), "1.1.1.1").headers())["RateLimit-Policy"] == (  # type: ignore[union-attr]
+        '"f";q=1;w=2'
+    )
+    odd = Rule("1/minute", scope='we"ird\\é', clock=clock)
+    assert dict(odd.check(req(), "1.1.1.1").headers())["RateLimit-Policy"] == (  # type: ignore[union-attr]
+        '"we\\"ird\\\\_";q=1;w=60'
+    )
+
+
+def test_header_families_and_allowed(clock: FakeClock) -> None:
+    only_ietf = Rule("1/minute", headers=["ratelimit"], clock=clock)
+    v = only_ietf.check(req(), "1.1.1.1")
+    assert [k for k, _ in v.headers()] == ["RateLimit-Policy", "RateLimit"]  # type: ignore[union-attr]
+    quiet = Rule(
+        "1/minute", headers=["retry-after"], headers_on_allowed=True, clock=clock
+    )
+    assert quiet.check(req(), "1.1.1.1").headers() == []  # type: ignore[union-attr]
+    assert [k for k, _ in quiet.check(req(), "1.1.1.1").reply()[1]] == [  # type: ignore[union-attr]
+        "Content-Type",
+        "Cache-Control",
+        "Retry-After",
+    ]
+    not_on_allowed = Rule("1/minute", headers_on_allowed=False, clock=clock)
+    assert not_on_allowed.check(req(), "1.1.1.1").headers() == []  # type: ignore[union-attr]
+    assert len(not_on_allowed.check(req(), "1.1.1.1").headers()) == 5  # type: ignore[union-attr]
+
+
+def test_custom_response(clock: FakeClock) -> None:
+    def teapot(request: Request, decision: Any) -> Reply:
+        return Reply(503, b"busy", "text/plain")
+
+    rule = Rule("1/minute", response=teapot, clock=clock)
+    rule.check(req(), "1.1.1.1")
+    status, headers, body = rule.check(req(), "1.1.1.1").reply()  # type: ignore[union-attr]
+    assert (status, body) == (503, b"busy")
+    assert dict(headers)["Content-Type"] == "text/plain"
+    assert dict(headers)["Retry-After"] == "60"
+
+
+def test_limiter_object_as_limit(clock: FakeClock) -> None:
+    lim = Limiter("2/minute", clock=clock)
+    rule = Rule(lim, scope="x")
+    assert hits(rule, 3) == [True, True, False]
+    assert rule.limiters.get(lim).limiter is lim
+
+
+async def test_async_functions_and_slow_limiter(clock: FakeClock) -> None:
+    class Slow(Limiter):
+        async def ahit(self, key: str | bytes, cost: int = 1) -> Any:
+            await asyncio.sleep(0.01)
+            return self.hit(key, cost)
+
+    async def key(r: Request) -> str:
+        await asyncio.sleep(0)
+        return "k"
+
+    async def rate(r: Request) -> str:
+        return "2/minute"
+
+    async def cost(r: Request) -> int:
+        return 1
+
+    rule = Rule(rate, key=key, cost=cost, clock=clock)
+    got = [await rule.acheck(req(), "1.1.1.1") for _ in range(3)]
+    assert [v.blocked for v in got if v is not None] == [False, False, True]
+    slow = Rule(Slow("1/minute", clock=clock))
+    got = [await slow.acheck(req(), "1.1.1.1") for _ in range(2)]
+    assert [v.blocked for v in got if v is not None] == [False, True]

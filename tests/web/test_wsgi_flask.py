@@ -1,0 +1,417 @@
+"""WSGI middleware and the Flask extension, in real Flask apps driven
+through Flask's test client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from flask import Blueprint, Flask, g, jsonify
+from flask.views import MethodView
+from werkzeug.test import Client
+
+from stanchion import Limiter
+from stanchion.flask import Stanchion
+from stanchion.http import Plans, SettingError, api_key, authenticated_user
+from stanchion.wsgi import RateLimitMiddleware
+
+from ..conftest import FakeClock
+from .conftest import problem
+
+RATE_HEADERS = (
+    "Retry-After",
+    "Cache-Control",
+    "RateLimit-Policy",
+    "RateLimit",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+)
+
+
+def rate_headers(r: Any) -> dict[str, str]:
+    return {k: ", ".join(r.headers.getlist(k)) for k in RATE_HEADERS if k in r.headers}
+
+
+def get(c: Any, path: str, ip: str = "203.0.113.1", **kw: Any) -> Any:
+    return c.get(path, environ_base={"REMOTE_ADDR": ip}, **kw)
+
+
+# -- plain WSGI middleware ------------------------------------------------------
+
+
+def wsgi_hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+def test_wsgi_429_headers_exact(limits: dict[str, Any], clock: FakeClock) -> None:
+    c = Client(RateLimitMiddleware(wsgi_hello, limit="2/minute", **limits))
+    r1 = get(c, "/")
+    clock.advance(20)
+    r2 = get(c, "/")
+    r3 = get(c, "/")
+    assert (r1.status_code, r2.status_code, r3.status_code) == (200, 200, 429)
+    assert r1.data == b"hello"
+    assert rate_headers(r1) == {
+        "RateLimit-Policy": '"global";q=2;w=60',
+        "RateLimit": '"global";r=1;t=30',
+        "X-RateLimit-Limit": "2",
+        "X-RateLimit-Remaining": "1",
+        "X-RateLimit-Reset": "30",
+    }
+    assert rate_headers(r3) == {
+        "Retry-After": "10",
+        "Cache-Control": "no-store",
+        "RateLimit-Policy": '"global";q=2;w=60',
+        "RateLimit": '"global";r=0;t=10',
+        "X-RateLimit-Limit": "2",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": "40",
+    }
+    assert r3.status == "429 Too Many Requests"
+    assert r3.headers["Content-Type"] == "application/problem+json"
+    assert r3.headers["Content-Length"] == str(len(r3.data))
+    assert json.loads(r3.data) == problem(10, 2)
+
+
+def test_wsgi_exemptions_plans_dry_run_and_spoofing(limits: dict[str, Any]) -> None:
+    c = Client(
+        RateLimitMiddleware(
+            wsgi_hello,
+            limit=Plans(
+                {"free": "1/minute", "paid": "3/minute"},
+                plan=lambda r: r.header("x-plan"),
+            ),
+            key=api_key(),
+            exempt_paths=["/health"],
+            **limits,
+        )
+    )
+    assert [get(c, "/health").status_code for _ in range(3)] == [200] * 3
+    assert "RateLimit" not in get(c, "/health").headers
+    paid = [
+        get(c, "/", headers={"X-Plan": "paid", "X-API-Key": "p"}).status_code
+        for _ in range(4)
+    ]
+    free = [
+        get(c, "/", headers={"X-Plan": "free", "X-API-Key": "f"}).status_code
+        for _ in range(2)
+    ]
+    assert paid == [200, 200, 200, 429] and free == [200, 429]
+
+    dry = Client(
+        RateLimitMiddleware(wsgi_hello, limit="1/minute", dry_run=True, **limits)
+    )
+    rs = [get(dry, "/") for _ in range(3)]
+    assert [r.status_code for r in rs] == [200, 200, 200]
+    assert rs[2].headers["X-RateLimit-Remaining"] == "0"
+
+    plain = Client(RateLimitMiddleware(wsgi_hello, limit="1/minute", **limits))
+    spoof = [
+        get(
+            plain, "/", "198.51.100.3", headers={"X-Forwarded-For": f"1.1.1.{i}"}
+        ).status_code
+        for i in range(3)
+    ]
+    assert spoof == [200, 429, 429]
+    proxied = Client(
+        RateLimitMiddleware(
+            wsgi_hello, limit="1/minute", trusted_proxies=["10.0.0.1"], **limits
+        )
+    )
+    behind = [
+        get(
+            proxied, "/", "10.0.0.1", headers={"X-Forwarded-For": f"1.1.1.{i}"}
+        ).status_code
+        for i in range(3)
+    ]
+    assert behind == [200, 200, 200]
+
+
+def test_wsgi_inner_x_headers_win(limits: dict[str, Any]) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("X-RateLimit-Limit", "7")])
+        return [b""]
+
+    r = get(Client(RateLimitMiddleware(app, limit="5/minute", **limits)), "/")
+    assert r.headers.getlist("X-RateLimit-Limit") == ["7"]
+    assert r.headers["RateLimit"] == '"global";r=4;t=12'
+
+
+def test_wsgi_bad_settings() -> None:
+    with pytest.raises(SettingError, match=r"^limit: "):
+        RateLimitMiddleware(wsgi_hello, limit="1 per eon")
+    with pytest.raises(SettingError, match=r"^headers: "):
+        RateLimitMiddleware(wsgi_hello, limit="1/second", headers=["x-rate"])
+
+
+def test_wsgi_limiter_object(clock: FakeClock) -> None:
+    c = Client(
+        RateLimitMiddleware(wsgi_hello, limiter=Limiter("1/minute", clock=clock))
+    )
+    assert [get(c, "/").status_code for _ in range(2)] == [200, 429]
+
+
+# -- Flask ------------------------------------------------------------------------
+
+
+def make_app(ext: Stanchion, clock: FakeClock, **config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(config)
+    bp = Blueprint("admin", __name__, url_prefix="/admin")
+    open_bp = Blueprint("open", __name__, url_prefix="/open")
+
+    @app.route("/hello")
+    @ext.limit("2/minute")
+    def hello() -> Any:
+        return jsonify(hello="world")
+
+    @ext.limit("1/minute", headers=["ratelimit"])
+    @app.route("/above")
+    def above() -> str:
+        return "above"
+
+    @app.route("/default")
+    def default() -> str:
+        return "default"
+
+    @app.route("/health")
+    @ext.exempt
+    def health() -> str:
+        return "ok"
+
+    @app.route("/async")
+    @ext.limit("1/minute")
+    async def async_view() -> str:
+        return "async"
+
+    @app.route("/who")
+    @ext.limit("1/minute", key=authenticated_user())
+    def who() -> str:
+        return "who"
+
+    @app.before_request
+    def load_user() -> None:
+        from flask import request
+
+        g.user = request.headers.get("X-User")
+
+    @bp.route("/one")
+    def one() -> str:
+        return "one"
+
+    @bp.route("/two")
+    def two() -> str:
+        return "two"
+
+    @open_bp.route("/x")
+    def open_x() -> str:
+        return "x"
+
+    class Things(MethodView):
+        decorators = [ext.limit("1/minute", scope="things")]
+
+        def get(self) -> str:
+            return "things"
+
+    app.add_url_rule("/things", view_func=Things.as_view("things"))
+    ext.limit_blueprint(bp, "3/minute")
+    ext.exempt(open_bp)
+    app.register_blueprint(bp)
+    app.register_blueprint(open_bp)
+    app.config.setdefault("STANCHION_DEFAULT_LIMIT", "1/minute")
+    ext.init_app(app)
+    return app
+
+
+@pytest.fixture
+def ext(limits: dict[str, Any]) -> Stanchion:
+    return Stanchion(**limits)
+
+
+def test_flask_view_limit_exact(ext: Stanchion, clock: FakeClock) -> None:
+    c = make_app(ext, clock).test_client()
+    r1 = get(c, "/hello")
+    clock.advance(30)
+    r2 = get(c, "/hello")
+    r3 = get(c, "/hello")
+    assert [r.status_code for r in (r1, r2, r3)] == [200, 200, 429]
+    assert r1.json == {"hello": "world"}
+    name = '"tests.web.test_wsgi_flask.make_app.<locals>.hello"'
+    assert rate_headers(r1) == {
+        "RateLimit-Policy": f"{name};q=2;w=60",
+        "RateLimit": f"{name};r=1;t=30",
+        "X-RateLimit-Limit": "2",
+        "X-RateLimit-Remaining": "1",
+        "X-RateLimit-Reset": "30",
+    }
+    assert rate_headers(r3) == {
+        "Retry-After": "30",
+        "Cache-Control": "no-store",
+        "RateLimit-Policy": f"{name};q=2;w=60",
+        "RateLimit": f"{name};r=0;t=30",
+        "X-RateLimit-Limit": "2",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": "60",
+    }
+    assert r3.headers["Content-Type"] == "application/problem+json"
+    assert r3.json == problem(30, 2)
+
+
+def test_flask_which_limits_apply(ext: Stanchion, clock: FakeClock) -> None:
+    c = make_app(ext, clock).test_client()
+    # decorator above @app.route works too, with its own header families
+    r = get(c, "/above")
+    assert (
+        r.headers["RateLimit"].endswith(";r=0;t=60")
+        and "X-RateLimit-Limit" not in r.headers
+    )
+    assert get(c, "/above").status_code == 429
+    # the default limit covers undecorated views
+    assert [get(c, "/default").status_code for _ in range(2)] == [200, 429]
+    # exempt view and exempt blueprint
+    assert [get(c, "/health").status_code for _ in range(3)] == [200] * 3
+    assert [get(c, "/open/x").status_code for _ in range(3)] == [200] * 3
+    # blueprint limit shared by its routes (and no default on top)
+    codes = [
+        get(c, p).status_code
+        for p in ("/admin/one", "/admin/two", "/admin/one", "/admin/two")
+    ]
+    assert codes == [200, 200, 200, 429]
+    # class-based view through MethodView.decorators
+    assert [get(c, "/things").status_code for _ in range(2)] == [200, 429]
+    # async view
+    assert [get(c, "/async").status_code for _ in range(2)] == [200, 429]
+    assert get(c, "/async", "203.0.113.2").data == b"async"
+    # per-user key: same user from two addresses shares, others do not
+    assert get(c, "/who", "1.1.1.1", headers={"X-User": "ann"}).status_code == 200
+    assert get(c, "/who", "2.2.2.2", headers={"X-User": "ann"}).status_code == 429
+    assert get(c, "/who", "2.2.2.2", headers={"X-User": "bob"}).status_code == 200
+
+
+def test_flask_several_apps_keep_their_own_state(
+    ext: Stanchion, clock: FakeClock
+) -> None:
+    one = make_app(ext, clock).test_client()
+    two = make_app(ext, clock, STANCHION_DEFAULT_LIMIT="3/minute").test_client()
+    assert [get(one, "/hello").status_code for _ in range(3)] == [200, 200, 429]
+    assert [get(two, "/hello").status_code for _ in range(3)] == [200, 200, 429]
+    assert [get(one, "/default").status_code for _ in range(2)] == [200, 429]
+    assert [get(two, "/default").status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_flask_config(ext: Stanchion, clock: FakeClock) -> None:
+    app = make_app(
+        ext,
+        clock,
+        STANCHION_HEADERS_ON_ALLOWED=False,
+        STANCHION_TRUSTED_PROXIES=["10.0.0.0/8"],
+        STANCHION_EXEMPT_PATHS=["/default"],
+    )
+    c = app.test_client()
+    r = get(c, "/hello", "10.1.1.1", headers={"X-Forwarded-For": "198.51.100.1"})
+    assert "RateLimit" not in r.headers
+    assert (
+        get(
+            c, "/hello", "10.1.1.2", headers={"X-Forwarded-For": "198.51.100.1"}
+        ).status_code
+        == 200
+    )
+    assert (
+        get(
+            c, "/hello", "10.1.1.3", headers={"X-Forwarded-For": "198.51.100.1"}
+        ).status_code
+        == 429
+    )
+    assert (
+        get(
+            c, "/hello", "10.1.1.3", headers={"X-Forwarded-For": "198.51.100.2"}
+        ).status_code
+        == 200
+    )
+    assert [get(c, "/default").status_code for _ in range(3)] == [200] * 3
+    assert "stanchion" in app.extensions
+
+    off = make_app(ext, clock, STANCHION_ENABLED=False).test_client()
+    assert [get(off, "/hello").status_code for _ in range(4)] == [200] * 4
+
+    dry = make_app(ext, clock, STANCHION_DRY_RUN=True).test_client()
+    rs = [get(dry, "/hello") for _ in range(3)]
+    assert [r.status_code for r in rs] == [200] * 3
+    assert rs[2].headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_flask_spoofing_without_proxies(ext: Stanchion, clock: FakeClock) -> None:
+    c = make_app(ext, clock).test_client()
+    codes = [
+        get(
+            c, "/hello", "198.51.100.4", headers={"X-Forwarded-For": f"1.1.1.{i}"}
+        ).status_code
+        for i in range(3)
+    ]
+    assert codes == [200, 200, 429]
+
+
+def test_flask_plans(limits: dict[str, Any]) -> None:
+    ext = Stanchion(**limits)
+    app = Flask(__name__)
+
+    @app.route("/p")
+    @ext.limit(
+        Plans(
+            {"free": "1/minute", "paid": "3/minute"}, plan=lambda r: r.header("x-plan")
+        ),
+        key=api_key(),
+    )
+    def p() -> str:
+        return "p"
+
+    ext.init_app(app)
+    c = app.test_client()
+    paid = [
+        get(c, "/p", headers={"X-Plan": "paid", "X-API-Key": "a"}).status_code
+        for _ in range(4)
+    ]
+    free = [
+        get(c, "/p", headers={"X-Plan": "free", "X-API-Key": "b"}).status_code
+        for _ in range(2)
+    ]
+    assert paid == [200, 200, 200, 429] and free == [200, 429]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"STANCHION_DEFAULT_LIMIT": "lots"},
+            r"^STANCHION_DEFAULT_LIMIT: bad rate 'lots'",
+        ),
+        ({"STANCHION_TRUSTED_PROXIES": ["nginx"]}, r"^STANCHION_TRUSTED_PROXIES: "),
+        ({"STANCHION_HEADERS": ["nope"]}, r"^STANCHION_HEADERS: "),
+        ({"STANCHION_DRY_RUN": "yes"}, r"^STANCHION_DRY_RUN: "),
+        (
+            {"STANCHION_ALGORITHM": "leaky"},
+            r"^STANCHION_ALGORITHM / STANCHION_MAX_KEYS: ",
+        ),
+        ({"STANCHION_STORAGE_URL": "mongodb://x"}, r"^STANCHION_STORAGE_URL: "),
+        ({"STANCHION_EXEMPT_METHODS": ["G3T"]}, r"^STANCHION_EXEMPT_METHODS: "),
+    ],
+)
+def test_flask_bad_config_fails_in_init_app(
+    config: dict[str, Any], message: str
+) -> None:
+    app = Flask(__name__)
+    app.config.update(config)
+    with pytest.raises(SettingError, match=message):
+        Stanchion(app)
+
+
+def test_flask_bad_view_limit_fails_at_decoration() -> None:
+    ext = Stanchion()
+    with pytest.raises(SettingError, match=r"^limit: "):
+
+        @ext.limit("1/eon")
+        def v() -> str:
+            return ""
