@@ -453,6 +453,7 @@ def main() -> int:
         os.environ["STANCHION_BENCH_QUICK"] = "1"
     rounds, seconds = (1, 0.05) if quick() else (args.rounds, args.seconds)
 
+    load_before = os.getloadavg()[0]
     with redis_server() as port:
         url = f"redis://127.0.0.1:{port}/0"
         scases = sync_cases(url, port)
@@ -480,7 +481,11 @@ def main() -> int:
         f"Medians of {rounds} interleaved rounds of {seconds} s per figure. "
         "Ratios: p50 against the PING floor of the same kind (blocking or "
         "asyncio, same thread count), and decisions/s against limits' fixed "
-        "window (blocking) or limits' asyncio fixed window (asyncio)."
+        "window (blocking) or limits' asyncio fixed window (asyncio). "
+        f"Load average {load_before:.1f} before the run and "
+        f"{os.getloadavg()[0]:.1f} after it (the machine is shared): p99 and "
+        "a single client's decisions/s include scheduling stalls of "
+        "milliseconds; p50 is the steadiest figure."
     ]
     verdicts: list[str] = []
     sections = (

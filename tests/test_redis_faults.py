@@ -19,14 +19,15 @@ from stanchion.redis import RedisLimiter, RedisStorage
 from ._redis import RedisServer
 from .conftest import SANITIZED
 
-# The default timeout; the sanitizer pass runs everything several times
-# slower, so it gets more room (the point stands: an outage lasts OUTAGE).
-TIMEOUT = 0.2 if SANITIZED else 0.05
+# Under load the tests use a timeout well above the scheduling stalls of a
+# busy 2-core machine (a healthy call must not time out), and far below
+# the outage, so a call that waited for Redis would show. The default 50 ms
+# is tested alone (test_default_timeout_bounds_a_paused_server).
+TIMEOUT = 0.5 if SANITIZED else 0.25
 RETRY_INTERVAL = 0.05
-# Scheduling noise on a busy 2-core machine: generous, yet far below the
-# outage, so a call that waited for Redis would show.
-MARGIN = 0.3 if SANITIZED else 0.2
-OUTAGE = 0.8
+MARGIN = 0.25
+OUTAGE = 1.2 if SANITIZED else 1.0
+DEFAULT_TIMEOUT = 0.05
 
 
 @dataclass
@@ -72,11 +73,28 @@ class Timeline:
         ]
         after = [c for c in self.calls if c.start > self.up_at + RETRY_INTERVAL + 0.15]
         assert len(before) > 5 and len(during) > 5 and len(after) > 5
-        assert {c.outcome for c in before} == {"real"}
-        assert {c.outcome for c in during} == {expected}
-        assert {c.outcome for c in after} == {"real"}
+        for phase, calls, want in (
+            ("before", before, "real"),
+            ("during", during, expected),
+            ("after", after, "real"),
+        ):
+            odd = [
+                (round(c.start - self.down_at, 3), round(c.end - c.start, 3), c.outcome)
+                for c in calls
+                if c.outcome != want
+            ]
+            assert not odd, (
+                phase,
+                self.back_at - self.down_at,
+                self.up_at - self.down_at,
+                odd,
+            )
         worst = max(c.end - c.start for c in self.calls)
         assert worst < TIMEOUT + MARGIN, worst
+        # Most calls during the outage do not even wait for the timeout:
+        # one per retry interval tries Redis, the others answer at once.
+        waits = sorted(c.end - c.start for c in during)
+        assert waits[len(waits) // 2] < TIMEOUT / 2, waits
 
 
 def _limiter(server: RedisServer, policy: str) -> RedisLimiter:
@@ -181,6 +199,39 @@ async def test_outage_under_async_load(
         await lim.storage.aclose()
     timeline.check(policy)
     _one_warning_one_info(caplog)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_default_timeout_bounds_a_paused_server(
+    private_redis: RedisServer, asynchronous: bool
+) -> None:
+    storage = RedisStorage(private_redis.url)
+    assert storage.timeout == DEFAULT_TIMEOUT
+    lim = stanchion.Limiter("5/minute", storage=storage, on_error="deny")
+
+    async def hit() -> stanchion.Decision:
+        return await lim.ahit("k") if asynchronous else lim.hit("k")
+
+    try:
+        # Connected and answering (a busy machine may need a few tries
+        # within 50 ms).
+        for _ in range(50):
+            if (await hit()).remaining < 5 and storage._connector.down_since is None:
+                break
+            time.sleep(0.11)
+        assert storage._connector.down_since is None
+        private_redis.pause()
+        try:
+            t0 = time.monotonic()
+            d = await hit()
+            elapsed = time.monotonic() - t0
+        finally:
+            private_redis.resume()
+        assert not d and d.retry_after == 1.0  # the deny policy's answer
+        assert DEFAULT_TIMEOUT <= elapsed < DEFAULT_TIMEOUT + MARGIN, elapsed
+    finally:
+        storage.close()
+        await storage.aclose()
 
 
 def test_restart_empty_needs_nothing(

@@ -204,7 +204,16 @@ for i = 1, n do
   end
   -- allowed when prev * (P - e) / P + cur + cost <= L, exactly
   local X = L - cur - cost
-  local ok = X >= 0 and cmp(prev, P - e, X, P) <= 0
+  local wp = prev * (P - e)
+  -- Below 2**52 the products, and the floor or ceiling of their
+  -- quotients, are exact in doubles; past it, in limbs.
+  local small = wp < 4e15 and L * P < 4e15
+  local ok
+  if small then
+    ok = X >= 0 and wp <= X * P
+  else
+    ok = X >= 0 and cmp(prev, P - e, X, P) <= 0
+  end
   local retry = 0
   if ok then
     cur = cur + cost
@@ -218,8 +227,13 @@ for i = 1, n do
     if q < Pn then e2 = Pn - q end
     retry = (P - e) * 1000 + e2
   end
-  local w = fdiv(prev, P - e, P)
-  if cmp(w, P, prev, P - e) < 0 then w = w + 1 end
+  local w
+  if small then
+    w = math.ceil(wp / P)
+  else
+    w = fdiv(prev, P - e, P)
+    if cmp(w, P, prev, P - e) < 0 then w = w + 1 end
+  end
   local left = L - cur - w
   if left < 0 then left = 0 end
   local reset = 0
