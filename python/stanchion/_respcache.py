@@ -327,6 +327,12 @@ class _LocalStore:
     def clear(self) -> None:
         self.cache.clear()
 
+    def close(self) -> None:
+        pass  # nothing held outside this process
+
+    async def aclose(self) -> None:
+        pass
+
     async def aget_vary(self, path: str) -> tuple[str, ...] | None:
         return self.cache.get("v:" + path)
 
@@ -347,14 +353,13 @@ class _RedisStore:
 
     def __init__(self, cache: Any) -> None:
         self.rc = cache.namespace("http")
-        self.prefix: bytes = self.rc._prefix
 
     def _k(self, key: str) -> bytes:
-        return self.prefix + key.encode("utf-8", "surrogateescape")
+        return bytes(self.rc.raw_key(key))
 
     @staticmethod
     def _vary(data: Any) -> tuple[str, ...] | None:
-        if data is None or data is _MISSING:
+        if data is None:
             return None
         text = bytes(data).decode()
         return tuple(text.split(",")) if text else ()
@@ -375,55 +380,54 @@ class _RedisStore:
         return cmds
 
     def get_vary(self, path: str) -> tuple[str, ...] | None:
-        return self._vary(self.rc._call("GET", self._k("v:" + path)))
+        return self._vary(self.rc.command("GET", self._k("v:" + path)))
 
     def get(self, key: str) -> Entry | None:
-        data = self.rc._call("GET", self._k(key))
-        if data is None or data is _MISSING:
-            return None
-        return Entry.unpack(bytes(data))
+        data = self.rc.command("GET", self._k(key))
+        return None if data is None else Entry.unpack(bytes(data))
 
     def put(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
         for cmd in self._put_cmds(entry, vary, ttl):
-            self.rc._call(*cmd)
+            self.rc.command(*cmd)
 
     def delete(self, key: str) -> bool:
-        n = self.rc._call("UNLINK", self._k(key))
-        return n is not _MISSING and int(n) > 0
+        n = self.rc.command("UNLINK", self._k(key))
+        return n is not None and int(n) > 0
 
     def delete_prefix(self, prefix: str) -> int:
-        from .redis import _glob_escape
-
-        link = self.rc._connector.sync_link()
         n = 0
         for kind in ("e:GET ", "v:"):
-            n += int(link.scan_delete(_glob_escape(self._k(kind + prefix)) + b"*"))
+            n += int(self.rc.delete_raw_prefix(self._k(kind + prefix)))
         return n
 
     def delete_tag(self, tag: str) -> int:
         tkey = self._k("t:" + tag)
-        members = self.rc._call("SMEMBERS", tkey)
+        members = self.rc.command("SMEMBERS", tkey)
         n = 0
-        if members and members is not _MISSING:
-            n = int(self.rc._call("UNLINK", *members))
-        self.rc._call("UNLINK", tkey)
+        if members:
+            n = int(self.rc.command("UNLINK", *members) or 0)
+        self.rc.command("UNLINK", tkey)
         return n
 
     def clear(self) -> None:
         self.rc.clear()
 
+    def close(self) -> None:
+        self.rc.close()
+
+    async def aclose(self) -> None:
+        await self.rc.aclose()
+
     async def aget_vary(self, path: str) -> tuple[str, ...] | None:
-        return self._vary(await self.rc._acall("GET", self._k("v:" + path)))
+        return self._vary(await self.rc.acommand("GET", self._k("v:" + path)))
 
     async def aget(self, key: str) -> Entry | None:
-        data = await self.rc._acall("GET", self._k(key))
-        if data is None or data is _MISSING:
-            return None
-        return Entry.unpack(bytes(data))
+        data = await self.rc.acommand("GET", self._k(key))
+        return None if data is None else Entry.unpack(bytes(data))
 
     async def aput(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
         for cmd in self._put_cmds(entry, vary, ttl):
-            await self.rc._acall(*cmd)
+            await self.rc.acommand(*cmd)
 
 
 # ---------------------------------------------------------------------------
@@ -981,6 +985,20 @@ class ResponseCache:
     def clear(self) -> None:
         """Forget every entry."""
         self.store.clear()
+
+    def close(self) -> None:
+        """Close the backend's blocking connections (Redis)."""
+        self.store.close()
+
+    async def aclose(self) -> None:
+        """Wait for this event loop's background refreshes, then close the
+        backend's asyncio connections made on this loop (Redis). Call it
+        before the loop ends (an ASGI app's lifespan shutdown does)."""
+        loop = asyncio.get_running_loop()
+        mine = [t for t in self._tasks if t.get_loop() is loop]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+        await self.store.aclose()
 
     def stats(self) -> dict[str, int]:
         """Counts since start: hits (stale ones included), misses, stale

@@ -206,9 +206,25 @@ class CacheMiddleware:
     def stats(self) -> dict[str, int]:
         return self.cache.stats()
 
+    def _on_shutdown(self, send: Send) -> Send:
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.cache.aclose()
+            await send(message)
+
+        return wrapped
+
+    async def aclose(self) -> None:
+        """Close this event loop's backend connections (Redis); done at
+        lifespan shutdown."""
+        await self.cache.aclose()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, self._on_shutdown(send))
+            else:
+                await self.app(scope, receive, send)
             return
         path = scope["path"]
         if self.paths is not None and not path.startswith(self.paths):

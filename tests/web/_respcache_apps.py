@@ -103,9 +103,7 @@ class Harness:
         return self.request("GET", url, headers)
 
     def close(self) -> None:
-        store = getattr(self.cache.store, "rc", None)
-        if store is not None:
-            store.close()
+        self.cache.close()
 
     def head(self, url: str, headers: dict[str, str] | None = None) -> Response:
         return self.request("HEAD", url, headers)
@@ -153,19 +151,27 @@ class AsgiHarness(Harness):
         self, method: str, url: str, headers: dict[str, str] | None = None
     ) -> Response:
         async def go() -> Response:
-            async with self.client() as c:
-                return await self.arequest(c, method, url, headers)
+            try:
+                async with self.client() as c:
+                    return await self.arequest(c, method, url, headers)
+            finally:
+                # Each asyncio.run is a new loop: its backend connections
+                # close with it, as a lifespan shutdown would close them.
+                await self.cache.aclose()
 
         return asyncio.run(go())
 
     def many(self, url: str, n: int) -> list[Response]:
         async def go() -> list[Response]:
-            async with self.client() as c:
-                return list(
-                    await asyncio.gather(
-                        *(self.arequest(c, "GET", url, None) for _ in range(n))
+            try:
+                async with self.client() as c:
+                    return list(
+                        await asyncio.gather(
+                            *(self.arequest(c, "GET", url, None) for _ in range(n))
+                        )
                     )
-                )
+            finally:
+                await self.cache.aclose()
 
         return asyncio.run(go())
 

@@ -59,3 +59,62 @@ def test_redis_users_do_not_leak(adapter: str, redis_server: RedisServer) -> Non
         assert "alice" in alice.text and "bob" in bob.text
         assert b.get("/user", {"Authorization": "Bearer alice"}).body == alice.body
         assert "None|None" in b.get("/user").text
+
+
+def _clients(server: RedisServer) -> int:
+    probe = RedisCache(server.url)
+    try:
+        info = probe.command("INFO", "clients")
+    finally:
+        probe.close()
+    line = next(
+        x for x in bytes(info).decode().splitlines() if "connected_clients" in x
+    )
+    return int(line.split(":")[1])
+
+
+def test_asgi_lifespan_shutdown_closes_connections(redis_server: RedisServer) -> None:
+    import asyncio
+
+    import httpx
+
+    from stanchion.asgi import CacheMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                kind = msg["type"].rsplit(".", 1)[-1]
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    rc = RedisCache(redis_server.url, prefix=f"t{uuid.uuid4().hex}:")
+    mw = CacheMiddleware(app, ttl=60, backend=rc)
+    before = _clients(redis_server)
+
+    async def go() -> tuple[int, int]:
+        inbox: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+        sent: list[str] = []
+
+        async def send(msg: Any) -> None:
+            sent.append(msg["type"])
+
+        life = asyncio.create_task(mw({"type": "lifespan"}, inbox.get, send))
+        await inbox.put({"type": "lifespan.startup"})
+        transport = httpx.ASGITransport(app=mw)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            assert (await c.get("/a")).headers["x-cache"] == "MISS"
+            assert (await c.get("/a")).headers["x-cache"] == "HIT"
+        during = _clients(redis_server)
+        await inbox.put({"type": "lifespan.shutdown"})
+        await life
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        return during, _clients(redis_server)
+
+    during, after = asyncio.run(go())
+    assert during > before
+    assert after == before
+    rc.close()
