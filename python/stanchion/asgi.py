@@ -14,7 +14,7 @@ from typing import Any
 
 from .http import Request, Rule, Verdict
 
-__all__ = ["AsgiRequest", "RateLimitMiddleware", "send_reply"]
+__all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
 
 Scope = Any  # MutableMapping[str, Any], as Starlette types it
 Message = Any  # MutableMapping[str, Any]; Any matches Starlette's own aliases
@@ -138,3 +138,198 @@ class RateLimitMiddleware:
             return send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+# ---------------------------------------------------------------------------
+# Response caching
+# ---------------------------------------------------------------------------
+
+_PASSED = object()  # the upstream's answer already went to the client
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _decode(raw: Any) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw or ()]
+
+
+async def send_cached(reply: Any, send: Send) -> None:
+    """Send a :class:`stanchion._respcache.Reply` built by the cache."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": reply.status,
+            "headers": encode_headers(reply.headers),
+        }
+    )
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+class CacheMiddleware:
+    """Cache GET/HEAD answers of any ASGI app (FastAPI, Starlette, ...).
+
+    ``app = CacheMiddleware(app, ttl=60)``, or
+    ``app.add_middleware(CacheMiddleware, ttl=60, backend=RedisCache(url))``.
+    Keywords are :class:`stanchion._respcache.ResponseCache` settings:
+    ``ttl``, ``backend`` (None: in process, bounded by ``maxweight``
+    bytes; a ``stanchion.Cache``; or a ``stanchion.RedisCache``, shared),
+    ``statuses``, ``max_age``, ``maxweight``, ``max_body``,
+    ``stale_while_revalidate``, ``stale_if_error``, ``vary_identity``,
+    ``session_cookies``, ``tags``, ``clock``. ``paths`` (prefixes)
+    limits caching to those paths.
+
+    Answers streamed in several ``http.response.body`` messages are
+    buffered up to ``max_body`` bytes; a longer one goes to the client as
+    it comes, uncached. ``invalidate(path=|prefix=|tag=)``, ``clear()``
+    and ``stats()`` manage the cache.
+    """
+
+    def __init__(self, app: ASGIApp, *, paths: Any = None, **settings: Any) -> None:
+        from ._respcache import ResponseCache
+
+        if paths is not None:
+            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+                raise TypeError("paths must be a list of path prefixes")
+            paths = tuple(paths)
+        self.app = app
+        self.paths: tuple[str, ...] | None = paths
+        self.cache = ResponseCache(**settings)
+
+    def invalidate(self, path: str | None = None, **kw: Any) -> int:
+        return self.cache.invalidate(path, **kw)
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    def stats(self) -> dict[str, int]:
+        return self.cache.stats()
+
+    def _on_shutdown(self, send: Send) -> Send:
+        async def wrapped(message: Any) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.cache.aclose()
+            await send(message)
+
+        return wrapped
+
+    async def aclose(self) -> None:
+        """Close this event loop's backend connections (Redis); done at
+        lifespan shutdown."""
+        await self.cache.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, self._on_shutdown(send))
+            else:
+                await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if self.paths is not None and not path.startswith(self.paths):
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+
+        def header(name: str) -> str | None:
+            want = name.encode("latin-1")
+            found = [v for k, v in headers if k == want]
+            return b", ".join(found).decode("latin-1") if found else None
+
+        cache = self.cache
+        plan = cache.plan(
+            scope["method"],
+            path,
+            scope.get("query_string", b"").decode("latin-1"),
+            header,
+        )
+        if plan is None:
+            await self.app(scope, receive, send)
+            return
+        store = not plan.head and not plan.personal
+
+        def upstream() -> Awaitable[Any]:
+            return self._run(scope, receive, send, store)
+
+        def background() -> Awaitable[Any]:
+            return self._run(dict(scope), _no_body, None, True)
+
+        reply = await cache.aserve(plan, upstream, background)
+        if reply.native is _PASSED:
+            return
+        await send_cached(reply, send)
+
+    async def _run(
+        self, scope: Scope, receive: Receive, send: Send | None, store: bool
+    ) -> Any:
+        """Run the app; buffer its answer when it may be stored (or served
+        stale instead of a 5xx), else forward it to ``send`` as it comes."""
+        from ._respcache import Upstream
+
+        cache = self.cache
+        limit = cache.max_body
+        state: dict[str, Any] = {
+            "start": None,
+            "chunks": [],
+            "size": 0,
+            "passed": False,
+        }
+
+        async def pass_on(message: Message) -> None:
+            if send is not None:
+                await send(message)
+
+        async def go_through() -> None:
+            start = state["start"]
+            state["passed"] = True
+            start["headers"] = [*(start.get("headers") or ()), (b"x-cache", b"MISS")]
+            await pass_on(start)
+            chunks, state["chunks"] = state["chunks"], []
+            if chunks:
+                await pass_on(
+                    {
+                        "type": "http.response.body",
+                        "body": b"".join(chunks),
+                        "more_body": True,
+                    }
+                )
+
+        async def capture(message: Message) -> None:
+            kind = message["type"]
+            if state["passed"]:
+                await pass_on(message)
+                return
+            if kind == "http.response.start":
+                state["start"] = message
+                status = message["status"]
+                keep = (
+                    store
+                    and cache.storable(status, _decode(message.get("headers")))
+                    is not None
+                )
+                if not keep and not (status >= 500 and cache.sie > 0):
+                    await go_through()
+                return
+            if kind == "http.response.body":
+                body = message.get("body", b"")
+                if body:
+                    state["chunks"].append(body)
+                    state["size"] += len(body)
+                if state["size"] > limit:
+                    more = message.get("more_body", False)
+                    await go_through()
+                    if not more:
+                        await pass_on({"type": "http.response.body", "body": b""})
+                return
+            await pass_on(message)
+
+        await self.app(scope, receive, capture)
+        start = state["start"]
+        if start is None:
+            raise RuntimeError("the app returned without starting a response")
+        status = start["status"]
+        hdrs = _decode(start.get("headers"))
+        if state["passed"]:
+            return Upstream(status, hdrs, None, _PASSED)
+        return Upstream(status, hdrs, b"".join(state["chunks"]))

@@ -35,13 +35,15 @@ from fastapi import HTTPException
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 
-from .asgi import RateLimitMiddleware
+from .asgi import CacheMiddleware, RateLimitMiddleware
 from .http import LimiterCache, Request, Rule, Verdict
 
 __all__ = [
+    "CacheMiddleware",
     "RateLimit",
     "RateLimitMiddleware",
     "RateLimited",
+    "cache",
     "exception_handlers",
     "limit",
     "problem_response",
@@ -298,3 +300,137 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
         return wrapper  # type: ignore[no-any-return]
 
     return decorate
+
+
+# ---------------------------------------------------------------------------
+# Response caching
+# ---------------------------------------------------------------------------
+
+
+def _as_response(result: Any, response: Response) -> Response:
+    """What FastAPI would send for an endpoint's return value (JSON for
+    anything but a Response), with what the endpoint set on its
+    ``Response`` parameter."""
+    if isinstance(result, Response):
+        return result
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.responses import JSONResponse
+
+    out = JSONResponse(jsonable_encoder(result))
+    if response.status_code:
+        out.status_code = response.status_code
+    out.raw_headers.extend(
+        (k, v) for k, v in response.raw_headers if k != b"content-length"
+    )
+    return out
+
+
+def cache(**settings: Any) -> Callable[[F], F]:
+    """Route decorator: ``@cache(ttl=60)`` under ``@app.get(...)``.
+
+    Answers of the endpoint are cached by the rules of
+    :class:`stanchion._respcache.ResponseCache` (whose keywords it takes:
+    ``ttl``, ``backend``, ``statuses``, ``max_age``, ...). The endpoint
+    keeps its signature (no ``request: Request`` needed); values it
+    returns are sent as FastAPI's JSON (a ``response_model`` is not
+    applied to them: return a Response, or a value already shaped as
+    the model). Streaming responses pass through uncached. The wrapper's
+    ``cache`` attribute has ``invalidate``, ``clear`` and ``stats``.
+    """
+    from starlette.concurrency import run_in_threadpool
+
+    from ._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(**settings)
+
+    def decorate(func: F) -> F:
+        try:
+            sig = inspect.signature(func, eval_str=True)
+        except NameError:
+            sig = inspect.signature(func)
+        req_name = _find_param(sig, StarletteRequest)
+        resp_name = _find_param(sig, Response)
+        params = list(sig.parameters.values())
+        extra = []
+        if req_name is None:
+            req_name = "_stanchion_request"
+            extra.append(
+                inspect.Parameter(
+                    req_name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=StarletteRequest,
+                )
+            )
+        if resp_name is None:
+            resp_name = "_stanchion_response"
+            extra.append(
+                inspect.Parameter(
+                    resp_name, inspect.Parameter.KEYWORD_ONLY, annotation=Response
+                )
+            )
+        pass_req = req_name in sig.parameters
+        pass_resp = resp_name in sig.parameters
+        if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+            params[-1:-1] = extra
+        else:
+            params.extend(extra)
+        is_async = inspect.iscoroutinefunction(func)
+
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = kwargs[req_name] if pass_req else kwargs.pop(req_name)
+            response = kwargs[resp_name] if pass_resp else kwargs.pop(resp_name)
+
+            async def upstream() -> Upstream:
+                if is_async:
+                    result = await func(*args, **kwargs)
+                else:
+                    result = await run_in_threadpool(func, *args, **kwargs)
+                out = _as_response(result, response)
+                headers = [
+                    (k.decode("latin-1"), v.decode("latin-1"))
+                    for k, v in out.raw_headers
+                ]
+                body = getattr(out, "body", None)
+                if not isinstance(body, bytes) or len(body) > rc.max_body:
+                    return Upstream(out.status_code, headers, None, out)
+                return Upstream(out.status_code, headers, body)
+
+            scope = request.scope
+            hdrs = request.headers
+            plan = rc.plan(
+                scope["method"],
+                scope["path"],
+                scope.get("query_string", b"").decode("latin-1"),
+                lambda name: ", ".join(hdrs.getlist(name)) or None,
+            )
+            if plan is None:
+                up = await upstream()
+                return up.native if up.native is not None else _rebuild(up)
+            reply = await rc.aserve(plan, upstream, upstream)
+            if reply.passthrough:
+                native: Response = reply.native
+                native.raw_headers.extend(
+                    (k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers
+                )
+                return native
+            out = Response(reply.body, status_code=reply.status)
+            out.raw_headers = [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in reply.headers
+            ]
+            return out
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.cache = rc  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _rebuild(up: Any) -> Response:
+    out = Response(up.body, status_code=up.status)
+    out.raw_headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in up.headers
+    ]
+    return out

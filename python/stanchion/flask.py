@@ -58,11 +58,21 @@ Config keys (each overrides the keyword of the same name given to
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    copy_current_request_context,
+    current_app,
+    g,
+    request,
+)
+from werkzeug.datastructures import Headers
 
 from .http import LimiterCache, Request, Rule, SettingError, Verdict
 
@@ -272,6 +282,51 @@ class Stanchion:
         self._version += 1
         return view_or_blueprint
 
+    # -- response caching ------------------------------------------------------
+
+    def cache(self, **settings: Any) -> Callable[[F], F]:
+        """View decorator (under ``@app.route``): ``@ext.cache(ttl=60)``
+        caches the view's answers by the rules of
+        :class:`stanchion._respcache.ResponseCache`, whose keywords it
+        takes (``ttl``, ``backend``, ``statuses``, ``max_age``, ...).
+        Async views work too. Streamed responses pass through uncached.
+        The wrapper's ``cache`` attribute has ``invalidate``, ``clear``
+        and ``stats``."""
+        from ._respcache import ResponseCache
+
+        rc = ResponseCache(**settings)
+
+        def decorate(view: F) -> F:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                app = current_app._get_current_object()  # type: ignore[attr-defined]
+                req = request._get_current_object()  # type: ignore[attr-defined]
+
+                def upstream() -> Any:
+                    return _flask_upstream(app, view, args, kwargs, rc.max_body)
+
+                plan = rc.plan(
+                    req.method,
+                    req.path,
+                    req.query_string.decode("latin-1"),
+                    req.headers.get,
+                )
+                if plan is None:
+                    return view(*args, **kwargs)
+                reply = rc.serve(plan, upstream, copy_current_request_context(upstream))
+                if reply.passthrough:
+                    native = reply.native
+                    native.headers.extend(reply.headers)
+                    return native
+                out = app.response_class(reply.body, status=reply.status)
+                out.headers = Headers(reply.headers)
+                return out
+
+            wrapper.cache = rc  # type: ignore[attr-defined]
+            return wrapper  # type: ignore[return-value]
+
+        return decorate
+
     # -- hooks -----------------------------------------------------------------
 
     def _rules_for(
@@ -361,6 +416,19 @@ class Stanchion:
                 else:
                     out.extend(headers)
         return response
+
+
+def _flask_upstream(app: Flask, view: Any, args: Any, kwargs: Any, limit: int) -> Any:
+    from ._respcache import Upstream
+
+    response = app.make_response(app.ensure_sync(view)(*args, **kwargs))
+    headers = list(response.headers.items())
+    if response.is_streamed:
+        return Upstream(response.status_code, headers, None, response)
+    body = response.get_data()
+    if len(body) > limit:
+        return Upstream(response.status_code, headers, None, response)
+    return Upstream(response.status_code, headers, body)
 
 
 def _g_user() -> Any:

@@ -1264,6 +1264,45 @@ class RedisCache:
     def close(self) -> None:
         self._connector.close()
 
+    # -- raw commands under this cache's prefix -------------------------------
+
+    def raw_key(self, key: str | bytes) -> bytes:
+        """``key`` under this cache's prefix, as stored in Redis (no
+        serialization: for callers that build their own commands)."""
+        if isinstance(key, str):
+            key = key.encode("utf-8", "surrogateescape")
+        elif not isinstance(key, bytes):
+            raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+        return self._prefix + key
+
+    def command(self, *args: Any) -> Any:
+        """Run one Redis command; its reply, or None when Redis is
+        unavailable and ``on_error`` lets that pass."""
+        reply = self._call(*args)
+        return None if reply is _MISSING else reply
+
+    async def acommand(self, *args: Any) -> Any:
+        """``command`` with asyncio."""
+        reply = await self._acall(*args)
+        return None if reply is _MISSING else reply
+
+    def delete_raw_prefix(self, prefix: bytes) -> int:
+        """Delete every key starting with ``prefix`` (a full key from
+        ``raw_key``); how many were deleted (0 when Redis is unavailable
+        and ``on_error`` lets that pass)."""
+        if not isinstance(prefix, bytes):
+            raise TypeError(f"prefix must be bytes, not {type(prefix).__name__}")
+        link = self._connector.sync_link()
+        if self._skip():
+            return 0
+        try:
+            n = int(link.scan_delete(_glob_escape(prefix) + b"*"))
+        except _FAILURES as exc:
+            self._failed(exc)
+            return 0
+        self._ok()
+        return n
+
     # -- asyncio ---------------------------------------------------------------
 
     async def _acall(self, *args: Any) -> Any:

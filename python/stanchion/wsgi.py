@@ -13,7 +13,12 @@ from typing import Any
 
 from .http import Request, Rule, Verdict
 
-__all__ = ["RateLimitMiddleware", "WsgiRequest", "header_from_environ"]
+__all__ = [
+    "CacheMiddleware",
+    "RateLimitMiddleware",
+    "WsgiRequest",
+    "header_from_environ",
+]
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -134,3 +139,151 @@ class RateLimitMiddleware:
             return start_response(status, merge_headers(headers, extra), exc_info)
 
         return self.app(environ, start_with_headers)
+
+
+# ---------------------------------------------------------------------------
+# Response caching
+# ---------------------------------------------------------------------------
+
+
+class _Passing:
+    """An app's answer that goes to the client as it comes: the part
+    already read, then the rest, and the app's ``close``."""
+
+    def __init__(self, head: list[bytes], rest: Any, source: Any) -> None:
+        self.head = head
+        self.rest = rest
+        self.source = source
+
+    def __iter__(self) -> Any:
+        yield from self.head
+        if self.rest is not None:
+            yield from self.rest
+
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+
+class CacheMiddleware:
+    """Cache GET/HEAD answers of any WSGI app (Flask, Django, ...).
+
+    ``app.wsgi_app = CacheMiddleware(app.wsgi_app, ttl=60)``. Keywords
+    are :class:`stanchion._respcache.ResponseCache` settings, as for
+    :class:`stanchion.asgi.CacheMiddleware` (``paths`` too). Iterables
+    are buffered up to ``max_body`` bytes; a longer answer goes to the
+    client as it comes, uncached. Concurrent identical misses call the
+    app once (the others wait in their threads).
+    """
+
+    def __init__(self, app: WSGIApp, *, paths: Any = None, **settings: Any) -> None:
+        from ._respcache import ResponseCache
+
+        if paths is not None:
+            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+                raise TypeError("paths must be a list of path prefixes")
+            paths = tuple(paths)
+        self.app = app
+        self.paths: tuple[str, ...] | None = paths
+        self.cache = ResponseCache(**settings)
+
+    def invalidate(self, path: str | None = None, **kw: Any) -> int:
+        return self.cache.invalidate(path, **kw)
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    def stats(self) -> dict[str, int]:
+        return self.cache.stats()
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if self.paths is not None and not path.startswith(self.paths):
+            return self.app(environ, start_response)
+        cache = self.cache
+        plan = cache.plan(
+            environ.get("REQUEST_METHOD", "GET"),
+            path,
+            environ.get("QUERY_STRING", ""),
+            lambda name: header_from_environ(environ, name),
+        )
+        if plan is None:
+            return self.app(environ, start_response)
+
+        def background() -> Any:
+            import io
+
+            env = dict(environ)
+            env["wsgi.input"] = io.BytesIO()
+            return self._run(env)
+
+        reply = cache.serve(plan, lambda: self._run(environ), background)
+        if reply.passthrough:
+            passing = reply.native
+            start_response(status_line(passing.status), passing.headers + reply.headers)
+            return passing.body_iter  # type: ignore[no-any-return]
+        start_response(status_line(reply.status), reply.headers)
+        return [reply.body]
+
+    def _run(self, environ: dict[str, Any]) -> Any:
+        from ._respcache import Upstream
+
+        got: list[Any] = []
+        written: list[bytes] = []
+
+        def start(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            if exc_info is not None and got:
+                raise exc_info[1].with_traceback(exc_info[2])
+            got[:] = [status, headers]
+            return written.append
+
+        result = self.app(environ, start)
+        limit = self.cache.max_body
+        chunks = written
+        size = sum(len(c) for c in chunks)
+        it = iter(result)
+        overflow = False
+        try:
+            for chunk in it:
+                if chunk:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                if size > limit:
+                    overflow = True
+                    break
+        except BaseException:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            raise
+        if not got:
+            raise RuntimeError("the app did not call start_response")
+        status = int(got[0].split(" ", 1)[0])
+        headers = list(got[1])
+        if overflow:
+            up = Upstream(status, headers, None, None)
+            up.native = _Native(status, headers, _Passing(chunks, it, result))
+            return up
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        return Upstream(status, headers, b"".join(chunks))
+
+
+class _Native:
+    __slots__ = ("body_iter", "headers", "status")
+
+    def __init__(
+        self, status: int, headers: list[tuple[str, str]], body_iter: Any
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body_iter = body_iter
+
+    def close(self) -> None:
+        self.body_iter.close()

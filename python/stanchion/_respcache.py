@@ -1,0 +1,1032 @@
+"""HTTP response caching rules shared by every framework adapter.
+
+The adapters (``stanchion.asgi.CacheMiddleware``, ``stanchion.wsgi.
+CacheMiddleware``, the FastAPI, Flask, Django and hug decorators) only
+translate their framework's request and response to and from the plain
+values used here; every decision is made in :class:`ResponseCache`:
+
+- only GET and HEAD are cached; a HEAD is answered from the GET entry;
+- only the configured statuses are stored (200 by default; 5xx and 429
+  never);
+- never a response with ``Set-Cookie`` or ``Cache-Control: private``,
+  ``no-store`` or ``no-cache``, nor one with ``Vary: *``;
+- never anything for a request that carries an identity (an
+  ``Authorization`` header or a session cookie), unless ``vary_identity``
+  is on: then that identity is hashed into the key, so each user has
+  their own entries;
+- the key is the path, the query with its parameters sorted, and the
+  values of the request headers named by the response's ``Vary`` (the
+  Vary names are remembered per path);
+- a request ``Cache-Control: no-cache`` (or ``max-age=0``, or ``Pragma:
+  no-cache``) goes upstream and refreshes the entry;
+- answers carry ``Age`` and ``X-Cache: HIT`` or ``MISS``; stored answers
+  get a content hash ``ETag`` (blake2b of the body: the same in every
+  process) and ``If-None-Match`` gets 304; ``max_age`` adds
+  ``Cache-Control: public, max-age=N`` when the response has none;
+- concurrent identical misses reach the upstream once (single flight, per
+  process); ``stale_while_revalidate`` serves an expired entry while one
+  refresh runs in the background, ``stale_if_error`` serves it when the
+  upstream fails or answers 5xx.
+
+Entries live in a C :class:`stanchion.Cache` bounded by bytes
+(``maxweight``), or in a :class:`stanchion.RedisCache` shared by every
+process and host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from ._core import Cache
+
+__all__ = ["Entry", "Plan", "ResponseCache", "Upstream"]
+
+_MISSING: Any = object()
+
+#: Response headers never stored nor replayed from an entry.
+_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "age",
+        "x-cache",
+    }
+)
+#: Headers a 304 repeats from the full response (RFC 9110 15.4.5).
+_NOT_MODIFIED_KEEP = frozenset(
+    {"cache-control", "content-location", "date", "etag", "expires", "vary"}
+)
+_NEVER = frozenset({429})
+_ENTRY_OVERHEAD = 256  # bytes counted per entry beyond its body and headers
+
+
+def _check_seconds(name: str, value: object, *, zero_ok: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a number of seconds, not {type(value).__name__}"
+        )
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(
+            f"{name} must be a finite number of seconds {bound}, got {value!r}"
+        )
+    return float(value)
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def content_etag(body: bytes) -> str:
+    """The strong ETag of a body: a blake2b digest, so every process and
+    host computes the same one."""
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def normalize_query(query: str) -> str:
+    """The query string with its parameters sorted (blank values kept)."""
+    if not query:
+        return ""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    pairs.sort()
+    return urlencode(pairs)
+
+
+def _directives(value: str | None) -> set[str]:
+    if not value:
+        return set()
+    return {p.strip().lower() for p in value.split(",") if p.strip()}
+
+
+def _etag_matches(inm: str, etag: str) -> bool:
+    if inm.strip() == "*":
+        return True
+    weak = etag[2:] if etag.startswith("W/") else etag
+    for tag in inm.split(","):
+        tag = tag.strip()
+        if tag.startswith("W/"):
+            tag = tag[2:]
+        if tag == weak:
+            return True
+    return False
+
+
+class Upstream:
+    """What an adapter got from the app or view: the status, headers (name,
+    value) as str, the whole body, and the framework's own response
+    object (``native``) for passing through uncached. ``body`` is None when
+    the response was not buffered (streamed past the size limit)."""
+
+    __slots__ = ("body", "headers", "native", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes | None,
+        native: Any = None,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.native = native
+
+    def header(self, name: str) -> str | None:
+        found = [v for k, v in self.headers if k.lower() == name]
+        return ", ".join(found) if found else None
+
+
+class Entry:
+    """A stored response. ``headers`` already hold the ETag, the
+    Content-Length and the outgoing Cache-Control."""
+
+    __slots__ = (
+        "body",
+        "etag",
+        "headers",
+        "key",
+        "path",
+        "raw",
+        "status",
+        "stored_at",
+        "tags",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        path: str,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        etag: str,
+        stored_at: float,
+        tags: tuple[str, ...],
+    ) -> None:
+        self.key = key
+        self.path = path
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.etag = etag
+        self.stored_at = stored_at
+        self.tags = tags
+        self.raw: list[tuple[bytes, bytes]] | None = None  # ASGI's encoding
+
+    def pack(self) -> bytes:
+        head = json.dumps(
+            [
+                self.key,
+                self.path,
+                self.status,
+                self.headers,
+                self.etag,
+                self.stored_at,
+                list(self.tags),
+            ],
+            separators=(",", ":"),
+        ).encode()
+        return head + b"\n" + self.body
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Entry | None:
+        head, sep, body = data.partition(b"\n")
+        if not sep:
+            return None
+        try:
+            key, path, status, headers, etag, stored_at, tags = json.loads(head)
+        except ValueError:
+            return None
+        return cls(
+            key,
+            path,
+            int(status),
+            [(k, v) for k, v in headers],
+            body,
+            etag,
+            float(stored_at),
+            tuple(tags),
+        )
+
+    def weight(self) -> int:
+        return (
+            len(self.body)
+            + sum(len(k) + len(v) for k, v in self.headers)
+            + _ENTRY_OVERHEAD
+        )
+
+
+class Plan:
+    """What the cache makes of one request."""
+
+    __slots__ = (
+        "base",
+        "head",
+        "header",
+        "identity",
+        "inm",
+        "method",
+        "path",
+        "personal",
+        "revalidate",
+        "tags",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        base: str,
+        header: Callable[[str], str | None],
+        personal: bool,
+        identity: str,
+        revalidate: bool,
+        inm: str | None,
+        tags: tuple[str, ...],
+    ) -> None:
+        self.method = method
+        self.head = method == "HEAD"
+        self.path = path
+        self.base = base  # "GET path?query"
+        self.header = header
+        self.personal = personal  # carries an identity we may not share
+        self.identity = identity  # hashed into the key (vary_identity)
+        self.revalidate = revalidate
+        self.inm = inm
+        self.tags = tags
+
+    def key(self, vary: tuple[str, ...]) -> str:
+        """The entry key for the Vary names stored for this path."""
+        if not vary and not self.identity:
+            return "e:" + self.base
+        h = hashlib.blake2b(digest_size=16)
+        for name in vary:
+            h.update(name.encode("latin-1", "replace") + b"\0")
+            h.update((self.header(name) or "").encode("latin-1", "replace") + b"\0")
+        h.update(self.identity.encode("latin-1", "replace"))
+        return "e:" + self.base + "#" + h.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Storage: the C cache in this process, or Redis
+# ---------------------------------------------------------------------------
+
+
+class _LocalStore:
+    """Entries and per-path Vary names in a C Cache bounded by bytes."""
+
+    shared = False
+
+    def __init__(self, cache: Cache[str, Any]) -> None:
+        self.cache = cache
+
+    def get_vary(self, path: str) -> tuple[str, ...] | None:
+        return self.cache.get("v:" + path)
+
+    def get(self, key: str) -> Entry | None:
+        return self.cache.get(key)
+
+    def put(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
+        if self.cache.get("v:" + entry.path) != vary:
+            self.cache.set("v:" + entry.path, vary, ttl)
+        self.cache.set(entry.key, entry, ttl)
+
+    def delete(self, key: str) -> bool:
+        return self.cache.pop(key, _MISSING) is not _MISSING
+
+    def delete_where(self, match: Callable[[str, Any], bool]) -> int:
+        doomed = [k for k, v in self.cache.items() if match(k, v)]
+        return sum(1 for k in doomed if self.cache.pop(k, _MISSING) is not _MISSING)
+
+    def delete_prefix(self, prefix: str) -> int:
+        return self.delete_where(
+            lambda k, v: k.startswith("e:GET " + prefix) or k.startswith("v:" + prefix)
+        )
+
+    def delete_tag(self, tag: str) -> int:
+        return self.delete_where(lambda k, v: isinstance(v, Entry) and tag in v.tags)
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    def close(self) -> None:
+        pass  # nothing held outside this process
+
+    async def aclose(self) -> None:
+        pass
+
+    async def aget_vary(self, path: str) -> tuple[str, ...] | None:
+        return self.cache.get("v:" + path)
+
+    async def aget(self, key: str) -> Entry | None:
+        return self.cache.get(key)
+
+    async def aput(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
+        self.put(entry, vary, ttl)
+
+
+class _RedisStore:
+    """Entries in Redis (through a ``stanchion.RedisCache``, its
+    connections and outage handling), packed as JSON head + raw body, so
+    no pickle is ever loaded from the server. Tags are Redis sets of the
+    keys stored under them."""
+
+    shared = True
+
+    def __init__(self, cache: Any) -> None:
+        self.rc = cache.namespace("http")
+
+    def _k(self, key: str) -> bytes:
+        return bytes(self.rc.raw_key(key))
+
+    @staticmethod
+    def _vary(data: Any) -> tuple[str, ...] | None:
+        if data is None:
+            return None
+        text = bytes(data).decode()
+        return tuple(text.split(",")) if text else ()
+
+    def _put_cmds(
+        self, entry: Entry, vary: tuple[str, ...], ttl: float
+    ) -> list[tuple[Any, ...]]:
+        px = max(1, math.ceil(ttl * 1000))
+        rkey = self._k(entry.key)
+        cmds: list[tuple[Any, ...]] = [
+            ("SET", self._k("v:" + entry.path), ",".join(vary).encode(), "PX", px),
+            ("SET", rkey, entry.pack(), "PX", px),
+        ]
+        for tag in entry.tags:
+            tkey = self._k("t:" + tag)
+            cmds.append(("SADD", tkey, rkey))
+            cmds.append(("PEXPIRE", tkey, px))
+        return cmds
+
+    def get_vary(self, path: str) -> tuple[str, ...] | None:
+        return self._vary(self.rc.command("GET", self._k("v:" + path)))
+
+    def get(self, key: str) -> Entry | None:
+        data = self.rc.command("GET", self._k(key))
+        return None if data is None else Entry.unpack(bytes(data))
+
+    def put(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
+        for cmd in self._put_cmds(entry, vary, ttl):
+            self.rc.command(*cmd)
+
+    def delete(self, key: str) -> bool:
+        n = self.rc.command("UNLINK", self._k(key))
+        return n is not None and int(n) > 0
+
+    def delete_prefix(self, prefix: str) -> int:
+        n = 0
+        for kind in ("e:GET ", "v:"):
+            n += int(self.rc.delete_raw_prefix(self._k(kind + prefix)))
+        return n
+
+    def delete_tag(self, tag: str) -> int:
+        tkey = self._k("t:" + tag)
+        members = self.rc.command("SMEMBERS", tkey)
+        n = 0
+        if members:
+            n = int(self.rc.command("UNLINK", *members) or 0)
+        self.rc.command("UNLINK", tkey)
+        return n
+
+    def clear(self) -> None:
+        self.rc.clear()
+
+    def close(self) -> None:
+        self.rc.close()
+
+    async def aclose(self) -> None:
+        await self.rc.aclose()
+
+    async def aget_vary(self, path: str) -> tuple[str, ...] | None:
+        return self._vary(await self.rc.acommand("GET", self._k("v:" + path)))
+
+    async def aget(self, key: str) -> Entry | None:
+        data = await self.rc.acommand("GET", self._k(key))
+        return None if data is None else Entry.unpack(bytes(data))
+
+    async def aput(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
+        for cmd in self._put_cmds(entry, vary, ttl):
+            await self.rc.acommand(*cmd)
+
+
+# ---------------------------------------------------------------------------
+# The rules
+# ---------------------------------------------------------------------------
+
+
+class Reply:
+    """What an adapter sends: a response built here (``status``,
+    ``headers``, ``body``), or the upstream's own response (``native``)
+    with ``headers`` added to it."""
+
+    __slots__ = ("body", "entry", "headers", "native", "passthrough", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        *,
+        entry: Entry | None = None,
+        native: Any = None,
+        passthrough: bool = False,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.entry = entry
+        self.native = native
+        self.passthrough = passthrough
+
+
+class ResponseCache:
+    """The response cache rules and store; see the module docstring.
+
+    ``ttl`` seconds an answer stays fresh; ``backend`` None (a C Cache in
+    this process of at most ``maxweight`` bytes), a ``stanchion.Cache``
+    of your own (give it ``maxweight`` and ``weigh``), or a
+    ``stanchion.RedisCache`` (shared); ``statuses`` the statuses stored;
+    ``max_age`` adds ``Cache-Control: public, max-age=N``;
+    ``stale_while_revalidate`` / ``stale_if_error`` seconds past ``ttl``
+    an entry may still be served; ``max_body`` bytes buffered per response
+    (larger ones pass through uncached); ``vary_identity`` keys entries by
+    the request's Authorization and session cookies instead of refusing
+    them; ``session_cookies`` names the cookies that identify a user
+    (None: any cookie does); ``tags`` strings (or a function of the
+    request's path returning them) to invalidate entries by;
+    ``clock`` a function returning seconds (tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float = 60.0,
+        backend: Any = None,
+        statuses: Iterable[int] = (200,),
+        max_age: int | None = None,
+        maxweight: int = 64 * 1024 * 1024,
+        max_body: int = 1024 * 1024,
+        stale_while_revalidate: float = 0.0,
+        stale_if_error: float = 0.0,
+        vary_identity: bool = False,
+        session_cookies: Iterable[str] | None = None,
+        tags: Iterable[str] | Callable[[str], Iterable[str]] = (),
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.ttl = _check_seconds("ttl", ttl, zero_ok=False)
+        if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
+            raise TypeError("statuses must be an iterable of ints")
+        st = frozenset(statuses)
+        for s in st:
+            _check_int("statuses", s, 100)
+            if s >= 500 or s in _NEVER or s > 599:
+                raise ValueError(
+                    f"statuses must not include {s}: 5xx and 429 are never cached"
+                )
+        self.statuses = st
+        if max_age is not None:
+            _check_int("max_age", max_age, 0)
+        self.max_age = max_age
+        self.cache_control = None if max_age is None else f"public, max-age={max_age}"
+        _check_int("maxweight", maxweight, 1)
+        self.max_body = _check_int("max_body", max_body, 0)
+        self.swr = _check_seconds(
+            "stale_while_revalidate", stale_while_revalidate, zero_ok=True
+        )
+        self.sie = _check_seconds("stale_if_error", stale_if_error, zero_ok=True)
+        if not isinstance(vary_identity, bool):
+            raise TypeError(
+                f"vary_identity must be a bool, not {type(vary_identity).__name__}"
+            )
+        self.vary_identity = vary_identity
+        if session_cookies is None:
+            self.session_cookies: frozenset[str] | None = None
+        else:
+            if isinstance(session_cookies, str) or not isinstance(
+                session_cookies, Iterable
+            ):
+                raise TypeError(
+                    "session_cookies must be an iterable of cookie names or None"
+                )
+            names = frozenset(session_cookies)
+            if not all(isinstance(n, str) and n for n in names):
+                raise TypeError("session_cookies must hold non-empty str names")
+            self.session_cookies = names
+        if callable(tags):
+            self.tags_of: Callable[[str], Iterable[str]] | None = tags
+            self.tags: tuple[str, ...] = ()
+        else:
+            if isinstance(tags, str) or not isinstance(tags, Iterable):
+                raise TypeError(
+                    "tags must be an iterable of str or a function of the path"
+                )
+            self.tags = tuple(tags)
+            if not all(isinstance(t, str) and t for t in self.tags):
+                raise TypeError("tags must be non-empty str")
+            self.tags_of = None
+        if clock is not None and not callable(clock):
+            raise TypeError("clock must be a callable returning seconds")
+        self.clock: Callable[[], float] = clock or time.time
+        # Entries are kept past their freshness for the stale options.
+        self.keep = self.ttl + max(self.swr, self.sie)
+        if backend is None:
+            self.store: Any = _LocalStore(
+                Cache(None, None, clock, maxweight=maxweight, weigh=_weigh)
+            )
+        elif isinstance(backend, Cache):
+            self.store = _LocalStore(backend)
+        elif type(backend).__name__ == "RedisCache" and hasattr(backend, "namespace"):
+            self.store = _RedisStore(backend)
+        else:
+            raise TypeError(
+                "backend must be None, a stanchion.Cache or a stanchion.RedisCache, "
+                f"not {type(backend).__name__}"
+            )
+        self.hits = self.misses = self.stale = self.stores = self.not_modified = 0
+        self.flights: dict[str, Any] = {}
+        self.refreshing: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the request side ------------------------------------------------------
+
+    def plan(
+        self, method: str, path: str, query: str, header: Callable[[str], str | None]
+    ) -> Plan | None:
+        """None when the request is not cacheable at all (not GET/HEAD)."""
+        if method != "GET" and method != "HEAD":
+            return None
+        base = "GET " + path + ("?" + normalize_query(query) if query else "")
+        auth = header("authorization")
+        cookie = header("cookie")
+        ident = ""
+        if auth is not None or cookie:
+            session = cookie
+            if cookie and self.session_cookies is not None:
+                parts = []
+                for piece in cookie.split(";"):
+                    name, _, value = piece.strip().partition("=")
+                    if name in self.session_cookies:
+                        parts.append(name + "=" + value)
+                session = "; ".join(sorted(parts))
+            if auth is not None or session:
+                ident = (auth or "") + "\0" + (session or "")
+        personal = bool(ident) and not self.vary_identity
+        cc = header("cache-control")
+        revalidate = False
+        if cc:
+            d = _directives(cc)
+            revalidate = "no-cache" in d or "max-age=0" in d
+        elif header("pragma") == "no-cache":
+            revalidate = True
+        tags = self.tags if self.tags_of is None else tuple(self.tags_of(path))
+        return Plan(
+            method,
+            path,
+            base,
+            header,
+            personal,
+            ident if self.vary_identity else "",
+            revalidate,
+            header("if-none-match"),
+            tags,
+        )
+
+    def age(self, entry: Entry) -> float:
+        return max(0.0, self.clock() - entry.stored_at)
+
+    # -- the response side -----------------------------------------------------
+
+    def storable(
+        self, status: int, headers: list[tuple[str, str]]
+    ) -> tuple[str, ...] | None:
+        """The response's Vary names (lower case, sorted) when it may be
+        stored; None when it may not."""
+        if status not in self.statuses:
+            return None
+        vary: list[str] = []
+        for k, v in headers:
+            name = k.lower()
+            if name == "set-cookie":
+                return None
+            if name == "cache-control":
+                d = _directives(v)
+                if "private" in d or "no-store" in d or "no-cache" in d:
+                    return None
+            elif name == "vary":
+                for part in v.split(","):
+                    part = part.strip().lower()
+                    if part == "*":
+                        return None
+                    if part:
+                        vary.append(part)
+        return tuple(sorted(set(vary)))
+
+    def make_entry(self, plan: Plan, up: Upstream, vary: tuple[str, ...]) -> Entry:
+        assert up.body is not None
+        body = up.body
+        etag = None
+        has_cc = False
+        headers: list[tuple[str, str]] = []
+        for k, v in up.headers:
+            name = k.lower()
+            if name in _HOP or name == "content-length":
+                continue
+            if name == "etag":
+                etag = v
+            elif name == "cache-control":
+                has_cc = True
+            headers.append((k, v))
+        if etag is None:
+            etag = content_etag(body)
+            headers.append(("ETag", etag))
+        if not has_cc and self.cache_control is not None:
+            headers.append(("Cache-Control", self.cache_control))
+        headers.append(("Content-Length", str(len(body))))
+        return Entry(
+            plan.key(vary),
+            plan.path,
+            up.status,
+            headers,
+            body,
+            etag,
+            self.clock(),
+            plan.tags,
+        )
+
+    def hit(self, plan: Plan, entry: Entry, label: str = "HIT") -> Reply:
+        """The reply for a request answered from ``entry``."""
+        age = str(int(self.age(entry)))
+        if plan.inm is not None and _etag_matches(plan.inm, entry.etag):
+            self.not_modified += 1
+            headers = [
+                (k, v) for k, v in entry.headers if k.lower() in _NOT_MODIFIED_KEEP
+            ]
+            headers += [("Age", age), ("X-Cache", label)]
+            return Reply(304, headers, b"", entry=entry)
+        headers = [*entry.headers, ("Age", age), ("X-Cache", label)]
+        return Reply(
+            entry.status, headers, b"" if plan.head else entry.body, entry=entry
+        )
+
+    def miss(self, plan: Plan, up: Upstream, entry: Entry | None) -> Reply:
+        """The reply for a request that went upstream; ``entry`` is what
+        was stored from it, if anything."""
+        if entry is not None:
+            return self.hit(plan, entry, "MISS")
+        headers = [("X-Cache", "MISS")]
+        if up.body is None or up.native is not None:
+            return Reply(up.status, headers, b"", native=up.native, passthrough=True)
+        return Reply(up.status, [*up.headers, *headers], up.body)
+
+    def fresh(self, entry: Entry) -> bool:
+        return self.age(entry) < self.ttl
+
+    def serve_stale_on_error(self, stale: Entry | None) -> bool:
+        return (
+            stale is not None and self.sie > 0 and self.age(stale) < self.ttl + self.sie
+        )
+
+    def accept(self, plan: Plan, up: Upstream) -> Entry | None:
+        """The entry to store for an upstream answer, or None."""
+        if plan.head or plan.personal or up.body is None:
+            return None
+        vary = self.storable(up.status, up.headers)
+        if vary is None:
+            return None
+        return self.make_entry(plan, up, vary)
+
+    # -- storage (sync) --------------------------------------------------------
+
+    def lookup(self, plan: Plan) -> Entry | None:
+        vary = self.store.get_vary(plan.path)
+        if vary is None:
+            return None
+        entry: Entry | None = self.store.get(plan.key(vary))
+        return entry
+
+    def put(self, entry: Entry) -> None:
+        self.stores += 1
+        self.store.put(entry, self._vary_of(entry), self.keep)
+
+    async def alookup(self, plan: Plan) -> Entry | None:
+        vary = await self.store.aget_vary(plan.path)
+        if vary is None:
+            return None
+        entry: Entry | None = await self.store.aget(plan.key(vary))
+        return entry
+
+    async def aput(self, entry: Entry) -> None:
+        self.stores += 1
+        await self.store.aput(entry, self._vary_of(entry), self.keep)
+
+    @staticmethod
+    def _vary_of(entry: Entry) -> tuple[str, ...]:
+        names: list[str] = []
+        for k, v in entry.headers:
+            if k.lower() == "vary":
+                names += [p.strip().lower() for p in v.split(",") if p.strip()]
+        return tuple(sorted(set(names)))
+
+    # -- the whole flow, for adapters that call their upstream as a function ---
+
+    def serve(
+        self,
+        plan: Plan,
+        upstream: Callable[[], Upstream],
+        background: Callable[[], Upstream] | None = None,
+    ) -> Reply:
+        """Answer ``plan`` (blocking): from the cache, or by calling
+        ``upstream`` (at most once at a time per key in this process).
+        ``background`` is a variant of ``upstream`` safe to call from
+        another thread, for stale-while-revalidate."""
+        if plan.personal:
+            self.misses += 1
+            return self.miss(plan, upstream(), None)
+        stale = None
+        if not plan.revalidate:
+            entry = self.lookup(plan)
+            if entry is not None:
+                age = self.age(entry)
+                if age < self.ttl:
+                    self.hits += 1
+                    return self.hit(plan, entry)
+                if age < self.ttl + self.swr and background is not None:
+                    self.hits += 1
+                    self.stale += 1
+                    self._refresh_thread(plan, entry.key, background)
+                    return self.hit(plan, entry)
+                stale = entry
+        self.misses += 1
+        if plan.head:
+            return self._call(plan, upstream, stale, store=False)
+        return self._flight(plan, upstream, stale)
+
+    def _call(
+        self,
+        plan: Plan,
+        upstream: Callable[[], Upstream],
+        stale: Entry | None,
+        store: bool = True,
+    ) -> Reply:
+        try:
+            up = upstream()
+        except Exception:
+            if self.serve_stale_on_error(stale):
+                assert stale is not None
+                self.stale += 1
+                return self.hit(plan, stale)
+            raise
+        if up.status >= 500 and self.serve_stale_on_error(stale):
+            assert stale is not None
+            self.stale += 1
+            _close(up.native)
+            return self.hit(plan, stale)
+        entry = self.accept(plan, up) if store else None
+        if entry is not None:
+            self.put(entry)
+            _close(up.native)
+        return self.miss(plan, up, entry)
+
+    def _flight(
+        self, plan: Plan, upstream: Callable[[], Upstream], stale: Entry | None
+    ) -> Reply:
+        fkey = plan.base + "\0" + plan.identity
+        mine = _ThreadFlight()
+        other = self.flights.setdefault(fkey, mine)
+        if other is not mine:
+            other.done.wait()
+            entry = other.entry
+            if entry is not None and entry.key == plan.key(self._vary_of(entry)):
+                self.misses -= 1
+                self.hits += 1
+                return self.hit(plan, entry)
+            return self._call(plan, upstream, stale)
+        try:
+            reply = self._call(plan, upstream, stale)
+            mine.entry = reply.entry
+            return reply
+        finally:
+            self.flights.pop(fkey, None)
+            mine.done.set()
+
+    def _refresh_thread(
+        self, plan: Plan, key: str, background: Callable[[], Upstream]
+    ) -> None:
+        if key in self.refreshing:
+            return
+        self.refreshing.add(key)
+
+        def run() -> None:
+            try:
+                up = background()
+                entry = self.accept(plan, up)
+                if entry is not None:
+                    self.put(entry)
+            except Exception:
+                pass  # the stale entry stays until it expires
+            finally:
+                self.refreshing.discard(key)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    # -- the same, for async adapters ------------------------------------------
+
+    async def aserve(
+        self,
+        plan: Plan,
+        upstream: Callable[[], Awaitable[Upstream]],
+        background: Callable[[], Awaitable[Upstream]] | None = None,
+    ) -> Reply:
+        """``serve`` for asyncio: single flight through a future per key,
+        stale-while-revalidate through a task."""
+        if plan.personal:
+            self.misses += 1
+            return self.miss(plan, await upstream(), None)
+        stale = None
+        if not plan.revalidate:
+            entry = await self.alookup(plan)
+            if entry is not None:
+                age = self.age(entry)
+                if age < self.ttl:
+                    self.hits += 1
+                    return self.hit(plan, entry)
+                if age < self.ttl + self.swr and background is not None:
+                    self.hits += 1
+                    self.stale += 1
+                    self._refresh_task(plan, entry.key, background)
+                    return self.hit(plan, entry)
+                stale = entry
+        self.misses += 1
+        if plan.head:
+            return await self._acall(plan, upstream, stale, store=False)
+        fkey = plan.base + "\0" + plan.identity
+        other = self.flights.get(fkey)
+        if isinstance(other, asyncio.Future) and not other.done():
+            entry = await asyncio.shield(other)
+            if entry is not None and entry.key == plan.key(self._vary_of(entry)):
+                self.misses -= 1
+                self.hits += 1
+                return self.hit(plan, entry)
+            return await self._acall(plan, upstream, stale)
+        mine: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self.flights[fkey] = mine
+        entry = None
+        try:
+            reply = await self._acall(plan, upstream, stale)
+            entry = reply.entry
+            return reply
+        finally:
+            if self.flights.get(fkey) is mine:
+                del self.flights[fkey]
+            mine.set_result(entry)
+
+    async def _acall(
+        self,
+        plan: Plan,
+        upstream: Callable[[], Awaitable[Upstream]],
+        stale: Entry | None,
+        store: bool = True,
+    ) -> Reply:
+        try:
+            up = await upstream()
+        except Exception:
+            if self.serve_stale_on_error(stale):
+                assert stale is not None
+                self.stale += 1
+                return self.hit(plan, stale)
+            raise
+        if up.status >= 500 and self.serve_stale_on_error(stale):
+            assert stale is not None
+            self.stale += 1
+            return self.hit(plan, stale)
+        entry = self.accept(plan, up) if store else None
+        if entry is not None:
+            await self.aput(entry)
+        return self.miss(plan, up, entry)
+
+    def _refresh_task(
+        self, plan: Plan, key: str, upstream: Callable[[], Awaitable[Upstream]]
+    ) -> None:
+        if key in self.refreshing:
+            return
+        self.refreshing.add(key)
+
+        async def run() -> None:
+            try:
+                up = await upstream()
+                entry = self.accept(plan, up)
+                if entry is not None:
+                    await self.aput(entry)
+            except Exception:
+                pass  # the stale entry stays until it expires
+            finally:
+                self.refreshing.discard(key)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- management ------------------------------------------------------------
+
+    def invalidate(
+        self,
+        path: str | None = None,
+        *,
+        query: str | None = None,
+        prefix: str | None = None,
+        tag: str | None = None,
+    ) -> int:
+        """Forget entries: every variant of one ``path`` (or, with
+        ``query``, that path and query: its variants by Vary/identity
+        too), every path starting with ``prefix``, or every entry stored
+        with ``tag``. Returns how many keys were removed."""
+        given = [x for x in (path, prefix, tag) if x is not None]
+        if len(given) != 1:
+            raise TypeError("give exactly one of path=, prefix=, tag=")
+        if not isinstance(given[0], str) or not given[0]:
+            raise TypeError("path, prefix and tag must be non-empty str")
+        if query is not None and path is None:
+            raise TypeError("query= goes with path=")
+        if tag is not None:
+            return int(self.store.delete_tag(tag))
+        if prefix is not None:
+            return int(self.store.delete_prefix(prefix))
+        assert path is not None
+        if query is not None:
+            base = path + ("?" + normalize_query(query) if query else "")
+            n = int(self.store.delete_prefix(base + "#"))
+            return n + int(self.store.delete("e:GET " + base))
+        n = int(self.store.delete_prefix(path + "?"))
+        n += int(self.store.delete_prefix(path + "#"))
+        n += int(self.store.delete("e:GET " + path))
+        return n
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self.store.clear()
+
+    def close(self) -> None:
+        """Close the backend's blocking connections (Redis)."""
+        self.store.close()
+
+    async def aclose(self) -> None:
+        """Wait for this event loop's background refreshes, then close the
+        backend's asyncio connections made on this loop (Redis). Call it
+        before the loop ends (an ASGI app's lifespan shutdown does)."""
+        loop = asyncio.get_running_loop()
+        mine = [t for t in self._tasks if t.get_loop() is loop]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+        await self.store.aclose()
+
+    def stats(self) -> dict[str, int]:
+        """Counts since start: hits (stale ones included), misses, stale
+        (stale answers served), stores, not_modified (304 answers)."""
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "stale": self.stale,
+            "stores": self.stores,
+            "not_modified": self.not_modified,
+        }
+
+
+class _ThreadFlight:
+    __slots__ = ("done", "entry")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.entry: Entry | None = None
+
+
+def _weigh(value: Any) -> int:
+    if isinstance(value, Entry):
+        return value.weight()
+    return 64
+
+
+def _close(native: Any) -> None:
+    close = getattr(native, "close", None)
+    if close is not None:
+        close()

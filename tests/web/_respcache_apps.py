@@ -1,0 +1,348 @@
+"""One set of endpoints served by every response-cache adapter, so the
+same tests check the same rules through each framework.
+
+``behave`` is the whole app logic; each adapter wraps it in its
+framework's own request/response types, under its own cache (middleware
+or decorator), and counts the calls that reached the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+from fastapi import Request as FastApiRequest
+from fastapi.responses import Response as FastApiResponse
+
+BIG = 2000  # /big answers this many bytes; tests set max_body=1000
+
+
+class Upstream:
+    """What the endpoints do, and how often each was reached."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.fail = False
+        self.lock = threading.Lock()
+
+    def behave(
+        self, path: str, headers: Callable[[str], str | None]
+    ) -> tuple[int, list[tuple[str, str]], list[bytes]]:
+        name = path.strip("/").split("/")[0]
+        with self.lock:
+            self.calls[name] += 1
+            n = self.calls[name]
+        text = "text/plain"
+        h = [("Content-Type", text)]
+        if name == "status":
+            code = int(path.rsplit("/", 1)[1])
+            return code, h, [f"status {code} #{n}".encode()]
+        if name == "cookie":
+            return 200, [*h, ("Set-Cookie", "sid=abc")], [f"cookie #{n}".encode()]
+        if name == "private":
+            return 200, [*h, ("Cache-Control", "private")], [f"private #{n}".encode()]
+        if name == "nostore":
+            return 200, [*h, ("Cache-Control", "no-store")], [f"nostore #{n}".encode()]
+        if name == "vary":
+            lang = headers("accept-language") or "-"
+            return (
+                200,
+                [*h, ("Vary", "Accept-Language")],
+                [f"vary {lang} #{n}".encode()],
+            )
+        if name == "varystar":
+            return 200, [*h, ("Vary", "*")], [f"varystar #{n}".encode()]
+        if name in ("user", "uservary"):
+            who = f"{headers('authorization')}|{headers('cookie')}"
+            extra = [("Vary", "Authorization, Cookie")] if name == "uservary" else []
+            return 200, [*h, *extra], [f"user {who} #{n}".encode()]
+        if name == "big":
+            return 200, h, [b"x" * (BIG // 4)] * 4
+        if name == "flaky":
+            if self.fail:
+                return 500, h, [b"down"]
+            return 200, h, [f"flaky #{n}".encode()]
+        if name == "slow":
+            time.sleep(0.05)
+            return 200, h, [f"slow #{n}".encode()]
+        return 200, h, [f"{name} #{n}".encode()]
+
+
+class Response:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.text = body.decode()
+
+    @property
+    def x_cache(self) -> str | None:
+        return self.headers.get("x-cache")
+
+
+class Harness:
+    """An adapter's app, its upstream counts and its ResponseCache."""
+
+    name = ""
+    upstream: Upstream
+    cache: Any
+
+    def request(
+        self, method: str, url: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        raise NotImplementedError
+
+    def get(self, url: str, headers: dict[str, str] | None = None) -> Response:
+        return self.request("GET", url, headers)
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def head(self, url: str, headers: dict[str, str] | None = None) -> Response:
+        return self.request("HEAD", url, headers)
+
+    def many(self, url: str, n: int) -> list[Response]:
+        """``n`` concurrent GETs."""
+        out: list[Response] = []
+        threads = [
+            threading.Thread(target=lambda: out.append(self.get(url))) for _ in range(n)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+
+# ---------------------------------------------------------------------------
+# ASGI adapters (driven through httpx's ASGI transport)
+# ---------------------------------------------------------------------------
+
+
+class AsgiHarness(Harness):
+    app: Any
+
+    async def arequest(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+    ) -> Response:
+        r = await client.request(method, url, headers=headers)
+        return Response(
+            r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content
+        )
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app, client=("203.0.113.1", 4000)),
+            base_url="http://test",
+        )
+
+    def request(
+        self, method: str, url: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        async def go() -> Response:
+            try:
+                async with self.client() as c:
+                    return await self.arequest(c, method, url, headers)
+            finally:
+                # Each asyncio.run is a new loop: its backend connections
+                # close with it, as a lifespan shutdown would close them.
+                await self.cache.aclose()
+
+        return asyncio.run(go())
+
+    def many(self, url: str, n: int) -> list[Response]:
+        async def go() -> list[Response]:
+            try:
+                async with self.client() as c:
+                    return list(
+                        await asyncio.gather(
+                            *(self.arequest(c, "GET", url, None) for _ in range(n))
+                        )
+                    )
+            finally:
+                await self.cache.aclose()
+
+        return asyncio.run(go())
+
+
+async def _asgi_behave(up: Upstream, scope: Any, send: Any) -> None:
+    hdrs = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    if scope["path"].startswith("/slow"):
+        with up.lock:
+            up.calls["slow"] += 1
+            n = up.calls["slow"]
+        await asyncio.sleep(0.05)
+        status, headers, chunks = (
+            200,
+            [("Content-Type", "text/plain")],
+            [f"slow #{n}".encode()],
+        )
+    else:
+        status, headers, chunks = up.behave(scope["path"], hdrs.get)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+        }
+    )
+    for i, chunk in enumerate(chunks):
+        await send(
+            {
+                "type": "http.response.body",
+                "body": chunk,
+                "more_body": i < len(chunks) - 1,
+            }
+        )
+
+
+class AsgiMiddlewareHarness(AsgiHarness):
+    name = "asgi"
+
+    def __init__(self, **opts: Any) -> None:
+        from stanchion.asgi import CacheMiddleware
+
+        self.upstream = up = Upstream()
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await _asgi_behave(up, scope, send)
+
+        self.app = self.middleware = CacheMiddleware(app, **opts)
+        self.cache = self.middleware.cache
+
+
+class FastApiHarness(AsgiHarness):
+    name = "fastapi"
+
+    def __init__(self, **opts: Any) -> None:
+        from fastapi import FastAPI
+
+        from stanchion.fastapi import cache
+
+        self.upstream = up = Upstream()
+        app = FastAPI()
+
+        @app.api_route("/{rest:path}", methods=["GET", "HEAD", "POST"])
+        @cache(**opts)
+        async def endpoint(rest: str, request: FastApiRequest) -> FastApiResponse:
+            if rest.startswith("slow"):
+                with up.lock:
+                    up.calls["slow"] += 1
+                    n = up.calls["slow"]
+                await asyncio.sleep(0.05)
+                return FastApiResponse(f"slow #{n}".encode(), media_type="text/plain")
+            status, headers, chunks = up.behave("/" + rest, request.headers.get)
+            out = FastApiResponse(b"".join(chunks), status_code=status)
+            for k, v in headers:
+                out.headers.append(k, v)
+            return out
+
+        self.app = app
+        self.cache = endpoint.cache  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# WSGI adapters (driven through werkzeug's test client)
+# ---------------------------------------------------------------------------
+
+
+class WsgiHarness(Harness):
+    app: Any
+
+    def request(
+        self, method: str, url: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        from werkzeug.test import Client
+
+        r = Client(self.app, use_cookies=False).open(
+            url, method=method, headers=headers or {}
+        )
+        body = r.get_data()
+        r.close()
+        return Response(
+            r.status_code, {k.lower(): v for k, v in r.headers.items()}, body
+        )
+
+
+def _environ_header(environ: dict[str, Any]) -> Callable[[str], str | None]:
+    def get(name: str) -> str | None:
+        value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+        return value if isinstance(value, str) else None
+
+    return get
+
+
+class WsgiMiddlewareHarness(WsgiHarness):
+    name = "wsgi"
+
+    def __init__(self, **opts: Any) -> None:
+        from stanchion.wsgi import CacheMiddleware, status_line
+
+        self.upstream = up = Upstream()
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            status, headers, chunks = up.behave(
+                environ["PATH_INFO"], _environ_header(environ)
+            )
+            start_response(status_line(status), headers)
+            return iter(chunks)  # an iterable, not a list: streamed
+
+        self.app = self.middleware = CacheMiddleware(app, **opts)
+        self.cache = self.middleware.cache
+
+
+class FlaskHarness(WsgiHarness):
+    name = "flask"
+
+    def __init__(self, **opts: Any) -> None:
+        from flask import Flask, request
+        from flask import Response as FlaskResponse
+
+        from stanchion.flask import Stanchion
+
+        self.upstream = up = Upstream()
+        app = Flask(__name__)
+        ext = Stanchion(app)
+
+        @app.route("/<path:rest>", methods=["GET", "POST"])
+        @ext.cache(**opts)
+        def endpoint(rest: str) -> Any:
+            status, headers, chunks = up.behave("/" + rest, request.headers.get)
+            if rest == "big":
+                return FlaskResponse(iter(chunks), status=status, headers=headers)
+            return FlaskResponse(b"".join(chunks), status=status, headers=headers)
+
+        self.app = app
+        self.cache = endpoint.cache  # type: ignore[attr-defined]
+
+
+ADAPTERS: dict[str, Callable[..., Harness]] = {
+    "asgi": AsgiMiddlewareHarness,
+    "fastapi": FastApiHarness,
+    "wsgi": WsgiMiddlewareHarness,
+    "flask": FlaskHarness,
+}
+
+__all__ = ["ADAPTERS", "BIG", "Harness", "Response", "Upstream", "io"]
+
+
+@contextlib.contextmanager
+def harnesses(adapter: str, *opts: dict[str, Any]) -> Iterator[list[Harness]]:
+    """Build one harness per settings dict; close them all afterwards."""
+    built = [ADAPTERS[adapter](**o) for o in opts]
+    try:
+        yield built
+    finally:
+        for h in built:
+            h.close()

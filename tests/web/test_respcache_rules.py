@@ -1,0 +1,274 @@
+"""Every response cache rule, through every adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from stanchion import Cache
+from stanchion._respcache import ResponseCache
+
+from ..conftest import FakeClock
+from ._respcache_apps import ADAPTERS, BIG, Harness
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def make(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[Any]:
+    built: list[Harness] = []
+
+    def build(**opts: Any) -> Harness:
+        opts.setdefault("clock", clock)
+        opts.setdefault("ttl", 10)
+        h = ADAPTERS[request.param](**opts)
+        built.append(h)
+        return h
+
+    yield build
+    for h in built:
+        h.close()
+
+
+def test_miss_then_hit_with_age_and_stats(make: Any, clock: FakeClock) -> None:
+    h = make()
+    r1 = h.get("/items")
+    assert (r1.status, r1.x_cache, r1.headers["age"]) == (200, "MISS", "0")
+    clock.advance(3)
+    r2 = h.get("/items")
+    assert (r2.body, r2.x_cache, r2.headers["age"]) == (r1.body, "HIT", "3")
+    assert h.upstream.calls["items"] == 1
+    stats = h.cache.stats()
+    assert (stats["hits"], stats["misses"], stats["stores"]) == (1, 1, 1)
+    clock.advance(8)  # past ttl=10
+    r3 = h.get("/items")
+    assert r3.x_cache == "MISS" and r3.text == "items #2"
+
+
+def test_query_normalized(make: Any) -> None:
+    h = make()
+    a = h.get("/items?b=2&a=1")
+    assert h.get("/items?a=1&b=2").x_cache == "HIT"
+    assert h.get("/items?a=1&b=2").body == a.body
+    assert h.get("/items?a=1&b=3").x_cache == "MISS"
+    assert h.get("/items").x_cache == "MISS"
+    assert h.upstream.calls["items"] == 3
+
+
+def test_head_served_from_get_entry(make: Any) -> None:
+    h = make()
+    g = h.get("/items")
+    r = h.head("/items")
+    assert (r.status, r.body, r.x_cache) == (200, b"", "HIT")
+    assert r.headers["content-length"] == str(len(g.body))
+    assert r.headers["etag"] == g.headers["etag"]
+    assert h.upstream.calls["items"] == 1
+
+
+def test_head_miss_goes_upstream_and_stores_nothing(make: Any) -> None:
+    h = make()
+    r = h.head("/items")
+    assert r.x_cache == "MISS"
+    assert h.get("/items").x_cache == "MISS"
+
+
+def test_post_not_cached(make: Any) -> None:
+    h = make()
+    for _ in range(2):
+        assert "x-cache" not in h.request("POST", "/items").headers
+    assert h.upstream.calls["items"] == 2
+
+
+@pytest.mark.parametrize("code", [404, 500, 503, 429, 301])
+def test_only_200_by_default(make: Any, code: int) -> None:
+    h = make()
+    for _ in range(2):
+        r = h.get(f"/status/{code}")
+        assert r.status == code and r.x_cache == "MISS"
+    assert h.upstream.calls["status"] == 2
+
+
+def test_configured_statuses(make: Any) -> None:
+    h = make(statuses=(200, 404))
+    h.get("/status/404")
+    r = h.get("/status/404")
+    assert (r.status, r.x_cache) == (404, "HIT")
+    h.get("/status/500")
+    assert h.get("/status/500").x_cache == "MISS"
+
+
+@pytest.mark.parametrize("bad", [(200, 500), (200, 429), (503,)])
+def test_5xx_and_429_refused_in_settings(bad: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="never cached"):
+        ResponseCache(statuses=bad)
+
+
+@pytest.mark.parametrize("path", ["/cookie", "/private", "/nostore", "/varystar"])
+def test_never_stored(make: Any, path: str) -> None:
+    h = make()
+    for _ in range(3):
+        assert h.get(path).x_cache == "MISS"
+    assert sum(h.upstream.calls.values()) == 3
+    assert h.cache.stats()["stores"] == 0
+
+
+@pytest.mark.parametrize(
+    "identity", [{"Authorization": "Bearer a"}, {"Cookie": "sessionid=1"}]
+)
+def test_identified_requests_bypass(make: Any, identity: dict[str, str]) -> None:
+    h = make()
+    h.get("/items")  # an anonymous entry exists
+    for _ in range(2):
+        r = h.get("/items", identity)
+        assert r.x_cache == "MISS"
+    assert h.upstream.calls["items"] == 3
+
+
+def test_vary_header_values_in_key(make: Any) -> None:
+    h = make()
+    en = h.get("/vary", {"Accept-Language": "en"})
+    fr = h.get("/vary", {"Accept-Language": "fr"})
+    assert "en" in en.text and "fr" in fr.text
+    assert h.get("/vary", {"Accept-Language": "en"}).body == en.body
+    assert h.get("/vary", {"Accept-Language": "fr"}).body == fr.body
+    assert h.get("/vary", {"Accept-Language": "fr"}).x_cache == "HIT"
+    assert h.upstream.calls["vary"] == 2
+
+
+def test_request_no_cache_revalidates(make: Any) -> None:
+    h = make()
+    h.get("/items")
+    r = h.get("/items", {"Cache-Control": "no-cache"})
+    assert (r.x_cache, r.text) == ("MISS", "items #2")
+    hit = h.get("/items")
+    assert (hit.x_cache, hit.text) == ("HIT", "items #2")  # refreshed
+
+
+def test_etag_is_content_hash_and_304(make: Any) -> None:
+    h = make()
+    r = h.get("/items")
+    digest = hashlib.blake2b(r.body, digest_size=16).hexdigest()
+    assert r.headers["etag"] == f'"{digest}"'
+    nm = h.get("/items", {"If-None-Match": r.headers["etag"]})
+    assert (nm.status, nm.body) == (304, b"")
+    assert nm.headers["etag"] == r.headers["etag"]
+    other = h.get("/items", {"If-None-Match": '"nope"'})
+    assert other.status == 200
+    # On a miss too.
+    fresh = make()
+    nm2 = fresh.get("/items", {"If-None-Match": r.headers["etag"]})
+    assert (nm2.status, nm2.x_cache) == (304, "MISS")
+
+
+def test_max_age(make: Any) -> None:
+    h = make(max_age=30)
+    assert h.get("/items").headers["cache-control"] == "public, max-age=30"
+    assert h.get("/items").headers["cache-control"] == "public, max-age=30"
+    assert "cache-control" not in make().get("/items").headers
+
+
+def test_stale_while_revalidate(make: Any, clock: FakeClock) -> None:
+    h = make(stale_while_revalidate=20)
+    h.get("/items")
+    clock.advance(15)
+    r = h.get("/items")
+    assert (r.text, r.x_cache, r.headers["age"]) == ("items #1", "HIT", "15")
+    deadline = time.monotonic() + 5
+    while h.upstream.calls["items"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert h.get("/items").text == "items #2"
+    clock.advance(100)
+    assert h.get("/items").x_cache == "MISS"
+
+
+def test_stale_if_error(make: Any, clock: FakeClock) -> None:
+    h = make(stale_if_error=20)
+    h.get("/flaky")
+    h.upstream.fail = True
+    clock.advance(15)
+    r = h.get("/flaky")
+    assert (r.status, r.text, r.x_cache) == (200, "flaky #1", "HIT")
+    clock.advance(20)  # past ttl + stale_if_error
+    assert h.get("/flaky").status == 500
+    assert h.cache.stats()["stale"] == 1
+
+
+def test_stale_if_error_off_by_default(make: Any, clock: FakeClock) -> None:
+    h = make()
+    h.get("/flaky")
+    h.upstream.fail = True
+    clock.advance(15)
+    assert h.get("/flaky").status == 500
+
+
+def test_big_body_passes_through_uncached(make: Any) -> None:
+    h = make(max_body=1000)
+    for _ in range(2):
+        r = h.get("/big")
+        assert (r.status, len(r.body), r.x_cache) == (200, BIG, "MISS")
+    assert h.upstream.calls["big"] == 2
+
+
+def test_invalidate(make: Any) -> None:
+    h = make(tags=["catalog"])
+    for url in ("/items?a=1", "/items?a=2", "/items", "/itemsx", "/other"):
+        h.get(url)
+    assert h.cache.invalidate(path="/items", query="a=1") == 1
+    assert h.get("/items?a=1").x_cache == "MISS"
+    assert h.get("/items?a=2").x_cache == "HIT"
+    assert h.cache.invalidate(path="/items") == 3
+    assert h.get("/items?a=2").x_cache == "MISS"
+    assert h.get("/itemsx").x_cache == "HIT"
+    h.cache.invalidate(prefix="/item")
+    assert h.get("/itemsx").x_cache == "MISS"
+    assert h.get("/other").x_cache == "HIT"
+    assert h.cache.invalidate(tag="catalog") >= 1
+    assert h.get("/other").x_cache == "MISS"
+    with pytest.raises(TypeError):
+        h.cache.invalidate(path="/a", prefix="/b")
+
+
+def test_memory_bounded_by_bytes(make: Any) -> None:
+    h = make(maxweight=4000)
+    for i in range(50):
+        h.get(f"/items?i={i}")
+    assert h.cache.store.cache.weight <= 4000
+    assert h.get("/items?i=49").x_cache == "HIT"
+
+
+def test_single_flight_100(make: Any) -> None:
+    h = make()
+    rs = h.many("/slow", 100)
+    assert h.upstream.calls["slow"] == 1
+    assert {r.text for r in rs} == {"slow #1"}
+    assert all(r.status == 200 for r in rs)
+
+
+def test_own_cache_backend(make: Any) -> None:
+    own: Cache[str, Any] = Cache(None, maxweight=10_000_000, weigh=lambda v: 1)
+    h = make(backend=own)
+    h.get("/items")
+    assert h.get("/items").x_cache == "HIT"
+    assert len(own) == 2  # the entry and the path's Vary names
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "error"),
+    [
+        ("ttl", 0, ValueError),
+        ("ttl", "1", TypeError),
+        ("max_age", -1, ValueError),
+        ("stale_if_error", float("nan"), ValueError),
+        ("backend", object(), TypeError),
+        ("vary_identity", 1, TypeError),
+        ("session_cookies", "sid", TypeError),
+        ("statuses", 200, TypeError),
+        ("maxweight", 0, ValueError),
+    ],
+)
+def test_bad_settings(setting: str, value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        ResponseCache(**{setting: value})
