@@ -350,3 +350,62 @@ async def test_async_outage(private_redis: RedisServer) -> None:
         assert await cache.aget("k") == 3
     finally:
         await cache.aclose()
+
+
+def test_cached_decorator_with_redis_backend(redis_server: RedisServer) -> None:
+    """@stanchion.cached keeps results in Redis: a second process (here a
+    second RedisCache on the same prefix) finds them; kwargs and typed keys
+    work; invalidate and cache_clear reach Redis."""
+    prefix = f"f{uuid.uuid4().hex[:6]}:"
+    mine = RedisCache(redis_server.url, timeout=SLOW, prefix=prefix, ttl=60)
+    theirs = RedisCache(redis_server.url, timeout=SLOW, prefix=prefix, ttl=60)
+    assert isinstance(mine, stanchion.CacheBackend)
+    calls: list[tuple[Any, ...]] = []
+
+    def make(backend: RedisCache) -> Any:
+        @stanchion.cached(backend=backend.namespace("area"))
+        def area(w: int, h: int = 1, *, unit: str = "m") -> str:
+            calls.append((w, h, unit))
+            return f"{w * h}{unit}2"
+
+        return area
+
+    area, area_elsewhere = make(mine), make(theirs)
+    assert area(2, 3) == "6m2"
+    assert area(2, 3) == "6m2"
+    assert area_elsewhere(2, 3) == "6m2"  # computed once, in one place
+    assert area(2, h=3, unit="cm") == "6cm2"
+    assert area_elsewhere(2, h=3, unit="cm") == "6cm2"
+    assert calls == [(2, 3, "m"), (2, 3, "cm")]
+    assert area.invalidate(2, 3)
+    assert area_elsewhere(2, 3) == "6m2"
+    assert len(calls) == 3
+    area.cache_clear()
+    assert area_elsewhere(2, h=3, unit="cm") == "6cm2"
+    assert len(calls) == 4
+    mine.clear()
+
+
+async def test_cached_async_with_redis_backend(redis_server: RedisServer) -> None:
+    cache = RedisCache(
+        redis_server.url, timeout=SLOW, prefix=f"g{uuid.uuid4().hex[:6]}:"
+    )
+    calls = 0
+
+    @stanchion.cached(ttl=30, backend=cache.namespace("user"), typed=True)
+    async def user(uid: int) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        return {"id": uid}
+
+    try:
+        assert await user(7) == {"id": 7}
+        assert await user(7) == {"id": 7}
+        assert calls == 1
+        ttl = cache.namespace("user").ttl((7, int))
+        assert ttl is not None and 29 < ttl <= 30
+        assert await user(7.0) == {"id": 7.0}  # typed: another key
+        assert calls == 2
+    finally:
+        await cache.aclear()
+        await cache.aclose()
