@@ -65,6 +65,11 @@ class Limiter(_core.Limiter):
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if storage is None:
             return super().__new__(cls)
+        if clock is not None:
+            raise ValueError(
+                "clock applies to the in-process table only: a shared storage "
+                "decides on its own clock (Redis: the server's TIME)"
+            )
         make = getattr(storage, "make_limiter", None)
         if make is None:
             raise TypeError(
