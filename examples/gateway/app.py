@@ -44,7 +44,6 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.background import BackgroundTask
 
 from stanchion.asgi import CacheMiddleware, RateLimitMiddleware
 
@@ -263,15 +262,21 @@ class Gateway:
             raw.append(("content-length", length))
         # The body goes on as it comes, still content-encoded (aiter_raw):
         # the client asked for that encoding and Content-Length counts it.
-        response = StreamingResponse(
-            reply.aiter_raw(),
-            status_code=reply.status_code,
-            background=BackgroundTask(reply.aclose),
-        )
+        response = StreamingResponse(_relay(reply), status_code=reply.status_code)
         response.raw_headers = [
             (k.encode("latin-1"), v.encode("latin-1")) for k, v in raw
         ]
         return response
+
+
+async def _relay(reply: httpx.Response) -> AsyncIterator[bytes]:
+    """The upstream body as it comes; the upstream connection goes back to
+    the pool when it ends, fails, or the client goes away."""
+    try:
+        async for chunk in reply.aiter_raw():
+            yield chunk
+    finally:
+        await reply.aclose()
 
 
 def _connection_names(request: Request) -> set[str]:

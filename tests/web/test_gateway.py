@@ -116,6 +116,11 @@ class Upstream:
             return JSONResponse({"user": request.headers.get("authorization"), "n": n})
         if path == "/private":
             return JSONResponse({"n": n}, headers={"Cache-Control": "private"})
+        if path == "/vary":
+            lang = request.headers.get("accept-language", "")
+            return JSONResponse(
+                {"lang": lang, "n": n}, headers={"Vary": "Accept-Language"}
+            )
         if path == "/cookie":
             return JSONResponse({"n": n}, headers={"Set-Cookie": f"sid={n}"})
         if path == "/echo":
@@ -216,6 +221,12 @@ def test_repeated_gets_reach_the_upstream_once_within_the_ttl(
     assert a.calls["/items/1"] == 3
     stats = g.get("/health").json()["cache"]
     assert stats["hits"] == 6 and stats["stores"] == 3
+    # The service's Vary is honoured: one entry per language.
+    for lang in ("en", "de", "en", "de"):
+        r = g.get("/api/one/vary", headers={"Accept-Language": lang})
+        assert r.json()["lang"] == lang
+    assert r.headers["x-cache"] == "HIT"
+    assert a.calls["/vary"] == 2
 
 
 def test_redis_cache_and_limits_are_shared_by_two_gateways(
