@@ -21,7 +21,7 @@ def build_app(clock: Any) -> Any:
         return {"q": q}
 
     app.add_middleware(
-        RateLimitMiddleware,  # type: ignore[arg-type]
+        RateLimitMiddleware,
         limit=Plans(
             {"free": "5/minute", "paid": "20/minute"},
             plan=lambda r: (

@@ -94,6 +94,7 @@ class RateLimitMiddleware:
     def __init__(
         self,
         app: ASGIApp,
+        /,
         limit: Any = None,
         *,
         limiter: Any = None,
@@ -186,7 +187,7 @@ class CacheMiddleware:
     and ``stats()`` manage the cache.
     """
 
-    def __init__(self, app: ASGIApp, *, paths: Any = None, **settings: Any) -> None:
+    def __init__(self, app: ASGIApp, /, *, paths: Any = None, **settings: Any) -> None:
         from ._respcache import ResponseCache
 
         if paths is not None:

@@ -102,6 +102,7 @@ class RateLimitMiddleware:
     def __init__(
         self,
         app: WSGIApp,
+        /,
         limit: Any = None,
         *,
         limiter: Any = None,
@@ -177,7 +178,7 @@ class CacheMiddleware:
     app once (the others wait in their threads).
     """
 
-    def __init__(self, app: WSGIApp, *, paths: Any = None, **settings: Any) -> None:
+    def __init__(self, app: WSGIApp, /, *, paths: Any = None, **settings: Any) -> None:
         from ._respcache import ResponseCache
 
         if paths is not None:
