@@ -21,6 +21,8 @@ import httpx
 from fastapi import Request as FastApiRequest
 from fastapi.responses import Response as FastApiResponse
 
+from stanchion.wsgi import status_line
+
 BIG = 2000  # /big answers this many bytes; tests set max_body=1000
 
 
@@ -476,7 +478,61 @@ class DjangoMiddlewareHarness(Harness):
         return asyncio.run(go())
 
 
+# ---------------------------------------------------------------------------
+# hug (on falcon), served through its WSGI app
+# ---------------------------------------------------------------------------
+
+_hug_apis = 0
+
+
+class HugHarness(WsgiHarness):
+    """``@stanchion.hug.cache`` on a hug endpoint with the text output."""
+
+    name = "hug"
+
+    def __init__(self, **opts: Any) -> None:
+        import hug
+
+        from stanchion.hug import cache
+
+        global _hug_apis
+        _hug_apis += 1
+        api = hug.API(f"stanchion_respcache_api_{_hug_apis}")
+        self.upstream = up = Upstream()
+        text = hug.output_format.text
+        max_age = opts.pop("max_age", None)
+        ttl = opts.pop("ttl", 60.0)
+
+        @hug.http(
+            ("/{name}", "/status/{code}"),
+            accept=("GET", "HEAD", "POST"),
+            api=api,
+            output=text,
+        )
+        @cache(max_age, ttl=ttl, output=text, **opts)
+        def endpoint(
+            request: Any, response: Any, name: str = "", code: str = ""
+        ) -> Any:
+            status, headers, chunks = up.behave(request.path, request.get_header)
+            response.status = status_line(status)
+            for k, v in headers:
+                if k == "Set-Cookie":
+                    cname, _, value = v.partition("=")
+                    response.set_cookie(cname, value)
+                elif k == "Content-Type":
+                    response.content_type = v
+                else:
+                    response.set_header(k, v)
+            if len(chunks) > 1:
+                return io.BytesIO(b"".join(chunks))  # a stream: passes through
+            return b"".join(chunks).decode()
+
+        self.app = api.http.server()
+        self.cache = endpoint.cache  # type: ignore[attr-defined]
+
+
 ADAPTERS: dict[str, Callable[..., Harness]] = {
+    "hug": HugHarness,
     "django": DjangoHarness,
     "django-mw": DjangoMiddlewareHarness,
     "asgi": AsgiMiddlewareHarness,
