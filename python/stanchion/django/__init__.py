@@ -430,7 +430,9 @@ def _django_upstream(response: Any, limit: int) -> Any:
     body = response.content
     if len(body) > limit:
         return Upstream(response.status_code, headers, None, response)
-    return Upstream(response.status_code, headers, body)
+    # The view's own response goes back as is when nothing is stored
+    # (its cookies and attributes kept).
+    return Upstream(response.status_code, headers, body, response)
 
 
 def _django_reply(reply: Any) -> Any:
