@@ -103,3 +103,29 @@ def test_cache_benchmark_runs_every_implementation() -> None:
     ]
     # get-hit vs dict, 4 operations x 2 caches, the decorator, 2 memory lines.
     assert len(verdicts) == 1 + 4 * 2 + 1 + 2, out
+
+
+WEB_CACHE_ROWS = [
+    "fastapi bare endpoint",
+    "stanchion asgi CacheMiddleware",
+    "stanchion fastapi @cache",
+    "fastapi-cache2 @cache (InMemoryBackend)",
+    "flask bare endpoint",
+    "stanchion wsgi CacheMiddleware",
+    "stanchion flask @ext.cache",
+    "flask-caching @cached (SimpleCache)",
+    "django bare endpoint",
+    "stanchion django CacheMiddleware",
+    "stanchion django @cache_response",
+    "stanchion wsgi CacheMiddleware around Django",
+    "django cache_page (LocMemCache)",
+]
+
+
+def test_web_cache_benchmark_runs_every_case() -> None:
+    out = run_quick("web_cache.py")
+    lines = out.splitlines()
+    for name in WEB_CACHE_ROWS:
+        row = [x for x in lines if x.startswith(name + " ")]
+        assert row and TIME.search(row[0] + " "), (name, out)
+    assert "peer's hit / ours" in out

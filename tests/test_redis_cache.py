@@ -409,3 +409,40 @@ async def test_cached_async_with_redis_backend(redis_server: RedisServer) -> Non
     finally:
         await cache.aclear()
         await cache.aclose()
+
+
+def test_raw_commands_under_the_prefix(cache: RedisCache, rclient: redis.Redis) -> None:
+    key = cache.raw_key("http:a")
+    assert key == cache.prefix.encode() + b"http:a"
+    assert cache.raw_key(b"x*[") == cache.prefix.encode() + b"x*["
+    assert cache.command("SET", key, b"v") in (b"OK", "OK", True)
+    assert rclient.get(key) == b"v"
+    assert cache.command("GET", key) == b"v"
+    cache.command("SET", cache.raw_key("http:ab"), b"1")
+    cache.command("SET", cache.raw_key("http*b"), b"2")  # a glob character
+    cache.command("SET", cache.raw_key("other"), b"3")
+    assert cache.delete_raw_prefix(cache.raw_key("http*")) == 1
+    assert cache.delete_raw_prefix(cache.raw_key("http:")) == 2
+    assert cache.command("GET", cache.raw_key("other")) == b"3"
+    with pytest.raises(TypeError, match="key must be str or bytes"):
+        cache.raw_key(1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="prefix must be bytes"):
+        cache.delete_raw_prefix("http:")  # type: ignore[arg-type]
+
+
+async def test_raw_commands_async(cache: RedisCache) -> None:
+    key = cache.raw_key("k")
+    await cache.acommand("SET", key, b"v")
+    assert await cache.acommand("GET", key) == b"v"
+    await cache.aclose()
+
+
+def test_raw_commands_when_redis_is_down() -> None:
+    from ._redis import free_port
+
+    down = RedisCache(f"redis://127.0.0.1:{free_port()}/0", timeout=0.05)
+    try:
+        assert down.command("GET", down.raw_key("k")) is None
+        assert down.delete_raw_prefix(down.raw_key("k")) == 0
+    finally:
+        down.close()

@@ -313,7 +313,10 @@ class Stanchion:
                 )
                 if plan is None:
                     return view(*args, **kwargs)
-                reply = rc.serve(plan, upstream, copy_current_request_context(upstream))
+                # A copy of the request context (for a refresh in another
+                # thread) costs about as much as a hit: only when needed.
+                background = copy_current_request_context(upstream) if rc.swr else None
+                reply = rc.serve(plan, upstream, background)
                 if reply.passthrough:
                     native = reply.native
                     native.headers.extend(reply.headers)

@@ -21,6 +21,12 @@ endpoint asked for them too. A blocked request gets status 429, the
 rate limit headers and the problem+json body (served as is by hug's
 default JSON output format).
 
+``@cache(max_age=3600)`` (under the route decorator) caches an
+endpoint's rendered answers in this process (or in Redis with
+``backend=RedisCache(...)``) by the rules of
+:class:`stanchion._respcache.ResponseCache`, and sends
+``Cache-Control: public, max-age=3600``.
+
 ``RateLimitMiddleware`` is falcon-style (``process_request`` /
 ``process_response``) and limits every request of the API.
 
@@ -41,7 +47,7 @@ import hug
 from .http import LimiterCache, Request, Rule, Verdict
 from .wsgi import status_line
 
-__all__ = ["FalconRequest", "RateLimitMiddleware", "limit"]
+__all__ = ["FalconRequest", "RateLimitMiddleware", "cache", "limit"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -220,3 +226,147 @@ class RateLimitMiddleware:
         verdict = getattr(req.context, "stanchion_verdict", None)
         if verdict is not None:
             _add_headers(resp, verdict)
+
+
+# =============================================================================
+# Response caching
+# =============================================================================
+
+
+def _falcon_headers(response: falcon.Response) -> list[tuple[str, str]]:
+    headers = list(response.headers.items())
+    cookies = getattr(response, "_cookies", None)
+    if cookies:
+        for morsel in cookies.values():
+            headers.append(("Set-Cookie", morsel.OutputString()))
+    return headers
+
+
+def _falcon_status(response: falcon.Response) -> int:
+    return int(str(response.status).split(" ", 1)[0])
+
+
+def _send(reply: Any, response: falcon.Response) -> Any:
+    """Put a cache reply on hug's response; what the endpoint returns."""
+    response.status = status_line(reply.status)
+    for k, v in reply.headers:
+        low = k.lower()
+        if low == "content-type":
+            response.content_type = v
+        elif low == "set-cookie":
+            pass  # only ever from this request's own answer: already set
+        else:
+            response.set_header(k, v)
+    if reply.passthrough:
+        return reply.native
+    return io.BytesIO(reply.body or b"")
+
+
+def cache(
+    max_age: int | None = None,
+    *,
+    ttl: float | None = None,
+    output: Callable[..., Any] | None = None,
+    **settings: Any,
+) -> Callable[[F], F]:
+    """Endpoint decorator, placed under ``@hug.get(...)``:
+    ``@cache(max_age=3600)`` keeps each answer for ``max_age`` seconds
+    (``ttl`` to keep it a different time) and sends
+    ``Cache-Control: public, max-age=3600``. Other keywords are those of
+    :class:`stanchion._respcache.ResponseCache` (``backend``, ``statuses``,
+    ``vary_identity``, ``tags``, ...). ``output`` is the route's output
+    format (hug's JSON by default): the answer is rendered with it once and
+    the bytes are stored. Built with ``hug.wraps``, so the endpoint's
+    signature, types and documentation are unchanged; a direct call from
+    Python is never cached. The wrapper's ``cache`` attribute has
+    ``invalidate``, ``clear`` and ``stats``."""
+    from ._respcache import ResponseCache, Upstream
+
+    if ttl is None:
+        if max_age is None:
+            raise TypeError("cache needs max_age or ttl")
+        ttl = max_age
+    render = hug.output_format.json if output is None else output
+    if not callable(render):
+        raise TypeError("output must be a hug output format")
+    rc = ResponseCache(ttl=ttl, max_age=max_age, **settings)
+
+    def upstream_of(result: Any, request: Any, response: Any) -> Any:
+        headers = _falcon_headers(response)
+        status = _falcon_status(response)
+        if hasattr(result, "read"):
+            return Upstream(status, headers, None, result)
+        body = render(result, request=request, response=response)
+        if hasattr(body, "read"):
+            return Upstream(status, headers, None, body)
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        if len(body) > rc.max_body:
+            return Upstream(status, headers, None, io.BytesIO(body))
+        return Upstream(status, headers, bytes(body))
+
+    def plan_for(request: Any) -> Any:
+        return rc.plan(
+            request.method,
+            request.path,
+            request.query_string or "",
+            request.get_header,
+        )
+
+    def decorate(func: F) -> F:
+        spec = getattr(func, "original", func)
+        code = spec.__code__
+        wanted = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+        takes_kwargs = bool(code.co_flags & 0x08)
+        pass_request = "request" in wanted or takes_kwargs
+        pass_response = "response" in wanted or takes_kwargs
+
+        def forward(kwargs: dict[str, Any], request: Any, response: Any) -> None:
+            if pass_request:
+                kwargs["request"] = request
+            if pass_response:
+                kwargs["response"] = response
+
+        if hug.introspect.is_coroutine(spec):
+
+            @hug.wraps(func)  # type: ignore[untyped-decorator]
+            async def async_wrapper(
+                request: Any = None, response: Any = None, *args: Any, **kwargs: Any
+            ) -> Any:
+                forward(kwargs, request, response)
+                if request is None or response is None:
+                    return await func(*args, **kwargs)
+                plan = plan_for(request)
+                if plan is None:
+                    return await func(*args, **kwargs)
+
+                async def upstream() -> Any:
+                    result = await func(*args, **kwargs)
+                    return upstream_of(result, request, response)
+
+                return _send(await rc.aserve(plan, upstream, upstream), response)
+
+            wrapper: Any = async_wrapper
+        else:
+
+            @hug.wraps(func)  # type: ignore[untyped-decorator]
+            def sync_wrapper(
+                request: Any = None, response: Any = None, *args: Any, **kwargs: Any
+            ) -> Any:
+                forward(kwargs, request, response)
+                if request is None or response is None:
+                    return func(*args, **kwargs)
+                plan = plan_for(request)
+                if plan is None:
+                    return func(*args, **kwargs)
+
+                def upstream() -> Any:
+                    return upstream_of(func(*args, **kwargs), request, response)
+
+                return _send(rc.serve(plan, upstream, upstream), response)
+
+            wrapper = sync_wrapper
+        wrapper.cache = rc
+        return wrapper  # type: ignore[no-any-return]
+
+    return decorate

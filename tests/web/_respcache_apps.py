@@ -21,6 +21,8 @@ import httpx
 from fastapi import Request as FastApiRequest
 from fastapi.responses import Response as FastApiResponse
 
+from stanchion.wsgi import status_line
+
 BIG = 2000  # /big answers this many bytes; tests set max_body=1000
 
 
@@ -327,7 +329,212 @@ class FlaskHarness(WsgiHarness):
         self.cache = endpoint.cache  # type: ignore[attr-defined]
 
 
+# ---------------------------------------------------------------------------
+# Django adapters (real HttpRequest/HttpResponse objects from Django's
+# request factories, handed to the decorated view or the middleware)
+# ---------------------------------------------------------------------------
+
+
+def _django_ready() -> None:
+    import django
+    from django.conf import settings
+
+    if not settings.configured:  # as tests/web/test_django.py configures it
+        settings.configure(
+            DEBUG=False,
+            SECRET_KEY="tests-only",
+            ROOT_URLCONF="tests.web.test_django",
+            ALLOWED_HOSTS=["testserver", "test"],
+            INSTALLED_APPS=["stanchion.django"],
+            MIDDLEWARE=[],
+            STANCHION={},
+            USE_TZ=True,
+        )
+        django.setup()
+
+
+def _django_response(r: Any, method: str) -> Response:
+    if getattr(r, "streaming", False):
+        body = b"".join(r.streaming_content)
+    else:
+        body = r.content
+    headers = {k.lower(): v for k, v in r.items()}
+    if r.cookies:
+        headers["set-cookie"] = "; ".join(m.OutputString() for m in r.cookies.values())
+    # A server sends no body for HEAD (Django's test client drops it too).
+    return Response(r.status_code, headers, b"" if method == "HEAD" else body)
+
+
+def _django_answer(
+    status: int, headers: list[tuple[str, str]], chunks: list[bytes]
+) -> Any:
+    from django.http import HttpResponse, StreamingHttpResponse
+
+    if len(chunks) > 1:
+        out: Any = StreamingHttpResponse(iter(chunks), status=status)
+    else:
+        out = HttpResponse(b"".join(chunks), status=status)
+    for k, v in headers:
+        if k == "Set-Cookie":
+            name, _, value = v.partition("=")
+            out.set_cookie(name, value)
+        else:
+            out[k] = v
+    return out
+
+
+def _django_request(
+    factory: Any, method: str, url: str, headers: dict[str, str] | None
+) -> Any:
+    req = factory.generic(method, url, headers=headers or {})
+    if not (headers and "Cookie" in headers):
+        # The factories always set an empty Cookie; a client sends none.
+        req.META.pop("HTTP_COOKIE", None)
+    return req
+
+
+class DjangoHarness(Harness):
+    """``@cache_response`` on a sync view."""
+
+    name = "django"
+
+    def __init__(self, **opts: Any) -> None:
+        _django_ready()
+        from django.test import RequestFactory
+
+        from stanchion.django import cache_response
+
+        self.upstream = up = Upstream()
+        self.factory = RequestFactory()
+
+        @cache_response(**opts)
+        def view(request: Any) -> Any:
+            return _django_answer(*up.behave(request.path, request.headers.get))
+
+        self.view = view
+        self.cache = view.cache  # type: ignore[attr-defined]
+
+    def request(
+        self, method: str, url: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        req = _django_request(self.factory, method, url, headers)
+        return _django_response(self.view(req), method)
+
+
+class DjangoMiddlewareHarness(Harness):
+    """``CacheMiddleware`` in async mode before an ``async def`` view."""
+
+    name = "django-mw"
+
+    def __init__(self, **opts: Any) -> None:
+        _django_ready()
+        from django.test import AsyncRequestFactory
+
+        from stanchion.django import CacheMiddleware
+
+        self.upstream = up = Upstream()
+        self.factory = AsyncRequestFactory()
+
+        async def view(request: Any) -> Any:
+            if request.path.startswith("/slow"):
+                with up.lock:
+                    up.calls["slow"] += 1
+                    n = up.calls["slow"]
+                await asyncio.sleep(0.05)
+                return _django_answer(200, [], [f"slow #{n}".encode()])
+            return _django_answer(*up.behave(request.path, request.headers.get))
+
+        self.middleware = CacheMiddleware(view, **opts)
+        self.cache = self.middleware.cache
+
+    async def arequest(
+        self, method: str, url: str, headers: dict[str, str] | None
+    ) -> Response:
+        req = _django_request(self.factory, method, url, headers)
+        return _django_response(await self.middleware(req), method)
+
+    def request(
+        self, method: str, url: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        async def go() -> Response:
+            try:
+                return await self.arequest(method, url, headers)
+            finally:
+                await self.cache.aclose()
+
+        return asyncio.run(go())
+
+    def many(self, url: str, n: int) -> list[Response]:
+        async def go() -> list[Response]:
+            try:
+                return list(
+                    await asyncio.gather(
+                        *(self.arequest("GET", url, None) for _ in range(n))
+                    )
+                )
+            finally:
+                await self.cache.aclose()
+
+        return asyncio.run(go())
+
+
+# ---------------------------------------------------------------------------
+# hug (on falcon), served through its WSGI app
+# ---------------------------------------------------------------------------
+
+_hug_apis = 0
+
+
+class HugHarness(WsgiHarness):
+    """``@stanchion.hug.cache`` on a hug endpoint with the text output."""
+
+    name = "hug"
+
+    def __init__(self, **opts: Any) -> None:
+        import hug
+
+        from stanchion.hug import cache
+
+        global _hug_apis
+        _hug_apis += 1
+        api = hug.API(f"stanchion_respcache_api_{_hug_apis}")
+        self.upstream = up = Upstream()
+        text = hug.output_format.text
+        max_age = opts.pop("max_age", None)
+        ttl = opts.pop("ttl", 60.0)
+
+        @hug.http(
+            ("/{name}", "/status/{code}"),
+            accept=("GET", "HEAD", "POST"),
+            api=api,
+            output=text,
+        )
+        @cache(max_age, ttl=ttl, output=text, **opts)
+        def endpoint(
+            request: Any, response: Any, name: str = "", code: str = ""
+        ) -> Any:
+            status, headers, chunks = up.behave(request.path, request.get_header)
+            response.status = status_line(status)
+            for k, v in headers:
+                if k == "Set-Cookie":
+                    cname, _, value = v.partition("=")
+                    response.set_cookie(cname, value)
+                elif k == "Content-Type":
+                    response.content_type = v
+                else:
+                    response.set_header(k, v)
+            if len(chunks) > 1:
+                return io.BytesIO(b"".join(chunks))  # a stream: passes through
+            return b"".join(chunks).decode()
+
+        self.app = api.http.server()
+        self.cache = endpoint.cache  # type: ignore[attr-defined]
+
+
 ADAPTERS: dict[str, Callable[..., Harness]] = {
+    "hug": HugHarness,
+    "django": DjangoHarness,
+    "django-mw": DjangoMiddlewareHarness,
     "asgi": AsgiMiddlewareHarness,
     "fastapi": FastApiHarness,
     "wsgi": WsgiMiddlewareHarness,

@@ -47,8 +47,10 @@ from ..http import LimiterCache, Request, Rule, SettingError, Verdict
 from ..wsgi import header_from_environ
 
 __all__ = [
+    "CacheMiddleware",
     "DjangoRequest",
     "RateLimitMiddleware",
+    "cache_response",
     "check_settings",
     "ratelimit",
     "stanchion_settings",
@@ -407,3 +409,167 @@ class ratelimit:
             return response
 
         return sync_view  # type: ignore[return-value]
+
+
+# =============================================================================
+# Response caching
+# =============================================================================
+
+
+def _django_upstream(response: Any, limit: int) -> Any:
+    """A Django response as the cache's ``Upstream``; streamed or too big
+    ones pass through unbuffered. Cookies set through ``set_cookie`` count
+    as ``Set-Cookie`` headers (so such answers are never stored)."""
+    from .._respcache import Upstream
+
+    headers = list(response.items())
+    for morsel in response.cookies.values():
+        headers.append(("Set-Cookie", morsel.output(header="").strip()))
+    if getattr(response, "streaming", False):
+        return Upstream(response.status_code, headers, None, response)
+    body = response.content
+    if len(body) > limit:
+        return Upstream(response.status_code, headers, None, response)
+    # The view's own response goes back as is when nothing is stored
+    # (its cookies and attributes kept).
+    return Upstream(response.status_code, headers, body, response)
+
+
+def _django_reply(reply: Any) -> Any:
+    if reply.passthrough:
+        native = reply.native
+        for k, v in reply.headers:
+            native[k] = v
+        return native
+    out = HttpResponse(reply.body, status=reply.status)
+    if "content-type" not in {k.lower() for k, _ in reply.headers}:
+        del out["Content-Type"]
+    for k, v in reply.headers:
+        out[k] = v
+    return out
+
+
+def _plan(rc: Any, request: HttpRequest) -> Any:
+    return rc.plan(
+        request.method or "GET",
+        request.path,
+        request.META.get("QUERY_STRING", ""),
+        request.headers.get,
+    )
+
+
+class _CachedCall:
+    """One cached callable (a view or the rest of the middleware chain),
+    sync or async, on a ``ResponseCache``."""
+
+    def __init__(self, rc: Any, func: Callable[..., Any]) -> None:
+        self.rc = rc
+        self.func = func
+
+    def call(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        rc = self.rc
+        plan = _plan(rc, request)
+        if plan is None:
+            return self.func(request, *args, **kwargs)
+
+        def upstream() -> Any:
+            return _django_upstream(self.func(request, *args, **kwargs), rc.max_body)
+
+        return _django_reply(rc.serve(plan, upstream, upstream))
+
+    async def acall(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        rc = self.rc
+        plan = _plan(rc, request)
+        if plan is None:
+            return await self.func(request, *args, **kwargs)
+
+        async def upstream() -> Any:
+            response = await self.func(request, *args, **kwargs)
+            return _django_upstream(response, rc.max_body)
+
+        return _django_reply(await rc.aserve(plan, upstream, upstream))
+
+
+def cache_response(**settings: Any) -> Callable[[F], F]:
+    """View decorator: ``@cache_response(ttl=60)`` caches the view's answers
+    by the rules of :class:`stanchion._respcache.ResponseCache`, whose
+    keywords it takes (``ttl``, ``backend``, ``statuses``, ``max_age``,
+    ``vary_identity``, ...). Sync and ``async def`` views (an async view
+    never blocks its loop); class-based views through ``method_decorator``.
+    Streamed responses pass through uncached. The view's ``cache``
+    attribute has ``invalidate``, ``clear``, ``stats`` and ``aclose``."""
+    from .._respcache import ResponseCache
+
+    rc = ResponseCache(**settings)
+
+    def decorate(view: F) -> F:
+        if not callable(view):
+            raise TypeError(f"cache_response decorates a view, not {view!r}")
+        cached = _CachedCall(rc, view)
+        if _is_async(view):
+
+            @functools.wraps(view)
+            async def async_view(request: HttpRequest, *a: Any, **kw: Any) -> Any:
+                return await cached.acall(request, *a, **kw)
+
+            async_view.cache = rc  # type: ignore[attr-defined]
+            return async_view  # type: ignore[return-value]
+
+        @functools.wraps(view)
+        def sync_view(request: HttpRequest, *a: Any, **kw: Any) -> Any:
+            return cached.call(request, *a, **kw)
+
+        sync_view.cache = rc  # type: ignore[attr-defined]
+        return sync_view  # type: ignore[return-value]
+
+    return decorate
+
+
+class CacheMiddleware:
+    """Caches every GET/HEAD answer under the path prefixes in
+    ``settings.STANCHION_RESPONSE_CACHE["paths"]`` (all paths when absent)
+    by the rules of :class:`stanchion._respcache.ResponseCache`; the other
+    keys of that dict are its keywords (``ttl``, ``backend``, ...).
+    Keywords given to the constructor replace the setting (for
+    subclasses and tests). Sync and async capable: under ASGI it never
+    blocks the loop. ``cache`` has ``invalidate``, ``clear`` and ``stats``."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(
+        self, get_response: Callable[[HttpRequest], Any], **settings: Any
+    ) -> None:
+        from .._respcache import ResponseCache
+
+        self.get_response = get_response
+        if not settings:
+            raw = getattr(django_settings, "STANCHION_RESPONSE_CACHE", None) or {}
+            if not isinstance(raw, dict):
+                raise ImproperlyConfigured(
+                    f"STANCHION_RESPONSE_CACHE must be a dict, not {type(raw).__name__}"
+                )
+            settings = dict(raw)
+        paths = settings.pop("paths", None)
+        if paths is not None:
+            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+                raise TypeError("paths must be a list of path prefixes")
+            paths = tuple(paths)
+        self.paths: tuple[str, ...] | None = paths
+        self.cache = ResponseCache(**settings)
+        self._cached = _CachedCall(self.cache, get_response)
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        if self.paths is not None and not request.path.startswith(self.paths):
+            return self.get_response(request)
+        return self._cached.call(request)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        if self.paths is not None and not request.path.startswith(self.paths):
+            return await self.get_response(request)
+        return await self._cached.acall(request)

@@ -1,0 +1,109 @@
+"""Django's response cache through Django's own handlers: the middleware
+in sync mode (WSGI, Django's test Client) reading its settings, and an
+``async def`` view under ``@cache_response`` served by the ASGI handler."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIHandler
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.test import Client, override_settings
+from django.urls import path
+
+from stanchion.django import CacheMiddleware, cache_response
+
+from ._respcache_apps import _django_ready
+
+_django_ready()
+
+CALLS = {"page": 0, "other": 0, "async": 0}
+
+
+def page(request: HttpRequest) -> HttpResponse:
+    CALLS["page"] += 1
+    return JsonResponse({"n": CALLS["page"]})
+
+
+def other(request: HttpRequest) -> HttpResponse:
+    CALLS["other"] += 1
+    return JsonResponse({"n": CALLS["other"]})
+
+
+@cache_response(ttl=60, max_age=30)
+async def async_page(request: HttpRequest) -> HttpResponse:
+    CALLS["async"] += 1
+    await asyncio.sleep(0)
+    return JsonResponse({"n": CALLS["async"]})
+
+
+urlpatterns = [
+    path("api/page", page),
+    path("other", other),
+    path("async", async_page),
+]
+
+MW = ["stanchion.django.CacheMiddleware"]
+
+
+def test_middleware_sync_from_settings() -> None:
+    with override_settings(
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=MW,
+        STANCHION_RESPONSE_CACHE={"ttl": 60, "paths": ["/api/"]},
+    ):
+        c = Client()
+        r1 = c.get("/api/page?b=2&a=1")
+        r2 = c.get("/api/page?a=1&b=2")
+        assert (r1["X-Cache"], r2["X-Cache"]) == ("MISS", "HIT")
+        assert r1.content == r2.content
+        assert r2["Content-Type"] == "application/json"
+        nm = c.get("/api/page?a=1&b=2", headers={"If-None-Match": r1["ETag"]})
+        assert nm.status_code == 304
+        # Outside the configured paths nothing is cached.
+        o1, o2 = c.get("/other"), c.get("/other")
+        assert "X-Cache" not in o2 and o1.content != o2.content
+
+
+def test_middleware_settings_checked() -> None:
+    bad_type = override_settings(STANCHION_RESPONSE_CACHE=["ttl", 60])
+    with bad_type, pytest.raises(ImproperlyConfigured, match="must be a dict"):
+        CacheMiddleware(page)
+    bad_ttl = override_settings(STANCHION_RESPONSE_CACHE={"ttl": -1})
+    with bad_ttl, pytest.raises(ValueError):
+        CacheMiddleware(page)
+    with pytest.raises(TypeError, match="paths"):
+        CacheMiddleware(page, paths="/api/")
+
+
+def test_async_view_under_asgi() -> None:
+    async def go() -> list[Any]:
+        transport = httpx.ASGITransport(app=ASGIHandler())
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            return [await c.get("/async") for _ in range(3)]
+
+    with override_settings(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["test"]):
+        rs = asyncio.run(go())
+    assert [r.headers["x-cache"] for r in rs] == ["MISS", "HIT", "HIT"]
+    assert {r.json()["n"] for r in rs} == {1}
+    assert rs[1].headers["cache-control"] == "public, max-age=30"
+    assert CALLS["async"] == 1
+
+
+def test_cookies_set_by_django_are_never_stored() -> None:
+    @cache_response(ttl=60)
+    def view(request: HttpRequest) -> HttpResponse:
+        out = HttpResponse("hi")
+        out.set_cookie("sid", "x")
+        return out
+
+    from django.test import RequestFactory
+
+    rf = RequestFactory()
+    assert view(rf.get("/c"))["X-Cache"] == "MISS"
+    r = view(rf.get("/c"))
+    assert r["X-Cache"] == "MISS" and r.cookies["sid"].value == "x"

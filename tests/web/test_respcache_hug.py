@@ -1,0 +1,88 @@
+"""hug's ``@cache(max_age=...)`` as hug users write it: JSON output,
+typed parameters and generated documentation kept, async endpoints."""
+
+# No "from __future__ import annotations": hug reads the annotations.
+
+import asyncio
+from typing import Any
+
+import hug
+import pytest
+from werkzeug.test import Client
+
+from stanchion.hug import cache
+
+_n = 0
+
+
+def make_api() -> tuple[Any, Client, dict[str, Any]]:
+    global _n
+    _n += 1
+    api = hug.API(f"stanchion_hug_cache_{_n}")
+    calls: dict[str, Any] = {"users": 0, "async": 0}
+
+    @hug.get("/users", api=api)
+    @cache(max_age=3600)
+    def users(limit: hug.types.number = 2):
+        """Lists users"""
+        calls["users"] += 1
+        return {"users": ["ann", "bo", "cy"][:limit], "n": calls["users"]}
+
+    @hug.get("/async", api=api)
+    @cache(max_age=60)
+    async def async_endpoint():
+        calls["async"] += 1
+        return {"n": calls["async"]}
+
+    calls["direct"] = users  # type: ignore[assignment]
+    return api, Client(api.http.server()), calls
+
+
+def test_hug_cache_json_endpoint() -> None:
+    api, c, calls = make_api()
+    r1 = c.get("/users?limit=1")
+    assert r1.json == {"users": ["ann"], "n": 1}
+    assert r1.headers["X-Cache"] == "MISS"
+    assert r1.headers["Cache-Control"] == "public, max-age=3600"
+    assert r1.headers["Content-Type"].startswith("application/json")
+    r2 = c.get("/users?limit=1")
+    assert (r2.get_data(), r2.headers["X-Cache"]) == (r1.get_data(), "HIT")
+    assert r2.headers["Content-Type"] == r1.headers["Content-Type"]
+    assert calls["users"] == 1
+    # hug's types still apply: a bad number is refused, and not cached.
+    assert c.get("/users?limit=x").status_code == 400
+    assert c.get("/users?limit=x").status_code == 400
+    assert calls["users"] == 1
+    # The signature and docs hug generates are the endpoint's own.
+    doc = api.http.documentation()["handlers"]["/users"]["GET"]
+    assert doc["usage"] == "Lists users"
+    assert "limit" in doc["inputs"]
+    # A direct Python call (no request) is never cached.
+    direct: Any = calls["direct"]
+    assert direct(limit=1) == {"users": ["ann"], "n": 2}
+    assert direct(limit=1)["n"] == 3
+
+
+def test_hug_cache_async_endpoint() -> None:
+    # hug runs async endpoints on asyncio.get_event_loop(), which needs a
+    # current loop in the calling thread.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        _, c, calls = make_api()
+        assert c.get("/async").headers["X-Cache"] == "MISS"
+        r = c.get("/async")
+        assert (r.json, r.headers["X-Cache"]) == ({"n": 1}, "HIT")
+        assert calls["async"] == 1
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_hug_cache_settings_checked() -> None:
+    with pytest.raises(TypeError, match="max_age or ttl"):
+        cache()
+    with pytest.raises(ValueError):
+        cache(max_age=-1)
+    with pytest.raises(TypeError, match="output"):
+        cache(max_age=1, output="json")  # type: ignore[arg-type]
