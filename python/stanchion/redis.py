@@ -25,8 +25,11 @@ reads TIME and then writes relies on effects replication).
 The decisions are the in-process engine's, field for field: denied hits
 consume nothing, several rates are charged together or not at all, the
 fields come from the same binding rate, and ``remaining``, ``reset_after``
-and ``retry_after`` are computed by the same formulas, exact to the
-nanosecond for spans under 52 days (to a few nanoseconds beyond).
+and ``retry_after`` are computed by the same formulas. Lua numbers are
+doubles and the server clock is near 2**60 ns, so ``reset_after`` and
+``retry_after`` agree with the in-process engine to within a microsecond
+(usually to the nanosecond); ``allowed``, ``limit`` and ``remaining`` agree
+exactly.
 Differences: time is the server's wall clock in microseconds (windows are
 aligned on multiples of the period since the Unix epoch, so "1000/day"
 resets at 00:00 UTC), window periods must be whole microseconds, and a str
