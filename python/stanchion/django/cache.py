@@ -173,6 +173,7 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         max_bytes: int | None = _positive_int(options, "MAX_BYTES", None)
         super().__init__(params)
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
         location = str(location or "")
 
         ident = (location, max_entries, max_bytes)
@@ -247,7 +248,11 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     def _put(self, key: str, payload: Any, ttl: float | None) -> None:
         """Store under the lock; ttl from _ttl (0.0: remove instead)."""
         cache = self._cache
-        if ttl is None:
+        if self._max_bytes is not None and sys.getsizeof(payload) > self._max_bytes:
+            # Too big to keep at all: drop the old value, as memcached
+            # does with a value past its size limit, and do not raise.
+            cache.pop(key, None)
+        elif ttl is None:
             cache.set(key, (payload, None), self._never)
         elif ttl > 0.0:
             cache.set(key, (payload, time.monotonic() + ttl), ttl)
@@ -325,14 +330,16 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     def _store_again(self, key: str, payload: Any, expires: float | None) -> None:
         """Store under the lock, expiring at ``expires`` (a monotonic
         deadline, or None): the life left to the entry it replaces."""
-        if expires is None:
-            self._cache.set(key, (payload, None), self._never)
-            return
-        left = expires - time.monotonic()
-        if left > 0.0:
-            self._cache.set(key, (payload, expires), left)
-        else:
+        if self._max_bytes is not None and sys.getsizeof(payload) > self._max_bytes:
             self._cache.pop(key, None)
+        elif expires is None:
+            self._cache.set(key, (payload, None), self._never)
+        else:
+            left = expires - time.monotonic()
+            if left > 0.0:
+                self._cache.set(key, (payload, expires), left)
+            else:
+                self._cache.pop(key, None)
 
     def get_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
         get = self._cache.get
