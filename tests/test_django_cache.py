@@ -351,6 +351,37 @@ def test_plain_keys_do_not_warn(cache: CacheBackend) -> None:
         assert cache.get("fine-key_1") == 1
 
 
+def test_key_settings_changed_at_run_time_are_followed(cache: CacheBackend) -> None:
+    cache.set("k", "plain")
+    cache.key_prefix = "later"
+    assert cache.make_key("k") == "later:1:k"
+    assert cache.get("k") is None
+    cache.set("k", "prefixed")
+    cache.version = 5
+    assert cache.get("k") is None and cache.get("k", version=1) == "prefixed"
+    cache.key_func = key_upper
+    cache.set("k", "upper")
+    assert cache._cache.peek("K/LATER/5/K") is not None
+    cache.key_prefix, cache.version, cache.key_func = (
+        "",
+        1,
+        django_base.default_key_func,
+    )
+    assert cache.get("k") == "plain"
+
+
+class ReversedKeys(CacheBackend):
+    def make_key(self, key: Any, version: Any = None) -> str:
+        return str(key)[::-1]
+
+
+def test_a_subclass_making_its_own_keys_is_followed() -> None:
+    c = ReversedKeys("subclass", {})
+    c.set("abc", 1)
+    assert c._cache.peek("cba") is not None
+    assert c.get("abc") == 1
+
+
 def test_non_str_keys_are_made_by_the_key_function(cache: CacheBackend) -> None:
     cache.set(1, "int key")
     assert cache.get(1) == "int key"

@@ -200,28 +200,75 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         # What the C cache takes as "never expires": None when it has no
         # TTL of its own, else the longest lifetime it accepts.
         self._never: float | None = None if store.cache.ttl is None else _LONGEST
-        cls = type(self)
-        # Django's own key making and checking, done inline (the same
-        # key, the same warnings) unless a subclass changes it.
-        self._inline_keys = (
-            cls.make_and_validate_key is BaseCache.make_and_validate_key
-            and cls.make_key is BaseCache.make_key
-            and cls.validate_key is BaseCache.validate_key
-        )
 
     # -- keys and timeouts ----------------------------------------------------
 
+    # Django's own key making and checking, done inline (the same key, the
+    # same warnings) unless a subclass or KEY_FUNCTION changes it. The
+    # "prefix:version:" head is rebuilt whenever key_prefix, version or
+    # key_func is assigned (Django and its tests assign them).
+    _head: str | None = None
+    _key_prefix: Any = ""
+    _version: Any = 1
+    _key_func: Any = None
+
+    def _refresh_head(self) -> None:
+        cls = type(self)
+        plain = (
+            self._key_func is default_key_func
+            and cls.make_and_validate_key is BaseCache.make_and_validate_key
+            and cls.make_key is BaseCache.make_key
+            and cls.validate_key is BaseCache.validate_key
+        )
+        # As default_key_func's "%s:%s:%s" (!s: str(), not format()).
+        self._head = f"{self._key_prefix!s}:{self._version!s}:" if plain else None
+
+    @property
+    def key_prefix(self) -> Any:
+        return self._key_prefix
+
+    @key_prefix.setter
+    def key_prefix(self, value: Any) -> None:
+        self._key_prefix = value
+        self._refresh_head()
+
+    @property
+    def version(self) -> Any:
+        return self._version
+
+    @version.setter
+    def version(self, value: Any) -> None:
+        self._version = value
+        self._refresh_head()
+
+    @property
+    def key_func(self) -> Any:
+        return self._key_func
+
+    @key_func.setter
+    def key_func(self, value: Any) -> None:
+        self._key_func = value
+        self._refresh_head()
+
     def _key(self, key: Any, version: Any) -> str:
-        if self._inline_keys and self.key_func is default_key_func:
-            v = self.version if version is None else version
-            # As default_key_func's "%s:%s:%s" (!s: str(), not format()).
-            k = f"{self.key_prefix!s}:{v!s}:{key!s}"
-            if len(k) > _MEMCACHED_MAX_KEY_LENGTH or _MEMCACHED_BAD_CHARS.search(k):
-                self.validate_key(k)
-            return k
-        k = self.make_and_validate_key(key, version=version)
-        # The C table compares exact str without calling Python code.
-        return k if type(k) is str else str(k)
+        head = self._head
+        if head is None:
+            k = self.make_and_validate_key(key, version=version)
+            # The C table compares exact str without calling Python code.
+            return k if type(k) is str else str(k)
+        if version is not None:
+            k = f"{self._key_prefix!s}:{version!s}:{key!s}"
+        elif type(key) is str:
+            k = head + key
+        else:
+            k = f"{head}{key!s}"
+        # Django's check, quick when a key is plainly fine: printable text
+        # has no control characters, so only a space can offend.
+        if (len(k) > _MEMCACHED_MAX_KEY_LENGTH or not k.isprintable() or " " in k) and (
+            len(k) > _MEMCACHED_MAX_KEY_LENGTH or _MEMCACHED_BAD_CHARS.search(k)
+        ):
+            self.validate_key(k)
+        return k
 
     def _ttl(self, timeout: Any) -> float | None:
         """Seconds to live for ``timeout`` as Django means it: the default
