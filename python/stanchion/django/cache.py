@@ -279,6 +279,9 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
             timeout = self.default_timeout
         if timeout is None:
             return None
+        t = type(timeout)
+        if (t is int or t is float) and timeout > 0 and timeout < _LONGEST:
+            return float(timeout)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
             raise TypeError(
                 f"timeout must be a number of seconds or None, not "
@@ -320,8 +323,12 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         k = self._key(key, version)
         ttl = self._ttl(timeout)
         payload = _pack(value)
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             self._put(k, payload, ttl)
+        finally:
+            lock.release()
 
     def add(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
