@@ -28,6 +28,8 @@ stored it), with these differences:
 - Values of the exact types ``str``, ``int``, ``float``, ``bool`` and
   ``None`` are stored as they are (they cannot be changed in place, so
   sharing them is safe); everything else is pickled.
+- A ``TIMEOUT`` with a fraction (0.5) is kept as given; Django's own
+  backends truncate it (to 0: "do not cache").
 - Expiry follows the monotonic clock, so a change of the wall clock does
   not expire entries or keep them alive. A lifetime is capped at about
   35 years; longer timeouts (and ``None``) keep entries until evicted.
@@ -159,7 +161,7 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
             )
         # Django's BaseCache turns a bad TIMEOUT or MAX_ENTRIES into its
         # default without a word; refuse them instead, at startup.
-        timeout = params.get("TIMEOUT", params.get("timeout", 300))
+        timeout = params.get("timeout", params.get("TIMEOUT", 300))
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float))
         ):
@@ -172,6 +174,9 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         max_entries: int = _positive_int(options, "MAX_ENTRIES", 300)
         max_bytes: int | None = _positive_int(options, "MAX_BYTES", None)
         super().__init__(params)
+        # BaseCache truncates TIMEOUT to an int, so 0.5 would mean "never
+        # cache"; a fraction of a second is kept as given.
+        self.default_timeout = timeout
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         location = str(location or "")
