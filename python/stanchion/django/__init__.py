@@ -27,6 +27,10 @@ under ASGI). ``@ratelimit("5/minute", scope="login")`` limits one view
 for the system check (``manage.py check``) of these settings; the
 middleware and decorators also refuse bad settings when they are built,
 at startup.
+
+``CACHES = {"default": {"BACKEND": "stanchion.django.CacheBackend"}}`` is
+a Django cache backend on stanchion's C cache (see
+:mod:`stanchion.django.cache`).
 """
 
 from __future__ import annotations
@@ -45,8 +49,10 @@ from django.utils.module_loading import import_string
 
 from ..http import LimiterCache, Request, Rule, SettingError, Verdict
 from ..wsgi import header_from_environ
+from .cache import CacheBackend
 
 __all__ = [
+    "CacheBackend",
     "CacheMiddleware",
     "DjangoRequest",
     "RateLimitMiddleware",
