@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import _core
@@ -120,15 +120,7 @@ class Limiter(_core.Limiter):
     ) -> Decision:
         """Hit, waiting while denied. With a ``timeout`` (seconds), raises
         RateLimitExceeded as soon as the wait would exceed it."""
-        deadline = _deadline(timeout)
-        while True:
-            d = self.hit(key, cost)
-            if d.allowed:
-                return d
-            wait = d.retry_after
-            if deadline is not None and time.monotonic() + wait > deadline:
-                raise RateLimitExceeded(d)
-            time.sleep(wait)
+        return wait_for_hit(self.hit, key, cost, timeout)
 
     # -- asyncio ---------------------------------------------------------------
 
@@ -145,15 +137,48 @@ class Limiter(_core.Limiter):
         self, key: str | bytes, cost: int = 1, timeout: float | None = None
     ) -> Decision:
         """Like ``acquire``, sleeping with asyncio (never blocks the loop)."""
-        deadline = _deadline(timeout)
-        while True:
-            d = self.hit(key, cost)
-            if d.allowed:
-                return d
-            wait = d.retry_after
-            if deadline is not None and time.monotonic() + wait > deadline:
-                raise RateLimitExceeded(d)
-            await asyncio.sleep(wait)
+        return await await_hit(self.ahit, key, cost, timeout)
+
+
+def wait_for_hit(
+    hit: Callable[[str | bytes, int], Decision],
+    key: str | bytes,
+    cost: int,
+    timeout: float | None,
+) -> Decision:
+    """``acquire`` for any limiter: hit, sleeping ``retry_after`` while
+    denied; RateLimitExceeded at once when the wait would pass ``timeout``."""
+    deadline = _deadline(timeout)
+    while True:
+        d = hit(key, cost)
+        if d.allowed or not _can_wait(d, deadline):
+            return _allowed_or_raise(d)
+        time.sleep(d.retry_after)
+
+
+async def await_hit(
+    ahit: Callable[[str | bytes, int], Awaitable[Decision]],
+    key: str | bytes,
+    cost: int,
+    timeout: float | None,
+) -> Decision:
+    """``aacquire`` for any limiter: ``wait_for_hit`` with asyncio sleeps."""
+    deadline = _deadline(timeout)
+    while True:
+        d = await ahit(key, cost)
+        if d.allowed or not _can_wait(d, deadline):
+            return _allowed_or_raise(d)
+        await asyncio.sleep(d.retry_after)
+
+
+def _can_wait(d: Decision, deadline: float | None) -> bool:
+    return deadline is None or time.monotonic() + d.retry_after <= deadline
+
+
+def _allowed_or_raise(d: Decision) -> Decision:
+    if not d.allowed:
+        raise RateLimitExceeded(d)
+    return d
 
 
 def _deadline(timeout: float | None) -> float | None:

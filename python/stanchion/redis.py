@@ -102,7 +102,7 @@ from redis.retry import Retry
 from . import _core
 from ._core import Decision
 from ._errors import StorageUnavailable
-from ._limiter import ALGORITHMS, ON_ERROR, RateLimitExceeded, _deadline
+from ._limiter import ALGORITHMS, ON_ERROR, await_hit, wait_for_hit
 from ._rates import Rate
 from ._redis_lua import SCRIPTS
 
@@ -870,15 +870,7 @@ class RedisLimiter:
     ) -> Decision:
         """Hit, waiting while denied. With a ``timeout`` (seconds), raises
         RateLimitExceeded as soon as the wait would exceed it."""
-        deadline = _deadline(timeout)
-        while True:
-            d = self.hit(key, cost)
-            if d.allowed:
-                return d
-            wait = d.retry_after
-            if deadline is not None and time.monotonic() + wait > deadline:
-                raise RateLimitExceeded(d)
-            time.sleep(wait)
+        return wait_for_hit(self.hit, key, cost, timeout)
 
     # -- asyncio -------------------------------------------------------------
 
@@ -929,15 +921,7 @@ class RedisLimiter:
         self, key: str | bytes, cost: int = 1, timeout: float | None = None
     ) -> Decision:
         """Like ``acquire``, sleeping with asyncio (never blocks the loop)."""
-        deadline = _deadline(timeout)
-        while True:
-            d = await self.ahit(key, cost)
-            if d.allowed:
-                return d
-            wait = d.retry_after
-            if deadline is not None and time.monotonic() + wait > deadline:
-                raise RateLimitExceeded(d)
-            await asyncio.sleep(wait)
+        return await await_hit(self.ahit, key, cost, timeout)
 
 
 def _glob_escape(b: bytes) -> bytes:
