@@ -154,34 +154,8 @@ static int cache_clock(CacheObject *self, int64_t *now)
 	if (ST_LIKELY(self->clock == NULL)) {
 		ns = st_fastclock_now(&self->fclock);
 	} else {
-		PyObject *r = PyObject_CallNoArgs(self->clock);
-		double s;
-		if (r == NULL)
+		if (st_read_clock(self->clock, &ns) < 0)
 			return -1;
-		if (PyBool_Check(r) ||
-		    !(PyFloat_Check(r) || PyLong_Check(r))) {
-			PyErr_Format(PyExc_TypeError,
-			             "clock must return a number of seconds, "
-			             "not %.100s",
-			             Py_TYPE(r)->tp_name);
-			Py_DECREF(r);
-			return -1;
-		}
-		s = PyFloat_AsDouble(r);
-		Py_DECREF(r);
-		if (s == -1.0 && PyErr_Occurred())
-			return -1;
-		if (!isfinite(s) || fabs(s) * 1e9 >= (double)ST_MAX_CLOCK_NS) {
-			char buf[64];
-			PyOS_snprintf(buf, sizeof(buf), "%g", s);
-			PyErr_Format(
-			    PyExc_ValueError,
-			    "clock returned %s seconds: it must be "
-			    "finite and within +-%lld seconds",
-			    buf, (long long)(ST_MAX_CLOCK_NS / ST_NS_PER_SEC));
-			return -1;
-		}
-		ns = (int64_t)llround(s * 1e9);
 	}
 	if (ns < self->last_now)
 		ns = self->last_now;

@@ -604,44 +604,18 @@ ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
  * caller touches the table, so Python code never runs mid-update. */
 static int limiter_now(LimiterObject *self, int64_t *now)
 {
-	PyObject *r;
-	double s;
 	int64_t ns;
 
 	if (ST_LIKELY(self->clock == NULL)) {
 		*now = st_fastclock_now(&self->fclock);
 		return 0;
 	}
-	r = PyObject_CallNoArgs(self->clock);
-	if (r == NULL)
+	if (st_read_clock(self->clock, &ns) < 0)
 		return -1;
-	if (!(PyFloat_Check(r) || PyLong_Check(r)) || PyBool_Check(r)) {
-		PyErr_Format(PyExc_TypeError,
-		             "clock must return a number of seconds, not "
-		             "%.100s",
-		             Py_TYPE(r)->tp_name);
-		Py_DECREF(r);
-		return -1;
-	}
-	s = PyFloat_AsDouble(r);
-	Py_DECREF(r);
-	if (s == -1.0 && PyErr_Occurred())
-		return -1;
-	if (!isfinite(s) || fabs(s) * 1e9 >= (double)ST_MAX_CLOCK_NS) {
-		char buf[64];
-		PyOS_snprintf(buf, sizeof(buf), "%g", s);
-		PyErr_Format(PyExc_ValueError,
-		             "clock returned %s seconds: it must be finite "
-		             "and within +-%lld seconds",
-		             buf,
-		             (long long)(ST_MAX_CLOCK_NS / ST_NS_PER_SEC));
-		return -1;
-	}
-	ns = (int64_t)llround(s * 1e9);
 	if (ns < self->last_now) {
 		char buf[96];
 		PyOS_snprintf(buf, sizeof(buf), "from %.9f to %.9f seconds",
-		              (double)self->last_now / 1e9, s);
+		              (double)self->last_now / 1e9, (double)ns / 1e9);
 		PyErr_Format(PyExc_ValueError,
 		             "clock went backwards (%s); a limiter's clock "
 		             "must be monotonic",

@@ -1,6 +1,8 @@
 /* stanchion._core: module definition, state and multi-phase init. */
 #include "module.h"
 
+#include <math.h>
+
 static int module_traverse(PyObject *module, visitproc visit, void *arg)
 {
 	st_state *st = PyModule_GetState(module);
@@ -58,6 +60,39 @@ st_state *st_state_from_type(PyTypeObject *type)
 	             type->tp_name);
 	return NULL;
 #endif
+}
+
+int st_read_clock(PyObject *clock, int64_t *ns)
+{
+	PyObject *r = PyObject_CallNoArgs(clock);
+	double s;
+
+	if (r == NULL)
+		return -1;
+	if (PyBool_Check(r) || !(PyFloat_Check(r) || PyLong_Check(r))) {
+		PyErr_Format(PyExc_TypeError,
+		             "clock must return a number of seconds, not "
+		             "%.100s",
+		             Py_TYPE(r)->tp_name);
+		Py_DECREF(r);
+		return -1;
+	}
+	s = PyFloat_AsDouble(r);
+	Py_DECREF(r);
+	if (s == -1.0 && PyErr_Occurred())
+		return -1;
+	if (!isfinite(s) || fabs(s) * 1e9 >= (double)ST_MAX_CLOCK_NS) {
+		char buf[64];
+		PyOS_snprintf(buf, sizeof(buf), "%g", s);
+		PyErr_Format(PyExc_ValueError,
+		             "clock returned %s seconds: it must be finite "
+		             "and within +-%lld seconds",
+		             buf,
+		             (long long)(ST_MAX_CLOCK_NS / ST_NS_PER_SEC));
+		return -1;
+	}
+	*ns = (int64_t)llround(s * 1e9);
+	return 0;
 }
 
 static int module_exec(PyObject *module)

@@ -44,6 +44,13 @@ st_state *st_state_from_type(PyTypeObject *type);
 int st_limiter_exec(PyObject *module, st_state *st);
 int st_cache_exec(PyObject *module, st_state *st);
 
+/* Calls a user's clock (a callable returning seconds) and converts the
+ * reading to integer nanoseconds. Returns 0, or -1 with TypeError (not a
+ * number), ValueError (NaN, infinite, beyond +-ST_MAX_CLOCK_NS) or the
+ * clock's own exception set. Runs Python code: call it before touching
+ * any structure. */
+int st_read_clock(PyObject *clock, int64_t *ns);
+
 /* Matches a FASTCALL keyword name: by pointer against the interned name,
  * then by value. */
 static inline int st_kw_is(PyObject *name, PyObject *interned)
