@@ -1030,3 +1030,27 @@ def _close(native: Any) -> None:
     close = getattr(native, "close", None)
     if close is not None:
         close()
+
+
+class CacheFront:
+    """What the ASGI and WSGI cache middleware share: the wrapped app, the
+    path prefixes they cache (None: every path), the ResponseCache and its
+    management (``invalidate``, ``clear``, ``stats``)."""
+
+    def __init__(self, app: Any, /, *, paths: Any = None, **settings: Any) -> None:
+        if paths is not None:
+            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+                raise TypeError("paths must be a list of path prefixes")
+            paths = tuple(paths)
+        self.app = app
+        self.paths: tuple[str, ...] | None = paths
+        self.cache = ResponseCache(**settings)
+
+    def invalidate(self, path: str | None = None, **kw: Any) -> int:
+        return self.cache.invalidate(path, **kw)
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    def stats(self) -> dict[str, int]:
+        return self.cache.stats()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._respcache import CacheFront
 from .http import Request, Rule, Verdict
 
 __all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
@@ -168,7 +169,7 @@ async def send_cached(reply: Any, send: Send) -> None:
     await send({"type": "http.response.body", "body": reply.body})
 
 
-class CacheMiddleware:
+class CacheMiddleware(CacheFront):
     """Cache GET/HEAD answers of any ASGI app (FastAPI, Starlette, ...).
 
     ``app = CacheMiddleware(app, ttl=60)``, or
@@ -187,25 +188,7 @@ class CacheMiddleware:
     and ``stats()`` manage the cache.
     """
 
-    def __init__(self, app: ASGIApp, /, *, paths: Any = None, **settings: Any) -> None:
-        from ._respcache import ResponseCache
-
-        if paths is not None:
-            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
-                raise TypeError("paths must be a list of path prefixes")
-            paths = tuple(paths)
-        self.app = app
-        self.paths: tuple[str, ...] | None = paths
-        self.cache = ResponseCache(**settings)
-
-    def invalidate(self, path: str | None = None, **kw: Any) -> int:
-        return self.cache.invalidate(path, **kw)
-
-    def clear(self) -> None:
-        self.cache.clear()
-
-    def stats(self) -> dict[str, int]:
-        return self.cache.stats()
+    app: ASGIApp
 
     def _on_shutdown(self, send: Send) -> Send:
         async def wrapped(message: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ._respcache import CacheFront
 from .http import Request, Rule, Verdict
 
 __all__ = [
@@ -167,7 +168,7 @@ class _Passing:
             close()
 
 
-class CacheMiddleware:
+class CacheMiddleware(CacheFront):
     """Cache GET/HEAD answers of any WSGI app (Flask, Django, ...).
 
     ``app.wsgi_app = CacheMiddleware(app.wsgi_app, ttl=60)``. Keywords
@@ -178,25 +179,7 @@ class CacheMiddleware:
     app once (the others wait in their threads).
     """
 
-    def __init__(self, app: WSGIApp, /, *, paths: Any = None, **settings: Any) -> None:
-        from ._respcache import ResponseCache
-
-        if paths is not None:
-            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
-                raise TypeError("paths must be a list of path prefixes")
-            paths = tuple(paths)
-        self.app = app
-        self.paths: tuple[str, ...] | None = paths
-        self.cache = ResponseCache(**settings)
-
-    def invalidate(self, path: str | None = None, **kw: Any) -> int:
-        return self.cache.invalidate(path, **kw)
-
-    def clear(self) -> None:
-        self.cache.clear()
-
-    def stats(self) -> dict[str, int]:
-        return self.cache.stats()
+    app: WSGIApp
 
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse
