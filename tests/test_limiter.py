@@ -339,7 +339,11 @@ def test_bad_costs(clock: FakeClock) -> None:
         ({"rates": "1/s", "clock": 5}, TypeError, "clock must be a callable"),
         ({"rates": "1/s", "on_error": "ignore"}, ValueError, "on_error"),
         ({"rates": "1/s", "storage": object()}, TypeError, "unsupported storage"),
-        ({"rates": "1/s", "storage": object(), "clock": lambda: 0.0}, ValueError, "in-process table only"),
+        (
+            {"rates": "1/s", "storage": object(), "clock": lambda: 0.0},
+            ValueError,
+            "in-process table only",
+        ),
         ({"rates": "1000000/second", "burst": 10**18}, ValueError, "36 years"),
     ],
 )

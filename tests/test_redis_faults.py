@@ -201,6 +201,39 @@ async def test_outage_under_async_load(
     _one_warning_one_info(caplog)
 
 
+def test_a_late_failure_does_not_reopen_the_outage(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During an outage several probes can be in flight (one starts per
+    retry interval, each waits up to the timeout). Once one of them gets
+    through, another that started before it and fails afterwards is old
+    news: it answers by the policy, but Redis stays up and nothing is
+    logged. A failure of a call sent after the recovery opens a new
+    outage as usual."""
+    caplog.set_level(logging.INFO, logger="stanchion")
+    storage = RedisStorage(private_redis.url, retry_interval=0)
+    lim = stanchion.Limiter("5/minute", storage=storage, on_error="deny")
+    conn = storage._connector
+    try:
+        assert lim.hit("k").remaining == 4
+        sent_during_outage = conn.epoch
+        conn.failed(TimeoutError("first probe"), sent_during_outage)
+        assert conn.down_since is not None
+        assert lim.hit("k").remaining == 3  # a later probe gets through
+        assert conn.down_since is None
+        conn.failed(TimeoutError("earlier probe, timed out late"), sent_during_outage)
+        assert conn.down_since is None and conn.last_error is None
+        assert lim.hit("k").remaining == 2
+        levels = [r.levelno for r in caplog.records if r.name == "stanchion"]
+        assert levels == [logging.WARNING, logging.INFO]
+        conn.failed(TimeoutError("sent after the recovery"), conn.epoch)
+        assert conn.down_since is not None
+        levels = [r.levelno for r in caplog.records if r.name == "stanchion"]
+        assert levels == [logging.WARNING, logging.INFO, logging.WARNING]
+    finally:
+        storage.close()
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 async def test_default_timeout_bounds_a_paused_server(
     private_redis: RedisServer, asynchronous: bool

@@ -492,6 +492,10 @@ class _Connector:
         self._lock = threading.Lock()
         self.down_since: float | None = None  # monotonic start of an outage
         self._retry_at = 0.0
+        # Bumped by every recovery: a call that fails with an older epoch
+        # was sent before Redis came back (a probe still in flight when
+        # another one got through) and does not open a new outage.
+        self.epoch = 0
         self.last_error: BaseException | None = None
 
     @property
@@ -531,9 +535,12 @@ class _Connector:
             self._retry_at = now + self.retry_interval
         return False
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, epoch: int) -> None:
+        """Record a failed call that started at ``epoch``."""
         now = time.monotonic()
         with self._lock:
+            if epoch != self.epoch:
+                return  # sent before the last recovery: stale news
             self._retry_at = now + self.retry_interval
             self.last_error = exc
             if self.down_since is not None:
@@ -555,6 +562,7 @@ class _Connector:
             self.down_since = None
             self._retry_at = 0.0
             self.last_error = None
+            self.epoch += 1
         logger.info(
             "Redis at %s is available again after %.3f s",
             self.where,
@@ -804,8 +812,8 @@ class RedisLimiter:
             f"Redis at {conn.where} is unavailable"
         ) from conn.last_error
 
-    def _failure(self, exc: BaseException, cost: int) -> Decision:
-        self._connector.failed(exc)
+    def _failure(self, exc: BaseException, cost: int, epoch: int) -> Decision:
+        self._connector.failed(exc, epoch)
         try:
             return self._fallback(cost)
         except StorageUnavailable as err:
@@ -824,12 +832,13 @@ class RedisLimiter:
         rkey = self._key(key)
         c = self._cost(cost)
         conn = self._connector
+        epoch = conn.epoch
         if conn.down_since is not None and conn.skip():
             return self._fallback(c)
         try:
             reply = self._run(self._args(rkey, c, commit))
         except _FAILURES as exc:
-            return self._failure(exc, c)
+            return self._failure(exc, c, epoch)
         if conn.down_since is not None:
             conn.recovered()
         return self._decision(reply)
@@ -847,19 +856,20 @@ class RedisLimiter:
         """Forget one key (back to full), or every key of this limiter."""
         rkey = None if key is None else self._key(key)
         link = self._connector.sync_link()
+        epoch = self._connector.epoch
         try:
             if rkey is None:
                 link.scan_delete(self._scan)
             else:
                 link.call("UNLINK", rkey)
         except _FAILURES as exc:
-            self._reset_failed(exc)
+            self._reset_failed(exc, epoch)
             return
         if self._connector.down_since is not None:
             self._connector.recovered()
 
-    def _reset_failed(self, exc: BaseException) -> None:
-        self._connector.failed(exc)
+    def _reset_failed(self, exc: BaseException, epoch: int) -> None:
+        self._connector.failed(exc, epoch)
         if self.on_error == "raise":
             raise StorageUnavailable(
                 f"Redis at {self._connector.where} is unavailable"
@@ -887,12 +897,13 @@ class RedisLimiter:
         conn = self._connector
         if not conn.has_async:
             conn.async_link  # noqa: B018 - raises the TypeError
+        epoch = conn.epoch
         if conn.down_since is not None and conn.skip():
             return self._fallback(c)
         try:
             reply = await self._arun(self._args(rkey, c, commit))
         except _FAILURES as exc:
-            return self._failure(exc, c)
+            return self._failure(exc, c, epoch)
         if conn.down_since is not None:
             conn.recovered()
         return self._decision(reply)
@@ -906,13 +917,14 @@ class RedisLimiter:
     async def areset(self, key: str | bytes | None = None) -> None:
         rkey = None if key is None else self._key(key)
         link = self._connector.async_link
+        epoch = self._connector.epoch
         try:
             if rkey is None:
                 await link.scan_delete(self._scan)
             else:
                 await link.call("UNLINK", rkey)
         except _FAILURES as exc:
-            self._reset_failed(exc)
+            self._reset_failed(exc, epoch)
             return
         if self._connector.down_since is not None:
             self._connector.recovered()
@@ -1152,8 +1164,8 @@ class RedisCache:
             return ("SET", rkey, data)
         return ("SET", rkey, data, "PX", max(1, math.ceil(ttl * 1000)))
 
-    def _failed(self, exc: BaseException) -> None:
-        self._connector.failed(exc)
+    def _failed(self, exc: BaseException, epoch: int) -> None:
+        self._connector.failed(exc, epoch)
         if self.on_error == "raise":
             raise StorageUnavailable(
                 f"Redis at {self._connector.where} is unavailable"
@@ -1186,12 +1198,13 @@ class RedisCache:
         """A command's reply; _MISSING when Redis failed (and on_error lets
         it pass)."""
         link = self._connector.sync_link()
+        epoch = self._connector.epoch
         if self._skip():
             return _MISSING
         try:
             reply = link.call(*args)
         except _FAILURES as exc:
-            self._failed(exc)
+            self._failed(exc, epoch)
             return _MISSING
         self._ok()
         return reply
@@ -1223,10 +1236,11 @@ class RedisCache:
         """Delete every key under the prefix (SCAN + UNLINK on every master,
         never FLUSHDB)."""
         link = self._connector.sync_link()
+        epoch = self._connector.epoch
         try:
             link.scan_delete(_glob_escape(self._prefix) + b"*")
         except _FAILURES as exc:
-            self._failed(exc)
+            self._failed(exc, epoch)
             return
         self._ok()
 
@@ -1282,10 +1296,11 @@ class RedisCache:
         link = self._connector.sync_link()
         if self._skip():
             return 0
+        epoch = self._connector.epoch
         try:
             n = int(link.scan_delete(_glob_escape(prefix) + b"*"))
         except _FAILURES as exc:
-            self._failed(exc)
+            self._failed(exc, epoch)
             return 0
         self._ok()
         return n
@@ -1296,10 +1311,11 @@ class RedisCache:
         link = self._connector.async_link
         if self._skip():
             return _MISSING
+        epoch = self._connector.epoch
         try:
             reply = await link.call(*args)
         except _FAILURES as exc:
-            self._failed(exc)
+            self._failed(exc, epoch)
             return _MISSING
         self._ok()
         return reply
@@ -1327,10 +1343,11 @@ class RedisCache:
 
     async def aclear(self) -> None:
         link = self._connector.async_link
+        epoch = self._connector.epoch
         try:
             await link.scan_delete(_glob_escape(self._prefix) + b"*")
         except _FAILURES as exc:
-            self._failed(exc)
+            self._failed(exc, epoch)
             return
         self._ok()
 
