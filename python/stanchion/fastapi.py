@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -116,6 +117,70 @@ def problem_response(verdict: Verdict) -> Response:
 def _set_headers(response: Response, verdict: Verdict) -> None:
     # raw_headers is the list both Starlette and FastAPI's header merge use.
     response.raw_headers.extend(verdict.raw_headers())
+
+
+def _headers_on_allowed(result: Any, response: Response | None, v: Verdict) -> None:
+    """Put an allowed request's headers on the endpoint's own Response,
+    else on the injected one that FastAPI merges into what it sends."""
+    if isinstance(result, Response):
+        _set_headers(result, v)
+    elif response is not None:
+        _set_headers(response, v)
+
+
+def _take(name: str | None, own: bool) -> Callable[[dict[str, Any]], Any]:
+    """How a wrapper gets one parameter out of the endpoint's kwargs:
+    read (the endpoint declares it too), popped (injected for the
+    wrapper alone), or None (neither)."""
+    if name is None:
+        return lambda kwargs: None
+    if own:
+        return operator.itemgetter(name)
+    return lambda kwargs: kwargs.pop(name)
+
+
+def _inject(
+    func: Callable[..., Any], need_response: bool
+) -> tuple[
+    inspect.Signature, Callable[[dict[str, Any]], Any], Callable[[dict[str, Any]], Any]
+]:
+    """The signature FastAPI should see for a wrapper of ``func``: the
+    endpoint's own parameters plus, when it lacks them, the Request and
+    (if ``need_response``) the Response the wrapper needs; and the two
+    getters of those from the kwargs FastAPI passes."""
+    try:
+        sig = inspect.signature(func, eval_str=True)
+    except NameError:
+        sig = inspect.signature(func)
+    req_name = _find_param(sig, StarletteRequest)
+    resp_name = _find_param(sig, Response)
+    own_req = req_name is not None
+    own_resp = resp_name is not None
+    extra = []
+    if req_name is None:
+        req_name = "_stanchion_request"
+        extra.append(
+            inspect.Parameter(
+                req_name, inspect.Parameter.KEYWORD_ONLY, annotation=StarletteRequest
+            )
+        )
+    if resp_name is None and need_response:
+        resp_name = "_stanchion_response"
+        extra.append(
+            inspect.Parameter(
+                resp_name, inspect.Parameter.KEYWORD_ONLY, annotation=Response
+            )
+        )
+    params = list(sig.parameters.values())
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        params[-1:-1] = extra
+    else:
+        params.extend(extra)
+    return (
+        sig.replace(parameters=params),
+        _take(req_name, own_req),
+        _take(resp_name, own_resp),
+    )
 
 
 class RateLimited(HTTPException):
@@ -214,44 +279,16 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
 
     def decorate(func: F) -> F:
         rule = Rule(limit, scope=scope or _route_scope(func), **settings)
-        try:
-            sig = inspect.signature(func, eval_str=True)
-        except NameError:
-            sig = inspect.signature(func)
-        req_name = _find_param(sig, StarletteRequest)
-        resp_name = _find_param(sig, Response)
-        params = list(sig.parameters.values())
-        extra = []
-        if req_name is None:
-            req_name = "_stanchion_request"
-            extra.append(
-                inspect.Parameter(
-                    req_name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    annotation=StarletteRequest,
-                )
-            )
-        if resp_name is None:
-            resp_name = "_stanchion_response"
-            extra.append(
-                inspect.Parameter(
-                    resp_name, inspect.Parameter.KEYWORD_ONLY, annotation=Response
-                )
-            )
-        pass_req = req_name in sig.parameters
-        pass_resp = resp_name in sig.parameters
-        if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
-            params[-1:-1] = extra
-        else:
-            params.extend(extra)
-        new_sig = sig.replace(parameters=params)
+        # The injected Response only carries headers on allowed requests;
+        # without those FastAPI need not build and merge one per request.
+        new_sig, take_req, take_resp = _inject(func, rule.headers_on_allowed)
 
         if inspect.iscoroutinefunction(func):
 
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                request = kwargs[req_name] if pass_req else kwargs.pop(req_name)
-                response = kwargs[resp_name] if pass_resp else kwargs.pop(resp_name)
+                request = take_req(kwargs)
+                response = take_resp(kwargs)
                 scope = request.scope
                 if rule.simple:
                     client = scope.get("client")
@@ -265,9 +302,7 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 if verdict.blocked:
                     return problem_response(verdict)
                 result = await func(*args, **kwargs)
-                _set_headers(
-                    result if isinstance(result, Response) else response, verdict
-                )
+                _headers_on_allowed(result, response, verdict)
                 return result
 
             wrapper: Any = async_wrapper
@@ -275,8 +310,8 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
 
             @functools.wraps(func)
             def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                request = kwargs[req_name] if pass_req else kwargs.pop(req_name)
-                response = kwargs[resp_name] if pass_resp else kwargs.pop(resp_name)
+                request = take_req(kwargs)
+                response = take_resp(kwargs)
                 verdict = (
                     rule.check_simple(
                         request.method, request.scope["path"], _peer(request)
@@ -289,9 +324,7 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 if verdict.blocked:
                     return problem_response(verdict)
                 result = func(*args, **kwargs)
-                _set_headers(
-                    result if isinstance(result, Response) else response, verdict
-                )
+                _headers_on_allowed(result, response, verdict)
                 return result
 
             wrapper = sync_wrapper
@@ -344,42 +377,13 @@ def cache(**settings: Any) -> Callable[[F], F]:
     rc = ResponseCache(**settings)
 
     def decorate(func: F) -> F:
-        try:
-            sig = inspect.signature(func, eval_str=True)
-        except NameError:
-            sig = inspect.signature(func)
-        req_name = _find_param(sig, StarletteRequest)
-        resp_name = _find_param(sig, Response)
-        params = list(sig.parameters.values())
-        extra = []
-        if req_name is None:
-            req_name = "_stanchion_request"
-            extra.append(
-                inspect.Parameter(
-                    req_name,
-                    inspect.Parameter.KEYWORD_ONLY,
-                    annotation=StarletteRequest,
-                )
-            )
-        if resp_name is None:
-            resp_name = "_stanchion_response"
-            extra.append(
-                inspect.Parameter(
-                    resp_name, inspect.Parameter.KEYWORD_ONLY, annotation=Response
-                )
-            )
-        pass_req = req_name in sig.parameters
-        pass_resp = resp_name in sig.parameters
-        if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
-            params[-1:-1] = extra
-        else:
-            params.extend(extra)
+        new_sig, take_req, take_resp = _inject(func, True)
         is_async = inspect.iscoroutinefunction(func)
 
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            request = kwargs[req_name] if pass_req else kwargs.pop(req_name)
-            response = kwargs[resp_name] if pass_resp else kwargs.pop(resp_name)
+            request = take_req(kwargs)
+            response = take_resp(kwargs)
 
             async def upstream() -> Upstream:
                 if is_async:
@@ -421,7 +425,7 @@ def cache(**settings: Any) -> Callable[[F], F]:
             ]
             return out
 
-        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__signature__ = new_sig  # type: ignore[attr-defined]
         wrapper.cache = rc  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 

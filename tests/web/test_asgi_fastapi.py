@@ -351,6 +351,17 @@ def decorated_app(limits: dict[str, Any]) -> FastAPI:
     def plain() -> PlainTextResponse:
         return PlainTextResponse("plain")
 
+    @app.get("/quiet")
+    @limit("1/minute", limiters=cache, headers_on_allowed=False)
+    async def quiet(n: int = 0) -> dict[str, int]:
+        return {"n": n}
+
+    @app.get("/quiet-sync")
+    @limit("1/minute", limiters=cache, headers_on_allowed=False)
+    def quiet_sync(response: Response) -> str:
+        response.headers["x-own"] = "yes"
+        return "sync"
+
     @app.get("/a")
     @limit("3/minute", scope="shared", limiters=cache)
     def a() -> str:
@@ -442,6 +453,25 @@ async def test_decorator_with_own_request_and_response_objects(
         assert r.text == "plain" and r.headers["ratelimit"].endswith(";r=0;t=60")
         assert "x-ratelimit-limit" not in r.headers
         assert (await c.get("/plain")).status_code == 429
+
+
+async def test_decorator_no_headers_on_allowed(limits: dict[str, Any]) -> None:
+    """Allowed responses carry no rate headers (and the endpoint keeps
+    its own Response); the 429 still carries all of them."""
+    app = decorated_app(limits)
+    async with client(app) as c:
+        r = await c.get("/quiet?n=3")
+        assert r.status_code == 200 and r.json() == {"n": 3}
+        assert rate_headers(r) == {}
+        r = await c.get("/quiet")
+        assert r.status_code == 429 and r.headers["x-ratelimit-remaining"] == "0"
+        assert r.headers["retry-after"] == "60" and "ratelimit" in r.headers
+        r = await c.get("/quiet-sync")
+        assert r.status_code == 200 and r.json() == "sync"
+        assert r.headers["x-own"] == "yes" and rate_headers(r) == {}
+        assert (await c.get("/quiet-sync")).status_code == 429
+    params = app.openapi()["paths"]["/quiet"]["get"]["parameters"]
+    assert [p["name"] for p in params] == ["n"]
 
 
 async def test_decorator_shared_scope_and_sync_endpoints(
