@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from starlette.requests import Request as StarletteRequest
+from starlette.responses import Response
 
 from _bench import fmt_ns, fmt_ratio, md_table, print_table, quick, write_section
 
@@ -147,6 +148,13 @@ def fastapi_apps() -> dict[str, Any]:
     async def st_root() -> str:
         return "ok"
 
+    st_dec_quiet = FastAPI()
+
+    @st_dec_quiet.get("/")
+    @limit(HIGH, headers_on_allowed=False)
+    async def st_root_quiet() -> str:
+        return "ok"
+
     sl_dec = FastAPI()
     sl_dec_limiter = SlowLimiter(key_func=get_remote_address)
     sl_dec.state.limiter = sl_dec_limiter
@@ -156,13 +164,24 @@ def fastapi_apps() -> dict[str, Any]:
     async def sl_root(request: StarletteRequest) -> str:
         return "ok"
 
+    sl_dec_headers = FastAPI()
+    sl_hdr_limiter = SlowLimiter(key_func=get_remote_address, headers_enabled=True)
+    sl_dec_headers.state.limiter = sl_hdr_limiter
+
+    @sl_dec_headers.get("/")
+    @sl_hdr_limiter.limit(HIGH)
+    async def sl_root_headers(request: StarletteRequest, response: Response) -> str:
+        return "ok"
+
     return {
         "plain": plain,
         "st_mw": st_mw,
         "st_mw_quiet": st_mw_quiet,
         "sl_mw": sl_mw,
         "st_dec": st_dec,
+        "st_dec_quiet": st_dec_quiet,
         "sl_dec": sl_dec,
+        "sl_dec_headers": sl_dec_headers,
     }
 
 
@@ -402,12 +421,25 @@ def main() -> None:
         "fastapi_sl_dec",
         "fastapi_plain",
     )
+    f4 = add(
+        "FastAPI",
+        "stanchion @limit, 429 headers only",
+        "fastapi_st_dec_quiet",
+        "fastapi_plain",
+        "fastapi_sl_dec",
+    )
+    add(
+        "FastAPI",
+        "slowapi @limiter.limit, headers_enabled",
+        "fastapi_sl_dec_headers",
+        "fastapi_plain",
+    )
     f3 = add(
         "FastAPI",
         "stanchion @limit, headers on allowed",
         "fastapi_st_dec",
         "fastapi_plain",
-        "fastapi_sl_dec",
+        "fastapi_sl_dec_headers",
     )
     w1 = add("WSGI", "stanchion middleware, headers on allowed", "wsgi_st", "wsgi")
     w2 = add(
@@ -483,9 +515,15 @@ def main() -> None:
     verdict("FastAPI middleware (429 headers only) vs slowapi", f2, sl_mw, None)
     verdict("FastAPI middleware (headers on allowed) vs slowapi", f1, sl_mw, None)
     verdict(
-        "FastAPI @limit vs slowapi @limiter.limit",
-        f3,
+        "FastAPI @limit (429 headers only) vs slowapi @limiter.limit",
+        f4,
         peer("fastapi_sl_dec", "fastapi_plain"),
+        None,
+    )
+    verdict(
+        "FastAPI @limit (headers on allowed) vs slowapi @limiter.limit headers_enabled",
+        f3,
+        peer("fastapi_sl_dec_headers", "fastapi_plain"),
         None,
     )
     verdict(
