@@ -129,3 +129,23 @@ def test_web_cache_benchmark_runs_every_case() -> None:
         row = [x for x in lines if x.startswith(name + " ")]
         assert row and TIME.search(row[0] + " "), (name, out)
     assert "peer's hit / ours" in out
+
+
+def test_web_benchmark_runs_every_case() -> None:
+    """Every stack's rows print with figures, and every target line a
+    verdict (the web benchmark is the only one timing whole frameworks)."""
+    out = run_quick("web.py")
+    lines = out.splitlines()
+    rows = [
+        ln
+        for ln in lines
+        if ln.startswith(("ASGI ", "FastAPI ", "WSGI ", "Flask ", "Django "))
+    ]
+    for peer in ("slowapi", "flask-limiter", "django-ratelimit"):
+        assert any(peer in ln and TIME.search(ln + " ") for ln in rows), (peer, out)
+    assert sum("stanchion" in ln for ln in rows) == 13, out
+    targets = [ln for ln in lines if ": added " in ln]
+    assert len(targets) == 13, out
+    for ln in targets:
+        assert ("target" in ln) != ("10x" in ln), ln
+        assert any(w in ln for w in ("within", "OVER", "meets", "misses")), ln

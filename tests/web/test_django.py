@@ -38,7 +38,7 @@ from django.views import View
 
 from stanchion import Limiter
 from stanchion.django import ratelimit
-from stanchion.http import LimiterCache, Plans, SettingError, api_key
+from stanchion.http import LimiterCache, Plans, Rule, SettingError, api_key
 
 from ..conftest import FakeClock
 from .conftest import problem
@@ -215,6 +215,43 @@ def test_middleware_exemptions_dry_run_and_allowed_headers() -> None:
         rs = [get(c, "/hello", "198.51.100.50") for _ in range(3)]
         assert [r.status_code for r in rs] == [200] * 3
         assert rs[2].headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_middleware_around_a_limited_view_merges_headers() -> None:
+    """The site-wide limit and the view's limit both report: their
+    RateLimit-Policy and RateLimit items are listed together, and the
+    X-RateLimit-* family (one limit only) is the view's own."""
+    with override_settings(MIDDLEWARE=MW, STANCHION=stanchion(LIMIT="5/minute")):
+        r = get(Client(), "/login", "198.51.100.60")
+    assert r.status_code == 200
+    site = '"global"'
+    assert rate_headers(r) == {
+        "RateLimit-Policy": f'"login";q=2;w=60, {site};q=5;w=60',
+        "RateLimit": f'"login";r=1;t=30, {site};r=4;t=12',
+        "X-RateLimit-Limit": "2",
+        "X-RateLimit-Remaining": "1",
+        "X-RateLimit-Reset": "30",
+    }
+
+
+def test_header_fast_path_matches_djangos_own_setters() -> None:
+    """_add_headers writes Django's header store directly; the result is
+    what Django's own header API gives, on an empty response and on one
+    that already carries another layer's limits."""
+    from stanchion.django import _add_headers, _add_headers_slow
+
+    rule_a = Rule("2/minute", scope="a", limiters=CACHE)
+    rule_b = Rule("5/minute", scope="b", limiters=CACHE)
+    va = rule_a.check_simple("GET", "/", "192.0.2.7")
+    vb = rule_b.check_simple("GET", "/", "192.0.2.7")
+    assert va is not None and vb is not None
+    fast, slow = HttpResponse("x"), HttpResponse("x")
+    for v in (va, vb):
+        _add_headers(fast, v)
+        _add_headers_slow(slow, v.headers())
+        assert list(fast.items()) == list(slow.items())
+    assert fast["RateLimit-Policy"] == '"a";q=2;w=60, "b";q=5;w=60'
+    assert fast["X-RateLimit-Limit"] == "2"
 
 
 def test_middleware_spoofing() -> None:

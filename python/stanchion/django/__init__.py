@@ -245,23 +245,38 @@ def _add_headers(response: HttpResponse, verdict: Verdict) -> None:
     headers = verdict.headers()
     if not headers:
         return
+    # Our names and values are plain ASCII made here, so they can skip
+    # Django's per-header charset checks when its store is at hand; and
+    # its dict answers "is it there" without Mapping.__contains__, which
+    # raises and catches KeyError for every absent name.
+    store = getattr(response.headers, "_store", None)
+    if type(store) is not dict:
+        _add_headers_slow(response, headers)
+        return
+    skip_x = headers[-1][0] == "X-RateLimit-Reset" and "x-ratelimit-limit" in store
+    for k, v in headers:
+        lk = k.lower()
+        if k[0] == "X":
+            if skip_x:
+                continue
+        else:
+            old = store.get(lk)
+            if old is not None:
+                v = f"{old[1]}, {v}"  # structured field lists merge
+        store[lk] = (k, v)
+
+
+def _add_headers_slow(response: HttpResponse, headers: list[tuple[str, str]]) -> None:
     skip_x = headers[-1][0] == "X-RateLimit-Reset" and response.has_header(
         "X-RateLimit-Limit"
     )
-    # Our names and values are plain ASCII made here, so they can skip
-    # Django's per-header charset checks when its store is at hand.
-    store = getattr(response.headers, "_store", None)
-    fast = type(store) is dict
     for k, v in headers:
         if k[0] == "X":
             if skip_x:
                 continue
         elif k in response.headers:
-            v = f"{response.headers[k]}, {v}"  # structured field lists merge
-        if fast:
-            store[k.lower()] = (k, v)  # type: ignore[index]
-        else:
-            response.headers[k] = v
+            v = f"{response.headers[k]}, {v}"
+        response.headers[k] = v
 
 
 class RateLimitMiddleware:
