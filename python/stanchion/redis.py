@@ -76,6 +76,7 @@ connection error (server restarted) is sent once more on a new connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -89,6 +90,7 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
+import hiredis as _hiredis
 import redis as _redis
 import redis.asyncio as _aredis
 from redis.asyncio.cluster import RedisCluster as _AsyncRedisCluster
@@ -114,11 +116,9 @@ logger = logging.getLogger("stanchion")
 # socket errors, and asyncio timeouts (builtins.TimeoutError on 3.11+).
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
-_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
-try:  # redis[hiredis]: the C packer (redis.asyncio packs in Python)
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - redis without hiredis
-    _hiredis_pack = None
+# redis[hiredis]: the C packer (redis.asyncio packs in Python) and parser.
+_pack: Callable[[tuple[Any, ...]], bytes] = _hiredis.pack_command
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None = _pack
 
 
 _ALGORITHM_CODES = {"token_bucket": "tb", "fixed_window": "fw", "sliding_window": "sw"}
@@ -375,6 +375,314 @@ class _DirectAsync:
             await conn.disconnect()
 
 
+# Connection settings the pipelined link honours (the rest of a client's
+# settings either do not apply to it or must be at their defaults).
+_LEAN_HONOURED = frozenset(
+    {"host", "port", "path", "db", "username", "password", "client_name"}
+)
+_LEAN_IGNORED = frozenset(
+    {
+        "socket_timeout",  # ours bounds every call
+        "socket_connect_timeout",
+        "encoding",  # replies stay bytes, as everywhere here
+        "encoding_errors",
+        "decode_responses",
+        "retry",  # never retried but once on a lost connection, as _DirectAsync
+        "retry_on_error",
+        "retry_on_timeout",
+        "health_check_interval",
+        "driver_info",
+        "lib_name",
+        "lib_version",
+    }
+)
+_LEAN_DEFAULTS: dict[str, tuple[Any, ...]] = {
+    "credential_provider": (None,),
+    "redis_connect_func": (None,),
+    "protocol": (None, 2, "2"),
+    "socket_keepalive": (None, False),
+    "socket_keepalive_options": (None, {}),
+}
+
+
+def _lean_settings(
+    connection_class: type[Any], kwargs: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The settings of a plain TCP or Unix socket connection that the
+    pipelined link can make itself; None for anything else (TLS, RESP3,
+    credential providers, ...), which keeps redis-py's connections."""
+    if connection_class not in (_aredis.Connection, _aredis.UnixDomainSocketConnection):
+        return None
+    for k, v in kwargs.items():
+        if k in _LEAN_HONOURED or k in _LEAN_IGNORED:
+            continue
+        if v not in _LEAN_DEFAULTS.get(k, ()):
+            return None
+    out = {k: kwargs[k] for k in _LEAN_HONOURED if kwargs.get(k) is not None}
+    if connection_class is _aredis.UnixDomainSocketConnection:
+        return out if "path" in out else None
+    out.setdefault("host", "localhost")
+    out.setdefault("port", 6379)
+    return out
+
+
+class _RespProtocol(asyncio.Protocol):
+    """One Redis connection as an asyncio protocol: commands are written
+    as they come (any number in flight) and hiredis parses the replies,
+    which answer the waiting futures in order. A future whose caller
+    gave up (timed out, cancelled) keeps its place and its reply is
+    dropped, so the replies never shift."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._reader = _hiredis.Reader(replyError=ResponseError)
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+        self.dropped_by_server = False  # closed by the other end, not by us
+        self.gone: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        waiting = self._waiting
+        reader.feed(data)
+        while True:
+            try:
+                reply = reader.gets()
+            except Exception as exc:  # a protocol error: this stream is lost
+                self.abort(_RedisConnectionError(f"bad reply from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if not waiting:  # a reply nobody asked for
+                self.abort(_RedisConnectionError("unexpected reply from Redis"))
+                return
+            fut = waiting.popleft()
+            if not fut.done():
+                fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed:
+            self.dropped_by_server = True
+        self.closed = True
+        err = _RedisConnectionError(
+            f"connection to Redis lost: {exc}" if exc else "Redis closed the connection"
+        )
+        waiting = self._waiting
+        while waiting:
+            fut = waiting.popleft()
+            if not fut.done():
+                fut.set_exception(err)
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        fut = self._loop.create_future()
+        self._waiting.append(fut)
+        assert self._transport is not None
+        self._transport.write(packed)
+        return fut
+
+    def abort(self, exc: BaseException) -> None:
+        """Fail everything in flight and drop the connection."""
+        self.closed = True
+        waiting = self._waiting
+        while waiting:
+            fut = waiting.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _expire(fut: asyncio.Future[Any], conn: _RespProtocol, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(_RedisTimeoutError(f"no answer within {timeout} s"))
+        # What follows it on this connection waits behind the same stall.
+        conn.abort(_RedisConnectionError(f"no answer within {timeout} s"))
+
+
+def _raise_reply(reply: ResponseError) -> None:
+    if str(reply).startswith("NOSCRIPT"):
+        raise NoScriptError(str(reply))
+    raise reply
+
+
+class _PipelinedAsync:
+    """asyncio link over one connection per event loop that every task
+    shares: each call writes its command at once and awaits its reply,
+    so concurrent calls are pipelined (one round trip serves many) and a
+    call costs a write, a parse and a future, with no stream reader,
+    lock or pool in between. ``timeout`` bounds each call, connecting
+    included; a call that times out drops the connection (what waits
+    behind a stalled reply would not be answered in time either)."""
+
+    def __init__(self, settings: dict[str, Any], timeout: float) -> None:
+        self._settings = settings
+        self._timeout = timeout
+        self._conns: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, _RespProtocol | asyncio.Future[_RespProtocol]
+        ] = weakref.WeakKeyDictionary()
+        self._last: tuple[asyncio.AbstractEventLoop | None, _RespProtocol | None] = (
+            None,
+            None,
+        )
+        self._handshake = self._handshake_commands(settings)
+        _after_fork.add(self)
+
+    @staticmethod
+    def _handshake_commands(settings: dict[str, Any]) -> list[bytes]:
+        out = []
+        password = settings.get("password")
+        if password is not None:
+            user = settings.get("username")
+            args = ("AUTH", user, password) if user else ("AUTH", password)
+            out.append(_pack(args))
+        if settings.get("db"):
+            out.append(_pack(("SELECT", settings["db"])))
+        if settings.get("client_name"):
+            name = settings["client_name"]
+            out.append(_pack(("CLIENT", "SETNAME", name)))
+        return out
+
+    def _forget(self) -> None:
+        self._conns = weakref.WeakKeyDictionary()
+        self._last = (None, None)
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, timeout: float
+    ) -> _RespProtocol:
+        s = self._settings
+        try:
+            async with _timeout(timeout):
+                if "path" in s:
+                    _, proto = await loop.create_unix_connection(
+                        lambda: _RespProtocol(loop), s["path"]
+                    )
+                else:
+                    _, proto = await loop.create_connection(
+                        lambda: _RespProtocol(loop), s["host"], s["port"]
+                    )
+                replies = [proto.send(cmd) for cmd in self._handshake]
+                for reply in replies:
+                    if isinstance(await reply, ResponseError):
+                        proto.abort(_RedisConnectionError("closed"))
+                        raise _RedisConnectionError(
+                            f"Redis refused the connection set-up: {await reply}"
+                        )
+        except asyncio.TimeoutError:
+            raise _RedisTimeoutError(
+                f"no connection within {self._timeout} s"
+            ) from None
+        return proto
+
+    async def _conn(
+        self, loop: asyncio.AbstractEventLoop, timeout: float
+    ) -> _RespProtocol:
+        """This loop's live connection, made if need be (once, however
+        many tasks ask at the same time)."""
+        conn = self._conns.get(loop)
+        if isinstance(conn, _RespProtocol) and not conn.closed:
+            self._last = (loop, conn)
+            return conn
+        if isinstance(conn, asyncio.Future):  # another task is connecting
+            try:
+                async with _timeout(timeout):
+                    return await asyncio.shield(conn)
+            except asyncio.TimeoutError:
+                raise _RedisTimeoutError(f"no connection within {timeout} s") from None
+        pending: asyncio.Future[_RespProtocol] = loop.create_future()
+        self._conns[loop] = pending
+        try:
+            proto = await self._connect(loop, timeout)
+        except BaseException as exc:
+            if self._conns.get(loop) is pending:
+                del self._conns[loop]
+            pending.set_exception(exc)
+            pending.exception()  # retrieved: waiters, if any, re-raise it
+            raise
+        self._conns[loop] = proto
+        self._last = (loop, proto)
+        pending.set_result(proto)
+        return proto
+
+    async def call(self, *args: Any) -> Any:
+        packed = _pack(args)
+        loop = asyncio.get_running_loop()
+        last_loop, conn = self._last
+        if last_loop is not loop or conn is None or conn.closed:
+            return await self._call_new(loop, packed, self._timeout)
+        fut = conn.send(packed)
+        timer = loop.call_later(self._timeout, _expire, fut, conn, self._timeout)
+        try:
+            reply = await fut
+        except _RedisConnectionError:
+            left = timer.when() - loop.time()
+            if not conn.dropped_by_server or left <= 0:
+                raise
+            # The server closed a connection made earlier (restart, idle
+            # timeout): one more try on a new one, in the time left.
+            return await self._call_new(loop, packed, left)
+        finally:
+            timer.cancel()
+        if type(reply) is ResponseError:
+            _raise_reply(reply)
+        return reply
+
+    async def _call_new(
+        self, loop: asyncio.AbstractEventLoop, packed: bytes, timeout: float
+    ) -> Any:
+        """``call`` on a connection made for it (or by a concurrent call),
+        all within ``timeout``."""
+        deadline = loop.time() + timeout
+        conn = await self._conn(loop, timeout)
+        fut = conn.send(packed)
+        timer = loop.call_at(deadline, _expire, fut, conn, self._timeout)
+        try:
+            reply = await fut
+        finally:
+            timer.cancel()
+        if type(reply) is ResponseError:
+            _raise_reply(reply)
+        return reply
+
+    async def scan_delete(self, pattern: bytes) -> int:
+        cursor: Any = b"0"
+        deleted = 0
+        while True:
+            cursor, keys = await self.call(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", 1000
+            )
+            if keys:
+                deleted += int(await self.call("UNLINK", *keys))
+            if cursor in (b"0", 0, "0"):
+                return deleted
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        conn = self._conns.pop(loop, None)
+        if self._last[0] is loop:
+            self._last = (None, None)
+        if isinstance(conn, _RespProtocol) and conn._transport is not None:
+            conn.closed = True  # ours: in-flight calls fail, none retries
+            conn._transport.close()
+            await conn.gone
+
+
+def _async_link(
+    connection_class: type[Any], kwargs: dict[str, Any], timeout: float
+) -> _PipelinedAsync | _DirectAsync:
+    """The pipelined link for plain TCP and Unix sockets; redis-py's own
+    connections for the rest (TLS, RESP3, custom credentials)."""
+    lean = _lean_settings(connection_class, kwargs)
+    if lean is not None:
+        return _PipelinedAsync(lean, timeout)
+    return _DirectAsync(connection_class, kwargs, timeout)
+
+
 class _ClusterSync:
     """A RedisCluster client's own command path (slot routing, MOVED)."""
 
@@ -479,7 +787,7 @@ class _Connector:
             self.where = _describe(pool.connection_kwargs)
         elif isinstance(c, _aredis.Redis):
             apool = c.connection_pool
-            self._async = _DirectAsync(
+            self._async = _async_link(
                 apool.connection_class, apool.connection_kwargs, timeout
             )
             self.where = _describe(apool.connection_kwargs)
@@ -508,7 +816,7 @@ class _Connector:
                     "blocking methods, or give it a redis.asyncio client or a URL"
                 )
             apool = _aredis.ConnectionPool.from_url(self._async_url)
-            link = self._async = _DirectAsync(
+            link = self._async = _async_link(
                 apool.connection_class, apool.connection_kwargs, self.timeout
             )
         return link

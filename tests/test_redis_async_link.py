@@ -1,0 +1,152 @@
+"""The asyncio link to a plain TCP or Unix socket Redis: one connection per
+event loop that every task pipelines on, set up with AUTH, SELECT and
+CLIENT SETNAME from the URL, replies matched to calls in order even when
+a caller gives up; and redis-py's connections for what it does not do."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis.asyncio as aredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+import stanchion
+from stanchion.redis import (
+    RedisCache,
+    RedisStorage,
+    _async_link,
+    _DirectAsync,
+    _PipelinedAsync,
+)
+
+from ._redis import RedisServer
+
+PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture(scope="module")
+def locked_redis() -> Iterator[tuple[RedisServer, str]]:
+    """A server that wants a password, also on a Unix socket."""
+    with tempfile.TemporaryDirectory(prefix="stanchion-redis-") as d:
+        sock = os.path.join(d, "redis.sock")
+        server = RedisServer(d, None, "--requirepass", PASSWORD, "--unixsocket", sock)
+        server.start()
+        try:
+            yield server, sock
+        finally:
+            server.stop()
+
+
+def _clients_named(server: RedisServer, name: str, *auth: str) -> int:
+    listing = server.cli(*auth, "CLIENT", "LIST")
+    return sum(f" name={name} " in line + " " for line in listing.splitlines())
+
+
+async def test_concurrent_calls_share_one_pipelined_connection(
+    redis_server: RedisServer,
+) -> None:
+    name = f"pipe-{uuid.uuid4().hex[:8]}"
+    storage = RedisStorage(f"{redis_server.url}?client_name={name}", timeout=2.0)
+    assert isinstance(storage._connector.async_link, _PipelinedAsync)
+    lim = stanchion.Limiter("20/minute", storage=storage)
+    scope = uuid.uuid4().hex
+    try:
+        many = await asyncio.gather(*(lim.ahit(f"{scope}-{i}") for i in range(200)))
+        one = await asyncio.gather(*(lim.ahit(f"{scope}-hot") for _ in range(50)))
+        assert all(d.allowed and d.remaining == 19 for d in many)
+        assert sum(d.allowed for d in one) == 20
+        assert sorted(d.remaining for d in one if d.allowed) == list(range(20))
+        assert _clients_named(redis_server, name) == 1
+    finally:
+        await storage.aclose()
+    assert _clients_named(redis_server, name) == 0
+
+
+async def test_password_and_database_over_tcp_and_unix_socket(
+    locked_redis: tuple[RedisServer, str],
+) -> None:
+    server, sock = locked_redis
+    auth = ("-a", PASSWORD, "--no-auth-warning")
+    prefix = f"t-{uuid.uuid4().hex[:8]}:"
+    tcp = RedisCache(
+        f"redis://:{PASSWORD}@127.0.0.1:{server.port}/3", prefix=prefix, timeout=2.0
+    )
+    unix = RedisCache(
+        f"unix://{sock}?db=5&password={PASSWORD}", prefix=prefix, timeout=2.0
+    )
+    try:
+        for cache in (tcp, unix):
+            assert isinstance(cache._connector.async_link, _PipelinedAsync)
+        await tcp.aset("k", "over tcp")
+        await unix.aset("k", "over the socket")
+        assert await tcp.aget("k") == "over tcp"
+        assert await unix.aget("k") == "over the socket"
+        assert server.cli(*auth, "-n", "3", "EXISTS", f"{prefix}k").strip() != "0"
+        assert server.cli(*auth, "-n", "5", "EXISTS", f"{prefix}k").strip() != "0"
+        assert server.cli(*auth, "-n", "0", "EXISTS", f"{prefix}k").strip() == "0"
+    finally:
+        await tcp.aclose()
+        await unix.aclose()
+
+
+async def test_a_wrong_password_is_an_outage_with_its_reason(
+    locked_redis: tuple[RedisServer, str],
+) -> None:
+    server, _ = locked_redis
+    storage = RedisStorage(f"redis://:wrong@127.0.0.1:{server.port}/0", timeout=2.0)
+    lim = stanchion.Limiter("5/minute", storage=storage, on_error="raise")
+    try:
+        with pytest.raises(stanchion.StorageUnavailable) as info:
+            await lim.ahit("k")
+        cause = info.value.__cause__
+        assert isinstance(cause, RedisConnectionError), repr(cause)
+        assert "refused the connection set-up: WRONGPASS" in str(cause)
+    finally:
+        await storage.aclose()
+
+
+async def test_a_caller_that_gives_up_does_not_shift_the_replies(
+    redis_server: RedisServer,
+) -> None:
+    """A call cancelled while its command runs keeps its place: its reply
+    is dropped and the next call gets its own."""
+    storage = RedisStorage(redis_server.url, timeout=2.0)
+    link = storage._connector.async_link
+    key = f"nothing-{uuid.uuid4().hex}"
+    try:
+        assert await link.call("ECHO", b"warm") == b"warm"
+        slow = asyncio.create_task(link.call("BLPOP", key, "0.2"))
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        replies = await asyncio.gather(
+            link.call("ECHO", b"a"), link.call("ECHO", b"b"), link.call("PING")
+        )
+        assert replies == [b"a", b"b", b"PONG"]
+    finally:
+        await storage.aclose()
+
+
+async def test_what_the_pipelined_link_does_not_do_keeps_redis_py() -> None:
+    def kind(url: str) -> type:
+        pool = aredis.ConnectionPool.from_url(url)
+        return type(_async_link(pool.connection_class, pool.connection_kwargs, 0.1))
+
+    assert kind("redis://127.0.0.1:6379/0") is _PipelinedAsync
+    assert kind("unix:///tmp/redis.sock?db=1") is _PipelinedAsync
+    assert kind("rediss://127.0.0.1:6379/0") is _DirectAsync
+    assert kind("redis://127.0.0.1:6379/0?protocol=3") is _DirectAsync
+    client = aredis.Redis(host="127.0.0.1", port=6379, db=2, password="x")
+    pool = client.connection_pool
+    link = _async_link(pool.connection_class, pool.connection_kwargs, 0.1)
+    assert isinstance(link, _PipelinedAsync)
+    keepalive = aredis.Redis(host="127.0.0.1", socket_keepalive=True)
+    pool = keepalive.connection_pool
+    link2 = _async_link(pool.connection_class, pool.connection_kwargs, 0.1)
+    assert isinstance(link2, _DirectAsync)
