@@ -83,6 +83,7 @@ import logging
 import math
 import os
 import pickle
+import socket
 import sys
 import threading
 import time
@@ -405,13 +406,17 @@ _LEAN_DEFAULTS: dict[str, tuple[Any, ...]] = {
 }
 
 
+_UNIX_CLASSES = (_aredis.UnixDomainSocketConnection, _redis.UnixDomainSocketConnection)
+_LEAN_CLASSES = (_aredis.Connection, _redis.Connection, *_UNIX_CLASSES)
+
+
 def _lean_settings(
     connection_class: type[Any], kwargs: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The settings of a plain TCP or Unix socket connection that the
-    pipelined link can make itself; None for anything else (TLS, RESP3,
+    """The settings of a plain TCP or Unix socket connection that the lean
+    links can make themselves; None for anything else (TLS, RESP3,
     credential providers, ...), which keeps redis-py's connections."""
-    if connection_class not in (_aredis.Connection, _aredis.UnixDomainSocketConnection):
+    if connection_class not in _LEAN_CLASSES:
         return None
     for k, v in kwargs.items():
         if k in _LEAN_HONOURED or k in _LEAN_IGNORED:
@@ -419,11 +424,166 @@ def _lean_settings(
         if v not in _LEAN_DEFAULTS.get(k, ()):
             return None
     out = {k: kwargs[k] for k in _LEAN_HONOURED if kwargs.get(k) is not None}
-    if connection_class is _aredis.UnixDomainSocketConnection:
+    if connection_class in _UNIX_CLASSES:
         return out if "path" in out else None
     out.setdefault("host", "localhost")
     out.setdefault("port", 6379)
     return out
+
+
+def _handshake_commands(settings: dict[str, Any]) -> list[bytes]:
+    """AUTH, SELECT and CLIENT SETNAME as a new connection needs them."""
+    out = []
+    password = settings.get("password")
+    if password is not None:
+        user = settings.get("username")
+        args = ("AUTH", user, password) if user else ("AUTH", password)
+        out.append(_pack(args))
+    if settings.get("db"):
+        out.append(_pack(("SELECT", settings["db"])))
+    if settings.get("client_name"):
+        out.append(_pack(("CLIENT", "SETNAME", settings["client_name"])))
+    return out
+
+
+class _RespSocket:
+    """One blocking Redis connection on a bare socket: a command is one
+    ``sendall``, its reply what hiredis parses from ``recv``."""
+
+    __slots__ = ("reader", "sock", "timeout")
+
+    def __init__(self, settings: dict[str, Any], timeout: float) -> None:
+        self.timeout = timeout
+        try:
+            if "path" in settings:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(timeout)
+                    sock.connect(settings["path"])
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(
+                    (settings["host"], settings["port"]), timeout
+                )
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except TimeoutError:
+            raise _RedisTimeoutError(f"no connection within {timeout} s") from None
+        except OSError as exc:
+            raise _RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+        self.sock = sock
+        self.reader = _hiredis.Reader(replyError=ResponseError)
+        handshake = _handshake_commands(settings)
+        if handshake:
+            try:
+                sock.sendall(b"".join(handshake))
+                replies = [self._read() for _ in handshake]
+            except BaseException:
+                sock.close()
+                raise
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    sock.close()
+                    raise _RedisConnectionError(
+                        f"Redis refused the connection set-up: {reply}"
+                    )
+
+    def _read(self) -> Any:
+        reader = self.reader
+        while True:
+            reply = reader.gets()
+            if reply is not False:
+                return reply
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise _RedisTimeoutError(f"no answer within {self.timeout} s") from None
+            except OSError as exc:
+                raise _RedisConnectionError(f"connection to Redis lost: {exc}") from exc
+            if not data:
+                raise _RedisConnectionError("Redis closed the connection")
+            reader.feed(data)
+
+    def exchange(self, packed: bytes) -> Any:
+        try:
+            self.sock.sendall(packed)
+        except TimeoutError:
+            raise _RedisTimeoutError(f"no answer within {self.timeout} s") from None
+        except OSError as exc:
+            raise _RedisConnectionError(f"connection to Redis lost: {exc}") from exc
+        return self._read()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __del__(self) -> None:
+        # A storage dropped without close() lets its idle sockets go
+        # quietly, as redis-py's connections do.
+        sock = getattr(self, "sock", None)
+        if sock is not None:
+            sock.close()
+
+
+class _LeanSync:
+    """Blocking link on bare sockets (see _RespSocket), idle ones on a
+    stack as in _DirectSync: a thread takes one, sends one command, reads
+    its reply and puts it back."""
+
+    def __init__(self, settings: dict[str, Any], timeout: float) -> None:
+        self._settings = settings
+        self._timeout = timeout
+        self._idle: list[_RespSocket] = []
+        _after_fork.add(self)
+
+    def _forget(self) -> None:
+        self._idle = []  # the parent's sockets are not ours to use
+
+    def call(self, *args: Any) -> Any:
+        packed = _pack(args)
+        idle = self._idle
+        try:
+            conn = idle.pop()
+            reused = True
+        except IndexError:
+            conn = _RespSocket(self._settings, self._timeout)
+            reused = False
+        try:
+            reply = conn.exchange(packed)
+        except _RedisConnectionError:
+            conn.close()
+            if not reused:
+                raise
+            # The server closed this idle connection (restart, idle
+            # timeout): one more try on a new one.
+            conn = _RespSocket(self._settings, self._timeout)
+            try:
+                reply = conn.exchange(packed)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        idle.append(conn)
+        if type(reply) is ResponseError:
+            _raise_reply(reply)
+        return reply
+
+    def scan_delete(self, pattern: bytes) -> int:
+        cursor: Any = b"0"
+        deleted = 0
+        while True:
+            cursor, keys = self.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            if keys:
+                deleted += int(self.call("UNLINK", *keys))
+            if cursor in (b"0", 0, "0"):
+                return deleted
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 class _RespProtocol(asyncio.Protocol):
@@ -530,23 +690,8 @@ class _PipelinedAsync:
             None,
             None,
         )
-        self._handshake = self._handshake_commands(settings)
+        self._handshake = _handshake_commands(settings)
         _after_fork.add(self)
-
-    @staticmethod
-    def _handshake_commands(settings: dict[str, Any]) -> list[bytes]:
-        out = []
-        password = settings.get("password")
-        if password is not None:
-            user = settings.get("username")
-            args = ("AUTH", user, password) if user else ("AUTH", password)
-            out.append(_pack(args))
-        if settings.get("db"):
-            out.append(_pack(("SELECT", settings["db"])))
-        if settings.get("client_name"):
-            name = settings["client_name"]
-            out.append(_pack(("CLIENT", "SETNAME", name)))
-        return out
 
     def _forget(self) -> None:
         self._conns = weakref.WeakKeyDictionary()
@@ -672,6 +817,17 @@ class _PipelinedAsync:
             await conn.gone
 
 
+def _sync_link(
+    connection_class: type[Any], kwargs: dict[str, Any], timeout: float
+) -> _LeanSync | _DirectSync:
+    """Bare sockets for plain TCP and Unix sockets; redis-py's own
+    connections for the rest (TLS, RESP3, custom credentials)."""
+    lean = _lean_settings(connection_class, kwargs)
+    if lean is not None:
+        return _LeanSync(lean, timeout)
+    return _DirectSync(connection_class, kwargs, timeout)
+
+
 def _async_link(
     connection_class: type[Any], kwargs: dict[str, Any], timeout: float
 ) -> _PipelinedAsync | _DirectAsync:
@@ -768,7 +924,7 @@ class _Connector:
                     f"unsupported Redis URL {c!r}: use redis://, rediss:// or unix://"
                 )
             pool = _redis.ConnectionPool.from_url(c)
-            self.sync = _DirectSync(
+            self.sync = _sync_link(
                 pool.connection_class, pool.connection_kwargs, timeout
             )
             self._async_url = c
@@ -781,7 +937,7 @@ class _Connector:
             self.where = "Redis Cluster"
         elif isinstance(c, _redis.Redis):
             pool = c.connection_pool
-            self.sync = _DirectSync(
+            self.sync = _sync_link(
                 pool.connection_class, pool.connection_kwargs, timeout
             )
             self.where = _describe(pool.connection_kwargs)

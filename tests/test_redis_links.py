@@ -1,17 +1,20 @@
-"""The asyncio link to a plain TCP or Unix socket Redis: one connection per
-event loop that every task pipelines on, set up with AUTH, SELECT and
-CLIENT SETNAME from the URL, replies matched to calls in order even when
-a caller gives up; and redis-py's connections for what it does not do."""
+"""The links to a plain TCP or Unix socket Redis. Blocking: bare sockets
+that threads take from a stack. asyncio: one connection per event loop
+that every task pipelines on, replies matched to calls in order even when
+a caller gives up. Both set up with AUTH, SELECT and CLIENT SETNAME from
+the URL; redis-py's connections serve what they do not do."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 
 import pytest
+import redis
 import redis.asyncio as aredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -21,7 +24,10 @@ from stanchion.redis import (
     RedisStorage,
     _async_link,
     _DirectAsync,
+    _DirectSync,
+    _LeanSync,
     _PipelinedAsync,
+    _sync_link,
 )
 
 from ._redis import RedisServer
@@ -65,6 +71,72 @@ async def test_concurrent_calls_share_one_pipelined_connection(
     finally:
         await storage.aclose()
     assert _clients_named(redis_server, name) == 0
+
+
+def test_threads_share_the_blocking_sockets(redis_server: RedisServer) -> None:
+    name = f"sync-{uuid.uuid4().hex[:8]}"
+    storage = RedisStorage(f"{redis_server.url}?client_name={name}", timeout=2.0)
+    assert isinstance(storage._connector.sync, _LeanSync)
+    lim = stanchion.Limiter("1000/day", storage=storage)
+    key = uuid.uuid4().hex
+    allowed = []
+
+    def work() -> None:
+        allowed.extend(lim.hit(key).allowed for _ in range(150))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert sum(allowed) == 1000 and len(allowed) == 1200
+        assert 1 <= _clients_named(redis_server, name) <= 8
+    finally:
+        storage.close()
+    assert _clients_named(redis_server, name) == 0
+
+
+def test_blocking_password_and_database_over_tcp_and_unix_socket(
+    locked_redis: tuple[RedisServer, str],
+) -> None:
+    server, sock = locked_redis
+    auth = ("-a", PASSWORD, "--no-auth-warning")
+    prefix = f"b-{uuid.uuid4().hex[:8]}:"
+    tcp = RedisCache(
+        f"redis://:{PASSWORD}@127.0.0.1:{server.port}/3", prefix=prefix, timeout=2.0
+    )
+    unix = RedisCache(
+        f"unix://{sock}?db=5&password={PASSWORD}", prefix=prefix, timeout=2.0
+    )
+    try:
+        for cache in (tcp, unix):
+            assert isinstance(cache._connector.sync, _LeanSync)
+        tcp.set("k", "over tcp")
+        unix.set("k", "over the socket")
+        assert tcp.get("k") == "over tcp" and unix.get("k") == "over the socket"
+        assert server.cli(*auth, "-n", "3", "EXISTS", f"{prefix}k").strip() != "0"
+        assert server.cli(*auth, "-n", "5", "EXISTS", f"{prefix}k").strip() != "0"
+        assert server.cli(*auth, "-n", "0", "EXISTS", f"{prefix}k").strip() == "0"
+    finally:
+        tcp.close()
+        unix.close()
+
+
+def test_a_blocking_wrong_password_is_an_outage_with_its_reason(
+    locked_redis: tuple[RedisServer, str],
+) -> None:
+    server, _ = locked_redis
+    storage = RedisStorage(f"redis://:wrong@127.0.0.1:{server.port}/0", timeout=2.0)
+    lim = stanchion.Limiter("5/minute", storage=storage, on_error="raise")
+    try:
+        with pytest.raises(stanchion.StorageUnavailable) as info:
+            lim.hit("k")
+        cause = info.value.__cause__
+        assert isinstance(cause, RedisConnectionError), repr(cause)
+        assert "refused the connection set-up: WRONGPASS" in str(cause)
+    finally:
+        storage.close()
 
 
 async def test_password_and_database_over_tcp_and_unix_socket(
@@ -133,11 +205,19 @@ async def test_a_caller_that_gives_up_does_not_shift_the_replies(
         await storage.aclose()
 
 
-async def test_what_the_pipelined_link_does_not_do_keeps_redis_py() -> None:
+def test_what_the_lean_links_do_not_do_keeps_redis_py() -> None:
     def kind(url: str) -> type:
         pool = aredis.ConnectionPool.from_url(url)
         return type(_async_link(pool.connection_class, pool.connection_kwargs, 0.1))
 
+    def sync_kind(url: str) -> type:
+        pool = redis.ConnectionPool.from_url(url)
+        return type(_sync_link(pool.connection_class, pool.connection_kwargs, 0.1))
+
+    assert sync_kind("redis://127.0.0.1:6379/0") is _LeanSync
+    assert sync_kind("unix:///tmp/redis.sock?db=1") is _LeanSync
+    assert sync_kind("rediss://127.0.0.1:6379/0") is _DirectSync
+    assert sync_kind("redis://127.0.0.1:6379/0?protocol=3") is _DirectSync
     assert kind("redis://127.0.0.1:6379/0") is _PipelinedAsync
     assert kind("unix:///tmp/redis.sock?db=1") is _PipelinedAsync
     assert kind("rediss://127.0.0.1:6379/0") is _DirectAsync
