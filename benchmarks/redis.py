@@ -14,7 +14,7 @@ interleave the implementations so a noisy neighbour hurts them all alike.
 
 Round trips per decision are counted by wrapping redis-py's
 ``send_packed_command`` (every request a client sends, a pipeline being
-one) and the write of stanchion's pipelined asyncio link, and server commands per decision from ``INFO commandstats`` (a
+one) and each write of stanchion's own links, and server commands per decision from ``INFO commandstats`` (a
 script's inner commands included).
 """
 
@@ -52,7 +52,7 @@ sys.path.append(_HERE)
 from _bench import machine, md_table, print_table, quick, write_section
 
 import stanchion
-from stanchion.redis import _RespProtocol
+from stanchion.redis import _RespProtocol, _RespSocket
 
 HUGE = 1_000_000  # per second: never exhausted while we measure
 ONE_RATE = "1000000/second"
@@ -387,21 +387,27 @@ class Counter:
                     return _o(self, *a, **k)
 
                 cls.send_packed_command = send  # type: ignore[method-assign]
-        # stanchion's pipelined asyncio link writes on its own protocol.
+        # stanchion's lean links write on their own sockets and protocol.
         proto_send = _RespProtocol.send
-        self._proto_send = proto_send
+        sock_exchange = _RespSocket.exchange
+        self._own = (proto_send, sock_exchange)
 
         def psend(self: Any, packed: bytes) -> Any:
             counter.sent += 1
             return proto_send(self, packed)
 
+        def exchange(self: Any, packed: bytes) -> Any:
+            counter.sent += 1
+            return sock_exchange(self, packed)
+
         _RespProtocol.send = psend  # type: ignore[method-assign]
+        _RespSocket.exchange = exchange  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
         for cls, original in self._patched:
             cls.send_packed_command = original  # type: ignore[method-assign]
-        _RespProtocol.send = self._proto_send  # type: ignore[method-assign]
+        _RespProtocol.send, _RespSocket.exchange = self._own  # type: ignore[method-assign]
 
 
 def server_calls(client: redis.Redis) -> int:
