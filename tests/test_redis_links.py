@@ -109,50 +109,9 @@ def test_threads_share_the_blocking_sockets(redis_server: RedisServer) -> None:
     assert _all_gone(redis_server, name)
 
 
-def test_blocking_password_and_database_over_tcp_and_unix_socket(
-    locked_redis: tuple[RedisServer, str],
-) -> None:
-    server, sock = locked_redis
-    auth = ("-a", PASSWORD, "--no-auth-warning")
-    prefix = f"b-{uuid.uuid4().hex[:8]}:"
-    tcp = RedisCache(
-        f"redis://:{PASSWORD}@127.0.0.1:{server.port}/3", prefix=prefix, timeout=2.0
-    )
-    unix = RedisCache(
-        f"unix://{sock}?db=5&password={PASSWORD}", prefix=prefix, timeout=2.0
-    )
-    try:
-        for cache in (tcp, unix):
-            assert isinstance(cache._connector.sync, _LeanSync)
-        tcp.set("k", "over tcp")
-        unix.set("k", "over the socket")
-        assert tcp.get("k") == "over tcp" and unix.get("k") == "over the socket"
-        assert server.cli(*auth, "-n", "3", "EXISTS", f"{prefix}k").strip() != "0"
-        assert server.cli(*auth, "-n", "5", "EXISTS", f"{prefix}k").strip() != "0"
-        assert server.cli(*auth, "-n", "0", "EXISTS", f"{prefix}k").strip() == "0"
-    finally:
-        tcp.close()
-        unix.close()
-
-
-def test_a_blocking_wrong_password_is_an_outage_with_its_reason(
-    locked_redis: tuple[RedisServer, str],
-) -> None:
-    server, _ = locked_redis
-    storage = RedisStorage(f"redis://:wrong@127.0.0.1:{server.port}/0", timeout=2.0)
-    lim = stanchion.Limiter("5/minute", storage=storage, on_error="raise")
-    try:
-        with pytest.raises(stanchion.StorageUnavailable) as info:
-            lim.hit("k")
-        cause = info.value.__cause__
-        assert isinstance(cause, RedisConnectionError), repr(cause)
-        assert "refused the connection set-up: WRONGPASS" in str(cause)
-    finally:
-        storage.close()
-
-
+@pytest.mark.parametrize("asynchronous", [False, True])
 async def test_password_and_database_over_tcp_and_unix_socket(
-    locked_redis: tuple[RedisServer, str],
+    locked_redis: tuple[RedisServer, str], asynchronous: bool
 ) -> None:
     server, sock = locked_redis
     auth = ("-a", PASSWORD, "--no-auth-warning")
@@ -165,32 +124,43 @@ async def test_password_and_database_over_tcp_and_unix_socket(
     )
     try:
         for cache in (tcp, unix):
-            assert isinstance(cache._connector.async_link, _PipelinedAsync)
-        await tcp.aset("k", "over tcp")
-        await unix.aset("k", "over the socket")
-        assert await tcp.aget("k") == "over tcp"
-        assert await unix.aget("k") == "over the socket"
-        assert server.cli(*auth, "-n", "3", "EXISTS", f"{prefix}k").strip() != "0"
-        assert server.cli(*auth, "-n", "5", "EXISTS", f"{prefix}k").strip() != "0"
-        assert server.cli(*auth, "-n", "0", "EXISTS", f"{prefix}k").strip() == "0"
+            if asynchronous:
+                assert isinstance(cache._connector.async_link, _PipelinedAsync)
+                await cache.aset("k", f"via {cache is tcp}")
+                assert await cache.aget("k") == f"via {cache is tcp}"
+            else:
+                assert isinstance(cache._connector.sync, _LeanSync)
+                cache.set("k", f"via {cache is tcp}")
+                assert cache.get("k") == f"via {cache is tcp}"
+        exists = [
+            server.cli(*auth, "-n", db, "EXISTS", f"{prefix}k").strip()
+            for db in ("3", "5", "0")
+        ]
+        assert exists == ["1", "1", "0"]
     finally:
-        await tcp.aclose()
-        await unix.aclose()
+        for cache in (tcp, unix):
+            cache.close()
+            await cache.aclose()
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
 async def test_a_wrong_password_is_an_outage_with_its_reason(
-    locked_redis: tuple[RedisServer, str],
+    locked_redis: tuple[RedisServer, str], asynchronous: bool
 ) -> None:
     server, _ = locked_redis
     storage = RedisStorage(f"redis://:wrong@127.0.0.1:{server.port}/0", timeout=2.0)
     lim = stanchion.Limiter("5/minute", storage=storage, on_error="raise")
     try:
         with pytest.raises(stanchion.StorageUnavailable) as info:
-            await lim.ahit("k")
+            if asynchronous:
+                await lim.ahit("k")
+            else:
+                lim.hit("k")
         cause = info.value.__cause__
         assert isinstance(cause, RedisConnectionError), repr(cause)
         assert "refused the connection set-up: WRONGPASS" in str(cause)
     finally:
+        storage.close()
         await storage.aclose()
 
 

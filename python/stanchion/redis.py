@@ -205,7 +205,43 @@ def _own_kwargs(kwargs: dict[str, Any], timeout: float | None) -> dict[str, Any]
     return kw
 
 
-class _DirectSync:
+class _SyncScan:
+    """scan_delete for a blocking link of one server, over its ``call``."""
+
+    def call(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    def scan_delete(self, pattern: bytes) -> int:
+        cursor: Any = b"0"
+        deleted = 0
+        while True:
+            cursor, keys = self.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            if keys:
+                deleted += int(self.call("UNLINK", *keys))
+            if cursor in (b"0", 0, "0"):
+                return deleted
+
+
+class _AsyncScan:
+    """scan_delete for an asyncio link of one server, over its ``call``."""
+
+    async def call(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def scan_delete(self, pattern: bytes) -> int:
+        cursor: Any = b"0"
+        deleted = 0
+        while True:
+            cursor, keys = await self.call(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", 1000
+            )
+            if keys:
+                deleted += int(await self.call("UNLINK", *keys))
+            if cursor in (b"0", 0, "0"):
+                return deleted
+
+
+class _DirectSync(_SyncScan):
     """Blocking connections of our own, made like a client's.
 
     Idle connections sit in a list used as a stack (``pop``/``append`` are
@@ -265,23 +301,13 @@ class _DirectSync:
         idle.append(conn)
         return reply
 
-    def scan_delete(self, pattern: bytes) -> int:
-        cursor: Any = b"0"
-        deleted = 0
-        while True:
-            cursor, keys = self.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-            if keys:
-                deleted += int(self.call("UNLINK", *keys))
-            if cursor in (b"0", 0, "0"):
-                return deleted
-
     def close(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.disconnect()
 
 
-class _DirectAsync:
+class _DirectAsync(_AsyncScan):
     """asyncio connections of our own, made like a client's, one stack of
     idle connections per event loop. The whole exchange runs under
     ``asyncio.timeout``, which also bounds connecting."""
@@ -354,18 +380,6 @@ class _DirectAsync:
             raise
         idle.append(conn)
         return reply
-
-    async def scan_delete(self, pattern: bytes) -> int:
-        cursor: Any = b"0"
-        deleted = 0
-        while True:
-            cursor, keys = await self.call(
-                "SCAN", cursor, "MATCH", pattern, "COUNT", 1000
-            )
-            if keys:
-                deleted += int(await self.call("UNLINK", *keys))
-            if cursor in (b"0", 0, "0"):
-                return deleted
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
@@ -525,7 +539,7 @@ class _RespSocket:
             sock.close()
 
 
-class _LeanSync:
+class _LeanSync(_SyncScan):
     """Blocking link on bare sockets (see _RespSocket), idle ones on a
     stack as in _DirectSync: a thread takes one, sends one command, reads
     its reply and puts it back."""
@@ -569,16 +583,6 @@ class _LeanSync:
         if type(reply) is ResponseError:
             _raise_reply(reply)
         return reply
-
-    def scan_delete(self, pattern: bytes) -> int:
-        cursor: Any = b"0"
-        deleted = 0
-        while True:
-            cursor, keys = self.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-            if keys:
-                deleted += int(self.call("UNLINK", *keys))
-            if cursor in (b"0", 0, "0"):
-                return deleted
 
     def close(self) -> None:
         idle, self._idle = self._idle, []
@@ -671,7 +675,7 @@ def _raise_reply(reply: ResponseError) -> None:
     raise reply
 
 
-class _PipelinedAsync:
+class _PipelinedAsync(_AsyncScan):
     """asyncio link over one connection per event loop that every task
     shares: each call writes its command at once and awaits its reply,
     so concurrent calls are pipelined (one round trip serves many) and a
@@ -793,18 +797,6 @@ class _PipelinedAsync:
         if type(reply) is ResponseError:
             _raise_reply(reply)
         return reply
-
-    async def scan_delete(self, pattern: bytes) -> int:
-        cursor: Any = b"0"
-        deleted = 0
-        while True:
-            cursor, keys = await self.call(
-                "SCAN", cursor, "MATCH", pattern, "COUNT", 1000
-            )
-            if keys:
-                deleted += int(await self.call("UNLINK", *keys))
-            if cursor in (b"0", 0, "0"):
-                return deleted
 
     async def aclose(self) -> None:
         loop = asyncio.get_running_loop()
