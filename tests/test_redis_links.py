@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -208,7 +209,38 @@ def test_what_the_lean_links_do_not_do_keeps_redis_py() -> None:
     pool = client.connection_pool
     link = _async_link(pool.connection_class, pool.connection_kwargs, 0.1)
     assert isinstance(link, _PipelinedAsync)
-    keepalive = aredis.Redis(host="127.0.0.1", socket_keepalive=True)
-    pool = keepalive.connection_pool
+    creds = aredis.Redis(
+        host="127.0.0.1", credential_provider=redis.UsernamePasswordCredentialProvider()
+    )
+    pool = creds.connection_pool
     link2 = _async_link(pool.connection_class, pool.connection_kwargs, 0.1)
     assert isinstance(link2, _DirectAsync)
+
+
+async def test_tcp_keepalive_as_the_client_asks(redis_server: RedisServer) -> None:
+    """socket_keepalive (redis-py 8 turns it on by default) reaches the
+    lean links' sockets, blocking and asyncio; without it they have none."""
+
+    def flag(sock: object) -> int:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))  # type: ignore[attr-defined]
+
+    for keepalive in (True, False):
+        sync_client = redis.Redis(port=redis_server.port, socket_keepalive=keepalive)
+        async_client = aredis.Redis(port=redis_server.port, socket_keepalive=keepalive)
+        blocking = RedisStorage(sync_client)
+        asynchronous = RedisStorage(async_client)
+        try:
+            link = blocking._connector.sync
+            alink = asynchronous._connector.async_link
+            assert isinstance(link, _LeanSync) and isinstance(alink, _PipelinedAsync)
+            assert link.call("PING") == b"PONG"
+            assert await alink.call("PING") == b"PONG"
+            assert flag(link._idle[0].sock) == int(keepalive)
+            conn = alink._last[1]
+            assert conn is not None and conn._transport is not None
+            assert flag(conn._transport.get_extra_info("socket")) == int(keepalive)
+        finally:
+            blocking.close()
+            await asynchronous.aclose()
+            sync_client.close()
+            await async_client.aclose()

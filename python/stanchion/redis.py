@@ -88,7 +88,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Protocol
 
 import hiredis as _hiredis
@@ -409,14 +409,24 @@ _LEAN_IGNORED = frozenset(
         "driver_info",
         "lib_name",
         "lib_version",
+        "socket_read_size",  # hiredis takes what recv gives
+        "legacy_responses",  # redis-py's own reply shaping; replies stay raw
+        "himport_registry",
+        # redis-py 8's maintenance notifications work over RESP3 only (a
+        # RESP3 client keeps redis-py's connections) and their bookkeeping.
+        "maint_notifications_pool_handler",
+        "maint_notifications_config",
+        "orig_host_address",
+        "orig_socket_timeout",
+        "orig_socket_connect_timeout",
+        "socket_keepalive",  # honoured: see _keepalive
+        "socket_keepalive_options",
     }
 )
 _LEAN_DEFAULTS: dict[str, tuple[Any, ...]] = {
     "credential_provider": (None,),
     "redis_connect_func": (None,),
     "protocol": (None, 2, "2"),
-    "socket_keepalive": (None, False),
-    "socket_keepalive_options": (None, {}),
 }
 
 
@@ -442,7 +452,21 @@ def _lean_settings(
         return out if "path" in out else None
     out.setdefault("host", "localhost")
     out.setdefault("port", 6379)
+    if kwargs.get("socket_keepalive"):
+        # Options as a {TCP option: value} mapping; redis-py 8's default
+        # (a sentinel for "its defaults") leaves the system's.
+        options = kwargs.get("socket_keepalive_options")
+        out["keepalive"] = dict(options) if isinstance(options, Mapping) else {}
     return out
+
+
+def _keepalive(sock: socket.socket, settings: dict[str, Any]) -> None:
+    """TCP keepalive as the client asked for it (``socket_keepalive``)."""
+    options = settings.get("keepalive")
+    if options is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for k, v in options.items():
+            sock.setsockopt(socket.IPPROTO_TCP, k, v)
 
 
 def _handshake_commands(settings: dict[str, Any]) -> list[bytes]:
@@ -482,6 +506,7 @@ class _RespSocket:
                     (settings["host"], settings["port"]), timeout
                 )
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _keepalive(sock, settings)
         except TimeoutError:
             raise _RedisTimeoutError(f"no connection within {timeout} s") from None
         except OSError as exc:
@@ -712,9 +737,10 @@ class _PipelinedAsync(_AsyncScan):
                         lambda: _RespProtocol(loop), s["path"]
                     )
                 else:
-                    _, proto = await loop.create_connection(
+                    transport, proto = await loop.create_connection(
                         lambda: _RespProtocol(loop), s["host"], s["port"]
                     )
+                    _keepalive(transport.get_extra_info("socket"), s)
                 replies = [proto.send(cmd) for cmd in self._handshake]
                 for reply in replies:
                     if isinstance(await reply, ResponseError):
