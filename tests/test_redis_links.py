@@ -244,3 +244,24 @@ async def test_tcp_keepalive_as_the_client_asks(redis_server: RedisServer) -> No
             await asynchronous.aclose()
             sync_client.close()
             await async_client.aclose()
+
+
+async def test_a_cancelled_connect_tells_the_waiting_tasks_no_connection(
+    redis_server: RedisServer,
+) -> None:
+    """Tasks that wait for another task's connection attempt are not
+    cancelled with it: they get a connection error (which the limiter
+    answers by its policy), and the next call connects afresh."""
+    storage = RedisStorage(redis_server.url, timeout=2.0)
+    link = storage._connector.async_link
+    try:
+        first = asyncio.create_task(link.call("PING"))
+        second = asyncio.create_task(link.call("PING"))
+        await asyncio.sleep(0)  # the first is connecting, the second waits
+        first.cancel()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert isinstance(results[1], RedisConnectionError), results[1]
+        assert await link.call("PING") == b"PONG"
+    finally:
+        await storage.aclose()

@@ -460,10 +460,11 @@ def _lean_settings(
     return out
 
 
-def _keepalive(sock: socket.socket, settings: dict[str, Any]) -> None:
-    """TCP keepalive as the client asked for it (``socket_keepalive``)."""
+def _keepalive(sock: Any, settings: dict[str, Any]) -> None:
+    """TCP keepalive as the client asked for it (``socket_keepalive``), on
+    a socket or an event loop's stand-in for one."""
     options = settings.get("keepalive")
-    if options is not None:
+    if options is not None and hasattr(sock, "setsockopt"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for k, v in options.items():
             sock.setsockopt(socket.IPPROTO_TCP, k, v)
@@ -730,6 +731,7 @@ class _PipelinedAsync(_AsyncScan):
         self, loop: asyncio.AbstractEventLoop, timeout: float
     ) -> _RespProtocol:
         s = self._settings
+        proto: _RespProtocol | None = None
         try:
             async with _timeout(timeout):
                 if "path" in s:
@@ -744,14 +746,16 @@ class _PipelinedAsync(_AsyncScan):
                 replies = [proto.send(cmd) for cmd in self._handshake]
                 for reply in replies:
                     if isinstance(await reply, ResponseError):
-                        proto.abort(_RedisConnectionError("closed"))
                         raise _RedisConnectionError(
                             f"Redis refused the connection set-up: {await reply}"
                         )
-        except asyncio.TimeoutError:
-            raise _RedisTimeoutError(
-                f"no connection within {self._timeout} s"
-            ) from None
+        except BaseException as exc:
+            if proto is not None:  # connected, not set up: not ours to keep
+                proto.abort(_RedisConnectionError("connection set-up failed"))
+            if isinstance(exc, asyncio.TimeoutError):
+                raise _RedisTimeoutError(f"no connection within {timeout} s") from None
+            raise
+        assert proto is not None
         return proto
 
     async def _conn(
@@ -776,6 +780,10 @@ class _PipelinedAsync(_AsyncScan):
         except BaseException as exc:
             if self._conns.get(loop) is pending:
                 del self._conns[loop]
+            # Tasks waiting for this connection were not cancelled
+            # themselves: they learn that there is no connection.
+            if not isinstance(exc, Exception):
+                exc = _RedisConnectionError("connecting to Redis was interrupted")
             pending.set_exception(exc)
             pending.exception()  # retrieved: waiters, if any, re-raise it
             raise
