@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from ._checks import check_int, check_seconds
 from ._core import Cache
 
 __all__ = ["Entry", "Plan", "ResponseCache", "Upstream"]
@@ -72,27 +73,6 @@ _NOT_MODIFIED_KEEP = frozenset(
 )
 _NEVER = frozenset({429})
 _ENTRY_OVERHEAD = 256  # bytes counted per entry beyond its body and headers
-
-
-def _check_seconds(name: str, value: object, *, zero_ok: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{name} must be a number of seconds, not {type(value).__name__}"
-        )
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ValueError(
-            f"{name} must be a finite number of seconds {bound}, got {value!r}"
-        )
-    return float(value)
-
-
-def _check_int(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
 
 
 def content_etag(body: bytes) -> str:
@@ -494,27 +474,27 @@ class ResponseCache:
         tags: Iterable[str] | Callable[[str], Iterable[str]] = (),
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self.ttl = _check_seconds("ttl", ttl, zero_ok=False)
+        self.ttl = check_seconds("ttl", ttl, zero_ok=False)
         if isinstance(statuses, (str, bytes)) or not isinstance(statuses, Iterable):
             raise TypeError("statuses must be an iterable of ints")
         st = frozenset(statuses)
         for s in st:
-            _check_int("statuses", s, 100)
+            check_int("statuses", s, 100)
             if s >= 500 or s in _NEVER or s > 599:
                 raise ValueError(
                     f"statuses must not include {s}: 5xx and 429 are never cached"
                 )
         self.statuses = st
         if max_age is not None:
-            _check_int("max_age", max_age, 0)
+            check_int("max_age", max_age, 0)
         self.max_age = max_age
         self.cache_control = None if max_age is None else f"public, max-age={max_age}"
-        _check_int("maxweight", maxweight, 1)
-        self.max_body = _check_int("max_body", max_body, 0)
-        self.swr = _check_seconds(
+        check_int("maxweight", maxweight, 1)
+        self.max_body = check_int("max_body", max_body, 0)
+        self.swr = check_seconds(
             "stale_while_revalidate", stale_while_revalidate, zero_ok=True
         )
-        self.sie = _check_seconds("stale_if_error", stale_if_error, zero_ok=True)
+        self.sie = check_seconds("stale_if_error", stale_if_error, zero_ok=True)
         if not isinstance(vary_identity, bool):
             raise TypeError(
                 f"vary_identity must be a bool, not {type(vary_identity).__name__}"

@@ -103,6 +103,7 @@ from redis.exceptions import TimeoutError as _RedisTimeoutError
 from redis.retry import Retry
 
 from . import _core
+from ._checks import check_seconds
 from ._core import Decision
 from ._errors import StorageUnavailable
 from ._limiter import ALGORITHMS, ON_ERROR, await_hit, wait_for_hit
@@ -153,19 +154,6 @@ else:  # pragma: no cover - Python 3.10
             if self._fired and et is asyncio.CancelledError:
                 raise asyncio.TimeoutError from exc
             return False
-
-
-def _check_seconds(name: str, value: object, *, zero_ok: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{name} must be a number of seconds, not {type(value).__name__}"
-        )
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ValueError(
-            f"{name} must be a finite number of seconds {bound}, got {value!r}"
-        )
-    return float(value)
 
 
 def _key_bytes(key: object) -> bytes:
@@ -1112,8 +1100,8 @@ class RedisStorage:
             raise ValueError(
                 f"prefix must not contain '{{' or '}}' (hash tags), got {prefix!r}"
             )
-        timeout = _check_seconds("timeout", timeout, zero_ok=False)
-        retry_interval = _check_seconds("retry_interval", retry_interval, zero_ok=True)
+        timeout = check_seconds("timeout", timeout, zero_ok=False)
+        retry_interval = check_seconds("retry_interval", retry_interval, zero_ok=True)
         self.prefix = prefix
         self.timeout = timeout
         self._connector = _Connector(client_or_url, timeout, retry_interval)
@@ -1583,7 +1571,7 @@ class RedisCache:
                 "prefix must not be empty: clear() deletes every key under it"
             )
         if ttl is not None:
-            ttl = _check_seconds("ttl", ttl, zero_ok=False)
+            ttl = check_seconds("ttl", ttl, zero_ok=False)
         if isinstance(serializer, str):
             if serializer not in ("pickle", "json"):
                 raise ValueError(
@@ -1601,7 +1589,7 @@ class RedisCache:
                 "serializer must be 'pickle', 'json' or an object with dumps and loads "
                 f"methods, not {type(serializer).__name__}"
             )
-        timeout = _check_seconds("timeout", timeout, zero_ok=False)
+        timeout = check_seconds("timeout", timeout, zero_ok=False)
         if on_error not in ("ignore", "raise"):
             raise ValueError(f"on_error must be 'ignore' or 'raise', got {on_error!r}")
         self._connector = _connector_of(client_or_url, timeout, 0.1)
@@ -1639,7 +1627,7 @@ class RedisCache:
         if ttl is None:
             ttl = self.default_ttl
         else:
-            ttl = _check_seconds("ttl", ttl, zero_ok=False)
+            ttl = check_seconds("ttl", ttl, zero_ok=False)
         data = self._dumps(value)
         if isinstance(data, str):
             data = data.encode()
