@@ -114,6 +114,27 @@ def _add_headers(response: falcon.Response, verdict: Verdict) -> None:
             response.append_header(k, v)
 
 
+def _forwarding(func: Any) -> tuple[Any, Callable[[dict[str, Any], Any, Any], None]]:
+    """The function hug introspects behind ``func`` (its ``original`` when
+    hug wrapped it already), and how a wrapper that takes ``request`` and
+    ``response`` from hug passes them on: only if the function takes them
+    (by name or ``**kwargs``), as hug itself would."""
+    spec = getattr(func, "original", func)
+    code = spec.__code__
+    wanted = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    takes_kwargs = bool(code.co_flags & 0x08)
+    pass_request = "request" in wanted or takes_kwargs
+    pass_response = "response" in wanted or takes_kwargs
+
+    def forward(kwargs: dict[str, Any], request: Any, response: Any) -> None:
+        if pass_request:
+            kwargs["request"] = request
+        if pass_response:
+            kwargs["response"] = response
+
+    return spec, forward
+
+
 def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[[F], F]:
     """Endpoint decorator, placed under ``@hug.get(...)`` (or any other
     hug route decorator). ``scope`` defaults to the endpoint's module and
@@ -126,18 +147,7 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
         rule = Rule(
             limit, scope=scope or f"{func.__module__}.{func.__qualname__}", **settings
         )
-        spec = getattr(func, "original", func)
-        code = spec.__code__
-        wanted = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-        takes_kwargs = bool(code.co_flags & 0x08)
-        pass_request = "request" in wanted or takes_kwargs
-        pass_response = "response" in wanted or takes_kwargs
-
-        def forward(kwargs: dict[str, Any], request: Any, response: Any) -> None:
-            if pass_request:
-                kwargs["request"] = request
-            if pass_response:
-                kwargs["response"] = response
+        spec, forward = _forwarding(func)
 
         if hug.introspect.is_coroutine(spec):
 
@@ -314,18 +324,7 @@ def cache(
         )
 
     def decorate(func: F) -> F:
-        spec = getattr(func, "original", func)
-        code = spec.__code__
-        wanted = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-        takes_kwargs = bool(code.co_flags & 0x08)
-        pass_request = "request" in wanted or takes_kwargs
-        pass_response = "response" in wanted or takes_kwargs
-
-        def forward(kwargs: dict[str, Any], request: Any, response: Any) -> None:
-            if pass_request:
-                kwargs["request"] = request
-            if pass_response:
-                kwargs["response"] = response
+        spec, forward = _forwarding(func)
 
         if hug.introspect.is_coroutine(spec):
 
