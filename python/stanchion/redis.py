@@ -120,7 +120,6 @@ _FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.Timeo
 
 # redis[hiredis]: the C packer (redis.asyncio packs in Python) and parser.
 _pack: Callable[[tuple[Any, ...]], bytes] = _hiredis.pack_command
-_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None = _pack
 
 
 _ALGORITHM_CODES = {"token_bucket": "tb", "fixed_window": "fw", "sliding_window": "sw"}
@@ -193,11 +192,64 @@ def _own_kwargs(kwargs: dict[str, Any], timeout: float | None) -> dict[str, Any]
     return kw
 
 
-class _SyncScan:
-    """scan_delete for a blocking link of one server, over its ``call``."""
+class _StackedSync:
+    """A blocking link of one server whose idle connections sit in a list
+    used as a stack (``pop``/``append`` are atomic under the GIL): a thread
+    takes one, sends one command, reads its reply and puts it back. No
+    pool lock, no per-call health check. Subclasses say how to make a
+    connection, exchange one packed command on it (an error reply comes
+    back as a ResponseError value: the connection is still good) and
+    drop it."""
+
+    _idle: list[Any]
+
+    def _new(self) -> Any:
+        raise NotImplementedError
+
+    def _exchange(self, conn: Any, packed: bytes) -> Any:
+        raise NotImplementedError
+
+    def _drop(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
+        self._idle = []  # in a forked child the parent's sockets are not ours
 
     def call(self, *args: Any) -> Any:
-        raise NotImplementedError
+        packed = _pack(args)
+        idle = self._idle
+        try:
+            conn = idle.pop()
+            reused = True
+        except IndexError:
+            conn = self._new()
+            reused = False
+        try:
+            reply = self._exchange(conn, packed)
+        except _RedisConnectionError:
+            self._drop(conn)
+            if not reused:
+                raise
+            # The server closed this idle connection (restart, idle
+            # timeout): one more try on a new one.
+            conn = self._new()
+            try:
+                reply = self._exchange(conn, packed)
+            except BaseException:
+                self._drop(conn)
+                raise
+        except BaseException:
+            self._drop(conn)
+            raise
+        idle.append(conn)
+        if isinstance(reply, ResponseError):
+            _raise_reply(reply)
+        return reply
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._drop(conn)
 
     def scan_delete(self, pattern: bytes) -> int:
         cursor: Any = b"0"
@@ -229,70 +281,31 @@ class _AsyncScan:
                 return deleted
 
 
-class _DirectSync(_SyncScan):
-    """Blocking connections of our own, made like a client's.
-
-    Idle connections sit in a list used as a stack (``pop``/``append`` are
-    atomic under the GIL): a thread takes one, sends one command, reads
-    its reply and puts it back. No pool lock, no per-call health check.
-    """
+class _DirectSync(_StackedSync):
+    """redis-py's blocking connections, made like a client's."""
 
     def __init__(
         self, connection_class: type[Any], kwargs: dict[str, Any], timeout: float
     ):
         self._class = connection_class
         self._kwargs = _own_kwargs(kwargs, timeout)
-        self._idle: list[Any] = []
-        self._pack = _hiredis_pack
+        self._idle = []
         _after_fork.add(self)
 
-    def _forget(self) -> None:
-        # In a forked child the parent's sockets are not ours to use.
-        self._idle = []
+    def _new(self) -> Any:
+        return self._class(**self._kwargs)
 
-    def call(self, *args: Any) -> Any:
-        idle = self._idle
+    def _exchange(self, conn: Any, packed: bytes) -> Any:
+        # A list of chunks, as redis-py's own packer gives (bytes alone
+        # would be iterated byte by byte).
+        conn.send_packed_command([packed], check_health=False)
         try:
-            conn = idle.pop()
-            reused = True
-        except IndexError:
-            conn = self._class(**self._kwargs)
-            reused = False
-        pack = self._pack
-        # A list of chunks, as redis-py's own packer gives.
-        packed = [pack(args)] if pack is not None else conn.pack_command(*args)
-        try:
-            conn.send_packed_command(packed, check_health=False)
-            reply = conn.read_response()
-        except ResponseError:
-            idle.append(conn)
-            raise
-        except _RedisConnectionError:
-            conn.disconnect()
-            if not reused:
-                raise
-            # The server closed this idle connection (restart, idle
-            # timeout): one more try on a new one.
-            conn = self._class(**self._kwargs)
-            try:
-                conn.send_packed_command(packed, check_health=False)
-                reply = conn.read_response()
-            except ResponseError:
-                idle.append(conn)
-                raise
-            except BaseException:
-                conn.disconnect()
-                raise
-        except BaseException:
-            conn.disconnect()
-            raise
-        idle.append(conn)
-        return reply
+            return conn.read_response()
+        except ResponseError as exc:
+            return exc
 
-    def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.disconnect()
+    def _drop(self, conn: Any) -> None:
+        conn.disconnect()
 
 
 class _DirectAsync(_AsyncScan):
@@ -310,7 +323,6 @@ class _DirectAsync(_AsyncScan):
             weakref.WeakKeyDictionary()
         )
         self._last: tuple[asyncio.AbstractEventLoop | None, list[Any]] = (None, [])
-        self._pack = _hiredis_pack
         _after_fork.add(self)
 
     def _forget(self) -> None:
@@ -343,8 +355,7 @@ class _DirectAsync(_AsyncScan):
         except IndexError:
             conn = self._class(**self._kwargs)
             reused = False
-        pack = self._pack
-        packed = pack(args) if pack is not None else conn.pack_command(*args)
+        packed = _pack(args)
         try:
             reply = await self._exchange(conn, packed)
         except ResponseError:
@@ -553,55 +564,23 @@ class _RespSocket:
             sock.close()
 
 
-class _LeanSync(_SyncScan):
-    """Blocking link on bare sockets (see _RespSocket), idle ones on a
-    stack as in _DirectSync: a thread takes one, sends one command, reads
-    its reply and puts it back."""
+class _LeanSync(_StackedSync):
+    """Blocking link on bare sockets (see _RespSocket)."""
 
     def __init__(self, settings: dict[str, Any], timeout: float) -> None:
         self._settings = settings
         self._timeout = timeout
-        self._idle: list[_RespSocket] = []
+        self._idle = []
         _after_fork.add(self)
 
-    def _forget(self) -> None:
-        self._idle = []  # the parent's sockets are not ours to use
+    def _new(self) -> _RespSocket:
+        return _RespSocket(self._settings, self._timeout)
 
-    def call(self, *args: Any) -> Any:
-        packed = _pack(args)
-        idle = self._idle
-        try:
-            conn = idle.pop()
-            reused = True
-        except IndexError:
-            conn = _RespSocket(self._settings, self._timeout)
-            reused = False
-        try:
-            reply = conn.exchange(packed)
-        except _RedisConnectionError:
-            conn.close()
-            if not reused:
-                raise
-            # The server closed this idle connection (restart, idle
-            # timeout): one more try on a new one.
-            conn = _RespSocket(self._settings, self._timeout)
-            try:
-                reply = conn.exchange(packed)
-            except BaseException:
-                conn.close()
-                raise
-        except BaseException:
-            conn.close()
-            raise
-        idle.append(conn)
-        if type(reply) is ResponseError:
-            _raise_reply(reply)
-        return reply
+    def _exchange(self, conn: _RespSocket, packed: bytes) -> Any:
+        return conn.exchange(packed)
 
-    def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+    def _drop(self, conn: _RespSocket) -> None:
+        conn.close()
 
 
 class _RespProtocol(asyncio.Protocol):
@@ -783,33 +762,27 @@ class _PipelinedAsync(_AsyncScan):
     async def call(self, *args: Any) -> Any:
         packed = _pack(args)
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         last_loop, conn = self._last
-        if last_loop is not loop or conn is None or conn.closed:
-            return await self._call_new(loop, packed, self._timeout)
-        fut = conn.send(packed)
-        timer = loop.call_later(self._timeout, _expire, fut, conn, self._timeout)
-        try:
-            reply = await fut
-        except _RedisConnectionError:
-            left = timer.when() - loop.time()
-            if not conn.dropped_by_server or left <= 0:
-                raise
+        if last_loop is loop and conn is not None and not conn.closed:
+            try:
+                return await self._exchange(loop, conn, packed, deadline)
+            except _RedisConnectionError:
+                if not conn.dropped_by_server or loop.time() >= deadline:
+                    raise
             # The server closed a connection made earlier (restart, idle
             # timeout): one more try on a new one, in the time left.
-            return await self._call_new(loop, packed, left)
-        finally:
-            timer.cancel()
-        if type(reply) is ResponseError:
-            _raise_reply(reply)
-        return reply
+        conn = await self._conn(loop, deadline - loop.time())
+        return await self._exchange(loop, conn, packed, deadline)
 
-    async def _call_new(
-        self, loop: asyncio.AbstractEventLoop, packed: bytes, timeout: float
+    async def _exchange(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: _RespProtocol,
+        packed: bytes,
+        deadline: float,
     ) -> Any:
-        """``call`` on a connection made for it (or by a concurrent call),
-        all within ``timeout``."""
-        deadline = loop.time() + timeout
-        conn = await self._conn(loop, timeout)
+        """Send one command on ``conn``; its reply, by ``deadline``."""
         fut = conn.send(packed)
         timer = loop.call_at(deadline, _expire, fut, conn, self._timeout)
         try:
@@ -837,20 +810,19 @@ def _sync_link(
     """Bare sockets for plain TCP and Unix sockets; redis-py's own
     connections for the rest (TLS, RESP3, custom credentials)."""
     lean = _lean_settings(connection_class, kwargs)
-    if lean is not None:
-        return _LeanSync(lean, timeout)
-    return _DirectSync(connection_class, kwargs, timeout)
+    if lean is None:
+        return _DirectSync(connection_class, kwargs, timeout)
+    return _LeanSync(lean, timeout)
 
 
 def _async_link(
     connection_class: type[Any], kwargs: dict[str, Any], timeout: float
 ) -> _PipelinedAsync | _DirectAsync:
-    """The pipelined link for plain TCP and Unix sockets; redis-py's own
-    connections for the rest (TLS, RESP3, custom credentials)."""
+    """``_sync_link`` for asyncio: the pipelined link where it applies."""
     lean = _lean_settings(connection_class, kwargs)
-    if lean is not None:
-        return _PipelinedAsync(lean, timeout)
-    return _DirectAsync(connection_class, kwargs, timeout)
+    if lean is None:
+        return _DirectAsync(connection_class, kwargs, timeout)
+    return _PipelinedAsync(lean, timeout)
 
 
 class _ClusterSync:
