@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._respcache import CacheFront
-from .http import Request, Rule, Verdict
+from .http import Request, Verdict, middleware_rule
 
 __all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
 
@@ -102,10 +102,8 @@ class RateLimitMiddleware:
         scope: str = "global",
         **settings: Any,
     ) -> None:
-        if limit is not None and limiter is not None:
-            raise ValueError("give either limit= or limiter=, not both")
         self.app = app
-        self.rule = Rule(limit if limiter is None else limiter, scope=scope, **settings)
+        self.rule = middleware_rule(limit, limiter, scope, settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -1205,3 +1205,11 @@ def _safe_identity(ident: str) -> str:
         except UnicodeEncodeError:
             pass
     return "#" + _digest(ident)
+
+
+def middleware_rule(limit: Any, limiter: Any, scope: str, settings: Any) -> Rule:
+    """The Rule of a middleware that limits every request: given a rate
+    (``limit=``) or a ready limiter (``limiter=``), never both."""
+    if limit is not None and limiter is not None:
+        raise ValueError("give either limit= or limiter=, not both")
+    return Rule(limit if limiter is None else limiter, scope=scope, **settings)

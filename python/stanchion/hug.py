@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import falcon
 import hug
 
-from .http import LimiterCache, Request, Rule, Verdict
+from .http import LimiterCache, Request, Rule, Verdict, middleware_rule
 from .wsgi import status_line
 
 __all__ = ["FalconRequest", "RateLimitMiddleware", "cache", "limit"]
@@ -212,9 +212,7 @@ class RateLimitMiddleware:
         scope: str = "global",
         **settings: Any,
     ) -> None:
-        if limit is not None and limiter is not None:
-            raise ValueError("give either limit= or limiter=, not both")
-        self.rule = Rule(limit if limiter is None else limiter, scope=scope, **settings)
+        self.rule = middleware_rule(limit, limiter, scope, settings)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         verdict = _check(self.rule, req)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._respcache import CacheFront
-from .http import Request, Rule, Verdict
+from .http import Request, Verdict, middleware_rule
 
 __all__ = [
     "CacheMiddleware",
@@ -110,10 +110,8 @@ class RateLimitMiddleware:
         scope: str = "global",
         **settings: Any,
     ) -> None:
-        if limit is not None and limiter is not None:
-            raise ValueError("give either limit= or limiter=, not both")
         self.app = app
-        self.rule = Rule(limit if limiter is None else limiter, scope=scope, **settings)
+        self.rule = middleware_rule(limit, limiter, scope, settings)
 
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse
