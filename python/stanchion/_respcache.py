@@ -747,20 +747,53 @@ class ResponseCache:
         if not plan.revalidate:
             entry = self.lookup(plan)
             if entry is not None:
-                age = self.age(entry)
-                if age < self.ttl:
-                    self.hits += 1
-                    return self.hit(plan, entry)
-                if age < self.ttl + self.swr and background is not None:
-                    self.hits += 1
-                    self.stale += 1
+                reply, refresh = self._served(plan, entry, background is not None)
+                if refresh:
+                    assert background is not None
                     self._refresh_thread(plan, entry.key, background)
-                    return self.hit(plan, entry)
+                if reply is not None:
+                    return reply
                 stale = entry
         self.misses += 1
         if plan.head:
             return self._call(plan, upstream, stale, store=False)
         return self._flight(plan, upstream, stale)
+
+    # -- decisions shared by serve and aserve ----------------------------------
+
+    def _served(
+        self, plan: Plan, entry: Entry, can_refresh: bool
+    ) -> tuple[Reply | None, bool]:
+        """What a stored entry answers: a hit while fresh; a hit and a
+        background refresh while within stale-while-revalidate (when the
+        caller can refresh); else nothing (it is only a stale fallback)."""
+        age = self.age(entry)
+        if age < self.ttl:
+            self.hits += 1
+            return self.hit(plan, entry), False
+        if age < self.ttl + self.swr and can_refresh:
+            self.hits += 1
+            self.stale += 1
+            return self.hit(plan, entry), True
+        return None, False
+
+    def _joined(self, plan: Plan, entry: Entry | None) -> Reply | None:
+        """A hit from what another caller's flight stored, when that is
+        this request's variant (its Vary headers may differ)."""
+        if entry is not None and entry.key == plan.key(self._vary_of(entry)):
+            self.misses -= 1
+            self.hits += 1
+            return self.hit(plan, entry)
+        return None
+
+    def _stale_on_error(self, plan: Plan, stale: Entry | None) -> Reply | None:
+        """The stale entry as the answer to a failed upstream, when
+        stale-if-error allows it."""
+        if not self.serve_stale_on_error(stale):
+            return None
+        assert stale is not None
+        self.stale += 1
+        return self.hit(plan, stale)
 
     def _call(
         self,
@@ -772,16 +805,15 @@ class ResponseCache:
         try:
             up = upstream()
         except Exception:
-            if self.serve_stale_on_error(stale):
-                assert stale is not None
-                self.stale += 1
-                return self.hit(plan, stale)
-            raise
-        if up.status >= 500 and self.serve_stale_on_error(stale):
-            assert stale is not None
-            self.stale += 1
-            _close(up.native)
-            return self.hit(plan, stale)
+            fallback = self._stale_on_error(plan, stale)
+            if fallback is None:
+                raise
+            return fallback
+        if up.status >= 500:
+            fallback = self._stale_on_error(plan, stale)
+            if fallback is not None:
+                _close(up.native)
+                return fallback
         entry = self.accept(plan, up) if store else None
         if entry is not None:
             self.put(entry)
@@ -796,11 +828,9 @@ class ResponseCache:
         other = self.flights.setdefault(fkey, mine)
         if other is not mine:
             other.done.wait()
-            entry = other.entry
-            if entry is not None and entry.key == plan.key(self._vary_of(entry)):
-                self.misses -= 1
-                self.hits += 1
-                return self.hit(plan, entry)
+            joined = self._joined(plan, other.entry)
+            if joined is not None:
+                return joined
             return self._call(plan, upstream, stale)
         try:
             reply = self._call(plan, upstream, stale)
@@ -847,15 +877,12 @@ class ResponseCache:
         if not plan.revalidate:
             entry = await self.alookup(plan)
             if entry is not None:
-                age = self.age(entry)
-                if age < self.ttl:
-                    self.hits += 1
-                    return self.hit(plan, entry)
-                if age < self.ttl + self.swr and background is not None:
-                    self.hits += 1
-                    self.stale += 1
+                reply, refresh = self._served(plan, entry, background is not None)
+                if refresh:
+                    assert background is not None
                     self._refresh_task(plan, entry.key, background)
-                    return self.hit(plan, entry)
+                if reply is not None:
+                    return reply
                 stale = entry
         self.misses += 1
         if plan.head:
@@ -863,11 +890,9 @@ class ResponseCache:
         fkey = plan.base + "\0" + plan.identity
         other = self.flights.get(fkey)
         if isinstance(other, asyncio.Future) and not other.done():
-            entry = await asyncio.shield(other)
-            if entry is not None and entry.key == plan.key(self._vary_of(entry)):
-                self.misses -= 1
-                self.hits += 1
-                return self.hit(plan, entry)
+            joined = self._joined(plan, await asyncio.shield(other))
+            if joined is not None:
+                return joined
             return await self._acall(plan, upstream, stale)
         mine: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
         self.flights[fkey] = mine
@@ -891,15 +916,14 @@ class ResponseCache:
         try:
             up = await upstream()
         except Exception:
-            if self.serve_stale_on_error(stale):
-                assert stale is not None
-                self.stale += 1
-                return self.hit(plan, stale)
-            raise
-        if up.status >= 500 and self.serve_stale_on_error(stale):
-            assert stale is not None
-            self.stale += 1
-            return self.hit(plan, stale)
+            fallback = self._stale_on_error(plan, stale)
+            if fallback is None:
+                raise
+            return fallback
+        if up.status >= 500:
+            fallback = self._stale_on_error(plan, stale)
+            if fallback is not None:
+                return fallback
         entry = self.accept(plan, up) if store else None
         if entry is not None:
             await self.aput(entry)
