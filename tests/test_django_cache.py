@@ -691,18 +691,68 @@ def test_max_bytes_bounds_the_stored_size() -> None:
     ("params", "setting"),
     [
         ({"OPTIONS": {"MAX_ENTRIES": 0}}, "MAX_ENTRIES"),
-        ({"OPTIONS": {"MAX_ENTRIES": "10"}}, "MAX_ENTRIES"),
+        ({"OPTIONS": {"MAX_ENTRIES": "ten"}}, "MAX_ENTRIES"),
+        ({"OPTIONS": {"MAX_ENTRIES": "1.5"}}, "MAX_ENTRIES"),
+        ({"OPTIONS": {"MAX_ENTRIES": "0"}}, "MAX_ENTRIES"),
+        ({"OPTIONS": {"MAX_BYTES": "lots"}}, "MAX_BYTES"),
         ({"OPTIONS": {"MAX_ENTRIES": True}}, "MAX_ENTRIES"),
         ({"OPTIONS": {"MAX_BYTES": -1}}, "MAX_BYTES"),
         ({"OPTIONS": {"MAX_BYTES": 1.5}}, "MAX_BYTES"),
         ({"OPTIONS": ["MAX_ENTRIES"]}, "OPTIONS"),
-        ({"TIMEOUT": "300"}, "TIMEOUT"),
+        ({"TIMEOUT": "5 minutes"}, "TIMEOUT"),
+        ({"TIMEOUT": "nan"}, "TIMEOUT"),
         ({"TIMEOUT": float("nan")}, "TIMEOUT"),
     ],
 )
 def test_bad_settings_are_refused(params: dict[str, Any], setting: str) -> None:
     with pytest.raises(SettingError, match=setting):
         CacheBackend("bad", params)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"), [("1", 1), (" 60 ", 60), ("0.5", 0.5), ("-1", -1)]
+)
+def test_numbers_given_as_text_are_read_as_django_reads_them(
+    timeout: str, expected: float
+) -> None:
+    c = CacheBackend(
+        f"text-{next(_locations)}",
+        {"TIMEOUT": timeout, "OPTIONS": {"MAX_ENTRIES": "3", "MAX_BYTES": "5000"}},
+    )
+    assert c.default_timeout == expected
+    for i in range(5):
+        c.set(f"k{i}", i, 100)
+    assert c.stats()["maxsize"] == 3 and c.stats()["maxweight"] == 5000
+    assert c.get_many([f"k{i}" for i in range(5)]) == {"k2": 2, "k3": 3, "k4": 4}
+
+
+def test_cache_page_with_a_text_timeout() -> None:
+    """Django's own test settings give TIMEOUT as "1": the middleware and
+    cache_page must work on such an alias."""
+    calls = {"n": 0}
+
+    def counted(request: HttpRequest) -> HttpResponse:
+        calls["n"] += 1
+        return HttpResponse(f"call {calls['n']}")
+
+    conf = {
+        "default": {"BACKEND": BACKEND, "LOCATION": f"text-{next(_locations)}"},
+        "other": {
+            "BACKEND": BACKEND,
+            "LOCATION": f"text-{next(_locations)}",
+            "TIMEOUT": "1",
+        },
+    }
+    with override_settings(CACHES=conf):
+        urls = types.ModuleType("text_timeout_urls")
+        urls.urlpatterns = [  # type: ignore[attr-defined]
+            path("p", cache_page(None, cache="other")(counted))
+        ]
+        with override_settings(ROOT_URLCONF=urls):
+            client = Client()
+            bodies = [client.get("/p").content for _ in range(2)]
+        assert caches["other"].default_timeout == 1
+    assert bodies == [b"call 1", b"call 1"]
 
 
 def test_caches_of_one_location_share_entries_across_threads() -> None:

@@ -139,6 +139,14 @@ def _positive_int(options: Mapping[str, Any], name: str, default: int | None) ->
     value = options.get(name, default)
     if value is None and default is None:
         return None
+    if isinstance(value, str):
+        # Django's BaseCache reads MAX_ENTRIES with int(): "300" is 300.
+        try:
+            value = int(value)
+        except ValueError:
+            raise SettingError(
+                f"OPTIONS[{name!r}]", f"must be an int, got {value!r}"
+            ) from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise SettingError(
             f"OPTIONS[{name!r}]", f"must be an int, not {type(value).__name__}"
@@ -146,6 +154,21 @@ def _positive_int(options: Mapping[str, Any], name: str, default: int | None) ->
     if value < 1:
         raise SettingError(f"OPTIONS[{name!r}]", f"must be >= 1, got {value}")
     return value
+
+
+def _seconds_from_text(text: str) -> int | float:
+    """A TIMEOUT given as text ("60", as Django's int() reads it, or
+    "0.5", a fraction kept as given)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingError(
+            "TIMEOUT", f"must be a number of seconds or None, got {text!r}"
+        ) from None
 
 
 class CacheBackend(BaseCache):  # type: ignore[misc]
@@ -162,6 +185,9 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         # Django's BaseCache turns a bad TIMEOUT or MAX_ENTRIES into its
         # default without a word; refuse them instead, at startup.
         timeout = params.get("timeout", params.get("TIMEOUT", 300))
+        if isinstance(timeout, str):
+            # Django's BaseCache reads TIMEOUT with int(): "60" is 60 s.
+            timeout = _seconds_from_text(timeout)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float))
         ):
