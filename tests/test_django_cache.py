@@ -33,6 +33,7 @@ from django.test import Client, override_settings
 from django.urls import path
 from django.views.decorators.cache import cache_page
 
+import stanchion
 from stanchion.django import CacheBackend as ExportedBackend
 from stanchion.django.cache import CacheBackend
 from stanchion.http import SettingError
@@ -916,6 +917,31 @@ async def test_async_methods_run_in_the_loop(
     with pytest.raises(ValueError):
         await cache.aincr("gone")
     assert ThreadSpy.threads and set(ThreadSpy.threads) == {me}
+
+
+# -- as the backend of @stanchion.cached --------------------------------------------
+
+
+async def test_cached_decorator_ttl_reaches_this_backend(cache: CacheBackend) -> None:
+    calls: list[str] = []
+
+    @stanchion.cached(ttl=5, backend=cache)
+    def shout(word: str) -> str:
+        calls.append(word)
+        return word.upper()
+
+    @stanchion.cached(ttl=5, backend=cache)
+    async def whisper(word: str) -> str:
+        calls.append(word)
+        return word.lower()
+
+    assert shout("hey") == "HEY" == shout("hey")
+    assert await whisper("HO") == "ho" == await whisper("HO")
+    assert calls == ["hey", "HO"]
+    now = time.monotonic()
+    # TIMEOUT is 300 s: a deadline 5 s away is the decorator's ttl.
+    for word in ("hey", "HO"):
+        assert now < entry_deadline(cache, word) <= now + 5
 
 
 # -- in a Django project ------------------------------------------------------------
