@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import pickle
+import subprocess
 import sys
 import threading
 import types
 import warnings
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import django
@@ -1032,6 +1035,33 @@ async def test_cached_decorator_ttl_reaches_this_backend(
     # TIMEOUT is 300 s: a deadline 5 s away is the decorator's ttl.
     for word in ("hey", "HO"):
         assert entry_deadline(cache, word) == clock.now + 5
+
+
+def test_lazy_querysets_through_the_async_methods(tmp_path: Path) -> None:
+    """Pickling a lazy QuerySet runs its query, which Django refuses in an
+    event loop: aset/aadd/aset_many/aget_or_set still store it, as
+    LocMemCache does (real SQLite, in a process of its own)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("isolated") / "django_queryset_cache.py"),
+            str(tmp_path / "db.sqlite3"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["stanchion"] == got["locmem"]
+    assert got["stanchion"] == {
+        "a-notes": ["apple", "avocado"],
+        "added": True,
+        "all": ["apple", "avocado", "banana"],
+        "ordered": ["banana", "avocado", "apple"],
+        "made": ["banana"],
+        "plain": "text",
+    }
 
 
 # -- in a Django project ------------------------------------------------------------

@@ -53,11 +53,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, cast
 
+from asgiref.sync import sync_to_async
 from django.core.cache.backends.base import (
     DEFAULT_TIMEOUT,
     BaseCache,
     default_key_func,
 )
+from django.core.exceptions import SynchronousOnlyOperation
 from django.utils.module_loading import import_string
 
 from .._core import Cache
@@ -101,6 +103,18 @@ def _pack(value: Any) -> Any:
     if type(value) in _PLAIN:
         return value
     return pickle.dumps(value, _PICKLE_PROTOCOL)
+
+
+async def _apack(value: Any) -> Any:
+    """_pack from an event loop. Pickling runs the value's own code, and
+    some may not run in an event loop: a lazy QuerySet evaluates itself,
+    and Django refuses a query there (SynchronousOnlyOperation). Such a
+    value is pickled again in a thread, as Django's own backends run
+    every ``a*`` method; everything else stays in the loop."""
+    try:
+        return _pack(value)
+    except SynchronousOnlyOperation:
+        return await sync_to_async(_pack)(value)
 
 
 def _unpack(payload: Any) -> Any:
@@ -490,9 +504,9 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     def add(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> bool:
-        k = self._key(key, version)
-        ttl = self._ttl(timeout)
-        payload = _pack(value)
+        return self._add(self._key(key, version), self._ttl(timeout), _pack(value))
+
+    def _add(self, k: str, ttl: float | None, payload: Any) -> bool:
         with self._lock:
             if k in self._store.cache:
                 return False
@@ -573,11 +587,15 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         version: Any = None,
     ) -> list[Any]:
         ttl = self._ttl(timeout)
-        items = [(self._key(k, version), _pack(v)) for k, v in data.items()]
+        self._put_many(
+            [(self._key(k, version), _pack(v)) for k, v in data.items()], ttl
+        )
+        return []
+
+    def _put_many(self, items: list[tuple[str, Any]], ttl: float | None) -> None:
         with self._lock:
             for k, payload in items:
                 self._put(k, payload, ttl)
-        return []
 
     def delete_many(self, keys: Iterable[Any], version: Any = None) -> None:
         made = [self._key(k, version) for k in keys]
@@ -632,12 +650,18 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     async def aset(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> None:
-        self.set(key, value, timeout, version)
+        k = self._key(key, version)
+        ttl = self._ttl(timeout)
+        payload = await _apack(value)
+        with self._lock:
+            self._put(k, payload, ttl)
 
     async def aadd(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> bool:
-        return self.add(key, value, timeout, version)
+        k = self._key(key, version)
+        ttl = self._ttl(timeout)
+        return self._add(k, ttl, await _apack(value))
 
     async def atouch(
         self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
@@ -667,7 +691,10 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         timeout: Any = DEFAULT_TIMEOUT,
         version: Any = None,
     ) -> list[Any]:
-        return self.set_many(data, timeout, version)
+        ttl = self._ttl(timeout)
+        items = [(self._key(k, version), await _apack(v)) for k, v in data.items()]
+        self._put_many(items, ttl)
+        return []
 
     async def adelete_many(self, keys: Iterable[Any], version: Any = None) -> None:
         self.delete_many(keys, version)
@@ -682,7 +709,14 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         timeout: Any = DEFAULT_TIMEOUT,
         version: Any = None,
     ) -> Any:
-        return self.get_or_set(key, default, timeout, version)
+        # As get_or_set, with aadd: the default may be a lazy QuerySet.
+        value = self.get(key, _MISSING, version)
+        if value is _MISSING:
+            if callable(default):
+                default = default()
+            await self.aadd(key, default, timeout, version)
+            return self.get(key, default, version)
+        return value
 
     async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
         return self.incr_version(key, delta, version)
