@@ -27,7 +27,9 @@ one ``LOCATION`` sharing entries while each evicts down to its own
 - ``incr``/``decr`` are atomic across threads, keep the entry's expiry,
   and ``incr_version``/``decr_version`` move the entry with its expiry.
 - The ``a*`` methods run in the caller's event loop: nothing here waits
-  on I/O, so a hop to a thread would only add cost.
+  on I/O, so a hop to a thread would only add cost. Only a value whose
+  pickling may not run in an event loop (a lazy ``QuerySet`` runs its
+  query) is pickled in a thread.
 - Values of the exact types ``str``, ``int``, ``float``, ``bool`` and
   ``None`` are stored as they are (they cannot be changed in place, so
   sharing them is safe); everything else is pickled.
