@@ -842,6 +842,27 @@ def test_a_larger_alias_built_later_keeps_what_was_stored(clock: FakeClock) -> N
     assert small.get("g") == "G" and big.get("f") == "F"
 
 
+def test_an_alias_with_a_tighter_max_bytes_evicts_down_to_it() -> None:
+    location = f"bytes-{next(_locations)}"
+    roomy = CacheBackend(location, {"OPTIONS": {"MAX_BYTES": 10_000}})
+    tight = CacheBackend(location, {"OPTIONS": {"MAX_BYTES": 2_000}})
+    unbounded = CacheBackend(location, {})
+    for i in range(8):
+        roomy.set(f"blob{i}", "x" * 900)
+    assert roomy.stats()["weight"] == unbounded.stats()["size"] * 949
+    assert unbounded.stats()["size"] == 8
+    tight.set("small", "y")
+    assert tight.stats()["weight"] <= 2_000
+    assert tight.get_many(["blob5", "blob6", "blob7", "small"]) == {
+        "blob6": "x" * 900,
+        "blob7": "x" * 900,
+        "small": "y",
+    }
+    for i in range(30):  # no bound of its own: only MAX_ENTRIES (300)
+        unbounded.set(f"more{i}", "z" * 900)
+    assert unbounded.stats()["size"] == 33 and "weight" not in unbounded.stats()
+
+
 def test_location_clock_is_one_clock(clock: FakeClock) -> None:
     location = f"clock-{next(_locations)}"
     first = CacheBackend(location, {"OPTIONS": {"CLOCK": clock}})
