@@ -20,6 +20,8 @@ import stanchion
 from stanchion import Cache, CacheBackend, CacheInfo, cached
 from stanchion._cache import LocalBackend
 
+from .conftest import FakeClock
+
 # ---------------------------------------------------------------------------
 # Plain functions
 # ---------------------------------------------------------------------------
@@ -535,6 +537,52 @@ async def test_async_function_with_a_backend() -> None:
     assert "aset ttl=None" in backend.log and "get" not in backend.log
     assert f.cache_info().hits == 0 and f.cache_info().misses == 50
     assert await f(2) == 20 and f.cache_info().hits == 1
+
+
+class RecordingLocalBackend(LocalBackend):
+    """A LocalBackend whose own set and aset must be called."""
+
+    __slots__ = ("ttls",)
+
+    def __init__(self, cache: Cache[Hashable, Any]) -> None:
+        super().__init__(cache)
+        self.ttls: list[tuple[str, float | None]] = []
+
+    def set(self, key: Hashable, value: Any, ttl: float | None) -> None:
+        self.ttls.append(("set", ttl))
+        super().set(key, value, ttl)
+
+    async def aset(self, key: Hashable, value: Any, ttl: float | None) -> None:
+        self.ttls.append(("aset", ttl))
+        await super().aset(key, value, ttl)
+
+
+@pytest.mark.parametrize("backend_type", [LocalBackend, RecordingLocalBackend])
+async def test_the_ttl_reaches_a_local_backend(
+    clock: FakeClock, backend_type: type[LocalBackend]
+) -> None:
+    # The Cache has no TTL of its own: only the decorator's can expire.
+    backend = backend_type(Cache(100, clock=clock))
+    calls = [0]
+
+    @cached(ttl=5, backend=backend)
+    def f(x: int) -> int:
+        calls[0] += 1
+        return x
+
+    @cached(ttl=5, backend=backend)
+    async def g(x: str) -> str:
+        calls[0] += 1
+        return x
+
+    assert f(1) == 1 and await g("a") == "a" and calls[0] == 2
+    clock.advance(4.9)
+    assert f(1) == 1 and await g("a") == "a" and calls[0] == 2
+    clock.advance(0.2)
+    assert 1 not in backend.cache and "a" not in backend.cache
+    assert f(1) == 1 and await g("a") == "a" and calls[0] == 4
+    if isinstance(backend, RecordingLocalBackend):
+        assert backend.ttls == [("set", 5.0), ("aset", 5.0)] * 2
 
 
 async def test_local_backend_follows_the_protocol() -> None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import pickle
+import subprocess
 import sys
 import threading
-import time
 import types
 import warnings
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import django
@@ -33,12 +35,15 @@ from django.test import Client, override_settings
 from django.urls import path
 from django.views.decorators.cache import cache_page
 
+import stanchion
 from stanchion.django import CacheBackend as ExportedBackend
 from stanchion.django.cache import CacheBackend
 from stanchion.http import SettingError
 
+from .conftest import FakeClock
+
 BACKEND = "stanchion.django.CacheBackend"
-TIMING = 0.3  # a short timeout that real sleeps can outlast
+TIMING = 0.3  # a short timeout, outlasted on the fake clock
 
 
 def key_upper(key: str, prefix: str, version: int) -> str:
@@ -64,8 +69,11 @@ def django_settings() -> None:
         django.setup()
 
 
-def caches_for(location: str, **common: Any) -> dict[str, dict[str, Any]]:
-    """Several aliases over one LOCATION, each reading keys its own way."""
+def caches_for(
+    location: str, clock: FakeClock | None = None, **common: Any
+) -> dict[str, dict[str, Any]]:
+    """Several aliases over one LOCATION, each reading keys its own way,
+    all on ``clock`` when one is given."""
     setting: dict[str, dict[str, Any]] = {
         "default": {},
         "prefixed": {"KEY_PREFIX": "pfx"},
@@ -80,13 +88,16 @@ def caches_for(location: str, **common: Any) -> dict[str, dict[str, Any]]:
         params.setdefault("BACKEND", BACKEND)
         params.setdefault("LOCATION", location)
         params.update(common)
+        if clock is not None:
+            params["OPTIONS"] = {**params.get("OPTIONS", {}), "CLOCK": clock}
     return setting
 
 
 @pytest.fixture(autouse=True)
-def dj(django_settings: None) -> Iterator[None]:
-    """Fresh caches (a LOCATION of their own) for every test."""
-    with override_settings(CACHES=caches_for(f"test-{next(_locations)}")):
+def dj(django_settings: None, clock: FakeClock) -> Iterator[None]:
+    """Fresh caches (a LOCATION of their own) for every test, on the
+    test's fake clock."""
+    with override_settings(CACHES=caches_for(f"test-{next(_locations)}", clock)):
         yield
 
 
@@ -98,7 +109,7 @@ def cache() -> CacheBackend:
 
 
 def entry_deadline(c: CacheBackend, key: str, version: int | None = None) -> Any:
-    return c._cache.peek(c.make_key(key, version))[1]
+    return c._store.cache.peek(c.make_key(key, version))[1]
 
 
 # -- the basics -----------------------------------------------------------------
@@ -361,7 +372,7 @@ def test_key_settings_changed_at_run_time_are_followed(cache: CacheBackend) -> N
     assert cache.get("k") is None and cache.get("k", version=1) == "prefixed"
     cache.key_func = key_upper
     cache.set("k", "upper")
-    assert cache._cache.peek("K/LATER/5/K") is not None
+    assert cache._store.cache.peek("K/LATER/5/K") is not None
     cache.key_prefix, cache.version, cache.key_func = (
         "",
         1,
@@ -378,7 +389,7 @@ class ReversedKeys(CacheBackend):
 def test_a_subclass_making_its_own_keys_is_followed() -> None:
     c = ReversedKeys("subclass", {})
     c.set("abc", 1)
-    assert c._cache.peek("cba") is not None
+    assert c._store.cache.peek("cba") is not None
     assert c.get("abc") == 1
 
 
@@ -432,10 +443,11 @@ def test_incr_keeps_the_expiry(cache: CacheBackend) -> None:
     assert entry_deadline(cache, "forever") is None
 
 
-def test_incr_keeps_a_short_expiry_in_real_time(cache: CacheBackend) -> None:
+def test_incr_keeps_a_short_expiry(cache: CacheBackend, clock: FakeClock) -> None:
     cache.set("n", 1, timeout=TIMING)
+    clock.advance(TIMING / 2)
     cache.incr("n")
-    time.sleep(TIMING * 2)
+    clock.advance(TIMING / 2)
     assert cache.get("n") is None
     with pytest.raises(ValueError):
         cache.incr("n")
@@ -499,14 +511,16 @@ def test_add_is_atomic_across_threads(cache: CacheBackend) -> None:
 # -- timeouts -------------------------------------------------------------------
 
 
-def test_entries_expire(cache: CacheBackend) -> None:
+def test_entries_expire(cache: CacheBackend, clock: FakeClock) -> None:
     cache.set("e1", "soon", TIMING)
     cache.set("e2", "soon", TIMING)
     cache.set_many({"e3": "soon", "e4": "soon"}, TIMING)
     assert cache.get_many(["e1", "e2", "e3", "e4"]) == dict.fromkeys(
         ["e1", "e2", "e3", "e4"], "soon"
     )
-    time.sleep(TIMING * 2)
+    clock.advance(TIMING * 0.99)
+    assert cache.has_key("e1") and cache.has_key("e4")
+    clock.advance(TIMING * 0.01)
     assert cache.get("e1") is None
     assert cache.add("e2", "again") is True
     assert cache.get("e2") == "again"
@@ -516,21 +530,24 @@ def test_entries_expire(cache: CacheBackend) -> None:
     assert cache.delete("e4") is False
 
 
-def test_touch_sets_a_new_timeout(cache: CacheBackend) -> None:
+def test_touch_sets_a_new_timeout(cache: CacheBackend, clock: FakeClock) -> None:
     cache.set("t", "v", timeout=TIMING)
     assert cache.touch("t", timeout=TIMING * 4) is True
-    time.sleep(TIMING * 2)
+    clock.advance(TIMING * 2)
     assert cache.has_key("t") is True
+    clock.advance(TIMING * 2)
+    assert cache.has_key("t") is False
+    cache.set("t", "v", timeout=TIMING)
     assert cache.touch("t", timeout=None) is True
     assert entry_deadline(cache, "t") is None
     assert cache.touch("absent") is False
     # Without a timeout, touch gives the default one.
     cache.set("d", "v", timeout=TIMING)
     assert cache.touch("d") is True
-    assert entry_deadline(cache, "d") > time.monotonic() + 250
+    assert entry_deadline(cache, "d") == clock.now + 300
 
 
-def test_timeout_none_keeps_for_ever(cache: CacheBackend) -> None:
+def test_timeout_none_keeps_for_ever(cache: CacheBackend, clock: FakeClock) -> None:
     cache.set("k1", "eggs", None)
     assert cache.add("k2", "ham", None) is True
     assert cache.add("k1", "other", None) is False
@@ -542,8 +559,13 @@ def test_timeout_none_keeps_for_ever(cache: CacheBackend) -> None:
     }
     cache.set("k4", "chips", timeout=TIMING)
     assert cache.touch("k4", timeout=None) is True
-    time.sleep(TIMING * 2)
-    assert cache.get("k4") == "chips"
+    clock.advance(10**9)  # about 32 years
+    assert cache.get_many(["k1", "k2", "k3", "k4"]) == {
+        "k1": "eggs",
+        "k2": "ham",
+        "k3": "spam",
+        "k4": "chips",
+    }
 
 
 @pytest.mark.parametrize("zero", [0, 0.0, -1, -(10**9), float("-inf")])
@@ -579,11 +601,9 @@ def test_long_and_float_timeouts(cache: CacheBackend, timeout: Any) -> None:
     assert cache.touch("k1", timeout) is True
 
 
-def test_default_timeout_comes_from_settings() -> None:
+def test_default_timeout_comes_from_settings(clock: FakeClock) -> None:
     caches["default"].set("k", "v")
-    assert entry_deadline(caches["default"], "k") == pytest.approx(
-        time.monotonic() + 300, abs=5
-    )
+    assert entry_deadline(caches["default"], "k") == clock.now + 300
     caches["forever"].set("k", "v")
     assert entry_deadline(caches["forever"], "k") is None
     short = caches["short"]  # TIMEOUT=0.3: a fraction is kept, not truncated to 0
@@ -591,7 +611,7 @@ def test_default_timeout_comes_from_settings() -> None:
     short.set_many({"m": "v"})
     assert short.add("a", "v") is True
     assert short.get_many(["s", "m", "a"]) == {"s": "v", "m": "v", "a": "v"}
-    time.sleep(TIMING * 2)
+    clock.advance(TIMING)
     assert short.get_many(["s", "m", "a"]) == {}
 
 
@@ -691,18 +711,70 @@ def test_max_bytes_bounds_the_stored_size() -> None:
     ("params", "setting"),
     [
         ({"OPTIONS": {"MAX_ENTRIES": 0}}, "MAX_ENTRIES"),
-        ({"OPTIONS": {"MAX_ENTRIES": "10"}}, "MAX_ENTRIES"),
+        ({"OPTIONS": {"MAX_ENTRIES": "ten"}}, "MAX_ENTRIES"),
+        ({"OPTIONS": {"MAX_ENTRIES": "1.5"}}, "MAX_ENTRIES"),
+        ({"OPTIONS": {"MAX_ENTRIES": "0"}}, "MAX_ENTRIES"),
+        ({"OPTIONS": {"MAX_BYTES": "lots"}}, "MAX_BYTES"),
         ({"OPTIONS": {"MAX_ENTRIES": True}}, "MAX_ENTRIES"),
         ({"OPTIONS": {"MAX_BYTES": -1}}, "MAX_BYTES"),
         ({"OPTIONS": {"MAX_BYTES": 1.5}}, "MAX_BYTES"),
         ({"OPTIONS": ["MAX_ENTRIES"]}, "OPTIONS"),
-        ({"TIMEOUT": "300"}, "TIMEOUT"),
+        ({"OPTIONS": {"CLOCK": 5}}, "CLOCK"),
+        ({"OPTIONS": {"CLOCK": "no.such.clock"}}, "CLOCK"),
+        ({"TIMEOUT": "5 minutes"}, "TIMEOUT"),
+        ({"TIMEOUT": "nan"}, "TIMEOUT"),
         ({"TIMEOUT": float("nan")}, "TIMEOUT"),
     ],
 )
 def test_bad_settings_are_refused(params: dict[str, Any], setting: str) -> None:
     with pytest.raises(SettingError, match=setting):
         CacheBackend("bad", params)
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"), [("1", 1), (" 60 ", 60), ("0.5", 0.5), ("-1", -1)]
+)
+def test_numbers_given_as_text_are_read_as_django_reads_them(
+    timeout: str, expected: float
+) -> None:
+    c = CacheBackend(
+        f"text-{next(_locations)}",
+        {"TIMEOUT": timeout, "OPTIONS": {"MAX_ENTRIES": "3", "MAX_BYTES": "5000"}},
+    )
+    assert c.default_timeout == expected
+    for i in range(5):
+        c.set(f"k{i}", i, 100)
+    assert c.stats()["maxsize"] == 3 and c.stats()["maxweight"] == 5000
+    assert c.get_many([f"k{i}" for i in range(5)]) == {"k2": 2, "k3": 3, "k4": 4}
+
+
+def test_cache_page_with_a_text_timeout() -> None:
+    """Django's own test settings give TIMEOUT as "1": the middleware and
+    cache_page must work on such an alias."""
+    calls = {"n": 0}
+
+    def counted(request: HttpRequest) -> HttpResponse:
+        calls["n"] += 1
+        return HttpResponse(f"call {calls['n']}")
+
+    conf = {
+        "default": {"BACKEND": BACKEND, "LOCATION": f"text-{next(_locations)}"},
+        "other": {
+            "BACKEND": BACKEND,
+            "LOCATION": f"text-{next(_locations)}",
+            "TIMEOUT": "1",
+        },
+    }
+    with override_settings(CACHES=conf):
+        urls = types.ModuleType("text_timeout_urls")
+        urls.urlpatterns = [  # type: ignore[attr-defined]
+            path("p", cache_page(None, cache="other")(counted))
+        ]
+        with override_settings(ROOT_URLCONF=urls):
+            client = Client()
+            bodies = [client.get("/p").content for _ in range(2)]
+        assert caches["other"].default_timeout == 1
+    assert bodies == [b"call 1", b"call 1"]
 
 
 def test_caches_of_one_location_share_entries_across_threads() -> None:
@@ -720,6 +792,98 @@ def test_caches_of_one_location_share_entries_across_threads() -> None:
     t.join()
     assert seen == [(True, "yes")]
     assert caches_main.get("from-thread") == 1
+
+
+def test_aliases_of_one_location_share_entries_whatever_their_bounds(
+    clock: FakeClock,
+) -> None:
+    """As with LocMemCache: one LOCATION, one set of entries, and each
+    alias evicts down to its own MAX_ENTRIES when it writes."""
+    big, small = caches["default"], caches["small"]  # 300 and 9 entries
+    big.set("from-big", 1)
+    small.set("from-small", 2)
+    assert small.get("from-big") == 1 and big.get("from-small") == 2
+    for i in range(20):
+        big.set(f"k{i}", i)
+    assert big.stats()["size"] == 22  # the larger bound holds them all
+    small.set("one-more", 3)  # evicts the least recently used down to 9
+    kept = big.get_many(
+        ["from-big", "from-small", "one-more"] + [f"k{i}" for i in range(20)]
+    )
+    assert kept == {"one-more": 3, **{f"k{i}": i for i in range(12, 20)}}
+    assert small.stats()["maxsize"] == 9 and big.stats()["maxsize"] == 300
+    assert big.stats()["evictions"] == small.stats()["evictions"] == 14
+
+
+def test_a_larger_alias_built_later_keeps_what_was_stored(clock: FakeClock) -> None:
+    location = f"grow-{next(_locations)}"
+    options = {"CLOCK": clock}
+    small = CacheBackend(location, {"OPTIONS": {**options, "MAX_ENTRIES": 3}})
+    small.set("a", "A", 10)
+    small.set("b", "B", None)
+    small.set("c", "C")
+    assert small.get("a") == "A"  # a is now the most recently used
+    a_deadline = entry_deadline(small, "a")
+    big = CacheBackend(
+        location, {"OPTIONS": {**options, "MAX_ENTRIES": 5, "MAX_BYTES": 10_000}}
+    )
+    assert big.get_many(["a", "b", "c"]) == {"a": "A", "b": "B", "c": "C"}
+    assert entry_deadline(big, "a") == a_deadline
+    assert entry_deadline(big, "b") is None
+    assert big.stats()["hits"] == 4 and big.stats()["maxweight"] == 10_000
+    assert "maxweight" not in small.stats()
+    # The recency order came along: b, c, a from least to most recent.
+    big.set("d", "D")
+    big.set("e", "E")
+    small.set("f", "F")
+    assert big.get_many(list("abcdef")) == {"d": "D", "e": "E", "f": "F"}
+    clock.advance(10)
+    big.set("g", "G", 1)
+    assert small.get("g") == "G" and big.get("f") == "F"
+
+
+def test_an_alias_with_a_tighter_max_bytes_evicts_down_to_it() -> None:
+    location = f"bytes-{next(_locations)}"
+    roomy = CacheBackend(location, {"OPTIONS": {"MAX_BYTES": 10_000}})
+    tight = CacheBackend(location, {"OPTIONS": {"MAX_BYTES": 2_000}})
+    unbounded = CacheBackend(location, {})
+    for i in range(8):
+        roomy.set(f"blob{i}", "x" * 900)
+    assert roomy.stats()["weight"] == unbounded.stats()["size"] * 949
+    assert unbounded.stats()["size"] == 8
+    tight.set("small", "y")
+    assert tight.stats()["weight"] <= 2_000
+    assert tight.get_many(["blob5", "blob6", "blob7", "small"]) == {
+        "blob6": "x" * 900,
+        "blob7": "x" * 900,
+        "small": "y",
+    }
+    for i in range(30):  # no bound of its own: only MAX_ENTRIES (300)
+        unbounded.set(f"more{i}", "z" * 900)
+    assert unbounded.stats()["size"] == 33 and "weight" not in unbounded.stats()
+
+
+def test_location_clock_is_one_clock(clock: FakeClock) -> None:
+    location = f"clock-{next(_locations)}"
+    first = CacheBackend(location, {"OPTIONS": {"CLOCK": clock}})
+    follower = CacheBackend(location, {})  # takes the LOCATION's clock
+    follower.set("k", "v", 2)
+    clock.advance(2)
+    assert first.get("k") is None
+    with pytest.raises(SettingError, match="another clock"):
+        CacheBackend(location, {"OPTIONS": {"CLOCK": FakeClock()}})
+
+
+def test_clock_by_dotted_path() -> None:
+    c = CacheBackend(
+        f"path-{next(_locations)}", {"OPTIONS": {"CLOCK": f"{__name__}.stopped_clock"}}
+    )
+    c.set("k", "v", 1)
+    assert entry_deadline(c, "k") == 43.0
+
+
+def stopped_clock() -> float:
+    return 42.0
 
 
 def test_locations_are_separate() -> None:
@@ -866,6 +1030,59 @@ async def test_async_methods_run_in_the_loop(
     with pytest.raises(ValueError):
         await cache.aincr("gone")
     assert ThreadSpy.threads and set(ThreadSpy.threads) == {me}
+
+
+# -- as the backend of @stanchion.cached --------------------------------------------
+
+
+async def test_cached_decorator_ttl_reaches_this_backend(
+    cache: CacheBackend, clock: FakeClock
+) -> None:
+    calls: list[str] = []
+
+    @stanchion.cached(ttl=5, backend=cache)
+    def shout(word: str) -> str:
+        calls.append(word)
+        return word.upper()
+
+    @stanchion.cached(ttl=5, backend=cache)
+    async def whisper(word: str) -> str:
+        calls.append(word)
+        return word.lower()
+
+    assert shout("hey") == "HEY" == shout("hey")
+    assert await whisper("HO") == "ho" == await whisper("HO")
+    assert calls == ["hey", "HO"]
+    # TIMEOUT is 300 s: a deadline 5 s away is the decorator's ttl.
+    for word in ("hey", "HO"):
+        assert entry_deadline(cache, word) == clock.now + 5
+
+
+def test_lazy_querysets_through_the_async_methods(tmp_path: Path) -> None:
+    """Pickling a lazy QuerySet runs its query, which Django refuses in an
+    event loop: aset/aadd/aset_many/aget_or_set still store it, as
+    LocMemCache does (real SQLite, in a process of its own)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("isolated") / "django_queryset_cache.py"),
+            str(tmp_path / "db.sqlite3"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["stanchion"] == got["locmem"]
+    assert got["stanchion"] == {
+        "a-notes": ["apple", "avocado"],
+        "added": True,
+        "all": ["apple", "avocado", "banana"],
+        "ordered": ["banana", "avocado", "apple"],
+        "made": ["banana"],
+        "plain": "text",
+    }
 
 
 # -- in a Django project ------------------------------------------------------------

@@ -411,6 +411,32 @@ async def test_cached_async_with_redis_backend(redis_server: RedisServer) -> Non
         await cache.aclose()
 
 
+async def test_cached_ttl_reaches_redis_for_sync_and_async(
+    redis_server: RedisServer,
+) -> None:
+    # The store's own default (60 s) must not replace the decorator's 5 s.
+    cache = RedisCache(
+        redis_server.url, timeout=SLOW, prefix=f"t{uuid.uuid4().hex[:6]}:", ttl=60
+    )
+
+    @stanchion.cached(ttl=5, backend=cache.namespace("sync"))
+    def double(x: int) -> int:
+        return 2 * x
+
+    @stanchion.cached(ttl=5, backend=cache.namespace("async"))
+    async def triple(x: int) -> int:
+        return 3 * x
+
+    try:
+        assert double(4) == 8 and await triple(4) == 12
+        for name in ("sync", "async"):
+            ttl = cache.namespace(name).ttl(4)
+            assert ttl is not None and 4 < ttl <= 5, name
+    finally:
+        await cache.aclear()
+        await cache.aclose()
+
+
 def test_raw_commands_under_the_prefix(cache: RedisCache, rclient: redis.Redis) -> None:
     key = cache.raw_key("http:a")
     assert key == cache.prefix.encode() + b"http:a"

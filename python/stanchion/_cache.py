@@ -208,8 +208,11 @@ class _Store:
     ) -> None:
         self.func = func
         self.backend = backend
+        # The C fast path reads and writes the Cache itself, past the
+        # backend's methods: only for LocalBackend as it is, so that a
+        # subclass's own get/set are still called.
         self.local: Cache[Hashable, Any] | None = (
-            backend.cache if isinstance(backend, LocalBackend) else None
+            backend.cache if type(backend) is LocalBackend else None
         )
         self.ttl = ttl
         self.key_func = key
@@ -230,7 +233,9 @@ class _Store:
 
     def store(self, key: Hashable, value: Any) -> None:
         if self.local is not None:
-            self.local.set(key, value)
+            # The decorator's ttl, not the Cache's own default: a Cache
+            # given as backend= has its own (or none).
+            self.local.set(key, value, self.ttl)
         else:
             self.backend.set(key, value, self.ttl)
 
@@ -372,7 +377,7 @@ class _AsyncFlights:
 
     async def _store(self, key: Hashable, value: Any) -> None:
         if self.store.local is not None:
-            self.store.local.set(key, value)
+            self.store.local.set(key, value, self.store.ttl)
         else:
             await self.store.backend.aset(key, value, self.store.ttl)
 

@@ -10,6 +10,7 @@
             "OPTIONS": {
                 "MAX_ENTRIES": 10_000,      # least recently used evicted past it
                 "MAX_BYTES": 64 * 2**20,    # optional bound on the values' size
+                "CLOCK": None,              # tests: a callable giving seconds
             },
         }
     }
@@ -17,14 +18,18 @@
 It behaves as Django's ``LocMemCache`` does (``TIMEOUT``, ``KEY_PREFIX``,
 ``VERSION`` and ``KEY_FUNCTION``, keys warned about as Django warns,
 values pickled so that a cached list is not shared with the code that
-stored it), with these differences:
+stored it, numbers given as text read as Django reads them, aliases of
+one ``LOCATION`` sharing entries while each evicts down to its own
+``MAX_ENTRIES``), with these differences:
 
 - Eviction is least recently used, one entry at a time, at exactly
   ``MAX_ENTRIES``; ``CULL_FREQUENCY`` has nothing to tune and is ignored.
 - ``incr``/``decr`` are atomic across threads, keep the entry's expiry,
   and ``incr_version``/``decr_version`` move the entry with its expiry.
 - The ``a*`` methods run in the caller's event loop: nothing here waits
-  on I/O, so a hop to a thread would only add cost.
+  on I/O, so a hop to a thread would only add cost. Only a value whose
+  pickling may not run in an event loop (a lazy ``QuerySet`` runs its
+  query) is pickled in a thread.
 - Values of the exact types ``str``, ``int``, ``float``, ``bool`` and
   ``None`` are stored as they are (they cannot be changed in place, so
   sharing them is safe); everything else is pickled.
@@ -33,6 +38,10 @@ stored it), with these differences:
 - Expiry follows the monotonic clock, so a change of the wall clock does
   not expire entries or keep them alive. A lifetime is capped at about
   35 years; longer timeouts (and ``None``) keep entries until evicted.
+- ``OPTIONS["CLOCK"]`` (a callable returning seconds, or its dotted
+  path) replaces that clock, for tests that move time by hand. It is the
+  ``LOCATION``'s: the aliases of that ``LOCATION`` built later follow it,
+  and one naming another clock is refused.
 """
 
 from __future__ import annotations
@@ -43,14 +52,17 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final, cast
 
+from asgiref.sync import sync_to_async
 from django.core.cache.backends.base import (
     DEFAULT_TIMEOUT,
     BaseCache,
     default_key_func,
 )
+from django.core.exceptions import SynchronousOnlyOperation
+from django.utils.module_loading import import_string
 
 from .._core import Cache
 from ..http import SettingError
@@ -75,7 +87,8 @@ _MISSING: Any = object()
 
 # An entry in the C cache: (payload, expires). The payload is the value
 # itself (a _PLAIN type) or its pickle (bytes). `expires` is the
-# time.monotonic() deadline, or None: the C cache expires entries by
+# deadline on the store's clock (time.monotonic() unless OPTIONS CLOCK
+# gives one), or None: the C cache expires entries by
 # itself, and the deadline is kept only so that incr/decr and
 # incr_version can store a new entry that expires when the old one would.
 _Entry = tuple[Any, "float | None"]
@@ -94,6 +107,18 @@ def _pack(value: Any) -> Any:
     return pickle.dumps(value, _PICKLE_PROTOCOL)
 
 
+async def _apack(value: Any) -> Any:
+    """_pack from an event loop. Pickling runs the value's own code, and
+    some may not run in an event loop: a lazy QuerySet evaluates itself,
+    and Django refuses a query there (SynchronousOnlyOperation). Such a
+    value is pickled again in a thread, as Django's own backends run
+    every ``a*`` method; everything else stays in the loop."""
+    try:
+        return _pack(value)
+    except SynchronousOnlyOperation:
+        return await sync_to_async(_pack)(value)
+
+
 def _unpack(payload: Any) -> Any:
     if type(payload) is bytes:
         return pickle.loads(payload)
@@ -102,7 +127,7 @@ def _unpack(payload: Any) -> Any:
 
 class _Store:
     """The entries of one LOCATION (shared by every CacheBackend built
-    for it, in every thread) and the lock its writers take.
+    for it, in every thread), the lock its writers take and its clock.
 
     Why a lock: the C cache makes each single call atomic (it runs no
     Python code while it changes its table, and the keys here are exact
@@ -119,19 +144,100 @@ class _Store:
     swap: every write stores a new entry tuple, so identity tells); if
     another writer got in between, it starts again. Held for well under
     a microsecond, the lock is also cheap to take from an event loop.
+
+    Aliases of one LOCATION may bound it differently (MAX_ENTRIES,
+    MAX_BYTES), as LocMemCache allows: the C cache keeps the loosest of
+    their bounds itself, and a backend with a tighter one evicts the
+    least recently used entries down to its own after each of its
+    writes (see CacheBackend._trim). When a backend with a looser bound
+    arrives, the entries move to a new, larger C cache (``widen``).
     """
 
-    __slots__ = ("cache", "lock")
+    __slots__ = (
+        "cache",
+        "carried",
+        "clock",
+        "lock",
+        "max_bytes",
+        "max_entries",
+        "now",
+        "trimmed",
+        "ttl",
+        "weighs",
+    )
 
-    def __init__(self, cache: Cache[str, _Entry]) -> None:
-        self.cache = cache
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int | None,
+        ttl: float | None,
+        clock: Callable[[], float] | None,
+    ) -> None:
         self.lock = threading.Lock()
+        self.clock = clock  # None: the monotonic clock, read in C
+        self.now: Callable[[], float] = time.monotonic if clock is None else clock
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes  # the C cache's weight bound; None: none
+        self.weighs = max_bytes is not None  # some alias has MAX_BYTES
+        self.trimmed = 0  # entries evicted by the tighter aliases
+        self.carried = dict.fromkeys(_COUNTS, 0)  # counts of replaced C caches
+        self.cache: Cache[str, _Entry] = self._new_cache()
+
+    def _new_cache(self) -> Cache[str, _Entry]:
+        maxweight = None
+        if self.weighs:
+            maxweight = self.max_bytes if self.max_bytes is not None else _UNBOUNDED
+        return Cache(
+            self.max_entries,
+            # Entries given the cache's own TTL take its cheaper expiry
+            # path (a queue, not a heap).
+            self.ttl,
+            self.clock,
+            maxweight=maxweight,
+            weigh=_weigh if self.weighs else None,
+        )
+
+    def widen(self, max_entries: int, max_bytes: int | None) -> None:
+        """Make the C cache keep at least what a backend bounded at
+        ``max_entries``/``max_bytes`` keeps. Called with _stores_lock
+        held, at a backend's construction."""
+        entries = max(self.max_entries, max_entries)
+        weighs = self.weighs or max_bytes is not None
+        # The loosest weight bound: none as soon as one alias has none.
+        limit = None
+        if self.max_bytes is not None and max_bytes is not None:
+            limit = max(self.max_bytes, max_bytes)
+        if (entries, weighs, limit) == (self.max_entries, self.weighs, self.max_bytes):
+            return
+        with self.lock:
+            old = self.cache
+            self.max_entries, self.weighs, self.max_bytes = entries, weighs, limit
+            new = self._new_cache()
+            never = None if new.ttl is None else _LONGEST
+            now = self.now()
+            for key, entry in old.items():  # least recently used first
+                if entry[1] is None:
+                    new.set(key, entry, never)
+                elif entry[1] > now:
+                    new.set(key, entry, entry[1] - now)
+            counts = old.stats()
+            for name in _COUNTS:
+                self.carried[name] += counts[name] or 0
+            self.cache = new
 
 
-# (LOCATION, MAX_ENTRIES, MAX_BYTES) -> store. Django builds a backend per
-# alias per thread (and per override_settings), so the entries must live
-# outside the backend object for threads to share them.
-_stores: dict[tuple[str, int, int | None], _Store] = {}
+# The counts of a C cache's stats() that the Store carries over.
+_COUNTS: Final = ("hits", "misses", "evictions", "expirations")
+
+# The C cache's weight bound when it weighs for some alias but another
+# of the same LOCATION has no MAX_BYTES.
+_UNBOUNDED: Final = 2**62
+
+# LOCATION -> store. Django builds a backend per alias per thread (and per
+# override_settings), so the entries must live outside the backend object
+# for threads to share them.
+_stores: dict[str, _Store] = {}
 _stores_lock = threading.Lock()
 
 
@@ -139,6 +245,14 @@ def _positive_int(options: Mapping[str, Any], name: str, default: int | None) ->
     value = options.get(name, default)
     if value is None and default is None:
         return None
+    if isinstance(value, str):
+        # Django's BaseCache reads MAX_ENTRIES with int(): "300" is 300.
+        try:
+            value = int(value)
+        except ValueError:
+            raise SettingError(
+                f"OPTIONS[{name!r}]", f"must be an int, got {value!r}"
+            ) from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise SettingError(
             f"OPTIONS[{name!r}]", f"must be an int, not {type(value).__name__}"
@@ -146,6 +260,39 @@ def _positive_int(options: Mapping[str, Any], name: str, default: int | None) ->
     if value < 1:
         raise SettingError(f"OPTIONS[{name!r}]", f"must be >= 1, got {value}")
     return value
+
+
+def _seconds_from_text(text: str) -> int | float:
+    """A TIMEOUT given as text ("60", as Django's int() reads it, or
+    "0.5", a fraction kept as given)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingError(
+            "TIMEOUT", f"must be a number of seconds or None, got {text!r}"
+        ) from None
+
+
+def _clock_setting(value: Any) -> Callable[[], float] | None:
+    """OPTIONS["CLOCK"]: a callable returning seconds (a monotonic clock;
+    tests give a fake one), or its dotted path."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError as e:
+            raise SettingError("OPTIONS['CLOCK']", str(e)) from None
+    if not callable(value):
+        raise SettingError(
+            "OPTIONS['CLOCK']",
+            f"must be a callable returning seconds, not {type(value).__name__}",
+        )
+    return cast("Callable[[], float]", value)
 
 
 class CacheBackend(BaseCache):  # type: ignore[misc]
@@ -162,6 +309,9 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         # Django's BaseCache turns a bad TIMEOUT or MAX_ENTRIES into its
         # default without a word; refuse them instead, at startup.
         timeout = params.get("timeout", params.get("TIMEOUT", 300))
+        if isinstance(timeout, str):
+            # Django's BaseCache reads TIMEOUT with int(): "60" is 60 s.
+            timeout = _seconds_from_text(timeout)
         if timeout is not None and (
             isinstance(timeout, bool) or not isinstance(timeout, (int, float))
         ):
@@ -173,38 +323,41 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
             raise SettingError("TIMEOUT", "must be a number of seconds, not NaN")
         max_entries: int = _positive_int(options, "MAX_ENTRIES", 300)
         max_bytes: int | None = _positive_int(options, "MAX_BYTES", None)
+        clock = _clock_setting(options.get("CLOCK"))
         super().__init__(params)
         # BaseCache truncates TIMEOUT to an int, so 0.5 would mean "never
         # cache"; a fraction of a second is kept as given.
         self.default_timeout = timeout
         self._max_entries = max_entries
         self._max_bytes = max_bytes
+        # The bounds this backend keeps to (MAX_ENTRIES, MAX_BYTES).
+        self._limits = (max_entries, max_bytes)
         location = str(location or "")
 
-        ident = (location, max_entries, max_bytes)
+        default = self.default_timeout
         with _stores_lock:
-            store = _stores.get(ident)
+            store = _stores.get(location)
             if store is None:
-                default = self.default_timeout
                 store = _Store(
-                    Cache(
-                        max_entries,
-                        # Entries given the cache's own TTL take its
-                        # cheaper expiry path (a queue, not a heap).
-                        default
-                        if default is not None and 0 < default < _LONGEST
-                        else None,
-                        maxweight=max_bytes,
-                        weigh=_weigh if max_bytes is not None else None,
-                    )
+                    max_entries,
+                    max_bytes,
+                    default if default is not None and 0 < default < _LONGEST else None,
+                    clock,
                 )
-                _stores[ident] = store
+                _stores[location] = store
+            elif clock is not None and clock is not store.clock:
+                raise SettingError(
+                    "OPTIONS['CLOCK']",
+                    f"LOCATION {location!r} is already in use with another clock",
+                )
+            else:
+                store.widen(max_entries, max_bytes)
         self._store = store
-        self._cache: Cache[str, _Entry] = store.cache
         self._lock = store.lock
+        self._now = store.now
         # What the C cache takes as "never expires": None when it has no
         # TTL of its own, else the longest lifetime it accepts.
-        self._never: float | None = None if store.cache.ttl is None else _LONGEST
+        self._never: float | None = None if store.ttl is None else _LONGEST
 
     # -- keys and timeouts ----------------------------------------------------
 
@@ -302,22 +455,37 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
 
     def _put(self, key: str, payload: Any, ttl: float | None) -> None:
         """Store under the lock; ttl from _ttl (0.0: remove instead)."""
-        cache = self._cache
-        if self._max_bytes is not None and sys.getsizeof(payload) > self._max_bytes:
+        cache = self._store.cache
+        max_bytes = self._limits[1]
+        if max_bytes is not None and sys.getsizeof(payload) > max_bytes:
             # Too big to keep at all: drop the old value, as memcached
             # does with a value past its size limit, and do not raise.
             cache.pop(key, None)
         elif ttl is None:
             cache.set(key, (payload, None), self._never)
+            self._trim(cache)
         elif ttl > 0.0:
-            cache.set(key, (payload, time.monotonic() + ttl), ttl)
+            cache.set(key, (payload, self._now() + ttl), ttl)
+            self._trim(cache)
         else:
             cache.pop(key, None)
+
+    def _trim(self, cache: Cache[str, _Entry]) -> None:
+        """Under the lock, after a write: evict the least recently used
+        entries down to this backend's own bounds, where they are
+        tighter than the C cache's (an alias of a LOCATION shared with a
+        larger one). Otherwise one len() finds nothing to do."""
+        max_entries, max_bytes = self._limits
+        while len(cache) > max_entries or (
+            max_bytes is not None and cache.weight > max_bytes
+        ):
+            cache.popitem()
+            self._store.trimmed += 1
 
     # -- the BaseCache interface ----------------------------------------------
 
     def get(self, key: Any, default: Any = None, version: Any = None) -> Any:
-        entry = self._cache.get(self._key(key, version), _MISSING)
+        entry = self._store.cache.get(self._key(key, version), _MISSING)
         if entry is _MISSING:
             return default
         return _unpack(entry[0])
@@ -338,11 +506,11 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     def add(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> bool:
-        k = self._key(key, version)
-        ttl = self._ttl(timeout)
-        payload = _pack(value)
+        return self._add(self._key(key, version), self._ttl(timeout), _pack(value))
+
+    def _add(self, k: str, ttl: float | None, payload: Any) -> bool:
         with self._lock:
-            if k in self._cache:
+            if k in self._store.cache:
                 return False
             # As in Django, a timeout <= 0 "adds" a value that is gone at once.
             self._put(k, payload, ttl)
@@ -354,7 +522,7 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         k = self._key(key, version)
         ttl = self._ttl(timeout)
         with self._lock:
-            entry = self._cache.peek(k, _MISSING)
+            entry = self._store.cache.peek(k, _MISSING)
             if entry is _MISSING:
                 return False
             self._put(k, entry[0], ttl)
@@ -363,22 +531,23 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     def delete(self, key: Any, version: Any = None) -> bool:
         k = self._key(key, version)
         with self._lock:
-            return self._cache.pop(k, _MISSING) is not _MISSING
+            return self._store.cache.pop(k, _MISSING) is not _MISSING
 
     def has_key(self, key: Any, version: Any = None) -> bool:
-        return self._key(key, version) in self._cache
+        return self._key(key, version) in self._store.cache
 
     def incr(self, key: Any, delta: Any = 1, version: Any = None) -> Any:
         k = self._key(key, version)
-        cache = self._cache
+        store = self._store
         while True:
-            entry = cache.peek(k, _MISSING)
+            entry = store.cache.peek(k, _MISSING)
             if entry is _MISSING:
                 raise ValueError(f"Key '{k}' not found")
             new_value = _unpack(entry[0]) + delta
             payload = _pack(new_value)
             with self._lock:
-                if cache.peek(k, _MISSING) is entry:
+                # (A widened store's new C cache holds the same entries.)
+                if store.cache.peek(k, _MISSING) is entry:
                     self._store_again(k, payload, entry[1])
                     return new_value
             # Another writer changed the entry since we read it: again.
@@ -389,19 +558,23 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     def _store_again(self, key: str, payload: Any, expires: float | None) -> None:
         """Store under the lock, expiring at ``expires`` (a monotonic
         deadline, or None): the life left to the entry it replaces."""
-        if self._max_bytes is not None and sys.getsizeof(payload) > self._max_bytes:
-            self._cache.pop(key, None)
+        cache = self._store.cache
+        max_bytes = self._limits[1]
+        if max_bytes is not None and sys.getsizeof(payload) > max_bytes:
+            cache.pop(key, None)
         elif expires is None:
-            self._cache.set(key, (payload, None), self._never)
+            cache.set(key, (payload, None), self._never)
+            self._trim(cache)
         else:
-            left = expires - time.monotonic()
+            left = expires - self._now()
             if left > 0.0:
-                self._cache.set(key, (payload, expires), left)
+                cache.set(key, (payload, expires), left)
+                self._trim(cache)
             else:
-                self._cache.pop(key, None)
+                cache.pop(key, None)
 
     def get_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
-        get = self._cache.get
+        get = self._store.cache.get
         found = {}
         for key in keys:
             entry = get(self._key(key, version), _MISSING)
@@ -416,21 +589,25 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         version: Any = None,
     ) -> list[Any]:
         ttl = self._ttl(timeout)
-        items = [(self._key(k, version), _pack(v)) for k, v in data.items()]
+        self._put_many(
+            [(self._key(k, version), _pack(v)) for k, v in data.items()], ttl
+        )
+        return []
+
+    def _put_many(self, items: list[tuple[str, Any]], ttl: float | None) -> None:
         with self._lock:
             for k, payload in items:
                 self._put(k, payload, ttl)
-        return []
 
     def delete_many(self, keys: Iterable[Any], version: Any = None) -> None:
         made = [self._key(k, version) for k in keys]
         with self._lock:
             for k in made:
-                self._cache.pop(k, None)
+                self._store.cache.pop(k, None)
 
     def clear(self) -> None:
         with self._lock:
-            self._cache.clear()
+            self._store.cache.clear()
 
     def incr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
         """Move the entry to version + delta, keeping its expiry."""
@@ -439,7 +616,7 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         old = self._key(key, version)
         new = self._key(key, version + delta)
         with self._lock:
-            entry = self._cache.pop(old, _MISSING)
+            entry = self._store.cache.pop(old, _MISSING)
             if entry is _MISSING:
                 raise ValueError(f"Key '{key}' not found")
             self._store_again(new, entry[0], entry[1])
@@ -449,10 +626,23 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         return self.incr_version(key, -delta, version)
 
     def stats(self) -> dict[str, int | None]:
-        """The C cache's counts: hits, misses, evictions, expirations,
-        size, maxsize (and weight, maxweight with MAX_BYTES). Shared by
-        every backend of this LOCATION."""
-        return self._cache.stats()
+        """The counts of this LOCATION's entries (shared by every backend
+        of it): hits, misses, evictions, expirations, size; and this
+        backend's bounds: maxsize (MAX_ENTRIES), and weight, maxweight
+        (MAX_BYTES) when it has one."""
+        store = self._store
+        stats = store.cache.stats()
+        for name, carried in store.carried.items():
+            stats[name] = (stats[name] or 0) + carried
+        stats["evictions"] = (stats["evictions"] or 0) + store.trimmed
+        max_entries, max_bytes = self._limits
+        stats["maxsize"] = max_entries
+        if max_bytes is None:
+            stats.pop("weight", None)
+            stats.pop("maxweight", None)
+        else:
+            stats["maxweight"] = max_bytes
+        return stats
 
     # -- async: the same work, in the caller's event loop ---------------------
 
@@ -462,12 +652,18 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     async def aset(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> None:
-        self.set(key, value, timeout, version)
+        k = self._key(key, version)
+        ttl = self._ttl(timeout)
+        payload = await _apack(value)
+        with self._lock:
+            self._put(k, payload, ttl)
 
     async def aadd(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> bool:
-        return self.add(key, value, timeout, version)
+        k = self._key(key, version)
+        ttl = self._ttl(timeout)
+        return self._add(k, ttl, await _apack(value))
 
     async def atouch(
         self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
@@ -497,7 +693,10 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         timeout: Any = DEFAULT_TIMEOUT,
         version: Any = None,
     ) -> list[Any]:
-        return self.set_many(data, timeout, version)
+        ttl = self._ttl(timeout)
+        items = [(self._key(k, version), await _apack(v)) for k, v in data.items()]
+        self._put_many(items, ttl)
+        return []
 
     async def adelete_many(self, keys: Iterable[Any], version: Any = None) -> None:
         self.delete_many(keys, version)
@@ -512,7 +711,14 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         timeout: Any = DEFAULT_TIMEOUT,
         version: Any = None,
     ) -> Any:
-        return self.get_or_set(key, default, timeout, version)
+        # As get_or_set, with aadd: the default may be a lazy QuerySet.
+        value = self.get(key, _MISSING, version)
+        if value is _MISSING:
+            if callable(default):
+                default = default()
+            await self.aadd(key, default, timeout, version)
+            return self.get(key, default, version)
+        return value
 
     async def aincr_version(self, key: Any, delta: int = 1, version: Any = None) -> int:
         return self.incr_version(key, delta, version)
