@@ -306,3 +306,76 @@ def test_wsgi_iterable_of_declared_length_is_stored(clock: FakeClock) -> None:
     got = [c.get("/relayed") for _ in range(2)]
     assert [r.headers["X-Cache"] for r in got] == ["MISS", "HIT"]
     assert {r.get_data() for r in got} == {b"0123456789"} and calls == 1
+
+
+# ---------------------------------------------------------------------------
+# Rate limit and cache middleware together: what a hit costs (README,
+# "Middleware order")
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+@pytest.mark.parametrize("limit_outside", [True, False], ids=["outside", "inside"])
+def test_rate_limit_and_cache_middleware_order(
+    kind: str, limit_outside: bool, clock: FakeClock
+) -> None:
+    import importlib
+
+    mod = importlib.import_module(f"stanchion.{kind}")
+    calls = 0
+
+    if kind == "asgi":
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            nonlocal calls
+            calls += 1
+            raw = [(b"content-type", b"text/plain")]
+            await send({"type": "http.response.start", "status": 200, "headers": raw})
+            await send({"type": "http.response.body", "body": b"page"})
+
+    else:
+
+        def app(environ: Any, start_response: Any) -> Any:  # type: ignore[misc]
+            nonlocal calls
+            calls += 1
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"page"]
+
+    def limited(inner: Any) -> Any:
+        return mod.RateLimitMiddleware(inner, limit="3/minute", clock=clock)
+
+    def cached(inner: Any) -> Any:
+        return mod.CacheMiddleware(inner, ttl=60, clock=clock)
+
+    served = limited(cached(app)) if limit_outside else cached(limited(app))
+    if kind == "asgi":
+        import httpx
+
+        async def go() -> list[Any]:
+            transport = httpx.ASGITransport(app=served)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://test"
+            ) as c:
+                return [await c.get("/page") for _ in range(5)]
+
+        import asyncio
+
+        got = [(r.status_code, r.headers) for r in asyncio.run(go())]
+    else:
+        from werkzeug.test import Client
+
+        c = Client(served)
+        env = {"REMOTE_ADDR": "203.0.113.1"}
+        answers = [c.get("/page", environ_overrides=env) for _ in range(5)]
+        got = [(r.status_code, r.headers) for r in answers]
+    statuses = [s for s, _ in got]
+    remaining = [h.get("x-ratelimit-remaining") for _, h in got]
+    assert calls == 1
+    if limit_outside:
+        # Every request, hits included, costs one and gets its own headers.
+        assert statuses == [200, 200, 200, 429, 429]
+        assert remaining == ["2", "1", "0", "0", "0"]
+    else:
+        # Only the miss reached the limit; hits carry no limit headers.
+        assert statuses == [200] * 5
+        assert remaining == ["2", None, None, None, None]
