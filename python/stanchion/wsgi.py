@@ -172,11 +172,12 @@ class CacheMiddleware(CacheFront):
     ``app.wsgi_app = CacheMiddleware(app.wsgi_app, ttl=60)``. Keywords
     are :class:`stanchion._respcache.ResponseCache` settings, as for
     :class:`stanchion.asgi.CacheMiddleware` (``paths`` too). A list
-    (or tuple) body, or an iterable the app gave a ``Content-Length``,
-    is buffered up to ``max_body`` bytes and may be stored; any other
-    iterable (a generator, a ``wsgi.file_wrapper``) is a stream: it goes
-    to the client as it comes, uncached, and its ``close()`` is called
-    by the server as usual. Concurrent identical misses call the app
+    (or tuple) body, an iterable the app gave a ``Content-Length``, or
+    Django's ``HttpResponse`` (``streaming = False``) is buffered up to
+    ``max_body`` bytes and may be stored; any other iterable (a
+    generator, a ``wsgi.file_wrapper``, a ``StreamingHttpResponse``) is
+    a stream: it goes to the client as it comes, uncached, and its
+    ``close()`` is called by the server as usual. Concurrent identical misses call the app
     once (the others wait in their threads).
     """
 
@@ -280,10 +281,15 @@ def _close(result: Any) -> None:
 
 
 def _bounded(result: Any, headers: list[tuple[str, str]]) -> bool:
-    """Whether an iterable answer (not a list) is a whole body of known
-    length rather than a stream: the app gave it a ``Content-Length``
-    (werkzeug's and Django's buffered responses do; generators, event
-    streams and ``wsgi.file_wrapper`` files are sent as they come)."""
+    """Whether an iterable answer (not a list) is a whole body rather
+    than a stream: it says so (Django's ``HttpResponse`` has ``streaming
+    = False``, its ``StreamingHttpResponse`` and ``FileResponse`` True),
+    or the app gave it a ``Content-Length`` (werkzeug's buffered
+    responses). Generators, event streams and ``wsgi.file_wrapper``
+    files are sent as they come."""
+    streaming = getattr(result, "streaming", None)
+    if isinstance(streaming, bool):
+        return not streaming
     if type(result).__name__ == "FileWrapper":
         return False
     return any(k.lower() == "content-length" for k, _ in headers)

@@ -224,3 +224,31 @@ def test_check_warns_when_cache_sits_inside(
     assert len(found) == 1 and found[0].level == checks.WARNING
     assert all(name in found[0].msg for name in outer)
     assert "stanchion.W001" in err.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# The WSGI CacheMiddleware around Django's WSGI handler: an HttpResponse
+# is a whole body (stored), a StreamingHttpResponse a stream (passed on)
+# ---------------------------------------------------------------------------
+
+
+def streamed_page(request: HttpRequest) -> Any:
+    from django.http import StreamingHttpResponse
+
+    return StreamingHttpResponse(iter([b"part 1 ", f"#{next(counter)}".encode()]))
+
+
+urlpatterns.append(path("streamed", streamed_page))
+
+
+def test_wsgi_middleware_around_django() -> None:
+    from django.core.handlers.wsgi import WSGIHandler
+
+    with django_settings([]):
+        client = WerkzeugClient(WsgiCacheMiddleware(WSGIHandler(), ttl=60))
+        plain = [client.get("/m/plain") for _ in range(2)]
+        streamed = [client.get("/streamed") for _ in range(2)]
+    assert [r.headers["X-Cache"] for r in plain] == ["MISS", "HIT"]
+    assert plain[0].get_data() == plain[1].get_data()
+    assert [r.headers["X-Cache"] for r in streamed] == ["MISS", "MISS"]
+    assert streamed[0].get_data() != streamed[1].get_data()
