@@ -379,3 +379,30 @@ def test_rate_limit_and_cache_middleware_order(
         # Only the miss reached the limit; hits carry no limit headers.
         assert statuses == [200] * 5
         assert remaining == ["2", None, None, None, None]
+
+
+def test_wait_refreshes(clock: FakeClock) -> None:
+    import threading
+
+    from stanchion._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=10, stale_while_revalidate=10, clock=clock)
+    release = threading.Event()
+
+    def slow() -> Upstream:
+        release.wait(5)
+        return Upstream(200, [], b"new")
+
+    plan = rc.plan("GET", "/a", "", lambda n: None)
+    rc.serve(plan, lambda: Upstream(200, [], b"old"))
+    assert rc.wait_refreshes(timeout=0)  # none in flight
+    clock.advance(15)
+    assert rc.serve(plan, slow, slow).body == b"old"  # refresh started
+    assert not rc.wait_refreshes(timeout=0.05)
+    release.set()
+    assert rc.wait_refreshes()
+    assert rc.serve(plan, slow, slow).body == b"new"
+    with pytest.raises(ValueError):
+        rc.wait_refreshes(timeout=-1)
+    with pytest.raises(TypeError):
+        rc.wait_refreshes(timeout="1")
