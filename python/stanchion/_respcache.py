@@ -9,7 +9,14 @@ values used here; every decision is made in :class:`ResponseCache`:
 - only the configured statuses are stored (200 by default; 5xx and 429
   never);
 - never a response with ``Set-Cookie`` or ``Cache-Control: private``,
-  ``no-store`` or ``no-cache``, nor one with ``Vary: *``;
+  ``no-store`` or ``no-cache`` (with or without field names), nor one
+  with ``Vary: *``, nor ``Vary: Cookie`` unless the request's identity
+  is in the key, nor a ``text/event-stream``, nor one the framework
+  marks as a visitor's own (a session read, a CSRF cookie pending), nor
+  a streamed body;
+- per-client headers (``RateLimit``, ``RateLimit-Policy``,
+  ``X-RateLimit-*``, ``Retry-After``) are never stored nor replayed: a
+  miss keeps its own, a hit carries none;
 - never anything for a request that carries an identity (an
   ``Authorization`` header or a session cookie), unless ``vary_identity``
   is on: then that identity is hashed into the key, so each user has
@@ -67,6 +74,9 @@ _HOP = frozenset(
         "x-cache",
     }
 )
+#: Headers that speak to one client (its rate limit): never stored, and
+#: a miss keeps the ones its own request got.
+_PER_CLIENT = frozenset({"ratelimit", "ratelimit-policy", "retry-after"})
 #: Headers a 304 repeats from the full response (RFC 9110 15.4.5).
 _NOT_MODIFIED_KEEP = frozenset(
     {"cache-control", "content-location", "date", "etag", "expires", "vary"}
@@ -96,6 +106,30 @@ def _directives(value: str | None) -> set[str]:
     return {p.strip().lower() for p in value.split(",") if p.strip()}
 
 
+def _directive_names(value: str) -> set[str]:
+    """The directive names of a Cache-Control value, arguments dropped:
+    ``private="Set-Cookie, X-Token"`` is ``private`` (RFC 9111 5.2.2.4,
+    5.2.2.7: a quoted argument may hold commas)."""
+    names: set[str] = set()
+    start = 0
+    quoted = False
+    for i, ch in enumerate(value + ","):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            name = value[start:i].split("=", 1)[0].strip().lower()
+            if name:
+                names.add(name)
+            start = i + 1
+    return names
+
+
+def per_client(name: str) -> bool:
+    """Whether a response header (lower case) speaks to one client only:
+    the rate limit headers and Retry-After."""
+    return name in _PER_CLIENT or name.startswith("x-ratelimit-")
+
+
 def _etag_matches(inm: str, etag: str) -> bool:
     if inm.strip() == "*":
         return True
@@ -113,9 +147,12 @@ class Upstream:
     """What an adapter got from the app or view: the status, headers (name,
     value) as str, the whole body, and the framework's own response
     object (``native``) for passing through uncached. ``body`` is None when
-    the response was not buffered (streamed past the size limit)."""
+    the response was not buffered (a stream, or past the size limit).
+    ``private`` is True when the framework says the answer is one
+    visitor's: a session was read or written, or a CSRF cookie is due
+    (set by a layer outside the cache, after it stored the page)."""
 
-    __slots__ = ("body", "headers", "native", "status")
+    __slots__ = ("body", "headers", "native", "private", "status")
 
     def __init__(
         self,
@@ -123,11 +160,13 @@ class Upstream:
         headers: list[tuple[str, str]],
         body: bytes | None,
         native: Any = None,
+        private: bool = False,
     ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.native = native
+        self.private = private
 
     def header(self, name: str) -> str | None:
         found = [v for k, v in self.headers if k.lower() == name]
@@ -546,6 +585,7 @@ class ResponseCache:
         self.hits = self.misses = self.stale = self.stores = self.not_modified = 0
         self.flights: dict[str, Any] = {}
         self.refreshing: set[str] = set()
+        self._refresh_lock = threading.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- the request side ------------------------------------------------------
@@ -610,8 +650,11 @@ class ResponseCache:
             if name == "set-cookie":
                 return None
             if name == "cache-control":
-                d = _directives(v)
+                d = _directive_names(v)
                 if "private" in d or "no-store" in d or "no-cache" in d:
+                    return None
+            elif name == "content-type":
+                if v.split(";", 1)[0].strip().lower() == "text/event-stream":
                     return None
             elif name == "vary":
                 for part in v.split(","):
@@ -630,7 +673,7 @@ class ResponseCache:
         headers: list[tuple[str, str]] = []
         for k, v in up.headers:
             name = k.lower()
-            if name in _HOP or name == "content-length":
+            if name in _HOP or name == "content-length" or per_client(name):
                 continue
             if name == "etag":
                 etag = v
@@ -673,7 +716,9 @@ class ResponseCache:
         """The reply for a request that went upstream; ``entry`` is what
         was stored from it, if anything."""
         if entry is not None:
-            return self.hit(plan, entry, "MISS")
+            reply = self.hit(plan, entry, "MISS")
+            reply.headers += [(k, v) for k, v in up.headers if per_client(k.lower())]
+            return reply
         headers = [("X-Cache", "MISS")]
         if up.body is None or up.native is not None:
             return Reply(up.status, headers, b"", native=up.native, passthrough=True)
@@ -689,10 +734,15 @@ class ResponseCache:
 
     def accept(self, plan: Plan, up: Upstream) -> Entry | None:
         """The entry to store for an upstream answer, or None."""
-        if plan.head or plan.personal or up.body is None:
+        if plan.head or plan.personal or up.body is None or up.private:
             return None
         vary = self.storable(up.status, up.headers)
         if vary is None:
+            return None
+        if "cookie" in vary and not plan.identity:
+            # The answer depends on cookies this request did not send: the
+            # first visit's page, whose session or CSRF cookie a layer
+            # outside the cache adds (Django's and Flask's signal).
             return None
         return self.make_entry(plan, up, vary)
 
@@ -729,6 +779,10 @@ class ResponseCache:
         return tuple(sorted(set(names)))
 
     # -- the whole flow, for adapters that call their upstream as a function ---
+    #
+    # serve and aserve are the same steps; each decision between two I/O
+    # calls is one of the pure methods below (_served, _joined, _settle,
+    # _failed), so the blocking and the asyncio paths cannot drift.
 
     def serve(
         self,
@@ -740,11 +794,8 @@ class ResponseCache:
         ``upstream`` (at most once at a time per key in this process).
         ``background`` is a variant of ``upstream`` safe to call from
         another thread, for stale-while-revalidate."""
-        if plan.personal:
-            self.misses += 1
-            return self.miss(plan, upstream(), None)
         stale = None
-        if not plan.revalidate:
+        if not plan.personal and not plan.revalidate:
             entry = self.lookup(plan)
             if entry is not None:
                 reply, refresh = self._served(plan, entry, background is not None)
@@ -755,9 +806,33 @@ class ResponseCache:
                     return reply
                 stale = entry
         self.misses += 1
-        if plan.head:
-            return self._call(plan, upstream, stale, store=False)
+        if plan.personal or plan.head:
+            return self._call(plan, upstream, stale)
         return self._flight(plan, upstream, stale)
+
+    async def aserve(
+        self,
+        plan: Plan,
+        upstream: Callable[[], Awaitable[Upstream]],
+        background: Callable[[], Awaitable[Upstream]] | None = None,
+    ) -> Reply:
+        """``serve`` for asyncio: single flight through a future per key,
+        stale-while-revalidate through a task."""
+        stale = None
+        if not plan.personal and not plan.revalidate:
+            entry = await self.alookup(plan)
+            if entry is not None:
+                reply, refresh = self._served(plan, entry, background is not None)
+                if refresh:
+                    assert background is not None
+                    self._refresh_task(plan, entry.key, background)
+                if reply is not None:
+                    return reply
+                stale = entry
+        self.misses += 1
+        if plan.personal or plan.head:
+            return await self._acall(plan, upstream, stale)
+        return await self._aflight(plan, upstream, stale)
 
     # -- decisions shared by serve and aserve ----------------------------------
 
@@ -795,30 +870,68 @@ class ResponseCache:
         self.stale += 1
         return self.hit(plan, stale)
 
-    def _call(
-        self,
-        plan: Plan,
-        upstream: Callable[[], Upstream],
-        stale: Entry | None,
-        store: bool = True,
-    ) -> Reply:
-        try:
-            up = upstream()
-        except Exception:
-            fallback = self._stale_on_error(plan, stale)
-            if fallback is None:
-                raise
-            return fallback
+    def _failed(self, plan: Plan, stale: Entry | None, exc: Exception) -> Reply:
+        """The answer when the upstream raised: the stale entry, or the
+        exception again."""
+        fallback = self._stale_on_error(plan, stale)
+        if fallback is None:
+            raise exc
+        return fallback
+
+    def _settle(
+        self, plan: Plan, up: Upstream, stale: Entry | None
+    ) -> tuple[Reply, Entry | None, bool]:
+        """What an upstream answer becomes: the reply, the entry to store
+        (or None), and whether the upstream's own response object is done
+        with (it is unless the reply passes it through to the client)."""
         if up.status >= 500:
             fallback = self._stale_on_error(plan, stale)
             if fallback is not None:
+                return fallback, None, True
+        entry = self.accept(plan, up)
+        reply = self.miss(plan, up, entry)
+        return reply, entry, reply.native is not up.native
+
+    def _refreshed(self, plan: Plan, up: Upstream) -> Entry | None:
+        """What a background refresh stores (its answer goes to nobody)."""
+        return self.accept(plan, up)
+
+    def _call(
+        self, plan: Plan, upstream: Callable[[], Upstream], stale: Entry | None
+    ) -> Reply:
+        try:
+            up = upstream()
+        except Exception as exc:
+            return self._failed(plan, stale, exc)
+        reply, entry, done = self._settle(plan, up, stale)
+        try:
+            if entry is not None:
+                self.put(entry)
+        finally:
+            if done:
                 _close(up.native)
-                return fallback
-        entry = self.accept(plan, up) if store else None
-        if entry is not None:
-            self.put(entry)
-            _close(up.native)
-        return self.miss(plan, up, entry)
+        return reply
+
+    async def _acall(
+        self,
+        plan: Plan,
+        upstream: Callable[[], Awaitable[Upstream]],
+        stale: Entry | None,
+    ) -> Reply:
+        try:
+            up = await upstream()
+        except Exception as exc:
+            return self._failed(plan, stale, exc)
+        reply, entry, done = self._settle(plan, up, stale)
+        try:
+            if entry is not None:
+                await self.aput(entry)
+        finally:
+            if done:
+                _close(up.native)
+        return reply
+
+    # -- single flight and background refresh ----------------------------------
 
     def _flight(
         self, plan: Plan, upstream: Callable[[], Upstream], stale: Entry | None
@@ -840,53 +953,12 @@ class ResponseCache:
             self.flights.pop(fkey, None)
             mine.done.set()
 
-    def _refresh_thread(
-        self, plan: Plan, key: str, background: Callable[[], Upstream]
-    ) -> None:
-        if key in self.refreshing:
-            return
-        self.refreshing.add(key)
-
-        def run() -> None:
-            try:
-                up = background()
-                entry = self.accept(plan, up)
-                if entry is not None:
-                    self.put(entry)
-            except Exception:
-                pass  # the stale entry stays until it expires
-            finally:
-                self.refreshing.discard(key)
-
-        threading.Thread(target=run, daemon=True).start()
-
-    # -- the same, for async adapters ------------------------------------------
-
-    async def aserve(
+    async def _aflight(
         self,
         plan: Plan,
         upstream: Callable[[], Awaitable[Upstream]],
-        background: Callable[[], Awaitable[Upstream]] | None = None,
+        stale: Entry | None,
     ) -> Reply:
-        """``serve`` for asyncio: single flight through a future per key,
-        stale-while-revalidate through a task."""
-        if plan.personal:
-            self.misses += 1
-            return self.miss(plan, await upstream(), None)
-        stale = None
-        if not plan.revalidate:
-            entry = await self.alookup(plan)
-            if entry is not None:
-                reply, refresh = self._served(plan, entry, background is not None)
-                if refresh:
-                    assert background is not None
-                    self._refresh_task(plan, entry.key, background)
-                if reply is not None:
-                    return reply
-                stale = entry
-        self.misses += 1
-        if plan.head:
-            return await self._acall(plan, upstream, stale, store=False)
         fkey = plan.base + "\0" + plan.identity
         other = self.flights.get(fkey)
         if isinstance(other, asyncio.Future) and not other.done():
@@ -906,50 +978,81 @@ class ResponseCache:
                 del self.flights[fkey]
             mine.set_result(entry)
 
-    async def _acall(
-        self,
-        plan: Plan,
-        upstream: Callable[[], Awaitable[Upstream]],
-        stale: Entry | None,
-        store: bool = True,
-    ) -> Reply:
-        try:
-            up = await upstream()
-        except Exception:
-            fallback = self._stale_on_error(plan, stale)
-            if fallback is None:
-                raise
-            return fallback
-        if up.status >= 500:
-            fallback = self._stale_on_error(plan, stale)
-            if fallback is not None:
-                return fallback
-        entry = self.accept(plan, up) if store else None
-        if entry is not None:
-            await self.aput(entry)
-        return self.miss(plan, up, entry)
+    def _refresh_begin(self, key: str) -> bool:
+        """Count a refresh of ``key`` in flight (False: one already is)."""
+        with self._refresh_lock:
+            if key in self.refreshing:
+                return False
+            self.refreshing.add(key)
+            return True
+
+    def _refresh_end(self, key: str) -> None:
+        with self._refresh_lock:
+            self.refreshing.discard(key)
+            if not self.refreshing:
+                self._refresh_lock.notify_all()
+
+    def _refresh_thread(
+        self, plan: Plan, key: str, background: Callable[[], Upstream]
+    ) -> None:
+        if not self._refresh_begin(key):
+            return
+
+        def run() -> None:
+            try:
+                up = background()
+                try:
+                    entry = self._refreshed(plan, up)
+                    if entry is not None:
+                        self.put(entry)
+                finally:
+                    _close(up.native)
+            except Exception:
+                pass  # the stale entry stays until it expires
+            finally:
+                self._refresh_end(key)
+
+        threading.Thread(target=run, daemon=True).start()
 
     def _refresh_task(
         self, plan: Plan, key: str, upstream: Callable[[], Awaitable[Upstream]]
     ) -> None:
-        if key in self.refreshing:
+        if not self._refresh_begin(key):
             return
-        self.refreshing.add(key)
 
         async def run() -> None:
             try:
                 up = await upstream()
-                entry = self.accept(plan, up)
-                if entry is not None:
-                    await self.aput(entry)
+                try:
+                    entry = self._refreshed(plan, up)
+                    if entry is not None:
+                        await self.aput(entry)
+                finally:
+                    _close(up.native)
             except Exception:
                 pass  # the stale entry stays until it expires
             finally:
-                self.refreshing.discard(key)
+                self._refresh_end(key)
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def wait_refreshes(self, timeout: float | None = None) -> bool:
+        """Block until no background refresh (stale-while-revalidate) is
+        in flight, or ``timeout`` seconds pass; True when none is. Not
+        from the event loop whose tasks refresh: ``await_refreshes``."""
+        if timeout is not None:
+            check_seconds("timeout", timeout, zero_ok=True)
+        with self._refresh_lock:
+            return self._refresh_lock.wait_for(lambda: not self.refreshing, timeout)
+
+    async def await_refreshes(self) -> None:
+        """Wait for this event loop's background refreshes to finish."""
+        loop = asyncio.get_running_loop()
+        mine = [t for t in self._tasks if t.get_loop() is loop]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
 
     # -- management ------------------------------------------------------------
 
@@ -998,10 +1101,7 @@ class ResponseCache:
         """Wait for this event loop's background refreshes, then close the
         backend's asyncio connections made on this loop (Redis). Call it
         before the loop ends (an ASGI app's lifespan shutdown does)."""
-        loop = asyncio.get_running_loop()
-        mine = [t for t in self._tasks if t.get_loop() is loop]
-        if mine:
-            await asyncio.gather(*mine, return_exceptions=True)
+        await self.await_refreshes()
         await self.store.aclose()
 
     def stats(self) -> dict[str, int]:

@@ -155,6 +155,15 @@ def _decode(raw: Any) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw or ()]
 
 
+def _length(headers: list[tuple[str, str]]) -> int | None:
+    """The declared Content-Length, or None (none, or not a number)."""
+    for k, v in headers:
+        if k.lower() == "content-length":
+            v = v.strip()
+            return int(v) if v.isdigit() else None
+    return None
+
+
 async def send_cached(reply: Any, send: Send) -> None:
     """Send a :class:`stanchion._respcache.Reply` built by the cache."""
     await send(
@@ -180,10 +189,14 @@ class CacheMiddleware(CacheFront):
     ``session_cookies``, ``tags``, ``clock``. ``paths`` (prefixes)
     limits caching to those paths.
 
-    Answers streamed in several ``http.response.body`` messages are
-    buffered up to ``max_body`` bytes; a longer one goes to the client as
-    it comes, uncached. ``invalidate(path=|prefix=|tag=)``, ``clear()``
-    and ``stats()`` manage the cache.
+    An answer of at most ``max_body`` bytes is buffered and may be
+    stored when it is whole: one ``http.response.body`` message, or
+    several adding up to its declared ``Content-Length``. A stream (body
+    messages with ``more_body`` and no Content-Length, a
+    ``text/event-stream``, ``http.response.pathsend`` or
+    ``zerocopysend``) goes to the client as it comes, in order, uncached.
+    ``invalidate(path=|prefix=|tag=)``, ``clear()`` and ``stats()``
+    manage the cache.
     """
 
     app: ASGIApp
@@ -256,6 +269,7 @@ class CacheMiddleware(CacheFront):
             "chunks": [],
             "size": 0,
             "passed": False,
+            "length": None,
         }
 
         async def pass_on(message: Message) -> None:
@@ -285,11 +299,11 @@ class CacheMiddleware(CacheFront):
             if kind == "http.response.start":
                 state["start"] = message
                 status = message["status"]
-                keep = (
-                    store
-                    and cache.storable(status, _decode(message.get("headers")))
-                    is not None
-                )
+                hdrs = _decode(message.get("headers"))
+                keep = store and cache.storable(status, hdrs) is not None
+                state["length"] = length = _length(hdrs)
+                if length is not None and length > limit:
+                    keep = False
                 if not keep and not (status >= 500 and cache.sie > 0):
                     await go_through()
                 return
@@ -298,12 +312,21 @@ class CacheMiddleware(CacheFront):
                 if body:
                     state["chunks"].append(body)
                     state["size"] += len(body)
-                if state["size"] > limit:
-                    more = message.get("more_body", False)
+                more = message.get("more_body", False)
+                if more and state["length"] is None:
+                    # A stream (server-sent events, chunks of unknown
+                    # length): each part goes to the client as it comes,
+                    # none is stored. A body of a declared Content-Length
+                    # (a relayed answer) is whole once that much came.
                     await go_through()
-                    if not more:
-                        await pass_on({"type": "http.response.body", "body": b""})
+                elif state["size"] > limit:
+                    await go_through()
+                    await pass_on({"type": "http.response.body", "body": b""})
                 return
+            # http.response.pathsend, zerocopysend, trailers, ...: the
+            # body is not ours to see; send the start, then the message.
+            if state["start"] is not None:
+                await go_through()
             await pass_on(message)
 
         await self.app(scope, receive, capture)

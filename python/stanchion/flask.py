@@ -289,7 +289,9 @@ class Stanchion:
         caches the view's answers by the rules of
         :class:`stanchion._respcache.ResponseCache`, whose keywords it
         takes (``ttl``, ``backend``, ``statuses``, ``max_age``, ...).
-        Async views work too. Streamed responses pass through uncached.
+        Async views work too. Streamed responses pass through uncached,
+        and an answer is not stored when the view used ``flask.session``
+        (Flask sets its cookie after the view, outside the cache).
         The wrapper's ``cache`` attribute has ``invalidate``, ``clear``
         and ``stats``."""
         from ._respcache import ResponseCache
@@ -444,7 +446,22 @@ def _flask_upstream(app: Flask, view: Any, args: Any, kwargs: Any, limit: int) -
     body = response.get_data()
     if len(body) > limit:
         return Upstream(response.status_code, headers, None, response)
-    return Upstream(response.status_code, headers, body)
+    return Upstream(response.status_code, headers, body, private=_session_used())
+
+
+def _session_used() -> bool:
+    """Whether the view read or wrote ``flask.session``: Flask then adds
+    ``Vary: Cookie`` (and maybe ``Set-Cookie``) after the view returns,
+    outside the cache, so the page is this visitor's."""
+    from flask.globals import request_ctx
+
+    ctx = request_ctx._get_current_object()  # type: ignore[attr-defined]
+    # Flask 3.1 keeps the opened session in ``_session`` (its ``session``
+    # property marks it accessed); earlier versions in ``session``.
+    sess = ctx.__dict__.get("_session", ctx.__dict__.get("session"))
+    if sess is None:
+        return False
+    return bool(getattr(sess, "accessed", False) or getattr(sess, "modified", False))
 
 
 def _g_user() -> Any:

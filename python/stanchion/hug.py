@@ -118,13 +118,16 @@ def _forwarding(func: Any) -> tuple[Any, Callable[[dict[str, Any], Any, Any], No
     """The function hug introspects behind ``func`` (its ``original`` when
     hug wrapped it already), and how a wrapper that takes ``request`` and
     ``response`` from hug passes them on: only if the function takes them
-    (by name or ``**kwargs``), as hug itself would."""
+    (by name or ``**kwargs``), as hug itself would. Another of our
+    wrappers (``limit`` over ``cache`` or the reverse) always takes them,
+    whatever the function under it takes."""
     spec = getattr(func, "original", func)
     code = spec.__code__
     wanted = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
     takes_kwargs = bool(code.co_flags & 0x08)
-    pass_request = "request" in wanted or takes_kwargs
-    pass_response = "response" in wanted or takes_kwargs
+    ours = getattr(func, "__stanchion_http__", False)
+    pass_request = ours or "request" in wanted or takes_kwargs
+    pass_response = ours or "response" in wanted or takes_kwargs
 
     def forward(kwargs: dict[str, Any], request: Any, response: Any) -> None:
         if pass_request:
@@ -192,6 +195,7 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
 
             wrapper = sync_wrapper
         wrapper.__stanchion_rule__ = rule
+        wrapper.__stanchion_http__ = True
         return wrapper  # type: ignore[no-any-return]
 
     return decorate
@@ -364,6 +368,7 @@ def cache(
 
             wrapper = sync_wrapper
         wrapper.cache = rc
+        wrapper.__stanchion_http__ = True
         return wrapper  # type: ignore[no-any-return]
 
     return decorate

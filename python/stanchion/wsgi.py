@@ -171,10 +171,14 @@ class CacheMiddleware(CacheFront):
 
     ``app.wsgi_app = CacheMiddleware(app.wsgi_app, ttl=60)``. Keywords
     are :class:`stanchion._respcache.ResponseCache` settings, as for
-    :class:`stanchion.asgi.CacheMiddleware` (``paths`` too). Iterables
-    are buffered up to ``max_body`` bytes; a longer answer goes to the
-    client as it comes, uncached. Concurrent identical misses call the
-    app once (the others wait in their threads).
+    :class:`stanchion.asgi.CacheMiddleware` (``paths`` too). A list
+    (or tuple) body, an iterable the app gave a ``Content-Length``, or
+    Django's ``HttpResponse`` (``streaming = False``) is buffered up to
+    ``max_body`` bytes and may be stored; any other iterable (a
+    generator, a ``wsgi.file_wrapper``, a ``StreamingHttpResponse``) is
+    a stream: it goes to the client as it comes, uncached, and its
+    ``close()`` is called by the server as usual. Concurrent identical misses call the app
+    once (the others wait in their threads).
     """
 
     app: WSGIApp
@@ -225,36 +229,70 @@ class CacheMiddleware(CacheFront):
             return written.append
 
         result = self.app(environ, start)
-        limit = self.cache.max_body
         chunks = written
-        size = sum(len(c) for c in chunks)
         it = iter(result)
-        overflow = False
         try:
-            for chunk in it:
-                if chunk:
-                    chunks.append(chunk)
-                    size += len(chunk)
-                if size > limit:
-                    overflow = True
-                    break
+            # PEP 3333 lets a generator call start_response on its first
+            # step: take that step to learn the status and headers.
+            while not got:
+                chunks.append(next(it))
+        except StopIteration:
+            pass
         except BaseException:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
+            _close(result)
             raise
         if not got:
+            _close(result)
             raise RuntimeError("the app did not call start_response")
         status = int(got[0].split(" ", 1)[0])
         headers = list(got[1])
+        if not isinstance(result, (list, tuple)) and not _bounded(result, headers):
+            # A stream: it goes to the client as it comes, uncached.
+            up = Upstream(status, headers, None, None)
+            up.native = _Native(status, headers, _Passing(chunks, it, result))
+            return up
+        limit = self.cache.max_body
+        size = sum(len(c) for c in chunks)
+        overflow = size > limit
+        try:
+            while not overflow:
+                chunk = next(it, None)
+                if chunk is None:
+                    break
+                if chunk:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    overflow = size > limit
+        except BaseException:
+            _close(result)
+            raise
         if overflow:
             up = Upstream(status, headers, None, None)
             up.native = _Native(status, headers, _Passing(chunks, it, result))
             return up
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
+        _close(result)
         return Upstream(status, headers, b"".join(chunks))
+
+
+def _close(result: Any) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+def _bounded(result: Any, headers: list[tuple[str, str]]) -> bool:
+    """Whether an iterable answer (not a list) is a whole body rather
+    than a stream: it says so (Django's ``HttpResponse`` has ``streaming
+    = False``, its ``StreamingHttpResponse`` and ``FileResponse`` True),
+    or the app gave it a ``Content-Length`` (werkzeug's buffered
+    responses). Generators, event streams and ``wsgi.file_wrapper``
+    files are sent as they come."""
+    streaming = getattr(result, "streaming", None)
+    if isinstance(streaming, bool):
+        return not streaming
+    if type(result).__name__ == "FileWrapper":
+        return False
+    return any(k.lower() == "content-length" for k, _ in headers)
 
 
 class _Native:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 from fastapi import Request as FastApiRequest
 from fastapi.responses import Response as FastApiResponse
+from fastapi.responses import StreamingResponse
 
 from stanchion.wsgi import status_line
 
@@ -33,6 +34,34 @@ class Upstream:
         self.calls: Counter[str] = Counter()
         self.fail = False
         self.lock = threading.Lock()
+        # /stream/<kind>: its second event waits until the client has the
+        # first (``gate``), or 2 s: then the stream was held (``starved``).
+        self.gate = threading.Event()
+        self.starved = False
+        self.closed = 0
+
+    def stream_head(self, kind: str) -> list[tuple[str, str]]:
+        with self.lock:
+            self.calls["stream"] += 1
+        self.gate.clear()
+        ctype = "text/event-stream" if kind == "sse" else "text/plain"
+        return [("Content-Type", ctype)]
+
+    def events(self) -> Events:
+        return Events(self)
+
+    async def aevents(self) -> Any:
+        try:
+            yield EVENTS[0]
+            deadline = time.monotonic() + 2
+            while not self.gate.is_set():
+                if time.monotonic() > deadline:
+                    self.starved = True
+                    break
+                await asyncio.sleep(0.002)
+            yield EVENTS[1]
+        finally:
+            self.closed += 1
 
     def behave(
         self, path: str, headers: Callable[[str], str | None]
@@ -50,6 +79,32 @@ class Upstream:
             return 200, [*h, ("Set-Cookie", "sid=abc")], [f"cookie #{n}".encode()]
         if name == "private":
             return 200, [*h, ("Cache-Control", "private")], [f"private #{n}".encode()]
+        if name == "fieldprivate":
+            cc = 'max-age=60, private="Set-Cookie"'
+            return 200, [*h, ("Cache-Control", cc)], [f"fieldprivate #{n}".encode()]
+        if name == "fieldnocache":
+            cc = 'no-cache="Set-Cookie, X-Token", max-age=60'
+            return 200, [*h, ("Cache-Control", cc)], [f"fieldnocache #{n}".encode()]
+        if name == "varycookie":
+            return 200, [*h, ("Vary", "Cookie")], [f"varycookie #{n}".encode()]
+        if name == "sse":  # a whole event stream in one piece: still a stream
+            sse = [("Content-Type", "text/event-stream")]
+            return 200, sse, [f"data: {n}\n\n".encode()]
+        if name == "limited":  # what a rate limit inside the cache adds
+            left = str(100 - n)
+            return (
+                200,
+                [
+                    *h,
+                    ("RateLimit", f"limit=100, remaining={left}, reset=60"),
+                    ("RateLimit-Policy", "100;w=60"),
+                    ("X-RateLimit-Limit", "100"),
+                    ("X-RateLimit-Remaining", left),
+                    ("X-RateLimit-Reset", "60"),
+                    ("Retry-After", "60"),
+                ],
+                [b"limited"],
+            )
         if name == "nostore":
             return 200, [*h, ("Cache-Control", "no-store")], [f"nostore #{n}".encode()]
         if name == "vary":
@@ -75,6 +130,55 @@ class Upstream:
             time.sleep(0.05)
             return 200, h, [f"slow #{n}".encode()]
         return 200, h, [f"{name} #{n}".encode()]
+
+
+EVENTS = (b"data: 1\n\n", b"data: 2\n\n")
+
+
+class Events:
+    """The body of /stream as a WSGI iterable (and a file for hug): the
+    first event, then the second once the client has the first."""
+
+    def __init__(self, up: Upstream) -> None:
+        self.up = up
+        self.step = 0
+        self.shut = False
+
+    def __iter__(self) -> Events:
+        return self
+
+    def __next__(self) -> bytes:
+        self.step += 1
+        if self.step == 1:
+            return EVENTS[0]
+        if self.step == 2:
+            if not self.up.gate.wait(2):
+                self.up.starved = True
+            return EVENTS[1]
+        raise StopIteration
+
+    def read(self, size: int = -1) -> bytes:
+        return next(self, b"")
+
+    def close(self) -> None:
+        if not self.shut:
+            self.shut = True
+            self.up.closed += 1
+
+
+class Streamed:
+    """What a client read from /stream: the status, headers and body
+    parts in the order they came."""
+
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.status = status
+        self.headers = headers
+        self.parts: list[bytes] = []
+
+    def got(self, up: Upstream, part: bytes) -> None:
+        if part:
+            self.parts.append(part)
+            up.gate.set()
 
 
 class Response:
@@ -109,6 +213,10 @@ class Harness:
 
     def head(self, url: str, headers: dict[str, str] | None = None) -> Response:
         return self.request("HEAD", url, headers)
+
+    def stream(self, url: str) -> Streamed:
+        """GET ``url``, reading the body part by part as the client does."""
+        raise NotImplementedError
 
     def many(self, url: str, n: int) -> list[Response]:
         """``n`` concurrent GETs."""
@@ -163,6 +271,43 @@ class AsgiHarness(Harness):
 
         return asyncio.run(go())
 
+    def stream(self, url: str) -> Streamed:
+        # A plain ASGI call: httpx's ASGI transport buffers the body.
+        async def go() -> Streamed:
+            over = asyncio.Event()
+            asked = False
+
+            async def receive() -> Any:
+                nonlocal asked
+                if not asked:
+                    asked = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                await over.wait()
+                return {"type": "http.disconnect"}
+
+            got: list[Streamed] = []
+
+            async def send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    hdrs = message.get("headers") or []
+                    got.append(
+                        Streamed(
+                            message["status"],
+                            {k.decode().lower(): v.decode() for k, v in hdrs},
+                        )
+                    )
+                elif message["type"] == "http.response.body":
+                    got[0].got(self.upstream, message.get("body", b""))
+
+            try:
+                await self.app(asgi_scope(url), receive, send)
+            finally:
+                over.set()
+                await self.cache.aclose()
+            return got[0]
+
+        return asyncio.run(go())
+
     def many(self, url: str, n: int) -> list[Response]:
         async def go() -> list[Response]:
             try:
@@ -178,8 +323,35 @@ class AsgiHarness(Harness):
         return asyncio.run(go())
 
 
+def asgi_scope(url: str, extensions: dict[str, Any] | None = None) -> Any:
+    path, _, query = url.partition("?")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"test")],
+        "client": ("203.0.113.1", 4000),
+        "server": ("test", 80),
+        "extensions": extensions or {},
+    }
+
+
 async def _asgi_behave(up: Upstream, scope: Any, send: Any) -> None:
     hdrs = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    if scope["path"].startswith("/stream/"):
+        head = up.stream_head(scope["path"].rsplit("/", 1)[1])
+        raw = [(k.lower().encode(), v.encode()) for k, v in head]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        async for part in up.aevents():
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
     if scope["path"].startswith("/slow"):
         with up.lock:
             up.calls["slow"] += 1
@@ -238,6 +410,10 @@ class FastApiHarness(AsgiHarness):
         @app.api_route("/{rest:path}", methods=["GET", "HEAD", "POST"])
         @cache(**opts)
         async def endpoint(rest: str, request: FastApiRequest) -> FastApiResponse:
+            if rest.startswith("stream/"):
+                head = dict(up.stream_head(rest.rsplit("/", 1)[1]))
+                ctype = head.pop("Content-Type")
+                return StreamingResponse(up.aevents(), media_type=ctype)
             if rest.startswith("slow"):
                 with up.lock:
                     up.calls["slow"] += 1
@@ -276,6 +452,19 @@ class WsgiHarness(Harness):
             r.status_code, {k.lower(): v for k, v in r.headers.items()}, body
         )
 
+    def stream(self, url: str) -> Streamed:
+        from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+        env = EnvironBuilder(path=url).get_environ()
+        body, status, headers = run_wsgi_app(self.app, env, buffered=False)
+        got = Streamed(int(status.split()[0]), {k.lower(): v for k, v in headers})
+        try:
+            for part in body:
+                got.got(self.upstream, part)
+        finally:
+            body.close()  # type: ignore[attr-defined]
+        return got
+
 
 def _environ_header(environ: dict[str, Any]) -> Callable[[str], str | None]:
     def get(name: str) -> str | None:
@@ -294,11 +483,17 @@ class WsgiMiddlewareHarness(WsgiHarness):
         self.upstream = up = Upstream()
 
         def app(environ: dict[str, Any], start_response: Any) -> Any:
+            if environ["PATH_INFO"].startswith("/stream/"):
+                kind = environ["PATH_INFO"].rsplit("/", 1)[1]
+                start_response("200 OK", up.stream_head(kind))
+                return up.events()
             status, headers, chunks = up.behave(
                 environ["PATH_INFO"], _environ_header(environ)
             )
             start_response(status_line(status), headers)
-            return iter(chunks)  # an iterable, not a list: streamed
+            if len(chunks) > 1:
+                return iter(chunks)  # an iterable, not a list: a stream
+            return chunks
 
         self.app = self.middleware = CacheMiddleware(app, **opts)
         self.cache = self.middleware.cache
@@ -320,6 +515,9 @@ class FlaskHarness(WsgiHarness):
         @app.route("/<path:rest>", methods=["GET", "POST"])
         @ext.cache(**opts)
         def endpoint(rest: str) -> Any:
+            if rest.startswith("stream/"):
+                head = up.stream_head(rest.rsplit("/", 1)[1])
+                return FlaskResponse(up.events(), headers=head)
             status, headers, chunks = up.behave("/" + rest, request.headers.get)
             if rest == "big":
                 return FlaskResponse(iter(chunks), status=status, headers=headers)
@@ -383,6 +581,13 @@ def _django_answer(
     return out
 
 
+def _django_stream(up: Upstream, path: str, events: Any) -> Any:
+    from django.http import StreamingHttpResponse
+
+    head = dict(up.stream_head(path.rsplit("/", 1)[1]))
+    return StreamingHttpResponse(events, content_type=head["Content-Type"])
+
+
 def _django_request(
     factory: Any, method: str, url: str, headers: dict[str, str] | None
 ) -> Any:
@@ -409,6 +614,8 @@ class DjangoHarness(Harness):
 
         @cache_response(**opts)
         def view(request: Any) -> Any:
+            if request.path.startswith("/stream/"):
+                return _django_stream(up, request.path, up.events())
             return _django_answer(*up.behave(request.path, request.headers.get))
 
         self.view = view
@@ -419,6 +626,16 @@ class DjangoHarness(Harness):
     ) -> Response:
         req = _django_request(self.factory, method, url, headers)
         return _django_response(self.view(req), method)
+
+    def stream(self, url: str) -> Streamed:
+        r = self.view(_django_request(self.factory, "GET", url, None))
+        got = Streamed(r.status_code, {k.lower(): v for k, v in r.items()})
+        try:
+            for part in r:
+                got.got(self.upstream, part)
+        finally:
+            r.close()
+        return got
 
 
 class DjangoMiddlewareHarness(Harness):
@@ -436,6 +653,8 @@ class DjangoMiddlewareHarness(Harness):
         self.factory = AsyncRequestFactory()
 
         async def view(request: Any) -> Any:
+            if request.path.startswith("/stream/"):
+                return _django_stream(up, request.path, up.aevents())
             if request.path.startswith("/slow"):
                 with up.lock:
                     up.calls["slow"] += 1
@@ -459,6 +678,25 @@ class DjangoMiddlewareHarness(Harness):
         async def go() -> Response:
             try:
                 return await self.arequest(method, url, headers)
+            finally:
+                await self.cache.aclose()
+
+        return asyncio.run(go())
+
+    def stream(self, url: str) -> Streamed:
+        async def go() -> Streamed:
+            req = _django_request(self.factory, "GET", url, None)
+            try:
+                r = await self.middleware(req)
+                got = Streamed(r.status_code, {k.lower(): v for k, v in r.items()})
+                if r.streaming and r.is_async:
+                    async for part in r:
+                        got.got(self.upstream, part)
+                else:
+                    for part in r:
+                        got.got(self.upstream, part)
+                r.close()
+                return got
             finally:
                 await self.cache.aclose()
 
@@ -504,15 +742,18 @@ class HugHarness(WsgiHarness):
         ttl = opts.pop("ttl", 60.0)
 
         @hug.http(
-            ("/{name}", "/status/{code}"),
+            ("/{name}", "/status/{code}", "/stream/{kind}"),
             accept=("GET", "HEAD", "POST"),
             api=api,
             output=text,
         )
         @cache(max_age, ttl=ttl, output=text, **opts)
         def endpoint(
-            request: Any, response: Any, name: str = "", code: str = ""
+            request: Any, response: Any, name: str = "", code: str = "", kind: str = ""
         ) -> Any:
+            if kind:
+                response.content_type = dict(up.stream_head(kind))["Content-Type"]
+                return up.events()
             status, headers, chunks = up.behave(request.path, request.get_header)
             response.status = status_line(status)
             for k, v in headers:
@@ -541,7 +782,17 @@ ADAPTERS: dict[str, Callable[..., Harness]] = {
     "flask": FlaskHarness,
 }
 
-__all__ = ["ADAPTERS", "BIG", "Harness", "Response", "Upstream", "io"]
+__all__ = [
+    "ADAPTERS",
+    "BIG",
+    "EVENTS",
+    "Harness",
+    "Response",
+    "Streamed",
+    "Upstream",
+    "asgi_scope",
+    "io",
+]
 
 
 @contextlib.contextmanager

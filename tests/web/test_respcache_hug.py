@@ -86,3 +86,41 @@ def test_hug_cache_settings_checked() -> None:
         cache(max_age=-1)
     with pytest.raises(TypeError, match="output"):
         cache(max_age=1, output="json")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("limit_over_cache", [True, False], ids=["outside", "inside"])
+def test_limit_and_cache_stacked(limit_over_cache: bool) -> None:
+    # Each wrapper passes hug's request and response to the other, in
+    # either order (README, "Middleware order").
+    from stanchion.hug import limit
+
+    global _n
+    _n += 1
+    api = hug.API(f"stanchion_hug_stack_{_n}")
+    calls = []
+    scope = f"stack-{_n}"
+
+    def items(q: hug.types.text = "x"):
+        calls.append(q)
+        return {"q": q}
+
+    if limit_over_cache:
+        endpoint = limit("3/minute", scope=scope)(cache(max_age=60)(items))
+    else:
+        endpoint = cache(max_age=60)(limit("3/minute", scope=scope)(items))
+    hug.get("/items", api=api)(endpoint)
+    client = Client(api.http.server())
+    env = {"REMOTE_ADDR": "203.0.113.7"}
+    got = [client.get("/items", environ_overrides=env) for _ in range(5)]
+    assert len(calls) == 1
+    remaining = [r.headers.get("X-RateLimit-Remaining") for r in got]
+    if limit_over_cache:
+        # Every request counts, hits included.
+        assert [r.status_code for r in got] == [200, 200, 200, 429, 429]
+        assert remaining == ["2", "1", "0", "0", "0"]
+        assert [r.headers.get("X-Cache") for r in got[:3]] == ["MISS", "HIT", "HIT"]
+    else:
+        # Only the miss reached the limit; hits replay no limit headers.
+        assert [r.status_code for r in got] == [200] * 5
+        assert remaining == ["2", None, None, None, None]
+        assert [r.headers.get("X-Cache") for r in got] == ["MISS"] + ["HIT"] * 4

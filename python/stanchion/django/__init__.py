@@ -233,6 +233,66 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return []
 
 
+#: Middleware that set a visitor's cookie on the way out: a cache inside
+#: them stores the page before they add it.
+_COOKIE_MIDDLEWARE = (
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+)
+
+
+def _middleware_class(path: Any) -> Any:
+    from django.utils.module_loading import import_string
+
+    try:
+        return import_string(path)
+    except Exception:  # a bad entry: Django itself reports it
+        return None
+
+
+def _sets_cookies(path: Any) -> bool:
+    """Whether a MIDDLEWARE entry is (a subclass of) one of Django's
+    cookie-setting middleware; matched by name, so nothing is imported
+    that Django would not import itself."""
+    if path in _COOKIE_MIDDLEWARE:
+        return True
+    cls = _middleware_class(path)
+    return isinstance(cls, type) and any(
+        f"{c.__module__}.{c.__qualname__}" in _COOKIE_MIDDLEWARE for c in cls.__mro__
+    )
+
+
+@checks.register("stanchion")  # type: ignore[untyped-decorator]
+def check_middleware_order(
+    app_configs: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """System check: stanchion's ``CacheMiddleware`` listed after (inside)
+    Session, CSRF or Authentication middleware cannot see the cookies
+    they set on the way out."""
+    listed = list(getattr(django_settings, "MIDDLEWARE", None) or ())
+    found: list[checks.CheckMessage] = []
+    for i, path in enumerate(listed):
+        cls = _middleware_class(path)
+        if not (isinstance(cls, type) and issubclass(cls, CacheMiddleware)):
+            continue
+        outer = [p for p in listed[:i] if _sets_cookies(p)]
+        if outer:
+            found.append(
+                checks.Warning(
+                    f"{path} is listed after {', '.join(outer)} in MIDDLEWARE: "
+                    "it runs inside them and cannot see the cookies they add "
+                    "after it stored a page.",
+                    hint="List the cache middleware before SessionMiddleware, "
+                    "CsrfViewMiddleware and AuthenticationMiddleware; it then "
+                    "sees their Set-Cookie and Vary: Cookie and never stores "
+                    "such a page.",
+                    id="stanchion.W001",
+                )
+            )
+    return found
+
+
 def _response(verdict: Verdict) -> HttpResponse:
     status, headers, body = verdict.reply()
     response = HttpResponse(body, status=status)
@@ -437,10 +497,12 @@ class ratelimit:
 # =============================================================================
 
 
-def _django_upstream(response: Any, limit: int) -> Any:
+def _django_upstream(response: Any, limit: int, request: HttpRequest) -> Any:
     """A Django response as the cache's ``Upstream``; streamed or too big
     ones pass through unbuffered. Cookies set through ``set_cookie`` count
-    as ``Set-Cookie`` headers (so such answers are never stored)."""
+    as ``Set-Cookie`` headers (so such answers are never stored), and so
+    does a cookie that Session, CSRF or Auth middleware outside the cache
+    will set (``_visitors_own``)."""
     from .._respcache import Upstream
 
     headers = list(response.items())
@@ -453,7 +515,25 @@ def _django_upstream(response: Any, limit: int) -> Any:
         return Upstream(response.status_code, headers, None, response)
     # The view's own response goes back as is when nothing is stored
     # (its cookies and attributes kept).
-    return Upstream(response.status_code, headers, body, response)
+    return Upstream(
+        response.status_code, headers, body, response, _visitors_own(request)
+    )
+
+
+def _visitors_own(request: HttpRequest) -> bool:
+    """Whether middleware outside the cache will make this answer one
+    visitor's: the session was read or written (SessionMiddleware then
+    adds ``Vary: Cookie`` and maybe the session cookie; reading
+    ``request.user`` reads it), or a CSRF token was used (CsrfViewMiddleware
+    then sets the CSRF cookie). The signals Django's own cache middleware
+    is placed to see."""
+    session = getattr(request, "session", None)
+    if session is not None and (
+        getattr(session, "accessed", False) or getattr(session, "modified", False)
+    ):
+        return True
+    meta = request.META
+    return bool(meta.get("CSRF_COOKIE_NEEDS_UPDATE") or meta.get("CSRF_COOKIE_USED"))
 
 
 def _django_reply(reply: Any) -> Any:
@@ -494,7 +574,8 @@ class _CachedCall:
             return self.func(request, *args, **kwargs)
 
         def upstream() -> Any:
-            return _django_upstream(self.func(request, *args, **kwargs), rc.max_body)
+            response = self.func(request, *args, **kwargs)
+            return _django_upstream(response, rc.max_body, request)
 
         return _django_reply(rc.serve(plan, upstream, upstream))
 
@@ -506,7 +587,7 @@ class _CachedCall:
 
         async def upstream() -> Any:
             response = await self.func(request, *args, **kwargs)
-            return _django_upstream(response, rc.max_body)
+            return _django_upstream(response, rc.max_body, request)
 
         return _django_reply(await rc.aserve(plan, upstream, upstream))
 
