@@ -734,12 +734,13 @@ static int limiter_args(LimiterObject *self, PyObject *const *args,
 		             Py_TYPE(c)->tp_name);
 		return -1;
 	}
-	*cost = PyLong_AsLongLong(c);
-	if (*cost == -1 && PyErr_Occurred()) {
-		if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+	{
+		int overflow;
+		*cost = PyLong_AsLongLongAndOverflow(c, &overflow);
+		if (*cost == -1 && PyErr_Occurred())
 			return -1;
-		PyErr_Clear();
-		*cost = INT64_MAX;
+		if (overflow != 0) /* too large, or too small: said below */
+			*cost = overflow > 0 ? INT64_MAX : -1;
 	}
 	if (*cost < 1) {
 		PyErr_Format(PyExc_ValueError, "cost must be >= 1, got %R", c);

@@ -334,6 +334,8 @@ def test_huge_cost_and_ttl_arguments_are_value_errors() -> None:
     lim = Limiter("5/s")
     with pytest.raises(ValueError, match="can never be allowed"):
         lim.hit("a", cost=2**70)
+    with pytest.raises(ValueError, match="cost must be >= 1"):
+        lim.peek("a", cost=-(2**70))
     c: Cache[str, int] = Cache(10)
     with pytest.raises(ValueError, match="ttl"):
         c.set("a", 1, ttl=2**2000)
