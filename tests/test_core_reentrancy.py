@@ -431,3 +431,24 @@ def test_a_correct_clock_shared_by_threads_never_goes_backwards() -> None:
 
     assert _race(use_cache) == []
     assert sorted(state["cache"].keys()) == ["A", "B"]  # type: ignore[attr-defined]
+
+
+def test_a_replaced_value_is_released_once_the_bounds_hold() -> None:
+    seen: list[tuple[int, int]] = []
+
+    class Value:
+        def __init__(self, weight: int) -> None:
+            self.weight = weight
+
+        def __del__(self) -> None:
+            seen.append((len(c), c.weight))
+
+    c: Cache[str, Value] = Cache(2, maxweight=10, weigh=lambda v: v.weight)
+    c["a"] = Value(5)
+    c["b"] = Value(5)
+    c["a"] = Value(10)  # the old "a" goes, and "b" is evicted for weight
+    c["c"] = Value(1)  # "a" is evicted
+    c["d"] = Value(1)
+    c["e"] = Value(1)  # full: "c" is evicted
+    assert c.keys() == ["d", "e"]
+    assert seen and all(n <= 2 and w <= 10 for n, w in seen), seen
