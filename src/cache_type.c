@@ -139,6 +139,25 @@ static int parse_ttl(PyObject *v, int64_t *out)
 	return 0;
 }
 
+/* The total weight as an int. It fits int64_t once evictions have run;
+ * a finalizer reading it during an eviction may see more. */
+static PyObject *weight_object(st_i128 w)
+{
+	PyObject *hi, *shift, *lo, *r;
+
+	if (w <= INT64_MAX)
+		return PyLong_FromLongLong((long long)w);
+	hi = PyLong_FromLongLong((long long)(w >> 32));
+	shift = PyLong_FromLong(32);
+	lo = PyLong_FromUnsignedLong((unsigned long)(w & 0xFFFFFFFFu));
+	r = hi && shift && lo ? PyNumber_Lshift(hi, shift) : NULL;
+	Py_XSETREF(r, r ? PyNumber_Or(r, lo) : NULL);
+	Py_XDECREF(hi);
+	Py_XDECREF(shift);
+	Py_XDECREF(lo);
+	return r;
+}
+
 static PyObject *ns_to_seconds(int64_t ns)
 {
 	return PyFloat_FromDouble((double)ns / 1e9);
@@ -151,12 +170,9 @@ static int cache_clock(CacheObject *self, int64_t *now)
 {
 	int64_t ns;
 
-	if (ST_LIKELY(self->clock == NULL)) {
-		ns = st_fastclock_now(&self->fclock);
-	} else {
-		if (st_read_clock(self->clock, &ns) < 0)
-			return -1;
-	}
+	if (ST_UNLIKELY(self->clock != NULL))
+		return st_read_clock(self->clock, &self->last_now, now);
+	ns = st_fastclock_now(&self->fclock);
 	if (ns < self->last_now)
 		ns = self->last_now;
 	self->last_now = ns;
@@ -168,9 +184,12 @@ static int cache_clock(CacheObject *self, int64_t *now)
  * and at most maxweight. */
 static int cache_weigh(CacheObject *self, PyObject *value, int64_t *out)
 {
-	PyObject *r = PyObject_CallOneArg(self->weigh, value);
+	PyObject *weigh = Py_NewRef(self->weigh), *r;
 	int64_t w;
 
+	/* Our own reference: weigh may re-initialise this cache. */
+	r = PyObject_CallOneArg(weigh, value);
+	Py_DECREF(weigh);
 	if (r == NULL)
 		return -1;
 	if (PyLong_Check(r) && !PyBool_Check(r)) {
@@ -202,7 +221,7 @@ static int cache_weigh(CacheObject *self, PyObject *value, int64_t *out)
 		Py_DECREF(r);
 		return -1;
 	}
-	if (w > self->maxweight) {
+	if (self->weigh != NULL && w > self->maxweight) {
 		PyErr_Format(PyExc_ValueError,
 		             "the value weighs %R, more than maxweight %lld",
 		             r, (long long)self->maxweight);
@@ -418,7 +437,7 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 	int fifo = 1, r;
 	Py_hash_t hash;
 	uint32_t i;
-	PyObject *old = NULL;
+	void *old_key = NULL, *old_value = NULL;
 
 	/* Everything that can fail or run Python code comes first. */
 	if (ttl != NULL && ttl != Py_None) {
@@ -450,7 +469,7 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 			PyErr_NoMemory();
 			return -1;
 		}
-		old = (PyObject *)t->entries[i].value;
+		old_value = t->entries[i].value;
 		t->entries[i].value = Py_NewRef(value);
 		lru_set_expiry(t, i, expires, fifo);
 		lru_set_weight(t, i, weight);
@@ -459,12 +478,10 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 	           t->count > 0 && lru_reserve_expiry(t, expires, fifo) == 0) {
 		/* Full: the new entry takes the least recently used one's
 		 * place, as lru_cache reuses its oldest link. */
-		void *k, *v;
 		lru_replace_lru(t, (uint64_t)hash, Py_NewRef(key),
-		                Py_NewRef(value), expires, fifo, 0, &k, &v);
+		                Py_NewRef(value), expires, fifo, 0, &old_key,
+		                &old_value);
 		self->evictions++;
-		Py_DECREF((PyObject *)k);
-		Py_DECREF((PyObject *)v);
 	} else {
 		if (lru_reserve(t, expires, fifo) < 0) {
 			PyErr_NoMemory();
@@ -473,8 +490,11 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 		lru_insert(t, (uint64_t)hash, Py_NewRef(key), Py_NewRef(value),
 		           expires, fifo, weight);
 	}
-	Py_XDECREF(old);
+	/* The bounds hold before any reference we let go of can run a
+	 * finalizer that uses this cache. */
 	cache_evict(self);
+	Py_XDECREF((PyObject *)old_key);
+	Py_XDECREF((PyObject *)old_value);
 	return 0;
 }
 
@@ -648,13 +668,16 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
 			             Py_TYPE(maxweight_o)->tp_name);
 			return -1;
 		}
-		maxweight = PyLong_AsLongLong(maxweight_o);
+		int overflow;
+		maxweight =
+		    PyLong_AsLongLongAndOverflow(maxweight_o, &overflow);
 		if (maxweight == -1 && PyErr_Occurred())
 			return -1;
-		if (maxweight < 1) {
+		if (overflow != 0 || maxweight < 1) {
 			PyErr_Format(PyExc_ValueError,
-			             "maxweight must be >= 1, got %R",
-			             maxweight_o);
+			             "maxweight must be between 1 and %lld, "
+			             "got %R",
+			             (long long)INT64_MAX, maxweight_o);
 			return -1;
 		}
 	}
@@ -761,37 +784,62 @@ static Py_ssize_t cache_length(CacheObject *self)
 enum { SNAP_KEYS, SNAP_VALUES, SNAP_ITEMS };
 
 /* A list of the live keys, values or (key, value) pairs, least recently
- * used first. */
+ * used first.
+ *
+ * As CPython's dict views do: size, allocate, then re-check. Allocating
+ * can run the cyclic garbage collector (on 3.10 and 3.11 inside the
+ * allocation itself), whose finalizers may use this cache; if the table
+ * changed meanwhile the allocation starts over. The copy itself then
+ * allocates nothing and runs no Python code. */
 static PyObject *cache_snapshot(CacheObject *self, int what)
 {
 	lru_table *t = &self->table;
-	PyObject *list;
-	Py_ssize_t n = 0;
 
-	if (cache_purge_now(self) < 0)
-		return NULL;
-	/* No Python code runs from here on: the table stays as it is. */
-	list = PyList_New((Py_ssize_t)t->count);
-	if (list == NULL)
-		return NULL;
-	for (uint32_t i = t->lru; i != LRU_NIL; i = t->entries[i].newer) {
-		PyObject *k = (PyObject *)t->entries[i].key;
-		PyObject *v = (PyObject *)t->entries[i].value;
-		PyObject *item;
-		if (what == SNAP_KEYS) {
-			item = Py_NewRef(k);
-		} else if (what == SNAP_VALUES) {
-			item = Py_NewRef(v);
-		} else {
-			item = PyTuple_Pack(2, k, v);
-			if (item == NULL) {
+	for (;;) {
+		PyObject *list;
+		uint32_t n, j = 0;
+		uint64_t m;
+
+		if (cache_purge_now(self) < 0)
+			return NULL;
+		n = t->count;
+		m = t->mutations;
+		list = PyList_New((Py_ssize_t)n);
+		if (list == NULL)
+			return NULL;
+		for (uint32_t k = 0; what == SNAP_ITEMS && k < n; k++) {
+			PyObject *pair = PyTuple_New(2);
+			if (pair == NULL) {
 				Py_DECREF(list);
 				return NULL;
 			}
+			PyList_SET_ITEM(list, k, pair);
 		}
-		PyList_SET_ITEM(list, n++, item);
+		if (t->mutations != m || t->count != n ||
+		    lru_expired(t, self->last_now) != LRU_NIL) {
+			/* Holds no key or value yet: dropping it runs no
+			 * Python code. */
+			Py_DECREF(list);
+			continue;
+		}
+		for (uint32_t i = t->lru; i != LRU_NIL;
+		     i = t->entries[i].newer) {
+			PyObject *k = (PyObject *)t->entries[i].key;
+			PyObject *v = (PyObject *)t->entries[i].value;
+			if (what == SNAP_KEYS) {
+				PyList_SET_ITEM(list, j, Py_NewRef(k));
+			} else if (what == SNAP_VALUES) {
+				PyList_SET_ITEM(list, j, Py_NewRef(v));
+			} else {
+				PyObject *pair = PyList_GET_ITEM(list, j);
+				PyTuple_SET_ITEM(pair, 0, Py_NewRef(k));
+				PyTuple_SET_ITEM(pair, 1, Py_NewRef(v));
+			}
+			j++;
+		}
+		assert(j == n);
+		return list;
 	}
-	return list;
 }
 
 static PyObject *cache_iter(CacheObject *self)
@@ -883,23 +931,30 @@ static PyObject *cache_pop(CacheObject *self, PyObject *const *args,
 static PyObject *cache_popitem(CacheObject *self, PyObject *unused)
 {
 	lru_table *t = &self->table;
-	PyObject *k, *v, *pair;
+	PyObject *pair;
+	uint32_t i;
 
 	(void)unused;
-	if (cache_purge_now(self) < 0)
+	/* Allocate first: a collection it triggers may run finalizers that
+	 * use this cache. Purging may run Python code too (a dropped
+	 * value's __del__); after it nothing does until the entry is out. */
+	pair = PyTuple_New(2);
+	if (pair == NULL)
 		return NULL;
+	if (cache_purge_now(self) < 0) {
+		Py_DECREF(pair);
+		return NULL;
+	}
 	if (t->count == 0) {
+		Py_DECREF(pair);
 		PyErr_SetString(PyExc_KeyError, "popitem(): cache is empty");
 		return NULL;
 	}
-	k = (PyObject *)t->entries[t->lru].key;
-	v = (PyObject *)t->entries[t->lru].value;
-	pair = PyTuple_Pack(2, k, v);
-	if (pair == NULL)
-		return NULL;
-	lru_remove(t, t->lru);
-	Py_DECREF(k);
-	Py_DECREF(v);
+	/* The table's references move into the pair. */
+	i = t->lru;
+	PyTuple_SET_ITEM(pair, 0, (PyObject *)t->entries[i].key);
+	PyTuple_SET_ITEM(pair, 1, (PyObject *)t->entries[i].value);
+	lru_remove(t, i);
 	return pair;
 }
 
@@ -953,7 +1008,7 @@ static PyObject *cache_stats(CacheObject *self, PyObject *unused)
 	                  (unsigned long)self->table.count, "maxsize",
 	                  maxsize);
 	if (d != NULL && self->weigh != NULL) {
-		PyObject *w = PyLong_FromLongLong(self->table.total_weight);
+		PyObject *w = weight_object(self->table.total_weight);
 		PyObject *mw = PyLong_FromLongLong(self->maxweight);
 		if (w == NULL || mw == NULL ||
 		    PyDict_SetItemString(d, "weight", w) < 0 ||
@@ -1023,7 +1078,7 @@ static PyObject *cache_get_maxweight(CacheObject *self, void *c)
 static PyObject *cache_get_weight(CacheObject *self, void *c)
 {
 	(void)c;
-	return PyLong_FromLongLong(self->table.total_weight);
+	return weight_object(self->table.total_weight);
 }
 
 PyDoc_STRVAR(cache_get_doc,
@@ -1120,7 +1175,10 @@ PyDoc_STRVAR(cache_doc,
              "A mapping that keeps the `maxsize` most recently used entries "
              "(None: no bound),\neach living `ttl` seconds (None: forever). "
              "`clock` is a callable returning\nseconds, for tests (default: "
-             "the monotonic clock). With `weigh`, a callable\ngiving each "
+             "the monotonic clock); a reading earlier than the\nlast one "
+             "counts as the last one, and a reading that is not a finite "
+             "number\nof seconds >= 0 raises ValueError. With `weigh`, a "
+             "callable\ngiving each "
              "value's weight (an int or float >= 0), the entries' total "
              "weight\nstays within `maxweight` too.");
 
@@ -1220,13 +1278,20 @@ static PyObject *make_key_tuple(st_state *st, PyObject *args, PyObject *kwargs,
 	kv = PyMem_Malloc((size_t)nkw * 2 * sizeof(PyObject *));
 	if (kv == NULL)
 		return PyErr_NoMemory();
+	/* Own the names and values: building the key allocates, and a
+	 * collection it triggers may run a finalizer that changes the dict
+	 * and frees what it held. */
 	while (i < nkw && PyDict_Next(kwargs, &pos, &k, &v)) {
-		kv[i] = k;
-		kv[nkw + i] = v;
+		kv[i] = Py_NewRef(k);
+		kv[nkw + i] = Py_NewRef(v);
 		i++;
 	}
 	key = make_key(st, &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args),
 	               kv, kv + nkw, i, typed);
+	for (Py_ssize_t j = 0; j < i; j++) {
+		Py_DECREF(kv[j]);
+		Py_DECREF(kv[nkw + j]);
+	}
 	PyMem_Free(kv);
 	return key;
 }

@@ -64,10 +64,47 @@ static PyObject *decision_make(st_state *st, const st_decision *d)
 	return (PyObject *)o;
 }
 
+/* PyFloat_AsDouble, except that an int too large for a double gives an
+ * infinity (which callers reject with a ValueError) instead of an
+ * OverflowError. May run Python code (__float__, __index__). */
+static double to_double(PyObject *v)
+{
+	double d = PyFloat_AsDouble(v);
+
+	if (d == -1.0 && PyErr_Occurred() &&
+	    PyErr_ExceptionMatches(PyExc_OverflowError)) {
+		PyErr_Clear();
+		d = HUGE_VAL;
+	}
+	return d;
+}
+
+/* An int-like count (__index__) in [0, INT64_MAX]: a TypeError for a
+ * non-int, a ValueError (never an OverflowError) when out of range. */
+static int count_arg(PyObject *v, const char *what, long long *out)
+{
+	PyObject *i = PyNumber_Index(v);
+	int overflow;
+
+	if (i == NULL)
+		return -1;
+	*out = PyLong_AsLongLongAndOverflow(i, &overflow);
+	Py_DECREF(i);
+	if (*out == -1 && PyErr_Occurred())
+		return -1;
+	if (overflow != 0 || *out < 0) {
+		PyErr_Format(PyExc_ValueError,
+		             "%s must be between 0 and %lld, got %R", what,
+		             (long long)INT64_MAX, v);
+		return -1;
+	}
+	return 0;
+}
+
 /* Seconds (a finite, non-negative number) to integer nanoseconds. */
 static int seconds_to_ns(PyObject *v, const char *what, int64_t *out)
 {
-	double s = PyFloat_AsDouble(v);
+	double s = to_double(v);
 	if (s == -1.0 && PyErr_Occurred())
 		return -1;
 	if (!isfinite(s) || s < 0.0 || s * 1e9 >= (double)ST_MAX_CLOCK_NS) {
@@ -88,19 +125,17 @@ static PyObject *decision_new(PyTypeObject *type, PyObject *args,
 	                         "reset_after", "retry_after", NULL};
 	int allowed;
 	long long limit, remaining;
-	PyObject *reset = NULL, *retry = NULL;
+	PyObject *limit_o, *remaining_o, *reset = NULL, *retry = NULL;
 	int64_t reset_ns = 0, retry_ns = 0;
 	DecisionObject *o;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "pLL|OO:Decision", kwlist,
-	                                 &allowed, &limit, &remaining, &reset,
-	                                 &retry))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "pOO|OO:Decision", kwlist,
+	                                 &allowed, &limit_o, &remaining_o,
+	                                 &reset, &retry))
 		return NULL;
-	if (limit < 0 || remaining < 0) {
-		PyErr_SetString(PyExc_ValueError,
-		                "limit and remaining must be >= 0");
+	if (count_arg(limit_o, "limit", &limit) < 0 ||
+	    count_arg(remaining_o, "remaining", &remaining) < 0)
 		return NULL;
-	}
 	if (reset && seconds_to_ns(reset, "reset_after", &reset_ns) < 0)
 		return NULL;
 	if (retry && seconds_to_ns(retry, "retry_after", &retry_ns) < 0)
@@ -310,7 +345,9 @@ static void limiter_dealloc(LimiterObject *self)
 /* ---- construction ------------------------------------------------------- */
 
 /* Appends the rates of one argument item (a rate string, or a pair
- * (N, period_seconds) such as stanchion.Rate) to `rates`. */
+ * (N, period_seconds) such as stanchion.Rate) to `rates`. The numbers'
+ * __float__ may run Python code: the caller owns `item`, and a pair is a
+ * tuple, so what is read here cannot go away. */
 static int collect_rates(PyObject *item, st_rate *rates, int *n)
 {
 	char err[200];
@@ -349,10 +386,10 @@ static int collect_rates(PyObject *item, st_rate *rates, int *n)
 			             item);
 			return -1;
 		}
-		amount = PyFloat_AsDouble(a);
+		amount = to_double(a);
 		if (amount == -1.0 && PyErr_Occurred())
 			return -1;
-		period = PyFloat_AsDouble(p);
+		period = to_double(p);
 		if (period == -1.0 && PyErr_Occurred())
 			return -1;
 		if (!isfinite(amount) || !(amount > 0.0)) {
@@ -402,9 +439,12 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 	if (burst == Py_None)
 		return 0;
 	if (PyLong_Check(burst) && !PyBool_Check(burst)) {
-		long long b = PyLong_AsLongLong(burst);
+		int overflow;
+		long long b = PyLong_AsLongLongAndOverflow(burst, &overflow);
 		if (b == -1 && PyErr_Occurred())
 			return -1;
+		if (overflow > 0)
+			b = LLONG_MAX; /* st_policy_add says it is too large */
 		if (b < 1) {
 			PyErr_Format(PyExc_ValueError,
 			             "burst must be >= 1, got %lld", b);
@@ -422,18 +462,19 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 		return 0;
 	}
 	if (PyList_Check(burst) || PyTuple_Check(burst)) {
-		PyObject *seq = PySequence_Fast(burst, "burst");
+		PyObject *seq = PySequence_Tuple(burst); /* our own copy */
 		int rc = 0;
 		if (seq == NULL)
 			return -1;
-		if (PySequence_Fast_GET_SIZE(seq) != nrates) {
+		if (PyTuple_GET_SIZE(seq) != nrates) {
 			PyErr_Format(PyExc_ValueError,
 			             "burst has %zd entries for %d rates",
-			             PySequence_Fast_GET_SIZE(seq), nrates);
+			             PyTuple_GET_SIZE(seq), nrates);
 			rc = -1;
 		}
 		for (int i = 0; rc == 0 && i < nrates; i++) {
-			PyObject *b = PySequence_Fast_GET_ITEM(seq, i);
+			PyObject *b = PyTuple_GET_ITEM(seq, i);
+			int overflow;
 			if (b == Py_None)
 				continue;
 			if (!PyLong_Check(b) || PyBool_Check(b)) {
@@ -444,7 +485,9 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 				rc = -1;
 				break;
 			}
-			out[i] = PyLong_AsLongLong(b);
+			out[i] = PyLong_AsLongLongAndOverflow(b, &overflow);
+			if (overflow > 0)
+				out[i] = INT64_MAX; /* too large, below */
 			if (out[i] == -1 && PyErr_Occurred()) {
 				rc = -1;
 			} else if (out[i] < 1) {
@@ -468,6 +511,7 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	static char *kwlist[] = {"rates",    "algorithm", "burst",
 	                         "max_keys", "clock",     NULL};
 	PyObject *rates_arg, *burst = Py_None, *clock = Py_None;
+	PyObject *max_keys_o = NULL;
 	const char *algorithm = "token_bucket";
 	long long max_keys = 1000000;
 	st_rate rates[ST_MAX_RATES];
@@ -476,9 +520,9 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	st_policy policy;
 	st_algorithm alg;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|sOLO:Limiter", kwlist,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|sOOO:Limiter", kwlist,
 	                                 &rates_arg, &algorithm, &burst,
-	                                 &max_keys, &clock))
+	                                 &max_keys_o, &clock))
 		return -1;
 	if (strcmp(algorithm, "token_bucket") == 0) {
 		alg = ST_TOKEN_BUCKET;
@@ -497,18 +541,26 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 		if (collect_rates(rates_arg, rates, &nrates) < 0)
 			return -1;
 	} else if (PyList_Check(rates_arg) || PyTuple_Check(rates_arg)) {
-		Py_ssize_t n = PySequence_Fast_GET_SIZE(rates_arg);
+		/* Our own tuple: a rate's __float__ may change the list. */
+		PyObject *items = PySequence_Tuple(rates_arg);
+		Py_ssize_t n;
+		if (items == NULL)
+			return -1;
+		n = PyTuple_GET_SIZE(items);
 		if (n == 0) {
+			Py_DECREF(items);
 			PyErr_SetString(PyExc_ValueError,
 			                "a limiter needs at least one rate");
 			return -1;
 		}
 		for (Py_ssize_t i = 0; i < n; i++) {
-			if (collect_rates(
-			        PySequence_Fast_GET_ITEM(rates_arg, i), rates,
-			        &nrates) < 0)
+			if (collect_rates(PyTuple_GET_ITEM(items, i), rates,
+			                  &nrates) < 0) {
+				Py_DECREF(items);
 				return -1;
+			}
 		}
+		Py_DECREF(items);
 	} else {
 		PyErr_Format(PyExc_TypeError,
 		             "rates must be a rate string such as "
@@ -519,10 +571,24 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	}
 	if (parse_burst(burst, nrates, bursts) < 0)
 		return -1;
+	if (max_keys_o != NULL) {
+		int overflow;
+		if (!PyLong_Check(max_keys_o) || PyBool_Check(max_keys_o)) {
+			PyErr_Format(PyExc_TypeError,
+			             "max_keys must be an int, not %.100s",
+			             Py_TYPE(max_keys_o)->tp_name);
+			return -1;
+		}
+		max_keys = PyLong_AsLongLongAndOverflow(max_keys_o, &overflow);
+		if (max_keys == -1 && PyErr_Occurred())
+			return -1;
+		if (overflow != 0)
+			max_keys = overflow > 0 ? LLONG_MAX : LLONG_MIN;
+	}
 	if (max_keys < 1 || max_keys > INT32_MAX) {
 		PyErr_Format(PyExc_ValueError,
-		             "max_keys must be between 1 and %d, got %lld",
-		             INT32_MAX, max_keys);
+		             "max_keys must be between 1 and %d, got %R",
+		             INT32_MAX, max_keys_o);
 		return -1;
 	}
 	if (clock != Py_None && !PyCallable_Check(clock)) {
@@ -600,29 +666,21 @@ ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
 	return -1;
 }
 
-/* The current time in ns. Calls the injected clock, if any, before the
- * caller touches the table, so Python code never runs mid-update. */
-static int limiter_now(LimiterObject *self, int64_t *now)
+/* The injected clock's reading, clamped as st_read_clock says. The
+ * clock is Python code that may re-initialise this limiter: `cost` was
+ * checked against the old rates, so it is checked again. */
+static int limiter_read_clock(LimiterObject *self, int64_t cost, int64_t *now)
 {
-	int64_t ns;
-
-	if (ST_LIKELY(self->clock == NULL)) {
-		*now = st_fastclock_now(&self->fclock);
-		return 0;
-	}
-	if (st_read_clock(self->clock, &ns) < 0)
+	if (st_read_clock(self->clock, &self->last_now, now) < 0)
 		return -1;
-	if (ns < self->last_now) {
-		char buf[96];
-		PyOS_snprintf(buf, sizeof(buf), "from %.9f to %.9f seconds",
-		              (double)self->last_now / 1e9, (double)ns / 1e9);
+	if (ST_UNLIKELY(cost > self->max_cost)) {
 		PyErr_Format(PyExc_ValueError,
-		             "clock went backwards (%s); a limiter's clock "
-		             "must be monotonic",
-		             buf);
+		             "cost %lld can never be allowed: the smallest "
+		             "capacity of this limiter's rates is %lld (the "
+		             "limiter was re-initialised)",
+		             (long long)cost, (long long)self->max_cost);
 		return -1;
 	}
-	*now = ns;
 	return 0;
 }
 
@@ -676,12 +734,13 @@ static int limiter_args(LimiterObject *self, PyObject *const *args,
 		             Py_TYPE(c)->tp_name);
 		return -1;
 	}
-	*cost = PyLong_AsLongLong(c);
-	if (*cost == -1 && PyErr_Occurred()) {
-		if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+	{
+		int overflow;
+		*cost = PyLong_AsLongLongAndOverflow(c, &overflow);
+		if (*cost == -1 && PyErr_Occurred())
 			return -1;
-		PyErr_Clear();
-		*cost = INT64_MAX;
+		if (overflow != 0) /* too large, or too small: said below */
+			*cost = overflow > 0 ? INT64_MAX : -1;
 	}
 	if (*cost < 1) {
 		PyErr_Format(PyExc_ValueError, "cost must be >= 1, got %R", c);
@@ -752,13 +811,16 @@ static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
 		return NULL;
 	if (limiter_key(args[0], &key, &len, &tag, &hash) < 0)
 		return NULL;
-	if (limiter_now(self, &now) < 0)
+	if (ST_LIKELY(self->clock == NULL)) {
+		now = st_fastclock_now(&self->fclock);
+		if (now > self->last_now)
+			self->last_now = now;
+		else
+			now = self->last_now;
+	} else if (limiter_read_clock(self, cost, &now) < 0) {
 		return NULL;
+	}
 	/* From here on no Python code runs until the table is consistent. */
-	if (now > self->last_now)
-		self->last_now = now;
-	else
-		now = self->last_now;
 	e = kt_find(&self->table, (uint64_t)hash, tag, key, (size_t)len);
 	if (ST_LIKELY(e != NULL)) {
 		st_policy_decide(&self->policy, e->state, now, cost, commit,
@@ -899,7 +961,11 @@ static PyGetSetDef limiter_getset[] = {
 PyDoc_STRVAR(limiter_doc,
              "Limiter(rates, algorithm='token_bucket', burst=None, "
              "max_keys=1000000, clock=None)\n--\n\n"
-             "An in-process rate limiter keyed by client.");
+             "An in-process rate limiter keyed by client. `clock` is a "
+             "callable returning\nseconds (default: the monotonic clock); a "
+             "reading earlier than the last one\ncounts as the last one, "
+             "and a reading that is not a finite number of seconds\n>= 0 "
+             "raises ValueError.");
 
 static PyType_Slot limiter_slots[] = {
     {Py_tp_doc, (void *)limiter_doc},

@@ -68,7 +68,7 @@ typedef struct {
 	uint32_t fhead;       /* FIFO: the next to expire */
 	uint32_t ftail;       /* FIFO: the last written */
 	uint32_t max_cap;     /* never allocate more entries than this */
-	int64_t total_weight; /* sum of weights */
+	st_i128 total_weight; /* sum of weights: 2**30 of 2**63 fit */
 	uint64_t mutations;   /* bumped whenever entries or slots move */
 } lru_table;
 

@@ -62,11 +62,15 @@ st_state *st_state_from_type(PyTypeObject *type)
 #endif
 }
 
-int st_read_clock(PyObject *clock, int64_t *ns)
+int st_read_clock(PyObject *clock, int64_t *last_ns, int64_t *now)
 {
-	PyObject *r = PyObject_CallNoArgs(clock);
+	PyObject *r;
 	double s;
+	int64_t ns;
 
+	Py_INCREF(clock);
+	r = PyObject_CallNoArgs(clock);
+	Py_DECREF(clock);
 	if (r == NULL)
 		return -1;
 	if (PyBool_Check(r) || !(PyFloat_Check(r) || PyLong_Check(r))) {
@@ -79,19 +83,28 @@ int st_read_clock(PyObject *clock, int64_t *ns)
 	}
 	s = PyFloat_AsDouble(r);
 	Py_DECREF(r);
-	if (s == -1.0 && PyErr_Occurred())
-		return -1;
-	if (!isfinite(s) || fabs(s) * 1e9 >= (double)ST_MAX_CLOCK_NS) {
+	if (s == -1.0 && PyErr_Occurred()) {
+		/* An int too large for a double is out of range too. */
+		if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+			return -1;
+		PyErr_Clear();
+		s = HUGE_VAL;
+	}
+	if (!isfinite(s) || s < 0.0 || s * 1e9 >= (double)ST_MAX_CLOCK_NS) {
 		char buf[64];
 		PyOS_snprintf(buf, sizeof(buf), "%g", s);
 		PyErr_Format(PyExc_ValueError,
-		             "clock returned %s seconds: it must be finite "
-		             "and within +-%lld seconds",
+		             "clock returned %s seconds: it must be finite, "
+		             ">= 0 and within %lld seconds",
 		             buf,
 		             (long long)(ST_MAX_CLOCK_NS / ST_NS_PER_SEC));
 		return -1;
 	}
-	*ns = (int64_t)llround(s * 1e9);
+	ns = (int64_t)llround(s * 1e9);
+	if (ns < *last_ns)
+		ns = *last_ns;
+	*last_ns = ns;
+	*now = ns;
 	return 0;
 }
 

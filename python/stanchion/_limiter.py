@@ -46,6 +46,12 @@ class Limiter(_core.Limiter):
 
     ``hit``, ``peek`` and ``reset`` are C methods; this class adds the
     blocking ``acquire`` and the asyncio twins.
+
+    ``clock`` (tests) is a callable returning seconds. A reading earlier
+    than the last one counts as the last one, so time never runs backwards
+    (even for a clock shared by threads); a reading that is not a finite
+    number of seconds >= 0 raises ValueError. ``Cache`` treats its clock
+    the same way.
     """
 
     __slots__ = ("_rates",)

@@ -83,6 +83,10 @@ def _checked(pair: tuple[object, object]) -> Rate:
     for name, v in (("limit", limit), ("period", period)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TypeError(f"Rate {name} must be a number, not {type(v).__name__}")
-        if not math.isfinite(v) or v <= 0:
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:  # an int too large for a float
+            finite = False
+        if not finite or v <= 0:
             raise ValueError(f"Rate {name} must be a positive finite number, got {v!r}")
     return Rate(limit, period)  # type: ignore[arg-type]
