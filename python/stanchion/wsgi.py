@@ -186,11 +186,8 @@ class CacheMiddleware(CacheFront):
         if self.paths is not None and not path.startswith(self.paths):
             return self.app(environ, start_response)
         cache = self.cache
-        plan = cache.plan(
-            environ.get("REQUEST_METHOD", "GET"),
-            path,
-            environ.get("QUERY_STRING", ""),
-            lambda name: header_from_environ(environ, name),
+        plan = cache.plan_environ(
+            environ, lambda name: header_from_environ(environ, name), path
         )
         if plan is None:
             return self.app(environ, start_response)
