@@ -197,6 +197,28 @@ def environ_target(
     )
 
 
+# Header names as ASGI (bytes) and WSGI (HTTP_*) spell them, worked out
+# once per name: the names asked are ours and the responses' Vary names.
+_ASGI_NAMES: dict[str, bytes] = {}
+_WSGI_NAMES: dict[str, str] = {}
+_WSGI_UNPREFIXED = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
+def _asgi_name(name: str) -> bytes:
+    if len(_ASGI_NAMES) > 1024:
+        _ASGI_NAMES.clear()
+    raw = _ASGI_NAMES[name] = name.encode("latin-1")
+    return raw
+
+
+def _wsgi_name(name: str) -> str:
+    if len(_WSGI_NAMES) > 1024:
+        _WSGI_NAMES.clear()
+    key = _WSGI_UNPREFIXED.get(name) or "HTTP_" + name.upper().replace("-", "_")
+    _WSGI_NAMES[name] = key
+    return key
+
+
 def scope_header(headers: Any) -> Callable[[str], str | None]:
     """A header getter over ASGI ``headers`` (lower-case byte names):
     one pass builds a table on the first call, repeats joined with
@@ -211,8 +233,18 @@ def scope_header(headers: Any) -> Callable[[str], str | None]:
             for k, v in headers:
                 old = table.get(k)
                 table[k] = v if old is None else old + b", " + v
-        value = table.get(name.encode("latin-1"))
+        value = table.get(_ASGI_NAMES.get(name) or _asgi_name(name))
         return None if value is None else value.decode("latin-1")
+
+    return header
+
+
+def environ_header(environ: Any) -> Callable[[str], str | None]:
+    """A header getter over a WSGI environ (lower-case names)."""
+
+    def header(name: str) -> str | None:
+        value: str | None = environ.get(_WSGI_NAMES.get(name) or _wsgi_name(name))
+        return value
 
     return header
 
@@ -786,6 +818,7 @@ class ResponseCache:
                 f"client_refresh must be a bool, not {type(client_refresh).__name__}"
             )
         self.client_refresh = client_refresh
+        self._origins: dict[tuple[str, str], str | None] = {}
         if callable(tags):
             self.tags_of: Callable[[str], Iterable[str]] | None = tags
             self.tags: tuple[str, ...] = ()
@@ -973,23 +1006,36 @@ class ResponseCache:
                 value = header(name)
                 if value is not None:
                     forged += "\0" + name + ":" + value
-        scheme = (proto or scheme).lower()
-        if not _SCHEME(scheme):
-            return None, forged
         if host is None:
             host = header("host")
             if host is None:
                 host = server or ""
+        pair = (proto or scheme, host)
+        origins = self._origins
+        origin = origins.get(pair, _MISSING)
+        if origin is _MISSING:
+            origin = self._origin_of(*pair)
+            if len(origins) >= 4096:
+                origins.clear()
+            origins[pair] = origin
+        return origin, forged
+
+    def _origin_of(self, scheme: str, host: str) -> str | None:
+        """``scheme://authority``, or None when either is not valid or
+        the host is not allowed."""
+        scheme = scheme.lower()
+        if not _SCHEME(scheme):
+            return None
         authority = _authority(scheme, host)
         if authority is None:
-            return None, forged
+            return None
         if self.allowed_hosts is not None:
             name = _host_part(authority)
             if name not in self.allowed_hosts and not any(
                 name.endswith(d) or name == d[1:] for d in self.allowed_domains
             ):
-                return None, forged
-        return scheme + "://" + authority, forged
+                return None
+        return scheme + "://" + authority
 
     def age(self, entry: Entry) -> float:
         return max(0.0, self.clock() - entry.stored_at)
