@@ -177,8 +177,9 @@ class CacheMiddleware(CacheFront):
     bytes; a ``stanchion.Cache``; or a ``stanchion.RedisCache``, shared),
     ``statuses``, ``max_age``, ``maxweight``, ``max_body``,
     ``stale_while_revalidate``, ``stale_if_error``, ``vary_identity``,
-    ``session_cookies``, ``tags``, ``clock``. ``paths`` (prefixes)
-    limits caching to those paths.
+    ``session_cookies``, ``identity_headers``, ``allowed_hosts``,
+    ``trusted_proxies``, ``client_refresh``, ``tags``, ``clock``.
+    ``paths`` (prefixes) limits caching to those paths.
 
     Answers streamed in several ``http.response.body`` messages are
     buffered up to ``max_body`` bytes; a longer one goes to the client as
