@@ -17,15 +17,24 @@ values used here; every decision is made in :class:`ResponseCache`:
 - per-client headers (``RateLimit``, ``RateLimit-Policy``,
   ``X-RateLimit-*``, ``Retry-After``) are never stored nor replayed: a
   miss keeps its own, a hit carries none;
-- never anything for a request that carries an identity (an
-  ``Authorization`` header or a session cookie), unless ``vary_identity``
-  is on: then that identity is hashed into the key, so each user has
-  their own entries;
-- the key is the path, the query with its parameters sorted, and the
-  values of the request headers named by the response's ``Vary`` (the
-  Vary names are remembered per path);
+- never anything for a request that carries a credential (one of the
+  ``identity_headers``: ``Authorization``, ``Proxy-Authorization``,
+  ``X-API-Key``, the header of any ``api_key(...)`` rule, or a cookie,
+  a session cookie when ``session_cookies`` names them), unless
+  ``vary_identity`` is on: then the credentials are hashed into the
+  key, so each user has their own entries;
+- the key is the whole target URI: scheme, authority (the Host; a
+  forwarded host only from one of ``trusted_proxies``), the raw path as
+  sent and the raw query with its ``&``-separated pieces sorted (never
+  decoded), plus the values of the request headers named by the
+  response's ``Vary`` (the Vary names are remembered per path and
+  origin). Forwarded host or scheme headers that are not believed are
+  hashed into the key too, so an app that does believe them never has
+  its answer served to others; ``allowed_hosts`` limits caching to
+  those hosts;
 - a request ``Cache-Control: no-cache`` (or ``max-age=0``, or ``Pragma:
-  no-cache``) goes upstream and refreshes the entry;
+  no-cache``) goes upstream; its answer replaces the stored entry only
+  with ``client_refresh=True``;
 - answers carry ``Age`` and ``X-Cache: HIT`` or ``MISS``; stored answers
   get a content hash ``ETag`` (blake2b of the body: the same in every
   process) and ``If-None-Match`` gets 304; ``max_age`` adds
@@ -36,8 +45,18 @@ values used here; every decision is made in :class:`ResponseCache`:
   upstream fails or answers 5xx.
 
 Entries live in a C :class:`stanchion.Cache` bounded by bytes
-(``maxweight``), or in a :class:`stanchion.RedisCache` shared by every
-process and host.
+(``maxweight``: bodies, headers, keys and Vary records all count), or in
+a :class:`stanchion.RedisCache` shared by every process and host.
+
+Key layout (one string, so a path or a path prefix is a key prefix and
+invalidates every host and scheme at once)::
+
+    e:<raw path>?<query> <scheme>://<authority>[#<digest>]
+    v:<raw path> <scheme>://<authority>          (the Vary names)
+
+The path holds no ``?``, space or ``#``; the query no space nor ``#``
+(a ``#`` starts the digest of a query too long to keep); the origin no
+space, ``?`` nor ``#``. A part that cannot meet that is not cached.
 """
 
 from __future__ import annotations
@@ -46,12 +65,14 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import quote
 
+from . import http as _http
 from ._checks import check_int, check_seconds
 from ._core import Cache
 
@@ -82,7 +103,38 @@ _NOT_MODIFIED_KEEP = frozenset(
     {"cache-control", "content-location", "date", "etag", "expires", "vary"}
 )
 _NEVER = frozenset({429})
-_ENTRY_OVERHEAD = 256  # bytes counted per entry beyond its body and headers
+# Bytes counted per entry beyond the lengths of its strings: the Entry and
+# its str/bytes/tuple objects, the table slot, the allocator's rounding.
+_ENTRY_OVERHEAD = 640
+_HEADER_OVERHEAD = 160  # per stored header: a tuple, two str, a list slot
+_VARY_OVERHEAD = 320  # per Vary record: the record, its tuple, the slot
+
+#: Request headers that carry a credential, by default. The header of any
+#: ``stanchion.http.api_key(...)`` rule counts too, whatever the setting.
+IDENTITY_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key")
+#: Counted whatever ``identity_headers`` says.
+_ALWAYS_IDENTITY = ("authorization", "proxy-authorization", "cookie")
+#: Longest raw path cached; longer ones pass through uncached.
+MAX_PATH = 2048
+#: Longest raw query kept as is in a key; longer ones are keyed by their
+#: digest (the entry is still found, and weighs little).
+MAX_QUERY = 512
+MAX_HOST = 255
+
+# Characters of a path percent-encoding keeps as they are (RFC 3986
+# pchar and "/"); everything else is encoded, as clients do.
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+# Visible ASCII, less the key's separators: what a raw part may hold.
+_RAW_PATH = re.compile(r"/[\x21\x22\x24-\x3e\x40-\x7e]*").fullmatch
+_RAW_QUERY = re.compile(r"[\x21\x22\x24-\x7e]*").fullmatch
+_HOST = re.compile(
+    r"(?:[a-z0-9._~!$&'()*+;=%-]*|\[[0-9a-z:.]+\])(?::[0-9]*)?"
+).fullmatch
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*").fullmatch
+_DEFAULT_PORT = {"http": ":80", "https": ":443"}
+# Forwarded host/scheme headers: believed from a trusted proxy, else
+# hashed into the key (the app behind may believe them).
+_FORWARDED = ("x-forwarded-host", "x-forwarded-proto", "forwarded")
 
 
 def content_etag(body: bytes) -> str:
@@ -92,12 +144,190 @@ def content_etag(body: bytes) -> str:
 
 
 def normalize_query(query: str) -> str:
-    """The query string with its parameters sorted (blank values kept)."""
-    if not query:
-        return ""
-    pairs = parse_qsl(query, keep_blank_values=True)
-    pairs.sort()
-    return urlencode(pairs)
+    """The raw query with its ``&``-separated pieces sorted. Nothing is
+    decoded: ``q=<b>`` and ``q=%3Cb%3E`` stay apart (an app may reflect
+    the raw query). A query longer than ``MAX_QUERY`` becomes ``#`` and
+    its digest (a raw query holds no ``#``)."""
+    if "&" in query:
+        query = "&".join(sorted(query.split("&")))
+    if len(query) > MAX_QUERY:
+        digest = hashlib.blake2b(query.encode("latin-1", "replace"), digest_size=16)
+        return "#" + digest.hexdigest()
+    return query
+
+
+def escape_path(path: str) -> str:
+    """A decoded path percent-encoded as clients send it (UTF-8), for
+    servers that do not give the raw one."""
+    return quote(path, safe=_PATH_SAFE)
+
+
+def scope_target(scope: Any) -> tuple[str, str, str | None, str | None]:
+    """``(raw path, scheme, server authority, peer)`` of an ASGI http
+    scope, for :meth:`ResponseCache.plan`."""
+    raw = scope.get("raw_path")
+    if raw:
+        if not isinstance(raw, str):
+            raw = raw.decode("latin-1")
+        path = raw.partition("?")[0]
+    else:
+        path = escape_path(scope["path"])
+    server = scope.get("server")
+    where = None
+    if server:
+        where = server[0] if server[1] is None else f"{server[0]}:{server[1]}"
+    client = scope.get("client")
+    return path, scope.get("scheme") or "http", where, client[0] if client else None
+
+
+def environ_target(
+    environ: Any, full_path: str | None = None
+) -> tuple[str, str, str | None, str | None]:
+    """``(raw path, scheme, server authority, peer)`` of a WSGI environ
+    (or Django's META): the path from ``REQUEST_URI`` / ``RAW_URI`` when
+    the server gives it, else encoded again: ``full_path`` (the whole
+    decoded path, when the framework rewrote the environ's) or
+    ``SCRIPT_NAME + PATH_INFO`` (bytes as latin-1, as PEP 3333 has it)."""
+    raw = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if raw and raw[0] == "/":
+        path = raw.partition("?")[0]
+    elif full_path is not None:
+        path = escape_path(full_path) or "/"
+    else:
+        full = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        path = quote(full.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
+    name = environ.get("SERVER_NAME")
+    port = environ.get("SERVER_PORT")
+    where = None if not name else (f"{name}:{port}" if port else name)
+    return (
+        path,
+        environ.get("wsgi.url_scheme") or "http",
+        where,
+        environ.get("REMOTE_ADDR") or None,
+    )
+
+
+# Header names as ASGI (bytes) and WSGI (HTTP_*) spell them, worked out
+# once per name: the names asked are ours and the responses' Vary names.
+_ASGI_NAMES: dict[str, bytes] = {}
+_WSGI_NAMES: dict[str, str] = {}
+_WSGI_UNPREFIXED = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+
+
+def _asgi_name(name: str) -> bytes:
+    if len(_ASGI_NAMES) > 1024:
+        _ASGI_NAMES.clear()
+    raw = _ASGI_NAMES[name] = name.encode("latin-1")
+    return raw
+
+
+def _wsgi_name(name: str) -> str:
+    if len(_WSGI_NAMES) > 1024:
+        _WSGI_NAMES.clear()
+    key = _WSGI_UNPREFIXED.get(name) or "HTTP_" + name.upper().replace("-", "_")
+    _WSGI_NAMES[name] = key
+    return key
+
+
+def scope_header(headers: Any) -> Callable[[str], str | None]:
+    """A header getter over ASGI ``headers`` (lower-case byte names):
+    one pass builds a table on the first call, repeats joined with
+    ``", "``."""
+    table: dict[bytes, bytes] = {}
+    built = False
+
+    def header(name: str) -> str | None:
+        nonlocal built
+        if not built:
+            built = True
+            for k, v in headers:
+                old = table.get(k)
+                table[k] = v if old is None else old + b", " + v
+        value = table.get(_ASGI_NAMES.get(name) or _asgi_name(name))
+        return None if value is None else value.decode("latin-1")
+
+    return header
+
+
+def environ_header(environ: Any) -> Callable[[str], str | None]:
+    """A header getter over a WSGI environ (lower-case names)."""
+
+    def header(name: str) -> str | None:
+        value: str | None = environ.get(_WSGI_NAMES.get(name) or _wsgi_name(name))
+        return value
+
+    return header
+
+
+def _last(value: str | None) -> str | None:
+    """The nearest hop's value of a comma-separated forwarded header."""
+    if value is None:
+        return None
+    return value.rpartition(",")[2].strip() or None
+
+
+def _forwarded_pair(value: str | None) -> tuple[str | None, str | None]:
+    """``host=`` and ``proto=`` of the nearest (last) element of an RFC
+    7239 ``Forwarded`` header."""
+    if not value:
+        return None, None
+    host = proto = None
+    for pair in value.rpartition(",")[2].split(";"):
+        name, _, v = pair.partition("=")
+        v = v.strip()
+        if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+            v = v[1:-1]
+        name = name.strip().lower()
+        if name == "host":
+            host = v
+        elif name == "proto":
+            proto = v
+    return host, proto
+
+
+def _authority(scheme: str, host: str) -> str | None:
+    """``host`` (a Host header value) as a key part: lower case, without
+    the scheme's default port; None when it is not a valid authority."""
+    host = host.lower()
+    if len(host) > MAX_HOST or not _HOST(host):
+        return None
+    default = _DEFAULT_PORT.get(scheme)
+    if default is not None and host.endswith(default):
+        host = host[: -len(default)]
+    elif host.endswith(":"):
+        host = host[:-1]
+    return host
+
+
+def _host_part(authority: str) -> str:
+    if authority.startswith("["):
+        return authority[: authority.find("]") + 1]
+    return authority.partition(":")[0]
+
+
+def _session_pairs(cookie: str, names: frozenset[str]) -> list[str]:
+    """The ``name=value`` pieces of a Cookie header whose name is one of
+    ``names``, names stripped as the frameworks strip them (``sid =x``
+    is ``sid``). Commas split too (joined HTTP/2 cookie fields), which
+    only ever finds more."""
+    found = []
+    for piece in re.split("[;,]", cookie):
+        name, sep, value = piece.partition("=")
+        if sep and name.strip() in names:
+            found.append(name.strip() + "=" + value.strip())
+    return sorted(found)
+
+
+def _names(setting: str, names: Any) -> list[str]:
+    """A setting's list of names (headers, hosts), lower case."""
+    if isinstance(names, str) or not isinstance(names, Iterable):
+        raise TypeError(f"{setting} must be an iterable of str, not {names!r}")
+    out = []
+    for n in names:
+        if not isinstance(n, str) or not n.strip():
+            raise TypeError(f"{setting} must hold non-empty str, not {n!r}")
+        out.append(n.strip().lower())
+    return out
 
 
 def _directives(value: str | None) -> set[str]:
@@ -246,15 +476,27 @@ class Entry:
         )
 
     def weight(self) -> int:
+        """Bytes this entry holds in memory: its strings (the key too)
+        plus the objects around them."""
         return (
             len(self.body)
-            + sum(len(k) + len(v) for k, v in self.headers)
+            + len(self.key)
+            + len(self.path)
+            + len(self.etag)
+            + sum(len(k) + len(v) + _HEADER_OVERHEAD for k, v in self.headers)
+            + sum(len(t) + 64 for t in self.tags)
             + _ENTRY_OVERHEAD
         )
 
 
 class Plan:
-    """What the cache makes of one request."""
+    """What the cache makes of one request.
+
+    ``base`` is the entry key without its Vary digest, ``resource`` the
+    raw path and origin the Vary names are remembered under; ``personal``
+    says the shared cache may neither answer nor keep this request's
+    answer (a credential, a host not allowed, a target that cannot be
+    keyed); ``store`` whether its answer may be stored."""
 
     __slots__ = (
         "base",
@@ -265,7 +507,9 @@ class Plan:
         "method",
         "path",
         "personal",
+        "resource",
         "revalidate",
+        "store",
         "tags",
     )
 
@@ -280,28 +524,35 @@ class Plan:
         revalidate: bool,
         inm: str | None,
         tags: tuple[str, ...],
+        resource: str = "",
+        store: bool | None = None,
     ) -> None:
         self.method = method
         self.head = method == "HEAD"
         self.path = path
-        self.base = base  # "GET path?query"
+        self.base = base  # "e:<raw path>?<query> <scheme>://<authority>"
+        self.resource = resource  # "<raw path> <scheme>://<authority>"
         self.header = header
-        self.personal = personal  # carries an identity we may not share
-        self.identity = identity  # hashed into the key (vary_identity)
+        self.personal = personal  # not answered from nor kept in the cache
+        # Hashed into the key: the credentials (vary_identity) and the
+        # forwarded headers that are not believed.
+        self.identity = identity
         self.revalidate = revalidate
+        self.store = not self.head and not personal if store is None else store
         self.inm = inm
         self.tags = tags
 
     def key(self, vary: tuple[str, ...]) -> str:
-        """The entry key for the Vary names stored for this path."""
+        """The entry key for the Vary names stored for this resource."""
         if not vary and not self.identity:
-            return "e:" + self.base
+            return self.base
         h = hashlib.blake2b(digest_size=16)
         for name in vary:
             h.update(name.encode("latin-1", "replace") + b"\0")
-            h.update((self.header(name) or "").encode("latin-1", "replace") + b"\0")
-        h.update(self.identity.encode("latin-1", "replace"))
-        return "e:" + self.base + "#" + h.hexdigest()
+            value = self.header(name) or ""
+            h.update(value.encode("utf-8", "surrogatepass") + b"\0")
+        h.update(self.identity.encode("utf-8", "surrogatepass"))
+        return self.base + "#" + h.hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -309,8 +560,20 @@ class Plan:
 # ---------------------------------------------------------------------------
 
 
+class _VaryRecord:
+    """The Vary names stored for one resource, and what they weigh (the
+    key included)."""
+
+    __slots__ = ("names", "weight")
+
+    def __init__(self, key: str, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.weight = len(key) + sum(len(n) + 64 for n in names) + _VARY_OVERHEAD
+
+
 class _LocalStore:
-    """Entries and per-path Vary names in a C Cache bounded by bytes."""
+    """Entries and per-resource Vary names in a C Cache bounded by bytes.
+    An entry heavier than the whole bound is not kept."""
 
     shared = False
 
@@ -318,15 +581,25 @@ class _LocalStore:
         self.cache = cache
 
     def get_vary(self, path: str) -> tuple[str, ...] | None:
-        return self.cache.get("v:" + path)
+        record = self.cache.get("v:" + path)
+        return None if record is None else record.names
 
     def get(self, key: str) -> Entry | None:
         return self.cache.get(key)
 
     def put(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
-        if self.cache.get("v:" + entry.path) != vary:
-            self.cache.set("v:" + entry.path, vary, ttl)
-        self.cache.set(entry.key, entry, ttl)
+        vkey = "v:" + entry.path
+        record = self.cache.get(vkey)
+        if record is None or record.names != vary:
+            record = _VaryRecord(vkey, vary)
+        bound = self.cache.maxweight
+        if bound is not None and entry.weight() + record.weight > bound:
+            return  # it would push its own Vary record out
+        try:
+            self.cache.set(vkey, record, ttl)
+            self.cache.set(entry.key, entry, ttl)
+        except ValueError:
+            pass  # heavier than the bound by the cache's own weigh
 
     def delete(self, key: str) -> bool:
         return self.cache.pop(key, _MISSING) is not _MISSING
@@ -336,9 +609,9 @@ class _LocalStore:
         return sum(1 for k in doomed if self.cache.pop(k, _MISSING) is not _MISSING)
 
     def delete_prefix(self, prefix: str) -> int:
-        return self.delete_where(
-            lambda k, v: k.startswith("e:GET " + prefix) or k.startswith("v:" + prefix)
-        )
+        """Delete the keys (``e:`` entries, ``v:`` Vary records) that
+        start with ``prefix``."""
+        return self.delete_where(lambda k, _: k.startswith(prefix))
 
     def delete_tag(self, tag: str) -> int:
         return self.delete_where(lambda k, v: isinstance(v, Entry) and tag in v.tags)
@@ -353,7 +626,7 @@ class _LocalStore:
         pass
 
     async def aget_vary(self, path: str) -> tuple[str, ...] | None:
-        return self.cache.get("v:" + path)
+        return self.get_vary(path)
 
     async def aget(self, key: str) -> Entry | None:
         return self.cache.get(key)
@@ -414,10 +687,7 @@ class _RedisStore:
         return n is not None and int(n) > 0
 
     def delete_prefix(self, prefix: str) -> int:
-        n = 0
-        for kind in ("e:GET ", "v:"):
-            n += int(self.rc.delete_raw_prefix(self._k(kind + prefix)))
-        return n
+        return int(self.rc.delete_raw_prefix(self._k(prefix)))
 
     def delete_tag(self, tag: str) -> int:
         tkey = self._k("t:" + tag)
@@ -489,12 +759,22 @@ class ResponseCache:
     ``max_age`` adds ``Cache-Control: public, max-age=N``;
     ``stale_while_revalidate`` / ``stale_if_error`` seconds past ``ttl``
     an entry may still be served; ``max_body`` bytes buffered per response
-    (larger ones pass through uncached); ``vary_identity`` keys entries by
-    the request's Authorization and session cookies instead of refusing
-    them; ``session_cookies`` names the cookies that identify a user
-    (None: any cookie does); ``tags`` strings (or a function of the
-    request's path returning them) to invalidate entries by;
-    ``clock`` a function returning seconds (tests).
+    (larger ones pass through uncached); ``identity_headers`` the request
+    headers that carry a credential (default ``IDENTITY_HEADERS``;
+    Authorization, Proxy-Authorization, Cookie and each ``api_key(...)``
+    header count whatever it says): a request with one is personal, never
+    answered from nor kept in the shared cache; ``vary_identity`` keys
+    entries by those credentials instead of refusing them;
+    ``session_cookies`` names the cookies that identify a user (None: any
+    cookie does); ``allowed_hosts`` the host names cached (``".example.com"``
+    for the domain and its subdomains; None: any); ``trusted_proxies``
+    (addresses and CIDR ranges, or a ``stanchion.http.ClientAddress``)
+    the peers whose forwarded host and scheme are believed;
+    ``client_refresh`` lets a request's ``Cache-Control: no-cache``
+    replace the stored entry (off: that client alone gets a fresh answer);
+    ``tags`` strings (or a function of the request's path returning
+    them) to invalidate entries by; ``clock`` a function returning
+    seconds (tests).
     """
 
     def __init__(
@@ -510,6 +790,10 @@ class ResponseCache:
         stale_if_error: float = 0.0,
         vary_identity: bool = False,
         session_cookies: Iterable[str] | None = None,
+        identity_headers: Iterable[str] = IDENTITY_HEADERS,
+        allowed_hosts: Iterable[str] | None = None,
+        trusted_proxies: Iterable[str] | _http.ClientAddress = (),
+        client_refresh: bool = False,
         tags: Iterable[str] | Callable[[str], Iterable[str]] = (),
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -552,6 +836,28 @@ class ResponseCache:
             if not all(isinstance(n, str) and n for n in names):
                 raise TypeError("session_cookies must hold non-empty str names")
             self.session_cookies = names
+        self.identity_headers = frozenset(
+            _names("identity_headers", identity_headers)
+        ) | frozenset(_ALWAYS_IDENTITY)
+        self._identity_for: tuple[int, tuple[str, ...]] = (-1, ())
+        if allowed_hosts is None:
+            self.allowed_hosts: frozenset[str] | None = None
+            self.allowed_domains: tuple[str, ...] = ()
+        else:
+            hosts = _names("allowed_hosts", allowed_hosts)
+            self.allowed_hosts = frozenset(h for h in hosts if h[0] != ".")
+            self.allowed_domains = tuple(h for h in hosts if h[0] == ".")
+        if isinstance(trusted_proxies, _http.ClientAddress):
+            proxies = trusted_proxies
+        else:
+            proxies = _http.ClientAddress(trusted_proxies)
+        self.proxies = proxies if proxies.has_proxies else None
+        if not isinstance(client_refresh, bool):
+            raise TypeError(
+                f"client_refresh must be a bool, not {type(client_refresh).__name__}"
+            )
+        self.client_refresh = client_refresh
+        self._origins: dict[tuple[str, str], str | None] = {}
         if callable(tags):
             self.tags_of: Callable[[str], Iterable[str]] | None = tags
             self.tags: tuple[str, ...] = ()
@@ -591,27 +897,51 @@ class ResponseCache:
     # -- the request side ------------------------------------------------------
 
     def plan(
-        self, method: str, path: str, query: str, header: Callable[[str], str | None]
+        self,
+        method: str,
+        path: str,
+        query: str,
+        header: Callable[[str], str | None],
+        *,
+        raw_path: str | None = None,
+        scheme: str = "http",
+        server: str | None = None,
+        peer: str | None = None,
     ) -> Plan | None:
-        """None when the request is not cacheable at all (not GET/HEAD)."""
+        """What the cache makes of a request; None when it is not
+        cacheable at all (not GET/HEAD). ``path`` is the decoded path
+        (given to a ``tags`` function), ``query`` the raw query string,
+        ``header`` a function of a lower-case name; ``raw_path`` the path
+        as sent (None: ``path`` is encoded again), ``scheme`` the
+        connection's, ``server`` the authority to use when the request
+        has no Host, ``peer`` the socket peer (for ``trusted_proxies``).
+        :func:`scope_target` and :func:`environ_target` give the last four.
+        """
         if method != "GET" and method != "HEAD":
             return None
-        base = "GET " + path + ("?" + normalize_query(query) if query else "")
-        auth = header("authorization")
+        target = raw_path if raw_path is not None else escape_path(path)
+        personal = len(target) > MAX_PATH or not _RAW_PATH(target)
+        if not _RAW_QUERY(query):
+            personal = True
+        origin, forged = self._origin(scheme, header, server, peer)
+        if origin is None:
+            personal = True
+            origin = "-"
+        creds = ""
+        for name in self._identity_names():
+            value = header(name)
+            if value is not None:
+                creds += "\0" + name + ":" + value
         cookie = header("cookie")
-        ident = ""
-        if auth is not None or cookie:
-            session = cookie
-            if cookie and self.session_cookies is not None:
-                parts = []
-                for piece in cookie.split(";"):
-                    name, _, value = piece.strip().partition("=")
-                    if name in self.session_cookies:
-                        parts.append(name + "=" + value)
-                session = "; ".join(sorted(parts))
-            if auth is not None or session:
-                ident = (auth or "") + "\0" + (session or "")
-        personal = bool(ident) and not self.vary_identity
+        if cookie:
+            if self.session_cookies is None:
+                creds += "\0cookie:" + cookie
+            else:
+                pairs = _session_pairs(cookie, self.session_cookies)
+                if pairs:
+                    creds += "\0cookie:" + "; ".join(pairs)
+        if creds and not self.vary_identity:
+            personal = True
         cc = header("cache-control")
         revalidate = False
         if cc:
@@ -620,17 +950,132 @@ class ResponseCache:
         elif header("pragma") == "no-cache":
             revalidate = True
         tags = self.tags if self.tags_of is None else tuple(self.tags_of(path))
+        resource = target + " " + origin
+        store = not personal and method == "GET"
+        if revalidate and not self.client_refresh:
+            store = False
         return Plan(
             method,
             path,
-            base,
+            "e:" + target + "?" + normalize_query(query) + " " + origin,
             header,
             personal,
-            ident if self.vary_identity else "",
+            forged + creds,
             revalidate,
             header("if-none-match"),
             tags,
+            resource,
+            store,
         )
+
+    def plan_scope(
+        self, scope: Any, header: Callable[[str], str | None] | None = None
+    ) -> Plan | None:
+        """:meth:`plan` for an ASGI http scope."""
+        raw, scheme, server, peer = scope_target(scope)
+        query = scope.get("query_string") or b""
+        return self.plan(
+            scope["method"],
+            scope["path"],
+            query if isinstance(query, str) else query.decode("latin-1"),
+            scope_header(scope["headers"]) if header is None else header,
+            raw_path=raw,
+            scheme=scheme,
+            server=server,
+            peer=peer,
+        )
+
+    def plan_environ(
+        self,
+        environ: Any,
+        header: Callable[[str], str | None],
+        path: str | None = None,
+        full_path: str | None = None,
+    ) -> Plan | None:
+        """:meth:`plan` for a WSGI environ (or Django's META); ``path``
+        the framework's decoded path (default ``PATH_INFO``), ``full_path``
+        see :func:`environ_target`."""
+        raw, scheme, server, peer = environ_target(environ, full_path)
+        return self.plan(
+            environ.get("REQUEST_METHOD") or "GET",
+            environ.get("PATH_INFO") or "/" if path is None else path,
+            environ.get("QUERY_STRING") or "",
+            header,
+            raw_path=raw,
+            scheme=scheme,
+            server=server,
+            peer=peer,
+        )
+
+    def _identity_names(self) -> tuple[str, ...]:
+        """The credential headers (Cookie aside): the setting's, plus
+        every ``api_key(...)`` header declared so far."""
+        declared = _http._API_KEY_HEADERS
+        seen, names = self._identity_for
+        if seen != len(declared):
+            names = tuple(sorted((self.identity_headers | declared) - {"cookie"}))
+            self._identity_for = (len(declared), names)
+        return names
+
+    def _origin(
+        self,
+        scheme: str,
+        header: Callable[[str], str | None],
+        server: str | None,
+        peer: str | None,
+    ) -> tuple[str | None, str]:
+        """``scheme://authority`` of the request (None when it cannot be
+        keyed or its host is not allowed), and the forwarded headers not
+        believed, to be hashed into the key."""
+        host = proto = None
+        believed: tuple[str, ...] = ()
+        proxies = self.proxies
+        if proxies is not None and (
+            proxies.trust_unix if not peer else proxies._trusted(peer)
+        ):
+            if proxies.header == "forwarded":
+                believed = ("forwarded",)
+                host, proto = _forwarded_pair(header("forwarded"))
+            else:
+                believed = ("x-forwarded-host", "x-forwarded-proto")
+                host = _last(header("x-forwarded-host"))
+                proto = _last(header("x-forwarded-proto"))
+        forged = ""
+        for name in _FORWARDED:
+            if name not in believed:
+                value = header(name)
+                if value is not None:
+                    forged += "\0" + name + ":" + value
+        if host is None:
+            host = header("host")
+            if host is None:
+                host = server or ""
+        pair = (proto or scheme, host)
+        origins = self._origins
+        origin = origins.get(pair, _MISSING)
+        if origin is _MISSING:
+            origin = self._origin_of(*pair)
+            if len(origins) >= 4096:
+                origins.clear()
+            origins[pair] = origin
+        return origin, forged
+
+    def _origin_of(self, scheme: str, host: str) -> str | None:
+        """``scheme://authority``, or None when either is not valid or
+        the host is not allowed."""
+        scheme = scheme.lower()
+        if not _SCHEME(scheme):
+            return None
+        authority = _authority(scheme, host)
+        if authority is None:
+            return None
+        if self.allowed_hosts is not None:
+            name = _host_part(authority)
+            if name not in self.allowed_hosts and not any(
+                name.endswith(d) or name == d[1:] for d in self.allowed_domains
+            ):
+                return None
+        return scheme + "://" + authority
 
     def age(self, entry: Entry) -> float:
         return max(0.0, self.clock() - entry.stored_at)
@@ -688,7 +1133,7 @@ class ResponseCache:
         headers.append(("Content-Length", str(len(body))))
         return Entry(
             plan.key(vary),
-            plan.path,
+            plan.resource,
             up.status,
             headers,
             body,
@@ -734,7 +1179,7 @@ class ResponseCache:
 
     def accept(self, plan: Plan, up: Upstream) -> Entry | None:
         """The entry to store for an upstream answer, or None."""
-        if plan.head or plan.personal or up.body is None or up.private:
+        if not plan.store or up.body is None or up.private:
             return None
         vary = self.storable(up.status, up.headers)
         if vary is None:
@@ -749,7 +1194,7 @@ class ResponseCache:
     # -- storage (sync) --------------------------------------------------------
 
     def lookup(self, plan: Plan) -> Entry | None:
-        vary = self.store.get_vary(plan.path)
+        vary = self.store.get_vary(plan.resource)
         if vary is None:
             return None
         entry: Entry | None = self.store.get(plan.key(vary))
@@ -760,7 +1205,7 @@ class ResponseCache:
         self.store.put(entry, self._vary_of(entry), self.keep)
 
     async def alookup(self, plan: Plan) -> Entry | None:
-        vary = await self.store.aget_vary(plan.path)
+        vary = await self.store.aget_vary(plan.resource)
         if vary is None:
             return None
         entry: Entry | None = await self.store.aget(plan.key(vary))
@@ -806,7 +1251,7 @@ class ResponseCache:
                     return reply
                 stale = entry
         self.misses += 1
-        if plan.personal or plan.head:
+        if not plan.store:
             return self._call(plan, upstream, stale)
         return self._flight(plan, upstream, stale)
 
@@ -830,7 +1275,7 @@ class ResponseCache:
                     return reply
                 stale = entry
         self.misses += 1
-        if plan.personal or plan.head:
+        if not plan.store:
             return await self._acall(plan, upstream, stale)
         return await self._aflight(plan, upstream, stale)
 
@@ -1067,7 +1512,15 @@ class ResponseCache:
         """Forget entries: every variant of one ``path`` (or, with
         ``query``, that path and query: its variants by Vary/identity
         too), every path starting with ``prefix``, or every entry stored
-        with ``tag``. Returns how many keys were removed."""
+        with ``tag``; for every host and scheme. Returns how many keys
+        were removed.
+
+        ``path`` and ``prefix`` are the path as clients send it (the
+        whole path, a mount prefix or ``SCRIPT_NAME`` included),
+        percent-encoded: characters a URL path cannot hold as they are
+        get encoded as clients encode them (``/café`` is
+        ``/caf%C3%A9``). ``query`` is the raw query string; the order
+        of its ``&``-separated pieces does not matter."""
         given = [x for x in (path, prefix, tag) if x is not None]
         if len(given) != 1:
             raise TypeError("give exactly one of path=, prefix=, tag=")
@@ -1075,19 +1528,25 @@ class ResponseCache:
             raise TypeError("path, prefix and tag must be non-empty str")
         if query is not None and path is None:
             raise TypeError("query= goes with path=")
+        if query is not None and not isinstance(query, str):
+            raise TypeError(f"query must be a str, not {type(query).__name__}")
         if tag is not None:
             return int(self.store.delete_tag(tag))
+        where = given[0]
+        if "?" in where or "#" in where:
+            raise ValueError(
+                f"{'path' if path is not None else 'prefix'} must not hold "
+                f"'?' or '#' (give the query as query=): {where!r}"
+            )
+        where = quote(where, safe=_PATH_SAFE + "%")
         if prefix is not None:
-            return int(self.store.delete_prefix(prefix))
-        assert path is not None
+            n = int(self.store.delete_prefix("e:" + where))
+            return n + int(self.store.delete_prefix("v:" + where))
         if query is not None:
-            base = path + ("?" + normalize_query(query) if query else "")
-            n = int(self.store.delete_prefix(base + "#"))
-            return n + int(self.store.delete("e:GET " + base))
-        n = int(self.store.delete_prefix(path + "?"))
-        n += int(self.store.delete_prefix(path + "#"))
-        n += int(self.store.delete("e:GET " + path))
-        return n
+            base = "e:" + where + "?" + normalize_query(query) + " "
+            return int(self.store.delete_prefix(base))
+        n = int(self.store.delete_prefix("e:" + where + "?"))
+        return n + int(self.store.delete_prefix("v:" + where + " "))
 
     def clear(self) -> None:
         """Forget every entry."""
@@ -1127,6 +1586,8 @@ class _ThreadFlight:
 def _weigh(value: Any) -> int:
     if isinstance(value, Entry):
         return value.weight()
+    if isinstance(value, _VaryRecord):
+        return value.weight
     return 64
 
 

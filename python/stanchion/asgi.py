@@ -186,8 +186,9 @@ class CacheMiddleware(CacheFront):
     bytes; a ``stanchion.Cache``; or a ``stanchion.RedisCache``, shared),
     ``statuses``, ``max_age``, ``maxweight``, ``max_body``,
     ``stale_while_revalidate``, ``stale_if_error``, ``vary_identity``,
-    ``session_cookies``, ``tags``, ``clock``. ``paths`` (prefixes)
-    limits caching to those paths.
+    ``session_cookies``, ``identity_headers``, ``allowed_hosts``,
+    ``trusted_proxies``, ``client_refresh``, ``tags``, ``clock``.
+    ``paths`` (prefixes) limits caching to those paths.
 
     An answer of at most ``max_body`` bytes is buffered and may be
     stored when it is whole: one ``http.response.body`` message, or
@@ -225,24 +226,12 @@ class CacheMiddleware(CacheFront):
         if self.paths is not None and not path.startswith(self.paths):
             await self.app(scope, receive, send)
             return
-        headers = scope["headers"]
-
-        def header(name: str) -> str | None:
-            want = name.encode("latin-1")
-            found = [v for k, v in headers if k == want]
-            return b", ".join(found).decode("latin-1") if found else None
-
         cache = self.cache
-        plan = cache.plan(
-            scope["method"],
-            path,
-            scope.get("query_string", b"").decode("latin-1"),
-            header,
-        )
+        plan = cache.plan_scope(scope)
         if plan is None:
             await self.app(scope, receive, send)
             return
-        store = not plan.head and not plan.personal
+        store = plan.store
 
         def upstream() -> Awaitable[Any]:
             return self._run(scope, receive, send, store)

@@ -400,14 +400,7 @@ def cache(**settings: Any) -> Callable[[F], F]:
                     return Upstream(out.status_code, headers, None, out)
                 return Upstream(out.status_code, headers, body)
 
-            scope = request.scope
-            hdrs = request.headers
-            plan = rc.plan(
-                scope["method"],
-                scope["path"],
-                scope.get("query_string", b"").decode("latin-1"),
-                lambda name: ", ".join(hdrs.getlist(name)) or None,
-            )
+            plan = rc.plan_scope(request.scope)
             if plan is None:
                 up = await upstream()
                 return up.native if up.native is not None else _rebuild(up)

@@ -307,12 +307,7 @@ class Stanchion:
                 def upstream() -> Any:
                     return _flask_upstream(app, view, args, kwargs, rc.max_body)
 
-                plan = rc.plan(
-                    req.method,
-                    req.path,
-                    req.query_string.decode("latin-1"),
-                    req.headers.get,
-                )
+                plan = rc.plan_environ(req.environ, req.headers.get, req.path)
                 if plan is None:
                     return view(*args, **kwargs)
                 # A copy of the request context (for a refresh in another

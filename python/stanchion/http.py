@@ -333,6 +333,11 @@ def _forwarded_for(
 KeyFunc: TypeAlias = Callable[[Request], Any]
 
 
+#: Lower-case names of the headers ``api_key(...)`` rules read: credentials
+#: the response cache treats as identity (``identity_headers``).
+_API_KEY_HEADERS: set[str] = set()
+
+
 def _digest(value: str) -> str:
     data = value.encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, digest_size=16).hexdigest()
@@ -345,6 +350,7 @@ def api_key(header: str = "X-API-Key") -> KeyFunc:
     if not isinstance(header, str) or not header:
         raise SettingError("key", "api_key() needs a header name")
     name = header.lower()
+    _API_KEY_HEADERS.add(name)
 
     def key(request: Request) -> str | None:
         value = request.header(name)

@@ -318,12 +318,7 @@ def cache(
         return Upstream(status, headers, bytes(body))
 
     def plan_for(request: Any) -> Any:
-        return rc.plan(
-            request.method,
-            request.path,
-            request.query_string or "",
-            request.get_header,
-        )
+        return rc.plan_environ(request.env, request.get_header, request.path)
 
     def decorate(func: F) -> F:
         spec, forward = _forwarding(func)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._respcache import CacheFront
+from ._respcache import CacheFront, environ_header
 from .http import Request, Verdict, middleware_rule
 
 __all__ = [
@@ -190,12 +190,7 @@ class CacheMiddleware(CacheFront):
         if self.paths is not None and not path.startswith(self.paths):
             return self.app(environ, start_response)
         cache = self.cache
-        plan = cache.plan(
-            environ.get("REQUEST_METHOD", "GET"),
-            path,
-            environ.get("QUERY_STRING", ""),
-            lambda name: header_from_environ(environ, name),
-        )
+        plan = cache.plan_environ(environ, environ_header(environ), path)
         if plan is None:
             return self.app(environ, start_response)
 

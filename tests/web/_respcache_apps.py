@@ -120,6 +120,15 @@ class Upstream:
             who = f"{headers('authorization')}|{headers('cookie')}"
             extra = [("Vary", "Authorization, Cookie")] if name == "uservary" else []
             return 200, [*h, *extra], [f"user {who} #{n}".encode()]
+        if name == "where":  # as url_for builds links (ProxyFix believes XFH)
+            host = headers("x-forwarded-host") or headers("host")
+            return 200, h, [f"where {host} #{n}".encode()]
+        if name == "apikey":
+            keys = f"{headers('x-api-key')}|{headers('x-token')}|{headers('x-tenant')}"
+            proxy = headers("proxy-authorization")
+            return 200, h, [f"apikey {keys}|{proxy} #{n}".encode()]
+        if name == "wiki":  # the path as the app sees it, decoded
+            return 200, h, [f"wiki {path} #{n}".encode()]
         if name == "big":
             return 200, h, [b"x" * (BIG // 4)] * 4
         if name == "flaky":
@@ -253,13 +262,31 @@ class AsgiHarness(Harness):
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app, client=("203.0.113.1", 4000)),
+            transport=httpx.ASGITransport(app=self.raw, client=("203.0.113.1", 4000)),
             base_url="http://test",
         )
+
+    async def raw(self, scope: Any, receive: Any, send: Any) -> None:
+        """httpx percent-encodes a query that a raw client (curl, an
+        attacker) sends as it is: such a query travels in a header and is
+        put back here."""
+        if scope["type"] == "http":
+            for k, v in scope["headers"]:
+                if k == b"x-test-raw-query":
+                    scope["query_string"] = v
+            scope["headers"] = [
+                (k, v) for k, v in scope["headers"] if k != b"x-test-raw-query"
+            ]
+        await self.app(scope, receive, send)
 
     def request(
         self, method: str, url: str, headers: dict[str, str] | None = None
     ) -> Response:
+        path, sep, query = url.partition("?")
+        if sep and query != httpx.URL(url).query.decode():
+            headers = {**(headers or {}), "X-Test-Raw-Query": query}
+            url = path
+
         async def go() -> Response:
             try:
                 async with self.client() as c:
@@ -444,7 +471,10 @@ class WsgiHarness(Harness):
         from werkzeug.test import Client
 
         r = Client(self.app, use_cookies=False).open(
-            url, method=method, headers=headers or {}
+            url,
+            method=method,
+            headers=headers or {},
+            environ_base={"REMOTE_ADDR": "127.0.0.1"},
         )
         body = r.get_data()
         r.close()
@@ -591,10 +621,20 @@ def _django_stream(up: Upstream, path: str, events: Any) -> Any:
 def _django_request(
     factory: Any, method: str, url: str, headers: dict[str, str] | None
 ) -> Any:
-    req = factory.generic(method, url, headers=headers or {})
-    if not (headers and "Cookie" in headers):
+    headers = dict(headers or {})
+    host = headers.pop("Host", None)
+    req = factory.generic(method, url, headers=headers)
+    if "Cookie" not in headers:
         # The factories always set an empty Cookie; a client sends none.
         req.META.pop("HTTP_COOKIE", None)
+    if host is not None:
+        # The async factory adds a Host to its own "testserver": one Host
+        # field, as a client sends it.
+        req.META["HTTP_HOST"] = host
+        scope = getattr(req, "scope", None)
+        if scope is not None:
+            kept = [(k, v) for k, v in scope["headers"] if k != b"host"]
+            scope["headers"] = [*kept, (b"host", host.encode("latin-1"))]
     return req
 
 
@@ -742,14 +782,19 @@ class HugHarness(WsgiHarness):
         ttl = opts.pop("ttl", 60.0)
 
         @hug.http(
-            ("/{name}", "/status/{code}", "/stream/{kind}"),
+            ("/{name}", "/status/{code}", "/stream/{kind}", "/wiki/{page}"),
             accept=("GET", "HEAD", "POST"),
             api=api,
             output=text,
         )
         @cache(max_age, ttl=ttl, output=text, **opts)
         def endpoint(
-            request: Any, response: Any, name: str = "", code: str = "", kind: str = ""
+            request: Any,
+            response: Any,
+            name: str = "",
+            code: str = "",
+            kind: str = "",
+            page: str = "",
         ) -> Any:
             if kind:
                 response.content_type = dict(up.stream_head(kind))["Content-Type"]

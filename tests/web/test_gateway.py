@@ -164,7 +164,11 @@ class Gateway:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.served = Served(app).start()
-        self.http = httpx.Client(base_url=self.served.url, timeout=10)
+        # One public Host for every gateway, as behind a load balancer (the
+        # host is part of the response cache's key).
+        self.http = httpx.Client(
+            base_url=self.served.url, headers={"Host": "gateway.test"}, timeout=10
+        )
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return self.http.get(path, **kw)

@@ -136,13 +136,40 @@ def test_vary_header_values_in_key(make: Any) -> None:
     assert h.upstream.calls["vary"] == 2
 
 
-def test_request_no_cache_revalidates(make: Any) -> None:
+@pytest.mark.parametrize(
+    "directive", [{"Cache-Control": "no-cache"}, {"Pragma": "no-cache"}]
+)
+def test_request_no_cache_never_overwrites(
+    make: Any, directive: dict[str, str]
+) -> None:
     h = make()
+    h.get("/items")
+    r = h.get("/items", directive)
+    assert (r.x_cache, r.text) == ("MISS", "items #2")  # fresh, for that client
+    hit = h.get("/items")
+    assert (hit.x_cache, hit.text) == ("HIT", "items #1")  # the entry is kept
+    assert h.cache.stats()["stores"] == 1
+    # Nor does it store where nothing was stored yet.
+    assert h.get("/other", directive).x_cache == "MISS"
+    assert h.get("/other").x_cache == "MISS"
+
+
+def test_request_no_cache_refreshes_with_client_refresh(make: Any) -> None:
+    h = make(client_refresh=True)
     h.get("/items")
     r = h.get("/items", {"Cache-Control": "no-cache"})
     assert (r.x_cache, r.text) == ("MISS", "items #2")
     hit = h.get("/items")
     assert (hit.x_cache, hit.text) == ("HIT", "items #2")  # refreshed
+
+
+def test_invalidate_from_code_still_works_without_client_refresh(make: Any) -> None:
+    h = make()
+    h.get("/items")
+    assert h.cache.invalidate(path="/items") >= 1
+    r = h.get("/items")
+    assert (r.x_cache, r.text) == ("MISS", "items #2")
+    assert h.get("/items").text == "items #2"
 
 
 def test_etag_is_content_hash_and_304(make: Any) -> None:
@@ -217,7 +244,8 @@ def test_invalidate(make: Any) -> None:
     assert h.cache.invalidate(path="/items", query="a=1") == 1
     assert h.get("/items?a=1").x_cache == "MISS"
     assert h.get("/items?a=2").x_cache == "HIT"
-    assert h.cache.invalidate(path="/items") == 3
+    # ?a=1 (stored again), ?a=2, the bare path, and the path's Vary record.
+    assert h.cache.invalidate(path="/items") == 4
     assert h.get("/items?a=2").x_cache == "MISS"
     assert h.get("/itemsx").x_cache == "HIT"
     h.cache.invalidate(prefix="/item")
@@ -265,6 +293,11 @@ def test_own_cache_backend(make: Any) -> None:
         ("session_cookies", "sid", TypeError),
         ("statuses", 200, TypeError),
         ("maxweight", 0, ValueError),
+        ("client_refresh", 1, TypeError),
+        ("allowed_hosts", "example.com", TypeError),
+        ("allowed_hosts", [""], TypeError),
+        ("identity_headers", [None], TypeError),
+        ("trusted_proxies", ["not-an-ip"], ValueError),
     ],
 )
 def test_bad_settings(setting: str, value: Any, error: type[Exception]) -> None:

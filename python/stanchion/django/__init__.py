@@ -551,12 +551,12 @@ def _django_reply(reply: Any) -> Any:
 
 
 def _plan(rc: Any, request: HttpRequest) -> Any:
-    return rc.plan(
-        request.method or "GET",
-        request.path,
-        request.META.get("QUERY_STRING", ""),
-        request.headers.get,
-    )
+    scope = getattr(request, "scope", None)  # Django's ASGIRequest
+    if scope is not None:
+        return rc.plan_scope(scope, request.headers.get)
+    # Django rewrites META's PATH_INFO and SCRIPT_NAME as decoded text.
+    path = request.path
+    return rc.plan_environ(request.META, request.headers.get, path, path)
 
 
 class _CachedCall:

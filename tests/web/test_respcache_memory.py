@@ -1,0 +1,69 @@
+"""The response cache's memory is bounded by ``maxweight``, keys and Vary
+records included: a flood of distinct long URLs through each adapter
+grows RSS by no more than ``maxweight`` plus a small constant."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stanchion._respcache import ResponseCache
+
+from ..conftest import SANITIZED
+from ._respcache_apps import ADAPTERS
+
+ISOLATED = Path(__file__).parents[1] / "isolated"
+SLACK = 4 * 1024 * 1024  # the framework's and the allocator's own growth
+
+
+@pytest.mark.parametrize("adapter", sorted(ADAPTERS))
+def test_rss_bounded_by_maxweight(adapter: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ISOLATED / "respcache_memory.py"), adapter],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    grown, weight, maxweight = map(int, proc.stdout.split())
+    assert weight <= maxweight
+    if not SANITIZED:
+        assert grown < maxweight + SLACK, f"RSS grew by {grown} bytes"
+
+
+def test_keys_and_vary_records_are_weighed() -> None:
+    rc = ResponseCache(maxweight=10_000_000)
+    query = "q=" + "x" * 400  # kept as is (not hashed)
+    for i in range(20):
+        plan = rc.plan("GET", "/a", f"i={i}&{query}", {"host": "h"}.get)
+        assert plan is not None
+        rc.put(rc.make_entry(plan, _up(), ()))
+    cache = rc.store.cache
+    keys = cache.keys()
+    assert len(keys) == 21  # 20 entries and the one Vary record
+    assert cache.weight > sum(len(k) for k in keys)
+
+
+def test_over_long_path_is_not_cached() -> None:
+    from stanchion._respcache import MAX_PATH
+
+    rc = ResponseCache()
+    plan = rc.plan("GET", "/" + "p" * MAX_PATH, "", {"host": "h"}.get)
+    assert plan is not None and plan.personal and not plan.store
+
+
+def test_entry_heavier_than_maxweight_is_not_kept() -> None:
+    rc = ResponseCache(maxweight=2000, max_body=10_000)
+    plan = rc.plan("GET", "/a", "", {"host": "h"}.get)
+    assert plan is not None
+    rc.put(rc.make_entry(plan, _up(b"x" * 3000), ()))
+    assert len(rc.store.cache) == 0
+
+
+def _up(body: bytes = b"ok") -> object:
+    from stanchion._respcache import Upstream
+
+    return Upstream(200, [("Content-Type", "text/plain")], body)
