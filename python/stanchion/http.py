@@ -17,6 +17,17 @@ Client identity
     clients are grouped by their /64 (``ipv6_prefix``), since one host
     usually owns a whole /64.
 
+    ``Forwarded`` is read as RFC 7239 writes it: comma-separated
+    elements of ``;``-separated ``name=value`` pairs, names in any case,
+    values a token or a quoted string (``for="[2001:db8::17]:4711"``).
+    Only ``for=`` counts; its node is an IPv4 address or a bracketed
+    IPv6 address, with an optional port (a number or an obfuscated
+    ``_port``). An element whose ``for=`` is ``unknown``, obfuscated
+    (``_hidden``), missing or repeated ends the walk like a malformed
+    one, and a header that does not parse as a whole (an unterminated
+    quote, a stray character) counts as garbled from the right end, so
+    the request stays in the trusted proxy's bucket.
+
 Empty identity
     A key function that returns ``None`` or ``""`` falls back to the
     client address (a missing API key is limited per address, never in
@@ -36,6 +47,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
@@ -261,10 +273,11 @@ class ClientAddress:
         current = peer or ""
         if not value:
             return self._name(current) if current else ""
-        entries = value.rsplit(",", MAX_HOPS)
-        forwarded = self.header == "forwarded"
-        for raw in reversed(entries):
-            ip = _forwarded_for(raw) if forwarded else _parse_ip(raw)
+        if self.header == "forwarded":
+            hops: Iterable[Any] = _forwarded_hops(value)
+        else:
+            hops = map(_parse_ip, reversed(value.rsplit(",", MAX_HOPS)))
+        for ip in hops:
             if ip is None:
                 break  # garbled: keep the last hop we could trust
             text = str(ip)
@@ -307,25 +320,81 @@ class ClientAddress:
         return name
 
 
-def _forwarded_for(
-    element: str,
+# RFC 7239 section 4 (with RFC 9110's token and quoted-string): one
+# forwarded-pair or an empty one, then its separator. Each piece matches
+# in exactly one way, so a failed match of a long header stays linear.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_FWD_ITEM = rf"[ \t]*(?:({_TOKEN})=({_TOKEN}|{_QUOTED})[ \t]*)?([;,])"
+_FWD_HEADER = re.compile(rf"(?:{_FWD_ITEM})*")
+_FWD_ITEMS = re.compile(_FWD_ITEM)
+# A node (RFC 7239 section 6): IPv4, or IPv6 in brackets, then an
+# optional port, a number or an obfuscated ``_name``.
+_FWD_NODE = re.compile(
+    r"(?:([0-9.]{7,15})|\[([0-9A-Fa-f:.]{2,45})\])(?::(?:[0-9]{1,5}|_[0-9A-Za-z._-]+))?"
+)
+#: Most parameters read in one ``Forwarded`` element.
+MAX_PAIRS = 16
+
+
+def _forwarded_hops(
+    value: str,
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address | None]:
+    """The ``for=`` address of each element of a ``Forwarded`` header,
+    rightmost first (at most ``MAX_HOPS + 1`` of them), ``None`` for an
+    element that names no usable address; ``[None]`` when the header
+    does not parse."""
+    value += ","  # every item then ends with its separator
+    if _FWD_HEADER.fullmatch(value) is None:
+        return [None]
+    out: list[ipaddress.IPv4Address | ipaddress.IPv6Address | None] = []
+    names: set[str] = set()
+    node: str | None = None
+    ok = True
+    items = _FWD_ITEMS.findall(value)
+    # Read from the right; an item with "," ends an element, so meeting
+    # one closes the element on its right (read just before).
+    for name, val, sep in reversed(items):
+        if sep == ",":
+            if names:
+                out.append(_forwarded_node(node) if ok else None)
+                if len(out) > MAX_HOPS:
+                    return out
+            names = set()
+            node = None
+            ok = True
+        if not name:
+            continue  # an empty pair or element: nothing to read
+        name = name.lower()
+        if name in names or len(names) >= MAX_PAIRS:
+            ok = False  # a repeated parameter makes the element invalid
+        names.add(name)
+        if name == "for":
+            node = val
+    if names:
+        out.append(_forwarded_node(node) if ok else None)
+    return out
+
+
+def _forwarded_node(
+    value: str | None,
 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The ``for=`` address of one RFC 7239 ``Forwarded`` element, or
-    ``None`` when it is missing, ``unknown``, obfuscated or garbled."""
-    found = None
-    for pair in element.split(";"):
-        name, sep, value = pair.partition("=")
-        if not sep:
-            return None
-        if name.strip().lower() == "for":
-            if found is not None:
-                return None
-            found = value.strip()
-    if found is None:
+    """The address of a ``for=`` value, or ``None`` when it is missing,
+    ``unknown``, obfuscated or not a node."""
+    if value is None:
         return None
-    if len(found) >= 2 and found[0] == '"' and found[-1] == '"':
-        found = found[1:-1]
-    return _parse_ip(found)
+    if value[:1] == '"':
+        value = re.sub(r"\\(.)", r"\1", value[1:-1])
+    m = _FWD_NODE.fullmatch(value)
+    if m is None:
+        return None
+    v4, v6 = m.groups()
+    try:
+        if v4 is not None:
+            return ipaddress.IPv4Address(v4)
+        return _canonical(ipaddress.IPv6Address(v6))
+    except ValueError:
+        return None
 
 
 # -- identity helpers ----------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -104,11 +105,57 @@ def test_absurdly_long_forwarded_chain_is_bounded() -> None:
         ("for=1.1.1.1;for=2.2.2.2", "10.1.2.3"),
         ('for="[::1', "10.1.2.3"),
         ("garbage", "10.1.2.3"),
+        # RFC 7239: quoted strings may hold "," and ";", which separate
+        # nothing there; only for= counts.
+        ('for=198.51.100.7;ext="a,b"', "198.51.100.7"),
+        ('for=198.51.100.7;ext="x;for=6.6.6.6"', "198.51.100.7"),
+        ('for="6.6.6.6, for=7.7.7.7"', "10.1.2.3"),
+        ('for=6.6.6.6, for="198.51.100.7";by="[2001:db8::1]"', "198.51.100.7"),
+        ('FOR="\\[2001:db8:cafe::17\\]:4711"', "2001:db8:cafe::/64"),
+        ('for="198.51.100.7:_port"', "198.51.100.7"),
+        ('for=198.51.100.7 ; proto=https , ', "198.51.100.7"),
+        ("for=198.51.100.7,,", "198.51.100.7"),
+        ('for="_hidden"', "10.1.2.3"),
+        ('for="unknown:80"', "10.1.2.3"),
+        # A node must be quoted when it is no token, and be a node.
+        ("for=[2001:db8::1]", "10.1.2.3"),
+        ("for=198.51.100.7:80", "10.1.2.3"),
+        ('for="198.51.100.7 "', "10.1.2.3"),
+        ('for="2001:db8::1"', "10.1.2.3"),
+        ('for="[198.51.100.7]"', "10.1.2.3"),
+        ('for="1.2.3.4.5"', "10.1.2.3"),
+        ("for=010.1.2.3", "10.1.2.3"),
+        # Malformed anywhere: the client cannot pick the element read.
+        ('for=6.6.6.6;proto=http;proto=https', "10.1.2.3"),
+        ('for="6.6.6.6, for=198.51.100.7', "10.1.2.3"),
+        ("for=6.6.6.6, for=198.51.100.7\x00", "10.1.2.3"),
+        ("for=6.6.6.6, for=198.51.100.7, =x", "10.1.2.3"),
+        ("for=6.6.6.6, for =198.51.100.7", "10.1.2.3"),
+        ("for=6.6.6.6, for=", "10.1.2.3"),
+        ('for="é"', "10.1.2.3"),
+        ("for=6.6.6.6;" + "a=1;" * 20, "10.1.2.3"),
     ],
 )
 def test_forwarded(value: str, expected: str) -> None:
     ca = ClientAddress(["10.0.0.0/8"], header="Forwarded")
     assert ca("10.1.2.3", {"forwarded": value}.get) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        " ," * 100_000 + "\x00",
+        'for="' + "\\\\a" * 100_000,
+        "for=6.6.6.6;" * 100_000,
+        "for=" + "a" * 200_000 + ";",
+        ", ".join(["for=10.0.0.1"] * 100_000),
+    ],
+)
+def test_forwarded_parsing_is_linear_and_bounded(value: str) -> None:
+    ca = ClientAddress(["10.0.0.0/8"], header="Forwarded")
+    start = time.process_time()
+    assert ca("10.1.2.3", {"forwarded": value}.get) in ("10.1.2.3", "10.0.0.1")
+    assert time.process_time() - start < 1.0
 
 
 def test_forwarded_header_is_ignored_when_xff_is_configured() -> None:
