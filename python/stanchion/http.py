@@ -49,7 +49,7 @@ import logging
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple, TypeAlias, Union
 
@@ -407,17 +407,51 @@ def _digest(value: str) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def api_key(header: str = "X-API-Key") -> KeyFunc:
-    """Key requests by an API key header. The key is hashed (so raw keys
-    never reach a shared store); requests without one fall back to the
-    client address."""
+def api_key(
+    header: str = "X-API-Key",
+    *,
+    valid: Callable[[str], Any] | Container[str],
+) -> KeyFunc:
+    """Key requests by an API key header, but only keys that ``valid``
+    accepts: a set (or frozenset, dict, any container other than a
+    string) of the valid keys, looked up on every request so it may
+    change at run time, or a plain (not async) function ``key -> bool``.
+    A missing, unknown or invalid key counts against the client address,
+    exactly like a request without one, so inventing keys buys nothing.
+    Valid keys are hashed (raw keys never reach a shared store)."""
     if not isinstance(header, str) or not header:
         raise SettingError("key", "api_key() needs a header name")
+    check: Callable[[str], Any]
+    if isinstance(valid, (str, bytes)) or not (
+        callable(valid) or isinstance(valid, Container)
+    ):
+        raise SettingError(
+            "key",
+            "api_key(valid=...) takes a set of the valid keys or a function "
+            f"key -> bool, not {type(valid).__name__}",
+        )
+    if callable(valid):
+        if inspect.iscoroutinefunction(valid):
+            raise SettingError(
+                "key", "api_key(valid=...) must be a plain function, not async"
+            )
+        check = valid
+    else:
+        check = valid.__contains__
     name = header.lower()
 
     def key(request: Request) -> str | None:
         value = request.header(name)
-        return "apikey:" + _digest(value) if value else None
+        if not value:
+            return None
+        ok = check(value)
+        if ok is not True and inspect.isawaitable(ok):
+            if inspect.iscoroutine(ok):
+                ok.close()
+            raise TypeError(
+                "api_key(valid=...) returned an awaitable; give a plain function"
+            )
+        return "apikey:" + _digest(value) if ok else None
 
     key.__qualname__ = f"api_key({header!r})"
     return key

@@ -134,7 +134,7 @@ async def test_middleware_plans(limits: dict[str, Any]) -> None:
         {"free": "2/minute", "paid": "4/minute"},
         plan=lambda r: "paid" if r.header("x-api-key") == "paid-key" else "free",
     )
-    app = hello_app(limit=plans, key=api_key(), **limits)
+    app = hello_app(limit=plans, key=api_key(valid={"k", "paid-key"}), **limits)
     async with client(app) as c:
         free = [
             (await c.get("/hello", headers={"x-api-key": "k"})).status_code
@@ -387,7 +387,7 @@ def decorated_app(limits: dict[str, Any]) -> FastAPI:
         Plans(
             {"free": "1/minute", "paid": "3/minute"}, plan=lambda r: r.header("x-plan")
         ),
-        key=api_key(),
+        key=api_key(valid={"p", "f"}),
         limiters=cache,
     )
     async def plan() -> str:

@@ -56,7 +56,7 @@ class SlowLimiter(Limiter):
 # -- views ------------------------------------------------------------------------
 
 
-key_by_api_key = api_key()
+key_by_api_key = api_key(valid={"a", "b"})
 
 
 def hello(request: HttpRequest) -> HttpResponse:
@@ -86,7 +86,7 @@ def soft(request: HttpRequest) -> HttpResponse:
 
 @ratelimit(
     Plans({"free": "1/minute", "paid": "3/minute"}, plan=lambda r: r.header("x-plan")),
-    key=api_key(),
+    key=api_key(valid={"k", "q"}),
     limiters=CACHE,
 )
 def plan(request: HttpRequest) -> HttpResponse:

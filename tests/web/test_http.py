@@ -258,7 +258,9 @@ def test_spoofed_xff_through_a_trusted_proxy_gains_nothing(clock: FakeClock) -> 
 
 
 def test_api_key_helper_falls_back_to_address(clock: FakeClock) -> None:
-    rule = Rule("1/minute", key=api_key("X-API-Key"), clock=clock)
+    rule = Rule(
+        "1/minute", key=api_key("X-API-Key", valid={"k1", "k2", "secret"}), clock=clock
+    )
     assert hits(rule, 2, "1.1.1.1", headers={"X-API-Key": "k1"}) == [True, False]
     assert hits(rule, 1, "1.1.1.1", headers={"X-API-Key": "k2"}) == [True]
     # No key: limited per address, not in one shared "no key" bucket.
@@ -336,6 +338,59 @@ def test_bytes_and_int_identities(clock: FakeClock) -> None:
     assert hits(rule, 1, headers={"x-id": "a"}) == [True]
 
 
+@pytest.mark.parametrize(
+    "valid",
+    [{"good-key"}, frozenset({"good-key"}), {"good-key": "pro"}, "good-key".__eq__],
+)
+def test_invented_api_keys_count_against_the_address(
+    clock: FakeClock, valid: Any
+) -> None:
+    rule = Rule("5/minute", key=api_key(valid=valid), clock=clock)
+    # 200 guessed keys from one address: 5 pass, as without any key.
+    guesses = [
+        hits(rule, 1, "6.6.6.6", headers={"X-API-Key": f"guess-{i}"})[0]
+        for i in range(200)
+    ]
+    assert sum(guesses) == 5
+    assert hits(rule, 1, "6.6.6.6") == [False]  # the same bucket as no key
+    assert hits(rule, 1, "7.7.7.7", headers={"X-API-Key": "nope"}) == [True]
+    # A valid key has its own bucket, wherever it comes from.
+    assert hits(rule, 6, "6.6.6.6", headers={"X-API-Key": "good-key"}) == [True] * 5 + [
+        False
+    ]
+    assert hits(rule, 1, "8.8.8.8", headers={"X-API-Key": "good-key"}) == [False]
+
+
+def test_api_key_valid_set_is_read_live(clock: FakeClock) -> None:
+    keys: set[str] = set()
+    rule = Rule("1/minute", key=api_key(valid=keys), clock=clock)
+    assert hits(rule, 1, "1.1.1.1", headers={"X-API-Key": "new"}) == [True]
+    assert hits(rule, 1, "1.1.1.1", headers={"X-API-Key": "new"}) == [False]
+    keys.add("new")
+    assert hits(rule, 1, "1.1.1.1", headers={"X-API-Key": "new"}) == [True]
+
+
+@pytest.mark.parametrize("valid", ["good-key", b"k", 42, None])
+def test_api_key_rejects_bad_valid(valid: Any) -> None:
+    with pytest.raises(SettingError, match="valid"):
+        api_key(valid=valid)
+
+
+def test_api_key_needs_valid_and_a_sync_validator(clock: FakeClock) -> None:
+    with pytest.raises(TypeError, match="valid"):
+        api_key("X-API-Key")  # type: ignore[call-arg]
+
+    async def check(key: str) -> bool:
+        return True
+
+    with pytest.raises(SettingError, match="not async"):
+        api_key(valid=check)
+
+    rule = Rule("1/minute", key=api_key(valid=lambda k: check(k)), clock=clock)
+    with pytest.raises(TypeError, match="plain function"):
+        rule.check(req(headers={"X-API-Key": "k"}), "1.1.1.1")
+
+
 # -- limits, plans, cost, scope -------------------------------------------------
 
 
@@ -345,7 +400,7 @@ def test_plans(clock: FakeClock) -> None:
         plan=lambda r: r.header("x-plan"),
         default="free",
     )
-    rule = Rule(plans, key=api_key(), clock=clock)
+    rule = Rule(plans, key=api_key(valid=set("abcde")), clock=clock)
 
     def n_ok(plan: str | None, api: str) -> int:
         headers = {"x-api-key": api} | ({"x-plan": plan} if plan else {})

@@ -69,7 +69,7 @@ def make_api(limits: dict[str, Any], **mw: Any) -> tuple[Any, Client]:
         Plans(
             {"free": "1/minute", "paid": "3/minute"}, plan=lambda r: r.header("x-plan")
         ),
-        key=api_key(),
+        key=api_key(valid={"a", "b"}),
         scope="plan",
         limiters=cache,
     )
