@@ -402,7 +402,12 @@ def _forwarded_node(
 KeyFunc: TypeAlias = Callable[[Request], Any]
 
 
-def _digest(value: str) -> str:
+def _digest(value: str | bytes) -> str:
+    """A fixed-size name for a long or unusual identity. Raw bytes are
+    hashed as they are (two different byte strings are two clients), in
+    their own domain, so they never meet a str's encoding."""
+    if isinstance(value, bytes):
+        return hashlib.blake2b(value, digest_size=16, person=b"bytes").hexdigest()
     data = value.encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -970,14 +975,22 @@ class Rule:
         if answer is None or isinstance(answer, str):
             ident = answer or ""
         elif isinstance(answer, bytes):
-            ident = answer.decode("utf-8", "replace")
+            try:
+                ident = answer.decode("utf-8")
+            except UnicodeDecodeError:
+                # Hashed as they are: replacing the bad bytes would merge
+                # every client whose bytes differ only there.
+                request.key = ident = _safe_identity(answer)
+                return self._prefix + ident
         else:
             ident = str(answer)
         if not ident:
             if not client:
                 return None
             ident = client
-        if len(ident) > MAX_IDENTITY or not ident.isascii():
+        # "#" starts only hashed identities: an answer that starts with it
+        # is hashed too, so no answer can name another one's hash.
+        if len(ident) > MAX_IDENTITY or not ident.isascii() or ident[0] == "#":
             ident = _safe_identity(ident)
         request.key = ident
         return self._prefix + ident
@@ -1298,10 +1311,11 @@ def _check_cost(cost: Any, setting: str) -> int:
     return cost
 
 
-def _safe_identity(ident: str) -> str:
+def _safe_identity(ident: str | bytes) -> str:
     """A long or non-ASCII identity as something the table can hold
-    cheaply: kept when short and valid UTF-8, else hashed."""
-    if len(ident) <= MAX_IDENTITY:
+    cheaply: kept when short and valid UTF-8 (and not starting with the
+    "#" of a hash), else hashed; bytes are always hashed."""
+    if isinstance(ident, str) and len(ident) <= MAX_IDENTITY and ident[:1] != "#":
         try:
             ident.encode("utf-8")
             return ident

@@ -391,6 +391,35 @@ def test_api_key_needs_valid_and_a_sync_validator(clock: FakeClock) -> None:
         rule.check(req(headers={"X-API-Key": "k"}), "1.1.1.1")
 
 
+def test_bytes_identities_are_hashed_as_bytes(clock: FakeClock) -> None:
+    rule = Rule("1/minute", key=lambda r: r.native, clock=clock)
+
+    def hit(ident: Any) -> bool:
+        v = rule.check(Request("GET", "/", None, ident), "1.1.1.1")
+        return v is not None and not v.blocked
+
+    # Invalid UTF-8 that differs only in the bad bytes: distinct clients.
+    assert [hit(b"id\xff"), hit(b"id\xfe"), hit(b"id\xff")] == [True, True, False]
+    # Not the str whose lenient encoding gives the same bytes either.
+    assert hit("id\udcff".encode("utf-8", "surrogatepass")) is True
+    assert hit("id\udcff") is True
+    # Valid UTF-8 bytes name the same client as the str.
+    assert [hit("é".encode()), hit("é")] == [True, False]
+
+
+def test_no_identity_can_name_a_hashed_one(clock: FakeClock) -> None:
+    rule = Rule("1/minute", key=lambda r: r.native, clock=clock)
+    victim = "x" * 500
+    v = rule.check(Request("GET", "/", None, victim), "1.1.1.1")
+    assert v is not None and v.request is not None and v.request.key is not None
+    hashed = v.request.key
+    assert hashed.startswith("#")
+    v = rule.check(Request("GET", "/", None, hashed), "2.2.2.2")
+    assert v is not None and not v.blocked
+    v = rule.check(Request("GET", "/", None, hashed.encode()), "2.2.2.2")
+    assert v is not None and v.blocked  # its own bucket, the one the str got
+
+
 # -- limits, plans, cost, scope -------------------------------------------------
 
 
