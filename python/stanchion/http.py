@@ -497,7 +497,7 @@ def authenticated_user(attribute: str | None = None) -> KeyFunc:
 class _RateInfo:
     """What the headers need to know about one limiter's rates."""
 
-    __slots__ = ("capacities", "limiter", "rates", "windows")
+    __slots__ = ("capacities", "limiter", "max_cost", "rates", "windows")
 
     def __init__(
         self, limiter: Any, rates: tuple[Rate, ...], capacities: tuple[int, ...]
@@ -505,6 +505,8 @@ class _RateInfo:
         self.limiter = limiter
         self.rates = rates
         self.capacities = capacities
+        # The largest cost one hit may ask (None: the limiter does not say).
+        self.max_cost: int | None = getattr(limiter, "max_cost", None)
         # (q, w) per rate for RateLimit-Policy: whole quota over whole
         # seconds, scaling the window when the rate is fractional.
         windows = []
@@ -824,6 +826,12 @@ class Rule:
             raise SettingError("scope", f"must be a non-empty str, got {scope!r}")
         self.scope = scope
         self._prefix = scope + "\x1f"
+        # Client address -> its bucket key, and (rules without key, limit
+        # or cost functions) -> its pending decision: both depend on the
+        # address alone. A socket peer and the name ClientAddress gives it
+        # lead to the same entry.
+        self._address_keys: dict[str, str | bytes] = {}
+        self._client_plans: dict[str, _Pending] = {}
 
         # limit: fixed (checked now) or a function (checked per request).
         self._fixed: _RateInfo | None = None
@@ -938,6 +946,11 @@ class Rule:
             self._parts(self._fixed) if self._fixed is not None else None
         )
         self._has_funcs = bool(self._limit_func or self._cost_func or self._key)
+        #: The fixed limiter decides in C and never waits: acheck_simple
+        #: then calls its hit, skipping a coroutine.
+        self._fixed_in_c = (
+            self._fixed is not None and type(self._fixed.limiter).ahit is _INPROC_AHIT
+        )
         #: True when a decision needs only the method, path and peer: the
         #: adapters then call check_simple/acheck_simple and build no
         #: Request view at all (the common case, and the fast one).
@@ -968,7 +981,9 @@ class Rule:
         request.client = client or None
         return client
 
-    def _finish(self, request: Request, client: str, answer: Any) -> str | None:
+    def _finish(
+        self, request: Request, client: str, answer: Any
+    ) -> str | bytes | None:
         """The bucket key from a key function's answer (falling back to
         the client address), or None when there is no identity at all."""
         ident: str
@@ -987,7 +1002,14 @@ class Rule:
         if not ident:
             if not client:
                 return None
-            ident = client
+            request.key = client
+            key = self._address_keys.get(client)
+            if key is None:
+                key = self._address_key(client)
+                if len(self._address_keys) >= MAX_ADDRESS_KEYS:
+                    self._address_keys.clear()
+                self._address_keys[client] = key
+            return key
         # "#" starts only hashed identities: an answer that starts with it
         # is hashed too, so no answer can name another one's hash.
         if len(ident) > MAX_IDENTITY or not ident.isascii() or ident[0] == "#":
@@ -995,13 +1017,23 @@ class Rule:
         request.key = ident
         return self._prefix + ident
 
-    def _unidentified(self, request: Request) -> tuple[str | None, bool]:
-        """(key, blocked) for a request with no identity."""
+    def _address_key(self, addr: str) -> str | bytes:
+        """The bucket key of a client address (a socket peer, or a name
+        from ``client_address``)."""
+        ident = addr if ":" not in addr else self.client_address._name(addr)
+        if len(ident) > MAX_IDENTITY or not ident.isascii():
+            ident = _safe_identity(ident)
+        return self._prefix + ident
+
+    def _unidentified(self, request: Request) -> Verdict | str | None:
+        """For a request with no identity: its 429 (``"deny"``), None (not
+        limited: ``"allow"``, or ``"deny"`` in dry run) or the key of the
+        one shared bucket (``"share"``)."""
         if self.unidentified == "deny":
             if self.dry_run:
                 self.dry_run_denials += 1
-                return None, False
-            return None, True
+                return None
+            return Verdict(self, None, None, True, request)
         if not self._warned:
             self._warned = True
             log.warning(
@@ -1011,27 +1043,88 @@ class Rule:
                 self.unidentified,
             )
         if self.unidentified == "allow":
-            return None, False
+            return None
         request.key = "<unidentified>"
-        return self._prefix + "<unidentified>", False
+        return self._prefix + "<unidentified>"
 
-    def _settle(
-        self, request: Request, key: str | None, spec: Any, cost: Any
-    ) -> tuple[Any, ...] | None:
-        """(info, key, cost) to hit, (Verdict,) already reached, or None
-        when the request is not limited."""
+    # Every decision takes three steps, the same for check, acheck,
+    # check_simple and acheck_simple: a plan (what to ask which limiter,
+    # or the verdict when no limiter need be asked; it awaits nothing),
+    # the one limiter call (hit, or await ahit), and the conclusion (the
+    # limiter's Decision as a Verdict). The four entry points only add
+    # the call, so sync and async cannot decide differently.
+
+    def _plan(
+        self, request: Request, key: str | bytes | None, spec: Any, cost: Any
+    ) -> _Pending | Verdict | None:
+        """The pending decision for a request whose identity (``key``),
+        rate (``spec``) and cost are known (``spec`` and ``cost`` are the
+        limit and cost functions' answers, ignored when there are none);
+        a Verdict when it is decided already; None when the request is
+        not limited."""
         if key is None:
-            key, blocked = self._unidentified(request)
-            if key is None:
-                return (Verdict(self, None, None, True, request),) if blocked else None
+            shared = self._unidentified(request)
+            if not isinstance(shared, str):
+                return shared
+            key = shared
         info = self._fixed
         if info is None:
             if spec is None:
                 return None
             info = self.limiters.get(spec)
-        if self._cost_func is not None:
+        if self._cost_func is None:
+            cost = self._cost
+        else:
             cost = _check_cost(cost, "cost function")
-        return info, key, cost
+            if info.max_cost is not None and cost > info.max_cost:
+                # More than the limit allows at once: it could never pass.
+                d = Decision(False, min(info.capacities or (0,)), 0)
+                return self._conclude((info, key, cost, request.key), d, request)
+        return (info, key, cost, request.key)
+
+    def _plan_client(self, request: Request, client: str) -> _Pending | Verdict | None:
+        """``_plan`` for a rule without key, limit or cost functions,
+        whose plan depends on the client address alone (so it is kept)."""
+        if client:
+            request.key = client
+            p = self._client_plans.get(client)
+            if p is not None:
+                return p
+        plan = self._plan(request, self._finish(request, client, None), None, 0)
+        if client and isinstance(plan, tuple):
+            self._keep_plan(client, plan)
+        return plan
+
+    def _plan_simple(
+        self, method: str, path: str, peer: str | None
+    ) -> _Pending | Verdict | None:
+        """``_plan`` for a rule whose ``simple`` is True, from the method,
+        path and socket peer alone."""
+        if not self._plain and self._exempt_simple(method, path):
+            return None
+        if not peer:
+            return self._plan(Request(method, path), None, None, 0)
+        p = self._client_plans.get(peer)
+        if p is None:
+            info = self._fixed
+            assert info is not None  # a simple rule's limit is fixed
+            p = (info, self._address_key(peer), self._cost, peer)
+            self._keep_plan(peer, p)
+        return p
+
+    def _keep_plan(self, address: str, plan: _Pending) -> None:
+        plans = self._client_plans
+        if len(plans) >= MAX_ADDRESS_KEYS:
+            plans.clear()
+        plans[address] = plan
+
+    def _conclude(
+        self, pending: _Pending, d: Decision, request: Request | None
+    ) -> Verdict:
+        """The verdict on a pending decision, given the limiter's answer."""
+        if d.allowed:
+            return Verdict(self, d, pending[0], False, request)
+        return self._denied(d, pending[0], request, pending[3])
 
     def _exempt_simple(self, method: str, path: str) -> bool:
         return (
@@ -1042,84 +1135,56 @@ class Rule:
 
     def check_simple(self, method: str, path: str, peer: str | None) -> Verdict | None:
         """``check`` for a rule whose ``simple`` is True, without a Request."""
-        if not self._plain and self._exempt_simple(method, path):
-            return None
-        if not peer:
-            return self._check_unidentified(Request(method, path))
-        ident = peer if ":" not in peer else self.client_address._name(peer)
-        if len(ident) > MAX_IDENTITY or not ident.isascii():
-            ident = _safe_identity(ident)
-        info = self._fixed
-        assert info is not None
-        key = self._prefix + ident
-        d = info.limiter.hit(key, self._cost)
+        # A plain rule's plan depends on the peer alone: reuse it.
+        p = self._client_plans.get(peer) if self._plain else None  # type: ignore[arg-type]
+        if p is None:
+            plan = self._plan_simple(method, path, peer)
+            if not isinstance(plan, tuple):
+                return plan
+            p = plan
+        d = p[0].limiter.hit(p[1], p[2])
         if d.allowed:
-            return Verdict(self, d, info, False, None)
-        return self._denied(d, info, None, key)
+            return Verdict(self, d, p[0], False, None)
+        return self._conclude(p, d, None)
 
     async def acheck_simple(
         self, method: str, path: str, peer: str | None
     ) -> Verdict | None:
         """``acheck`` for a rule whose ``simple`` is True, without a Request."""
-        if not self._plain and self._exempt_simple(method, path):
-            return None
-        if not peer:
-            return self._check_unidentified(Request(method, path))
-        ident = peer if ":" not in peer else self.client_address._name(peer)
-        if len(ident) > MAX_IDENTITY or not ident.isascii():
-            ident = _safe_identity(ident)
-        info = self._fixed
-        assert info is not None
-        key = self._prefix + ident
-        lim = info.limiter
-        if type(lim).ahit is _INPROC_AHIT:
-            d = lim.hit(key, self._cost)  # in-process: decided in C, never waits
+        p = self._client_plans.get(peer) if self._plain else None  # type: ignore[arg-type]
+        if p is None:
+            plan = self._plan_simple(method, path, peer)
+            if not isinstance(plan, tuple):
+                return plan
+            p = plan
+        if self._fixed_in_c:
+            d = p[0].limiter.hit(p[1], p[2])  # in C, never waits
         else:
-            d = await lim.ahit(key, self._cost)
+            d = await p[0].limiter.ahit(p[1], p[2])
         if d.allowed:
-            return Verdict(self, d, info, False, None)
-        return self._denied(d, info, None, key)
-
-    def _check_unidentified(self, request: Request) -> Verdict | None:
-        key, blocked = self._unidentified(request)
-        if key is None:
-            return Verdict(self, None, None, True, request) if blocked else None
-        info = self._fixed
-        assert info is not None
-        d = info.limiter.hit(key, self._cost)
-        return self._verdict(d, info, request)
+            return Verdict(self, d, p[0], False, None)
+        return self._conclude(p, d, None)
 
     def check(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide (sync, calls ``limiter.hit``). ``None``: not limited."""
         if not self._plain and self.exempt(request):
             return None
         client = self._client(request, peer)
-        if self._has_funcs:
-            key = self._finish(
-                request, client, self._key(request) if self._key is not None else None
-            )
-            spec = self._limit_func(request) if self._limit_func is not None else None
-            cost = (
-                self._cost_func(request) if self._cost_func is not None else self._cost
-            )
-            r = self._settle(request, key, spec, cost)
-            if r is None or len(r) == 1:
-                return r[0] if r else None
-            info, key, cost = r
+        if not self._has_funcs:
+            p = self._plan_client(request, client)
         else:
-            info = self._fixed
-            key = self._finish(request, client, None)
-            cost = self._cost
-            if key is None:
-                key, blocked = self._unidentified(request)
-                if key is None:
-                    return Verdict(self, None, None, True, request) if blocked else None
-        try:
-            d = info.limiter.hit(key, cost)
-        except ValueError:
-            # A cost function asked for more than the limit allows at once.
-            d = Decision(False, min(info.capacities or (0,)), 0)
-        return self._verdict(d, info, request)
+            # In this order: the rate and cost functions may read request.key.
+            ident = self._key(request) if self._key is not None else None
+            key = self._finish(request, client, ident)
+            spec = self._limit_func(request) if self._limit_func is not None else None
+            cost = self._cost_func(request) if self._cost_func is not None else 0
+            p = self._plan(request, key, spec, cost)
+        if not isinstance(p, tuple):
+            return p
+        d = p[0].limiter.hit(p[1], p[2])
+        if d.allowed:
+            return Verdict(self, d, p[0], False, request)
+        return self._conclude(p, d, request)
 
     async def acheck(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide without blocking the loop (awaits ``limiter.ahit``;
@@ -1127,45 +1192,24 @@ class Rule:
         if not self._plain and self.exempt(request):
             return None
         client = self._client(request, peer)
-        if self._has_funcs:
-            ident = self._key(request) if self._key is not None else None
-            if inspect.isawaitable(ident):
-                ident = await ident
-            key = self._finish(request, client, ident)
-            spec = self._limit_func(request) if self._limit_func is not None else None
-            if inspect.isawaitable(spec):
-                spec = await spec
-            cost = (
-                self._cost_func(request) if self._cost_func is not None else self._cost
-            )
-            if inspect.isawaitable(cost):
-                cost = await cost
-            r = self._settle(request, key, spec, cost)
-            if r is None or len(r) == 1:
-                return r[0] if r else None
-            info, key, cost = r
+        if not self._has_funcs:
+            p = self._plan_client(request, client)
         else:
-            info = self._fixed
-            key = self._finish(request, client, None)
-            cost = self._cost
-            if key is None:
-                key, blocked = self._unidentified(request)
-                if key is None:
-                    return Verdict(self, None, None, True, request) if blocked else None
-        lim = info.limiter
-        try:
-            if type(lim).ahit is _INPROC_AHIT:
-                d = lim.hit(key, cost)  # in-process: decided in C, never waits
-            else:
-                d = await lim.ahit(key, cost)
-        except ValueError:
-            d = Decision(False, min(info.capacities or (0,)), 0)
-        return self._verdict(d, info, request)
-
-    def _verdict(self, d: Decision, info: _RateInfo, request: Request) -> Verdict:
+            # check's calls, in its order, each awaited if it gives an awaitable.
+            key = self._finish(request, client, await _answer(self._key, request))
+            spec = await _answer(self._limit_func, request)
+            cost = await _answer(self._cost_func, request)
+            p = self._plan(request, key, spec, cost)
+        if not isinstance(p, tuple):
+            return p
+        lim = p[0].limiter
+        if type(lim).ahit is _INPROC_AHIT:
+            d = lim.hit(p[1], p[2])  # in C, never waits
+        else:
+            d = await lim.ahit(p[1], p[2])
         if d.allowed:
-            return Verdict(self, d, info, False, request)
-        return self._denied(d, info, request, request.key)
+            return Verdict(self, d, p[0], False, request)
+        return self._conclude(p, d, request)
 
     def _denied(
         self, d: Decision, info: _RateInfo, request: Request | None, key: Any
@@ -1301,6 +1345,24 @@ class Rule:
 
 
 _INPROC_AHIT = Limiter.ahit
+
+#: A pending decision: (rate info, bucket key, cost, the identity to name
+#: in logs).
+_Pending: TypeAlias = "tuple[_RateInfo, str | bytes, int, Any]"
+
+
+async def _answer(func: Callable[[Request], Any] | None, request: Request) -> Any:
+    """A key, limit or cost function's answer, awaited if it is awaitable."""
+    if func is None:
+        return None
+    answer = func(request)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer
+
+
+#: Most address keys (and plans) a rule remembers (then it starts afresh).
+MAX_ADDRESS_KEYS = 1024
 
 
 def _check_cost(cost: Any, setting: str) -> int:

@@ -6,9 +6,11 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from stanchion import Limiter
 from stanchion.http import (
@@ -19,11 +21,15 @@ from stanchion.http import (
     Request,
     Rule,
     SettingError,
+    Verdict,
     api_key,
     authenticated_user,
 )
+from stanchion.redis import RedisStorage
 
+from .._redis import SLOW, RedisServer
 from ..conftest import FakeClock
+from .conftest import AsyncOnlyLimiter
 
 
 def req(
@@ -654,3 +660,89 @@ async def test_async_functions_and_slow_limiter(clock: FakeClock) -> None:
     slow = Rule(Slow("1/minute", clock=clock))
     got = [await slow.acheck(req(), "1.1.1.1") for _ in range(2)]
     assert [v.blocked for v in got if v is not None] == [False, True]
+
+
+# -- one decision path for sync and async ----------------------------------------
+
+
+@pytest.mark.parametrize("simple", [True, False])
+async def test_async_unidentified_never_calls_the_blocking_hit(
+    clock: FakeClock, simple: bool
+) -> None:
+    lim = AsyncOnlyLimiter("2/minute", clock=clock)
+    rule = Rule(lim, unidentified="share", key=None if simple else lambda r: None)
+    assert rule.simple is simple
+
+    async def decide() -> Verdict | None:
+        if simple:
+            return await rule.acheck_simple("GET", "/", None)
+        return await rule.acheck(req(), None)
+
+    got = [await decide() for _ in range(3)]
+    assert [v is not None and v.blocked for v in got] == [False, False, True]
+    # Every peer-less request shares one bucket, apart from any client's.
+    assert not (await rule.acheck(req(), "1.1.1.1")).blocked  # type: ignore[union-attr]
+
+
+async def test_async_unidentified_with_an_asyncio_redis_client(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.asyncio.Redis(port=redis_server.port)
+    storage = RedisStorage(client, timeout=SLOW, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    try:
+        for simple in (True, False):
+            rule = Rule(
+                "2/minute",
+                storage=storage,
+                unidentified="share",
+                scope=f"redis-{simple}",
+                key=None if simple else lambda r: None,
+            )
+            got = [
+                await (
+                    rule.acheck_simple("GET", "/", None)
+                    if simple
+                    else rule.acheck(req(), None)
+                )
+                for _ in range(3)
+            ]
+            assert [v is not None and v.blocked for v in got] == [False, False, True]
+    finally:
+        await storage.aclose()
+        await client.aclose()
+
+
+def test_sync_and_async_decide_alike(clock: FakeClock) -> None:
+    """The same requests through check and acheck give the same verdicts."""
+
+    def run(asynchronous: bool) -> list[Any]:
+        rule = Rule(
+            lambda r: "3/minute" if r.header("x-plan") != "none" else None,
+            key=lambda r: r.header("x-user"),
+            cost=lambda r: int(r.header("x-cost") or 1),
+            unidentified="share",
+            clock=FakeClock(),
+        )
+        out = []
+        for user, plan, cost, peer in [
+            ("a", None, "1", "1.1.1.1"),
+            ("a", None, "2", "1.1.1.1"),
+            ("a", None, "1", "1.1.1.1"),
+            ("a", "none", "1", "1.1.1.1"),
+            (None, None, "1", "2.2.2.2"),
+            (None, None, "9", "2.2.2.2"),
+            (None, None, "1", None),
+            (None, None, "3", None),
+            (None, None, "1", None),
+        ]:
+            h = {"x-user": user, "x-plan": plan, "x-cost": cost}
+            r = Request("GET", "/", {k: v for k, v in h.items() if v}.get)
+            v = asyncio.run(rule.acheck(r, peer)) if asynchronous else rule.check(r, peer)
+            out.append(None if v is None else (v.blocked, v.decision, r.key))
+        return out
+
+    assert run(False) == run(True)
+    assert [v and v[0] for v in run(False)] == [
+        False, False, True, None, False, True, False, True, False,
+    ]  # fmt: skip
+
