@@ -945,6 +945,8 @@ class Rule:
         self._fixed_parts = (
             self._parts(self._fixed) if self._fixed is not None else None
         )
+        self._v6_prefix = self.client_address.ipv6_prefix
+        self._tag4, self._tag6 = _scope_tags(scope, self._v6_prefix)
         self._has_funcs = bool(self._limit_func or self._cost_func or self._key)
         #: The fixed limiter decides in C and never waits: acheck_simple
         #: then calls its hit, skipping a coroutine.
@@ -1019,11 +1021,15 @@ class Rule:
 
     def _address_key(self, addr: str) -> str | bytes:
         """The bucket key of a client address (a socket peer, or a name
-        from ``client_address``)."""
-        ident = addr if ":" not in addr else self.client_address._name(addr)
-        if len(ident) > MAX_IDENTITY or not ident.isascii():
-            ident = _safe_identity(ident)
-        return self._prefix + ident
+        from ``client_address``), kept short enough to be stored inline
+        in the in-process table (see ``_pack_address``)."""
+        key = _pack_address(addr, self._tag4, self._tag6, self._v6_prefix)
+        if key is not None:
+            return key
+        # Not an IP address (a test client's name, say).
+        if len(addr) > MAX_IDENTITY or not addr.isascii() or addr[0] == "#":
+            addr = _safe_identity(addr)
+        return self._prefix + addr
 
     def _unidentified(self, request: Request) -> Verdict | str | None:
         """For a request with no identity: its 429 (``"deny"``), None (not
@@ -1361,8 +1367,63 @@ async def _answer(func: Callable[[Request], Any] | None, request: Request) -> An
     return answer
 
 
+# -- client address keys -------------------------------------------------------
+#
+# Most buckets are keyed on the client address, so its key is kept within
+# the in-process table's inline size (16 bytes, KT_INLINE in
+# src/keytable.h), where "scope\x1f203.0.113.7" would need a heap copy:
+#
+#   kind (1 byte) + scope tag (7 bytes) + IPv4 address (4 bytes)    = 12
+#   kind (1 byte) + scope tag (7 bytes) + IPv6 /64 network (8 bytes) = 16
+#
+# The kind byte (0xff, 0xfe) never occurs in UTF-8, so these bytes keys
+# equal no str key's encoding in any storage. The tag is a hash of the
+# scope (and, for IPv6, of the prefix length, so networks of different
+# sizes never share a key); two scopes of one process never share a tag
+# (a colliding scope keeps str keys). Other identities keep the str form
+# "scope\x1fidentity".
+
 #: Most address keys (and plans) a rule remembers (then it starts afresh).
 MAX_ADDRESS_KEYS = 1024
+#: Most scope tags registered in one process.
+MAX_SCOPE_TAGS = 65536
+_SCOPE_TAGS: dict[bytes, str] = {}
+
+
+def _scope_tags(scope: str, v6_prefix: int) -> tuple[bytes | None, bytes | None]:
+    """The (IPv4, IPv6) key heads of ``scope``, or (None, None) when they
+    are taken by another scope (or too many scopes exist): str keys then."""
+    data = scope.encode("utf-8", "surrogatepass")
+    tag4 = b"\xff" + hashlib.blake2b(data, digest_size=7, person=b"ipv4").digest()
+    person = b"ipv6/%d" % v6_prefix
+    tag6 = b"\xfe" + hashlib.blake2b(data, digest_size=7, person=person).digest()
+    for tag in (tag4, tag6):
+        if tag not in _SCOPE_TAGS and len(_SCOPE_TAGS) >= MAX_SCOPE_TAGS:
+            return None, None
+        if _SCOPE_TAGS.setdefault(tag, scope) != scope:
+            return None, None
+    return tag4, tag6
+
+
+def _pack_address(
+    addr: str, tag4: bytes | None, tag6: bytes | None, v6_prefix: int
+) -> bytes | None:
+    """The bytes key of a client address (a peer such as ``"203.0.113.7"``
+    or ``"2001:db8::1"``, or a network name such as ``"2001:db8::/64"``),
+    or None when ``addr`` is no IP address."""
+    if tag4 is None or tag6 is None:
+        return None
+    base, slash, bits = addr.partition("/")
+    if slash and bits != str(v6_prefix):
+        return None
+    ip = _parse_ip(base)
+    if ip is None:
+        return None
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None if slash else tag4 + ip.packed
+    shift = 128 - v6_prefix
+    network = (int(ip) >> shift) << shift
+    return tag6 + network.to_bytes(16, "big")[: (v6_prefix + 7) // 8]
 
 
 def _check_cost(cost: Any, setting: str) -> int:

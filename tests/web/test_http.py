@@ -746,3 +746,87 @@ def test_sync_and_async_decide_alike(clock: FakeClock) -> None:
         False, False, True, None, False, True, False, True, False,
     ]  # fmt: skip
 
+
+# -- client address keys ---------------------------------------------------------
+
+
+def test_address_keys_fit_the_inline_key_size(clock: FakeClock) -> None:
+    """A client address key is held inside the table's entry: through the
+    rule, the table holds no more memory than for 16-byte keys."""
+    n = 2000
+    v4 = [f"198.{i // 256}.{i % 256}.7" for i in range(n)]
+    v6 = [f"2001:db8:{i:x}:1::{i:x}" for i in range(n)]
+    for peers in (v4, v6):
+        lim = Limiter("5/minute", clock=clock)
+        simple = Rule(lim, scope="a-long-scope-name-for-the-api")
+        proxied = Rule(lim, scope="a-long-scope-name-for-the-api", trusted_proxies=["10.0.0.0/8"])
+        for i, peer in enumerate(peers):
+            if i % 2:
+                simple.check_simple("GET", "/", peer)
+            else:
+                proxied.check(req(headers={"X-Forwarded-For": peer}), "10.0.0.1")
+        ref = Limiter("5/minute", clock=clock)
+        for i in range(n):
+            ref.hit(b"%016d" % i)
+        assert lim.stats()["keys"] == n
+        assert lim.stats()["memory_bytes"] == ref.stats()["memory_bytes"]
+
+
+def test_address_keys_keep_clients_and_scopes_apart(clock: FakeClock) -> None:
+    cache = LimiterCache(clock=clock)
+    a = Rule("1/minute", scope="a", limiters=cache)
+    b = Rule("1/minute", scope="b", limiters=cache, trusted_proxies=["10.0.0.0/8"])
+    a2 = Rule("1/minute", scope="a", limiters=cache, trusted_proxies=["10.0.0.0/8"])
+    # One client in two scopes: two buckets; in one scope: one, whichever
+    # path (peer or forwarded) named it.
+    assert hits(a, 1, "1.2.3.4") == [True]
+    assert hits(b, 1, "10.0.0.1", headers={"X-Forwarded-For": "1.2.3.4"}) == [True]
+    assert hits(a2, 1, "10.0.0.1", headers={"X-Forwarded-For": "1.2.3.4"}) == [False]
+    assert hits(a, 1, "::ffff:1.2.3.4") == [False]
+    # Neighbouring addresses and networks are different clients; one /64 is one.
+    assert hits(a, 1, "1.2.3.5") == [True]
+    assert hits(a, 1, "2001:db8:0:1::1") == [True]
+    assert hits(a, 1, "2001:db8:0:1::2") == [False]
+    assert hits(a, 1, "2001:db8:0:2::1") == [True]
+    # An identity that spells an address is not that address's bucket.
+    spell = Rule("1/minute", scope="a", limiters=cache, key=lambda r: "1.2.3.6")
+    assert hits(a, 1, "1.2.3.6") == [True]
+    assert hits(spell, 1, "9.9.9.9") == [True]
+
+
+def test_address_keys_per_ipv6_prefix(clock: FakeClock) -> None:
+    cache = LimiterCache(clock=clock)
+    wide = Rule("1/minute", scope="p", limiters=cache, ipv6_prefix=48)
+    narrow = Rule("1/minute", scope="p", limiters=cache, ipv6_prefix=128)
+    assert hits(wide, 1, "2001:db8:1:2::1") == [True]
+    assert hits(wide, 1, "2001:db8:1:3::1") == [False]  # the same /48
+    assert hits(narrow, 1, "2001:db8:1::") == [True]  # not the /48's bucket
+    assert hits(narrow, 1, "2001:db8:1::1") == [True]
+    assert hits(narrow, 1, "2001:db8:1::1") == [False]
+
+
+def test_a_scope_whose_tag_is_taken_keeps_str_keys(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stanchion import http
+
+    class Colliding:
+        """Every scope hashes alike."""
+
+        def __init__(self, data: bytes, **kw: Any) -> None:
+            pass
+
+        def digest(self) -> bytes:
+            return bytes(7)
+
+    monkeypatch.setattr(http, "_SCOPE_TAGS", {})
+    monkeypatch.setattr(http.hashlib, "blake2b", Colliding)
+    cache = LimiterCache(clock=clock)
+    victim = Rule("1/minute", scope="victim", limiters=cache)
+    other = Rule("1/minute", scope="other", limiters=cache)
+    again = Rule("1/minute", scope="victim", limiters=cache)
+    assert victim._tag4 is not None and other._tag4 is None
+    assert again._tag4 == victim._tag4
+    assert hits(victim, 1, "1.2.3.4") == [True]
+    assert hits(other, 1, "1.2.3.4") == [True]
+    assert hits(other, 1, "1.2.3.4") == [False]
