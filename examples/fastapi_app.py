@@ -16,6 +16,9 @@ from stanchion.fastapi import RateLimitMiddleware, exception_handlers, limit
 from stanchion.http import Plans, Request, api_key
 
 PAID_KEYS = {"paid-demo"}
+# The API keys this service issued (here from the environment); any other
+# key is limited like no key at all, per client address.
+API_KEYS = PAID_KEYS | set(filter(None, os.environ.get("API_KEYS", "").split(",")))
 
 
 def plan_of(request: Request) -> str:
@@ -26,7 +29,8 @@ app = FastAPI(title="stanchion example", exception_handlers=exception_handlers)
 app.add_middleware(
     RateLimitMiddleware,
     limit=Plans({"free": "60/minute", "paid": "600/minute"}, plan=plan_of),
-    key=api_key("X-API-Key"),  # clients without a key are limited per address
+    # Clients without a known key are limited per address.
+    key=api_key("X-API-Key", valid=API_KEYS),
     exempt_paths=["/health", "/docs", "/openapi.json"],
     # Behind a reverse proxy, name it so X-Forwarded-For is believed:
     trusted_proxies=os.environ.get("TRUSTED_PROXIES", "").split(",")
@@ -41,7 +45,7 @@ async def hello(name: str = "world") -> dict[str, str]:
 
 
 @app.get("/report")
-@limit("20/day", key=api_key("X-API-Key"), scope="reports")
+@limit("20/day", key=api_key("X-API-Key", valid=API_KEYS), scope="reports")
 async def report() -> dict[str, str]:
     """An expensive report: 20 per API key (or address) per day."""
     return {"report": "ready"}

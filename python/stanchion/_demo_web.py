@@ -28,7 +28,7 @@ def build_app(clock: Any) -> Any:
                 "paid" if r.header("x-api-key") == "bob-paid-key" else "free"
             ),
         ),
-        key=api_key("X-API-Key"),
+        key=api_key("X-API-Key", valid={"bob-paid-key"}),
         trusted_proxies=["10.0.0.0/8"],  # our load balancer; nobody else
         clock=clock,
     )

@@ -17,6 +17,17 @@ Client identity
     clients are grouped by their /64 (``ipv6_prefix``), since one host
     usually owns a whole /64.
 
+    ``Forwarded`` is read as RFC 7239 writes it: comma-separated
+    elements of ``;``-separated ``name=value`` pairs, names in any case,
+    values a token or a quoted string (``for="[2001:db8::17]:4711"``).
+    Only ``for=`` counts; its node is an IPv4 address or a bracketed
+    IPv6 address, with an optional port (a number or an obfuscated
+    ``_port``). An element whose ``for=`` is ``unknown``, obfuscated
+    (``_hidden``), missing or repeated ends the walk like a malformed
+    one, and a header that does not parse as a whole (an unterminated
+    quote, a stray character) counts as garbled from the right end, so
+    the request stays in the trusted proxy's bucket.
+
 Empty identity
     A key function that returns ``None`` or ``""`` falls back to the
     client address (a missing API key is limited per address, never in
@@ -36,8 +47,9 @@ import ipaddress
 import json
 import logging
 import math
+import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple, TypeAlias, Union
 
@@ -261,10 +273,11 @@ class ClientAddress:
         current = peer or ""
         if not value:
             return self._name(current) if current else ""
-        entries = value.rsplit(",", MAX_HOPS)
-        forwarded = self.header == "forwarded"
-        for raw in reversed(entries):
-            ip = _forwarded_for(raw) if forwarded else _parse_ip(raw)
+        if self.header == "forwarded":
+            hops: Iterable[Any] = _forwarded_hops(value)
+        else:
+            hops = map(_parse_ip, reversed(value.rsplit(",", MAX_HOPS)))
+        for ip in hops:
             if ip is None:
                 break  # garbled: keep the last hop we could trust
             text = str(ip)
@@ -307,25 +320,81 @@ class ClientAddress:
         return name
 
 
-def _forwarded_for(
-    element: str,
+# RFC 7239 section 4 (with RFC 9110's token and quoted-string): one
+# forwarded-pair or an empty one, then its separator. Each piece matches
+# in exactly one way, so a failed match of a long header stays linear.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_FWD_ITEM = rf"[ \t]*(?:({_TOKEN})=({_TOKEN}|{_QUOTED})[ \t]*)?([;,])"
+_FWD_HEADER = re.compile(rf"(?:{_FWD_ITEM})*")
+_FWD_ITEMS = re.compile(_FWD_ITEM)
+# A node (RFC 7239 section 6): IPv4, or IPv6 in brackets, then an
+# optional port, a number or an obfuscated ``_name``.
+_FWD_NODE = re.compile(
+    r"(?:([0-9.]{7,15})|\[([0-9A-Fa-f:.]{2,45})\])(?::(?:[0-9]{1,5}|_[0-9A-Za-z._-]+))?"
+)
+#: Most parameters read in one ``Forwarded`` element.
+MAX_PAIRS = 16
+
+
+def _forwarded_hops(
+    value: str,
+) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address | None]:
+    """The ``for=`` address of each element of a ``Forwarded`` header,
+    rightmost first (at most ``MAX_HOPS + 1`` of them), ``None`` for an
+    element that names no usable address; ``[None]`` when the header
+    does not parse."""
+    value += ","  # every item then ends with its separator
+    if _FWD_HEADER.fullmatch(value) is None:
+        return [None]
+    out: list[ipaddress.IPv4Address | ipaddress.IPv6Address | None] = []
+    names: set[str] = set()
+    node: str | None = None
+    ok = True
+    items = _FWD_ITEMS.findall(value)
+    # Read from the right; an item with "," ends an element, so meeting
+    # one closes the element on its right (read just before).
+    for name, val, sep in reversed(items):
+        if sep == ",":
+            if names:
+                out.append(_forwarded_node(node) if ok else None)
+                if len(out) > MAX_HOPS:
+                    return out
+            names = set()
+            node = None
+            ok = True
+        if not name:
+            continue  # an empty pair or element: nothing to read
+        name = name.lower()
+        if name in names or len(names) >= MAX_PAIRS:
+            ok = False  # a repeated parameter makes the element invalid
+        names.add(name)
+        if name == "for":
+            node = val
+    if names:
+        out.append(_forwarded_node(node) if ok else None)
+    return out
+
+
+def _forwarded_node(
+    value: str | None,
 ) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The ``for=`` address of one RFC 7239 ``Forwarded`` element, or
-    ``None`` when it is missing, ``unknown``, obfuscated or garbled."""
-    found = None
-    for pair in element.split(";"):
-        name, sep, value = pair.partition("=")
-        if not sep:
-            return None
-        if name.strip().lower() == "for":
-            if found is not None:
-                return None
-            found = value.strip()
-    if found is None:
+    """The address of a ``for=`` value, or ``None`` when it is missing,
+    ``unknown``, obfuscated or not a node."""
+    if value is None:
         return None
-    if len(found) >= 2 and found[0] == '"' and found[-1] == '"':
-        found = found[1:-1]
-    return _parse_ip(found)
+    if value[:1] == '"':
+        value = re.sub(r"\\(.)", r"\1", value[1:-1])
+    m = _FWD_NODE.fullmatch(value)
+    if m is None:
+        return None
+    v4, v6 = m.groups()
+    try:
+        if v4 is not None:
+            return ipaddress.IPv4Address(v4)
+        return _canonical(ipaddress.IPv6Address(v6))
+    except ValueError:
+        return None
 
 
 # -- identity helpers ----------------------------------------------------------
@@ -338,23 +407,62 @@ KeyFunc: TypeAlias = Callable[[Request], Any]
 _API_KEY_HEADERS: set[str] = set()
 
 
-def _digest(value: str) -> str:
+def _digest(value: str | bytes) -> str:
+    """A fixed-size name for a long or unusual identity. Raw bytes are
+    hashed as they are (two different byte strings are two clients), in
+    their own domain, so they never meet a str's encoding."""
+    if isinstance(value, bytes):
+        return hashlib.blake2b(value, digest_size=16, person=b"bytes").hexdigest()
     data = value.encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def api_key(header: str = "X-API-Key") -> KeyFunc:
-    """Key requests by an API key header. The key is hashed (so raw keys
-    never reach a shared store); requests without one fall back to the
-    client address."""
+def api_key(
+    header: str = "X-API-Key",
+    *,
+    valid: Callable[[str], Any] | Container[str],
+) -> KeyFunc:
+    """Key requests by an API key header, but only keys that ``valid``
+    accepts: a set (or frozenset, dict, any container other than a
+    string) of the valid keys, looked up on every request so it may
+    change at run time, or a plain (not async) function ``key -> bool``.
+    A missing, unknown or invalid key counts against the client address,
+    exactly like a request without one, so inventing keys buys nothing.
+    Valid keys are hashed (raw keys never reach a shared store)."""
     if not isinstance(header, str) or not header:
         raise SettingError("key", "api_key() needs a header name")
+    check: Callable[[str], Any]
+    if isinstance(valid, (str, bytes)) or not (
+        callable(valid) or isinstance(valid, Container)
+    ):
+        raise SettingError(
+            "key",
+            "api_key(valid=...) takes a set of the valid keys or a function "
+            f"key -> bool, not {type(valid).__name__}",
+        )
+    if callable(valid):
+        if inspect.iscoroutinefunction(valid):
+            raise SettingError(
+                "key", "api_key(valid=...) must be a plain function, not async"
+            )
+        check = valid
+    else:
+        check = valid.__contains__
     name = header.lower()
     _API_KEY_HEADERS.add(name)
 
     def key(request: Request) -> str | None:
         value = request.header(name)
-        return "apikey:" + _digest(value) if value else None
+        if not value:
+            return None
+        ok = check(value)
+        if ok is not True and inspect.isawaitable(ok):
+            if inspect.iscoroutine(ok):
+                ok.close()
+            raise TypeError(
+                "api_key(valid=...) returned an awaitable; give a plain function"
+            )
+        return "apikey:" + _digest(value) if ok else None
 
     key.__qualname__ = f"api_key({header!r})"
     return key
@@ -395,7 +503,7 @@ def authenticated_user(attribute: str | None = None) -> KeyFunc:
 class _RateInfo:
     """What the headers need to know about one limiter's rates."""
 
-    __slots__ = ("capacities", "limiter", "rates", "windows")
+    __slots__ = ("capacities", "limiter", "max_cost", "rates", "windows")
 
     def __init__(
         self, limiter: Any, rates: tuple[Rate, ...], capacities: tuple[int, ...]
@@ -403,6 +511,8 @@ class _RateInfo:
         self.limiter = limiter
         self.rates = rates
         self.capacities = capacities
+        # The largest cost one hit may ask (None: the limiter does not say).
+        self.max_cost: int | None = getattr(limiter, "max_cost", None)
         # (q, w) per rate for RateLimit-Policy: whole quota over whole
         # seconds, scaling the window when the rate is fractional.
         windows = []
@@ -722,6 +832,12 @@ class Rule:
             raise SettingError("scope", f"must be a non-empty str, got {scope!r}")
         self.scope = scope
         self._prefix = scope + "\x1f"
+        # Client address -> its bucket key, and (rules without key, limit
+        # or cost functions) -> its pending decision: both depend on the
+        # address alone. A socket peer and the name ClientAddress gives it
+        # lead to the same entry.
+        self._address_keys: dict[str, str | bytes] = {}
+        self._client_plans: dict[str, _Pending] = {}
 
         # limit: fixed (checked now) or a function (checked per request).
         self._fixed: _RateInfo | None = None
@@ -835,7 +951,14 @@ class Rule:
         self._fixed_parts = (
             self._parts(self._fixed) if self._fixed is not None else None
         )
+        self._v6_prefix = self.client_address.ipv6_prefix
+        self._tag4, self._tag6 = _scope_tags(scope, self._v6_prefix)
         self._has_funcs = bool(self._limit_func or self._cost_func or self._key)
+        #: The fixed limiter decides in C and never waits: acheck_simple
+        #: then calls its hit, skipping a coroutine.
+        self._fixed_in_c = (
+            self._fixed is not None and type(self._fixed.limiter).ahit is _INPROC_AHIT
+        )
         #: True when a decision needs only the method, path and peer: the
         #: adapters then call check_simple/acheck_simple and build no
         #: Request view at all (the common case, and the fast one).
@@ -866,32 +989,63 @@ class Rule:
         request.client = client or None
         return client
 
-    def _finish(self, request: Request, client: str, answer: Any) -> str | None:
+    def _finish(
+        self, request: Request, client: str, answer: Any
+    ) -> str | bytes | None:
         """The bucket key from a key function's answer (falling back to
         the client address), or None when there is no identity at all."""
         ident: str
         if answer is None or isinstance(answer, str):
             ident = answer or ""
         elif isinstance(answer, bytes):
-            ident = answer.decode("utf-8", "replace")
+            try:
+                ident = answer.decode("utf-8")
+            except UnicodeDecodeError:
+                # Hashed as they are: replacing the bad bytes would merge
+                # every client whose bytes differ only there.
+                request.key = ident = _safe_identity(answer)
+                return self._prefix + ident
         else:
             ident = str(answer)
         if not ident:
             if not client:
                 return None
-            ident = client
-        if len(ident) > MAX_IDENTITY or not ident.isascii():
+            request.key = client
+            key = self._address_keys.get(client)
+            if key is None:
+                key = self._address_key(client)
+                if len(self._address_keys) >= MAX_ADDRESS_KEYS:
+                    self._address_keys.clear()
+                self._address_keys[client] = key
+            return key
+        # "#" starts only hashed identities: an answer that starts with it
+        # is hashed too, so no answer can name another one's hash.
+        if len(ident) > MAX_IDENTITY or not ident.isascii() or ident[0] == "#":
             ident = _safe_identity(ident)
         request.key = ident
         return self._prefix + ident
 
-    def _unidentified(self, request: Request) -> tuple[str | None, bool]:
-        """(key, blocked) for a request with no identity."""
+    def _address_key(self, addr: str) -> str | bytes:
+        """The bucket key of a client address (a socket peer, or a name
+        from ``client_address``), kept short enough to be stored inline
+        in the in-process table (see ``_pack_address``)."""
+        key = _pack_address(addr, self._tag4, self._tag6, self._v6_prefix)
+        if key is not None:
+            return key
+        # Not an IP address (a test client's name, say).
+        if len(addr) > MAX_IDENTITY or not addr.isascii() or addr[0] == "#":
+            addr = _safe_identity(addr)
+        return self._prefix + addr
+
+    def _unidentified(self, request: Request) -> Verdict | str | None:
+        """For a request with no identity: its 429 (``"deny"``), None (not
+        limited: ``"allow"``, or ``"deny"`` in dry run) or the key of the
+        one shared bucket (``"share"``)."""
         if self.unidentified == "deny":
             if self.dry_run:
                 self.dry_run_denials += 1
-                return None, False
-            return None, True
+                return None
+            return Verdict(self, None, None, True, request)
         if not self._warned:
             self._warned = True
             log.warning(
@@ -901,27 +1055,88 @@ class Rule:
                 self.unidentified,
             )
         if self.unidentified == "allow":
-            return None, False
+            return None
         request.key = "<unidentified>"
-        return self._prefix + "<unidentified>", False
+        return self._prefix + "<unidentified>"
 
-    def _settle(
-        self, request: Request, key: str | None, spec: Any, cost: Any
-    ) -> tuple[Any, ...] | None:
-        """(info, key, cost) to hit, (Verdict,) already reached, or None
-        when the request is not limited."""
+    # Every decision takes three steps, the same for check, acheck,
+    # check_simple and acheck_simple: a plan (what to ask which limiter,
+    # or the verdict when no limiter need be asked; it awaits nothing),
+    # the one limiter call (hit, or await ahit), and the conclusion (the
+    # limiter's Decision as a Verdict). The four entry points only add
+    # the call, so sync and async cannot decide differently.
+
+    def _plan(
+        self, request: Request, key: str | bytes | None, spec: Any, cost: Any
+    ) -> _Pending | Verdict | None:
+        """The pending decision for a request whose identity (``key``),
+        rate (``spec``) and cost are known (``spec`` and ``cost`` are the
+        limit and cost functions' answers, ignored when there are none);
+        a Verdict when it is decided already; None when the request is
+        not limited."""
         if key is None:
-            key, blocked = self._unidentified(request)
-            if key is None:
-                return (Verdict(self, None, None, True, request),) if blocked else None
+            shared = self._unidentified(request)
+            if not isinstance(shared, str):
+                return shared
+            key = shared
         info = self._fixed
         if info is None:
             if spec is None:
                 return None
             info = self.limiters.get(spec)
-        if self._cost_func is not None:
+        if self._cost_func is None:
+            cost = self._cost
+        else:
             cost = _check_cost(cost, "cost function")
-        return info, key, cost
+            if info.max_cost is not None and cost > info.max_cost:
+                # More than the limit allows at once: it could never pass.
+                d = Decision(False, min(info.capacities or (0,)), 0)
+                return self._conclude((info, key, cost, request.key), d, request)
+        return (info, key, cost, request.key)
+
+    def _plan_client(self, request: Request, client: str) -> _Pending | Verdict | None:
+        """``_plan`` for a rule without key, limit or cost functions,
+        whose plan depends on the client address alone (so it is kept)."""
+        if client:
+            request.key = client
+            p = self._client_plans.get(client)
+            if p is not None:
+                return p
+        plan = self._plan(request, self._finish(request, client, None), None, 0)
+        if client and isinstance(plan, tuple):
+            self._keep_plan(client, plan)
+        return plan
+
+    def _plan_simple(
+        self, method: str, path: str, peer: str | None
+    ) -> _Pending | Verdict | None:
+        """``_plan`` for a rule whose ``simple`` is True, from the method,
+        path and socket peer alone."""
+        if not self._plain and self._exempt_simple(method, path):
+            return None
+        if not peer:
+            return self._plan(Request(method, path), None, None, 0)
+        p = self._client_plans.get(peer)
+        if p is None:
+            info = self._fixed
+            assert info is not None  # a simple rule's limit is fixed
+            p = (info, self._address_key(peer), self._cost, peer)
+            self._keep_plan(peer, p)
+        return p
+
+    def _keep_plan(self, address: str, plan: _Pending) -> None:
+        plans = self._client_plans
+        if len(plans) >= MAX_ADDRESS_KEYS:
+            plans.clear()
+        plans[address] = plan
+
+    def _conclude(
+        self, pending: _Pending, d: Decision, request: Request | None
+    ) -> Verdict:
+        """The verdict on a pending decision, given the limiter's answer."""
+        if d.allowed:
+            return Verdict(self, d, pending[0], False, request)
+        return self._denied(d, pending[0], request, pending[3])
 
     def _exempt_simple(self, method: str, path: str) -> bool:
         return (
@@ -932,84 +1147,56 @@ class Rule:
 
     def check_simple(self, method: str, path: str, peer: str | None) -> Verdict | None:
         """``check`` for a rule whose ``simple`` is True, without a Request."""
-        if not self._plain and self._exempt_simple(method, path):
-            return None
-        if not peer:
-            return self._check_unidentified(Request(method, path))
-        ident = peer if ":" not in peer else self.client_address._name(peer)
-        if len(ident) > MAX_IDENTITY or not ident.isascii():
-            ident = _safe_identity(ident)
-        info = self._fixed
-        assert info is not None
-        key = self._prefix + ident
-        d = info.limiter.hit(key, self._cost)
+        # A plain rule's plan depends on the peer alone: reuse it.
+        p = self._client_plans.get(peer) if self._plain else None  # type: ignore[arg-type]
+        if p is None:
+            plan = self._plan_simple(method, path, peer)
+            if not isinstance(plan, tuple):
+                return plan
+            p = plan
+        d = p[0].limiter.hit(p[1], p[2])
         if d.allowed:
-            return Verdict(self, d, info, False, None)
-        return self._denied(d, info, None, key)
+            return Verdict(self, d, p[0], False, None)
+        return self._conclude(p, d, None)
 
     async def acheck_simple(
         self, method: str, path: str, peer: str | None
     ) -> Verdict | None:
         """``acheck`` for a rule whose ``simple`` is True, without a Request."""
-        if not self._plain and self._exempt_simple(method, path):
-            return None
-        if not peer:
-            return self._check_unidentified(Request(method, path))
-        ident = peer if ":" not in peer else self.client_address._name(peer)
-        if len(ident) > MAX_IDENTITY or not ident.isascii():
-            ident = _safe_identity(ident)
-        info = self._fixed
-        assert info is not None
-        key = self._prefix + ident
-        lim = info.limiter
-        if type(lim).ahit is _INPROC_AHIT:
-            d = lim.hit(key, self._cost)  # in-process: decided in C, never waits
+        p = self._client_plans.get(peer) if self._plain else None  # type: ignore[arg-type]
+        if p is None:
+            plan = self._plan_simple(method, path, peer)
+            if not isinstance(plan, tuple):
+                return plan
+            p = plan
+        if self._fixed_in_c:
+            d = p[0].limiter.hit(p[1], p[2])  # in C, never waits
         else:
-            d = await lim.ahit(key, self._cost)
+            d = await p[0].limiter.ahit(p[1], p[2])
         if d.allowed:
-            return Verdict(self, d, info, False, None)
-        return self._denied(d, info, None, key)
-
-    def _check_unidentified(self, request: Request) -> Verdict | None:
-        key, blocked = self._unidentified(request)
-        if key is None:
-            return Verdict(self, None, None, True, request) if blocked else None
-        info = self._fixed
-        assert info is not None
-        d = info.limiter.hit(key, self._cost)
-        return self._verdict(d, info, request)
+            return Verdict(self, d, p[0], False, None)
+        return self._conclude(p, d, None)
 
     def check(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide (sync, calls ``limiter.hit``). ``None``: not limited."""
         if not self._plain and self.exempt(request):
             return None
         client = self._client(request, peer)
-        if self._has_funcs:
-            key = self._finish(
-                request, client, self._key(request) if self._key is not None else None
-            )
-            spec = self._limit_func(request) if self._limit_func is not None else None
-            cost = (
-                self._cost_func(request) if self._cost_func is not None else self._cost
-            )
-            r = self._settle(request, key, spec, cost)
-            if r is None or len(r) == 1:
-                return r[0] if r else None
-            info, key, cost = r
+        if not self._has_funcs:
+            p = self._plan_client(request, client)
         else:
-            info = self._fixed
-            key = self._finish(request, client, None)
-            cost = self._cost
-            if key is None:
-                key, blocked = self._unidentified(request)
-                if key is None:
-                    return Verdict(self, None, None, True, request) if blocked else None
-        try:
-            d = info.limiter.hit(key, cost)
-        except ValueError:
-            # A cost function asked for more than the limit allows at once.
-            d = Decision(False, min(info.capacities or (0,)), 0)
-        return self._verdict(d, info, request)
+            # In this order: the rate and cost functions may read request.key.
+            ident = self._key(request) if self._key is not None else None
+            key = self._finish(request, client, ident)
+            spec = self._limit_func(request) if self._limit_func is not None else None
+            cost = self._cost_func(request) if self._cost_func is not None else 0
+            p = self._plan(request, key, spec, cost)
+        if not isinstance(p, tuple):
+            return p
+        d = p[0].limiter.hit(p[1], p[2])
+        if d.allowed:
+            return Verdict(self, d, p[0], False, request)
+        return self._conclude(p, d, request)
 
     async def acheck(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide without blocking the loop (awaits ``limiter.ahit``;
@@ -1017,45 +1204,24 @@ class Rule:
         if not self._plain and self.exempt(request):
             return None
         client = self._client(request, peer)
-        if self._has_funcs:
-            ident = self._key(request) if self._key is not None else None
-            if inspect.isawaitable(ident):
-                ident = await ident
-            key = self._finish(request, client, ident)
-            spec = self._limit_func(request) if self._limit_func is not None else None
-            if inspect.isawaitable(spec):
-                spec = await spec
-            cost = (
-                self._cost_func(request) if self._cost_func is not None else self._cost
-            )
-            if inspect.isawaitable(cost):
-                cost = await cost
-            r = self._settle(request, key, spec, cost)
-            if r is None or len(r) == 1:
-                return r[0] if r else None
-            info, key, cost = r
+        if not self._has_funcs:
+            p = self._plan_client(request, client)
         else:
-            info = self._fixed
-            key = self._finish(request, client, None)
-            cost = self._cost
-            if key is None:
-                key, blocked = self._unidentified(request)
-                if key is None:
-                    return Verdict(self, None, None, True, request) if blocked else None
-        lim = info.limiter
-        try:
-            if type(lim).ahit is _INPROC_AHIT:
-                d = lim.hit(key, cost)  # in-process: decided in C, never waits
-            else:
-                d = await lim.ahit(key, cost)
-        except ValueError:
-            d = Decision(False, min(info.capacities or (0,)), 0)
-        return self._verdict(d, info, request)
-
-    def _verdict(self, d: Decision, info: _RateInfo, request: Request) -> Verdict:
+            # check's calls, in its order, each awaited if it gives an awaitable.
+            key = self._finish(request, client, await _answer(self._key, request))
+            spec = await _answer(self._limit_func, request)
+            cost = await _answer(self._cost_func, request)
+            p = self._plan(request, key, spec, cost)
+        if not isinstance(p, tuple):
+            return p
+        lim = p[0].limiter
+        if type(lim).ahit is _INPROC_AHIT:
+            d = lim.hit(p[1], p[2])  # in C, never waits
+        else:
+            d = await lim.ahit(p[1], p[2])
         if d.allowed:
-            return Verdict(self, d, info, False, request)
-        return self._denied(d, info, request, request.key)
+            return Verdict(self, d, p[0], False, request)
+        return self._conclude(p, d, request)
 
     def _denied(
         self, d: Decision, info: _RateInfo, request: Request | None, key: Any
@@ -1192,6 +1358,79 @@ class Rule:
 
 _INPROC_AHIT = Limiter.ahit
 
+#: A pending decision: (rate info, bucket key, cost, the identity to name
+#: in logs).
+_Pending: TypeAlias = "tuple[_RateInfo, str | bytes, int, Any]"
+
+
+async def _answer(func: Callable[[Request], Any] | None, request: Request) -> Any:
+    """A key, limit or cost function's answer, awaited if it is awaitable."""
+    if func is None:
+        return None
+    answer = func(request)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer
+
+
+# -- client address keys -------------------------------------------------------
+#
+# Most buckets are keyed on the client address, so its key is kept within
+# the in-process table's inline size (16 bytes, KT_INLINE in
+# src/keytable.h), where "scope\x1f203.0.113.7" would need a heap copy:
+#
+#   kind (1 byte) + scope tag (7 bytes) + IPv4 address (4 bytes)    = 12
+#   kind (1 byte) + scope tag (7 bytes) + IPv6 /64 network (8 bytes) = 16
+#
+# The kind byte (0xff, 0xfe) never occurs in UTF-8, so these bytes keys
+# equal no str key's encoding in any storage. The tag is a hash of the
+# scope (and, for IPv6, of the prefix length, so networks of different
+# sizes never share a key); two scopes of one process never share a tag
+# (a colliding scope keeps str keys). Other identities keep the str form
+# "scope\x1fidentity".
+
+#: Most address keys (and plans) a rule remembers (then it starts afresh).
+MAX_ADDRESS_KEYS = 1024
+#: Most scope tags registered in one process.
+MAX_SCOPE_TAGS = 65536
+_SCOPE_TAGS: dict[bytes, str] = {}
+
+
+def _scope_tags(scope: str, v6_prefix: int) -> tuple[bytes | None, bytes | None]:
+    """The (IPv4, IPv6) key heads of ``scope``, or (None, None) when they
+    are taken by another scope (or too many scopes exist): str keys then."""
+    data = scope.encode("utf-8", "surrogatepass")
+    tag4 = b"\xff" + hashlib.blake2b(data, digest_size=7, person=b"ipv4").digest()
+    person = b"ipv6/%d" % v6_prefix
+    tag6 = b"\xfe" + hashlib.blake2b(data, digest_size=7, person=person).digest()
+    for tag in (tag4, tag6):
+        if tag not in _SCOPE_TAGS and len(_SCOPE_TAGS) >= MAX_SCOPE_TAGS:
+            return None, None
+        if _SCOPE_TAGS.setdefault(tag, scope) != scope:
+            return None, None
+    return tag4, tag6
+
+
+def _pack_address(
+    addr: str, tag4: bytes | None, tag6: bytes | None, v6_prefix: int
+) -> bytes | None:
+    """The bytes key of a client address (a peer such as ``"203.0.113.7"``
+    or ``"2001:db8::1"``, or a network name such as ``"2001:db8::/64"``),
+    or None when ``addr`` is no IP address."""
+    if tag4 is None or tag6 is None:
+        return None
+    base, slash, bits = addr.partition("/")
+    if slash and bits != str(v6_prefix):
+        return None
+    ip = _parse_ip(base)
+    if ip is None:
+        return None
+    if isinstance(ip, ipaddress.IPv4Address):
+        return None if slash else tag4 + ip.packed
+    shift = 128 - v6_prefix
+    network = (int(ip) >> shift) << shift
+    return tag6 + network.to_bytes(16, "big")[: (v6_prefix + 7) // 8]
+
 
 def _check_cost(cost: Any, setting: str) -> int:
     if isinstance(cost, bool) or not isinstance(cost, int):
@@ -1201,10 +1440,11 @@ def _check_cost(cost: Any, setting: str) -> int:
     return cost
 
 
-def _safe_identity(ident: str) -> str:
+def _safe_identity(ident: str | bytes) -> str:
     """A long or non-ASCII identity as something the table can hold
-    cheaply: kept when short and valid UTF-8, else hashed."""
-    if len(ident) <= MAX_IDENTITY:
+    cheaply: kept when short and valid UTF-8 (and not starting with the
+    "#" of a hash), else hashed; bytes are always hashed."""
+    if isinstance(ident, str) and len(ident) <= MAX_IDENTITY and ident[:1] != "#":
         try:
             ident.encode("utf-8")
             return ident

@@ -8,9 +8,12 @@ then runs against both.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+
+from stanchion import Decision, Limiter
 
 from ..conftest import FakeClock
 
@@ -36,3 +39,17 @@ def problem(detail_wait: int, limit: int) -> dict[str, Any]:
         "detail": f"Rate limit of {limit} exceeded; retry in {detail_wait} "
         f"second{'s' if detail_wait != 1 else ''}.",
     }
+
+
+class AsyncOnlyLimiter(Limiter):
+    """An in-process limiter standing in for one whose blocking ``hit``
+    must never run inside an event loop (a Redis storage on an asyncio
+    client raises there; on a URL it blocks the loop): its ``hit``
+    fails, ``ahit`` decides."""
+
+    def hit(self, key: str | bytes, cost: int = 1) -> Decision:
+        raise AssertionError("the blocking hit() ran inside the event loop")
+
+    async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
+        await asyncio.sleep(0)
+        return Limiter.hit(self, key, cost)

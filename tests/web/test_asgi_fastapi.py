@@ -24,7 +24,7 @@ from stanchion.fastapi import RateLimit, RateLimited, exception_handlers, limit
 from stanchion.http import LimiterCache, Plans, SettingError, api_key
 
 from ..conftest import FakeClock
-from .conftest import problem
+from .conftest import AsyncOnlyLimiter, problem
 
 
 def client(app: Any, ip: str = "203.0.113.1") -> httpx.AsyncClient:
@@ -134,7 +134,7 @@ async def test_middleware_plans(limits: dict[str, Any]) -> None:
         {"free": "2/minute", "paid": "4/minute"},
         plan=lambda r: "paid" if r.header("x-api-key") == "paid-key" else "free",
     )
-    app = hello_app(limit=plans, key=api_key(), **limits)
+    app = hello_app(limit=plans, key=api_key(valid={"k", "paid-key"}), **limits)
     async with client(app) as c:
         free = [
             (await c.get("/hello", headers={"x-api-key": "k"})).status_code
@@ -387,7 +387,7 @@ def decorated_app(limits: dict[str, Any]) -> FastAPI:
         Plans(
             {"free": "1/minute", "paid": "3/minute"}, plan=lambda r: r.header("x-plan")
         ),
-        key=api_key(),
+        key=api_key(valid={"p", "f"}),
         limiters=cache,
     )
     async def plan() -> str:
@@ -579,3 +579,45 @@ async def test_decorator_slow_limiter_does_not_stall(clock: FakeClock) -> None:
         fast_at = time.monotonic() - start
         assert (await slow_req).status_code == 200
     assert r.status_code == 200 and fast_at < 0.25
+
+
+async def test_async_unidentified_never_calls_the_blocking_hit() -> None:
+    """No client address (scope["client"] is None) and unidentified="share":
+    every async entry point decides through ahit, never the blocking hit."""
+    app = FastAPI()
+
+    @app.get("/decorated")
+    @limit(AsyncOnlyLimiter("1/minute"), unidentified="share")
+    async def decorated() -> str:
+        return "ok"
+
+    @app.get("/dependency")
+    async def dependency(
+        _: None = Depends(RateLimit(AsyncOnlyLimiter("1/minute"), unidentified="share")),
+    ) -> str:
+        return "ok"
+
+    @app.get("/keyed")
+    @limit(AsyncOnlyLimiter("1/minute"), unidentified="share", key=lambda r: None)
+    async def keyed() -> str:
+        return "ok"
+
+    plain = hello_app(limiter=AsyncOnlyLimiter("1/minute"), unidentified="share")
+    proxied = hello_app(
+        limiter=AsyncOnlyLimiter("1/minute"),
+        unidentified="share",
+        trusted_proxies=["10.0.0.0/8"],
+    )
+    for asgi, path in [
+        (app, "/decorated"),
+        (app, "/dependency"),
+        (app, "/keyed"),
+        (plain, "/hello"),
+        (proxied, "/hello"),
+    ]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=asgi, client=None),  # type: ignore[arg-type]
+            base_url="http://test",
+        ) as c:
+            codes = [(await c.get(path)).status_code for _ in range(2)]
+        assert codes == [200, 429], path

@@ -41,7 +41,7 @@ from stanchion.django import ratelimit
 from stanchion.http import LimiterCache, Plans, Rule, SettingError, api_key
 
 from ..conftest import FakeClock
-from .conftest import problem
+from .conftest import AsyncOnlyLimiter, problem
 
 CLOCK = FakeClock()
 CACHE = LimiterCache(clock=CLOCK)
@@ -56,7 +56,7 @@ class SlowLimiter(Limiter):
 # -- views ------------------------------------------------------------------------
 
 
-key_by_api_key = api_key()
+key_by_api_key = api_key(valid={"a", "b"})
 
 
 def hello(request: HttpRequest) -> HttpResponse:
@@ -86,7 +86,7 @@ def soft(request: HttpRequest) -> HttpResponse:
 
 @ratelimit(
     Plans({"free": "1/minute", "paid": "3/minute"}, plan=lambda r: r.header("x-plan")),
-    key=api_key(),
+    key=api_key(valid={"k", "q"}),
     limiters=CACHE,
 )
 def plan(request: HttpRequest) -> HttpResponse:
@@ -114,6 +114,11 @@ async def fast(request: HttpRequest) -> HttpResponse:
     return HttpResponse("fast")
 
 
+@ratelimit(AsyncOnlyLimiter("1/minute"), unidentified="share")
+async def unidentified(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("unidentified")
+
+
 urlpatterns = [
     path("hello", hello),
     path("health", hello),
@@ -126,6 +131,7 @@ urlpatterns = [
     path("athings", AsyncThings.as_view()),
     path("slow", slow),
     path("fast", fast),
+    path("unidentified", unidentified),
 ]
 
 MW = ["stanchion.django.RateLimitMiddleware"]
@@ -364,6 +370,27 @@ async def test_asgi_middleware_slow_limiter_does_not_stall() -> None:
             fast_at = time.monotonic() - start
             assert (await slow_req).status_code == 200
     assert r.status_code == 200 and fast_at < 0.25
+
+
+async def test_asgi_unidentified_never_calls_the_blocking_hit() -> None:
+    # No client address (scope["client"] is None): unidentified="share"
+    # decides through ahit, never through the blocking hit, in the
+    # middleware and in the view decorator.
+    def no_client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=ASGIHandler(), client=None),
+            base_url="http://test",
+        )
+
+    conf = stanchion(LIMIT=AsyncOnlyLimiter("2/minute"), UNIDENTIFIED="share")
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        async with no_client() as c:
+            mw = [(await c.get("/fast")).status_code for _ in range(3)]
+    with override_settings(MIDDLEWARE=[]):
+        async with no_client() as c:
+            view = [(await c.get("/unidentified")).status_code for _ in range(2)]
+    assert mw == [200, 200, 429]
+    assert view == [200, 429]
 
 
 # -- settings -----------------------------------------------------------------------

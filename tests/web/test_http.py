@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+import uuid
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from stanchion import Limiter
 from stanchion.http import (
@@ -18,11 +21,15 @@ from stanchion.http import (
     Request,
     Rule,
     SettingError,
+    Verdict,
     api_key,
     authenticated_user,
 )
+from stanchion.redis import RedisStorage
 
+from .._redis import SLOW, RedisServer
 from ..conftest import FakeClock
+from .conftest import AsyncOnlyLimiter
 
 
 def req(
@@ -104,11 +111,57 @@ def test_absurdly_long_forwarded_chain_is_bounded() -> None:
         ("for=1.1.1.1;for=2.2.2.2", "10.1.2.3"),
         ('for="[::1', "10.1.2.3"),
         ("garbage", "10.1.2.3"),
+        # RFC 7239: quoted strings may hold "," and ";", which separate
+        # nothing there; only for= counts.
+        ('for=198.51.100.7;ext="a,b"', "198.51.100.7"),
+        ('for=198.51.100.7;ext="x;for=6.6.6.6"', "198.51.100.7"),
+        ('for="6.6.6.6, for=7.7.7.7"', "10.1.2.3"),
+        ('for=6.6.6.6, for="198.51.100.7";by="[2001:db8::1]"', "198.51.100.7"),
+        ('FOR="\\[2001:db8:cafe::17\\]:4711"', "2001:db8:cafe::/64"),
+        ('for="198.51.100.7:_port"', "198.51.100.7"),
+        ('for=198.51.100.7 ; proto=https , ', "198.51.100.7"),
+        ("for=198.51.100.7,,", "198.51.100.7"),
+        ('for="_hidden"', "10.1.2.3"),
+        ('for="unknown:80"', "10.1.2.3"),
+        # A node must be quoted when it is no token, and be a node.
+        ("for=[2001:db8::1]", "10.1.2.3"),
+        ("for=198.51.100.7:80", "10.1.2.3"),
+        ('for="198.51.100.7 "', "10.1.2.3"),
+        ('for="2001:db8::1"', "10.1.2.3"),
+        ('for="[198.51.100.7]"', "10.1.2.3"),
+        ('for="1.2.3.4.5"', "10.1.2.3"),
+        ("for=010.1.2.3", "10.1.2.3"),
+        # Malformed anywhere: the client cannot pick the element read.
+        ('for=6.6.6.6;proto=http;proto=https', "10.1.2.3"),
+        ('for="6.6.6.6, for=198.51.100.7', "10.1.2.3"),
+        ("for=6.6.6.6, for=198.51.100.7\x00", "10.1.2.3"),
+        ("for=6.6.6.6, for=198.51.100.7, =x", "10.1.2.3"),
+        ("for=6.6.6.6, for =198.51.100.7", "10.1.2.3"),
+        ("for=6.6.6.6, for=", "10.1.2.3"),
+        ('for="é"', "10.1.2.3"),
+        ("for=6.6.6.6;" + "a=1;" * 20, "10.1.2.3"),
     ],
 )
 def test_forwarded(value: str, expected: str) -> None:
     ca = ClientAddress(["10.0.0.0/8"], header="Forwarded")
     assert ca("10.1.2.3", {"forwarded": value}.get) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        " ," * 100_000 + "\x00",
+        'for="' + "\\\\a" * 100_000,
+        "for=6.6.6.6;" * 100_000,
+        "for=" + "a" * 200_000 + ";",
+        ", ".join(["for=10.0.0.1"] * 100_000),
+    ],
+)
+def test_forwarded_parsing_is_linear_and_bounded(value: str) -> None:
+    ca = ClientAddress(["10.0.0.0/8"], header="Forwarded")
+    start = time.process_time()
+    assert ca("10.1.2.3", {"forwarded": value}.get) in ("10.1.2.3", "10.0.0.1")
+    assert time.process_time() - start < 1.0
 
 
 def test_forwarded_header_is_ignored_when_xff_is_configured() -> None:
@@ -211,7 +264,9 @@ def test_spoofed_xff_through_a_trusted_proxy_gains_nothing(clock: FakeClock) -> 
 
 
 def test_api_key_helper_falls_back_to_address(clock: FakeClock) -> None:
-    rule = Rule("1/minute", key=api_key("X-API-Key"), clock=clock)
+    rule = Rule(
+        "1/minute", key=api_key("X-API-Key", valid={"k1", "k2", "secret"}), clock=clock
+    )
     assert hits(rule, 2, "1.1.1.1", headers={"X-API-Key": "k1"}) == [True, False]
     assert hits(rule, 1, "1.1.1.1", headers={"X-API-Key": "k2"}) == [True]
     # No key: limited per address, not in one shared "no key" bucket.
@@ -289,6 +344,88 @@ def test_bytes_and_int_identities(clock: FakeClock) -> None:
     assert hits(rule, 1, headers={"x-id": "a"}) == [True]
 
 
+@pytest.mark.parametrize(
+    "valid",
+    [{"good-key"}, frozenset({"good-key"}), {"good-key": "pro"}, "good-key".__eq__],
+)
+def test_invented_api_keys_count_against_the_address(
+    clock: FakeClock, valid: Any
+) -> None:
+    rule = Rule("5/minute", key=api_key(valid=valid), clock=clock)
+    # 200 guessed keys from one address: 5 pass, as without any key.
+    guesses = [
+        hits(rule, 1, "6.6.6.6", headers={"X-API-Key": f"guess-{i}"})[0]
+        for i in range(200)
+    ]
+    assert sum(guesses) == 5
+    assert hits(rule, 1, "6.6.6.6") == [False]  # the same bucket as no key
+    assert hits(rule, 1, "7.7.7.7", headers={"X-API-Key": "nope"}) == [True]
+    # A valid key has its own bucket, wherever it comes from.
+    assert hits(rule, 6, "6.6.6.6", headers={"X-API-Key": "good-key"}) == [True] * 5 + [
+        False
+    ]
+    assert hits(rule, 1, "8.8.8.8", headers={"X-API-Key": "good-key"}) == [False]
+
+
+def test_api_key_valid_set_is_read_live(clock: FakeClock) -> None:
+    keys: set[str] = set()
+    rule = Rule("1/minute", key=api_key(valid=keys), clock=clock)
+    assert hits(rule, 1, "1.1.1.1", headers={"X-API-Key": "new"}) == [True]
+    assert hits(rule, 1, "1.1.1.1", headers={"X-API-Key": "new"}) == [False]
+    keys.add("new")
+    assert hits(rule, 1, "1.1.1.1", headers={"X-API-Key": "new"}) == [True]
+
+
+@pytest.mark.parametrize("valid", ["good-key", b"k", 42, None])
+def test_api_key_rejects_bad_valid(valid: Any) -> None:
+    with pytest.raises(SettingError, match="valid"):
+        api_key(valid=valid)
+
+
+def test_api_key_needs_valid_and_a_sync_validator(clock: FakeClock) -> None:
+    with pytest.raises(TypeError, match="valid"):
+        api_key("X-API-Key")  # type: ignore[call-arg]
+
+    async def check(key: str) -> bool:
+        return True
+
+    with pytest.raises(SettingError, match="not async"):
+        api_key(valid=check)
+
+    rule = Rule("1/minute", key=api_key(valid=lambda k: check(k)), clock=clock)
+    with pytest.raises(TypeError, match="plain function"):
+        rule.check(req(headers={"X-API-Key": "k"}), "1.1.1.1")
+
+
+def test_bytes_identities_are_hashed_as_bytes(clock: FakeClock) -> None:
+    rule = Rule("1/minute", key=lambda r: r.native, clock=clock)
+
+    def hit(ident: Any) -> bool:
+        v = rule.check(Request("GET", "/", None, ident), "1.1.1.1")
+        return v is not None and not v.blocked
+
+    # Invalid UTF-8 that differs only in the bad bytes: distinct clients.
+    assert [hit(b"id\xff"), hit(b"id\xfe"), hit(b"id\xff")] == [True, True, False]
+    # Not the str whose lenient encoding gives the same bytes either.
+    assert hit("id\udcff".encode("utf-8", "surrogatepass")) is True
+    assert hit("id\udcff") is True
+    # Valid UTF-8 bytes name the same client as the str.
+    assert [hit("é".encode()), hit("é")] == [True, False]
+
+
+def test_no_identity_can_name_a_hashed_one(clock: FakeClock) -> None:
+    rule = Rule("1/minute", key=lambda r: r.native, clock=clock)
+    victim = "x" * 500
+    v = rule.check(Request("GET", "/", None, victim), "1.1.1.1")
+    assert v is not None and v.request is not None and v.request.key is not None
+    hashed = v.request.key
+    assert hashed.startswith("#")
+    v = rule.check(Request("GET", "/", None, hashed), "2.2.2.2")
+    assert v is not None and not v.blocked
+    v = rule.check(Request("GET", "/", None, hashed.encode()), "2.2.2.2")
+    assert v is not None and v.blocked  # its own bucket, the one the str got
+
+
 # -- limits, plans, cost, scope -------------------------------------------------
 
 
@@ -298,7 +435,7 @@ def test_plans(clock: FakeClock) -> None:
         plan=lambda r: r.header("x-plan"),
         default="free",
     )
-    rule = Rule(plans, key=api_key(), clock=clock)
+    rule = Rule(plans, key=api_key(valid=set("abcde")), clock=clock)
 
     def n_ok(plan: str | None, api: str) -> int:
         headers = {"x-api-key": api} | ({"x-plan": plan} if plan else {})
@@ -523,3 +660,173 @@ async def test_async_functions_and_slow_limiter(clock: FakeClock) -> None:
     slow = Rule(Slow("1/minute", clock=clock))
     got = [await slow.acheck(req(), "1.1.1.1") for _ in range(2)]
     assert [v.blocked for v in got if v is not None] == [False, True]
+
+
+# -- one decision path for sync and async ----------------------------------------
+
+
+@pytest.mark.parametrize("simple", [True, False])
+async def test_async_unidentified_never_calls_the_blocking_hit(
+    clock: FakeClock, simple: bool
+) -> None:
+    lim = AsyncOnlyLimiter("2/minute", clock=clock)
+    rule = Rule(lim, unidentified="share", key=None if simple else lambda r: None)
+    assert rule.simple is simple
+
+    async def decide() -> Verdict | None:
+        if simple:
+            return await rule.acheck_simple("GET", "/", None)
+        return await rule.acheck(req(), None)
+
+    got = [await decide() for _ in range(3)]
+    assert [v is not None and v.blocked for v in got] == [False, False, True]
+    # Every peer-less request shares one bucket, apart from any client's.
+    assert not (await rule.acheck(req(), "1.1.1.1")).blocked  # type: ignore[union-attr]
+
+
+async def test_async_unidentified_with_an_asyncio_redis_client(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.asyncio.Redis(port=redis_server.port)
+    storage = RedisStorage(client, timeout=SLOW, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    try:
+        for simple in (True, False):
+            rule = Rule(
+                "2/minute",
+                storage=storage,
+                unidentified="share",
+                scope=f"redis-{simple}",
+                key=None if simple else lambda r: None,
+            )
+            got = [
+                await (
+                    rule.acheck_simple("GET", "/", None)
+                    if simple
+                    else rule.acheck(req(), None)
+                )
+                for _ in range(3)
+            ]
+            assert [v is not None and v.blocked for v in got] == [False, False, True]
+    finally:
+        await storage.aclose()
+        await client.aclose()
+
+
+def test_sync_and_async_decide_alike(clock: FakeClock) -> None:
+    """The same requests through check and acheck give the same verdicts."""
+
+    def run(asynchronous: bool) -> list[Any]:
+        rule = Rule(
+            lambda r: "3/minute" if r.header("x-plan") != "none" else None,
+            key=lambda r: r.header("x-user"),
+            cost=lambda r: int(r.header("x-cost") or 1),
+            unidentified="share",
+            clock=FakeClock(),
+        )
+        out = []
+        for user, plan, cost, peer in [
+            ("a", None, "1", "1.1.1.1"),
+            ("a", None, "2", "1.1.1.1"),
+            ("a", None, "1", "1.1.1.1"),
+            ("a", "none", "1", "1.1.1.1"),
+            (None, None, "1", "2.2.2.2"),
+            (None, None, "9", "2.2.2.2"),
+            (None, None, "1", None),
+            (None, None, "3", None),
+            (None, None, "1", None),
+        ]:
+            h = {"x-user": user, "x-plan": plan, "x-cost": cost}
+            r = Request("GET", "/", {k: v for k, v in h.items() if v}.get)
+            v = asyncio.run(rule.acheck(r, peer)) if asynchronous else rule.check(r, peer)
+            out.append(None if v is None else (v.blocked, v.decision, r.key))
+        return out
+
+    assert run(False) == run(True)
+    assert [v and v[0] for v in run(False)] == [
+        False, False, True, None, False, True, False, True, False,
+    ]  # fmt: skip
+
+
+# -- client address keys ---------------------------------------------------------
+
+
+def test_address_keys_fit_the_inline_key_size(clock: FakeClock) -> None:
+    """A client address key is held inside the table's entry: through the
+    rule, the table holds no more memory than for 16-byte keys."""
+    n = 2000
+    v4 = [f"198.{i // 256}.{i % 256}.7" for i in range(n)]
+    v6 = [f"2001:db8:{i:x}:1::{i:x}" for i in range(n)]
+    for peers in (v4, v6):
+        lim = Limiter("5/minute", clock=clock)
+        simple = Rule(lim, scope="a-long-scope-name-for-the-api")
+        proxied = Rule(lim, scope="a-long-scope-name-for-the-api", trusted_proxies=["10.0.0.0/8"])
+        for i, peer in enumerate(peers):
+            if i % 2:
+                simple.check_simple("GET", "/", peer)
+            else:
+                proxied.check(req(headers={"X-Forwarded-For": peer}), "10.0.0.1")
+        ref = Limiter("5/minute", clock=clock)
+        for i in range(n):
+            ref.hit(b"%016d" % i)
+        assert lim.stats()["keys"] == n
+        assert lim.stats()["memory_bytes"] == ref.stats()["memory_bytes"]
+
+
+def test_address_keys_keep_clients_and_scopes_apart(clock: FakeClock) -> None:
+    cache = LimiterCache(clock=clock)
+    a = Rule("1/minute", scope="a", limiters=cache)
+    b = Rule("1/minute", scope="b", limiters=cache, trusted_proxies=["10.0.0.0/8"])
+    a2 = Rule("1/minute", scope="a", limiters=cache, trusted_proxies=["10.0.0.0/8"])
+    # One client in two scopes: two buckets; in one scope: one, whichever
+    # path (peer or forwarded) named it.
+    assert hits(a, 1, "1.2.3.4") == [True]
+    assert hits(b, 1, "10.0.0.1", headers={"X-Forwarded-For": "1.2.3.4"}) == [True]
+    assert hits(a2, 1, "10.0.0.1", headers={"X-Forwarded-For": "1.2.3.4"}) == [False]
+    assert hits(a, 1, "::ffff:1.2.3.4") == [False]
+    # Neighbouring addresses and networks are different clients; one /64 is one.
+    assert hits(a, 1, "1.2.3.5") == [True]
+    assert hits(a, 1, "2001:db8:0:1::1") == [True]
+    assert hits(a, 1, "2001:db8:0:1::2") == [False]
+    assert hits(a, 1, "2001:db8:0:2::1") == [True]
+    # An identity that spells an address is not that address's bucket.
+    spell = Rule("1/minute", scope="a", limiters=cache, key=lambda r: "1.2.3.6")
+    assert hits(a, 1, "1.2.3.6") == [True]
+    assert hits(spell, 1, "9.9.9.9") == [True]
+
+
+def test_address_keys_per_ipv6_prefix(clock: FakeClock) -> None:
+    cache = LimiterCache(clock=clock)
+    wide = Rule("1/minute", scope="p", limiters=cache, ipv6_prefix=48)
+    narrow = Rule("1/minute", scope="p", limiters=cache, ipv6_prefix=128)
+    assert hits(wide, 1, "2001:db8:1:2::1") == [True]
+    assert hits(wide, 1, "2001:db8:1:3::1") == [False]  # the same /48
+    assert hits(narrow, 1, "2001:db8:1::") == [True]  # not the /48's bucket
+    assert hits(narrow, 1, "2001:db8:1::1") == [True]
+    assert hits(narrow, 1, "2001:db8:1::1") == [False]
+
+
+def test_a_scope_whose_tag_is_taken_keeps_str_keys(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stanchion import http
+
+    class Colliding:
+        """Every scope hashes alike."""
+
+        def __init__(self, data: bytes, **kw: Any) -> None:
+            pass
+
+        def digest(self) -> bytes:
+            return bytes(7)
+
+    monkeypatch.setattr(http, "_SCOPE_TAGS", {})
+    monkeypatch.setattr(http.hashlib, "blake2b", Colliding)
+    cache = LimiterCache(clock=clock)
+    victim = Rule("1/minute", scope="victim", limiters=cache)
+    other = Rule("1/minute", scope="other", limiters=cache)
+    again = Rule("1/minute", scope="victim", limiters=cache)
+    assert victim._tag4 is not None and other._tag4 is None
+    assert again._tag4 == victim._tag4
+    assert hits(victim, 1, "1.2.3.4") == [True]
+    assert hits(other, 1, "1.2.3.4") == [True]
+    assert hits(other, 1, "1.2.3.4") == [False]

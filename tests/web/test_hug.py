@@ -17,7 +17,7 @@ from stanchion.http import LimiterCache, Plans, SettingError, api_key
 from stanchion.hug import RateLimitMiddleware, limit
 
 from ..conftest import FakeClock
-from .conftest import problem
+from .conftest import AsyncOnlyLimiter, problem
 
 RATE_HEADERS = (
     "Retry-After",
@@ -69,7 +69,7 @@ def make_api(limits: dict[str, Any], **mw: Any) -> tuple[Any, Client]:
         Plans(
             {"free": "1/minute", "paid": "3/minute"}, plan=lambda r: r.header("x-plan")
         ),
-        key=api_key(),
+        key=api_key(valid={"a", "b"}),
         scope="plan",
         limiters=cache,
     )
@@ -213,3 +213,24 @@ def test_direct_python_call_is_not_limited() -> None:
         return a + b
 
     assert [add(a=1, b=2) for _ in range(3)] == [3, 3, 3]
+
+
+@pytest.mark.usefixtures("event_loop_for_hug")
+def test_async_unidentified_never_calls_the_blocking_hit() -> None:
+    """An async endpoint with no client address and unidentified="share"
+    decides through ahit, never through the blocking hit."""
+    api = hug.API("stanchion_test_api_unidentified")
+
+    @hug.get("/plain", api=api)
+    @limit(AsyncOnlyLimiter("1/minute"), unidentified="share")
+    async def plain():
+        return "plain"
+
+    @hug.get("/keyed", api=api)
+    @limit(AsyncOnlyLimiter("1/minute"), unidentified="share", key=lambda r: None)
+    async def keyed():
+        return "keyed"
+
+    c = Client(api.http.server())
+    for path in ("/plain", "/keyed"):
+        assert [get(c, path, ip="").status_code for _ in range(2)] == [200, 429]

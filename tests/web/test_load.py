@@ -45,6 +45,7 @@ def test_uvicorn_load() -> None:
     port = free_port()
     env = dict(os.environ)
     env.pop("TRUSTED_PROXIES", None)
+    env["API_KEYS"] = ",".join(f"load-{i}" for i in range(KEYS))
     server = subprocess.Popen(
         [
             sys.executable,

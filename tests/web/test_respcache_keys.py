@@ -228,7 +228,7 @@ def test_credentials_make_a_request_personal(
 
 def test_api_key_rule_header_is_a_credential(make: Any) -> None:
     h = make()  # built before the rule: the header counts from then on
-    api_key("X-Token")
+    api_key("X-Token", valid={"t"})
     assert "tok-a" in h.get("/apikey", {"X-Token": "tok-a"}).text
     assert "tok-a" not in h.get("/apikey").text
     assert h.get("/apikey", {"X-Token": "tok-a"}).x_cache == "MISS"

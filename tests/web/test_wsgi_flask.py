@@ -84,7 +84,7 @@ def test_wsgi_exemptions_plans_dry_run_and_spoofing(limits: dict[str, Any]) -> N
                 {"free": "1/minute", "paid": "3/minute"},
                 plan=lambda r: r.header("x-plan"),
             ),
-            key=api_key(),
+            key=api_key(valid={"p", "f"}),
             exempt_paths=["/health"],
             **limits,
         )
@@ -363,7 +363,7 @@ def test_flask_plans(limits: dict[str, Any]) -> None:
         Plans(
             {"free": "1/minute", "paid": "3/minute"}, plan=lambda r: r.header("x-plan")
         ),
-        key=api_key(),
+        key=api_key(valid={"a", "b"}),
     )
     def p() -> str:
         return "p"
