@@ -47,6 +47,15 @@ gives both a blocking and an asyncio side; a client gives its own side
 only. asyncio connections belong to the event loop that made them; call
 ``await storage.aclose()`` before that loop ends.
 
+A Sentinel-managed client (``Sentinel(...).master_for(name)``, blocking or
+asyncio) gives connections that ask its Sentinels for the master each
+time they connect: a failover drops them (the old master answers a write
+with READONLY, or is gone) and the next call reconnects to the new master.
+Asking Sentinel is bounded by the Sentinel client's own socket timeouts
+(``sentinel_kwargs``). A replica client (``slave_for``), or a pool whose
+settings name no server, is refused with a ValueError: its connections
+could not be made to reach the same server.
+
 A ``redis.cluster.RedisCluster`` (or its asyncio twin) is used through its
 own command path, for its slot routing and redirections: blocking calls are
 then bounded by that client's ``socket_timeout`` and retry settings (set
@@ -95,12 +104,16 @@ import hiredis as _hiredis
 import redis as _redis
 import redis.asyncio as _aredis
 from redis.asyncio.cluster import RedisCluster as _AsyncRedisCluster
+from redis.asyncio.sentinel import (
+    SentinelManagedConnection as _AsyncSentinelManaged,
+)
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as _RedisCluster
 from redis.exceptions import ConnectionError as _RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as _RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import SentinelManagedConnection as _SentinelManaged
 
 from . import _core
 from ._checks import check_seconds
@@ -293,7 +306,16 @@ class _DirectSync(_StackedSync):
         _after_fork.add(self)
 
     def _new(self) -> Any:
-        return self._class(**self._kwargs)
+        conn = self._class(**self._kwargs)
+        try:
+            # connect() rather than the implicit connect of the first
+            # send, which skips a connection class's own: a Sentinel-
+            # managed one asks Sentinel for the master there.
+            conn.connect()
+        except BaseException:
+            conn.disconnect()
+            raise
+        return conn
 
     def _exchange(self, conn: Any, packed: bytes) -> Any:
         # A list of chunks, as redis-py's own packer gives (bytes alone
@@ -342,6 +364,8 @@ class _DirectAsync(_AsyncScan):
     async def _exchange(self, conn: Any, packed: Any) -> Any:
         try:
             async with _timeout(self._timeout):
+                if not conn.is_connected:
+                    await conn.connect()  # as _DirectSync._new: Sentinel
                 await conn.send_packed_command(packed, check_health=False)
                 return await conn.read_response()
         except asyncio.TimeoutError:
@@ -923,16 +947,16 @@ class _Connector:
             self.where = "Redis Cluster"
         elif isinstance(c, _redis.Redis):
             pool = c.connection_pool
+            self.where = _followed(pool)
             self.sync = _sync_link(
                 pool.connection_class, pool.connection_kwargs, timeout
             )
-            self.where = _describe(pool.connection_kwargs)
         elif isinstance(c, _aredis.Redis):
             apool = c.connection_pool
+            self.where = _followed(apool)
             self._async = _async_link(
                 apool.connection_class, apool.connection_kwargs, timeout
             )
-            self.where = _describe(apool.connection_kwargs)
         else:
             raise TypeError(
                 "expected a redis.Redis, redis.asyncio.Redis or RedisCluster client, "
@@ -1029,9 +1053,49 @@ class _Connector:
 
 
 def _describe(kwargs: dict[str, Any]) -> str:
+    """Where a connection made from ``kwargs`` goes (never its password)."""
     if kwargs.get("path"):
-        return f"unix:{kwargs['path']}"
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        where = f"unix:{kwargs['path']}"
+    else:
+        where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    db = kwargs.get("db")
+    return f"{where}/{db}" if db else where
+
+
+_SENTINEL_CLASSES = (_SentinelManaged, _AsyncSentinelManaged)
+
+
+def _followed(pool: Any) -> str:
+    """Check that the links can reach the server ``pool``'s connections
+    reach, made from its class and settings; where that is.
+
+    A Sentinel-managed connection asks its pool's Sentinels for the
+    master whenever it connects, so the links follow a failover. Any
+    other pool must name the server in its settings: connections made
+    from settings that name none would silently go to localhost:6379."""
+    kwargs = pool.connection_kwargs
+    if issubclass(pool.connection_class, _SENTINEL_CLASSES):
+        if not getattr(pool, "is_master", False):
+            raise ValueError(
+                "a Sentinel replica client (slave_for) cannot take the writes "
+                "of limits and caches: give Sentinel.master_for(...)"
+            )
+        if kwargs.get("connection_pool") is None:
+            raise ValueError(
+                "this Sentinel-managed client's connections have no pool to ask "
+                "Sentinel for the master"
+            )
+        service = getattr(pool, "service_name", "?")
+        db = kwargs.get("db")
+        return f"Sentinel master {service!r}" + (f" db {db}" if db else "")
+    if kwargs.get("host") is None and kwargs.get("path") is None:
+        raise ValueError(
+            f"cannot tell which Redis server this client's pool "
+            f"({type(pool).__name__} of {pool.connection_class.__name__}) "
+            "talks to: its settings name no host or Unix socket path; give "
+            "a redis.Redis, a Sentinel.master_for(...) client or a URL"
+        )
+    return _describe(kwargs)
 
 
 def _connector_of(
