@@ -71,10 +71,15 @@ Down, refusing, or slower than ``timeout``: the limiter answers by its
   of its rates, at most 1 s.
 * ``"raise"``: ``stanchion.StorageUnavailable`` (the Redis error chained).
 
-An outage is logged once on the ``"stanchion"`` logger: a warning when it
-starts, an info line when Redis answers again. While it lasts, one call per
-``retry_interval`` (default 0.1 s) tries Redis and the others answer at
-once; the first call that succeeds ends it. Nothing needs recreating.
+An outage is logged once on the ``"stanchion.redis"`` logger: a warning
+when it starts, an info line when Redis answers again, each naming the
+component (rate limiter or cache), the server (never its password), what
+callers get meanwhile and the cause. An application that configured no
+logging still gets them, on stderr with time and level. While it lasts,
+one call per ``retry_interval`` (default 0.1 s) tries Redis and the
+others answer at once; the first call that started during the outage and
+succeeds ends it (a call that started before it, still in flight on
+another thread or task, does not). Nothing needs recreating.
 
 A command that timed out may still run when a paused server resumes (it
 was already sent): such a hit can be counted although its caller got the
@@ -125,7 +130,47 @@ from ._redis_lua import SCRIPTS
 
 __all__ = ["RedisCache", "RedisLimiter", "RedisStorage", "StorageUnavailable"]
 
-logger = logging.getLogger("stanchion")
+logger = logging.getLogger("stanchion.redis")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Outage lines for an application that configured no logging (plain
+    uvicorn configures its own loggers only): on the stderr of the
+    moment, with time, level and logger, as logging's last resort would
+    write warnings without them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+_stderr_handler = _StderrHandler()
+
+
+def _log(level: int, msg: str, *args: Any) -> None:
+    """Log an outage line on ``stanchion.redis``; to stderr when no
+    handler would take it. Then the threshold is the level set on our
+    loggers, if any, else INFO (the default WARNING of a root logger
+    nobody configured would hide that Redis is back)."""
+    if logger.hasHandlers():
+        logger.log(level, msg, *args)
+        return
+    if logger.disabled:
+        return
+    threshold = logger.level or logging.getLogger("stanchion").level or logging.INFO
+    if level >= threshold:
+        record = logger.makeRecord(logger.name, level, __file__, 0, msg, args, None)
+        _stderr_handler.handle(record)
 
 # Errors that mean "Redis could not answer": everything redis-py raises,
 # socket errors, and asyncio timeouts (builtins.TimeoutError on 3.11+).
@@ -964,11 +1009,17 @@ class _Connector:
             )
         self.has_async = self._async is not None or self._async_url is not None
         self._lock = threading.Lock()
-        self.down_since: float | None = None  # monotonic start of an outage
+        # The clock of the outage state (its start, the retry interval):
+        # monotonic seconds; tests move a fake one by hand.
+        self.clock: Callable[[], float] = time.monotonic
+        self.down_since: float | None = None  # clock() at the start of an outage
         self._retry_at = 0.0
-        # Bumped by every recovery: a call that fails with an older epoch
-        # was sent before Redis came back (a probe still in flight when
-        # another one got through) and does not open a new outage.
+        # Bumped when an outage starts and when it ends. A call takes the
+        # epoch when it starts, and its outcome counts only if the state
+        # is still the one it started in: a call sent before Redis came
+        # back that fails afterwards does not open a new outage, and one
+        # sent before the outage began that succeeds during it (threads,
+        # tasks in flight) does not end it.
         self.epoch = 0
         self.last_error: BaseException | None = None
 
@@ -1000,7 +1051,7 @@ class _Connector:
     def skip(self) -> bool:
         """During an outage, True for calls that should not try Redis now
         (one call per retry_interval probes it)."""
-        now = time.monotonic()
+        now = self.clock()
         if now < self._retry_at:
             return True
         with self._lock:
@@ -1009,38 +1060,45 @@ class _Connector:
             self._retry_at = now + self.retry_interval
         return False
 
-    def failed(self, exc: BaseException, epoch: int) -> None:
-        """Record a failed call that started at ``epoch``."""
-        now = time.monotonic()
+    def failed(self, exc: BaseException, epoch: int, who: _Who) -> None:
+        """Record a failed call of ``who`` that started at ``epoch``."""
+        now = self.clock()
         with self._lock:
             if epoch != self.epoch:
-                return  # sent before the last recovery: stale news
+                return  # started in another state: stale news
             self._retry_at = now + self.retry_interval
             self.last_error = exc
             if self.down_since is not None:
                 return
             self.down_since = now
-        logger.warning(
-            "Redis at %s is unavailable (%s: %s); answering by the on_error "
-            "policy until it is back",
+            self.epoch += 1
+        _log(
+            logging.WARNING,
+            "%s: Redis at %s is unavailable (%s: %s); %s until it answers again",
+            who.name,
             self.where,
             type(exc).__name__,
             exc,
+            who.meanwhile,
         )
 
-    def recovered(self) -> None:
+    def recovered(self, epoch: int, who: _Who) -> None:
+        """Record a success of ``who``'s call that started at ``epoch``:
+        the end of the outage if the call started during it."""
         with self._lock:
             since = self.down_since
-            if since is None:
+            if since is None or epoch != self.epoch:
                 return
             self.down_since = None
             self._retry_at = 0.0
             self.last_error = None
             self.epoch += 1
-        logger.info(
-            "Redis at %s is available again after %.3f s",
+        _log(
+            logging.INFO,
+            "%s: Redis at %s is available again after %.3f s",
+            who.name,
             self.where,
-            time.monotonic() - since,
+            self.clock() - since,
         )
 
     def close(self) -> None:
@@ -1096,6 +1154,28 @@ def _followed(pool: Any) -> str:
             "a redis.Redis, a Sentinel.master_for(...) client or a URL"
         )
     return _describe(kwargs)
+
+
+class _Who:
+    """Who logs an outage: the component's name and what its callers get
+    while Redis is down (its on_error policy)."""
+
+    __slots__ = ("meanwhile", "name")
+
+    def __init__(self, name: str, meanwhile: str) -> None:
+        self.name = name
+        self.meanwhile = meanwhile
+
+
+_LIMITER_MEANWHILE = {
+    "allow": "hits are allowed (on_error='allow')",
+    "deny": "hits are denied (on_error='deny')",
+    "raise": "hits raise StorageUnavailable (on_error='raise')",
+}
+_CACHE_MEANWHILE = {
+    "ignore": "reads miss and writes are dropped",
+    "raise": "calls raise StorageUnavailable (on_error='raise')",
+}
 
 
 def _connector_of(
@@ -1222,6 +1302,7 @@ class RedisLimiter:
         "_sha",
         "_src",
         "_tail",
+        "_who",
         "algorithm",
         "max_cost",
         "on_error",
@@ -1276,6 +1357,7 @@ class RedisLimiter:
         self._deny = Decision(False, self._min_cap, 0, wait, wait)
         self._allow_base = self._min_cap
         self._script_clock: Callable[[], int] | None = None
+        self._who = _Who("stanchion rate limiter", _LIMITER_MEANWHILE[on_error])
 
     def __repr__(self) -> str:
         rates = ";".join(str(r) for r in self.rates)
@@ -1327,7 +1409,7 @@ class RedisLimiter:
         ) from conn.last_error
 
     def _failure(self, exc: BaseException, cost: int, epoch: int) -> Decision:
-        self._connector.failed(exc, epoch)
+        self._connector.failed(exc, epoch, self._who)
         try:
             return self._fallback(cost)
         except StorageUnavailable as err:
@@ -1354,7 +1436,7 @@ class RedisLimiter:
         except _FAILURES as exc:
             return self._failure(exc, c, epoch)
         if conn.down_since is not None:
-            conn.recovered()
+            conn.recovered(epoch, self._who)
         return self._decision(reply)
 
     def hit(self, key: str | bytes, cost: int = 1) -> Decision:
@@ -1380,10 +1462,10 @@ class RedisLimiter:
             self._reset_failed(exc, epoch)
             return
         if self._connector.down_since is not None:
-            self._connector.recovered()
+            self._connector.recovered(epoch, self._who)
 
     def _reset_failed(self, exc: BaseException, epoch: int) -> None:
-        self._connector.failed(exc, epoch)
+        self._connector.failed(exc, epoch, self._who)
         if self.on_error == "raise":
             raise StorageUnavailable(
                 f"Redis at {self._connector.where} is unavailable"
@@ -1419,7 +1501,7 @@ class RedisLimiter:
         except _FAILURES as exc:
             return self._failure(exc, c, epoch)
         if conn.down_since is not None:
-            conn.recovered()
+            conn.recovered(epoch, self._who)
         return self._decision(reply)
 
     async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
@@ -1441,7 +1523,7 @@ class RedisLimiter:
             self._reset_failed(exc, epoch)
             return
         if self._connector.down_since is not None:
-            self._connector.recovered()
+            self._connector.recovered(epoch, self._who)
 
     async def aacquire(
         self, key: str | bytes, cost: int = 1, timeout: float | None = None
@@ -1633,6 +1715,7 @@ class RedisCache:
         self._prefix = prefix.encode()
         self.default_ttl = ttl
         self.on_error = on_error
+        self._who = _Who("stanchion cache", _CACHE_MEANWHILE[on_error])
         self._dumps = ser.dumps
         self._loads = ser.loads
 
@@ -1679,15 +1762,15 @@ class RedisCache:
         return ("SET", rkey, data, "PX", max(1, math.ceil(ttl * 1000)))
 
     def _failed(self, exc: BaseException, epoch: int) -> None:
-        self._connector.failed(exc, epoch)
+        self._connector.failed(exc, epoch, self._who)
         if self.on_error == "raise":
             raise StorageUnavailable(
                 f"Redis at {self._connector.where} is unavailable"
             ) from exc
 
-    def _ok(self) -> None:
+    def _ok(self, epoch: int) -> None:
         if self._connector.down_since is not None:
-            self._connector.recovered()
+            self._connector.recovered(epoch, self._who)
 
     def _skip(self) -> bool:
         conn = self._connector
@@ -1720,7 +1803,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return _MISSING
-        self._ok()
+        self._ok(epoch)
         return reply
 
     def get(self, key: Hashable, default: Any = None) -> Any:
@@ -1756,7 +1839,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return
-        self._ok()
+        self._ok(epoch)
 
     def __getitem__(self, key: Hashable) -> Any:
         value = self.get(key, _MISSING)
@@ -1816,7 +1899,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return 0
-        self._ok()
+        self._ok(epoch)
         return n
 
     # -- asyncio ---------------------------------------------------------------
@@ -1831,7 +1914,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return _MISSING
-        self._ok()
+        self._ok(epoch)
         return reply
 
     async def aget(self, key: Hashable, default: Any = None) -> Any:
@@ -1863,7 +1946,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return
-        self._ok()
+        self._ok(epoch)
 
     async def aclose(self) -> None:
         await self._connector.aclose()
