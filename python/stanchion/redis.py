@@ -172,6 +172,7 @@ def _log(level: int, msg: str, *args: Any) -> None:
         record = logger.makeRecord(logger.name, level, __file__, 0, msg, args, None)
         _stderr_handler.handle(record)
 
+
 # Errors that mean "Redis could not answer": everything redis-py raises,
 # socket errors, and asyncio timeouts (builtins.TimeoutError on 3.11+).
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
