@@ -34,6 +34,7 @@ RETRY_INTERVAL = 0.05
 MARGIN = 0.25
 OUTAGE = 1.2 if SANITIZED else 1.0
 DEFAULT_TIMEOUT = 0.05
+SLOW_TIMEOUT = 1.0  # for tests of behaviour, not of failures
 
 
 @dataclass
@@ -508,3 +509,67 @@ def test_outage_lines_under_plain_uvicorn(
         r"available again after",
         lines[1],
     ), lines
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_hits_that_timed_out_in_a_stall_are_not_applied_later(
+    private_redis: RedisServer, asynchronous: bool
+) -> None:
+    """SIGSTOP: the hits sent meanwhile wait in the server's socket
+    buffers, and their callers get the on_error answer at the timeout.
+    On SIGCONT the server reads and runs them, after their deadline on
+    its own clock: not one is counted."""
+    storage = RedisStorage(private_redis.url, timeout=TIMEOUT, retry_interval=0)
+    # No refill to speak of while the test runs.
+    lim = stanchion.Limiter("100/day", storage=storage, on_error="allow")
+
+    async def hit() -> stanchion.Decision:
+        return await lim.ahit("k") if asynchronous else lim.hit("k")
+
+    try:
+        assert (await hit()).remaining == 99
+        assert (await hit()).remaining == 98
+        private_redis.pause()
+        try:
+            fallbacks = [await hit() for _ in range(3)]
+            if asynchronous:  # and some at once, pipelined on one connection
+                fallbacks += await asyncio.gather(*(hit() for _ in range(5)))
+        finally:
+            private_redis.resume()
+        assert all(d.allowed and d.reset_after == 0 for d in fallbacks)
+        # The server has run what it read on resume; the next probe ends
+        # the outage, and only the answered hits count.
+        for _ in range(100):
+            d = await lim.apeek("k") if asynchronous else lim.peek("k")
+            if d.reset_after > 0 and storage._connector.down_since is None:
+                break
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert (await hit()).remaining == 97
+    finally:
+        storage.close()
+        await storage.aclose()
+
+
+async def test_a_wrong_deadline_costs_a_round_trip_not_the_hit(
+    private_redis: RedisServer,
+) -> None:
+    """A hit past its deadline whose caller is still waiting means the
+    client's idea of the server clock is off (the clock stepped, or a
+    failover put another server there): it is sent again, counted once."""
+    storage = RedisStorage(private_redis.url, timeout=SLOW_TIMEOUT)
+    lim = stanchion.Limiter("100/day", storage=storage, on_error="deny")
+    conn = storage._connector
+    try:
+        assert lim.hit("k").remaining == 99
+        assert conn.skew is not None
+        right = conn.skew
+        conn.skew = right - 60e6  # the server's clock a minute ahead of it
+        assert lim.hit("k").remaining == 98
+        assert abs(conn.skew - right) < 1e6 and conn.down_since is None
+        conn.skew = right - 60e6
+        assert (await lim.ahit("k")).remaining == 97
+        assert abs(conn.skew - right) < 1e6 and conn.down_since is None
+    finally:
+        storage.close()
+        await storage.aclose()

@@ -81,10 +81,22 @@ others answer at once; the first call that started during the outage and
 succeeds ends it (a call that started before it, still in flight on
 another thread or task, does not). Nothing needs recreating.
 
-A command that timed out may still run when a paused server resumes (it
-was already sent): such a hit can be counted although its caller got the
-``on_error`` answer. A command that failed on a reused connection with a
-connection error (server restarted) is sent once more on a new connection.
+A hit that timed out was already sent: a paused or stalled server runs
+it when it resumes. So every hit carries a deadline, the server time at
+which its caller gives up, and the script applies nothing past it. The
+server's clock is the only one (hosts' clocks may be skewed), so the
+client learns it from each answered hit: the server time the script read
+minus the client's monotonic time when the hit was sent. That difference
+is at most one round trip too large, so a deadline is never early by the
+client's reckoning, and a hit can be applied at most that round trip
+after its caller gave up. A hit past its deadline whose caller is still
+waiting (the server's clock stepped, or a failover put another server
+there) is sent once more with a corrected one. Before the first answer,
+and on Redis Cluster (each node has its own clock), hits carry none. A
+timed-out ``reset`` or cache write can still be applied late.
+
+A command that failed on a reused connection with a connection error
+(server restarted) is sent once more on a new connection.
 """
 
 from __future__ import annotations
@@ -1009,6 +1021,15 @@ class _Connector:
                 f"or a redis:// URL, not {type(c).__name__}"
             )
         self.has_async = self._async is not None or self._async_url is not None
+        # The server's clock as seen from here: server time (us) minus
+        # time.monotonic() (us) when the last answered hit was sent, an
+        # upper bound of the true difference (the server read its clock
+        # after the send), off by at most that round trip. None until a
+        # hit is answered, and on Redis Cluster, whose nodes have clocks
+        # of their own (hits there carry no deadline).
+        self.skew: float | None = None
+        self.deadlines = self.where != "Redis Cluster"
+        self.timeout_us = timeout * 1e6
         self._lock = threading.Lock()
         # The clock of the outage state (its start, the retry interval):
         # monotonic seconds; tests move a fake one by hand.
@@ -1386,10 +1407,32 @@ class RedisLimiter:
             )
         return int(cost)
 
-    def _args(self, rkey: bytes, cost: int, commit: bytes) -> tuple[Any, ...]:
+    def _args(
+        self, rkey: bytes, cost: int, commit: bytes, sent: float
+    ) -> tuple[Any, ...]:
+        """The script's arguments for a call sent at ``sent`` (monotonic
+        seconds). A hit carries a deadline: the server time at which its
+        caller gives up (sent + timeout), in the server's clock by the
+        connector's ``skew``. A hit that reaches the server after that
+        (queued behind a stall, sent before a pause and read on resume)
+        is not applied: its caller already got the on_error answer."""
         clock = self._script_clock
-        now = b"" if clock is None else int(clock())
-        return (rkey, now, cost, commit, *self._params)
+        if clock is not None:
+            return (rkey, int(clock()), cost, commit, *self._params)
+        skew = self._connector.skew
+        if skew is not None and commit == b"1":
+            commit = b"%d" % (sent * 1e6 + skew + self._connector.timeout_us)
+        return (rkey, b"", cost, commit, *self._params)
+
+    def _answered(self, reply: Any, sent: float) -> bool:
+        """Learn the server's clock from a reply; False for a hit that
+        was past its deadline when it ran. As its caller is still here,
+        the deadline was wrong, not late: the server's clock stepped, or
+        another server answers since a failover. It is sent again."""
+        conn = self._connector
+        if conn.deadlines and self._script_clock is None:
+            conn.skew = reply[-1] - sent * 1e6
+        return reply[0] != -1  # type: ignore[no-any-return]
 
     # -- answers -------------------------------------------------------------
 
@@ -1433,7 +1476,13 @@ class RedisLimiter:
         if conn.down_since is not None and conn.skip():
             return self._fallback(c)
         try:
-            reply = self._run(self._args(rkey, c, commit))
+            sent = time.monotonic()
+            reply = self._run(self._args(rkey, c, commit, sent))
+            if not self._answered(reply, sent):
+                sent = time.monotonic()
+                reply = self._run(self._args(rkey, c, commit, sent))
+                if not self._answered(reply, sent):
+                    raise _RedisTimeoutError("Redis ran the hit after its deadline")
         except _FAILURES as exc:
             return self._failure(exc, c, epoch)
         if conn.down_since is not None:
@@ -1498,7 +1547,13 @@ class RedisLimiter:
         if conn.down_since is not None and conn.skip():
             return self._fallback(c)
         try:
-            reply = await self._arun(self._args(rkey, c, commit))
+            sent = time.monotonic()
+            reply = await self._arun(self._args(rkey, c, commit, sent))
+            if not self._answered(reply, sent):
+                sent = time.monotonic()
+                reply = await self._arun(self._args(rkey, c, commit, sent))
+                if not self._answered(reply, sent):
+                    raise _RedisTimeoutError("Redis ran the hit after its deadline")
         except _FAILURES as exc:
             return self._failure(exc, c, epoch)
         if conn.down_since is not None:
