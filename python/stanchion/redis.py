@@ -1421,18 +1421,10 @@ class RedisLimiter:
             return (rkey, int(clock()), cost, commit, *self._params)
         skew = self._connector.skew
         if skew is not None and commit == b"1":
-            commit = b"%d" % (sent * 1e6 + skew + self._connector.timeout_us)
+            # A float, packed as its repr (exact), read by tonumber.
+            deadline = sent * 1e6 + skew + self._connector.timeout_us
+            return (rkey, b"", cost, deadline, *self._params)
         return (rkey, b"", cost, commit, *self._params)
-
-    def _answered(self, reply: Any, sent: float) -> bool:
-        """Learn the server's clock from a reply; False for a hit that
-        was past its deadline when it ran. As its caller is still here,
-        the deadline was wrong, not late: the server's clock stepped, or
-        another server answers since a failover. It is sent again."""
-        conn = self._connector
-        if conn.deadlines and self._script_clock is None:
-            conn.skew = reply[-1] - sent * 1e6
-        return reply[0] != -1  # type: ignore[no-any-return]
 
     # -- answers -------------------------------------------------------------
 
@@ -1478,11 +1470,19 @@ class RedisLimiter:
         try:
             sent = time.monotonic()
             reply = self._run(self._args(rkey, c, commit, sent))
-            if not self._answered(reply, sent):
-                sent = time.monotonic()
-                reply = self._run(self._args(rkey, c, commit, sent))
-                if not self._answered(reply, sent):
-                    raise _RedisTimeoutError("Redis ran the hit after its deadline")
+            if conn.deadlines:
+                # The server's clock, learnt from the answer.
+                conn.skew = reply[-1] - sent * 1e6
+                if reply[0] == -1:
+                    # Past its deadline, yet its caller is still here:
+                    # the deadline was wrong, not late (the server's
+                    # clock stepped, or another server answers since a
+                    # failover). Once more with the corrected clock.
+                    sent = time.monotonic()
+                    reply = self._run(self._args(rkey, c, commit, sent))
+                    conn.skew = reply[-1] - sent * 1e6
+                    if reply[0] == -1:
+                        raise _RedisTimeoutError("Redis ran the hit after its deadline")
         except _FAILURES as exc:
             return self._failure(exc, c, epoch)
         if conn.down_since is not None:
@@ -1549,11 +1549,19 @@ class RedisLimiter:
         try:
             sent = time.monotonic()
             reply = await self._arun(self._args(rkey, c, commit, sent))
-            if not self._answered(reply, sent):
-                sent = time.monotonic()
-                reply = await self._arun(self._args(rkey, c, commit, sent))
-                if not self._answered(reply, sent):
-                    raise _RedisTimeoutError("Redis ran the hit after its deadline")
+            if conn.deadlines:
+                # The server's clock, learnt from the answer.
+                conn.skew = reply[-1] - sent * 1e6
+                if reply[0] == -1:
+                    # Past its deadline, yet its caller is still here:
+                    # the deadline was wrong, not late (the server's
+                    # clock stepped, or another server answers since a
+                    # failover). Once more with the corrected clock.
+                    sent = time.monotonic()
+                    reply = await self._arun(self._args(rkey, c, commit, sent))
+                    conn.skew = reply[-1] - sent * 1e6
+                    if reply[0] == -1:
+                        raise _RedisTimeoutError("Redis ran the hit after its deadline")
         except _FAILURES as exc:
             return self._failure(exc, c, epoch)
         if conn.down_since is not None:
