@@ -91,10 +91,21 @@ def test_clients_that_cannot_be_followed_are_refused() -> None:
         RedisStorage(sentinel.slave_for("x"))
     with pytest.raises(ValueError, match="replica"):
         RedisCache(AsyncSentinel([("127.0.0.1", 1)]).slave_for("x"))
-    # A pool whose settings name no server (connections made from them
-    # would go to localhost:6379).
-    nowhere = redis.ConnectionPool(host=None)
-    with pytest.raises(ValueError, match="no host"):
-        RedisStorage(redis.Redis(connection_pool=nowhere))
-    with pytest.raises(ValueError, match="no host"):
-        RedisCache(aredis.Redis(connection_pool=aredis.ConnectionPool(host=None)))
+    # A pool that hands out connections its own way.
+
+    class Elsewhere(redis.ConnectionPool):
+        def make_connection(self) -> redis.connection.ConnectionInterface:
+            conn = super().make_connection()
+            conn.port = 6380  # type: ignore[attr-defined]
+            return conn
+
+    class AsyncElsewhere(aredis.BlockingConnectionPool):
+        async def get_connection(self, *args: object, **kw: object) -> object:
+            return await super().get_connection()
+
+    with pytest.raises(ValueError, match="make_connection"):
+        RedisStorage(redis.Redis(connection_pool=Elsewhere()))
+    with pytest.raises(ValueError, match="get_connection"):
+        RedisCache(aredis.Redis(connection_pool=AsyncElsewhere()))
+    # redis-py's own pools, without a host (localhost), are followed.
+    RedisStorage(redis.Redis(connection_pool=redis.BlockingConnectionPool(port=1)))

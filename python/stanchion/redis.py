@@ -52,9 +52,11 @@ asyncio) gives connections that ask its Sentinels for the master each
 time they connect: a failover drops them (the old master answers a write
 with READONLY, or is gone) and the next call reconnects to the new master.
 Asking Sentinel is bounded by the Sentinel client's own socket timeouts
-(``sentinel_kwargs``). A replica client (``slave_for``), or a pool whose
-settings name no server, is refused with a ValueError: its connections
-could not be made to reach the same server.
+(``sentinel_kwargs``). The connections are connected with the class's
+own ``connect()``, so custom connection classes keep their behaviour. A
+replica client (``slave_for``), which cannot take writes, or a pool class
+that hands out connections its own way (its own ``get_connection`` or
+``make_connection``), is refused with a ValueError.
 
 A ``redis.cluster.RedisCluster`` (or its asyncio twin) is used through its
 own command path, for its slot routing and redirections: blocking calls are
@@ -121,6 +123,7 @@ import hiredis as _hiredis
 import redis as _redis
 import redis.asyncio as _aredis
 from redis.asyncio.cluster import RedisCluster as _AsyncRedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool as _AsyncSentinelPool
 from redis.asyncio.sentinel import (
     SentinelManagedConnection as _AsyncSentinelManaged,
 )
@@ -130,6 +133,7 @@ from redis.exceptions import ConnectionError as _RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as _RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool as _SentinelPool
 from redis.sentinel import SentinelManagedConnection as _SentinelManaged
 
 from . import _core
@@ -1145,14 +1149,36 @@ def _describe(kwargs: dict[str, Any]) -> str:
 _SENTINEL_CLASSES = (_SentinelManaged, _AsyncSentinelManaged)
 
 
+def _pool_method(cls: type[Any], name: str) -> Any:
+    return getattr(cls, name, None)
+
+
+# How redis-py's own pools hand out connections: made from the pool's
+# connection class and settings (Sentinel's pools through the same
+# methods, their connections asking Sentinel for the master).
+_KNOWN_POOL_METHODS = frozenset(
+    _pool_method(cls, name)
+    for cls in (
+        _redis.ConnectionPool,
+        _redis.BlockingConnectionPool,
+        _aredis.ConnectionPool,
+        _aredis.BlockingConnectionPool,
+        _SentinelPool,
+        _AsyncSentinelPool,
+    )
+    for name in ("get_connection", "make_connection")
+)
+
+
 def _followed(pool: Any) -> str:
-    """Check that the links can reach the server ``pool``'s connections
-    reach, made from its class and settings; where that is.
+    """Check that the links, which make connections from ``pool``'s
+    connection class and settings and connect them with connect(), reach
+    the server the pool's own connections reach; where that is.
 
     A Sentinel-managed connection asks its pool's Sentinels for the
-    master whenever it connects, so the links follow a failover. Any
-    other pool must name the server in its settings: connections made
-    from settings that name none would silently go to localhost:6379."""
+    master whenever it connects, so the links follow a failover. A pool
+    class that hands out connections its own way could send them
+    elsewhere: refused."""
     kwargs = pool.connection_kwargs
     if issubclass(pool.connection_class, _SENTINEL_CLASSES):
         if not getattr(pool, "is_master", False):
@@ -1168,12 +1194,17 @@ def _followed(pool: Any) -> str:
         service = getattr(pool, "service_name", "?")
         db = kwargs.get("db")
         return f"Sentinel master {service!r}" + (f" db {db}" if db else "")
-    if kwargs.get("host") is None and kwargs.get("path") is None:
+    own = [
+        name
+        for name in ("get_connection", "make_connection")
+        if _pool_method(type(pool), name) not in _KNOWN_POOL_METHODS
+    ]
+    if own:
         raise ValueError(
-            f"cannot tell which Redis server this client's pool "
-            f"({type(pool).__name__} of {pool.connection_class.__name__}) "
-            "talks to: its settings name no host or Unix socket path; give "
-            "a redis.Redis, a Sentinel.master_for(...) client or a URL"
+            f"cannot follow this client: its pool ({type(pool).__name__}) has its "
+            f"own {' and '.join(own)}, so connections made from its settings "
+            "might reach another server; give a redis.Redis with a redis-py "
+            "pool, a Sentinel.master_for(...) client or a URL"
         )
     return _describe(kwargs)
 
