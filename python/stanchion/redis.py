@@ -1032,7 +1032,7 @@ class _Connector:
         # hit is answered, and on Redis Cluster, whose nodes have clocks
         # of their own (hits there carry no deadline).
         self.skew: float | None = None
-        self.deadlines = self.where != "Redis Cluster"
+        self.deadlines = not isinstance(c, (_RedisCluster, _AsyncRedisCluster))
         self.timeout_us = timeout * 1e6
         self._lock = threading.Lock()
         # The clock of the outage state (its start, the retry interval):
