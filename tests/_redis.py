@@ -1,9 +1,11 @@
 """Real redis-server processes for the tests: one server on a free port in
-a temporary directory (no persistence), or a 3-master Redis Cluster.
+a temporary directory (no persistence), a 3-master Redis Cluster, or a
+master, a replica and a Sentinel.
 
 Fixtures (imported by conftest.py): ``redis_server`` (one per session,
 shared; tests keep apart by key prefix), ``private_redis`` (one per test,
-for tests that kill or pause it) and ``redis_cluster`` (one per session).
+for tests that kill or pause it), ``redis_cluster`` (one per session) and
+``redis_sentinel`` (one per test: tests fail it over).
 """
 
 from __future__ import annotations

@@ -14,11 +14,11 @@ from redis.sentinel import Sentinel
 import stanchion
 from stanchion.redis import RedisCache, RedisStorage
 
-from ._redis import SLOW, RedisSentinelGroup
+from ._redis import SLOW, RedisSentinelGroup, RedisServer
 
 
-def _keys(server: object, pattern: str = "*") -> list[str]:
-    return server.cli("--scan", "--pattern", pattern).split()  # type: ignore[attr-defined]
+def _keys(server: RedisServer, pattern: str) -> list[str]:
+    return server.cli("--scan", "--pattern", pattern).split()
 
 
 def test_blocking_client_follows_a_failover(redis_sentinel: RedisSentinelGroup) -> None:
