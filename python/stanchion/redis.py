@@ -1452,8 +1452,8 @@ class RedisLimiter:
             return (rkey, int(clock()), cost, commit, *self._params)
         skew = self._connector.skew
         if skew is not None and commit == b"1":
-            # A float, packed as its repr (exact), read by tonumber.
-            deadline = sent * 1e6 + skew + self._connector.timeout_us
+            # An int: hiredis packs one faster than a float's repr.
+            deadline = int(sent * 1e6 + skew + self._connector.timeout_us)
             return (rkey, b"", cost, deadline, *self._params)
         return (rkey, b"", cost, commit, *self._params)
 
