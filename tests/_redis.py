@@ -1,9 +1,11 @@
 """Real redis-server processes for the tests: one server on a free port in
-a temporary directory (no persistence), or a 3-master Redis Cluster.
+a temporary directory (no persistence), a 3-master Redis Cluster, or a
+master, a replica and a Sentinel.
 
 Fixtures (imported by conftest.py): ``redis_server`` (one per session,
 shared; tests keep apart by key prefix), ``private_redis`` (one per test,
-for tests that kill or pause it) and ``redis_cluster`` (one per session).
+for tests that kill or pause it), ``redis_cluster`` (one per session) and
+``redis_sentinel`` (one per test: tests fail it over).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -231,3 +233,140 @@ def redis_cluster() -> Iterator[RedisCluster]:
             yield cluster
         finally:
             cluster.stop()
+
+
+class RedisSentinelGroup:
+    """A master, one replica and one Sentinel watching them as
+    ``mymaster`` (``redis-server --sentinel``), for failover tests."""
+
+    NAME = "mymaster"
+
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        # Replicas sync at once (not after the default 5 s wait for more).
+        self.master = RedisServer(
+            os.path.join(directory, "a"), None, "--repl-diskless-sync-delay", "0"
+        )
+        self.replica = RedisServer(os.path.join(directory, "b"))
+        self.sentinel_port = free_port()
+        self.sentinel: subprocess.Popen[bytes] | None = None
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.master, self.replica]
+
+    def start(self) -> None:
+        for server in self.servers:
+            os.makedirs(server.dir, exist_ok=True)
+        self.master.start()
+        self.replica.extra = ("--replicaof", "127.0.0.1", str(self.master.port))
+        self.replica.start()
+        conf = os.path.join(self.dir, "sentinel.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"port {self.sentinel_port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {self.dir}\n"
+                f"logfile {os.path.join(self.dir, 'sentinel.log')}\n"
+                f"sentinel monitor {self.NAME} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.NAME} 1000\n"
+                f"sentinel failover-timeout {self.NAME} 10000\n"
+                # Known at once, rather than from the master's INFO, which
+                # a Sentinel reads every 10 s.
+                f"sentinel known-replica {self.NAME} 127.0.0.1 {self.replica.port}\n"
+            )
+        self.sentinel = subprocess.Popen(
+            [REDIS_SERVER, conf, "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=server_env(),
+        )
+        # Ready once the Sentinel knows the replica (failover needs one).
+        self.wait(
+            lambda: (
+                self.sentinel_cli("SENTINEL", "REPLICAS", self.NAME).count("127.0.0.1")
+                >= 1
+            ),
+            "the Sentinel did not find the replica",
+        )
+        self.wait(
+            lambda: "master_link_status:up" in self.replica.cli("INFO", "replication"),
+            "the replica did not sync",
+        )
+
+    @staticmethod
+    def wait(check: Callable[[], bool], what: str, seconds: float = 30) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if check():
+                    return
+            except (OSError, subprocess.SubprocessError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(what)
+            time.sleep(0.05)
+
+    def sentinel_cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [REDIS_CLI, "-p", str(self.sentinel_port), *args],
+            env=server_env(),
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+        return out.stdout.decode()
+
+    def master_port(self) -> int:
+        reply = self.sentinel_cli("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.NAME)
+        return int(reply.split()[1])
+
+    def _switched(self, new: RedisServer) -> bool:
+        fields = self.sentinel_cli("SENTINEL", "MASTER", self.NAME).splitlines()
+        info = dict(zip(fields[::2], fields[1::2], strict=False))
+        return info.get("port") == str(new.port) and info.get("flags") == "master"
+
+    def failover(self) -> RedisServer:
+        """Promote the replica; the new master once both servers agree
+        (the old master a replica of the new one)."""
+        old_port = self.master_port()
+        old = next(s for s in self.servers if s.port == old_port)
+        new = next(s for s in self.servers if s.port != old_port)
+        self.sentinel_cli("SENTINEL", "FAILOVER", self.NAME)
+        # Done when the Sentinel's own view has switched (its clients ask
+        # SENTINEL MASTERS, which names the old master until then).
+        self.wait(
+            lambda: self.master_port() == new.port and self._switched(new),
+            "the failover did not happen",
+        )
+        self.wait(
+            lambda: "role:master" in new.cli("INFO", "replication"),
+            "the new master did not take over",
+        )
+        # The Sentinel turns the old master into a replica when it next
+        # reads its INFO (up to 10 s later): done here at once, as it would.
+        old.cli("REPLICAOF", "127.0.0.1", str(new.port))
+        self.wait(
+            lambda: "role:slave" in old.cli("INFO", "replication"),
+            "the old master did not become a replica",
+        )
+        return new
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.terminate()
+            self.sentinel.wait(5)
+            self.sentinel = None
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[RedisSentinelGroup]:
+    with tempfile.TemporaryDirectory(prefix="stanchion-sentinel-") as d:
+        group = RedisSentinelGroup(d)
+        try:
+            group.start()
+            yield group
+        finally:
+            group.stop()

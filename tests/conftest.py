@@ -39,5 +39,11 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"stanchion._core: {stanchion._core.__file__}"
 
 
-# Real redis-server fixtures (redis_server, private_redis, redis_cluster).
-from ._redis import private_redis, redis_cluster, redis_server  # noqa: E402, F401
+# Real redis-server fixtures (redis_server, private_redis, redis_cluster,
+# redis_sentinel).
+from ._redis import (  # noqa: E402, F401
+    private_redis,
+    redis_cluster,
+    redis_sentinel,
+    redis_server,
+)

@@ -20,7 +20,7 @@ import stanchion
 from stanchion.redis import RedisCache, RedisStorage, _cache_key
 
 from ._redis import SLOW, RedisServer
-from .conftest import SANITIZED
+from .conftest import SANITIZED, FakeClock
 
 # Outage tests: the default timeout, with more room in the sanitizer pass.
 FAIL_FAST = 0.2 if SANITIZED else 0.05
@@ -303,9 +303,12 @@ def test_decoding_client(redis_server: RedisServer) -> None:
     client.close()
 
 
-def test_outage(private_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+def test_outage(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture, clock: FakeClock
+) -> None:
     caplog.set_level(logging.INFO, logger="stanchion")
     storage = RedisStorage(private_redis.url, timeout=FAIL_FAST)
+    storage._connector.clock = clock
     cache = RedisCache(storage)
     strict = RedisCache(storage, on_error="raise")
     cache.set("k", 1)
@@ -323,9 +326,9 @@ def test_outage(private_redis: RedisServer, caplog: pytest.LogCaptureFixture) ->
             strict.get("k")
     finally:
         private_redis.resume()
-    time.sleep(0.15)
+    clock.advance(0.1)  # the retry interval
     assert cache.get("k") == 1  # the dropped set never happened
-    records = [r for r in caplog.records if r.name == "stanchion"]
+    records = [r for r in caplog.records if r.name == "stanchion.redis"]
     assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]
     private_redis.kill()
     with pytest.raises(stanchion.StorageUnavailable):
@@ -334,8 +337,9 @@ def test_outage(private_redis: RedisServer, caplog: pytest.LogCaptureFixture) ->
     strict.close()
 
 
-async def test_async_outage(private_redis: RedisServer) -> None:
+async def test_async_outage(private_redis: RedisServer, clock: FakeClock) -> None:
     cache = RedisCache(private_redis.url, timeout=FAIL_FAST)
+    cache._connector.clock = clock
     try:
         await cache.aset("k", 1)
         private_redis.kill()
@@ -344,7 +348,7 @@ async def test_async_outage(private_redis: RedisServer) -> None:
         assert await cache.adelete("k") is False
         await cache.aclear()
         private_redis.start()
-        time.sleep(0.15)
+        clock.advance(0.1)  # the retry interval
         assert await cache.aget("k") is None  # restarted empty
         await cache.aset("k", 3)
         assert await cache.aget("k") == 3

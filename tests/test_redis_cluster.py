@@ -121,3 +121,15 @@ def test_cluster_cache(cluster_client: redis.cluster.RedisCluster) -> None:
     assert cache.get("k3") == [3, "x"]
     cache.clear()
     assert "k3" not in cache
+
+
+def test_cluster_hits_carry_no_deadline(
+    cluster_client: redis.cluster.RedisCluster,
+) -> None:
+    """Each node has its own clock: one skew would not fit them all."""
+    storage = RedisStorage(cluster_client)
+    lim = stanchion.Limiter("5/minute", storage=storage)
+    key = uuid.uuid4().hex
+    for i in range(10):
+        assert lim.hit(f"{key}{i}").remaining == 4
+    assert storage._connector.skew is None

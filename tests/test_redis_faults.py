@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import httpx
 import pytest
 from redis.exceptions import RedisError
 
 import stanchion
 from stanchion.redis import RedisLimiter, RedisStorage
 
-from ._redis import RedisServer
-from .conftest import SANITIZED
+from ._redis import RedisServer, free_port
+from .conftest import SANITIZED, FakeClock
 
 # Under load the tests use a timeout well above the scheduling stalls of a
 # busy 2-core machine (a healthy call must not time out), and far below
@@ -28,6 +34,7 @@ RETRY_INTERVAL = 0.05
 MARGIN = 0.25
 OUTAGE = 1.2 if SANITIZED else 1.0
 DEFAULT_TIMEOUT = 0.05
+SLOW_TIMEOUT = 1.0  # for tests of behaviour, not of failures
 
 
 @dataclass
@@ -105,7 +112,7 @@ def _limiter(server: RedisServer, policy: str) -> RedisLimiter:
 
 
 def _one_warning_one_info(caplog: pytest.LogCaptureFixture) -> None:
-    records = [r for r in caplog.records if r.name == "stanchion"]
+    records = [r for r in caplog.records if r.name == "stanchion.redis"]
     levels = [r.levelno for r in records]
     assert levels == [logging.WARNING, logging.INFO], [r.getMessage() for r in records]
     assert "unavailable" in records[0].getMessage()
@@ -217,19 +224,61 @@ def test_a_late_failure_does_not_reopen_the_outage(
     try:
         assert lim.hit("k").remaining == 4
         sent_during_outage = conn.epoch
-        conn.failed(TimeoutError("first probe"), sent_during_outage)
+        conn.failed(TimeoutError("first probe"), sent_during_outage, lim._who)
         assert conn.down_since is not None
         assert lim.hit("k").remaining == 3  # a later probe gets through
         assert conn.down_since is None
-        conn.failed(TimeoutError("earlier probe, timed out late"), sent_during_outage)
+        conn.failed(
+            TimeoutError("earlier probe, timed out late"), sent_during_outage, lim._who
+        )
         assert conn.down_since is None and conn.last_error is None
         assert lim.hit("k").remaining == 2
-        levels = [r.levelno for r in caplog.records if r.name == "stanchion"]
+        levels = [r.levelno for r in caplog.records if r.name == "stanchion.redis"]
         assert levels == [logging.WARNING, logging.INFO]
-        conn.failed(TimeoutError("sent after the recovery"), conn.epoch)
+        conn.failed(TimeoutError("sent after the recovery"), conn.epoch, lim._who)
         assert conn.down_since is not None
-        levels = [r.levelno for r in caplog.records if r.name == "stanchion"]
+        levels = [r.levelno for r in caplog.records if r.name == "stanchion.redis"]
         assert levels == [logging.WARNING, logging.INFO, logging.WARNING]
+    finally:
+        storage.close()
+
+
+def test_a_call_sent_before_the_outage_does_not_end_it(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture, clock: FakeClock
+) -> None:
+    """Threaded WSGI: a call already waiting on Redis when another
+    thread's call fails (opening the outage) gets its answer when Redis
+    resumes. That answer was asked for before the outage began: it does
+    not end it. The next probe, sent during the outage, does: one
+    warning, one info line."""
+    caplog.set_level(logging.INFO, logger="stanchion")
+    storage = RedisStorage(private_redis.url, timeout=5, retry_interval=0.5)
+    conn = storage._connector
+    conn.clock = clock
+    lim = stanchion.Limiter("5/minute", storage=storage, on_error="deny")
+    assert isinstance(lim, RedisLimiter)
+    try:
+        assert lim.hit("k").remaining == 4
+        private_redis.pause()
+        answers: list[stanchion.Decision] = []
+        early = threading.Thread(target=lambda: answers.append(lim.hit("k")))
+        early.start()
+        try:
+            time.sleep(0.2)  # it is waiting on the paused server
+            # Another thread's call fails meanwhile: the outage begins.
+            conn.failed(TimeoutError("another thread's call"), conn.epoch, lim._who)
+            assert conn.down_since is not None
+        finally:
+            private_redis.resume()
+        early.join(5)
+        assert [d.remaining for d in answers] == [3]  # a real answer
+        assert conn.down_since is not None  # but the outage goes on
+        assert not lim.hit("k")  # within the retry interval: no probe
+        clock.advance(0.5)
+        assert lim.hit("k").remaining == 2  # the probe ends it
+        assert conn.down_since is None
+        records = [r for r in caplog.records if r.name == "stanchion.redis"]
+        assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]
     finally:
         storage.close()
 
@@ -283,7 +332,7 @@ def test_restart_empty_needs_nothing(
         private_redis.restart()
         assert lim.hit("k").remaining == 4  # the state went with the server
         assert lim.peek("k").remaining == 3
-    assert [r for r in caplog.records if r.name == "stanchion"] == []
+    assert [r for r in caplog.records if r.name == "stanchion.redis"] == []
     storage.close()
 
 
@@ -299,11 +348,12 @@ async def test_async_restart_empty(private_redis: RedisServer) -> None:
 
 
 def test_down_from_the_start(
-    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture, clock: FakeClock
 ) -> None:
     caplog.set_level(logging.INFO, logger="stanchion")
     private_redis.kill()
     allow = _limiter(private_redis, "allow")
+    allow.storage._connector.clock = clock
     deny = stanchion.Limiter(
         "10 per 0.25 seconds;100/minute", storage=allow.storage, on_error="deny"
     )
@@ -324,10 +374,202 @@ def test_down_from_the_start(
     with pytest.raises(stanchion.RateLimitExceeded):
         deny.acquire("k", timeout=0.1)
     assert time.monotonic() - t0 < 0.1 + MARGIN
-    records = [r for r in caplog.records if r.name == "stanchion"]
+    records = [r for r in caplog.records if r.name == "stanchion.redis"]
     assert [r.levelno for r in records] == [logging.WARNING]
     private_redis.start()
-    time.sleep(RETRY_INTERVAL)
+    assert allow.hit("k").reset_after == 0  # no try within the retry interval
+    clock.advance(RETRY_INTERVAL)
     assert allow.hit("k").reset_after > 0
-    records = [r for r in caplog.records if r.name == "stanchion"]
+    records = [r for r in caplog.records if r.name == "stanchion.redis"]
     assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]
+
+
+@pytest.mark.parametrize("policy", ["allow", "deny", "raise"])
+def test_outage_lines_say_who_where_and_what(
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture, policy: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="stanchion")
+    storage = RedisStorage(private_redis.url.replace("/0", "/3"), retry_interval=0)
+    lim = stanchion.Limiter("5/minute", storage=storage, on_error=policy)
+    where = f"127.0.0.1:{private_redis.port}/3"
+    try:
+        private_redis.kill()
+        try:
+            lim.hit("k")
+        except stanchion.StorageUnavailable:
+            assert policy == "raise"
+        private_redis.start()
+        assert lim.hit("k").remaining == 4
+        records = [r for r in caplog.records if r.name == "stanchion.redis"]
+        down, up = (r.getMessage() for r in records)
+        assert down.startswith(
+            f"stanchion rate limiter: Redis at {where} is unavailable"
+        )
+        assert "(ConnectionError: " in down  # the cause
+        meanwhile = {"allow": "allowed", "deny": "denied", "raise": "raise"}[policy]
+        assert f"hits are {meanwhile}" in down or f"hits {meanwhile}" in down
+        assert f"(on_error={policy!r})" in down
+        assert up.startswith(f"stanchion rate limiter: Redis at {where} is available")
+    finally:
+        storage.close()
+
+
+def test_cache_outage_lines_name_the_cache_and_no_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="stanchion")
+    port = free_port()  # nothing listens there
+    for on_error, meanwhile in (
+        ("ignore", "reads miss and writes are dropped"),
+        ("raise", "calls raise StorageUnavailable (on_error='raise')"),
+    ):
+        caplog.clear()
+        cache = stanchion.RedisCache(
+            f"redis://user:pa55word@127.0.0.1:{port}/0", on_error=on_error
+        )
+        try:
+            cache.get("k")
+        except stanchion.StorageUnavailable:
+            assert on_error == "raise"
+        (record,) = [r for r in caplog.records if r.name == "stanchion.redis"]
+        line = record.getMessage()
+        assert line.startswith(f"stanchion cache: Redis at 127.0.0.1:{port} is ")
+        assert line.endswith(f"; {meanwhile} until it answers again")
+        assert "pa55word" not in line
+        if on_error == "ignore":
+            assert "on_error" not in line  # the limiter's policy is not its own
+        cache.close()
+
+
+UVICORN_APP = """
+import os
+
+import stanchion
+
+storage = stanchion.RedisStorage(os.environ["REDIS_URL"], retry_interval=0)
+limiter = stanchion.Limiter("1000/second", storage=storage)
+
+
+async def app(scope, receive, send):
+    d = await limiter.ahit("k")
+    body = b"real" if d.reset_after > 0 else b"fallback"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+"""
+
+
+def test_outage_lines_under_plain_uvicorn(
+    private_redis: RedisServer, tmp_path: Path
+) -> None:
+    """uvicorn's default logging configures its own loggers only: the
+    outage lines still reach stderr, with time and level, both of them."""
+    (tmp_path / "outage_app.py").write_text(UVICORN_APP)
+    port = free_port()
+    env = dict(os.environ, REDIS_URL=private_redis.url)
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err:
+        server = subprocess.Popen(
+            [
+                sys.executable, "-m", "uvicorn", "--app-dir", str(tmp_path),
+                "outage_app:app", "--port", str(port), "--lifespan", "off",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )  # fmt: skip
+        try:
+            base = f"http://127.0.0.1:{port}/"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert httpx.get(base, timeout=5).text == "real"
+                    break
+                except httpx.TransportError:
+                    assert server.poll() is None, log.read_text()
+                    assert time.monotonic() < deadline, "uvicorn did not start"
+                    time.sleep(0.1)
+            private_redis.kill()
+            assert httpx.get(base, timeout=5).text == "fallback"
+            private_redis.start()
+            assert httpx.get(base, timeout=5).text == "real"
+        finally:
+            server.terminate()
+            server.wait(10)
+    lines = [ln for ln in log.read_text().splitlines() if "stanchion.redis" in ln]
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    where = f"Redis at 127.0.0.1:{private_redis.port} is"
+    assert len(lines) == 2, log.read_text()
+    assert re.match(
+        rf"{stamp} WARNING stanchion\.redis: stanchion rate limiter: {where} "
+        r"unavailable \(\w+Error: .*\); hits are allowed",
+        lines[0],
+    ), lines
+    assert re.match(
+        rf"{stamp} INFO stanchion\.redis: stanchion rate limiter: {where} "
+        r"available again after",
+        lines[1],
+    ), lines
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_hits_that_timed_out_in_a_stall_are_not_applied_later(
+    private_redis: RedisServer, asynchronous: bool
+) -> None:
+    """SIGSTOP: the hits sent meanwhile wait in the server's socket
+    buffers, and their callers get the on_error answer at the timeout.
+    On SIGCONT the server reads and runs them, after their deadline on
+    its own clock: not one is counted."""
+    storage = RedisStorage(private_redis.url, timeout=TIMEOUT, retry_interval=0)
+    # No refill to speak of while the test runs.
+    lim = stanchion.Limiter("100/day", storage=storage, on_error="allow")
+
+    async def hit() -> stanchion.Decision:
+        return await lim.ahit("k") if asynchronous else lim.hit("k")
+
+    try:
+        assert (await hit()).remaining == 99
+        assert (await hit()).remaining == 98
+        private_redis.pause()
+        try:
+            fallbacks = [await hit() for _ in range(3)]
+            if asynchronous:  # and some at once, pipelined on one connection
+                fallbacks += await asyncio.gather(*(hit() for _ in range(5)))
+        finally:
+            private_redis.resume()
+        assert all(d.allowed and d.reset_after == 0 for d in fallbacks)
+        # The server has run what it read on resume; the next probe ends
+        # the outage, and only the answered hits count.
+        for _ in range(100):
+            d = await lim.apeek("k") if asynchronous else lim.peek("k")
+            if d.reset_after > 0 and storage._connector.down_since is None:
+                break
+            time.sleep(0.02)
+        time.sleep(0.2)
+        assert (await hit()).remaining == 97
+    finally:
+        storage.close()
+        await storage.aclose()
+
+
+async def test_a_wrong_deadline_costs_a_round_trip_not_the_hit(
+    private_redis: RedisServer,
+) -> None:
+    """A hit past its deadline whose caller is still waiting means the
+    client's idea of the server clock is off (the clock stepped, or a
+    failover put another server there): it is sent again, counted once."""
+    storage = RedisStorage(private_redis.url, timeout=SLOW_TIMEOUT)
+    lim = stanchion.Limiter("100/day", storage=storage, on_error="deny")
+    conn = storage._connector
+    try:
+        assert lim.hit("k").remaining == 99
+        assert conn.skew is not None
+        right = conn.skew
+        conn.skew = right - 60e6  # the server's clock a minute ahead of it
+        assert lim.hit("k").remaining == 98
+        assert abs(conn.skew - right) < 1e6 and conn.down_since is None
+        conn.skew = right - 60e6
+        assert (await lim.ahit("k")).remaining == 97
+        assert abs(conn.skew - right) < 1e6 and conn.down_since is None
+    finally:
+        storage.close()
+        await storage.aclose()

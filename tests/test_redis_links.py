@@ -32,7 +32,7 @@ from stanchion.redis import (
     _sync_link,
 )
 
-from ._redis import RedisServer
+from ._redis import SLOW, RedisServer
 
 PASSWORD = "s3cret-pw"
 
@@ -265,3 +265,52 @@ async def test_a_cancelled_connect_tells_the_waiting_tasks_no_connection(
         assert await link.call("PING") == b"PONG"
     finally:
         await storage.aclose()
+
+
+class _CountingConnection(redis.Connection):
+    """A custom connection class: its own connect() must be the one used
+    (as a Sentinel-managed connection's is, to ask for the master)."""
+
+    connects = 0
+
+    def connect(self) -> None:
+        type(self).connects += 1
+        super().connect()
+
+
+class _AsyncCountingConnection(aredis.Connection):
+    connects = 0
+
+    async def connect(self) -> None:
+        type(self).connects += 1
+        await super().connect()
+
+
+async def test_custom_connection_classes_and_resp3_work(
+    redis_server: RedisServer,
+) -> None:
+    sync_pool = redis.ConnectionPool(
+        connection_class=_CountingConnection, port=redis_server.port
+    )
+    async_pool = aredis.ConnectionPool(
+        connection_class=_AsyncCountingConnection, port=redis_server.port
+    )
+    resp3 = RedisStorage(redis.Redis(port=redis_server.port, protocol=3), timeout=SLOW)
+    blocking = RedisStorage(redis.Redis(connection_pool=sync_pool), timeout=SLOW)
+    asyncio_ = RedisStorage(aredis.Redis(connection_pool=async_pool), timeout=SLOW)
+    key = uuid.uuid4().hex
+    try:
+        assert isinstance(blocking._connector.sync, _DirectSync)
+        lims = [
+            stanchion.Limiter("5/minute", storage=s, on_error="raise")
+            for s in (blocking, asyncio_, resp3)
+        ]
+        assert lims[0].hit(key).remaining == 4
+        assert (await lims[1].ahit(key)).remaining == 3
+        assert lims[2].hit(key).remaining == 2
+        assert _CountingConnection.connects == 1
+        assert _AsyncCountingConnection.connects == 1
+    finally:
+        blocking.close()
+        resp3.close()
+        await asyncio_.aclose()

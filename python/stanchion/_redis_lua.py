@@ -24,8 +24,11 @@ Calling convention (the same for the three scripts)::
 
 ``now_us`` is empty for the server clock; tests pass a fixed time instead
 (and keys then live 10 minutes longer, so wall time spent by a test does
-not expire state its fixed clock still needs). ``commit`` is ``1`` for a
-hit and ``0`` for a peek. Per rate, ``cap`` is the capacity; for the token
+not expire state its fixed clock still needs). ``commit`` is ``0`` for a
+peek, ``1`` for a hit, or for a hit a deadline: the server time in us
+after which it must not be applied (its caller has given up waiting; see
+``RedisLimiter`` for how the client knows the server's clock). A hit past
+its deadline reads and writes nothing. Per rate, ``cap`` is the capacity; for the token
 bucket ``a``/``b`` are the emission interval and the tolerance (burst *
 interval) in ns, for the windows the period in us and in ns.
 
@@ -35,7 +38,9 @@ window index, count; sliding window: window index, previous count, current
 count). Every write sets an expiry of the time until the key is back to
 full on every rate, so a key that would be forgotten is forgotten.
 
-Reply: ``{allowed, limit, remaining, reset_after_ns, retry_after_ns}``.
+Reply: ``{allowed, limit, remaining, reset_after_ns, retry_after_ns,
+clock_us}``, ``clock_us`` the server time it read; ``{-1, clock_us}`` for
+a hit past its deadline.
 """
 
 from __future__ import annotations
@@ -114,6 +119,9 @@ else
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
 end
+local clock = now
+local commit = ARGV[3]
+if #commit > 1 and now > tonumber(commit) then return {-1, clock} end
 local cost = tonumber(ARGV[2])
 local n = (#ARGV - 3) / 3
 local fmt = string.rep('d', 1 + n * W)
@@ -256,14 +264,14 @@ end
 # Denied: nothing is written. Allowed: a hit writes every rate's new
 # state at once, with an expiry of when the key is back to full.
 _TAIL = r"""
-if not allowed then return {0, dc, dr, de, dt} end
-if ARGV[3] == '1' then
+if not allowed then return {0, dc, dr, de, dt, clock} end
+if commit ~= '0' then
   local ms = math.ceil(full / 1000000)
   if ms < 1 then ms = 1 end
   if fixed then ms = ms + 600000 end
   redis.call('SET', KEYS[1], struct.pack(fmt, unpack(out)), 'PX', ms)
 end
-return {1, ac, ar, ae, 0}
+return {1, ac, ar, ae, 0, clock}
 """
 
 _LOOPS = {
@@ -276,7 +284,7 @@ _LOOPS = {
 def _build(algorithm: str) -> str:
     words, loop = _LOOPS[algorithm]
     return (
-        f"-- stanchion {algorithm} v1\nlocal W = {words}\n"
+        f"-- stanchion {algorithm} v2\nlocal W = {words}\n"
         + _HELPERS.strip()
         + "\n"
         + _HEAD.strip()

@@ -47,6 +47,17 @@ gives both a blocking and an asyncio side; a client gives its own side
 only. asyncio connections belong to the event loop that made them; call
 ``await storage.aclose()`` before that loop ends.
 
+A Sentinel-managed client (``Sentinel(...).master_for(name)``, blocking or
+asyncio) gives connections that ask its Sentinels for the master each
+time they connect: a failover drops them (the old master answers a write
+with READONLY, or is gone) and the next call reconnects to the new master.
+Asking Sentinel is bounded by the Sentinel client's own socket timeouts
+(``sentinel_kwargs``). The connections are connected with the class's
+own ``connect()``, so custom connection classes keep their behaviour. A
+replica client (``slave_for``), which cannot take writes, or a pool class
+that hands out connections its own way (its own ``get_connection`` or
+``make_connection``), is refused with a ValueError.
+
 A ``redis.cluster.RedisCluster`` (or its asyncio twin) is used through its
 own command path, for its slot routing and redirections: blocking calls are
 then bounded by that client's ``socket_timeout`` and retry settings (set
@@ -62,15 +73,32 @@ Down, refusing, or slower than ``timeout``: the limiter answers by its
   of its rates, at most 1 s.
 * ``"raise"``: ``stanchion.StorageUnavailable`` (the Redis error chained).
 
-An outage is logged once on the ``"stanchion"`` logger: a warning when it
-starts, an info line when Redis answers again. While it lasts, one call per
-``retry_interval`` (default 0.1 s) tries Redis and the others answer at
-once; the first call that succeeds ends it. Nothing needs recreating.
+An outage is logged once on the ``"stanchion.redis"`` logger: a warning
+when it starts, an info line when Redis answers again, each naming the
+component (rate limiter or cache), the server (never its password), what
+callers get meanwhile and the cause. An application that configured no
+logging still gets them, on stderr with time and level. While it lasts,
+one call per ``retry_interval`` (default 0.1 s) tries Redis and the
+others answer at once; the first call that started during the outage and
+succeeds ends it (a call that started before it, still in flight on
+another thread or task, does not). Nothing needs recreating.
 
-A command that timed out may still run when a paused server resumes (it
-was already sent): such a hit can be counted although its caller got the
-``on_error`` answer. A command that failed on a reused connection with a
-connection error (server restarted) is sent once more on a new connection.
+A hit that timed out was already sent: a paused or stalled server runs
+it when it resumes. So every hit carries a deadline, the server time at
+which its caller gives up, and the script applies nothing past it. The
+server's clock is the only one (hosts' clocks may be skewed), so the
+client learns it from each answered hit: the server time the script read
+minus the client's monotonic time when the hit was sent. That difference
+is at most one round trip too large, so a deadline is never early by the
+client's reckoning, and a hit can be applied at most that round trip
+after its caller gave up. A hit past its deadline whose caller is still
+waiting (the server's clock stepped, or a failover put another server
+there) is sent once more with a corrected one. Before the first answer,
+and on Redis Cluster (each node has its own clock), hits carry none. A
+timed-out ``reset`` or cache write can still be applied late.
+
+A command that failed on a reused connection with a connection error
+(server restarted) is sent once more on a new connection.
 """
 
 from __future__ import annotations
@@ -95,12 +123,18 @@ import hiredis as _hiredis
 import redis as _redis
 import redis.asyncio as _aredis
 from redis.asyncio.cluster import RedisCluster as _AsyncRedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool as _AsyncSentinelPool
+from redis.asyncio.sentinel import (
+    SentinelManagedConnection as _AsyncSentinelManaged,
+)
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as _RedisCluster
 from redis.exceptions import ConnectionError as _RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as _RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool as _SentinelPool
+from redis.sentinel import SentinelManagedConnection as _SentinelManaged
 
 from . import _core
 from ._checks import check_seconds
@@ -112,7 +146,48 @@ from ._redis_lua import SCRIPTS
 
 __all__ = ["RedisCache", "RedisLimiter", "RedisStorage", "StorageUnavailable"]
 
-logger = logging.getLogger("stanchion")
+logger = logging.getLogger("stanchion.redis")
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Outage lines for an application that configured no logging (plain
+    uvicorn configures its own loggers only): on the stderr of the
+    moment, with time, level and logger, as logging's last resort would
+    write warnings without them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+_stderr_handler = _StderrHandler()
+
+
+def _log(level: int, msg: str, *args: Any) -> None:
+    """Log an outage line on ``stanchion.redis``; to stderr when no
+    handler would take it. Then the threshold is the level set on our
+    loggers, if any, else INFO (the default WARNING of a root logger
+    nobody configured would hide that Redis is back)."""
+    if logger.hasHandlers():
+        logger.log(level, msg, *args)
+        return
+    if logger.disabled:
+        return
+    threshold = logger.level or logging.getLogger("stanchion").level or logging.INFO
+    if level >= threshold:
+        record = logger.makeRecord(logger.name, level, __file__, 0, msg, args, None)
+        _stderr_handler.handle(record)
+
 
 # Errors that mean "Redis could not answer": everything redis-py raises,
 # socket errors, and asyncio timeouts (builtins.TimeoutError on 3.11+).
@@ -293,7 +368,16 @@ class _DirectSync(_StackedSync):
         _after_fork.add(self)
 
     def _new(self) -> Any:
-        return self._class(**self._kwargs)
+        conn = self._class(**self._kwargs)
+        try:
+            # connect() rather than the implicit connect of the first
+            # send, which skips a connection class's own: a Sentinel-
+            # managed one asks Sentinel for the master there.
+            conn.connect()
+        except BaseException:
+            conn.disconnect()
+            raise
+        return conn
 
     def _exchange(self, conn: Any, packed: bytes) -> Any:
         # A list of chunks, as redis-py's own packer gives (bytes alone
@@ -342,6 +426,8 @@ class _DirectAsync(_AsyncScan):
     async def _exchange(self, conn: Any, packed: Any) -> Any:
         try:
             async with _timeout(self._timeout):
+                if not conn.is_connected:
+                    await conn.connect()  # as _DirectSync._new: Sentinel
                 await conn.send_packed_command(packed, check_health=False)
                 return await conn.read_response()
         except asyncio.TimeoutError:
@@ -923,28 +1009,43 @@ class _Connector:
             self.where = "Redis Cluster"
         elif isinstance(c, _redis.Redis):
             pool = c.connection_pool
+            self.where = _followed(pool)
             self.sync = _sync_link(
                 pool.connection_class, pool.connection_kwargs, timeout
             )
-            self.where = _describe(pool.connection_kwargs)
         elif isinstance(c, _aredis.Redis):
             apool = c.connection_pool
+            self.where = _followed(apool)
             self._async = _async_link(
                 apool.connection_class, apool.connection_kwargs, timeout
             )
-            self.where = _describe(apool.connection_kwargs)
         else:
             raise TypeError(
                 "expected a redis.Redis, redis.asyncio.Redis or RedisCluster client, "
                 f"or a redis:// URL, not {type(c).__name__}"
             )
         self.has_async = self._async is not None or self._async_url is not None
+        # The server's clock as seen from here: server time (us) minus
+        # time.monotonic() (us) when the last answered hit was sent, an
+        # upper bound of the true difference (the server read its clock
+        # after the send), off by at most that round trip. None until a
+        # hit is answered, and on Redis Cluster, whose nodes have clocks
+        # of their own (hits there carry no deadline).
+        self.skew: float | None = None
+        self.deadlines = not isinstance(c, (_RedisCluster, _AsyncRedisCluster))
+        self.timeout_us = timeout * 1e6
         self._lock = threading.Lock()
-        self.down_since: float | None = None  # monotonic start of an outage
+        # The clock of the outage state (its start, the retry interval):
+        # monotonic seconds; tests move a fake one by hand.
+        self.clock: Callable[[], float] = time.monotonic
+        self.down_since: float | None = None  # clock() at the start of an outage
         self._retry_at = 0.0
-        # Bumped by every recovery: a call that fails with an older epoch
-        # was sent before Redis came back (a probe still in flight when
-        # another one got through) and does not open a new outage.
+        # Bumped when an outage starts and when it ends. A call takes the
+        # epoch when it starts, and its outcome counts only if the state
+        # is still the one it started in: a call sent before Redis came
+        # back that fails afterwards does not open a new outage, and one
+        # sent before the outage began that succeeds during it (threads,
+        # tasks in flight) does not end it.
         self.epoch = 0
         self.last_error: BaseException | None = None
 
@@ -976,7 +1077,7 @@ class _Connector:
     def skip(self) -> bool:
         """During an outage, True for calls that should not try Redis now
         (one call per retry_interval probes it)."""
-        now = time.monotonic()
+        now = self.clock()
         if now < self._retry_at:
             return True
         with self._lock:
@@ -985,38 +1086,45 @@ class _Connector:
             self._retry_at = now + self.retry_interval
         return False
 
-    def failed(self, exc: BaseException, epoch: int) -> None:
-        """Record a failed call that started at ``epoch``."""
-        now = time.monotonic()
+    def failed(self, exc: BaseException, epoch: int, who: _Who) -> None:
+        """Record a failed call of ``who`` that started at ``epoch``."""
+        now = self.clock()
         with self._lock:
             if epoch != self.epoch:
-                return  # sent before the last recovery: stale news
+                return  # started in another state: stale news
             self._retry_at = now + self.retry_interval
             self.last_error = exc
             if self.down_since is not None:
                 return
             self.down_since = now
-        logger.warning(
-            "Redis at %s is unavailable (%s: %s); answering by the on_error "
-            "policy until it is back",
+            self.epoch += 1
+        _log(
+            logging.WARNING,
+            "%s: Redis at %s is unavailable (%s: %s); %s until it answers again",
+            who.name,
             self.where,
             type(exc).__name__,
             exc,
+            who.meanwhile,
         )
 
-    def recovered(self) -> None:
+    def recovered(self, epoch: int, who: _Who) -> None:
+        """Record a success of ``who``'s call that started at ``epoch``:
+        the end of the outage if the call started during it."""
         with self._lock:
             since = self.down_since
-            if since is None:
+            if since is None or epoch != self.epoch:
                 return
             self.down_since = None
             self._retry_at = 0.0
             self.last_error = None
             self.epoch += 1
-        logger.info(
-            "Redis at %s is available again after %.3f s",
+        _log(
+            logging.INFO,
+            "%s: Redis at %s is available again after %.3f s",
+            who.name,
             self.where,
-            time.monotonic() - since,
+            self.clock() - since,
         )
 
     def close(self) -> None:
@@ -1029,9 +1137,98 @@ class _Connector:
 
 
 def _describe(kwargs: dict[str, Any]) -> str:
+    """Where a connection made from ``kwargs`` goes (never its password)."""
     if kwargs.get("path"):
-        return f"unix:{kwargs['path']}"
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        where = f"unix:{kwargs['path']}"
+    else:
+        where = f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    db = kwargs.get("db")
+    return f"{where}/{db}" if db else where
+
+
+_SENTINEL_CLASSES = (_SentinelManaged, _AsyncSentinelManaged)
+
+
+def _pool_method(cls: type[Any], name: str) -> Any:
+    return getattr(cls, name, None)
+
+
+# How redis-py's own pools hand out connections: made from the pool's
+# connection class and settings (Sentinel's pools through the same
+# methods, their connections asking Sentinel for the master).
+_KNOWN_POOL_METHODS = frozenset(
+    _pool_method(cls, name)
+    for cls in (
+        _redis.ConnectionPool,
+        _redis.BlockingConnectionPool,
+        _aredis.ConnectionPool,
+        _aredis.BlockingConnectionPool,
+        _SentinelPool,
+        _AsyncSentinelPool,
+    )
+    for name in ("get_connection", "make_connection")
+)
+
+
+def _followed(pool: Any) -> str:
+    """Check that the links, which make connections from ``pool``'s
+    connection class and settings and connect them with connect(), reach
+    the server the pool's own connections reach; where that is.
+
+    A Sentinel-managed connection asks its pool's Sentinels for the
+    master whenever it connects, so the links follow a failover. A pool
+    class that hands out connections its own way could send them
+    elsewhere: refused."""
+    kwargs = pool.connection_kwargs
+    if issubclass(pool.connection_class, _SENTINEL_CLASSES):
+        if not getattr(pool, "is_master", False):
+            raise ValueError(
+                "a Sentinel replica client (slave_for) cannot take the writes "
+                "of limits and caches: give Sentinel.master_for(...)"
+            )
+        if kwargs.get("connection_pool") is None:
+            raise ValueError(
+                "this Sentinel-managed client's connections have no pool to ask "
+                "Sentinel for the master"
+            )
+        service = getattr(pool, "service_name", "?")
+        db = kwargs.get("db")
+        return f"Sentinel master {service!r}" + (f" db {db}" if db else "")
+    own = [
+        name
+        for name in ("get_connection", "make_connection")
+        if _pool_method(type(pool), name) not in _KNOWN_POOL_METHODS
+    ]
+    if own:
+        raise ValueError(
+            f"cannot follow this client: its pool ({type(pool).__name__}) has its "
+            f"own {' and '.join(own)}, so connections made from its settings "
+            "might reach another server; give a redis.Redis with a redis-py "
+            "pool, a Sentinel.master_for(...) client or a URL"
+        )
+    return _describe(kwargs)
+
+
+class _Who:
+    """Who logs an outage: the component's name and what its callers get
+    while Redis is down (its on_error policy)."""
+
+    __slots__ = ("meanwhile", "name")
+
+    def __init__(self, name: str, meanwhile: str) -> None:
+        self.name = name
+        self.meanwhile = meanwhile
+
+
+_LIMITER_MEANWHILE = {
+    "allow": "hits are allowed (on_error='allow')",
+    "deny": "hits are denied (on_error='deny')",
+    "raise": "hits raise StorageUnavailable (on_error='raise')",
+}
+_CACHE_MEANWHILE = {
+    "ignore": "reads miss and writes are dropped",
+    "raise": "calls raise StorageUnavailable (on_error='raise')",
+}
 
 
 def _connector_of(
@@ -1158,6 +1355,7 @@ class RedisLimiter:
         "_sha",
         "_src",
         "_tail",
+        "_who",
         "algorithm",
         "max_cost",
         "on_error",
@@ -1212,6 +1410,7 @@ class RedisLimiter:
         self._deny = Decision(False, self._min_cap, 0, wait, wait)
         self._allow_base = self._min_cap
         self._script_clock: Callable[[], int] | None = None
+        self._who = _Who("stanchion rate limiter", _LIMITER_MEANWHILE[on_error])
 
     def __repr__(self) -> str:
         rates = ";".join(str(r) for r in self.rates)
@@ -1239,10 +1438,24 @@ class RedisLimiter:
             )
         return int(cost)
 
-    def _args(self, rkey: bytes, cost: int, commit: bytes) -> tuple[Any, ...]:
+    def _args(
+        self, rkey: bytes, cost: int, commit: bytes, sent: float
+    ) -> tuple[Any, ...]:
+        """The script's arguments for a call sent at ``sent`` (monotonic
+        seconds). A hit carries a deadline: the server time at which its
+        caller gives up (sent + timeout), in the server's clock by the
+        connector's ``skew``. A hit that reaches the server after that
+        (queued behind a stall, sent before a pause and read on resume)
+        is not applied: its caller already got the on_error answer."""
         clock = self._script_clock
-        now = b"" if clock is None else int(clock())
-        return (rkey, now, cost, commit, *self._params)
+        if clock is not None:
+            return (rkey, int(clock()), cost, commit, *self._params)
+        skew = self._connector.skew
+        if skew is not None and commit == b"1":
+            # An int: hiredis packs one faster than a float's repr.
+            deadline = int(sent * 1e6 + skew + self._connector.timeout_us)
+            return (rkey, b"", cost, deadline, *self._params)
+        return (rkey, b"", cost, commit, *self._params)
 
     # -- answers -------------------------------------------------------------
 
@@ -1263,7 +1476,7 @@ class RedisLimiter:
         ) from conn.last_error
 
     def _failure(self, exc: BaseException, cost: int, epoch: int) -> Decision:
-        self._connector.failed(exc, epoch)
+        self._connector.failed(exc, epoch, self._who)
         try:
             return self._fallback(cost)
         except StorageUnavailable as err:
@@ -1286,11 +1499,25 @@ class RedisLimiter:
         if conn.down_since is not None and conn.skip():
             return self._fallback(c)
         try:
-            reply = self._run(self._args(rkey, c, commit))
+            sent = time.monotonic()
+            reply = self._run(self._args(rkey, c, commit, sent))
+            if conn.deadlines:
+                # The server's clock, learnt from the answer.
+                conn.skew = reply[-1] - sent * 1e6
+                if reply[0] == -1:
+                    # Past its deadline, yet its caller is still here:
+                    # the deadline was wrong, not late (the server's
+                    # clock stepped, or another server answers since a
+                    # failover). Once more with the corrected clock.
+                    sent = time.monotonic()
+                    reply = self._run(self._args(rkey, c, commit, sent))
+                    conn.skew = reply[-1] - sent * 1e6
+                    if reply[0] == -1:
+                        raise _RedisTimeoutError("Redis ran the hit after its deadline")
         except _FAILURES as exc:
             return self._failure(exc, c, epoch)
         if conn.down_since is not None:
-            conn.recovered()
+            conn.recovered(epoch, self._who)
         return self._decision(reply)
 
     def hit(self, key: str | bytes, cost: int = 1) -> Decision:
@@ -1316,10 +1543,10 @@ class RedisLimiter:
             self._reset_failed(exc, epoch)
             return
         if self._connector.down_since is not None:
-            self._connector.recovered()
+            self._connector.recovered(epoch, self._who)
 
     def _reset_failed(self, exc: BaseException, epoch: int) -> None:
-        self._connector.failed(exc, epoch)
+        self._connector.failed(exc, epoch, self._who)
         if self.on_error == "raise":
             raise StorageUnavailable(
                 f"Redis at {self._connector.where} is unavailable"
@@ -1351,11 +1578,25 @@ class RedisLimiter:
         if conn.down_since is not None and conn.skip():
             return self._fallback(c)
         try:
-            reply = await self._arun(self._args(rkey, c, commit))
+            sent = time.monotonic()
+            reply = await self._arun(self._args(rkey, c, commit, sent))
+            if conn.deadlines:
+                # The server's clock, learnt from the answer.
+                conn.skew = reply[-1] - sent * 1e6
+                if reply[0] == -1:
+                    # Past its deadline, yet its caller is still here:
+                    # the deadline was wrong, not late (the server's
+                    # clock stepped, or another server answers since a
+                    # failover). Once more with the corrected clock.
+                    sent = time.monotonic()
+                    reply = await self._arun(self._args(rkey, c, commit, sent))
+                    conn.skew = reply[-1] - sent * 1e6
+                    if reply[0] == -1:
+                        raise _RedisTimeoutError("Redis ran the hit after its deadline")
         except _FAILURES as exc:
             return self._failure(exc, c, epoch)
         if conn.down_since is not None:
-            conn.recovered()
+            conn.recovered(epoch, self._who)
         return self._decision(reply)
 
     async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
@@ -1377,7 +1618,7 @@ class RedisLimiter:
             self._reset_failed(exc, epoch)
             return
         if self._connector.down_since is not None:
-            self._connector.recovered()
+            self._connector.recovered(epoch, self._who)
 
     async def aacquire(
         self, key: str | bytes, cost: int = 1, timeout: float | None = None
@@ -1569,6 +1810,7 @@ class RedisCache:
         self._prefix = prefix.encode()
         self.default_ttl = ttl
         self.on_error = on_error
+        self._who = _Who("stanchion cache", _CACHE_MEANWHILE[on_error])
         self._dumps = ser.dumps
         self._loads = ser.loads
 
@@ -1615,15 +1857,15 @@ class RedisCache:
         return ("SET", rkey, data, "PX", max(1, math.ceil(ttl * 1000)))
 
     def _failed(self, exc: BaseException, epoch: int) -> None:
-        self._connector.failed(exc, epoch)
+        self._connector.failed(exc, epoch, self._who)
         if self.on_error == "raise":
             raise StorageUnavailable(
                 f"Redis at {self._connector.where} is unavailable"
             ) from exc
 
-    def _ok(self) -> None:
+    def _ok(self, epoch: int) -> None:
         if self._connector.down_since is not None:
-            self._connector.recovered()
+            self._connector.recovered(epoch, self._who)
 
     def _skip(self) -> bool:
         conn = self._connector
@@ -1656,7 +1898,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return _MISSING
-        self._ok()
+        self._ok(epoch)
         return reply
 
     def get(self, key: Hashable, default: Any = None) -> Any:
@@ -1692,7 +1934,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return
-        self._ok()
+        self._ok(epoch)
 
     def __getitem__(self, key: Hashable) -> Any:
         value = self.get(key, _MISSING)
@@ -1752,7 +1994,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return 0
-        self._ok()
+        self._ok(epoch)
         return n
 
     # -- asyncio ---------------------------------------------------------------
@@ -1767,7 +2009,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return _MISSING
-        self._ok()
+        self._ok(epoch)
         return reply
 
     async def aget(self, key: Hashable, default: Any = None) -> Any:
@@ -1799,7 +2041,7 @@ class RedisCache:
         except _FAILURES as exc:
             self._failed(exc, epoch)
             return
-        self._ok()
+        self._ok(epoch)
 
     async def aclose(self) -> None:
         await self._connector.aclose()
