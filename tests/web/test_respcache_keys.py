@@ -41,7 +41,7 @@ def make(
 
             server = request.getfixturevalue("redis_server")
             prefix = f"t{uuid.uuid4().hex}:"
-            opts["backend"] = RedisCache(server.url, prefix=prefix)
+            opts["backend"] = RedisCache(server.url, prefix=prefix, timeout=2)
         else:
             opts.setdefault("clock", clock)
         h = ADAPTERS[request.param](**opts)
