@@ -235,6 +235,16 @@ def test_acquire_times_out_without_waiting_in_vain() -> None:
     assert isinstance(info.value.decision, Decision)
 
 
+async def test_acquire_with_a_timeout_too_large_for_a_float() -> None:
+    """A timeout past any float is no deadline (as inf is), never an
+    OverflowError; a negative one is still a ValueError."""
+    lim = Limiter("20/second", burst=1)
+    assert lim.acquire("a", timeout=10**400).allowed
+    assert (await lim.aacquire("a", timeout=10**400)).allowed
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        lim.acquire("a", timeout=-(10**400))
+
+
 async def test_async_twins() -> None:
     lim = Limiter("2/second")
     assert (await lim.ahit("a")).allowed

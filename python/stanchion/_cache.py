@@ -394,9 +394,13 @@ def _check_ttl(ttl: object) -> float | None:
         raise TypeError(
             f"ttl must be a number of seconds or None, not {type(ttl).__name__}"
         )
-    if not math.isfinite(ttl) or ttl <= 0:
+    try:
+        seconds = float(ttl)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
-    return float(ttl)
+    return seconds
 
 
 _BACKEND_METHODS = (
