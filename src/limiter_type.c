@@ -447,7 +447,7 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 			b = LLONG_MAX; /* st_policy_add says it is too large */
 		if (b < 1) {
 			PyErr_Format(PyExc_ValueError,
-			             "burst must be >= 1, got %lld", b);
+			             "burst must be >= 1, got %R", burst);
 			return -1;
 		}
 		if (nrates != 1) {
@@ -492,8 +492,7 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 				rc = -1;
 			} else if (out[i] < 1) {
 				PyErr_Format(PyExc_ValueError,
-				             "burst must be >= 1, got %lld",
-				             (long long)out[i]);
+				             "burst must be >= 1, got %R", b);
 				rc = -1;
 			}
 		}

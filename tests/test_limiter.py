@@ -336,6 +336,8 @@ def test_bad_costs(clock: FakeClock) -> None:
         ({"rates": "1/s", "algorithm": 1}, TypeError, "algorithm must be a str"),
         ({"rates": "1/s", "burst": 0}, ValueError, "burst must be >= 1"),
         ({"rates": "1/s", "burst": -3}, ValueError, "burst must be >= 1"),
+        ({"rates": "1/s", "burst": -(2**70)}, ValueError, f"got {-(2**70)}"),
+        ({"rates": "1/s", "burst": [-(2**70)]}, ValueError, f"got {-(2**70)}"),
         ({"rates": "1/s", "burst": 1.5}, TypeError, "burst must be"),
         ({"rates": "1/s;2/m", "burst": 3}, ValueError, "one entry"),
         ({"rates": "1/s;2/m", "burst": [3]}, ValueError, "1 entries for 2 rates"),
