@@ -279,6 +279,18 @@ async def test_aacquire_does_not_block_the_loop() -> None:
 # -- bad input -----------------------------------------------------------------------
 
 
+def test_a_key_longer_than_4_gib_is_a_value_error(clock: FakeClock) -> None:
+    """The table records key lengths in 32 bits: a longer key was stored
+    with its length cut (never found again, its copy never freed)."""
+    lim = Limiter("10/second", clock=clock)
+    key = bytes(2**32 + 1)  # zero pages from calloc: nothing is committed
+    for call in (lim.hit, lim.peek, lim.reset):
+        with pytest.raises(ValueError, match="key must be at most 4294967295 bytes"):
+            call(key)
+    assert lim.stats()["keys"] == 0 and lim.stats()["memory_bytes"] < 2**20
+    assert lim.hit(key[: 2**10]).remaining == 9
+
+
 def test_bad_keys(clock: FakeClock) -> None:
     lim = Limiter("1/second", clock=clock)
     for bad in (1, None, 1.5, ["a"], bytearray(b"a"), memoryview(b"a")):
