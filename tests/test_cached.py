@@ -592,6 +592,50 @@ async def test_the_ttl_reaches_a_local_backend(
         assert backend.ttls == [("set", 5.0), ("aset", 5.0)] * 2
 
 
+@pytest.mark.parametrize("backend_type", [LocalBackend, RecordingLocalBackend])
+async def test_a_result_too_heavy_for_the_cache_is_returned_uncached(
+    backend_type: type[LocalBackend],
+) -> None:
+    """Storing it raised ValueError (maxweight), so the call and every
+    caller waiting on it failed although the result was computed."""
+    backend = backend_type(Cache(10, maxweight=5, weigh=len))
+    calls = [0]
+    gate = threading.Event()
+
+    @cached(backend=backend)
+    def f(n: int) -> str:
+        calls[0] += 1
+        gate.wait(5)
+        return "x" * n
+
+    @cached(backend=backend)
+    async def g(n: int) -> str:
+        calls[0] += 1
+        await asyncio.sleep(0.01)
+        return "y" * n
+
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            results.append(f(10))
+        except ValueError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert results == ["x" * 10] * 3 and calls[0] == 1
+    assert await asyncio.gather(g(10), g(10)) == ["y" * 10] * 2 and calls[0] == 2
+    assert f(3) == "xxx" and await g(2) == "yy"
+    assert len(backend.cache) == 2 and calls[0] == 4
+    assert f(10) == "x" * 10 and calls[0] == 5  # not cached: computed again
+
+
 async def test_local_backend_follows_the_protocol() -> None:
     lb = LocalBackend(Cache(4))
     assert isinstance(lb, CacheBackend)

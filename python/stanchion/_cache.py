@@ -78,6 +78,17 @@ class CacheBackend(Protocol):
     async def aclear(self) -> None: ...
 
 
+def _set_local(
+    cache: Cache[Hashable, Any], key: Hashable, value: Any, ttl: float | None
+) -> None:
+    try:
+        cache.set(key, value, ttl)
+    except ValueError:
+        # A result its weigh puts past maxweight: the call still returns
+        # it, uncached, as a backend that fails to store drops the write.
+        pass
+
+
 class LocalBackend:
     """The default backend: a stanchion Cache in this process.
 
@@ -98,7 +109,7 @@ class LocalBackend:
         return self.cache.get(key, default)
 
     def set(self, key: Hashable, value: Any, ttl: float | None) -> None:
-        self.cache.set(key, value, ttl)
+        _set_local(self.cache, key, value, ttl)
 
     def delete(self, key: Hashable) -> bool:
         return self.cache.pop(key, _MISSING) is not _MISSING
@@ -110,7 +121,7 @@ class LocalBackend:
         return self.cache.get(key, default)
 
     async def aset(self, key: Hashable, value: Any, ttl: float | None) -> None:
-        self.cache.set(key, value, ttl)
+        _set_local(self.cache, key, value, ttl)
 
     async def adelete(self, key: Hashable) -> bool:
         return self.delete(key)
@@ -232,12 +243,12 @@ class _Store:
         return self.backend.get(key, _MISSING)
 
     def store(self, key: Hashable, value: Any) -> None:
-        if self.local is not None:
-            # The decorator's ttl, not the Cache's own default: a Cache
-            # given as backend= has its own (or none).
-            self.local.set(key, value, self.ttl)
-        else:
+        if self.local is None:
             self.backend.set(key, value, self.ttl)
+            return
+        # The decorator's ttl, not the Cache's own default: a Cache
+        # given as backend= has its own (or none).
+        _set_local(self.local, key, value, self.ttl)
 
     def cache_info(self) -> CacheInfo:
         if self.local is not None:
@@ -377,7 +388,7 @@ class _AsyncFlights:
 
     async def _store(self, key: Hashable, value: Any) -> None:
         if self.store.local is not None:
-            self.store.local.set(key, value, self.store.ttl)
+            self.store.store(key, value)
         else:
             await self.store.backend.aset(key, value, self.store.ttl)
 
