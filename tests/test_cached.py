@@ -636,6 +636,62 @@ async def test_a_result_too_heavy_for_the_cache_is_returned_uncached(
     assert f(10) == "x" * 10 and calls[0] == 5  # not cached: computed again
 
 
+class Ticket:
+    """An argument whose hash follows its state, as a mutable record's
+    may."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return hash(self.n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ticket) and other.n == self.n
+
+
+async def test_a_call_that_changes_its_own_key_leaves_no_flight_behind() -> None:
+    """The in-flight entry was removed by the key's new hash, so it
+    stayed: it kept the argument alive, and another thread calling with
+    the key back in its first state got the old result without
+    computing (here with maxsize=0, which keeps nothing)."""
+    calls = [0]
+
+    @cached(maxsize=0)
+    def f(t: Ticket) -> int:
+        calls[0] += 1
+        t.n += 1000
+        return calls[0]
+
+    @cached(maxsize=0)
+    async def g(t: Ticket) -> int:
+        calls[0] += 1
+        t.n += 1000
+        return calls[0]
+
+    first = Ticket(1)
+    assert f(first) == 1
+    first.n = 1
+    seen: list[int] = []
+    other = threading.Thread(target=lambda: seen.append(f(first)))
+    other.start()
+    other.join(5)
+    assert seen == [2]
+    first.n = 2
+    assert await g(first) == 3
+    first.n = 2
+    assert await g(first) == 4
+    refs = []
+    for i in range(3):
+        t = Ticket(10 + i)
+        refs.append(weakref.ref(t))
+        f(t)
+        await g(t)
+    del t
+    gc.collect()
+    assert [r() for r in refs] == [None] * 3
+
+
 async def test_local_backend_follows_the_protocol() -> None:
     lb = LocalBackend(Cache(4))
     assert isinstance(lb, CacheBackend)

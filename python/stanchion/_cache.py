@@ -170,6 +170,26 @@ class _Flight:
         self.error: BaseException | None = None
 
 
+class _Pinned:
+    """A key of an in-flight table, hashed once. The call may change its
+    own key (a mutable argument whose hash follows its state): its entry
+    must still be found, by this object, to be removed when it ends."""
+
+    __slots__ = ("hash", "key")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self.hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Pinned) and (
+            self.key is other.key or bool(self.key == other.key)
+        )
+
+
 # Thread -> the flight it is waiting for; task -> the task it awaits. Used
 # only to see whether waiting would close a cycle.
 _thread_waits: dict[int, _Flight] = {}
@@ -275,14 +295,15 @@ class _SyncFlights:
 
     def __init__(self, store: _Store) -> None:
         self.store = store
-        self.inflight: dict[Hashable, _Flight] = {}
+        self.inflight: dict[_Pinned, _Flight] = {}
 
     def miss(
         self, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any] | None
     ) -> Any:
         kwargs = kwargs or {}
         flight = _Flight()
-        other = self.inflight.setdefault(key, flight)
+        pin = _Pinned(key)
+        other = self.inflight.setdefault(pin, flight)
         if other is not flight:
             return self._wait(other, key, args, kwargs)
         del other
@@ -298,7 +319,7 @@ class _SyncFlights:
             flight.error = e
             raise
         finally:
-            self.inflight.pop(key, None)
+            self.inflight.pop(pin, None)
             flight.done.set()
             # A traceback keeps this frame alive: it must not keep the
             # flight, which holds the exception (a reference cycle).
@@ -340,14 +361,15 @@ class _AsyncFlights:
 
     def __init__(self, store: _Store) -> None:
         self.store = store
-        self.inflight: dict[Hashable, asyncio.Task[Any]] = {}
+        self.inflight: dict[_Pinned, asyncio.Task[Any]] = {}
 
     async def miss(
         self, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
-        task = self.inflight.get(key)
+        pin = _Pinned(key)
+        task = self.inflight.get(pin)
         if task is not None and task.get_loop() is loop and not task.done():
             if me is not None and _task_cycle(task, me):
                 # Awaiting would await ourselves: compute alone.
@@ -355,9 +377,9 @@ class _AsyncFlights:
                 await self._store(key, value)
                 return value
         else:
-            task = loop.create_task(self._compute(key, args, kwargs))
+            task = loop.create_task(self._compute(pin, args, kwargs))
             task.add_done_callback(_consume)
-            self.inflight[key] = task
+            self.inflight[pin] = task
         if me is None:
             return await asyncio.shield(task)
         previous = _task_waits.get(me)
@@ -371,8 +393,9 @@ class _AsyncFlights:
                 _task_waits[me] = previous
 
     async def _compute(
-        self, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, pin: _Pinned, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        key = pin.key
         try:
             if self.store.local is not None:
                 value = self.store.local.peek(key, _MISSING)
@@ -383,8 +406,8 @@ class _AsyncFlights:
                 await self._store(key, value)
             return value
         finally:
-            if self.inflight.get(key) is asyncio.current_task():
-                del self.inflight[key]
+            if self.inflight.get(pin) is asyncio.current_task():
+                del self.inflight[pin]
 
     async def _store(self, key: Hashable, value: Any) -> None:
         if self.store.local is not None:
