@@ -83,7 +83,7 @@ kt_entry *kt_find(const kt_table *t, uint64_t hash, uint8_t tag,
 	size_t i;
 	uint32_t v;
 
-	if (ST_UNLIKELY(t->mask == 0))
+	if (ST_UNLIKELY(t->mask == 0 || len > KT_MAX_KEY))
 		return NULL;
 	for (i = kt_home(t, hash); (v = t->index[i]) != 0;
 	     i = (i + 1) & t->mask) {
@@ -131,6 +131,8 @@ kt_entry *kt_insert(kt_table *t, uint64_t hash, uint8_t tag, const char *key,
 	kt_entry *e;
 	char *big = NULL;
 
+	if (len > KT_MAX_KEY)
+		return NULL;
 	if (t->count + 1 > t->cap) {
 		size_t cap = t->cap ? t->cap * 2 : 16;
 		char *entries;

@@ -447,7 +447,7 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 			b = LLONG_MAX; /* st_policy_add says it is too large */
 		if (b < 1) {
 			PyErr_Format(PyExc_ValueError,
-			             "burst must be >= 1, got %lld", b);
+			             "burst must be >= 1, got %R", burst);
 			return -1;
 		}
 		if (nrates != 1) {
@@ -492,8 +492,7 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 				rc = -1;
 			} else if (out[i] < 1) {
 				PyErr_Format(PyExc_ValueError,
-				             "burst must be >= 1, got %lld",
-				             (long long)out[i]);
+				             "burst must be >= 1, got %R", b);
 				rc = -1;
 			}
 		}
@@ -632,8 +631,18 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 /* ---- the hot path -------------------------------------------------------
  */
 
+/* A ValueError for a key the table cannot store (see KT_MAX_KEY). */
+static int key_too_long(Py_ssize_t len)
+{
+	PyErr_Format(PyExc_ValueError,
+	             "key must be at most %llu bytes, got %zd",
+	             (unsigned long long)KT_MAX_KEY, len);
+	return -1;
+}
+
 /* Reads the key's bytes and hash without running Python code: str
- * subclasses are hashed as str (their __hash__ is not called). */
+ * subclasses are hashed as str (their __hash__ is not called). A key
+ * longer than the table stores is a ValueError. */
 ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
                           uint8_t *tag, Py_hash_t *hash)
 {
@@ -646,19 +655,27 @@ ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
 		*buf = (const char *)PyUnicode_DATA(key);
 		*len = PyUnicode_GET_LENGTH(key);
 		*tag = KEY_STR;
+		if (ST_UNLIKELY((size_t)*len > KT_MAX_KEY))
+			return key_too_long(*len);
 		return 0;
 	}
 	if (PyUnicode_Check(key)) {
-		*hash = PyUnicode_Type.tp_hash(key);
 		*buf = PyUnicode_AsUTF8AndSize(key, len);
 		*tag = KEY_STR;
-		return *buf == NULL || *hash == -1 ? -1 : 0;
+		if (*buf == NULL)
+			return -1;
+		if ((size_t)*len > KT_MAX_KEY)
+			return key_too_long(*len);
+		*hash = PyUnicode_Type.tp_hash(key);
+		return *hash == -1 ? -1 : 0;
 	}
 	if (PyBytes_Check(key)) {
-		*hash = PyBytes_Type.tp_hash(key);
 		*buf = PyBytes_AS_STRING(key);
 		*len = PyBytes_GET_SIZE(key);
 		*tag = KEY_BYTES;
+		if ((size_t)*len > KT_MAX_KEY)
+			return key_too_long(*len);
+		*hash = PyBytes_Type.tp_hash(key);
 		return *hash == -1 ? -1 : 0;
 	}
 	PyErr_Format(PyExc_TypeError, "key must be str or bytes, not %.100s",
