@@ -73,7 +73,12 @@ int st_read_clock(PyObject *clock, int64_t *last_ns, int64_t *now)
 	Py_DECREF(clock);
 	if (r == NULL)
 		return -1;
-	if (PyBool_Check(r) || !(PyFloat_Check(r) || PyLong_Check(r))) {
+	/* Any real number: int, float, or a type with __float__ (Fraction,
+	 * Decimal, numpy scalars); bool is a flag, not a time. */
+	if (PyBool_Check(r) ||
+	    !(PyFloat_Check(r) || PyLong_Check(r) ||
+	      (Py_TYPE(r)->tp_as_number != NULL &&
+	       Py_TYPE(r)->tp_as_number->nb_float != NULL))) {
 		PyErr_Format(PyExc_TypeError,
 		             "clock must return a number of seconds, not "
 		             "%.100s",
