@@ -9,6 +9,11 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->cache_type);
 	Py_VISIT(st->cached_call_type);
 	Py_VISIT(st->cache_info_type);
+	Py_VISIT(st->rate_headers_type);
+	for (int i = 0; i < 5; i++) {
+		Py_VISIT(st->hdr_str[i]);
+		Py_VISIT(st->hdr_bytes[i]);
+	}
 	Py_VISIT(st->kwd_mark);
 	Py_VISIT(st->str_cost);
 	Py_VISIT(st->str_default);
@@ -26,6 +31,11 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->cache_type);
 	Py_CLEAR(st->cached_call_type);
 	Py_CLEAR(st->cache_info_type);
+	Py_CLEAR(st->rate_headers_type);
+	for (int i = 0; i < 5; i++) {
+		Py_CLEAR(st->hdr_str[i]);
+		Py_CLEAR(st->hdr_bytes[i]);
+	}
 	Py_CLEAR(st->kwd_mark);
 	Py_CLEAR(st->str_cost);
 	Py_CLEAR(st->str_default);
@@ -77,6 +87,8 @@ static int module_exec(PyObject *module)
 	if (st_cache_exec(module, st) < 0)
 		return -1;
 	if (st_cached_exec(module, st) < 0)
+		return -1;
+	if (st_rate_headers_exec(module, st) < 0)
 		return -1;
 	return 0;
 }

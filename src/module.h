@@ -18,13 +18,16 @@
 #define ST_DECISION_FREELIST 64
 
 typedef struct {
-	PyTypeObject *limiter_type;     /* _core.Limiter */
-	PyTypeObject *decision_type;    /* _core.Decision */
-	PyTypeObject *cache_type;       /* _core.Cache */
-	PyTypeObject *cached_call_type; /* _core.CachedCall */
-	PyTypeObject *cache_info_type;  /* _core.CacheInfo */
-	PyObject *kwd_mark; /* separates args from kwargs in cache keys */
-	PyObject *str_cost; /* interned keyword names */
+	PyTypeObject *limiter_type;      /* _core.Limiter */
+	PyTypeObject *decision_type;     /* _core.Decision */
+	PyTypeObject *cache_type;        /* _core.Cache */
+	PyTypeObject *cached_call_type;  /* _core.CachedCall */
+	PyTypeObject *cache_info_type;   /* _core.CacheInfo */
+	PyTypeObject *rate_headers_type; /* _core.RateHeaders */
+	PyObject *hdr_str[5];   /* header names: RateLimit-Policy, ... */
+	PyObject *hdr_bytes[5]; /* the same, lower-case latin-1 (ASGI) */
+	PyObject *kwd_mark;     /* separates args from kwargs in cache keys */
+	PyObject *str_cost;     /* interned keyword names */
 	PyObject *str_default;
 	PyObject *str_ttl;
 	st_fastclock clock; /* calibrated once; limiters copy its rate */
@@ -45,5 +48,6 @@ int st_decision_exec(PyObject *module, st_state *st);
 int st_limiter_exec(PyObject *module, st_state *st);
 int st_cache_exec(PyObject *module, st_state *st);
 int st_cached_exec(PyObject *module, st_state *st);
+int st_rate_headers_exec(PyObject *module, st_state *st);
 
 #endif /* ST_MODULE_H */
