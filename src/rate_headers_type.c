@@ -50,6 +50,14 @@ typedef struct {
 	Py_ssize_t n;               /* rates (>= 1) */
 	int ietf;                   /* send RateLimit-Policy and RateLimit */
 	int x;                      /* send the X-RateLimit-* family */
+	PyObject *policy_item[2];   /* (name, policy) tuples: [raw] */
+	/* The last (name, number) tuple rendered per header, [raw][which]:
+	 * most requests repeat the limit and reset of the one before. The
+	 * tuples hold only str or bytes, so dropping one runs no Python. */
+	struct {
+		int64_t value;
+		PyObject *item; /* NULL until first rendered */
+	} memo[2][ST_NHDR];
 } RateHeadersObject;
 
 /* ---- rendering ---------------------------------------------------------- */
@@ -147,6 +155,45 @@ static PyObject *ratelimit_text(RateHeadersObject *self,
 	return o;
 }
 
+/* A new (name, value) tuple taking the reference to `value`, or NULL
+ * with MemoryError set (the reference is dropped). */
+static PyObject *pair(PyObject *name, PyObject *value)
+{
+	PyObject *t;
+
+	if (value == NULL)
+		return NULL;
+	t = PyTuple_New(2);
+	if (t == NULL) {
+		Py_DECREF(value);
+		return NULL;
+	}
+	PyTuple_SET_ITEM(t, 0, Py_NewRef(name));
+	PyTuple_SET_ITEM(t, 1, value);
+	return t;
+}
+
+/* The (header `which`, decimal `v`) tuple, reused when `v` is the value
+ * this header had last time. Returns a new reference, or NULL with
+ * MemoryError set. Runs no Python code. */
+static PyObject *number_item(RateHeadersObject *self, int raw, int which,
+                             int64_t v)
+{
+	PyObject *item;
+
+	if (self->memo[raw][which].item != NULL &&
+	    self->memo[raw][which].value == v)
+		return Py_NewRef(self->memo[raw][which].item);
+	item =
+	    pair(raw ? self->st->hdr_bytes[which] : self->st->hdr_str[which],
+	         int_text(v, raw));
+	if (item != NULL) {
+		Py_XSETREF(self->memo[raw][which].item, Py_NewRef(item));
+		self->memo[raw][which].value = v;
+	}
+	return item;
+}
+
 /* Renders the headers of `d` into out[] (at most ST_NHDR new (name,
  * value) tuples, str or bytes when `raw`). Returns how many, or -1 with
  * an exception set (TypeError unless `d` is a Decision; MemoryError),
@@ -155,9 +202,6 @@ static Py_ssize_t render(RateHeadersObject *self, PyObject *d, int raw,
                          PyObject **out)
 {
 	st_state *st = self->st;
-	PyObject **hdr = raw ? st->hdr_bytes : st->hdr_str;
-	PyObject *vals[ST_NHDR] = {NULL};
-	int which[ST_NHDR];
 	Py_ssize_t n = 0;
 	const DecisionObject *dec;
 	int64_t reset, t;
@@ -172,35 +216,31 @@ static Py_ssize_t render(RateHeadersObject *self, PyObject *d, int raw,
 	reset = ceil_seconds(dec->reset_after_ns);
 	t = dec->allowed ? reset : ceil_seconds(dec->retry_after_ns);
 	if (self->ietf) {
-		if (PyUnicode_GET_LENGTH(self->policy) > 0) {
-			which[n] = ST_HDR_POLICY;
-			vals[n++] =
-			    Py_NewRef(raw ? self->policy_b : self->policy);
-		}
-		which[n] = ST_HDR_RATELIMIT;
-		vals[n++] = ratelimit_text(self, dec, t, raw);
+		if (self->policy_item[raw] != NULL)
+			out[n++] = Py_NewRef(self->policy_item[raw]);
+		out[n] = pair(raw ? st->hdr_bytes[ST_HDR_RATELIMIT]
+		                  : st->hdr_str[ST_HDR_RATELIMIT],
+		              ratelimit_text(self, dec, t, raw));
+		if (out[n++] == NULL)
+			goto error;
 	}
 	if (self->x) {
-		which[n] = ST_HDR_X_LIMIT;
-		vals[n++] = int_text(dec->limit, raw);
-		which[n] = ST_HDR_X_REMAIN;
-		vals[n++] = int_text(dec->remaining, raw);
-		which[n] = ST_HDR_X_RESET;
-		vals[n++] = int_text(reset, raw);
-	}
-	for (Py_ssize_t i = 0; i < n; i++) {
-		out[i] = vals[i] ? PyTuple_New(2) : NULL;
-		if (out[i] == NULL) {
-			for (Py_ssize_t j = 0; j < i; j++)
-				Py_DECREF(out[j]);
-			for (Py_ssize_t j = i; j < n; j++)
-				Py_XDECREF(vals[j]);
-			return -1;
-		}
-		PyTuple_SET_ITEM(out[i], 0, Py_NewRef(hdr[which[i]]));
-		PyTuple_SET_ITEM(out[i], 1, vals[i]);
+		out[n] = number_item(self, raw, ST_HDR_X_LIMIT, dec->limit);
+		if (out[n++] == NULL)
+			goto error;
+		out[n] =
+		    number_item(self, raw, ST_HDR_X_REMAIN, dec->remaining);
+		if (out[n++] == NULL)
+			goto error;
+		out[n] = number_item(self, raw, ST_HDR_X_RESET, reset);
+		if (out[n++] == NULL)
+			goto error;
 	}
 	return n;
+error:
+	for (Py_ssize_t i = 0; i < n - 1; i++)
+		Py_DECREF(out[i]);
+	return -1;
 }
 
 /* pairs()/raw_pairs(): a new list of the rendered tuples, or NULL with an
@@ -377,6 +417,15 @@ static PyObject *rh_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 			PyErr_NoMemory();
 		goto error;
 	}
+	if (PyUnicode_GET_LENGTH(policy) > 0) {
+		self->policy_item[0] =
+		    pair(st->hdr_str[ST_HDR_POLICY], Py_NewRef(policy));
+		self->policy_item[1] = pair(st->hdr_bytes[ST_HDR_POLICY],
+		                            Py_NewRef(self->policy_b));
+		if (self->policy_item[0] == NULL ||
+		    self->policy_item[1] == NULL)
+			goto error;
+	}
 	for (Py_ssize_t i = 0; i < n; i++) {
 		int overflow;
 		long long v = PyLong_AsLongLongAndOverflow(
@@ -404,6 +453,11 @@ static void rh_dealloc(RateHeadersObject *self)
 	Py_XDECREF(self->names);
 	Py_XDECREF(self->capacities);
 	PyMem_Free(self->caps);
+	for (int raw = 0; raw < 2; raw++) {
+		Py_XDECREF(self->policy_item[raw]);
+		for (int i = 0; i < ST_NHDR; i++)
+			Py_XDECREF(self->memo[raw][i].item);
+	}
 	tp->tp_free(self);
 	Py_DECREF(tp);
 }

@@ -757,23 +757,13 @@ class _HeaderParts:
             capacities = (*capacities, 0)[:1]
         self.render = RateHeaders(policy, names, capacities, ietf, x)
 
-    def pairs(self, d: Any) -> list[tuple[str, str]]:
-        """The headers for ``d``; a decision that is not a ``Decision``
-        (from a limiter object of the user's) is rendered in Python."""
-        try:
-            return self.render.pairs(d)
-        except TypeError:
-            if isinstance(d, Decision):
-                raise
+    def py_pairs(self, d: Any) -> list[tuple[str, str]]:
+        """What ``render.pairs`` gives, for a decision that is not a
+        ``Decision`` (from a limiter object of the user's)."""
         return _py_pairs(self.render, d)
 
-    def raw_pairs(self, d: Any) -> list[tuple[bytes, bytes]]:
-        """``pairs`` as lower-case ASGI byte pairs."""
-        try:
-            return self.render.raw_pairs(d)
-        except TypeError:
-            if isinstance(d, Decision):
-                raise
+    def py_raw_pairs(self, d: Any) -> list[tuple[bytes, bytes]]:
+        """``py_pairs`` as lower-case ASGI byte pairs."""
         return [
             (k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in _py_pairs(self.render, d)
@@ -1311,7 +1301,10 @@ class Rule:
         parts = self._fixed_parts
         if parts is None or parts.info is not v.info:
             parts = self._parts(v.info)
-        return parts.pairs(d)
+        try:
+            return parts.render.pairs(d)
+        except TypeError:  # not a Decision: render it in Python
+            return parts.py_pairs(d)
 
     def _raw_headers(self, v: Verdict) -> list[tuple[bytes, bytes]]:
         """``_headers`` as lower-case ASGI byte pairs, built directly."""
@@ -1323,7 +1316,10 @@ class Rule:
         parts = self._fixed_parts
         if parts is None or parts.info is not v.info:
             parts = self._parts(v.info)
-        return parts.raw_pairs(d)
+        try:
+            return parts.render.raw_pairs(d)
+        except TypeError:  # not a Decision: render it in Python
+            return parts.py_raw_pairs(d)
 
     def _reply(self, v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
         d = v.decision
