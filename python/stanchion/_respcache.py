@@ -133,8 +133,17 @@ _HOST = re.compile(
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*").fullmatch
 _DEFAULT_PORT = {"http": ":80", "https": ":443"}
 # Forwarded host/scheme headers: believed from a trusted proxy, else
-# hashed into the key (the app behind may believe them).
-_FORWARDED = ("x-forwarded-host", "x-forwarded-proto", "forwarded")
+# hashed into the key (the app behind may believe them). The prefix and
+# port ones (werkzeug's ProxyFix x_prefix/x_port, Django's
+# USE_X_FORWARDED_PORT) change the links an app builds but never the
+# authority: always hashed into the key.
+_FORWARDED = (
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+)
 
 
 def content_etag(body: bytes) -> str:

@@ -123,6 +123,10 @@ class Upstream:
         if name == "where":  # as url_for builds links (ProxyFix believes XFH)
             host = headers("x-forwarded-host") or headers("host")
             return 200, h, [f"where {host} #{n}".encode()]
+        if name == "links":  # as url_for builds them behind ProxyFix
+            prefix = headers("x-forwarded-prefix") or ""
+            port = headers("x-forwarded-port") or ""
+            return 200, h, [f"links {prefix}|{port} #{n}".encode()]
         if name == "apikey":
             keys = f"{headers('x-api-key')}|{headers('x-token')}|{headers('x-tenant')}"
             proxy = headers("proxy-authorization")

@@ -129,6 +129,29 @@ def test_forwarded_header_from_trusted_proxy(make: Any) -> None:
     assert h.get("/where", https).x_cache == "HIT"
 
 
+@pytest.mark.parametrize("proxies", [(), PEERS])
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"X-Forwarded-Prefix": "//evil.example"},
+        {"X-Forwarded-Port": "6666"},
+    ],
+)
+def test_forwarded_prefix_and_port_are_kept_apart(
+    make: Any, proxies: Any, forged: dict[str, str]
+) -> None:
+    # werkzeug's ProxyFix(x_prefix=1, x_port=1) builds every link from
+    # them: a page made with a client's value must reach no one else,
+    # whether or not the peer is a trusted proxy.
+    h = make(trusted_proxies=proxies)
+    poisoned = h.get("/links", {**SHOP, **forged})
+    assert poisoned.text.startswith("links ") and "||" not in poisoned.text
+    r = h.get("/links", SHOP)
+    assert (r.x_cache, r.text) == ("MISS", "links | #2")
+    assert h.get("/links", SHOP).x_cache == "HIT"
+    assert h.get("/links", {**SHOP, **forged}).body == poisoned.body
+
+
 # -- the path and the query ----------------------------------------------------
 
 
