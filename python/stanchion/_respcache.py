@@ -29,9 +29,10 @@ values used here; every decision is made in :class:`ResponseCache`:
   decoded), plus the values of the request headers named by the
   response's ``Vary`` (the Vary names are remembered per path and
   origin). Forwarded host or scheme headers that are not believed are
-  hashed into the key too, so an app that does believe them never has
-  its answer served to others; ``allowed_hosts`` limits caching to
-  those hosts;
+  hashed into the key too (``X-Forwarded-Prefix`` and
+  ``X-Forwarded-Port`` always are), so an app that does believe them
+  never has its answer served to others; ``allowed_hosts`` limits
+  caching to those hosts;
 - a request ``Cache-Control: no-cache`` (or ``max-age=0``, or ``Pragma:
   no-cache``) goes upstream; its answer replaces the stored entry only
   with ``client_refresh=True``;
