@@ -12,6 +12,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
 from django.test import Client, override_settings
 from django.urls import path
 
@@ -41,10 +42,43 @@ async def async_page(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"n": CALLS["async"]})
 
 
+@cache_response(ttl=60)
+def template_page(request: HttpRequest) -> HttpResponse:
+    CALLS["template"] = CALLS.get("template", 0) + 1
+    name = "csrf.html" if "csrf" in request.GET else "page.html"
+    return TemplateResponse(request, name, {"n": CALLS["template"]})
+
+
+@cache_response(ttl=60)
+async def async_template_page(request: HttpRequest) -> HttpResponse:
+    CALLS["atemplate"] = CALLS.get("atemplate", 0) + 1
+    name = "csrf.html" if "csrf" in request.GET else "page.html"
+    return TemplateResponse(request, name, {"n": CALLS["atemplate"]})
+
+
 urlpatterns = [
     path("api/page", page),
     path("other", other),
     path("async", async_page),
+    path("template", template_page),
+    path("atemplate", async_template_page),
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "OPTIONS": {
+            "loaders": [
+                (
+                    "django.template.loaders.locmem.Loader",
+                    {
+                        "page.html": "page {{ n }}",
+                        "csrf.html": "<form>{% csrf_token %}</form> {{ n }}",
+                    },
+                )
+            ]
+        },
+    }
 ]
 
 MW = ["stanchion.django.CacheMiddleware"]
@@ -107,3 +141,19 @@ def test_cookies_set_by_django_are_never_stored() -> None:
     assert view(rf.get("/c"))["X-Cache"] == "MISS"
     r = view(rf.get("/c"))
     assert r["X-Cache"] == "MISS" and r.cookies["sid"].value == "x"
+
+
+@pytest.mark.parametrize("url", ["/template", "/atemplate"])
+def test_template_response_is_rendered_then_cached(url: str) -> None:
+    # Generic class-based views return a TemplateResponse, which Django
+    # renders after the view: the decorator renders it itself, so the
+    # page is stored, and what its template did (a CSRF token here) is
+    # seen before storing.
+    with override_settings(ROOT_URLCONF=__name__, TEMPLATES=TEMPLATES):
+        c = Client()
+        r1, r2 = c.get(url), c.get(url)
+        assert (r1["X-Cache"], r2["X-Cache"]) == ("MISS", "HIT")
+        assert r1.content == r2.content and r1.content.startswith(b"page ")
+        f1, f2 = c.get(url + "?csrf=1"), c.get(url + "?csrf=1")
+        assert (f1["X-Cache"], f2["X-Cache"]) == ("MISS", "MISS")
+        assert b"csrfmiddlewaretoken" in f2.content
