@@ -25,10 +25,10 @@ values used here; every decision is made in :class:`ResponseCache`:
   key, so each user has their own entries;
 - the key is the whole target URI: scheme, authority (the Host; a
   forwarded host only from one of ``trusted_proxies``), the raw path as
-  sent and the raw query with its ``&``-separated pieces sorted (never
-  decoded), plus the values of the request headers named by the
-  response's ``Vary`` (the Vary names are remembered per path and
-  origin). Forwarded host or scheme headers that are not believed are
+  sent and the raw query with its ``&``-separated pieces sorted by name
+  (never decoded; a name's repeats keep their order), plus the values
+  of the request headers named by the response's ``Vary`` (the Vary
+  names are remembered per path and origin). Forwarded host or scheme headers that are not believed are
   hashed into the key too (``X-Forwarded-Prefix`` and
   ``X-Forwarded-Port`` always are), so an app that does believe them
   never has its answer served to others; ``allowed_hosts`` limits
@@ -153,13 +153,19 @@ def content_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
+def _query_name(piece: str) -> str:
+    return piece.partition("=")[0]
+
+
 def normalize_query(query: str) -> str:
-    """The raw query with its ``&``-separated pieces sorted. Nothing is
+    """The raw query with its ``&``-separated pieces sorted by name,
+    pieces of one name kept in their order (``a=1&a=2`` is not
+    ``a=2&a=1``: apps read the first, the last or the list). Nothing is
     decoded: ``q=<b>`` and ``q=%3Cb%3E`` stay apart (an app may reflect
     the raw query). A query longer than ``MAX_QUERY`` becomes ``#`` and
     its digest (a raw query holds no ``#``)."""
     if "&" in query:
-        query = "&".join(sorted(query.split("&")))
+        query = "&".join(sorted(query.split("&"), key=_query_name))
     if len(query) > MAX_QUERY:
         digest = hashlib.blake2b(query.encode("latin-1", "replace"), digest_size=16)
         return "#" + digest.hexdigest()

@@ -191,6 +191,19 @@ def test_query_pieces_may_be_reordered(make: Any) -> None:
     assert (r.x_cache, r.body) == ("HIT", a.body)
 
 
+def test_repeated_query_names_keep_their_order(make: Any) -> None:
+    # request.args.get / request.GET[...] read the first or the last:
+    # ?a=1&a=2 and ?a=2&a=1 are two different requests.
+    h = make()
+    first = h.get("/items?a=1&b=x&a=2")
+    other = h.get("/items?a=2&b=x&a=1")
+    assert other.x_cache == "MISS" and other.body != first.body
+    same = h.get("/items?b=x&a=1&a=2")
+    assert (same.x_cache, same.body) == ("HIT", first.body)
+    assert h.cache.invalidate(path="/items", query="a=2&a=1&b=x") == 1
+    assert h.get("/items?a=1&a=2&b=x").x_cache == "HIT"
+
+
 def test_long_query_is_cached_under_its_digest(make: Any) -> None:
     h = make()
     long_q = "q=" + "x" * 9000
