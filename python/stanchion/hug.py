@@ -340,7 +340,13 @@ def cache(
                     result = await func(*args, **kwargs)
                     return upstream_of(result, request, response)
 
-                return _send(await rc.aserve(plan, upstream, upstream), response)
+                async def background() -> Any:
+                    fresh = type(response)()
+                    kw = dict(kwargs)
+                    forward(kw, request, fresh)
+                    return upstream_of(await func(*args, **kw), request, fresh)
+
+                return _send(await rc.aserve(plan, upstream, background), response)
 
             wrapper: Any = async_wrapper
         else:
@@ -359,7 +365,17 @@ def cache(
                 def upstream() -> Any:
                     return upstream_of(func(*args, **kwargs), request, response)
 
-                return _send(rc.serve(plan, upstream, upstream), response)
+                def background() -> Any:
+                    # A refresh runs while this request's hit is sent: on
+                    # a response of its own, or the hit's headers (its
+                    # ETag) would be stored with the new body, and the
+                    # endpoint's with the hit.
+                    fresh = type(response)()
+                    kw = dict(kwargs)
+                    forward(kw, request, fresh)
+                    return upstream_of(func(*args, **kw), request, fresh)
+
+                return _send(rc.serve(plan, upstream, background), response)
 
             wrapper = sync_wrapper
         wrapper.cache = rc

@@ -209,6 +209,22 @@ def test_stale_while_revalidate(make: Any, clock: FakeClock) -> None:
     assert h.get("/items").x_cache == "MISS"
 
 
+def test_refresh_gets_its_own_response(make: Any, clock: FakeClock) -> None:
+    # The refresh runs while the stale hit is being sent (/slow takes
+    # 50 ms): what the hit put on its response (its ETag, Age, X-Cache)
+    # must not become the refreshed entry's.
+    h = make(stale_while_revalidate=20)
+    old = h.get("/slow")
+    clock.advance(15)
+    assert h.get("/slow").body == old.body
+    assert h.cache.wait_refreshes(timeout=5)
+    new = h.get("/slow")
+    assert (new.x_cache, new.text) == ("HIT", "slow #2")
+    assert new.headers["etag"] != old.headers["etag"]
+    r = h.get("/slow", {"If-None-Match": old.headers["etag"]})
+    assert (r.status, r.body) == (200, new.body)
+
+
 def test_stale_if_error(make: Any, clock: FakeClock) -> None:
     h = make(stale_if_error=20)
     h.get("/flaky")
