@@ -516,6 +516,7 @@ class Plan:
 
     __slots__ = (
         "base",
+        "credential",
         "head",
         "header",
         "identity",
@@ -542,6 +543,7 @@ class Plan:
         tags: tuple[str, ...],
         resource: str = "",
         store: bool | None = None,
+        credential: bool = False,
     ) -> None:
         self.method = method
         self.head = method == "HEAD"
@@ -553,6 +555,8 @@ class Plan:
         # Hashed into the key: the credentials (vary_identity) and the
         # forwarded headers that are not believed.
         self.identity = identity
+        # A credential was sent (and, being cached, is in ``identity``).
+        self.credential = credential
         self.revalidate = revalidate
         self.store = not self.head and not personal if store is None else store
         self.inm = inm
@@ -982,6 +986,7 @@ class ResponseCache:
             tags,
             resource,
             store,
+            bool(creds),
         )
 
     def plan_scope(
@@ -1200,7 +1205,7 @@ class ResponseCache:
         vary = self.storable(up.status, up.headers)
         if vary is None:
             return None
-        if "cookie" in vary and not plan.identity:
+        if "cookie" in vary and not plan.credential:
             # The answer depends on cookies this request did not send: the
             # first visit's page, whose session or CSRF cookie a layer
             # outside the cache adds (Django's and Flask's signal).

@@ -195,6 +195,20 @@ def test_max_age(make: Any) -> None:
     assert "cache-control" not in make().get("/items").headers
 
 
+@pytest.mark.parametrize(
+    "extra", [{"X-Forwarded-Host": "a.example"}, {"X-Forwarded-Prefix": "/app"}]
+)
+def test_vary_cookie_without_credential_never_stored(
+    make: Any, extra: dict[str, str]
+) -> None:
+    # Headers hashed into the key are not a credential: Vary: Cookie
+    # is stored only for a credential keyed by vary_identity.
+    h = make(vary_identity=True)
+    for _ in range(2):
+        assert h.get("/varycookie", extra).x_cache == "MISS"
+    assert h.upstream.calls["varycookie"] == 2
+
+
 def test_stale_while_revalidate(make: Any, clock: FakeClock) -> None:
     h = make(stale_while_revalidate=20)
     h.get("/items")
