@@ -80,6 +80,9 @@ from ._core import Cache
 __all__ = ["Entry", "Plan", "ResponseCache", "Upstream"]
 
 _MISSING: Any = object()
+#: ``Upstream.native`` of an answer that went to the client as it came
+#: (ASGI streams): nothing may replace it, not even a stale entry.
+SENT: Any = object()
 
 #: Response headers never stored nor replayed from an entry.
 _HOP = frozenset(
@@ -1350,7 +1353,7 @@ class ResponseCache:
         """What an upstream answer becomes: the reply, the entry to store
         (or None), and whether the upstream's own response object is done
         with (it is unless the reply passes it through to the client)."""
-        if up.status >= 500:
+        if up.status >= 500 and up.native is not SENT:
             fallback = self._stale_on_error(plan, stale)
             if fallback is not None:
                 return fallback, None, True
