@@ -1318,7 +1318,9 @@ class ResponseCache:
         if age < self.ttl + self.swr and can_refresh:
             self.hits += 1
             self.stale += 1
-            return self.hit(plan, entry), True
+            # A HEAD's refresh would run the app for nothing (its answer
+            # is not stored): only a request that may store refreshes.
+            return self.hit(plan, entry), plan.store
         return None, False
 
     def _joined(self, plan: Plan, entry: Entry | None) -> Reply | None:

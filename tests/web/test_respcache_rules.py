@@ -223,6 +223,22 @@ def test_stale_while_revalidate(make: Any, clock: FakeClock) -> None:
     assert h.get("/items").x_cache == "MISS"
 
 
+def test_head_never_starts_a_refresh(make: Any, clock: FakeClock) -> None:
+    # Its answer is never stored: a refresh it started ran the app (as a
+    # HEAD) for nothing, and the entry stayed stale.
+    h = make(stale_while_revalidate=20)
+    h.get("/items")
+    clock.advance(15)
+    r = h.head("/items")
+    assert (r.status, r.x_cache, r.body) == (200, "HIT", b"")
+    assert h.cache.wait_refreshes(timeout=5)
+    assert h.upstream.calls["items"] == 1
+    h.get("/items")
+    assert h.cache.wait_refreshes(timeout=5)
+    assert h.upstream.calls["items"] == 2
+    assert h.get("/items").text == "items #2"
+
+
 def test_refresh_gets_its_own_response(make: Any, clock: FakeClock) -> None:
     # The refresh runs while the stale hit is being sent (/slow takes
     # 50 ms): what the hit put on its response (its ETag, Age, X-Cache)
