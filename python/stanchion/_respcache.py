@@ -1559,10 +1559,18 @@ class ResponseCache:
         if tag is not None:
             return int(self.store.delete_tag(tag))
         where = given[0]
+        what = "path" if path is not None else "prefix"
+        if where[0] != "/":
+            # "api/items" or "https://host/items" would silently match
+            # nothing: keys hold the path only, as sent, from its "/".
+            raise ValueError(
+                f"{what} must start with '/' (the path as clients send it, "
+                f"without scheme or host): {where!r}"
+            )
         if "?" in where or "#" in where:
             raise ValueError(
-                f"{'path' if path is not None else 'prefix'} must not hold "
-                f"'?' or '#' (give the query as query=): {where!r}"
+                f"{what} must not hold '?' or '#' (give the query as query=): "
+                f"{where!r}"
             )
         where = quote(where, safe=_PATH_SAFE + "%")
         if prefix is not None:

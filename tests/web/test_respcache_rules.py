@@ -303,6 +303,20 @@ def test_invalidate(make: Any) -> None:
         h.cache.invalidate(path="/a", prefix="/b")
 
 
+@pytest.mark.parametrize(
+    "where", [{"path": "items"}, {"path": "http://test/items"}, {"prefix": "item"}]
+)
+def test_invalidate_rejects_what_matches_nothing(
+    make: Any, where: dict[str, str]
+) -> None:
+    # A path without its "/" (or a whole URL) removed nothing, silently.
+    h = make()
+    h.get("/items")
+    with pytest.raises(ValueError, match="must start with '/'"):
+        h.cache.invalidate(**where)
+    assert h.get("/items").x_cache == "HIT"
+
+
 def test_memory_bounded_by_bytes(make: Any) -> None:
     h = make(maxweight=4000)
     for i in range(50):
