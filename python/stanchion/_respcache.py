@@ -868,6 +868,14 @@ class ResponseCache:
             self.allowed_domains: tuple[str, ...] = ()
         else:
             hosts = _names("allowed_hosts", allowed_hosts)
+            for h in hosts:
+                # "*", a port or a URL would match no request: nothing
+                # cached, silently.
+                if "*" in h or not _HOST(h.lstrip(".")) or _host_part(h) != h:
+                    raise ValueError(
+                        "allowed_hosts holds host names (any port), or "
+                        f"'.example.com' for a domain and its subdomains: {h!r}"
+                    )
             self.allowed_hosts = frozenset(h for h in hosts if h[0] != ".")
             self.allowed_domains = tuple(h for h in hosts if h[0] == ".")
         if isinstance(trusted_proxies, _http.ClientAddress):
