@@ -20,7 +20,8 @@ values used here; every decision is made in :class:`ResponseCache`:
 - never anything for a request that carries a credential (one of the
   ``identity_headers``: ``Authorization``, ``Proxy-Authorization``,
   ``X-API-Key``, the header of any ``api_key(...)`` rule, or a cookie,
-  a session cookie when ``session_cookies`` names them), unless
+  a session cookie when ``session_cookies`` names them, or WSGI's
+  ``REMOTE_USER``), unless
   ``vary_identity`` is on: then the credentials are hashed into the
   key, so each user has their own entries;
 - the key is the whole target URI: scheme, authority (the Host; a
@@ -938,6 +939,7 @@ class ResponseCache:
         scheme: str = "http",
         server: str | None = None,
         peer: str | None = None,
+        remote_user: str | None = None,
     ) -> Plan | None:
         """What the cache makes of a request; None when it is not
         cacheable at all (not GET/HEAD). ``path`` is the decoded path
@@ -947,6 +949,8 @@ class ResponseCache:
         connection's, ``server`` the authority to use when the request
         has no Host, ``peer`` the socket peer (for ``trusted_proxies``).
         :func:`scope_target` and :func:`environ_target` give the last four.
+        ``remote_user`` the user the web server authenticated (WSGI's
+        ``REMOTE_USER``): a credential, like the identity headers.
         """
         if method != "GET" and method != "HEAD":
             return None
@@ -958,7 +962,7 @@ class ResponseCache:
         if origin is None:
             personal = True
             origin = "-"
-        creds = ""
+        creds = "\0remote-user:" + remote_user if remote_user else ""
         for name in self._identity_names():
             value = header(name)
             if value is not None:
@@ -1037,6 +1041,7 @@ class ResponseCache:
             scheme=scheme,
             server=server,
             peer=peer,
+            remote_user=environ.get("REMOTE_USER"),
         )
 
     def _identity_names(self) -> tuple[str, ...]:

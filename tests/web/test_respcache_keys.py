@@ -283,6 +283,23 @@ def test_identity_headers_setting(make: Any) -> None:
         make(identity_headers="x-tenant")
 
 
+@pytest.mark.parametrize("adapter", ["django", "flask", "hug", "wsgi"])
+def test_remote_user_is_a_credential(adapter: str, clock: FakeClock) -> None:
+    # The web server authenticated the user (Apache's auth modules, SSO)
+    # and says who in REMOTE_USER; mod_wsgi drops Authorization. Each
+    # user's page is their own.
+    h: Any = ADAPTERS[adapter](ttl=60, clock=clock)
+    try:
+        for user in ("alice", "alice", "bob"):
+            r = h.request("GET", "/items", None, {"REMOTE_USER": user})
+            assert r.x_cache == "MISS"
+        assert h.get("/items").x_cache == "MISS"
+        assert h.get("/items").x_cache == "HIT"
+        assert h.upstream.calls["items"] == 4
+    finally:
+        h.close()
+
+
 def test_vary_identity_keys_each_credential(make: Any) -> None:
     h = make(vary_identity=True)
     alice = h.get("/apikey", {"X-API-Key": "alice"})
