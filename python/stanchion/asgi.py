@@ -339,4 +339,7 @@ class CacheMiddleware(CacheFront):
         hdrs = _decode(start.get("headers"))
         if state["passed"]:
             return Upstream(status, hdrs, None, SENT)
-        return Upstream(status, hdrs, b"".join(state["chunks"]))
+        # Starlette's SessionMiddleware outside sets its cookie after this
+        # layer saw the page whenever the session holds anything.
+        private = bool(scope.get("session"))
+        return Upstream(status, hdrs, b"".join(state["chunks"]), private=private)
