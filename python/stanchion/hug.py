@@ -254,6 +254,15 @@ def _falcon_headers(response: falcon.Response) -> list[tuple[str, str]]:
     return headers
 
 
+def _session_used(request: falcon.Request) -> bool:
+    """Whether hug's ``SessionMiddleware`` session (``request.context``'s
+    ``"session"``) holds anything: the middleware saves it and sets its
+    cookie after the endpoint, outside the cache, so the page (a CSRF
+    token in it, say) is this visitor's."""
+    get = getattr(request.context, "get", None)
+    return get is not None and bool(get("session"))
+
+
 def _falcon_status(response: falcon.Response) -> int:
     return int(str(response.status).split(" ", 1)[0])
 
@@ -315,7 +324,7 @@ def cache(
             body = body.encode("utf-8")
         if len(body) > rc.max_body:
             return Upstream(status, headers, None, io.BytesIO(body))
-        return Upstream(status, headers, bytes(body))
+        return Upstream(status, headers, bytes(body), private=_session_used(request))
 
     def plan_for(request: Any) -> Any:
         return rc.plan_environ(request.env, request.get_header, request.path)
