@@ -1446,6 +1446,11 @@ class ResponseCache:
         fkey = plan.base + "\0" + plan.identity
         other = self.flights.get(fkey)
         if isinstance(other, asyncio.Future) and not other.done():
+            if other.get_loop() is not asyncio.get_running_loop():
+                # Another event loop's flight cannot be awaited here: an
+                # async view called from sync code (Django under WSGI)
+                # runs in an event loop of its own per request.
+                return await self._acall(plan, upstream, stale)
             joined = self._joined(plan, await asyncio.shield(other))
             if joined is not None:
                 return joined

@@ -5,6 +5,7 @@ in sync mode (WSGI, Django's test Client) reading its settings, and an
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -56,12 +57,20 @@ async def async_template_page(request: HttpRequest) -> HttpResponse:
     return TemplateResponse(request, name, {"n": CALLS["atemplate"]})
 
 
+@cache_response(ttl=60)
+async def slow_async_page(request: HttpRequest) -> HttpResponse:
+    CALLS["slow"] = CALLS.get("slow", 0) + 1
+    await asyncio.sleep(0.2)
+    return HttpResponse("slow")
+
+
 urlpatterns = [
     path("api/page", page),
     path("other", other),
     path("async", async_page),
     path("template", template_page),
     path("atemplate", async_template_page),
+    path("slow", slow_async_page),
 ]
 
 TEMPLATES = [
@@ -157,3 +166,25 @@ def test_template_response_is_rendered_then_cached(url: str) -> None:
         f1, f2 = c.get(url + "?csrf=1"), c.get(url + "?csrf=1")
         assert (f1["X-Cache"], f2["X-Cache"]) == ("MISS", "MISS")
         assert b"csrfmiddlewaretoken" in f2.content
+
+
+def test_async_view_under_wsgi_concurrent_misses() -> None:
+    # Under WSGI each call of an async view runs in an event loop of its
+    # own: a concurrent miss cannot await the first one's flight (it
+    # raised "attached to a different loop"), it runs the view itself.
+    import threading
+
+    statuses: list[int] = []
+
+    def get() -> None:
+        statuses.append(Client().get("/slow").status_code)
+
+    with override_settings(ROOT_URLCONF=__name__):
+        threads = [threading.Thread(target=get) for _ in range(2)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        assert statuses == [200, 200]
+        assert Client().get("/slow")["X-Cache"] == "HIT"
