@@ -1087,6 +1087,8 @@ class ResponseCache:
             host = header("host")
             if host is None:
                 host = server or ""
+        if len(host) > MAX_HOST or (proto is not None and len(proto) > 16):
+            return None, forged  # not remembered: it would hold that memory
         pair = (proto or scheme, host)
         origins = self._origins
         origin = origins.get(pair, _MISSING)
