@@ -371,6 +371,10 @@ def _directive_names(value: str) -> set[str]:
             if name:
                 names.add(name)
             start = i + 1
+    if quoted:
+        # An unterminated quote: read every piece too, so a directive
+        # after it (``x="a, private``) is not hidden inside it.
+        names |= {p.split("=", 1)[0].strip().lower() for p in value.split(",")}
     return names
 
 

@@ -209,6 +209,17 @@ def test_vary_cookie_without_credential_never_stored(
     assert h.upstream.calls["varycookie"] == 2
 
 
+@pytest.mark.parametrize(
+    "cc", ['public, x="abc, private', 'max-age=60, x="a, no-store', 'x=", no-cache']
+)
+def test_unterminated_quote_hides_no_directive(cc: str) -> None:
+    # The field-name parsing must not read "private" as part of a quoted
+    # string that never ends.
+    rc = ResponseCache()
+    assert rc.storable(200, [("Cache-Control", cc)]) is None
+    assert rc.storable(200, [("Cache-Control", 'x="a, b", public')]) == ()
+
+
 def test_stale_while_revalidate(make: Any, clock: FakeClock) -> None:
     h = make(stale_while_revalidate=20)
     h.get("/items")
