@@ -20,18 +20,20 @@ values used here; every decision is made in :class:`ResponseCache`:
 - never anything for a request that carries a credential (one of the
   ``identity_headers``: ``Authorization``, ``Proxy-Authorization``,
   ``X-API-Key``, the header of any ``api_key(...)`` rule, or a cookie,
-  a session cookie when ``session_cookies`` names them), unless
+  a session cookie when ``session_cookies`` names them, or WSGI's
+  ``REMOTE_USER``), unless
   ``vary_identity`` is on: then the credentials are hashed into the
   key, so each user has their own entries;
 - the key is the whole target URI: scheme, authority (the Host; a
   forwarded host only from one of ``trusted_proxies``), the raw path as
-  sent and the raw query with its ``&``-separated pieces sorted (never
-  decoded), plus the values of the request headers named by the
-  response's ``Vary`` (the Vary names are remembered per path and
-  origin). Forwarded host or scheme headers that are not believed are
-  hashed into the key too, so an app that does believe them never has
-  its answer served to others; ``allowed_hosts`` limits caching to
-  those hosts;
+  sent and the raw query with its ``&``-separated pieces sorted by name
+  (never decoded; a name's repeats keep their order), plus the values
+  of the request headers named by the response's ``Vary`` (the Vary
+  names are remembered per path and origin). Forwarded host or scheme headers that are not believed are
+  hashed into the key too (``X-Forwarded-Prefix`` and
+  ``X-Forwarded-Port`` always are), so an app that does believe them
+  never has its answer served to others; ``allowed_hosts`` limits
+  caching to those hosts;
 - a request ``Cache-Control: no-cache`` (or ``max-age=0``, or ``Pragma:
   no-cache``) goes upstream; its answer replaces the stored entry only
   with ``client_refresh=True``;
@@ -79,6 +81,9 @@ from ._core import Cache
 __all__ = ["Entry", "Plan", "ResponseCache", "Upstream"]
 
 _MISSING: Any = object()
+#: ``Upstream.native`` of an answer that went to the client as it came
+#: (ASGI streams): nothing may replace it, not even a stale entry.
+SENT: Any = object()
 
 #: Response headers never stored nor replayed from an entry.
 _HOP = frozenset(
@@ -133,8 +138,17 @@ _HOST = re.compile(
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*").fullmatch
 _DEFAULT_PORT = {"http": ":80", "https": ":443"}
 # Forwarded host/scheme headers: believed from a trusted proxy, else
-# hashed into the key (the app behind may believe them).
-_FORWARDED = ("x-forwarded-host", "x-forwarded-proto", "forwarded")
+# hashed into the key (the app behind may believe them). The prefix and
+# port ones (werkzeug's ProxyFix x_prefix/x_port, Django's
+# USE_X_FORWARDED_PORT) change the links an app builds but never the
+# authority: always hashed into the key.
+_FORWARDED = (
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+)
 
 
 def content_etag(body: bytes) -> str:
@@ -143,13 +157,19 @@ def content_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
+def _query_name(piece: str) -> str:
+    return piece.partition("=")[0]
+
+
 def normalize_query(query: str) -> str:
-    """The raw query with its ``&``-separated pieces sorted. Nothing is
+    """The raw query with its ``&``-separated pieces sorted by name,
+    pieces of one name kept in their order (``a=1&a=2`` is not
+    ``a=2&a=1``: apps read the first, the last or the list). Nothing is
     decoded: ``q=<b>`` and ``q=%3Cb%3E`` stay apart (an app may reflect
     the raw query). A query longer than ``MAX_QUERY`` becomes ``#`` and
     its digest (a raw query holds no ``#``)."""
     if "&" in query:
-        query = "&".join(sorted(query.split("&")))
+        query = "&".join(sorted(query.split("&"), key=_query_name))
     if len(query) > MAX_QUERY:
         digest = hashlib.blake2b(query.encode("latin-1", "replace"), digest_size=16)
         return "#" + digest.hexdigest()
@@ -351,6 +371,10 @@ def _directive_names(value: str) -> set[str]:
             if name:
                 names.add(name)
             start = i + 1
+    if quoted:
+        # An unterminated quote: read every piece too, so a directive
+        # after it (``x="a, private``) is not hidden inside it.
+        names |= {p.split("=", 1)[0].strip().lower() for p in value.split(",")}
     return names
 
 
@@ -500,6 +524,7 @@ class Plan:
 
     __slots__ = (
         "base",
+        "credential",
         "head",
         "header",
         "identity",
@@ -526,6 +551,7 @@ class Plan:
         tags: tuple[str, ...],
         resource: str = "",
         store: bool | None = None,
+        credential: bool = False,
     ) -> None:
         self.method = method
         self.head = method == "HEAD"
@@ -537,6 +563,8 @@ class Plan:
         # Hashed into the key: the credentials (vary_identity) and the
         # forwarded headers that are not believed.
         self.identity = identity
+        # A credential was sent (and, being cached, is in ``identity``).
+        self.credential = credential
         self.revalidate = revalidate
         self.store = not self.head and not personal if store is None else store
         self.inm = inm
@@ -845,6 +873,14 @@ class ResponseCache:
             self.allowed_domains: tuple[str, ...] = ()
         else:
             hosts = _names("allowed_hosts", allowed_hosts)
+            for h in hosts:
+                # "*", a port or a URL would match no request: nothing
+                # cached, silently.
+                if "*" in h or not _HOST(h.lstrip(".")) or _host_part(h) != h:
+                    raise ValueError(
+                        "allowed_hosts holds host names (any port), or "
+                        f"'.example.com' for a domain and its subdomains: {h!r}"
+                    )
             self.allowed_hosts = frozenset(h for h in hosts if h[0] != ".")
             self.allowed_domains = tuple(h for h in hosts if h[0] == ".")
         if isinstance(trusted_proxies, _http.ClientAddress):
@@ -907,6 +943,7 @@ class ResponseCache:
         scheme: str = "http",
         server: str | None = None,
         peer: str | None = None,
+        remote_user: str | None = None,
     ) -> Plan | None:
         """What the cache makes of a request; None when it is not
         cacheable at all (not GET/HEAD). ``path`` is the decoded path
@@ -916,6 +953,8 @@ class ResponseCache:
         connection's, ``server`` the authority to use when the request
         has no Host, ``peer`` the socket peer (for ``trusted_proxies``).
         :func:`scope_target` and :func:`environ_target` give the last four.
+        ``remote_user`` the user the web server authenticated (WSGI's
+        ``REMOTE_USER``): a credential, like the identity headers.
         """
         if method != "GET" and method != "HEAD":
             return None
@@ -927,7 +966,7 @@ class ResponseCache:
         if origin is None:
             personal = True
             origin = "-"
-        creds = ""
+        creds = "\0remote-user:" + remote_user if remote_user else ""
         for name in self._identity_names():
             value = header(name)
             if value is not None:
@@ -966,6 +1005,7 @@ class ResponseCache:
             tags,
             resource,
             store,
+            bool(creds),
         )
 
     def plan_scope(
@@ -1005,6 +1045,7 @@ class ResponseCache:
             scheme=scheme,
             server=server,
             peer=peer,
+            remote_user=environ.get("REMOTE_USER"),
         )
 
     def _identity_names(self) -> tuple[str, ...]:
@@ -1050,6 +1091,8 @@ class ResponseCache:
             host = header("host")
             if host is None:
                 host = server or ""
+        if len(host) > MAX_HOST or (proto is not None and len(proto) > 16):
+            return None, forged  # not remembered: it would hold that memory
         pair = (proto or scheme, host)
         origins = self._origins
         origin = origins.get(pair, _MISSING)
@@ -1184,7 +1227,7 @@ class ResponseCache:
         vary = self.storable(up.status, up.headers)
         if vary is None:
             return None
-        if "cookie" in vary and not plan.identity:
+        if "cookie" in vary and not plan.credential:
             # The answer depends on cookies this request did not send: the
             # first visit's page, whose session or CSRF cookie a layer
             # outside the cache adds (Django's and Flask's signal).
@@ -1294,7 +1337,9 @@ class ResponseCache:
         if age < self.ttl + self.swr and can_refresh:
             self.hits += 1
             self.stale += 1
-            return self.hit(plan, entry), True
+            # A HEAD's refresh would run the app for nothing (its answer
+            # is not stored): only a request that may store refreshes.
+            return self.hit(plan, entry), plan.store
         return None, False
 
     def _joined(self, plan: Plan, entry: Entry | None) -> Reply | None:
@@ -1329,7 +1374,7 @@ class ResponseCache:
         """What an upstream answer becomes: the reply, the entry to store
         (or None), and whether the upstream's own response object is done
         with (it is unless the reply passes it through to the client)."""
-        if up.status >= 500:
+        if up.status >= 500 and up.native is not SENT:
             fallback = self._stale_on_error(plan, stale)
             if fallback is not None:
                 return fallback, None, True
@@ -1407,6 +1452,11 @@ class ResponseCache:
         fkey = plan.base + "\0" + plan.identity
         other = self.flights.get(fkey)
         if isinstance(other, asyncio.Future) and not other.done():
+            if other.get_loop() is not asyncio.get_running_loop():
+                # Another event loop's flight cannot be awaited here: an
+                # async view called from sync code (Django under WSGI)
+                # runs in an event loop of its own per request.
+                return await self._acall(plan, upstream, stale)
             joined = self._joined(plan, await asyncio.shield(other))
             if joined is not None:
                 return joined
@@ -1533,10 +1583,18 @@ class ResponseCache:
         if tag is not None:
             return int(self.store.delete_tag(tag))
         where = given[0]
+        what = "path" if path is not None else "prefix"
+        if where[0] != "/":
+            # "api/items" or "https://host/items" would silently match
+            # nothing: keys hold the path only, as sent, from its "/".
+            raise ValueError(
+                f"{what} must start with '/' (the path as clients send it, "
+                f"without scheme or host): {where!r}"
+            )
         if "?" in where or "#" in where:
             raise ValueError(
-                f"{'path' if path is not None else 'prefix'} must not hold "
-                f"'?' or '#' (give the query as query=): {where!r}"
+                f"{what} must not hold '?' or '#' (give the query as query=): "
+                f"{where!r}"
             )
         where = quote(where, safe=_PATH_SAFE + "%")
         if prefix is not None:

@@ -84,6 +84,11 @@ HEADER_FAMILIES = ("ratelimit", "x-ratelimit", "retry-after")
 MAX_IDENTITY = 200
 #: Most forwarded hops examined (right to left) before giving up.
 MAX_HOPS = 16
+#: Longest peer or client name remembered in the per-address tables. A
+#: peer is not always an address: uvicorn's --proxy-headers with
+#: --forwarded-allow-ips='*' makes the client's own X-Forwarded-For text
+#: the peer, up to the server's header limit.
+MAX_ADDRESS = 64
 #: Distinct rates a LimiterCache keeps before dropping the least used.
 MAX_LIMITERS = 1024
 
@@ -293,6 +298,8 @@ class ClientAddress:
             return hit
         ip = _parse_ip(addr)
         ok = ip is not None and any(ip in net for net in self.networks)
+        if len(addr) > MAX_ADDRESS:
+            return ok  # no address: not remembered (see MAX_ADDRESS)
         if len(cache) >= 4096:
             cache.clear()
         cache[addr] = ok
@@ -301,7 +308,7 @@ class ClientAddress:
     def _name(self, addr: str) -> str:
         """The bucket name for an address: IPv4 as is, IPv6 as its
         network of ``ipv6_prefix`` bits (one host usually owns a /64)."""
-        if ":" not in addr:
+        if ":" not in addr or len(addr) > MAX_ADDRESS:
             return addr
         cache = self._v6_cache
         name = cache.get(addr)
@@ -1039,6 +1046,8 @@ class Rule:
             key = self._address_keys.get(client)
             if key is None:
                 key = self._address_key(client)
+                if len(client) > MAX_ADDRESS:
+                    return key  # not remembered (see MAX_ADDRESS)
                 if len(self._address_keys) >= MAX_ADDRESS_KEYS:
                     self._address_keys.clear()
                 self._address_keys[client] = key
@@ -1150,6 +1159,8 @@ class Rule:
         return p
 
     def _keep_plan(self, address: str, plan: _Pending) -> None:
+        if len(address) > MAX_ADDRESS:
+            return  # not remembered (see MAX_ADDRESS)
         plans = self._client_plans
         if len(plans) >= MAX_ADDRESS_KEYS:
             plans.clear()
