@@ -358,9 +358,9 @@ class RedisCache:
     def close(self) -> None:
         self._connector.close()
 
-    # -- raw commands under this cache's prefix -------------------------------
+    # -- raw commands under this cache's prefix (for the response cache) ----
 
-    def raw_key(self, key: str | bytes) -> bytes:
+    def _raw_key(self, key: str | bytes) -> bytes:
         """``key`` under this cache's prefix, as stored in Redis (no
         serialization: for callers that build their own commands)."""
         if isinstance(key, str):
@@ -369,20 +369,20 @@ class RedisCache:
             raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
         return self._prefix + key
 
-    def command(self, *args: Any) -> Any:
+    def _command(self, *args: Any) -> Any:
         """Run one Redis command; its reply, or None when Redis is
         unavailable and ``on_error`` lets that pass."""
         reply = self._call(*args)
         return None if reply is _MISSING else reply
 
-    async def acommand(self, *args: Any) -> Any:
-        """``command`` with asyncio."""
+    async def _acommand(self, *args: Any) -> Any:
+        """``_command`` with asyncio."""
         reply = await self._acall(*args)
         return None if reply is _MISSING else reply
 
-    def delete_raw_prefix(self, prefix: bytes) -> int:
+    def _delete_raw_prefix(self, prefix: bytes) -> int:
         """Delete every key starting with ``prefix`` (a full key from
-        ``raw_key``); how many were deleted (0 when Redis is unavailable
+        ``_raw_key``); how many were deleted (0 when Redis is unavailable
         and ``on_error`` lets that pass)."""
         if not isinstance(prefix, bytes):
             raise TypeError(f"prefix must be bytes, not {type(prefix).__name__}")
