@@ -325,12 +325,12 @@ class RedisLimiter:
             conn.recovered(epoch, self._who)
         return self._decision(reply)
 
-    def hit(self, key: str | bytes, cost: int = 1) -> Decision:
+    def hit(self, key: str | bytes, /, cost: int = 1) -> Decision:
         """Consume ``cost`` from every rate for ``key`` if all allow it;
         otherwise consume nothing."""
         return self._decide(key, cost, b"1")
 
-    def peek(self, key: str | bytes, cost: int = 1) -> Decision:
+    def peek(self, key: str | bytes, /, cost: int = 1) -> Decision:
         """The Decision ``hit`` would return now, consuming nothing."""
         return self._decide(key, cost, b"0")
 
