@@ -20,8 +20,8 @@ from .._checks import check_seconds
 from .._errors import StorageUnavailable
 from .connections import _Connector
 from .limiter import RedisStorage
-from .links import _FAILURES, _glob_escape
-from .outage import _Who
+from .links import _glob_escape
+from .outage import _Guard, _Unavailable, _Who
 
 _CACHE_MEANWHILE = {
     "ignore": "reads miss and writes are dropped",
@@ -212,6 +212,7 @@ class RedisCache:
         self.default_ttl = ttl
         self.on_error = on_error
         self._who = _Who("stanchion cache", _CACHE_MEANWHILE[on_error])
+        self._guard = _Guard(self._connector, self._who)
         self._dumps = ser.dumps
         self._loads = ser.loads
 
@@ -257,33 +258,37 @@ class RedisCache:
             return ("SET", rkey, data)
         return ("SET", rkey, data, "PX", max(1, math.ceil(ttl * 1000)))
 
-    def _failed(self, exc: BaseException, epoch: int) -> None:
-        self._connector.failed(exc, epoch, self._who)
-        if self.on_error == "raise":
-            raise StorageUnavailable(
-                f"Redis at {self._connector.where} is unavailable"
-            ) from exc
-
-    def _ok(self, epoch: int) -> None:
-        if self._connector.down_since is not None:
-            self._connector.recovered(epoch, self._who)
-
-    def _skip(self) -> bool:
-        conn = self._connector
-        if conn.down_since is not None and conn.skip():
+    def _settle(self, reply: Any) -> Any:
+        """A command's reply; _MISSING when Redis did not answer (and
+        on_error lets that pass)."""
+        if isinstance(reply, _Unavailable):
             if self.on_error == "raise":
                 raise StorageUnavailable(
-                    f"Redis at {conn.where} is unavailable"
-                ) from conn.last_error
-            return True
-        return False
+                    f"Redis at {self._connector.where} is unavailable"
+                ) from reply.cause
+            return _MISSING
+        return reply
+
+    def _value(self, data: Any, default: Any) -> Any:
+        if data is None or data is _MISSING:
+            return default
+        return self._loads(data)
+
+    @staticmethod
+    def _counted(n: Any) -> bool:
+        return n is not _MISSING and int(n) > 0
 
     @staticmethod
     def _pttl(reply: Any) -> float | None:
+        if reply is _MISSING:
+            return None
         ms = int(reply)
         if ms == -2:
             raise KeyError("no such key")
         return None if ms < 0 else ms / 1000
+
+    def _pattern(self) -> bytes:
+        return _glob_escape(self._prefix) + b"*"
 
     # -- blocking --------------------------------------------------------------
 
@@ -291,24 +296,16 @@ class RedisCache:
         """A command's reply; _MISSING when Redis failed (and on_error lets
         it pass)."""
         link = self._connector.sync_link()
-        epoch = self._connector.epoch
-        if self._skip():
-            return _MISSING
-        try:
-            reply = link.call(*args)
-        except _FAILURES as exc:
-            self._failed(exc, epoch)
-            return _MISSING
-        self._ok(epoch)
-        return reply
+        return self._settle(self._guard.call(link.call, *args))
+
+    def _scan_delete(self, pattern: bytes) -> Any:
+        link = self._connector.sync_link()
+        return self._settle(self._guard.call(link.scan_delete, pattern))
 
     def get(self, key: Hashable, default: Any = None) -> Any:
         """The value for ``key``, or ``default`` when absent (or Redis is
         unavailable)."""
-        data = self._call("GET", self._key(key))
-        if data is None or data is _MISSING:
-            return default
-        return self._loads(data)
+        return self._value(self._call("GET", self._key(key)), default)
 
     def set(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` for ``ttl`` seconds (default: the cache's ttl)."""
@@ -316,26 +313,17 @@ class RedisCache:
 
     def delete(self, key: Hashable) -> bool:
         """Remove ``key``; True if it was there."""
-        n = self._call("UNLINK", self._key(key))
-        return n is not _MISSING and int(n) > 0
+        return self._counted(self._call("UNLINK", self._key(key)))
 
     def ttl(self, key: Hashable) -> float | None:
         """Seconds until ``key`` expires, or None when it never does (or
         Redis is unavailable); KeyError when it is absent."""
-        reply = self._call("PTTL", self._key(key))
-        return None if reply is _MISSING else self._pttl(reply)
+        return self._pttl(self._call("PTTL", self._key(key)))
 
     def clear(self) -> None:
         """Delete every key under the prefix (SCAN + UNLINK on every master,
         never FLUSHDB)."""
-        link = self._connector.sync_link()
-        epoch = self._connector.epoch
-        try:
-            link.scan_delete(_glob_escape(self._prefix) + b"*")
-        except _FAILURES as exc:
-            self._failed(exc, epoch)
-            return
-        self._ok(epoch)
+        self._scan_delete(self._pattern())
 
     def __getitem__(self, key: Hashable) -> Any:
         value = self.get(key, _MISSING)
@@ -352,8 +340,7 @@ class RedisCache:
 
     def __contains__(self, key: object) -> bool:
         """True when ``key`` is stored (False when Redis is unavailable)."""
-        n = self._call("EXISTS", self._key(key))
-        return n is not _MISSING and int(n) > 0
+        return self._counted(self._call("EXISTS", self._key(key)))
 
     def close(self) -> None:
         self._connector.close()
@@ -386,63 +373,33 @@ class RedisCache:
         and ``on_error`` lets that pass)."""
         if not isinstance(prefix, bytes):
             raise TypeError(f"prefix must be bytes, not {type(prefix).__name__}")
-        link = self._connector.sync_link()
-        if self._skip():
-            return 0
-        epoch = self._connector.epoch
-        try:
-            n = int(link.scan_delete(_glob_escape(prefix) + b"*"))
-        except _FAILURES as exc:
-            self._failed(exc, epoch)
-            return 0
-        self._ok(epoch)
-        return n
+        n = self._scan_delete(_glob_escape(prefix) + b"*")
+        return 0 if n is _MISSING else int(n)
 
-    # -- asyncio ---------------------------------------------------------------
+    # -- asyncio: the same steps, awaiting the I/O -------------------------------
 
     async def _acall(self, *args: Any) -> Any:
         link = self._connector.async_link
-        if self._skip():
-            return _MISSING
-        epoch = self._connector.epoch
-        try:
-            reply = await link.call(*args)
-        except _FAILURES as exc:
-            self._failed(exc, epoch)
-            return _MISSING
-        self._ok(epoch)
-        return reply
+        return self._settle(await self._guard.acall(link.call, *args))
 
     async def aget(self, key: Hashable, default: Any = None) -> Any:
-        data = await self._acall("GET", self._key(key))
-        if data is None or data is _MISSING:
-            return default
-        return self._loads(data)
+        return self._value(await self._acall("GET", self._key(key)), default)
 
     async def aset(self, key: Hashable, value: Any, ttl: float | None = None) -> None:
         await self._acall(*self._set_args(key, value, ttl))
 
     async def adelete(self, key: Hashable) -> bool:
-        n = await self._acall("UNLINK", self._key(key))
-        return n is not _MISSING and int(n) > 0
+        return self._counted(await self._acall("UNLINK", self._key(key)))
 
     async def attl(self, key: Hashable) -> float | None:
-        reply = await self._acall("PTTL", self._key(key))
-        return None if reply is _MISSING else self._pttl(reply)
+        return self._pttl(await self._acall("PTTL", self._key(key)))
 
     async def acontains(self, key: Hashable) -> bool:
-        n = await self._acall("EXISTS", self._key(key))
-        return n is not _MISSING and int(n) > 0
+        return self._counted(await self._acall("EXISTS", self._key(key)))
 
     async def aclear(self) -> None:
         link = self._connector.async_link
-        epoch = self._connector.epoch
-        try:
-            await link.scan_delete(_glob_escape(self._prefix) + b"*")
-        except _FAILURES as exc:
-            self._failed(exc, epoch)
-            return
-        self._ok(epoch)
+        self._settle(await self._guard.acall(link.scan_delete, self._pattern()))
 
     async def aclose(self) -> None:
         await self._connector.aclose()

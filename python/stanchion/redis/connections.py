@@ -11,10 +11,6 @@ cache on the same connections.
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import redis as _redis
@@ -29,22 +25,20 @@ from redis.sentinel import SentinelConnectionPool as _SentinelPool
 from redis.sentinel import SentinelManagedConnection as _SentinelManaged
 
 from .links import _AsyncLink, _ClusterAsync, _ClusterSync, _SyncLink
-from .outage import _log, _Who
+from .outage import _Outage
 from .wire import _async_link, _sync_link
-
-# =============================================================================
-# The connector: links, and the outage state shared by limiters and caches
-# =============================================================================
 
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-class _Connector:
+class _Connector(_Outage):
+    """The links to one server (or cluster), and its outage state."""
+
     def __init__(
         self, client_or_url: object, timeout: float, retry_interval: float
     ) -> None:
+        super().__init__(retry_interval)
         self.timeout = timeout
-        self.retry_interval = retry_interval
         self.sync: _SyncLink | None = None
         self._async: _AsyncLink | None = None
         self._async_url: str | None = None
@@ -84,7 +78,6 @@ class _Connector:
                 "expected a redis.Redis, redis.asyncio.Redis or RedisCluster client, "
                 f"or a redis:// URL, not {type(c).__name__}"
             )
-        self.has_async = self._async is not None or self._async_url is not None
         # The server's clock as seen from here: server time (us) minus
         # time.monotonic() (us) when the last answered hit was sent, an
         # upper bound of the true difference (the server read its clock
@@ -94,20 +87,6 @@ class _Connector:
         self.skew: float | None = None
         self.deadlines = not isinstance(c, (_RedisCluster, _AsyncRedisCluster))
         self.timeout_us = timeout * 1e6
-        self._lock = threading.Lock()
-        # The clock of the outage state (its start, the retry interval):
-        # monotonic seconds; tests move a fake one by hand.
-        self.clock: Callable[[], float] = time.monotonic
-        self.down_since: float | None = None  # clock() at the start of an outage
-        self._retry_at = 0.0
-        # Bumped when an outage starts and when it ends. A call takes the
-        # epoch when it starts, and its outcome counts only if the state
-        # is still the one it started in: a call sent before Redis came
-        # back that fails afterwards does not open a new outage, and one
-        # sent before the outage began that succeeds during it (threads,
-        # tasks in flight) does not end it.
-        self.epoch = 0
-        self.last_error: BaseException | None = None
 
     @property
     def async_link(self) -> _AsyncLink:
@@ -131,61 +110,6 @@ class _Connector:
                 "methods (ahit, apeek, ...), or give it a blocking client or a URL"
             )
         return self.sync
-
-    # -- outages -----------------------------------------------------------
-
-    def skip(self) -> bool:
-        """During an outage, True for calls that should not try Redis now
-        (one call per retry_interval probes it)."""
-        now = self.clock()
-        if now < self._retry_at:
-            return True
-        with self._lock:
-            if now < self._retry_at:
-                return True
-            self._retry_at = now + self.retry_interval
-        return False
-
-    def failed(self, exc: BaseException, epoch: int, who: _Who) -> None:
-        """Record a failed call of ``who`` that started at ``epoch``."""
-        now = self.clock()
-        with self._lock:
-            if epoch != self.epoch:
-                return  # started in another state: stale news
-            self._retry_at = now + self.retry_interval
-            self.last_error = exc
-            if self.down_since is not None:
-                return
-            self.down_since = now
-            self.epoch += 1
-        _log(
-            logging.WARNING,
-            "%s: Redis at %s is unavailable (%s: %s); %s until it answers again",
-            who.name,
-            self.where,
-            type(exc).__name__,
-            exc,
-            who.meanwhile,
-        )
-
-    def recovered(self, epoch: int, who: _Who) -> None:
-        """Record a success of ``who``'s call that started at ``epoch``:
-        the end of the outage if the call started during it."""
-        with self._lock:
-            since = self.down_since
-            if since is None or epoch != self.epoch:
-                return
-            self.down_since = None
-            self._retry_at = 0.0
-            self.last_error = None
-            self.epoch += 1
-        _log(
-            logging.INFO,
-            "%s: Redis at %s is available again after %.3f s",
-            who.name,
-            self.where,
-            self.clock() - since,
-        )
 
     def close(self) -> None:
         if self.sync is not None:

@@ -25,8 +25,8 @@ from .._errors import StorageUnavailable
 from .._limiter import ALGORITHMS, ON_ERROR, await_hit, wait_for_hit
 from .._rates import Rate
 from .connections import _Connector
-from .links import _FAILURES, _glob_escape
-from .outage import _Who
+from .links import _AsyncLink, _glob_escape, _SyncLink
+from .outage import _Guard, _Unavailable, _Who
 from .scripts import SCRIPTS
 
 _ALGORITHM_CODES = {"token_bucket": "tb", "fixed_window": "fw", "sliding_window": "sw"}
@@ -152,6 +152,7 @@ class RedisLimiter:
         "_allow_base",
         "_connector",
         "_deny",
+        "_guard",
         "_head",
         "_min_cap",
         "_params",
@@ -216,6 +217,7 @@ class RedisLimiter:
         self._allow_base = self._min_cap
         self._script_clock: Callable[[], int] | None = None
         self._who = _Who("stanchion rate limiter", _LIMITER_MEANWHILE[on_error])
+        self._guard = _Guard(self._connector, self._who)
 
     def __repr__(self) -> str:
         rates = ";".join(str(r) for r in self.rates)
@@ -264,66 +266,59 @@ class RedisLimiter:
 
     # -- answers -------------------------------------------------------------
 
-    @staticmethod
-    def _decision(reply: Any) -> Decision:
+    def _late(self, reply: Any, sent: float) -> bool:
+        """Learn the server's clock from an answer to a call sent at
+        ``sent``; True when the hit arrived past its deadline, yet its
+        caller is still here: the deadline was wrong, not late (the
+        server's clock stepped, or another server answers since a
+        failover), so it is sent once more with the corrected clock."""
+        conn = self._connector
+        if not conn.deadlines:
+            return False
+        conn.skew = reply[-1] - sent * 1e6
+        return bool(reply[0] == -1)
+
+    def _conclude(self, reply: Any, cost: int) -> Decision:
+        """The Decision for a script's reply, or by the on_error policy
+        when Redis did not answer."""
+        if isinstance(reply, _Unavailable):
+            if self.on_error == "allow":
+                return Decision(True, self._min_cap, self._min_cap - cost, 0.0, 0.0)
+            if self.on_error == "deny":
+                return self._deny
+            raise StorageUnavailable(
+                f"Redis at {self._connector.where} is unavailable"
+            ) from reply.cause
         return Decision(
             reply[0] == 1, reply[1], reply[2], reply[3] / 1e9, reply[4] / 1e9
         )
 
-    def _fallback(self, cost: int) -> Decision:
-        if self.on_error == "allow":
-            return Decision(True, self._min_cap, self._min_cap - cost, 0.0, 0.0)
-        if self.on_error == "deny":
-            return self._deny
-        conn = self._connector
-        raise StorageUnavailable(
-            f"Redis at {conn.where} is unavailable"
-        ) from conn.last_error
-
-    def _failure(self, exc: BaseException, cost: int, epoch: int) -> Decision:
-        self._connector.failed(exc, epoch, self._who)
-        try:
-            return self._fallback(cost)
-        except StorageUnavailable as err:
-            raise err from exc
+    def _reset_done(self, reply: Any) -> None:
+        if isinstance(reply, _Unavailable) and self.on_error == "raise":
+            raise StorageUnavailable(
+                f"Redis at {self._connector.where} is unavailable"
+            ) from reply.cause
 
     # -- blocking ------------------------------------------------------------
 
-    def _run(self, args: tuple[Any, ...]) -> Any:
-        link = self._connector.sync_link()
-        try:
-            return link.call("EVALSHA", self._sha, 1, *args)
-        except NoScriptError:
-            return link.call("EVAL", self._src, 1, *args)
+    def _exchange(self, link: _SyncLink, rkey: bytes, cost: int, commit: bytes) -> Any:
+        for _ in range(2):
+            sent = time.monotonic()
+            args = self._args(rkey, cost, commit, sent)
+            try:
+                reply = link.call("EVALSHA", self._sha, 1, *args)
+            except NoScriptError:
+                reply = link.call("EVAL", self._src, 1, *args)
+            if not self._late(reply, sent):
+                return reply
+        raise _RedisTimeoutError("Redis ran the hit after its deadline")
 
     def _decide(self, key: object, cost: object, commit: bytes) -> Decision:
         rkey = self._key(key)
         c = self._cost(cost)
-        conn = self._connector
-        epoch = conn.epoch
-        if conn.down_since is not None and conn.skip():
-            return self._fallback(c)
-        try:
-            sent = time.monotonic()
-            reply = self._run(self._args(rkey, c, commit, sent))
-            if conn.deadlines:
-                # The server's clock, learnt from the answer.
-                conn.skew = reply[-1] - sent * 1e6
-                if reply[0] == -1:
-                    # Past its deadline, yet its caller is still here:
-                    # the deadline was wrong, not late (the server's
-                    # clock stepped, or another server answers since a
-                    # failover). Once more with the corrected clock.
-                    sent = time.monotonic()
-                    reply = self._run(self._args(rkey, c, commit, sent))
-                    conn.skew = reply[-1] - sent * 1e6
-                    if reply[0] == -1:
-                        raise _RedisTimeoutError("Redis ran the hit after its deadline")
-        except _FAILURES as exc:
-            return self._failure(exc, c, epoch)
-        if conn.down_since is not None:
-            conn.recovered(epoch, self._who)
-        return self._decision(reply)
+        link = self._connector.sync_link()
+        reply = self._guard.call(self._exchange, link, rkey, c, commit)
+        return self._conclude(reply, c)
 
     def hit(self, key: str | bytes, /, cost: int = 1) -> Decision:
         """Consume ``cost`` from every rate for ``key`` if all allow it;
@@ -336,26 +331,12 @@ class RedisLimiter:
 
     def reset(self, key: str | bytes | None = None) -> None:
         """Forget one key (back to full), or every key of this limiter."""
-        rkey = None if key is None else self._key(key)
         link = self._connector.sync_link()
-        epoch = self._connector.epoch
-        try:
-            if rkey is None:
-                link.scan_delete(self._scan)
-            else:
-                link.call("UNLINK", rkey)
-        except _FAILURES as exc:
-            self._reset_failed(exc, epoch)
-            return
-        if self._connector.down_since is not None:
-            self._connector.recovered(epoch, self._who)
-
-    def _reset_failed(self, exc: BaseException, epoch: int) -> None:
-        self._connector.failed(exc, epoch, self._who)
-        if self.on_error == "raise":
-            raise StorageUnavailable(
-                f"Redis at {self._connector.where} is unavailable"
-            ) from exc
+        if key is None:
+            reply = self._guard.call(link.scan_delete, self._scan)
+        else:
+            reply = self._guard.call(link.call, "UNLINK", self._key(key))
+        self._reset_done(reply)
 
     def acquire(
         self, key: str | bytes, cost: int = 1, timeout: float | None = None
@@ -364,45 +345,28 @@ class RedisLimiter:
         RateLimitExceeded as soon as the wait would exceed it."""
         return wait_for_hit(self.hit, key, cost, timeout)
 
-    # -- asyncio -------------------------------------------------------------
+    # -- asyncio: the same steps, awaiting the I/O -----------------------------
 
-    async def _arun(self, args: tuple[Any, ...]) -> Any:
-        link = self._connector.async_link
-        try:
-            return await link.call("EVALSHA", self._sha, 1, *args)
-        except NoScriptError:
-            return await link.call("EVAL", self._src, 1, *args)
+    async def _aexchange(
+        self, link: _AsyncLink, rkey: bytes, cost: int, commit: bytes
+    ) -> Any:
+        for _ in range(2):
+            sent = time.monotonic()
+            args = self._args(rkey, cost, commit, sent)
+            try:
+                reply = await link.call("EVALSHA", self._sha, 1, *args)
+            except NoScriptError:
+                reply = await link.call("EVAL", self._src, 1, *args)
+            if not self._late(reply, sent):
+                return reply
+        raise _RedisTimeoutError("Redis ran the hit after its deadline")
 
     async def _adecide(self, key: object, cost: object, commit: bytes) -> Decision:
         rkey = self._key(key)
         c = self._cost(cost)
-        conn = self._connector
-        if not conn.has_async:
-            conn.async_link  # noqa: B018 - raises the TypeError
-        epoch = conn.epoch
-        if conn.down_since is not None and conn.skip():
-            return self._fallback(c)
-        try:
-            sent = time.monotonic()
-            reply = await self._arun(self._args(rkey, c, commit, sent))
-            if conn.deadlines:
-                # The server's clock, learnt from the answer.
-                conn.skew = reply[-1] - sent * 1e6
-                if reply[0] == -1:
-                    # Past its deadline, yet its caller is still here:
-                    # the deadline was wrong, not late (the server's
-                    # clock stepped, or another server answers since a
-                    # failover). Once more with the corrected clock.
-                    sent = time.monotonic()
-                    reply = await self._arun(self._args(rkey, c, commit, sent))
-                    conn.skew = reply[-1] - sent * 1e6
-                    if reply[0] == -1:
-                        raise _RedisTimeoutError("Redis ran the hit after its deadline")
-        except _FAILURES as exc:
-            return self._failure(exc, c, epoch)
-        if conn.down_since is not None:
-            conn.recovered(epoch, self._who)
-        return self._decision(reply)
+        link = self._connector.async_link
+        reply = await self._guard.acall(self._aexchange, link, rkey, c, commit)
+        return self._conclude(reply, c)
 
     async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
         return await self._adecide(key, cost, b"1")
@@ -411,19 +375,12 @@ class RedisLimiter:
         return await self._adecide(key, cost, b"0")
 
     async def areset(self, key: str | bytes | None = None) -> None:
-        rkey = None if key is None else self._key(key)
         link = self._connector.async_link
-        epoch = self._connector.epoch
-        try:
-            if rkey is None:
-                await link.scan_delete(self._scan)
-            else:
-                await link.call("UNLINK", rkey)
-        except _FAILURES as exc:
-            self._reset_failed(exc, epoch)
-            return
-        if self._connector.down_since is not None:
-            self._connector.recovered(epoch, self._who)
+        if key is None:
+            reply = await self._guard.acall(link.scan_delete, self._scan)
+        else:
+            reply = await self._guard.acall(link.call, "UNLINK", self._key(key))
+        self._reset_done(reply)
 
     async def aacquire(
         self, key: str | bytes, cost: int = 1, timeout: float | None = None
