@@ -10,7 +10,6 @@ the server applies nothing. When Redis fails the limiter answers by its
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -105,37 +104,25 @@ class RedisStorage:
         await self._connector.aclose()
 
 
-def _llround(x: float) -> int:
-    """C's llround for x >= 0 (half away from zero)."""
-    f = math.floor(x)
-    return int(f) + 1 if x - f >= 0.5 else int(f)
-
-
-def _compile(
-    rates: list[Rate], algorithm: str, burst: int | list[int | None] | None
+def _script_params(
+    limits: tuple[tuple[int, int, int, int], ...], rates: list[Rate], algorithm: str
 ) -> list[tuple[int, int, int]]:
-    """(capacity, a, b) per rate, as st_policy_add compiles them."""
-    bursts: list[int | None]
-    if burst is None:
-        bursts = [None] * len(rates)
-    elif isinstance(burst, int):
-        bursts = [burst]
-    else:
-        bursts = list(burst)
+    """The scripts' (capacity, a, b) per rate, from the in-process engine's
+    compiled rates (``_core.Limiter.limits``): the token bucket's interval
+    and tolerance in ns, a window's period in us and in ns."""
     out = []
-    for (amount, period), b in zip(rates, bursts, strict=True):
-        period_ns = _llround(float(period) * 1e9)
+    for (capacity, period_ns, interval_ns, tolerance_ns), rate in zip(
+        limits, rates, strict=True
+    ):
         if algorithm == "token_bucket":
-            interval = max(1, round(period_ns / float(amount)))
-            cap = b if b else (1 if amount < 1 else math.floor(amount))
-            out.append((cap, interval, cap * interval))
+            out.append((capacity, interval_ns, tolerance_ns))
+        elif period_ns % 1000:
+            raise ValueError(
+                f"rate {Rate(*rate)}: a window period must be a whole number of "
+                "microseconds with Redis storage"
+            )
         else:
-            if period_ns % 1000:
-                raise ValueError(
-                    f"rate {Rate(amount, period)}: a window period must be a whole "
-                    "number of microseconds with Redis storage"
-                )
-            out.append((math.floor(amount), period_ns // 1000, period_ns))
+            out.append((capacity, period_ns // 1000, period_ns))
     return out
 
 
@@ -188,10 +175,11 @@ class RedisLimiter:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if burst is not None and algorithm != "token_bucket":
             raise ValueError("burst applies to algorithm='token_bucket' only")
-        # The in-process engine validates rates and bursts with the very
-        # same rules and messages; it is then dropped.
+        # The in-process engine validates and compiles rates and bursts
+        # (one owner of those rules and messages); the scripts take its
+        # compiled form, and it is then dropped.
         probe = _core.Limiter(rates, algorithm, burst, 1, None)
-        compiled = _compile(list(rates), algorithm, burst)
+        compiled = _script_params(probe.limits, list(rates), algorithm)
 
         self.storage = storage
         self._connector = storage._connector
