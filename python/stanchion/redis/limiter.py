@@ -136,7 +136,6 @@ class RedisLimiter:
     """
 
     __slots__ = (
-        "_allow_base",
         "_connector",
         "_deny",
         "_guard",
@@ -202,7 +201,6 @@ class RedisLimiter:
         shortest = min(float(r[1]) for r in rates)
         wait = min(1.0, shortest)
         self._deny = Decision(False, self._min_cap, 0, wait, wait)
-        self._allow_base = self._min_cap
         self._script_clock: Callable[[], int] | None = None
         self._who = _Who("stanchion rate limiter", _LIMITER_MEANWHILE[on_error])
         self._guard = _Guard(self._connector, self._who)
