@@ -30,6 +30,7 @@ from .scripts import SCRIPTS
 
 _ALGORITHM_CODES = {"token_bucket": "tb", "fixed_window": "fw", "sliding_window": "sw"}
 
+
 def _key_bytes(key: object) -> bytes:
     if isinstance(key, str):
         return key.encode()
@@ -287,17 +288,25 @@ class RedisLimiter:
 
     # -- blocking ------------------------------------------------------------
 
-    def _exchange(self, link: _SyncLink, rkey: bytes, cost: int, commit: bytes) -> Any:
-        for _ in range(2):
-            sent = time.monotonic()
-            args = self._args(rkey, cost, commit, sent)
-            try:
-                reply = link.call("EVALSHA", self._sha, 1, *args)
-            except NoScriptError:
-                reply = link.call("EVAL", self._src, 1, *args)
-            if not self._late(reply, sent):
-                return reply
-        raise _RedisTimeoutError("Redis ran the hit after its deadline")
+    def _exchange(
+        self,
+        link: _SyncLink,
+        rkey: bytes,
+        cost: int,
+        commit: bytes,
+        again: bool = False,
+    ) -> Any:
+        sent = time.monotonic()
+        args = self._args(rkey, cost, commit, sent)
+        try:
+            reply = link.call("EVALSHA", self._sha, 1, *args)
+        except NoScriptError:
+            reply = link.call("EVAL", self._src, 1, *args)
+        if self._late(reply, sent):
+            if again:
+                raise _RedisTimeoutError("Redis ran the hit after its deadline")
+            return self._exchange(link, rkey, cost, commit, True)
+        return reply
 
     def _decide(self, key: object, cost: object, commit: bytes) -> Decision:
         rkey = self._key(key)
@@ -334,18 +343,24 @@ class RedisLimiter:
     # -- asyncio: the same steps, awaiting the I/O -----------------------------
 
     async def _aexchange(
-        self, link: _AsyncLink, rkey: bytes, cost: int, commit: bytes
+        self,
+        link: _AsyncLink,
+        rkey: bytes,
+        cost: int,
+        commit: bytes,
+        again: bool = False,
     ) -> Any:
-        for _ in range(2):
-            sent = time.monotonic()
-            args = self._args(rkey, cost, commit, sent)
-            try:
-                reply = await link.call("EVALSHA", self._sha, 1, *args)
-            except NoScriptError:
-                reply = await link.call("EVAL", self._src, 1, *args)
-            if not self._late(reply, sent):
-                return reply
-        raise _RedisTimeoutError("Redis ran the hit after its deadline")
+        sent = time.monotonic()
+        args = self._args(rkey, cost, commit, sent)
+        try:
+            reply = await link.call("EVALSHA", self._sha, 1, *args)
+        except NoScriptError:
+            reply = await link.call("EVAL", self._src, 1, *args)
+        if self._late(reply, sent):
+            if again:
+                raise _RedisTimeoutError("Redis ran the hit after its deadline")
+            return await self._aexchange(link, rkey, cost, commit, True)
+        return reply
 
     async def _adecide(self, key: object, cost: object, commit: bytes) -> Decision:
         rkey = self._key(key)

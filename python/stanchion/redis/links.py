@@ -301,6 +301,7 @@ class _DirectAsync(_AsyncScan):
         for conn in idle:
             await conn.disconnect()
 
+
 def _raise_reply(reply: ResponseError) -> None:
     if str(reply).startswith("NOSCRIPT"):
         raise NoScriptError(str(reply))
@@ -366,6 +367,7 @@ class _AfterFork:
 
 
 _after_fork = _AfterFork()
+
 
 def _glob_escape(b: bytes) -> bytes:
     out = bytearray()
