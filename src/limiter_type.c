@@ -655,6 +655,32 @@ static PyObject *limiter_get_max_cost(LimiterObject *self, void *c)
 	return PyLong_FromLongLong(self->max_cost);
 }
 
+/* The compiled rates, for engines elsewhere (the Redis scripts) that must
+ * decide exactly as this one: a tuple of (capacity, period_ns,
+ * interval_ns, tolerance_ns) per rate, in order. */
+static PyObject *limiter_get_limits(LimiterObject *self, void *c)
+{
+	const st_policy *policy = &self->policy;
+	PyObject *out;
+
+	(void)c;
+	out = PyTuple_New(policy->nrates);
+	if (out == NULL)
+		return NULL;
+	for (int i = 0; i < policy->nrates; i++) {
+		const st_limit *r = &policy->rates[i];
+		PyObject *item = Py_BuildValue(
+		    "(LLLL)", (long long)r->capacity, (long long)r->period_ns,
+		    (long long)r->interval_ns, (long long)r->tolerance_ns);
+		if (item == NULL) {
+			Py_DECREF(out);
+			return NULL;
+		}
+		PyTuple_SET_ITEM(out, i, item);
+	}
+	return out;
+}
+
 PyDoc_STRVAR(limiter_hit_doc,
              "hit($self, key, /, cost=1)\n--\n\n"
              "Consume `cost` from every rate for `key` (str or bytes) if all "
@@ -690,6 +716,11 @@ static PyGetSetDef limiter_getset[] = {
      "The most keys tracked at once.", NULL},
     {"max_cost", (getter)limiter_get_max_cost, NULL,
      "The largest cost a hit can ever be allowed.", NULL},
+    {"limits", (getter)limiter_get_limits, NULL,
+     "The compiled rates: (capacity, period_ns, interval_ns, tolerance_ns) "
+     "per rate\n(interval and tolerance: token bucket only, else the "
+     "period and 0).",
+     NULL},
     {NULL},
 };
 

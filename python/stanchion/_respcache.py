@@ -675,7 +675,7 @@ class _RedisStore:
         self.rc = cache.namespace("http")
 
     def _k(self, key: str) -> bytes:
-        return bytes(self.rc.raw_key(key))
+        return bytes(self.rc._raw_key(key))
 
     @staticmethod
     def _vary(data: Any) -> tuple[str, ...] | None:
@@ -700,30 +700,30 @@ class _RedisStore:
         return cmds
 
     def get_vary(self, path: str) -> tuple[str, ...] | None:
-        return self._vary(self.rc.command("GET", self._k("v:" + path)))
+        return self._vary(self.rc._command("GET", self._k("v:" + path)))
 
     def get(self, key: str) -> Entry | None:
-        data = self.rc.command("GET", self._k(key))
+        data = self.rc._command("GET", self._k(key))
         return None if data is None else Entry.unpack(bytes(data))
 
     def put(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
         for cmd in self._put_cmds(entry, vary, ttl):
-            self.rc.command(*cmd)
+            self.rc._command(*cmd)
 
     def delete(self, key: str) -> bool:
-        n = self.rc.command("UNLINK", self._k(key))
+        n = self.rc._command("UNLINK", self._k(key))
         return n is not None and int(n) > 0
 
     def delete_prefix(self, prefix: str) -> int:
-        return int(self.rc.delete_raw_prefix(self._k(prefix)))
+        return int(self.rc._delete_raw_prefix(self._k(prefix)))
 
     def delete_tag(self, tag: str) -> int:
         tkey = self._k("t:" + tag)
-        members = self.rc.command("SMEMBERS", tkey)
+        members = self.rc._command("SMEMBERS", tkey)
         n = 0
         if members:
-            n = int(self.rc.command("UNLINK", *members) or 0)
-        self.rc.command("UNLINK", tkey)
+            n = int(self.rc._command("UNLINK", *members) or 0)
+        self.rc._command("UNLINK", tkey)
         return n
 
     def clear(self) -> None:
@@ -736,15 +736,15 @@ class _RedisStore:
         await self.rc.aclose()
 
     async def aget_vary(self, path: str) -> tuple[str, ...] | None:
-        return self._vary(await self.rc.acommand("GET", self._k("v:" + path)))
+        return self._vary(await self.rc._acommand("GET", self._k("v:" + path)))
 
     async def aget(self, key: str) -> Entry | None:
-        data = await self.rc.acommand("GET", self._k(key))
+        data = await self.rc._acommand("GET", self._k(key))
         return None if data is None else Entry.unpack(bytes(data))
 
     async def aput(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
         for cmd in self._put_cmds(entry, vary, ttl):
-            await self.rc.acommand(*cmd)
+            await self.rc._acommand(*cmd)
 
 
 # ---------------------------------------------------------------------------

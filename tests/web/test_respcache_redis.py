@@ -64,7 +64,7 @@ def test_redis_users_do_not_leak(adapter: str, redis_server: RedisServer) -> Non
 def _clients(server: RedisServer) -> int:
     probe = RedisCache(server.url)
     try:
-        info = probe.command("INFO", "clients")
+        info = probe._command("INFO", "clients")
     finally:
         probe.close()
     line = next(
