@@ -10,7 +10,7 @@ bounded by bytes; ``_RedisStore`` in Redis through a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .._core import Cache
@@ -124,10 +124,15 @@ class _RedisStore:
     shared = True
 
     def __init__(self, cache: Any) -> None:
-        self.rc = cache.namespace("http")
+        rc = self.rc = cache.namespace("http")
+        # The raw RedisCache methods this store is built on, in one place.
+        self._raw_key: Callable[[str], Any] = rc.raw_key
+        self._command: Callable[..., Any] = rc.command
+        self._acommand: Callable[..., Awaitable[Any]] = rc.acommand
+        self._delete_raw_prefix: Callable[[bytes], int] = rc.delete_raw_prefix
 
     def _k(self, key: str) -> bytes:
-        return bytes(self.rc.raw_key(key))
+        return bytes(self._raw_key(key))
 
     @staticmethod
     def _vary(data: Any) -> tuple[str, ...] | None:
@@ -152,30 +157,30 @@ class _RedisStore:
         return cmds
 
     def get_vary(self, path: str) -> tuple[str, ...] | None:
-        return self._vary(self.rc.command("GET", self._k("v:" + path)))
+        return self._vary(self._command("GET", self._k("v:" + path)))
 
     def get(self, key: str) -> Entry | None:
-        data = self.rc.command("GET", self._k(key))
+        data = self._command("GET", self._k(key))
         return None if data is None else Entry.unpack(bytes(data))
 
     def put(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
         for cmd in self._put_cmds(entry, vary, ttl):
-            self.rc.command(*cmd)
+            self._command(*cmd)
 
     def delete(self, key: str) -> bool:
-        n = self.rc.command("UNLINK", self._k(key))
+        n = self._command("UNLINK", self._k(key))
         return n is not None and int(n) > 0
 
     def delete_prefix(self, prefix: str) -> int:
-        return int(self.rc.delete_raw_prefix(self._k(prefix)))
+        return int(self._delete_raw_prefix(self._k(prefix)))
 
     def delete_tag(self, tag: str) -> int:
         tkey = self._k("t:" + tag)
-        members = self.rc.command("SMEMBERS", tkey)
+        members = self._command("SMEMBERS", tkey)
         n = 0
         if members:
-            n = int(self.rc.command("UNLINK", *members) or 0)
-        self.rc.command("UNLINK", tkey)
+            n = int(self._command("UNLINK", *members) or 0)
+        self._command("UNLINK", tkey)
         return n
 
     def clear(self) -> None:
@@ -188,15 +193,15 @@ class _RedisStore:
         await self.rc.aclose()
 
     async def aget_vary(self, path: str) -> tuple[str, ...] | None:
-        return self._vary(await self.rc.acommand("GET", self._k("v:" + path)))
+        return self._vary(await self._acommand("GET", self._k("v:" + path)))
 
     async def aget(self, key: str) -> Entry | None:
-        data = await self.rc.acommand("GET", self._k(key))
+        data = await self._acommand("GET", self._k(key))
         return None if data is None else Entry.unpack(bytes(data))
 
     async def aput(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
         for cmd in self._put_cmds(entry, vary, ttl):
-            await self.rc.acommand(*cmd)
+            await self._acommand(*cmd)
 
 
 
