@@ -29,6 +29,7 @@ from .respcache import (
     scope_target,
 )
 from .respcache.entries import _ENTRY_OVERHEAD, _HEADER_OVERHEAD
+from .respcache.flights import _ThreadFlight
 from .respcache.keys import (
     _ALWAYS_IDENTITY,
     _ASGI_NAMES,
@@ -60,7 +61,7 @@ from .respcache.rules import (
     _directives,
     _etag_matches,
 )
-from .respcache.serving import _close, _ThreadFlight
+from .respcache.serving import _close
 from .respcache.stores import (
     _VARY_OVERHEAD,
     _LocalStore,

@@ -409,3 +409,73 @@ def test_wait_refreshes(clock: FakeClock) -> None:
         rc.wait_refreshes(timeout=-1)
     with pytest.raises(TypeError):
         rc.wait_refreshes(timeout="1")
+
+
+# ---------------------------------------------------------------------------
+# Single flight across blocking and asyncio callers of one ResponseCache: a
+# caller waits only for a flight it can wait for (a thread for a thread's, a
+# task for one of its own loop's); any other goes upstream on its own
+# ---------------------------------------------------------------------------
+
+
+def _flight_in_loop_thread(rc: Any, plan: Any, release: Any) -> Any:
+    """Start an aserve() on ``plan`` in a loop of another thread, whose
+    upstream waits for ``release``; returns the thread once it is in flight."""
+    import asyncio
+    import threading
+
+    from stanchion._respcache import Upstream
+
+    started = threading.Event()
+
+    async def slow() -> Upstream:
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return Upstream(200, [], b"from the loop")
+
+    thread = threading.Thread(target=lambda: asyncio.run(rc.aserve(plan, slow)))
+    thread.start()
+    assert started.wait(5)
+    return thread
+
+
+def test_blocking_caller_beside_an_asyncio_flight_goes_upstream() -> None:
+    import threading
+
+    from stanchion._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=10)
+    plan = rc.plan("GET", "/mixed", "", lambda n: None)
+    release = threading.Event()
+    thread = _flight_in_loop_thread(rc, plan, release)
+    try:
+        reply = rc.serve(plan, lambda: Upstream(200, [], b"from the thread"))
+        assert reply.body == b"from the thread"
+    finally:
+        release.set()
+        thread.join(5)
+    assert not rc.flights
+
+
+def test_task_beside_another_loops_flight_goes_upstream() -> None:
+    import asyncio
+    import threading
+
+    from stanchion._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=10)
+    plan = rc.plan("GET", "/loops", "", lambda n: None)
+    release = threading.Event()
+    thread = _flight_in_loop_thread(rc, plan, release)
+
+    async def here() -> Upstream:
+        return Upstream(200, [], b"from this loop")
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(rc.aserve(plan, here), 5))
+        assert reply.body == b"from this loop"
+    finally:
+        release.set()
+        thread.join(5)
+    assert not rc.flights

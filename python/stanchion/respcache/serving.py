@@ -20,6 +20,7 @@ from .. import http as _http
 from .._checks import check_int, check_seconds
 from .._core import Cache
 from .entries import Entry, Reply, Upstream
+from .flights import CALL, Flight, Steps, _LoopFlight, _ThreadFlight, arun, run
 from .keys import (
     _ALWAYS_IDENTITY,
     _PATH_SAFE,
@@ -176,6 +177,7 @@ class ResponseCache(Rules):
         self.refreshing: set[str] = set()
         self._refresh_lock = threading.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
+
     # -- storage (sync) --------------------------------------------------------
 
     def lookup(self, plan: Plan) -> Entry | None:
@@ -200,12 +202,12 @@ class ResponseCache(Rules):
         self.stores += 1
         await self.store.aput(entry, self._vary_of(entry), self.keep)
 
-
     # -- the whole flow, for adapters that call their upstream as a function ---
     #
-    # serve and aserve are the same steps; each decision between two I/O
-    # calls is one of the pure methods below (_served, _joined, _settle,
-    # _failed), so the blocking and the asyncio paths cannot drift.
+    # serve and aserve are thin shells: a lookup, the pure decision of
+    # _served, then the steps of a miss (_miss) or of a refresh (_refresh),
+    # written once as generators that flights.run does blocking and
+    # flights.arun under asyncio.
 
     def serve(
         self,
@@ -217,21 +219,17 @@ class ResponseCache(Rules):
         ``upstream`` (at most once at a time per key in this process).
         ``background`` is a variant of ``upstream`` safe to call from
         another thread, for stale-while-revalidate."""
-        stale = None
-        if not plan.personal and not plan.revalidate:
-            entry = self.lookup(plan)
-            if entry is not None:
-                reply, refresh = self._served(plan, entry, background is not None)
-                if refresh:
-                    assert background is not None
-                    self._refresh_thread(plan, entry.key, background)
-                if reply is not None:
-                    return reply
-                stale = entry
-        self.misses += 1
-        if not plan.store:
-            return self._call(plan, upstream, stale)
-        return self._flight(plan, upstream, stale)
+        entry = None if plan.personal or plan.revalidate else self.lookup(plan)
+        if entry is not None:
+            reply, refresh = self._served(plan, entry, background is not None)
+            if refresh and self._refresh_begin(entry.key):
+                assert background is not None
+                steps = self._refresh(plan, entry.key)
+                args = (steps, background, self.put)
+                threading.Thread(target=run, args=args, daemon=True).start()
+            if reply is not None:
+                return reply
+        return run(self._miss(plan, entry, _ThreadFlight), upstream, self.put)
 
     async def aserve(
         self,
@@ -241,21 +239,84 @@ class ResponseCache(Rules):
     ) -> Reply:
         """``serve`` for asyncio: single flight through a future per key,
         stale-while-revalidate through a task."""
-        stale = None
-        if not plan.personal and not plan.revalidate:
-            entry = await self.alookup(plan)
-            if entry is not None:
-                reply, refresh = self._served(plan, entry, background is not None)
-                if refresh:
-                    assert background is not None
-                    self._refresh_task(plan, entry.key, background)
-                if reply is not None:
-                    return reply
-                stale = entry
+        entry = None if plan.personal or plan.revalidate else await self.alookup(plan)
+        if entry is not None:
+            reply, refresh = self._served(plan, entry, background is not None)
+            if refresh and self._refresh_begin(entry.key):
+                assert background is not None
+                steps = self._refresh(plan, entry.key)
+                task = asyncio.get_running_loop().create_task(
+                    arun(steps, background, self.aput)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if reply is not None:
+                return reply
+        return await arun(self._miss(plan, entry, _LoopFlight), upstream, self.aput)
+
+    # -- the steps, shared by serve and aserve ---------------------------------
+
+    def _miss(
+        self, plan: Plan, stale: Entry | None, flight: Callable[[], Flight]
+    ) -> Steps[Reply]:
+        """A request the cache does not answer. When its answer may be
+        stored, identical requests share one upstream call (single
+        flight): the first leads, the others wait for it (when they can:
+        a thread for a thread's flight, a task for one of its own loop's)
+        and answer from what it stored, or go upstream on their own."""
         self.misses += 1
         if not plan.store:
-            return await self._acall(plan, upstream, stale)
-        return await self._aflight(plan, upstream, stale)
+            return (yield from self._fetch(plan, stale))
+        fkey = plan.base + "\0" + plan.identity
+        mine = flight()
+        other = self.flights.setdefault(fkey, mine)
+        if other is not mine:
+            if mine.can_join(other):
+                joined = self._joined(plan, (yield other))
+                if joined is not None:
+                    return joined
+            return (yield from self._fetch(plan, stale))
+        entry = None
+        try:
+            reply = yield from self._fetch(plan, stale)
+            entry = reply.entry
+            return reply
+        finally:
+            if self.flights.get(fkey) is mine:
+                del self.flights[fkey]
+            mine.land(entry)
+
+    def _fetch(self, plan: Plan, stale: Entry | None) -> Steps[Reply]:
+        """Call the upstream, store what may be kept, and close the
+        upstream's response unless it goes to the client."""
+        try:
+            up = yield CALL
+        except Exception as exc:
+            return self._failed(plan, stale, exc)
+        reply, entry, done = self._settle(plan, up, stale)
+        try:
+            if entry is not None:
+                yield entry
+        finally:
+            if done:
+                _close(up.native)
+        return reply
+
+    def _refresh(self, plan: Plan, key: str) -> Steps[None]:
+        """A background refresh of ``key`` (begun by _refresh_begin): its
+        answer is stored when it may be, and goes to nobody."""
+        try:
+            up = yield CALL
+            try:
+                entry = self._refreshed(plan, up)
+                if entry is not None:
+                    yield entry
+            finally:
+                _close(up.native)
+        except Exception:
+            pass  # the stale entry stays until it expires
+        finally:
+            self._refresh_end(key)
 
     # -- decisions shared by serve and aserve ----------------------------------
 
@@ -319,87 +380,7 @@ class ResponseCache(Rules):
         """What a background refresh stores (its answer goes to nobody)."""
         return self.accept(plan, up)
 
-    def _call(
-        self, plan: Plan, upstream: Callable[[], Upstream], stale: Entry | None
-    ) -> Reply:
-        try:
-            up = upstream()
-        except Exception as exc:
-            return self._failed(plan, stale, exc)
-        reply, entry, done = self._settle(plan, up, stale)
-        try:
-            if entry is not None:
-                self.put(entry)
-        finally:
-            if done:
-                _close(up.native)
-        return reply
-
-    async def _acall(
-        self,
-        plan: Plan,
-        upstream: Callable[[], Awaitable[Upstream]],
-        stale: Entry | None,
-    ) -> Reply:
-        try:
-            up = await upstream()
-        except Exception as exc:
-            return self._failed(plan, stale, exc)
-        reply, entry, done = self._settle(plan, up, stale)
-        try:
-            if entry is not None:
-                await self.aput(entry)
-        finally:
-            if done:
-                _close(up.native)
-        return reply
-
-    # -- single flight and background refresh ----------------------------------
-
-    def _flight(
-        self, plan: Plan, upstream: Callable[[], Upstream], stale: Entry | None
-    ) -> Reply:
-        fkey = plan.base + "\0" + plan.identity
-        mine = _ThreadFlight()
-        other = self.flights.setdefault(fkey, mine)
-        if other is not mine:
-            other.done.wait()
-            joined = self._joined(plan, other.entry)
-            if joined is not None:
-                return joined
-            return self._call(plan, upstream, stale)
-        try:
-            reply = self._call(plan, upstream, stale)
-            mine.entry = reply.entry
-            return reply
-        finally:
-            self.flights.pop(fkey, None)
-            mine.done.set()
-
-    async def _aflight(
-        self,
-        plan: Plan,
-        upstream: Callable[[], Awaitable[Upstream]],
-        stale: Entry | None,
-    ) -> Reply:
-        fkey = plan.base + "\0" + plan.identity
-        other = self.flights.get(fkey)
-        if isinstance(other, asyncio.Future) and not other.done():
-            joined = self._joined(plan, await asyncio.shield(other))
-            if joined is not None:
-                return joined
-            return await self._acall(plan, upstream, stale)
-        mine: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
-        self.flights[fkey] = mine
-        entry = None
-        try:
-            reply = await self._acall(plan, upstream, stale)
-            entry = reply.entry
-            return reply
-        finally:
-            if self.flights.get(fkey) is mine:
-                del self.flights[fkey]
-            mine.set_result(entry)
+    # -- background refreshes ---------------------------------------------------
 
     def _refresh_begin(self, key: str) -> bool:
         """Count a refresh of ``key`` in flight (False: one already is)."""
@@ -414,52 +395,6 @@ class ResponseCache(Rules):
             self.refreshing.discard(key)
             if not self.refreshing:
                 self._refresh_lock.notify_all()
-
-    def _refresh_thread(
-        self, plan: Plan, key: str, background: Callable[[], Upstream]
-    ) -> None:
-        if not self._refresh_begin(key):
-            return
-
-        def run() -> None:
-            try:
-                up = background()
-                try:
-                    entry = self._refreshed(plan, up)
-                    if entry is not None:
-                        self.put(entry)
-                finally:
-                    _close(up.native)
-            except Exception:
-                pass  # the stale entry stays until it expires
-            finally:
-                self._refresh_end(key)
-
-        threading.Thread(target=run, daemon=True).start()
-
-    def _refresh_task(
-        self, plan: Plan, key: str, upstream: Callable[[], Awaitable[Upstream]]
-    ) -> None:
-        if not self._refresh_begin(key):
-            return
-
-        async def run() -> None:
-            try:
-                up = await upstream()
-                try:
-                    entry = self._refreshed(plan, up)
-                    if entry is not None:
-                        await self.aput(entry)
-                finally:
-                    _close(up.native)
-            except Exception:
-                pass  # the stale entry stays until it expires
-            finally:
-                self._refresh_end(key)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def wait_refreshes(self, timeout: float | None = None) -> bool:
         """Block until no background refresh (stale-while-revalidate) is
@@ -551,14 +486,6 @@ class ResponseCache(Rules):
             "stores": self.stores,
             "not_modified": self.not_modified,
         }
-
-
-class _ThreadFlight:
-    __slots__ = ("done", "entry")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.entry: Entry | None = None
 
 
 def _close(native: Any) -> None:
