@@ -479,3 +479,51 @@ def test_task_beside_another_loops_flight_goes_upstream() -> None:
         release.set()
         thread.join(5)
     assert not rc.flights
+
+
+def test_cancelled_leader_lands_its_flight() -> None:
+    import asyncio
+
+    from stanchion._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=10)
+    plan = rc.plan("GET", "/cancel", "", lambda n: None)
+    calls = []
+
+    async def hang() -> Upstream:
+        calls.append("leader")
+        await asyncio.sleep(10)
+        raise AssertionError("not reached")
+
+    async def quick() -> Upstream:
+        calls.append("joiner")
+        return Upstream(200, [], b"joiner's")
+
+    async def go() -> bytes:
+        leader = asyncio.create_task(rc.aserve(plan, hang))
+        await asyncio.sleep(0.01)
+        joiner = asyncio.create_task(rc.aserve(plan, quick))
+        await asyncio.sleep(0.01)
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        reply = await asyncio.wait_for(joiner, 5)
+        return reply.body
+
+    assert asyncio.run(go()) == b"joiner's"
+    assert calls == ["leader", "joiner"] and not rc.flights
+
+
+def test_blocking_upstream_error_reaches_the_caller_and_lands() -> None:
+    from stanchion._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=10)
+    plan = rc.plan("GET", "/boom", "", lambda n: None)
+
+    def boom() -> Upstream:
+        raise KeyError("upstream")
+
+    with pytest.raises(KeyError, match="upstream"):
+        rc.serve(plan, boom)
+    assert not rc.flights
+    assert rc.serve(plan, lambda: Upstream(200, [], b"ok")).body == b"ok"
