@@ -34,7 +34,7 @@ from .stores import Store, _LocalStore, _RedisStore, _weigh
 
 
 class ResponseCache(Rules):
-    """The response cache rules and store; see the module docstring.
+    """The response cache rules and store; see :mod:`stanchion.respcache`.
 
     ``ttl`` seconds an answer stays fresh; ``backend`` None (a C Cache in
     this process of at most ``maxweight`` bytes), a ``stanchion.Cache``
