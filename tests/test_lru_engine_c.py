@@ -31,6 +31,7 @@ def test_cache_engine_builds_without_python_and_matches_its_model(
             str(ROOT / "src"),
             str(ROOT / "tests/fuzz/lru_fuzz.c"),
             str(ROOT / "src/lru.c"),
+            str(ROOT / "src/index.c"),
             "-o",
             str(exe),
         ],

@@ -53,7 +53,7 @@ from collections.abc import Callable, Container, Iterable, Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple, TypeAlias, Union
 
-from ._core import Decision
+from ._core import Decision, RateHeaders
 from ._limiter import Limiter
 from ._rates import Rate, normalize_rates
 
@@ -84,6 +84,11 @@ HEADER_FAMILIES = ("ratelimit", "x-ratelimit", "retry-after")
 MAX_IDENTITY = 200
 #: Most forwarded hops examined (right to left) before giving up.
 MAX_HOPS = 16
+#: Longest peer or client name remembered in the per-address tables. A
+#: peer is not always an address: uvicorn's --proxy-headers with
+#: --forwarded-allow-ips='*' makes the client's own X-Forwarded-For text
+#: the peer, up to the server's header limit.
+MAX_ADDRESS = 64
 #: Distinct rates a LimiterCache keeps before dropping the least used.
 MAX_LIMITERS = 1024
 
@@ -293,6 +298,8 @@ class ClientAddress:
             return hit
         ip = _parse_ip(addr)
         ok = ip is not None and any(ip in net for net in self.networks)
+        if len(addr) > MAX_ADDRESS:
+            return ok  # no address: not remembered (see MAX_ADDRESS)
         if len(cache) >= 4096:
             cache.clear()
         cache[addr] = ok
@@ -301,7 +308,7 @@ class ClientAddress:
     def _name(self, addr: str) -> str:
         """The bucket name for an address: IPv4 as is, IPv6 as its
         network of ``ipv6_prefix`` bits (one host usually owns a /64)."""
-        if ":" not in addr:
+        if ":" not in addr or len(addr) > MAX_ADDRESS:
             return addr
         cache = self._v6_cache
         name = cache.get(addr)
@@ -737,9 +744,9 @@ ResponseFunc: TypeAlias = Callable[[Request, "Decision | None"], Reply]
 
 class _HeaderParts:
     """The parts of the rate limit headers that never change for one
-    (rule, limiter) pair."""
+    (rule, limiter) pair, and their renderer (``_core.RateHeaders``)."""
 
-    __slots__ = ("by_cap", "by_cap_b", "first", "first_b", "info", "policy", "policy_b")
+    __slots__ = ("info", "policy", "render")
 
     def __init__(
         self,
@@ -747,24 +754,49 @@ class _HeaderParts:
         policy: str,
         names: tuple[str, ...],
         capacities: tuple[int, ...],
+        ietf: bool = True,
+        x: bool = True,
     ) -> None:
         self.info = info
         self.policy = policy
-        self.policy_b = policy.encode("ascii")
-        self.first = names[0]
-        self.first_b = names[0].encode("ascii")
-        # With several rates the decision names its rate by its capacity.
-        self.by_cap: dict[int, str] = {}
-        if len(names) > 1:
-            for name, cap in zip(names, capacities, strict=False):
-                self.by_cap.setdefault(cap, name)
-        self.by_cap_b = {k: v.encode("ascii") for k, v in self.by_cap.items()}
+        # One name per capacity; a lone name answers for every capacity.
+        if len(capacities) != len(names):
+            capacities = (*capacities, 0)[:1]
+        self.render = RateHeaders(policy, names, capacities, ietf, x)
 
-    def name_for(self, limit: int) -> str:
-        return self.by_cap.get(limit, self.first) if self.by_cap else self.first
+    def py_pairs(self, d: Any) -> list[tuple[str, str]]:
+        """What ``render.pairs`` gives, for a decision that is not a
+        ``Decision`` (from a limiter object of the user's)."""
+        return _py_pairs(self.render, d)
 
-    def name_b_for(self, limit: int) -> bytes:
-        return self.by_cap_b.get(limit, self.first_b) if self.by_cap_b else self.first_b
+    def py_raw_pairs(self, d: Any) -> list[tuple[bytes, bytes]]:
+        """``py_pairs`` as lower-case ASGI byte pairs."""
+        return [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in _py_pairs(self.render, d)
+        ]
+
+
+def _py_pairs(h: RateHeaders, d: Any) -> list[tuple[str, str]]:
+    """What ``RateHeaders.pairs`` renders, for any object with a
+    Decision's fields."""
+    limit = d.limit
+    remaining = d.remaining
+    reset = -(-d.reset_after_ns // NS)
+    out: list[tuple[str, str]] = []
+    if h.ietf:
+        t = reset if d.allowed else -(-d.retry_after_ns // NS)
+        name = h.names[0]
+        if len(h.names) > 1 and limit in h.capacities:
+            name = h.names[h.capacities.index(limit)]
+        if h.policy:
+            out.append(("RateLimit-Policy", h.policy))
+        out.append(("RateLimit", f"{name};r={remaining};t={t}"))
+    if h.x:
+        out.append(("X-RateLimit-Limit", str(limit)))
+        out.append(("X-RateLimit-Remaining", str(remaining)))
+        out.append(("X-RateLimit-Reset", str(reset)))
+    return out
 
 
 class Rule:
@@ -1014,6 +1046,8 @@ class Rule:
             key = self._address_keys.get(client)
             if key is None:
                 key = self._address_key(client)
+                if len(client) > MAX_ADDRESS:
+                    return key  # not remembered (see MAX_ADDRESS)
                 if len(self._address_keys) >= MAX_ADDRESS_KEYS:
                     self._address_keys.clear()
                 self._address_keys[client] = key
@@ -1125,6 +1159,8 @@ class Rule:
         return p
 
     def _keep_plan(self, address: str, plan: _Pending) -> None:
+        if len(address) > MAX_ADDRESS:
+            return  # not remembered (see MAX_ADDRESS)
         plans = self._client_plans
         if len(plans) >= MAX_ADDRESS_KEYS:
             plans.clear()
@@ -1254,7 +1290,14 @@ class Rule:
             if cap != q and getattr(info.limiter, "algorithm", "") == "token_bucket":
                 item += f";stanchion-burst={cap}"
             items.append(item)
-        parts = _HeaderParts(info, ", ".join(items), names, info.capacities)
+        parts = _HeaderParts(
+            info,
+            ", ".join(items),
+            names,
+            info.capacities,
+            self._send_ietf,
+            self._send_x,
+        )
         if len(self._parts_cache) > 256:
             self._parts_cache.clear()
         self._parts_cache[id(info)] = parts
@@ -1266,35 +1309,13 @@ class Rule:
             return []
         if not v.blocked and not self.headers_on_allowed:
             return []
-        remaining = d.remaining
-        reset = -(-d.reset_after_ns // NS)
         parts = self._fixed_parts
-        if self._send_all and parts is not None and parts.info is v.info:
-            # The common case in one expression (this runs on every request).
-            t = reset if d.allowed else -(-d.retry_after_ns // NS)
-            limit = d.limit
-            rem = str(remaining)
-            return [
-                ("RateLimit-Policy", parts.policy),
-                ("RateLimit", f"{parts.name_for(limit)};r={rem};t={t}"),
-                ("X-RateLimit-Limit", str(limit)),
-                ("X-RateLimit-Remaining", rem),
-                ("X-RateLimit-Reset", str(reset)),
-            ]
-        out: list[tuple[str, str]] = []
-        if self._send_ietf:
-            parts = self._fixed_parts
-            if parts is None or parts.info is not v.info:
-                parts = self._parts(v.info)
-            t = reset if d.allowed else -(-d.retry_after_ns // NS)
-            if parts.policy:
-                out.append(("RateLimit-Policy", parts.policy))
-            out.append(("RateLimit", f"{parts.name_for(d.limit)};r={remaining};t={t}"))
-        if self._send_x:
-            out.append(("X-RateLimit-Limit", str(d.limit)))
-            out.append(("X-RateLimit-Remaining", str(remaining)))
-            out.append(("X-RateLimit-Reset", str(reset)))
-        return out
+        if parts is None or parts.info is not v.info:
+            parts = self._parts(v.info)
+        try:
+            return parts.render.pairs(d)
+        except TypeError:  # not a Decision: render it in Python
+            return parts.py_pairs(d)
 
     def _raw_headers(self, v: Verdict) -> list[tuple[bytes, bytes]]:
         """``_headers`` as lower-case ASGI byte pairs, built directly."""
@@ -1303,39 +1324,13 @@ class Rule:
             return []
         if not v.blocked and not self.headers_on_allowed:
             return []
-        remaining = d.remaining
-        reset = -(-d.reset_after_ns // NS)
         parts = self._fixed_parts
-        if self._send_all and parts is not None and parts.info is v.info:
-            t = reset if d.allowed else -(-d.retry_after_ns // NS)
-            limit = d.limit
-            rem = b"%d" % remaining
-            return [
-                (b"ratelimit-policy", parts.policy_b),
-                (b"ratelimit", b"%s;r=%s;t=%d" % (parts.name_b_for(limit), rem, t)),
-                (b"x-ratelimit-limit", b"%d" % limit),
-                (b"x-ratelimit-remaining", rem),
-                (b"x-ratelimit-reset", b"%d" % reset),
-            ]
-        out: list[tuple[bytes, bytes]] = []
-        if self._send_ietf:
-            parts = self._fixed_parts
-            if parts is None or parts.info is not v.info:
-                parts = self._parts(v.info)
-            t = reset if d.allowed else -(-d.retry_after_ns // NS)
-            if parts.policy:
-                out.append((b"ratelimit-policy", parts.policy_b))
-            out.append(
-                (
-                    b"ratelimit",
-                    b"%s;r=%d;t=%d" % (parts.name_b_for(d.limit), remaining, t),
-                )
-            )
-        if self._send_x:
-            out.append((b"x-ratelimit-limit", b"%d" % d.limit))
-            out.append((b"x-ratelimit-remaining", b"%d" % remaining))
-            out.append((b"x-ratelimit-reset", b"%d" % reset))
-        return out
+        if parts is None or parts.info is not v.info:
+            parts = self._parts(v.info)
+        try:
+            return parts.render.raw_pairs(d)
+        except TypeError:  # not a Decision: render it in Python
+            return parts.py_raw_pairs(d)
 
     def _reply(self, v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
         d = v.decision

@@ -290,6 +290,45 @@ def test_asgi_parts_of_declared_length_are_stored(clock: FakeClock) -> None:
     assert labels == [b"MISS", b"HIT"]
 
 
+@pytest.mark.parametrize("failure", ["stream503", "raise"])
+def test_asgi_stale_never_follows_an_answer_already_sent(
+    failure: str, clock: FakeClock
+) -> None:
+    # stale_if_error replaces a failed answer only while none of it went
+    # to the client: after a streamed start, a second response start
+    # breaks the protocol (the server aborts the connection).
+    import asyncio
+
+    from stanchion.asgi import CacheMiddleware
+
+    fail = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raw = [(b"content-type", b"text/plain")]
+        status = 503 if fail and failure == "stream503" else 200
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        if not fail:
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        if failure == "raise":
+            raise OSError("upstream gone")
+        await send({"type": "http.response.body", "body": b"b"})
+
+    mw = CacheMiddleware(app, ttl=10, stale_if_error=100, clock=clock)
+    asyncio.run(_asgi_call(mw, "/page", {}))
+    fail = True
+    clock.advance(20)
+    if failure == "raise":
+        with pytest.raises(OSError, match="upstream gone"):
+            asyncio.run(_asgi_call(mw, "/page", {}))
+        return
+    sent = asyncio.run(_asgi_call(mw, "/page", {}))
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert [m["status"] for m in starts] == [503]
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"ab"
+
+
 def test_wsgi_iterable_of_declared_length_is_stored(clock: FakeClock) -> None:
     from werkzeug.test import Client
 

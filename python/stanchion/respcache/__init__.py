@@ -20,18 +20,20 @@ values used here; every decision is made in :class:`ResponseCache`:
 - never anything for a request that carries a credential (one of the
   ``identity_headers``: ``Authorization``, ``Proxy-Authorization``,
   ``X-API-Key``, the header of any ``api_key(...)`` rule, or a cookie,
-  a session cookie when ``session_cookies`` names them), unless
+  a session cookie when ``session_cookies`` names them, or WSGI's
+  ``REMOTE_USER``), unless
   ``vary_identity`` is on: then the credentials are hashed into the
   key, so each user has their own entries;
 - the key is the whole target URI: scheme, authority (the Host; a
   forwarded host only from one of ``trusted_proxies``), the raw path as
-  sent and the raw query with its ``&``-separated pieces sorted (never
-  decoded), plus the values of the request headers named by the
-  response's ``Vary`` (the Vary names are remembered per path and
-  origin). Forwarded host or scheme headers that are not believed are
-  hashed into the key too, so an app that does believe them never has
-  its answer served to others; ``allowed_hosts`` limits caching to
-  those hosts;
+  sent and the raw query with its ``&``-separated pieces sorted by name
+  (never decoded; a name's repeats keep their order), plus the values
+  of the request headers named by the response's ``Vary`` (the Vary
+  names are remembered per path and origin). Forwarded host or scheme headers that are not believed are
+  hashed into the key too (``X-Forwarded-Prefix`` and
+  ``X-Forwarded-Port`` always are), so an app that does believe them
+  never has its answer served to others; ``allowed_hosts`` limits
+  caching to those hosts;
 - a request ``Cache-Control: no-cache`` (or ``max-age=0``, or ``Pragma:
   no-cache``) goes upstream; its answer replaces the stored entry only
   with ``client_refresh=True``;
@@ -59,7 +61,7 @@ The path holds no ``?``, space or ``#``; the query no space nor ``#``
 space, ``?`` nor ``#``. A part that cannot meet that is not cached.
 """
 
-from .entries import Entry, Reply, Upstream, content_etag
+from .entries import SENT, Entry, Reply, Upstream, content_etag
 from .keys import (
     IDENTITY_HEADERS,
     MAX_HOST,
@@ -82,6 +84,7 @@ __all__ = [
     "MAX_HOST",
     "MAX_PATH",
     "MAX_QUERY",
+    "SENT",
     "CacheFront",
     "Entry",
     "Plan",

@@ -25,6 +25,11 @@ def content_etag(body: bytes) -> str:
 
 
 
+#: ``Upstream.native`` of an answer that went to the client as it came
+#: (ASGI streams): nothing may replace it, not even a stale entry.
+SENT: Any = object()
+
+
 class Upstream:
     """What an adapter got from the app or view: the status, headers (name,
     value) as str, the whole body, and the framework's own response

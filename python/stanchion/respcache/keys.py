@@ -39,17 +39,32 @@ _HOST = re.compile(
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*").fullmatch
 _DEFAULT_PORT = {"http": ":80", "https": ":443"}
 # Forwarded host/scheme headers: believed from a trusted proxy, else
-# hashed into the key (the app behind may believe them).
-_FORWARDED = ("x-forwarded-host", "x-forwarded-proto", "forwarded")
+# hashed into the key (the app behind may believe them). The prefix and
+# port ones (werkzeug's ProxyFix x_prefix/x_port, Django's
+# USE_X_FORWARDED_PORT) change the links an app builds but never the
+# authority: always hashed into the key.
+_FORWARDED = (
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-forwarded-prefix",
+    "x-forwarded-port",
+)
+
+
+def _query_name(piece: str) -> str:
+    return piece.partition("=")[0]
 
 
 def normalize_query(query: str) -> str:
-    """The raw query with its ``&``-separated pieces sorted. Nothing is
+    """The raw query with its ``&``-separated pieces sorted by name,
+    pieces of one name kept in their order (``a=1&a=2`` is not
+    ``a=2&a=1``: apps read the first, the last or the list). Nothing is
     decoded: ``q=<b>`` and ``q=%3Cb%3E`` stay apart (an app may reflect
     the raw query). A query longer than ``MAX_QUERY`` becomes ``#`` and
     its digest (a raw query holds no ``#``)."""
     if "&" in query:
-        query = "&".join(sorted(query.split("&")))
+        query = "&".join(sorted(query.split("&"), key=_query_name))
     if len(query) > MAX_QUERY:
         digest = hashlib.blake2b(query.encode("latin-1", "replace"), digest_size=16)
         return "#" + digest.hexdigest()
@@ -241,6 +256,7 @@ class Plan:
 
     __slots__ = (
         "base",
+        "credential",
         "head",
         "header",
         "identity",
@@ -267,6 +283,7 @@ class Plan:
         tags: tuple[str, ...],
         resource: str = "",
         store: bool | None = None,
+        credential: bool = False,
     ) -> None:
         self.method = method
         self.head = method == "HEAD"
@@ -278,6 +295,8 @@ class Plan:
         # Hashed into the key: the credentials (vary_identity) and the
         # forwarded headers that are not believed.
         self.identity = identity
+        # A credential was sent (and, being cached, is in ``identity``).
+        self.credential = credential
         self.revalidate = revalidate
         self.store = not self.head and not personal if store is None else store
         self.inm = inm

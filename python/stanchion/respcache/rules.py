@@ -19,6 +19,7 @@ from .keys import (
     _RAW_PATH,
     _RAW_QUERY,
     _SCHEME,
+    MAX_HOST,
     MAX_PATH,
     Plan,
     _authority,
@@ -81,6 +82,10 @@ def _directive_names(value: str) -> set[str]:
             if name:
                 names.add(name)
             start = i + 1
+    if quoted:
+        # An unterminated quote: read every piece too, so a directive
+        # after it (``x="a, private``) is not hidden inside it.
+        names |= {p.split("=", 1)[0].strip().lower() for p in value.split(",")}
     return names
 
 
@@ -140,6 +145,7 @@ class Rules:
         scheme: str = "http",
         server: str | None = None,
         peer: str | None = None,
+        remote_user: str | None = None,
     ) -> Plan | None:
         """What the cache makes of a request; None when it is not
         cacheable at all (not GET/HEAD). ``path`` is the decoded path
@@ -149,6 +155,8 @@ class Rules:
         connection's, ``server`` the authority to use when the request
         has no Host, ``peer`` the socket peer (for ``trusted_proxies``).
         :func:`scope_target` and :func:`environ_target` give the last four.
+        ``remote_user`` the user the web server authenticated (WSGI's
+        ``REMOTE_USER``): a credential, like the identity headers.
         """
         if method != "GET" and method != "HEAD":
             return None
@@ -160,7 +168,7 @@ class Rules:
         if origin is None:
             personal = True
             origin = "-"
-        creds = ""
+        creds = "\0remote-user:" + remote_user if remote_user else ""
         for name in self._identity_names():
             value = header(name)
             if value is not None:
@@ -199,6 +207,7 @@ class Rules:
             tags,
             resource,
             store,
+            bool(creds),
         )
 
     def plan_scope(
@@ -238,6 +247,7 @@ class Rules:
             scheme=scheme,
             server=server,
             peer=peer,
+            remote_user=environ.get("REMOTE_USER"),
         )
 
     def _identity_names(self) -> tuple[str, ...]:
@@ -283,6 +293,8 @@ class Rules:
             host = header("host")
             if host is None:
                 host = server or ""
+        if len(host) > MAX_HOST or (proto is not None and len(proto) > 16):
+            return None, forged  # not remembered: it would hold that memory
         pair = (proto or scheme, host)
         origins = self._origins
         origin = origins.get(pair, _MISSING)
@@ -417,7 +429,7 @@ class Rules:
         vary = self.storable(up.status, up.headers)
         if vary is None:
             return None
-        if "cookie" in vary and not plan.identity:
+        if "cookie" in vary and not plan.credential:
             # The answer depends on cookies this request did not send: the
             # first visit's page, whose session or CSRF cookie a layer
             # outside the cache adds (Django's and Flask's signal).

@@ -19,13 +19,15 @@ from urllib.parse import quote
 from .. import http as _http
 from .._checks import check_int, check_seconds
 from .._core import Cache
-from .entries import Entry, Reply, Upstream
+from .entries import SENT, Entry, Reply, Upstream
 from .flights import CALL, Flight, Steps, _LoopFlight, _ThreadFlight, arun, run
 from .keys import (
     _ALWAYS_IDENTITY,
+    _HOST,
     _PATH_SAFE,
     IDENTITY_HEADERS,
     Plan,
+    _host_part,
     _names,
     normalize_query,
 )
@@ -129,6 +131,14 @@ class ResponseCache(Rules):
             self.allowed_domains: tuple[str, ...] = ()
         else:
             hosts = _names("allowed_hosts", allowed_hosts)
+            for h in hosts:
+                # "*", a port or a URL would match no request: nothing
+                # cached, silently.
+                if "*" in h or not _HOST(h.lstrip(".")) or _host_part(h) != h:
+                    raise ValueError(
+                        "allowed_hosts holds host names (any port), or "
+                        f"'.example.com' for a domain and its subdomains: {h!r}"
+                    )
             self.allowed_hosts = frozenset(h for h in hosts if h[0] != ".")
             self.allowed_domains = tuple(h for h in hosts if h[0] == ".")
         if isinstance(trusted_proxies, _http.ClientAddress):
@@ -333,7 +343,9 @@ class ResponseCache(Rules):
         if age < self.ttl + self.swr and can_refresh:
             self.hits += 1
             self.stale += 1
-            return self.hit(plan, entry), True
+            # A HEAD's refresh would run the app for nothing (its answer
+            # is not stored): only a request that may store refreshes.
+            return self.hit(plan, entry), plan.store
         return None, False
 
     def _joined(self, plan: Plan, entry: Entry | None) -> Reply | None:
@@ -368,7 +380,7 @@ class ResponseCache(Rules):
         """What an upstream answer becomes: the reply, the entry to store
         (or None), and whether the upstream's own response object is done
         with (it is unless the reply passes it through to the client)."""
-        if up.status >= 500:
+        if up.status >= 500 and up.native is not SENT:
             fallback = self._stale_on_error(plan, stale)
             if fallback is not None:
                 return fallback, None, True
@@ -446,10 +458,18 @@ class ResponseCache(Rules):
         if tag is not None:
             return int(self.store.delete_tag(tag))
         where = given[0]
+        what = "path" if path is not None else "prefix"
+        if where[0] != "/":
+            # "api/items" or "https://host/items" would silently match
+            # nothing: keys hold the path only, as sent, from its "/".
+            raise ValueError(
+                f"{what} must start with '/' (the path as clients send it, "
+                f"without scheme or host): {where!r}"
+            )
         if "?" in where or "#" in where:
             raise ValueError(
-                f"{'path' if path is not None else 'prefix'} must not hold "
-                f"'?' or '#' (give the query as query=): {where!r}"
+                f"{what} must not hold '?' or '#' (give the query as query=): "
+                f"{where!r}"
             )
         where = quote(where, safe=_PATH_SAFE + "%")
         if prefix is not None:
