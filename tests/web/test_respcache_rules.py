@@ -377,3 +377,18 @@ def test_own_cache_backend(make: Any) -> None:
 def test_bad_settings(setting: str, value: Any, error: type[Exception]) -> None:
     with pytest.raises(error):
         ResponseCache(**{setting: value})
+
+
+
+def test_public_module_and_old_path_are_one() -> None:
+    import stanchion._respcache as old
+    import stanchion.respcache as public
+
+    # What the adapters and tests import from the old path.
+    names = ["CacheFront", "Entry", "MAX_PATH", "Plan", "Reply", "ResponseCache"]
+    names += ["Upstream", "environ_header", "scope_header", "IDENTITY_HEADERS"]
+    names += ["SENT"]
+    for name in names:
+        assert name in public.__all__
+        assert getattr(old, name) is getattr(public, name)
+    assert ResponseCache is public.ResponseCache
