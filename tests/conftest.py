@@ -65,6 +65,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.core)
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With -m core, the other modules are not even imported: the core
+    suite runs where redis-py and the frameworks are not installed."""
+    if config.getoption("markexpr", "") != "core":
+        return None
+    if collection_path.is_dir():
+        return collection_path != TESTS and collection_path.parent == TESTS
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return collection_path.name not in CORE_MODULES
+    return None
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
 
