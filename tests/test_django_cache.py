@@ -9,7 +9,7 @@ place with override_settings for each test.
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import itertools
 import pickle
 import sys
@@ -800,7 +800,7 @@ def test_get_or_set_when_another_caller_wins_the_add(
 ASYNC_NAMES = [
     name
     for name in dir(BaseCache)
-    if name.startswith("a") and asyncio.iscoroutinefunction(getattr(BaseCache, name))
+    if name.startswith("a") and inspect.iscoroutinefunction(getattr(BaseCache, name))
 ]
 
 
