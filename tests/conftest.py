@@ -63,6 +63,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         path = Path(str(item.path))
         if path.parent == TESTS and path.name in CORE_MODULES:
             item.add_marker(pytest.mark.core)
+        # A 3-master Redis Cluster takes seconds to start and to drive
+        # from several processes: not for a quick run.
+        if "redis_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
