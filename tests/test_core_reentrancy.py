@@ -14,6 +14,7 @@ import threading
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -469,7 +470,7 @@ class _Seconds:
 @pytest.mark.parametrize(
     "reading", [Fraction(3, 2), Decimal("1.5"), _Seconds(1.5)], ids=repr
 )
-def test_clock_readings_may_be_any_real_number(reading: object) -> None:
+def test_clock_readings_may_be_any_real_number(reading: Any) -> None:
     lim = Limiter("1/second", clock=lambda: reading)
     assert lim.hit("a").allowed
     assert lim.hit("a").retry_after == pytest.approx(1.0)
@@ -480,7 +481,7 @@ def test_clock_readings_may_be_any_real_number(reading: object) -> None:
 
 @pytest.mark.parametrize("reading", [True, "1.5", None, 1.5j], ids=repr)
 def test_clock_readings_that_are_not_real_numbers_are_type_errors(
-    reading: object,
+    reading: Any,
 ) -> None:
     lim = Limiter("1/second", clock=lambda: reading)
     with pytest.raises(TypeError, match="clock must return a number"):

@@ -246,8 +246,8 @@ def test_attributes_and_repr() -> None:
 
 
 def test_http_renders_a_duck_typed_decision_alike() -> None:
-    # A limiter object of the user's may answer with its own decision
-    # type: stanchion.http renders it in Python, to the same headers.
+    # A limiter object of the user's may answer with its own kind of
+    # decision: stanchion.http renders it in Python, to the same headers.
     from stanchion.http import _HeaderParts
 
     info: Any = object()

@@ -1,5 +1,8 @@
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import Any, Generic, TypeVar, final, overload
+from types import GenericAlias
+from typing import Any, ClassVar, Final, Generic, TypeVar, final, overload
+
+from typing_extensions import disjoint_base
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -9,14 +12,14 @@ _Rates = str | tuple[float, float] | Sequence[str | tuple[float, float]]
 
 @final
 class Decision:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         allowed: bool,
         limit: int,
         remaining: int,
         reset_after: float = 0.0,
         retry_after: float = 0.0,
-    ) -> None: ...
+    ) -> Decision: ...
     @property
     def allowed(self) -> bool: ...
     @property
@@ -33,6 +36,7 @@ class Decision:
     def retry_after_ns(self) -> int: ...
     def __bool__(self) -> bool: ...
 
+@disjoint_base
 class Limiter:
     def __init__(
         self,
@@ -57,6 +61,7 @@ class Limiter:
 
 def parse_rates(text: str, /) -> list[tuple[int | float, int]]: ...
 
+@disjoint_base
 class Cache(Generic[_K, _V]):
     def __init__(
         self,
@@ -68,11 +73,11 @@ class Cache(Generic[_K, _V]):
         weigh: Callable[[_V], float] | None = None,
     ) -> None: ...
     @overload
-    def get(self, key: _K, /) -> _V | None: ...
+    def get(self, key: _K, /, default: None = None) -> _V | None: ...
     @overload
     def get(self, key: _K, /, default: _V | _T) -> _V | _T: ...
     @overload
-    def peek(self, key: _K, /) -> _V | None: ...
+    def peek(self, key: _K, /, default: None = None) -> _V | None: ...
     @overload
     def peek(self, key: _K, /, default: _V | _T) -> _V | _T: ...
     def set(self, key: _K, value: _V, /, ttl: float | None = None) -> None: ...
@@ -93,6 +98,7 @@ class Cache(Generic[_K, _V]):
     def __contains__(self, key: object, /) -> bool: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[_K]: ...
+    def __class_getitem__(cls, item: Any, /) -> GenericAlias: ...
     @property
     def maxsize(self) -> int | None: ...
     @property
@@ -107,6 +113,10 @@ class CacheInfo(tuple[int, int, int | None, int | None]):
     def __new__(
         cls, sequence: tuple[int, int, int | None, int | None]
     ) -> CacheInfo: ...
+    __match_args__: Final = ("hits", "misses", "maxsize", "currsize")
+    n_fields: ClassVar[int]
+    n_sequence_fields: ClassVar[int]
+    n_unnamed_fields: ClassVar[int]
     @property
     def hits(self) -> int: ...
     @property
@@ -118,16 +128,16 @@ class CacheInfo(tuple[int, int, int | None, int | None]):
 
 @final
 class CachedCall:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         func: Callable[..., Any],
         cache: Cache[Any, Any],
         miss: Callable[[Hashable, tuple[Any, ...], dict[str, Any] | None], Any],
         typed: bool = False,
         key: Callable[..., Hashable] | None = None,
-    ) -> None: ...
+    ) -> CachedCall: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
-    def __get__(self, instance: object, owner: type | None = None) -> Any: ...
+    def __get__(self, instance: object, owner: type | None = None, /) -> Any: ...
     def cache_info(self) -> CacheInfo: ...
     def cache_clear(self) -> None: ...
     def invalidate(self, *args: Any, **kwargs: Any) -> bool: ...

@@ -723,6 +723,10 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     async def aclear(self) -> None:
         self.clear()
 
+    async def aclose(self, **kwargs: Any) -> None:
+        # Django 6's BaseCache.aclose runs close() through sync_to_async.
+        self.close(**kwargs)
+
     async def aget_or_set(
         self,
         key: Any,
