@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -392,3 +393,60 @@ def test_public_module_and_old_path_are_one() -> None:
         assert name in public.__all__
         assert getattr(old, name) is getattr(public, name)
     assert ResponseCache is public.ResponseCache
+
+
+def test_a_flight_that_landed_after_the_lookup_is_not_repeated(
+    clock: FakeClock,
+) -> None:
+    """A request whose lookup missed just before another request's flight
+    stored the entry answers from that entry when it takes the lead,
+    instead of calling the upstream a second time (blocking and asyncio)."""
+    from stanchion.respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=60, clock=clock)
+    headers = {"host": "example.com"}
+    plan = rc.plan("GET", "/a", "", headers.get)
+    assert plan is not None
+    calls: list[int] = []
+
+    def upstream() -> Upstream:
+        calls.append(1)
+        return Upstream(200, [("Content-Type", "text/plain")], b"page")
+
+    async def aupstream() -> Upstream:
+        return upstream()
+
+    assert rc.serve(plan, upstream).body == b"page"
+    real = rc.lookup
+    missed: list[bool] = []
+
+    def late_lookup(p: Any) -> Any:
+        # The first lookup of the request ran before the entry landed.
+        if not missed:
+            missed.append(True)
+            return None
+        return real(p)
+
+    rc.lookup = late_lookup  # type: ignore[method-assign]
+    rc.alookup = _async(late_lookup)  # type: ignore[method-assign]
+    reply = rc.serve(plan, upstream)
+    assert (reply.body, dict(reply.headers)["X-Cache"], len(calls)) == (
+        b"page",
+        "HIT",
+        1,
+    )
+    missed.clear()
+    reply = asyncio.run(rc.aserve(plan, aupstream))
+    assert (reply.body, dict(reply.headers)["X-Cache"], len(calls)) == (
+        b"page",
+        "HIT",
+        1,
+    )
+    assert rc.flights == {}
+
+
+def _async(f: Any) -> Any:
+    async def call(*args: Any) -> Any:
+        return f(*args)
+
+    return call

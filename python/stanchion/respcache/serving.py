@@ -288,6 +288,19 @@ class ResponseCache(Rules):
             return (yield from self._fetch(plan, stale))
         entry = None
         try:
+            # Another flight may have landed between this request's lookup
+            # and its taking the lead: answer from it rather than call the
+            # upstream again. Only in process, where a lookup is no I/O.
+            again = None if self.store.shared else self.lookup(plan)
+            if (
+                again is not None
+                and again is not stale
+                and self.age(again) < self.ttl
+            ):
+                joined = self._joined(plan, again)
+                if joined is not None:
+                    entry = again
+                    return joined
             reply = yield from self._fetch(plan, stale)
             entry = reply.entry
             return reply
