@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._adapt import MIDDLEWARE_SCOPE, adecide, outer_headers, pairs_have_x_limit
 from ._respcache import CacheFront
 from .http import Request, Verdict, middleware_rule
 
@@ -22,8 +23,6 @@ Message = Any  # MutableMapping[str, Any]; Any matches Starlette's own aliases
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_X_LIMIT = b"x-ratelimit-limit"
 
 
 class AsgiRequest(Request):
@@ -66,17 +65,12 @@ async def send_reply(verdict: Verdict, send: Send) -> None:
 
 
 def add_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> None:
-    """Append rate limit headers to an ``http.response.start`` message.
-    ``X-RateLimit-*`` set by an inner limit (a route's) are kept: the
-    inner, more specific limit speaks for that family."""
+    """Append rate limit headers to an ``http.response.start`` message, by
+    the rule of :func:`stanchion._adapt.outer_headers` (an inner, route
+    limit's ``X-RateLimit-*`` are kept)."""
     headers = message.get("headers")
     headers = list(headers) if headers else []
-    if extra[-1][0] == b"x-ratelimit-reset":  # we send that family
-        for k, _ in headers:
-            if k.lower() == _X_LIMIT:
-                extra = [(k, v) for k, v in extra if not k.startswith(b"x-ratelimit-")]
-                break
-    headers += extra
+    headers += outer_headers(extra, pairs_have_x_limit, headers)
     message["headers"] = headers
 
 
@@ -99,7 +93,7 @@ class RateLimitMiddleware:
         limit: Any = None,
         *,
         limiter: Any = None,
-        scope: str = "global",
+        scope: str = MIDDLEWARE_SCOPE,
         **settings: Any,
     ) -> None:
         self.app = app
@@ -110,15 +104,14 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        rule = self.rule
-        if rule.simple:
-            verdict = await rule.acheck_simple(
-                scope["method"], scope["path"], client[0] if client else None
-            )
-        else:
-            verdict = await rule.acheck(
-                AsgiRequest(scope), client[0] if client else None
-            )
+        verdict = await adecide(
+            self.rule,
+            scope["method"],
+            scope["path"],
+            client[0] if client else None,
+            AsgiRequest,
+            scope,
+        )
         if verdict is None:
             await self.app(scope, receive, send)
             return

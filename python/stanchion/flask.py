@@ -32,7 +32,8 @@ Which limits apply to a request:
 - the view's own ``@limits.limit(...)`` (one or several);
 - its blueprint's ``limit_blueprint`` limits (shared by the blueprint's
   routes), unless the view is ``@limits.exempt``;
-- ``STANCHION_DEFAULT_LIMIT`` (shared by every such view) only when
+- ``STANCHION_DEFAULT_LIMIT`` (shared by every such view, in the scope
+  ``"global"`` like every framework's middleware limit) only when
   neither of the above applies and the view is not exempt.
 
 Config keys (each overrides the keyword of the same name given to
@@ -74,6 +75,7 @@ from flask import (
 )
 from werkzeug.datastructures import Headers
 
+from ._adapt import MIDDLEWARE_SCOPE, outer_headers, pairs_have_x_limit, route_scope
 from .http import LimiterCache, Request, Rule, SettingError, Verdict
 
 __all__ = ["FlaskRequest", "Stanchion"]
@@ -182,7 +184,7 @@ class _AppState:
             # checked here and not on the first request.
             probe = Rule(
                 default_limit if default_limit is not None else "1/second",
-                scope="default",
+                scope=MIDDLEWARE_SCOPE,
                 **self.settings,
             )
             self.default_rule = probe if default_limit is not None else None
@@ -248,7 +250,7 @@ class Stanchion:
         are :class:`stanchion.http.Rule` settings for this limit."""
 
         def decorate(view: F) -> F:
-            name = scope or f"{view.__module__}.{view.__qualname__}"
+            name = scope or route_scope(view)
             self._view_limits.setdefault(view, []).append(
                 _LimitSpec(limit, name, settings)
             )
@@ -409,26 +411,15 @@ class Stanchion:
                 headers = verdict.headers()
                 if not headers:
                     continue
-                if headers[-1][0] == "X-RateLimit-Reset" and (
-                    _has_x_limit(raw) if raw is not None else "X-RateLimit-Limit" in out
-                ):
-                    headers = [
-                        (k, v) for k, v in headers if not k.startswith("X-RateLimit-")
-                    ]
                 if raw is not None:
-                    raw.extend(headers)
+                    raw.extend(outer_headers(headers, pairs_have_x_limit, raw))
                 else:
-                    out.extend(headers)
+                    out.extend(outer_headers(headers, _has_x_limit, out))
         return response
 
 
-def _has_x_limit(raw: list[tuple[str, str]]) -> bool:
-    """Whether an inner layer already set X-RateLimit-Limit (a plain scan:
-    werkzeug's ``in`` costs microseconds when the name is absent)."""
-    for k, _ in raw:  # noqa: SIM110 - a plain loop beats any() here
-        if len(k) == 17 and k.lower() == "x-ratelimit-limit":
-            return True
-    return False
+def _has_x_limit(headers: Any) -> bool:
+    return "X-RateLimit-Limit" in headers
 
 
 def _flask_upstream(app: Flask, view: Any, args: Any, kwargs: Any, limit: int) -> Any:

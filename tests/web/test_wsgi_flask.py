@@ -415,3 +415,29 @@ def test_flask_bad_view_limit_fails_at_decoration() -> None:
         @ext.limit("1/eon")
         def v() -> str:
             return ""
+
+
+def test_flask_default_limit_in_the_global_scope(
+    ext: Stanchion, clock: FakeClock
+) -> None:
+    """The app-wide default limit is named like every framework's
+    middleware limit."""
+    r = get(make_app(ext, clock).test_client(), "/default")
+    assert r.headers["RateLimit"] == '"global";r=0;t=60'
+
+
+def test_flask_view_own_x_headers_win(ext: Stanchion, clock: FakeClock) -> None:
+    """A view that sets X-RateLimit-* itself keeps them; the limit's
+    RateLimit fields are added."""
+    app = Flask(__name__)
+
+    @app.route("/own")
+    @ext.limit("2/minute", scope="own")
+    def own() -> Any:
+        return "own", 200, {"X-RateLimit-Limit": "7"}
+
+    ext.init_app(app)
+    r = get(app.test_client(), "/own")
+    assert r.headers.getlist("X-RateLimit-Limit") == ["7"]
+    assert "X-RateLimit-Remaining" not in r.headers
+    assert r.headers["RateLimit"] == '"own";r=1;t=30'

@@ -11,8 +11,8 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse
 
+from .._adapt import decide, header_from_environ, outer_headers, route_scope
 from ..http import Request, Rule, SettingError, Verdict
-from ..wsgi import header_from_environ
 from .settings import stanchion_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,11 +51,14 @@ async def _view_of(request: HttpRequest, rule: Rule) -> DjangoRequest:
 
 
 def _check(rule: Rule, request: HttpRequest) -> Verdict | None:
-    if rule.simple:
-        return rule.check_simple(
-            request.method or "GET", request.path, request.META.get("REMOTE_ADDR")
-        )
-    return rule.check(DjangoRequest(request), request.META.get("REMOTE_ADDR"))
+    return decide(
+        rule,
+        request.method or "GET",
+        request.path,
+        request.META.get("REMOTE_ADDR"),
+        DjangoRequest,
+        request,
+    )
 
 
 async def _acheck(rule: Rule, request: HttpRequest) -> Verdict | None:
@@ -88,28 +91,26 @@ def _add_headers(response: HttpResponse, verdict: Verdict) -> None:
     if type(store) is not dict:
         _add_headers_slow(response, headers)
         return
-    skip_x = headers[-1][0] == "X-RateLimit-Reset" and "x-ratelimit-limit" in store
-    for k, v in headers:
+    for k, v in outer_headers(headers, _store_has_x_limit, store):
         lk = k.lower()
-        if k[0] == "X":
-            if skip_x:
-                continue
-        else:
+        if k[0] != "X":
             old = store.get(lk)
             if old is not None:
                 v = f"{old[1]}, {v}"  # structured field lists merge
         store[lk] = (k, v)
 
 
+def _store_has_x_limit(store: dict[str, tuple[str, str]]) -> bool:
+    return "x-ratelimit-limit" in store
+
+
+def _has_x_limit(response: HttpResponse) -> bool:
+    return bool(response.has_header("X-RateLimit-Limit"))
+
+
 def _add_headers_slow(response: HttpResponse, headers: list[tuple[str, str]]) -> None:
-    skip_x = headers[-1][0] == "X-RateLimit-Reset" and response.has_header(
-        "X-RateLimit-Limit"
-    )
-    for k, v in headers:
-        if k[0] == "X":
-            if skip_x:
-                continue
-        elif k in response.headers:
+    for k, v in outer_headers(headers, _has_x_limit, response):
+        if k[0] != "X" and k in response.headers:
             v = f"{response.headers[k]}, {v}"
         response.headers[k] = v
 
@@ -221,7 +222,7 @@ class ratelimit:
         return rule
 
     def __call__(self, view: F) -> F:
-        scope = self.scope or f"{view.__module__}.{view.__qualname__}"
+        scope = self.scope or route_scope(view)
         block = self.block
 
         if _is_async(view):

@@ -10,6 +10,7 @@ from django.conf import settings as django_settings
 from django.core import checks
 from django.utils.module_loading import import_string
 
+from .._adapt import MIDDLEWARE_SCOPE
 from ..http import LimiterCache, Rule, SettingError
 
 # STANCHION key -> Rule keyword
@@ -68,7 +69,7 @@ class _Settings:
             # Every setting checked now, with or without a LIMIT.
             self.probe = Rule(
                 self.limit if self.limit is not None else "1/second",
-                scope="global",
+                scope=MIDDLEWARE_SCOPE,
                 **self.rule_kw,
             )
 
