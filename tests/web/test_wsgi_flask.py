@@ -441,3 +441,29 @@ def test_flask_view_own_x_headers_win(ext: Stanchion, clock: FakeClock) -> None:
     assert r.headers.getlist("X-RateLimit-Limit") == ["7"]
     assert "X-RateLimit-Remaining" not in r.headers
     assert r.headers["RateLimit"] == '"own";r=1;t=30'
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"STANCHION_DEFALT_LIMIT": "1/minute"},
+            r"^STANCHION_\*: unknown keys \['STANCHION_DEFALT_LIMIT'\] "
+            r"\('STANCHION_DEFALT_LIMIT': did you mean 'STANCHION_DEFAULT_LIMIT'\?\)",
+        ),
+        # Django's name is not Flask's.
+        ({"STANCHION_LIMIT": "1/minute"}, r"did you mean 'STANCHION_DEFAULT_LIMIT'"),
+        # The Redis storage takes no valkey:// URL: refused here, by name.
+        (
+            {"STANCHION_STORAGE_URL": "valkey://localhost"},
+            r"^STANCHION_STORAGE_URL: unsupported URL 'valkey://localhost'",
+        ),
+    ],
+)
+def test_flask_unknown_config_keys_are_refused(
+    config: dict[str, Any], message: str
+) -> None:
+    app = Flask(__name__)
+    app.config.update(config)
+    with pytest.raises(SettingError, match=message):
+        Stanchion(app)

@@ -35,91 +35,26 @@ a Django cache backend on stanchion's C cache (see
 
 from __future__ import annotations
 
-from .cache import CacheBackend as CacheBackend
-from .limits import (
-    DjangoRequest as DjangoRequest,
-)
-from .limits import (
-    RateLimitMiddleware as RateLimitMiddleware,
-)
-from .limits import (
-    _acheck as _acheck,
-)
-from .limits import (
-    _add_headers as _add_headers,
-)
-from .limits import (
-    _add_headers_slow as _add_headers_slow,
-)
-from .limits import (
-    _check as _check,
-)
-from .limits import (
-    _is_async as _is_async,
-)
-from .limits import (
-    _needs_user as _needs_user,
-)
-from .limits import (
-    _response as _response,
-)
-from .limits import (
-    _view_of as _view_of,
-)
-from .limits import (
-    ratelimit as ratelimit,
-)
-from .response_cache import (
-    CacheMiddleware as CacheMiddleware,
-)
-from .response_cache import (
-    _CachedCall as _CachedCall,
-)
-from .response_cache import (
-    _django_reply as _django_reply,
-)
-from .response_cache import (
-    _django_upstream as _django_upstream,
-)
-from .response_cache import (
-    _plan as _plan,
-)
-from .response_cache import (
-    _visitors_own as _visitors_own,
-)
-from .response_cache import (
-    cache_response as cache_response,
-)
-from .response_cache import (
-    check_middleware_order as check_middleware_order,
-)
-from .settings import (
-    _CACHE_KEYS as _CACHE_KEYS,
-)
-from .settings import (
-    _KNOWN as _KNOWN,
-)
-from .settings import (
-    _NAMES as _NAMES,
-)
-from .settings import (
-    _RULE_KEYS as _RULE_KEYS,
-)
-from .settings import (
-    _named_errors as _named_errors,
-)
-from .settings import (
-    _Settings as _Settings,
-)
-from .settings import (
-    _storage as _storage,
-)
-from .settings import (
-    check_settings as check_settings,
-)
-from .settings import (
-    stanchion_settings as stanchion_settings,
-)
+from .cache import CacheBackend
+from .limits import DjangoRequest, RateLimitMiddleware, ratelimit
+from .limits import _acheck as _acheck
+from .limits import _add_headers as _add_headers
+from .limits import _add_headers_slow as _add_headers_slow
+from .limits import _check as _check
+from .limits import _is_async as _is_async
+from .limits import _needs_user as _needs_user
+from .limits import _response as _response
+from .limits import _view_of as _view_of
+from .response_cache import CacheMiddleware, cache_response
+from .response_cache import _CachedCall as _CachedCall
+from .response_cache import _django_reply as _django_reply
+from .response_cache import _django_upstream as _django_upstream
+from .response_cache import _plan as _plan
+from .response_cache import _visitors_own as _visitors_own
+from .response_cache import check_middleware_order as check_middleware_order
+from .settings import _named_errors as _named_errors
+from .settings import _Settings as _Settings
+from .settings import check_settings, stanchion_settings
 
 __all__ = [
     "CacheBackend",

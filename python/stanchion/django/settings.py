@@ -3,7 +3,7 @@ check that reports bad settings."""
 
 from __future__ import annotations
 
-import importlib
+from contextlib import AbstractContextManager
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -11,27 +11,15 @@ from django.core import checks
 from django.utils.module_loading import import_string
 
 from .._adapt import MIDDLEWARE_SCOPE
+from .._settings import (
+    Setting,
+    django_name,
+    named_errors,
+    read,
+    split,
+    storage_from_url,
+)
 from ..http import LimiterCache, Rule, SettingError
-
-# STANCHION key -> Rule keyword
-_RULE_KEYS = {
-    "KEY": "key",
-    "TRUSTED_PROXIES": "trusted_proxies",
-    "FORWARDED_HEADER": "forwarded_header",
-    "HEADERS": "headers",
-    "HEADERS_ON_ALLOWED": "headers_on_allowed",
-    "DRY_RUN": "dry_run",
-    "EXEMPT_PATHS": "exempt_paths",
-    "EXEMPT_METHODS": "exempt_methods",
-    "UNIDENTIFIED": "unidentified",
-}
-_CACHE_KEYS = {"ALGORITHM": "algorithm", "MAX_KEYS": "max_keys"}
-_KNOWN = {*_RULE_KEYS, *_CACHE_KEYS, "LIMIT", "STORAGE_URL", "ENABLED"}
-_NAMES = {
-    **{v: f"STANCHION[{k!r}]" for k, v in _RULE_KEYS.items()},
-    "limit": "STANCHION['LIMIT']",
-    "algorithm/max_keys": "STANCHION['ALGORITHM'] / STANCHION['MAX_KEYS']",
-}
 
 
 class _Settings:
@@ -42,17 +30,10 @@ class _Settings:
             raw = {}
         if not isinstance(raw, dict):
             raise SettingError("STANCHION", f"must be a dict, not {type(raw).__name__}")
-        unknown = set(raw) - _KNOWN
-        if unknown:
-            raise SettingError(
-                "STANCHION", f"unknown keys {sorted(unknown)} (known: {sorted(_KNOWN)})"
-            )
-        self.enabled = bool(raw.get("ENABLED", True))
-        self.limit = raw.get("LIMIT")
-        rule_kw: dict[str, Any] = {}
-        for k, kw in _RULE_KEYS.items():
-            if k in raw:
-                rule_kw[kw] = raw[k]
+        values = read(raw, where="STANCHION", key=_bare_key)
+        self.enabled = bool(values.get("enabled", True))
+        self.limit = values.get("limit")
+        rule_kw, cache_kw = split(values)
         key = rule_kw.get("key")
         if isinstance(key, str):
             try:
@@ -61,8 +42,7 @@ class _Settings:
                 raise SettingError(
                     "STANCHION['KEY']", f"cannot import {key!r}: {exc}"
                 ) from None
-        cache_kw = {kw: raw[k] for k, kw in _CACHE_KEYS.items() if k in raw}
-        storage = _storage(raw.get("STORAGE_URL"))
+        storage = storage_from_url(values.get("storage"), django_name)
         with _named_errors():
             self.limiters = LimiterCache(storage=storage, **cache_kw)
             self.rule_kw = {**rule_kw, "limiters": self.limiters}
@@ -74,33 +54,13 @@ class _Settings:
             )
 
 
-def _storage(url: Any) -> Any:
-    if url is None or url == "memory://":
-        return None
-    if not isinstance(url, str) or not url.startswith(
-        ("redis://", "rediss://", "unix://")
-    ):
-        raise SettingError(
-            "STANCHION['STORAGE_URL']",
-            f"expected None, memory:// or redis://..., got {url!r}",
-        )
-    try:
-        return importlib.import_module("stanchion.redis").RedisStorage(url)
-    except (ImportError, AttributeError) as exc:
-        raise SettingError(
-            "STANCHION['STORAGE_URL']", f"Redis storage is not available: {exc}"
-        ) from None
+def _bare_key(s: Setting) -> str:
+    return s.key
 
 
-class _named_errors:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, tp: Any, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, SettingError) and not exc.setting.startswith("STANCHION"):
-            raise SettingError(
-                _NAMES.get(exc.setting, exc.setting), exc.reason
-            ) from None
+def _named_errors() -> AbstractContextManager[None]:
+    """SettingErrors renamed to the ``STANCHION['...']`` key."""
+    return named_errors(django_name, ("STANCHION",))
 
 
 _cached: tuple[Any, _Settings] | None = None

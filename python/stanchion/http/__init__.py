@@ -17,114 +17,36 @@ rate limit headers), ``keys`` (packed bucket keys of addresses) and
 
 from __future__ import annotations
 
-from .address import (
-    ClientAddress as ClientAddress,
-)
-from .address import (
-    _canonical as _canonical,
-)
-from .address import (
-    _parse_ip as _parse_ip,
-)
-from .headers import (
-    Reply as Reply,
-)
-from .headers import (
-    ResponseFunc as ResponseFunc,
-)
-from .headers import (
-    Verdict as Verdict,
-)
-from .headers import (
-    _HeaderParts as _HeaderParts,
-)
-from .headers import (
-    problem_json as problem_json,
-)
-from .identity import (
-    _API_KEY_HEADERS as _API_KEY_HEADERS,
-)
-from .identity import (
-    KeyFunc as KeyFunc,
-)
-from .identity import (
-    _digest as _digest,
-)
-from .identity import (
-    _safe_identity as _safe_identity,
-)
-from .identity import (
-    api_key as api_key,
-)
-from .identity import (
-    authenticated_user as authenticated_user,
-)
-from .keys import (
-    _SCOPE_TAGS as _SCOPE_TAGS,
-)
-from .keys import (
-    MAX_ADDRESS_KEYS as MAX_ADDRESS_KEYS,
-)
-from .keys import (
-    MAX_SCOPE_TAGS as MAX_SCOPE_TAGS,
-)
-from .keys import (
-    _pack_address as _pack_address,
-)
-from .keys import (
-    _scope_tags as _scope_tags,
-)
-from .limiters import (
-    LimiterCache as LimiterCache,
-)
-from .limiters import (
-    Plans as Plans,
-)
-from .limiters import (
-    _capacity as _capacity,
-)
-from .limiters import (
-    _RateInfo as _RateInfo,
-)
-from .request import (
-    HEADER_FAMILIES as HEADER_FAMILIES,
-)
-from .request import (
-    MAX_HOPS as MAX_HOPS,
-)
-from .request import (
-    MAX_IDENTITY as MAX_IDENTITY,
-)
-from .request import (
-    MAX_LIMITERS as MAX_LIMITERS,
-)
-from .request import (
-    NS as NS,
-)
-from .request import (
-    PROBLEM_TYPE as PROBLEM_TYPE,
-)
-from .request import (
-    RateSpec as RateSpec,
-)
-from .request import (
-    Request as Request,
-)
-from .request import (
-    SettingError as SettingError,
-)
-from .request import (
-    log as log,
-)
-from .rule import (
-    Rule as Rule,
-)
-from .rule import (
-    _check_cost as _check_cost,
-)
-from .rule import (
-    middleware_rule as middleware_rule,
-)
+from .address import ClientAddress
+from .address import _canonical as _canonical
+from .address import _parse_ip as _parse_ip
+from .headers import Reply, Verdict, problem_json
+from .headers import ResponseFunc as ResponseFunc
+from .headers import _HeaderParts as _HeaderParts
+from .identity import _API_KEY_HEADERS as _API_KEY_HEADERS
+from .identity import KeyFunc as KeyFunc
+from .identity import _digest as _digest
+from .identity import _safe_identity as _safe_identity
+from .identity import api_key, authenticated_user
+from .keys import _SCOPE_TAGS as _SCOPE_TAGS
+from .keys import MAX_ADDRESS_KEYS as MAX_ADDRESS_KEYS
+from .keys import MAX_SCOPE_TAGS as MAX_SCOPE_TAGS
+from .keys import _pack_address as _pack_address
+from .keys import _scope_tags as _scope_tags
+from .limiters import LimiterCache, Plans
+from .limiters import _capacity as _capacity
+from .limiters import _RateInfo as _RateInfo
+from .request import HEADER_FAMILIES, Request, SettingError
+from .request import MAX_HOPS as MAX_HOPS
+from .request import MAX_IDENTITY as MAX_IDENTITY
+from .request import MAX_LIMITERS as MAX_LIMITERS
+from .request import NS as NS
+from .request import PROBLEM_TYPE as PROBLEM_TYPE
+from .request import RateSpec as RateSpec
+from .request import log as log
+from .rule import Rule
+from .rule import _check_cost as _check_cost
+from .rule import middleware_rule as middleware_rule
 
 __all__ = [
     "HEADER_FAMILIES",
