@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
 
-from .._limiter import Limiter
+from .._limiter import Limiter, RateLimiter
 from .._rates import Rate, normalize_rates
 from .request import MAX_LIMITERS, RateSpec, Request, SettingError
 
@@ -100,15 +100,16 @@ class LimiterCache:
 
     def _wrap(self, limiter: Any, setting: str) -> _RateInfo:
         """A limiter object given directly (a Limiter, RedisLimiter, ...)."""
-        if not callable(getattr(limiter, "hit", None)):
-            raise SettingError(
-                setting,
-                "expected a rate string such as '10/second', a list of rates or "
-                f"a limiter, not {type(limiter).__name__}",
-            )
         key = ("limiter", id(limiter))
         info = self._by_rate.get(key)
         if info is None or info.limiter is not limiter:
+            if not isinstance(limiter, RateLimiter):
+                raise SettingError(
+                    setting,
+                    "expected a rate string such as '10/second', a list of rates "
+                    f"or a limiter (a stanchion.RateLimiter), not "
+                    f"{type(limiter).__name__}",
+                )
             rates = tuple(getattr(limiter, "rates", ()) or ())
             info = _RateInfo(limiter, rates, tuple(_capacity(r) for r in rates))
             self._by_rate[key] = info
@@ -146,7 +147,7 @@ class Plans:
         if default not in rates:
             raise SettingError("limit", f"default plan {default!r} is not in the plans")
         for name, spec in rates.items():
-            if spec is not None and not callable(getattr(spec, "hit", None)):
+            if spec is not None and not isinstance(spec, RateLimiter):
                 try:
                     normalize_rates(spec)
                 except (TypeError, ValueError) as exc:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 from .._core import Decision
-from .._limiter import Limiter
+from .._limiter import Limiter, RateLimiter
 from .address import ClientAddress
 from .headers import (
     ResponseFunc,
@@ -111,7 +111,7 @@ class Rule(_RuleHeaders):
         self._limit_func: Callable[[Request], Any] | None = None
         if limit is None:
             raise SettingError("limit", "a rule needs a limit such as '100/minute'")
-        if callable(limit) and not callable(getattr(limit, "hit", None)):
+        if callable(limit) and not isinstance(limit, RateLimiter):
             self._limit_func = limit
         else:
             self._fixed = limiters.get(limit)
@@ -223,9 +223,7 @@ class Rule(_RuleHeaders):
         self._has_funcs = bool(self._limit_func or self._cost_func or self._key)
         #: The fixed limiter decides in C and never waits: acheck_simple
         #: then calls its hit, skipping a coroutine.
-        self._fixed_in_c = (
-            self._fixed is not None and type(self._fixed.limiter).ahit is _INPROC_AHIT
-        )
+        self._fixed_in_c = self._fixed is not None and _in_c(self._fixed.limiter)
         #: True when a decision needs only the method, path and peer: the
         #: adapters then call check_simple/acheck_simple and build no
         #: Request view at all (the common case, and the fast one).
@@ -480,7 +478,7 @@ class Rule(_RuleHeaders):
         if not isinstance(p, tuple):
             return p
         lim = p[0].limiter
-        if type(lim).ahit is _INPROC_AHIT:
+        if type(lim) is Limiter:  # _in_c, inline: this runs per request
             d = lim.hit(p[1], p[2])  # in C, never waits
         else:
             d = await lim.ahit(p[1], p[2])
@@ -502,7 +500,12 @@ class Rule(_RuleHeaders):
         return Verdict(self, d, info, True, request)
 
 
-_INPROC_AHIT = Limiter.ahit
+def _in_c(limiter: RateLimiter) -> bool:
+    """Whether ``limiter`` is the in-process C limiter itself, whose ``hit``
+    never waits: async paths call it directly instead of awaiting
+    ``ahit``. Exactly that class: a subclass may make ``ahit`` wait."""
+    return type(limiter) is Limiter
+
 
 #: A pending decision: (rate info, bucket key, cost, the identity to name
 #: in logs).
