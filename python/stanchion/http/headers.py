@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, overload
 
 from .._core import Decision
 from .limiters import _RateInfo
@@ -53,11 +53,11 @@ class Verdict:
 
     def headers(self) -> list[tuple[str, str]]:
         """The rate limit headers this verdict adds to the response."""
-        return self.rule._headers(self)
+        return self.rule._render(self, False)
 
     def raw_headers(self) -> list[tuple[bytes, bytes]]:
         """The same, as ASGI's lower-case byte pairs."""
-        return self.rule._raw_headers(self)
+        return self.rule._render(self, True)
 
     def reply(self) -> tuple[int, list[tuple[str, str]], bytes]:
         """``(status, headers, body)`` of the 429 response."""
@@ -171,6 +171,22 @@ class _RuleHeaders:
         return parts
 
     def _headers(self, v: Verdict) -> list[tuple[str, str]]:
+        return self._render(v, False)
+
+    def _raw_headers(self, v: Verdict) -> list[tuple[bytes, bytes]]:
+        """``_headers`` as lower-case ASGI byte pairs, built directly."""
+        return self._render(v, True)
+
+    @overload
+    def _render(self, v: Verdict, raw: Literal[False]) -> list[tuple[str, str]]: ...
+
+    @overload
+    def _render(self, v: Verdict, raw: Literal[True]) -> list[tuple[bytes, bytes]]: ...
+
+    def _render(self, v: Verdict, raw: bool) -> list[Any]:
+        """The rate limit headers of a verdict, the one renderer: as str
+        pairs (WSGI, Flask, Django, falcon) or, with ``raw``, as ASGI's
+        lower-case byte pairs, from the same parts and numbers."""
         d = v.decision
         if d is None or v.info is None:
             return []
@@ -183,6 +199,18 @@ class _RuleHeaders:
             # The common case in one expression (this runs on every request).
             t = reset if d.allowed else -(-d.retry_after_ns // NS)
             limit = d.limit
+            if raw:
+                rem_b = b"%d" % remaining
+                return [
+                    (b"ratelimit-policy", parts.policy_b),
+                    (
+                        b"ratelimit",
+                        b"%s;r=%s;t=%d" % (parts.name_b_for(limit), rem_b, t),
+                    ),
+                    (b"x-ratelimit-limit", b"%d" % limit),
+                    (b"x-ratelimit-remaining", rem_b),
+                    (b"x-ratelimit-reset", b"%d" % reset),
+                ]
             rem = str(remaining)
             return [
                 ("RateLimit-Policy", parts.policy),
@@ -191,60 +219,36 @@ class _RuleHeaders:
                 ("X-RateLimit-Remaining", rem),
                 ("X-RateLimit-Reset", str(reset)),
             ]
-        out: list[tuple[str, str]] = []
+        out: list[Any] = []
         if self._send_ietf:
             parts = self._fixed_parts
             if parts is None or parts.info is not v.info:
                 parts = self._parts(v.info)
             t = reset if d.allowed else -(-d.retry_after_ns // NS)
-            if parts.policy:
-                out.append(("RateLimit-Policy", parts.policy))
-            out.append(("RateLimit", f"{parts.name_for(d.limit)};r={remaining};t={t}"))
-        if self._send_x:
-            out.append(("X-RateLimit-Limit", str(d.limit)))
-            out.append(("X-RateLimit-Remaining", str(remaining)))
-            out.append(("X-RateLimit-Reset", str(reset)))
-        return out
-
-    def _raw_headers(self, v: Verdict) -> list[tuple[bytes, bytes]]:
-        """``_headers`` as lower-case ASGI byte pairs, built directly."""
-        d = v.decision
-        if d is None or v.info is None:
-            return []
-        if not v.blocked and not self.headers_on_allowed:
-            return []
-        remaining = d.remaining
-        reset = -(-d.reset_after_ns // NS)
-        parts = self._fixed_parts
-        if self._send_all and parts is not None and parts.info is v.info:
-            t = reset if d.allowed else -(-d.retry_after_ns // NS)
-            limit = d.limit
-            rem = b"%d" % remaining
-            return [
-                (b"ratelimit-policy", parts.policy_b),
-                (b"ratelimit", b"%s;r=%s;t=%d" % (parts.name_b_for(limit), rem, t)),
-                (b"x-ratelimit-limit", b"%d" % limit),
-                (b"x-ratelimit-remaining", rem),
-                (b"x-ratelimit-reset", b"%d" % reset),
-            ]
-        out: list[tuple[bytes, bytes]] = []
-        if self._send_ietf:
-            parts = self._fixed_parts
-            if parts is None or parts.info is not v.info:
-                parts = self._parts(v.info)
-            t = reset if d.allowed else -(-d.retry_after_ns // NS)
-            if parts.policy:
-                out.append((b"ratelimit-policy", parts.policy_b))
-            out.append(
-                (
-                    b"ratelimit",
-                    b"%s;r=%d;t=%d" % (parts.name_b_for(d.limit), remaining, t),
+            if raw:
+                if parts.policy:
+                    out.append((b"ratelimit-policy", parts.policy_b))
+                out.append(
+                    (
+                        b"ratelimit",
+                        b"%s;r=%d;t=%d" % (parts.name_b_for(d.limit), remaining, t),
+                    )
                 )
-            )
+            else:
+                if parts.policy:
+                    out.append(("RateLimit-Policy", parts.policy))
+                out.append(
+                    ("RateLimit", f"{parts.name_for(d.limit)};r={remaining};t={t}")
+                )
         if self._send_x:
-            out.append((b"x-ratelimit-limit", b"%d" % d.limit))
-            out.append((b"x-ratelimit-remaining", b"%d" % remaining))
-            out.append((b"x-ratelimit-reset", b"%d" % reset))
+            if raw:
+                out.append((b"x-ratelimit-limit", b"%d" % d.limit))
+                out.append((b"x-ratelimit-remaining", b"%d" % remaining))
+                out.append((b"x-ratelimit-reset", b"%d" % reset))
+            else:
+                out.append(("X-RateLimit-Limit", str(d.limit)))
+                out.append(("X-RateLimit-Remaining", str(remaining)))
+                out.append(("X-RateLimit-Reset", str(reset)))
         return out
 
     def _reply(self, v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
