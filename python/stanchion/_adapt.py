@@ -48,6 +48,18 @@ def share_limiters(settings: dict[str, Any]) -> None:
         settings["limiters"] = shared_limiters()
 
 
+def module_getattr(module: str) -> Callable[[str], Any]:
+    """An adapter module's ``__getattr__``: its ``default_limiters`` is
+    :func:`shared_limiters` (one cache for every adapter)."""
+
+    def __getattr__(name: str) -> Any:
+        if name == "default_limiters":
+            return shared_limiters()
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 # -- deciding -------------------------------------------------------------------
 
 

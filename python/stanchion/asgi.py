@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._adapt import MIDDLEWARE_SCOPE, adecide, outer_headers, pairs_have_x_limit
+from ._limiter import RateLimiter
 from ._respcache import CacheFront
-from .http import Request, Verdict, middleware_rule
+from .http import RateSpec, Request, Verdict, middleware_rule
 
 __all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
 
@@ -90,9 +91,9 @@ class RateLimitMiddleware:
         self,
         app: ASGIApp,
         /,
-        limit: Any = None,
+        limit: RateSpec | Callable[[Request], Any] | None = None,
         *,
-        limiter: Any = None,
+        limiter: RateLimiter | None = None,
         scope: str = MIDDLEWARE_SCOPE,
         **settings: Any,
     ) -> None:

@@ -38,11 +38,11 @@ from starlette.responses import Response
 
 from ._adapt import (
     adecide,
+    module_getattr,
     outer_headers,
     pairs_have_x_limit,
     route_scope,
     share_limiters,
-    shared_limiters,
 )
 from .asgi import CacheMiddleware, RateLimitMiddleware
 from .http import Request, Rule, Verdict
@@ -61,12 +61,8 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def __getattr__(name: str) -> Any:
-    # ``default_limiters``: the limiters shared by every route limit that
-    # gives no ``limiters=`` (one cache for every adapter).
-    if name == "default_limiters":
-        return shared_limiters()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``default_limiters``: the limiters shared by route limits.
+__getattr__ = module_getattr(__name__)
 
 
 class StarletteView(Request):

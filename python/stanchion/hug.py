@@ -46,26 +46,24 @@ import hug
 
 from ._adapt import (
     MIDDLEWARE_SCOPE,
+    adecide,
     decide,
+    module_getattr,
     outer_headers,
     route_scope,
     share_limiters,
-    shared_limiters,
     status_line,
 )
-from .http import Request, Rule, Verdict, middleware_rule
+from ._limiter import RateLimiter
+from .http import RateSpec, Request, Rule, Verdict, middleware_rule
 
 __all__ = ["FalconRequest", "RateLimitMiddleware", "cache", "limit"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def __getattr__(name: str) -> Any:
-    # ``default_limiters``: the limiters shared by every route limit that
-    # gives no ``limiters=`` (one cache for every adapter).
-    if name == "default_limiters":
-        return shared_limiters()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``default_limiters``: the limiters shared by route limits.
+__getattr__ = module_getattr(__name__)
 
 
 class FalconRequest(Request):
@@ -164,12 +162,13 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 forward(kwargs, request, response)
                 if request is None or response is None:
                     return await func(*args, **kwargs)
-                verdict = (
-                    await rule.acheck_simple(
-                        request.method, request.path, request.remote_addr
-                    )
-                    if rule.simple
-                    else await rule.acheck(FalconRequest(request), request.remote_addr)
+                verdict = await adecide(
+                    rule,
+                    request.method,
+                    request.path,
+                    request.remote_addr,
+                    FalconRequest,
+                    request,
                 )
                 if verdict is not None and verdict.blocked:
                     return io.BytesIO(_blocked(verdict, response))
@@ -213,9 +212,9 @@ class RateLimitMiddleware:
 
     def __init__(
         self,
-        limit: Any = None,
+        limit: RateSpec | Callable[[Request], Any] | None = None,
         *,
-        limiter: Any = None,
+        limiter: RateLimiter | None = None,
         scope: str = MIDDLEWARE_SCOPE,
         **settings: Any,
     ) -> None:

@@ -19,8 +19,9 @@ from ._adapt import (
     pairs_have_x_limit,
     status_line,
 )
+from ._limiter import RateLimiter
 from ._respcache import CacheFront, environ_header
-from .http import Request, Verdict, middleware_rule
+from .http import RateSpec, Request, Verdict, middleware_rule
 
 __all__ = [
     "CacheMiddleware",
@@ -83,9 +84,9 @@ class RateLimitMiddleware:
         self,
         app: WSGIApp,
         /,
-        limit: Any = None,
+        limit: RateSpec | Callable[[Request], Any] | None = None,
         *,
-        limiter: Any = None,
+        limiter: RateLimiter | None = None,
         scope: str = MIDDLEWARE_SCOPE,
         **settings: Any,
     ) -> None:

@@ -658,3 +658,20 @@ async def test_layers_list_ratelimit_and_keep_one_x_family(
     assert r.headers.get_list("x-ratelimit-limit") == ["5"]
     assert r.headers.get_list("x-ratelimit-remaining") == ["4"]
     assert r.headers.get_list("x-ratelimit-reset") == ["12"]
+
+
+def test_route_limits_share_the_adapters_limiter_cache() -> None:
+    import stanchion.fastapi
+    import stanchion.hug
+
+    shared = stanchion.fastapi.default_limiters
+    assert isinstance(shared, LimiterCache)
+    assert stanchion.hug.default_limiters is shared
+
+    @limit("3/minute", scope="shared-cache")
+    async def endpoint() -> str:
+        return "ok"
+
+    assert endpoint.__stanchion_rule__.limiters is shared  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="no_such_name"):
+        stanchion.fastapi.no_such_name  # noqa: B018

@@ -449,3 +449,11 @@ def test_unknown_setting_names_the_closest_key() -> None:
         "STANCHION: unknown keys ['TRUSTED_PROXY'] "
         "('TRUSTED_PROXY': did you mean 'TRUSTED_PROXIES'?)"
     ) in errors[0].msg
+
+
+def test_header_fast_path_is_taken_on_this_django() -> None:
+    """_add_headers writes Django's ``headers._store`` when it is a dict:
+    on the Django installed it is, so the fast path is the one tested."""
+    import django
+
+    assert type(HttpResponse("x").headers._store) is dict, django.__version__

@@ -12,8 +12,16 @@ from flask.views import MethodView
 from werkzeug.test import Client
 
 from stanchion import Limiter
+from stanchion._adapt import outer_headers, pairs_have_x_limit
 from stanchion.flask import Stanchion
-from stanchion.http import Plans, SettingError, api_key, authenticated_user
+from stanchion.http import (
+    LimiterCache,
+    Plans,
+    Rule,
+    SettingError,
+    api_key,
+    authenticated_user,
+)
 from stanchion.wsgi import RateLimitMiddleware
 
 from ..conftest import FakeClock
@@ -467,3 +475,25 @@ def test_flask_unknown_config_keys_are_refused(
     app.config.update(config)
     with pytest.raises(SettingError, match=message):
         Stanchion(app)
+
+
+def test_flask_header_fast_path_matches_werkzeugs_own(ext: Stanchion) -> None:
+    """_after_request appends to werkzeug's header list directly when it
+    is a plain list (werkzeug's own Headers.extend checks every value,
+    most of the cost of headers on allowed responses); the result is what
+    werkzeug's API gives, and on the werkzeug installed the fast path is
+    the one taken."""
+    import werkzeug
+    from werkzeug.datastructures import Headers
+
+    from stanchion.flask import _has_x_limit
+
+    assert type(Headers()._list) is list, werkzeug.__version__
+    rule = Rule("2/minute", scope="wz", limiters=LimiterCache())
+    v = rule.check_simple("GET", "/", "192.0.2.9")
+    assert v is not None
+    fast, slow = Headers([("X-Own", "1")]), Headers([("X-Own", "1")])
+    fast._list.extend(outer_headers(v.headers(), pairs_have_x_limit, fast._list))
+    slow.extend(outer_headers(v.headers(), _has_x_limit, slow))
+    assert fast.to_wsgi_list() == slow.to_wsgi_list()
+    assert fast["RateLimit"] == '"wz";r=1;t=30'

@@ -162,6 +162,22 @@ class RateLimitMiddleware:
         return response
 
 
+def _before_view(
+    request: HttpRequest, verdict: Verdict | None, block: bool
+) -> HttpResponse | None:
+    """What ``@ratelimit`` does before the view, sync or async: sets
+    ``request.limited``; the 429 to answer instead of the view, if any."""
+    if verdict is None:
+        return None
+    limited = verdict.blocked or (
+        verdict.decision is not None and not verdict.decision.allowed
+    )
+    request.limited = limited or getattr(request, "limited", False)
+    if verdict.blocked and block:
+        return _response(verdict)
+    return None
+
+
 def _is_async(func: Callable[..., Any]) -> bool:
     if iscoroutinefunction(func):
         return True
@@ -231,15 +247,10 @@ class ratelimit:
             async def async_view(
                 request: HttpRequest, *args: Any, **kwargs: Any
             ) -> Any:
-                rule = self._rule(scope)
-                verdict = await _acheck(rule, request)
-                if verdict is not None:
-                    limited = verdict.blocked or (
-                        verdict.decision is not None and not verdict.decision.allowed
-                    )
-                    request.limited = limited or getattr(request, "limited", False)
-                    if verdict.blocked and block:
-                        return _response(verdict)
+                verdict = await _acheck(self._rule(scope), request)
+                refused = _before_view(request, verdict, block)
+                if refused is not None:
+                    return refused
                 response = await view(request, *args, **kwargs)
                 if verdict is not None:
                     _add_headers(response, verdict)
@@ -249,17 +260,10 @@ class ratelimit:
 
         @functools.wraps(view)
         def sync_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            rule = self._rule(scope)
-            verdict = rule.check(
-                DjangoRequest(request), request.META.get("REMOTE_ADDR")
-            )
-            if verdict is not None:
-                limited = verdict.blocked or (
-                    verdict.decision is not None and not verdict.decision.allowed
-                )
-                request.limited = limited or getattr(request, "limited", False)
-                if verdict.blocked and block:
-                    return _response(verdict)
+            verdict = _check(self._rule(scope), request)
+            refused = _before_view(request, verdict, block)
+            if refused is not None:
+                return refused
             response = view(request, *args, **kwargs)
             if verdict is not None:
                 _add_headers(response, verdict)

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeAlias, Union
 
+from .._limiter import RateLimiter
 from .._rates import Rate
 
 log = logging.getLogger("stanchion.http")
@@ -27,7 +28,8 @@ MAX_LIMITERS = 1024
 PROBLEM_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 NS = 1_000_000_000
 
-RateSpec: TypeAlias = Union[str, Rate, "list[str | Rate]", Any]
+#: A limit: a rate string, a Rate, a list of them, or a limiter object.
+RateSpec: TypeAlias = Union[str, Rate, "list[str | Rate]", RateLimiter]
 
 
 class SettingError(ValueError):

@@ -533,7 +533,12 @@ def _check_cost(cost: Any, setting: str) -> int:
     return cost
 
 
-def middleware_rule(limit: Any, limiter: Any, scope: str, settings: Any) -> Rule:
+def middleware_rule(
+    limit: RateSpec | Callable[[Request], Any] | None,
+    limiter: RateLimiter | None,
+    scope: str,
+    settings: dict[str, Any],
+) -> Rule:
     """The Rule of a middleware that limits every request: given a rate
     (``limit=``) or a ready limiter (``limiter=``), never both."""
     if limit is not None and limiter is not None:
