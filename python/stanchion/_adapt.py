@@ -7,7 +7,7 @@ never from one another.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from .http import LimiterCache, Request, Rule, Verdict
@@ -79,30 +79,33 @@ def decide(
     return rule.check(view(native), peer)
 
 
-async def adecide(
+def adecide(
     rule: Rule,
     method: str,
     path: str,
     peer: str | None,
     view: Callable[[_N], Request],
     native: _N,
-) -> Verdict | None:
-    """:func:`decide` without blocking the loop (awaits ``ahit``)."""
+) -> Awaitable[Verdict | None]:
+    """:func:`decide` without blocking the loop (awaits ``ahit``): the
+    rule's own awaitable, returned as is (no coroutine of its own)."""
     if rule.simple:
-        return await rule.acheck_simple(method, path, peer)
-    return await rule.acheck(view(native), peer)
+        return rule.acheck_simple(method, path, peer)
+    return rule.acheck(view(native), peer)
 
 
 # -- two layers of rate limit headers -------------------------------------------
 
-_X_RESET = ("X-RateLimit-Reset", b"x-ratelimit-reset")
-_X_LIMIT = ("x-ratelimit-limit", b"x-ratelimit-limit")
+_X_RESET = frozenset(("X-RateLimit-Reset", b"x-ratelimit-reset"))
+_X_LIMIT = frozenset(("x-ratelimit-limit", b"x-ratelimit-limit"))
 
 _H = TypeVar("_H", str, bytes)
 
 
 def outer_headers(
-    extra: list[tuple[_H, _H]], has_x_limit: Callable[[_N], bool], response: _N
+    extra: list[tuple[_H, _H]],
+    response: Any,
+    has_x_limit: Callable[[Any], bool] | None = None,
 ) -> list[tuple[_H, _H]]:
     """The rate limit headers ``extra`` an outer layer (a middleware, or an
     app-wide limit) adds to a response an inner layer (a route limit) may
@@ -114,24 +117,23 @@ def outer_headers(
     - ``X-RateLimit-*`` of the inner layer are kept and the outer layer's
       dropped: the trio holds one quota, the more specific one.
 
-    ``has_x_limit(response)`` says whether ``X-RateLimit-Limit`` is set
-    already; it is asked only when ``extra`` carries that family, which
-    a rule always puts last (``Limit``, ``Remaining``, ``Reset``)."""
-    if extra and extra[-1][0] in _X_RESET and has_x_limit(response):
-        return extra[:-3]
+    ``response`` holds the headers set so far: a list of pairs (WSGI,
+    werkzeug's list, ASGI's byte pairs), scanned here in any case, or
+    anything ``has_x_limit(response)`` can ask whether it has
+    ``X-RateLimit-Limit``. Either is looked at only when ``extra`` carries
+    that family, which a rule always puts last (``Limit``, ``Remaining``,
+    ``Reset``)."""
+    if extra and extra[-1][0] in _X_RESET:
+        if has_x_limit is not None:
+            if has_x_limit(response):
+                return extra[:-3]
+        else:
+            # A plain scan: faster than the frameworks' own lookups when
+            # the name is absent, and this runs on every response.
+            for k, _ in response:
+                if len(k) == 17 and k.lower() in _X_LIMIT:
+                    return extra[:-3]
     return extra
-
-
-def pairs_have_x_limit(
-    pairs: list[tuple[str, str]] | list[tuple[bytes, bytes]],
-) -> bool:
-    """Whether a list of header pairs (WSGI, werkzeug's list, ASGI's byte
-    pairs) holds ``X-RateLimit-Limit``, in any case (a plain scan: faster
-    than the frameworks' own lookups when the name is absent)."""
-    for k, _ in pairs:  # noqa: SIM110 - a plain loop beats any() here
-        if len(k) == 17 and k.lower() in _X_LIMIT:
-            return True
-    return False
 
 
 # -- reading and writing --------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._adapt import MIDDLEWARE_SCOPE, adecide, outer_headers, pairs_have_x_limit
+from ._adapt import MIDDLEWARE_SCOPE, outer_headers
 from ._limiter import RateLimiter
 from ._respcache import CacheFront
 from .http import RateSpec, Request, Verdict, middleware_rule
@@ -71,7 +71,7 @@ def add_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> None:
     limit's ``X-RateLimit-*`` are kept)."""
     headers = message.get("headers")
     headers = list(headers) if headers else []
-    headers += outer_headers(extra, pairs_have_x_limit, headers)
+    headers += outer_headers(extra, headers)
     message["headers"] = headers
 
 
@@ -105,14 +105,13 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        verdict = await adecide(
-            self.rule,
-            scope["method"],
-            scope["path"],
-            client[0] if client else None,
-            AsgiRequest,
-            scope,
-        )
+        peer = client[0] if client else None
+        rule = self.rule
+        # _adapt.adecide, inlined: this runs on every request.
+        if rule.simple:
+            verdict = await rule.acheck_simple(scope["method"], scope["path"], peer)
+        else:
+            verdict = await rule.acheck(AsgiRequest(scope), peer)
         if verdict is None:
             await self.app(scope, receive, send)
             return

@@ -40,7 +40,6 @@ from ._adapt import (
     adecide,
     module_getattr,
     outer_headers,
-    pairs_have_x_limit,
     route_scope,
     share_limiters,
 )
@@ -112,7 +111,7 @@ def problem_response(verdict: Verdict) -> Response:
 def _set_headers(response: Response, verdict: Verdict) -> None:
     # raw_headers is the list both Starlette and FastAPI's header merge use.
     raw = response.raw_headers
-    raw.extend(outer_headers(verdict.raw_headers(), pairs_have_x_limit, raw))
+    raw.extend(outer_headers(verdict.raw_headers(), raw))
 
 
 def _headers_on_allowed(result: Any, response: Response | None, v: Verdict) -> None:

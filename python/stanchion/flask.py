@@ -80,7 +80,7 @@ from flask import (
 )
 from werkzeug.datastructures import Headers
 
-from ._adapt import MIDDLEWARE_SCOPE, outer_headers, pairs_have_x_limit, route_scope
+from ._adapt import MIDDLEWARE_SCOPE, outer_headers, route_scope
 from ._settings import flask_name, named_errors, read, split, storage_from_url
 from .http import LimiterCache, Request, Rule, Verdict
 
@@ -365,9 +365,9 @@ class Stanchion:
                 if not headers:
                     continue
                 if raw is not None:
-                    raw.extend(outer_headers(headers, pairs_have_x_limit, raw))
+                    raw.extend(outer_headers(headers, raw))
                 else:
-                    out.extend(outer_headers(headers, _has_x_limit, out))
+                    out.extend(outer_headers(headers, out, _has_x_limit))
         return response
 
 

@@ -106,7 +106,7 @@ def _add_headers(response: falcon.Response, verdict: Verdict) -> None:
     headers = verdict.headers()
     if not headers:
         return
-    for k, v in outer_headers(headers, _has_x_limit, response):
+    for k, v in outer_headers(headers, response, _has_x_limit):
         if k[0] == "X":
             response.set_header(k, v)
         else:

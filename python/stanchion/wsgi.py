@@ -13,10 +13,8 @@ from typing import Any
 
 from ._adapt import (
     MIDDLEWARE_SCOPE,
-    decide,
     header_from_environ,
     outer_headers,
-    pairs_have_x_limit,
     status_line,
 )
 from ._limiter import RateLimiter
@@ -68,7 +66,7 @@ def merge_headers(
 ) -> list[tuple[str, str]]:
     """Rate limit headers added to an app's own, by the rule of
     :func:`stanchion._adapt.outer_headers`."""
-    return headers + outer_headers(extra, pairs_have_x_limit, headers)
+    return headers + outer_headers(extra, headers)
 
 
 class RateLimitMiddleware:
@@ -96,14 +94,16 @@ class RateLimitMiddleware:
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
-        verdict = decide(
-            self.rule,
-            environ.get("REQUEST_METHOD", "GET"),
-            environ.get("PATH_INFO") or "/",
-            environ.get("REMOTE_ADDR"),
-            WsgiRequest,
-            environ,
-        )
+        rule = self.rule
+        # _adapt.decide, inlined: this runs on every request.
+        if rule.simple:
+            verdict = rule.check_simple(
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("PATH_INFO") or "/",
+                environ.get("REMOTE_ADDR"),
+            )
+        else:
+            verdict = rule.check(WsgiRequest(environ), environ.get("REMOTE_ADDR"))
         if verdict is None:
             return self.app(environ, start_response)
         if verdict.blocked:
@@ -115,7 +115,11 @@ class RateLimitMiddleware:
         def start_with_headers(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
-            return start_response(status, merge_headers(headers, extra), exc_info)
+            return start_response(
+                status,
+                headers + outer_headers(extra, headers),
+                exc_info,
+            )
 
         return self.app(environ, start_with_headers)
 

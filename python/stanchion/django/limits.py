@@ -91,7 +91,7 @@ def _add_headers(response: HttpResponse, verdict: Verdict) -> None:
     if type(store) is not dict:
         _add_headers_slow(response, headers)
         return
-    for k, v in outer_headers(headers, _store_has_x_limit, store):
+    for k, v in outer_headers(headers, store, _store_has_x_limit):
         lk = k.lower()
         if k[0] != "X":
             old = store.get(lk)
@@ -109,7 +109,7 @@ def _has_x_limit(response: HttpResponse) -> bool:
 
 
 def _add_headers_slow(response: HttpResponse, headers: list[tuple[str, str]]) -> None:
-    for k, v in outer_headers(headers, _has_x_limit, response):
+    for k, v in outer_headers(headers, response, _has_x_limit):
         if k[0] != "X" and k in response.headers:
             v = f"{response.headers[k]}, {v}"
         response.headers[k] = v
