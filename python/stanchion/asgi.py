@@ -69,10 +69,8 @@ def add_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> None:
     """Append rate limit headers to an ``http.response.start`` message, by
     the rule of :func:`stanchion._adapt.outer_headers` (an inner, route
     limit's ``X-RateLimit-*`` are kept)."""
-    headers = message.get("headers")
-    headers = list(headers) if headers else []
-    headers += outer_headers(extra, headers)
-    message["headers"] = headers
+    headers = message.get("headers") or ()
+    message["headers"] = [*headers, *outer_headers(extra, headers)]
 
 
 class RateLimitMiddleware:
