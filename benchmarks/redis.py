@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import shutil
 import socket
@@ -371,7 +372,7 @@ class Counter:
             original = cls.send_packed_command
             self._patched.append((cls, original))
 
-            if asyncio.iscoroutinefunction(original):
+            if inspect.iscoroutinefunction(original):
 
                 async def asend(
                     self: Any, *a: Any, _o: Any = original, **k: Any

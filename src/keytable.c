@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "index.h"
 
 /* What a heap copy of `len` bytes costs, counting the allocator's header
  * and rounding (glibc: 8 bytes, 16-byte granules, 32 at least), so
@@ -42,10 +43,16 @@ void kt_free(kt_table *t)
 	t->count = t->cap = t->mask = t->key_bytes = 0;
 }
 
-/* Fibonacci hashing spreads any hash over the index. */
+/* Home slot of `hash` (see st_ix_home). Requires an index. */
 ST_INLINE size_t kt_home(const kt_table *t, uint64_t hash)
 {
-	return (size_t)((hash * UINT64_C(0x9E3779B97F4A7C15)) >> 32) & t->mask;
+	return st_ix_home(hash, (uint32_t)t->mask);
+}
+
+/* The stored hash of the entry at `pos`, for the shared index. */
+static uint64_t kt_entry_hash(const void *t, uint32_t pos)
+{
+	return kt_at((const kt_table *)t, pos)->hash;
 }
 
 ST_INLINE const char *kt_key(const kt_entry *e)
@@ -83,7 +90,7 @@ kt_entry *kt_find(const kt_table *t, uint64_t hash, uint8_t tag,
 	size_t i;
 	uint32_t v;
 
-	if (ST_UNLIKELY(t->mask == 0))
+	if (ST_UNLIKELY(t->mask == 0 || len > KT_MAX_KEY))
 		return NULL;
 	for (i = kt_home(t, hash); (v = t->index[i]) != 0;
 	     i = (i + 1) & t->mask) {
@@ -98,16 +105,14 @@ kt_entry *kt_find(const kt_table *t, uint64_t hash, uint8_t tag,
 /* Places dense position `pos` (whose entry holds `hash`) in the index. */
 static void kt_index_put(kt_table *t, uint64_t hash, size_t pos)
 {
-	size_t i = kt_home(t, hash);
-	while (t->index[i] != 0)
-		i = (i + 1) & t->mask;
-	t->index[i] = (uint32_t)(pos + 1);
+	st_ix_put(t->index, (uint32_t)t->mask, (uint32_t)kt_home(t, hash),
+	          (uint32_t)pos);
 }
 
 /* Resizes the index to hold `count + 1` entries at <= 2/3 load. */
 static int kt_index_grow(kt_table *t, size_t need)
 {
-	size_t slots = 8, i;
+	size_t slots = 8;
 	uint32_t *index;
 
 	while (slots * 2 < need * 3)
@@ -120,8 +125,8 @@ static int kt_index_grow(kt_table *t, size_t need)
 	free(t->index);
 	t->index = index;
 	t->mask = slots - 1;
-	for (i = 0; i < t->count; i++)
-		kt_index_put(t, kt_at(t, i)->hash, i);
+	st_ix_rebuild(index, (uint32_t)slots, (uint32_t)t->count,
+	              kt_entry_hash, t);
 	return 0;
 }
 
@@ -131,6 +136,8 @@ kt_entry *kt_insert(kt_table *t, uint64_t hash, uint8_t tag, const char *key,
 	kt_entry *e;
 	char *big = NULL;
 
+	if (len > KT_MAX_KEY)
+		return NULL;
 	if (t->count + 1 > t->cap) {
 		size_t cap = t->cap ? t->cap * 2 : 16;
 		char *entries;
@@ -170,33 +177,17 @@ kt_entry *kt_insert(kt_table *t, uint64_t hash, uint8_t tag, const char *key,
 /* Finds the index slot holding dense position `pos`. */
 static size_t kt_slot_of(const kt_table *t, size_t pos)
 {
-	size_t i = kt_home(t, kt_at(t, pos)->hash);
-	while (t->index[i] != pos + 1)
-		i = (i + 1) & t->mask;
-	return i;
+	return st_ix_slot_of(t->index, (uint32_t)t->mask,
+	                     (uint32_t)kt_home(t, kt_at(t, pos)->hash),
+	                     (uint32_t)pos);
 }
 
 /* Empties index slot `hole`, shifting back later entries of the same
  * probe run so every entry stays reachable from its home slot. */
 static void kt_index_delete(kt_table *t, size_t hole)
 {
-	size_t j = hole;
-
-	for (;;) {
-		size_t home;
-		j = (j + 1) & t->mask;
-		if (t->index[j] == 0)
-			break;
-		home = kt_home(t, kt_at(t, t->index[j] - 1)->hash);
-		/* Move j's entry into the hole unless its home lies
-		 * cyclically in (hole, j]. */
-		if ((j > hole && (home <= hole || home > j)) ||
-		    (j < hole && (home <= hole && home > j))) {
-			t->index[hole] = t->index[j];
-			hole = j;
-		}
-	}
-	t->index[hole] = 0;
+	st_ix_delete(t->index, (uint32_t)t->mask, (uint32_t)hole,
+	             kt_entry_hash, t);
 }
 
 void kt_remove_at(kt_table *t, size_t i)

@@ -18,6 +18,8 @@
 #include <stdint.h>
 
 #define KT_INLINE 16
+/* The longest key the table stores (entries record lengths in 32 bits). */
+#define KT_MAX_KEY UINT32_MAX
 
 typedef struct {
 	uint64_t hash; /* caller's hash of the key */
@@ -58,13 +60,15 @@ static inline kt_entry *kt_at(const kt_table *t, size_t i)
 	return (kt_entry *)(t->entries + i * t->stride);
 }
 
-/* Finds the key; returns its entry or NULL. */
+/* Finds the key; returns its entry or NULL (always for a key longer than
+ * KT_MAX_KEY, which no entry can hold). */
 kt_entry *kt_find(const kt_table *t, uint64_t hash, uint8_t tag,
                   const char *key, size_t len);
 
 /* Inserts a key known to be absent, with count < max. Returns the new
  * entry, whose state the caller must initialise, or NULL when memory
- * runs out (the table is unchanged then). */
+ * runs out or the key is longer than KT_MAX_KEY (the table is unchanged
+ * then). */
 kt_entry *kt_insert(kt_table *t, uint64_t hash, uint8_t tag, const char *key,
                     size_t len);
 

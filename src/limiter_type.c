@@ -1,12 +1,7 @@
-/* Python bindings for the limiter engine: _core.Limiter and _core.Decision.
+/* Python bindings for the limiter engine: _core.Limiter and
+ * _core.parse_rates (the Decision it answers with is decision_type.c).
  *
  * Python equivalent (the behaviour, not the speed):
- *
- *     class Decision:
- *         allowed: bool; limit: int; remaining: int
- *         reset_after: float; retry_after: float        # seconds
- *         reset_after_ns: int; retry_after_ns: int
- *         def __bool__(self): return self.allowed
  *
  *     class Limiter:
  *         def __init__(self, rates, algorithm="token_bucket", burst=None,
@@ -19,10 +14,13 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "args.h"
 #include "clock.h"
+#include "decision_type.h"
 #include "keytable.h"
 #include "limit.h"
 #include "module.h"
+#include "pyclock.h"
 #include "rate.h"
 
 /* Key kinds in the table, so "a" and b"a" are different clients. */
@@ -31,256 +29,6 @@
 
 /* Entries sampled when a full table must evict a live key. */
 #define EVICT_SAMPLES 8
-
-/* =========================================================================
- * Decision
- * ========================================================================= */
-
-typedef struct {
-	PyObject_HEAD int allowed;
-	int64_t limit;
-	int64_t remaining;
-	int64_t reset_after_ns;
-	int64_t retry_after_ns;
-} DecisionObject;
-
-static PyObject *decision_make(st_state *st, const st_decision *d)
-{
-	DecisionObject *o;
-
-	if (ST_LIKELY(st->ndecisions > 0)) {
-		o = (DecisionObject *)st->decisions[--st->ndecisions];
-		PyObject_Init((PyObject *)o, st->decision_type);
-	} else {
-		o = PyObject_New(DecisionObject, st->decision_type);
-		if (o == NULL)
-			return NULL;
-	}
-	o->allowed = d->allowed;
-	o->limit = d->limit;
-	o->remaining = d->remaining;
-	o->reset_after_ns = d->reset_after_ns;
-	o->retry_after_ns = d->retry_after_ns;
-	return (PyObject *)o;
-}
-
-/* PyFloat_AsDouble, except that an int too large for a double gives an
- * infinity (which callers reject with a ValueError) instead of an
- * OverflowError. May run Python code (__float__, __index__). */
-static double to_double(PyObject *v)
-{
-	double d = PyFloat_AsDouble(v);
-
-	if (d == -1.0 && PyErr_Occurred() &&
-	    PyErr_ExceptionMatches(PyExc_OverflowError)) {
-		PyErr_Clear();
-		d = HUGE_VAL;
-	}
-	return d;
-}
-
-/* An int-like count (__index__) in [0, INT64_MAX]: a TypeError for a
- * non-int, a ValueError (never an OverflowError) when out of range. */
-static int count_arg(PyObject *v, const char *what, long long *out)
-{
-	PyObject *i = PyNumber_Index(v);
-	int overflow;
-
-	if (i == NULL)
-		return -1;
-	*out = PyLong_AsLongLongAndOverflow(i, &overflow);
-	Py_DECREF(i);
-	if (*out == -1 && PyErr_Occurred())
-		return -1;
-	if (overflow != 0 || *out < 0) {
-		PyErr_Format(PyExc_ValueError,
-		             "%s must be between 0 and %lld, got %R", what,
-		             (long long)INT64_MAX, v);
-		return -1;
-	}
-	return 0;
-}
-
-/* Seconds (a finite, non-negative number) to integer nanoseconds. */
-static int seconds_to_ns(PyObject *v, const char *what, int64_t *out)
-{
-	double s = to_double(v);
-	if (s == -1.0 && PyErr_Occurred())
-		return -1;
-	if (!isfinite(s) || s < 0.0 || s * 1e9 >= (double)ST_MAX_CLOCK_NS) {
-		PyErr_Format(PyExc_ValueError,
-		             "%s must be a finite number of seconds >= 0, "
-		             "got %R",
-		             what, v);
-		return -1;
-	}
-	*out = (int64_t)llround(s * 1e9);
-	return 0;
-}
-
-static PyObject *decision_new(PyTypeObject *type, PyObject *args,
-                              PyObject *kwds)
-{
-	static char *kwlist[] = {"allowed",     "limit",       "remaining",
-	                         "reset_after", "retry_after", NULL};
-	int allowed;
-	long long limit, remaining;
-	PyObject *limit_o, *remaining_o, *reset = NULL, *retry = NULL;
-	int64_t reset_ns = 0, retry_ns = 0;
-	DecisionObject *o;
-
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "pOO|OO:Decision", kwlist,
-	                                 &allowed, &limit_o, &remaining_o,
-	                                 &reset, &retry))
-		return NULL;
-	if (count_arg(limit_o, "limit", &limit) < 0 ||
-	    count_arg(remaining_o, "remaining", &remaining) < 0)
-		return NULL;
-	if (reset && seconds_to_ns(reset, "reset_after", &reset_ns) < 0)
-		return NULL;
-	if (retry && seconds_to_ns(retry, "retry_after", &retry_ns) < 0)
-		return NULL;
-	o = (DecisionObject *)type->tp_alloc(type, 0);
-	if (o == NULL)
-		return NULL;
-	o->allowed = allowed;
-	o->limit = limit;
-	o->remaining = remaining;
-	o->reset_after_ns = reset_ns;
-	o->retry_after_ns = retry_ns;
-	return (PyObject *)o;
-}
-
-static void decision_dealloc(DecisionObject *self)
-{
-	PyTypeObject *tp = Py_TYPE(self);
-	st_state *st = PyType_GetModuleState(tp);
-
-	/* The type is not subclassable, so every instance has the plain
-	 * size and can be kept for reuse. */
-	if (st != NULL && st->ndecisions < ST_DECISION_FREELIST)
-		st->decisions[st->ndecisions++] = (PyObject *)self;
-	else
-		tp->tp_free(self);
-	Py_DECREF(tp);
-}
-
-static int decision_bool(DecisionObject *self)
-{
-	return self->allowed;
-}
-
-static PyObject *decision_repr(DecisionObject *self)
-{
-	char reset[32], retry[32];
-	PyOS_snprintf(reset, sizeof(reset), "%.9g",
-	              (double)self->reset_after_ns / 1e9);
-	PyOS_snprintf(retry, sizeof(retry), "%.9g",
-	              (double)self->retry_after_ns / 1e9);
-	return PyUnicode_FromFormat(
-	    "Decision(allowed=%s, limit=%lld, remaining=%lld, "
-	    "reset_after=%s, retry_after=%s)",
-	    self->allowed ? "True" : "False", (long long)self->limit,
-	    (long long)self->remaining, reset, retry);
-}
-
-static PyObject *decision_richcompare(PyObject *a, PyObject *b, int op)
-{
-	DecisionObject *x = (DecisionObject *)a, *y = (DecisionObject *)b;
-	int eq;
-	if (!PyObject_TypeCheck(b, Py_TYPE(a)) || (op != Py_EQ && op != Py_NE))
-		Py_RETURN_NOTIMPLEMENTED;
-	eq = x->allowed == y->allowed && x->limit == y->limit &&
-	     x->remaining == y->remaining &&
-	     x->reset_after_ns == y->reset_after_ns &&
-	     x->retry_after_ns == y->retry_after_ns;
-	return PyBool_FromLong(op == Py_EQ ? eq : !eq);
-}
-
-static PyObject *decision_allowed(DecisionObject *self, void *c)
-{
-	(void)c;
-	return PyBool_FromLong(self->allowed);
-}
-
-static PyObject *decision_limit(DecisionObject *self, void *c)
-{
-	(void)c;
-	return PyLong_FromLongLong(self->limit);
-}
-
-static PyObject *decision_remaining(DecisionObject *self, void *c)
-{
-	(void)c;
-	return PyLong_FromLongLong(self->remaining);
-}
-
-static PyObject *decision_reset_after(DecisionObject *self, void *c)
-{
-	(void)c;
-	return PyFloat_FromDouble((double)self->reset_after_ns / 1e9);
-}
-
-static PyObject *decision_retry_after(DecisionObject *self, void *c)
-{
-	(void)c;
-	return PyFloat_FromDouble((double)self->retry_after_ns / 1e9);
-}
-
-static PyObject *decision_reset_after_ns(DecisionObject *self, void *c)
-{
-	(void)c;
-	return PyLong_FromLongLong(self->reset_after_ns);
-}
-
-static PyObject *decision_retry_after_ns(DecisionObject *self, void *c)
-{
-	(void)c;
-	return PyLong_FromLongLong(self->retry_after_ns);
-}
-
-static PyGetSetDef decision_getset[] = {
-    {"allowed", (getter)decision_allowed, NULL,
-     "True when the hit was allowed (and, for hit, consumed).", NULL},
-    {"limit", (getter)decision_limit, NULL,
-     "Capacity of the binding rate: its burst or N per window.", NULL},
-    {"remaining", (getter)decision_remaining, NULL,
-     "Hits of cost 1 the binding rate still allows right now.", NULL},
-    {"reset_after", (getter)decision_reset_after, NULL,
-     "Seconds until the binding rate is back to full capacity.", NULL},
-    {"retry_after", (getter)decision_retry_after, NULL,
-     "Seconds until the same hit would be allowed; 0.0 when allowed.", NULL},
-    {"reset_after_ns", (getter)decision_reset_after_ns, NULL,
-     "reset_after in integer nanoseconds.", NULL},
-    {"retry_after_ns", (getter)decision_retry_after_ns, NULL,
-     "retry_after in integer nanoseconds.", NULL},
-    {NULL},
-};
-
-PyDoc_STRVAR(decision_doc,
-             "Decision(allowed, limit, remaining, reset_after=0.0, "
-             "retry_after=0.0)\n--\n\n"
-             "The answer to a hit or a peek. It is true when allowed. When a "
-             "limiter has\nseveral rates, the fields describe the most "
-             "restrictive one.");
-
-static PyType_Slot decision_slots[] = {
-    {Py_tp_doc, (void *)decision_doc},
-    {Py_tp_new, decision_new},
-    {Py_tp_dealloc, decision_dealloc},
-    {Py_tp_repr, decision_repr},
-    {Py_tp_richcompare, decision_richcompare},
-    {Py_tp_getset, decision_getset},
-    {Py_nb_bool, decision_bool},
-    {0, NULL},
-};
-
-static PyType_Spec decision_spec = {
-    .name = "stanchion._core.Decision",
-    .basicsize = sizeof(DecisionObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = decision_slots,
-};
 
 /* =========================================================================
  * Limiter
@@ -386,10 +134,10 @@ static int collect_rates(PyObject *item, st_rate *rates, int *n)
 			             item);
 			return -1;
 		}
-		amount = to_double(a);
+		amount = st_to_double(a);
 		if (amount == -1.0 && PyErr_Occurred())
 			return -1;
-		period = to_double(p);
+		period = st_to_double(p);
 		if (period == -1.0 && PyErr_Occurred())
 			return -1;
 		if (!isfinite(amount) || !(amount > 0.0)) {
@@ -447,7 +195,7 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 			b = LLONG_MAX; /* st_policy_add says it is too large */
 		if (b < 1) {
 			PyErr_Format(PyExc_ValueError,
-			             "burst must be >= 1, got %lld", b);
+			             "burst must be >= 1, got %R", burst);
 			return -1;
 		}
 		if (nrates != 1) {
@@ -492,8 +240,7 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 				rc = -1;
 			} else if (out[i] < 1) {
 				PyErr_Format(PyExc_ValueError,
-				             "burst must be >= 1, got %lld",
-				             (long long)out[i]);
+				             "burst must be >= 1, got %R", b);
 				rc = -1;
 			}
 		}
@@ -632,8 +379,18 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 /* ---- the hot path -------------------------------------------------------
  */
 
+/* A ValueError for a key the table cannot store (see KT_MAX_KEY). */
+static int key_too_long(Py_ssize_t len)
+{
+	PyErr_Format(PyExc_ValueError,
+	             "key must be at most %llu bytes, got %zd",
+	             (unsigned long long)KT_MAX_KEY, len);
+	return -1;
+}
+
 /* Reads the key's bytes and hash without running Python code: str
- * subclasses are hashed as str (their __hash__ is not called). */
+ * subclasses are hashed as str (their __hash__ is not called). A key
+ * longer than the table stores is a ValueError. */
 ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
                           uint8_t *tag, Py_hash_t *hash)
 {
@@ -646,19 +403,27 @@ ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
 		*buf = (const char *)PyUnicode_DATA(key);
 		*len = PyUnicode_GET_LENGTH(key);
 		*tag = KEY_STR;
+		if (ST_UNLIKELY((size_t)*len > KT_MAX_KEY))
+			return key_too_long(*len);
 		return 0;
 	}
 	if (PyUnicode_Check(key)) {
-		*hash = PyUnicode_Type.tp_hash(key);
 		*buf = PyUnicode_AsUTF8AndSize(key, len);
 		*tag = KEY_STR;
-		return *buf == NULL || *hash == -1 ? -1 : 0;
+		if (*buf == NULL)
+			return -1;
+		if ((size_t)*len > KT_MAX_KEY)
+			return key_too_long(*len);
+		*hash = PyUnicode_Type.tp_hash(key);
+		return *hash == -1 ? -1 : 0;
 	}
 	if (PyBytes_Check(key)) {
-		*hash = PyBytes_Type.tp_hash(key);
 		*buf = PyBytes_AS_STRING(key);
 		*len = PyBytes_GET_SIZE(key);
 		*tag = KEY_BYTES;
+		if ((size_t)*len > KT_MAX_KEY)
+			return key_too_long(*len);
+		*hash = PyBytes_Type.tp_hash(key);
 		return *hash == -1 ? -1 : 0;
 	}
 	PyErr_Format(PyExc_TypeError, "key must be str or bytes, not %.100s",
@@ -666,13 +431,11 @@ ST_INLINE int limiter_key(PyObject *key, const char **buf, Py_ssize_t *len,
 	return -1;
 }
 
-/* The injected clock's reading, clamped as st_read_clock says. The
- * clock is Python code that may re-initialise this limiter: `cost` was
- * checked against the old rates, so it is checked again. */
-static int limiter_read_clock(LimiterObject *self, int64_t cost, int64_t *now)
+/* After an injected clock ran: the clock is Python code that may have
+ * re-initialised this limiter, and `cost` was checked against the old
+ * rates, so it is checked again. Returns 0, or -1 with a ValueError. */
+static int limiter_recheck_cost(LimiterObject *self, int64_t cost)
 {
-	if (st_read_clock(self->clock, &self->last_now, now) < 0)
-		return -1;
 	if (ST_UNLIKELY(cost > self->max_cost)) {
 		PyErr_Format(PyExc_ValueError,
 		             "cost %lld can never be allowed: the smallest "
@@ -689,41 +452,16 @@ static int limiter_args(LimiterObject *self, PyObject *const *args,
                         Py_ssize_t nargs, PyObject *kwnames, const char *fname,
                         int64_t *cost)
 {
-	PyObject *c = NULL;
-	Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+	PyObject *c;
 
 	if (ST_UNLIKELY(!self->ready)) {
 		PyErr_SetString(PyExc_RuntimeError,
 		                "Limiter.__init__ was not called");
 		return -1;
 	}
-	if (ST_UNLIKELY(nargs < 1 || nargs > 2)) {
-		PyErr_Format(PyExc_TypeError,
-		             "%s() takes from 1 to 2 positional arguments but "
-		             "%zd were given",
-		             fname, nargs);
+	if (st_fast_args(fname, args, nargs, kwnames, 1, self->st->str_cost,
+	                 &c) < 0)
 		return -1;
-	}
-	if (nargs == 2)
-		c = args[1];
-	for (Py_ssize_t i = 0; i < nkw; i++) {
-		PyObject *name = PyTuple_GET_ITEM(kwnames, i);
-		if (st_kw_is(name, self->st->str_cost) && c == NULL) {
-			c = args[nargs + i];
-		} else if (st_kw_is(name, self->st->str_cost)) {
-			PyErr_Format(PyExc_TypeError,
-			             "%s() got multiple values for argument "
-			             "'cost'",
-			             fname);
-			return -1;
-		} else {
-			PyErr_Format(PyExc_TypeError,
-			             "%s() got an unexpected keyword argument "
-			             "'%U'",
-			             fname, name);
-			return -1;
-		}
-	}
 	if (ST_LIKELY(c == NULL)) {
 		*cost = 1;
 		return 0;
@@ -811,15 +549,12 @@ static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
 		return NULL;
 	if (limiter_key(args[0], &key, &len, &tag, &hash) < 0)
 		return NULL;
-	if (ST_LIKELY(self->clock == NULL)) {
-		now = st_fastclock_now(&self->fclock);
-		if (now > self->last_now)
-			self->last_now = now;
-		else
-			now = self->last_now;
-	} else if (limiter_read_clock(self, cost, &now) < 0) {
+	if (st_clock_now(self->clock, &self->fclock, &self->last_now, &now) <
+	    0)
 		return NULL;
-	}
+	if (ST_UNLIKELY(self->clock != NULL) &&
+	    limiter_recheck_cost(self, cost) < 0)
+		return NULL;
 	/* From here on no Python code runs until the table is consistent. */
 	e = kt_find(&self->table, (uint64_t)hash, tag, key, (size_t)len);
 	if (ST_LIKELY(e != NULL)) {
@@ -844,7 +579,7 @@ static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
 			self->inserts_since_sweep++;
 		}
 	}
-	return decision_make(self->st, &d);
+	return st_decision_make(self->st, &d);
 }
 
 static PyObject *limiter_hit(LimiterObject *self, PyObject *const *args,
@@ -920,6 +655,32 @@ static PyObject *limiter_get_max_cost(LimiterObject *self, void *c)
 	return PyLong_FromLongLong(self->max_cost);
 }
 
+/* The compiled rates, for engines elsewhere (the Redis scripts) that must
+ * decide exactly as this one: a tuple of (capacity, period_ns,
+ * interval_ns, tolerance_ns) per rate, in order. */
+static PyObject *limiter_get_limits(LimiterObject *self, void *c)
+{
+	const st_policy *policy = &self->policy;
+	PyObject *out;
+
+	(void)c;
+	out = PyTuple_New(policy->nrates);
+	if (out == NULL)
+		return NULL;
+	for (int i = 0; i < policy->nrates; i++) {
+		const st_limit *r = &policy->rates[i];
+		PyObject *item = Py_BuildValue(
+		    "(LLLL)", (long long)r->capacity, (long long)r->period_ns,
+		    (long long)r->interval_ns, (long long)r->tolerance_ns);
+		if (item == NULL) {
+			Py_DECREF(out);
+			return NULL;
+		}
+		PyTuple_SET_ITEM(out, i, item);
+	}
+	return out;
+}
+
 PyDoc_STRVAR(limiter_hit_doc,
              "hit($self, key, /, cost=1)\n--\n\n"
              "Consume `cost` from every rate for `key` (str or bytes) if all "
@@ -955,6 +716,11 @@ static PyGetSetDef limiter_getset[] = {
      "The most keys tracked at once.", NULL},
     {"max_cost", (getter)limiter_get_max_cost, NULL,
      "The largest cost a hit can ever be allowed.", NULL},
+    {"limits", (getter)limiter_get_limits, NULL,
+     "The compiled rates: (capacity, period_ns, interval_ns, tolerance_ns) "
+     "per rate\n(interval and tolerance: token bucket only, else the "
+     "period and 0).",
+     NULL},
     {NULL},
 };
 
@@ -1050,12 +816,6 @@ static PyMethodDef limiter_module_methods[] = {
 
 int st_limiter_exec(PyObject *module, st_state *st)
 {
-	st->decision_type = (PyTypeObject *)PyType_FromModuleAndSpec(
-	    module, &decision_spec, NULL);
-	if (st->decision_type == NULL)
-		return -1;
-	if (PyModule_AddType(module, st->decision_type) < 0)
-		return -1;
 	st->limiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(
 	    module, &limiter_spec, NULL);
 	if (st->limiter_type == NULL)

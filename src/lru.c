@@ -41,48 +41,29 @@ size_t lru_memory(const lru_table *t)
 /* ---- hash index ----------------------------------------------------------
  */
 
+/* The stored hash of entry `i`, for the shared index. */
+static uint64_t entry_hash(const void *t, uint32_t i)
+{
+	return ((const lru_table *)t)->entries[i].hash;
+}
+
 /* The slot holding entry `i` (which must be indexed). */
 static uint32_t slot_of(const lru_table *t, uint32_t i)
 {
-	uint32_t mask = t->nslots - 1;
-	uint32_t s = lru_home(t, t->entries[i].hash);
-
-	while (t->slots[s] != i + 1)
-		s = (s + 1) & mask;
-	return s;
+	return st_ix_slot_of(t->slots, t->nslots - 1,
+	                     lru_home(t, t->entries[i].hash), i);
 }
 
+/* Indexes entry `i`. */
 static void index_add(lru_table *t, uint32_t i)
 {
-	uint32_t mask = t->nslots - 1;
-	uint32_t s = lru_home(t, t->entries[i].hash);
-
-	while (t->slots[s] != 0)
-		s = (s + 1) & mask;
-	t->slots[s] = i + 1;
+	st_ix_put(t->slots, t->nslots - 1, lru_home(t, t->entries[i].hash), i);
 }
 
-/* Empties slot `s` and shifts later members of its cluster back, so every
- * entry stays reachable from its home slot without tombstones. */
+/* Empties slot `s`, shifting its cluster back (see st_ix_delete). */
 static void index_delete_slot(lru_table *t, uint32_t s)
 {
-	uint32_t mask = t->nslots - 1, j = s;
-
-	for (;;) {
-		uint32_t v, home;
-		j = (j + 1) & mask;
-		v = t->slots[j];
-		if (v == 0)
-			break;
-		home = lru_home(t, t->entries[v - 1].hash);
-		/* The entry at j may move to s if s lies cyclically in
-		 * [home, j). */
-		if (((j - home) & mask) >= ((j - s) & mask)) {
-			t->slots[s] = v;
-			s = j;
-		}
-	}
-	t->slots[s] = 0;
+	st_ix_delete(t->slots, t->nslots - 1, s, entry_hash, t);
 }
 
 /* Smallest power of two >= cap * 2 (load factor <= 1/2). */
@@ -93,14 +74,6 @@ static uint32_t slots_for(uint32_t cap)
 	while (n < want)
 		n <<= 1;
 	return (uint32_t)n;
-}
-
-static int log2u(uint32_t n)
-{
-	int k = 0;
-	while ((UINT32_C(1) << k) < n)
-		k++;
-	return k;
 }
 
 /* Reallocates *p to n elements of `size` bytes. A failure leaves *p as
@@ -142,9 +115,7 @@ static int resize(lru_table *t, uint32_t cap)
 		free(t->slots);
 		t->slots = slots;
 		t->nslots = nslots;
-		t->shift = 64 - log2u(nslots);
-		for (uint32_t i = 0; i < t->count; i++)
-			index_add(t, i);
+		st_ix_rebuild(slots, nslots, t->count, entry_hash, t);
 	}
 	t->mutations++;
 	return 0;

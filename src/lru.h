@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "common.h"
+#include "index.h"
 
 /* No entry. */
 #define LRU_NIL UINT32_MAX
@@ -62,7 +63,6 @@ typedef struct {
 	uint32_t nslots;      /* 0 or a power of two >= 2 * cap */
 	uint32_t hcount;      /* entries in the heap */
 	uint32_t hcap;        /* heap slots allocated */
-	int shift;            /* 64 - log2(nslots) */
 	int weighted;         /* keep weights */
 	uint32_t mru, lru;    /* LRU list ends */
 	uint32_t fhead;       /* FIFO: the next to expire */
@@ -90,7 +90,7 @@ void lru_free(lru_table *t);
 /* Home slot of `hash`. Requires nslots > 0. */
 ST_INLINE uint32_t lru_home(const lru_table *t, uint64_t hash)
 {
-	return (uint32_t)((hash * UINT64_C(0x9E3779B97F4A7C15)) >> t->shift);
+	return st_ix_home(hash, t->nslots - 1);
 }
 
 /* Walks the probe sequence of `hash` from *slot (start at lru_home) and

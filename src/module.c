@@ -1,8 +1,6 @@
 /* stanchion._core: module definition, state and multi-phase init. */
 #include "module.h"
 
-#include <math.h>
-
 static int module_traverse(PyObject *module, visitproc visit, void *arg)
 {
 	st_state *st = PyModule_GetState(module);
@@ -11,6 +9,11 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->cache_type);
 	Py_VISIT(st->cached_call_type);
 	Py_VISIT(st->cache_info_type);
+	Py_VISIT(st->rate_headers_type);
+	for (int i = 0; i < 5; i++) {
+		Py_VISIT(st->hdr_str[i]);
+		Py_VISIT(st->hdr_bytes[i]);
+	}
 	Py_VISIT(st->kwd_mark);
 	Py_VISIT(st->str_cost);
 	Py_VISIT(st->str_default);
@@ -28,6 +31,11 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->cache_type);
 	Py_CLEAR(st->cached_call_type);
 	Py_CLEAR(st->cache_info_type);
+	Py_CLEAR(st->rate_headers_type);
+	for (int i = 0; i < 5; i++) {
+		Py_CLEAR(st->hdr_str[i]);
+		Py_CLEAR(st->hdr_bytes[i]);
+	}
 	Py_CLEAR(st->kwd_mark);
 	Py_CLEAR(st->str_cost);
 	Py_CLEAR(st->str_default);
@@ -62,52 +70,6 @@ st_state *st_state_from_type(PyTypeObject *type)
 #endif
 }
 
-int st_read_clock(PyObject *clock, int64_t *last_ns, int64_t *now)
-{
-	PyObject *r;
-	double s;
-	int64_t ns;
-
-	Py_INCREF(clock);
-	r = PyObject_CallNoArgs(clock);
-	Py_DECREF(clock);
-	if (r == NULL)
-		return -1;
-	if (PyBool_Check(r) || !(PyFloat_Check(r) || PyLong_Check(r))) {
-		PyErr_Format(PyExc_TypeError,
-		             "clock must return a number of seconds, not "
-		             "%.100s",
-		             Py_TYPE(r)->tp_name);
-		Py_DECREF(r);
-		return -1;
-	}
-	s = PyFloat_AsDouble(r);
-	Py_DECREF(r);
-	if (s == -1.0 && PyErr_Occurred()) {
-		/* An int too large for a double is out of range too. */
-		if (!PyErr_ExceptionMatches(PyExc_OverflowError))
-			return -1;
-		PyErr_Clear();
-		s = HUGE_VAL;
-	}
-	if (!isfinite(s) || s < 0.0 || s * 1e9 >= (double)ST_MAX_CLOCK_NS) {
-		char buf[64];
-		PyOS_snprintf(buf, sizeof(buf), "%g", s);
-		PyErr_Format(PyExc_ValueError,
-		             "clock returned %s seconds: it must be finite, "
-		             ">= 0 and within %lld seconds",
-		             buf,
-		             (long long)(ST_MAX_CLOCK_NS / ST_NS_PER_SEC));
-		return -1;
-	}
-	ns = (int64_t)llround(s * 1e9);
-	if (ns < *last_ns)
-		ns = *last_ns;
-	*last_ns = ns;
-	*now = ns;
-	return 0;
-}
-
 static int module_exec(PyObject *module)
 {
 	st_state *st = PyModule_GetState(module);
@@ -118,9 +80,15 @@ static int module_exec(PyObject *module)
 	st->str_ttl = PyUnicode_InternFromString("ttl");
 	if (!st->str_cost || !st->str_default || !st->str_ttl)
 		return -1;
+	if (st_decision_exec(module, st) < 0)
+		return -1;
 	if (st_limiter_exec(module, st) < 0)
 		return -1;
 	if (st_cache_exec(module, st) < 0)
+		return -1;
+	if (st_cached_exec(module, st) < 0)
+		return -1;
+	if (st_rate_headers_exec(module, st) < 0)
 		return -1;
 	return 0;
 }

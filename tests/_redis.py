@@ -332,6 +332,15 @@ class RedisSentinelGroup:
         old_port = self.master_port()
         old = next(s for s in self.servers if s.port == old_port)
         new = next(s for s in self.servers if s.port != old_port)
+        # A forced failover does not wait for the replica to catch up:
+        # writes it has not yet received would be lost (Redis replication
+        # is asynchronous). The tests are about following the new master,
+        # so let the replica catch up first.
+        self.wait(
+            lambda: _repl_offset(new, "slave_repl_offset")
+            >= _repl_offset(old, "master_repl_offset"),
+            "the replica did not catch up",
+        )
         self.sentinel_cli("SENTINEL", "FAILOVER", self.NAME)
         # Done when the Sentinel's own view has switched (its clients ask
         # SENTINEL MASTERS, which names the old master until then).
@@ -370,3 +379,12 @@ def redis_sentinel() -> Iterator[RedisSentinelGroup]:
             yield group
         finally:
             group.stop()
+
+
+def _repl_offset(server: RedisServer, field: str) -> int:
+    """A replication offset from INFO replication (-1 when absent)."""
+    for line in server.cli("INFO", "replication").splitlines():
+        name, _, value = line.strip().partition(":")
+        if name == field:
+            return int(value)
+    return -1

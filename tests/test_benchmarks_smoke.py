@@ -8,6 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from .conftest import require_peers
+
+pytestmark = pytest.mark.bench
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 RESULTS = BENCHMARKS / "RESULTS.md"
 TIME = re.compile(r"\d (ns|us|ms) ")
@@ -44,6 +50,7 @@ def run_quick(script: str) -> str:
 
 
 def test_limiter_benchmark_runs_every_implementation() -> None:
+    require_peers("limits", "throttled", "pyrate_limiter", "psutil")
     out = run_quick("limiter.py")
     lines = out.splitlines()
     for name in LIMITER_ROWS:
@@ -82,6 +89,7 @@ CACHE_ROWS = [
 
 
 def test_cache_benchmark_runs_every_implementation() -> None:
+    require_peers("cachetools", "cachebox", "lru", "moka_py", "psutil")
     out = run_quick("cache.py")
     lines = out.splitlines()
     for op in ("get-hit", "get-miss", "set-new", "zipf 90/10"):
@@ -123,6 +131,7 @@ WEB_CACHE_ROWS = [
 
 
 def test_web_cache_benchmark_runs_every_case() -> None:
+    require_peers("fastapi", "fastapi_cache", "flask", "flask_caching", "django")
     out = run_quick("web_cache.py")
     lines = out.splitlines()
     for name in WEB_CACHE_ROWS:
@@ -134,6 +143,9 @@ def test_web_cache_benchmark_runs_every_case() -> None:
 def test_web_benchmark_runs_every_case() -> None:
     """Every stack's rows print with figures, and every target line a
     verdict (the web benchmark is the only one timing whole frameworks)."""
+    require_peers(
+        "fastapi", "slowapi", "flask", "flask_limiter", "django", "django_ratelimit"
+    )
     out = run_quick("web.py")
     lines = out.splitlines()
     rows = [

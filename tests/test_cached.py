@@ -146,6 +146,13 @@ def test_unhashable_arguments_raise_type_error() -> None:
         f([1])
 
 
+@pytest.mark.parametrize("ttl", [10**400, -(10**400), 1e300], ids=["huge", "-huge", "1e300"])
+def test_a_ttl_out_of_range_is_a_value_error(ttl: float) -> None:
+    """An int too large for a float included."""
+    with pytest.raises(ValueError, match="ttl must be"):
+        cached(ttl=ttl)(len)
+
+
 def test_ttl_expires_results() -> None:
     n = [0]
 
@@ -583,6 +590,106 @@ async def test_the_ttl_reaches_a_local_backend(
     assert f(1) == 1 and await g("a") == "a" and calls[0] == 4
     if isinstance(backend, RecordingLocalBackend):
         assert backend.ttls == [("set", 5.0), ("aset", 5.0)] * 2
+
+
+@pytest.mark.parametrize("backend_type", [LocalBackend, RecordingLocalBackend])
+async def test_a_result_too_heavy_for_the_cache_is_returned_uncached(
+    backend_type: type[LocalBackend],
+) -> None:
+    """Storing it raised ValueError (maxweight), so the call and every
+    caller waiting on it failed although the result was computed."""
+    backend = backend_type(Cache(10, maxweight=5, weigh=len))
+    calls = [0]
+    gate = threading.Event()
+
+    @cached(backend=backend)
+    def f(n: int) -> str:
+        calls[0] += 1
+        gate.wait(5)
+        return "x" * n
+
+    @cached(backend=backend)
+    async def g(n: int) -> str:
+        calls[0] += 1
+        await asyncio.sleep(0.01)
+        return "y" * n
+
+    results: list[object] = []
+
+    def call() -> None:
+        try:
+            results.append(f(10))
+        except ValueError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert results == ["x" * 10] * 3 and calls[0] == 1
+    assert await asyncio.gather(g(10), g(10)) == ["y" * 10] * 2 and calls[0] == 2
+    assert f(3) == "xxx" and await g(2) == "yy"
+    assert len(backend.cache) == 2 and calls[0] == 4
+    assert f(10) == "x" * 10 and calls[0] == 5  # not cached: computed again
+
+
+class Ticket:
+    """An argument whose hash follows its state, as a mutable record's
+    may."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __hash__(self) -> int:
+        return hash(self.n)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ticket) and other.n == self.n
+
+
+async def test_a_call_that_changes_its_own_key_leaves_no_flight_behind() -> None:
+    """The in-flight entry was removed by the key's new hash, so it
+    stayed: it kept the argument alive, and another thread calling with
+    the key back in its first state got the old result without
+    computing (here with maxsize=0, which keeps nothing)."""
+    calls = [0]
+
+    @cached(maxsize=0)
+    def f(t: Ticket) -> int:
+        calls[0] += 1
+        t.n += 1000
+        return calls[0]
+
+    @cached(maxsize=0)
+    async def g(t: Ticket) -> int:
+        calls[0] += 1
+        t.n += 1000
+        return calls[0]
+
+    first = Ticket(1)
+    assert f(first) == 1
+    first.n = 1
+    seen: list[int] = []
+    other = threading.Thread(target=lambda: seen.append(f(first)))
+    other.start()
+    other.join(5)
+    assert seen == [2]
+    first.n = 2
+    assert await g(first) == 3
+    first.n = 2
+    assert await g(first) == 4
+    refs = []
+    for i in range(3):
+        t = Ticket(10 + i)
+        refs.append(weakref.ref(t))
+        f(t)
+        await g(t)
+    del t
+    gc.collect()
+    assert [r() for r in refs] == [None] * 3
 
 
 async def test_local_backend_follows_the_protocol() -> None:

@@ -11,7 +11,10 @@ import subprocess
 import sys
 import textwrap
 import threading
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -452,3 +455,35 @@ def test_a_replaced_value_is_released_once_the_bounds_hold() -> None:
     c["e"] = Value(1)  # full: "c" is evicted
     assert c.keys() == ["d", "e"]
     assert seen and all(n <= 2 and w <= 10 for n, w in seen), seen
+
+
+class _Seconds:
+    """A real number that is neither int nor float (as numpy scalars are)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __float__(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(
+    "reading", [Fraction(3, 2), Decimal("1.5"), _Seconds(1.5)], ids=repr
+)
+def test_clock_readings_may_be_any_real_number(reading: Any) -> None:
+    lim = Limiter("1/second", clock=lambda: reading)
+    assert lim.hit("a").allowed
+    assert lim.hit("a").retry_after == pytest.approx(1.0)
+    c: Cache[str, int] = Cache(10, ttl=5, clock=lambda: reading)
+    c["a"] = 1
+    assert c["a"] == 1
+
+
+@pytest.mark.parametrize("reading", [True, "1.5", None, 1.5j], ids=repr)
+def test_clock_readings_that_are_not_real_numbers_are_type_errors(
+    reading: Any,
+) -> None:
+    lim = Limiter("1/second", clock=lambda: reading)
+    with pytest.raises(TypeError, match="clock must return a number"):
+        lim.hit("a")
+    assert lim.stats()["keys"] == 0

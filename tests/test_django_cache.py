@@ -9,7 +9,7 @@ place with override_settings for each test.
 
 from __future__ import annotations
 
-import asyncio
+import inspect
 import itertools
 import json
 import pickle
@@ -863,6 +863,39 @@ def test_an_alias_with_a_tighter_max_bytes_evicts_down_to_it() -> None:
     assert unbounded.stats()["size"] == 33 and "weight" not in unbounded.stats()
 
 
+def test_a_refused_alias_leaves_its_location_as_it_was() -> None:
+    """An alias whose bound the C cache cannot take is a SettingError,
+    and the LOCATION keeps the bounds of the aliases that were built."""
+    location = f"refused-{next(_locations)}"
+    CacheBackend(location, {"OPTIONS": {"MAX_ENTRIES": 10}})
+    for options in ({"MAX_ENTRIES": 2**30}, {"MAX_BYTES": 2**63}):
+        with pytest.raises(SettingError, match="must be at most"):
+            CacheBackend(location, {"OPTIONS": options})
+    roomy = CacheBackend(location, {"OPTIONS": {"MAX_ENTRIES": 1000}})
+    for i in range(100):
+        roomy.set(f"k{i}", i)
+    assert roomy.stats()["size"] == 100
+    assert roomy.get_many([f"k{i}" for i in range(100)]) == {
+        f"k{i}": i for i in range(100)
+    }
+
+
+@pytest.mark.parametrize("cull", [float("inf"), 10**400], ids=["inf", "huge"])
+def test_infinite_timeouts_are_forever_or_never(cull: float) -> None:
+    """TIMEOUT inf keeps entries until evicted, -inf caches nothing; an
+    infinite CULL_FREQUENCY is ignored like any other (Django's int()
+    would raise OverflowError on each)."""
+    forever = CacheBackend(
+        f"inf-{next(_locations)}",
+        {"TIMEOUT": float("inf"), "OPTIONS": {"CULL_FREQUENCY": cull}},
+    )
+    never = CacheBackend(f"inf-{next(_locations)}", {"TIMEOUT": float("-inf")})
+    forever.set("k", 1)
+    never.set("k", 1)
+    assert forever.get("k") == 1 and entry_deadline(forever, "k") is None
+    assert never.get("k") is None
+
+
 def test_location_clock_is_one_clock(clock: FakeClock) -> None:
     location = f"clock-{next(_locations)}"
     first = CacheBackend(location, {"OPTIONS": {"CLOCK": clock}})
@@ -964,15 +997,13 @@ def test_get_or_set_when_another_caller_wins_the_add(
 ASYNC_NAMES = [
     name
     for name in dir(BaseCache)
-    if name.startswith("a") and asyncio.iscoroutinefunction(getattr(BaseCache, name))
+    if name.startswith("a") and inspect.iscoroutinefunction(getattr(BaseCache, name))
 ]
 
 
 def test_every_async_method_is_our_own() -> None:
     assert {"aget", "aset", "aadd", "aincr", "aget_many", "aclear"} <= set(ASYNC_NAMES)
     for name in ASYNC_NAMES:
-        if name == "aclose":
-            continue  # BaseCache.aclose does nothing, in the loop
         assert getattr(CacheBackend, name) is not getattr(BaseCache, name), name
 
 

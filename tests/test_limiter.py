@@ -236,6 +236,16 @@ def test_acquire_times_out_without_waiting_in_vain() -> None:
     assert isinstance(info.value.decision, Decision)
 
 
+async def test_acquire_with_a_timeout_too_large_for_a_float() -> None:
+    """A timeout past any float is no deadline (as inf is), never an
+    OverflowError; a negative one is still a ValueError."""
+    lim = Limiter("20/second", burst=1)
+    assert lim.acquire("a", timeout=10**400).allowed
+    assert (await lim.aacquire("a", timeout=10**400)).allowed
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        lim.acquire("a", timeout=-(10**400))
+
+
 async def test_async_twins() -> None:
     lim = Limiter("2/second")
     assert (await lim.ahit("a")).allowed
@@ -268,6 +278,18 @@ async def test_aacquire_does_not_block_the_loop() -> None:
 
 
 # -- bad input -----------------------------------------------------------------------
+
+
+def test_a_key_longer_than_4_gib_is_a_value_error(clock: FakeClock) -> None:
+    """The table records key lengths in 32 bits: a longer key was stored
+    with its length cut (never found again, its copy never freed)."""
+    lim = Limiter("10/second", clock=clock)
+    key = bytes(2**32 + 1)  # zero pages from calloc: nothing is committed
+    for call in (lim.hit, lim.peek, lim.reset):
+        with pytest.raises(ValueError, match="key must be at most 4294967295 bytes"):
+            call(key)
+    assert lim.stats()["keys"] == 0 and lim.stats()["memory_bytes"] < 2**20
+    assert lim.hit(key[: 2**10]).remaining == 9
 
 
 def test_bad_keys(clock: FakeClock) -> None:
@@ -327,6 +349,8 @@ def test_bad_costs(clock: FakeClock) -> None:
         ({"rates": "1/s", "algorithm": 1}, TypeError, "algorithm must be a str"),
         ({"rates": "1/s", "burst": 0}, ValueError, "burst must be >= 1"),
         ({"rates": "1/s", "burst": -3}, ValueError, "burst must be >= 1"),
+        ({"rates": "1/s", "burst": -(2**70)}, ValueError, f"got {-(2**70)}"),
+        ({"rates": "1/s", "burst": [-(2**70)]}, ValueError, f"got {-(2**70)}"),
         ({"rates": "1/s", "burst": 1.5}, TypeError, "burst must be"),
         ({"rates": "1/s;2/m", "burst": 3}, ValueError, "one entry"),
         ({"rates": "1/s;2/m", "burst": [3]}, ValueError, "1 entries for 2 rates"),

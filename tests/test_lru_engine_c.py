@@ -7,6 +7,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
+# A fuzz build under ASan+UBSan: seconds of compiling and running.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -31,6 +36,7 @@ def test_cache_engine_builds_without_python_and_matches_its_model(
             str(ROOT / "src"),
             str(ROOT / "tests/fuzz/lru_fuzz.c"),
             str(ROOT / "src/lru.c"),
+            str(ROOT / "src/index.c"),
             "-o",
             str(exe),
         ],

@@ -8,6 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from .conftest import require_peers
+
+pytestmark = pytest.mark.bench
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 RESULTS = BENCHMARKS / "RESULTS.md"
 ROW = re.compile(r"^(?P<name>.+?)\s{2,}(?P<n>[18])\s+[\d,]+\s+[\d.]+ us\s+[\d.]+ us\s")
@@ -32,6 +38,9 @@ ASYNC_ROWS = [
 
 
 def test_redis_benchmark_runs_every_implementation() -> None:
+    require_peers(
+        "redis", "limits", "throttled", "fastapi_limiter", "pyrate_limiter", "starlette"
+    )
     before = RESULTS.read_text() if RESULTS.exists() else None
     proc = subprocess.run(
         [sys.executable, str(BENCHMARKS / "redis.py")],

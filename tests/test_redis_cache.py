@@ -442,28 +442,28 @@ async def test_cached_ttl_reaches_redis_for_sync_and_async(
 
 
 def test_raw_commands_under_the_prefix(cache: RedisCache, rclient: redis.Redis) -> None:
-    key = cache.raw_key("http:a")
+    key = cache._raw_key("http:a")
     assert key == cache.prefix.encode() + b"http:a"
-    assert cache.raw_key(b"x*[") == cache.prefix.encode() + b"x*["
-    assert cache.command("SET", key, b"v") in (b"OK", "OK", True)
+    assert cache._raw_key(b"x*[") == cache.prefix.encode() + b"x*["
+    assert cache._command("SET", key, b"v") in (b"OK", "OK", True)
     assert rclient.get(key) == b"v"
-    assert cache.command("GET", key) == b"v"
-    cache.command("SET", cache.raw_key("http:ab"), b"1")
-    cache.command("SET", cache.raw_key("http*b"), b"2")  # a glob character
-    cache.command("SET", cache.raw_key("other"), b"3")
-    assert cache.delete_raw_prefix(cache.raw_key("http*")) == 1
-    assert cache.delete_raw_prefix(cache.raw_key("http:")) == 2
-    assert cache.command("GET", cache.raw_key("other")) == b"3"
+    assert cache._command("GET", key) == b"v"
+    cache._command("SET", cache._raw_key("http:ab"), b"1")
+    cache._command("SET", cache._raw_key("http*b"), b"2")  # a glob character
+    cache._command("SET", cache._raw_key("other"), b"3")
+    assert cache._delete_raw_prefix(cache._raw_key("http*")) == 1
+    assert cache._delete_raw_prefix(cache._raw_key("http:")) == 2
+    assert cache._command("GET", cache._raw_key("other")) == b"3"
     with pytest.raises(TypeError, match="key must be str or bytes"):
-        cache.raw_key(1)  # type: ignore[arg-type]
+        cache._raw_key(1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="prefix must be bytes"):
-        cache.delete_raw_prefix("http:")  # type: ignore[arg-type]
+        cache._delete_raw_prefix("http:")  # type: ignore[arg-type]
 
 
 async def test_raw_commands_async(cache: RedisCache) -> None:
-    key = cache.raw_key("k")
-    await cache.acommand("SET", key, b"v")
-    assert await cache.acommand("GET", key) == b"v"
+    key = cache._raw_key("k")
+    await cache._acommand("SET", key, b"v")
+    assert await cache._acommand("GET", key) == b"v"
     await cache.aclose()
 
 
@@ -472,7 +472,15 @@ def test_raw_commands_when_redis_is_down() -> None:
 
     down = RedisCache(f"redis://127.0.0.1:{free_port()}/0", timeout=0.05)
     try:
-        assert down.command("GET", down.raw_key("k")) is None
-        assert down.delete_raw_prefix(down.raw_key("k")) == 0
+        assert down._command("GET", down._raw_key("k")) is None
+        assert down._delete_raw_prefix(down._raw_key("k")) == 0
     finally:
         down.close()
+
+
+def test_raw_commands_are_not_public() -> None:
+    """The raw commands serve the response cache only: users see the
+    Cache subset and its asyncio twins."""
+    public = {name for name in dir(RedisCache) if not name.startswith("_")}
+    assert public.isdisjoint({"raw_key", "command", "acommand", "delete_raw_prefix"})
+    assert {"get", "set", "delete", "ttl", "clear", "aget", "aset"} <= public

@@ -573,3 +573,38 @@ async def test_a_wrong_deadline_costs_a_round_trip_not_the_hit(
     finally:
         storage.close()
         await storage.aclose()
+
+
+def test_every_call_waits_for_the_probe_during_an_outage(
+    private_redis: RedisServer, clock: FakeClock
+) -> None:
+    """While Redis is down only one call per retry interval tries it,
+    whatever the call: a reset or a cache clear within the interval
+    answers at once by its policy, as hits and reads do, instead of
+    waiting out the timeout on a stalled server."""
+    storage = RedisStorage(private_redis.url, timeout=0.5, retry_interval=1)
+    storage._connector.clock = clock
+    lim = stanchion.Limiter("5/minute", storage=storage, on_error="allow")
+    strict = stanchion.Limiter("5/minute", storage=storage, on_error="raise")
+    cache = stanchion.RedisCache(storage)
+    try:
+        assert lim.hit("k").remaining == 4
+        private_redis.pause()
+        try:
+            assert lim.hit("k").remaining == 4  # timed out: the outage begins
+            assert storage._connector.down_since is not None
+            t0 = time.monotonic()
+            lim.reset("k")
+            lim.reset()
+            cache.clear()
+            with pytest.raises(stanchion.StorageUnavailable):
+                strict.reset()
+            elapsed = time.monotonic() - t0
+        finally:
+            private_redis.resume()
+        assert elapsed < MARGIN
+        clock.advance(1)
+        assert lim.hit("k").reset_after > 0  # the next probe gets through
+        assert storage._connector.down_since is None
+    finally:
+        storage.close()

@@ -4,6 +4,7 @@ differential test against the in-process engine on the same sequences."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import subprocess
 import sys
@@ -503,3 +504,72 @@ def test_decision_fields_are_exact_to_the_nanosecond(storage: RedisStorage) -> N
         assert a == b
     assert b.retry_after_ns == 333_333_333 and b.reset_after_ns == 999_999_999
     assert math.isclose(b.retry_after, 0.333333333)
+
+
+_RATE_LIMITER_METHODS = (
+    "hit",
+    "peek",
+    "reset",
+    "acquire",
+    "ahit",
+    "apeek",
+    "areset",
+    "aacquire",
+)
+
+
+def _shape(method: object) -> list[tuple[str, object, object]]:
+    """A method's parameters as callers see them: names, kinds, defaults."""
+    sig = inspect.signature(method)  # type: ignore[arg-type]
+    return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+
+
+def test_same_rate_limiter_surface_as_the_in_process_limiter(
+    storage: RedisStorage,
+) -> None:
+    """Code written against stanchion.Limiter works unchanged on a
+    Redis one: the same methods called the same way, and the same
+    ``rates`` and ``algorithm``."""
+    local = stanchion.Limiter("5/second;100/hour", algorithm="sliding_window")
+    remote = stanchion.Limiter(
+        "5/second;100/hour", algorithm="sliding_window", storage=storage
+    )
+    assert isinstance(remote, RedisLimiter)
+    for name in _RATE_LIMITER_METHODS:
+        assert _shape(getattr(remote, name)) == _shape(getattr(local, name)), name
+        assert asyncio.iscoroutinefunction(
+            getattr(remote, name)
+        ) == asyncio.iscoroutinefunction(getattr(local, name)), name
+    assert remote.rates == local.rates
+    assert all(isinstance(r, stanchion.Rate) for r in remote.rates)
+    assert remote.algorithm == local.algorithm == "sliding_window"
+
+
+def test_scripts_take_the_engines_compiled_rates(storage: RedisStorage) -> None:
+    """One owner of the rate rules: the C engine compiles the rates (its
+    ``limits``) and the scripts get exactly those numbers."""
+    from stanchion import _core
+
+    rates = stanchion.parse_rates("3/second;100 per 7 minutes")
+    limits = _core.Limiter(rates, "token_bucket", [5, None], 1, None).limits
+    interval = 333_333_333  # 1 s / 3, to the nearest ns
+    assert limits == (
+        (5, 10**9, interval, 5 * interval),
+        (100, 420 * 10**9, 4_200_000_000, 420 * 10**9),
+    )
+    remote = stanchion.Limiter(
+        "3/second;100 per 7 minutes", burst=[5, None], storage=storage
+    )
+    assert isinstance(remote, RedisLimiter)
+    assert remote._params == tuple(
+        str(v).encode() for cap, _, iv, tol in limits for v in (cap, iv, tol)
+    )
+    windows = _core.Limiter(rates, "sliding_window", None, 1, None).limits
+    assert windows == ((3, 10**9, 10**9, 0), (100, 420 * 10**9, 420 * 10**9, 0))
+    remote = stanchion.Limiter(
+        "3/second;100 per 7 minutes", algorithm="sliding_window", storage=storage
+    )
+    assert isinstance(remote, RedisLimiter)
+    assert remote._params == tuple(
+        str(v).encode() for cap, p, _, _ in windows for v in (cap, p // 1000, p)
+    )

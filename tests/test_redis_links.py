@@ -227,8 +227,8 @@ async def test_tcp_keepalive_as_the_client_asks(redis_server: RedisServer) -> No
     for keepalive in (True, False):
         sync_client = redis.Redis(port=redis_server.port, socket_keepalive=keepalive)
         async_client = aredis.Redis(port=redis_server.port, socket_keepalive=keepalive)
-        blocking = RedisStorage(sync_client)
-        asynchronous = RedisStorage(async_client)
+        blocking = RedisStorage(sync_client, timeout=2)
+        asynchronous = RedisStorage(async_client, timeout=2)
         try:
             link = blocking._connector.sync
             alink = asynchronous._connector.async_link

@@ -29,7 +29,18 @@ __all__ = [
     "parse_rates",
 ]
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    """The installed distribution's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stanchion")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 # Imported on first use, so that `import stanchion` does not import redis.
 _LAZY = {"RedisStorage": "redis", "RedisCache": "redis"}

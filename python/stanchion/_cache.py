@@ -78,6 +78,17 @@ class CacheBackend(Protocol):
     async def aclear(self) -> None: ...
 
 
+def _set_local(
+    cache: Cache[Hashable, Any], key: Hashable, value: Any, ttl: float | None
+) -> None:
+    try:
+        cache.set(key, value, ttl)
+    except ValueError:
+        # A result its weigh puts past maxweight: the call still returns
+        # it, uncached, as a backend that fails to store drops the write.
+        pass
+
+
 class LocalBackend:
     """The default backend: a stanchion Cache in this process.
 
@@ -98,7 +109,7 @@ class LocalBackend:
         return self.cache.get(key, default)
 
     def set(self, key: Hashable, value: Any, ttl: float | None) -> None:
-        self.cache.set(key, value, ttl)
+        _set_local(self.cache, key, value, ttl)
 
     def delete(self, key: Hashable) -> bool:
         return self.cache.pop(key, _MISSING) is not _MISSING
@@ -110,7 +121,7 @@ class LocalBackend:
         return self.cache.get(key, default)
 
     async def aset(self, key: Hashable, value: Any, ttl: float | None) -> None:
-        self.cache.set(key, value, ttl)
+        _set_local(self.cache, key, value, ttl)
 
     async def adelete(self, key: Hashable) -> bool:
         return self.delete(key)
@@ -157,6 +168,26 @@ class _Flight:
         self.owner = threading.get_ident()
         self.value: Any = None
         self.error: BaseException | None = None
+
+
+class _Pinned:
+    """A key of an in-flight table, hashed once. The call may change its
+    own key (a mutable argument whose hash follows its state): its entry
+    must still be found, by this object, to be removed when it ends."""
+
+    __slots__ = ("hash", "key")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self.hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Pinned) and (
+            self.key is other.key or bool(self.key == other.key)
+        )
 
 
 # Thread -> the flight it is waiting for; task -> the task it awaits. Used
@@ -232,12 +263,12 @@ class _Store:
         return self.backend.get(key, _MISSING)
 
     def store(self, key: Hashable, value: Any) -> None:
-        if self.local is not None:
-            # The decorator's ttl, not the Cache's own default: a Cache
-            # given as backend= has its own (or none).
-            self.local.set(key, value, self.ttl)
-        else:
+        if self.local is None:
             self.backend.set(key, value, self.ttl)
+            return
+        # The decorator's ttl, not the Cache's own default: a Cache
+        # given as backend= has its own (or none).
+        _set_local(self.local, key, value, self.ttl)
 
     def cache_info(self) -> CacheInfo:
         if self.local is not None:
@@ -264,14 +295,15 @@ class _SyncFlights:
 
     def __init__(self, store: _Store) -> None:
         self.store = store
-        self.inflight: dict[Hashable, _Flight] = {}
+        self.inflight: dict[_Pinned, _Flight] = {}
 
     def miss(
         self, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any] | None
     ) -> Any:
         kwargs = kwargs or {}
         flight = _Flight()
-        other = self.inflight.setdefault(key, flight)
+        pin = _Pinned(key)
+        other = self.inflight.setdefault(pin, flight)
         if other is not flight:
             return self._wait(other, key, args, kwargs)
         del other
@@ -287,7 +319,7 @@ class _SyncFlights:
             flight.error = e
             raise
         finally:
-            self.inflight.pop(key, None)
+            self.inflight.pop(pin, None)
             flight.done.set()
             # A traceback keeps this frame alive: it must not keep the
             # flight, which holds the exception (a reference cycle).
@@ -329,14 +361,15 @@ class _AsyncFlights:
 
     def __init__(self, store: _Store) -> None:
         self.store = store
-        self.inflight: dict[Hashable, asyncio.Task[Any]] = {}
+        self.inflight: dict[_Pinned, asyncio.Task[Any]] = {}
 
     async def miss(
         self, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
-        task = self.inflight.get(key)
+        pin = _Pinned(key)
+        task = self.inflight.get(pin)
         if task is not None and task.get_loop() is loop and not task.done():
             if me is not None and _task_cycle(task, me):
                 # Awaiting would await ourselves: compute alone.
@@ -344,9 +377,9 @@ class _AsyncFlights:
                 await self._store(key, value)
                 return value
         else:
-            task = loop.create_task(self._compute(key, args, kwargs))
+            task = loop.create_task(self._compute(pin, args, kwargs))
             task.add_done_callback(_consume)
-            self.inflight[key] = task
+            self.inflight[pin] = task
         if me is None:
             return await asyncio.shield(task)
         previous = _task_waits.get(me)
@@ -360,8 +393,9 @@ class _AsyncFlights:
                 _task_waits[me] = previous
 
     async def _compute(
-        self, key: Hashable, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, pin: _Pinned, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        key = pin.key
         try:
             if self.store.local is not None:
                 value = self.store.local.peek(key, _MISSING)
@@ -372,12 +406,12 @@ class _AsyncFlights:
                 await self._store(key, value)
             return value
         finally:
-            if self.inflight.get(key) is asyncio.current_task():
-                del self.inflight[key]
+            if self.inflight.get(pin) is asyncio.current_task():
+                del self.inflight[pin]
 
     async def _store(self, key: Hashable, value: Any) -> None:
         if self.store.local is not None:
-            self.store.local.set(key, value, self.store.ttl)
+            self.store.store(key, value)
         else:
             await self.store.backend.aset(key, value, self.store.ttl)
 
@@ -394,9 +428,13 @@ def _check_ttl(ttl: object) -> float | None:
         raise TypeError(
             f"ttl must be a number of seconds or None, not {type(ttl).__name__}"
         )
-    if not math.isfinite(ttl) or ttl <= 0:
+    try:
+        seconds = float(ttl)
+    except OverflowError:  # an int too large for a float
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
-    return float(ttl)
+    return seconds
 
 
 _BACKEND_METHODS = (

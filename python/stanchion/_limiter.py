@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, overload, runtime_checkable
@@ -264,4 +265,8 @@ def _deadline(timeout: float | None) -> float | None:
         )
     if timeout != timeout or timeout < 0:
         raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r}")
-    return time.monotonic() + timeout
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int too large for a float: no deadline
+        seconds = math.inf
+    return time.monotonic() + seconds

@@ -14,7 +14,7 @@ from typing import Any
 
 from ._adapt import MIDDLEWARE_SCOPE, outer_headers
 from ._limiter import RateLimiter
-from ._respcache import CacheFront
+from ._respcache import SENT, CacheFront
 from .http import RateSpec, Request, Verdict, middleware_rule
 
 __all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
@@ -135,7 +135,10 @@ class RateLimitMiddleware:
 # Response caching
 # ---------------------------------------------------------------------------
 
-_PASSED = object()  # the upstream's answer already went to the client
+class _RaisedAfterStart(BaseException):
+    """The app's exception, raised after its answer started going to the
+    client: carried past the cache's stale-if-error fallback (a second
+    response start would break the protocol), then raised again as is."""
 
 
 async def _no_body() -> Message:
@@ -230,10 +233,15 @@ class CacheMiddleware(CacheFront):
         def background() -> Awaitable[Any]:
             return self._run(dict(scope), _no_body, None, True)
 
-        reply = await cache.aserve(plan, upstream, background)
-        if reply.native is _PASSED:
+        try:
+            reply = await cache.aserve(plan, upstream, background)
+        except _RaisedAfterStart as after:
+            failed: Exception = after.args[0]
+        else:
+            if reply.native is not SENT:
+                await send_cached(reply, send)
             return
-        await send_cached(reply, send)
+        raise failed  # outside the handler: the app's own exception, as is
 
     async def _run(
         self, scope: Scope, receive: Receive, send: Send | None, store: bool
@@ -309,12 +317,20 @@ class CacheMiddleware(CacheFront):
                 await go_through()
             await pass_on(message)
 
-        await self.app(scope, receive, capture)
+        try:
+            await self.app(scope, receive, capture)
+        except Exception as exc:
+            if state["passed"] and send is not None:
+                raise _RaisedAfterStart(exc) from None
+            raise
         start = state["start"]
         if start is None:
             raise RuntimeError("the app returned without starting a response")
         status = start["status"]
         hdrs = _decode(start.get("headers"))
         if state["passed"]:
-            return Upstream(status, hdrs, None, _PASSED)
-        return Upstream(status, hdrs, b"".join(state["chunks"]))
+            return Upstream(status, hdrs, None, SENT)
+        # Starlette's SessionMiddleware outside sets its cookie after this
+        # layer saw the page whenever the session holds anything.
+        private = bool(scope.get("session"))
+        return Upstream(status, hdrs, b"".join(state["chunks"]), private=private)

@@ -389,7 +389,11 @@ def cache(**settings: Any) -> Callable[[F], F]:
                 body = getattr(out, "body", None)
                 if not isinstance(body, bytes) or len(body) > rc.max_body:
                     return Upstream(out.status_code, headers, None, out)
-                return Upstream(out.status_code, headers, body)
+                # Starlette's SessionMiddleware sets its cookie after the
+                # endpoint whenever the session holds anything: a page of
+                # this visitor's own.
+                private = bool(request.scope.get("session"))
+                return Upstream(out.status_code, headers, body, private=private)
 
             plan = rc.plan_scope(request.scope)
             if plan is None:

@@ -256,6 +256,15 @@ def _falcon_headers(response: falcon.Response) -> list[tuple[str, str]]:
     return headers
 
 
+def _session_used(request: falcon.Request) -> bool:
+    """Whether hug's ``SessionMiddleware`` session (``request.context``'s
+    ``"session"``) holds anything: the middleware saves it and sets its
+    cookie after the endpoint, outside the cache, so the page (a CSRF
+    token in it, say) is this visitor's."""
+    get = getattr(request.context, "get", None)
+    return get is not None and bool(get("session"))
+
+
 def _falcon_status(response: falcon.Response) -> int:
     return int(str(response.status).split(" ", 1)[0])
 
@@ -317,7 +326,7 @@ def cache(
             body = body.encode("utf-8")
         if len(body) > rc.max_body:
             return Upstream(status, headers, None, io.BytesIO(body))
-        return Upstream(status, headers, bytes(body))
+        return Upstream(status, headers, bytes(body), private=_session_used(request))
 
     def plan_for(request: Any) -> Any:
         return rc.plan_environ(request.env, request.get_header, request.path)
@@ -342,7 +351,13 @@ def cache(
                     result = await func(*args, **kwargs)
                     return upstream_of(result, request, response)
 
-                return _send(await rc.aserve(plan, upstream, upstream), response)
+                async def background() -> Any:
+                    fresh = type(response)()
+                    kw = dict(kwargs)
+                    forward(kw, request, fresh)
+                    return upstream_of(await func(*args, **kw), request, fresh)
+
+                return _send(await rc.aserve(plan, upstream, background), response)
 
             wrapper: Any = async_wrapper
         else:
@@ -361,7 +376,17 @@ def cache(
                 def upstream() -> Any:
                     return upstream_of(func(*args, **kwargs), request, response)
 
-                return _send(rc.serve(plan, upstream, upstream), response)
+                def background() -> Any:
+                    # A refresh runs while this request's hit is sent: on
+                    # a response of its own, or the hit's headers (its
+                    # ETag) would be stored with the new body, and the
+                    # endpoint's with the hit.
+                    fresh = type(response)()
+                    kw = dict(kwargs)
+                    forward(kw, request, fresh)
+                    return upstream_of(func(*args, **kw), request, fresh)
+
+                return _send(rc.serve(plan, upstream, background), response)
 
             wrapper = sync_wrapper
         wrapper.cache = rc

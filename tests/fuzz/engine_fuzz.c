@@ -161,6 +161,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifndef ST_LIBFUZZER
+/* A key longer than an entry can record is refused before a byte of it
+ * is read: neither stored (with a truncated length) nor found. */
+static void check_too_long_key(void)
+{
+	kt_table t;
+	char key[1] = {'k'};
+	size_t len = (size_t)KT_MAX_KEY + 1;
+
+	if (sizeof(size_t) <= sizeof(uint32_t))
+		return; /* no such length */
+	kt_init(&t, 1, 4, 1);
+	CHECK(kt_insert(&t, 42, 1, key, 1) != NULL);
+	CHECK(kt_insert(&t, 42, 1, key, len) == NULL);
+	CHECK(kt_find(&t, 42, 1, key, len) == NULL);
+	CHECK(t.count == 1 && t.key_bytes == 0);
+	kt_free(&t);
+}
+
 /* Inputs that look like rates, so the parser's deeper paths are reached. */
 static const char *seeds[] = {
     "10/second",
@@ -181,6 +199,8 @@ int main(int argc, char **argv)
 	uint64_t x = 88172645463325252ull;
 	long iterations = argc > 1 ? atol(argv[1]) : 200000;
 	uint8_t buf[256];
+
+	check_too_long_key();
 
 	for (long it = 0; it < iterations; it++) {
 		size_t size;

@@ -830,3 +830,83 @@ def test_a_scope_whose_tag_is_taken_keeps_str_keys(
     assert hits(victim, 1, "1.2.3.4") == [True]
     assert hits(other, 1, "1.2.3.4") == [True]
     assert hits(other, 1, "1.2.3.4") == [False]
+
+
+# -- peers that are not addresses ------------------------------------------------
+
+
+def _long_peer_flood(adapter: str, n: int, **settings: Any) -> int:
+    """Bytes kept after ``n`` requests whose peer is a distinct 20 KB text:
+    what uvicorn's ProxyHeadersMiddleware (trusting '*') and werkzeug's
+    ProxyFix put in the peer from a client's own X-Forwarded-For."""
+    import tracemalloc
+
+    import httpx
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from stanchion.asgi import RateLimitMiddleware as AsgiLimit
+    from stanchion.wsgi import RateLimitMiddleware as WsgiLimit
+
+    def wsgi_app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = f"long-peers-{uuid.uuid4().hex}"
+    if adapter == "wsgi":
+        app: Any = WsgiLimit(wsgi_app, limit="100/second", scope=scope, **settings)
+
+        def get(xff: str) -> int:
+            got: list[str] = []
+            environ = {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": "/",
+                # A new str per request, as ProxyFix(x_for=1) makes it.
+                "REMOTE_ADDR": xff.encode().decode(),
+                "wsgi.url_scheme": "http",
+            }
+            b"".join(app(environ, lambda status, headers, exc=None: got.append(status)))
+            return int(got[0].split()[0])
+
+        def run(xffs: list[str]) -> list[int]:
+            return [get(x) for x in xffs]
+
+    else:
+        app = ProxyHeadersMiddleware(
+            AsgiLimit(asgi_app, limit="100/second", scope=scope, **settings),
+            trusted_hosts="*",
+        )
+
+        def run(xffs: list[str]) -> list[int]:
+            async def go() -> list[int]:
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://test"
+                ) as c:
+                    return [
+                        (await c.get("/", headers={"X-Forwarded-For": x})).status_code
+                        for x in xffs
+                    ]
+
+            return asyncio.run(go())
+
+    run(["198.51.100.1"])
+    xffs = [f"{i:05d}" + "p" * 20_000 for i in range(n)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert set(run(xffs)) == {200}
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+@pytest.mark.parametrize("proxies", [(), ("10.0.0.0/8",)])
+def test_peer_texts_are_not_remembered(adapter: str, proxies: Any) -> None:
+    # The per-address tables kept 1024-4096 of them: tens of MB.
+    grown = _long_peer_flood(adapter, 100, trusted_proxies=list(proxies))
+    assert grown < 1024 * 1024, f"grew by {grown} bytes"

@@ -5,6 +5,7 @@ in sync mode (WSGI, Django's test Client) reading its settings, and an
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.template.response import TemplateResponse
 from django.test import Client, override_settings
 from django.urls import path
 
@@ -41,10 +43,51 @@ async def async_page(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"n": CALLS["async"]})
 
 
+@cache_response(ttl=60)
+def template_page(request: HttpRequest) -> HttpResponse:
+    CALLS["template"] = CALLS.get("template", 0) + 1
+    name = "csrf.html" if "csrf" in request.GET else "page.html"
+    return TemplateResponse(request, name, {"n": CALLS["template"]})
+
+
+@cache_response(ttl=60)
+async def async_template_page(request: HttpRequest) -> HttpResponse:
+    CALLS["atemplate"] = CALLS.get("atemplate", 0) + 1
+    name = "csrf.html" if "csrf" in request.GET else "page.html"
+    return TemplateResponse(request, name, {"n": CALLS["atemplate"]})
+
+
+@cache_response(ttl=60)
+async def slow_async_page(request: HttpRequest) -> HttpResponse:
+    CALLS["slow"] = CALLS.get("slow", 0) + 1
+    await asyncio.sleep(0.2)
+    return HttpResponse("slow")
+
+
 urlpatterns = [
     path("api/page", page),
     path("other", other),
     path("async", async_page),
+    path("template", template_page),
+    path("atemplate", async_template_page),
+    path("slow", slow_async_page),
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "OPTIONS": {
+            "loaders": [
+                (
+                    "django.template.loaders.locmem.Loader",
+                    {
+                        "page.html": "page {{ n }}",
+                        "csrf.html": "<form>{% csrf_token %}</form> {{ n }}",
+                    },
+                )
+            ]
+        },
+    }
 ]
 
 MW = ["stanchion.django.CacheMiddleware"]
@@ -107,3 +150,41 @@ def test_cookies_set_by_django_are_never_stored() -> None:
     assert view(rf.get("/c"))["X-Cache"] == "MISS"
     r = view(rf.get("/c"))
     assert r["X-Cache"] == "MISS" and r.cookies["sid"].value == "x"
+
+
+@pytest.mark.parametrize("url", ["/template", "/atemplate"])
+def test_template_response_is_rendered_then_cached(url: str) -> None:
+    # Generic class-based views return a TemplateResponse, which Django
+    # renders after the view: the decorator renders it itself, so the
+    # page is stored, and what its template did (a CSRF token here) is
+    # seen before storing.
+    with override_settings(ROOT_URLCONF=__name__, TEMPLATES=TEMPLATES):
+        c = Client()
+        r1, r2 = c.get(url), c.get(url)
+        assert (r1["X-Cache"], r2["X-Cache"]) == ("MISS", "HIT")
+        assert r1.content == r2.content and r1.content.startswith(b"page ")
+        f1, f2 = c.get(url + "?csrf=1"), c.get(url + "?csrf=1")
+        assert (f1["X-Cache"], f2["X-Cache"]) == ("MISS", "MISS")
+        assert b"csrfmiddlewaretoken" in f2.content
+
+
+def test_async_view_under_wsgi_concurrent_misses() -> None:
+    # Under WSGI each call of an async view runs in an event loop of its
+    # own: a concurrent miss cannot await the first one's flight (it
+    # raised "attached to a different loop"), it runs the view itself.
+    import threading
+
+    statuses: list[int] = []
+
+    def get() -> None:
+        statuses.append(Client().get("/slow").status_code)
+
+    with override_settings(ROOT_URLCONF=__name__):
+        threads = [threading.Thread(target=get) for _ in range(2)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        assert statuses == [200, 200]
+        assert Client().get("/slow")["X-Cache"] == "HIT"

@@ -124,3 +124,39 @@ def test_limit_and_cache_stacked(limit_over_cache: bool) -> None:
         assert [r.status_code for r in got] == [200] * 5
         assert remaining == ["2", None, None, None, None]
         assert [r.headers.get("X-Cache") for r in got] == ["MISS"] + ["HIT"] * 4
+
+
+def test_hug_session_pages_never_stored() -> None:
+    # hug's SessionMiddleware saves request.context["session"] and sets
+    # its cookie after the endpoint: a page that put anything in it (a
+    # CSRF token) is that visitor's own.
+    import secrets
+
+    from hug.middleware import SessionMiddleware
+    from hug.store import InMemoryStore
+
+    global _n
+    _n += 1
+    api = hug.API(f"stanchion_hug_cache_{_n}")
+    api.http.add_middleware(SessionMiddleware(InMemoryStore(), cookie_secure=False))
+    count = {"plain": 0}
+
+    @hug.get("/form", api=api)
+    @cache(max_age=60)
+    def form(request):
+        session = request.context["session"]
+        return {"csrf": session.setdefault("csrf", secrets.token_hex(8))}
+
+    @hug.get("/plain", api=api)
+    @cache(max_age=60)
+    def plain():
+        count["plain"] += 1
+        return {"n": count["plain"]}
+
+    c = Client(api.http.server(), use_cookies=False)  # a new visitor each time
+    a, b = c.get("/form"), c.get("/form")
+    assert a.json != b.json  # b never got a's token
+    assert (a.headers["X-Cache"], b.headers["X-Cache"]) == ("MISS", "MISS")
+    p1, p2 = c.get("/plain"), c.get("/plain")
+    assert (p1.headers["X-Cache"], p2.headers["X-Cache"]) == ("MISS", "HIT")
+    assert p1.json == p2.json == {"n": 1}

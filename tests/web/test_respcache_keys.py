@@ -41,7 +41,7 @@ def make(
 
             server = request.getfixturevalue("redis_server")
             prefix = f"t{uuid.uuid4().hex}:"
-            opts["backend"] = RedisCache(server.url, prefix=prefix)
+            opts["backend"] = RedisCache(server.url, prefix=prefix, timeout=2)
         else:
             opts.setdefault("clock", clock)
         h = ADAPTERS[request.param](**opts)
@@ -129,6 +129,29 @@ def test_forwarded_header_from_trusted_proxy(make: Any) -> None:
     assert h.get("/where", https).x_cache == "HIT"
 
 
+@pytest.mark.parametrize("proxies", [(), PEERS])
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"X-Forwarded-Prefix": "//evil.example"},
+        {"X-Forwarded-Port": "6666"},
+    ],
+)
+def test_forwarded_prefix_and_port_are_kept_apart(
+    make: Any, proxies: Any, forged: dict[str, str]
+) -> None:
+    # werkzeug's ProxyFix(x_prefix=1, x_port=1) builds every link from
+    # them: a page made with a client's value must reach no one else,
+    # whether or not the peer is a trusted proxy.
+    h = make(trusted_proxies=proxies)
+    poisoned = h.get("/links", {**SHOP, **forged})
+    assert poisoned.text.startswith("links ") and "||" not in poisoned.text
+    r = h.get("/links", SHOP)
+    assert (r.x_cache, r.text) == ("MISS", "links | #2")
+    assert h.get("/links", SHOP).x_cache == "HIT"
+    assert h.get("/links", {**SHOP, **forged}).body == poisoned.body
+
+
 # -- the path and the query ----------------------------------------------------
 
 
@@ -166,6 +189,19 @@ def test_query_pieces_may_be_reordered(make: Any) -> None:
     a = h.get("/items?b=<2>&a=1&c")
     r = h.get("/items?c&a=1&b=<2>")
     assert (r.x_cache, r.body) == ("HIT", a.body)
+
+
+def test_repeated_query_names_keep_their_order(make: Any) -> None:
+    # request.args.get / request.GET[...] read the first or the last:
+    # ?a=1&a=2 and ?a=2&a=1 are two different requests.
+    h = make()
+    first = h.get("/items?a=1&b=x&a=2")
+    other = h.get("/items?a=2&b=x&a=1")
+    assert other.x_cache == "MISS" and other.body != first.body
+    same = h.get("/items?b=x&a=1&a=2")
+    assert (same.x_cache, same.body) == ("HIT", first.body)
+    assert h.cache.invalidate(path="/items", query="a=2&a=1&b=x") == 1
+    assert h.get("/items?a=1&a=2&b=x").x_cache == "HIT"
 
 
 def test_long_query_is_cached_under_its_digest(make: Any) -> None:
@@ -245,6 +281,23 @@ def test_identity_headers_setting(make: Any) -> None:
         assert h.get("/apikey", {"Cookie": "sid=a"}).x_cache == "MISS"
     with pytest.raises(TypeError):
         make(identity_headers="x-tenant")
+
+
+@pytest.mark.parametrize("adapter", ["django", "flask", "hug", "wsgi"])
+def test_remote_user_is_a_credential(adapter: str, clock: FakeClock) -> None:
+    # The web server authenticated the user (Apache's auth modules, SSO)
+    # and says who in REMOTE_USER; mod_wsgi drops Authorization. Each
+    # user's page is their own.
+    h: Any = ADAPTERS[adapter](ttl=60, clock=clock)
+    try:
+        for user in ("alice", "alice", "bob"):
+            r = h.request("GET", "/items", None, {"REMOTE_USER": user})
+            assert r.x_cache == "MISS"
+        assert h.get("/items").x_cache == "MISS"
+        assert h.get("/items").x_cache == "HIT"
+        assert h.upstream.calls["items"] == 4
+    finally:
+        h.close()
 
 
 def test_vary_identity_keys_each_credential(make: Any) -> None:

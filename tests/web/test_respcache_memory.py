@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,45 @@ def test_keys_and_vary_records_are_weighed() -> None:
     keys = cache.keys()
     assert len(keys) == 21  # 20 entries and the one Vary record
     assert cache.weight > sum(len(k) for k in keys)
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+def test_flood_of_long_hosts_holds_nothing(adapter: str) -> None:
+    # Host values (up to the server's header limit, 64 KiB for some) were
+    # remembered, 4096 of them, outside maxweight.
+    import tracemalloc
+
+    h = ADAPTERS[adapter](ttl=60, maxweight=64 * 1024)
+
+    def get(host: str) -> str | None:
+        if adapter == "asgi":
+            return h.get("/items", {"Host": host}).x_cache
+        # Straight to the middleware: werkzeug's test client keeps URLs.
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/items",
+            "SERVER_NAME": "test",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": host,
+            "REMOTE_ADDR": "127.0.0.1",
+            "wsgi.url_scheme": "http",
+        }
+        got: list[Any] = []
+        body = h.app(environ, lambda status, headers, exc=None: got.extend(headers))
+        b"".join(body)
+        return dict(got).get("X-Cache")
+
+    try:
+        get("warm.example")
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(300):
+            assert get(f"{i:05d}" + "h" * 16_000) == "MISS"
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        h.close()
+    assert grown < 1024 * 1024, f"grew by {grown} bytes"
 
 
 def test_over_long_path_is_not_cached() -> None:

@@ -18,8 +18,8 @@ def pair(adapter: str, server: RedisServer, **opts: Any) -> Any:
     prefix = f"t{uuid.uuid4().hex}:"
     return harnesses(
         adapter,
-        {"ttl": 60, **opts, "backend": RedisCache(server.url, prefix=prefix)},
-        {"ttl": 60, **opts, "backend": RedisCache(server.url, prefix=prefix)},
+        {"ttl": 60, **opts, "backend": RedisCache(server.url, prefix=prefix, timeout=2)},
+        {"ttl": 60, **opts, "backend": RedisCache(server.url, prefix=prefix, timeout=2)},
     )
 
 
@@ -64,7 +64,7 @@ def test_redis_users_do_not_leak(adapter: str, redis_server: RedisServer) -> Non
 def _clients(server: RedisServer) -> int:
     probe = RedisCache(server.url)
     try:
-        info = probe.command("INFO", "clients")
+        info = probe._command("INFO", "clients")
     finally:
         probe.close()
     line = next(

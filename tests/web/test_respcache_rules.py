@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -195,6 +196,31 @@ def test_max_age(make: Any) -> None:
     assert "cache-control" not in make().get("/items").headers
 
 
+@pytest.mark.parametrize(
+    "extra", [{"X-Forwarded-Host": "a.example"}, {"X-Forwarded-Prefix": "/app"}]
+)
+def test_vary_cookie_without_credential_never_stored(
+    make: Any, extra: dict[str, str]
+) -> None:
+    # Headers hashed into the key are not a credential: Vary: Cookie
+    # is stored only for a credential keyed by vary_identity.
+    h = make(vary_identity=True)
+    for _ in range(2):
+        assert h.get("/varycookie", extra).x_cache == "MISS"
+    assert h.upstream.calls["varycookie"] == 2
+
+
+@pytest.mark.parametrize(
+    "cc", ['public, x="abc, private', 'max-age=60, x="a, no-store', 'x=", no-cache']
+)
+def test_unterminated_quote_hides_no_directive(cc: str) -> None:
+    # The field-name parsing must not read "private" as part of a quoted
+    # string that never ends.
+    rc = ResponseCache()
+    assert rc.storable(200, [("Cache-Control", cc)]) is None
+    assert rc.storable(200, [("Cache-Control", 'x="a, b", public')]) == ()
+
+
 def test_stale_while_revalidate(make: Any, clock: FakeClock) -> None:
     h = make(stale_while_revalidate=20)
     h.get("/items")
@@ -207,6 +233,38 @@ def test_stale_while_revalidate(make: Any, clock: FakeClock) -> None:
     assert h.get("/items").text == "items #2"
     clock.advance(100)
     assert h.get("/items").x_cache == "MISS"
+
+
+def test_head_never_starts_a_refresh(make: Any, clock: FakeClock) -> None:
+    # Its answer is never stored: a refresh it started ran the app (as a
+    # HEAD) for nothing, and the entry stayed stale.
+    h = make(stale_while_revalidate=20)
+    h.get("/items")
+    clock.advance(15)
+    r = h.head("/items")
+    assert (r.status, r.x_cache, r.body) == (200, "HIT", b"")
+    assert h.cache.wait_refreshes(timeout=5)
+    assert h.upstream.calls["items"] == 1
+    h.get("/items")
+    assert h.cache.wait_refreshes(timeout=5)
+    assert h.upstream.calls["items"] == 2
+    assert h.get("/items").text == "items #2"
+
+
+def test_refresh_gets_its_own_response(make: Any, clock: FakeClock) -> None:
+    # The refresh runs while the stale hit is being sent (/slow takes
+    # 50 ms): what the hit put on its response (its ETag, Age, X-Cache)
+    # must not become the refreshed entry's.
+    h = make(stale_while_revalidate=20)
+    old = h.get("/slow")
+    clock.advance(15)
+    assert h.get("/slow").body == old.body
+    assert h.cache.wait_refreshes(timeout=5)
+    new = h.get("/slow")
+    assert (new.x_cache, new.text) == ("HIT", "slow #2")
+    assert new.headers["etag"] != old.headers["etag"]
+    r = h.get("/slow", {"If-None-Match": old.headers["etag"]})
+    assert (r.status, r.body) == (200, new.body)
 
 
 def test_stale_if_error(make: Any, clock: FakeClock) -> None:
@@ -257,6 +315,20 @@ def test_invalidate(make: Any) -> None:
         h.cache.invalidate(path="/a", prefix="/b")
 
 
+@pytest.mark.parametrize(
+    "where", [{"path": "items"}, {"path": "http://test/items"}, {"prefix": "item"}]
+)
+def test_invalidate_rejects_what_matches_nothing(
+    make: Any, where: dict[str, str]
+) -> None:
+    # A path without its "/" (or a whole URL) removed nothing, silently.
+    h = make()
+    h.get("/items")
+    with pytest.raises(ValueError, match="must start with '/'"):
+        h.cache.invalidate(**where)
+    assert h.get("/items").x_cache == "HIT"
+
+
 def test_memory_bounded_by_bytes(make: Any) -> None:
     h = make(maxweight=4000)
     for i in range(50):
@@ -296,6 +368,9 @@ def test_own_cache_backend(make: Any) -> None:
         ("client_refresh", 1, TypeError),
         ("allowed_hosts", "example.com", TypeError),
         ("allowed_hosts", [""], TypeError),
+        ("allowed_hosts", ["*"], ValueError),
+        ("allowed_hosts", ["example.com:8080"], ValueError),
+        ("allowed_hosts", ["https://example.com"], ValueError),
         ("identity_headers", [None], TypeError),
         ("trusted_proxies", ["not-an-ip"], ValueError),
     ],
@@ -303,3 +378,75 @@ def test_own_cache_backend(make: Any) -> None:
 def test_bad_settings(setting: str, value: Any, error: type[Exception]) -> None:
     with pytest.raises(error):
         ResponseCache(**{setting: value})
+
+
+
+def test_public_module_and_old_path_are_one() -> None:
+    import stanchion._respcache as old
+    import stanchion.respcache as public
+
+    # What the adapters and tests import from the old path.
+    names = ["CacheFront", "Entry", "MAX_PATH", "Plan", "Reply", "ResponseCache"]
+    names += ["Upstream", "environ_header", "scope_header", "IDENTITY_HEADERS"]
+    names += ["SENT"]
+    for name in names:
+        assert name in public.__all__
+        assert getattr(old, name) is getattr(public, name)
+    assert ResponseCache is public.ResponseCache
+
+
+def test_a_flight_that_landed_after_the_lookup_is_not_repeated(
+    clock: FakeClock,
+) -> None:
+    """A request whose lookup missed just before another request's flight
+    stored the entry answers from that entry when it takes the lead,
+    instead of calling the upstream a second time (blocking and asyncio)."""
+    from stanchion.respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=60, clock=clock)
+    headers = {"host": "example.com"}
+    plan = rc.plan("GET", "/a", "", headers.get)
+    assert plan is not None
+    calls: list[int] = []
+
+    def upstream() -> Upstream:
+        calls.append(1)
+        return Upstream(200, [("Content-Type", "text/plain")], b"page")
+
+    async def aupstream() -> Upstream:
+        return upstream()
+
+    assert rc.serve(plan, upstream).body == b"page"
+    real = rc.lookup
+    missed: list[bool] = []
+
+    def late_lookup(p: Any) -> Any:
+        # The first lookup of the request ran before the entry landed.
+        if not missed:
+            missed.append(True)
+            return None
+        return real(p)
+
+    rc.lookup = late_lookup  # type: ignore[method-assign]
+    rc.alookup = _async(late_lookup)  # type: ignore[method-assign]
+    reply = rc.serve(plan, upstream)
+    assert (reply.body, dict(reply.headers)["X-Cache"], len(calls)) == (
+        b"page",
+        "HIT",
+        1,
+    )
+    missed.clear()
+    reply = asyncio.run(rc.aserve(plan, aupstream))
+    assert (reply.body, dict(reply.headers)["X-Cache"], len(calls)) == (
+        b"page",
+        "HIT",
+        1,
+    )
+    assert rc.flights == {}
+
+
+def _async(f: Any) -> Any:
+    async def call(*args: Any) -> Any:
+        return f(*args)
+
+    return call

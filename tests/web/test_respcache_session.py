@@ -18,10 +18,15 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
 from flask import Flask, session
+from starlette.middleware.sessions import SessionMiddleware
 from werkzeug.test import Client as WerkzeugClient
 
+from stanchion.asgi import CacheMiddleware as AsgiCacheMiddleware
 from stanchion.django import cache_response
+from stanchion.fastapi import cache
 from stanchion.flask import Stanchion
 from stanchion.wsgi import CacheMiddleware as WsgiCacheMiddleware
 
@@ -252,3 +257,63 @@ def test_wsgi_middleware_around_django() -> None:
     assert plain[0].get_data() == plain[1].get_data()
     assert [r.headers["X-Cache"] for r in streamed] == ["MISS", "MISS"]
     assert streamed[0].get_data() != streamed[1].get_data()
+
+
+# ---------------------------------------------------------------------------
+# Starlette's SessionMiddleware outside FastAPI's @cache or the ASGI
+# CacheMiddleware: it sets its cookie after the cache saw the page
+# ---------------------------------------------------------------------------
+
+
+def starlette_app(where: str) -> Any:
+    app = FastAPI()
+    count = itertools.count(1)
+    on_view = cache(ttl=60) if where == "view" else (lambda f: f)
+
+    @app.get("/write")
+    @on_view
+    async def write(request: Request) -> PlainTextResponse:
+        token = request.session.setdefault("csrf", secrets.token_hex(8))
+        return PlainTextResponse(token)
+
+    @app.get("/plain")
+    @on_view
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"plain {request.session.get('user')} #{next(count)}")
+
+    if where == "front":  # inside SessionMiddleware (added last: outermost)
+        app.add_middleware(AsgiCacheMiddleware, ttl=60)
+    app.add_middleware(SessionMiddleware, secret_key="tests-only")
+    return app
+
+
+def _asgi_gets(app: Any, url: str, n: int) -> list[Any]:
+    import httpx
+
+    async def go() -> list[Any]:
+        out = []
+        for _ in range(n):  # a fresh visitor each time: no cookie sent back
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://test"
+            ) as c:
+                out.append(await c.get(url))
+        return out
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("where", ["view", "front"])
+def test_starlette_session_pages_never_stored(where: str) -> None:
+    a, b = _asgi_gets(starlette_app(where), "/write", 2)
+    assert a.headers["set-cookie"].startswith("session=")
+    assert a.text != b.text  # b never got a's token
+    assert (a.headers["x-cache"], b.headers["x-cache"]) == ("MISS", "MISS")
+    assert b.headers["set-cookie"].startswith("session=")
+
+
+@pytest.mark.parametrize("where", ["view", "front"])
+def test_starlette_pages_without_session_still_cached(where: str) -> None:
+    a, b = _asgi_gets(starlette_app(where), "/plain", 2)
+    assert (a.headers["x-cache"], b.headers["x-cache"]) == ("MISS", "HIT")
+    assert a.text == b.text == "plain None #1"

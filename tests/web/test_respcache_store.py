@@ -290,6 +290,45 @@ def test_asgi_parts_of_declared_length_are_stored(clock: FakeClock) -> None:
     assert labels == [b"MISS", b"HIT"]
 
 
+@pytest.mark.parametrize("failure", ["stream503", "raise"])
+def test_asgi_stale_never_follows_an_answer_already_sent(
+    failure: str, clock: FakeClock
+) -> None:
+    # stale_if_error replaces a failed answer only while none of it went
+    # to the client: after a streamed start, a second response start
+    # breaks the protocol (the server aborts the connection).
+    import asyncio
+
+    from stanchion.asgi import CacheMiddleware
+
+    fail = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raw = [(b"content-type", b"text/plain")]
+        status = 503 if fail and failure == "stream503" else 200
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        if not fail:
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        if failure == "raise":
+            raise OSError("upstream gone")
+        await send({"type": "http.response.body", "body": b"b"})
+
+    mw = CacheMiddleware(app, ttl=10, stale_if_error=100, clock=clock)
+    asyncio.run(_asgi_call(mw, "/page", {}))
+    fail = True
+    clock.advance(20)
+    if failure == "raise":
+        with pytest.raises(OSError, match="upstream gone"):
+            asyncio.run(_asgi_call(mw, "/page", {}))
+        return
+    sent = asyncio.run(_asgi_call(mw, "/page", {}))
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert [m["status"] for m in starts] == [503]
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"ab"
+
+
 def test_wsgi_iterable_of_declared_length_is_stored(clock: FakeClock) -> None:
     from werkzeug.test import Client
 
@@ -409,3 +448,121 @@ def test_wait_refreshes(clock: FakeClock) -> None:
         rc.wait_refreshes(timeout=-1)
     with pytest.raises(TypeError):
         rc.wait_refreshes(timeout="1")
+
+
+# ---------------------------------------------------------------------------
+# Single flight across blocking and asyncio callers of one ResponseCache: a
+# caller waits only for a flight it can wait for (a thread for a thread's, a
+# task for one of its own loop's); any other goes upstream on its own
+# ---------------------------------------------------------------------------
+
+
+def _flight_in_loop_thread(rc: Any, plan: Any, release: Any) -> Any:
+    """Start an aserve() on ``plan`` in a loop of another thread, whose
+    upstream waits for ``release``; returns the thread once it is in flight."""
+    import asyncio
+    import threading
+
+    from stanchion._respcache import Upstream
+
+    started = threading.Event()
+
+    async def slow() -> Upstream:
+        started.set()
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return Upstream(200, [], b"from the loop")
+
+    thread = threading.Thread(target=lambda: asyncio.run(rc.aserve(plan, slow)))
+    thread.start()
+    assert started.wait(5)
+    return thread
+
+
+def test_blocking_caller_beside_an_asyncio_flight_goes_upstream() -> None:
+    import threading
+
+    from stanchion._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=10)
+    plan = rc.plan("GET", "/mixed", "", lambda n: None)
+    release = threading.Event()
+    thread = _flight_in_loop_thread(rc, plan, release)
+    try:
+        reply = rc.serve(plan, lambda: Upstream(200, [], b"from the thread"))
+        assert reply.body == b"from the thread"
+    finally:
+        release.set()
+        thread.join(5)
+    assert not rc.flights
+
+
+def test_task_beside_another_loops_flight_goes_upstream() -> None:
+    import asyncio
+    import threading
+
+    from stanchion._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=10)
+    plan = rc.plan("GET", "/loops", "", lambda n: None)
+    release = threading.Event()
+    thread = _flight_in_loop_thread(rc, plan, release)
+
+    async def here() -> Upstream:
+        return Upstream(200, [], b"from this loop")
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(rc.aserve(plan, here), 5))
+        assert reply.body == b"from this loop"
+    finally:
+        release.set()
+        thread.join(5)
+    assert not rc.flights
+
+
+def test_cancelled_leader_lands_its_flight() -> None:
+    import asyncio
+
+    from stanchion._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=10)
+    plan = rc.plan("GET", "/cancel", "", lambda n: None)
+    calls = []
+
+    async def hang() -> Upstream:
+        calls.append("leader")
+        await asyncio.sleep(10)
+        raise AssertionError("not reached")
+
+    async def quick() -> Upstream:
+        calls.append("joiner")
+        return Upstream(200, [], b"joiner's")
+
+    async def go() -> bytes:
+        leader = asyncio.create_task(rc.aserve(plan, hang))
+        await asyncio.sleep(0.01)
+        joiner = asyncio.create_task(rc.aserve(plan, quick))
+        await asyncio.sleep(0.01)
+        leader.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leader
+        reply = await asyncio.wait_for(joiner, 5)
+        return reply.body
+
+    assert asyncio.run(go()) == b"joiner's"
+    assert calls == ["leader", "joiner"] and not rc.flights
+
+
+def test_blocking_upstream_error_reaches_the_caller_and_lands() -> None:
+    from stanchion._respcache import ResponseCache, Upstream
+
+    rc = ResponseCache(ttl=10)
+    plan = rc.plan("GET", "/boom", "", lambda n: None)
+
+    def boom() -> Upstream:
+        raise KeyError("upstream")
+
+    with pytest.raises(KeyError, match="upstream"):
+        rc.serve(plan, boom)
+    assert not rc.flights
+    assert rc.serve(plan, lambda: Upstream(200, [], b"ok")).body == b"ok"

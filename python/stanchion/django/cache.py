@@ -212,8 +212,14 @@ class _Store:
             return
         with self.lock:
             old = self.cache
+            bounds = self.max_entries, self.weighs, self.max_bytes
             self.max_entries, self.weighs, self.max_bytes = entries, weighs, limit
-            new = self._new_cache()
+            try:
+                new = self._new_cache()
+            except BaseException:
+                # The store keeps the bounds of the cache it still has.
+                self.max_entries, self.weighs, self.max_bytes = bounds
+                raise
             never = None if new.ttl is None else _LONGEST
             now = self.now()
             for key, entry in old.items():  # least recently used first
@@ -241,6 +247,10 @@ _stores: dict[str, _Store] = {}
 _stores_lock = threading.Lock()
 
 
+# The largest MAX_ENTRIES and MAX_BYTES the C cache takes.
+_MOST: Final = {"MAX_ENTRIES": 2**30 - 1, "MAX_BYTES": 2**63 - 1}
+
+
 def _positive_int(options: Mapping[str, Any], name: str, default: int | None) -> Any:
     value = options.get(name, default)
     if value is None and default is None:
@@ -259,6 +269,10 @@ def _positive_int(options: Mapping[str, Any], name: str, default: int | None) ->
         )
     if value < 1:
         raise SettingError(f"OPTIONS[{name!r}]", f"must be >= 1, got {value}")
+    if value > _MOST[name]:
+        raise SettingError(
+            f"OPTIONS[{name!r}]", f"must be at most {_MOST[name]}, got {value}"
+        )
     return value
 
 
@@ -324,7 +338,12 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         max_entries: int = _positive_int(options, "MAX_ENTRIES", 300)
         max_bytes: int | None = _positive_int(options, "MAX_BYTES", None)
         clock = _clock_setting(options.get("CLOCK"))
-        super().__init__(params)
+        # BaseCache reads TIMEOUT, MAX_ENTRIES and CULL_FREQUENCY with
+        # int(), an OverflowError for an infinity: they are checked above
+        # (CULL_FREQUENCY is ignored), so it is given plain ones.
+        super().__init__(
+            {**params, "timeout": None, "max_entries": 300, "cull_frequency": 3}
+        )
         # BaseCache truncates TIMEOUT to an int, so 0.5 would mean "never
         # cache"; a fraction of a second is kept as given.
         self.default_timeout = timeout
@@ -703,6 +722,10 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
 
     async def aclear(self) -> None:
         self.clear()
+
+    async def aclose(self, **kwargs: Any) -> None:
+        # Django 6's BaseCache.aclose runs close() through sync_to_async.
+        self.close(**kwargs)
 
     async def aget_or_set(
         self,

@@ -8,7 +8,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings as django_settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -144,6 +144,17 @@ def _plan(rc: Any, request: HttpRequest) -> Any:
     return rc.plan_environ(request.META, request.headers.get, path, path)
 
 
+def _unrendered(response: Any) -> bool:
+    """Whether ``response`` is a TemplateResponse (what generic views
+    return) not rendered yet: Django renders it after the view, so a
+    cached view renders it first, to store the page and to see what its
+    template did (``request.user``, ``{% csrf_token %}``) before storing.
+    Template response middleware then sees it rendered."""
+    return callable(getattr(response, "render", None)) and not getattr(
+        response, "is_rendered", True
+    )
+
+
 class _CachedCall:
     """One cached callable (a view or the rest of the middleware chain),
     sync or async, on a ``ResponseCache``."""
@@ -160,6 +171,8 @@ class _CachedCall:
 
         def upstream() -> Any:
             response = self.func(request, *args, **kwargs)
+            if _unrendered(response):
+                response = response.render()
             return _django_upstream(response, rc.max_body, request)
 
         return _django_reply(rc.serve(plan, upstream, upstream))
@@ -172,6 +185,9 @@ class _CachedCall:
 
         async def upstream() -> Any:
             response = await self.func(request, *args, **kwargs)
+            if _unrendered(response):
+                # As Django's handler does: templates may query the database.
+                response = await sync_to_async(response.render)()
             return _django_upstream(response, rc.max_body, request)
 
         return _django_reply(await rc.aserve(plan, upstream, upstream))

@@ -37,6 +37,7 @@ from .limiters import LimiterCache, Plans
 from .limiters import _capacity as _capacity
 from .limiters import _RateInfo as _RateInfo
 from .request import HEADER_FAMILIES, Request, SettingError
+from .request import MAX_ADDRESS as MAX_ADDRESS
 from .request import MAX_HOPS as MAX_HOPS
 from .request import MAX_IDENTITY as MAX_IDENTITY
 from .request import MAX_LIMITERS as MAX_LIMITERS

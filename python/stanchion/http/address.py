@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .request import MAX_HOPS, SettingError
+from .request import MAX_ADDRESS, MAX_HOPS, SettingError
 
 
 def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -167,6 +167,8 @@ class ClientAddress:
             return hit
         ip = _parse_ip(addr)
         ok = ip is not None and any(ip in net for net in self.networks)
+        if len(addr) > MAX_ADDRESS:
+            return ok  # no address: not remembered (see MAX_ADDRESS)
         if len(cache) >= 4096:
             cache.clear()
         cache[addr] = ok
@@ -175,7 +177,7 @@ class ClientAddress:
     def _name(self, addr: str) -> str:
         """The bucket name for an address: IPv4 as is, IPv6 as its
         network of ``ipv6_prefix`` bits (one host usually owns a /64)."""
-        if ":" not in addr:
+        if ":" not in addr or len(addr) > MAX_ADDRESS:
             return addr
         cache = self._v6_cache
         name = cache.get(addr)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, overload
 
-from .._core import Decision
+from .._core import Decision, RateHeaders
 from .limiters import _RateInfo
 from .request import NS, PROBLEM_TYPE, Request
 
@@ -102,9 +102,9 @@ ResponseFunc: TypeAlias = Callable[[Request, "Decision | None"], Reply]
 
 class _HeaderParts:
     """The parts of the rate limit headers that never change for one
-    (rule, limiter) pair."""
+    (rule, limiter) pair, and their renderer (``_core.RateHeaders``)."""
 
-    __slots__ = ("by_cap", "by_cap_b", "first", "first_b", "info", "policy", "policy_b")
+    __slots__ = ("info", "policy", "render")
 
     def __init__(
         self,
@@ -112,24 +112,49 @@ class _HeaderParts:
         policy: str,
         names: tuple[str, ...],
         capacities: tuple[int, ...],
+        ietf: bool = True,
+        x: bool = True,
     ) -> None:
         self.info = info
         self.policy = policy
-        self.policy_b = policy.encode("ascii")
-        self.first = names[0]
-        self.first_b = names[0].encode("ascii")
-        # With several rates the decision names its rate by its capacity.
-        self.by_cap: dict[int, str] = {}
-        if len(names) > 1:
-            for name, cap in zip(names, capacities, strict=False):
-                self.by_cap.setdefault(cap, name)
-        self.by_cap_b = {k: v.encode("ascii") for k, v in self.by_cap.items()}
+        # One name per capacity; a lone name answers for every capacity.
+        if len(capacities) != len(names):
+            capacities = (*capacities, 0)[:1]
+        self.render = RateHeaders(policy, names, capacities, ietf, x)
 
-    def name_for(self, limit: int) -> str:
-        return self.by_cap.get(limit, self.first) if self.by_cap else self.first
+    def py_pairs(self, d: Any) -> list[tuple[str, str]]:
+        """What ``render.pairs`` gives, for a decision that is not a
+        ``Decision`` (from a limiter object of the user's)."""
+        return _py_pairs(self.render, d)
 
-    def name_b_for(self, limit: int) -> bytes:
-        return self.by_cap_b.get(limit, self.first_b) if self.by_cap_b else self.first_b
+    def py_raw_pairs(self, d: Any) -> list[tuple[bytes, bytes]]:
+        """``py_pairs`` as lower-case ASGI byte pairs."""
+        return [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in _py_pairs(self.render, d)
+        ]
+
+
+def _py_pairs(h: RateHeaders, d: Any) -> list[tuple[str, str]]:
+    """What ``RateHeaders.pairs`` renders, for any object with a
+    Decision's fields (a decision from a limiter object of the user's)."""
+    limit = d.limit
+    remaining = d.remaining
+    reset = -(-d.reset_after_ns // NS)
+    out: list[tuple[str, str]] = []
+    if h.ietf:
+        t = reset if d.allowed else -(-d.retry_after_ns // NS)
+        name = h.names[0]
+        if len(h.names) > 1 and limit in h.capacities:
+            name = h.names[h.capacities.index(limit)]
+        if h.policy:
+            out.append(("RateLimit-Policy", h.policy))
+        out.append(("RateLimit", f"{name};r={remaining};t={t}"))
+    if h.x:
+        out.append(("X-RateLimit-Limit", str(limit)))
+        out.append(("X-RateLimit-Remaining", str(remaining)))
+        out.append(("X-RateLimit-Reset", str(reset)))
+    return out
 
 
 class _RuleHeaders:
@@ -164,7 +189,14 @@ class _RuleHeaders:
             if cap != q and getattr(info.limiter, "algorithm", "") == "token_bucket":
                 item += f";stanchion-burst={cap}"
             items.append(item)
-        parts = _HeaderParts(info, ", ".join(items), names, info.capacities)
+        parts = _HeaderParts(
+            info,
+            ", ".join(items),
+            names,
+            info.capacities,
+            self._send_ietf,
+            self._send_x,
+        )
         if len(self._parts_cache) > 256:
             self._parts_cache.clear()
         self._parts_cache[id(info)] = parts
@@ -192,64 +224,13 @@ class _RuleHeaders:
             return []
         if not v.blocked and not self.headers_on_allowed:
             return []
-        remaining = d.remaining
-        reset = -(-d.reset_after_ns // NS)
         parts = self._fixed_parts
-        if self._send_all and parts is not None and parts.info is v.info:
-            # The common case in one expression (this runs on every request).
-            t = reset if d.allowed else -(-d.retry_after_ns // NS)
-            limit = d.limit
-            if raw:
-                rem_b = b"%d" % remaining
-                return [
-                    (b"ratelimit-policy", parts.policy_b),
-                    (
-                        b"ratelimit",
-                        b"%s;r=%s;t=%d" % (parts.name_b_for(limit), rem_b, t),
-                    ),
-                    (b"x-ratelimit-limit", b"%d" % limit),
-                    (b"x-ratelimit-remaining", rem_b),
-                    (b"x-ratelimit-reset", b"%d" % reset),
-                ]
-            rem = str(remaining)
-            return [
-                ("RateLimit-Policy", parts.policy),
-                ("RateLimit", f"{parts.name_for(limit)};r={rem};t={t}"),
-                ("X-RateLimit-Limit", str(limit)),
-                ("X-RateLimit-Remaining", rem),
-                ("X-RateLimit-Reset", str(reset)),
-            ]
-        out: list[Any] = []
-        if self._send_ietf:
-            parts = self._fixed_parts
-            if parts is None or parts.info is not v.info:
-                parts = self._parts(v.info)
-            t = reset if d.allowed else -(-d.retry_after_ns // NS)
-            if raw:
-                if parts.policy:
-                    out.append((b"ratelimit-policy", parts.policy_b))
-                out.append(
-                    (
-                        b"ratelimit",
-                        b"%s;r=%d;t=%d" % (parts.name_b_for(d.limit), remaining, t),
-                    )
-                )
-            else:
-                if parts.policy:
-                    out.append(("RateLimit-Policy", parts.policy))
-                out.append(
-                    ("RateLimit", f"{parts.name_for(d.limit)};r={remaining};t={t}")
-                )
-        if self._send_x:
-            if raw:
-                out.append((b"x-ratelimit-limit", b"%d" % d.limit))
-                out.append((b"x-ratelimit-remaining", b"%d" % remaining))
-                out.append((b"x-ratelimit-reset", b"%d" % reset))
-            else:
-                out.append(("X-RateLimit-Limit", str(d.limit)))
-                out.append(("X-RateLimit-Remaining", str(remaining)))
-                out.append(("X-RateLimit-Reset", str(reset)))
-        return out
+        if parts is None or parts.info is not v.info:
+            parts = self._parts(v.info)
+        try:
+            return parts.render.raw_pairs(d) if raw else parts.render.pairs(d)
+        except TypeError:  # not a Decision: render it in Python
+            return parts.py_raw_pairs(d) if raw else parts.py_pairs(d)
 
     def _reply(self, v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
         d = v.decision

@@ -22,6 +22,11 @@ HEADER_FAMILIES = ("ratelimit", "x-ratelimit", "retry-after")
 MAX_IDENTITY = 200
 #: Most forwarded hops examined (right to left) before giving up.
 MAX_HOPS = 16
+#: Longest peer or client name remembered in the per-address tables. A
+#: peer is not always an address: uvicorn's --proxy-headers with
+#: --forwarded-allow-ips='*' makes the client's own X-Forwarded-For text
+#: the peer, up to the server's header limit.
+MAX_ADDRESS = 64
 #: Distinct rates a LimiterCache keeps before dropping the least used.
 MAX_LIMITERS = 1024
 

@@ -31,7 +31,15 @@ from .headers import (
 from .identity import KeyFunc, _safe_identity
 from .keys import MAX_ADDRESS_KEYS, _pack_address, _scope_tags
 from .limiters import LimiterCache, _RateInfo
-from .request import HEADER_FAMILIES, MAX_IDENTITY, RateSpec, Request, SettingError, log
+from .request import (
+    HEADER_FAMILIES,
+    MAX_ADDRESS,
+    MAX_IDENTITY,
+    RateSpec,
+    Request,
+    SettingError,
+    log,
+)
 
 
 class Rule(_RuleHeaders):
@@ -277,6 +285,8 @@ class Rule(_RuleHeaders):
             key = self._address_keys.get(client)
             if key is None:
                 key = self._address_key(client)
+                if len(client) > MAX_ADDRESS:
+                    return key  # not remembered (see MAX_ADDRESS)
                 if len(self._address_keys) >= MAX_ADDRESS_KEYS:
                     self._address_keys.clear()
                 self._address_keys[client] = key
@@ -388,6 +398,8 @@ class Rule(_RuleHeaders):
         return p
 
     def _keep_plan(self, address: str, plan: _Pending) -> None:
+        if len(address) > MAX_ADDRESS:
+            return  # not remembered (see MAX_ADDRESS)
         plans = self._client_plans
         if len(plans) >= MAX_ADDRESS_KEYS:
             plans.clear()

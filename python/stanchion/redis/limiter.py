@@ -1,0 +1,390 @@
+"""The Redis limiter: ``RedisStorage`` and the ``RedisLimiter`` it makes.
+
+A decision is one EVALSHA of the algorithm's Lua script (``scripts``),
+with the client key as the state key's hash tag, the compiled rates as
+arguments and, for a hit, a deadline in the server's clock past which
+the server applies nothing. When Redis fails the limiter answers by its
+``on_error`` policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as _RedisTimeoutError
+
+from .. import _core
+from .._checks import check_seconds
+from .._core import Decision
+from .._errors import StorageUnavailable
+from .._limiter import ALGORITHMS, ON_ERROR, await_hit, wait_for_hit
+from .._rates import Rate
+from .connections import _Connector
+from .links import _AsyncLink, _glob_escape, _SyncLink
+from .outage import _Guard, _Unavailable, _Who
+from .scripts import SCRIPTS
+
+_ALGORITHM_CODES = {"token_bucket": "tb", "fixed_window": "fw", "sliding_window": "sw"}
+
+
+def _key_bytes(key: object) -> bytes:
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):
+        return key
+    raise TypeError(f"key must be str or bytes, not {type(key).__name__}")
+
+
+_LIMITER_MEANWHILE = {
+    "allow": "hits are allowed (on_error='allow')",
+    "deny": "hits are denied (on_error='deny')",
+    "raise": "hits raise StorageUnavailable (on_error='raise')",
+}
+# =============================================================================
+# The storage and its limiter
+# =============================================================================
+
+
+class RedisStorage:
+    """Rate limits shared through Redis: pass it as ``Limiter(storage=...)``.
+
+    ``client_or_url``: a ``redis.Redis``, ``redis.asyncio.Redis``,
+    ``redis.cluster.RedisCluster`` or ``redis.asyncio.cluster.RedisCluster``
+    client, or a ``redis://`` / ``rediss://`` / ``unix://`` URL (which gives
+    both blocking and asyncio methods). ``prefix`` starts every key it
+    writes; ``timeout`` (seconds) bounds each decision; ``retry_interval``
+    (seconds) spaces the attempts while Redis is down.
+    """
+
+    def __init__(
+        self,
+        client_or_url: object,
+        *,
+        prefix: str = "stanchion:",
+        timeout: float = 0.05,
+        retry_interval: float = 0.1,
+    ) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, not {type(prefix).__name__}")
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(
+                f"prefix must not contain '{{' or '}}' (hash tags), got {prefix!r}"
+            )
+        timeout = check_seconds("timeout", timeout, zero_ok=False)
+        retry_interval = check_seconds("retry_interval", retry_interval, zero_ok=True)
+        self.prefix = prefix
+        self.timeout = timeout
+        self._connector = _Connector(client_or_url, timeout, retry_interval)
+
+    def __repr__(self) -> str:
+        return f"RedisStorage({self._connector.where!r}, prefix={self.prefix!r})"
+
+    def make_limiter(
+        self,
+        rates: list[Rate],
+        *,
+        algorithm: str,
+        burst: int | list[int | None] | None,
+        on_error: str,
+    ) -> RedisLimiter:
+        """Called by ``stanchion.Limiter(..., storage=self)``."""
+        return RedisLimiter(
+            self, rates, algorithm=algorithm, burst=burst, on_error=on_error
+        )
+
+    def close(self) -> None:
+        """Close the blocking connections (new ones open on next use)."""
+        self._connector.close()
+
+    async def aclose(self) -> None:
+        """Close this event loop's asyncio connections."""
+        await self._connector.aclose()
+
+
+def _script_params(
+    limits: tuple[tuple[int, int, int, int], ...], rates: list[Rate], algorithm: str
+) -> list[tuple[int, int, int]]:
+    """The scripts' (capacity, a, b) per rate, from the in-process engine's
+    compiled rates (``_core.Limiter.limits``): the token bucket's interval
+    and tolerance in ns, a window's period in us and in ns."""
+    out = []
+    for (capacity, period_ns, interval_ns, tolerance_ns), rate in zip(
+        limits, rates, strict=True
+    ):
+        if algorithm == "token_bucket":
+            out.append((capacity, interval_ns, tolerance_ns))
+        elif period_ns % 1000:
+            raise ValueError(
+                f"rate {Rate(*rate)}: a window period must be a whole number of "
+                "microseconds with Redis storage"
+            )
+        else:
+            out.append((capacity, period_ns // 1000, period_ns))
+    return out
+
+
+class RedisLimiter:
+    """A limiter whose state lives in Redis; made by
+    ``stanchion.Limiter(..., storage=RedisStorage(...))``.
+
+    Same methods as ``stanchion.Limiter``: ``hit``/``peek``/``reset``/
+    ``acquire`` (blocking client or URL) and ``ahit``/``apeek``/``areset``/
+    ``aacquire`` (asyncio client or URL).
+    """
+
+    __slots__ = (
+        "_connector",
+        "_deny",
+        "_guard",
+        "_head",
+        "_min_cap",
+        "_params",
+        "_scan",
+        "_script_clock",
+        "_sha",
+        "_src",
+        "_tail",
+        "_who",
+        "algorithm",
+        "max_cost",
+        "on_error",
+        "rates",
+        "storage",
+    )
+
+    def __init__(
+        self,
+        storage: RedisStorage,
+        rates: list[Rate],
+        *,
+        algorithm: str,
+        burst: int | list[int | None] | None = None,
+        on_error: str = "allow",
+    ) -> None:
+        if not isinstance(storage, RedisStorage):
+            raise TypeError(
+                f"storage must be a RedisStorage, not {type(storage).__name__}"
+            )
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if burst is not None and algorithm != "token_bucket":
+            raise ValueError("burst applies to algorithm='token_bucket' only")
+        # The in-process engine validates and compiles rates and bursts
+        # (one owner of those rules and messages); the scripts take its
+        # compiled form, and it is then dropped.
+        probe = _core.Limiter(rates, algorithm, burst, 1, None)
+        compiled = _script_params(probe.limits, list(rates), algorithm)
+
+        self.storage = storage
+        self._connector = storage._connector
+        self.rates = tuple(rates)
+        self.algorithm = algorithm
+        self.on_error = on_error
+        self.max_cost: int = probe.max_cost
+        self._src, self._sha = SCRIPTS[algorithm]
+        params: list[bytes] = []
+        for triple in compiled:
+            params.extend(str(v).encode() for v in triple)
+        self._params = tuple(params)
+        ident = hashlib.blake2b(b" ".join(params), digest_size=5).hexdigest()
+        code = _ALGORITHM_CODES[algorithm]
+        prefix = storage.prefix.encode()
+        self._head = prefix + b"{"
+        self._tail = f"}}:{code}:{ident}".encode()
+        self._scan = _glob_escape(prefix) + b"{*" + _glob_escape(self._tail)
+        self._min_cap = min(c for c, _, _ in compiled)
+        shortest = min(float(r[1]) for r in rates)
+        wait = min(1.0, shortest)
+        self._deny = Decision(False, self._min_cap, 0, wait, wait)
+        self._script_clock: Callable[[], int] | None = None
+        self._who = _Who("stanchion rate limiter", _LIMITER_MEANWHILE[on_error])
+        self._guard = _Guard(self._connector, self._who)
+
+    def __repr__(self) -> str:
+        rates = ";".join(str(r) for r in self.rates)
+        return (
+            f"RedisLimiter({rates!r}, algorithm={self.algorithm!r}, "
+            f"storage={self.storage!r})"
+        )
+
+    # -- arguments -----------------------------------------------------------
+
+    def _key(self, key: object) -> bytes:
+        return self._head + _key_bytes(key) + self._tail
+
+    def _cost(self, cost: object) -> int:
+        if type(cost) is int and 1 <= cost <= self.max_cost:
+            return cost
+        if isinstance(cost, bool) or not isinstance(cost, int):
+            raise TypeError(f"cost must be an int, not {type(cost).__name__}")
+        if cost < 1:
+            raise ValueError(f"cost must be >= 1, got {cost!r}")
+        if cost > self.max_cost:
+            raise ValueError(
+                f"cost {cost!r} can never be allowed: the smallest capacity of "
+                f"this limiter's rates is {self.max_cost}"
+            )
+        return int(cost)
+
+    def _args(
+        self, rkey: bytes, cost: int, commit: bytes, sent: float
+    ) -> tuple[Any, ...]:
+        """The script's arguments for a call sent at ``sent`` (monotonic
+        seconds). A hit carries a deadline: the server time at which its
+        caller gives up (sent + timeout), in the server's clock by the
+        connector's ``skew``. A hit that reaches the server after that
+        (queued behind a stall, sent before a pause and read on resume)
+        is not applied: its caller already got the on_error answer."""
+        clock = self._script_clock
+        if clock is not None:
+            return (rkey, int(clock()), cost, commit, *self._params)
+        skew = self._connector.skew
+        if skew is not None and commit == b"1":
+            # An int: hiredis packs one faster than a float's repr.
+            deadline = int(sent * 1e6 + skew + self._connector.timeout_us)
+            return (rkey, b"", cost, deadline, *self._params)
+        return (rkey, b"", cost, commit, *self._params)
+
+    # -- answers -------------------------------------------------------------
+
+    def _late(self, reply: Any, sent: float) -> bool:
+        """Learn the server's clock from an answer to a call sent at
+        ``sent``; True when the hit arrived past its deadline, yet its
+        caller is still here: the deadline was wrong, not late (the
+        server's clock stepped, or another server answers since a
+        failover), so it is sent once more with the corrected clock."""
+        conn = self._connector
+        if not conn.deadlines:
+            return False
+        conn.skew = reply[-1] - sent * 1e6
+        return bool(reply[0] == -1)
+
+    def _conclude(self, reply: Any, cost: int) -> Decision:
+        """The Decision for a script's reply, or by the on_error policy
+        when Redis did not answer."""
+        if isinstance(reply, _Unavailable):
+            if self.on_error == "allow":
+                return Decision(True, self._min_cap, self._min_cap - cost, 0.0, 0.0)
+            if self.on_error == "deny":
+                return self._deny
+            raise StorageUnavailable(
+                f"Redis at {self._connector.where} is unavailable"
+            ) from reply.cause
+        return Decision(
+            reply[0] == 1, reply[1], reply[2], reply[3] / 1e9, reply[4] / 1e9
+        )
+
+    def _reset_done(self, reply: Any) -> None:
+        if isinstance(reply, _Unavailable) and self.on_error == "raise":
+            raise StorageUnavailable(
+                f"Redis at {self._connector.where} is unavailable"
+            ) from reply.cause
+
+    # -- blocking ------------------------------------------------------------
+
+    def _exchange(
+        self,
+        link: _SyncLink,
+        rkey: bytes,
+        cost: int,
+        commit: bytes,
+        again: bool = False,
+    ) -> Any:
+        sent = time.monotonic()
+        args = self._args(rkey, cost, commit, sent)
+        try:
+            reply = link.call("EVALSHA", self._sha, 1, *args)
+        except NoScriptError:
+            reply = link.call("EVAL", self._src, 1, *args)
+        if self._late(reply, sent):
+            if again:
+                raise _RedisTimeoutError("Redis ran the hit after its deadline")
+            return self._exchange(link, rkey, cost, commit, True)
+        return reply
+
+    def _decide(self, key: object, cost: object, commit: bytes) -> Decision:
+        rkey = self._key(key)
+        c = self._cost(cost)
+        link = self._connector.sync_link()
+        reply = self._guard.call(self._exchange, link, rkey, c, commit)
+        return self._conclude(reply, c)
+
+    def hit(self, key: str | bytes, /, cost: int = 1) -> Decision:
+        """Consume ``cost`` from every rate for ``key`` if all allow it;
+        otherwise consume nothing."""
+        return self._decide(key, cost, b"1")
+
+    def peek(self, key: str | bytes, /, cost: int = 1) -> Decision:
+        """The Decision ``hit`` would return now, consuming nothing."""
+        return self._decide(key, cost, b"0")
+
+    def reset(self, key: str | bytes | None = None) -> None:
+        """Forget one key (back to full), or every key of this limiter."""
+        link = self._connector.sync_link()
+        if key is None:
+            reply = self._guard.call(link.scan_delete, self._scan)
+        else:
+            reply = self._guard.call(link.call, "UNLINK", self._key(key))
+        self._reset_done(reply)
+
+    def acquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
+        """Hit, waiting while denied. With a ``timeout`` (seconds), raises
+        RateLimitExceeded as soon as the wait would exceed it."""
+        return wait_for_hit(self.hit, key, cost, timeout)
+
+    # -- asyncio: the same steps, awaiting the I/O -----------------------------
+
+    async def _aexchange(
+        self,
+        link: _AsyncLink,
+        rkey: bytes,
+        cost: int,
+        commit: bytes,
+        again: bool = False,
+    ) -> Any:
+        sent = time.monotonic()
+        args = self._args(rkey, cost, commit, sent)
+        try:
+            reply = await link.call("EVALSHA", self._sha, 1, *args)
+        except NoScriptError:
+            reply = await link.call("EVAL", self._src, 1, *args)
+        if self._late(reply, sent):
+            if again:
+                raise _RedisTimeoutError("Redis ran the hit after its deadline")
+            return await self._aexchange(link, rkey, cost, commit, True)
+        return reply
+
+    async def _adecide(self, key: object, cost: object, commit: bytes) -> Decision:
+        rkey = self._key(key)
+        c = self._cost(cost)
+        link = self._connector.async_link
+        reply = await self._guard.acall(self._aexchange, link, rkey, c, commit)
+        return self._conclude(reply, c)
+
+    async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
+        return await self._adecide(key, cost, b"1")
+
+    async def apeek(self, key: str | bytes, cost: int = 1) -> Decision:
+        return await self._adecide(key, cost, b"0")
+
+    async def areset(self, key: str | bytes | None = None) -> None:
+        link = self._connector.async_link
+        if key is None:
+            reply = await self._guard.acall(link.scan_delete, self._scan)
+        else:
+            reply = await self._guard.acall(link.call, "UNLINK", self._key(key))
+        self._reset_done(reply)
+
+    async def aacquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
+        """Like ``acquire``, sleeping with asyncio (never blocks the loop)."""
+        return await await_hit(self.ahit, key, cost, timeout)
