@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ._cache import CacheBackend, cached
 from ._core import Cache, CacheInfo, Decision
 from ._errors import StorageUnavailable
-from ._limiter import Limiter, RateLimitExceeded
+from ._limiter import Limiter, RateLimiter, RateLimitExceeded
 from ._rates import Rate, parse_rates
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ __all__ = [
     "Limiter",
     "Rate",
     "RateLimitExceeded",
+    "RateLimiter",
     "RedisCache",
     "RedisStorage",
     "StorageUnavailable",

@@ -6,13 +6,13 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, overload, runtime_checkable
 
 from . import _core
 from ._core import Decision
 from ._rates import Rate, normalize_rates
 
-__all__ = ["Decision", "Limiter", "RateLimitExceeded"]
+__all__ = ["Decision", "Limiter", "RateLimitExceeded", "RateLimiter"]
 
 ALGORITHMS = ("token_bucket", "fixed_window", "sliding_window")
 ON_ERROR = ("allow", "deny", "raise")
@@ -42,11 +42,51 @@ class RateLimitExceeded(Exception):
         )
 
 
+@runtime_checkable
+class RateLimiter(Protocol):
+    """What every limiter offers, in process or shared: what
+    ``Limiter(...)`` returns (a :class:`Limiter` for the in-process table,
+    the storage's own limiter, such as ``RedisLimiter``, otherwise), and
+    what the HTTP layer and the adapters take as ``limiter=``."""
+
+    @property
+    def rates(self) -> tuple[Rate, ...]: ...
+
+    @property
+    def algorithm(self) -> str: ...
+
+    def hit(self, key: str | bytes, cost: int = 1) -> Decision: ...
+
+    def peek(self, key: str | bytes, cost: int = 1) -> Decision: ...
+
+    def reset(self, key: str | bytes | None = None) -> None: ...
+
+    def acquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision: ...
+
+    async def ahit(self, key: str | bytes, cost: int = 1) -> Decision: ...
+
+    async def apeek(self, key: str | bytes, cost: int = 1) -> Decision: ...
+
+    async def areset(self, key: str | bytes | None = None) -> None: ...
+
+    async def aacquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision: ...
+
+
 class Limiter(_core.Limiter):
     """Rate limiter keyed by client.
 
     ``hit``, ``peek`` and ``reset`` are C methods; this class adds the
     blocking ``acquire`` and the asyncio twins.
+
+    ``Limiter(rates, storage=None)`` is an instance of this class (the
+    in-process C table). ``Limiter(rates, storage=RedisStorage(...))``
+    returns the storage's own limiter (a ``RedisLimiter``): not a
+    ``Limiter``, but a :class:`RateLimiter` like it, with the same
+    methods (``isinstance(lim, stanchion.RateLimiter)`` holds for both).
 
     ``clock`` (tests) is a callable returning seconds. A reading earlier
     than the last one counts as the last one, so time never runs backwards
@@ -57,13 +97,41 @@ class Limiter(_core.Limiter):
 
     __slots__ = ("_rates",)
 
+    # Without a storage: this class. With one: the storage's own limiter
+    # (``RedisLimiter`` for a ``RedisStorage``), a :class:`RateLimiter`.
+    @overload
+    def __new__(
+        cls,
+        rates: str | Rate | list[str | Rate],
+        *,
+        algorithm: str = ...,
+        burst: int | list[int | None] | None = ...,
+        storage: None = ...,
+        max_keys: int = ...,
+        clock: Callable[[], float] | None = ...,
+        on_error: str = ...,
+    ) -> Limiter: ...
+
+    @overload
+    def __new__(  # type: ignore[misc]  # a storage's limiter is no Limiter
+        cls,
+        rates: str | Rate | list[str | Rate],
+        *,
+        algorithm: str = ...,
+        burst: int | list[int | None] | None = ...,
+        storage: object,
+        max_keys: int = ...,
+        clock: Callable[[], float] | None = ...,
+        on_error: str = ...,
+    ) -> RateLimiter: ...
+
     def __new__(
         cls,
         rates: str | Rate | list[str | Rate],
         *,
         algorithm: str = "token_bucket",
         burst: int | list[int | None] | None = None,
-        storage: Any = None,
+        storage: object = None,
         max_keys: int = 1_000_000,
         clock: Callable[[], float] | None = None,
         on_error: str = "allow",

@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._adapt import MIDDLEWARE_SCOPE, outer_headers
+from ._limiter import RateLimiter
 from ._respcache import SENT, CacheFront
-from .http import Request, Verdict, middleware_rule
+from .http import RateSpec, Request, Verdict, middleware_rule
 
 __all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
 
@@ -22,8 +24,6 @@ Message = Any  # MutableMapping[str, Any]; Any matches Starlette's own aliases
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-_X_LIMIT = b"x-ratelimit-limit"
 
 
 class AsgiRequest(Request):
@@ -66,18 +66,11 @@ async def send_reply(verdict: Verdict, send: Send) -> None:
 
 
 def add_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> None:
-    """Append rate limit headers to an ``http.response.start`` message.
-    ``X-RateLimit-*`` set by an inner limit (a route's) are kept: the
-    inner, more specific limit speaks for that family."""
-    headers = message.get("headers")
-    headers = list(headers) if headers else []
-    if extra[-1][0] == b"x-ratelimit-reset":  # we send that family
-        for k, _ in headers:
-            if k.lower() == _X_LIMIT:
-                extra = [(k, v) for k, v in extra if not k.startswith(b"x-ratelimit-")]
-                break
-    headers += extra
-    message["headers"] = headers
+    """Append rate limit headers to an ``http.response.start`` message, by
+    the rule of :func:`stanchion._adapt.outer_headers` (an inner, route
+    limit's ``X-RateLimit-*`` are kept)."""
+    headers = message.get("headers") or ()
+    message["headers"] = [*headers, *outer_headers(extra, headers)]
 
 
 class RateLimitMiddleware:
@@ -96,10 +89,10 @@ class RateLimitMiddleware:
         self,
         app: ASGIApp,
         /,
-        limit: Any = None,
+        limit: RateSpec | Callable[[Request], Any] | None = None,
         *,
-        limiter: Any = None,
-        scope: str = "global",
+        limiter: RateLimiter | None = None,
+        scope: str = MIDDLEWARE_SCOPE,
         **settings: Any,
     ) -> None:
         self.app = app
@@ -110,15 +103,13 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
+        peer = client[0] if client else None
         rule = self.rule
+        # _adapt.adecide, inlined: this runs on every request.
         if rule.simple:
-            verdict = await rule.acheck_simple(
-                scope["method"], scope["path"], client[0] if client else None
-            )
+            verdict = await rule.acheck_simple(scope["method"], scope["path"], peer)
         else:
-            verdict = await rule.acheck(
-                AsgiRequest(scope), client[0] if client else None
-            )
+            verdict = await rule.acheck(AsgiRequest(scope), peer)
         if verdict is None:
             await self.app(scope, receive, send)
             return

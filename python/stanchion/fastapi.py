@@ -36,8 +36,15 @@ from fastapi import HTTPException
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 
+from ._adapt import (
+    adecide,
+    module_getattr,
+    outer_headers,
+    route_scope,
+    share_limiters,
+)
 from .asgi import CacheMiddleware, RateLimitMiddleware
-from .http import LimiterCache, Request, Rule, Verdict
+from .http import Request, Rule, Verdict
 
 __all__ = [
     "CacheMiddleware",
@@ -52,25 +59,9 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Limiters shared by every route limit that gives no ``limiters=``: two
-#: routes with the same ``scope`` and rate share buckets.
-default_limiters: LimiterCache | None = None
 
-
-def _limiters() -> LimiterCache:
-    global default_limiters
-    if default_limiters is None:
-        default_limiters = LimiterCache()
-    return default_limiters
-
-
-_OWN_CACHE = ("limiters", "algorithm", "storage", "max_keys", "clock")
-
-
-def _share_limiters(settings: dict[str, Any]) -> None:
-    """Use the shared limiters unless the settings ask for their own."""
-    if not any(k in settings for k in _OWN_CACHE):
-        settings["limiters"] = _limiters()
+#: ``default_limiters``: the limiters shared by route limits.
+__getattr__ = module_getattr(__name__)
 
 
 class StarletteView(Request):
@@ -96,11 +87,14 @@ def _peer(request: StarletteRequest) -> str | None:
 
 
 async def _acheck(rule: Rule, request: StarletteRequest) -> Verdict | None:
-    if rule.simple:
-        return await rule.acheck_simple(
-            request.method, request.scope["path"], _peer(request)
-        )
-    return await rule.acheck(StarletteView(request), _peer(request))
+    return await adecide(
+        rule,
+        request.method,
+        request.scope["path"],
+        _peer(request),
+        StarletteView,
+        request,
+    )
 
 
 def problem_response(verdict: Verdict) -> Response:
@@ -116,7 +110,8 @@ def problem_response(verdict: Verdict) -> Response:
 
 def _set_headers(response: Response, verdict: Verdict) -> None:
     # raw_headers is the list both Starlette and FastAPI's header merge use.
-    response.raw_headers.extend(verdict.raw_headers())
+    raw = response.raw_headers
+    raw.extend(outer_headers(verdict.raw_headers(), raw))
 
 
 def _headers_on_allowed(result: Any, response: Response | None, v: Verdict) -> None:
@@ -207,10 +202,6 @@ async def _rate_limited_handler(request: StarletteRequest, exc: Exception) -> Re
 exception_handlers: dict[Any, Callable[..., Any]] = {RateLimited: _rate_limited_handler}
 
 
-def _route_scope(func: Callable[..., Any]) -> str:
-    return f"{func.__module__}.{func.__qualname__}"
-
-
 class RateLimit:
     """A FastAPI dependency: ``Depends(RateLimit("10/minute"))`` in a
     route's parameters or ``dependencies=[...]``, or in a router's or the
@@ -225,7 +216,7 @@ class RateLimit:
     def __init__(
         self, limit: Any, *, scope: str | None = None, **settings: Any
     ) -> None:
-        _share_limiters(settings)
+        share_limiters(settings)
         self._settings = settings
         self._limit = limit
         self._rules: dict[str, Rule] = {}
@@ -238,7 +229,7 @@ class RateLimit:
         if self._fixed_scope:
             return self.rule
         endpoint = request.scope.get("endpoint")
-        name = _route_scope(endpoint) if endpoint is not None else request.url.path
+        name = route_scope(endpoint) if endpoint is not None else request.url.path
         rule = self._rules.get(name)
         if rule is None:
             if len(self._rules) >= 4096:  # one per route; bound it anyway
@@ -275,10 +266,10 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
     Requests that fail FastAPI's validation (422) never reach the
     endpoint and are not counted; use the middleware to count those too.
     """
-    _share_limiters(settings)
+    share_limiters(settings)
 
     def decorate(func: F) -> F:
-        rule = Rule(limit, scope=scope or _route_scope(func), **settings)
+        rule = Rule(limit, scope=scope or route_scope(func), **settings)
         # The injected Response only carries headers on allowed requests;
         # without those FastAPI need not build and merge one per request.
         new_sig, take_req, take_resp = _inject(func, rule.headers_on_allowed)

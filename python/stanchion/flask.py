@@ -32,16 +32,19 @@ Which limits apply to a request:
 - the view's own ``@limits.limit(...)`` (one or several);
 - its blueprint's ``limit_blueprint`` limits (shared by the blueprint's
   routes), unless the view is ``@limits.exempt``;
-- ``STANCHION_DEFAULT_LIMIT`` (shared by every such view) only when
+- ``STANCHION_DEFAULT_LIMIT`` (shared by every such view, in the scope
+  ``"global"`` like every framework's middleware limit) only when
   neither of the above applies and the view is not exempt.
 
 Config keys (each overrides the keyword of the same name given to
-``Stanchion(...)``; a bad value fails in ``init_app`` naming the key):
+``Stanchion(...)``; a bad value fails in ``init_app`` naming the key, and
+so does an unknown ``STANCHION_*`` key, with the closest valid one; the
+table is :mod:`stanchion._settings`, shared with Django):
 
 ==================================  =========================================
 ``STANCHION_ENABLED``               ``False`` turns every limit off
 ``STANCHION_DEFAULT_LIMIT``         rate string for views without limits
-``STANCHION_STORAGE_URL``           ``None``/``"memory://"`` or ``redis://...``
+``STANCHION_STORAGE_URL``           ``"memory://"`` or a Redis URL (below)
 ``STANCHION_ALGORITHM``             ``"token_bucket"`` (default), ...
 ``STANCHION_MAX_KEYS``              bound on tracked clients per rate
 ``STANCHION_KEY``                   function of the request -> identity
@@ -54,13 +57,16 @@ Config keys (each overrides the keyword of the same name given to
 ``STANCHION_EXEMPT_METHODS``        methods never limited (``["OPTIONS"]``)
 ``STANCHION_UNIDENTIFIED``          ``"deny"``, ``"allow"`` or ``"share"``
 ==================================  =========================================
+
+Redis URLs are ``redis://``, ``rediss://`` and ``unix://`` (what
+:class:`stanchion.redis.RedisStorage` accepts).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from flask import (
@@ -74,31 +80,13 @@ from flask import (
 )
 from werkzeug.datastructures import Headers
 
-from .http import LimiterCache, Request, Rule, SettingError, Verdict
+from ._adapt import MIDDLEWARE_SCOPE, outer_headers, route_scope
+from ._settings import flask_name, named_errors, read, split, storage_from_url
+from .http import LimiterCache, Request, Rule, Verdict
 
 __all__ = ["FlaskRequest", "Stanchion"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-_SETTINGS = {
-    # config key suffix -> Rule keyword
-    "KEY": "key",
-    "TRUSTED_PROXIES": "trusted_proxies",
-    "FORWARDED_HEADER": "forwarded_header",
-    "HEADERS": "headers",
-    "HEADERS_ON_ALLOWED": "headers_on_allowed",
-    "DRY_RUN": "dry_run",
-    "UNIDENTIFIED": "unidentified",
-}
-_CACHE_SETTINGS = {"ALGORITHM": "algorithm", "MAX_KEYS": "max_keys"}
-_KEYWORD_TO_CONFIG = {
-    **{v: "STANCHION_" + k for k, v in _SETTINGS.items()},
-    **{v: "STANCHION_" + k for k, v in _CACHE_SETTINGS.items()},
-    "exempt_paths": "STANCHION_EXEMPT_PATHS",
-    "exempt_methods": "STANCHION_EXEMPT_METHODS",
-    "limit": "STANCHION_DEFAULT_LIMIT",
-    "algorithm/max_keys": "STANCHION_ALGORITHM / STANCHION_MAX_KEYS",
-}
 
 
 class FlaskRequest(Request):
@@ -108,26 +96,6 @@ class FlaskRequest(Request):
 
     def _header(self, name: str) -> str | None:
         return self.native.headers.get(name)  # type: ignore[no-any-return]
-
-
-def _storage_from_url(url: Any) -> Any:
-    if url is None or url == "memory://":
-        return None
-    if not isinstance(url, str):
-        raise SettingError(
-            "STANCHION_STORAGE_URL", f"expected a URL string, got {url!r}"
-        )
-    if url.startswith(("redis://", "rediss://", "unix://", "valkey://")):
-        try:
-            redis_storage = importlib.import_module("stanchion.redis").RedisStorage
-        except (ImportError, AttributeError) as exc:
-            raise SettingError(
-                "STANCHION_STORAGE_URL", f"Redis storage is not available: {exc}"
-            ) from None
-        return redis_storage(url)
-    raise SettingError(
-        "STANCHION_STORAGE_URL", f"unsupported URL {url!r} (memory:// or redis://...)"
-    )
 
 
 class _LimitSpec:
@@ -149,40 +117,34 @@ class _AppState:
 
     def __init__(self, ext: Stanchion, app: Flask) -> None:
         cfg = app.config
-        self.enabled = bool(cfg.get("STANCHION_ENABLED", True))
+        values = read(
+            {k: v for k, v in cfg.items() if str(k).startswith("STANCHION_")},
+            where="STANCHION_*",
+            key=flask_name,
+        )
+        self.enabled = bool(values.get("enabled", True))
         base = dict(ext._defaults)
-        for suffix, kw in _SETTINGS.items():
-            if "STANCHION_" + suffix in cfg:
-                base[kw] = cfg["STANCHION_" + suffix]
+        rule_kw, config_cache_kw = split(values)
+        base.update(rule_kw)
         cache_kw: dict[str, Any] = {
             k: base.pop(k) for k in ("algorithm", "max_keys") if k in base
         }
-        for suffix, kw in _CACHE_SETTINGS.items():
-            if "STANCHION_" + suffix in cfg:
-                cache_kw[kw] = cfg["STANCHION_" + suffix]
+        cache_kw.update(config_cache_kw)
         storage = base.pop("storage", None)
-        if "STANCHION_STORAGE_URL" in cfg:
-            storage = _storage_from_url(cfg["STANCHION_STORAGE_URL"])
+        if "storage" in values:
+            storage = storage_from_url(values["storage"], flask_name)
         self.user = base.pop("user", None)
         default_limit = base.pop("default_limit", None)
-        default_limit = cfg.get("STANCHION_DEFAULT_LIMIT", default_limit)
-        exempt_paths = cfg.get("STANCHION_EXEMPT_PATHS", base.pop("exempt_paths", ()))
-        exempt_methods = cfg.get(
-            "STANCHION_EXEMPT_METHODS", base.pop("exempt_methods", ())
-        )
-        base.pop("exempt_paths", None)
-        base.pop("exempt_methods", None)
+        default_limit = values.get("limit", default_limit)
         with _config_errors():
             self.limiters = LimiterCache(storage=storage, **cache_kw)
-            self.settings = {**base, "limiters": self.limiters}
             # Path and method exemptions apply to every limit of the app.
-            self.settings["exempt_paths"] = exempt_paths
-            self.settings["exempt_methods"] = exempt_methods
+            self.settings = {**base, "limiters": self.limiters}
             # Built even without a default limit, so every setting is
             # checked here and not on the first request.
             probe = Rule(
                 default_limit if default_limit is not None else "1/second",
-                scope="default",
+                scope=MIDDLEWARE_SCOPE,
                 **self.settings,
             )
             self.default_rule = probe if default_limit is not None else None
@@ -198,16 +160,9 @@ class _AppState:
         return rule
 
 
-class _config_errors:
-    """Re-raise SettingError with the Flask config key name."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, tp: Any, exc: BaseException | None, tb: Any) -> None:
-        if isinstance(exc, SettingError):
-            name = _KEYWORD_TO_CONFIG.get(exc.setting, exc.setting)
-            raise SettingError(name, exc.reason) from None
+def _config_errors() -> AbstractContextManager[None]:
+    """SettingErrors renamed to the Flask config key."""
+    return named_errors(flask_name, ("STANCHION",))
 
 
 class Stanchion:
@@ -248,7 +203,7 @@ class Stanchion:
         are :class:`stanchion.http.Rule` settings for this limit."""
 
         def decorate(view: F) -> F:
-            name = scope or f"{view.__module__}.{view.__qualname__}"
+            name = scope or route_scope(view)
             self._view_limits.setdefault(view, []).append(
                 _LimitSpec(limit, name, settings)
             )
@@ -409,26 +364,15 @@ class Stanchion:
                 headers = verdict.headers()
                 if not headers:
                     continue
-                if headers[-1][0] == "X-RateLimit-Reset" and (
-                    _has_x_limit(raw) if raw is not None else "X-RateLimit-Limit" in out
-                ):
-                    headers = [
-                        (k, v) for k, v in headers if not k.startswith("X-RateLimit-")
-                    ]
                 if raw is not None:
-                    raw.extend(headers)
+                    raw.extend(outer_headers(headers, raw))
                 else:
-                    out.extend(headers)
+                    out.extend(outer_headers(headers, out, _has_x_limit))
         return response
 
 
-def _has_x_limit(raw: list[tuple[str, str]]) -> bool:
-    """Whether an inner layer already set X-RateLimit-Limit (a plain scan:
-    werkzeug's ``in`` costs microseconds when the name is absent)."""
-    for k, _ in raw:  # noqa: SIM110 - a plain loop beats any() here
-        if len(k) == 17 and k.lower() == "x-ratelimit-limit":
-            return True
-    return False
+def _has_x_limit(headers: Any) -> bool:
+    return "X-RateLimit-Limit" in headers
 
 
 def _flask_upstream(app: Flask, view: Any, args: Any, kwargs: Any, limit: int) -> Any:

@@ -44,23 +44,26 @@ from typing import Any, TypeVar
 import falcon
 import hug
 
-from .http import LimiterCache, Request, Rule, Verdict, middleware_rule
-from .wsgi import status_line
+from ._adapt import (
+    MIDDLEWARE_SCOPE,
+    adecide,
+    decide,
+    module_getattr,
+    outer_headers,
+    route_scope,
+    share_limiters,
+    status_line,
+)
+from ._limiter import RateLimiter
+from .http import RateSpec, Request, Rule, Verdict, middleware_rule
 
 __all__ = ["FalconRequest", "RateLimitMiddleware", "cache", "limit"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-default_limiters: LimiterCache | None = None
-_OWN_CACHE = ("limiters", "algorithm", "storage", "max_keys", "clock")
 
-
-def _share_limiters(settings: dict[str, Any]) -> None:
-    global default_limiters
-    if not any(k in settings for k in _OWN_CACHE):
-        if default_limiters is None:
-            default_limiters = LimiterCache()
-        settings["limiters"] = default_limiters
+#: ``default_limiters``: the limiters shared by route limits.
+__getattr__ = module_getattr(__name__)
 
 
 class FalconRequest(Request):
@@ -85,9 +88,7 @@ class FalconRequest(Request):
 
 
 def _check(rule: Rule, req: falcon.Request) -> Verdict | None:
-    if rule.simple:
-        return rule.check_simple(req.method, req.path, req.remote_addr)
-    return rule.check(FalconRequest(req), req.remote_addr)
+    return decide(rule, req.method, req.path, req.remote_addr, FalconRequest, req)
 
 
 def _blocked(verdict: Verdict, response: falcon.Response) -> bytes:
@@ -105,13 +106,15 @@ def _add_headers(response: falcon.Response, verdict: Verdict) -> None:
     headers = verdict.headers()
     if not headers:
         return
-    has_x = response.get_header("X-RateLimit-Limit") is not None
-    for k, v in headers:
-        if k.startswith("X-RateLimit-"):
-            if not has_x:
-                response.set_header(k, v)
+    for k, v in outer_headers(headers, response, _has_x_limit):
+        if k[0] == "X":
+            response.set_header(k, v)
         else:
             response.append_header(k, v)
+
+
+def _has_x_limit(response: falcon.Response) -> bool:
+    return response.get_header("X-RateLimit-Limit") is not None
 
 
 def _forwarding(func: Any) -> tuple[Any, Callable[[dict[str, Any], Any, Any], None]]:
@@ -144,12 +147,10 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
     qualified name; other keywords are :class:`stanchion.http.Rule`
     settings, checked here (at import). Calling the function directly
     from Python (no HTTP request) is never limited."""
-    _share_limiters(settings)
+    share_limiters(settings)
 
     def decorate(func: F) -> F:
-        rule = Rule(
-            limit, scope=scope or f"{func.__module__}.{func.__qualname__}", **settings
-        )
+        rule = Rule(limit, scope=scope or route_scope(func), **settings)
         spec, forward = _forwarding(func)
 
         if hug.introspect.is_coroutine(spec):
@@ -161,12 +162,13 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 forward(kwargs, request, response)
                 if request is None or response is None:
                     return await func(*args, **kwargs)
-                verdict = (
-                    await rule.acheck_simple(
-                        request.method, request.path, request.remote_addr
-                    )
-                    if rule.simple
-                    else await rule.acheck(FalconRequest(request), request.remote_addr)
+                verdict = await adecide(
+                    rule,
+                    request.method,
+                    request.path,
+                    request.remote_addr,
+                    FalconRequest,
+                    request,
                 )
                 if verdict is not None and verdict.blocked:
                     return io.BytesIO(_blocked(verdict, response))
@@ -210,10 +212,10 @@ class RateLimitMiddleware:
 
     def __init__(
         self,
-        limit: Any = None,
+        limit: RateSpec | Callable[[Request], Any] | None = None,
         *,
-        limiter: Any = None,
-        scope: str = "global",
+        limiter: RateLimiter | None = None,
+        scope: str = MIDDLEWARE_SCOPE,
         **settings: Any,
     ) -> None:
         self.rule = middleware_rule(limit, limiter, scope, settings)

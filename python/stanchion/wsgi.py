@@ -11,8 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ._adapt import (
+    MIDDLEWARE_SCOPE,
+    header_from_environ,
+    outer_headers,
+    status_line,
+)
+from ._limiter import RateLimiter
 from ._respcache import CacheFront, environ_header
-from .http import Request, Verdict, middleware_rule
+from .http import RateSpec, Request, Verdict, middleware_rule
 
 __all__ = [
     "CacheMiddleware",
@@ -23,18 +30,6 @@ __all__ = [
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-_STATUS = {429: "429 Too Many Requests", 503: "503 Service Unavailable"}
-
-
-def header_from_environ(environ: dict[str, Any], name: str) -> str | None:
-    """Header ``name`` (lower case) from a WSGI environ / Django META."""
-    if name == "content-type":
-        return environ.get("CONTENT_TYPE") or None
-    if name == "content-length":
-        return environ.get("CONTENT_LENGTH") or None
-    value = environ.get("HTTP_" + name.upper().replace("-", "_"))
-    return value if value is not None else None
 
 
 class WsgiRequest(Request):
@@ -58,18 +53,6 @@ class WsgiRequest(Request):
         return self.native.get("REMOTE_USER") or None
 
 
-def status_line(status: int) -> str:
-    from http import HTTPStatus
-
-    line = _STATUS.get(status)
-    if line is None:
-        try:
-            line = f"{status} {HTTPStatus(status).phrase}"
-        except ValueError:
-            line = f"{status} Unknown"
-    return line
-
-
 def reply(verdict: Verdict, start_response: StartResponse) -> list[bytes]:
     """Send the verdict's 429 through WSGI."""
     status, headers, body = verdict.reply()
@@ -81,14 +64,9 @@ def reply(verdict: Verdict, start_response: StartResponse) -> list[bytes]:
 def merge_headers(
     headers: list[tuple[str, str]], extra: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
-    """Rate limit headers added to an app's own. ``X-RateLimit-*`` set by
-    an inner (route) limit are kept, as the more specific answer."""
-    if extra[-1][0] == "X-RateLimit-Reset":  # we send that family
-        for k, _ in headers:
-            if k.lower() == "x-ratelimit-limit":
-                extra = [(k, v) for k, v in extra if not k.startswith("X-RateLimit-")]
-                break
-    return headers + extra
+    """Rate limit headers added to an app's own, by the rule of
+    :func:`stanchion._adapt.outer_headers`."""
+    return headers + outer_headers(extra, headers)
 
 
 class RateLimitMiddleware:
@@ -104,10 +82,10 @@ class RateLimitMiddleware:
         self,
         app: WSGIApp,
         /,
-        limit: Any = None,
+        limit: RateSpec | Callable[[Request], Any] | None = None,
         *,
-        limiter: Any = None,
-        scope: str = "global",
+        limiter: RateLimiter | None = None,
+        scope: str = MIDDLEWARE_SCOPE,
         **settings: Any,
     ) -> None:
         self.app = app
@@ -117,6 +95,7 @@ class RateLimitMiddleware:
         self, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
         rule = self.rule
+        # _adapt.decide, inlined: this runs on every request.
         if rule.simple:
             verdict = rule.check_simple(
                 environ.get("REQUEST_METHOD", "GET"),
@@ -136,7 +115,11 @@ class RateLimitMiddleware:
         def start_with_headers(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
-            return start_response(status, merge_headers(headers, extra), exc_info)
+            return start_response(
+                status,
+                headers + outer_headers(extra, headers),
+                exc_info,
+            )
 
         return self.app(environ, start_with_headers)
 

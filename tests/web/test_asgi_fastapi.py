@@ -621,3 +621,57 @@ async def test_async_unidentified_never_calls_the_blocking_hit() -> None:
         ) as c:
             codes = [(await c.get(path)).status_code for _ in range(2)]
         assert codes == [200, 429], path
+
+
+# -- two layers on one response -------------------------------------------------
+
+
+async def test_layers_list_ratelimit_and_keep_one_x_family(
+    limits: dict[str, Any],
+) -> None:
+    """A route limited by a dependency and by @limit, inside the ASGI
+    middleware: every layer's RateLimit item is sent, and one
+    X-RateLimit-* trio, the first one set (the route's)."""
+    app = FastAPI()
+
+    @app.get(
+        "/both", dependencies=[Depends(RateLimit("5/minute", scope="dep", **limits))]
+    )
+    @limit("2/minute", scope="route", **limits)
+    async def both() -> dict[str, str]:
+        return {}
+
+    app.add_middleware(RateLimitMiddleware, limit="9/minute", **limits)
+    async with client(app) as c:
+        r = await c.get("/both")
+    assert r.status_code == 200
+    assert r.headers.get_list("ratelimit") == [
+        '"dep";r=4;t=12',
+        '"route";r=1;t=30',
+        '"global";r=8;t=7',
+    ]
+    assert r.headers.get_list("ratelimit-policy") == [
+        '"dep";q=5;w=60',
+        '"route";q=2;w=60',
+        '"global";q=9;w=60',
+    ]
+    assert r.headers.get_list("x-ratelimit-limit") == ["5"]
+    assert r.headers.get_list("x-ratelimit-remaining") == ["4"]
+    assert r.headers.get_list("x-ratelimit-reset") == ["12"]
+
+
+def test_route_limits_share_the_adapters_limiter_cache() -> None:
+    import stanchion.fastapi
+    import stanchion.hug
+
+    shared = stanchion.fastapi.default_limiters
+    assert isinstance(shared, LimiterCache)
+    assert stanchion.hug.default_limiters is shared
+
+    @limit("3/minute", scope="shared-cache")
+    async def endpoint() -> str:
+        return "ok"
+
+    assert endpoint.__stanchion_rule__.limiters is shared  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="no_such_name"):
+        stanchion.fastapi.no_such_name  # noqa: B018

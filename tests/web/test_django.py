@@ -439,3 +439,21 @@ def test_middleware_not_used_without_limit() -> None:
     with override_settings(MIDDLEWARE=MW, STANCHION={}):
         c = Client()
         assert [get(c, "/hello").status_code for _ in range(5)] == [200] * 5
+
+
+def test_unknown_setting_names_the_closest_key() -> None:
+    with override_settings(MIDDLEWARE=MW, STANCHION={"TRUSTED_PROXY": ["10.0.0.1"]}):
+        errors = checks.run_checks(tags=["stanchion"])
+    assert [e.id for e in errors] == ["stanchion.E001"]
+    assert (
+        "STANCHION: unknown keys ['TRUSTED_PROXY'] "
+        "('TRUSTED_PROXY': did you mean 'TRUSTED_PROXIES'?)"
+    ) in errors[0].msg
+
+
+def test_header_fast_path_is_taken_on_this_django() -> None:
+    """_add_headers writes Django's ``headers._store`` when it is a dict:
+    on the Django installed it is, so the fast path is the one tested."""
+    import django
+
+    assert type(HttpResponse("x").headers._store) is dict, django.__version__

@@ -808,7 +808,7 @@ def test_address_keys_per_ipv6_prefix(clock: FakeClock) -> None:
 def test_a_scope_whose_tag_is_taken_keeps_str_keys(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stanchion import http
+    from stanchion.http import keys as http
 
     class Colliding:
         """Every scope hashes alike."""

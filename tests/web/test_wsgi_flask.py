@@ -12,8 +12,16 @@ from flask.views import MethodView
 from werkzeug.test import Client
 
 from stanchion import Limiter
+from stanchion._adapt import outer_headers
 from stanchion.flask import Stanchion
-from stanchion.http import Plans, SettingError, api_key, authenticated_user
+from stanchion.http import (
+    LimiterCache,
+    Plans,
+    Rule,
+    SettingError,
+    api_key,
+    authenticated_user,
+)
 from stanchion.wsgi import RateLimitMiddleware
 
 from ..conftest import FakeClock
@@ -415,3 +423,77 @@ def test_flask_bad_view_limit_fails_at_decoration() -> None:
         @ext.limit("1/eon")
         def v() -> str:
             return ""
+
+
+def test_flask_default_limit_in_the_global_scope(
+    ext: Stanchion, clock: FakeClock
+) -> None:
+    """The app-wide default limit is named like every framework's
+    middleware limit."""
+    r = get(make_app(ext, clock).test_client(), "/default")
+    assert r.headers["RateLimit"] == '"global";r=0;t=60'
+
+
+def test_flask_view_own_x_headers_win(ext: Stanchion, clock: FakeClock) -> None:
+    """A view that sets X-RateLimit-* itself keeps them; the limit's
+    RateLimit fields are added."""
+    app = Flask(__name__)
+
+    @app.route("/own")
+    @ext.limit("2/minute", scope="own")
+    def own() -> Any:
+        return "own", 200, {"X-RateLimit-Limit": "7"}
+
+    ext.init_app(app)
+    r = get(app.test_client(), "/own")
+    assert r.headers.getlist("X-RateLimit-Limit") == ["7"]
+    assert "X-RateLimit-Remaining" not in r.headers
+    assert r.headers["RateLimit"] == '"own";r=1;t=30'
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            {"STANCHION_DEFALT_LIMIT": "1/minute"},
+            r"^STANCHION_\*: unknown keys \['STANCHION_DEFALT_LIMIT'\] "
+            r"\('STANCHION_DEFALT_LIMIT': did you mean 'STANCHION_DEFAULT_LIMIT'\?\)",
+        ),
+        # Django's name is not Flask's.
+        ({"STANCHION_LIMIT": "1/minute"}, r"did you mean 'STANCHION_DEFAULT_LIMIT'"),
+        # The Redis storage takes no valkey:// URL: refused here, by name.
+        (
+            {"STANCHION_STORAGE_URL": "valkey://localhost"},
+            r"^STANCHION_STORAGE_URL: unsupported URL 'valkey://localhost'",
+        ),
+    ],
+)
+def test_flask_unknown_config_keys_are_refused(
+    config: dict[str, Any], message: str
+) -> None:
+    app = Flask(__name__)
+    app.config.update(config)
+    with pytest.raises(SettingError, match=message):
+        Stanchion(app)
+
+
+def test_flask_header_fast_path_matches_werkzeugs_own(ext: Stanchion) -> None:
+    """_after_request appends to werkzeug's header list directly when it
+    is a plain list (werkzeug's own Headers.extend checks every value,
+    most of the cost of headers on allowed responses); the result is what
+    werkzeug's API gives, and on the werkzeug installed the fast path is
+    the one taken."""
+    import werkzeug
+    from werkzeug.datastructures import Headers
+
+    from stanchion.flask import _has_x_limit
+
+    assert type(Headers()._list) is list, werkzeug.__version__
+    rule = Rule("2/minute", scope="wz", limiters=LimiterCache())
+    v = rule.check_simple("GET", "/", "192.0.2.9")
+    assert v is not None
+    fast, slow = Headers([("X-Own", "1")]), Headers([("X-Own", "1")])
+    fast._list.extend(outer_headers(v.headers(), fast._list))
+    slow.extend(outer_headers(v.headers(), slow, _has_x_limit))
+    assert fast.to_wsgi_list() == slow.to_wsgi_list()
+    assert fast["RateLimit"] == '"wz";r=1;t=30'

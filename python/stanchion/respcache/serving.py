@@ -290,8 +290,11 @@ class ResponseCache(Rules):
         try:
             # Another flight may have landed between this request's lookup
             # and its taking the lead: answer from it rather than call the
-            # upstream again. Only in process, where a lookup is no I/O.
-            again = None if self.store.shared else self.lookup(plan)
+            # upstream again. Only in process, where a lookup is no I/O,
+            # and not for a client's refresh (no-cache), which goes upstream.
+            again = (
+                None if self.store.shared or plan.revalidate else self.lookup(plan)
+            )
             if (
                 again is not None
                 and again is not stale

@@ -1,0 +1,142 @@
+"""The one table of rate limit settings read by the Flask extension
+(``app.config["STANCHION_..."]``) and by Django (``settings.STANCHION``):
+each setting's key, the keyword it gives, its name in each framework,
+the check of unknown keys and of the storage URL, and errors renamed to
+the name the user wrote.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+from .http import SettingError
+
+
+class Setting(NamedTuple):
+    """One setting: ``key`` as Django writes it (``"TRUSTED_PROXIES"``),
+    the ``keyword`` it gives and to what (``kind``): a Rule keyword
+    (``"rule"``), a LimiterCache keyword (``"limiters"``), or one of
+    ``"limit"``, ``"storage"``, ``"enabled"``."""
+
+    key: str
+    keyword: str
+    kind: str
+    #: Flask's config name when it is not ``"STANCHION_" + key``.
+    flask: str = ""
+
+
+SETTINGS = (
+    Setting("LIMIT", "limit", "limit", flask="STANCHION_DEFAULT_LIMIT"),
+    Setting("KEY", "key", "rule"),
+    Setting("TRUSTED_PROXIES", "trusted_proxies", "rule"),
+    Setting("FORWARDED_HEADER", "forwarded_header", "rule"),
+    Setting("HEADERS", "headers", "rule"),
+    Setting("HEADERS_ON_ALLOWED", "headers_on_allowed", "rule"),
+    Setting("DRY_RUN", "dry_run", "rule"),
+    Setting("EXEMPT_PATHS", "exempt_paths", "rule"),
+    Setting("EXEMPT_METHODS", "exempt_methods", "rule"),
+    Setting("UNIDENTIFIED", "unidentified", "rule"),
+    Setting("ALGORITHM", "algorithm", "limiters"),
+    Setting("MAX_KEYS", "max_keys", "limiters"),
+    Setting("STORAGE_URL", "storage", "storage"),
+    Setting("ENABLED", "enabled", "enabled"),
+)
+
+Namer = Callable[[Setting], str]
+
+
+def flask_name(s: Setting) -> str:
+    return s.flask or "STANCHION_" + s.key
+
+
+def django_name(s: Setting) -> str:
+    return f"STANCHION[{s.key!r}]"
+
+
+def read(given: Mapping[Any, Any], *, where: str, key: Namer) -> dict[str, Any]:
+    """The settings ``given`` (under the names ``key`` gives them) by
+    keyword, after rejecting unknown names: a SettingError for ``where``
+    naming each unknown key and the closest valid one."""
+    valid = {key(s): s for s in SETTINGS}
+    unknown = sorted(str(k) for k in given if k not in valid)
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, list(valid), n=1)
+            if close:
+                hints.append(f"{k!r}: did you mean {close[0]!r}?")
+        reason = f"unknown keys {unknown}"
+        if hints:
+            reason += " (" + "; ".join(hints) + ")"
+        else:
+            reason += f" (known: {sorted(valid)})"
+        raise SettingError(where, reason)
+    return {valid[k].keyword: v for k, v in given.items()}
+
+
+_KINDS = {s.keyword: s.kind for s in SETTINGS}
+
+
+def split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(Rule keywords, LimiterCache keywords)`` of read settings."""
+    rule = {k: v for k, v in values.items() if _KINDS[k] == "rule"}
+    limiters = {k: v for k, v in values.items() if _KINDS[k] == "limiters"}
+    return rule, limiters
+
+
+def _by_kind(kind: str) -> Setting:
+    return next(s for s in SETTINGS if s.kind == kind)
+
+
+#: URL schemes of the Redis storage (``stanchion.redis`` accepts these).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def storage_from_url(url: Any, name: Namer) -> Any:
+    """The storage a ``STORAGE_URL`` names: ``None`` (or ``"memory://"``)
+    for the in-process table, a ``RedisStorage`` for ``redis://``,
+    ``rediss://`` and ``unix://`` URLs; anything else is refused with
+    the setting's name."""
+    if url is None or url == "memory://":
+        return None
+    setting = name(_by_kind("storage"))
+    if not isinstance(url, str):
+        raise SettingError(setting, f"expected a URL string, got {url!r}")
+    if not url.startswith(REDIS_SCHEMES):
+        raise SettingError(
+            setting,
+            f"unsupported URL {url!r} (memory://, redis://, rediss:// or unix://)",
+        )
+    try:
+        redis_storage = importlib.import_module("stanchion.redis").RedisStorage
+    except (ImportError, AttributeError) as exc:
+        raise SettingError(setting, f"Redis storage is not available: {exc}") from None
+    return redis_storage(url)
+
+
+def _names(name: Namer) -> dict[str, str]:
+    names = {s.keyword: name(s) for s in SETTINGS}
+    names["algorithm/max_keys"] = (
+        f"{names['algorithm']} / {names['max_keys']}"  # LimiterCache's check
+    )
+    return names
+
+
+@contextmanager
+def named_errors(name: Namer, names_done: Iterable[str] = ()) -> Iterator[None]:
+    """Re-raise a SettingError named by keyword (``trusted_proxies``) with
+    the framework's name for it (``STANCHION_TRUSTED_PROXIES``). Errors
+    already named by the framework (starting with one of ``names_done``)
+    pass as they are."""
+    try:
+        yield
+    except SettingError as exc:
+        if exc.setting.startswith(tuple(names_done)):
+            raise
+        raise SettingError(
+            _names(name).get(exc.setting, exc.setting), exc.reason
+        ) from None

@@ -1,0 +1,272 @@
+"""Rate limiting for Django views: ``RateLimitMiddleware`` and the
+``@ratelimit`` decorator."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
+from django.http import HttpRequest, HttpResponse
+
+from .._adapt import decide, header_from_environ, outer_headers, route_scope
+from ..http import Request, Rule, SettingError, Verdict
+from .settings import stanchion_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class DjangoRequest(Request):
+    """The rules' view of a Django ``HttpRequest``."""
+
+    __slots__ = ("_async_user",)
+
+    def __init__(self, request: HttpRequest, user: Any = None) -> None:
+        super().__init__(request.method or "GET", request.path, None, request)
+        self._async_user = user
+
+    def _header(self, name: str) -> str | None:
+        return header_from_environ(self.native.META, name)
+
+    @property
+    def user(self) -> Any:
+        if self._async_user is not None:
+            return self._async_user
+        return getattr(self.native, "user", None)
+
+
+def _needs_user(rule: Rule) -> bool:
+    return rule._key is not None and getattr(rule._key, "needs_user", False)
+
+
+async def _view_of(request: HttpRequest, rule: Rule) -> DjangoRequest:
+    """In async mode the user must be loaded with ``auser()`` (the lazy
+    ``request.user`` would touch the database synchronously)."""
+    user = None
+    if _needs_user(rule) and hasattr(request, "auser"):
+        user = await request.auser()
+    return DjangoRequest(request, user)
+
+
+def _check(rule: Rule, request: HttpRequest) -> Verdict | None:
+    return decide(
+        rule,
+        request.method or "GET",
+        request.path,
+        request.META.get("REMOTE_ADDR"),
+        DjangoRequest,
+        request,
+    )
+
+
+async def _acheck(rule: Rule, request: HttpRequest) -> Verdict | None:
+    if rule.simple:
+        return await rule.acheck_simple(
+            request.method or "GET", request.path, request.META.get("REMOTE_ADDR")
+        )
+    return await rule.acheck(
+        await _view_of(request, rule), request.META.get("REMOTE_ADDR")
+    )
+
+
+def _response(verdict: Verdict) -> HttpResponse:
+    status, headers, body = verdict.reply()
+    response = HttpResponse(body, status=status)
+    for k, v in headers:
+        response[k] = v
+    return response
+
+
+def _add_headers(response: HttpResponse, verdict: Verdict) -> None:
+    headers = verdict.headers()
+    if not headers:
+        return
+    # Our names and values are plain ASCII made here, so they can skip
+    # Django's per-header charset checks when its store is at hand; and
+    # its dict answers "is it there" without Mapping.__contains__, which
+    # raises and catches KeyError for every absent name.
+    store = getattr(response.headers, "_store", None)
+    if type(store) is not dict:
+        _add_headers_slow(response, headers)
+        return
+    for k, v in outer_headers(headers, store, _store_has_x_limit):
+        lk = k.lower()
+        if k[0] != "X":
+            old = store.get(lk)
+            if old is not None:
+                v = f"{old[1]}, {v}"  # structured field lists merge
+        store[lk] = (k, v)
+
+
+def _store_has_x_limit(store: dict[str, tuple[str, str]]) -> bool:
+    return "x-ratelimit-limit" in store
+
+
+def _has_x_limit(response: HttpResponse) -> bool:
+    return bool(response.has_header("X-RateLimit-Limit"))
+
+
+def _add_headers_slow(response: HttpResponse, headers: list[tuple[str, str]]) -> None:
+    for k, v in outer_headers(headers, response, _has_x_limit):
+        if k[0] != "X" and k in response.headers:
+            v = f"{response.headers[k]}, {v}"
+        response.headers[k] = v
+
+
+class RateLimitMiddleware:
+    """``STANCHION["LIMIT"]`` on every request (except exemptions).
+
+    Sync and async capable: under ASGI it awaits ``limiter.ahit`` and
+    never blocks the loop; under WSGI it calls ``hit``."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        try:
+            conf = stanchion_settings()
+        except SettingError as exc:
+            raise ImproperlyConfigured(str(exc)) from None
+        if not conf.enabled or conf.limit is None:
+            raise MiddlewareNotUsed("STANCHION['LIMIT'] is not set")
+        self.rule = conf.probe
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        verdict = self.rule.check(
+            DjangoRequest(request), request.META.get("REMOTE_ADDR")
+        )
+        if verdict is None:
+            return self.get_response(request)
+        if verdict.blocked:
+            return _response(verdict)
+        response = self.get_response(request)
+        _add_headers(response, verdict)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        verdict = await _acheck(self.rule, request)
+        if verdict is None:
+            return await self.get_response(request)
+        if verdict.blocked:
+            return _response(verdict)
+        response = await self.get_response(request)
+        _add_headers(response, verdict)
+        return response
+
+
+def _before_view(
+    request: HttpRequest, verdict: Verdict | None, block: bool
+) -> HttpResponse | None:
+    """What ``@ratelimit`` does before the view, sync or async: sets
+    ``request.limited``; the 429 to answer instead of the view, if any."""
+    if verdict is None:
+        return None
+    limited = verdict.blocked or (
+        verdict.decision is not None and not verdict.decision.allowed
+    )
+    request.limited = limited or getattr(request, "limited", False)
+    if verdict.blocked and block:
+        return _response(verdict)
+    return None
+
+
+def _is_async(func: Callable[..., Any]) -> bool:
+    if iscoroutinefunction(func):
+        return True
+    # method_decorator hands us partial(bound async method) wrapped to look
+    # like the method; look through both.
+    inner = getattr(func, "__wrapped__", None)
+    if inner is not None and iscoroutinefunction(inner):
+        return True
+    target = getattr(func, "func", None)
+    return target is not None and iscoroutinefunction(target)
+
+
+class ratelimit:
+    """``@ratelimit("5/minute", scope="login", key=..., block=True)``.
+
+    ``scope`` names the buckets (default: the view's module and qualified
+    name, never its repr); views sharing a scope and rate share limits.
+    ``block=False`` never answers 429: the view runs with
+    ``request.limited`` set to True when it would have been limited.
+    Works on sync and ``async def`` views and, through
+    ``method_decorator``, on class-based views. Other keywords are
+    :class:`stanchion.http.Rule` settings on top of ``STANCHION``.
+    """
+
+    def __init__(
+        self,
+        limit: Any,
+        *,
+        scope: str | None = None,
+        key: Any = None,
+        block: bool = True,
+        **settings: Any,
+    ) -> None:
+        if not isinstance(block, bool):
+            raise SettingError("block", f"must be True or False, got {block!r}")
+        self.limit = limit
+        self.scope = scope
+        self.block = block
+        self.settings = settings
+        if key is not None:
+            self.settings["key"] = key
+        self._rules: dict[str, Rule] = {}
+        # Checked now (import time), against default settings; the rule
+        # itself is built on first use, when Django's settings are ready.
+        Rule(limit, scope=scope or "check", **{k: v for k, v in settings.items()})
+
+    def _rule(self, scope: str) -> Rule:
+        rule = self._rules.get(scope)
+        if rule is None:
+            conf = stanchion_settings()
+            kw = {**conf.rule_kw, **self.settings}
+            if any(
+                k in self.settings
+                for k in ("algorithm", "storage", "max_keys", "clock")
+            ):
+                kw.pop("limiters", None)
+            rule = self._rules[scope] = Rule(self.limit, scope=scope, **kw)
+        return rule
+
+    def __call__(self, view: F) -> F:
+        scope = self.scope or route_scope(view)
+        block = self.block
+
+        if _is_async(view):
+
+            @functools.wraps(view)
+            async def async_view(
+                request: HttpRequest, *args: Any, **kwargs: Any
+            ) -> Any:
+                verdict = await _acheck(self._rule(scope), request)
+                refused = _before_view(request, verdict, block)
+                if refused is not None:
+                    return refused
+                response = await view(request, *args, **kwargs)
+                if verdict is not None:
+                    _add_headers(response, verdict)
+                return response
+
+            return async_view  # type: ignore[return-value]
+
+        @functools.wraps(view)
+        def sync_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            verdict = _check(self._rule(scope), request)
+            refused = _before_view(request, verdict, block)
+            if refused is not None:
+                return refused
+            response = view(request, *args, **kwargs)
+            if verdict is not None:
+                _add_headers(response, verdict)
+            return response
+
+        return sync_view  # type: ignore[return-value]

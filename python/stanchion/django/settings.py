@@ -1,0 +1,92 @@
+"""The ``STANCHION`` settings dict: read, checked once, and the system
+check that reports bad settings."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core import checks
+from django.utils.module_loading import import_string
+
+from .._adapt import MIDDLEWARE_SCOPE
+from .._settings import (
+    Setting,
+    django_name,
+    named_errors,
+    read,
+    split,
+    storage_from_url,
+)
+from ..http import LimiterCache, Rule, SettingError
+
+
+class _Settings:
+    """``settings.STANCHION`` read and checked once."""
+
+    def __init__(self, raw: Any) -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise SettingError("STANCHION", f"must be a dict, not {type(raw).__name__}")
+        values = read(raw, where="STANCHION", key=_bare_key)
+        self.enabled = bool(values.get("enabled", True))
+        self.limit = values.get("limit")
+        rule_kw, cache_kw = split(values)
+        key = rule_kw.get("key")
+        if isinstance(key, str):
+            try:
+                rule_kw["key"] = import_string(key)
+            except ImportError as exc:
+                raise SettingError(
+                    "STANCHION['KEY']", f"cannot import {key!r}: {exc}"
+                ) from None
+        storage = storage_from_url(values.get("storage"), django_name)
+        with _named_errors():
+            self.limiters = LimiterCache(storage=storage, **cache_kw)
+            self.rule_kw = {**rule_kw, "limiters": self.limiters}
+            # Every setting checked now, with or without a LIMIT.
+            self.probe = Rule(
+                self.limit if self.limit is not None else "1/second",
+                scope=MIDDLEWARE_SCOPE,
+                **self.rule_kw,
+            )
+
+
+def _bare_key(s: Setting) -> str:
+    return s.key
+
+
+def _named_errors() -> AbstractContextManager[None]:
+    """SettingErrors renamed to the ``STANCHION['...']`` key."""
+    return named_errors(django_name, ("STANCHION",))
+
+
+_cached: tuple[Any, _Settings] | None = None
+
+
+def stanchion_settings() -> _Settings:
+    """The checked ``STANCHION`` settings (re-read when the dict changes,
+    e.g. under ``override_settings``)."""
+    global _cached
+    raw = getattr(django_settings, "STANCHION", None)
+    if _cached is None or _cached[0] is not raw:
+        _cached = (raw, _Settings(raw))
+    return _cached[1]
+
+
+@checks.register("stanchion")  # type: ignore[untyped-decorator]
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """System check: ``manage.py check`` reports bad ``STANCHION`` settings."""
+    try:
+        stanchion_settings()
+    except (SettingError, TypeError, ValueError) as exc:
+        return [
+            checks.Error(
+                f"bad rate limit setting: {exc}",
+                hint="See the STANCHION settings in stanchion.django's documentation.",
+                id="stanchion.E001",
+            )
+        ]
+    return []

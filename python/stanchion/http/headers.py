@@ -1,0 +1,251 @@
+"""Verdicts, 429 replies and the rate limit headers a rule sends."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, overload
+
+from .._core import Decision, RateHeaders
+from .limiters import _RateInfo
+from .request import NS, PROBLEM_TYPE, Request
+
+if TYPE_CHECKING:
+    from .rule import Rule
+
+
+class Reply(NamedTuple):
+    """A 429 body: ``Reply(status, body, content_type)``. ``status`` may be
+    changed (503 for a maintenance rule, say); stanchion adds the rate
+    limit headers and ``Cache-Control: no-store`` itself."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+class Verdict:
+    """What a rule decided for one request.
+
+    ``blocked`` is True only when the request must get a 429 (never in
+    dry run); ``decision`` is the limiter's Decision (``None`` when the
+    request could not be identified and ``unidentified="deny"``)."""
+
+    __slots__ = ("blocked", "decision", "info", "request", "rule")
+
+    def __init__(
+        self,
+        rule: Rule,
+        decision: Decision | None,
+        info: _RateInfo | None,
+        blocked: bool,
+        request: Request | None,
+    ) -> None:
+        self.rule = rule
+        self.decision = decision
+        self.info = info
+        self.blocked = blocked
+        self.request = request
+
+    @property
+    def allowed(self) -> bool:
+        return not self.blocked
+
+    def headers(self) -> list[tuple[str, str]]:
+        """The rate limit headers this verdict adds to the response."""
+        return self.rule._render(self, False)
+
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The same, as ASGI's lower-case byte pairs."""
+        return self.rule._render(self, True)
+
+    def reply(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """``(status, headers, body)`` of the 429 response."""
+        return self.rule._reply(self)
+
+    def __repr__(self) -> str:
+        return f"<Verdict blocked={self.blocked} {self.decision!r}>"
+
+
+def _ceil_seconds(ns: int) -> int:
+    return -(-ns // NS)
+
+
+def problem_json(request: Request, decision: Decision | None) -> Reply:
+    """The default 429 body: RFC 9457 problem details with the quota
+    exceeded type of the IETF rate limit headers draft."""
+    if decision is None:
+        detail = "The client could not be identified, so it cannot be served."
+    else:
+        wait = _ceil_seconds(decision.retry_after_ns)
+        detail = (
+            f"Rate limit of {decision.limit} exceeded; retry in {wait} "
+            f"second{'s' if wait != 1 else ''}."
+        )
+    body = {
+        "type": PROBLEM_TYPE,
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": detail,
+    }
+    return Reply(429, json.dumps(body).encode(), "application/problem+json")
+
+
+def _sf_string(text: str) -> str:
+    """``text`` as an RFC 8941 sf-string (printable ASCII, quoted)."""
+    safe = "".join(c if " " <= c <= "~" else "_" for c in text)
+    return '"' + safe.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+ResponseFunc: TypeAlias = Callable[[Request, "Decision | None"], Reply]
+
+
+class _HeaderParts:
+    """The parts of the rate limit headers that never change for one
+    (rule, limiter) pair, and their renderer (``_core.RateHeaders``)."""
+
+    __slots__ = ("info", "policy", "render")
+
+    def __init__(
+        self,
+        info: _RateInfo,
+        policy: str,
+        names: tuple[str, ...],
+        capacities: tuple[int, ...],
+        ietf: bool = True,
+        x: bool = True,
+    ) -> None:
+        self.info = info
+        self.policy = policy
+        # One name per capacity; a lone name answers for every capacity.
+        if len(capacities) != len(names):
+            capacities = (*capacities, 0)[:1]
+        self.render = RateHeaders(policy, names, capacities, ietf, x)
+
+    def py_pairs(self, d: Any) -> list[tuple[str, str]]:
+        """What ``render.pairs`` gives, for a decision that is not a
+        ``Decision`` (from a limiter object of the user's)."""
+        return _py_pairs(self.render, d)
+
+    def py_raw_pairs(self, d: Any) -> list[tuple[bytes, bytes]]:
+        """``py_pairs`` as lower-case ASGI byte pairs."""
+        return [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in _py_pairs(self.render, d)
+        ]
+
+
+def _py_pairs(h: RateHeaders, d: Any) -> list[tuple[str, str]]:
+    """What ``RateHeaders.pairs`` renders, for any object with a
+    Decision's fields (a decision from a limiter object of the user's)."""
+    limit = d.limit
+    remaining = d.remaining
+    reset = -(-d.reset_after_ns // NS)
+    out: list[tuple[str, str]] = []
+    if h.ietf:
+        t = reset if d.allowed else -(-d.retry_after_ns // NS)
+        name = h.names[0]
+        if len(h.names) > 1 and limit in h.capacities:
+            name = h.names[h.capacities.index(limit)]
+        if h.policy:
+            out.append(("RateLimit-Policy", h.policy))
+        out.append(("RateLimit", f"{name};r={remaining};t={t}"))
+    if h.x:
+        out.append(("X-RateLimit-Limit", str(limit)))
+        out.append(("X-RateLimit-Remaining", str(remaining)))
+        out.append(("X-RateLimit-Reset", str(reset)))
+    return out
+
+
+class _RuleHeaders:
+    """The header rendering of :class:`~stanchion.http.Rule` (a base
+    class of it, so the rendering sits in one place)."""
+
+    scope: str
+    headers_on_allowed: bool
+    _send_all: bool
+    _send_ietf: bool
+    _send_x: bool
+    _send_retry: bool
+    _response: ResponseFunc
+    _parts_cache: dict[int, _HeaderParts]
+    _fixed_parts: _HeaderParts | None
+
+    # -- headers ---------------------------------------------------------------
+
+    def _parts(self, info: _RateInfo) -> _HeaderParts:
+        """The static parts of the headers for one limiter, cached."""
+        parts = self._parts_cache.get(id(info))
+        if parts is not None and parts.info is info:
+            return parts
+        windows = info.windows
+        if len(windows) <= 1:
+            names: tuple[str, ...] = (_sf_string(self.scope),)
+        else:
+            names = tuple(_sf_string(f"{self.scope}-{w}s") for _, w in windows)
+        items = []
+        for name, (q, w), cap in zip(names, windows, info.capacities, strict=False):
+            item = f"{name};q={q};w={w}"
+            if cap != q and getattr(info.limiter, "algorithm", "") == "token_bucket":
+                item += f";stanchion-burst={cap}"
+            items.append(item)
+        parts = _HeaderParts(
+            info,
+            ", ".join(items),
+            names,
+            info.capacities,
+            self._send_ietf,
+            self._send_x,
+        )
+        if len(self._parts_cache) > 256:
+            self._parts_cache.clear()
+        self._parts_cache[id(info)] = parts
+        return parts
+
+    def _headers(self, v: Verdict) -> list[tuple[str, str]]:
+        return self._render(v, False)
+
+    def _raw_headers(self, v: Verdict) -> list[tuple[bytes, bytes]]:
+        """``_headers`` as lower-case ASGI byte pairs, built directly."""
+        return self._render(v, True)
+
+    @overload
+    def _render(self, v: Verdict, raw: Literal[False]) -> list[tuple[str, str]]: ...
+
+    @overload
+    def _render(self, v: Verdict, raw: Literal[True]) -> list[tuple[bytes, bytes]]: ...
+
+    def _render(self, v: Verdict, raw: bool) -> list[Any]:
+        """The rate limit headers of a verdict, the one renderer: as str
+        pairs (WSGI, Flask, Django, falcon) or, with ``raw``, as ASGI's
+        lower-case byte pairs, from the same parts and numbers."""
+        d = v.decision
+        if d is None or v.info is None:
+            return []
+        if not v.blocked and not self.headers_on_allowed:
+            return []
+        parts = self._fixed_parts
+        if parts is None or parts.info is not v.info:
+            parts = self._parts(v.info)
+        try:
+            return parts.render.raw_pairs(d) if raw else parts.render.pairs(d)
+        except TypeError:  # not a Decision: render it in Python
+            return parts.py_raw_pairs(d) if raw else parts.py_pairs(d)
+
+    def _reply(self, v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
+        d = v.decision
+        reply = self._response(v.request, d)  # type: ignore[arg-type]
+        if not isinstance(reply, Reply):
+            reply = Reply(*reply)
+        headers = [
+            ("Content-Type", reply.content_type),
+            ("Cache-Control", "no-store"),
+        ]
+        if d is not None:
+            if self._send_retry:
+                headers.append(
+                    ("Retry-After", str(max(1, _ceil_seconds(d.retry_after_ns))))
+                )
+            headers.extend(self._headers(v))
+        body = reply.body if isinstance(reply.body, bytes) else str(reply.body).encode()
+        return reply.status, headers, body

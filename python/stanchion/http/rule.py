@@ -1,0 +1,558 @@
+"""The rule: which requests are limited, at what rate, keyed on what,
+and what the client is told.
+
+Empty identity
+    A key function that returns ``None`` or ``""`` falls back to the
+    client address (a missing API key is limited per address, never in
+    one shared bucket). If the address is unknown too (no peer, e.g. a
+    Unix socket without a trusted proxy), ``unidentified`` decides:
+    ``"deny"`` (default) answers 429 without ``Retry-After``; ``"allow"``
+    lets the request through unlimited; ``"share"`` puts every such
+    request in one bucket named ``<unidentified>``. ``"allow"`` and
+    ``"share"`` log a warning the first time they apply.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, TypeAlias
+
+from .._core import Decision
+from .._limiter import Limiter, RateLimiter
+from .address import ClientAddress
+from .headers import (
+    ResponseFunc,
+    Verdict,
+    _HeaderParts,
+    _RuleHeaders,
+    problem_json,
+)
+from .identity import KeyFunc, _safe_identity
+from .keys import MAX_ADDRESS_KEYS, _pack_address, _scope_tags
+from .limiters import LimiterCache, _RateInfo
+from .request import (
+    HEADER_FAMILIES,
+    MAX_ADDRESS,
+    MAX_IDENTITY,
+    RateSpec,
+    Request,
+    SettingError,
+    log,
+)
+
+
+class Rule(_RuleHeaders):
+    """One rate limit for HTTP requests.
+
+    ``limit``: a rate string (``"100/minute;1000/day"``), a list of rates,
+    a limiter object (``Limiter``, ``RedisLimiter``), a :class:`Plans`, or
+    a function of the request returning any of these (``None``: not
+    limited). ``request.key`` and ``request.client`` are set when it is
+    called, so rates can depend on the key. One limiter is built per
+    distinct rate and shared through ``limiters``.
+
+    ``key``: a function of the request returning the identity to limit
+    on (default: the client address). Helpers: :func:`api_key`,
+    :func:`authenticated_user`.
+
+    ``scope``: rules with the same scope and rate share buckets (a limit
+    across several routes). Also names the policy in the headers.
+
+    ``cost``: an int, or a function of the request returning one.
+
+    ``exempt_paths`` (exact, or a prefix ending in ``*``),
+    ``exempt_methods``, ``exempt_when`` (a predicate): not limited.
+
+    ``dry_run``: decide and send headers, but never block (would-be
+    429s are logged and counted in ``dry_run_denials``).
+
+    ``headers``: which header families to send (:data:`HEADER_FAMILIES`);
+    ``headers_on_allowed``: also on responses that were let through.
+
+    ``response``: a function ``(request, decision) -> Reply`` for the
+    429 body (default: :func:`problem_json`).
+    """
+
+    def __init__(
+        self,
+        limit: RateSpec | Callable[[Request], Any] | None,
+        *,
+        key: KeyFunc | None = None,
+        scope: str = "default",
+        cost: int | Callable[[Request], Any] = 1,
+        exempt_paths: Iterable[str] = (),
+        exempt_methods: Iterable[str] = (),
+        exempt_when: Callable[[Request], Any] | None = None,
+        dry_run: bool = False,
+        trusted_proxies: Iterable[str] | ClientAddress = (),
+        forwarded_header: str = "X-Forwarded-For",
+        ipv6_prefix: int = 64,
+        headers: Iterable[str] = HEADER_FAMILIES,
+        headers_on_allowed: bool = True,
+        response: ResponseFunc | None = None,
+        unidentified: str = "deny",
+        limiters: LimiterCache | None = None,
+        algorithm: str = "token_bucket",
+        storage: Any = None,
+        max_keys: int = 1_000_000,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if limiters is None:
+            limiters = LimiterCache(
+                algorithm=algorithm, storage=storage, max_keys=max_keys, clock=clock
+            )
+        self.limiters = limiters
+        if not isinstance(scope, str) or not scope:
+            raise SettingError("scope", f"must be a non-empty str, got {scope!r}")
+        self.scope = scope
+        self._prefix = scope + "\x1f"
+        # Client address -> its bucket key, and (rules without key, limit
+        # or cost functions) -> its pending decision: both depend on the
+        # address alone. A socket peer and the name ClientAddress gives it
+        # lead to the same entry.
+        self._address_keys: dict[str, str | bytes] = {}
+        self._client_plans: dict[str, _Pending] = {}
+
+        # limit: fixed (checked now) or a function (checked per request).
+        self._fixed: _RateInfo | None = None
+        self._limit_func: Callable[[Request], Any] | None = None
+        if limit is None:
+            raise SettingError("limit", "a rule needs a limit such as '100/minute'")
+        if callable(limit) and not isinstance(limit, RateLimiter):
+            self._limit_func = limit
+        else:
+            self._fixed = limiters.get(limit)
+
+        if key is not None and not callable(key):
+            raise SettingError("key", f"must be a function of the request, not {key!r}")
+        self._key = key
+
+        if callable(cost):
+            self._cost_func: Callable[[Request], Any] | None = cost
+            self._cost = 1
+        else:
+            self._cost_func = None
+            self._cost = _check_cost(cost, "cost")
+            if self._fixed is not None and self._fixed.capacities:
+                cap = min(self._fixed.capacities)
+                if self._cost > cap:
+                    raise SettingError(
+                        "cost",
+                        f"cost {self._cost} is more than the limit allows at once "
+                        f"({cap}); such requests could never pass",
+                    )
+
+        if isinstance(exempt_paths, str):
+            exempt_paths = [exempt_paths]
+        exact, prefixes = set(), []
+        for p in exempt_paths:
+            if not isinstance(p, str) or not p:
+                raise SettingError("exempt_paths", f"expected path strings, got {p!r}")
+            if p.endswith("*"):
+                prefixes.append(p[:-1])
+            else:
+                exact.add(p)
+        self._exempt_exact = frozenset(exact)
+        self._exempt_prefixes = tuple(prefixes)
+        if isinstance(exempt_methods, str):
+            exempt_methods = [exempt_methods]
+        methods = set()
+        for m in exempt_methods:
+            if not isinstance(m, str) or not m.isalpha():
+                raise SettingError(
+                    "exempt_methods", f"expected method names, got {m!r}"
+                )
+            methods.add(m.upper())
+        self._exempt_methods = frozenset(methods)
+        if exempt_when is not None and not callable(exempt_when):
+            raise SettingError("exempt_when", "must be a predicate of the request")
+        self._exempt_when = exempt_when
+        self._plain = not (
+            self._exempt_exact
+            or self._exempt_prefixes
+            or self._exempt_methods
+            or self._exempt_when
+        )
+
+        if not isinstance(dry_run, bool):
+            raise SettingError("dry_run", f"must be True or False, got {dry_run!r}")
+        self.dry_run = dry_run
+        self.dry_run_denials = 0
+
+        if isinstance(trusted_proxies, ClientAddress):
+            self.client_address = trusted_proxies
+        else:
+            self.client_address = ClientAddress(
+                trusted_proxies, header=forwarded_header, ipv6_prefix=ipv6_prefix
+            )
+
+        if isinstance(headers, str):
+            headers = [headers]
+        fams = set()
+        for h in headers:
+            if not isinstance(h, str) or h.lower() not in HEADER_FAMILIES:
+                raise SettingError(
+                    "headers", f"unknown header family {h!r} (use {HEADER_FAMILIES})"
+                )
+            fams.add(h.lower())
+        self._send_ietf = "ratelimit" in fams
+        self._send_x = "x-ratelimit" in fams
+        self._send_retry = "retry-after" in fams
+        self._send_all = self._send_ietf and self._send_x
+        if not isinstance(headers_on_allowed, bool):
+            raise SettingError(
+                "headers_on_allowed",
+                f"must be True or False, got {headers_on_allowed!r}",
+            )
+        self.headers_on_allowed = headers_on_allowed and bool(
+            self._send_ietf or self._send_x
+        )
+
+        if response is not None and not callable(response):
+            raise SettingError(
+                "response", "must be a function (request, decision) -> Reply"
+            )
+        self._response = response or problem_json
+
+        if unidentified not in ("deny", "allow", "share"):
+            raise SettingError(
+                "unidentified",
+                f"must be 'deny', 'allow' or 'share', got {unidentified!r}",
+            )
+        self.unidentified = unidentified
+        self._warned = False
+        self._parts_cache: dict[int, _HeaderParts] = {}
+        self._fixed_parts = (
+            self._parts(self._fixed) if self._fixed is not None else None
+        )
+        self._v6_prefix = self.client_address.ipv6_prefix
+        self._tag4, self._tag6 = _scope_tags(scope, self._v6_prefix)
+        self._has_funcs = bool(self._limit_func or self._cost_func or self._key)
+        #: The fixed limiter decides in C and never waits: acheck_simple
+        #: then calls its hit, skipping a coroutine.
+        self._fixed_in_c = self._fixed is not None and _in_c(self._fixed.limiter)
+        #: True when a decision needs only the method, path and peer: the
+        #: adapters then call check_simple/acheck_simple and build no
+        #: Request view at all (the common case, and the fast one).
+        self.simple = not (
+            self._has_funcs
+            or self._exempt_when is not None
+            or self.client_address.has_proxies
+            or response is not None
+        )
+
+    # -- deciding --------------------------------------------------------------
+
+    def exempt(self, request: Request) -> bool:
+        if self._plain:
+            return False
+        if request.method in self._exempt_methods:
+            return True
+        path = request.path
+        if path in self._exempt_exact:
+            return True
+        for p in self._exempt_prefixes:
+            if path.startswith(p):
+                return True
+        return bool(self._exempt_when is not None and self._exempt_when(request))
+
+    def _client(self, request: Request, peer: str | None) -> str:
+        client = self.client_address(peer, request._header)
+        request.client = client or None
+        return client
+
+    def _finish(self, request: Request, client: str, answer: Any) -> str | bytes | None:
+        """The bucket key from a key function's answer (falling back to
+        the client address), or None when there is no identity at all."""
+        ident: str
+        if answer is None or isinstance(answer, str):
+            ident = answer or ""
+        elif isinstance(answer, bytes):
+            try:
+                ident = answer.decode("utf-8")
+            except UnicodeDecodeError:
+                # Hashed as they are: replacing the bad bytes would merge
+                # every client whose bytes differ only there.
+                request.key = ident = _safe_identity(answer)
+                return self._prefix + ident
+        else:
+            ident = str(answer)
+        if not ident:
+            if not client:
+                return None
+            request.key = client
+            key = self._address_keys.get(client)
+            if key is None:
+                key = self._address_key(client)
+                if len(client) > MAX_ADDRESS:
+                    return key  # not remembered (see MAX_ADDRESS)
+                if len(self._address_keys) >= MAX_ADDRESS_KEYS:
+                    self._address_keys.clear()
+                self._address_keys[client] = key
+            return key
+        # "#" starts only hashed identities: an answer that starts with it
+        # is hashed too, so no answer can name another one's hash.
+        if len(ident) > MAX_IDENTITY or not ident.isascii() or ident[0] == "#":
+            ident = _safe_identity(ident)
+        request.key = ident
+        return self._prefix + ident
+
+    def _address_key(self, addr: str) -> str | bytes:
+        """The bucket key of a client address (a socket peer, or a name
+        from ``client_address``), kept short enough to be stored inline
+        in the in-process table (see ``_pack_address``)."""
+        key = _pack_address(addr, self._tag4, self._tag6, self._v6_prefix)
+        if key is not None:
+            return key
+        # Not an IP address (a test client's name, say).
+        if len(addr) > MAX_IDENTITY or not addr.isascii() or addr[0] == "#":
+            addr = _safe_identity(addr)
+        return self._prefix + addr
+
+    def _unidentified(self, request: Request) -> Verdict | str | None:
+        """For a request with no identity: its 429 (``"deny"``), None (not
+        limited: ``"allow"``, or ``"deny"`` in dry run) or the key of the
+        one shared bucket (``"share"``)."""
+        if self.unidentified == "deny":
+            if self.dry_run:
+                self.dry_run_denials += 1
+                return None
+            return Verdict(self, None, None, True, request)
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "stanchion: a request to %s could not be identified (no client "
+                "address); unidentified=%r applies",
+                request.path,
+                self.unidentified,
+            )
+        if self.unidentified == "allow":
+            return None
+        request.key = "<unidentified>"
+        return self._prefix + "<unidentified>"
+
+    # Every decision takes three steps, the same for check, acheck,
+    # check_simple and acheck_simple: a plan (what to ask which limiter,
+    # or the verdict when no limiter need be asked; it awaits nothing),
+    # the one limiter call (hit, or await ahit), and the conclusion (the
+    # limiter's Decision as a Verdict). The four entry points only add
+    # the call, so sync and async cannot decide differently.
+
+    def _plan(
+        self, request: Request, key: str | bytes | None, spec: Any, cost: Any
+    ) -> _Pending | Verdict | None:
+        """The pending decision for a request whose identity (``key``),
+        rate (``spec``) and cost are known (``spec`` and ``cost`` are the
+        limit and cost functions' answers, ignored when there are none);
+        a Verdict when it is decided already; None when the request is
+        not limited."""
+        if key is None:
+            shared = self._unidentified(request)
+            if not isinstance(shared, str):
+                return shared
+            key = shared
+        info = self._fixed
+        if info is None:
+            if spec is None:
+                return None
+            info = self.limiters.get(spec)
+        if self._cost_func is None:
+            cost = self._cost
+        else:
+            cost = _check_cost(cost, "cost function")
+            if info.max_cost is not None and cost > info.max_cost:
+                # More than the limit allows at once: it could never pass.
+                d = Decision(False, min(info.capacities or (0,)), 0)
+                return self._conclude((info, key, cost, request.key), d, request)
+        return (info, key, cost, request.key)
+
+    def _plan_client(self, request: Request, client: str) -> _Pending | Verdict | None:
+        """``_plan`` for a rule without key, limit or cost functions,
+        whose plan depends on the client address alone (so it is kept)."""
+        if client:
+            request.key = client
+            p = self._client_plans.get(client)
+            if p is not None:
+                return p
+        plan = self._plan(request, self._finish(request, client, None), None, 0)
+        if client and isinstance(plan, tuple):
+            self._keep_plan(client, plan)
+        return plan
+
+    def _plan_simple(
+        self, method: str, path: str, peer: str | None
+    ) -> _Pending | Verdict | None:
+        """``_plan`` for a rule whose ``simple`` is True, from the method,
+        path and socket peer alone."""
+        if not self._plain and self._exempt_simple(method, path):
+            return None
+        if not peer:
+            return self._plan(Request(method, path), None, None, 0)
+        p = self._client_plans.get(peer)
+        if p is None:
+            info = self._fixed
+            assert info is not None  # a simple rule's limit is fixed
+            p = (info, self._address_key(peer), self._cost, peer)
+            self._keep_plan(peer, p)
+        return p
+
+    def _keep_plan(self, address: str, plan: _Pending) -> None:
+        if len(address) > MAX_ADDRESS:
+            return  # not remembered (see MAX_ADDRESS)
+        plans = self._client_plans
+        if len(plans) >= MAX_ADDRESS_KEYS:
+            plans.clear()
+        plans[address] = plan
+
+    def _conclude(
+        self, pending: _Pending, d: Decision, request: Request | None
+    ) -> Verdict:
+        """The verdict on a pending decision, given the limiter's answer."""
+        if d.allowed:
+            return Verdict(self, d, pending[0], False, request)
+        return self._denied(d, pending[0], request, pending[3])
+
+    def _exempt_simple(self, method: str, path: str) -> bool:
+        return (
+            method in self._exempt_methods
+            or path in self._exempt_exact
+            or bool(self._exempt_prefixes and path.startswith(self._exempt_prefixes))
+        )
+
+    def check_simple(self, method: str, path: str, peer: str | None) -> Verdict | None:
+        """``check`` for a rule whose ``simple`` is True, without a Request."""
+        # A plain rule's plan depends on the peer alone: reuse it.
+        p = self._client_plans.get(peer) if self._plain else None  # type: ignore[arg-type]
+        if p is None:
+            plan = self._plan_simple(method, path, peer)
+            if not isinstance(plan, tuple):
+                return plan
+            p = plan
+        d = p[0].limiter.hit(p[1], p[2])
+        if d.allowed:
+            return Verdict(self, d, p[0], False, None)
+        return self._conclude(p, d, None)
+
+    async def acheck_simple(
+        self, method: str, path: str, peer: str | None
+    ) -> Verdict | None:
+        """``acheck`` for a rule whose ``simple`` is True, without a Request."""
+        p = self._client_plans.get(peer) if self._plain else None  # type: ignore[arg-type]
+        if p is None:
+            plan = self._plan_simple(method, path, peer)
+            if not isinstance(plan, tuple):
+                return plan
+            p = plan
+        if self._fixed_in_c:
+            d = p[0].limiter.hit(p[1], p[2])  # in C, never waits
+        else:
+            d = await p[0].limiter.ahit(p[1], p[2])
+        if d.allowed:
+            return Verdict(self, d, p[0], False, None)
+        return self._conclude(p, d, None)
+
+    def check(self, request: Request, peer: str | None) -> Verdict | None:
+        """Decide (sync, calls ``limiter.hit``). ``None``: not limited."""
+        if not self._plain and self.exempt(request):
+            return None
+        client = self._client(request, peer)
+        if not self._has_funcs:
+            p = self._plan_client(request, client)
+        else:
+            # In this order: the rate and cost functions may read request.key.
+            ident = self._key(request) if self._key is not None else None
+            key = self._finish(request, client, ident)
+            spec = self._limit_func(request) if self._limit_func is not None else None
+            cost = self._cost_func(request) if self._cost_func is not None else 0
+            p = self._plan(request, key, spec, cost)
+        if not isinstance(p, tuple):
+            return p
+        d = p[0].limiter.hit(p[1], p[2])
+        if d.allowed:
+            return Verdict(self, d, p[0], False, request)
+        return self._conclude(p, d, request)
+
+    async def acheck(self, request: Request, peer: str | None) -> Verdict | None:
+        """Decide without blocking the loop (awaits ``limiter.ahit``;
+        key, cost and limit functions may be coroutine functions)."""
+        if not self._plain and self.exempt(request):
+            return None
+        client = self._client(request, peer)
+        if not self._has_funcs:
+            p = self._plan_client(request, client)
+        else:
+            # check's calls, in its order, each awaited if it gives an awaitable.
+            key = self._finish(request, client, await _answer(self._key, request))
+            spec = await _answer(self._limit_func, request)
+            cost = await _answer(self._cost_func, request)
+            p = self._plan(request, key, spec, cost)
+        if not isinstance(p, tuple):
+            return p
+        lim = p[0].limiter
+        if type(lim) is Limiter:  # _in_c, inline: this runs per request
+            d = lim.hit(p[1], p[2])  # in C, never waits
+        else:
+            d = await lim.ahit(p[1], p[2])
+        if d.allowed:
+            return Verdict(self, d, p[0], False, request)
+        return self._conclude(p, d, request)
+
+    def _denied(
+        self, d: Decision, info: _RateInfo, request: Request | None, key: Any
+    ) -> Verdict:
+        if self.dry_run:
+            self.dry_run_denials += 1
+            log.info(
+                "stanchion dry run: would have limited key %r (scope %r)",
+                key,
+                self.scope,
+            )
+            return Verdict(self, d, info, False, request)
+        return Verdict(self, d, info, True, request)
+
+
+def _in_c(limiter: RateLimiter) -> bool:
+    """Whether ``limiter`` is the in-process C limiter itself, whose ``hit``
+    never waits: async paths call it directly instead of awaiting
+    ``ahit``. Exactly that class: a subclass may make ``ahit`` wait."""
+    return type(limiter) is Limiter
+
+
+#: A pending decision: (rate info, bucket key, cost, the identity to name
+#: in logs).
+_Pending: TypeAlias = "tuple[_RateInfo, str | bytes, int, Any]"
+
+
+async def _answer(func: Callable[[Request], Any] | None, request: Request) -> Any:
+    """A key, limit or cost function's answer, awaited if it is awaitable."""
+    if func is None:
+        return None
+    answer = func(request)
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer
+
+
+# -- client address keys -------------------------------------------------------
+
+
+def _check_cost(cost: Any, setting: str) -> int:
+    if isinstance(cost, bool) or not isinstance(cost, int):
+        raise SettingError(setting, f"cost must be an int, not {type(cost).__name__}")
+    if cost < 1:
+        raise SettingError(setting, f"cost must be >= 1, got {cost}")
+    return cost
+
+
+def middleware_rule(
+    limit: RateSpec | Callable[[Request], Any] | None,
+    limiter: RateLimiter | None,
+    scope: str,
+    settings: dict[str, Any],
+) -> Rule:
+    """The Rule of a middleware that limits every request: given a rate
+    (``limit=``) or a ready limiter (``limiter=``), never both."""
+    if limit is not None and limiter is not None:
+        raise ValueError("give either limit= or limiter=, not both")
+    return Rule(limit if limiter is None else limiter, scope=scope, **settings)
