@@ -337,8 +337,10 @@ class RedisSentinelGroup:
         # is asynchronous). The tests are about following the new master,
         # so let the replica catch up first.
         self.wait(
-            lambda: _repl_offset(new, "slave_repl_offset")
-            >= _repl_offset(old, "master_repl_offset"),
+            lambda: (
+                _repl_offset(new, "slave_repl_offset")
+                >= _repl_offset(old, "master_repl_offset")
+            ),
             "the replica did not catch up",
         )
         self.sentinel_cli("SENTINEL", "FAILOVER", self.NAME)

@@ -146,7 +146,9 @@ def test_unhashable_arguments_raise_type_error() -> None:
         f([1])
 
 
-@pytest.mark.parametrize("ttl", [10**400, -(10**400), 1e300], ids=["huge", "-huge", "1e300"])
+@pytest.mark.parametrize(
+    "ttl", [10**400, -(10**400), 1e300], ids=["huge", "-huge", "1e300"]
+)
 def test_a_ttl_out_of_range_is_a_value_error(ttl: float) -> None:
     """An int too large for a float included."""
     with pytest.raises(ValueError, match="ttl must be"):

@@ -19,7 +19,8 @@ def test_engine_builds_without_python_and_survives_fuzzing(tmp_path: Path) -> No
     assert cc, "a C compiler is required"
     exe = tmp_path / "engine_fuzz"
     sources = [ROOT / "tests/fuzz/engine_fuzz.c"] + [
-        ROOT / "src" / n for n in ("rate.c", "limit.c", "keytable.c", "index.c", "clock.c")
+        ROOT / "src" / n
+        for n in ("rate.c", "limit.c", "keytable.c", "index.c", "clock.c")
     ]
     subprocess.run(
         [

@@ -135,6 +135,7 @@ class RateLimitMiddleware:
 # Response caching
 # ---------------------------------------------------------------------------
 
+
 class _RaisedAfterStart(BaseException):
     """The app's exception, raised after its answer started going to the
     client: carried past the cache's stale-if-error fallback (a second

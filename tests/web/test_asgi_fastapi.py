@@ -593,7 +593,9 @@ async def test_async_unidentified_never_calls_the_blocking_hit() -> None:
 
     @app.get("/dependency")
     async def dependency(
-        _: None = Depends(RateLimit(AsyncOnlyLimiter("1/minute"), unidentified="share")),
+        _: None = Depends(
+            RateLimit(AsyncOnlyLimiter("1/minute"), unidentified="share")
+        ),
     ) -> str:
         return "ok"
 

@@ -119,7 +119,7 @@ def test_absurdly_long_forwarded_chain_is_bounded() -> None:
         ('for=6.6.6.6, for="198.51.100.7";by="[2001:db8::1]"', "198.51.100.7"),
         ('FOR="\\[2001:db8:cafe::17\\]:4711"', "2001:db8:cafe::/64"),
         ('for="198.51.100.7:_port"', "198.51.100.7"),
-        ('for=198.51.100.7 ; proto=https , ', "198.51.100.7"),
+        ("for=198.51.100.7 ; proto=https , ", "198.51.100.7"),
         ("for=198.51.100.7,,", "198.51.100.7"),
         ('for="_hidden"', "10.1.2.3"),
         ('for="unknown:80"', "10.1.2.3"),
@@ -132,7 +132,7 @@ def test_absurdly_long_forwarded_chain_is_bounded() -> None:
         ('for="1.2.3.4.5"', "10.1.2.3"),
         ("for=010.1.2.3", "10.1.2.3"),
         # Malformed anywhere: the client cannot pick the element read.
-        ('for=6.6.6.6;proto=http;proto=https', "10.1.2.3"),
+        ("for=6.6.6.6;proto=http;proto=https", "10.1.2.3"),
         ('for="6.6.6.6, for=198.51.100.7', "10.1.2.3"),
         ("for=6.6.6.6, for=198.51.100.7\x00", "10.1.2.3"),
         ("for=6.6.6.6, for=198.51.100.7, =x", "10.1.2.3"),
@@ -737,7 +737,11 @@ def test_sync_and_async_decide_alike(clock: FakeClock) -> None:
         ]:
             h = {"x-user": user, "x-plan": plan, "x-cost": cost}
             r = Request("GET", "/", {k: v for k, v in h.items() if v}.get)
-            v = asyncio.run(rule.acheck(r, peer)) if asynchronous else rule.check(r, peer)
+            v = (
+                asyncio.run(rule.acheck(r, peer))
+                if asynchronous
+                else rule.check(r, peer)
+            )
             out.append(None if v is None else (v.blocked, v.decision, r.key))
         return out
 
@@ -759,7 +763,9 @@ def test_address_keys_fit_the_inline_key_size(clock: FakeClock) -> None:
     for peers in (v4, v6):
         lim = Limiter("5/minute", clock=clock)
         simple = Rule(lim, scope="a-long-scope-name-for-the-api")
-        proxied = Rule(lim, scope="a-long-scope-name-for-the-api", trusted_proxies=["10.0.0.0/8"])
+        proxied = Rule(
+            lim, scope="a-long-scope-name-for-the-api", trusted_proxies=["10.0.0.0/8"]
+        )
         for i, peer in enumerate(peers):
             if i % 2:
                 simple.check_simple("GET", "/", peer)

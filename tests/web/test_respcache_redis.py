@@ -18,8 +18,16 @@ def pair(adapter: str, server: RedisServer, **opts: Any) -> Any:
     prefix = f"t{uuid.uuid4().hex}:"
     return harnesses(
         adapter,
-        {"ttl": 60, **opts, "backend": RedisCache(server.url, prefix=prefix, timeout=2)},
-        {"ttl": 60, **opts, "backend": RedisCache(server.url, prefix=prefix, timeout=2)},
+        {
+            "ttl": 60,
+            **opts,
+            "backend": RedisCache(server.url, prefix=prefix, timeout=2),
+        },
+        {
+            "ttl": 60,
+            **opts,
+            "backend": RedisCache(server.url, prefix=prefix, timeout=2),
+        },
     )
 
 

@@ -380,7 +380,6 @@ def test_bad_settings(setting: str, value: Any, error: type[Exception]) -> None:
         ResponseCache(**{setting: value})
 
 
-
 def test_public_module_and_old_path_are_one() -> None:
     import stanchion._respcache as old
     import stanchion.respcache as public

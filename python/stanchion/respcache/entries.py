@@ -24,7 +24,6 @@ def content_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
-
 #: ``Upstream.native`` of an answer that went to the client as it came
 #: (ASGI streams): nothing may replace it, not even a stale entry.
 SENT: Any = object()
@@ -146,7 +145,6 @@ class Entry:
         )
 
 
-
 class Reply:
     """What an adapter sends: a response built here (``status``,
     ``headers``, ``body``), or the upstream's own response (``native``)
@@ -170,4 +168,3 @@ class Reply:
         self.entry = entry
         self.native = native
         self.passthrough = passthrough
-

@@ -313,4 +313,3 @@ class Plan:
             h.update(value.encode("utf-8", "surrogatepass") + b"\0")
         h.update(self.identity.encode("utf-8", "surrogatepass"))
         return self.base + "#" + h.hexdigest()
-

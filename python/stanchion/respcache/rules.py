@@ -108,7 +108,6 @@ def _etag_matches(inm: str, etag: str) -> bool:
     return False
 
 
-
 class Rules:
     """The decisions of :class:`ResponseCache` that need its settings but
     no store: planning a request, judging and replying to an answer."""
@@ -435,7 +434,6 @@ class Rules:
             # outside the cache adds (Django's and Flask's signal).
             return None
         return self.make_entry(plan, up, vary)
-
 
     @staticmethod
     def _vary_of(entry: Entry) -> tuple[str, ...]:

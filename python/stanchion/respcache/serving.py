@@ -292,14 +292,8 @@ class ResponseCache(Rules):
             # and its taking the lead: answer from it rather than call the
             # upstream again. Only in process, where a lookup is no I/O,
             # and not for a client's refresh (no-cache), which goes upstream.
-            again = (
-                None if self.store.shared or plan.revalidate else self.lookup(plan)
-            )
-            if (
-                again is not None
-                and again is not stale
-                and self.age(again) < self.ttl
-            ):
+            again = None if self.store.shared or plan.revalidate else self.lookup(plan)
+            if again is not None and again is not stale and self.age(again) < self.ttl:
                 joined = self._joined(plan, again)
                 if joined is not None:
                     entry = again
@@ -484,8 +478,7 @@ class ResponseCache(Rules):
             )
         if "?" in where or "#" in where:
             raise ValueError(
-                f"{what} must not hold '?' or '#' (give the query as query=): "
-                f"{where!r}"
+                f"{what} must not hold '?' or '#' (give the query as query=): {where!r}"
             )
         where = quote(where, safe=_PATH_SAFE + "%")
         if prefix is not None:

@@ -204,7 +204,6 @@ class _RedisStore:
             await self._acommand(*cmd)
 
 
-
 def _weigh(value: Any) -> int:
     if isinstance(value, Entry):
         return value.weight()
