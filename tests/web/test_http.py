@@ -204,6 +204,8 @@ def test_ipv6_grouping() -> None:
         ({"scope": ""}, "scope"),
         ({"response": "429"}, "response"),
         ({"algorithm": "leaky"}, "algorithm/max_keys"),
+        ({"headers": False}, "headers"),
+        ({"headers": None}, "headers"),
     ],
 )
 def test_bad_settings_fail_at_construction(

@@ -466,6 +466,12 @@ def test_flask_view_own_x_headers_win(ext: Stanchion, clock: FakeClock) -> None:
             {"STANCHION_STORAGE_URL": "valkey://localhost"},
             r"^STANCHION_STORAGE_URL: unsupported URL 'valkey://localhost'",
         ),
+        ({"STANCHION_HEADERS": False}, r"^STANCHION_HEADERS: expected a header"),
+        # bool("false") is True: refused, not read as "enabled".
+        (
+            {"STANCHION_ENABLED": "false"},
+            r"^STANCHION_ENABLED: must be True or False, got 'false'",
+        ),
     ],
 )
 def test_flask_unknown_config_keys_are_refused(

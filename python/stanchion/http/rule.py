@@ -189,6 +189,12 @@ class Rule(_RuleHeaders):
 
         if isinstance(headers, str):
             headers = [headers]
+        elif not isinstance(headers, Iterable):
+            raise SettingError(
+                "headers",
+                f"expected a header family or a list of them ([] for none), "
+                f"got {headers!r}",
+            )
         fams = set()
         for h in headers:
             if not isinstance(h, str) or h.lower() not in HEADER_FAMILIES:
