@@ -222,9 +222,17 @@ class Stanchion:
         """A limit shared by every route of ``blueprint`` (and its nested
         blueprints)."""
         name = scope or f"blueprint:{blueprint.name}"
-        self._blueprint_limits.setdefault(blueprint.name, []).append(
-            _LimitSpec(limit, name, settings)
-        )
+        specs = self._blueprint_limits.setdefault(blueprint.name, [])
+        for spec in specs:
+            if (
+                spec.scope == name
+                and (spec.limit is limit or spec.limit == limit)
+                and spec.settings == settings
+            ):
+                # The same limit again: an app factory declaring it once
+                # per app built. Counted once per request, not once per app.
+                return
+        specs.append(_LimitSpec(limit, name, settings))
         self._version += 1
 
     def exempt(self, view_or_blueprint: Any) -> Any:

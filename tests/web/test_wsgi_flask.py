@@ -239,6 +239,35 @@ def ext(limits: dict[str, Any]) -> Stanchion:
     return Stanchion(**limits)
 
 
+def test_flask_blueprint_limit_declared_by_an_app_factory(ext: Stanchion) -> None:
+    """A factory declaring the blueprint limit (as examples/flask_app.py
+    does) and called once per app, as tests do: each request still
+    counts once, in every app built."""
+    bp = Blueprint("api", __name__, url_prefix="/api")
+
+    @bp.route("/items")
+    def items() -> Any:
+        return "items"
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        ext.limit_blueprint(bp, "5/minute")
+        app.register_blueprint(bp)
+        ext.init_app(app)
+        return app
+
+    for ip in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
+        c = create_app().test_client()
+        assert [
+            get(c, "/api/items", ip).headers["X-RateLimit-Remaining"] for _ in range(2)
+        ] == ["4", "3"]
+    # Another limit on the blueprint still adds to it.
+    ext.limit_blueprint(bp, "2/minute", scope="burst")
+    c = create_app().test_client()
+    codes = [get(c, "/api/items", "203.0.113.4").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
 def test_flask_view_limit_exact(ext: Stanchion, clock: FakeClock) -> None:
     c = make_app(ext, clock).test_client()
     r1 = get(c, "/hello")
