@@ -496,6 +496,8 @@ def test_flask_view_own_x_headers_win(ext: Stanchion, clock: FakeClock) -> None:
             r"^STANCHION_STORAGE_URL: unsupported URL 'valkey://localhost'",
         ),
         ({"STANCHION_HEADERS": False}, r"^STANCHION_HEADERS: expected a header"),
+        ({"STANCHION_TRUSTED_PROXIES": None}, r"^STANCHION_TRUSTED_PROXIES: "),
+        ({"STANCHION_EXEMPT_PATHS": 5}, r"^STANCHION_EXEMPT_PATHS: expected a list"),
         # bool("false") is True: refused, not read as "enabled".
         (
             {"STANCHION_ENABLED": "false"},
