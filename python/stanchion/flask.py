@@ -116,12 +116,12 @@ class _AppState:
     """One app's settings, limiters and rules."""
 
     def __init__(self, ext: Stanchion, app: Flask) -> None:
-        cfg = app.config
-        values = read(
-            {k: v for k, v in cfg.items() if str(k).startswith("STANCHION_")},
-            where="STANCHION_*",
-            key=flask_name,
-        )
+        self.config = _config(app)
+        #: False until the first request has checked that ``STANCHION_*``
+        #: config did not change after ``init_app`` (``Stanchion(app)``
+        #: and then ``app.config[...] = ...``).
+        self.checked = False
+        values = read(self.config, where="STANCHION_*", key=flask_name)
         self.enabled = bool(values.get("enabled", True))
         base = dict(ext._defaults)
         rule_kw, config_cache_kw = split(values)
@@ -158,6 +158,10 @@ class _AppState:
             settings = {**self.settings, **spec.settings}
             rule = self.rules[id(spec)] = Rule(spec.limit, scope=spec.scope, **settings)
         return rule
+
+
+def _config(app: Flask) -> dict[str, Any]:
+    return {k: v for k, v in app.config.items() if str(k).startswith("STANCHION_")}
 
 
 def _config_errors() -> AbstractContextManager[None]:
@@ -319,12 +323,24 @@ class Stanchion:
             state.by_endpoint[endpoint] = rules
         return rules
 
+    def _first_request(self, app: Flask, state: _AppState) -> _AppState:
+        """``STANCHION_*`` config set after ``init_app`` is read now, on
+        the first request, rather than ignored (a default limit set so
+        would otherwise never apply)."""
+        if _config(app) != state.config:
+            state = _AppState(self, app)
+            app.extensions["stanchion"] = state
+        state.checked = True
+        return state
+
     def _before_request(self) -> Response | None:
         # One proxy lookup each for the app and the request: werkzeug's
         # context-local proxies cost about as much as a decision.
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         req = request._get_current_object()  # type: ignore[attr-defined]
         state: _AppState = app.extensions["stanchion"]
+        if not state.checked:
+            state = self._first_request(app, state)
         if not state.enabled:
             return None
         rules = self._rules_for(state, req.endpoint, req)

@@ -268,6 +268,31 @@ def test_flask_blueprint_limit_declared_by_an_app_factory(ext: Stanchion) -> Non
     assert codes == [200, 200, 429]
 
 
+def test_flask_config_set_after_the_extension_applies() -> None:
+    """The README's order: ``Stanchion(app)`` first, then
+    ``app.config["STANCHION_DEFAULT_LIMIT"] = ...``. The limit applies
+    (it was silently ignored), and a bad key set so is refused by name
+    on the first request."""
+    app = Flask(__name__)
+    Stanchion(app)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+
+    @app.route("/")
+    def index() -> Any:
+        return "x"
+
+    c = app.test_client()
+    assert [get(c, "/").status_code for _ in range(3)] == [200, 200, 429]
+
+    late = Flask(__name__)
+    late.testing = True  # the error propagates instead of a 500
+    Stanchion(late)
+    late.config["STANCHION_DEFALT_LIMIT"] = "2/minute"
+    late.route("/")(index)
+    with pytest.raises(SettingError, match="did you mean 'STANCHION_DEFAULT_LIMIT'"):
+        get(late.test_client(), "/")
+
+
 def test_flask_view_limit_exact(ext: Stanchion, clock: FakeClock) -> None:
     c = make_app(ext, clock).test_client()
     r1 = get(c, "/hello")
