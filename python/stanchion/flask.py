@@ -64,7 +64,9 @@ Redis URLs are ``redis://``, ``rediss://`` and ``unix://`` (what
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
@@ -160,6 +162,15 @@ class _AppState:
         return rule
 
 
+#: The keywords of Stanchion(): Rule's settings (a limit's own aside),
+#: the default limit and the current-user function.
+_DEFAULTS = frozenset(inspect.signature(Rule).parameters) - {
+    "limit",
+    "scope",
+    "limiters",
+} | {"default_limit", "user"}
+
+
 def _config(app: Flask) -> dict[str, Any]:
     return {k: v for k, v in app.config.items() if str(k).startswith("STANCHION_")}
 
@@ -183,6 +194,21 @@ class Stanchion:
     """
 
     def __init__(self, app: Flask | None = None, **defaults: Any) -> None:
+        unknown = sorted(set(defaults) - _DEFAULTS)
+        if unknown:
+            hints = [
+                f" (did you mean {close[0]!r}?)"
+                if (
+                    close := difflib.get_close_matches(k, _DEFAULTS, n=1)
+                    or [d for d in sorted(_DEFAULTS) if d.endswith("_" + k)]
+                )
+                else ""
+                for k in unknown
+            ]
+            raise TypeError(
+                "Stanchion() got unexpected keywords: "
+                + ", ".join(f"{k!r}{h}" for k, h in zip(unknown, hints, strict=True))
+            )
         self._defaults = defaults
         self._view_limits: dict[Any, list[_LimitSpec]] = {}
         self._blueprint_limits: dict[str, list[_LimitSpec]] = {}

@@ -268,6 +268,24 @@ def test_flask_blueprint_limit_declared_by_an_app_factory(ext: Stanchion) -> Non
     assert codes == [200, 200, 429]
 
 
+def test_flask_extension_keywords_checked() -> None:
+    """A typo in Stanchion()'s keywords names the keyword meant, not
+    Rule.__init__; a URL or other non-storage as storage= is a storage
+    error, not a bad rate '1/second' of STANCHION_DEFAULT_LIMIT."""
+    with pytest.raises(
+        TypeError, match=r"'default_limt' \(did you mean 'default_limit'"
+    ):
+        Stanchion(default_limt="1/minute")
+    with pytest.raises(TypeError, match=r"'limit' \(did you mean 'default_limit'"):
+        Stanchion(limit="1/minute")
+    with pytest.raises(SettingError) as info:
+        Stanchion(Flask(__name__), storage="redis://localhost")
+    assert "unsupported storage 'redis://localhost'" in str(info.value)
+    assert "bad rate" not in str(info.value)
+    with pytest.raises(SettingError, match=r"^storage: unsupported storage"):
+        RateLimitMiddleware(wsgi_hello, limit="5/minute", storage="redis://localhost")
+
+
 def test_flask_config_set_after_the_extension_applies() -> None:
     """The README's order: ``Stanchion(app)`` first, then
     ``app.config["STANCHION_DEFAULT_LIMIT"] = ...``. The limit applies

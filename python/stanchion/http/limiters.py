@@ -67,6 +67,18 @@ class LimiterCache:
             Limiter("1/second", algorithm=algorithm, max_keys=max_keys, clock=clock)
         except (TypeError, ValueError) as exc:
             raise SettingError("algorithm/max_keys", str(exc)) from None
+        if storage is not None and getattr(storage, "make_limiter", None) is None:
+            # Else the first rate built reports it, as a bad rate.
+            hint = (
+                " (a URL: stanchion.RedisStorage(url))"
+                if isinstance(storage, str)
+                else ""
+            )
+            raise SettingError(
+                "storage",
+                f"unsupported storage {storage!r}: use None (in-process) or a "
+                f"stanchion storage such as RedisStorage{hint}",
+            )
 
     def get(self, spec: RateSpec, setting: str = "limit") -> _RateInfo:
         if isinstance(spec, str):
