@@ -508,5 +508,10 @@ def test_every_limiter_is_a_rate_limiter(redis_server: RedisServer) -> None:
             return local.hit(key, cost)
 
     assert not isinstance(HitOnly(), stanchion.RateLimiter)
-    with pytest.raises(SettingError, match=r"a stanchion\.RateLimiter"):
+    with pytest.raises(SettingError, match=r"a stanchion\.RateLimiter") as info:
         Rule(HitOnly())
+    # What is missing is named, so a limiter class of one's own can be fixed.
+    assert str(info.value).endswith(
+        "(it lacks rates, algorithm, peek, reset, acquire, "
+        "ahit, apeek, areset, aacquire)"
+    )

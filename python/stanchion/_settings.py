@@ -57,10 +57,13 @@ def django_name(s: Setting) -> str:
     return f"STANCHION[{s.key!r}]"
 
 
-def read(given: Mapping[Any, Any], *, where: str, key: Namer) -> dict[str, Any]:
+def read(
+    given: Mapping[Any, Any], *, where: str, key: Namer, name: Namer | None = None
+) -> dict[str, Any]:
     """The settings ``given`` (under the names ``key`` gives them) by
     keyword, after rejecting unknown names: a SettingError for ``where``
-    naming each unknown key and the closest valid one."""
+    naming each unknown key and the closest valid one. ``name`` names a
+    setting in errors (default ``key``)."""
     valid = {key(s): s for s in SETTINGS}
     unknown = sorted(str(k) for k in given if k not in valid)
     if unknown:
@@ -75,6 +78,11 @@ def read(given: Mapping[Any, Any], *, where: str, key: Namer) -> dict[str, Any]:
         else:
             reason += f" (known: {sorted(valid)})"
         raise SettingError(where, reason)
+    for k, v in given.items():
+        if valid[k].kind == "enabled" and not isinstance(v, bool):
+            # bool("false") is True: a string here would enable the limits.
+            setting = (name or key)(valid[k])
+            raise SettingError(setting, f"must be True or False, got {v!r}")
     return {valid[k].keyword: v for k, v in given.items()}
 
 

@@ -64,7 +64,9 @@ Redis URLs are ``redis://``, ``rediss://`` and ``unix://`` (what
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
@@ -116,12 +118,12 @@ class _AppState:
     """One app's settings, limiters and rules."""
 
     def __init__(self, ext: Stanchion, app: Flask) -> None:
-        cfg = app.config
-        values = read(
-            {k: v for k, v in cfg.items() if str(k).startswith("STANCHION_")},
-            where="STANCHION_*",
-            key=flask_name,
-        )
+        self.config = _config(app)
+        #: False until the first request has checked that ``STANCHION_*``
+        #: config did not change after ``init_app`` (``Stanchion(app)``
+        #: and then ``app.config[...] = ...``).
+        self.checked = False
+        values = read(self.config, where="STANCHION_*", key=flask_name)
         self.enabled = bool(values.get("enabled", True))
         base = dict(ext._defaults)
         rule_kw, config_cache_kw = split(values)
@@ -160,6 +162,19 @@ class _AppState:
         return rule
 
 
+#: The keywords of Stanchion(): Rule's settings (a limit's own aside),
+#: the default limit and the current-user function.
+_DEFAULTS = frozenset(inspect.signature(Rule).parameters) - {
+    "limit",
+    "scope",
+    "limiters",
+} | {"default_limit", "user"}
+
+
+def _config(app: Flask) -> dict[str, Any]:
+    return {k: v for k, v in app.config.items() if str(k).startswith("STANCHION_")}
+
+
 def _config_errors() -> AbstractContextManager[None]:
     """SettingErrors renamed to the Flask config key."""
     return named_errors(flask_name, ("STANCHION",))
@@ -179,6 +194,21 @@ class Stanchion:
     """
 
     def __init__(self, app: Flask | None = None, **defaults: Any) -> None:
+        unknown = sorted(set(defaults) - _DEFAULTS)
+        if unknown:
+            hints = [
+                f" (did you mean {close[0]!r}?)"
+                if (
+                    close := difflib.get_close_matches(k, _DEFAULTS, n=1)
+                    or [d for d in sorted(_DEFAULTS) if d.endswith("_" + k)]
+                )
+                else ""
+                for k in unknown
+            ]
+            raise TypeError(
+                "Stanchion() got unexpected keywords: "
+                + ", ".join(f"{k!r}{h}" for k, h in zip(unknown, hints, strict=True))
+            )
         self._defaults = defaults
         self._view_limits: dict[Any, list[_LimitSpec]] = {}
         self._blueprint_limits: dict[str, list[_LimitSpec]] = {}
@@ -222,9 +252,17 @@ class Stanchion:
         """A limit shared by every route of ``blueprint`` (and its nested
         blueprints)."""
         name = scope or f"blueprint:{blueprint.name}"
-        self._blueprint_limits.setdefault(blueprint.name, []).append(
-            _LimitSpec(limit, name, settings)
-        )
+        specs = self._blueprint_limits.setdefault(blueprint.name, [])
+        for spec in specs:
+            if (
+                spec.scope == name
+                and (spec.limit is limit or spec.limit == limit)
+                and spec.settings == settings
+            ):
+                # The same limit again: an app factory declaring it once
+                # per app built. Counted once per request, not once per app.
+                return
+        specs.append(_LimitSpec(limit, name, settings))
         self._version += 1
 
     def exempt(self, view_or_blueprint: Any) -> Any:
@@ -311,12 +349,24 @@ class Stanchion:
             state.by_endpoint[endpoint] = rules
         return rules
 
+    def _first_request(self, app: Flask, state: _AppState) -> _AppState:
+        """``STANCHION_*`` config set after ``init_app`` is read now, on
+        the first request, rather than ignored (a default limit set so
+        would otherwise never apply)."""
+        if _config(app) != state.config:
+            state = _AppState(self, app)
+            app.extensions["stanchion"] = state
+        state.checked = True
+        return state
+
     def _before_request(self) -> Response | None:
         # One proxy lookup each for the app and the request: werkzeug's
         # context-local proxies cost about as much as a decision.
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         req = request._get_current_object()  # type: ignore[attr-defined]
         state: _AppState = app.extensions["stanchion"]
+        if not state.checked:
+            state = self._first_request(app, state)
         if not state.enabled:
             return None
         rules = self._rules_for(state, req.endpoint, req)

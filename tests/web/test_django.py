@@ -410,6 +410,10 @@ async def test_asgi_unidentified_never_calls_the_blocking_hit() -> None:
         ({"KEY": "no.such.module.key"}, "STANCHION['KEY']: cannot import"),
         ({"STORAGE_URL": "memcached://x"}, "STANCHION['STORAGE_URL']: "),
         ({"DRY_RUN": "no"}, "STANCHION['DRY_RUN']: "),
+        ({"LIMIT": "5/minute", "HEADERS": False}, "STANCHION['HEADERS']: "),
+        ({"EXEMPT_METHODS": None}, "STANCHION['EXEMPT_METHODS']: "),
+        # bool("false") is True: refused, not read as "enabled".
+        ({"LIMIT": "5/minute", "ENABLED": "false"}, "STANCHION['ENABLED']: "),
     ],
 )
 def test_bad_settings_fail_check_and_startup(

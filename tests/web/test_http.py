@@ -204,6 +204,12 @@ def test_ipv6_grouping() -> None:
         ({"scope": ""}, "scope"),
         ({"response": "429"}, "response"),
         ({"algorithm": "leaky"}, "algorithm/max_keys"),
+        ({"headers": False}, "headers"),
+        ({"headers": None}, "headers"),
+        ({"trusted_proxies": None}, "trusted_proxies"),
+        ({"trusted_proxies": 5}, "trusted_proxies"),
+        ({"exempt_paths": None}, "exempt_paths"),
+        ({"exempt_methods": True}, "exempt_methods"),
     ],
 )
 def test_bad_settings_fail_at_construction(

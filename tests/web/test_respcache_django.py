@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -117,10 +118,45 @@ def test_middleware_settings_checked() -> None:
     with bad_type, pytest.raises(ImproperlyConfigured, match="must be a dict"):
         CacheMiddleware(page)
     bad_ttl = override_settings(STANCHION_RESPONSE_CACHE={"ttl": -1})
-    with bad_ttl, pytest.raises(ValueError):
+    with bad_ttl, pytest.raises(ImproperlyConfigured) as info:
         CacheMiddleware(page)
+    assert str(info.value).startswith("STANCHION_RESPONSE_CACHE: ttl ")
     with pytest.raises(TypeError, match="paths"):
         CacheMiddleware(page, paths="/api/")
+    with pytest.raises(ValueError):
+        CacheMiddleware(page, ttl=-1)
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        (
+            {"tll": 60},
+            "STANCHION_RESPONSE_CACHE: unknown keys ['tll'] "
+            "('tll': did you mean 'ttl'?)",
+        ),
+        ({"ttl": "60"}, "STANCHION_RESPONSE_CACHE: ttl must be a number"),
+        ({"paths": "/api/"}, "STANCHION_RESPONSE_CACHE: paths must be a list"),
+        ({"backend": "redis://localhost"}, "STANCHION_RESPONSE_CACHE: backend "),
+    ],
+)
+def test_middleware_bad_settings_fail_check_and_startup(
+    conf: dict[str, Any], message: str
+) -> None:
+    """A typo or a wrong type in STANCHION_RESPONSE_CACHE is reported by
+    manage.py check and at startup by the setting's name, not as a bare
+    TypeError from ResponseCache."""
+    with override_settings(
+        ROOT_URLCONF=__name__, MIDDLEWARE=MW, STANCHION_RESPONSE_CACHE=conf
+    ):
+        errors = checks.run_checks(tags=["stanchion"])
+        assert [e.id for e in errors] == ["stanchion.E002"]
+        assert message in errors[0].msg
+        with pytest.raises(ImproperlyConfigured) as info:
+            Client().get("/api/page")
+        assert str(info.value).startswith(message)
+    with override_settings(STANCHION_RESPONSE_CACHE={"ttl": 60, "paths": ["/a/"]}):
+        assert checks.run_checks(tags=["stanchion"]) == []
 
 
 def test_async_view_under_asgi() -> None:

@@ -239,6 +239,78 @@ def ext(limits: dict[str, Any]) -> Stanchion:
     return Stanchion(**limits)
 
 
+def test_flask_blueprint_limit_declared_by_an_app_factory(ext: Stanchion) -> None:
+    """A factory declaring the blueprint limit (as examples/flask_app.py
+    does) and called once per app, as tests do: each request still
+    counts once, in every app built."""
+    bp = Blueprint("api", __name__, url_prefix="/api")
+
+    @bp.route("/items")
+    def items() -> Any:
+        return "items"
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        ext.limit_blueprint(bp, "5/minute")
+        app.register_blueprint(bp)
+        ext.init_app(app)
+        return app
+
+    for ip in ("203.0.113.1", "203.0.113.2", "203.0.113.3"):
+        c = create_app().test_client()
+        assert [
+            get(c, "/api/items", ip).headers["X-RateLimit-Remaining"] for _ in range(2)
+        ] == ["4", "3"]
+    # Another limit on the blueprint still adds to it.
+    ext.limit_blueprint(bp, "2/minute", scope="burst")
+    c = create_app().test_client()
+    codes = [get(c, "/api/items", "203.0.113.4").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
+def test_flask_extension_keywords_checked() -> None:
+    """A typo in Stanchion()'s keywords names the keyword meant, not
+    Rule.__init__; a URL or other non-storage as storage= is a storage
+    error, not a bad rate '1/second' of STANCHION_DEFAULT_LIMIT."""
+    with pytest.raises(
+        TypeError, match=r"'default_limt' \(did you mean 'default_limit'"
+    ):
+        Stanchion(default_limt="1/minute")
+    with pytest.raises(TypeError, match=r"'limit' \(did you mean 'default_limit'"):
+        Stanchion(limit="1/minute")
+    with pytest.raises(SettingError) as info:
+        Stanchion(Flask(__name__), storage="redis://localhost")
+    assert "unsupported storage 'redis://localhost'" in str(info.value)
+    assert "bad rate" not in str(info.value)
+    with pytest.raises(SettingError, match=r"^storage: unsupported storage"):
+        RateLimitMiddleware(wsgi_hello, limit="5/minute", storage="redis://localhost")
+
+
+def test_flask_config_set_after_the_extension_applies() -> None:
+    """The README's order: ``Stanchion(app)`` first, then
+    ``app.config["STANCHION_DEFAULT_LIMIT"] = ...``. The limit applies
+    (it was silently ignored), and a bad key set so is refused by name
+    on the first request."""
+    app = Flask(__name__)
+    Stanchion(app)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+
+    @app.route("/")
+    def index() -> Any:
+        return "x"
+
+    c = app.test_client()
+    assert [get(c, "/").status_code for _ in range(3)] == [200, 200, 429]
+
+    late = Flask(__name__)
+    late.testing = True  # the error propagates instead of a 500
+    Stanchion(late)
+    late.config["STANCHION_DEFALT_LIMIT"] = "2/minute"
+    late.route("/")(index)
+    with pytest.raises(SettingError, match="did you mean 'STANCHION_DEFAULT_LIMIT'"):
+        get(late.test_client(), "/")
+
+
 def test_flask_view_limit_exact(ext: Stanchion, clock: FakeClock) -> None:
     c = make_app(ext, clock).test_client()
     r1 = get(c, "/hello")
@@ -465,6 +537,14 @@ def test_flask_view_own_x_headers_win(ext: Stanchion, clock: FakeClock) -> None:
         (
             {"STANCHION_STORAGE_URL": "valkey://localhost"},
             r"^STANCHION_STORAGE_URL: unsupported URL 'valkey://localhost'",
+        ),
+        ({"STANCHION_HEADERS": False}, r"^STANCHION_HEADERS: expected a header"),
+        ({"STANCHION_TRUSTED_PROXIES": None}, r"^STANCHION_TRUSTED_PROXIES: "),
+        ({"STANCHION_EXEMPT_PATHS": 5}, r"^STANCHION_EXEMPT_PATHS: expected a list"),
+        # bool("false") is True: refused, not read as "enabled".
+        (
+            {"STANCHION_ENABLED": "false"},
+            r"^STANCHION_ENABLED: must be True or False, got 'false'",
         ),
     ],
 )

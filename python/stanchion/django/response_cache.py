@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -77,6 +79,68 @@ def check_middleware_order(
                 )
             )
     return found
+
+
+def _response_cache(settings: dict[str, Any]) -> tuple[tuple[str, ...] | None, Any]:
+    """``(paths, ResponseCache)`` of CacheMiddleware's keywords."""
+    from .._respcache import ResponseCache
+
+    settings = dict(settings)
+    paths = settings.pop("paths", None)
+    if paths is not None:
+        if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
+            raise TypeError("paths must be a list of path prefixes")
+        paths = tuple(paths)
+    return paths, ResponseCache(**settings)
+
+
+def _response_cache_from_settings() -> tuple[tuple[str, ...] | None, Any]:
+    """``_response_cache`` of ``settings.STANCHION_RESPONSE_CACHE``; a bad
+    value is an ImproperlyConfigured naming the setting (and, for an
+    unknown key, the closest valid one)."""
+    from .._respcache import ResponseCache
+
+    name = "STANCHION_RESPONSE_CACHE"
+    raw = getattr(django_settings, name, None) or {}
+    if not isinstance(raw, dict):
+        raise ImproperlyConfigured(f"{name} must be a dict, not {type(raw).__name__}")
+    valid = ["paths", *inspect.signature(ResponseCache).parameters]
+    unknown = sorted(str(k) for k in raw if k not in valid)
+    if unknown:
+        hints = [
+            f"{k!r}: did you mean {close[0]!r}?"
+            for k in unknown
+            if (close := difflib.get_close_matches(k, valid, n=1))
+        ]
+        reason = f"unknown keys {unknown}"
+        reason += f" ({'; '.join(hints)})" if hints else f" (known: {sorted(valid)})"
+        raise ImproperlyConfigured(f"{name}: {reason}")
+    try:
+        return _response_cache(raw)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"{name}: {exc}") from None
+
+
+@checks.register("stanchion")  # type: ignore[untyped-decorator]
+def check_response_cache_settings(
+    app_configs: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """System check: ``manage.py check`` reports a bad
+    ``STANCHION_RESPONSE_CACHE`` (read by ``CacheMiddleware``)."""
+    if getattr(django_settings, "STANCHION_RESPONSE_CACHE", None) is None:
+        return []
+    try:
+        _response_cache_from_settings()
+    except ImproperlyConfigured as exc:
+        return [
+            checks.Error(
+                f"bad response cache setting: {exc}",
+                hint="Its keys are stanchion.respcache.ResponseCache's "
+                "keywords and 'paths'.",
+                id="stanchion.E002",
+            )
+        ]
+    return []
 
 
 # =============================================================================
@@ -243,23 +307,13 @@ class CacheMiddleware:
     def __init__(
         self, get_response: Callable[[HttpRequest], Any], **settings: Any
     ) -> None:
-        from .._respcache import ResponseCache
-
         self.get_response = get_response
-        if not settings:
-            raw = getattr(django_settings, "STANCHION_RESPONSE_CACHE", None) or {}
-            if not isinstance(raw, dict):
-                raise ImproperlyConfigured(
-                    f"STANCHION_RESPONSE_CACHE must be a dict, not {type(raw).__name__}"
-                )
-            settings = dict(raw)
-        paths = settings.pop("paths", None)
-        if paths is not None:
-            if isinstance(paths, str) or not all(isinstance(p, str) for p in paths):
-                raise TypeError("paths must be a list of path prefixes")
-            paths = tuple(paths)
-        self.paths: tuple[str, ...] | None = paths
-        self.cache = ResponseCache(**settings)
+        paths: tuple[str, ...] | None
+        if settings:
+            paths, self.cache = _response_cache(settings)
+        else:
+            paths, self.cache = _response_cache_from_settings()
+        self.paths = paths
         self._cached = _CachedCall(self.cache, get_response)
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:

@@ -30,7 +30,7 @@ class _Settings:
             raw = {}
         if not isinstance(raw, dict):
             raise SettingError("STANCHION", f"must be a dict, not {type(raw).__name__}")
-        values = read(raw, where="STANCHION", key=_bare_key)
+        values = read(raw, where="STANCHION", key=_bare_key, name=django_name)
         self.enabled = bool(values.get("enabled", True))
         self.limit = values.get("limit")
         rule_kw, cache_kw = split(values)

@@ -89,6 +89,12 @@ class ClientAddress:
     ) -> None:
         if isinstance(trusted_proxies, str):
             trusted_proxies = [trusted_proxies]
+        elif not isinstance(trusted_proxies, Iterable):
+            raise SettingError(
+                "trusted_proxies",
+                "expected a list of address or CIDR strings ([] for none), "
+                f"got {trusted_proxies!r}",
+            )
         nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.trust_unix = False
         for item in trusted_proxies:

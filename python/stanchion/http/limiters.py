@@ -67,6 +67,18 @@ class LimiterCache:
             Limiter("1/second", algorithm=algorithm, max_keys=max_keys, clock=clock)
         except (TypeError, ValueError) as exc:
             raise SettingError("algorithm/max_keys", str(exc)) from None
+        if storage is not None and getattr(storage, "make_limiter", None) is None:
+            # Else the first rate built reports it, as a bad rate.
+            hint = (
+                " (a URL: stanchion.RedisStorage(url))"
+                if isinstance(storage, str)
+                else ""
+            )
+            raise SettingError(
+                "storage",
+                f"unsupported storage {storage!r}: use None (in-process) or a "
+                f"stanchion storage such as RedisStorage{hint}",
+            )
 
     def get(self, spec: RateSpec, setting: str = "limit") -> _RateInfo:
         if isinstance(spec, str):
@@ -104,12 +116,16 @@ class LimiterCache:
         info = self._by_rate.get(key)
         if info is None or info.limiter is not limiter:
             if not isinstance(limiter, RateLimiter):
-                raise SettingError(
-                    setting,
+                reason = (
                     "expected a rate string such as '10/second', a list of rates "
                     f"or a limiter (a stanchion.RateLimiter), not "
-                    f"{type(limiter).__name__}",
+                    f"{type(limiter).__name__}"
                 )
+                members = [m for m in vars(RateLimiter) if not m.startswith("_")]
+                missing = [m for m in members if not hasattr(limiter, m)]
+                if len(missing) < len(members):  # a limiter class, incomplete
+                    reason += f" (it lacks {', '.join(missing)})"
+                raise SettingError(setting, reason)
             rates = tuple(getattr(limiter, "rates", ()) or ())
             info = _RateInfo(limiter, rates, tuple(_capacity(r) for r in rates))
             self._by_rate[key] = info

@@ -145,6 +145,10 @@ class Rule(_RuleHeaders):
 
         if isinstance(exempt_paths, str):
             exempt_paths = [exempt_paths]
+        elif not isinstance(exempt_paths, Iterable):
+            raise SettingError(
+                "exempt_paths", f"expected a list of path strings, got {exempt_paths!r}"
+            )
         exact, prefixes = set(), []
         for p in exempt_paths:
             if not isinstance(p, str) or not p:
@@ -157,6 +161,11 @@ class Rule(_RuleHeaders):
         self._exempt_prefixes = tuple(prefixes)
         if isinstance(exempt_methods, str):
             exempt_methods = [exempt_methods]
+        elif not isinstance(exempt_methods, Iterable):
+            raise SettingError(
+                "exempt_methods",
+                f"expected a list of method names, got {exempt_methods!r}",
+            )
         methods = set()
         for m in exempt_methods:
             if not isinstance(m, str) or not m.isalpha():
@@ -189,6 +198,12 @@ class Rule(_RuleHeaders):
 
         if isinstance(headers, str):
             headers = [headers]
+        elif not isinstance(headers, Iterable):
+            raise SettingError(
+                "headers",
+                f"expected a header family or a list of them ([] for none), "
+                f"got {headers!r}",
+            )
         fams = set()
         for h in headers:
             if not isinstance(h, str) or h.lower() not in HEADER_FAMILIES:
