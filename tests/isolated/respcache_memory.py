@@ -3,7 +3,8 @@ KiB paths) keeps its weight within ``maxweight`` and grows RSS by little
 more than that: keys and Vary records are counted.
 
 Run in its own process (``python respcache_memory.py ADAPTER``) so RSS is
-not disturbed by other tests; prints ``grown weight maxweight`` in bytes.
+not disturbed by other tests; prints ``grown more weight maxweight`` in bytes (``more``: what a
+second flood of as many new URLs added).
 """
 
 from __future__ import annotations
@@ -62,5 +63,9 @@ grown = proc.memory_info().rss - before
 stats = h.cache.stats()
 assert stats["stores"] >= FLOOD, stats
 assert h.get(f"/items?i={FLOOD + 999}&{query}").x_cache == "HIT"
-print(grown, h.cache.store.cache.weight, MAXWEIGHT)
+# Once full, a second flood of new URLs only replaces entries.
+flood(1000 + FLOOD, FLOOD)
+gc.collect()
+more = proc.memory_info().rss - before - grown
+print(grown, more, h.cache.store.cache.weight, MAXWEIGHT)
 h.close()
