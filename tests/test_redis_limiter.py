@@ -537,9 +537,9 @@ def test_same_rate_limiter_surface_as_the_in_process_limiter(
     assert isinstance(remote, RedisLimiter)
     for name in _RATE_LIMITER_METHODS:
         assert _shape(getattr(remote, name)) == _shape(getattr(local, name)), name
-        assert asyncio.iscoroutinefunction(
+        assert inspect.iscoroutinefunction(
             getattr(remote, name)
-        ) == asyncio.iscoroutinefunction(getattr(local, name)), name
+        ) == inspect.iscoroutinefunction(getattr(local, name)), name
     assert remote.rates == local.rates
     assert all(isinstance(r, stanchion.Rate) for r in remote.rates)
     assert remote.algorithm == local.algorithm == "sliding_window"
