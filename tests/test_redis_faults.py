@@ -608,3 +608,28 @@ def test_every_call_waits_for_the_probe_during_an_outage(
         assert storage._connector.down_since is None
     finally:
         storage.close()
+
+
+def test_one_slow_answer_does_not_stretch_the_deadlines(
+    private_redis: RedisServer,
+) -> None:
+    """The server's clock is learnt from each answer (server time minus
+    send time: the offset plus that call's latency). An answer delayed by
+    a short stall must not make later deadlines that much later, or hits
+    timed out in the next stall would still be applied."""
+    storage = RedisStorage(private_redis.url, timeout=SLOW_TIMEOUT)
+    lim = stanchion.Limiter("100/day", storage=storage, on_error="deny")
+    conn = storage._connector
+    try:
+        for _ in range(3):
+            lim.hit("k")
+        assert conn.skew is not None
+        quick = conn.skew
+        private_redis.pause()
+        timer = threading.Timer(0.3, private_redis.resume)
+        timer.start()
+        assert lim.hit("k").remaining == 96  # answered 0.3 s late
+        timer.join()
+        assert conn.skew - quick < 100_000, (conn.skew - quick) / 1e6
+    finally:
+        storage.close()

@@ -262,8 +262,16 @@ class RedisLimiter:
         conn = self._connector
         if not conn.deadlines:
             return False
-        conn.skew = reply[-1] - sent * 1e6
-        return bool(reply[0] == -1)
+        # server time - send time is the clocks' offset plus this call's
+        # latency: the smallest seen is the tightest bound that is never
+        # early, so a deadline is not stretched by one slow answer. A hit
+        # refused while its caller waits means the offset moved (a clock
+        # step, a failover): start again from this answer.
+        skew = reply[-1] - sent * 1e6
+        late = reply[0] == -1
+        if late or conn.skew is None or skew < conn.skew:
+            conn.skew = skew
+        return bool(late)
 
     def _conclude(self, reply: Any, cost: int) -> Decision:
         """The Decision for a script's reply, or by the on_error policy
