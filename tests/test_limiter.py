@@ -11,7 +11,6 @@ import pytest
 import stanchion
 from stanchion import Decision, Limiter, RateLimitExceeded
 
-from ._redis import RedisServer
 from .conftest import FakeClock
 
 ALGORITHMS = ["token_bucket", "fixed_window", "sliding_window"]
@@ -482,36 +481,3 @@ def test_rates_repr() -> None:
     assert repr(lim) == "Limiter('10/second;1000/day', algorithm='token_bucket')"
     assert lim.algorithm == "token_bucket" and lim.max_keys == 1_000_000
     assert math.isclose(lim.rates[1].period, 86400)
-
-
-def test_every_limiter_is_a_rate_limiter(redis_server: RedisServer) -> None:
-    """Limiter(...) returns a RateLimiter, with or without a storage, and
-    the HTTP layer takes exactly those as limiters."""
-    from stanchion.http import Rule, SettingError
-    from stanchion.redis import RedisStorage
-
-    local = Limiter("5/second")
-    assert isinstance(local, stanchion.RateLimiter)
-    storage = RedisStorage(redis_server.url)
-    try:
-        shared = Limiter("5/second", storage=storage)
-        assert not isinstance(shared, Limiter)
-        assert isinstance(shared, stanchion.RateLimiter)
-        assert Rule(shared).check_simple("GET", "/", "10.0.0.1")
-    finally:
-        storage.close()
-
-    class HitOnly:
-        """Not a limiter: a hit method alone (no peek, rates, ahit, ...)."""
-
-        def hit(self, key: str | bytes, cost: int = 1) -> Decision:
-            return local.hit(key, cost)
-
-    assert not isinstance(HitOnly(), stanchion.RateLimiter)
-    with pytest.raises(SettingError, match=r"a stanchion\.RateLimiter") as info:
-        Rule(HitOnly())
-    # What is missing is named, so a limiter class of one's own can be fixed.
-    assert str(info.value).endswith(
-        "(it lacks rates, algorithm, peek, reset, acquire, "
-        "ahit, apeek, areset, aacquire)"
-    )

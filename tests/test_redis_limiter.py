@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import stanchion
+from stanchion import Decision, Limiter
 from stanchion.redis import RedisLimiter, RedisStorage
 
 from ._redis import SLOW, RedisServer
@@ -572,4 +573,37 @@ def test_scripts_take_the_engines_compiled_rates(storage: RedisStorage) -> None:
     assert isinstance(remote, RedisLimiter)
     assert remote._params == tuple(
         str(v).encode() for cap, p, _, _ in windows for v in (cap, p // 1000, p)
+    )
+
+
+def test_every_limiter_is_a_rate_limiter(redis_server: RedisServer) -> None:
+    """Limiter(...) returns a RateLimiter, with or without a storage, and
+    the HTTP layer takes exactly those as limiters."""
+    from stanchion.http import Rule, SettingError
+    from stanchion.redis import RedisStorage
+
+    local = Limiter("5/second")
+    assert isinstance(local, stanchion.RateLimiter)
+    storage = RedisStorage(redis_server.url)
+    try:
+        shared = Limiter("5/second", storage=storage)
+        assert not isinstance(shared, Limiter)
+        assert isinstance(shared, stanchion.RateLimiter)
+        assert Rule(shared).check_simple("GET", "/", "10.0.0.1")
+    finally:
+        storage.close()
+
+    class HitOnly:
+        """Not a limiter: a hit method alone (no peek, rates, ahit, ...)."""
+
+        def hit(self, key: str | bytes, cost: int = 1) -> Decision:
+            return local.hit(key, cost)
+
+    assert not isinstance(HitOnly(), stanchion.RateLimiter)
+    with pytest.raises(SettingError, match=r"a stanchion\.RateLimiter") as info:
+        Rule(HitOnly())
+    # What is missing is named, so a limiter class of one's own can be fixed.
+    assert str(info.value).endswith(
+        "(it lacks rates, algorithm, peek, reset, acquire, "
+        "ahit, apeek, areset, aacquire)"
     )
