@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from stanchion import Decision, Limiter
 
 from ..conftest import FakeClock
+from ._respcache_apps import ADAPTERS, Harness
 
 # hug 2.6.1 pins falcon 2.0.0, which imports the cgi module that Python 3.13
 # removed: hug's tests run on 3.10 to 3.12 (the hug extra's marker) and skip
@@ -82,3 +84,21 @@ class AsyncOnlyLimiter(Limiter):
     async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
         await asyncio.sleep(0)
         return Limiter.hit(self, key, cost)
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def make(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[Any]:
+    """For the response-cache tests: a function building harnesses of one adapter (every adapter in
+    turn) on the test's fake clock, each closed after the test."""
+    built: list[Harness] = []
+
+    def build(**opts: Any) -> Harness:
+        opts.setdefault("clock", clock)
+        opts.setdefault("ttl", 10)
+        h = ADAPTERS[request.param](**opts)
+        built.append(h)
+        return h
+
+    yield build
+    for h in built:
+        h.close()

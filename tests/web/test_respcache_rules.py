@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,23 +12,9 @@ from stanchion import Cache
 from stanchion._respcache import ResponseCache
 
 from ..conftest import FakeClock
-from ._respcache_apps import ADAPTERS, BIG, Harness
-
-
-@pytest.fixture(params=sorted(ADAPTERS))
-def make(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[Any]:
-    built: list[Harness] = []
-
-    def build(**opts: Any) -> Harness:
-        opts.setdefault("clock", clock)
-        opts.setdefault("ttl", 10)
-        h = ADAPTERS[request.param](**opts)
-        built.append(h)
-        return h
-
-    yield build
-    for h in built:
-        h.close()
+from ._respcache_apps import (
+    BIG,
+)
 
 
 def test_miss_then_hit_with_age_and_stats(make: Any, clock: FakeClock) -> None:

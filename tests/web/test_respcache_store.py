@@ -4,7 +4,6 @@ streams."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,7 +11,9 @@ import pytest
 from stanchion._respcache import Entry
 
 from ..conftest import FakeClock
-from ._respcache_apps import ADAPTERS, EVENTS, Harness
+from ._respcache_apps import (
+    EVENTS,
+)
 
 PER_CLIENT = (
     "ratelimit",
@@ -22,22 +23,6 @@ PER_CLIENT = (
     "x-ratelimit-reset",
     "retry-after",
 )
-
-
-@pytest.fixture(params=sorted(ADAPTERS))
-def make(request: pytest.FixtureRequest, clock: FakeClock) -> Iterator[Any]:
-    built: list[Harness] = []
-
-    def build(**opts: Any) -> Harness:
-        opts.setdefault("clock", clock)
-        opts.setdefault("ttl", 10)
-        h = ADAPTERS[request.param](**opts)
-        built.append(h)
-        return h
-
-    yield build
-    for h in built:
-        h.close()
 
 
 @pytest.mark.parametrize(
