@@ -87,13 +87,13 @@ A hit that timed out was already sent: a paused or stalled server runs
 it when it resumes. So every hit carries a deadline, the server time at
 which its caller gives up, and the script applies nothing past it. The
 server's clock is the only one (hosts' clocks may be skewed), so the
-client learns it from each answered hit: the server time the script read
-minus the client's monotonic time when the hit was sent. That difference
-is at most one round trip too large, so a deadline is never early by the
-client's reckoning, and a hit can be applied at most that round trip
-after its caller gave up. A hit past its deadline whose caller is still
-waiting (the server's clock stepped, or a failover put another server
-there) is sent once more with a corrected one. Before the first answer,
+client bounds it from each answered hit: the script read the server's
+clock after the hit was sent and before its answer came back. The
+deadline uses the bound that is never late, so no hit is applied after
+its caller gave up; at worst one that reaches the server in the last
+round trip of its timeout is refused. A hit past its deadline whose
+caller is still waiting (the server's clock stepped, or a failover put
+another server there) is sent once more with a corrected one. Before the first answer,
 and on Redis Cluster (each node has its own clock), hits carry none. A
 timed-out ``reset`` or cache write can still be applied late.
 

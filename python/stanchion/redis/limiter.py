@@ -238,7 +238,7 @@ class RedisLimiter:
         """The script's arguments for a call sent at ``sent`` (monotonic
         seconds). A hit carries a deadline: the server time at which its
         caller gives up (sent + timeout), in the server's clock by the
-        connector's ``skew``. A hit that reaches the server after that
+        connector's ``skew`` (never later than the true one). A hit that reaches the server after that
         (queued behind a stall, sent before a pause and read on resume)
         is not applied: its caller already got the on_error answer."""
         clock = self._script_clock
@@ -262,15 +262,20 @@ class RedisLimiter:
         conn = self._connector
         if not conn.deadlines:
             return False
-        # server time - send time is the clocks' offset plus this call's
-        # latency: the smallest seen is the tightest bound that is never
-        # early, so a deadline is not stretched by one slow answer. A hit
-        # refused while its caller waits means the offset moved (a clock
-        # step, a failover): start again from this answer.
-        skew = reply[-1] - sent * 1e6
+        # The script read the server's clock between the send and now, so
+        # the clocks' offset lies in [server - now, server - sent]. The
+        # deadline uses the lower end, the largest seen: never late, so a
+        # hit is never applied after its caller gave up (at worst it is
+        # refused in the last round trip of its timeout). An upper end
+        # below the estimate proves the server's clock went back, and a
+        # hit refused while its caller waits that it went forward (or a
+        # failover): start again from this answer.
+        server = reply[-1]
+        low = server - time.monotonic() * 1e6
         late = reply[0] == -1
-        if late or conn.skew is None or skew < conn.skew:
-            conn.skew = skew
+        skew = conn.skew
+        if late or skew is None or low > skew or server - sent * 1e6 < skew:
+            conn.skew = low
         return bool(late)
 
     def _conclude(self, reply: Any, cost: int) -> Decision:
