@@ -9,9 +9,7 @@ then runs against both.
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,33 +18,6 @@ from stanchion import Decision, Limiter
 
 from ..conftest import FakeClock
 from ._respcache_apps import ADAPTERS, Harness
-
-# hug 2.6.1 pins falcon 2.0.0, which imports the cgi module that Python 3.13
-# removed: hug's tests run on 3.10 to 3.12 (the hug extra's marker) and skip
-# on 3.13 and later, and only there.
-HUG_RUNS = sys.version_info < (3, 13)
-NO_HUG = "hug 2.6.1 pins falcon 2.0.0, which does not run on Python 3.13+"
-HUG_MODULES = frozenset({"test_hug.py", "test_respcache_hug.py"})
-
-
-def skip_where_hug_cannot_run() -> None:
-    if not HUG_RUNS:
-        pytest.skip(NO_HUG)
-
-
-class _HugModule(pytest.Module):
-    """A hug test module where hug cannot run: skipped, never imported."""
-
-    def collect(self) -> Any:
-        pytest.skip(NO_HUG)
-
-
-def pytest_pycollect_makemodule(
-    module_path: Path, parent: pytest.Collector
-) -> pytest.Module | None:
-    if not HUG_RUNS and module_path.name in HUG_MODULES:
-        return _HugModule.from_parent(parent, path=module_path)
-    return None
 
 
 @pytest.fixture(params=["memory"])

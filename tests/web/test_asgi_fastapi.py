@@ -24,7 +24,7 @@ from stanchion.fastapi import RateLimit, RateLimited, exception_handlers, limit
 from stanchion.http import LimiterCache, Plans, SettingError, api_key
 
 from ..conftest import FakeClock
-from .conftest import HUG_RUNS, AsyncOnlyLimiter, problem
+from .conftest import AsyncOnlyLimiter, problem
 
 
 def client(app: Any, ip: str = "203.0.113.1") -> httpx.AsyncClient:
@@ -667,10 +667,9 @@ def test_route_limits_share_the_adapters_limiter_cache() -> None:
 
     shared = stanchion.fastapi.default_limiters
     assert isinstance(shared, LimiterCache)
-    if HUG_RUNS:
-        import stanchion.hug
+    import stanchion.hug
 
-        assert stanchion.hug.default_limiters is shared
+    assert stanchion.hug.default_limiters is shared
 
     @limit("3/minute", scope="shared-cache")
     async def endpoint() -> str:

@@ -16,7 +16,6 @@ from stanchion._respcache import ResponseCache
 
 from ..conftest import SANITIZED
 from ._respcache_apps import ADAPTERS
-from .conftest import skip_where_hug_cannot_run
 
 ISOLATED = Path(__file__).parents[1] / "isolated"
 # The framework's and the allocator's own growth while the cache fills
@@ -28,8 +27,6 @@ STEADY = 1024 * 1024
 
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
 def test_rss_bounded_by_maxweight(adapter: str) -> None:
-    if adapter == "hug":
-        skip_where_hug_cannot_run()
     proc = subprocess.run(
         [sys.executable, str(ISOLATED / "respcache_memory.py"), adapter],
         capture_output=True,
