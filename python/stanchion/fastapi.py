@@ -33,11 +33,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import HTTPException
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
 
 from ._adapt import (
-    adecide,
     module_getattr,
     outer_headers,
     route_scope,
@@ -81,20 +81,23 @@ class StarletteView(Request):
         return self.native.scope.get("user")
 
 
-def _peer(request: StarletteRequest) -> str | None:
-    client = request.scope.get("client")  # request.client builds a tuple
-    return client[0] if client else None
-
-
 async def _acheck(rule: Rule, request: StarletteRequest) -> Verdict | None:
-    return await adecide(
-        rule,
-        request.method,
-        request.scope["path"],
-        _peer(request),
-        StarletteView,
-        request,
-    )
+    scope = request.scope
+    client = scope.get("client")  # request.client builds a tuple
+    peer = client[0] if client else None
+    if rule.simple:
+        return await rule.acheck_simple(scope["method"], scope["path"], peer)
+    return await rule.acheck(StarletteView(request), peer)
+
+
+def _in_threadpool(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``func`` called in Starlette's thread pool, as FastAPI calls a sync
+    endpoint."""
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return await run_in_threadpool(func, *args, **kwargs)
+
+    return call
 
 
 def problem_response(verdict: Verdict) -> Response:
@@ -258,8 +261,8 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
     """Route decorator: ``@limit("10/minute")`` under ``@app.get(...)``.
 
     The endpoint keeps its parameters (no ``request: Request`` needed),
-    validation and OpenAPI schema; sync endpoints stay sync (FastAPI runs
-    them in its thread pool) and async ones async. ``scope`` defaults to
+    validation and OpenAPI schema; a sync endpoint still runs in FastAPI's
+    thread pool, while the decision is made on the event loop. ``scope`` defaults to
     the endpoint's module and qualified name. Other keywords are
     :class:`stanchion.http.Rule` settings; bad ones fail here, at import.
 
@@ -274,51 +277,23 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
         # without those FastAPI need not build and merge one per request.
         new_sig, take_req, take_resp = _inject(func, rule.headers_on_allowed)
 
-        if inspect.iscoroutinefunction(func):
+        # One async wrapper: the decision awaits ahit on the loop, and a
+        # sync endpoint runs in the thread pool, as FastAPI runs it.
+        call = func if inspect.iscoroutinefunction(func) else _in_threadpool(func)
 
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                request = take_req(kwargs)
-                response = take_resp(kwargs)
-                scope = request.scope
-                if rule.simple:
-                    client = scope.get("client")
-                    verdict = await rule.acheck_simple(
-                        scope["method"], scope["path"], client[0] if client else None
-                    )
-                else:
-                    verdict = await rule.acheck(StarletteView(request), _peer(request))
-                if verdict is None:
-                    return await func(*args, **kwargs)
-                if verdict.blocked:
-                    return problem_response(verdict)
-                result = await func(*args, **kwargs)
-                _headers_on_allowed(result, response, verdict)
-                return result
+        async def limited(*args: Any, **kwargs: Any) -> Any:
+            request = take_req(kwargs)
+            response = take_resp(kwargs)
+            verdict = await _acheck(rule, request)
+            if verdict is None:
+                return await call(*args, **kwargs)
+            if verdict.blocked:
+                return problem_response(verdict)
+            result = await call(*args, **kwargs)
+            _headers_on_allowed(result, response, verdict)
+            return result
 
-            wrapper: Any = async_wrapper
-        else:
-
-            @functools.wraps(func)
-            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                request = take_req(kwargs)
-                response = take_resp(kwargs)
-                verdict = (
-                    rule.check_simple(
-                        request.method, request.scope["path"], _peer(request)
-                    )
-                    if rule.simple
-                    else rule.check(StarletteView(request), _peer(request))
-                )
-                if verdict is None:
-                    return func(*args, **kwargs)
-                if verdict.blocked:
-                    return problem_response(verdict)
-                result = func(*args, **kwargs)
-                _headers_on_allowed(result, response, verdict)
-                return result
-
-            wrapper = sync_wrapper
+        wrapper: Any = functools.wraps(func)(limited)
         wrapper.__signature__ = new_sig
         wrapper.__stanchion_rule__ = rule
         return wrapper  # type: ignore[no-any-return]
@@ -361,7 +336,6 @@ def cache(**settings: Any) -> Callable[[F], F]:
     the model). Streaming responses pass through uncached. The wrapper's
     ``cache`` attribute has ``invalidate``, ``clear`` and ``stats``.
     """
-    from starlette.concurrency import run_in_threadpool
 
     from ._respcache import ResponseCache, Upstream
 
@@ -369,7 +343,7 @@ def cache(**settings: Any) -> Callable[[F], F]:
 
     def decorate(func: F) -> F:
         new_sig, take_req, take_resp = _inject(func, True)
-        is_async = inspect.iscoroutinefunction(func)
+        call = func if inspect.iscoroutinefunction(func) else _in_threadpool(func)
 
         @functools.wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -377,11 +351,7 @@ def cache(**settings: Any) -> Callable[[F], F]:
             response = take_resp(kwargs)
 
             async def upstream() -> Upstream:
-                if is_async:
-                    result = await func(*args, **kwargs)
-                else:
-                    result = await run_in_threadpool(func, *args, **kwargs)
-                out = _as_response(result, response)
+                out = _as_response(await call(*args, **kwargs), response)
                 headers = [
                     (k.decode("latin-1"), v.decode("latin-1"))
                     for k, v in out.raw_headers

@@ -483,6 +483,31 @@ async def test_decorator_shared_scope_and_sync_endpoints(
     assert codes == [200, 200, 200, 429]
 
 
+async def test_decorator_sync_endpoint_runs_in_the_thread_pool() -> None:
+    """A sync endpoint under @limit still runs off the event loop (in the
+    thread pool, as FastAPI runs it), while the decision awaits ahit on
+    the loop: a limiter whose blocking hit must not run there works."""
+    app = FastAPI()
+    seen: list[bool] = []
+
+    @app.get("/sync")
+    @limit(AsyncOnlyLimiter("1/minute"))
+    def sync_endpoint(n: int = 0) -> int:
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:
+            seen.append(False)
+        return n + 1
+
+    async with client(app) as c:
+        r = await c.get("/sync", params={"n": 2})
+        assert r.status_code == 200 and r.json() == 3
+        assert (await c.get("/sync")).status_code == 429
+        assert (await c.get("/sync", params={"n": "x"})).status_code == 422
+    assert seen == [False]
+
+
 async def test_decorator_plans_and_spoofing(limits: dict[str, Any]) -> None:
     app = decorated_app(limits)
     async with client(app) as c:

@@ -244,9 +244,6 @@ class Rule(_RuleHeaders):
         self._v6_prefix = self.client_address.ipv6_prefix
         self._tag4, self._tag6 = _scope_tags(scope, self._v6_prefix)
         self._has_funcs = bool(self._limit_func or self._cost_func or self._key)
-        #: The fixed limiter decides in C and never waits: acheck_simple
-        #: then calls its hit, skipping a coroutine.
-        self._fixed_in_c = self._fixed is not None and _in_c(self._fixed.limiter)
         #: True when a decision needs only the method, path and peer: the
         #: adapters then call check_simple/acheck_simple and build no
         #: Request view at all (the common case, and the fast one).
@@ -402,14 +399,16 @@ class Rule(_RuleHeaders):
         path and socket peer alone."""
         if not self._plain and self._exempt_simple(method, path):
             return None
+        # The plan depends on the peer alone: kept per address.
+        p = self._client_plans.get(peer)  # type: ignore[arg-type]
+        if p is not None:
+            return p
         if not peer:
             return self._plan(Request(method, path), None, None, 0)
-        p = self._client_plans.get(peer)
-        if p is None:
-            info = self._fixed
-            assert info is not None  # a simple rule's limit is fixed
-            p = (info, self._address_key(peer), self._cost, peer)
-            self._keep_plan(peer, p)
+        info = self._fixed
+        assert info is not None  # a simple rule's limit is fixed
+        p = (info, self._address_key(peer), self._cost, peer)
+        self._keep_plan(peer, p)
         return p
 
     def _keep_plan(self, address: str, plan: _Pending) -> None:
@@ -437,81 +436,71 @@ class Rule(_RuleHeaders):
 
     def check_simple(self, method: str, path: str, peer: str | None) -> Verdict | None:
         """``check`` for a rule whose ``simple`` is True, without a Request."""
-        # A plain rule's plan depends on the peer alone: reuse it.
-        p = self._client_plans.get(peer) if self._plain else None  # type: ignore[arg-type]
-        if p is None:
-            plan = self._plan_simple(method, path, peer)
-            if not isinstance(plan, tuple):
-                return plan
-            p = plan
-        d = p[0].limiter.hit(p[1], p[2])
-        if d.allowed:
-            return Verdict(self, d, p[0], False, None)
-        return self._conclude(p, d, None)
+        p = self._plan_simple(method, path, peer)
+        if not isinstance(p, tuple):
+            return p
+        return self._conclude(p, p[0].limiter.hit(p[1], p[2]), None)
 
     async def acheck_simple(
         self, method: str, path: str, peer: str | None
     ) -> Verdict | None:
         """``acheck`` for a rule whose ``simple`` is True, without a Request."""
-        p = self._client_plans.get(peer) if self._plain else None  # type: ignore[arg-type]
-        if p is None:
-            plan = self._plan_simple(method, path, peer)
-            if not isinstance(plan, tuple):
-                return plan
-            p = plan
-        if self._fixed_in_c:
-            d = p[0].limiter.hit(p[1], p[2])  # in C, never waits
-        else:
-            d = await p[0].limiter.ahit(p[1], p[2])
-        if d.allowed:
-            return Verdict(self, d, p[0], False, None)
+        p = self._plan_simple(method, path, peer)
+        if not isinstance(p, tuple):
+            return p
+        lim = p[0].limiter
+        # The C limiter itself never waits (not a subclass: its ahit may).
+        d = lim.hit(p[1], p[2]) if type(lim) is Limiter else await lim.ahit(p[1], p[2])
         return self._conclude(p, d, None)
 
     def check(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide (sync, calls ``limiter.hit``). ``None``: not limited."""
-        if not self._plain and self.exempt(request):
-            return None
-        client = self._client(request, peer)
-        if not self._has_funcs:
-            p = self._plan_client(request, client)
+        if self._has_funcs:
+            p = self._plan_funcs(request, peer)
+        elif self._plain or not self.exempt(request):
+            p = self._plan_client(request, self._client(request, peer))
         else:
-            # In this order: the rate and cost functions may read request.key.
-            ident = self._key(request) if self._key is not None else None
-            key = self._finish(request, client, ident)
-            spec = self._limit_func(request) if self._limit_func is not None else None
-            cost = self._cost_func(request) if self._cost_func is not None else 0
-            p = self._plan(request, key, spec, cost)
+            return None
         if not isinstance(p, tuple):
             return p
-        d = p[0].limiter.hit(p[1], p[2])
-        if d.allowed:
-            return Verdict(self, d, p[0], False, request)
-        return self._conclude(p, d, request)
+        return self._conclude(p, p[0].limiter.hit(p[1], p[2]), request)
 
     async def acheck(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide without blocking the loop (awaits ``limiter.ahit``;
         key, cost and limit functions may be coroutine functions)."""
-        if not self._plain and self.exempt(request):
-            return None
-        client = self._client(request, peer)
-        if not self._has_funcs:
-            p = self._plan_client(request, client)
+        if self._has_funcs:
+            p = await self._aplan_funcs(request, peer)
+        elif self._plain or not self.exempt(request):
+            p = self._plan_client(request, self._client(request, peer))
         else:
-            # check's calls, in its order, each awaited if it gives an awaitable.
-            key = self._finish(request, client, await _answer(self._key, request))
-            spec = await _answer(self._limit_func, request)
-            cost = await _answer(self._cost_func, request)
-            p = self._plan(request, key, spec, cost)
+            return None
         if not isinstance(p, tuple):
             return p
         lim = p[0].limiter
-        if type(lim) is Limiter:  # _in_c, inline: this runs per request
-            d = lim.hit(p[1], p[2])  # in C, never waits
-        else:
-            d = await lim.ahit(p[1], p[2])
-        if d.allowed:
-            return Verdict(self, d, p[0], False, request)
+        d = lim.hit(p[1], p[2]) if type(lim) is Limiter else await lim.ahit(p[1], p[2])
         return self._conclude(p, d, request)
+
+    def _plan_funcs(self, request: Request, peer: str | None) -> _Planned:
+        """``_plan`` for a rule with key, limit or cost functions."""
+        if not self._plain and self.exempt(request):
+            return None
+        client = self._client(request, peer)
+        # In this order: the rate and cost functions may read request.key.
+        ident = self._key(request) if self._key is not None else None
+        key = self._finish(request, client, ident)
+        spec = self._limit_func(request) if self._limit_func is not None else None
+        cost = self._cost_func(request) if self._cost_func is not None else 0
+        return self._plan(request, key, spec, cost)
+
+    async def _aplan_funcs(self, request: Request, peer: str | None) -> _Planned:
+        """``_plan_funcs``, each function awaited if it gives an awaitable."""
+        if not self._plain and self.exempt(request):
+            return None
+        client = self._client(request, peer)
+        key = self._finish(request, client, await _answer(self._key, request))
+        spec = await _answer(self._limit_func, request)
+        cost = await _answer(self._cost_func, request)
+        return self._plan(request, key, spec, cost)
 
     def _denied(
         self, d: Decision, info: _RateInfo, request: Request | None, key: Any
@@ -527,16 +516,11 @@ class Rule(_RuleHeaders):
         return Verdict(self, d, info, True, request)
 
 
-def _in_c(limiter: RateLimiter) -> bool:
-    """Whether ``limiter`` is the in-process C limiter itself, whose ``hit``
-    never waits: async paths call it directly instead of awaiting
-    ``ahit``. Exactly that class: a subclass may make ``ahit`` wait."""
-    return type(limiter) is Limiter
-
-
 #: A pending decision: (rate info, bucket key, cost, the identity to name
 #: in logs).
 _Pending: TypeAlias = "tuple[_RateInfo, str | bytes, int, Any]"
+#: What planning gives: a pending decision, a ready verdict, or nothing.
+_Planned: TypeAlias = "_Pending | Verdict | None"
 
 
 async def _answer(func: Callable[[Request], Any] | None, request: Request) -> Any:
