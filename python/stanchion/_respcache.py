@@ -1,130 +1,25 @@
 """The old import path of the response cache, kept working.
 
 Everything moved to :mod:`stanchion.respcache` (``ResponseCache`` and the
-rules, entries, stores and serving flow it is made of); this module
-re-exports the same names, the private ones code and tests reached for
-included.
+rules, entries, stores and serving flow it is made of). This module gives
+the public names, and any private one of those modules by attribute
+lookup (code written against the old path reached for some).
 """
 
 from __future__ import annotations
 
-from .respcache import (
-    IDENTITY_HEADERS,
-    MAX_HOST,
-    MAX_PATH,
-    MAX_QUERY,
-    SENT,
-    CacheFront,
-    Entry,
-    Plan,
-    Reply,
-    ResponseCache,
-    Upstream,
-    content_etag,
-    environ_header,
-    environ_target,
-    escape_path,
-    normalize_query,
-    per_client,
-    scope_header,
-    scope_target,
-)
-from .respcache.entries import _ENTRY_OVERHEAD, _HEADER_OVERHEAD
-from .respcache.flights import _ThreadFlight
-from .respcache.keys import (
-    _ALWAYS_IDENTITY,
-    _ASGI_NAMES,
-    _DEFAULT_PORT,
-    _FORWARDED,
-    _HOST,
-    _PATH_SAFE,
-    _RAW_PATH,
-    _RAW_QUERY,
-    _SCHEME,
-    _WSGI_NAMES,
-    _WSGI_UNPREFIXED,
-    _asgi_name,
-    _authority,
-    _forwarded_pair,
-    _host_part,
-    _last,
-    _names,
-    _session_pairs,
-    _wsgi_name,
-)
-from .respcache.rules import (
-    _HOP,
-    _MISSING,
-    _NEVER,
-    _NOT_MODIFIED_KEEP,
-    _PER_CLIENT,
-    _directive_names,
-    _directives,
-    _etag_matches,
-)
-from .respcache.serving import _close
-from .respcache.stores import (
-    _VARY_OVERHEAD,
-    _LocalStore,
-    _RedisStore,
-    _VaryRecord,
-    _weigh,
-)
+from types import ModuleType
+from typing import Any
 
-__all__ = [
-    "IDENTITY_HEADERS",
-    "MAX_HOST",
-    "MAX_PATH",
-    "MAX_QUERY",
-    "SENT",
-    "_ALWAYS_IDENTITY",
-    "_ASGI_NAMES",
-    "_DEFAULT_PORT",
-    "_ENTRY_OVERHEAD",
-    "_FORWARDED",
-    "_HEADER_OVERHEAD",
-    "_HOP",
-    "_HOST",
-    "_MISSING",
-    "_NEVER",
-    "_NOT_MODIFIED_KEEP",
-    "_PATH_SAFE",
-    "_PER_CLIENT",
-    "_RAW_PATH",
-    "_RAW_QUERY",
-    "_SCHEME",
-    "_VARY_OVERHEAD",
-    "_WSGI_NAMES",
-    "_WSGI_UNPREFIXED",
-    "CacheFront",
-    "Entry",
-    "Plan",
-    "Reply",
-    "ResponseCache",
-    "Upstream",
-    "_LocalStore",
-    "_RedisStore",
-    "_ThreadFlight",
-    "_VaryRecord",
-    "_asgi_name",
-    "_authority",
-    "_close",
-    "_directive_names",
-    "_directives",
-    "_etag_matches",
-    "_forwarded_pair",
-    "_host_part",
-    "_last",
-    "_names",
-    "_session_pairs",
-    "_weigh",
-    "_wsgi_name",
-    "content_etag",
-    "environ_header",
-    "environ_target",
-    "escape_path",
-    "normalize_query",
-    "per_client",
-    "scope_header",
-    "scope_target",
-]
+from .respcache import *  # noqa: F403
+from .respcache import __all__ as __all__
+from .respcache import entries, flights, keys, rules, serving, stores
+
+_PARTS: tuple[ModuleType, ...] = (entries, flights, keys, rules, serving, stores)
+
+
+def __getattr__(name: str) -> Any:
+    for part in _PARTS:
+        if name in part.__dict__:
+            return part.__dict__[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

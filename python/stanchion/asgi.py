@@ -14,8 +14,8 @@ from typing import Any
 
 from ._adapt import MIDDLEWARE_SCOPE, outer_headers
 from ._limiter import RateLimiter
-from ._respcache import SENT, CacheFront
 from .http import RateSpec, Request, Verdict, middleware_rule
+from .respcache import SENT, CacheFront
 
 __all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
 
@@ -160,7 +160,7 @@ def _length(headers: list[tuple[str, str]]) -> int | None:
 
 
 async def send_cached(reply: Any, send: Send) -> None:
-    """Send a :class:`stanchion._respcache.Reply` built by the cache."""
+    """Send a :class:`stanchion.respcache.Reply` built by the cache."""
     await send(
         {
             "type": "http.response.start",
@@ -176,7 +176,7 @@ class CacheMiddleware(CacheFront):
 
     ``app = CacheMiddleware(app, ttl=60)``, or
     ``app.add_middleware(CacheMiddleware, ttl=60, backend=RedisCache(url))``.
-    Keywords are :class:`stanchion._respcache.ResponseCache` settings:
+    Keywords are :class:`stanchion.respcache.ResponseCache` settings:
     ``ttl``, ``backend`` (None: in process, bounded by ``maxweight``
     bytes; a ``stanchion.Cache``; or a ``stanchion.RedisCache``, shared),
     ``statuses``, ``max_age``, ``maxweight``, ``max_body``,
@@ -249,7 +249,7 @@ class CacheMiddleware(CacheFront):
     ) -> Any:
         """Run the app; buffer its answer when it may be stored (or served
         stale instead of a 5xx), else forward it to ``send`` as it comes."""
-        from ._respcache import Upstream
+        from .respcache import Upstream
 
         cache = self.cache
         limit = cache.max_body

@@ -328,7 +328,7 @@ def cache(**settings: Any) -> Callable[[F], F]:
     """Route decorator: ``@cache(ttl=60)`` under ``@app.get(...)``.
 
     Answers of the endpoint are cached by the rules of
-    :class:`stanchion._respcache.ResponseCache` (whose keywords it takes:
+    :class:`stanchion.respcache.ResponseCache` (whose keywords it takes:
     ``ttl``, ``backend``, ``statuses``, ``max_age``, ...). The endpoint
     keeps its signature (no ``request: Request`` needed); values it
     returns are sent as FastAPI's JSON (a ``response_model`` is not
@@ -337,7 +337,7 @@ def cache(**settings: Any) -> Callable[[F], F]:
     ``cache`` attribute has ``invalidate``, ``clear`` and ``stats``.
     """
 
-    from ._respcache import ResponseCache, Upstream
+    from .respcache import ResponseCache, Upstream
 
     rc = ResponseCache(**settings)
 

@@ -280,14 +280,14 @@ class Stanchion:
     def cache(self, **settings: Any) -> Callable[[F], F]:
         """View decorator (under ``@app.route``): ``@ext.cache(ttl=60)``
         caches the view's answers by the rules of
-        :class:`stanchion._respcache.ResponseCache`, whose keywords it
+        :class:`stanchion.respcache.ResponseCache`, whose keywords it
         takes (``ttl``, ``backend``, ``statuses``, ``max_age``, ...).
         Async views work too. Streamed responses pass through uncached,
         and an answer is not stored when the view used ``flask.session``
         (Flask sets its cookie after the view, outside the cache).
         The wrapper's ``cache`` attribute has ``invalidate``, ``clear``
         and ``stats``."""
-        from ._respcache import ResponseCache
+        from .respcache import ResponseCache
 
         rc = ResponseCache(**settings)
 
@@ -426,7 +426,7 @@ def _has_x_limit(headers: Any) -> bool:
 
 
 def _flask_upstream(app: Flask, view: Any, args: Any, kwargs: Any, limit: int) -> Any:
-    from ._respcache import Upstream
+    from .respcache import Upstream
 
     response = app.make_response(app.ensure_sync(view)(*args, **kwargs))
     headers = list(response.headers.items())

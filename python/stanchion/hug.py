@@ -24,7 +24,7 @@ default JSON output format).
 ``@cache(max_age=3600)`` (under the route decorator) caches an
 endpoint's rendered answers in this process (or in Redis with
 ``backend=RedisCache(...)``) by the rules of
-:class:`stanchion._respcache.ResponseCache`, and sends
+:class:`stanchion.respcache.ResponseCache`, and sends
 ``Cache-Control: public, max-age=3600``.
 
 ``RateLimitMiddleware`` is falcon-style (``process_request`` /
@@ -296,14 +296,14 @@ def cache(
     ``@cache(max_age=3600)`` keeps each answer for ``max_age`` seconds
     (``ttl`` to keep it a different time) and sends
     ``Cache-Control: public, max-age=3600``. Other keywords are those of
-    :class:`stanchion._respcache.ResponseCache` (``backend``, ``statuses``,
+    :class:`stanchion.respcache.ResponseCache` (``backend``, ``statuses``,
     ``vary_identity``, ``tags``, ...). ``output`` is the route's output
     format (hug's JSON by default): the answer is rendered with it once and
     the bytes are stored. Built with ``hug.wraps``, so the endpoint's
     signature, types and documentation are unchanged; a direct call from
     Python is never cached. The wrapper's ``cache`` attribute has
     ``invalidate``, ``clear`` and ``stats``."""
-    from ._respcache import ResponseCache, Upstream
+    from .respcache import ResponseCache, Upstream
 
     if ttl is None:
         if max_age is None:

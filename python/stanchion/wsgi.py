@@ -18,8 +18,8 @@ from ._adapt import (
     status_line,
 )
 from ._limiter import RateLimiter
-from ._respcache import CacheFront, environ_header
 from .http import RateSpec, Request, Verdict, middleware_rule
+from .respcache import CacheFront, environ_header
 
 __all__ = [
     "CacheMiddleware",
@@ -153,7 +153,7 @@ class CacheMiddleware(CacheFront):
     """Cache GET/HEAD answers of any WSGI app (Flask, Django, ...).
 
     ``app.wsgi_app = CacheMiddleware(app.wsgi_app, ttl=60)``. Keywords
-    are :class:`stanchion._respcache.ResponseCache` settings, as for
+    are :class:`stanchion.respcache.ResponseCache` settings, as for
     :class:`stanchion.asgi.CacheMiddleware` (``paths`` too). A list
     (or tuple) body, an iterable the app gave a ``Content-Length``, or
     Django's ``HttpResponse`` (``streaming = False``) is buffered up to
@@ -193,7 +193,7 @@ class CacheMiddleware(CacheFront):
         return [reply.body]
 
     def _run(self, environ: dict[str, Any]) -> Any:
-        from ._respcache import Upstream
+        from .respcache import Upstream
 
         got: list[Any] = []
         written: list[bytes] = []

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stanchion._respcache import ResponseCache
+from stanchion.respcache import ResponseCache
 
 from ..conftest import SANITIZED
 from ._respcache_apps import ADAPTERS
@@ -98,7 +98,7 @@ def test_flood_of_long_hosts_holds_nothing(adapter: str) -> None:
 
 
 def test_over_long_path_is_not_cached() -> None:
-    from stanchion._respcache import MAX_PATH
+    from stanchion.respcache import MAX_PATH
 
     rc = ResponseCache()
     plan = rc.plan("GET", "/" + "p" * MAX_PATH, "", {"host": "h"}.get)
@@ -114,6 +114,6 @@ def test_entry_heavier_than_maxweight_is_not_kept() -> None:
 
 
 def _up(body: bytes = b"ok") -> object:
-    from stanchion._respcache import Upstream
+    from stanchion.respcache import Upstream
 
     return Upstream(200, [("Content-Type", "text/plain")], body)

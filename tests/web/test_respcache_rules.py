@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from stanchion import Cache
-from stanchion._respcache import ResponseCache
+from stanchion.respcache import ResponseCache
 
 from ..conftest import FakeClock
 from ._respcache_apps import (
@@ -377,6 +377,14 @@ def test_public_module_and_old_path_are_one() -> None:
         assert name in public.__all__
         assert getattr(old, name) is getattr(public, name)
     assert ResponseCache is public.ResponseCache
+    # Private names of the parts, as code written against the old path
+    # reached for them, and a clear error for a name that is nowhere.
+    from stanchion.respcache import entries, stores
+
+    assert old._LocalStore is stores._LocalStore
+    assert old._ENTRY_OVERHEAD == entries._ENTRY_OVERHEAD
+    with pytest.raises(AttributeError, match="no_such_name"):
+        old.no_such_name  # noqa: B018
 
 
 def test_a_flight_that_landed_after_the_lookup_is_not_repeated(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stanchion._respcache import Entry
+from stanchion.respcache import Entry
 
 from ..conftest import FakeClock
 from ._respcache_apps import (
@@ -207,7 +207,7 @@ def _drive(rc: Any, sync: bool, url: str, make_up: Any) -> Any:
 
 @pytest.mark.parametrize("sync", [True, False], ids=["serve", "aserve"])
 def test_upstream_closed_on_every_path(sync: bool, clock: FakeClock) -> None:
-    from stanchion._respcache import ResponseCache, Upstream
+    from stanchion.respcache import ResponseCache, Upstream
 
     rc = ResponseCache(
         ttl=10, stale_while_revalidate=10, stale_if_error=100, clock=clock
@@ -411,7 +411,7 @@ def test_rate_limit_and_cache_middleware_order(
 def test_wait_refreshes(clock: FakeClock) -> None:
     import threading
 
-    from stanchion._respcache import ResponseCache, Upstream
+    from stanchion.respcache import ResponseCache, Upstream
 
     rc = ResponseCache(ttl=10, stale_while_revalidate=10, clock=clock)
     release = threading.Event()
@@ -448,7 +448,7 @@ def _flight_in_loop_thread(rc: Any, plan: Any, release: Any) -> Any:
     import asyncio
     import threading
 
-    from stanchion._respcache import Upstream
+    from stanchion.respcache import Upstream
 
     started = threading.Event()
 
@@ -467,7 +467,7 @@ def _flight_in_loop_thread(rc: Any, plan: Any, release: Any) -> Any:
 def test_blocking_caller_beside_an_asyncio_flight_goes_upstream() -> None:
     import threading
 
-    from stanchion._respcache import ResponseCache, Upstream
+    from stanchion.respcache import ResponseCache, Upstream
 
     rc = ResponseCache(ttl=10)
     plan = rc.plan("GET", "/mixed", "", lambda n: None)
@@ -486,7 +486,7 @@ def test_task_beside_another_loops_flight_goes_upstream() -> None:
     import asyncio
     import threading
 
-    from stanchion._respcache import ResponseCache, Upstream
+    from stanchion.respcache import ResponseCache, Upstream
 
     rc = ResponseCache(ttl=10)
     plan = rc.plan("GET", "/loops", "", lambda n: None)
@@ -508,7 +508,7 @@ def test_task_beside_another_loops_flight_goes_upstream() -> None:
 def test_cancelled_leader_lands_its_flight() -> None:
     import asyncio
 
-    from stanchion._respcache import ResponseCache, Upstream
+    from stanchion.respcache import ResponseCache, Upstream
 
     rc = ResponseCache(ttl=10)
     plan = rc.plan("GET", "/cancel", "", lambda n: None)
@@ -539,7 +539,7 @@ def test_cancelled_leader_lands_its_flight() -> None:
 
 
 def test_blocking_upstream_error_reaches_the_caller_and_lands() -> None:
-    from stanchion._respcache import ResponseCache, Upstream
+    from stanchion.respcache import ResponseCache, Upstream
 
     rc = ResponseCache(ttl=10)
     plan = rc.plan("GET", "/boom", "", lambda n: None)

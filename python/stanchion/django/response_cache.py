@@ -83,7 +83,7 @@ def check_middleware_order(
 
 def _response_cache(settings: dict[str, Any]) -> tuple[tuple[str, ...] | None, Any]:
     """``(paths, ResponseCache)`` of CacheMiddleware's keywords."""
-    from .._respcache import ResponseCache
+    from ..respcache import ResponseCache
 
     settings = dict(settings)
     paths = settings.pop("paths", None)
@@ -98,7 +98,7 @@ def _response_cache_from_settings() -> tuple[tuple[str, ...] | None, Any]:
     """``_response_cache`` of ``settings.STANCHION_RESPONSE_CACHE``; a bad
     value is an ImproperlyConfigured naming the setting (and, for an
     unknown key, the closest valid one)."""
-    from .._respcache import ResponseCache
+    from ..respcache import ResponseCache
 
     name = "STANCHION_RESPONSE_CACHE"
     raw = getattr(django_settings, name, None) or {}
@@ -152,7 +152,7 @@ def _django_upstream(response: Any, limit: int, request: HttpRequest) -> Any:
     as ``Set-Cookie`` headers (so such answers are never stored), and so
     does a cookie that Session, CSRF or Auth middleware outside the cache
     will set (``_visitors_own``)."""
-    from .._respcache import Upstream
+    from ..respcache import Upstream
 
     headers = list(response.items())
     for morsel in response.cookies.values():
@@ -259,13 +259,13 @@ class _CachedCall:
 
 def cache_response(**settings: Any) -> Callable[[F], F]:
     """View decorator: ``@cache_response(ttl=60)`` caches the view's answers
-    by the rules of :class:`stanchion._respcache.ResponseCache`, whose
+    by the rules of :class:`stanchion.respcache.ResponseCache`, whose
     keywords it takes (``ttl``, ``backend``, ``statuses``, ``max_age``,
     ``vary_identity``, ...). Sync and ``async def`` views (an async view
     never blocks its loop); class-based views through ``method_decorator``.
     Streamed responses pass through uncached. The view's ``cache``
     attribute has ``invalidate``, ``clear``, ``stats`` and ``aclose``."""
-    from .._respcache import ResponseCache
+    from ..respcache import ResponseCache
 
     rc = ResponseCache(**settings)
 
@@ -295,7 +295,7 @@ def cache_response(**settings: Any) -> Callable[[F], F]:
 class CacheMiddleware:
     """Caches every GET/HEAD answer under the path prefixes in
     ``settings.STANCHION_RESPONSE_CACHE["paths"]`` (all paths when absent)
-    by the rules of :class:`stanchion._respcache.ResponseCache`; the other
+    by the rules of :class:`stanchion.respcache.ResponseCache`; the other
     keys of that dict are its keywords (``ttl``, ``backend``, ...).
     Keywords given to the constructor replace the setting (for
     subclasses and tests). Sync and async capable: under ASGI it never
