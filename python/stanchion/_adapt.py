@@ -8,15 +8,17 @@ never from one another.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-from .http import LimiterCache, Request, Rule, Verdict
+from ._limiter import RateLimiter
+from .http import LimiterCache, RateSpec, Request, Rule, Verdict, middleware_rule
 
 #: The scope of a middleware limit (every request of the app), in every
 #: framework: its buckets and the name in its ``RateLimit`` headers.
 MIDDLEWARE_SCOPE = "global"
 
 _N = TypeVar("_N")
+_App = TypeVar("_App")
 
 # -- scopes and shared limiters -------------------------------------------------
 
@@ -58,6 +60,25 @@ def module_getattr(module: str) -> Callable[[str], Any]:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+class AppMiddleware(Generic[_App]):
+    """The construction every app-wrapping rate limit middleware shares
+    (ASGI, WSGI): the app, and the rule from ``limit=`` or ``limiter=``
+    and the other :class:`~stanchion.http.Rule` settings."""
+
+    def __init__(
+        self,
+        app: _App,
+        /,
+        limit: RateSpec | Callable[[Request], Any] | None = None,
+        *,
+        limiter: RateLimiter | None = None,
+        scope: str = MIDDLEWARE_SCOPE,
+        **settings: Any,
+    ) -> None:
+        self.app = app
+        self.rule = middleware_rule(limit, limiter, scope, settings)
 
 
 # -- deciding -------------------------------------------------------------------

@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._adapt import MIDDLEWARE_SCOPE, outer_headers
-from ._limiter import RateLimiter
-from .http import RateSpec, Request, Verdict, middleware_rule
+from ._adapt import AppMiddleware, outer_headers
+from .http import Request, Verdict
 from .respcache import SENT, CacheFront
 
 __all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
@@ -73,7 +72,7 @@ def add_headers(message: Message, extra: list[tuple[bytes, bytes]]) -> None:
     message["headers"] = [*headers, *outer_headers(extra, headers)]
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(AppMiddleware[ASGIApp]):
     """``app = RateLimitMiddleware(app, limit="100/minute", ...)``, or
     ``app.add_middleware(RateLimitMiddleware, limit="100/minute")``.
 
@@ -84,19 +83,6 @@ class RateLimitMiddleware:
     ``exempt_paths``, ``dry_run``, ``trusted_proxies``, ``headers``, ...).
     Key, cost and limit functions get a :class:`AsgiRequest`.
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        /,
-        limit: RateSpec | Callable[[Request], Any] | None = None,
-        *,
-        limiter: RateLimiter | None = None,
-        scope: str = MIDDLEWARE_SCOPE,
-        **settings: Any,
-    ) -> None:
-        self.app = app
-        self.rule = middleware_rule(limit, limiter, scope, settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -12,13 +12,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._adapt import (
-    MIDDLEWARE_SCOPE,
+    AppMiddleware,
     header_from_environ,
     outer_headers,
     status_line,
 )
-from ._limiter import RateLimiter
-from .http import RateSpec, Request, Verdict, middleware_rule
+from .http import Request, Verdict
 from .respcache import CacheFront, environ_header
 
 __all__ = [
@@ -69,7 +68,7 @@ def merge_headers(
     return headers + outer_headers(extra, headers)
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(AppMiddleware[WSGIApp]):
     """``app = RateLimitMiddleware(app, limit="100/minute", ...)``.
 
     ``limit`` is a rate string, a :class:`stanchion.http.Plans`, or a
@@ -77,19 +76,6 @@ class RateLimitMiddleware:
     Every other keyword is a :class:`stanchion.http.Rule` setting. Key,
     cost and limit functions get a :class:`WsgiRequest`.
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        /,
-        limit: RateSpec | Callable[[Request], Any] | None = None,
-        *,
-        limiter: RateLimiter | None = None,
-        scope: str = MIDDLEWARE_SCOPE,
-        **settings: Any,
-    ) -> None:
-        self.app = app
-        self.rule = middleware_rule(limit, limiter, scope, settings)
 
     def __call__(
         self, environ: dict[str, Any], start_response: StartResponse
