@@ -457,10 +457,8 @@ class Rule(_RuleHeaders):
         """Decide (sync, calls ``limiter.hit``). ``None``: not limited."""
         if self._has_funcs:
             p = self._plan_funcs(request, peer)
-        elif self._plain or not self.exempt(request):
-            p = self._plan_client(request, self._client(request, peer))
         else:
-            return None
+            p = self._plan_request(request, peer)
         if not isinstance(p, tuple):
             return p
         return self._conclude(p, p[0].limiter.hit(p[1], p[2]), request)
@@ -468,17 +466,22 @@ class Rule(_RuleHeaders):
     async def acheck(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide without blocking the loop (awaits ``limiter.ahit``;
         key, cost and limit functions may be coroutine functions)."""
-        if self._has_funcs:
-            p = await self._aplan_funcs(request, peer)
-        elif self._plain or not self.exempt(request):
-            p = self._plan_client(request, self._client(request, peer))
-        else:
-            return None
+        p = (
+            await self._aplan_funcs(request, peer)
+            if self._has_funcs
+            else self._plan_request(request, peer)
+        )
         if not isinstance(p, tuple):
             return p
         lim = p[0].limiter
         d = lim.hit(p[1], p[2]) if type(lim) is Limiter else await lim.ahit(p[1], p[2])
         return self._conclude(p, d, request)
+
+    def _plan_request(self, request: Request, peer: str | None) -> _Planned:
+        """``_plan`` for a rule without key, limit or cost functions."""
+        if not self._plain and self.exempt(request):
+            return None
+        return self._plan_client(request, self._client(request, peer))
 
     def _plan_funcs(self, request: Request, peer: str | None) -> _Planned:
         """``_plan`` for a rule with key, limit or cost functions."""
