@@ -38,7 +38,7 @@ DeprecationWarning) and not on 3.13, where ``cgi`` was removed.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import falcon
@@ -46,7 +46,6 @@ import hug
 
 from ._adapt import (
     MIDDLEWARE_SCOPE,
-    adecide,
     decide,
     module_getattr,
     outer_headers,
@@ -141,6 +140,56 @@ def _forwarding(func: Any) -> tuple[Any, Callable[[dict[str, Any], Any, Any], No
     return spec, forward
 
 
+#: What one of our decorators does with a request from hug:
+#: ``step(request, response, args, kwargs)`` answers it, calling the
+#: endpoint as ``func(*args, **kwargs)`` if it calls it at all.
+_Step = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+_AsyncStep = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+
+def _wrap(func: Any, step: _Step, astep: _AsyncStep) -> Any:
+    """``func`` wrapped for hug by one of our decorators: built with
+    ``hug.wraps`` (hug reads ``func``'s own signature), taking hug's
+    ``request`` and ``response`` and passing them on as :func:`_forwarding`
+    says; a call without them (from Python) goes straight to ``func``,
+    one from hug to ``step``, or, when ``func`` is a coroutine function,
+    to ``astep`` awaited in a coroutine function wrapper."""
+    spec, forward = _forwarding(func)
+    if hug.introspect.is_coroutine(spec):
+
+        @hug.wraps(func)  # type: ignore[untyped-decorator]
+        async def async_wrapper(
+            request: Any = None, response: Any = None, *args: Any, **kwargs: Any
+        ) -> Any:
+            forward(kwargs, request, response)
+            if request is None or response is None:
+                return await func(*args, **kwargs)
+            return await astep(request, response, args, kwargs)
+
+        wrapper: Any = async_wrapper
+    else:
+
+        @hug.wraps(func)  # type: ignore[untyped-decorator]
+        def sync_wrapper(
+            request: Any = None, response: Any = None, *args: Any, **kwargs: Any
+        ) -> Any:
+            forward(kwargs, request, response)
+            if request is None or response is None:
+                return func(*args, **kwargs)
+            return step(request, response, args, kwargs)
+
+        wrapper = sync_wrapper
+    wrapper.__stanchion_http__ = True
+    return wrapper
+
+
+def _allowed(result: Any, verdict: Verdict | None, response: falcon.Response) -> Any:
+    """An allowed endpoint's ``result``, its verdict's headers on ``response``."""
+    if verdict is not None:
+        _add_headers(response, verdict)
+    return result
+
+
 def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[[F], F]:
     """Endpoint decorator, placed under ``@hug.get(...)`` (or any other
     hug route decorator). ``scope`` defaults to the endpoint's module and
@@ -151,53 +200,26 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
 
     def decorate(func: F) -> F:
         rule = Rule(limit, scope=scope or route_scope(func), **settings)
-        spec, forward = _forwarding(func)
 
-        if hug.introspect.is_coroutine(spec):
+        def step(request: Any, response: Any, args: Any, kwargs: Any) -> Any:
+            verdict = _check(rule, request)
+            if verdict is not None and verdict.blocked:
+                return io.BytesIO(_blocked(verdict, response))
+            return _allowed(func(*args, **kwargs), verdict, response)
 
-            @hug.wraps(func)  # type: ignore[untyped-decorator]
-            async def async_wrapper(
-                request: Any = None, response: Any = None, *args: Any, **kwargs: Any
-            ) -> Any:
-                forward(kwargs, request, response)
-                if request is None or response is None:
-                    return await func(*args, **kwargs)
-                verdict = await adecide(
-                    rule,
-                    request.method,
-                    request.path,
-                    request.remote_addr,
-                    FalconRequest,
-                    request,
-                )
-                if verdict is not None and verdict.blocked:
-                    return io.BytesIO(_blocked(verdict, response))
-                result = await func(*args, **kwargs)
-                if verdict is not None:
-                    _add_headers(response, verdict)
-                return result
+        async def astep(request: Any, response: Any, args: Any, kwargs: Any) -> Any:
+            peer = request.remote_addr
+            verdict = await (
+                rule.acheck_simple(request.method, request.path, peer)
+                if rule.simple
+                else rule.acheck(FalconRequest(request), peer)
+            )
+            if verdict is not None and verdict.blocked:
+                return io.BytesIO(_blocked(verdict, response))
+            return _allowed(await func(*args, **kwargs), verdict, response)
 
-            wrapper: Any = async_wrapper
-        else:
-
-            @hug.wraps(func)  # type: ignore[untyped-decorator]
-            def sync_wrapper(
-                request: Any = None, response: Any = None, *args: Any, **kwargs: Any
-            ) -> Any:
-                forward(kwargs, request, response)
-                if request is None or response is None:
-                    return func(*args, **kwargs)
-                verdict = _check(rule, request)
-                if verdict is not None and verdict.blocked:
-                    return io.BytesIO(_blocked(verdict, response))
-                result = func(*args, **kwargs)
-                if verdict is not None:
-                    _add_headers(response, verdict)
-                return result
-
-            wrapper = sync_wrapper
+        wrapper = _wrap(func, step, astep)
         wrapper.__stanchion_rule__ = rule
-        wrapper.__stanchion_http__ = True
         return wrapper  # type: ignore[no-any-return]
 
     return decorate
@@ -285,6 +307,22 @@ def _send(reply: Any, response: falcon.Response) -> Any:
     return io.BytesIO(reply.body or b"")
 
 
+def _refresh_call(
+    response: falcon.Response, kwargs: dict[str, Any]
+) -> tuple[falcon.Response, dict[str, Any]]:
+    """A response of its own for a refresh of the cache and the endpoint's
+    keyword arguments with it. A refresh runs while this request's hit is
+    sent: on the hit's response, the hit's headers (its ETag) would be
+    stored with the new body, and the endpoint's sent with the hit.
+    ``kwargs`` holds ``response`` only where the wrapper forwarded it (hug
+    gives it to the wrapper's own parameter)."""
+    fresh = type(response)()
+    kw = dict(kwargs)
+    if "response" in kw:
+        kw["response"] = fresh
+    return fresh, kw
+
+
 def cache(
     max_age: int | None = None,
     *,
@@ -332,65 +370,36 @@ def cache(
         return rc.plan_environ(request.env, request.get_header, request.path)
 
     def decorate(func: F) -> F:
-        spec, forward = _forwarding(func)
+        def step(request: Any, response: Any, args: Any, kwargs: Any) -> Any:
+            plan = plan_for(request)
+            if plan is None:
+                return func(*args, **kwargs)
 
-        if hug.introspect.is_coroutine(spec):
+            def upstream() -> Any:
+                return upstream_of(func(*args, **kwargs), request, response)
 
-            @hug.wraps(func)  # type: ignore[untyped-decorator]
-            async def async_wrapper(
-                request: Any = None, response: Any = None, *args: Any, **kwargs: Any
-            ) -> Any:
-                forward(kwargs, request, response)
-                if request is None or response is None:
-                    return await func(*args, **kwargs)
-                plan = plan_for(request)
-                if plan is None:
-                    return await func(*args, **kwargs)
+            def background() -> Any:
+                fresh, kw = _refresh_call(response, kwargs)
+                return upstream_of(func(*args, **kw), request, fresh)
 
-                async def upstream() -> Any:
-                    result = await func(*args, **kwargs)
-                    return upstream_of(result, request, response)
+            return _send(rc.serve(plan, upstream, background), response)
 
-                async def background() -> Any:
-                    fresh = type(response)()
-                    kw = dict(kwargs)
-                    forward(kw, request, fresh)
-                    return upstream_of(await func(*args, **kw), request, fresh)
+        async def astep(request: Any, response: Any, args: Any, kwargs: Any) -> Any:
+            plan = plan_for(request)
+            if plan is None:
+                return await func(*args, **kwargs)
 
-                return _send(await rc.aserve(plan, upstream, background), response)
+            async def upstream() -> Any:
+                return upstream_of(await func(*args, **kwargs), request, response)
 
-            wrapper: Any = async_wrapper
-        else:
+            async def background() -> Any:
+                fresh, kw = _refresh_call(response, kwargs)
+                return upstream_of(await func(*args, **kw), request, fresh)
 
-            @hug.wraps(func)  # type: ignore[untyped-decorator]
-            def sync_wrapper(
-                request: Any = None, response: Any = None, *args: Any, **kwargs: Any
-            ) -> Any:
-                forward(kwargs, request, response)
-                if request is None or response is None:
-                    return func(*args, **kwargs)
-                plan = plan_for(request)
-                if plan is None:
-                    return func(*args, **kwargs)
+            return _send(await rc.aserve(plan, upstream, background), response)
 
-                def upstream() -> Any:
-                    return upstream_of(func(*args, **kwargs), request, response)
-
-                def background() -> Any:
-                    # A refresh runs while this request's hit is sent: on
-                    # a response of its own, or the hit's headers (its
-                    # ETag) would be stored with the new body, and the
-                    # endpoint's with the hit.
-                    fresh = type(response)()
-                    kw = dict(kwargs)
-                    forward(kw, request, fresh)
-                    return upstream_of(func(*args, **kw), request, fresh)
-
-                return _send(rc.serve(plan, upstream, background), response)
-
-            wrapper = sync_wrapper
+        wrapper = _wrap(func, step, astep)
         wrapper.cache = rc
-        wrapper.__stanchion_http__ = True
         return wrapper  # type: ignore[no-any-return]
 
     return decorate

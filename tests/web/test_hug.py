@@ -5,6 +5,7 @@ through their WSGI app (hug 2.6.1 on falcon 2.0.0)."""
 # themselves as its type converters.
 
 import asyncio
+import inspect
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -213,6 +214,46 @@ def test_direct_python_call_is_not_limited() -> None:
         return a + b
 
     assert [add(a=1, b=2) for _ in range(3)] == [3, 3, 3]
+
+
+@pytest.mark.usefixtures("event_loop_for_hug")
+def test_async_decorator_headers_429_and_middleware(limits: dict[str, Any]) -> None:
+    _, c = make_api(limits, limit="5/minute")
+    r1, r2 = get(c, "/async"), get(c, "/async")
+    assert (r1.status_code, json.loads(r1.data)) == (200, "async")
+    # The route's limit speaks for X-RateLimit-*, both listed in RateLimit.
+    assert rate_headers(r1) == {
+        "RateLimit-Policy": '"async";q=1;w=60, "global";q=5;w=60',
+        "RateLimit": '"async";r=0;t=60, "global";r=4;t=12',
+        "X-RateLimit-Limit": "1",
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": "60",
+    }
+    assert r2.status_code == 429
+    assert r2.headers["Content-Type"] == "application/problem+json"
+    assert r2.headers["Retry-After"] == "60"
+    assert json.loads(r2.data) == problem(60, 1)
+
+
+def test_direct_async_call_is_not_limited() -> None:
+    from stanchion.hug import cache
+
+    calls = []
+
+    @limit("1/minute", scope="direct-async")
+    @cache(max_age=60)
+    async def add(a: int, b: int) -> int:
+        calls.append((a, b))
+        return a + b
+
+    # Still a coroutine function, with its rule, its cache and its own
+    # signature for hug.
+    assert inspect.iscoroutinefunction(add)
+    assert add.__stanchion_rule__.scope == "direct-async"  # type: ignore[attr-defined]
+    assert add.cache.stats()["misses"] == 0  # type: ignore[attr-defined]
+    assert hug.introspect.arguments(add.original) == ("a", "b")  # type: ignore[attr-defined]
+    assert [asyncio.run(add(a=1, b=2)) for _ in range(3)] == [3, 3, 3]
+    assert len(calls) == 3
 
 
 @pytest.mark.usefixtures("event_loop_for_hug")

@@ -4,6 +4,7 @@ typed parameters and generated documentation kept, async endpoints."""
 # No "from __future__ import annotations": hug reads the annotations.
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import hug
@@ -11,6 +12,8 @@ import pytest
 from werkzeug.test import Client
 
 from stanchion.hug import cache
+
+from ..conftest import FakeClock
 
 _n = 0
 
@@ -88,8 +91,21 @@ def test_hug_cache_settings_checked() -> None:
         cache(max_age=1, output="json")  # type: ignore[arg-type]
 
 
+@pytest.fixture
+def hug_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    # hug runs async endpoints on asyncio.get_event_loop(), which needs a
+    # current loop in the calling thread.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+@pytest.mark.usefixtures("hug_loop")
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("limit_over_cache", [True, False], ids=["outside", "inside"])
-def test_limit_and_cache_stacked(limit_over_cache: bool) -> None:
+def test_limit_and_cache_stacked(limit_over_cache: bool, is_async: bool) -> None:
     # Each wrapper passes hug's request and response to the other, in
     # either order (README, "Middleware order").
     from stanchion.hug import limit
@@ -104,15 +120,20 @@ def test_limit_and_cache_stacked(limit_over_cache: bool) -> None:
         calls.append(q)
         return {"q": q}
 
+    async def async_items(q: hug.types.text = "x"):
+        return items(q)
+
+    endpoint: Any = async_items if is_async else items
     if limit_over_cache:
-        endpoint = limit("3/minute", scope=scope)(cache(max_age=60)(items))
+        endpoint = limit("3/minute", scope=scope)(cache(max_age=60)(endpoint))
     else:
-        endpoint = cache(max_age=60)(limit("3/minute", scope=scope)(items))
+        endpoint = cache(max_age=60)(limit("3/minute", scope=scope)(endpoint))
     hug.get("/items", api=api)(endpoint)
     client = Client(api.http.server())
     env = {"REMOTE_ADDR": "203.0.113.7"}
     got = [client.get("/items", environ_overrides=env) for _ in range(5)]
     assert len(calls) == 1
+    assert got[0].json == {"q": "x"}
     remaining = [r.headers.get("X-RateLimit-Remaining") for r in got]
     if limit_over_cache:
         # Every request counts, hits included.
@@ -124,6 +145,41 @@ def test_limit_and_cache_stacked(limit_over_cache: bool) -> None:
         assert [r.status_code for r in got] == [200] * 5
         assert remaining == ["2", None, None, None, None]
         assert [r.headers.get("X-Cache") for r in got] == ["MISS"] + ["HIT"] * 4
+
+
+def test_hug_async_refresh_gets_its_own_response(
+    hug_loop: asyncio.AbstractEventLoop, clock: FakeClock
+) -> None:
+    # A stale hit starts a refresh (stale-while-revalidate) on hug's loop:
+    # it calls the endpoint on a response of its own, so what the hit put
+    # on its response (the old ETag, Age, X-Cache) is not stored with the
+    # new answer, and what the endpoint sets is.
+    api = hug.API("stanchion_hug_async_refresh")
+    calls = []
+
+    @hug.get("/a", api=api)
+    @cache(max_age=10, stale_while_revalidate=20, clock=clock)
+    async def a(response):
+        calls.append(1)
+        response.set_header("X-Call", str(len(calls)))
+        return {"n": len(calls)}
+
+    c = Client(api.http.server())
+    old = c.get("/a")
+    clock.advance(15)
+    stale = c.get("/a")
+    assert (stale.json, stale.headers["X-Cache"]) == ({"n": 1}, "HIT")
+    hug_loop.run_until_complete(a.cache.await_refreshes())  # type: ignore[attr-defined]
+    assert len(calls) == 2
+    new = c.get("/a")
+    assert (new.json, new.headers["X-Cache"], new.headers["X-Call"]) == (
+        {"n": 2},
+        "HIT",
+        "2",
+    )
+    assert new.headers["ETag"] != old.headers["ETag"]
+    r = c.get("/a", headers={"If-None-Match": old.headers["ETag"]})
+    assert (r.status_code, r.json) == (200, {"n": 2})
 
 
 def test_hug_session_pages_never_stored() -> None:
