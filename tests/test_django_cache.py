@@ -707,6 +707,24 @@ def test_max_bytes_bounds_the_stored_size() -> None:
         assert c.get("blob38") == "x" * 900
 
 
+def test_incr_past_max_bytes_drops_the_entry_and_keeps_the_rest() -> None:
+    conf = caches_for(f"bytes-{next(_locations)}", OPTIONS={"MAX_BYTES": 10_000})
+    with override_settings(CACHES=conf):
+        c = caches["default"]
+        c.set("items", [0], timeout=None)
+        c.set("timed", [0], timeout=1000)
+        # The grown value is returned, as incr returns it, but not kept.
+        assert c.incr("items", [0] * 10_000) == [0] * 10_001
+        assert c.get("items") is None
+        assert c.incr("timed", [1]) == [0, 1]
+        assert c.incr("timed", [0] * 10_000) == [0, 1, *[0] * 10_000]
+        assert c.get("timed") is None
+        c.set("small", [0], timeout=1000)
+        deadline = entry_deadline(c, "small")
+        c.incr_version("small")
+        assert entry_deadline(c, "small", version=2) == deadline
+
+
 @pytest.mark.parametrize(
     ("params", "setting"),
     [

@@ -1,4 +1,6 @@
-"""A Django cache backend on stanchion's C cache.
+"""A Django cache backend on stanchion's C cache: ``CacheBackend`` and
+its settings (its keys are made in ``cache_keys``, its entries kept in
+``cache_store``).
 
 ::
 
@@ -47,204 +49,21 @@ one ``LOCATION`` sharing entries while each evicts down to its own
 from __future__ import annotations
 
 import math
-import pickle
-import re
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, cast
 
-from asgiref.sync import sync_to_async
-from django.core.cache.backends.base import (
-    DEFAULT_TIMEOUT,
-    BaseCache,
-    default_key_func,
-)
-from django.core.exceptions import SynchronousOnlyOperation
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.utils.module_loading import import_string
 
 from .._core import Cache
 from ..http import SettingError
+from .cache_keys import InlineKeys
+from .cache_store import _LONGEST, _apack, _Entry, _pack, _store_for, _unpack
 
 __all__ = ["CacheBackend"]
 
-_PICKLE_PROTOCOL: Final = pickle.HIGHEST_PROTOCOL
-
-# Values stored without pickling: immutable, so sharing one is harmless.
-# `bytes` is left out: a stored payload of type bytes means "pickled".
-_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
-
-# The C cache's longest lifetime is 2**60 ns (about 36.5 years); longer
-# timeouts are kept as "until evicted" at this (about 34.9 years).
-_LONGEST: Final = 1.1e9
-
-# What Django's memcached key check looks for (base.memcache_key_warnings).
-_MEMCACHED_BAD_CHARS: Final = re.compile(r"[\x00-\x20\x7f]")
-_MEMCACHED_MAX_KEY_LENGTH: Final = 250
-
 _MISSING: Any = object()
-
-# An entry in the C cache: (payload, expires). The payload is the value
-# itself (a _PLAIN type) or its pickle (bytes). `expires` is the
-# deadline on the store's clock (time.monotonic() unless OPTIONS CLOCK
-# gives one), or None: the C cache expires entries by
-# itself, and the deadline is kept only so that incr/decr and
-# incr_version can store a new entry that expires when the old one would.
-_Entry = tuple[Any, "float | None"]
-
-
-def _weigh(entry: _Entry) -> int:
-    """MAX_BYTES counts what the payload occupies in memory."""
-    return sys.getsizeof(entry[0])
-
-
-def _pack(value: Any) -> Any:
-    """The payload for ``value`` (pickling runs the value's own code, so
-    it happens before any lock is taken)."""
-    if type(value) in _PLAIN:
-        return value
-    return pickle.dumps(value, _PICKLE_PROTOCOL)
-
-
-async def _apack(value: Any) -> Any:
-    """_pack from an event loop. Pickling runs the value's own code, and
-    some may not run in an event loop: a lazy QuerySet evaluates itself,
-    and Django refuses a query there (SynchronousOnlyOperation). Such a
-    value is pickled again in a thread, as Django's own backends run
-    every ``a*`` method; everything else stays in the loop."""
-    try:
-        return _pack(value)
-    except SynchronousOnlyOperation:
-        return await sync_to_async(_pack)(value)
-
-
-def _unpack(payload: Any) -> Any:
-    if type(payload) is bytes:
-        return pickle.loads(payload)
-    return payload
-
-
-class _Store:
-    """The entries of one LOCATION (shared by every CacheBackend built
-    for it, in every thread), the lock its writers take and its clock.
-
-    Why a lock: the C cache makes each single call atomic (it runs no
-    Python code while it changes its table, and the keys here are exact
-    str and the values tuples, so none of theirs either), but a read
-    followed by a write is two calls, and another thread can run between
-    them. add (check, then store), touch (read, then store with a new
-    expiry) and incr (read, add, store) are such pairs, so every write
-    holds this lock, which makes each of them one step as seen by the
-    other writers. Reads (get, has_key) are single calls and take no
-    lock. Only C calls and our own small code run under the lock: never
-    pickle, unpickle or a value's ``+`` (user code that could be slow or
-    reenter the cache). incr therefore computes outside the lock and
-    stores only if the entry is still the one it read (compare and
-    swap: every write stores a new entry tuple, so identity tells); if
-    another writer got in between, it starts again. Held for well under
-    a microsecond, the lock is also cheap to take from an event loop.
-
-    Aliases of one LOCATION may bound it differently (MAX_ENTRIES,
-    MAX_BYTES), as LocMemCache allows: the C cache keeps the loosest of
-    their bounds itself, and a backend with a tighter one evicts the
-    least recently used entries down to its own after each of its
-    writes (see CacheBackend._trim). When a backend with a looser bound
-    arrives, the entries move to a new, larger C cache (``widen``).
-    """
-
-    __slots__ = (
-        "cache",
-        "carried",
-        "clock",
-        "lock",
-        "max_bytes",
-        "max_entries",
-        "now",
-        "trimmed",
-        "ttl",
-        "weighs",
-    )
-
-    def __init__(
-        self,
-        max_entries: int,
-        max_bytes: int | None,
-        ttl: float | None,
-        clock: Callable[[], float] | None,
-    ) -> None:
-        self.lock = threading.Lock()
-        self.clock = clock  # None: the monotonic clock, read in C
-        self.now: Callable[[], float] = time.monotonic if clock is None else clock
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes  # the C cache's weight bound; None: none
-        self.weighs = max_bytes is not None  # some alias has MAX_BYTES
-        self.trimmed = 0  # entries evicted by the tighter aliases
-        self.carried = dict.fromkeys(_COUNTS, 0)  # counts of replaced C caches
-        self.cache: Cache[str, _Entry] = self._new_cache()
-
-    def _new_cache(self) -> Cache[str, _Entry]:
-        maxweight = None
-        if self.weighs:
-            maxweight = self.max_bytes if self.max_bytes is not None else _UNBOUNDED
-        return Cache(
-            self.max_entries,
-            # Entries given the cache's own TTL take its cheaper expiry
-            # path (a queue, not a heap).
-            self.ttl,
-            self.clock,
-            maxweight=maxweight,
-            weigh=_weigh if self.weighs else None,
-        )
-
-    def widen(self, max_entries: int, max_bytes: int | None) -> None:
-        """Make the C cache keep at least what a backend bounded at
-        ``max_entries``/``max_bytes`` keeps. Called with _stores_lock
-        held, at a backend's construction."""
-        entries = max(self.max_entries, max_entries)
-        weighs = self.weighs or max_bytes is not None
-        # The loosest weight bound: none as soon as one alias has none.
-        limit = None
-        if self.max_bytes is not None and max_bytes is not None:
-            limit = max(self.max_bytes, max_bytes)
-        if (entries, weighs, limit) == (self.max_entries, self.weighs, self.max_bytes):
-            return
-        with self.lock:
-            old = self.cache
-            bounds = self.max_entries, self.weighs, self.max_bytes
-            self.max_entries, self.weighs, self.max_bytes = entries, weighs, limit
-            try:
-                new = self._new_cache()
-            except BaseException:
-                # The store keeps the bounds of the cache it still has.
-                self.max_entries, self.weighs, self.max_bytes = bounds
-                raise
-            never = None if new.ttl is None else _LONGEST
-            now = self.now()
-            for key, entry in old.items():  # least recently used first
-                if entry[1] is None:
-                    new.set(key, entry, never)
-                elif entry[1] > now:
-                    new.set(key, entry, entry[1] - now)
-            counts = old.stats()
-            for name in _COUNTS:
-                self.carried[name] += counts[name] or 0
-            self.cache = new
-
-
-# The counts of a C cache's stats() that the Store carries over.
-_COUNTS: Final = ("hits", "misses", "evictions", "expirations")
-
-# The C cache's weight bound when it weighs for some alias but another
-# of the same LOCATION has no MAX_BYTES.
-_UNBOUNDED: Final = 2**62
-
-# LOCATION -> store. Django builds a backend per alias per thread (and per
-# override_settings), so the entries must live outside the backend object
-# for threads to share them.
-_stores: dict[str, _Store] = {}
-_stores_lock = threading.Lock()
 
 
 # The largest MAX_ENTRIES and MAX_BYTES the C cache takes.
@@ -309,7 +128,7 @@ def _clock_setting(value: Any) -> Callable[[], float] | None:
     return cast("Callable[[], float]", value)
 
 
-class CacheBackend(BaseCache):  # type: ignore[misc]
+class CacheBackend(InlineKeys):
     """``BACKEND = "stanchion.django.CacheBackend"``: see the module doc."""
 
     def __init__(self, location: str, params: dict[str, Any]) -> None:
@@ -354,23 +173,13 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         location = str(location or "")
 
         default = self.default_timeout
-        with _stores_lock:
-            store = _stores.get(location)
-            if store is None:
-                store = _Store(
-                    max_entries,
-                    max_bytes,
-                    default if default is not None and 0 < default < _LONGEST else None,
-                    clock,
-                )
-                _stores[location] = store
-            elif clock is not None and clock is not store.clock:
-                raise SettingError(
-                    "OPTIONS['CLOCK']",
-                    f"LOCATION {location!r} is already in use with another clock",
-                )
-            else:
-                store.widen(max_entries, max_bytes)
+        store = _store_for(
+            location,
+            max_entries,
+            max_bytes,
+            default if default is not None and 0 < default < _LONGEST else None,
+            clock,
+        )
         self._store = store
         self._lock = store.lock
         self._now = store.now
@@ -378,74 +187,7 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
         # TTL of its own, else the longest lifetime it accepts.
         self._never: float | None = None if store.ttl is None else _LONGEST
 
-    # -- keys and timeouts ----------------------------------------------------
-
-    # Django's own key making and checking, done inline (the same key, the
-    # same warnings) unless a subclass or KEY_FUNCTION changes it. The
-    # "prefix:version:" head is rebuilt whenever key_prefix, version or
-    # key_func is assigned (Django and its tests assign them).
-    _head: str | None = None
-    _key_prefix: Any = ""
-    _version: Any = 1
-    _key_func: Any = None
-
-    def _refresh_head(self) -> None:
-        cls = type(self)
-        plain = (
-            self._key_func is default_key_func
-            and cls.make_and_validate_key is BaseCache.make_and_validate_key
-            and cls.make_key is BaseCache.make_key
-            and cls.validate_key is BaseCache.validate_key
-        )
-        # As default_key_func's "%s:%s:%s" (!s: str(), not format()).
-        self._head = f"{self._key_prefix!s}:{self._version!s}:" if plain else None
-
-    @property
-    def key_prefix(self) -> Any:
-        return self._key_prefix
-
-    @key_prefix.setter
-    def key_prefix(self, value: Any) -> None:
-        self._key_prefix = value
-        self._refresh_head()
-
-    @property
-    def version(self) -> Any:
-        return self._version
-
-    @version.setter
-    def version(self, value: Any) -> None:
-        self._version = value
-        self._refresh_head()
-
-    @property
-    def key_func(self) -> Any:
-        return self._key_func
-
-    @key_func.setter
-    def key_func(self, value: Any) -> None:
-        self._key_func = value
-        self._refresh_head()
-
-    def _key(self, key: Any, version: Any) -> str:
-        head = self._head
-        if head is None:
-            k = self.make_and_validate_key(key, version=version)
-            # The C table compares exact str without calling Python code.
-            return k if type(k) is str else str(k)
-        if version is not None:
-            k = f"{self._key_prefix!s}:{version!s}:{key!s}"
-        elif type(key) is str:
-            k = head + key
-        else:
-            k = f"{head}{key!s}"
-        # Django's check, quick when a key is plainly fine: printable text
-        # has no control characters, so only a space can offend.
-        if (len(k) > _MEMCACHED_MAX_KEY_LENGTH or not k.isprintable() or " " in k) and (
-            len(k) > _MEMCACHED_MAX_KEY_LENGTH or _MEMCACHED_BAD_CHARS.search(k)
-        ):
-            self.validate_key(k)
-        return k
+    # -- timeouts and writes -------------------------------------------------
 
     def _ttl(self, timeout: Any) -> float | None:
         """Seconds to live for ``timeout`` as Django means it: the default
@@ -472,8 +214,11 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
             return None
         return float(timeout)
 
-    def _put(self, key: str, payload: Any, ttl: float | None) -> None:
-        """Store under the lock; ttl from _ttl (0.0: remove instead)."""
+    def _put(
+        self, key: str, payload: Any, ttl: float | None, expires: float | None = None
+    ) -> None:
+        """Store under the lock; ttl from _ttl (0.0: remove instead). The
+        entry's deadline is ``expires`` when given, else now + ttl."""
         cache = self._store.cache
         max_bytes = self._limits[1]
         if max_bytes is not None and sys.getsizeof(payload) > max_bytes:
@@ -484,7 +229,9 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
             cache.set(key, (payload, None), self._never)
             self._trim(cache)
         elif ttl > 0.0:
-            cache.set(key, (payload, self._now() + ttl), ttl)
+            if expires is None:
+                expires = self._now() + ttl
+            cache.set(key, (payload, expires), ttl)
             self._trim(cache)
         else:
             cache.pop(key, None)
@@ -577,20 +324,10 @@ class CacheBackend(BaseCache):  # type: ignore[misc]
     def _store_again(self, key: str, payload: Any, expires: float | None) -> None:
         """Store under the lock, expiring at ``expires`` (a monotonic
         deadline, or None): the life left to the entry it replaces."""
-        cache = self._store.cache
-        max_bytes = self._limits[1]
-        if max_bytes is not None and sys.getsizeof(payload) > max_bytes:
-            cache.pop(key, None)
-        elif expires is None:
-            cache.set(key, (payload, None), self._never)
-            self._trim(cache)
+        if expires is None:
+            self._put(key, payload, None)
         else:
-            left = expires - self._now()
-            if left > 0.0:
-                cache.set(key, (payload, expires), left)
-                self._trim(cache)
-            else:
-                cache.pop(key, None)
+            self._put(key, payload, expires - self._now(), expires)
 
     def get_many(self, keys: Iterable[Any], version: Any = None) -> dict[Any, Any]:
         get = self._store.cache.get

@@ -7,12 +7,13 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse
 
 from .._adapt import decide, header_from_environ, outer_headers, route_scope
 from ..http import Request, Rule, SettingError, Verdict
+from .middleware import SyncAndAsyncMiddleware
 from .settings import stanchion_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,17 +116,14 @@ def _add_headers_slow(response: HttpResponse, headers: list[tuple[str, str]]) ->
         response.headers[k] = v
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(SyncAndAsyncMiddleware):
     """``STANCHION["LIMIT"]`` on every request (except exemptions).
 
     Sync and async capable: under ASGI it awaits ``limiter.ahit`` and
     never blocks the loop; under WSGI it calls ``hit``."""
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
-        self.get_response = get_response
+        super().__init__(get_response)
         try:
             conf = stanchion_settings()
         except SettingError as exc:
@@ -133,9 +131,6 @@ class RateLimitMiddleware:
         if not conf.enabled or conf.limit is None:
             raise MiddlewareNotUsed("STANCHION['LIMIT'] is not set")
         self.rule = conf.probe
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:

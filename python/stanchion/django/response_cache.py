@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
 from .limits import _is_async
+from .middleware import SyncAndAsyncMiddleware
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -292,7 +293,7 @@ def cache_response(**settings: Any) -> Callable[[F], F]:
     return decorate
 
 
-class CacheMiddleware:
+class CacheMiddleware(SyncAndAsyncMiddleware):
     """Caches every GET/HEAD answer under the path prefixes in
     ``settings.STANCHION_RESPONSE_CACHE["paths"]`` (all paths when absent)
     by the rules of :class:`stanchion.respcache.ResponseCache`; the other
@@ -301,13 +302,10 @@ class CacheMiddleware:
     subclasses and tests). Sync and async capable: under ASGI it never
     blocks the loop. ``cache`` has ``invalidate``, ``clear`` and ``stats``."""
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(
         self, get_response: Callable[[HttpRequest], Any], **settings: Any
     ) -> None:
-        self.get_response = get_response
+        super().__init__(get_response)
         paths: tuple[str, ...] | None
         if settings:
             paths, self.cache = _response_cache(settings)
@@ -315,9 +313,6 @@ class CacheMiddleware:
             paths, self.cache = _response_cache_from_settings()
         self.paths = paths
         self._cached = _CachedCall(self.cache, get_response)
-        self.async_mode = iscoroutinefunction(get_response)
-        if self.async_mode:
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
