@@ -1,5 +1,5 @@
 """What every framework adapter shares: the default scope names, the one
-limiter cache of route limits, deciding a request (sync and async), the
+limiter cache of route limits, deciding a request (blocking), the
 rule for merging the rate limit headers of two layers, header reading
 from a WSGI environ, and status lines. Adapters import these from here,
 never from one another.
@@ -7,7 +7,7 @@ never from one another.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ._limiter import RateLimiter
@@ -94,25 +94,12 @@ def decide(
 ) -> Verdict | None:
     """``rule``'s verdict on a request (blocking ``hit``): from the method,
     path and peer alone when the rule is simple, else from ``view(native)``,
-    the framework's :class:`~stanchion.http.Request` view."""
+    the framework's :class:`~stanchion.http.Request` view. The asyncio
+    adapters write the same choice inline with ``acheck_simple`` and
+    ``acheck``."""
     if rule.simple:
         return rule.check_simple(method, path, peer)
     return rule.check(view(native), peer)
-
-
-def adecide(
-    rule: Rule,
-    method: str,
-    path: str,
-    peer: str | None,
-    view: Callable[[_N], Request],
-    native: _N,
-) -> Awaitable[Verdict | None]:
-    """:func:`decide` without blocking the loop (awaits ``ahit``): the
-    rule's own awaitable, returned as is (no coroutine of its own)."""
-    if rule.simple:
-        return rule.acheck_simple(method, path, peer)
-    return rule.acheck(view(native), peer)
 
 
 # -- two layers of rate limit headers -------------------------------------------

@@ -91,7 +91,7 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
         client = scope.get("client")
         peer = client[0] if client else None
         rule = self.rule
-        # _adapt.adecide, inlined: this runs on every request.
+        # Rule.acheck_simple or acheck: this runs on every request.
         if rule.simple:
             verdict = await rule.acheck_simple(scope["method"], scope["path"], peer)
         else:
