@@ -25,7 +25,9 @@
 One extension object serves any number of apps; each app keeps its own
 settings and buckets in ``app.extensions["stanchion"]``. Limits are
 checked in a ``before_request`` hook (so they also cover async views,
-which need no wrapping) and headers added in ``after_request``.
+which need no wrapping); the headers of allowed requests are added to
+the WSGI response as it starts (``app.wsgi_app`` is wrapped), so
+``after_request`` hooks do not see them.
 
 Which limits apply to a request:
 
@@ -219,9 +221,13 @@ class Stanchion:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        """Limit ``app``'s requests. Again on the same app, its settings
+        are read anew; its requests still count once."""
+        first = "stanchion" not in app.extensions
         app.extensions["stanchion"] = _AppState(self, app)
-        app.before_request(self._before_request)
-        app.after_request(self._after_request)
+        if first:
+            app.before_request(self._before_request)
+            app.wsgi_app = _RateHeaders(app.wsgi_app)  # type: ignore[method-assign]
 
     # -- declaring limits ------------------------------------------------------
 
@@ -400,29 +406,31 @@ class Stanchion:
             req.environ["stanchion.verdicts"] = verdicts
         return None
 
-    def _after_request(self, response: Response) -> Response:
-        verdicts = request.environ.get("stanchion.verdicts")
-        if verdicts:
-            out = response.headers
-            # Our names and values are plain ASCII made here, so they can
-            # skip werkzeug's per-value checks (most of the cost of headers
-            # on allowed responses) when its list is at hand.
-            raw = getattr(out, "_list", None)
-            if type(raw) is not list:
-                raw = None
-            for verdict in verdicts:
-                headers = verdict.headers()
-                if not headers:
-                    continue
-                if raw is not None:
-                    raw.extend(outer_headers(headers, raw))
-                else:
-                    out.extend(outer_headers(headers, out, _has_x_limit))
-        return response
 
+class _RateHeaders:
+    """The app's WSGI callable with the rate limit headers of its allowed
+    requests (the verdicts ``_before_request`` left in the environ) added
+    as the response starts: to the list werkzeug hands the server, after
+    its header checks and copies, which cost more than the decision."""
 
-def _has_x_limit(headers: Any) -> bool:
-    return "X-RateLimit-Limit" in headers
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        def start(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            verdicts = environ.get("stanchion.verdicts")
+            if verdicts:
+                for verdict in verdicts:
+                    extra = verdict.headers()
+                    if extra:
+                        headers = headers + outer_headers(extra, headers)
+            return start_response(status, headers, exc_info)
+
+        return self.app(environ, start)
 
 
 def _flask_upstream(app: Flask, view: Any, args: Any, kwargs: Any, limit: int) -> Any:
