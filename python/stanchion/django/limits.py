@@ -135,9 +135,7 @@ class RateLimitMiddleware(SyncAndAsyncMiddleware):
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        verdict = self.rule.check(
-            DjangoRequest(request), request.META.get("REMOTE_ADDR")
-        )
+        verdict = _check(self.rule, request)
         if verdict is None:
             return self.get_response(request)
         if verdict.blocked:
