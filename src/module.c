@@ -10,6 +10,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->cached_call_type);
 	Py_VISIT(st->cache_info_type);
 	Py_VISIT(st->rate_headers_type);
+	Py_VISIT(st->header_send_type);
 	for (int i = 0; i < 5; i++) {
 		Py_VISIT(st->hdr_str[i]);
 		Py_VISIT(st->hdr_bytes[i]);
@@ -18,6 +19,9 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->str_cost);
 	Py_VISIT(st->str_default);
 	Py_VISIT(st->str_ttl);
+	Py_VISIT(st->str_type);
+	Py_VISIT(st->str_headers);
+	Py_VISIT(st->str_response_start);
 	return 0;
 }
 
@@ -32,6 +36,7 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->cached_call_type);
 	Py_CLEAR(st->cache_info_type);
 	Py_CLEAR(st->rate_headers_type);
+	Py_CLEAR(st->header_send_type);
 	for (int i = 0; i < 5; i++) {
 		Py_CLEAR(st->hdr_str[i]);
 		Py_CLEAR(st->hdr_bytes[i]);
@@ -40,6 +45,9 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->str_cost);
 	Py_CLEAR(st->str_default);
 	Py_CLEAR(st->str_ttl);
+	Py_CLEAR(st->str_type);
+	Py_CLEAR(st->str_headers);
+	Py_CLEAR(st->str_response_start);
 	return 0;
 }
 
@@ -89,6 +97,8 @@ static int module_exec(PyObject *module)
 	if (st_cached_exec(module, st) < 0)
 		return -1;
 	if (st_rate_headers_exec(module, st) < 0)
+		return -1;
+	if (st_header_send_exec(module, st) < 0)
 		return -1;
 	return 0;
 }

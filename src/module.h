@@ -24,12 +24,16 @@ typedef struct {
 	PyTypeObject *cached_call_type;  /* _core.CachedCall */
 	PyTypeObject *cache_info_type;   /* _core.CacheInfo */
 	PyTypeObject *rate_headers_type; /* _core.RateHeaders */
+	PyTypeObject *header_send_type;  /* _core.HeaderSend */
 	PyObject *hdr_str[5];   /* header names: RateLimit-Policy, ... */
 	PyObject *hdr_bytes[5]; /* the same, lower-case latin-1 (ASGI) */
 	PyObject *kwd_mark;     /* separates args from kwargs in cache keys */
 	PyObject *str_cost;     /* interned keyword names */
 	PyObject *str_default;
 	PyObject *str_ttl;
+	PyObject *str_type; /* ASGI message keys and the start type */
+	PyObject *str_headers;
+	PyObject *str_response_start;
 	st_fastclock clock; /* calibrated once; limiters copy its rate */
 	int ndecisions;     /* entries used in `decisions` */
 	PyObject
@@ -49,5 +53,6 @@ int st_limiter_exec(PyObject *module, st_state *st);
 int st_cache_exec(PyObject *module, st_state *st);
 int st_cached_exec(PyObject *module, st_state *st);
 int st_rate_headers_exec(PyObject *module, st_state *st);
+int st_header_send_exec(PyObject *module, st_state *st);
 
 #endif /* ST_MODULE_H */

@@ -1,4 +1,4 @@
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from types import GenericAlias
 from typing import Any, ClassVar, Final, Generic, TypeVar, final, overload
 
@@ -148,6 +148,13 @@ class CachedCall:
 def make_key(
     args: tuple[Any, ...], kwargs: dict[str, Any] | None = None, typed: bool = False
 ) -> Hashable: ...
+
+@final
+class HeaderSend:
+    def __new__(
+        cls, send: Callable[[Any], Any], extra: Iterable[tuple[bytes, bytes]]
+    ) -> HeaderSend: ...
+    def __call__(self, message: Any, /) -> Any: ...
 
 @final
 class RateHeaders:

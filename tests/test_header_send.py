@@ -1,0 +1,199 @@
+"""_core.HeaderSend: the ASGI send that adds rate limit headers to the
+response start, against the Python rule it replaces
+(``[*headers, *outer_headers(extra, headers)]``), hostile messages and
+callbacks that re-enter it."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stanchion._adapt import outer_headers
+from stanchion._core import HeaderSend
+
+TRIO = [
+    (b"x-ratelimit-limit", b"5"),
+    (b"x-ratelimit-remaining", b"4"),
+    (b"x-ratelimit-reset", b"12"),
+]
+IETF = [(b"ratelimit-policy", b'"g";q=5;w=60'), (b"ratelimit", b'"g";r=4;t=12')]
+
+names = st.sampled_from(
+    [
+        *(b"content-type", b"x-ratelimit-limit", b"X-RateLimit-Limit"),
+        *(b"X-RATELIMIT-LIMIT", b"x-ratelimit-limi", b"x-ratelimit-limitx"),
+        *(b"ratelimit", b"set-cookie"),
+    ]
+)
+header_lists = st.lists(st.tuples(names, st.binary(max_size=8)), max_size=6)
+extras = st.sampled_from([[], IETF, TRIO, IETF + TRIO, TRIO[:2], [IETF[0]]])
+
+
+@given(headers=header_lists, extra=extras)
+def test_same_headers_as_the_python_rule(
+    headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
+) -> None:
+    sent: list[Any] = []
+    app_list = list(headers)
+    message = {"type": "http.response.start", "status": 200, "headers": app_list}
+    HeaderSend(sent.append, extra)(message)
+    assert sent == [message]
+    assert message["headers"] == [*headers, *outer_headers(extra, headers)]
+    assert app_list == headers  # the app's own list is never changed
+
+
+def test_other_messages_pass_through_untouched() -> None:
+    sent: list[Any] = []
+    hs = HeaderSend(sent.append, IETF)
+    body = {"type": "http.response.body", "body": b"x"}
+    assert hs(body) is None
+    assert sent[0] is body and body == {"type": "http.response.body", "body": b"x"}
+    start: dict[str, Any] = {"type": "http.response.start", "status": 200}
+    hs(start)
+    assert start["headers"] == IETF  # no headers key: ours alone
+    start = {"type": "http.response.start", "status": 200, "headers": None}
+    hs(start)
+    assert start["headers"] == IETF
+    start = {"type": "http.response.start", "headers": ((b"a", b"1"),)}
+    hs(start)
+    assert start["headers"] == [(b"a", b"1"), *IETF]
+
+
+def test_returns_what_send_returns_and_raises_what_it_raises() -> None:
+    marker = object()
+    assert HeaderSend(lambda m: marker, IETF)({"type": "x"}) is marker
+
+    def fail(message: Any) -> None:
+        raise ConnectionResetError("gone")
+
+    with pytest.raises(ConnectionResetError, match="gone"):
+        HeaderSend(fail, IETF)({"type": "http.response.start"})
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        ((None, IETF), {}, "send must be callable"),
+        ((print, [(b"a", "b")]), {}, r"\(bytes, bytes\) pairs"),
+        ((print, [(b"a",)]), {}, r"\(bytes, bytes\) pairs"),
+        ((print, [b"ab"]), {}, r"\(bytes, bytes\) pairs"),
+        ((print, 5), {}, "not iterable"),
+        ((print,), {}, "HeaderSend"),
+        ((print, IETF), {"x": 1}, "keyword"),
+    ],
+)
+def test_bad_arguments(args: Any, kwargs: Any, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        HeaderSend(*args, **kwargs)
+
+
+def test_bad_calls() -> None:
+    hs = HeaderSend(print, IETF)
+    with pytest.raises(TypeError, match="one message"):
+        hs()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="one message"):
+        hs({}, {})  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="one message"):
+        hs(message={})  # type: ignore[call-arg]
+    with pytest.raises(KeyError):
+        hs({})
+    with pytest.raises(TypeError):
+        hs(None)
+    with pytest.raises(TypeError):
+        hs({"type": "http.response.start", "headers": 5})
+
+
+def test_extra_is_copied_at_construction() -> None:
+    extra = list(IETF)
+    sent: list[Any] = []
+    hs = HeaderSend(sent.append, extra)
+    extra.clear()
+    message: dict[str, Any] = {"type": "http.response.start", "headers": []}
+    hs(message)
+    assert message["headers"] == IETF
+
+
+def test_reentrant_send_and_hostile_messages() -> None:
+    """send calling the same wrapper again, a message whose methods
+    change it, headers whose iteration fails or frees the wrapper: each
+    answers or raises, nothing crashes."""
+    sent: list[Any] = []
+    hs: Any = None
+
+    def send(message: Any) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.start" and len(sent) < 3:
+            hs({"type": "http.response.start", "headers": []})
+
+    hs = HeaderSend(send, IETF)
+    hs({"type": "http.response.start", "headers": []})
+    assert len(sent) == 3 and all(m["headers"] == IETF for m in sent)
+
+    class Shifty(dict):  # type: ignore[type-arg]
+        def __getitem__(self, key: Any) -> Any:
+            value = super().__getitem__(key)
+            self.clear()
+            return value
+
+    shifty = Shifty(type="http.response.start", headers=[(b"a", b"1")])
+    sent.clear()
+    HeaderSend(sent.append, IETF)(shifty)
+    # Reading "type" emptied it: no headers of the app's left to keep.
+    assert sent[0]["headers"] == IETF
+
+    def broken() -> Any:
+        yield (b"a", b"1")
+        raise RuntimeError("iteration failed")
+
+    with pytest.raises(RuntimeError, match="iteration failed"):
+        HeaderSend(print, IETF)({"type": "http.response.start", "headers": broken()})
+
+    holder: list[Any] = []
+
+    def dropping() -> Any:
+        holder.clear()  # the last reference to the wrapper besides the call's
+        gc.collect()
+        yield (b"a", b"1")
+
+    holder.append(HeaderSend(sent.append, IETF))
+    sent.clear()
+    holder[0]({"type": "http.response.start", "headers": dropping()})
+    assert sent[0]["headers"] == [(b"a", b"1"), *IETF]
+
+
+def test_no_reference_leaks_in_a_hot_loop() -> None:
+    send_result = object()
+    extra = list(IETF + TRIO)
+    headers = [(b"content-type", b"text/plain")]
+
+    def send(message: Any) -> object:
+        return send_result
+
+    objs = (send, send_result, headers, *extra[0], *headers[0])
+    before = [sys.getrefcount(o) for o in objs]
+    for _ in range(10_000):
+        hs = HeaderSend(send, extra)
+        hs({"type": "http.response.start", "headers": headers})
+        hs({"type": "http.response.body", "body": b""})
+    del hs
+    assert [sys.getrefcount(o) for o in objs] == before
+
+
+def test_a_cycle_through_the_wrapper_is_collected() -> None:
+    import weakref
+
+    class Send:
+        def __call__(self, message: Any) -> None:
+            pass
+
+    s = Send()
+    s.wrapper = HeaderSend(s, IETF)  # type: ignore[attr-defined]
+    ref = weakref.ref(s)
+    del s
+    gc.collect()
+    assert ref() is None
