@@ -142,12 +142,18 @@ def _length(headers: list[tuple[str, str]]) -> int | None:
 
 async def send_cached(reply: Any, send: Send) -> None:
     """Send a :class:`stanchion.respcache.Reply` built by the cache."""
+    n = reply.entry_headers
+    if n:
+        # The stored headers' encoding is made once, on the entry.
+        entry = reply.entry
+        raw = entry.raw
+        if raw is None:
+            raw = entry.raw = encode_headers(entry.headers)
+        headers = [*raw, *encode_headers(reply.headers[n:])]
+    else:
+        headers = encode_headers(reply.headers)
     await send(
-        {
-            "type": "http.response.start",
-            "status": reply.status,
-            "headers": encode_headers(reply.headers),
-        }
+        {"type": "http.response.start", "status": reply.status, "headers": headers}
     )
     await send({"type": "http.response.body", "body": reply.body})
 

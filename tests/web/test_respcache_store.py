@@ -275,6 +275,37 @@ def test_asgi_parts_of_declared_length_are_stored(clock: FakeClock) -> None:
     assert labels == [b"MISS", b"HIT"]
 
 
+def test_asgi_hits_send_the_entry_headers_encoded_once(clock: FakeClock) -> None:
+    """A hit sends the stored headers as encoded on the first hit (kept
+    on the entry), then its own Age and X-Cache: a server that changes
+    the list it was sent changes no later hit."""
+    import asyncio
+
+    from stanchion.asgi import CacheMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raw = [(b"content-type", b"text/plain"), (b"x-app", b"1")]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    mw = CacheMiddleware(app, ttl=100, clock=clock)
+    starts = []
+    for step in range(4):
+        sent = asyncio.run(_asgi_call(mw, "/once", {}))
+        starts.append(list(sent[0]["headers"]))
+        sent[0]["headers"].append((b"x-server", b"mutated"))
+        sent[0]["headers"][0] = (b"content-type", b"changed")
+        clock.advance(step + 1)
+    names = [[k for k, _ in h] for h in starts]
+    assert all(n == names[1] for n in names[1:]), names
+    assert b"x-server" not in names[1]
+    for i, h in enumerate(starts[1:], 1):
+        d = dict(h)
+        assert d[b"content-type"] == b"text/plain" and d[b"x-app"] == b"1"
+        assert d[b"x-cache"] == b"HIT"
+        assert d[b"age"] == str(sum(range(1, i + 1))).encode()
+
+
 @pytest.mark.parametrize("failure", ["stream503", "raise"])
 def test_asgi_stale_never_follows_an_answer_already_sent(
     failure: str, clock: FakeClock

@@ -94,7 +94,8 @@ class Entry:
         self.etag = etag
         self.stored_at = stored_at
         self.tags = tags
-        self.raw: list[tuple[bytes, bytes]] | None = None  # ASGI's encoding
+        #: ``headers`` as ASGI sends them, made on the first hit.
+        self.raw: list[tuple[bytes, bytes]] | None = None
 
     def pack(self) -> bytes:
         head = json.dumps(
@@ -150,7 +151,15 @@ class Reply:
     ``headers``, ``body``), or the upstream's own response (``native``)
     with ``headers`` added to it."""
 
-    __slots__ = ("body", "entry", "headers", "native", "passthrough", "status")
+    __slots__ = (
+        "body",
+        "entry",
+        "entry_headers",
+        "headers",
+        "native",
+        "passthrough",
+        "status",
+    )
 
     def __init__(
         self,
@@ -168,3 +177,6 @@ class Reply:
         self.entry = entry
         self.native = native
         self.passthrough = passthrough
+        #: How many of ``headers`` are ``entry.headers`` as stored: an
+        #: adapter may send its encoding of those kept on the entry.
+        self.entry_headers = 0

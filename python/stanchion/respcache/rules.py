@@ -397,9 +397,11 @@ class Rules:
             headers += [("Age", age), ("X-Cache", label)]
             return Reply(304, headers, b"", entry=entry)
         headers = [*entry.headers, ("Age", age), ("X-Cache", label)]
-        return Reply(
+        reply = Reply(
             entry.status, headers, b"" if plan.head else entry.body, entry=entry
         )
+        reply.entry_headers = len(entry.headers)
+        return reply
 
     def miss(self, plan: Plan, up: Upstream, entry: Entry | None) -> Reply:
         """The reply for a request that went upstream; ``entry`` is what
