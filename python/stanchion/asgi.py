@@ -92,8 +92,11 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
         client = scope.get("client")
         peer = client[0] if client else None
         rule = self.rule
-        # Rule.acheck_simple or acheck: this runs on every request.
-        if rule.simple:
+        # Rule.acheck_simple or acheck: this runs on every request. The C
+        # limiter's hit never waits: no coroutine for it.
+        if rule.simple_in_c:
+            verdict = rule.check_simple(scope["method"], scope["path"], peer)
+        elif rule.simple:
             verdict = await rule.acheck_simple(scope["method"], scope["path"], peer)
         else:
             verdict = await rule.acheck(AsgiRequest(scope), peer)

@@ -253,6 +253,12 @@ class Rule(_RuleHeaders):
             or self.client_address.has_proxies
             or response is not None
         )
+        #: True when ``simple`` and its limiter is the in-process C one,
+        #: whose hit never waits: asyncio adapters call ``check_simple``
+        #: then, without a coroutine.
+        self.simple_in_c = (
+            self.simple and self._fixed is not None and _in_c(self._fixed.limiter)
+        )
 
     # -- deciding --------------------------------------------------------------
 
@@ -517,6 +523,12 @@ class Rule(_RuleHeaders):
             )
             return Verdict(self, d, info, False, request)
         return Verdict(self, d, info, True, request)
+
+
+def _in_c(limiter: RateLimiter) -> bool:
+    """Whether ``limiter`` is the in-process C limiter itself, whose ``hit``
+    never waits. Exactly that class: a subclass may make ``ahit`` wait."""
+    return type(limiter) is Limiter
 
 
 #: A pending decision: (rate info, bucket key, cost, the identity to name
