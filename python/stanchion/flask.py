@@ -82,6 +82,7 @@ from flask import (
     g,
     request,
 )
+from flask.globals import _cv_request
 from werkzeug.datastructures import Headers
 
 from ._adapt import MIDDLEWARE_SCOPE, outer_headers, route_scope
@@ -366,10 +367,12 @@ class Stanchion:
         return state
 
     def _before_request(self) -> Response | None:
-        # One proxy lookup each for the app and the request: werkzeug's
-        # context-local proxies cost about as much as a decision.
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        req = request._get_current_object()  # type: ignore[attr-defined]
+        # The request context itself: the app and request proxies cost
+        # about as much as a decision each (Flask 2.2+ keeps it in a
+        # context variable; tests pin that).
+        ctx = _cv_request.get()
+        app = ctx.app
+        req = ctx.request
         state: _AppState = app.extensions["stanchion"]
         if not state.checked:
             state = self._first_request(app, state)
@@ -399,7 +402,7 @@ class Stanchion:
                 continue
             if verdict.blocked:
                 status, headers, body = verdict.reply()
-                return app.response_class(body, status=status, headers=headers)  # type: ignore[no-any-return]
+                return app.response_class(body, status=status, headers=headers)
             if verdict.rule.headers_on_allowed:
                 verdicts.append(verdict)
         if verdicts:

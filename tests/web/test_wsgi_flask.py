@@ -605,3 +605,17 @@ def test_flask_headers_join_the_wsgi_response_once(
     assert r.status_code == 500
     assert rate_headers(r)["X-RateLimit-Remaining"] == "2"
     assert seen == [False, False, False]
+
+
+def test_flask_request_context_variable_is_the_one_flask_uses() -> None:
+    """_before_request reads the app and request from Flask's request
+    context variable instead of the proxies: on the Flask installed, it
+    holds the same objects the proxies give."""
+    import flask
+    from flask.globals import _cv_request
+
+    app = Flask(__name__)
+    with app.test_request_context("/x"):
+        ctx = _cv_request.get()
+        assert ctx.app is flask.current_app._get_current_object()  # type: ignore[attr-defined]
+        assert ctx.request is flask.request._get_current_object()  # type: ignore[attr-defined]
