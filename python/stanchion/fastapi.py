@@ -85,6 +85,8 @@ async def _acheck(rule: Rule, request: StarletteRequest) -> Verdict | None:
     scope = request.scope
     client = scope.get("client")  # request.client builds a tuple
     peer = client[0] if client else None
+    if rule.simple_in_c:  # never waits: no coroutine
+        return rule.check_simple(scope["method"], scope["path"], peer)
     if rule.simple:
         return await rule.acheck_simple(scope["method"], scope["path"], peer)
     return await rule.acheck(StarletteView(request), peer)

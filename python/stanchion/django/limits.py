@@ -63,6 +63,8 @@ def _check(rule: Rule, request: HttpRequest) -> Verdict | None:
 
 
 async def _acheck(rule: Rule, request: HttpRequest) -> Verdict | None:
+    if rule.simple_in_c:  # never waits: no coroutine
+        return _check(rule, request)
     if rule.simple:
         return await rule.acheck_simple(
             request.method or "GET", request.path, request.META.get("REMOTE_ADDR")
