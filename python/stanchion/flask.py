@@ -422,7 +422,9 @@ class _RateHeaders:
         def start(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
-            verdicts = environ.get("stanchion.verdicts")
+            # Taken, not read: an outer app's layer (this app mounted in
+            # it by DispatcherMiddleware) must not add them once more.
+            verdicts = environ.pop("stanchion.verdicts", None)
             if verdicts:
                 for verdict in verdicts:
                     extra = verdict.headers()

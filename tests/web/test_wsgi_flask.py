@@ -605,3 +605,32 @@ def test_flask_headers_join_the_wsgi_response_once(
     assert r.status_code == 500
     assert rate_headers(r)["X-RateLimit-Remaining"] == "2"
     assert seen == [False, False, False]
+
+
+def test_flask_app_mounted_in_a_limited_app_sends_its_headers_once(
+    clock: FakeClock,
+) -> None:
+    """A limited Flask app mounted in another limited one (werkzeug's
+    DispatcherMiddleware under the outer app's extension): the inner
+    app's request is limited and its headers sent by the inner app alone,
+    not added once more by the outer app's WSGI layer, which did not
+    limit it."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    inner = Flask("inner")
+    Stanchion(inner, default_limit="5/minute")
+
+    @inner.route("/x")
+    def x() -> str:
+        return "x"
+
+    outer = Flask("outer")
+    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/api": inner})  # type: ignore[method-assign]
+    Stanchion(outer, default_limit="7/minute")
+
+    r = get(outer.test_client(), "/api/x")
+    assert r.status_code == 200
+    assert {k: r.headers.getlist(k) for k in ("RateLimit", "RateLimit-Policy")} == {
+        "RateLimit": ['"global";r=4;t=12'],
+        "RateLimit-Policy": ['"global";q=5;w=60'],
+    }
