@@ -634,3 +634,26 @@ def test_flask_app_mounted_in_a_limited_app_sends_its_headers_once(
         "RateLimit": ['"global";r=4;t=12'],
         "RateLimit-Policy": ['"global";q=5;w=60'],
     }
+
+
+def test_flask_second_extension_object_on_an_app_is_refused(
+    ext: Stanchion,
+) -> None:
+    """The app's hooks and state belong to its first extension object: a
+    second one's limits would silently never apply, so init_app with it
+    fails and the first keeps limiting."""
+    app = Flask(__name__)
+    ext.init_app(app)
+    other = Stanchion()
+
+    @app.route("/x")
+    @other.limit("1/minute")
+    def x() -> str:
+        return "x"
+
+    with pytest.raises(ValueError, match="already has a Stanchion"):
+        other.init_app(app)
+    with pytest.raises(ValueError, match="already has a Stanchion"):
+        Stanchion(app)
+    assert app.extensions["stanchion"].ext is ext
+    ext.init_app(app)  # the same object again is fine
