@@ -32,7 +32,7 @@ import operator
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi import HTTPException
+from fastapi import Depends, HTTPException
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
@@ -257,6 +257,43 @@ def _find_param(sig: inspect.Signature, cls: type) -> str | None:
     return None
 
 
+def _gated(func: Callable[..., Any], rule: Rule) -> Any:
+    """``limit`` for a generator endpoint, which FastAPI calls without
+    awaiting (the function it unwraps is a generator function) and
+    streams: a coroutine wrapper would be streamed as nothing, unlimited,
+    and a 429 can't be sent once streaming starts. So a dependency
+    decides first, as :class:`RateLimit` does (a blocked request raises
+    :class:`RateLimited`), and the wrapper only calls the endpoint."""
+
+    async def gate(request: StarletteRequest, response: Response) -> None:
+        verdict = await _acheck(rule, request)
+        if verdict is None:
+            return
+        if verdict.blocked:
+            raise RateLimited(verdict)
+        _set_headers(response, verdict)
+
+    @functools.wraps(func)
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        del kwargs[_GATE]
+        return func(*args, **kwargs)
+
+    sig, _, _ = _inject(func, False)
+    params = [p for p in sig.parameters.values() if p.name != "_stanchion_request"]
+    param = inspect.Parameter(
+        _GATE, inspect.Parameter.KEYWORD_ONLY, default=Depends(gate)
+    )
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        params.insert(len(params) - 1, param)
+    else:
+        params.append(param)
+    gated.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return gated
+
+
+_GATE = "_stanchion_limit"
+
+
 def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[[F], F]:
     """Route decorator: ``@limit("10/minute")`` under ``@app.get(...)``.
 
@@ -268,11 +305,18 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
 
     Requests that fail FastAPI's validation (422) never reach the
     endpoint and are not counted; use the middleware to count those too.
+    A generator endpoint (streamed by FastAPI) is the exception: it is
+    limited by a dependency, as :class:`RateLimit` limits, which decides
+    before validation and raises :class:`RateLimited` when blocked.
     """
     share_limiters(settings)
 
     def decorate(func: F) -> F:
         rule = Rule(limit, scope=scope or route_scope(func), **settings)
+        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+            gated = _gated(func, rule)
+            gated.__stanchion_rule__ = rule
+            return gated  # type: ignore[no-any-return]
         # The injected Response only carries headers on allowed requests;
         # without those FastAPI need not build and merge one per request.
         new_sig, take_req, take_resp = _inject(func, rule.headers_on_allowed)
