@@ -313,7 +313,9 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
 
     def decorate(func: F) -> F:
         rule = Rule(limit, scope=scope or route_scope(func), **settings)
-        if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        # Unwrapped, as FastAPI looks (a decorator of the user's own, say).
+        inner = inspect.unwrap(func)
+        if inspect.isgeneratorfunction(inner) or inspect.isasyncgenfunction(inner):
             gated = _gated(func, rule)
             gated.__stanchion_rule__ = rule
             return gated  # type: ignore[no-any-return]

@@ -4,6 +4,7 @@ driven through httpx's ASGI transport."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -509,8 +510,18 @@ async def test_decorator_sync_endpoint_runs_in_the_thread_pool() -> None:
     assert seen == [False]
 
 
-@pytest.mark.parametrize("asynchronous", [False, True])
-async def test_decorator_on_a_generator_endpoint(asynchronous: bool) -> None:
+def passing(func: Any) -> Any:
+    """A decorator of the user's own, made with functools.wraps."""
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "wrapped"])
+async def test_decorator_on_a_generator_endpoint(kind: str) -> None:
     """FastAPI streams a generator endpoint (JSON lines), calling it
     without awaiting: under @limit it still streams its items with the
     rate headers, its parameters still validated (a request that fails
@@ -519,13 +530,21 @@ async def test_decorator_on_a_generator_endpoint(asynchronous: bool) -> None:
     (problem+json with the module's exception handlers)."""
     app = FastAPI(exception_handlers=exception_handlers)
 
-    if asynchronous:
+    if kind == "async":
 
         @app.get("/lines")
         @limit(AsyncOnlyLimiter("2/minute"))
         async def lines(n: int = 2) -> AsyncIterator[int]:
             for i in range(n):
                 yield i
+
+    elif kind == "wrapped":
+
+        @app.get("/lines")
+        @limit(AsyncOnlyLimiter("2/minute"))
+        @passing
+        def lines(n: int = 2) -> Iterator[int]:  # type: ignore[misc]
+            yield from range(n)
 
     else:
 
