@@ -137,6 +137,22 @@ def _take(name: str | None, own: bool) -> Callable[[dict[str, Any]], Any]:
     return lambda kwargs: kwargs.pop(name)
 
 
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    """``func``'s signature, its annotations evaluated where they can be
+    (FastAPI would evaluate a wrapper's in the wrong module)."""
+    try:
+        return inspect.signature(func, eval_str=True)
+    except NameError:
+        return inspect.signature(func)
+
+
+def _is_generator(func: Callable[..., Any]) -> bool:
+    """Whether FastAPI streams ``func``'s items: it looks at the function
+    unwrapped (under a decorator of the user's own, say)."""
+    inner = inspect.unwrap(func)
+    return inspect.isgeneratorfunction(inner) or inspect.isasyncgenfunction(inner)
+
+
 def _inject(
     func: Callable[..., Any], need_response: bool
 ) -> tuple[
@@ -146,10 +162,7 @@ def _inject(
     endpoint's own parameters plus, when it lacks them, the Request and
     (if ``need_response``) the Response the wrapper needs; and the two
     getters of those from the kwargs FastAPI passes."""
-    try:
-        sig = inspect.signature(func, eval_str=True)
-    except NameError:
-        sig = inspect.signature(func)
+    sig = _signature(func)
     req_name = _find_param(sig, StarletteRequest)
     resp_name = _find_param(sig, Response)
     own_req = req_name is not None
@@ -278,8 +291,8 @@ def _gated(func: Callable[..., Any], rule: Rule) -> Any:
         del kwargs[_GATE]
         return func(*args, **kwargs)
 
-    sig, _, _ = _inject(func, False)
-    params = [p for p in sig.parameters.values() if p.name != "_stanchion_request"]
+    sig = _signature(func)
+    params = list(sig.parameters.values())
     param = inspect.Parameter(
         _GATE, inspect.Parameter.KEYWORD_ONLY, default=Depends(gate)
     )
@@ -313,9 +326,7 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
 
     def decorate(func: F) -> F:
         rule = Rule(limit, scope=scope or route_scope(func), **settings)
-        # Unwrapped, as FastAPI looks (a decorator of the user's own, say).
-        inner = inspect.unwrap(func)
-        if inspect.isgeneratorfunction(inner) or inspect.isasyncgenfunction(inner):
+        if _is_generator(func):
             gated = _gated(func, rule)
             gated.__stanchion_rule__ = rule
             return gated  # type: ignore[no-any-return]
@@ -379,7 +390,8 @@ def cache(**settings: Any) -> Callable[[F], F]:
     keeps its signature (no ``request: Request`` needed); values it
     returns are sent as FastAPI's JSON (a ``response_model`` is not
     applied to them: return a Response, or a value already shaped as
-    the model). Streaming responses pass through uncached. The wrapper's
+    the model). Streaming responses (and generator endpoints) pass
+    through uncached. The wrapper's
     ``cache`` attribute has ``invalidate``, ``clear`` and ``stats``.
     """
 
@@ -388,6 +400,16 @@ def cache(**settings: Any) -> Callable[[F], F]:
     rc = ResponseCache(**settings)
 
     def decorate(func: F) -> F:
+        if _is_generator(func):
+            # Streamed by FastAPI, which calls it without awaiting: it
+            # passes through uncached, as other streams do.
+            @functools.wraps(func)
+            def streamed(*args: Any, **kwargs: Any) -> Any:
+                return func(*args, **kwargs)
+
+            streamed.__signature__ = _signature(func)  # type: ignore[attr-defined]
+            streamed.cache = rc  # type: ignore[attr-defined]
+            return streamed  # type: ignore[return-value]
         new_sig, take_req, take_resp = _inject(func, True)
         call = func if inspect.iscoroutinefunction(func) else _in_threadpool(func)
 

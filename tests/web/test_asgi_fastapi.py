@@ -565,6 +565,46 @@ async def test_decorator_on_a_generator_endpoint(kind: str) -> None:
     assert [p["name"] for p in params] == ["n"]
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_cache_passes_a_generator_endpoint_through(asynchronous: bool) -> None:
+    """@cache on a generator endpoint (streamed by FastAPI): its items
+    are sent, each request runs it (streams are not stored), and a limit
+    over both still applies."""
+    from stanchion.fastapi import cache
+
+    app = FastAPI(exception_handlers=exception_handlers)
+    calls: list[int] = []
+
+    if asynchronous:
+
+        @app.get("/lines")
+        @limit(AsyncOnlyLimiter("2/minute"))
+        @cache(ttl=60)
+        async def lines(n: int = 2) -> AsyncIterator[int]:
+            calls.append(n)
+            for i in range(n):
+                yield i
+
+    else:
+
+        @app.get("/lines")
+        @limit(AsyncOnlyLimiter("2/minute"))
+        @cache(ttl=60)
+        def lines(n: int = 2) -> Iterator[int]:  # type: ignore[misc]
+            calls.append(n)
+            yield from range(n)
+
+    async with client(app) as c:
+        for _ in range(2):
+            r = await c.get("/lines", params={"n": 3})
+            assert r.status_code == 200 and r.text == "0\n1\n2\n"
+            assert "ratelimit" in r.headers
+        assert (await c.get("/lines")).status_code == 429
+    assert calls == [3, 3]
+    params = app.openapi()["paths"]["/lines"]["get"]["parameters"]
+    assert [p["name"] for p in params] == ["n"]
+
+
 async def test_decorator_plans_and_spoofing(limits: dict[str, Any]) -> None:
     app = decorated_app(limits)
     async with client(app) as c:
