@@ -32,7 +32,7 @@ import operator
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi import HTTPException
+from fastapi import Depends, HTTPException
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
@@ -139,6 +139,22 @@ def _take(name: str | None, own: bool) -> Callable[[dict[str, Any]], Any]:
     return lambda kwargs: kwargs.pop(name)
 
 
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    """``func``'s signature, its annotations evaluated where they can be
+    (FastAPI would evaluate a wrapper's in the wrong module)."""
+    try:
+        return inspect.signature(func, eval_str=True)
+    except NameError:
+        return inspect.signature(func)
+
+
+def _is_generator(func: Callable[..., Any]) -> bool:
+    """Whether FastAPI streams ``func``'s items: it looks at the function
+    unwrapped (under a decorator of the user's own, say)."""
+    inner = inspect.unwrap(func)
+    return inspect.isgeneratorfunction(inner) or inspect.isasyncgenfunction(inner)
+
+
 def _inject(
     func: Callable[..., Any], need_response: bool
 ) -> tuple[
@@ -148,10 +164,7 @@ def _inject(
     endpoint's own parameters plus, when it lacks them, the Request and
     (if ``need_response``) the Response the wrapper needs; and the two
     getters of those from the kwargs FastAPI passes."""
-    try:
-        sig = inspect.signature(func, eval_str=True)
-    except NameError:
-        sig = inspect.signature(func)
+    sig = _signature(func)
     req_name = _find_param(sig, StarletteRequest)
     resp_name = _find_param(sig, Response)
     own_req = req_name is not None
@@ -259,6 +272,43 @@ def _find_param(sig: inspect.Signature, cls: type) -> str | None:
     return None
 
 
+def _gated(func: Callable[..., Any], rule: Rule) -> Any:
+    """``limit`` for a generator endpoint, which FastAPI calls without
+    awaiting (the function it unwraps is a generator function) and
+    streams: a coroutine wrapper would be streamed as nothing, unlimited,
+    and a 429 can't be sent once streaming starts. So a dependency
+    decides first, as :class:`RateLimit` does (a blocked request raises
+    :class:`RateLimited`), and the wrapper only calls the endpoint."""
+
+    async def gate(request: StarletteRequest, response: Response) -> None:
+        verdict = await _acheck(rule, request)
+        if verdict is None:
+            return
+        if verdict.blocked:
+            raise RateLimited(verdict)
+        _set_headers(response, verdict)
+
+    @functools.wraps(func)
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        del kwargs[_GATE]
+        return func(*args, **kwargs)
+
+    sig = _signature(func)
+    params = list(sig.parameters.values())
+    param = inspect.Parameter(
+        _GATE, inspect.Parameter.KEYWORD_ONLY, default=Depends(gate)
+    )
+    if params and params[-1].kind is inspect.Parameter.VAR_KEYWORD:
+        params.insert(len(params) - 1, param)
+    else:
+        params.append(param)
+    gated.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return gated
+
+
+_GATE = "_stanchion_limit"
+
+
 def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[[F], F]:
     """Route decorator: ``@limit("10/minute")`` under ``@app.get(...)``.
 
@@ -270,11 +320,18 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
 
     Requests that fail FastAPI's validation (422) never reach the
     endpoint and are not counted; use the middleware to count those too.
+    A generator endpoint (streamed by FastAPI) is the exception: it is
+    limited by a dependency, as :class:`RateLimit` limits, which decides
+    before validation and raises :class:`RateLimited` when blocked.
     """
     share_limiters(settings)
 
     def decorate(func: F) -> F:
         rule = Rule(limit, scope=scope or route_scope(func), **settings)
+        if _is_generator(func):
+            gated = _gated(func, rule)
+            gated.__stanchion_rule__ = rule
+            return gated  # type: ignore[no-any-return]
         # The injected Response only carries headers on allowed requests;
         # without those FastAPI need not build and merge one per request.
         new_sig, take_req, take_resp = _inject(func, rule.headers_on_allowed)
@@ -335,7 +392,8 @@ def cache(**settings: Any) -> Callable[[F], F]:
     keeps its signature (no ``request: Request`` needed); values it
     returns are sent as FastAPI's JSON (a ``response_model`` is not
     applied to them: return a Response, or a value already shaped as
-    the model). Streaming responses pass through uncached. The wrapper's
+    the model). Streaming responses (and generator endpoints) pass
+    through uncached. The wrapper's
     ``cache`` attribute has ``invalidate``, ``clear`` and ``stats``.
     """
 
@@ -344,6 +402,16 @@ def cache(**settings: Any) -> Callable[[F], F]:
     rc = ResponseCache(**settings)
 
     def decorate(func: F) -> F:
+        if _is_generator(func):
+            # Streamed by FastAPI, which calls it without awaiting: it
+            # passes through uncached, as other streams do.
+            @functools.wraps(func)
+            def streamed(*args: Any, **kwargs: Any) -> Any:
+                return func(*args, **kwargs)
+
+            streamed.__signature__ = _signature(func)  # type: ignore[attr-defined]
+            streamed.cache = rc  # type: ignore[attr-defined]
+            return streamed  # type: ignore[return-value]
         new_sig, take_req, take_resp = _inject(func, True)
         call = func if inspect.iscoroutinefunction(func) else _in_threadpool(func)
 

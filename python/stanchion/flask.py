@@ -121,6 +121,7 @@ class _AppState:
     """One app's settings, limiters and rules."""
 
     def __init__(self, ext: Stanchion, app: Flask) -> None:
+        self.ext = ext
         self.config = _config(app)
         #: False until the first request has checked that ``STANCHION_*``
         #: config did not change after ``init_app`` (``Stanchion(app)``
@@ -223,8 +224,15 @@ class Stanchion:
 
     def init_app(self, app: Flask) -> None:
         """Limit ``app``'s requests. Again on the same app, its settings
-        are read anew; its requests still count once."""
-        first = "stanchion" not in app.extensions
+        are read anew; its requests still count once. An app has one
+        extension object: another's limits would never apply."""
+        state = app.extensions.get("stanchion")
+        if state is not None and state.ext is not self:
+            raise ValueError(
+                "this app already has a Stanchion extension object; declare "
+                "all its limits on that one"
+            )
+        first = state is None
         app.extensions["stanchion"] = _AppState(self, app)
         if first:
             app.before_request(self._before_request)
@@ -425,7 +433,9 @@ class _RateHeaders:
         def start(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Any:
-            verdicts = environ.get("stanchion.verdicts")
+            # Taken, not read: an outer app's layer (this app mounted in
+            # it by DispatcherMiddleware) must not add them once more.
+            verdicts = environ.pop("stanchion.verdicts", None)
             if verdicts:
                 for verdict in verdicts:
                     extra = verdict.headers()

@@ -4,8 +4,10 @@ driven through httpx's ASGI transport."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -506,6 +508,101 @@ async def test_decorator_sync_endpoint_runs_in_the_thread_pool() -> None:
         assert (await c.get("/sync")).status_code == 429
         assert (await c.get("/sync", params={"n": "x"})).status_code == 422
     assert seen == [False]
+
+
+def passing(func: Any) -> Any:
+    """A decorator of the user's own, made with functools.wraps."""
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return call
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "wrapped"])
+async def test_decorator_on_a_generator_endpoint(kind: str) -> None:
+    """FastAPI streams a generator endpoint (JSON lines), calling it
+    without awaiting: under @limit it still streams its items with the
+    rate headers, its parameters still validated (a request that fails
+    validation counts, as under the RateLimit dependency, which decides
+    before validation), and a blocked request is a 429 before it starts
+    (problem+json with the module's exception handlers)."""
+    app = FastAPI(exception_handlers=exception_handlers)
+
+    if kind == "async":
+
+        @app.get("/lines")
+        @limit(AsyncOnlyLimiter("2/minute"))
+        async def lines(n: int = 2) -> AsyncIterator[int]:
+            for i in range(n):
+                yield i
+
+    elif kind == "wrapped":
+
+        @app.get("/lines")
+        @limit(AsyncOnlyLimiter("2/minute"))
+        @passing
+        def lines(n: int = 2) -> Iterator[int]:  # type: ignore[misc]
+            yield from range(n)
+
+    else:
+
+        @app.get("/lines")
+        @limit(AsyncOnlyLimiter("2/minute"))
+        def lines(n: int = 2) -> Iterator[int]:  # type: ignore[misc]
+            yield from range(n)
+
+    async with client(app) as c:
+        r = await c.get("/lines", params={"n": 3})
+        assert r.status_code == 200 and r.text == "0\n1\n2\n"
+        assert r.headers["ratelimit"].endswith(";r=1;t=30")
+        assert (await c.get("/lines", params={"n": "x"})).status_code == 422
+        r = await c.get("/lines")
+        assert r.status_code == 429
+        assert r.headers["content-type"] == "application/problem+json"
+    params = app.openapi()["paths"]["/lines"]["get"]["parameters"]
+    assert [p["name"] for p in params] == ["n"]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+async def test_cache_passes_a_generator_endpoint_through(asynchronous: bool) -> None:
+    """@cache on a generator endpoint (streamed by FastAPI): its items
+    are sent, each request runs it (streams are not stored), and a limit
+    over both still applies."""
+    from stanchion.fastapi import cache
+
+    app = FastAPI(exception_handlers=exception_handlers)
+    calls: list[int] = []
+
+    if asynchronous:
+
+        @app.get("/lines")
+        @limit(AsyncOnlyLimiter("2/minute"))
+        @cache(ttl=60)
+        async def lines(n: int = 2) -> AsyncIterator[int]:
+            calls.append(n)
+            for i in range(n):
+                yield i
+
+    else:
+
+        @app.get("/lines")
+        @limit(AsyncOnlyLimiter("2/minute"))
+        @cache(ttl=60)
+        def lines(n: int = 2) -> Iterator[int]:  # type: ignore[misc]
+            calls.append(n)
+            yield from range(n)
+
+    async with client(app) as c:
+        for _ in range(2):
+            r = await c.get("/lines", params={"n": 3})
+            assert r.status_code == 200 and r.text == "0\n1\n2\n"
+            assert "ratelimit" in r.headers
+        assert (await c.get("/lines")).status_code == 429
+    assert calls == [3, 3]
+    params = app.openapi()["paths"]["/lines"]["get"]["parameters"]
+    assert [p["name"] for p in params] == ["n"]
 
 
 async def test_decorator_plans_and_spoofing(limits: dict[str, Any]) -> None:

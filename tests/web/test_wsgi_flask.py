@@ -619,3 +619,55 @@ def test_flask_request_context_variable_is_the_one_flask_uses() -> None:
         ctx = _cv_request.get()
         assert ctx.app is flask.current_app._get_current_object()  # type: ignore[attr-defined]
         assert ctx.request is flask.request._get_current_object()  # type: ignore[attr-defined]
+
+
+def test_flask_app_mounted_in_a_limited_app_sends_its_headers_once(
+    clock: FakeClock,
+) -> None:
+    """A limited Flask app mounted in another limited one (werkzeug's
+    DispatcherMiddleware under the outer app's extension): the inner
+    app's request is limited and its headers sent by the inner app alone,
+    not added once more by the outer app's WSGI layer, which did not
+    limit it."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    inner = Flask("inner")
+    Stanchion(inner, default_limit="5/minute")
+
+    @inner.route("/x")
+    def x() -> str:
+        return "x"
+
+    outer = Flask("outer")
+    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/api": inner})  # type: ignore[method-assign]
+    Stanchion(outer, default_limit="7/minute")
+
+    r = get(outer.test_client(), "/api/x")
+    assert r.status_code == 200
+    assert {k: r.headers.getlist(k) for k in ("RateLimit", "RateLimit-Policy")} == {
+        "RateLimit": ['"global";r=4;t=12'],
+        "RateLimit-Policy": ['"global";q=5;w=60'],
+    }
+
+
+def test_flask_second_extension_object_on_an_app_is_refused(
+    ext: Stanchion,
+) -> None:
+    """The app's hooks and state belong to its first extension object: a
+    second one's limits would silently never apply, so init_app with it
+    fails and the first keeps limiting."""
+    app = Flask(__name__)
+    ext.init_app(app)
+    other = Stanchion()
+
+    @app.route("/x")
+    @other.limit("1/minute")
+    def x() -> str:
+        return "x"
+
+    with pytest.raises(ValueError, match="already has a Stanchion"):
+        other.init_app(app)
+    with pytest.raises(ValueError, match="already has a Stanchion"):
+        Stanchion(app)
+    assert app.extensions["stanchion"].ext is ext
+    ext.init_app(app)  # the same object again is fine

@@ -79,10 +79,10 @@ class _Connector(_Outage):
                 f"or a redis:// URL, not {type(c).__name__}"
             )
         # The server's clock as seen from here: server time (us) minus
-        # time.monotonic() (us) when the last answered hit was sent, an
-        # upper bound of the true difference (the server read its clock
-        # after the send), off by at most that round trip. None until a
-        # hit is answered, and on Redis Cluster, whose nodes have clocks
+        # time.monotonic() (us) when an answer came back, a lower bound
+        # of the true difference (the server read its clock before the
+        # answer), the largest seen (see RedisLimiter._late). None until
+        # a hit is answered, and on Redis Cluster, whose nodes have clocks
         # of their own (hits there carry no deadline).
         self.skew: float | None = None
         self.deadlines = not isinstance(c, (_RedisCluster, _AsyncRedisCluster))
