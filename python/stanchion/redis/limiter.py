@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -23,8 +23,9 @@ from .._core import Decision
 from .._errors import StorageUnavailable
 from .._limiter import ALGORITHMS, ON_ERROR, await_hit, wait_for_hit
 from .._rates import Rate
+from .._sync import at_once, run_at_once
 from .connections import _Connector
-from .links import _AsyncLink, _glob_escape, _SyncLink
+from .links import _glob_escape, _SyncLink
 from .outage import _Guard, _Unavailable, _Who
 from .scripts import SCRIPTS
 
@@ -301,25 +302,10 @@ class RedisLimiter:
 
     # -- blocking ------------------------------------------------------------
 
-    def _exchange(
-        self,
-        link: _SyncLink,
-        rkey: bytes,
-        cost: int,
-        commit: bytes,
-        again: bool = False,
-    ) -> Any:
-        sent = time.monotonic()
-        args = self._args(rkey, cost, commit, sent)
-        try:
-            reply = link.call("EVALSHA", self._sha, 1, *args)
-        except NoScriptError:
-            reply = link.call("EVAL", self._src, 1, *args)
-        if self._late(reply, sent):
-            if again:
-                raise _RedisTimeoutError("Redis ran the hit after its deadline")
-            return self._exchange(link, rkey, cost, commit, True)
-        return reply
+    def _exchange(self, link: _SyncLink, rkey: bytes, cost: int, commit: bytes) -> Any:
+        """:meth:`_aexchange` over a blocking link: every call it awaits
+        is done at once, so it never suspends."""
+        return run_at_once(self._aexchange(at_once(link.call), rkey, cost, commit))
 
     def _decide(self, key: object, cost: object, commit: bytes) -> Decision:
         rkey = self._key(key)
@@ -357,29 +343,32 @@ class RedisLimiter:
 
     async def _aexchange(
         self,
-        link: _AsyncLink,
+        call: Callable[..., Awaitable[Any]],
         rkey: bytes,
         cost: int,
         commit: bytes,
         again: bool = False,
     ) -> Any:
+        """One decision's script call through ``call`` (a link's): the
+        script by its SHA, or by its source where the server lacks it, and
+        once more if a hit was refused as late while its caller waits."""
         sent = time.monotonic()
         args = self._args(rkey, cost, commit, sent)
         try:
-            reply = await link.call("EVALSHA", self._sha, 1, *args)
+            reply = await call("EVALSHA", self._sha, 1, *args)
         except NoScriptError:
-            reply = await link.call("EVAL", self._src, 1, *args)
+            reply = await call("EVAL", self._src, 1, *args)
         if self._late(reply, sent):
             if again:
                 raise _RedisTimeoutError("Redis ran the hit after its deadline")
-            return await self._aexchange(link, rkey, cost, commit, True)
+            return await self._aexchange(call, rkey, cost, commit, True)
         return reply
 
     async def _adecide(self, key: object, cost: object, commit: bytes) -> Decision:
         rkey = self._key(key)
         c = self._cost(cost)
         link = self._connector.async_link
-        reply = await self._guard.acall(self._aexchange, link, rkey, c, commit)
+        reply = await self._guard.acall(self._aexchange, link.call, rkey, c, commit)
         return self._conclude(reply, c)
 
     async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:

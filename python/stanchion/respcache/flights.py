@@ -20,6 +20,7 @@ import threading
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeAlias, TypeVar
 
+from .._sync import at_once, run_at_once
 from .entries import Entry, Upstream
 
 R = TypeVar("R")
@@ -115,20 +116,4 @@ def run(
     without an event loop: every step it awaits is done at once (a
     ``_ThreadFlight`` blocks in its ``wait``), so its coroutine never
     suspends and one ``send`` runs it to the end."""
-    coro = arun(steps, _at_once(upstream), _at_once(put))
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        result: R = stop.value
-        return result
-    coro.close()
-    raise RuntimeError("a blocking flow waited for an event loop")
-
-
-def _at_once(call: Callable[..., R]) -> Callable[..., Awaitable[R]]:
-    """``call`` as a coroutine function that does not suspend."""
-
-    async def now(*args: Any) -> R:
-        return call(*args)
-
-    return now
+    return run_at_once(arun(steps, at_once(upstream), at_once(put)))
