@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import random
 import sys
 import time
 import warnings
@@ -85,14 +86,19 @@ def measure(cases: dict[str, tuple[Callable[[], None], int]]) -> dict[str, float
     slow spell of this shared machine hits every case alike. A framework
     request costs ~100 us and our share a few us: a median of separate
     runs would drown that share in noise; the least disturbed batch
-    does not."""
+    does not. The cases run in a new random order each round."""
     rounds = 5 if quick() else 400
     best = {name: float("inf") for name in cases}
     clock = time.perf_counter_ns
+    # A new order each round: the case run right after another framework's
+    # meets cold caches, and a fixed order would charge that to one case.
+    order = list(cases.items())
+    shuffle = random.Random(0).shuffle
     gc.disable()  # as timeit does
     try:
         for _ in range(rounds):
-            for name, (fn, per) in cases.items():
+            shuffle(order)
+            for name, (fn, per) in order:
                 t0 = clock()
                 fn()
                 best[name] = min(best[name], (clock() - t0) / per)
@@ -617,7 +623,7 @@ def main() -> None:
         "Per-request cost in-process: ASGI apps called directly (prebuilt scope, "
         "no-op receive/send, 100 calls per loop turn), WSGI apps and Django's WSGI "
         "handler called with a prebuilt environ. Minimal apps; limits never deny; "
-        "one client. Each figure is the fastest of 400 batches of 100 requests, the cases taken in turn. "
+        "one client. Each figure is the fastest of 400 batches of 100 requests, the cases taken in a new random order each round. "
         '"added" is the limited app minus the same app without limiting; the last '
         "column is the peer's added cost divided by stanchion's (the peers send no "
         "rate limit headers on allowed responses unless noted).\n\n"
