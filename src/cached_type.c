@@ -1,5 +1,6 @@
-/* Python bindings for cached functions: _core.CachedCall, _core.CacheInfo
- * and _core.make_key, over a _core.Cache (cache_type.h).
+/* Python bindings for cached functions: _core.CachedCall and
+ * _core.make_key, over a _core.Cache (cache_type.h); the CacheInfo record
+ * its cache_info() returns is cache_info_type.c.
  *
  * Python equivalent (the behaviour, not the speed):
  *
@@ -12,8 +13,6 @@
  *         def cache_info(self) -> CacheInfo: ...
  *         def cache_clear(self): ...
  *         def invalidate(self, *args, **kwargs) -> bool: ...
- *
- *     CacheInfo = namedtuple("CacheInfo", "hits misses maxsize currsize")
  *
  *     def make_key(args, kwargs=None, typed=False): ...  # lru_cache's
  */
@@ -136,25 +135,6 @@ static PyObject *module_make_key(PyObject *module, PyObject *args,
 	}
 	return make_key_tuple(st, a, kw == Py_None ? NULL : kw, typed);
 }
-
-/* =========================================================================
- * CacheInfo
- * ========================================================================= */
-
-static PyStructSequence_Field cache_info_fields[] = {
-    {"hits", "calls answered from the cache"},
-    {"misses", "calls that were not"},
-    {"maxsize", "the most entries kept; None when unbounded"},
-    {"currsize", "the live entries"},
-    {NULL, NULL},
-};
-
-static PyStructSequence_Desc cache_info_desc = {
-    "stanchion._core.CacheInfo",
-    "What cache_info() of a cached function returns, as functools does.",
-    cache_info_fields,
-    4,
-};
 
 /* =========================================================================
  * CachedCall
@@ -499,10 +479,6 @@ int st_cached_exec(PyObject *module, st_state *st)
 	    (PyTypeObject *)PyType_FromModuleAndSpec(module, &cc_spec, NULL);
 	if (st->cached_call_type == NULL ||
 	    PyModule_AddType(module, st->cached_call_type) < 0)
-		return -1;
-	st->cache_info_type = PyStructSequence_NewType(&cache_info_desc);
-	if (st->cache_info_type == NULL ||
-	    PyModule_AddType(module, st->cache_info_type) < 0)
 		return -1;
 	return PyModule_AddFunctions(module, cached_module_methods);
 }

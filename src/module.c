@@ -96,6 +96,8 @@ static int module_exec(PyObject *module)
 		return -1;
 	if (st_cached_exec(module, st) < 0)
 		return -1;
+	if (st_cache_info_exec(module, st) < 0)
+		return -1;
 	if (st_rate_headers_exec(module, st) < 0)
 		return -1;
 	if (st_header_send_exec(module, st) < 0)

@@ -52,6 +52,7 @@ int st_decision_exec(PyObject *module, st_state *st);
 int st_limiter_exec(PyObject *module, st_state *st);
 int st_cache_exec(PyObject *module, st_state *st);
 int st_cached_exec(PyObject *module, st_state *st);
+int st_cache_info_exec(PyObject *module, st_state *st);
 int st_rate_headers_exec(PyObject *module, st_state *st);
 int st_header_send_exec(PyObject *module, st_state *st);
 
