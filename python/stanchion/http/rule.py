@@ -442,10 +442,18 @@ class Rule(_RuleHeaders):
 
     def check_simple(self, method: str, path: str, peer: str | None) -> Verdict | None:
         """``check`` for a rule whose ``simple`` is True, without a Request."""
-        p = self._plan_simple(method, path, peer)
-        if not isinstance(p, tuple):
-            return p
-        return self._conclude(p, p[0].limiter.hit(p[1], p[2]), None)
+        # The hot path of every adapter: _plan_simple's lookup and
+        # _conclude's allowed case, inline.
+        p = self._client_plans.get(peer) if self._plain else None  # type: ignore[arg-type]
+        if p is None:
+            plan = self._plan_simple(method, path, peer)
+            if not isinstance(plan, tuple):
+                return plan
+            p = plan
+        d = p[0].limiter.hit(p[1], p[2])
+        if d.allowed:
+            return Verdict(self, d, p[0], False, None)
+        return self._conclude(p, d, None)
 
     async def acheck_simple(
         self, method: str, path: str, peer: str | None
@@ -461,13 +469,19 @@ class Rule(_RuleHeaders):
 
     def check(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide (sync, calls ``limiter.hit``). ``None``: not limited."""
+        # _plan_request and _conclude's allowed case, inline (per request).
         if self._has_funcs:
             p = self._plan_funcs(request, peer)
+        elif self._plain or not self.exempt(request):
+            p = self._plan_client(request, self._client(request, peer))
         else:
-            p = self._plan_request(request, peer)
+            return None
         if not isinstance(p, tuple):
             return p
-        return self._conclude(p, p[0].limiter.hit(p[1], p[2]), request)
+        d = p[0].limiter.hit(p[1], p[2])
+        if d.allowed:
+            return Verdict(self, d, p[0], False, request)
+        return self._conclude(p, d, request)
 
     async def acheck(self, request: Request, peer: str | None) -> Verdict | None:
         """Decide without blocking the loop (awaits ``limiter.ahit``;
