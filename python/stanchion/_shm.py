@@ -53,7 +53,9 @@ class SharedMemoryStorage:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int):
             raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
         if not 1 <= max_keys <= 1 << 30:
-            raise ValueError(f"max_keys must be between 1 and {1 << 30}, got {max_keys}")
+            raise ValueError(
+                f"max_keys must be between 1 and {1 << 30}, got {max_keys}"
+            )
         self.name = name
         self.max_keys = max_keys
 
@@ -111,8 +113,7 @@ class SharedMemoryLimiter(_core.SharedMemoryLimiter):
     ) -> None:
         if not isinstance(storage, SharedMemoryStorage):
             raise TypeError(
-                "storage must be a SharedMemoryStorage, not "
-                f"{type(storage).__name__}"
+                f"storage must be a SharedMemoryStorage, not {type(storage).__name__}"
             )
         parsed = normalize_rates(rates)
         _check_algorithm(algorithm)
