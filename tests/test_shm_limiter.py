@@ -53,8 +53,8 @@ class FakeClock:
         return self.ns / 1e9
 
 
-def _segment_file(storage: SharedMemoryStorage) -> Path:
-    return Path("/dev/shm") / storage.segment.lstrip("/")
+def _file(segment: str) -> Path:
+    return Path("/dev/shm") / segment.lstrip("/")
 
 
 # -- the storage and the limiter's surface ------------------------------------
@@ -69,9 +69,11 @@ def test_limiter_with_the_storage_is_a_shared_memory_limiter(
     assert isinstance(lim, stanchion.RateLimiter)
     assert stanchion.SharedMemoryStorage is SharedMemoryStorage
     assert [lim.hit("a").allowed for _ in range(4)] == [True, True, True, False]
-    assert _segment_file(s).exists()
+    assert s.segments() == [lim.name]
+    assert _file(lim.name).exists()
     s.unlink()
-    assert not _segment_file(s).exists()
+    assert not _file(lim.name).exists()
+    assert s.segments() == []
     with pytest.raises(FileNotFoundError):
         s.unlink()
     s.unlink(missing_ok=True)
@@ -129,8 +131,8 @@ def test_bad_input_is_rejected_before_any_state_changes(storages: Storages) -> N
         stanchion.Limiter("0/minute", storage=s)
     with pytest.raises(ValueError, match="unknown algorithm"):
         stanchion.Limiter("3/minute", algorithm="leaky", storage=s)
-    # None of these created the segment.
-    assert not _segment_file(s).exists()
+    # None of these created a segment.
+    assert s.segments() == []
     lim = stanchion.Limiter("3/minute", storage=s)
     lim.hit("a")
     before = lim.stats()
@@ -177,29 +179,43 @@ def test_two_limiters_and_one_segment(storages: Storages) -> None:
     assert a.stats()["keys"] == b.stats()["keys"] == 1
 
 
-def test_other_settings_on_the_same_name_fail_naming_both(
-    storages: Storages,
-) -> None:
+def test_each_policy_of_a_storage_has_its_own_segment(storages: Storages) -> None:
+    """One storage serves an app's rules (a default limit, per-view ones):
+    limiters with other rates or another algorithm keep their own state."""
+    s = storages()
+    a = stanchion.Limiter("2/minute", storage=s)
+    b = stanchion.Limiter("3/minute", storage=s)
+    c = stanchion.Limiter("2/minute", algorithm="fixed_window", storage=s)
+    assert [a.hit("k").allowed for _ in range(3)] == [True, True, False]
+    assert b.peek("k").remaining == 2 and c.peek("k").remaining == 1
+    assert len({a.name, b.name, c.name}) == 3
+    assert s.segments() == sorted([a.name, b.name, c.name])
+
+
+def test_other_settings_on_one_segment_fail_naming_both(storages: Storages) -> None:
     s = storages(max_keys=100)
-    stanchion.Limiter("10/minute", storage=s).hit("k")
-    with pytest.raises(ValueError) as e:
-        stanchion.Limiter("10/minute", algorithm="fixed_window", storage=s)
-    assert "token_bucket 10 per 60s" in str(e.value)
-    assert "fixed_window 10 per 60s" in str(e.value)
-    with pytest.raises(ValueError, match=r"10 per 60s.*11 per 60s"):
-        stanchion.Limiter("11/minute", storage=s)
+    lim = stanchion.Limiter("10/minute", storage=s)
+    lim.hit("k")
     with pytest.raises(ValueError, match=r"max_keys=100;.*max_keys=101"):
         stanchion.Limiter(
             "10/minute", storage=SharedMemoryStorage(s.name, max_keys=101)
         )
+    # The segment itself holds its settings: the engine refuses others.
+    other = _core.Limiter("10/minute", "fixed_window", None, 100)
+    with pytest.raises(ValueError) as e:
+        _core.SharedMemoryLimiter(lim.name, other)
+    assert "token_bucket 10 per 60s" in str(e.value)
+    assert "fixed_window 10 per 60s" in str(e.value)
+    with pytest.raises(ValueError, match=r"10 per 60s.*11 per 60s"):
+        _core.SharedMemoryLimiter(lim.name, _core.Limiter("11/minute", max_keys=100))
     # The segment is untouched: the first limiter's state is still there.
     assert stanchion.Limiter("10/minute", storage=s).peek("k").remaining == 8
 
 
 def test_another_layout_version_fails_naming_both(storages: Storages) -> None:
     s = storages()
-    stanchion.Limiter("10/minute", storage=s)
-    with open(_segment_file(s), "r+b") as f:
+    lim = stanchion.Limiter("10/minute", storage=s)
+    with open(_file(lim.name), "r+b") as f:
         f.seek(8)  # the layout version, after the magic number
         f.write((99).to_bytes(4, "little"))
     with pytest.raises(ValueError, match="layout version 99, this stanchion uses"):
@@ -208,7 +224,8 @@ def test_another_layout_version_fails_naming_both(storages: Storages) -> None:
 
 def test_a_foreign_segment_is_refused(storages: Storages) -> None:
     s = storages()
-    _segment_file(s).write_bytes(b"\0" * 8192)
+    template = _core.Limiter("10/minute", "token_bucket", None, s.max_keys)
+    _file(s.segment(template)).write_bytes(b"\0" * 8192)
     with pytest.raises(ValueError, match="not a stanchion segment"):
         stanchion.Limiter("10/minute", storage=s)
 
@@ -223,7 +240,7 @@ def test_stats(storages: Storages) -> None:
     assert st_["max_keys"] == 1000
     assert st_["slots"] >= 1250
     assert st_["evicted"] == st_["expired"] == 0
-    assert st_["memory_bytes"] == _segment_file(lim.storage).stat().st_size
+    assert st_["memory_bytes"] == _file(lim.name).stat().st_size
 
 
 def test_a_full_segment_keeps_a_blocked_client_blocked(storages: Storages) -> None:
@@ -453,3 +470,4 @@ def test_core_type_checks_its_template() -> None:
         )
     with pytest.raises(ValueError, match="invalid shared memory name"):
         _core.SharedMemoryLimiter("no-slash", _core.Limiter("1/second"))
+

@@ -1,12 +1,15 @@
 """Rate limits shared by the processes of one host, in shared memory.
 
-``SharedMemoryStorage("myapp")`` names a POSIX shared-memory segment
-(``/dev/shm/stanchion.myapp`` on Linux). The first limiter to use it
-creates it with its rates, algorithm and ``max_keys``; every process that
-opens the same name with the same settings then shares the limits
-(gunicorn or uvicorn workers, forked or started separately). Opening it
-with other settings, or from a stanchion with another segment layout,
-raises ValueError naming both, so use one name per limit.
+``SharedMemoryStorage("myapp")`` names a family of POSIX shared-memory
+segments, one per policy (algorithm and compiled rates):
+``/dev/shm/stanchion.myapp@<digest of the policy>`` on Linux, so the
+rules of one app (a default limit, per-view limits) each get their own
+table under one storage name. The first limiter of a policy creates its
+segment with its ``max_keys``; every process that makes a limiter with
+the same rates then shares the limits (gunicorn or uvicorn workers,
+forked or started separately). Opening it with another ``max_keys``, or
+from a stanchion with another segment layout, raises ValueError naming
+both.
 
 Lifetime: the segment stays until ``unlink()`` (or a reboot, which
 empties /dev/shm); restarting the server keeps the limits. A process
@@ -16,6 +19,8 @@ never blocks the others. All processes must share one pid namespace.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Callable, Sequence
 
@@ -29,6 +34,7 @@ __all__ = ["SharedMemoryLimiter", "SharedMemoryStorage"]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 # The segment of a name: a prefix keeps stanchion's apart from others'.
 _PREFIX = "/stanchion."
+_SHM_DIR = "/dev/shm"
 
 
 class SharedMemoryStorage:
@@ -59,10 +65,11 @@ class SharedMemoryStorage:
         self.name = name
         self.max_keys = max_keys
 
-    @property
-    def segment(self) -> str:
-        """The shm_open name of the segment."""
-        return _PREFIX + self.name
+    def segment(self, template: _core.Limiter) -> str:
+        """The shm_open name of the segment for the policy of `template`
+        (its algorithm and compiled rates; ``@`` is not in any name)."""
+        policy = repr((template.algorithm, template.limits)).encode()
+        return f"{_PREFIX}{self.name}@{hashlib.sha256(policy).hexdigest()[:20]}"
 
     def __repr__(self) -> str:
         return f"SharedMemoryStorage({self.name!r}, max_keys={self.max_keys})"
@@ -84,14 +91,28 @@ class SharedMemoryStorage:
             self, rates, algorithm=algorithm, burst=burst, clock=clock
         )
 
-    def unlink(self, missing_ok: bool = False) -> None:
-        """Remove the segment's name: processes that use it keep their
-        limits, new ones create a fresh segment."""
+    def segments(self) -> list[str]:
+        """The shm_open names of this storage's segments (Linux lists them
+        in /dev/shm)."""
+        start = f"{_PREFIX[1:]}{self.name}@"
         try:
-            _core.shm_unlink(self.segment)
+            names = os.listdir(_SHM_DIR)
         except FileNotFoundError:
-            if not missing_ok:
-                raise
+            return []
+        return sorted("/" + n for n in names if n.startswith(start))
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        """Remove the names of this storage's segments: processes that use
+        them keep their limits, new limiters create fresh segments.
+        FileNotFoundError when there are none, unless `missing_ok`."""
+        segments = self.segments()
+        if not segments and not missing_ok:
+            raise FileNotFoundError(f"no shared memory segments for {self!r}")
+        for segment in segments:
+            try:
+                _core.shm_unlink(segment)
+            except FileNotFoundError:
+                pass
 
 
 class SharedMemoryLimiter(_core.SharedMemoryLimiter):
@@ -122,7 +143,7 @@ class SharedMemoryLimiter(_core.SharedMemoryLimiter):
         # The in-process limiter checks and compiles the rates; the
         # segment is created with (or checked against) its compiled form.
         template = _core.Limiter(parsed, algorithm, burst, storage.max_keys)
-        super().__init__(storage.segment, template, clock)
+        super().__init__(storage.segment(template), template, clock)
         self._rates = tuple(parsed)
         self.storage = storage
 
