@@ -471,3 +471,40 @@ def test_core_type_checks_its_template() -> None:
     with pytest.raises(ValueError, match="invalid shared memory name"):
         _core.SharedMemoryLimiter("no-slash", _core.Limiter("1/second"))
 
+
+# -- settings: shm:// URLs --------------------------------------------------------
+
+
+def _setting(_: object) -> str:
+    return "STANCHION_STORAGE_URL"
+
+
+def test_shm_urls_in_settings() -> None:
+    from stanchion._settings import storage_from_url
+
+    s = storage_from_url("shm://my.app", _setting)
+    assert isinstance(s, SharedMemoryStorage)
+    assert (s.name, s.max_keys) == ("my.app", 100_000)
+    s = storage_from_url("shm://my-app?max_keys=50", _setting)
+    assert (s.name, s.max_keys) == ("my-app", 50)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("shm://", "name must be"),
+        ("shm://a/b", "name must be"),
+        ("shm://x?max_keys=0", "max_keys must be between"),
+        ("shm://x?max_keys=a", r"the only option is \?max_keys=N"),
+        ("shm://x?maxkeys=5", r"the only option is \?max_keys=N"),
+        ("shm://x?max_keys=1&max_keys=2", r"the only option is \?max_keys=N"),
+        ("shm://x?&", r"the only option is \?max_keys=N"),
+        ("shmem://x", "unsupported URL 'shmem://x' .*shm://"),
+    ],
+)
+def test_bad_shm_urls_are_refused_by_setting_name(url: str, message: str) -> None:
+    from stanchion._settings import storage_from_url
+    from stanchion.http import SettingError
+
+    with pytest.raises(SettingError, match="^STANCHION_STORAGE_URL: .*" + message):
+        storage_from_url(url, _setting)
