@@ -247,6 +247,11 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
     lim = stanchion.Limiter(f"{HUGE}/second")
     full = stanchion.Limiter("1/hour")
     full.hit(KEY)
+    # The same hits through shared memory (a segment of this run's own).
+    storage = stanchion.SharedMemoryStorage(f"bench-{os.getpid()}", max_keys=1000)
+    shm = stanchion.Limiter(f"{HUGE}/second", storage=storage)
+    shm_full = stanchion.Limiter("1/hour", storage=storage)
+    shm_full.hit(KEY)
     env: dict[str, Any] = {
         "noop": KEY.isascii,
         "get": {KEY: 1}.get,
@@ -254,6 +259,8 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
         "hit": lim.hit,
         "peek": lim.peek,
         "denied": full.hit,
+        "shm_hit": shm.hit,
+        "shm_denied": shm_full.hit,
         "key": KEY,
         "bkey": KEY.encode(),
     }
@@ -265,11 +272,16 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
         ("stanchion token_bucket hit(key)", "hit(key)"),
         ("stanchion token_bucket hit(bytes key)", "hit(bkey)"),
         ("stanchion token_bucket hit(key), denied", "denied(key)"),
+        ("stanchion token_bucket hit(key), shared memory", "shm_hit(key)"),
+        ("stanchion token_bucket hit(key), shared memory, denied", "shm_denied(key)"),
     ]
     samples: dict[str, list[float]] = {label: [] for label, _ in cases}
-    for _ in range(rounds):
-        for label, stmt in cases:
-            samples[label].append(per_call_ns(stmt, env, clock=time.process_time))
+    try:
+        for _ in range(rounds):
+            for label, stmt in cases:
+                samples[label].append(per_call_ns(stmt, env, clock=time.process_time))
+    finally:
+        storage.unlink(missing_ok=True)
     return [(label, statistics.median(v)) for label, v in samples.items()]
 
 
