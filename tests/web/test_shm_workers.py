@@ -1,0 +1,85 @@
+"""uvicorn --workers 2 with the ASGI middleware on a shm:// storage: the
+workers share one limit, so the 429 count is exact across them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from stanchion import SharedMemoryStorage
+
+from .test_load import free_port
+
+HERE = Path(__file__).resolve().parent
+QUOTA = 30  # the app's "30/day"
+
+
+@pytest.mark.slow
+def test_uvicorn_two_workers_share_one_limit() -> None:
+    name = f"test-{uuid.uuid4().hex}"
+    port = free_port()
+    env = {**os.environ, "SHM_NAME": name}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(HERE),
+            "_shm_app:app",
+            "--workers",
+            "2",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        # Wait until both workers answer (each response names its pid);
+        # every request counts against the one shared limit.
+        statuses: Counter[int] = Counter()
+        pids: set[str] = set()
+        deadline = time.monotonic() + 30
+
+        def get(_: int) -> tuple[int, str]:
+            with httpx.Client(timeout=5) as c:  # one connection per request
+                r = c.get(base + "/")
+                return r.status_code, r.text
+
+        while True:
+            try:
+                status, text = get(0)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, "uvicorn exited"
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.1)
+        statuses[status] += 1
+        pids.add(text)
+        with ThreadPoolExecutor(8) as pool:
+            for status, text in pool.map(get, range(199)):
+                statuses[status] += 1
+                if status == 200:
+                    pids.add(text)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        SharedMemoryStorage(name).unlink(missing_ok=True)
+    assert statuses == {200: QUOTA, 429: 200 - QUOTA}, statuses
+    # Both workers admitted requests from the one budget.
+    assert len(pids) == 2, pids
