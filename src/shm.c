@@ -246,8 +246,10 @@ static void lock_slow(uint32_t *lock, uint32_t me)
 			cpu_relax();
 			continue;
 		}
-		/* Held for long: is the holder still there? */
-		if (owner != me && owner_gone(owner) &&
+		/* Held for long: is the holder still there? (Asked every
+		 * 64th time: a holder merely descheduled is the common
+		 * case, and the question costs system calls.) */
+		if (owner != me && (spins & 63) == 0 && owner_gone(owner) &&
 		    __atomic_compare_exchange_n(lock, &owner, me, 0,
 		                                __ATOMIC_ACQUIRE,
 		                                __ATOMIC_RELAXED))
@@ -524,9 +526,11 @@ int st_shm_open(st_shm *h, const char *name, const st_policy *policy,
 			fail(err, errlen, "cannot map", name);
 			goto done;
 		}
-		if (hdr->magic == ST_SHM_MAGIC &&
+		if ((hdr->magic == ST_SHM_MAGIC || hdr->magic == 0) &&
 		    __atomic_load_n(&hdr->ready, __ATOMIC_ACQUIRE) != 1) {
-			/* Its creator died before finishing: redo it. */
+			/* Its creator died before finishing (after sizing
+			 * it, before or while writing the header; we hold
+			 * the flock it held): redo it. */
 			munmap(hdr, (size_t)sb.st_size);
 			rc = create_segment(h, fd, name, &want, err, errlen);
 		} else {

@@ -225,9 +225,22 @@ def test_another_layout_version_fails_naming_both(storages: Storages) -> None:
 def test_a_foreign_segment_is_refused(storages: Storages) -> None:
     s = storages()
     template = _core.Limiter("10/minute", "token_bucket", None, s.max_keys)
-    _file(s.segment(template)).write_bytes(b"\0" * 8192)
+    _file(s.segment(template)).write_bytes(b"x" * 8192)
     with pytest.raises(ValueError, match="not a stanchion segment"):
         stanchion.Limiter("10/minute", storage=s)
+
+
+def test_a_segment_abandoned_by_its_creator_is_made_again(
+    storages: Storages,
+) -> None:
+    """A creator killed after sizing the segment, before its header was
+    written, leaves zeros: the next process creates it afresh."""
+    s = storages()
+    template = _core.Limiter("10/minute", "token_bucket", None, s.max_keys)
+    _file(s.segment(template)).write_bytes(b"\0" * 8192)
+    lim = stanchion.Limiter("10/minute", storage=s)
+    assert lim.hit("k").remaining == 9
+    assert lim.stats()["memory_bytes"] == _file(lim.name).stat().st_size > 8192
 
 
 def test_stats(storages: Storages) -> None:
