@@ -83,3 +83,35 @@ def test_uvicorn_two_workers_share_one_limit() -> None:
     assert statuses == {200: QUOTA, 429: 200 - QUOTA}, statuses
     # Both workers admitted requests from the one budget.
     assert len(pids) == 2, pids
+
+
+def test_flask_rules_with_other_rates_share_one_shm_url() -> None:
+    """A Flask app's default limit and a view's own limit on one
+    STANCHION_STORAGE_URL = "shm://...": each rate keeps its own state."""
+    from flask import Flask
+
+    from stanchion.flask import Stanchion
+
+    name = f"test-{uuid.uuid4().hex}"
+    app = Flask(__name__)
+    app.config["STANCHION_STORAGE_URL"] = f"shm://{name}"
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/day"
+    ext = Stanchion()
+
+    @app.get("/default")
+    def default() -> str:
+        return "ok"
+
+    @app.get("/own")
+    @ext.limit("3/day")
+    def own() -> str:
+        return "ok"
+
+    ext.init_app(app)
+    try:
+        c = app.test_client()
+        assert [c.get("/default").status_code for _ in range(3)] == [200, 200, 429]
+        assert [c.get("/own").status_code for _ in range(4)] == [200, 200, 200, 429]
+        assert len(SharedMemoryStorage(name).segments()) == 2
+    finally:
+        SharedMemoryStorage(name).unlink(missing_ok=True)
