@@ -91,12 +91,17 @@ ST_INLINE st_shm_header *header(const st_shm *h)
 	return (st_shm_header *)h->base;
 }
 
-/* The bucket of `kh`: hi scaled onto [0, nbuckets) by a multiplication. */
-ST_INLINE char *bucket_of(const st_shm *h, st_shm_hash kh)
+/* Bucket `i`. */
+ST_INLINE char *bucket_at(const st_shm *h, uint32_t i)
 {
-	uint64_t i =
-	    (uint64_t)(((unsigned __int128)kh.hi * h->nbuckets) >> 64);
-	return h->base + ST_SHM_HEADER_SIZE + i * h->bucket_size;
+	return h->base + ST_SHM_HEADER_SIZE + (size_t)i * h->bucket_size;
+}
+
+/* A hash word scaled onto [0, nbuckets) by a multiplication: a key's two
+ * candidate buckets come from its two hash words. */
+ST_INLINE uint32_t bucket_index(const st_shm *h, uint64_t x)
+{
+	return (uint32_t)(((unsigned __int128)x * h->nbuckets) >> 64);
 }
 
 /* ---- SipHash-2-4, 128-bit output ----------------------------------------
@@ -584,26 +589,54 @@ ST_INLINE int find_slot(char *b, st_shm_hash kh)
 	return -1;
 }
 
-/* A slot for a new key in bucket `b`: an empty one, else the one closest
- * to full (counted as expired when it is full, else as evicted). */
-static int make_room(st_shm *h, char *b, int64_t now)
+static int live_in(char *b)
 {
 	const uint64_t *lo = b_lo(b);
+	int n = 0;
+	for (int i = 0; i < ST_SHM_WAYS; i++)
+		n += lo[i] != 0;
+	return n;
+}
+
+/* A slot for a new key, in bucket `a` or `b` (both locked; the same one
+ * when a == b): an empty one in the emptier bucket (two choices keep the
+ * buckets even, so evictions start only near a full segment), else the
+ * slot of the two buckets closest to full, counted as expired when it is
+ * full and as evicted otherwise. Sets *in to the bucket chosen. */
+static int make_room(st_shm *h, char *a, char *b, int64_t now, char **in)
+{
+	char *cand[2] = {a, b};
+	int ncand = a == b ? 1 : 2;
 	int best = 0;
 	int64_t best_full_in = INT64_MAX;
 
-	for (int i = 0; i < ST_SHM_WAYS; i++) {
-		if (lo[i] == 0)
-			return i;
+	*in = a;
+	if (ncand == 2 && live_in(b) < live_in(a)) {
+		cand[0] = b;
+		cand[1] = a;
 	}
-	for (int i = 0; i < ST_SHM_WAYS; i++) {
-		int64_t f = st_policy_full_in(
-		    &h->policy, slot_state(h, b, i, b_sel(b)[i] & 1), now);
-		if (f < best_full_in) {
-			best_full_in = f;
-			best = i;
-			if (f == 0)
-				break;
+	for (int c = 0; c < ncand; c++) {
+		const uint64_t *lo = b_lo(cand[c]);
+		for (int i = 0; i < ST_SHM_WAYS; i++) {
+			if (lo[i] == 0) {
+				*in = cand[c];
+				return i;
+			}
+		}
+	}
+	for (int c = 0; c < ncand && best_full_in > 0; c++) {
+		char *x = cand[c];
+		for (int i = 0; i < ST_SHM_WAYS; i++) {
+			int64_t f = st_policy_full_in(
+			    &h->policy, slot_state(h, x, i, b_sel(x)[i] & 1),
+			    now);
+			if (f < best_full_in) {
+				best_full_in = f;
+				best = i;
+				*in = x;
+				if (f == 0)
+					break;
+			}
 		}
 	}
 	__atomic_fetch_add(
@@ -612,46 +645,87 @@ static int make_room(st_shm *h, char *b, int64_t now)
 	return best;
 }
 
-void st_shm_decide(st_shm *h, st_shm_hash kh, int64_t now, int64_t cost,
-                   int commit, st_decision *out)
+/* Decides on the key in slot `i` of locked bucket `b`. */
+ST_INLINE void decide_at(st_shm *h, char *b, int i, int64_t now, int64_t cost,
+                         int commit, st_decision *out)
 {
-	char *b = bucket_of(h, kh);
 	size_t bytes = sizeof(int64_t) * (size_t)st_policy_words(&h->policy);
 	int64_t state[ST_MAX_RATES * 3];
+	int sel = b_sel(b)[i] & 1;
+
+	memcpy(state, slot_state(h, b, i, sel), bytes);
+	st_policy_decide(&h->policy, state, now, cost, commit, out);
+	if (out->allowed && commit) {
+		/* The spare copy, then one store makes it current. */
+		memcpy(slot_state(h, b, i, sel ^ 1), state, bytes);
+		__atomic_store_n(&b_sel(b)[i], (uint8_t)(sel ^ 1),
+		                 __ATOMIC_RELEASE);
+	}
+}
+
+/* Looks `kh` up in bucket `b` and decides on it if there. Returns 1 when
+ * found. Takes and releases the bucket's lock. */
+ST_INLINE int decide_in(st_shm *h, char *b, st_shm_hash kh, int64_t now,
+                        int64_t cost, int commit, st_decision *out)
+{
 	int i;
 
 	bucket_lock(b);
 	i = find_slot(b, kh);
-	if (ST_LIKELY(i >= 0)) {
-		int sel = b_sel(b)[i] & 1;
-		memcpy(state, slot_state(h, b, i, sel), bytes);
-		st_policy_decide(&h->policy, state, now, cost, commit, out);
-		if (out->allowed && commit) {
-			/* The spare copy, then one store makes it current. */
-			memcpy(slot_state(h, b, i, sel ^ 1), state, bytes);
-			__atomic_store_n(&b_sel(b)[i], (uint8_t)(sel ^ 1),
-			                 __ATOMIC_RELEASE);
-		}
-	} else {
-		st_policy_fresh(&h->policy, state);
-		st_policy_decide(&h->policy, state, now, cost, commit, out);
-		if (out->allowed && commit) {
-			i = make_room(h, b, now);
-			/* Empty the slot first and publish it last. */
-			__atomic_store_n(&b_lo(b)[i], 0, __ATOMIC_RELAXED);
-			__atomic_thread_fence(__ATOMIC_RELEASE);
-			b_hi(b)[i] = kh.hi;
-			memcpy(slot_state(h, b, i, 0), state, bytes);
-			b_sel(b)[i] = 0;
-			__atomic_store_n(&b_lo(b)[i], kh.lo, __ATOMIC_RELEASE);
-		}
-	}
+	if (i >= 0)
+		decide_at(h, b, i, now, cost, commit, out);
 	bucket_unlock(b);
+	return i >= 0;
 }
 
-void st_shm_reset(st_shm *h, st_shm_hash kh)
+/* A key lives in one of two buckets, from its two hash words. A lookup
+ * holds one bucket lock at a time; only storing a new key holds both
+ * (lower index first, so no two processes wait on each other) and
+ * searches both again, so a key is never stored twice. */
+void st_shm_decide(st_shm *h, st_shm_hash kh, int64_t now, int64_t cost,
+                   int commit, st_decision *out)
 {
-	char *b = bucket_of(h, kh);
+	uint32_t ia = bucket_index(h, kh.hi), ib = bucket_index(h, kh.lo);
+	char *a = bucket_at(h, ia), *b = bucket_at(h, ib), *in;
+	size_t bytes = sizeof(int64_t) * (size_t)st_policy_words(&h->policy);
+	int64_t state[ST_MAX_RATES * 3];
+	int i;
+
+	if (ST_LIKELY(decide_in(h, a, kh, now, cost, commit, out)))
+		return;
+	if (ib != ia && decide_in(h, b, kh, now, cost, commit, out))
+		return;
+	/* An unknown key is full. Only an allowed, committed hit stores
+	 * it: peeks and denials never grow the table. */
+	st_policy_fresh(&h->policy, state);
+	st_policy_decide(&h->policy, state, now, cost, commit, out);
+	if (!(out->allowed && commit))
+		return;
+	bucket_lock(ia <= ib ? a : b);
+	if (ib != ia)
+		bucket_lock(ia <= ib ? b : a);
+	/* Stored meanwhile by another process? Then decide on that. */
+	if ((i = find_slot(a, kh)) >= 0) {
+		decide_at(h, a, i, now, cost, commit, out);
+	} else if (ib != ia && (i = find_slot(b, kh)) >= 0) {
+		decide_at(h, b, i, now, cost, commit, out);
+	} else {
+		i = make_room(h, a, b, now, &in);
+		/* Empty the slot first and publish it last. */
+		__atomic_store_n(&b_lo(in)[i], 0, __ATOMIC_RELAXED);
+		__atomic_thread_fence(__ATOMIC_RELEASE);
+		b_hi(in)[i] = kh.hi;
+		memcpy(slot_state(h, in, i, 0), state, bytes);
+		b_sel(in)[i] = 0;
+		__atomic_store_n(&b_lo(in)[i], kh.lo, __ATOMIC_RELEASE);
+	}
+	if (ib != ia)
+		bucket_unlock(b);
+	bucket_unlock(a);
+}
+
+static void reset_in(char *b, st_shm_hash kh)
+{
 	int i;
 
 	bucket_lock(b);
@@ -661,10 +735,19 @@ void st_shm_reset(st_shm *h, st_shm_hash kh)
 	bucket_unlock(b);
 }
 
+void st_shm_reset(st_shm *h, st_shm_hash kh)
+{
+	uint32_t ia = bucket_index(h, kh.hi), ib = bucket_index(h, kh.lo);
+
+	reset_in(bucket_at(h, ia), kh);
+	if (ib != ia)
+		reset_in(bucket_at(h, ib), kh);
+}
+
 void st_shm_reset_all(st_shm *h)
 {
 	for (uint32_t k = 0; k < h->nbuckets; k++) {
-		char *b = h->base + ST_SHM_HEADER_SIZE + k * h->bucket_size;
+		char *b = bucket_at(h, k);
 		bucket_lock(b);
 		for (int i = 0; i < ST_SHM_WAYS; i++)
 			__atomic_store_n(&b_lo(b)[i], 0, __ATOMIC_RELEASE);
@@ -678,7 +761,7 @@ void st_shm_get_stats(const st_shm *h, st_shm_stats *out)
 	uint64_t keys = 0;
 
 	for (uint32_t k = 0; k < h->nbuckets; k++) {
-		char *b = h->base + ST_SHM_HEADER_SIZE + k * h->bucket_size;
+		char *b = bucket_at(h, k);
 		for (int i = 0; i < ST_SHM_WAYS; i++)
 			keys += __atomic_load_n(&b_lo(b)[i],
 			                        __ATOMIC_RELAXED) != 0;
@@ -693,7 +776,7 @@ void st_shm_get_stats(const st_shm *h, st_shm_stats *out)
 
 void st_shm_hold_lock(st_shm *h, st_shm_hash kh)
 {
-	bucket_lock(bucket_of(h, kh));
+	bucket_lock(bucket_at(h, bucket_index(h, kh.hi)));
 }
 
 #else /* !__linux__ */

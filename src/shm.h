@@ -14,7 +14,9 @@
  * are equal: for n live keys that happens with probability below
  * n^2 / 2^129 (about 2e-27 at a million keys), which we accept.
  *
- * A key lives in one bucket (chosen by its hash) in any of its slots.
+ * A key lives in one of two buckets (one from each hash word), in any of
+ * their slots; a new key goes to the emptier of the two, which keeps the
+ * buckets even, so evictions start only when the segment is nearly full.
  * Each bucket has a lock word: 0 when free, else the pid of the process
  * holding it. A waiter that finds the holder gone (kill(pid, 0) fails with
  * ESRCH, or the holder is a zombie) takes the lock over, so a process
@@ -26,11 +28,11 @@
  * mix (several rates of a key stay all-or-nothing). All processes must
  * share one pid namespace.
  *
- * When a new key finds its bucket full, the slot to reuse is the one
- * whose state is closest to full (a full one first: nothing is lost),
- * which is the in-process table's sampled least-loss eviction with the
- * bucket's ST_SHM_WAYS slots as the sample: a blocked client outlasts a
- * flood of fresh keys.
+ * When a new key finds both its buckets full, the slot to reuse is the
+ * one whose state is closest to full (a full one first: nothing is lost),
+ * which is the in-process table's sampled least-loss eviction with the two
+ * buckets' 2 * ST_SHM_WAYS slots as the sample: a blocked client outlasts
+ * a flood of fresh keys.
  *
  * Lifetime: the first process to open a name creates and sizes the
  * segment (under flock, so concurrent openers wait and a creator that
@@ -49,7 +51,7 @@
 #include "limit.h"
 
 #define ST_SHM_MAGIC UINT64_C(0x4d5368636e617473) /* "stanchSM" */
-#define ST_SHM_LAYOUT 1
+#define ST_SHM_LAYOUT 2
 #define ST_SHM_WAYS 8           /* slots per bucket */
 #define ST_SHM_HEADER_SIZE 4096 /* bytes before the first bucket */
 #define ST_SHM_MAX_KEYS (UINT32_C(1) << 30)

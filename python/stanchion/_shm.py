@@ -44,8 +44,9 @@ class SharedMemoryStorage:
     ``name``: letters, digits, ``.``, ``_`` and ``-`` (at most 200), the
     same in every process that shares the limits. ``max_keys``: clients
     tracked at once; the segment is sized for it when created (with a
-    quarter more slots, in buckets of 8), and a new client whose bucket is
-    full replaces the one of those 8 closest to being back to full.
+    quarter more slots, in buckets of 8; a client may live in either of
+    two buckets), and a new client whose two buckets are full replaces
+    the one of those 16 closest to being back to full.
     """
 
     def __init__(self, name: str, *, max_keys: int = 100_000) -> None:
