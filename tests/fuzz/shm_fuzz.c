@@ -8,12 +8,14 @@
  *     the segment and by st_policy_decide on a plain per-key model, which
  *     must agree field for field;
  *   - a full table keeps a blocked key blocked through a flood;
- *   - 8 forked processes hammering one key admit exactly its limit;
+ *   - 8 forked processes hammering one key admit exactly its limit, and
+ *     4 racing to store the same new keys never store one twice;
  *   - a process killed while holding a bucket's lock (reaped or still a
  *     zombie) blocks nobody;
  *   - reopening a name with other settings fails, naming both.
  */
 #define _GNU_SOURCE
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -238,6 +240,78 @@ static void hammer(void)
 	CHECK(st_shm_unlink(name) == 0);
 }
 
+/* 4 processes race to store the same new keys: in each of RACE_ROUNDS
+ * rounds they meet at a barrier and then hit the round's RACE_KEYS fresh
+ * keys (a fixed window of 1) once each. A key stored twice would admit a
+ * second hit. The segment is large enough that nothing is evicted. */
+#define RACE_ROUNDS 20000
+#define RACE_KEYS 4
+#define RACE_PROCS 4
+static void race(void)
+{
+	st_policy p;
+	st_shm h;
+	st_shm_stats s;
+	const char *why;
+	size_t nkeys = RACE_ROUNDS * RACE_KEYS;
+	long *shared =
+	    mmap(NULL, (nkeys + 1) * sizeof(long), PROT_READ | PROT_WRITE,
+	         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	long *arrived = shared, *allowed = shared + 1;
+
+	CHECK(shared != MAP_FAILED);
+	st_policy_init(&p, ST_FIXED_WINDOW);
+	CHECK(st_policy_add(&p, 1, INT64_C(1) << 50, 0, &why) == 0);
+	open_or_die(&h, &p, (uint32_t)(3 * nkeys));
+	for (int c = 0; c < RACE_PROCS; c++) {
+		pid_t pid = fork();
+		CHECK(pid >= 0);
+		if (pid == 0) {
+			st_shm child;
+			open_or_die(&child, &p, (uint32_t)(3 * nkeys));
+			for (long r = 0; r < RACE_ROUNDS; r++) {
+				__atomic_fetch_add(arrived, 1,
+				                   __ATOMIC_SEQ_CST);
+				while (__atomic_load_n(arrived,
+				                       __ATOMIC_SEQ_CST) <
+				       RACE_PROCS * (r + 1))
+					sched_yield();
+				for (int k = 0; k < RACE_KEYS; k++) {
+					long idx = r * RACE_KEYS + k;
+					char key[24];
+					int n = snprintf(key, sizeof(key),
+					                 "r%ld", idx);
+					st_decision d;
+					st_shm_decide(
+					    &child,
+					    st_shm_hash_key(&child, 1, key,
+					                    (size_t)n),
+					    5, 1, 1, &d);
+					if (d.allowed)
+						__atomic_fetch_add(
+						    &allowed[idx], 1,
+						    __ATOMIC_RELAXED);
+				}
+			}
+			st_shm_close(&child);
+			_exit(0);
+		}
+	}
+	for (int c = 0; c < RACE_PROCS; c++) {
+		int status;
+		CHECK(wait(&status) > 0);
+		CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	}
+	st_shm_get_stats(&h, &s);
+	CHECK(s.evicted == 0);
+	for (size_t k = 0; k < nkeys; k++)
+		CHECK(allowed[k] == 1);
+	CHECK(s.keys == nkeys);
+	munmap(shared, (nkeys + 1) * sizeof(long));
+	st_shm_close(&h);
+	CHECK(st_shm_unlink(name) == 0);
+}
+
 /* A process killed holding a lock: others take it over, whether the dead
  * process was reaped already or is still a zombie. */
 static void killed_holder(int reap_first)
@@ -328,6 +402,7 @@ int main(int argc, char **argv)
 	}
 	flood();
 	hammer();
+	race();
 	killed_holder(1);
 	killed_holder(0);
 	mismatch();
