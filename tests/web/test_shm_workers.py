@@ -115,3 +115,65 @@ def test_flask_rules_with_other_rates_share_one_shm_url() -> None:
         assert len(SharedMemoryStorage(name).segments()) == 2
     finally:
         SharedMemoryStorage(name).unlink(missing_ok=True)
+
+
+_FLASK_SERVER = """
+import sys
+from flask import Flask
+from werkzeug.serving import run_simple
+from stanchion.flask import Stanchion
+
+app = Flask(__name__)
+app.config["STANCHION_STORAGE_URL"] = sys.argv[2]
+app.config["STANCHION_DEFAULT_LIMIT"] = "20/day"
+
+
+@app.get("/")
+def hello():
+    return "ok"
+
+
+Stanchion(app)
+run_simple("127.0.0.1", int(sys.argv[1]), app, processes=4)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [("shm", {200: 20, 429: 40}), ("memory", {200: 60})],
+    ids=["shm", "memory"],
+)
+def test_flask_under_a_forking_server(storage: str, expected: dict[int, int]) -> None:
+    """werkzeug with processes=4 forks a child per request: with the
+    in-process table every child starts from the parent's empty state
+    (all 60 pass); with shm:// the 20/day holds across them."""
+    name = f"test-{uuid.uuid4().hex}"
+    url = f"shm://{name}" if storage == "shm" else "memory://"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", _FLASK_SERVER, str(port), url],
+        stderr=subprocess.DEVNULL,
+    )
+    statuses: Counter[int] = Counter()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                statuses[httpx.get(f"http://127.0.0.1:{port}/").status_code] += 1
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, "the server exited"
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.1)
+        with ThreadPoolExecutor(4) as pool:
+            for status in pool.map(
+                lambda _: httpx.get(f"http://127.0.0.1:{port}/").status_code,
+                range(59),
+            ):
+                statuses[status] += 1
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        SharedMemoryStorage(name).unlink(missing_ok=True)
+    assert statuses == expected
