@@ -247,6 +247,11 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
     lim = stanchion.Limiter(f"{HUGE}/second")
     full = stanchion.Limiter("1/hour")
     full.hit(KEY)
+    # The same hits through shared memory (a segment of this run's own).
+    storage = stanchion.SharedMemoryStorage(f"bench-{os.getpid()}", max_keys=1000)
+    shm = stanchion.Limiter(f"{HUGE}/second", storage=storage)
+    shm_full = stanchion.Limiter("1/hour", storage=storage)
+    shm_full.hit(KEY)
     env: dict[str, Any] = {
         "noop": KEY.isascii,
         "get": {KEY: 1}.get,
@@ -254,6 +259,8 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
         "hit": lim.hit,
         "peek": lim.peek,
         "denied": full.hit,
+        "shm_hit": shm.hit,
+        "shm_denied": shm_full.hit,
         "key": KEY,
         "bkey": KEY.encode(),
     }
@@ -265,12 +272,85 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
         ("stanchion token_bucket hit(key)", "hit(key)"),
         ("stanchion token_bucket hit(bytes key)", "hit(bkey)"),
         ("stanchion token_bucket hit(key), denied", "denied(key)"),
+        ("stanchion token_bucket hit(key), shared memory", "shm_hit(key)"),
+        ("stanchion token_bucket hit(key), shared memory, denied", "shm_denied(key)"),
     ]
     samples: dict[str, list[float]] = {label: [] for label, _ in cases}
-    for _ in range(rounds):
-        for label, stmt in cases:
-            samples[label].append(per_call_ns(stmt, env, clock=time.process_time))
+    try:
+        for _ in range(rounds):
+            for label, stmt in cases:
+                samples[label].append(per_call_ns(stmt, env, clock=time.process_time))
+    finally:
+        storage.unlink(missing_ok=True)
     return [(label, statistics.median(v)) for label, v in samples.items()]
+
+
+# -- shared memory across processes -------------------------------------------
+
+SHM_TARGET = 2.0  # a shared-memory hit <= 2x an in-process one
+
+
+def _shm_loop(name: str, key: str, n: int, out: Any) -> None:
+    import stanchion
+
+    storage = stanchion.SharedMemoryStorage(name)
+    hit = stanchion.Limiter(f"{HUGE}/second", storage=storage).hit
+    start = time.perf_counter()
+    for _ in range(n):
+        hit(key)
+    out.put(time.perf_counter() - start)
+
+
+def measure_shm(n_keys: int) -> tuple[list[list[str]], list[list[str]]]:
+    """Aggregate decisions per second through one segment, by 1 and by 2
+    processes (forked, one key each, all hitting at once); and the
+    segment's bytes per key at ``n_keys`` (max_keys = n_keys, filled)."""
+    import multiprocessing
+
+    import stanchion
+
+    n = 200_000 if os.environ.get("STANCHION_BENCH_QUICK") else 2_000_000
+    ctx = multiprocessing.get_context("fork")
+    rate_rows = []
+    for procs in (1, 2):
+        name = f"bench-{os.getpid()}-{procs}"
+        out = ctx.Queue()
+        workers = [
+            ctx.Process(target=_shm_loop, args=(name, f"key-{i}", n, out))
+            for i in range(procs)
+        ]
+        for w in workers:
+            w.start()
+        slowest = max(out.get(timeout=300) for _ in workers)
+        for w in workers:
+            w.join()
+        stanchion.SharedMemoryStorage(name).unlink(missing_ok=True)
+        rate_rows.append(
+            [f"{procs} process(es)", f"{procs * n / slowest / 1e6:.2f} M decisions/s"]
+        )
+    mem_rows = []
+    for algorithm in ALGORITHMS:
+        storage = stanchion.SharedMemoryStorage(
+            f"bench-{os.getpid()}-mem", max_keys=n_keys
+        )
+        try:
+            lim = stanchion.Limiter(
+                f"{HUGE}/second", algorithm=algorithm, storage=storage
+            )
+            for i in range(n_keys):
+                lim.hit(f"client-{i}")
+            st = lim.stats()
+        finally:
+            storage.unlink(missing_ok=True)
+        mem_rows.append(
+            [
+                f"shared memory {algorithm}",
+                f"{n_keys:,}",
+                f"{st['memory_bytes'] / n_keys:.1f} B",
+                f"{st['evicted']:,}",
+            ]
+        )
+    return rate_rows, mem_rows
 
 
 # -- memory --------------------------------------------------------------------
@@ -448,6 +528,14 @@ def main() -> int:
     print("Where stanchion's time goes (reference calls, same process)\n")
     print_table(ctx_headers, ctx_rows)
 
+    shm_rates, shm_memory = measure_shm(n_keys)
+    shm_rate_headers = ["processes hitting one segment", "aggregate"]
+    shm_mem_headers = ["segment", "max_keys (filled)", "bytes / key", "evicted"]
+    print(f"Shared memory: decisions per second on {os.cpu_count()} CPUs\n")
+    print_table(shm_rate_headers, shm_rates)
+    print("Shared memory: segment bytes per key (nginx: 64 B per state)\n")
+    print_table(shm_mem_headers, shm_memory)
+
     memory = measure_memory(n_keys)
     mem_headers = [
         "implementation",
@@ -504,6 +592,18 @@ def main() -> int:
                     ),
                 ]
             )
+    ctx_ns = dict(context)
+    for suffix in ("", ", denied"):
+        r = (
+            ctx_ns[f"stanchion token_bucket hit(key), shared memory{suffix}"]
+            / ctx_ns[f"stanchion token_bucket hit(key){suffix}"]
+        )
+        target_rows.append(
+            [
+                f"shared-memory hit{suffix} <= {SHM_TARGET:.0f}x the in-process hit",
+                verdict(r <= SHM_TARGET, f"{fmt_ratio(r)} the in-process hit"),
+            ]
+        )
     print("Targets\n")
     print_table(["target", "result"], target_rows)
 
@@ -524,6 +624,12 @@ def main() -> int:
             "fresh subprocess; the caller's key string is dropped after each hit, so "
             "the delta is what the limiter retains):",
             md_table(mem_headers, mem_rows),
+            "Shared memory (`SharedMemoryStorage`): aggregate decisions per second "
+            "by forked processes hitting one segment (one key each), and the "
+            "segment's bytes per key when created for, and filled with, "
+            f"{n_keys:,} keys (nginx keeps 64 B per `limit_req` state):",
+            md_table(shm_rate_headers, shm_rates),
+            md_table(shm_mem_headers, shm_memory),
             "Targets:",
             md_table(["target", "result"], target_rows),
         ]

@@ -814,6 +814,27 @@ static PyMethodDef limiter_module_methods[] = {
     {NULL},
 };
 
+int st_limiter_policy(st_state *st, PyObject *obj, st_policy *policy,
+                      size_t *max_keys)
+{
+	LimiterObject *lim = (LimiterObject *)obj;
+
+	if (!PyObject_TypeCheck(obj, st->limiter_type)) {
+		PyErr_Format(PyExc_TypeError,
+		             "expected a stanchion._core.Limiter, not %.100s",
+		             Py_TYPE(obj)->tp_name);
+		return -1;
+	}
+	if (!lim->ready) {
+		PyErr_SetString(PyExc_RuntimeError,
+		                "Limiter.__init__ was not called");
+		return -1;
+	}
+	*policy = lim->policy;
+	*max_keys = lim->table.max;
+	return 0;
+}
+
 int st_limiter_exec(PyObject *module, st_state *st)
 {
 	st->limiter_type = (PyTypeObject *)PyType_FromModuleAndSpec(

@@ -11,6 +11,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->cache_info_type);
 	Py_VISIT(st->rate_headers_type);
 	Py_VISIT(st->header_send_type);
+	Py_VISIT(st->shm_limiter_type);
 	for (int i = 0; i < 5; i++) {
 		Py_VISIT(st->hdr_str[i]);
 		Py_VISIT(st->hdr_bytes[i]);
@@ -37,6 +38,7 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->cache_info_type);
 	Py_CLEAR(st->rate_headers_type);
 	Py_CLEAR(st->header_send_type);
+	Py_CLEAR(st->shm_limiter_type);
 	for (int i = 0; i < 5; i++) {
 		Py_CLEAR(st->hdr_str[i]);
 		Py_CLEAR(st->hdr_bytes[i]);
@@ -101,6 +103,8 @@ static int module_exec(PyObject *module)
 	if (st_rate_headers_exec(module, st) < 0)
 		return -1;
 	if (st_header_send_exec(module, st) < 0)
+		return -1;
+	if (st_shm_limiter_exec(module, st) < 0)
 		return -1;
 	return 0;
 }

@@ -13,6 +13,7 @@
 #include <Python.h>
 
 #include "clock.h"
+#include "limit.h"
 
 /* Decisions kept for reuse: a hit allocates nothing in the common case. */
 #define ST_DECISION_FREELIST 64
@@ -25,6 +26,7 @@ typedef struct {
 	PyTypeObject *cache_info_type;   /* _core.CacheInfo */
 	PyTypeObject *rate_headers_type; /* _core.RateHeaders */
 	PyTypeObject *header_send_type;  /* _core.HeaderSend */
+	PyTypeObject *shm_limiter_type;  /* _core.SharedMemoryLimiter */
 	PyObject *hdr_str[5];   /* header names: RateLimit-Policy, ... */
 	PyObject *hdr_bytes[5]; /* the same, lower-case latin-1 (ASGI) */
 	PyObject *kwd_mark;     /* separates args from kwargs in cache keys */
@@ -55,5 +57,12 @@ int st_cached_exec(PyObject *module, st_state *st);
 int st_cache_info_exec(PyObject *module, st_state *st);
 int st_rate_headers_exec(PyObject *module, st_state *st);
 int st_header_send_exec(PyObject *module, st_state *st);
+int st_shm_limiter_exec(PyObject *module, st_state *st);
+
+/* The compiled policy and max_keys of a _core.Limiter `obj` (limiter_type.c),
+ * for engines that must decide exactly as it does. Returns 0, or -1 with a
+ * TypeError (not a Limiter) or RuntimeError (not initialised). */
+int st_limiter_policy(st_state *st, PyObject *obj, st_policy *policy,
+                      size_t *max_keys);
 
 #endif /* ST_MODULE_H */

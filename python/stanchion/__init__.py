@@ -9,6 +9,7 @@ from ._core import Cache, CacheInfo, Decision
 from ._errors import StorageUnavailable
 from ._limiter import Limiter, RateLimiter, RateLimitExceeded
 from ._rates import Rate, parse_rates
+from ._shm import SharedMemoryStorage
 
 if TYPE_CHECKING:
     from .redis import RedisCache, RedisStorage
@@ -24,6 +25,7 @@ __all__ = [
     "RateLimiter",
     "RedisCache",
     "RedisStorage",
+    "SharedMemoryStorage",
     "StorageUnavailable",
     "cached",
     "parse_rates",

@@ -102,11 +102,13 @@ def _by_kind(kind: str) -> Setting:
 
 #: URL schemes of the Redis storage (``stanchion.redis`` accepts these).
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+SHM_SCHEME = "shm://"
 
 
 def storage_from_url(url: Any, name: Namer) -> Any:
     """The storage a ``STORAGE_URL`` names: ``None`` (or ``"memory://"``)
-    for the in-process table, a ``RedisStorage`` for ``redis://``,
+    for the in-process table, a ``SharedMemoryStorage`` for
+    ``shm://name[?max_keys=N]``, a ``RedisStorage`` for ``redis://``,
     ``rediss://`` and ``unix://`` URLs; anything else is refused with
     the setting's name."""
     if url is None or url == "memory://":
@@ -114,16 +116,45 @@ def storage_from_url(url: Any, name: Namer) -> Any:
     setting = name(_by_kind("storage"))
     if not isinstance(url, str):
         raise SettingError(setting, f"expected a URL string, got {url!r}")
+    if url.startswith(SHM_SCHEME):
+        return _shm_storage(url, setting)
     if not url.startswith(REDIS_SCHEMES):
         raise SettingError(
             setting,
-            f"unsupported URL {url!r} (memory://, redis://, rediss:// or unix://)",
+            f"unsupported URL {url!r} "
+            "(memory://, shm://, redis://, rediss:// or unix://)",
         )
     try:
         redis_storage = importlib.import_module("stanchion.redis").RedisStorage
     except (ImportError, AttributeError) as exc:
         raise SettingError(setting, f"Redis storage is not available: {exc}") from None
     return redis_storage(url)
+
+
+def _shm_storage(url: str, setting: str) -> Any:
+    """``shm://name`` or ``shm://name?max_keys=N``."""
+    from urllib.parse import parse_qsl
+
+    from ._shm import SharedMemoryStorage
+
+    rest = url[len(SHM_SCHEME) :]
+    segment, _, query = rest.partition("?")
+    kwargs: dict[str, int] = {}
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        pairs = [("", "")]
+    for key, value in pairs:
+        if key != "max_keys" or not value.isdigit() or "max_keys" in kwargs:
+            raise SettingError(
+                setting,
+                f"bad shm:// URL {url!r}: the only option is ?max_keys=N",
+            )
+        kwargs["max_keys"] = int(value)
+    try:
+        return SharedMemoryStorage(segment, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SettingError(setting, f"bad shm:// URL {url!r}: {exc}") from None
 
 
 def _names(name: Namer) -> dict[str, str]:

@@ -1,0 +1,182 @@
+"""Rate limits shared by the processes of one host, in shared memory.
+
+``SharedMemoryStorage("myapp")`` names a family of POSIX shared-memory
+segments, one per policy (algorithm and compiled rates):
+``/dev/shm/stanchion.myapp@<digest of the policy>`` on Linux, so the
+rules of one app (a default limit, per-view limits) each get their own
+table under one storage name. The first limiter of a policy creates its
+segment with its ``max_keys``; every process that makes a limiter with
+the same rates then shares the limits (gunicorn or uvicorn workers,
+forked or started separately). Opening it with another ``max_keys``, or
+from a stanchion with another segment layout, raises ValueError naming
+both.
+
+Lifetime: the segment stays until ``unlink()`` (or a reboot, which
+empties /dev/shm); restarting the server keeps the limits. A process
+killed at any point, even while it holds one of the segment's locks,
+never blocks the others. All processes must share one pid namespace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Sequence
+
+from . import _core
+from ._core import Decision
+from ._limiter import _check_algorithm, await_hit, wait_for_hit
+from ._rates import Rate, normalize_rates
+
+__all__ = ["SharedMemoryLimiter", "SharedMemoryStorage"]
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+# The segment of a name: a prefix keeps stanchion's apart from others'.
+_PREFIX = "/stanchion."
+_SHM_DIR = "/dev/shm"
+
+
+class SharedMemoryStorage:
+    """Limits shared by the processes of one host: pass it as
+    ``Limiter(rates, storage=SharedMemoryStorage("myapp"))``.
+
+    ``name``: letters, digits, ``.``, ``_`` and ``-`` (at most 200), the
+    same in every process that shares the limits. ``max_keys``: clients
+    tracked at once; the segment is sized for it when created (with a
+    quarter more slots, in buckets of 8; a client may live in either of
+    two buckets), and a new client whose two buckets are full replaces
+    the one of those 16 closest to being back to full.
+    """
+
+    def __init__(self, name: str, *, max_keys: int = 100_000) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not _NAME.fullmatch(name):
+            raise ValueError(
+                "name must be 1 to 200 letters, digits, '.', '_' or '-' "
+                f"(not starting with '.', '_' or '-'), got {name!r}"
+            )
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
+            raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
+        if not 1 <= max_keys <= 1 << 30:
+            raise ValueError(
+                f"max_keys must be between 1 and {1 << 30}, got {max_keys}"
+            )
+        self.name = name
+        self.max_keys = max_keys
+
+    def segment(self, template: _core.Limiter) -> str:
+        """The shm_open name of the segment for the policy of `template`
+        (its algorithm and compiled rates; ``@`` is not in any name)."""
+        policy = repr((template.algorithm, template.limits)).encode()
+        return f"{_PREFIX}{self.name}@{hashlib.sha256(policy).hexdigest()[:20]}"
+
+    def __repr__(self) -> str:
+        return f"SharedMemoryStorage({self.name!r}, max_keys={self.max_keys})"
+
+    def make_limiter(
+        self,
+        rates: list[Rate],
+        *,
+        algorithm: str,
+        burst: int | list[int | None] | None,
+        on_error: str = "allow",
+        clock: Callable[[], float] | None = None,
+    ) -> SharedMemoryLimiter:
+        """Called by ``stanchion.Limiter(..., storage=self)``. ``on_error``
+        is accepted for every storage's sake: a decision in shared memory
+        cannot fail. ``clock`` (tests): as ``Limiter``'s; every process
+        sharing the segment must then use the same clock."""
+        return SharedMemoryLimiter(
+            self, rates, algorithm=algorithm, burst=burst, clock=clock
+        )
+
+    def segments(self) -> list[str]:
+        """The shm_open names of this storage's segments (Linux lists them
+        in /dev/shm)."""
+        start = f"{_PREFIX[1:]}{self.name}@"
+        try:
+            names = os.listdir(_SHM_DIR)
+        except FileNotFoundError:
+            return []
+        return sorted("/" + n for n in names if n.startswith(start))
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        """Remove the names of this storage's segments: processes that use
+        them keep their limits, new limiters create fresh segments.
+        FileNotFoundError when there are none, unless `missing_ok`."""
+        segments = self.segments()
+        if not segments and not missing_ok:
+            raise FileNotFoundError(f"no shared memory segments for {self!r}")
+        for segment in segments:
+            try:
+                _core.shm_unlink(segment)
+            except FileNotFoundError:
+                pass
+
+
+class SharedMemoryLimiter(_core.SharedMemoryLimiter):
+    """A limiter in a :class:`SharedMemoryStorage`: the in-process
+    ``Limiter``'s decisions, field for field, with the state shared by
+    every process. ``hit``, ``peek``, ``reset`` and ``stats`` are C
+    methods; this class adds ``acquire`` and the asyncio twins."""
+
+    __slots__ = ("_rates", "storage")
+
+    def __init__(
+        self,
+        storage: SharedMemoryStorage,
+        rates: str | Rate | Sequence[str | Rate],
+        *,
+        algorithm: str = "token_bucket",
+        burst: int | list[int | None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if not isinstance(storage, SharedMemoryStorage):
+            raise TypeError(
+                f"storage must be a SharedMemoryStorage, not {type(storage).__name__}"
+            )
+        parsed = normalize_rates(rates)
+        _check_algorithm(algorithm)
+        if burst is not None and algorithm != "token_bucket":
+            raise ValueError("burst applies to algorithm='token_bucket' only")
+        # The in-process limiter checks and compiles the rates; the
+        # segment is created with (or checked against) its compiled form.
+        template = _core.Limiter(parsed, algorithm, burst, storage.max_keys)
+        super().__init__(storage.segment(template), template, clock)
+        self._rates = tuple(parsed)
+        self.storage = storage
+
+    @property
+    def rates(self) -> tuple[Rate, ...]:
+        return self._rates
+
+    def __repr__(self) -> str:
+        rates = ";".join(str(r) for r in self._rates)
+        return (
+            f"SharedMemoryLimiter({rates!r}, algorithm={self.algorithm!r}, "
+            f"storage={self.storage!r})"
+        )
+
+    def acquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
+        """Hit, waiting while denied. With a ``timeout`` (seconds), raises
+        RateLimitExceeded as soon as the wait would exceed it."""
+        return wait_for_hit(self.hit, key, cost, timeout)
+
+    async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
+        return self.hit(key, cost)
+
+    async def apeek(self, key: str | bytes, cost: int = 1) -> Decision:
+        return self.peek(key, cost)
+
+    async def areset(self, key: str | bytes | None = None) -> None:
+        self.reset(key)
+
+    async def aacquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
+        """Like ``acquire``, sleeping with asyncio (never blocks the loop)."""
+        return await await_hit(self.ahit, key, cost, timeout)

@@ -1,0 +1,129 @@
+/* Rate-limit state shared by the processes of one host: a fixed-capacity
+ * table in a named POSIX shared-memory segment.
+ *
+ * Plain C, no Python.h. The decisions are st_policy_decide's (limit.c), so
+ * a key decides exactly as in the in-process table, field for field.
+ *
+ * Segment layout (ST_SHM_LAYOUT): a 4 KiB header, then `nbuckets` buckets
+ * of ST_SHM_WAYS slots. The header holds a magic number, the layout
+ * version, the settings (max_keys, algorithm, every rate's compiled
+ * parameters) and a random 128-bit secret. A key's identity is a 128-bit
+ * SipHash-2-4 of its bytes keyed by that secret (and by the key's kind,
+ * str or bytes), so a client cannot choose collisions; the key itself is
+ * not stored. Two different keys share state only if their 128-bit hashes
+ * are equal: for n live keys that happens with probability below
+ * n^2 / 2^129 (about 2e-27 at a million keys), which we accept.
+ *
+ * A key lives in one of two buckets (one from each hash word), in any of
+ * their slots; a new key goes to the emptier of the two, which keeps the
+ * buckets even, so evictions start only when the segment is nearly full.
+ * Each bucket has a lock word: 0 when free, else the pid of the process
+ * holding it. A waiter that finds the holder gone (kill(pid, 0) fails with
+ * ESRCH, or the holder is a zombie) takes the lock over, so a process
+ * killed with SIGKILL at any instruction never blocks the others. Each
+ * slot keeps two copies of its state and a selector byte: an update writes
+ * the spare copy and then flips the selector with one store, and a new
+ * key is published by storing its hash's first word last, so a process
+ * killed mid-update leaves either the old state or the new one, never a
+ * mix (several rates of a key stay all-or-nothing). All processes must
+ * share one pid namespace.
+ *
+ * When a new key finds both its buckets full, the slot to reuse is the
+ * one whose state is closest to full (a full one first: nothing is lost),
+ * which is the in-process table's sampled least-loss eviction with the two
+ * buckets' 2 * ST_SHM_WAYS slots as the sample: a blocked client outlasts
+ * a flood of fresh keys.
+ *
+ * Lifetime: the first process to open a name creates and sizes the
+ * segment (under flock, so concurrent openers wait and a creator that
+ * dies mid-way is redone); later ones validate the header. The segment
+ * outlives every process until st_shm_unlink() (or a reboot, which clears
+ * /dev/shm and restarts CLOCK_MONOTONIC together). Times stored are the
+ * callers' clock readings: CLOCK_MONOTONIC, common to all processes.
+ */
+#ifndef ST_SHM_H
+#define ST_SHM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "limit.h"
+
+#define ST_SHM_MAGIC UINT64_C(0x4d5368636e617473) /* "stanchSM" */
+#define ST_SHM_LAYOUT 2
+#define ST_SHM_WAYS 8           /* slots per bucket */
+#define ST_SHM_HEADER_SIZE 4096 /* bytes before the first bucket */
+#define ST_SHM_MAX_KEYS (UINT32_C(1) << 30)
+
+/* Results of st_shm_open. */
+#define ST_SHM_OK 0
+#define ST_SHM_EOS -1       /* a system call failed: errno is set */
+#define ST_SHM_EMISMATCH -2 /* the segment holds other settings */
+
+typedef struct {
+	uint64_t lo, hi; /* never both 0: lo == 0 marks an empty slot */
+} st_shm_hash;
+
+typedef struct {
+	char *base;         /* the mapping */
+	size_t size;        /* its length in bytes */
+	st_policy policy;   /* this process's copy, equal to the header's */
+	uint32_t nbuckets;  /* buckets in the segment */
+	size_t bucket_size; /* bytes per bucket */
+	uint64_t k0, k1;    /* the segment's secret */
+} st_shm;
+
+typedef struct {
+	uint64_t keys;     /* live slots (a scan, not a snapshot) */
+	uint64_t max_keys; /* as opened */
+	uint64_t slots;    /* nbuckets * ST_SHM_WAYS */
+	uint64_t evicted;  /* live keys dropped to make room */
+	uint64_t expired;  /* full keys whose slot was reused */
+	uint64_t memory;   /* segment bytes */
+} st_shm_stats;
+
+/* Opens (creating if needed) the segment `name` (a shm_open name: "/"
+ * then at most 250 bytes without "/") for `policy` and `max_keys` (1 ..
+ * ST_SHM_MAX_KEYS). The segment gets max_keys * 5 / 4 slots, rounded up to
+ * whole buckets. Returns ST_SHM_OK and fills `h`; ST_SHM_EOS with errno
+ * set and a message in `err`; or ST_SHM_EMISMATCH with a message naming
+ * the segment's settings or version and the requested ones. */
+int st_shm_open(st_shm *h, const char *name, const st_policy *policy,
+                uint32_t max_keys, char *err, size_t errlen);
+
+/* Unmaps; `h` may be half-built (base NULL). The segment stays. */
+void st_shm_close(st_shm *h);
+
+/* Removes the name (mappings stay valid). Returns 0 or -1 with errno. */
+int st_shm_unlink(const char *name);
+
+/* The keyed 128-bit hash of (kind, key) under the segment's secret. */
+st_shm_hash st_shm_hash_key(const st_shm *h, uint8_t kind, const void *key,
+                            size_t len);
+
+/* Decides a hit of `cost` (1 <= cost <= st_policy_max_cost) at `now` for
+ * the key whose hash is `kh`, as st_policy_decide does on the key's state
+ * (a key not in the table is full). Only an allowed committed hit stores a
+ * new key. Never fails; may wait for another process's lock. */
+void st_shm_decide(st_shm *h, st_shm_hash kh, int64_t now, int64_t cost,
+                   int commit, st_decision *out);
+
+/* Forgets one key (back to full). */
+void st_shm_reset(st_shm *h, st_shm_hash kh);
+
+/* Forgets every key, bucket by bucket. */
+void st_shm_reset_all(st_shm *h);
+
+/* Counters and a scan of the live slots (no locks taken). */
+void st_shm_get_stats(const st_shm *h, st_shm_stats *out);
+
+/* The lock of the bucket of `kh`, taken and left held: for tests that kill
+ * a process while it holds a lock. */
+void st_shm_hold_lock(st_shm *h, st_shm_hash kh);
+
+/* SipHash-2-4 with a 128-bit result, exposed for tests. */
+st_shm_hash st_siphash128(uint64_t k0, uint64_t k1, const void *data,
+                          size_t len);
+
+#endif /* ST_SHM_H */
