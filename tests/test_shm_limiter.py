@@ -179,6 +179,19 @@ def test_two_limiters_and_one_segment(storages: Storages) -> None:
     assert a.stats()["keys"] == b.stats()["keys"] == 1
 
 
+def test_http_rules_take_the_storage_url(storages: Storages) -> None:
+    """Rule(storage="shm://name") as the framework settings take it: two
+    rules (two processes' middleware, say) on one URL share the limit."""
+    from stanchion.http import LimiterCache, Rule
+
+    s = storages()
+    url = f"shm://{s.name}?max_keys=1000"
+    a = Rule("2/day", scope="one", limiters=LimiterCache(storage=url))
+    b = Rule("2/day", scope="one", limiters=LimiterCache(storage=url))
+    verdicts = [r.check_simple("GET", "/", "192.0.2.7") for r in (a, b, a)]
+    assert [v is not None and v.blocked for v in verdicts] == [False, False, True]
+
+
 def test_each_policy_of_a_storage_has_its_own_segment(storages: Storages) -> None:
     """One storage serves an app's rules (a default limit, per-view ones):
     limiters with other rates or another algorithm keep their own state."""

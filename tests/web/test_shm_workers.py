@@ -1,5 +1,6 @@
-"""uvicorn --workers 2 with the ASGI middleware on a shm:// storage: the
-workers share one limit, so the 429 count is exact across them."""
+"""Worker processes on a shm:// storage share one limit, so the 429
+count is exact across them: FastAPI under uvicorn --workers 2, Flask
+under gunicorn -w 2 and under werkzeug's forking server."""
 
 from __future__ import annotations
 
@@ -23,66 +24,72 @@ HERE = Path(__file__).resolve().parent
 QUOTA = 30  # the app's "30/day"
 
 
-@pytest.mark.slow
-def test_uvicorn_two_workers_share_one_limit() -> None:
+def _two_workers_share_one_limit(command: list[str]) -> None:
+    """Run ``command`` (a server of tests/web/_shm_app.py with 2 worker
+    processes on PORT) and send 200 requests, 8 at a time, each on its own
+    connection: exactly the quota passes, and both workers answered."""
     name = f"test-{uuid.uuid4().hex}"
     port = free_port()
     env = {**os.environ, "SHM_NAME": name}
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(HERE),
-            "_shm_app:app",
-            "--workers",
-            "2",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env=env,
+        [arg.replace("PORT", str(port)) for arg in command], env=env, cwd=HERE
     )
     base = f"http://127.0.0.1:{port}"
+    statuses: Counter[int] = Counter()
+    pids: set[str] = set()
     try:
-        # Wait until both workers answer (each response names its pid);
-        # every request counts against the one shared limit.
-        statuses: Counter[int] = Counter()
-        pids: set[str] = set()
         deadline = time.monotonic() + 30
 
         def get(_: int) -> tuple[int, str]:
             with httpx.Client(timeout=5) as c:  # one connection per request
                 r = c.get(base + "/")
-                return r.status_code, r.text
+                return r.status_code, r.headers["x-worker"]
 
         while True:
             try:
                 status, text = get(0)
                 break
             except httpx.TransportError:
-                assert server.poll() is None, "uvicorn exited"
-                assert time.monotonic() < deadline, "uvicorn did not start"
+                assert server.poll() is None, "the server exited"
+                assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.1)
         statuses[status] += 1
         pids.add(text)
         with ThreadPoolExecutor(8) as pool:
             for status, text in pool.map(get, range(199)):
                 statuses[status] += 1
-                if status == 200:
-                    pids.add(text)
+                pids.add(text)
     finally:
         server.terminate()
         server.wait(timeout=10)
         SharedMemoryStorage(name).unlink(missing_ok=True)
     assert statuses == {200: QUOTA, 429: 200 - QUOTA}, statuses
-    # Both workers admitted requests from the one budget.
+    # Both workers decided requests against the one budget.
     assert len(pids) == 2, pids
+
+
+@pytest.mark.slow
+def test_uvicorn_two_workers_share_one_limit() -> None:
+    """FastAPI behind the ASGI middleware with storage="shm://...", under
+    uvicorn --workers 2."""
+    _two_workers_share_one_limit(
+        [
+            *(sys.executable, "-m", "uvicorn", "_shm_app:app", "--workers", "2"),
+            *("--host", "127.0.0.1", "--port", "PORT", "--log-level", "warning"),
+            "--no-access-log",
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_gunicorn_two_workers_share_one_limit() -> None:
+    """Flask with STANCHION_STORAGE_URL = "shm://...", under gunicorn -w 2."""
+    _two_workers_share_one_limit(
+        [
+            *(sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:PORT"),
+            *("--log-level", "warning", "_shm_app:flask_app"),
+        ]
+    )
 
 
 def test_flask_rules_with_other_rates_share_one_shm_url() -> None:

@@ -267,8 +267,9 @@ def test_flask_blueprint_limit_declared_by_an_app_factory(ext: Stanchion) -> Non
 
 def test_flask_extension_keywords_checked() -> None:
     """A typo in Stanchion()'s keywords names the keyword meant, not
-    Rule.__init__; a URL or other non-storage as storage= is a storage
-    error, not a bad rate '1/second' of STANCHION_DEFAULT_LIMIT."""
+    Rule.__init__; an unknown URL or other non-storage as storage= is a
+    storage error, not a bad rate '1/second' of STANCHION_DEFAULT_LIMIT;
+    a storage URL, as in the settings, is taken."""
     with pytest.raises(
         TypeError, match=r"'default_limt' \(did you mean 'default_limit'"
     ):
@@ -276,11 +277,15 @@ def test_flask_extension_keywords_checked() -> None:
     with pytest.raises(TypeError, match=r"'limit' \(did you mean 'default_limit'"):
         Stanchion(limit="1/minute")
     with pytest.raises(SettingError) as info:
-        Stanchion(Flask(__name__), storage="redis://localhost")
-    assert "unsupported storage 'redis://localhost'" in str(info.value)
+        Stanchion(Flask(__name__), storage="ftp://localhost")
+    assert "unsupported URL 'ftp://localhost'" in str(info.value)
     assert "bad rate" not in str(info.value)
     with pytest.raises(SettingError, match=r"^storage: unsupported storage"):
-        RateLimitMiddleware(wsgi_hello, limit="5/minute", storage="redis://localhost")
+        RateLimitMiddleware(wsgi_hello, limit="5/minute", storage=object())
+    with pytest.raises(SettingError, match=r"^storage: unsupported URL"):
+        RateLimitMiddleware(wsgi_hello, limit="5/minute", storage="redis:/x")
+    mw = RateLimitMiddleware(wsgi_hello, limit="5/minute", storage="memory://")
+    assert type(mw.rule.limiters.get("5/minute").limiter) is Limiter
 
 
 def test_flask_config_set_after_the_extension_applies() -> None:

@@ -55,6 +55,12 @@ class LimiterCache:
         clock: Callable[[], float] | None = None,
         maxsize: int = MAX_LIMITERS,
     ) -> None:
+        if isinstance(storage, str):
+            # A URL, as the framework settings take: memory://, shm://name,
+            # redis://, rediss://, unix://.
+            from .._settings import storage_from_url
+
+            storage = storage_from_url(storage, lambda _: "storage")
         self.algorithm = algorithm
         self.storage = storage
         self.max_keys = max_keys
@@ -69,15 +75,10 @@ class LimiterCache:
             raise SettingError("algorithm/max_keys", str(exc)) from None
         if storage is not None and getattr(storage, "make_limiter", None) is None:
             # Else the first rate built reports it, as a bad rate.
-            hint = (
-                " (a URL: stanchion.RedisStorage(url))"
-                if isinstance(storage, str)
-                else ""
-            )
             raise SettingError(
                 "storage",
-                f"unsupported storage {storage!r}: use None (in-process) or a "
-                f"stanchion storage such as RedisStorage{hint}",
+                f"unsupported storage {storage!r}: use None (in-process), a "
+                "storage URL or a stanchion storage such as RedisStorage",
             )
 
     def get(self, spec: RateSpec, setting: str = "limit") -> _RateInfo:
