@@ -46,7 +46,7 @@ table is :mod:`stanchion._settings`, shared with Django):
 ==================================  =========================================
 ``STANCHION_ENABLED``               ``False`` turns every limit off
 ``STANCHION_DEFAULT_LIMIT``         rate string for views without limits
-``STANCHION_STORAGE_URL``           ``"memory://"`` or a Redis URL (below)
+``STANCHION_STORAGE_URL``           ``"memory://"``, ``"shm://name"`` or a Redis URL
 ``STANCHION_ALGORITHM``             ``"token_bucket"`` (default), ...
 ``STANCHION_MAX_KEYS``              bound on tracked clients per rate
 ``STANCHION_KEY``                   function of the request -> identity
@@ -60,8 +60,10 @@ table is :mod:`stanchion._settings`, shared with Django):
 ``STANCHION_UNIDENTIFIED``          ``"deny"``, ``"allow"`` or ``"share"``
 ==================================  =========================================
 
-Redis URLs are ``redis://``, ``rediss://`` and ``unix://`` (what
-:class:`stanchion.redis.RedisStorage` accepts).
+``shm://name[?max_keys=N]`` shares the limits between the worker
+processes of one host (:class:`stanchion.SharedMemoryStorage`); Redis URLs
+are ``redis://``, ``rediss://`` and ``unix://`` (what
+:class:`stanchion.redis.RedisStorage` accepts), shared between hosts.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Settings (all optional) in one dict::
         "UNIDENTIFIED": "deny",
         "ALGORITHM": "token_bucket",
         "MAX_KEYS": 1_000_000,
-        "STORAGE_URL": None,               # or "redis://..."
+        "STORAGE_URL": None,               # or "shm://myapp", "redis://..."
         "ENABLED": True,
     }
 
