@@ -425,7 +425,8 @@ static int create_segment(st_shm *h, int fd, const char *name,
 }
 
 /* Checks an existing, initialised segment against what we want. */
-static int check_segment(st_shm *h, const st_shm_header *hdr, const char *name,
+static int check_segment(st_shm *h, const st_shm_header *hdr,
+                         uint64_t file_size, const char *name,
                          const st_shm_header *want, char *err, size_t errlen)
 {
 	char have_s[400], want_s[400];
@@ -462,6 +463,15 @@ static int check_segment(st_shm *h, const st_shm_header *hdr, const char *name,
 		         name, (unsigned long long)hdr->size,
 		         (unsigned)hdr->nbuckets, h->size,
 		         (unsigned)h->nbuckets);
+		return ST_SHM_EMISMATCH;
+	}
+	/* A file cut (or grown) behind our back: a hit past its end would
+	 * fault (SIGBUS), and our mapping is only as long as the file. */
+	if (file_size != h->size) {
+		snprintf(err, errlen,
+		         "shared memory %s is damaged: the file is %llu "
+		         "bytes, its header says %zu: remove it",
+		         name, (unsigned long long)file_size, h->size);
 		return ST_SHM_EMISMATCH;
 	}
 	h->k0 = hdr->k0;
@@ -539,7 +549,8 @@ int st_shm_open(st_shm *h, const char *name, const st_policy *policy,
 			munmap(hdr, (size_t)sb.st_size);
 			rc = create_segment(h, fd, name, &want, err, errlen);
 		} else {
-			rc = check_segment(h, hdr, name, &want, err, errlen);
+			rc = check_segment(h, hdr, (uint64_t)sb.st_size, name,
+			                   &want, err, errlen);
 			if (rc == ST_SHM_OK)
 				h->base = (char *)hdr;
 			else

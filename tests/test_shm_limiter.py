@@ -230,6 +230,21 @@ def test_a_foreign_segment_is_refused(storages: Storages) -> None:
         stanchion.Limiter("10/minute", storage=s)
 
 
+@pytest.mark.parametrize("delta", [-4096, 4096])
+def test_a_segment_of_the_wrong_size_is_refused(
+    storages: Storages, delta: int
+) -> None:
+    """A segment truncated (or grown) behind stanchion's back keeps a valid
+    header: using it would touch memory past the file's end (SIGBUS or
+    SIGSEGV), so it is refused, naming both sizes."""
+    s = storages()
+    lim = stanchion.Limiter("10/minute", storage=s)
+    size = _file(lim.name).stat().st_size
+    os.truncate(_file(lim.name), size + delta)
+    with pytest.raises(ValueError, match=rf"damaged.*{size + delta} bytes.*{size}"):
+        stanchion.Limiter("10/minute", storage=s)
+
+
 def test_a_segment_abandoned_by_its_creator_is_made_again(
     storages: Storages,
 ) -> None:
