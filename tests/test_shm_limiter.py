@@ -498,6 +498,14 @@ def test_core_type_checks_its_template() -> None:
         )
     with pytest.raises(ValueError, match="invalid shared memory name"):
         _core.SharedMemoryLimiter("no-slash", _core.Limiter("1/second"))
+    # A NUL would cut the name short in shm_open, even when non-ASCII
+    # characters make the UTF-8 length match the character count.
+    for name in ("/stanchion.x\0y", "/stanchion.x\u00e9\0"):
+        with pytest.raises(ValueError, match="invalid shared memory name"):
+            _core.SharedMemoryLimiter(name, _core.Limiter("1/second"))
+        assert not _file(name.split("\0")[0]).exists()
+        with pytest.raises(ValueError, match="invalid shared memory name"):
+            _core.shm_unlink(name)
 
 
 # -- settings: shm:// URLs --------------------------------------------------------
