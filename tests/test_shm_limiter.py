@@ -535,6 +535,9 @@ def test_shm_urls_in_settings() -> None:
         ("shm://x?maxkeys=5", r"the only option is \?max_keys=N"),
         ("shm://x?max_keys=1&max_keys=2", r"the only option is \?max_keys=N"),
         ("shm://x?&", r"the only option is \?max_keys=N"),
+        # str.isdigit() holds for these, int() refuses the first
+        ("shm://x?max_keys=\u00b2", r"the only option is \?max_keys=N"),
+        ("shm://x?max_keys=\u0661\u0660", r"the only option is \?max_keys=N"),
         ("shmem://x", "unsupported URL 'shmem://x' .*shm://"),
     ],
 )
