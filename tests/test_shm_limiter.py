@@ -448,6 +448,52 @@ def test_a_worker_killed_holding_a_lock_blocks_nobody(
     assert total == 10
 
 
+def test_a_lock_named_by_a_reused_pid_blocks_nobody(storages: Storages) -> None:
+    """A holder killed in a server whose pids are handed out again (a
+    container restarted in a fresh pid namespace, with /dev/shm kept)
+    leaves a lock naming a pid that a live process now has: the lock word
+    also names the holder's start time, so waiters take it over. Here the
+    holder lives on and its lock word is given another start time, as if
+    its pid belonged to another process now."""
+    s = storages()
+    ready = _fork.Event()
+    holder = _fork.Process(target=_hold_then_sleep, args=(s, ready), daemon=True)
+    holder.start()
+    workers: list[multiprocessing.process.BaseProcess] = []
+    try:
+        assert ready.wait(30)
+        lim = stanchion.Limiter("10/day", storage=s)
+        assert isinstance(lim, SharedMemoryLimiter)
+        st_ = lim.stats()
+        bucket_size = (st_["memory_bytes"] - 4096) // (st_["slots"] // 8)
+        with open(_file(lim.name), "r+b") as f:
+            data = f.read()
+            held = [
+                off
+                for off in range(4096, len(data), bucket_size)
+                if int.from_bytes(data[off : off + 4], "little") == holder.pid
+            ]
+            assert len(held) == 1
+            start = int.from_bytes(data[held[0] + 4 : held[0] + 8], "little")
+            assert start != 0  # the holder's start time is in the word
+            f.seek(held[0] + 4)
+            f.write(((start + 1) & 0xFFFFFFFF or 1).to_bytes(4, "little"))
+        out = _fork.Queue()
+        workers = [
+            _fork.Process(target=_hit_n, args=(s, 5, out), daemon=True)
+            for _ in range(2)
+        ]
+        for w in workers:
+            w.start()
+        assert sum(out.get(timeout=20) for _ in workers) == 10
+        assert holder.is_alive()
+    finally:
+        for p in [holder, *workers]:
+            if p.is_alive():
+                p.kill()
+            p.join(10)
+
+
 def _hammer_forever(storage: SharedMemoryStorage) -> None:
     lim = stanchion.Limiter("1000000/second", storage=storage)
     keys = [f"k{i}" for i in range(4)]
