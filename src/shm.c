@@ -701,15 +701,40 @@ static int make_room(st_shm *h, char *a, char *b, int64_t now, char **in)
 	return best;
 }
 
+/* The earliest time the process that wrote `state` can have read: the
+ * start of a window it counted in, or a token bucket's arrival time less
+ * its tolerance. Each process reads its clock before taking the lock, so
+ * another may have stored a later time meanwhile; deciding at this time
+ * instead keeps a window from being read as empty and overwritten (the
+ * in-process limiter never lets time run backwards either). */
+ST_INLINE int64_t state_time(const st_policy *p, const int64_t *state)
+{
+	int64_t t = INT64_MIN;
+
+	for (int r = 0; r < p->nrates; r++) {
+		const st_limit *l = &p->rates[r];
+		int64_t s0 = state[r * p->words], x;
+		if (s0 == INT64_MIN)
+			continue;
+		x = p->algorithm == ST_TOKEN_BUCKET ? s0 - l->tolerance_ns
+		                                    : s0 * l->period_ns;
+		t = x > t ? x : t;
+	}
+	return t;
+}
+
 /* Decides on the key in slot `i` of locked bucket `b`. */
 ST_INLINE void decide_at(st_shm *h, char *b, int i, int64_t now, int64_t cost,
                          int commit, st_decision *out)
 {
 	size_t bytes = sizeof(int64_t) * (size_t)st_policy_words(&h->policy);
-	int64_t state[ST_MAX_RATES * 3];
+	int64_t state[ST_MAX_RATES * 3], floor;
 	int sel = b_sel(b)[i] & 1;
 
 	memcpy(state, slot_state(h, b, i, sel), bytes);
+	floor = state_time(&h->policy, state);
+	if (ST_UNLIKELY(now < floor))
+		now = floor;
 	st_policy_decide(&h->policy, state, now, cost, commit, out);
 	if (out->allowed && commit) {
 		/* The spare copy, then one store makes it current. */

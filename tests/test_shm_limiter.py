@@ -448,6 +448,31 @@ def test_a_worker_killed_holding_a_lock_blocks_nobody(
     assert total == 10
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_clock_reading_older_than_the_state_admits_no_extra(
+    storages: Storages, algorithm: str
+) -> None:
+    """A process reads the clock before it takes the bucket's lock, so
+    another process may store a later time first (it was descheduled in
+    between, or their clocks differ by a little). The late decision must
+    not read a window newer than its reading as empty and overwrite it:
+    the segment admits what the in-process limiter admits for the same
+    readings (where time never runs backwards)."""
+    s = storages()
+    ca, cb = FakeClock(), FakeClock()
+    a = SharedMemoryLimiter(s, "3/second", algorithm=algorithm, clock=ca)
+    b = SharedMemoryLimiter(s, "3/second", algorithm=algorithm, clock=cb)
+    ref_clock = FakeClock()
+    ref = _core.Limiter("3/second", algorithm, None, 1000, ref_clock)
+    steps = [(b, 10.9)] * 3 + [(a, 11.95), (b, 10.9)] + [(a, 11.95)] * 5
+    admitted = expected = 0
+    for lim, t in steps:
+        (ca if lim is a else cb).ns = ref_clock.ns = int(t * 1e9)
+        admitted += lim.hit("k").allowed
+        expected += ref.hit("k").allowed
+    assert admitted == expected
+
+
 def test_a_lock_named_by_a_reused_pid_blocks_nobody(storages: Storages) -> None:
     """A holder killed in a server whose pids are handed out again (a
     container restarted in a fresh pid namespace, with /dev/shm kept)
