@@ -46,7 +46,7 @@ _Static_assert(sizeof(st_shm_header) <= ST_SHM_HEADER_SIZE,
                "the header fits its page");
 
 /* ---- a bucket -----------------------------------------------------------
- *   0  uint32_t lock        0, or the pid of the holder
+ *   0  uint64_t lock        0, or the holder: pid | start time << 32
  *   8  uint8_t sel[WAYS]    which of a slot's two state copies is current
  *  16  uint64_t lo[WAYS]    first hash word; 0 = empty slot
  *  80  uint64_t hi[WAYS]    second hash word
@@ -57,9 +57,9 @@ _Static_assert(sizeof(st_shm_header) <= ST_SHM_HEADER_SIZE,
 #define B_HI (B_LO + 8 * ST_SHM_WAYS)
 #define B_STATE (B_HI + 8 * ST_SHM_WAYS)
 
-ST_INLINE uint32_t *b_lock(char *b)
+ST_INLINE uint64_t *b_lock(char *b)
 {
-	return (uint32_t *)b;
+	return (uint64_t *)b;
 }
 ST_INLINE uint8_t *b_sel(char *b)
 {
@@ -184,15 +184,66 @@ st_shm_hash st_shm_hash_key(const st_shm *h, uint8_t kind, const void *key,
 	return kh;
 }
 
-/* ---- locks named by their owner's pid ----------------------------------
- * The pid is cached and refreshed in a fork's child (getpid() is a system
+/* ---- locks named by their owner ----------------------------------------
+ * A lock word names its holder by pid and by the low 32 bits of the
+ * process's start time (clock ticks since boot, /proc/<pid>/stat), so a
+ * pid used again by another process (a worker restarted in a fresh pid
+ * namespace gets the same pids) does not keep a dead holder's lock. The
+ * word is cached and refreshed in a fork's child (getpid() is a system
  * call on the hot path otherwise). */
-static uint32_t self_pid;
+static uint64_t self_owner;
 static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+/* Reads /proc/<pid>/stat (pid 0: self). Returns the state letter, or 0
+ * when unreadable (ENOENT: gone, errno set), and sets *start to the low
+ * 32 bits of the start time (0 when unknown). */
+static char proc_stat(uint32_t pid, uint32_t *start)
+{
+	char path[48], buf[1024], *p;
+	unsigned long long st;
+	ssize_t n;
+	int fd;
+
+	*start = 0;
+	if (pid == 0)
+		snprintf(path, sizeof(path), "/proc/self/stat");
+	else
+		snprintf(path, sizeof(path), "/proc/%u/stat", (unsigned)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	errno = EIO; /* not ENOENT: the process is there */
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	/* "pid (comm) S f4 ... f22 ...": comm may hold parentheses and
+	 * spaces, so from the last ')'; the start time is field 22. */
+	p = strrchr(buf, ')');
+	if (p == NULL || p[1] != ' ' || p[2] == '\0')
+		return 0;
+	p += 2;
+	{
+		char state = *p;
+		for (int field = 3; field < 22 && p != NULL; field++) {
+			p = strchr(p, ' ');
+			if (p != NULL)
+				p++;
+		}
+		if (p != NULL && sscanf(p, "%llu", &st) == 1)
+			*start = (uint32_t)st;
+		return state;
+	}
+}
 
 static void refresh_pid(void)
 {
-	__atomic_store_n(&self_pid, (uint32_t)getpid(), __ATOMIC_RELAXED);
+	uint32_t start;
+	(void)proc_stat(0, &start);
+	__atomic_store_n(&self_owner,
+	                 (uint64_t)(uint32_t)getpid() | (uint64_t)start << 32,
+	                 __ATOMIC_RELAXED);
 }
 
 static void init_pid(void)
@@ -201,30 +252,24 @@ static void init_pid(void)
 	(void)pthread_atfork(NULL, NULL, refresh_pid);
 }
 
-/* Whether process `pid` can no longer release a lock: it does not exist,
- * or it is a zombie waiting to be reaped. */
-static int owner_gone(uint32_t pid)
+/* Whether the holder named by lock word `owner` can no longer release
+ * it: its pid does not exist, is a zombie waiting to be reaped, or now
+ * belongs to a process started at another time. */
+static int owner_gone(uint64_t owner)
 {
-	char path[48], buf[512], *close_paren;
-	ssize_t n;
-	int fd;
+	uint32_t pid = (uint32_t)owner, start;
+	char state;
 
 	if (kill((pid_t)pid, 0) < 0 && errno == ESRCH)
 		return 1;
-	snprintf(path, sizeof(path), "/proc/%u/stat", (unsigned)pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	state = proc_stat(pid, &start);
+	if (state == 0)
 		return errno == ENOENT;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
-	/* "pid (comm) S ...": comm may hold parentheses, so the last one. */
-	close_paren = strrchr(buf, ')');
-	if (close_paren == NULL || close_paren[1] != ' ')
-		return 0;
-	return close_paren[2] == 'Z' || close_paren[2] == 'X';
+	if (state == 'Z' || state == 'X')
+		return 1;
+	/* A start time of 0 is unknown: then trust the pid alone. */
+	return start != 0 && (uint32_t)(owner >> 32) != 0 &&
+	       (uint32_t)(owner >> 32) != start;
 }
 
 ST_INLINE void cpu_relax(void)
@@ -236,10 +281,10 @@ ST_INLINE void cpu_relax(void)
 #endif
 }
 
-static void lock_slow(uint32_t *lock, uint32_t me)
+static void lock_slow(uint64_t *lock, uint64_t me)
 {
 	for (unsigned spins = 0;; spins++) {
-		uint32_t owner = __atomic_load_n(lock, __ATOMIC_RELAXED);
+		uint64_t owner = __atomic_load_n(lock, __ATOMIC_RELAXED);
 		if (owner == 0) {
 			if (__atomic_compare_exchange_n(lock, &owner, me, 0,
 			                                __ATOMIC_ACQUIRE,
@@ -265,8 +310,8 @@ static void lock_slow(uint32_t *lock, uint32_t me)
 
 ST_INLINE void bucket_lock(char *b)
 {
-	uint32_t expected = 0;
-	uint32_t me = __atomic_load_n(&self_pid, __ATOMIC_RELAXED);
+	uint64_t expected = 0;
+	uint64_t me = __atomic_load_n(&self_owner, __ATOMIC_RELAXED);
 	if (ST_LIKELY(__atomic_compare_exchange_n(b_lock(b), &expected, me, 0,
 	                                          __ATOMIC_ACQUIRE,
 	                                          __ATOMIC_RELAXED)))
@@ -425,7 +470,8 @@ static int create_segment(st_shm *h, int fd, const char *name,
 }
 
 /* Checks an existing, initialised segment against what we want. */
-static int check_segment(st_shm *h, const st_shm_header *hdr, const char *name,
+static int check_segment(st_shm *h, const st_shm_header *hdr,
+                         uint64_t file_size, const char *name,
                          const st_shm_header *want, char *err, size_t errlen)
 {
 	char have_s[400], want_s[400];
@@ -462,6 +508,15 @@ static int check_segment(st_shm *h, const st_shm_header *hdr, const char *name,
 		         name, (unsigned long long)hdr->size,
 		         (unsigned)hdr->nbuckets, h->size,
 		         (unsigned)h->nbuckets);
+		return ST_SHM_EMISMATCH;
+	}
+	/* A file cut (or grown) behind our back: a hit past its end would
+	 * fault (SIGBUS), and our mapping is only as long as the file. */
+	if (file_size != h->size) {
+		snprintf(err, errlen,
+		         "shared memory %s is damaged: the file is %llu "
+		         "bytes, its header says %zu: remove it",
+		         name, (unsigned long long)file_size, h->size);
 		return ST_SHM_EMISMATCH;
 	}
 	h->k0 = hdr->k0;
@@ -539,7 +594,8 @@ int st_shm_open(st_shm *h, const char *name, const st_policy *policy,
 			munmap(hdr, (size_t)sb.st_size);
 			rc = create_segment(h, fd, name, &want, err, errlen);
 		} else {
-			rc = check_segment(h, hdr, name, &want, err, errlen);
+			rc = check_segment(h, hdr, (uint64_t)sb.st_size, name,
+			                   &want, err, errlen);
 			if (rc == ST_SHM_OK)
 				h->base = (char *)hdr;
 			else
@@ -645,15 +701,40 @@ static int make_room(st_shm *h, char *a, char *b, int64_t now, char **in)
 	return best;
 }
 
+/* The earliest time the process that wrote `state` can have read: the
+ * start of a window it counted in, or a token bucket's arrival time less
+ * its tolerance. Each process reads its clock before taking the lock, so
+ * another may have stored a later time meanwhile; deciding at this time
+ * instead keeps a window from being read as empty and overwritten (the
+ * in-process limiter never lets time run backwards either). */
+ST_INLINE int64_t state_time(const st_policy *p, const int64_t *state)
+{
+	int64_t t = INT64_MIN;
+
+	for (int r = 0; r < p->nrates; r++) {
+		const st_limit *l = &p->rates[r];
+		int64_t s0 = state[r * p->words], x;
+		if (s0 == INT64_MIN)
+			continue;
+		x = p->algorithm == ST_TOKEN_BUCKET ? s0 - l->tolerance_ns
+		                                    : s0 * l->period_ns;
+		t = x > t ? x : t;
+	}
+	return t;
+}
+
 /* Decides on the key in slot `i` of locked bucket `b`. */
 ST_INLINE void decide_at(st_shm *h, char *b, int i, int64_t now, int64_t cost,
                          int commit, st_decision *out)
 {
 	size_t bytes = sizeof(int64_t) * (size_t)st_policy_words(&h->policy);
-	int64_t state[ST_MAX_RATES * 3];
+	int64_t state[ST_MAX_RATES * 3], floor;
 	int sel = b_sel(b)[i] & 1;
 
 	memcpy(state, slot_state(h, b, i, sel), bytes);
+	floor = state_time(&h->policy, state);
+	if (ST_UNLIKELY(now < floor))
+		now = floor;
 	st_policy_decide(&h->policy, state, now, cost, commit, out);
 	if (out->allowed && commit) {
 		/* The spare copy, then one store makes it current. */

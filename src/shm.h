@@ -18,8 +18,9 @@
  * their slots; a new key goes to the emptier of the two, which keeps the
  * buckets even, so evictions start only when the segment is nearly full.
  * Each bucket has a lock word: 0 when free, else the pid of the process
- * holding it. A waiter that finds the holder gone (kill(pid, 0) fails with
- * ESRCH, or the holder is a zombie) takes the lock over, so a process
+ * holding it and its start time. A waiter that finds the holder gone
+ * (kill(pid, 0) fails with ESRCH, the holder is a zombie, or the pid now
+ * names a process started at another time) takes the lock over, so a process
  * killed with SIGKILL at any instruction never blocks the others. Each
  * slot keeps two copies of its state and a selector byte: an update writes
  * the spare copy and then flips the selector with one store, and a new
@@ -51,7 +52,7 @@
 #include "limit.h"
 
 #define ST_SHM_MAGIC UINT64_C(0x4d5368636e617473) /* "stanchSM" */
-#define ST_SHM_LAYOUT 2
+#define ST_SHM_LAYOUT 3
 #define ST_SHM_WAYS 8           /* slots per bucket */
 #define ST_SHM_HEADER_SIZE 4096 /* bytes before the first bucket */
 #define ST_SHM_MAX_KEYS (UINT32_C(1) << 30)

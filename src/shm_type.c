@@ -116,8 +116,10 @@ static int shm_init(ShmLimiterObject *self, PyObject *args, PyObject *kwds)
 	cname = PyUnicode_AsUTF8(name);
 	if (cname == NULL)
 		return -1;
-	/* As many bytes as characters: ASCII, and no NUL inside. */
-	if ((Py_ssize_t)strlen(cname) != PyUnicode_GET_LENGTH(name)) {
+	/* ASCII, and no NUL inside (with non-ASCII characters, a NUL could
+	 * make the byte count match the character count). */
+	if (!PyUnicode_IS_ASCII(name) ||
+	    (Py_ssize_t)strlen(cname) != PyUnicode_GET_LENGTH(name)) {
 		PyErr_Format(PyExc_ValueError,
 		             "invalid shared memory name %R (ASCII, no NUL)",
 		             name);
@@ -443,6 +445,7 @@ PyDoc_STRVAR(shm_unlink_doc,
 static PyObject *shm_unlink_fn(PyObject *module, PyObject *name)
 {
 	const char *cname;
+	Py_ssize_t len;
 
 	(void)module;
 	if (!PyUnicode_Check(name)) {
@@ -450,9 +453,15 @@ static PyObject *shm_unlink_fn(PyObject *module, PyObject *name)
 		             Py_TYPE(name)->tp_name);
 		return NULL;
 	}
-	cname = PyUnicode_AsUTF8(name);
+	cname = PyUnicode_AsUTF8AndSize(name, &len);
 	if (cname == NULL)
 		return NULL;
+	/* A NUL inside would remove the segment of the name cut there. */
+	if ((Py_ssize_t)strlen(cname) != len) {
+		PyErr_Format(PyExc_ValueError,
+		             "invalid shared memory name %R (no NUL)", name);
+		return NULL;
+	}
 	if (st_shm_unlink(cname) < 0)
 		return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError,
 		                                            name);

@@ -243,6 +243,21 @@ def test_a_foreign_segment_is_refused(storages: Storages) -> None:
         stanchion.Limiter("10/minute", storage=s)
 
 
+@pytest.mark.parametrize("delta", [-4096, 4096])
+def test_a_segment_of_the_wrong_size_is_refused(
+    storages: Storages, delta: int
+) -> None:
+    """A segment truncated (or grown) behind stanchion's back keeps a valid
+    header: using it would touch memory past the file's end (SIGBUS or
+    SIGSEGV), so it is refused, naming both sizes."""
+    s = storages()
+    lim = stanchion.Limiter("10/minute", storage=s)
+    size = _file(lim.name).stat().st_size
+    os.truncate(_file(lim.name), size + delta)
+    with pytest.raises(ValueError, match=rf"damaged.*{size + delta} bytes.*{size}"):
+        stanchion.Limiter("10/minute", storage=s)
+
+
 def test_a_segment_abandoned_by_its_creator_is_made_again(
     storages: Storages,
 ) -> None:
@@ -446,6 +461,77 @@ def test_a_worker_killed_holding_a_lock_blocks_nobody(
     assert total == 10
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_clock_reading_older_than_the_state_admits_no_extra(
+    storages: Storages, algorithm: str
+) -> None:
+    """A process reads the clock before it takes the bucket's lock, so
+    another process may store a later time first (it was descheduled in
+    between, or their clocks differ by a little). The late decision must
+    not read a window newer than its reading as empty and overwrite it:
+    the segment admits what the in-process limiter admits for the same
+    readings (where time never runs backwards)."""
+    s = storages()
+    ca, cb = FakeClock(), FakeClock()
+    a = SharedMemoryLimiter(s, "3/second", algorithm=algorithm, clock=ca)
+    b = SharedMemoryLimiter(s, "3/second", algorithm=algorithm, clock=cb)
+    ref_clock = FakeClock()
+    ref = _core.Limiter("3/second", algorithm, None, 1000, ref_clock)
+    steps = [(b, 10.9)] * 3 + [(a, 11.95), (b, 10.9)] + [(a, 11.95)] * 5
+    admitted = expected = 0
+    for lim, t in steps:
+        (ca if lim is a else cb).ns = ref_clock.ns = int(t * 1e9)
+        admitted += lim.hit("k").allowed
+        expected += ref.hit("k").allowed
+    assert admitted == expected
+
+
+def test_a_lock_named_by_a_reused_pid_blocks_nobody(storages: Storages) -> None:
+    """A holder killed in a server whose pids are handed out again (a
+    container restarted in a fresh pid namespace, with /dev/shm kept)
+    leaves a lock naming a pid that a live process now has: the lock word
+    also names the holder's start time, so waiters take it over. Here the
+    holder lives on and its lock word is given another start time, as if
+    its pid belonged to another process now."""
+    s = storages()
+    ready = _fork.Event()
+    holder = _fork.Process(target=_hold_then_sleep, args=(s, ready), daemon=True)
+    holder.start()
+    workers: list[multiprocessing.process.BaseProcess] = []
+    try:
+        assert ready.wait(30)
+        lim = stanchion.Limiter("10/day", storage=s)
+        assert isinstance(lim, SharedMemoryLimiter)
+        st_ = lim.stats()
+        bucket_size = (st_["memory_bytes"] - 4096) // (st_["slots"] // 8)
+        with open(_file(lim.name), "r+b") as f:
+            data = f.read()
+            held = [
+                off
+                for off in range(4096, len(data), bucket_size)
+                if int.from_bytes(data[off : off + 4], "little") == holder.pid
+            ]
+            assert len(held) == 1
+            start = int.from_bytes(data[held[0] + 4 : held[0] + 8], "little")
+            assert start != 0  # the holder's start time is in the word
+            f.seek(held[0] + 4)
+            f.write(((start + 1) & 0xFFFFFFFF or 1).to_bytes(4, "little"))
+        out = _fork.Queue()
+        workers = [
+            _fork.Process(target=_hit_n, args=(s, 5, out), daemon=True)
+            for _ in range(2)
+        ]
+        for w in workers:
+            w.start()
+        assert sum(out.get(timeout=20) for _ in workers) == 10
+        assert holder.is_alive()
+    finally:
+        for p in [holder, *workers]:
+            if p.is_alive():
+                p.kill()
+            p.join(10)
+
+
 def _hammer_forever(storage: SharedMemoryStorage) -> None:
     lim = stanchion.Limiter("1000000/second", storage=storage)
     keys = [f"k{i}" for i in range(4)]
@@ -496,6 +582,14 @@ def test_core_type_checks_its_template() -> None:
         )
     with pytest.raises(ValueError, match="invalid shared memory name"):
         _core.SharedMemoryLimiter("no-slash", _core.Limiter("1/second"))
+    # A NUL would cut the name short in shm_open, even when non-ASCII
+    # characters make the UTF-8 length match the character count.
+    for name in ("/stanchion.x\0y", "/stanchion.x\u00e9\0"):
+        with pytest.raises(ValueError, match="invalid shared memory name"):
+            _core.SharedMemoryLimiter(name, _core.Limiter("1/second"))
+        assert not _file(name.split("\0")[0]).exists()
+        with pytest.raises(ValueError, match="invalid shared memory name"):
+            _core.shm_unlink(name)
 
 
 # -- settings: shm:// URLs --------------------------------------------------------
@@ -525,6 +619,9 @@ def test_shm_urls_in_settings() -> None:
         ("shm://x?maxkeys=5", r"the only option is \?max_keys=N"),
         ("shm://x?max_keys=1&max_keys=2", r"the only option is \?max_keys=N"),
         ("shm://x?&", r"the only option is \?max_keys=N"),
+        # str.isdigit() holds for these, int() refuses the first
+        ("shm://x?max_keys=\u00b2", r"the only option is \?max_keys=N"),
+        ("shm://x?max_keys=\u0661\u0660", r"the only option is \?max_keys=N"),
         ("shmem://x", "unsupported URL 'shmem://x' .*shm://"),
     ],
 )

@@ -145,7 +145,10 @@ def _shm_storage(url: str, setting: str) -> Any:
     except ValueError:
         pairs = [("", "")]
     for key, value in pairs:
-        if key != "max_keys" or not value.isdigit() or "max_keys" in kwargs:
+        # ASCII digits only: str.isdigit() also holds for superscripts
+        # and other scripts' digits.
+        digits = value.isascii() and value.isdigit()
+        if key != "max_keys" or not digits or "max_keys" in kwargs:
             raise SettingError(
                 setting,
                 f"bad shm:// URL {url!r}: the only option is ?max_keys=N",

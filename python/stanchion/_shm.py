@@ -14,7 +14,11 @@ both.
 Lifetime: the segment stays until ``unlink()`` (or a reboot, which
 empties /dev/shm); restarting the server keeps the limits. A process
 killed at any point, even while it holds one of the segment's locks,
-never blocks the others. All processes must share one pid namespace.
+never blocks the others. A process *stopped* while it holds one (SIGSTOP,
+a debugger; a lock is held for well under a microsecond per decision)
+does: the processes needing that bucket wait, spinning with the GIL held
+(their other threads and Python signal handlers wait too), until it
+continues or dies. All processes must share one pid namespace.
 """
 
 from __future__ import annotations
