@@ -244,9 +244,7 @@ def test_a_foreign_segment_is_refused(storages: Storages) -> None:
 
 
 @pytest.mark.parametrize("delta", [-4096, 4096])
-def test_a_segment_of_the_wrong_size_is_refused(
-    storages: Storages, delta: int
-) -> None:
+def test_a_segment_of_the_wrong_size_is_refused(storages: Storages, delta: int) -> None:
     """A segment truncated (or grown) behind stanchion's back keeps a valid
     header: using it would touch memory past the file's end (SIGBUS or
     SIGSEGV), so it is refused, naming both sizes."""
