@@ -76,7 +76,37 @@ class RateLimiter(Protocol):
     ) -> Decision: ...
 
 
-class Limiter(_core.Limiter):
+class InstantConveniences:
+    """``acquire`` and the asyncio methods of a limiter whose ``hit``,
+    ``peek`` and ``reset`` never wait (they decide in this process's
+    memory): its ``a`` methods call them directly, without a thread hop."""
+
+    __slots__ = ()
+
+    def acquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
+        """Hit, waiting while denied. With a ``timeout`` (seconds), raises
+        RateLimitExceeded as soon as the wait would exceed it."""
+        return wait_for_hit(self.hit, key, cost, timeout)  # type: ignore[attr-defined]
+
+    async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
+        return self.hit(key, cost)  # type: ignore[attr-defined,no-any-return]
+
+    async def apeek(self, key: str | bytes, cost: int = 1) -> Decision:
+        return self.peek(key, cost)  # type: ignore[attr-defined,no-any-return]
+
+    async def areset(self, key: str | bytes | None = None) -> None:
+        self.reset(key)  # type: ignore[attr-defined]
+
+    async def aacquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
+        """Like ``acquire``, sleeping with asyncio (never blocks the loop)."""
+        return await await_hit(self.ahit, key, cost, timeout)
+
+
+class Limiter(InstantConveniences, _core.Limiter):
     """Rate limiter keyed by client.
 
     ``hit``, ``peek`` and ``reset`` are C methods; this class adds the
@@ -187,32 +217,6 @@ class Limiter(_core.Limiter):
     def __repr__(self) -> str:
         rates = ";".join(str(r) for r in self._rates)
         return f"Limiter({rates!r}, algorithm={self.algorithm!r})"
-
-    # -- blocking --------------------------------------------------------------
-
-    def acquire(
-        self, key: str | bytes, cost: int = 1, timeout: float | None = None
-    ) -> Decision:
-        """Hit, waiting while denied. With a ``timeout`` (seconds), raises
-        RateLimitExceeded as soon as the wait would exceed it."""
-        return wait_for_hit(self.hit, key, cost, timeout)
-
-    # -- asyncio ---------------------------------------------------------------
-
-    async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
-        return self.hit(key, cost)
-
-    async def apeek(self, key: str | bytes, cost: int = 1) -> Decision:
-        return self.peek(key, cost)
-
-    async def areset(self, key: str | bytes | None = None) -> None:
-        self.reset(key)
-
-    async def aacquire(
-        self, key: str | bytes, cost: int = 1, timeout: float | None = None
-    ) -> Decision:
-        """Like ``acquire``, sleeping with asyncio (never blocks the loop)."""
-        return await await_hit(self.ahit, key, cost, timeout)
 
 
 def wait_for_hit(

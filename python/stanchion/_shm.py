@@ -29,8 +29,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from . import _core
-from ._core import Decision
-from ._limiter import _check_algorithm, await_hit, wait_for_hit
+from ._limiter import InstantConveniences, _check_algorithm
 from ._rates import Rate, normalize_rates
 
 __all__ = ["SharedMemoryLimiter", "SharedMemoryStorage"]
@@ -120,7 +119,7 @@ class SharedMemoryStorage:
                 pass
 
 
-class SharedMemoryLimiter(_core.SharedMemoryLimiter):
+class SharedMemoryLimiter(InstantConveniences, _core.SharedMemoryLimiter):
     """A limiter in a :class:`SharedMemoryStorage`: the in-process
     ``Limiter``'s decisions, field for field, with the state shared by
     every process. ``hit``, ``peek``, ``reset`` and ``stats`` are C
@@ -162,25 +161,3 @@ class SharedMemoryLimiter(_core.SharedMemoryLimiter):
             f"SharedMemoryLimiter({rates!r}, algorithm={self.algorithm!r}, "
             f"storage={self.storage!r})"
         )
-
-    def acquire(
-        self, key: str | bytes, cost: int = 1, timeout: float | None = None
-    ) -> Decision:
-        """Hit, waiting while denied. With a ``timeout`` (seconds), raises
-        RateLimitExceeded as soon as the wait would exceed it."""
-        return wait_for_hit(self.hit, key, cost, timeout)
-
-    async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
-        return self.hit(key, cost)
-
-    async def apeek(self, key: str | bytes, cost: int = 1) -> Decision:
-        return self.peek(key, cost)
-
-    async def areset(self, key: str | bytes | None = None) -> None:
-        self.reset(key)
-
-    async def aacquire(
-        self, key: str | bytes, cost: int = 1, timeout: float | None = None
-    ) -> Decision:
-        """Like ``acquire``, sleeping with asyncio (never blocks the loop)."""
-        return await await_hit(self.ahit, key, cost, timeout)
