@@ -551,6 +551,46 @@ async def test_hits_that_timed_out_in_a_stall_are_not_applied_later(
         await storage.aclose()
 
 
+async def test_hits_pipelined_behind_a_stalled_one_wait_for_their_own_deadline(
+    private_redis: RedisServer,
+) -> None:
+    """Hits sent one after another on the connection of a paused server:
+    when the first times out, the others are not failed with it (before
+    their own deadlines, which the server still honours on resume) but
+    each at its own timeout; resumed right after the last gave up, the
+    server applies none of them."""
+    storage = RedisStorage(private_redis.url, timeout=TIMEOUT, retry_interval=0)
+    lim = stanchion.Limiter("100/day", storage=storage, on_error="allow")
+
+    async def later(delay: float) -> stanchion.Decision:
+        await asyncio.sleep(delay)
+        return await lim.ahit("k")
+
+    try:
+        assert (await lim.ahit("k")).remaining == 99
+        assert (await lim.ahit("k")).remaining == 98
+        private_redis.pause()
+        t0 = time.monotonic()
+        try:
+            gave_up = await asyncio.gather(*(later(i * 0.04) for i in range(5)))
+        finally:
+            private_redis.resume()
+        # The last one was sent 0.16 s after the first: it waited its own
+        # timeout, not the first's.
+        assert time.monotonic() - t0 >= 0.16 + TIMEOUT
+        assert all(d.allowed and d.reset_after == 0 for d in gave_up)
+        for _ in range(100):
+            d = await lim.apeek("k")
+            if d.reset_after > 0 and storage._connector.down_since is None:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert (await lim.ahit("k")).remaining == 97
+    finally:
+        await storage.aclose()
+        storage.close()
+
+
 async def test_a_wrong_deadline_costs_a_round_trip_not_the_hit(
     private_redis: RedisServer,
 ) -> None:

@@ -289,6 +289,18 @@ class _RespProtocol(asyncio.Protocol):
         self._transport.write(packed)
         return fut
 
+    def drop_stalled(self) -> None:
+        """Drop a connection whose server stopped answering. Nothing new
+        is sent on it; the commands in flight keep waiting, each until its
+        own deadline (its timer fails it then): the server may still run
+        one until that deadline, and its caller must not get the
+        ``on_error`` answer before, or a hit could count for a caller
+        that was told otherwise."""
+        self.closed = True
+        self._waiting = collections.deque()
+        if self._transport is not None:
+            self._transport.abort()
+
     def abort(self, exc: BaseException) -> None:
         """Fail everything in flight and drop the connection."""
         self.closed = True
@@ -305,7 +317,7 @@ def _expire(fut: asyncio.Future[Any], conn: _RespProtocol, timeout: float) -> No
     if not fut.done():
         fut.set_exception(_RedisTimeoutError(f"no answer within {timeout} s"))
         # What follows it on this connection waits behind the same stall.
-        conn.abort(_RedisConnectionError(f"no answer within {timeout} s"))
+        conn.drop_stalled()
 
 
 class _PipelinedAsync(_AsyncScan):
