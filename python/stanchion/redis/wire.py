@@ -326,8 +326,9 @@ class _PipelinedAsync(_AsyncScan):
     so concurrent calls are pipelined (one round trip serves many) and a
     call costs a write, a parse and a future, with no stream reader,
     lock or pool in between. ``timeout`` bounds each call, connecting
-    included; a call that times out drops the connection (what waits
-    behind a stalled reply would not be answered in time either)."""
+    included; a call that times out drops the connection (nothing new is
+    sent behind a stalled reply), and the calls already in flight on it
+    fail each at its own deadline."""
 
     def __init__(self, settings: dict[str, Any], timeout: float) -> None:
         self._settings = settings
