@@ -22,6 +22,9 @@ def _flag(name: str) -> bool:
 extra_compile_args = []
 extra_link_args = []
 undef_macros = []
+# shm_open lives in librt before glibc 2.34 (the manylinux_2_28 images);
+# later glibc and musl keep an empty librt for compatibility.
+libraries = ["rt"] if sys.platform.startswith("linux") else []
 
 if sys.platform != "win32":
     extra_compile_args = ["-std=c11", "-Wall", "-Wextra"]
@@ -45,6 +48,7 @@ setup(
             include_dirs=["src"],
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,
+            libraries=libraries,
             undef_macros=undef_macros,
         )
     ],
