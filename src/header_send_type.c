@@ -1,111 +1,164 @@
-/* Python bindings for the ASGI send wrapper: _core.HeaderSend.
+/* Python bindings for the wrappers that add rate limit headers as a
+ * response starts: _core.HeaderSend (an ASGI send) and _core.HeaderStart
+ * (a WSGI start_response).
  *
  * Python equivalent (the behaviour, not the speed):
  *
+ *     def _with(headers, extra):
+ *         # An inner layer's X-RateLimit-* are kept (see
+ *         # stanchion._adapt.outer_headers): ours are dropped then.
+ *         if any(k.lower() == "x-ratelimit-limit" for k, _ in headers):
+ *             extra = [(k, v) for k, v in extra
+ *                      if not k.lower().startswith("x-ratelimit-")]
+ *         return [*headers, *extra]     # names: bytes or str
+ *
  *     @final
  *     class HeaderSend:
- *         def __init__(self, send, extra: list[tuple[bytes, bytes]]):
- *             self.send, self.extra = send, extra
+ *         def __init__(self, send, *what):
+ *             # what: (extra,), a list of (bytes, bytes) pairs, copied;
+ *             # or (render, decision): render.raw_pairs(decision), made
+ *             # when the response starts.
+ *             ...
  *         def __call__(self, message):
  *             if message["type"] == "http.response.start":
- *                 headers = list(message.get("headers") or ())
- *                 extra = self.extra
- *                 # An inner layer's X-RateLimit-* trio is kept (see
- *                 # stanchion._adapt.outer_headers).
- *                 if (extra and extra[-1][0] == b"x-ratelimit-reset"
- *                         and any(len(k) == 17
- *                                 and k.lower() == b"x-ratelimit-limit"
- *                                 for k, _ in headers)):
- *                     extra = extra[:-3]
- *                 message["headers"] = headers + extra
+ *                 message["headers"] = _with(
+ *                     list(message.get("headers") or ()), self.extra())
  *             return self.send(message)
  *
- * The message's headers are replaced by a new list, never extended in
- * place: an app may send the same list (a response object's) again.
- * Every Python call it makes (the message's and the headers' methods,
- * send) runs with the wrapper holding its own references, so any code
- * they run, this wrapper's own calls included, finds it whole.
+ *     @final
+ *     class HeaderStart:
+ *         def __init__(self, start_response, *what):
+ *             # what: (extra,), a list of (str, str) pairs read when
+ *             # the response starts (it may be filled until then); or
+ *             # (render, decision): render.pairs(decision).
+ *             ...
+ *         def __call__(self, status, headers, *exc_info):
+ *             return self.start_response(
+ *                 status, _with(list(headers), self.extra()), *exc_info)
+ *
+ * The headers are always a new list, never extended in place: an app may
+ * send the same list (a response object's) again. Every Python call they
+ * make (the message's and the headers' methods, send) runs with the
+ * wrapper holding its own references, so any code it runs, this
+ * wrapper's own calls included, finds it whole.
  */
 #include <stddef.h>
 #include <string.h>
 
+#include "decision_type.h"
 #include "module.h"
+#include "rate_headers_type.h"
 #include "structmember.h"
 
 typedef struct {
 	PyObject_HEAD st_state *st; /* module state: the interned names */
-	PyObject *send;             /* the server's send */
-	PyObject *extra;            /* list of (bytes, bytes) */
+	PyObject *target;           /* the server's send or start_response */
+	PyObject *extra;            /* list of pairs, or NULL */
+	PyObject *render;           /* RateHeaders, or NULL (then `extra`) */
+	PyObject *decision;         /* its Decision */
 	vectorcallfunc vectorcall;
 } HeaderSendObject;
 
-static const char X_LIMIT[] = "x-ratelimit-limit";
-static const char X_RESET[] = "x-ratelimit-reset";
-#define X_LEN 17
-
-/* Whether `name` (a header name of any type) is X-RateLimit-Limit in any
- * case. Non-bytes names (not ASGI) compare as str would, ASCII only. */
-static int is_x_limit(PyObject *name)
+/* Appends to `out` the n pairs of items[], leaving out the X-RateLimit-*
+ * ones when `out` already has X-RateLimit-Limit (the inner layer's quota
+ * is kept). Returns 0, or -1 with an exception set. */
+static int append_pairs(PyObject *out, PyObject *const *items, Py_ssize_t n)
 {
-	const char *s;
-	Py_ssize_t n;
+	int inner = -1; /* not looked at yet */
 
-	if (PyBytes_Check(name)) {
-		s = PyBytes_AS_STRING(name);
-		n = PyBytes_GET_SIZE(name);
-	} else if (PyUnicode_Check(name) && PyUnicode_IS_ASCII(name)) {
-		s = (const char *)PyUnicode_DATA(name);
-		n = PyUnicode_GET_LENGTH(name);
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *item = items[i];
+		if (st_is_x_header(PyTuple_GET_ITEM(item, 0))) {
+			if (inner < 0)
+				inner = st_has_x_limit(out);
+			if (inner)
+				continue;
+		}
+		if (PyList_Append(out, item) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Whether every item of the list `extra` is a (name, value) tuple of
+ * bytes (`raw`) or of str; else a TypeError naming `what`. */
+static int check_pairs(PyObject *extra, int raw, const char *what)
+{
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(extra); i++) {
+		PyObject *item = PyList_GET_ITEM(extra, i);
+		int ok = PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 2;
+		for (Py_ssize_t j = 0; ok && j < 2; j++) {
+			PyObject *o = PyTuple_GET_ITEM(item, j);
+			ok = raw ? PyBytes_Check(o) : PyUnicode_Check(o);
+		}
+		if (!ok) {
+			PyErr_Format(PyExc_TypeError,
+			             "%s must hold (%s, %s) pairs", what,
+			             raw ? "bytes" : "str",
+			             raw ? "bytes" : "str");
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* A new list: `headers` (any iterable, or NULL/None for none) followed
+ * by the wrapper's pairs (bytes when `raw`), by the rule above. Returns
+ * NULL with an exception set on failure. */
+static PyObject *with_extra(HeaderSendObject *self, PyObject *headers, int raw)
+{
+	PyObject *out, *items[ST_NHDR], *extra = NULL;
+	PyObject *const *src;
+	int which[ST_NHDR];
+	Py_ssize_t n, i;
+	int rc;
+
+	if (headers == NULL || headers == Py_None)
+		out = PyList_New(0);
+	else
+		out = PySequence_List(headers);
+	if (out == NULL)
+		return NULL;
+	/* A list of our own now; the pairs are ours too (rendered here, or
+	 * a snapshot of the extra list), so nothing changes under the loop
+	 * below. */
+	if (self->render != NULL) {
+		n = st_rate_headers_render(self->render, self->decision, raw,
+		                           items, which);
+		if (n < 0) {
+			Py_DECREF(out);
+			return NULL;
+		}
+		src = items;
 	} else {
-		return 0;
+		extra = PyList_GetSlice(self->extra, 0,
+		                        PyList_GET_SIZE(self->extra));
+		if (extra == NULL || check_pairs(extra, raw, "extra") < 0) {
+			Py_XDECREF(extra);
+			Py_DECREF(out);
+			return NULL;
+		}
+		n = PyList_GET_SIZE(extra);
+		src = &PyList_GET_ITEM(extra, 0);
 	}
-	if (n != X_LEN)
-		return 0;
-	for (Py_ssize_t i = 0; i < X_LEN; i++) {
-		char c = s[i];
-		if (c >= 'A' && c <= 'Z')
-			c = (char)(c - 'A' + 'a');
-		if (c != X_LIMIT[i])
-			return 0;
+	rc = append_pairs(out, src, n);
+	if (extra != NULL) {
+		Py_DECREF(extra);
+	} else {
+		for (i = 0; i < n; i++)
+			Py_DECREF(items[i]);
 	}
-	return 1;
+	if (rc < 0)
+		Py_CLEAR(out);
+	return out;
 }
 
-/* How many of `extra`'s pairs to send after `headers` (a list): all, or
- * all but the X-RateLimit-* trio when the inner layer sent its own. */
-static Py_ssize_t extra_to_send(PyObject *extra, PyObject *headers)
-{
-	Py_ssize_t n = PyList_GET_SIZE(extra);
-	PyObject *last, *name;
-
-	if (n < 3)
-		return n;
-	last = PyList_GET_ITEM(extra, n - 1);
-	if (!PyTuple_Check(last) || PyTuple_GET_SIZE(last) != 2)
-		return n;
-	name = PyTuple_GET_ITEM(last, 0);
-	if (!PyBytes_Check(name) || PyBytes_GET_SIZE(name) != X_LEN ||
-	    memcmp(PyBytes_AS_STRING(name), X_RESET, X_LEN) != 0)
-		return n;
-	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
-		PyObject *item = PyList_GET_ITEM(headers, i);
-		if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) >= 1 &&
-		    is_x_limit(PyTuple_GET_ITEM(item, 0)))
-			return n - 3;
-		if (PyList_Check(item) && PyList_GET_SIZE(item) >= 1 &&
-		    is_x_limit(PyList_GET_ITEM(item, 0)))
-			return n - 3;
-	}
-	return n;
-}
-
-/* Sets message["headers"] to its headers followed by the extra pairs.
- * Returns 0, or -1 with an exception set. */
+/* Sets message["headers"] to its headers followed by the pairs. Returns
+ * 0, or -1 with an exception set. */
 static int add_headers(HeaderSendObject *self, PyObject *message,
                        PyObject *key)
 {
-	PyObject *headers, *out, *extra;
-	Py_ssize_t m;
+	PyObject *headers, *out;
 	int rc;
 
 	headers = PyObject_GetItem(message, key);
@@ -113,27 +166,12 @@ static int add_headers(HeaderSendObject *self, PyObject *message,
 		if (!PyErr_ExceptionMatches(PyExc_KeyError))
 			return -1;
 		PyErr_Clear();
-		out = PyList_New(0);
-	} else if (headers == Py_None) {
-		Py_DECREF(headers);
-		out = PyList_New(0);
-	} else {
-		out = PySequence_List(headers);
-		Py_DECREF(headers);
 	}
+	out = with_extra(self, headers, 1);
+	Py_XDECREF(headers);
 	if (out == NULL)
 		return -1;
-	/* A list of our own now: the extra list is ours too (never handed
-	 * out), so neither changes under the loop below. */
-	extra = self->extra;
-	Py_INCREF(extra);
-	m = extra_to_send(extra, out);
-	rc = 0;
-	for (Py_ssize_t i = 0; i < m && rc == 0; i++)
-		rc = PyList_Append(out, PyList_GET_ITEM(extra, i));
-	Py_DECREF(extra);
-	if (rc == 0)
-		rc = PyObject_SetItem(message, key, out);
+	rc = PyObject_SetItem(message, key, out);
 	Py_DECREF(out);
 	return rc;
 }
@@ -152,12 +190,13 @@ static PyObject *hs_vectorcall(PyObject *op, PyObject *const *args,
 		                "HeaderSend() takes one message");
 		return NULL;
 	}
+	Py_INCREF(self);
 	message = args[0];
 	Py_INCREF(message);
 	type = PyObject_GetItem(message, st->str_type);
 	if (type == NULL) {
-		Py_DECREF(message);
-		return NULL;
+		result = NULL;
+		goto done;
 	}
 	/* Servers and frameworks send the literal, interned: a pointer test
 	 * answers nearly always. */
@@ -166,78 +205,180 @@ static PyObject *hs_vectorcall(PyObject *op, PyObject *const *args,
 	         PyUnicode_Compare(type, st->str_response_start) == 0);
 	Py_DECREF(type);
 	if (start && add_headers(self, message, st->str_headers) < 0) {
-		Py_DECREF(message);
-		return NULL;
+		result = NULL;
+		goto done;
 	}
-	send = self->send;
+	send = self->target;
 	Py_INCREF(send);
 	result = PyObject_CallOneArg(send, message);
 	Py_DECREF(send);
+done:
 	Py_DECREF(message);
+	Py_DECREF(self);
 	return result;
+}
+
+/* HeaderStart(status, headers, exc_info=None). */
+static PyObject *hst_vectorcall(PyObject *op, PyObject *const *args,
+                                size_t nargsf, PyObject *kwnames)
+{
+	HeaderSendObject *self = (HeaderSendObject *)op;
+	Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+	PyObject *call[3], *start, *result = NULL;
+
+	if (nargs < 2 || nargs > 3 ||
+	    (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+		PyErr_SetString(PyExc_TypeError,
+		                "start_response() takes status, headers and "
+		                "an optional exc_info, positionally");
+		return NULL;
+	}
+	Py_INCREF(self);
+	call[0] = Py_NewRef(args[0]);
+	call[1] = with_extra(self, args[1], 0);
+	call[2] = nargs == 3 ? Py_NewRef(args[2]) : NULL;
+	if (call[1] != NULL) {
+		start = Py_NewRef(self->target);
+		result = PyObject_Vectorcall(start, call, (size_t)nargs, NULL);
+		Py_DECREF(start);
+	}
+	Py_DECREF(call[0]);
+	Py_XDECREF(call[1]);
+	Py_XDECREF(call[2]);
+	Py_DECREF(self);
+	return result;
+}
+
+/* The constructors' common part: (target, extra) or (target, render,
+ * decision), checked before anything is built. `raw`: HeaderSend (bytes
+ * pairs, copied) rather than HeaderStart (str pairs, read when called). */
+static PyObject *make(PyTypeObject *type, PyObject *const *args,
+                      Py_ssize_t nargs, PyObject *kwnames, int raw)
+{
+	const char *name = raw ? "HeaderSend" : "HeaderStart";
+	st_state *st = st_state_from_type(type);
+	HeaderSendObject *self;
+	PyObject *extra = NULL;
+
+	if (st == NULL)
+		return NULL;
+	if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0) {
+		PyErr_Format(PyExc_TypeError,
+		             "%s() takes no keyword arguments", name);
+		return NULL;
+	}
+	if (nargs != 2 && nargs != 3) {
+		PyErr_Format(
+		    PyExc_TypeError,
+		    "%s() takes (%s, extra) or (%s, render, decision), "
+		    "got %zd arguments",
+		    name, raw ? "send" : "start_response",
+		    raw ? "send" : "start_response", nargs);
+		return NULL;
+	}
+	if (!PyCallable_Check(args[0])) {
+		PyErr_Format(PyExc_TypeError,
+		             "%s must be callable, not %.100s",
+		             raw ? "send" : "start_response",
+		             Py_TYPE(args[0])->tp_name);
+		return NULL;
+	}
+	if (nargs == 3) {
+		if (!PyObject_TypeCheck(args[1], st->rate_headers_type)) {
+			PyErr_Format(
+			    PyExc_TypeError,
+			    "render must be a RateHeaders, not %.100s",
+			    Py_TYPE(args[1])->tp_name);
+			return NULL;
+		}
+		if (!st_decision_check(st, args[2])) {
+			PyErr_Format(PyExc_TypeError,
+			             "decision must be a Decision, not %.100s",
+			             Py_TYPE(args[2])->tp_name);
+			return NULL;
+		}
+	} else if (raw) {
+		extra = PySequence_List(args[1]);
+		if (extra == NULL || check_pairs(extra, 1, "extra") < 0) {
+			Py_XDECREF(extra);
+			return NULL;
+		}
+	} else {
+		if (!PyList_Check(args[1])) {
+			PyErr_Format(PyExc_TypeError,
+			             "extra must be a list, not %.100s",
+			             Py_TYPE(args[1])->tp_name);
+			return NULL;
+		}
+		extra = Py_NewRef(args[1]);
+	}
+	self = PyObject_GC_New(HeaderSendObject, type);
+	if (self == NULL) {
+		Py_XDECREF(extra);
+		return NULL;
+	}
+	self->st = st;
+	self->target = Py_NewRef(args[0]);
+	self->extra = extra;
+	self->render = nargs == 3 ? Py_NewRef(args[1]) : NULL;
+	self->decision = nargs == 3 ? Py_NewRef(args[2]) : NULL;
+	self->vectorcall = raw ? hs_vectorcall : hst_vectorcall;
+	PyObject_GC_Track(self);
+	return (PyObject *)self;
+}
+
+static PyObject *hs_new_vc(PyObject *type, PyObject *const *args,
+                           size_t nargsf, PyObject *kwnames)
+{
+	return make((PyTypeObject *)type, args, PyVectorcall_NARGS(nargsf),
+	            kwnames, 1);
+}
+
+static PyObject *hst_new_vc(PyObject *type, PyObject *const *args,
+                            size_t nargsf, PyObject *kwnames)
+{
+	return make((PyTypeObject *)type, args, PyVectorcall_NARGS(nargsf),
+	            kwnames, 0);
+}
+
+/* tp_new, for calls that do not go through vectorcall. */
+static PyObject *new_from_tuple(PyTypeObject *type, PyObject *args,
+                                PyObject *kwds, int raw)
+{
+	if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+		PyErr_Format(PyExc_TypeError,
+		             "%s() takes no keyword arguments",
+		             raw ? "HeaderSend" : "HeaderStart");
+		return NULL;
+	}
+	return make(type, &PyTuple_GET_ITEM(args, 0), PyTuple_GET_SIZE(args),
+	            NULL, raw);
 }
 
 static PyObject *hs_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-	HeaderSendObject *self;
-	PyObject *send, *extra, *copy;
-	st_state *st = st_state_from_type(type);
+	return new_from_tuple(type, args, kwds, 1);
+}
 
-	if (st == NULL)
-		return NULL;
-	if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
-		PyErr_SetString(PyExc_TypeError,
-		                "HeaderSend() takes no keyword arguments");
-		return NULL;
-	}
-	if (!PyArg_ParseTuple(args, "OO:HeaderSend", &send, &extra))
-		return NULL;
-	if (!PyCallable_Check(send)) {
-		PyErr_Format(PyExc_TypeError,
-		             "send must be callable, not %.100s",
-		             Py_TYPE(send)->tp_name);
-		return NULL;
-	}
-	copy = PySequence_List(extra);
-	if (copy == NULL)
-		return NULL;
-	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(copy); i++) {
-		PyObject *item = PyList_GET_ITEM(copy, i);
-		if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
-		    !PyBytes_Check(PyTuple_GET_ITEM(item, 0)) ||
-		    !PyBytes_Check(PyTuple_GET_ITEM(item, 1))) {
-			PyErr_SetString(
-			    PyExc_TypeError,
-			    "extra must hold (bytes, bytes) pairs");
-			Py_DECREF(copy);
-			return NULL;
-		}
-	}
-	self = (HeaderSendObject *)type->tp_alloc(type, 0);
-	if (self == NULL) {
-		Py_DECREF(copy);
-		return NULL;
-	}
-	Py_INCREF(send);
-	self->st = st;
-	self->send = send;
-	self->extra = copy;
-	self->vectorcall = hs_vectorcall;
-	return (PyObject *)self;
+static PyObject *hst_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+	return new_from_tuple(type, args, kwds, 0);
 }
 
 static int hs_traverse(HeaderSendObject *self, visitproc visit, void *arg)
 {
 	Py_VISIT(Py_TYPE(self));
-	Py_VISIT(self->send);
+	Py_VISIT(self->target);
 	Py_VISIT(self->extra);
 	return 0;
 }
 
 static int hs_clear(HeaderSendObject *self)
 {
-	Py_CLEAR(self->send);
+	Py_CLEAR(self->target);
 	Py_CLEAR(self->extra);
+	Py_CLEAR(self->render);
+	Py_CLEAR(self->decision);
 	return 0;
 }
 
@@ -258,18 +399,38 @@ static PyMemberDef hs_members[] = {
 };
 
 PyDoc_STRVAR(hs_doc,
-             "HeaderSend(send, extra)\n"
+             "HeaderSend(send, extra) or HeaderSend(send, render, decision)\n"
              "--\n\n"
-             "An ASGI send that adds the `extra` (name, value) byte pairs "
-             "to the headers of\nthe http.response.start message (a new "
-             "list; an X-RateLimit-* trio at the\nend of `extra` is dropped "
-             "when the app sent X-RateLimit-Limit), then calls\n`send`.");
+             "An ASGI send that adds rate limit headers to the headers of "
+             "the\nhttp.response.start message (a new list), then calls "
+             "`send`. The headers\nare `extra`, (name, value) byte pairs "
+             "copied now, or render.raw_pairs(decision),\nmade as the "
+             "response starts. Their X-RateLimit-* trio is dropped when the "
+             "app\nsent X-RateLimit-Limit.");
+
+PyDoc_STRVAR(hst_doc,
+             "HeaderStart(start_response, extra) or "
+             "HeaderStart(start_response, render, decision)\n"
+             "--\n\n"
+             "A WSGI start_response that adds rate limit headers to the "
+             "app's (a new list),\nthen calls `start_response`. The headers "
+             "are the (name, value) str pairs in\nthe list `extra` when the "
+             "response starts (it may be filled until then), or\n"
+             "render.pairs(decision). Their X-RateLimit-* trio is dropped "
+             "when the app sent\nX-RateLimit-Limit.");
 
 static PyType_Slot hs_slots[] = {
     {Py_tp_doc, (void *)hs_doc}, {Py_tp_new, hs_new},
     {Py_tp_dealloc, hs_dealloc}, {Py_tp_traverse, hs_traverse},
     {Py_tp_clear, hs_clear},     {Py_tp_call, PyVectorcall_Call},
     {Py_tp_members, hs_members}, {0, NULL},
+};
+
+static PyType_Slot hst_slots[] = {
+    {Py_tp_doc, (void *)hst_doc}, {Py_tp_new, hst_new},
+    {Py_tp_dealloc, hs_dealloc},  {Py_tp_traverse, hs_traverse},
+    {Py_tp_clear, hs_clear},      {Py_tp_call, PyVectorcall_Call},
+    {Py_tp_members, hs_members},  {0, NULL},
 };
 
 static PyType_Spec hs_spec = {
@@ -279,6 +440,32 @@ static PyType_Spec hs_spec = {
              Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .slots = hs_slots,
 };
+
+static PyType_Spec hst_spec = {
+    .name = "stanchion._core.HeaderStart",
+    .basicsize = sizeof(HeaderSendObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .slots = hst_slots,
+};
+
+/* Creates the type of `spec`, constructed by vectorcall (`new_vc`: no
+ * argument tuple per request), and adds it to the module. */
+static PyTypeObject *add_type(PyObject *module, PyType_Spec *spec,
+                              vectorcallfunc new_vc)
+{
+	PyTypeObject *tp =
+	    (PyTypeObject *)PyType_FromModuleAndSpec(module, spec, NULL);
+
+	if (tp == NULL)
+		return NULL;
+	tp->tp_vectorcall = new_vc;
+	if (PyModule_AddType(module, tp) < 0) {
+		Py_DECREF(tp);
+		return NULL;
+	}
+	return tp;
+}
 
 /* See module.h. */
 int st_header_send_exec(PyObject *module, st_state *st)
@@ -290,9 +477,9 @@ int st_header_send_exec(PyObject *module, st_state *st)
 	if (st->str_type == NULL || st->str_headers == NULL ||
 	    st->str_response_start == NULL)
 		return -1;
-	st->header_send_type =
-	    (PyTypeObject *)PyType_FromModuleAndSpec(module, &hs_spec, NULL);
+	st->header_send_type = add_type(module, &hs_spec, hs_new_vc);
 	if (st->header_send_type == NULL)
 		return -1;
-	return PyModule_AddType(module, st->header_send_type);
+	st->header_start_type = add_type(module, &hst_spec, hst_new_vc);
+	return st->header_start_type == NULL ? -1 : 0;
 }

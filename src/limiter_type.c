@@ -533,52 +533,68 @@ static void limiter_make_room(LimiterObject *self, int64_t now)
 		self->evicted++;
 }
 
-static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
-                                Py_ssize_t nargs, PyObject *kwnames,
-                                int commit, const char *fname)
+/* Decides for `key` (checked as limiter_key does) at `cost` (already
+ * checked against max_cost), committing the hit when `commit`. Returns
+ * 0 with *d filled, or -1 with an exception set. Python code runs only
+ * in an injected clock, before the table is touched. */
+static int limiter_decide_key(LimiterObject *self, PyObject *keyobj,
+                              int64_t cost, int commit, st_decision *d)
 {
 	const char *key;
 	Py_ssize_t len;
 	uint8_t tag;
 	Py_hash_t hash;
-	int64_t cost, now;
-	st_decision d;
+	int64_t now;
 	kt_entry *e;
 
-	if (limiter_args(self, args, nargs, kwnames, fname, &cost) < 0)
-		return NULL;
-	if (limiter_key(args[0], &key, &len, &tag, &hash) < 0)
-		return NULL;
+	if (limiter_key(keyobj, &key, &len, &tag, &hash) < 0)
+		return -1;
 	if (st_clock_now(self->clock, &self->fclock, &self->last_now, &now) <
 	    0)
-		return NULL;
+		return -1;
 	if (ST_UNLIKELY(self->clock != NULL) &&
 	    limiter_recheck_cost(self, cost) < 0)
-		return NULL;
+		return -1;
 	/* From here on no Python code runs until the table is consistent. */
 	e = kt_find(&self->table, (uint64_t)hash, tag, key, (size_t)len);
 	if (ST_LIKELY(e != NULL)) {
 		st_policy_decide(&self->policy, e->state, now, cost, commit,
-		                 &d);
+		                 d);
 	} else {
 		/* An unknown key is full. Only an allowed, committed hit
 		 * stores it: peeks and denials never grow the table. */
 		int64_t fresh[ST_MAX_RATES * 3];
 		st_policy_fresh(&self->policy, fresh);
-		st_policy_decide(&self->policy, fresh, now, cost, commit, &d);
-		if (d.allowed && commit) {
+		st_policy_decide(&self->policy, fresh, now, cost, commit, d);
+		if (d->allowed && commit) {
 			if (self->table.count >= self->table.max)
 				limiter_make_room(self, now);
 			e = kt_insert(&self->table, (uint64_t)hash, tag, key,
 			              (size_t)len);
-			if (e == NULL)
-				return PyErr_NoMemory();
+			if (e == NULL) {
+				PyErr_NoMemory();
+				return -1;
+			}
 			memcpy(e->state, fresh,
 			       sizeof(int64_t) *
 			           (size_t)st_policy_words(&self->policy));
 			self->inserts_since_sweep++;
 		}
 	}
+	return 0;
+}
+
+static PyObject *limiter_decide(LimiterObject *self, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames,
+                                int commit, const char *fname)
+{
+	int64_t cost;
+	st_decision d;
+
+	if (limiter_args(self, args, nargs, kwnames, fname, &cost) < 0)
+		return NULL;
+	if (limiter_decide_key(self, args[0], cost, commit, &d) < 0)
+		return NULL;
 	return st_decision_make(self->st, &d);
 }
 
@@ -833,6 +849,33 @@ int st_limiter_policy(st_state *st, PyObject *obj, st_policy *policy,
 	*policy = lim->policy;
 	*max_keys = lim->table.max;
 	return 0;
+}
+
+int st_limiter_hit(st_state *st, PyObject *obj, PyObject *key, int64_t cost,
+                   st_decision *d)
+{
+	LimiterObject *lim = (LimiterObject *)obj;
+
+	if (!PyObject_TypeCheck(obj, st->limiter_type)) {
+		PyErr_Format(PyExc_TypeError,
+		             "expected a stanchion._core.Limiter, not %.100s",
+		             Py_TYPE(obj)->tp_name);
+		return -1;
+	}
+	if (ST_UNLIKELY(!lim->ready)) {
+		PyErr_SetString(PyExc_RuntimeError,
+		                "Limiter.__init__ was not called");
+		return -1;
+	}
+	if (ST_UNLIKELY(cost < 1 || cost > lim->max_cost)) {
+		PyErr_Format(
+		    PyExc_ValueError,
+		    "cost %lld is out of range for this limiter (1 to "
+		    "%lld)",
+		    (long long)cost, (long long)lim->max_cost);
+		return -1;
+	}
+	return limiter_decide_key(lim, key, cost, 1, d);
 }
 
 int st_limiter_exec(PyObject *module, st_state *st)

@@ -11,10 +11,13 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->cache_info_type);
 	Py_VISIT(st->rate_headers_type);
 	Py_VISIT(st->header_send_type);
+	Py_VISIT(st->header_start_type);
+	Py_VISIT(st->gate_type);
 	Py_VISIT(st->shm_limiter_type);
 	for (int i = 0; i < 5; i++) {
 		Py_VISIT(st->hdr_str[i]);
 		Py_VISIT(st->hdr_bytes[i]);
+		Py_VISIT(st->hdr_lower[i]);
 	}
 	Py_VISIT(st->kwd_mark);
 	Py_VISIT(st->str_cost);
@@ -38,10 +41,13 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->cache_info_type);
 	Py_CLEAR(st->rate_headers_type);
 	Py_CLEAR(st->header_send_type);
+	Py_CLEAR(st->header_start_type);
+	Py_CLEAR(st->gate_type);
 	Py_CLEAR(st->shm_limiter_type);
 	for (int i = 0; i < 5; i++) {
 		Py_CLEAR(st->hdr_str[i]);
 		Py_CLEAR(st->hdr_bytes[i]);
+		Py_CLEAR(st->hdr_lower[i]);
 	}
 	Py_CLEAR(st->kwd_mark);
 	Py_CLEAR(st->str_cost);
@@ -105,6 +111,8 @@ static int module_exec(PyObject *module)
 	if (st_header_send_exec(module, st) < 0)
 		return -1;
 	if (st_shm_limiter_exec(module, st) < 0)
+		return -1;
+	if (st_gate_exec(module, st) < 0)
 		return -1;
 	return 0;
 }

@@ -26,9 +26,12 @@ typedef struct {
 	PyTypeObject *cache_info_type;   /* _core.CacheInfo */
 	PyTypeObject *rate_headers_type; /* _core.RateHeaders */
 	PyTypeObject *header_send_type;  /* _core.HeaderSend */
+	PyTypeObject *header_start_type; /* _core.HeaderStart */
+	PyTypeObject *gate_type;         /* _core.Gate */
 	PyTypeObject *shm_limiter_type;  /* _core.SharedMemoryLimiter */
 	PyObject *hdr_str[5];   /* header names: RateLimit-Policy, ... */
 	PyObject *hdr_bytes[5]; /* the same, lower-case latin-1 (ASGI) */
+	PyObject *hdr_lower[5]; /* the same, lower-case str (Django) */
 	PyObject *kwd_mark;     /* separates args from kwargs in cache keys */
 	PyObject *str_cost;     /* interned keyword names */
 	PyObject *str_default;
@@ -58,11 +61,21 @@ int st_cache_info_exec(PyObject *module, st_state *st);
 int st_rate_headers_exec(PyObject *module, st_state *st);
 int st_header_send_exec(PyObject *module, st_state *st);
 int st_shm_limiter_exec(PyObject *module, st_state *st);
+int st_gate_exec(PyObject *module, st_state *st);
 
 /* The compiled policy and max_keys of a _core.Limiter `obj` (limiter_type.c),
  * for engines that must decide exactly as it does. Returns 0, or -1 with a
  * TypeError (not a Limiter) or RuntimeError (not initialised). */
 int st_limiter_policy(st_state *st, PyObject *obj, st_policy *policy,
                       size_t *max_keys);
+
+/* Limiter.hit(key, cost) of a _core.Limiter `obj` (or a subclass: its
+ * Python methods are not called) without building a Decision: fills *d.
+ * Returns 0, or -1 with an exception set (TypeError: not a Limiter or a
+ * bad key; ValueError: a cost out of range; RuntimeError: not
+ * initialised). Python code runs only in the limiter's injected clock;
+ * the caller holds references to `obj` and `key`. */
+int st_limiter_hit(st_state *st, PyObject *obj, PyObject *key, int64_t cost,
+                   st_decision *d);
 
 #endif /* ST_MODULE_H */

@@ -28,8 +28,22 @@
  *         def raw_pairs(self, d):     # ASGI: lower-case names, bytes
  *             return [(k.lower().encode(), v.encode())
  *                     for k, v in self.pairs(d)]
- *         def extend(self, d, out: list): out += self.pairs(d)
- *         def extend_raw(self, d, out: list): out += self.raw_pairs(d)
+ *         def extend(self, d, out: list):
+ *             pairs = self.pairs(d)
+ *             if self.x and any(k.lower() == "x-ratelimit-limit"
+ *                               for k, _ in out):   # an inner layer's
+ *                 pairs = pairs[:-3]                # trio is kept
+ *             out += pairs
+ *         def extend_raw(self, d, out: list): the same, raw_pairs
+ *         def into_store(self, d, store: dict):   # Django's header store
+ *             pairs = self.pairs(d)
+ *             if self.x and "x-ratelimit-limit" in store:
+ *                 pairs = pairs[:-3]    # the inner layer's trio is kept
+ *             for k, v in pairs:
+ *                 old = store.get(k.lower())
+ *                 if old and not k.startswith("X-"):
+ *                     v = f"{old[1]}, {v}"
+ *                 store[k.lower()] = (k, v)
  */
 #include <string.h>
 
@@ -194,13 +208,11 @@ static PyObject *number_item(RateHeadersObject *self, int raw, int which,
 	return item;
 }
 
-/* Renders the headers of `d` into out[] (at most ST_NHDR new (name,
- * value) tuples, str or bytes when `raw`). Returns how many, or -1 with
- * an exception set (TypeError unless `d` is a Decision; MemoryError),
- * leaving out[] holding nothing. Runs no Python code. */
-static Py_ssize_t render(RateHeadersObject *self, PyObject *d, int raw,
-                         PyObject **out)
+/* See rate_headers_type.h. */
+Py_ssize_t st_rate_headers_render(PyObject *rh, PyObject *d, int raw,
+                                  PyObject **out, int *which)
 {
+	RateHeadersObject *self = (RateHeadersObject *)rh;
 	st_state *st = self->st;
 	Py_ssize_t n = 0;
 	const DecisionObject *dec;
@@ -216,8 +228,11 @@ static Py_ssize_t render(RateHeadersObject *self, PyObject *d, int raw,
 	reset = ceil_seconds(dec->reset_after_ns);
 	t = dec->allowed ? reset : ceil_seconds(dec->retry_after_ns);
 	if (self->ietf) {
-		if (self->policy_item[raw] != NULL)
+		if (self->policy_item[raw] != NULL) {
+			which[n] = ST_HDR_POLICY;
 			out[n++] = Py_NewRef(self->policy_item[raw]);
+		}
+		which[n] = ST_HDR_RATELIMIT;
 		out[n] = pair(raw ? st->hdr_bytes[ST_HDR_RATELIMIT]
 		                  : st->hdr_str[ST_HDR_RATELIMIT],
 		              ratelimit_text(self, dec, t, raw));
@@ -225,22 +240,91 @@ static Py_ssize_t render(RateHeadersObject *self, PyObject *d, int raw,
 			goto error;
 	}
 	if (self->x) {
-		out[n] = number_item(self, raw, ST_HDR_X_LIMIT, dec->limit);
-		if (out[n++] == NULL)
-			goto error;
-		out[n] =
-		    number_item(self, raw, ST_HDR_X_REMAIN, dec->remaining);
-		if (out[n++] == NULL)
-			goto error;
-		out[n] = number_item(self, raw, ST_HDR_X_RESET, reset);
-		if (out[n++] == NULL)
-			goto error;
+		static const int x[3] = {ST_HDR_X_LIMIT, ST_HDR_X_REMAIN,
+		                         ST_HDR_X_RESET};
+		const int64_t v[3] = {dec->limit, dec->remaining, reset};
+		for (int i = 0; i < 3; i++) {
+			which[n] = x[i];
+			out[n] = number_item(self, raw, x[i], v[i]);
+			if (out[n++] == NULL)
+				goto error;
+		}
 	}
 	return n;
 error:
 	for (Py_ssize_t i = 0; i < n - 1; i++)
 		Py_DECREF(out[i]);
 	return -1;
+}
+
+/* st_rate_headers_render without the header kinds. */
+static Py_ssize_t render(RateHeadersObject *self, PyObject *d, int raw,
+                         PyObject **out)
+{
+	int which[ST_NHDR];
+
+	return st_rate_headers_render((PyObject *)self, d, raw, out, which);
+}
+
+/* The lower-case ASCII text of a header name (bytes, or an ASCII str)
+ * into buf (`cap` bytes); its length, or -1 when it is neither or
+ * longer than `cap`. */
+static Py_ssize_t lower_name(PyObject *name, char *buf, Py_ssize_t cap)
+{
+	const char *s;
+	Py_ssize_t n;
+
+	if (PyBytes_Check(name)) {
+		s = PyBytes_AS_STRING(name);
+		n = PyBytes_GET_SIZE(name);
+	} else if (PyUnicode_Check(name) && PyUnicode_IS_ASCII(name)) {
+		s = (const char *)PyUnicode_DATA(name);
+		n = PyUnicode_GET_LENGTH(name);
+	} else {
+		return -1;
+	}
+	if (n > cap)
+		return -1;
+	for (Py_ssize_t i = 0; i < n; i++) {
+		char c = s[i];
+		buf[i] = (char)(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+	}
+	return n;
+}
+
+/* See rate_headers_type.h. */
+int st_is_x_header(PyObject *name)
+{
+	static const char *x[3] = {
+	    "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"};
+	char buf[24];
+	Py_ssize_t n = lower_name(name, buf, (Py_ssize_t)sizeof(buf));
+
+	for (int i = 0; i < 3 && n > 0; i++)
+		if ((size_t)n == strlen(x[i]) &&
+		    memcmp(buf, x[i], (size_t)n) == 0)
+			return 1;
+	return 0;
+}
+
+/* See rate_headers_type.h. */
+int st_has_x_limit(PyObject *headers)
+{
+	char buf[17];
+
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
+		PyObject *item = PyList_GET_ITEM(headers, i), *name;
+		if (PyTuple_Check(item) && PyTuple_GET_SIZE(item) >= 1)
+			name = PyTuple_GET_ITEM(item, 0);
+		else if (PyList_Check(item) && PyList_GET_SIZE(item) >= 1)
+			name = PyList_GET_ITEM(item, 0);
+		else
+			continue;
+		if (lower_name(name, buf, 17) == 17 &&
+		    memcmp(buf, "x-ratelimit-limit", 17) == 0)
+			return 1;
+	}
+	return 0;
 }
 
 /* pairs()/raw_pairs(): a new list of the rendered tuples, or NULL with an
@@ -264,14 +348,15 @@ static PyObject *rh_list(RateHeadersObject *self, PyObject *d, int raw)
 }
 
 /* extend()/extend_raw() with a FASTCALL vector (decision, list): appends
- * the rendered tuples to the list. Returns None, or NULL with an
- * exception set (TypeError for a wrong argument count or a non-list;
- * then the list is left as it was). */
+ * the rendered tuples to the list, but the X-RateLimit-* trio when the
+ * list has X-RateLimit-Limit already (an inner layer's, which is kept).
+ * Returns None, or NULL with an exception set (TypeError for a wrong argument
+ * count or a non-list; then the list is left as it was). */
 static PyObject *rh_extend(RateHeadersObject *self, PyObject *const *args,
                            Py_ssize_t nargs, int raw, const char *fname)
 {
 	PyObject *items[ST_NHDR], *list;
-	Py_ssize_t n, i;
+	Py_ssize_t n, send, i;
 	int rc = 0;
 
 	if (ST_UNLIKELY(nargs != 2)) {
@@ -291,7 +376,12 @@ static PyObject *rh_extend(RateHeadersObject *self, PyObject *const *args,
 	n = render(self, args[0], raw, items);
 	if (n < 0)
 		return NULL;
-	for (i = 0; i < n && rc == 0; i++)
+	/* The list's items are looked at, and it grows, with no Python code
+	 * run in between: it cannot change under the loop. */
+	send = n;
+	if (self->x && st_has_x_limit(list))
+		send -= 3; /* the trio is last */
+	for (i = 0; i < send && rc == 0; i++)
 		rc = PyList_Append(list, items[i]);
 	for (i = 0; i < n; i++)
 		Py_DECREF(items[i]);
@@ -324,6 +414,85 @@ static PyObject *rh_extend_raw(RateHeadersObject *self, PyObject *const *args,
                                Py_ssize_t nargs)
 {
 	return rh_extend(self, args, nargs, 1, "extend_raw");
+}
+
+/* into_store(decision, store): writes the headers into a Django
+ * response's header store, a dict of lower-case name -> (name, value):
+ * RateLimit and RateLimit-Policy already there are joined with ", " (one
+ * list field), and the X-RateLimit-* trio is left out when the store has
+ * X-RateLimit-Limit (the inner layer's quota is kept). */
+static PyObject *rh_into_store(RateHeadersObject *self, PyObject *const *args,
+                               Py_ssize_t nargs)
+{
+	st_state *st = self->st;
+	PyObject *items[ST_NHDR], *store;
+	int which[ST_NHDR];
+	Py_ssize_t n, send, i;
+	int rc = 0;
+
+	if (ST_UNLIKELY(nargs != 2)) {
+		PyErr_Format(
+		    PyExc_TypeError,
+		    "into_store() takes exactly 2 positional arguments "
+		    "(%zd given)",
+		    nargs);
+		return NULL;
+	}
+	store = args[1];
+	if (ST_UNLIKELY(!PyDict_CheckExact(store))) {
+		PyErr_Format(PyExc_TypeError,
+		             "into_store() needs a dict, not %.100s",
+		             Py_TYPE(store)->tp_name);
+		return NULL;
+	}
+	n = st_rate_headers_render((PyObject *)self, args[0], 0, items, which);
+	if (n < 0)
+		return NULL;
+	/* The dict's keys are exact str (Django's store), and so are ours:
+	 * looking them up and storing runs no Python code. */
+	send = n;
+	if (self->x) {
+		int has =
+		    PyDict_Contains(store, st->hdr_lower[ST_HDR_X_LIMIT]);
+		if (has < 0)
+			rc = -1;
+		else if (has)
+			send -= 3;
+	}
+	for (i = 0; i < send && rc == 0; i++) {
+		PyObject *lower = st->hdr_lower[which[i]], *item = items[i];
+		PyObject *old = NULL;
+
+		if (which[i] == ST_HDR_POLICY ||
+		    which[i] == ST_HDR_RATELIMIT) {
+			old = PyDict_GetItemWithError(store, lower);
+			if (old == NULL && PyErr_Occurred())
+				rc = -1;
+		}
+		if (old != NULL && PyTuple_Check(old) &&
+		    PyTuple_GET_SIZE(old) == 2 &&
+		    PyUnicode_Check(PyTuple_GET_ITEM(old, 1))) {
+			/* One list field: the values joined. */
+			PyObject *t =
+			    pair(PyTuple_GET_ITEM(item, 0),
+			         PyUnicode_FromFormat(
+			             "%U, %U", PyTuple_GET_ITEM(old, 1),
+			             PyTuple_GET_ITEM(item, 1)));
+			if (t == NULL) {
+				rc = -1;
+				break;
+			}
+			rc = PyDict_SetItem(store, lower, t);
+			Py_DECREF(t);
+		} else if (rc == 0) {
+			rc = PyDict_SetItem(store, lower, item);
+		}
+	}
+	for (i = 0; i < n; i++)
+		Py_DECREF(items[i]);
+	if (rc < 0)
+		return NULL;
+	Py_RETURN_NONE;
 }
 
 /* ---- construction ------------------------------------------------------- */
@@ -512,10 +681,21 @@ PyDoc_STRVAR(rh_raw_pairs_doc,
              "case.");
 PyDoc_STRVAR(rh_extend_doc,
              "extend($self, decision, headers, /)\n--\n\n"
-             "Append pairs(decision) to the list `headers`.");
+             "Append pairs(decision) to the list `headers`, without the "
+             "X-RateLimit-* trio\nwhen `headers` has X-RateLimit-Limit "
+             "already (an inner layer's).");
 PyDoc_STRVAR(rh_extend_raw_doc,
              "extend_raw($self, decision, headers, /)\n--\n\n"
-             "Append raw_pairs(decision) to the list `headers`.");
+             "Append raw_pairs(decision) to the list `headers`, by the "
+             "rule of extend().");
+
+PyDoc_STRVAR(rh_into_store_doc,
+             "into_store($self, decision, store, /)\n--\n\n"
+             "Write the headers into `store`, a dict of lower-case name -> "
+             "(name, value)\n(Django's response header store): RateLimit "
+             "and RateLimit-Policy already\nthere are joined with ', '; the "
+             "X-RateLimit-* trio is left out when the\nstore has "
+             "X-RateLimit-Limit.");
 
 static PyMethodDef rh_methods[] = {
     {"pairs", (PyCFunction)rh_pairs, METH_O, rh_pairs_doc},
@@ -524,6 +704,8 @@ static PyMethodDef rh_methods[] = {
      rh_extend_doc},
     {"extend_raw", (PyCFunction)(void (*)(void))rh_extend_raw, METH_FASTCALL,
      rh_extend_raw_doc},
+    {"into_store", (PyCFunction)(void (*)(void))rh_into_store, METH_FASTCALL,
+     rh_into_store_doc},
     {NULL},
 };
 
@@ -580,7 +762,9 @@ int st_rate_headers_exec(PyObject *module, st_state *st)
 	for (int i = 0; i < ST_NHDR; i++) {
 		st->hdr_str[i] = PyUnicode_InternFromString(names[i]);
 		st->hdr_bytes[i] = PyBytes_FromString(lower[i]);
-		if (st->hdr_str[i] == NULL || st->hdr_bytes[i] == NULL)
+		st->hdr_lower[i] = PyUnicode_InternFromString(lower[i]);
+		if (st->hdr_str[i] == NULL || st->hdr_bytes[i] == NULL ||
+		    st->hdr_lower[i] == NULL)
 			return -1;
 	}
 	st->rate_headers_type =

@@ -16,6 +16,23 @@ enum {
 	ST_NHDR
 };
 
+/* Renders the headers of Decision `d` with the RateHeaders `rh` (not
+ * checked) into out[] (at most ST_NHDR new (name, value) tuples, str, or
+ * lower-case bytes when `raw`), and which header each is into which[].
+ * Returns how many, or -1 with an exception set (TypeError unless `d` is
+ * a Decision; MemoryError), out[] then holding nothing. Runs no Python
+ * code. */
+Py_ssize_t st_rate_headers_render(PyObject *rh, PyObject *d, int raw,
+                                  PyObject **out, int *which);
+
+/* Whether `name` (bytes or str) is X-RateLimit-Limit, -Remaining or
+ * -Reset, in any case. Runs no Python code. */
+int st_is_x_header(PyObject *name);
+
+/* Whether the list `headers` holds a (name, value) pair (tuple or list)
+ * whose name is X-RateLimit-Limit in any case. Runs no Python code. */
+int st_has_x_limit(PyObject *headers);
+
 /* Creates _core.RateHeaders and the header names into the state and adds
  * the type to the module. Needs st->decision_type. Returns 0, or -1 with
  * an exception set. */

@@ -1,7 +1,8 @@
-"""_core.HeaderSend: the ASGI send that adds rate limit headers to the
-response start, against the Python rule it replaces
+"""_core.HeaderSend and _core.HeaderStart: the ASGI send and the WSGI
+start_response that add rate limit headers as the response starts,
+against the Python rule they replace
 (``[*headers, *outer_headers(extra, headers)]``), hostile messages and
-callbacks that re-enter it."""
+callbacks that re-enter them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stanchion._adapt import outer_headers
-from stanchion._core import HeaderSend
+from stanchion._core import Decision, HeaderSend, HeaderStart, RateHeaders
 
 TRIO = [
     (b"x-ratelimit-limit", b"5"),
@@ -197,3 +198,146 @@ def test_a_cycle_through_the_wrapper_is_collected() -> None:
     del s
     gc.collect()
     assert ref() is None
+
+
+# -- rendered as the response starts: HeaderSend(send, render, decision) --------
+
+RENDER = RateHeaders('"g";q=5;w=60', ('"g"',), (5,))
+DECISION = Decision(True, 5, 4, 12.0)
+str_names = st.sampled_from(
+    [
+        *("Content-Type", "x-ratelimit-limit", "X-RateLimit-Limit"),
+        *("X-RATELIMIT-LIMIT", "x-ratelimit-limi", "X-RateLimit-Remaining"),
+        *("RateLimit", "Set-Cookie"),
+    ]
+)
+str_header_lists = st.lists(st.tuples(str_names, st.text(max_size=8)), max_size=6)
+
+
+@given(headers=header_lists)
+def test_rendered_send_is_the_copied_pairs_form(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    a: list[Any] = []
+    b: list[Any] = []
+    HeaderSend(a.append, RENDER, DECISION)(
+        {"type": "http.response.start", "headers": list(headers)}
+    )
+    HeaderSend(b.append, RENDER.raw_pairs(DECISION))(
+        {"type": "http.response.start", "headers": list(headers)}
+    )
+    assert a == b
+    want = RENDER.raw_pairs(DECISION)
+    assert a[0]["headers"] == [*headers, *outer_headers(want, headers)]
+
+
+@given(headers=str_header_lists, extra=st.sampled_from([[], RENDER.pairs(DECISION)]))
+def test_header_start_follows_the_python_rule(
+    headers: list[tuple[str, str]], extra: list[tuple[str, str]]
+) -> None:
+    calls: list[Any] = []
+    app_list = list(headers)
+    HeaderStart(lambda *a: calls.append(a), extra)("200 OK", app_list)
+    assert calls == [("200 OK", [*headers, *outer_headers(extra, headers)])]
+    assert app_list == headers
+    calls.clear()
+    HeaderStart(lambda *a: calls.append(a), RENDER, DECISION)("200 OK", app_list, None)
+    want = RENDER.pairs(DECISION)
+    assert calls == [("200 OK", [*headers, *outer_headers(want, headers)], None)]
+
+
+def test_header_start_reads_its_list_when_called() -> None:
+    """Flask fills the list after the wrapper is made (in before_request)."""
+    extra: list[tuple[str, str]] = []
+    calls: list[Any] = []
+    start = HeaderStart(lambda *a: calls.append(a) or "write", extra)
+    RENDER.extend(DECISION, extra)
+    assert start("429 Too Many Requests", [("A", "1")]) == "write"
+    assert calls[0][1] == [("A", "1"), *RENDER.pairs(DECISION)]
+    extra.append(("X", 5))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"\(str, str\) pairs"):
+        start("200 OK", [])
+    assert len(calls) == 1
+
+
+def test_header_start_passes_exc_info_and_errors_through() -> None:
+    calls: list[Any] = []
+    start = HeaderStart(lambda *a: calls.append(a), [])
+    err = (ValueError, ValueError("x"), None)
+    start("500 Internal Server Error", [], err)
+    assert calls == [("500 Internal Server Error", [], err)]
+
+    def fail(*args: Any) -> None:
+        raise RuntimeError("headers already sent")
+
+    with pytest.raises(RuntimeError, match="already sent"):
+        HeaderStart(fail, RENDER, DECISION)("200 OK", [])
+    with pytest.raises(TypeError, match="status, headers"):
+        start("200 OK")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="status, headers"):
+        start("200 OK", [], None, None)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="status, headers"):
+        start("200 OK", [], exc_info=None)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        start("200 OK", 5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("cls", "args", "match"),
+    [
+        (HeaderSend, (print, RENDER, None), "decision must be a Decision"),
+        (HeaderSend, (print, None, DECISION), "render must be a RateHeaders"),
+        (HeaderSend, (print, RENDER, DECISION, 1), "got 4 arguments"),
+        (HeaderStart, (None, []), "start_response must be callable"),
+        (HeaderStart, (print, ()), "extra must be a list"),
+        (HeaderStart, (print, RENDER, 5), "decision must be a Decision"),
+        (HeaderStart, (print,), "got 1 arguments"),
+    ],
+)
+def test_bad_constructor_arguments(cls: Any, args: Any, match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        cls(*args)
+    with pytest.raises(TypeError, match=match):
+        type.__call__(cls, *args)  # through tp_new as well as vectorcall
+    with pytest.raises(TypeError, match="keyword"):
+        cls(print, [], x=1)
+
+
+def test_reentrant_start_response() -> None:
+    """start_response calling the same wrapper again (an error page
+    started from inside the server's own callback): each call adds the
+    headers to its own list."""
+    calls: list[Any] = []
+    start: Any = None
+
+    def server_start(status: str, headers: Any, *exc: Any) -> None:
+        calls.append((status, headers))
+        if len(calls) < 3:
+            start("500 Internal Server Error", [])
+
+    start = HeaderStart(server_start, RENDER, DECISION)
+    start("200 OK", [])
+    want = RENDER.pairs(DECISION)
+    assert [c[1] for c in calls] == [want, want, want]
+
+
+def test_rendered_forms_leak_nothing_in_a_hot_loop() -> None:
+    headers = [(b"content-type", b"text/plain")]
+    str_headers = [("Content-Type", "text/plain")]
+
+    def send(message: Any) -> None:
+        return None
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        return None
+
+    objs = (send, start_response, RENDER, DECISION, headers, str_headers)
+    before = [sys.getrefcount(o) for o in objs]
+    for _ in range(10_000):
+        hs = HeaderSend(send, RENDER, DECISION)
+        hs({"type": "http.response.start", "headers": headers})
+        hs({"type": "http.response.body", "body": b""})
+        HeaderStart(start_response, RENDER, DECISION)("200 OK", str_headers)
+        HeaderStart(start_response, [])("200 OK", str_headers)
+    del hs
+    assert [sys.getrefcount(o) for o in objs] == before

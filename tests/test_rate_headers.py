@@ -4,12 +4,14 @@ RateLimit, X-RateLimit-*), says."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stanchion._adapt import outer_headers
 from stanchion._core import Decision, RateHeaders
 
 NS = 10**9
@@ -262,3 +264,86 @@ def test_http_renders_a_duck_typed_decision_alike() -> None:
         real = Decision(False, 20, 0, (2 * NS + 1) / NS, 1.0)
         assert parts.py_pairs(duck) == parts.render.pairs(real)
         assert parts.py_raw_pairs(duck) == parts.render.raw_pairs(real)
+
+
+# -- two layers: extend and into_store keep an inner layer's X-RateLimit-* ----
+
+INNER = [
+    ("RateLimit-Policy", '"inner";q=2;w=1'),
+    ("RateLimit", '"inner";r=1;t=1'),
+    ("X-RateLimit-Limit", "2"),
+    ("X-RateLimit-Remaining", "1"),
+    ("X-RateLimit-Reset", "1"),
+]
+
+
+def django_store(pairs: list[tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    return {k.lower(): (k, v) for k, v in pairs}
+
+
+def store_reference(
+    pairs: list[tuple[str, str]], store: dict[str, tuple[str, str]]
+) -> None:
+    """What Django's own ``response[k] = v`` would leave, by the rule of
+    ``outer_headers``: list fields joined, the inner trio kept."""
+    for k, v in outer_headers(pairs, store, lambda s: "x-ratelimit-limit" in s):
+        old = store.get(k.lower())
+        if old is not None and not k.startswith("X-"):
+            v = f"{old[1]}, {v}"
+        store[k.lower()] = (k, v)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_extend_and_into_store_follow_the_two_layer_rule(data: Any) -> None:
+    policy, names, caps, ietf, x = data.draw(setups())
+    h = RateHeaders(policy, names, caps, ietf, x)
+    d = data.draw(decisions(caps))
+    inner = data.draw(st.lists(st.sampled_from(INNER), unique=True))
+    want = h.pairs(d)
+
+    out: list[Any] = list(inner)
+    h.extend(d, out)
+    assert out == [*inner, *outer_headers(want, inner)]
+    out_raw: list[Any] = raw(inner)
+    h.extend_raw(d, out_raw)
+    assert out_raw == [*raw(inner), *outer_headers(raw(want), raw(inner))]
+
+    store = django_store(inner)
+    expected = dict(store)
+    store_reference(want, expected)
+    h.into_store(d, store)
+    assert store == expected
+
+
+def test_into_store_checks_its_arguments_first() -> None:
+    h = RateHeaders("p", ('"a"',), (10,))
+    d = Decision(True, 10, 1)
+    with pytest.raises(TypeError, match="dict"):
+        h.into_store(d, [])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="2 positional"):
+        h.into_store(d)  # type: ignore[call-arg]
+    store: dict[str, Any] = {"ratelimit": ("RateLimit", "x")}
+    with pytest.raises(TypeError, match="Decision"):
+        h.into_store(NotADecision(), store)  # type: ignore[arg-type]
+    assert store == {"ratelimit": ("RateLimit", "x")}
+    # A value of the wrong shape under our name is replaced, not joined.
+    store = {"ratelimit": "not a pair", "ratelimit-policy": ("P", 5)}  # type: ignore[dict-item]
+    h.into_store(d, store)
+    assert store["ratelimit"] == ("RateLimit", '"a";r=1;t=0')
+    assert store["ratelimit-policy"] == ("RateLimit-Policy", "p")
+
+
+def test_into_store_leaks_nothing_in_a_hot_loop() -> None:
+    h = RateHeaders('"g";q=5;w=60', ('"g"',), (5,))
+    d = Decision(True, 5, 4, 12.0)
+    inner = ("RateLimit", '"inner";r=1;t=1')
+    objs = (h, d, inner, *inner)
+    before = [sys.getrefcount(o) for o in objs]
+    for i in range(10_000):
+        store = {"ratelimit": inner} if i % 2 else {}
+        h.into_store(d, store)
+        out: list[Any] = [("X-RateLimit-Limit", "1")] if i % 3 else []
+        h.extend(d, out)
+    del store, out
+    assert [sys.getrefcount(o) for o in objs] == before

@@ -104,7 +104,11 @@ def decide(
 
 # -- two layers of rate limit headers -------------------------------------------
 
-_X_RESET = frozenset(("X-RateLimit-Reset", b"x-ratelimit-reset"))
+_X_NAMES = frozenset(
+    f"x-ratelimit-{n}".encode() if raw else f"x-ratelimit-{n}"
+    for n in ("limit", "remaining", "reset")
+    for raw in (False, True)
+)
 _X_LIMIT = frozenset(("x-ratelimit-limit", b"x-ratelimit-limit"))
 
 _H = TypeVar("_H", str, bytes)
@@ -129,19 +133,19 @@ def outer_headers(
     werkzeug's list, ASGI's byte pairs), scanned here in any case, or
     anything ``has_x_limit(response)`` can ask whether it has
     ``X-RateLimit-Limit``. Either is looked at only when ``extra`` carries
-    that family, which a rule always puts last (``Limit``, ``Remaining``,
-    ``Reset``)."""
-    if extra and extra[-1][0] in _X_RESET:
-        if has_x_limit is not None:
-            if has_x_limit(response):
-                return extra[:-3]
-        else:
-            # A plain scan: faster than the frameworks' own lookups when
-            # the name is absent, and this runs on every response.
-            for k, _ in response:
-                if len(k) == 17 and k.lower() in _X_LIMIT:
-                    return extra[:-3]
-    return extra
+    that family. The C wrappers (``_core.HeaderSend``, ``HeaderStart``,
+    ``RateHeaders.extend`` and ``into_store``) apply the same rule."""
+    if not any(len(k) >= 17 and k.lower() in _X_NAMES for k, _ in extra):
+        return extra
+    if has_x_limit is not None:
+        inner = has_x_limit(response)
+    else:
+        # A plain scan: faster than the frameworks' own lookups when
+        # the name is absent.
+        inner = any(len(k) == 17 and k.lower() in _X_LIMIT for k, _ in response)
+    if not inner:
+        return extra
+    return [(k, v) for k, v in extra if k.lower() not in _X_NAMES]
 
 
 # -- reading and writing --------------------------------------------------------

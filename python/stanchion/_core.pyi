@@ -173,10 +173,42 @@ def make_key(
 
 @final
 class HeaderSend:
+    @overload
     def __new__(
-        cls, send: Callable[[Any], Any], extra: Iterable[tuple[bytes, bytes]]
+        cls, send: Callable[[Any], Any], extra: Iterable[tuple[bytes, bytes]], /
+    ) -> HeaderSend: ...
+    @overload
+    def __new__(
+        cls, send: Callable[[Any], Any], render: RateHeaders, decision: Decision, /
     ) -> HeaderSend: ...
     def __call__(self, message: Any, /) -> Any: ...
+
+@final
+class HeaderStart:
+    @overload
+    def __new__(
+        cls, start_response: Callable[..., Any], extra: list[tuple[str, str]], /
+    ) -> HeaderStart: ...
+    @overload
+    def __new__(
+        cls,
+        start_response: Callable[..., Any],
+        render: RateHeaders,
+        decision: Decision,
+        /,
+    ) -> HeaderStart: ...
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = ..., /
+    ) -> Any: ...
+
+@final
+class Gate:
+    def __new__(cls, limiter: Limiter, plans: dict[Any, Any]) -> Gate: ...
+    def __call__(self, peer: object, /) -> Decision | None: ...
+    @property
+    def limiter(self) -> Limiter: ...
+    @property
+    def plans(self) -> dict[Any, Any]: ...
 
 @final
 class RateHeaders:
@@ -193,6 +225,9 @@ class RateHeaders:
     def extend(self, decision: Decision, headers: list[tuple[str, str]], /) -> None: ...
     def extend_raw(
         self, decision: Decision, headers: list[tuple[bytes, bytes]], /
+    ) -> None: ...
+    def into_store(
+        self, decision: Decision, store: dict[str, tuple[str, str]], /
     ) -> None: ...
     @property
     def policy(self) -> str: ...

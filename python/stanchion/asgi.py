@@ -92,9 +92,24 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
         client = scope.get("client")
         peer = client[0] if client else None
         rule = self.rule
-        # Rule.acheck_simple or acheck: this runs on every request. The C
-        # limiter's hit never waits: no coroutine for it.
-        if rule.simple_in_c:
+        gate = rule.gate
+        if gate is not None:
+            # This runs on every request: a known client's hit is one C
+            # call, its headers are rendered in C as the response starts.
+            d = gate(peer)
+            if d:
+                render = rule.allowed_render
+                if render is not None:
+                    send = HeaderSend(send, render, d)
+                await self.app(scope, receive, send)
+                return
+            if d is None:
+                verdict = rule.check_simple(scope["method"], scope["path"], peer)
+            else:
+                verdict = rule.refused(peer, d)
+        # Rule.acheck_simple or acheck. The C limiter's hit never waits:
+        # no coroutine for it.
+        elif rule.simple_in_c:
             verdict = rule.check_simple(scope["method"], scope["path"], peer)
         elif rule.simple:
             verdict = await rule.acheck_simple(scope["method"], scope["path"], peer)

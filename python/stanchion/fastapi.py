@@ -39,7 +39,6 @@ from starlette.responses import Response
 
 from ._adapt import (
     module_getattr,
-    outer_headers,
     route_scope,
     share_limiters,
 )
@@ -85,6 +84,13 @@ async def _acheck(rule: Rule, request: StarletteRequest) -> Verdict | None:
     scope = request.scope
     client = scope.get("client")  # request.client builds a tuple
     peer = client[0] if client else None
+    gate = rule.gate
+    if gate is not None:  # a known client: one C call
+        d = gate(peer)
+        if d:
+            return Verdict(rule, d, rule._fixed, False, None)
+        if d is not None:
+            return rule.refused(peer, d)
     if rule.simple_in_c:  # never waits: no coroutine
         return rule.check_simple(scope["method"], scope["path"], peer)
     if rule.simple:
@@ -115,8 +121,7 @@ def problem_response(verdict: Verdict) -> Response:
 
 def _set_headers(response: Response, verdict: Verdict) -> None:
     # raw_headers is the list both Starlette and FastAPI's header merge use.
-    raw = response.raw_headers
-    raw.extend(outer_headers(verdict.raw_headers(), raw))
+    verdict.extend_headers(response.raw_headers, raw=True)
 
 
 def _headers_on_allowed(result: Any, response: Response | None, v: Verdict) -> None:

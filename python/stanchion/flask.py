@@ -88,8 +88,9 @@ from flask.globals import _cv_request
 from werkzeug.datastructures import Headers
 
 from ._adapt import MIDDLEWARE_SCOPE, outer_headers, route_scope
+from ._core import HeaderStart
 from ._settings import flask_name, named_errors, read, split, storage_from_url
-from .http import LimiterCache, Request, Rule, Verdict
+from .http import LimiterCache, Request, Rule
 
 __all__ = ["FlaskRequest", "Stanchion"]
 
@@ -388,14 +389,37 @@ class Stanchion:
             state = self._first_request(app, state)
         if not state.enabled:
             return None
-        rules = self._rules_for(state, req.endpoint, req)
+        # _rules_for's lookup, inline: this runs on every request.
+        endpoint = req.endpoint
+        rules = (
+            state.by_endpoint.get(endpoint) if state.version == self._version else None
+        )
+        if rules is None:
+            rules = self._rules_for(state, endpoint, req)
         if not rules:
             return None
-        peer = req.remote_addr
+        environ = req.environ
+        peer = environ.get("REMOTE_ADDR")  # req.remote_addr
         view_req: FlaskRequest | None = None
-        verdicts: list[Verdict] = []
+        # The headers of allowed requests go in the list _RateHeaders left
+        # in the environ (None: the app was called some other way).
+        extra: list[tuple[str, str]] | None = environ.get(_HEADERS)
         for rule in rules:
-            if rule.simple:
+            gate = rule.gate
+            if gate is not None:
+                # A known client's hit is one C call; its headers are
+                # rendered in C into the list.
+                d = gate(peer)
+                if d:
+                    render = rule.allowed_render
+                    if render is not None and extra is not None:
+                        render.extend(d, extra)
+                    continue
+                if d is None:
+                    verdict = rule.check_simple(req.method, req.path, peer)
+                else:
+                    verdict = rule.refused(peer, d)
+            elif rule.simple:
                 verdict = rule.check_simple(req.method, req.path, peer)
             else:
                 if view_req is None:
@@ -411,13 +435,18 @@ class Stanchion:
             if verdict is None:
                 continue
             if verdict.blocked:
+                if extra:  # the 429 carries its own rule's headers alone
+                    extra.clear()
                 status, headers, body = verdict.reply()
                 return app.response_class(body, status=status, headers=headers)
-            if verdict.rule.headers_on_allowed:
-                verdicts.append(verdict)
-        if verdicts:
-            req.environ["stanchion.verdicts"] = verdicts
+            if extra is not None and verdict.rule.headers_on_allowed:
+                # The first (most specific) rule's X-RateLimit-* are kept.
+                extra.extend(outer_headers(verdict.headers(), extra))
         return None
+
+
+#: The environ key of the list of rate limit headers for the response.
+_HEADERS = "stanchion.headers"
 
 
 class _RateHeaders:
@@ -432,20 +461,11 @@ class _RateHeaders:
         self.app = app
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        def start(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            # Taken, not read: an outer app's layer (this app mounted in
-            # it by DispatcherMiddleware) must not add them once more.
-            verdicts = environ.pop("stanchion.verdicts", None)
-            if verdicts:
-                for verdict in verdicts:
-                    extra = verdict.headers()
-                    if extra:
-                        headers = headers + outer_headers(extra, headers)
-            return start_response(status, headers, exc_info)
-
-        return self.app(environ, start)
+        # A list per call: an app mounted in another (DispatcherMiddleware)
+        # puts its own in the environ, so each layer sends its own once.
+        extra: list[tuple[str, str]] = []
+        environ[_HEADERS] = extra
+        return self.app(environ, HeaderStart(start_response, extra))
 
 
 def _flask_upstream(app: Flask, view: Any, args: Any, kwargs: Any, limit: int) -> Any:

@@ -17,6 +17,7 @@ from ._adapt import (
     outer_headers,
     status_line,
 )
+from ._core import HeaderStart
 from .http import Request, Verdict
 from .respcache import CacheFront, environ_header
 
@@ -81,8 +82,27 @@ class RateLimitMiddleware(AppMiddleware[WSGIApp]):
         self, environ: dict[str, Any], start_response: StartResponse
     ) -> Iterable[bytes]:
         rule = self.rule
-        # _adapt.decide, inlined: this runs on every request.
-        if rule.simple:
+        gate = rule.gate
+        if gate is not None:
+            # This runs on every request: a known client's hit is one C
+            # call, its headers are rendered in C as the response starts.
+            peer = environ.get("REMOTE_ADDR")
+            d = gate(peer)
+            if d:
+                render = rule.allowed_render
+                if render is not None:
+                    start_response = HeaderStart(start_response, render, d)
+                return self.app(environ, start_response)
+            if d is None:
+                verdict = rule.check_simple(
+                    environ.get("REQUEST_METHOD", "GET"),
+                    environ.get("PATH_INFO") or "/",
+                    peer,
+                )
+            else:
+                verdict = rule.refused(peer, d)
+        # _adapt.decide, inlined.
+        elif rule.simple:
             verdict = rule.check_simple(
                 environ.get("REQUEST_METHOD", "GET"),
                 environ.get("PATH_INFO") or "/",
@@ -97,17 +117,7 @@ class RateLimitMiddleware(AppMiddleware[WSGIApp]):
         extra = verdict.headers()
         if not extra:
             return self.app(environ, start_response)
-
-        def start_with_headers(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Any:
-            return start_response(
-                status,
-                headers + outer_headers(extra, headers),
-                exc_info,
-            )
-
-        return self.app(environ, start_with_headers)
+        return self.app(environ, HeaderStart(start_response, extra))
 
 
 # ---------------------------------------------------------------------------

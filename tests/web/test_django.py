@@ -118,8 +118,26 @@ async def unidentified(request: HttpRequest) -> HttpResponse:
     return HttpResponse("unidentified")
 
 
+#: An inner layer's rate limit headers, set by the view itself.
+INNER = [
+    ("RateLimit-Policy", '"inner";q=9;w=1'),
+    ("RateLimit", '"inner";r=8;t=1'),
+    ("X-RateLimit-Limit", "9"),
+    ("X-RateLimit-Remaining", "8"),
+    ("X-RateLimit-Reset", "1"),
+]
+
+
+def inner(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse("inner")
+    for k, v in INNER:
+        response[k] = v
+    return response
+
+
 urlpatterns = [
     path("hello", hello),
+    path("inner", inner),
     path("health", hello),
     path("login", login),
     path("login-api", login_api),
@@ -462,3 +480,71 @@ def test_header_fast_path_is_taken_on_this_django() -> None:
     import django
 
     assert type(HttpResponse("x").headers._store) is dict, django.__version__
+
+
+# -- the C fast path sends what the Python path sends ---------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_middleware_fast_path_headers_are_the_python_ones(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same requests on the same fake clock, through the gate (the hit
+    and the headers in C) and with rules built without one: byte for
+    byte the same rate limit headers, in order, merged with the view's
+    own."""
+    from stanchion.http import rule as rule_module
+
+    peers = ("203.0.113.7", "2001:db8::1", "198.51.100.9")
+
+    def run() -> list[Any]:
+        clock = FakeClock()
+        limiter = Limiter("3/minute;5/hour", clock=clock)
+        out: list[Any] = []
+        with override_settings(MIDDLEWARE=MW, STANCHION=stanchion(LIMIT=limiter)):
+            sync_client, handler = Client(), ASGIHandler()
+
+            async def aget(p: str, ip: str) -> Any:
+                transport = httpx.ASGITransport(app=handler, client=(ip, 5000))
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://test"
+                ) as c:
+                    return await c.get(p)
+
+            for step in range(9):
+                for ip in peers:
+                    for p in ("/hello", "/inner"):
+                        if mode == "sync":
+                            r = get(sync_client, p, ip)
+                            items = list(r.items())
+                        else:
+                            r = asyncio.run(aget(p, ip))
+                            items = r.headers.multi_items()
+                        names = {h.lower() for h in RATE_HEADERS}
+                        kept = [(k.lower(), v) for k, v in items if k.lower() in names]
+                        out.append((step, ip, p, r.status_code, kept))
+                clock.advance(13 if step % 3 else 0.4)
+        return out
+
+    calls: list[Any] = []
+    real = rule_module.Gate
+
+    def counting(*args: Any) -> Any:
+        gate = real(*args)
+        return lambda peer: calls.append(peer) or gate(peer)
+
+    with monkeypatch.context() as m:
+        m.setattr(rule_module, "Gate", counting)
+        fast = run()
+    assert len(calls) > len(fast) // 2
+    with monkeypatch.context() as m:
+        m.setattr(rule_module, "Gate", lambda *a: None)
+        slow = run()
+    assert fast == slow
+    assert {row[3] for row in fast} == {200, 429}
+    inner_rows = [row[4] for row in fast if row[2] == "/inner" and row[3] == 200]
+    # One RateLimit list (both layers), the view's own X-RateLimit-Limit.
+    assert inner_rows and all(
+        dict(h)["ratelimit"].startswith('"inner";r=8;t=1, ') for h in inner_rows
+    )
+    assert all(dict(h)["x-ratelimit-limit"] == "9" for h in inner_rows)

@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse
 
 from .._adapt import decide, header_from_environ, outer_headers, route_scope
+from .._core import Decision, RateHeaders
 from ..http import Request, Rule, SettingError, Verdict
 from .middleware import SyncAndAsyncMiddleware
 from .settings import stanchion_settings
@@ -83,28 +84,25 @@ def _response(verdict: Verdict) -> HttpResponse:
 
 
 def _add_headers(response: HttpResponse, verdict: Verdict) -> None:
-    headers = verdict.headers()
-    if not headers:
+    render = verdict.rule._renderer(verdict)
+    if render is None:
         return
-    # Our names and values are plain ASCII made here, so they can skip
-    # Django's per-header charset checks when its store is at hand; and
-    # its dict answers "is it there" without Mapping.__contains__, which
-    # raises and catches KeyError for every absent name.
+    d = verdict.decision
+    if type(d) is Decision:
+        _render_headers(response, render, d)
+    else:  # a decision of the user's limiter object
+        _add_headers_slow(response, verdict.headers())
+
+
+def _render_headers(response: HttpResponse, render: RateHeaders, d: Decision) -> None:
+    # Our names and values are plain ASCII made here, so they skip
+    # Django's per-header charset checks when its store is at hand: the
+    # C renderer writes them there, by the rule of outer_headers.
     store = getattr(response.headers, "_store", None)
-    if type(store) is not dict:
-        _add_headers_slow(response, headers)
-        return
-    for k, v in outer_headers(headers, store, _store_has_x_limit):
-        lk = k.lower()
-        if k[0] != "X":
-            old = store.get(lk)
-            if old is not None:
-                v = f"{old[1]}, {v}"  # structured field lists merge
-        store[lk] = (k, v)
-
-
-def _store_has_x_limit(store: dict[str, tuple[str, str]]) -> bool:
-    return "x-ratelimit-limit" in store
+    if type(store) is dict:
+        render.into_store(d, store)
+    else:
+        _add_headers_slow(response, render.pairs(d))
 
 
 def _has_x_limit(response: HttpResponse) -> bool:
@@ -137,7 +135,22 @@ class RateLimitMiddleware(SyncAndAsyncMiddleware):
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        verdict = _check(self.rule, request)
+        rule = self.rule
+        gate = rule.gate
+        if gate is not None:
+            # A known client's hit is one C call; its headers are
+            # rendered in C into the response's header store.
+            peer = request.META.get("REMOTE_ADDR")
+            d = gate(peer)
+            if d:
+                response = self.get_response(request)
+                render = rule.allowed_render
+                if render is not None:
+                    _render_headers(response, render, d)
+                return response
+            verdict = _check(rule, request) if d is None else rule.refused(peer, d)
+        else:
+            verdict = _check(rule, request)
         if verdict is None:
             return self.get_response(request)
         if verdict.blocked:
@@ -147,7 +160,20 @@ class RateLimitMiddleware(SyncAndAsyncMiddleware):
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
-        verdict = await _acheck(self.rule, request)
+        rule = self.rule
+        gate = rule.gate
+        if gate is not None:  # as __call__: the C limiter never waits
+            peer = request.META.get("REMOTE_ADDR")
+            d = gate(peer)
+            if d:
+                response = await self.get_response(request)
+                render = rule.allowed_render
+                if render is not None:
+                    _render_headers(response, render, d)
+                return response
+            verdict = _check(rule, request) if d is None else rule.refused(peer, d)
+        else:
+            verdict = await _acheck(rule, request)
         if verdict is None:
             return await self.get_response(request)
         if verdict.blocked:

@@ -59,6 +59,27 @@ class Verdict:
         """The same, as ASGI's lower-case byte pairs."""
         return self.rule._render(self, True)
 
+    def extend_headers(self, headers: list[Any], *, raw: bool = False) -> None:
+        """Append the same to the list ``headers`` (ASGI byte pairs with
+        ``raw``), leaving out the ``X-RateLimit-*`` trio when the list has
+        an inner layer's (see :func:`stanchion._adapt.outer_headers`)."""
+        render = self.rule._renderer(self)
+        if render is None:
+            return
+        d = self.decision
+        if type(d) is Decision:
+            if raw:
+                render.extend_raw(d, headers)
+            else:
+                render.extend(d, headers)
+            return
+        from .._adapt import outer_headers
+
+        pairs: list[Any] = (
+            self.rule._render(self, True) if raw else self.rule._render(self, False)
+        )
+        headers.extend(outer_headers(pairs, headers))
+
     def reply(self) -> tuple[int, list[tuple[str, str]], bytes]:
         """``(status, headers, body)`` of the 429 response."""
         return self.rule._reply(self)
@@ -129,10 +150,14 @@ class _HeaderParts:
 
     def py_raw_pairs(self, d: Any) -> list[tuple[bytes, bytes]]:
         """``py_pairs`` as lower-case ASGI byte pairs."""
-        return [
-            (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in _py_pairs(self.render, d)
-        ]
+        return _py_raw_pairs(self.render, d)
+
+
+def _py_raw_pairs(h: RateHeaders, d: Any) -> list[tuple[bytes, bytes]]:
+    """``_py_pairs`` as lower-case ASGI byte pairs."""
+    return [
+        (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in _py_pairs(h, d)
+    ]
 
 
 def _py_pairs(h: RateHeaders, d: Any) -> list[tuple[str, str]]:
@@ -209,6 +234,18 @@ class _RuleHeaders:
         """``_headers`` as lower-case ASGI byte pairs, built directly."""
         return self._render(v, True)
 
+    def _renderer(self, v: Verdict) -> RateHeaders | None:
+        """What renders the rate limit headers of a verdict (None: it
+        gets none); ``v.decision`` is then not None."""
+        if v.decision is None or v.info is None:
+            return None
+        if not v.blocked and not self.headers_on_allowed:
+            return None
+        parts = self._fixed_parts
+        if parts is None or parts.info is not v.info:
+            parts = self._parts(v.info)
+        return parts.render
+
     @overload
     def _render(self, v: Verdict, raw: Literal[False]) -> list[tuple[str, str]]: ...
 
@@ -219,18 +256,13 @@ class _RuleHeaders:
         """The rate limit headers of a verdict, the one renderer: as str
         pairs (WSGI, Flask, Django, falcon) or, with ``raw``, as ASGI's
         lower-case byte pairs, from the same parts and numbers."""
+        render = self._renderer(v)
+        if render is None:
+            return []
         d = v.decision
-        if d is None or v.info is None:
-            return []
-        if not v.blocked and not self.headers_on_allowed:
-            return []
-        parts = self._fixed_parts
-        if parts is None or parts.info is not v.info:
-            parts = self._parts(v.info)
-        try:
-            return parts.render.raw_pairs(d) if raw else parts.render.pairs(d)
-        except TypeError:  # not a Decision: render it in Python
-            return parts.py_raw_pairs(d) if raw else parts.py_pairs(d)
+        if type(d) is not Decision:  # from a limiter object of the user's
+            return _py_raw_pairs(render, d) if raw else _py_pairs(render, d)
+        return render.raw_pairs(d) if raw else render.pairs(d)
 
     def _reply(self, v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
         d = v.decision

@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
-from .._core import Decision
+from .._core import Decision, Gate, RateHeaders
 from .._limiter import Limiter, RateLimiter
 from .address import ClientAddress
 from .headers import (
@@ -259,6 +259,20 @@ class Rule(_RuleHeaders):
         self.simple_in_c = (
             self.simple and self._fixed is not None and _in_c(self._fixed.limiter)
         )
+        #: The adapters' fast path for a ``simple_in_c`` rule without
+        #: exemptions: ``gate(peer)`` hits the limiter with the plan kept
+        #: for that address, in C, and returns its Decision (allowed:
+        #: send ``allowed_render``'s headers; refused: see
+        #: :meth:`refused`), or None when no plan is kept yet (then
+        #: :meth:`check_simple` decides, and keeps one).
+        self.gate: Gate | None = None
+        #: Renders the headers of an allowed response (``None``: none).
+        self.allowed_render: RateHeaders | None = None
+        if self.simple_in_c and self._plain:
+            assert self._fixed is not None and self._fixed_parts is not None
+            self.gate = Gate(self._fixed.limiter, self._client_plans)
+            if self.headers_on_allowed:
+                self.allowed_render = self._fixed_parts.render
 
     # -- deciding --------------------------------------------------------------
 
@@ -453,6 +467,15 @@ class Rule(_RuleHeaders):
         d = p[0].limiter.hit(p[1], p[2])
         if d.allowed:
             return Verdict(self, d, p[0], False, None)
+        return self._conclude(p, d, None)
+
+    def refused(self, peer: str | None, d: Decision) -> Verdict:
+        """The verdict on a hit :attr:`gate` refused for ``peer``."""
+        p = self._client_plans.get(peer)  # type: ignore[arg-type]
+        if p is None:  # dropped since (a full cache is cleared)
+            assert self._fixed is not None
+            key = self._address_key(peer) if peer else self._prefix
+            p = (self._fixed, key, self._cost, peer)
         return self._conclude(p, d, None)
 
     async def acheck_simple(
