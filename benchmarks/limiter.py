@@ -46,6 +46,7 @@ QUICK_MEMORY_KEYS = 20_000
 FLOOR_TARGET = 2.5  # hit <= 2.5x dict.get
 SPEEDUP_TARGET = 25.0  # >= 25x faster than limits' fixed window, throttled GCRA
 BYTES_TARGET = 100.0  # bytes per tracked key, key included
+CLIENT_BYTES_TARGET = 64.0  # bytes per client counted by the middleware
 
 
 @dataclass
@@ -360,6 +361,8 @@ MEMORY_IMPLS = [
     "stanchion fixed_window",
     "stanchion sliding_window",
     "stanchion token_bucket, 36-byte keys",
+    "stanchion token_bucket, ASGI middleware, IPv4 clients",
+    "stanchion token_bucket, ASGI middleware, IPv6 clients",
     "limits FixedWindow (MemoryStorage)",
     "throttled-py gcra (MemoryStore)",
 ]
@@ -371,6 +374,8 @@ def memory_child(name: str, n: int) -> dict[str, Any]:
 
     proc = psutil.Process()
     stats: Callable[[], dict[str, Any]] | None = None
+    if "middleware" in name:
+        return middleware_memory(name, n, proc)
     if name.startswith("stanchion"):
         import stanchion
 
@@ -420,6 +425,58 @@ def memory_child(name: str, n: int) -> dict[str, Any]:
         if s["keys"] != n + 1:
             raise AssertionError(f"{name}: {s['keys']} keys tracked, expected {n + 1}")
     return out
+
+
+def middleware_memory(name: str, n: int, proc: Any) -> dict[str, Any]:
+    """``memory_child`` for clients counted by the ASGI middleware: each a
+    distinct socket peer (IPv4, or IPv6 /64 networks), so what it retains
+    is the rule's table entry per client plus its bounded caches."""
+    import asyncio
+
+    from stanchion.asgi import RateLimitMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start" and message["status"] != 200:
+            raise AssertionError(message)
+
+    mw = RateLimitMiddleware(app, limit="10/hour", max_keys=n + 1)
+    if "IPv6" in name:
+        peers = (f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::1" for i in range(n))
+    else:
+        peers = (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(n))
+
+    async def fill(addresses: Any) -> None:
+        for peer in addresses:
+            scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+            scope["client"] = (peer, 40000)
+            await mw(scope, receive, send)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(fill(["192.0.2.1"]))  # warm up
+    gc.collect()
+    before = proc.memory_info().rss
+    loop.run_until_complete(fill(peers))
+    gc.collect()
+    after = proc.memory_info().rss
+    info = mw.rule._fixed
+    assert info is not None
+    s = info.limiter.stats()  # type: ignore[attr-defined]
+    if s["keys"] != n + 1:
+        raise AssertionError(f"{name}: {s['keys']} keys tracked, expected {n + 1}")
+    return {
+        "name": name,
+        "keys": n,
+        "rss_delta": after - before,
+        "stats_keys": s["keys"],
+        "memory_bytes": s["memory_bytes"],
+    }
 
 
 def measure_memory(n: int) -> list[dict[str, Any]]:
@@ -583,7 +640,17 @@ def main() -> int:
                 ]
             )
     for m in memory:
-        if m["name"].startswith("stanchion"):
+        if "middleware" in m["name"]:
+            target_rows.append(
+                [
+                    f"{m['name']} <= {CLIENT_BYTES_TARGET:.0f} B per client",
+                    verdict(
+                        m["per_key"] <= CLIENT_BYTES_TARGET,
+                        f"{m['per_key']:.1f} B per client",
+                    ),
+                ]
+            )
+        elif m["name"].startswith("stanchion"):
             target_rows.append(
                 [
                     f"{m['name']} <= {BYTES_TARGET:.0f} B per key, key included",

@@ -193,6 +193,24 @@ def _django_reply(reply: Any) -> Any:
             native[k] = v
         return native
     out = HttpResponse(reply.body, status=reply.status)
+    n = reply.entry_headers
+    store = getattr(out.headers, "_store", None)
+    if n and type(store) is dict:
+        # A hit: the stored headers (which Django checked when the view
+        # set them) go into the response's store as it keeps them, made
+        # once per entry; Django's per-header checks cost more than the
+        # rest of the hit.
+        entry = reply.entry
+        ours = entry.store
+        if ours is None:
+            ours = entry.store = {k.lower(): (k, v) for k, v in entry.headers}
+        store.clear()  # the default Content-Type, unless stored
+        store.update(ours)
+        # Age and X-Cache are ours; on a miss, the view's own per-client
+        # headers (checked by Django when it set them).
+        for k, v in reply.headers[n:]:
+            store[k.lower()] = (k, v)
+        return out
     if "content-type" not in {k.lower() for k, _ in reply.headers}:
         del out["Content-Type"]
     for k, v in reply.headers:

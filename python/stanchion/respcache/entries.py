@@ -71,6 +71,7 @@ class Entry:
         "path",
         "raw",
         "status",
+        "store",
         "stored_at",
         "tags",
     )
@@ -96,6 +97,9 @@ class Entry:
         self.tags = tags
         #: ``headers`` as ASGI sends them, made on the first hit.
         self.raw: list[tuple[bytes, bytes]] | None = None
+        #: ``headers`` as a Django response keeps them (lower-case name
+        #: -> (name, value)), made on the first hit.
+        self.store: dict[str, tuple[str, str]] | None = None
 
     def pack(self) -> bytes:
         head = json.dumps(
