@@ -929,6 +929,14 @@ fail:
 static PyObject *limiter_stats(LimiterObject *self, PyObject *unused)
 {
 	(void)unused;
+	if (!self->has_penalty)
+		return Py_BuildValue(
+		    "{s:n,s:n,s:K,s:K,s:n}", "keys",
+		    (Py_ssize_t)self->table.count, "max_keys",
+		    (Py_ssize_t)self->table.max, "evicted",
+		    (unsigned long long)self->evicted, "expired",
+		    (unsigned long long)self->expired, "memory_bytes",
+		    (Py_ssize_t)kt_memory(&self->table));
 	return Py_BuildValue(
 	    "{s:n,s:n,s:K,s:K,s:n,s:n,s:K}", "keys",
 	    (Py_ssize_t)self->table.count, "max_keys",
@@ -1012,8 +1020,9 @@ PyDoc_STRVAR(limiter_stats_doc,
              "stats($self, /)\n--\n\n"
              "A dict: keys tracked, max_keys, evicted (live keys dropped to "
              "make room),\nexpired (full keys dropped, nothing lost) and "
-             "memory_bytes;\npenalty_keys (keys with penalty state) and "
-             "penalty_evicted (penalty records\ndropped to make room).");
+             "memory_bytes;\nwith a penalty, penalty_keys (keys with "
+             "penalty state) and penalty_evicted\n(penalty records dropped "
+             "to make room).");
 
 static PyMethodDef limiter_methods[] = {
     {"hit", (PyCFunction)(void (*)(void))limiter_hit,
@@ -1155,6 +1164,16 @@ int st_limiter_policy(st_state *st, PyObject *obj, st_policy *policy,
 	*policy = lim->policy;
 	*max_keys = lim->table.max;
 	return 0;
+}
+
+int st_limiter_penalty(PyObject *obj, st_penalty *penalty)
+{
+	LimiterObject *lim = (LimiterObject *)obj;
+
+	if (!lim->has_penalty)
+		return 0;
+	*penalty = lim->penalty;
+	return 1;
 }
 
 int st_limiter_exec(PyObject *module, st_state *st)

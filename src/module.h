@@ -14,6 +14,7 @@
 
 #include "clock.h"
 #include "limit.h"
+#include "penalty.h"
 
 /* Decisions kept for reuse: a hit allocates nothing in the common case. */
 #define ST_DECISION_FREELIST 64
@@ -64,5 +65,10 @@ int st_shm_limiter_exec(PyObject *module, st_state *st);
  * TypeError (not a Limiter) or RuntimeError (not initialised). */
 int st_limiter_policy(st_state *st, PyObject *obj, st_policy *policy,
                       size_t *max_keys);
+
+/* The penalty of a _core.Limiter `obj` already checked by
+ * st_limiter_policy: returns 1 and fills *penalty when it has one, else
+ * 0. */
+int st_limiter_penalty(PyObject *obj, st_penalty *penalty);
 
 #endif /* ST_MODULE_H */

@@ -256,7 +256,7 @@ def test_without_a_penalty_nothing_is_banned(clock: FakeClock) -> None:
     assert lim.hit("a")
     refuse(lim, "a", 1000)
     assert lim.bans() == [] and lim.get_ban("a") is None and not lim.lift("a")
-    assert lim.stats()["penalty_keys"] == 0
+    assert "penalty_keys" not in lim.stats()
 
 
 # -- the log line --------------------------------------------------------------

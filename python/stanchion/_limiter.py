@@ -107,7 +107,37 @@ class InstantConveniences:
         return await await_hit(self.ahit, key, cost, timeout)
 
 
-class Limiter(InstantConveniences, _core.Limiter):
+class BanConveniences:
+    """The ban API of a limiter whose C type answers ``_bans()``,
+    ``_ban_state(key)`` and ``lift(key)`` in this process's memory (empty
+    without a penalty): :class:`Ban` records and asyncio twins."""
+
+    __slots__ = ()
+
+    def bans(self) -> list[Ban]:
+        """The keys banned now, as :class:`Ban` records."""
+        return [Ban(k, left / 1e9, n) for k, left, n in self._bans()]  # type: ignore[attr-defined]
+
+    def get_ban(self, key: str | bytes) -> Ban | None:
+        """The key's penalty state (banned or not: ``Ban.remaining`` is 0.0
+        when it is not banned now), or None when it has none."""
+        state = self._ban_state(key)  # type: ignore[attr-defined]
+        if state is None:
+            return None
+        left, count, refusals = state
+        return Ban(key, left / 1e9, count, refusals)
+
+    async def abans(self) -> list[Ban]:
+        return self.bans()
+
+    async def aget_ban(self, key: str | bytes) -> Ban | None:
+        return self.get_ban(key)
+
+    async def alift(self, key: str | bytes) -> bool:
+        return self.lift(key)  # type: ignore[attr-defined,no-any-return]
+
+
+class Limiter(BanConveniences, InstantConveniences, _core.Limiter):
     """Rate limiter keyed by client.
 
     ``hit``, ``peek`` and ``reset`` are C methods; this class adds the
@@ -243,30 +273,6 @@ class Limiter(InstantConveniences, _core.Limiter):
         rates = ";".join(str(r) for r in self._rates)
         extra = "" if self._penalty is None else f", penalty={self._penalty!r}"
         return f"Limiter({rates!r}, algorithm={self.algorithm!r}{extra})"
-
-    # -- the penalty box (empty without a penalty) -----------------------------
-
-    def bans(self) -> list[Ban]:
-        """The keys banned now, as :class:`Ban` records."""
-        return [Ban(k, left / 1e9, n) for k, left, n in self._bans()]
-
-    def get_ban(self, key: str | bytes) -> Ban | None:
-        """The key's penalty state (banned or not: ``Ban.remaining`` is 0.0
-        when it is not banned now), or None when it has none."""
-        state = self._ban_state(key)
-        if state is None:
-            return None
-        left, count, refusals = state
-        return Ban(key, left / 1e9, count, refusals)
-
-    async def abans(self) -> list[Ban]:
-        return self.bans()
-
-    async def aget_ban(self, key: str | bytes) -> Ban | None:
-        return self.get_ban(key)
-
-    async def alift(self, key: str | bytes) -> bool:
-        return self.lift(key)
 
 
 def wait_for_hit(

@@ -168,8 +168,9 @@ def check_penalty(penalty: object) -> Penalty | None:
 class Ban(NamedTuple):
     """A key's penalty state, as ``bans()`` and ``get_ban(key)`` report it."""
 
-    #: The client key, as the limiter was given it (Redis: as bytes).
-    key: str | bytes
+    #: The client key, as the limiter was given it (Redis: as bytes; in
+    #: shared memory, which stores hashes of keys, None in ``bans()``).
+    key: str | bytes | None
     #: Seconds left on its ban; 0.0 when it is not banned now.
     remaining: float
     #: Its bans remembered for escalation (the current one included).
