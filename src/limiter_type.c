@@ -679,6 +679,7 @@ ST_INLINE void banned_decision(const LimiterObject *self, int64_t left,
                                st_decision *d)
 {
 	d->allowed = 0;
+	d->banned = 1;
 	d->binding = 0;
 	d->limit = self->max_cost;
 	d->remaining = 0;

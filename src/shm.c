@@ -785,6 +785,7 @@ ST_INLINE int64_t state_time(const st_policy *p, const int64_t *state)
 static void banned_decision(const st_shm *h, int64_t left, st_decision *out)
 {
 	out->allowed = 0;
+	out->banned = 1;
 	out->binding = 0;
 	out->limit = st_policy_max_cost(&h->policy);
 	out->remaining = 0;

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from stanchion import Ban, Limiter, Penalty, RateLimitExceeded
+from stanchion import Ban, Decision, Limiter, Penalty, RateLimitExceeded
 
 from .conftest import FakeClock
 
@@ -51,7 +51,7 @@ def test_refusals_up_to_after_do_not_ban(clock: FakeClock, algorithm: str) -> No
     assert lim.get_ban("a") == Ban("a", 0.0, 0, 3)
     assert lim.bans() == []
     d = lim.hit("a")  # the 4th within 60 s bans
-    assert not d and d.retry_after == 10.0 and d.remaining == 0
+    assert not d and d.retry_after == 10.0 and d.remaining == 0 and d.banned
     assert lim.bans() == [Ban("a", 10.0, 1)]
 
 
@@ -87,13 +87,18 @@ def test_a_ban_refuses_whatever_the_rate_allows_and_expires(clock: FakeClock) ->
     for _ in range(10):
         d = lim.hit("a")
         assert not d and d.retry_after == pytest.approx(25.0) and d.remaining == 0
-        assert d.limit == 2
+        assert d.limit == 2 and d.banned
+        assert repr(d).endswith(", banned=True)")
     assert not lim.peek("a")
     clock.advance(24.999999999)
     assert lim.hit("a").retry_after_ns == 1
     clock.advance(1e-9)
     # over: and banned hits charged nothing, so the burst is whole
-    assert lim.hit("a") and lim.hit("a")
+    d = lim.hit("a")
+    assert d and not d.banned and "banned" not in repr(d)
+    assert lim.hit("a")
+    d = lim.hit("a")
+    assert not d and not d.banned  # a rate's refusal
     assert lim.bans() == []
 
 
@@ -248,6 +253,26 @@ def test_async_twins(clock: FakeClock) -> None:
         assert await lim.abans() == []
 
     asyncio.run(main())
+
+
+def test_decision_banned_field() -> None:
+    d = Decision(False, 5, 0, 3.0, 3.0, banned=True)
+    assert d.banned and not d and d.retry_after == 3.0
+    assert d != Decision(False, 5, 0, 3.0, 3.0)
+    assert d == Decision(False, 5, 0, 3.0, 3.0, True)
+    assert not Decision(True, 5, 4).banned
+    with pytest.raises(ValueError, match="banned"):
+        Decision(True, 5, 4, banned=True)
+
+
+def test_ban_api_rejects_bad_keys(clock: FakeClock) -> None:
+    lim = limiter(clock)
+    for bad in (None, 5, ["a"], 1.5):
+        for method in (lim.get_ban, lim.lift):
+            with pytest.raises(TypeError):
+                method(bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        lim.lift()  # type: ignore[call-arg]
 
 
 def test_without_a_penalty_nothing_is_banned(clock: FakeClock) -> None:

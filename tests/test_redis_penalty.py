@@ -71,14 +71,14 @@ def test_redis_bans_exactly_as_the_in_process_engine(
             want, got = local.peek(key), remote.peek(key)
         else:
             want, got = local.hit(key), remote.hit(key)
-        assert (got.allowed, got.remaining, got.retry_after_ns) == (
+        assert (got.allowed, got.remaining, got.retry_after_ns, got.banned) == (
             want.allowed,
             want.remaining,
             want.retry_after_ns,
+            want.banned,
         ), (step, key)
         assert got.limit == want.limit
-        if want.retry_after >= 2:
-            bans += 1
+        bans += want.banned
         clock.us += rng.choice([0, 1, 10_000])
     assert bans > 20  # the sequence did ban, and escalate
     for key in ("a", "b"):
@@ -182,6 +182,14 @@ def test_on_error_is_unchanged_and_the_api_raises() -> None:
     with pytest.raises(StorageUnavailable):
         lim.get_ban("a")  # type: ignore[attr-defined]
     st.close()
+
+
+def test_ban_api_rejects_bad_keys(storage: RedisStorage) -> None:
+    _, lim, _ = pair(storage, Penalty(after=1, within=5, ban=10))
+    for bad in (None, 5, ["a"]):
+        for method in (lim.get_ban, lim.lift):
+            with pytest.raises(TypeError):
+                method(bad)  # type: ignore[arg-type]
 
 
 def test_bad_penalty_is_refused_before_anything(storage: RedisStorage) -> None:

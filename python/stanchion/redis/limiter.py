@@ -322,8 +322,9 @@ class RedisLimiter:
 
     def _conclude(self, reply: Any, cost: int, key: object = None) -> Decision:
         """The Decision for a script's reply, or by the on_error policy
-        when Redis did not answer. A reply of eight items started a ban
-        of ``key``: logged here, once."""
+        when Redis did not answer. A reply of seven items is a banned
+        key's refusal; one of eight started a ban of ``key``: logged
+        here, once."""
         if isinstance(reply, _Unavailable):
             if self.on_error == "allow":
                 return Decision(True, self._min_cap, self._min_cap - cost, 0.0, 0.0)
@@ -332,8 +333,10 @@ class RedisLimiter:
             raise StorageUnavailable(
                 f"Redis at {self._connector.where} is unavailable"
             ) from reply.cause
-        if len(reply) == 8:
-            log_ban(key, reply[5] / 1e9, reply[6])
+        if len(reply) > 6:
+            if len(reply) == 8:
+                log_ban(key, reply[5] / 1e9, reply[6])
+            return Decision(False, reply[1], 0, reply[3] / 1e9, reply[4] / 1e9, True)
         return Decision(
             reply[0] == 1, reply[1], reply[2], reply[3] / 1e9, reply[4] / 1e9
         )

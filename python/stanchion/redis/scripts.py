@@ -56,9 +56,10 @@ last ban's length; it expires when it holds nothing worth keeping. A
 banned key is refused before its rates are read (``limit`` is the limit
 reported then); a refused hit (not a peek) is counted and may start a
 ban, in the same script, so the check, the count and the ban are atomic
-with the hit. A hit that starts a ban replies ``{0, limit, 0, ban_ns,
-ban_ns, ban_ns, ban_count, clock_us}``: eight items instead of six, so
-its caller logs the ban once.
+with the hit. A banned key's refusal replies ``{0, limit, 0, left_ns,
+left_ns, ban_count, clock_us}`` (seven items: ``Decision.banned``); a
+hit that starts a ban ``{0, limit, 0, ban_ns, ban_ns, ban_ns, ban_count,
+clock_us}`` (eight items), so its caller logs the ban once.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ if pen then
   if raw and #raw == 40 then ps = {struct.unpack('ddddd', raw)} end
   if ps and ps[3] > now then
     local left = (ps[3] - now) * 1000
-    return {0, tonumber(ARGV[#ARGV]), 0, left, left, clock}
+    return {0, tonumber(ARGV[#ARGV]), 0, left, left, ps[4], clock}
   end
 end
 local n = (#ARGV - 3 - np) / 3
