@@ -154,6 +154,14 @@ class Limiter(BanConveniences, InstantConveniences, _core.Limiter):
     (even for a clock shared by threads); a reading that is not a finite
     number of seconds >= 0 raises ValueError. ``Cache`` treats its clock
     the same way.
+
+    ``penalty`` (a :class:`stanchion.Penalty`) bans keys that keep being
+    refused: a banned key's hits are refused (``Decision.banned``,
+    ``retry_after`` the time left) whatever its rates would allow, in
+    every storage. ``bans()``, ``get_ban(key)`` and ``lift(key)`` list,
+    inspect and lift bans; each ban is logged once (logger
+    ``"stanchion"``, WARNING). Penalty state counts against
+    ``max_keys`` in a table of its own.
     """
 
     __slots__ = ("_penalty", "_rates")

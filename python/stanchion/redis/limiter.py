@@ -142,7 +142,9 @@ class RedisLimiter:
 
     Same methods as ``stanchion.Limiter``: ``hit``/``peek``/``reset``/
     ``acquire`` (blocking client or URL) and ``ahit``/``apeek``/``areset``/
-    ``aacquire`` (asyncio client or URL).
+    ``aacquire`` (asyncio client or URL). With a ``penalty``, bans live in
+    Redis (every worker and host sees them), decided in the hit's script;
+    ``bans``/``get_ban``/``lift`` and ``abans``/``aget_ban``/``alift``.
     """
 
     __slots__ = (
