@@ -9,6 +9,8 @@ import logging
 import math
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stanchion import Ban, Decision, Limiter, Penalty, RateLimitExceeded
 
@@ -445,3 +447,85 @@ def test_on_ban_may_reenter_the_limiter(clock: FakeClock) -> None:
     assert not d and d.retry_after == 5
     assert seen == [("a", 5.0, 1, [("a", 5 * 10**9, 1)])]
     assert lim._bans() == [] and lim.hit("a")
+
+
+# -- the documented rules, as a model ----------------------------------------------
+
+
+class PenaltyModel:
+    """The rules of ``stanchion._penalty``'s docstring, written out in
+    integer ns for a key whose every hit its rate refuses."""
+
+    def __init__(self, p: Penalty) -> None:
+        self.within = round(p.within * 1e9)
+        self.ban = round(p.ban * 1e9)
+        self.cap = 2**60 if p.max_ban is None else round(p.max_ban * 1e9)
+        self.p = p
+        self.window = self.until = self.last = 0
+        self.strikes = self.bans = 0
+
+    def duration(self, n: int) -> int:
+        d = self.ban * self.p.factor ** (n - 1)
+        return self.cap if d >= self.cap else max(self.ban, math.floor(d + 0.5))
+
+    def remembered(self, now: int) -> int:
+        """The ban count at ``now``: forgotten max(last ban, within) after
+        the last ban ended."""
+        if self.bans and now < self.until + max(self.last, self.within):
+            return self.bans
+        return 0
+
+    def hit(self, now: int) -> tuple[bool, int]:
+        """(banned, retry_after_ns) of a refused hit at ``now``."""
+        if now < self.until:
+            return True, self.until - now
+        if self.strikes == 0 or now - self.window >= self.within:
+            self.window, self.strikes = now, 0
+        self.strikes += 1
+        if self.strikes <= self.p.after:
+            return False, -1  # the rate's own retry
+        self.bans = self.remembered(now) + 1
+        self.last = self.duration(self.bans)
+        self.until = now + self.last
+        self.strikes = 0
+        return True, self.last
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    after=st.integers(1, 4),
+    within=st.integers(1, 50),
+    ban=st.integers(1, 40),
+    factor=st.sampled_from([1, 1.5, 2, 3]),
+    cap=st.one_of(st.none(), st.integers(0, 100)),
+    steps=st.lists(st.integers(0, 30_000), min_size=1, max_size=120),
+)
+def test_engine_follows_the_documented_rules(
+    after: int,
+    within: int,
+    ban: int,
+    factor: float,
+    cap: int | None,
+    steps: list[int],
+) -> None:
+    # whole milliseconds: exact in ns and in float seconds alike
+    p = Penalty(
+        after=after,
+        within=within,
+        ban=ban,
+        factor=factor,
+        max_ban=None if cap is None else ban + cap,
+    )
+    now = 0
+    lim = Limiter("1/day", clock=lambda: now / 1e9, penalty=p)
+    assert lim.hit("k")
+    model = PenaltyModel(p)
+    for ms in steps:
+        now += ms * 1_000_000
+        d = lim.hit("k")
+        banned, retry = model.hit(now)
+        assert not d and d.banned == banned
+        if banned:
+            assert d.retry_after_ns == retry
+        got = lim.get_ban("k")
+        assert (got.ban_count if got else 0) == model.remembered(now)
