@@ -272,6 +272,15 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
     shm = stanchion.Limiter(f"{HUGE}/second", storage=storage)
     shm_full = stanchion.Limiter("1/hour", storage=storage)
     shm_full.hit(KEY)
+    shm_pen = stanchion.Limiter(f"{HUGE}/second", storage=storage, penalty=penalty)
+    shm_banned = stanchion.Limiter("1/hour", storage=storage, penalty=penalty)
+    quiet.setLevel(logging.ERROR)
+    try:
+        assert shm_banned.hit(KEY)
+        assert not shm_banned.hit(KEY) and not shm_banned.hit(KEY)
+    finally:
+        quiet.setLevel(level)
+    assert shm_pen.hit(KEY) and shm_banned.hit(KEY).banned
     env: dict[str, Any] = {
         "noop": KEY.isascii,
         "get": {KEY: 1}.get,
@@ -281,6 +290,8 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
         "denied": full.hit,
         "shm_hit": shm.hit,
         "shm_denied": shm_full.hit,
+        "shm_pen_hit": shm_pen.hit,
+        "shm_banned": shm_banned.hit,
         "pen_hit": pen.hit,
         "pen_busy_hit": pen_busy.hit,
         "banned": banned.hit,
@@ -300,6 +311,14 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
         (BANNED_HIT, "banned(key)"),
         ("stanchion token_bucket hit(key), shared memory", "shm_hit(key)"),
         ("stanchion token_bucket hit(key), shared memory, denied", "shm_denied(key)"),
+        (
+            "stanchion token_bucket hit(key), shared memory, with a penalty",
+            "shm_pen_hit(key)",
+        ),
+        (
+            "stanchion token_bucket hit(key), shared memory, banned client",
+            "shm_banned(key)",
+        ),
     ]
     samples: dict[str, list[float]] = {label: [] for label, _ in cases}
     try:
