@@ -529,3 +529,9 @@ def test_engine_follows_the_documented_rules(
             assert d.retry_after_ns == retry
         got = lim.get_ban("k")
         assert (got.ban_count if got else 0) == model.remembered(now)
+
+
+def test_a_million_penalty_calls_leak_nothing() -> None:
+    from .test_limiter_memory import run_isolated
+
+    assert "ok" in run_isolated("leak_penalty.py")
