@@ -306,6 +306,18 @@ def test_one_log_line_per_ban(
     assert "20.000 s" in text[1] and "ban 2" in text[1]
 
 
+def test_log_line_cuts_long_keys(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    lim = limiter(clock, after=1, ban=10)
+    key = "x" * 100_000
+    with caplog.at_level(logging.INFO, logger="stanchion"):
+        assert lim.hit(key)
+        refuse(lim, key, 2)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "stanchion"]
+    assert len(line) < 400 and "100000 long" in line
+
+
 # -- memory -----------------------------------------------------------------------
 
 

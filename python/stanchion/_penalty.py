@@ -183,8 +183,18 @@ class Ban(NamedTuple):
         return self.remaining > 0
 
 
+#: The most characters (or bytes) of a key a log line shows.
+LOG_KEY_CHARS = 200
+
+
 def log_ban(key: object, seconds: float, count: int) -> None:
-    """The log line of one ban (once per ban, never per refused hit)."""
+    """The log line of one ban (once per ban, never per refused hit). A
+    client chooses its key's text: a long one is cut, so one ban cannot
+    write megabytes to the log."""
+    if isinstance(key, (str, bytes)) and len(key) > LOG_KEY_CHARS:
+        shown = f"{key[:LOG_KEY_CHARS]!r}... ({len(key)} long)"
+    else:
+        shown = repr(key)
     logger.warning(
-        "stanchion: key %r banned for %.3f s (ban %d in a row)", key, seconds, count
+        "stanchion: key %s banned for %.3f s (ban %d in a row)", shown, seconds, count
     )
