@@ -41,23 +41,23 @@
  * ========================================================================= */
 
 typedef struct {
-	PyObject_HEAD st_state *st;     /* module state: the Decision type */
-	PyObject *clock;                /* NULL = the C monotonic clock */
-	st_fastclock fclock;            /* the C monotonic clock, fast */
-	int64_t last_now;               /* time never runs backwards in here */
-	int64_t max_cost;               /* the largest cost any hit may ask */
-	st_policy policy;               /* algorithm and compiled rates */
-	kt_table table;                 /* key -> state */
-	size_t inserts_since_sweep;     /* when to look for full keys again */
-	uint64_t evicted;               /* live keys dropped to make room */
-	uint64_t expired;               /* full keys dropped (nothing lost) */
-	int ready;                      /* __init__ succeeded */
-	int has_penalty;                /* bans apply (`penalty` is set) */
-	st_penalty penalty;             /* when and how long keys are banned */
-	kt_table bans;                  /* key -> penalty state (PN_WORDS) */
-	PyObject *on_ban;               /* NULL, or called once per ban */
-	size_t ban_inserts_since_sweep; /* when to drop idle records */
-	uint64_t ban_evicted;           /* live penalty records dropped */
+	PyObject_HEAD st_state *st; /* module state: the Decision type */
+	PyObject *clock;            /* NULL = the C monotonic clock */
+	st_fastclock fclock;        /* the C monotonic clock, fast */
+	int64_t last_now;           /* time never runs backwards in here */
+	int64_t max_cost;           /* the largest cost any hit may ask */
+	st_policy policy;           /* algorithm and compiled rates */
+	kt_table table;             /* key -> state */
+	size_t inserts_since_sweep; /* when to look for full keys again */
+	uint64_t evicted;           /* live keys dropped to make room */
+	uint64_t expired;           /* full keys dropped (nothing lost) */
+	int ready;                  /* __init__ succeeded */
+	int has_penalty;            /* bans apply (`penalty` is set) */
+	st_penalty penalty;         /* when and how long keys are banned */
+	kt_table bans;              /* key -> penalty state (PN_WORDS) */
+	PyObject *on_ban;           /* NULL, or called once per ban */
+	size_t ban_inserts;         /* when to drop idle records again */
+	uint64_t ban_evicted;       /* live penalty records dropped */
 } LimiterObject;
 
 static PyObject *limiter_new(PyTypeObject *type, PyObject *args,
@@ -437,7 +437,7 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	self->has_penalty = penalty_o != Py_None;
 	self->penalty = penalty;
 	self->ban_evicted = 0;
-	self->ban_inserts_since_sweep = 0;
+	self->ban_inserts = 0;
 	Py_XSETREF(self->clock, clock == Py_None ? NULL : Py_NewRef(clock));
 	Py_XSETREF(self->on_ban, on_ban == Py_None ? NULL : Py_NewRef(on_ban));
 	self->ready = 1;
@@ -625,8 +625,8 @@ static void limiter_ban_room(LimiterObject *self, int64_t now)
 	size_t best = 0;
 	int64_t best_worth = INT64_MAX;
 
-	if (self->ban_inserts_since_sweep >= t->count / 4 + 16) {
-		self->ban_inserts_since_sweep = 0;
+	if (self->ban_inserts >= t->count / 4 + 16) {
+		self->ban_inserts = 0;
 		for (size_t i = t->count; i-- > 0;) {
 			if (ban_worth(self, kt_at(t, i)->state, now) == 0)
 				kt_remove_at(t, i);
@@ -666,7 +666,7 @@ static int64_t limiter_strike(LimiterObject *self, kt_entry *b, uint64_t hash,
 		if (b == NULL)
 			return -1;
 		memset(b->state, 0, sizeof(int64_t) * PN_WORDS);
-		self->ban_inserts_since_sweep++;
+		self->ban_inserts++;
 	}
 	dur = pn_strike(&self->penalty, b->state, now);
 	*count = b->state[PN_BANS];
