@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -248,11 +249,39 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
     lim = stanchion.Limiter(f"{HUGE}/second")
     full = stanchion.Limiter("1/hour")
     full.hit(KEY)
+    # The penalty box: a hit on a limiter with a penalty, while no key has
+    # penalty state (its ban table is empty) and while another key is
+    # banned (one more probe per hit); and a banned client's refusal.
+    penalty = stanchion.Penalty(after=1, within=3600, ban=3600)
+    pen = stanchion.Limiter(f"{HUGE}/second", penalty=penalty)
+    pen_busy = stanchion.Limiter(f"{HUGE}/hour", penalty=penalty)
+    banned = stanchion.Limiter("1/hour", penalty=penalty)
+    quiet = logging.getLogger("stanchion")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the ban log lines of this set-up
+    try:
+        for lim_, key in ((pen_busy, "abuser"), (banned, KEY)):
+            cost = lim_.max_cost  # all of it: the next two are refused
+            assert lim_.hit(key, cost)
+            assert not lim_.hit(key, cost) and not lim_.hit(key, cost)
+    finally:
+        quiet.setLevel(level)
+    assert len(banned.bans()) == 1 and len(pen_busy.bans()) == 1
+    assert pen.hit(KEY) and pen_busy.hit(KEY) and not banned.hit(KEY)
     # The same hits through shared memory (a segment of this run's own).
     storage = stanchion.SharedMemoryStorage(f"bench-{os.getpid()}", max_keys=1000)
     shm = stanchion.Limiter(f"{HUGE}/second", storage=storage)
     shm_full = stanchion.Limiter("1/hour", storage=storage)
     shm_full.hit(KEY)
+    shm_pen = stanchion.Limiter(f"{HUGE}/second", storage=storage, penalty=penalty)
+    shm_banned = stanchion.Limiter("1/hour", storage=storage, penalty=penalty)
+    quiet.setLevel(logging.ERROR)
+    try:
+        assert shm_banned.hit(KEY)
+        assert not shm_banned.hit(KEY) and not shm_banned.hit(KEY)
+    finally:
+        quiet.setLevel(level)
+    assert shm_pen.hit(KEY) and shm_banned.hit(KEY).banned
     env: dict[str, Any] = {
         "noop": KEY.isascii,
         "get": {KEY: 1}.get,
@@ -262,6 +291,11 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
         "denied": full.hit,
         "shm_hit": shm.hit,
         "shm_denied": shm_full.hit,
+        "shm_pen_hit": shm_pen.hit,
+        "shm_banned": shm_banned.hit,
+        "pen_hit": pen.hit,
+        "pen_busy_hit": pen_busy.hit,
+        "banned": banned.hit,
         "key": KEY,
         "bkey": KEY.encode(),
     }
@@ -273,8 +307,19 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
         ("stanchion token_bucket hit(key)", "hit(key)"),
         ("stanchion token_bucket hit(bytes key)", "hit(bkey)"),
         ("stanchion token_bucket hit(key), denied", "denied(key)"),
+        (PENALTY_HIT, "pen_hit(key)"),
+        (PENALTY_BUSY_HIT, "pen_busy_hit(key)"),
+        (BANNED_HIT, "banned(key)"),
         ("stanchion token_bucket hit(key), shared memory", "shm_hit(key)"),
         ("stanchion token_bucket hit(key), shared memory, denied", "shm_denied(key)"),
+        (
+            "stanchion token_bucket hit(key), shared memory, with a penalty",
+            "shm_pen_hit(key)",
+        ),
+        (
+            "stanchion token_bucket hit(key), shared memory, banned client",
+            "shm_banned(key)",
+        ),
     ]
     samples: dict[str, list[float]] = {label: [] for label, _ in cases}
     try:
@@ -284,6 +329,12 @@ def measure_context(rounds: int) -> list[tuple[str, float]]:
     finally:
         storage.unlink(missing_ok=True)
     return [(label, statistics.median(v)) for label, v in samples.items()]
+
+
+PENALTY_HIT = "stanchion token_bucket hit(key), with a penalty, no penalty state"
+PENALTY_BUSY_HIT = "stanchion token_bucket hit(key), with a penalty, another key banned"
+BANNED_HIT = "stanchion token_bucket hit(key), banned client"
+PENALTY_TARGET = 1.25  # a hit with a penalty <= 1.25x a plain hit
 
 
 # -- shared memory across processes -------------------------------------------
@@ -671,6 +722,22 @@ def main() -> int:
                 verdict(r <= SHM_TARGET, f"{fmt_ratio(r)} the in-process hit"),
             ]
         )
+    plain = ctx_ns["stanchion token_bucket hit(key)"]
+    for label in (PENALTY_HIT, PENALTY_BUSY_HIT):
+        r = ctx_ns[label] / plain
+        target_rows.append(
+            [
+                f"{label.split(', ', 1)[1]}: <= {PENALTY_TARGET}x a plain hit",
+                verdict(r <= PENALTY_TARGET, f"{fmt_ratio(r)} a plain hit"),
+            ]
+        )
+    r = ctx_ns[BANNED_HIT] / plain
+    target_rows.append(
+        [
+            "a banned client's refusal <= a plain hit",
+            verdict(r <= 1.0, f"{fmt_ratio(r)} a plain hit"),
+        ]
+    )
     print("Targets\n")
     print_table(["target", "result"], target_rows)
 

@@ -5,10 +5,12 @@
  *     @final
  *     class Decision:
  *         def __init__(self, allowed, limit, remaining, reset_after=0.0,
- *                      retry_after=0.0): ...   # counts >= 0, seconds >= 0
+ *                      retry_after=0.0, banned=False): ...
+ *             # counts >= 0, seconds >= 0
  *         allowed: bool; limit: int; remaining: int
  *         reset_after: float; retry_after: float        # seconds
  *         reset_after_ns: int; retry_after_ns: int
+ *         banned: bool          # refused by a ban (Penalty), not a rate
  *         def __bool__(self): return self.allowed
  *         def __eq__(self, other): ...                  # field by field
  */
@@ -16,7 +18,8 @@
 
 #include "args.h"
 
-/* Decision(allowed, limit, remaining, reset_after=0.0, retry_after=0.0):
+/* Decision(allowed, limit, remaining, reset_after=0.0, retry_after=0.0,
+ * banned=False):
  * counts are ints in [0, INT64_MAX] and times finite seconds >= 0
  * (ValueError otherwise). Returns a new reference, or NULL with an
  * exception set. May run Python code (__index__, __float__). */
@@ -24,17 +27,23 @@ static PyObject *decision_new(PyTypeObject *type, PyObject *args,
                               PyObject *kwds)
 {
 	static char *kwlist[] = {"allowed",     "limit",       "remaining",
-	                         "reset_after", "retry_after", NULL};
-	int allowed;
+	                         "reset_after", "retry_after", "banned",
+	                         NULL};
+	int allowed, banned = 0;
 	long long limit, remaining;
 	PyObject *limit_o, *remaining_o, *reset = NULL, *retry = NULL;
 	int64_t reset_ns = 0, retry_ns = 0;
 	DecisionObject *o;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "pOO|OO:Decision", kwlist,
-	                                 &allowed, &limit_o, &remaining_o,
-	                                 &reset, &retry))
+	if (!PyArg_ParseTupleAndKeywords(
+	        args, kwds, "pOO|OOp:Decision", kwlist, &allowed, &limit_o,
+	        &remaining_o, &reset, &retry, &banned))
 		return NULL;
+	if (banned && allowed) {
+		PyErr_SetString(PyExc_ValueError,
+		                "a banned decision cannot be allowed");
+		return NULL;
+	}
 	if (st_count_arg(limit_o, "limit", &limit) < 0 ||
 	    st_count_arg(remaining_o, "remaining", &remaining) < 0)
 		return NULL;
@@ -46,6 +55,7 @@ static PyObject *decision_new(PyTypeObject *type, PyObject *args,
 	if (o == NULL)
 		return NULL;
 	o->allowed = allowed;
+	o->banned = banned;
 	o->limit = limit;
 	o->remaining = remaining;
 	o->reset_after_ns = reset_ns;
@@ -86,9 +96,10 @@ static PyObject *decision_repr(DecisionObject *self)
 	              (double)self->retry_after_ns / 1e9);
 	return PyUnicode_FromFormat(
 	    "Decision(allowed=%s, limit=%lld, remaining=%lld, "
-	    "reset_after=%s, retry_after=%s)",
+	    "reset_after=%s, retry_after=%s%s)",
 	    self->allowed ? "True" : "False", (long long)self->limit,
-	    (long long)self->remaining, reset, retry);
+	    (long long)self->remaining, reset, retry,
+	    self->banned ? ", banned=True" : "");
 }
 
 /* == and != field by field against another Decision; NotImplemented
@@ -99,8 +110,8 @@ static PyObject *decision_richcompare(PyObject *a, PyObject *b, int op)
 	int eq;
 	if (!PyObject_TypeCheck(b, Py_TYPE(a)) || (op != Py_EQ && op != Py_NE))
 		Py_RETURN_NOTIMPLEMENTED;
-	eq = x->allowed == y->allowed && x->limit == y->limit &&
-	     x->remaining == y->remaining &&
+	eq = x->allowed == y->allowed && x->banned == y->banned &&
+	     x->limit == y->limit && x->remaining == y->remaining &&
 	     x->reset_after_ns == y->reset_after_ns &&
 	     x->retry_after_ns == y->retry_after_ns;
 	return PyBool_FromLong(op == Py_EQ ? eq : !eq);
@@ -111,6 +122,12 @@ static PyObject *decision_allowed(DecisionObject *self, void *c)
 {
 	(void)c;
 	return PyBool_FromLong(self->allowed);
+}
+
+static PyObject *decision_banned(DecisionObject *self, void *c)
+{
+	(void)c;
+	return PyBool_FromLong(self->banned);
 }
 
 static PyObject *decision_limit(DecisionObject *self, void *c)
@@ -164,12 +181,16 @@ static PyGetSetDef decision_getset[] = {
      "reset_after in integer nanoseconds.", NULL},
     {"retry_after_ns", (getter)decision_retry_after_ns, NULL,
      "retry_after in integer nanoseconds.", NULL},
+    {"banned", (getter)decision_banned, NULL,
+     "True when refused by a ban (a limiter's Penalty), not by a rate: "
+     "retry_after\nis then the time left on the ban.",
+     NULL},
     {NULL},
 };
 
 PyDoc_STRVAR(decision_doc,
              "Decision(allowed, limit, remaining, reset_after=0.0, "
-             "retry_after=0.0)\n--\n\n"
+             "retry_after=0.0, banned=False)\n--\n\n"
              "The answer to a hit or a peek. It is true when allowed. When a "
              "limiter has\nseveral rates, the fields describe the most "
              "restrictive one.");

@@ -7,6 +7,7 @@
  *         allowed: bool; limit: int; remaining: int
  *         reset_after: float; retry_after: float        # seconds
  *         reset_after_ns: int; retry_after_ns: int
+ *         banned: bool          # refused by a ban, not by a rate
  *         def __bool__(self): return self.allowed
  */
 #ifndef ST_DECISION_TYPE_H
@@ -17,6 +18,7 @@
 
 typedef struct {
 	PyObject_HEAD int allowed;
+	int banned;
 	int64_t limit;
 	int64_t remaining;
 	int64_t reset_after_ns;
@@ -39,6 +41,7 @@ ST_INLINE PyObject *st_decision_make(st_state *st, const st_decision *d)
 			return NULL;
 	}
 	o->allowed = d->allowed;
+	o->banned = d->banned;
 	o->limit = d->limit;
 	o->remaining = d->remaining;
 	o->reset_after_ns = d->reset_after_ns;

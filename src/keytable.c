@@ -43,6 +43,15 @@ void kt_free(kt_table *t)
 	t->count = t->cap = t->mask = t->key_bytes = 0;
 }
 
+void kt_clear(kt_table *t)
+{
+	size_t words = t->words, max = t->max;
+	uint64_t rng = t->rng;
+
+	kt_free(t);
+	kt_init(t, words, max, rng);
+}
+
 /* Home slot of `hash` (see st_ix_home). Requires an index. */
 ST_INLINE size_t kt_home(const kt_table *t, uint64_t hash)
 {

@@ -76,6 +76,15 @@ kt_entry *kt_insert(kt_table *t, uint64_t hash, uint8_t tag, const char *key,
  * place, so entry pointers and positions are invalid afterwards. */
 void kt_remove_at(kt_table *t, size_t i);
 
+/* Removes entry `e` (from kt_find or kt_at); as kt_remove_at. */
+static inline void kt_remove_entry(kt_table *t, kt_entry *e)
+{
+	kt_remove_at(t, (size_t)((char *)e - t->entries) / t->stride);
+}
+
+/* Empties the table, keeping its shape (words, max) and random state. */
+void kt_clear(kt_table *t);
+
 /* A uniformly random dense position; count must be > 0. */
 size_t kt_random(kt_table *t);
 

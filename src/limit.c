@@ -316,6 +316,7 @@ void st_policy_decide(const st_policy *policy, int64_t *state, int64_t now,
 				state[w] = c->next[w];
 		}
 		out->allowed = c->ok;
+		out->banned = 0;
 		out->binding = 0;
 		out->limit = policy->rates[0].capacity;
 		out->remaining = c->remaining;
@@ -356,6 +357,7 @@ void st_policy_decide(const st_policy *policy, int64_t *state, int64_t now,
 		}
 	}
 	out->allowed = allowed;
+	out->banned = 0;
 	out->binding = binding;
 	out->limit = policy->rates[binding].capacity;
 	out->remaining = checks[binding].remaining;

@@ -49,6 +49,7 @@ typedef struct {
 	int64_t remaining;      /* cost-1 hits it still allows now */
 	int64_t reset_after_ns; /* until that rate is back to full */
 	int64_t retry_after_ns; /* 0 when allowed; else until this hit fits */
+	int banned;             /* refused by a ban (penalty.h), not a rate */
 } st_decision;
 
 /* Compiles one rate into `policy->rates[policy->nrates++]`.

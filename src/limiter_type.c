@@ -5,11 +5,16 @@
  *
  *     class Limiter:
  *         def __init__(self, rates, algorithm="token_bucket", burst=None,
- *                      max_keys=1_000_000, clock=None): ...
+ *                      max_keys=1_000_000, clock=None, penalty=None,
+ *                      on_ban=None): ...
  *         def hit(self, key, /, cost=1) -> Decision: ...
  *         def peek(self, key, /, cost=1) -> Decision: ...
  *         def reset(self, key=None) -> None: ...
  *         def stats(self) -> dict: ...
+ *         # with a penalty (penalty.h): the ban table
+ *         def lift(self, key, /) -> bool: ...
+ *         def _ban_state(self, key, /) -> tuple | None: ...
+ *         def _bans(self) -> list[tuple]: ...
  */
 #include <math.h>
 #include <stdint.h>
@@ -20,6 +25,7 @@
 #include "keytable.h"
 #include "limit.h"
 #include "module.h"
+#include "penalty.h"
 #include "pyclock.h"
 #include "rate.h"
 
@@ -46,6 +52,12 @@ typedef struct {
 	uint64_t evicted;           /* live keys dropped to make room */
 	uint64_t expired;           /* full keys dropped (nothing lost) */
 	int ready;                  /* __init__ succeeded */
+	int has_penalty;            /* bans apply (`penalty` is set) */
+	st_penalty penalty;         /* when and how long keys are banned */
+	kt_table bans;              /* key -> penalty state (PN_WORDS) */
+	PyObject *on_ban;           /* NULL, or called once per ban */
+	size_t ban_inserts;         /* when to drop idle records again */
+	uint64_t ban_evicted;       /* live penalty records dropped */
 } LimiterObject;
 
 static PyObject *limiter_new(PyTypeObject *type, PyObject *args,
@@ -64,12 +76,14 @@ static PyObject *limiter_new(PyTypeObject *type, PyObject *args,
 	self->st = st;
 	st_policy_init(&self->policy, ST_TOKEN_BUCKET);
 	kt_init(&self->table, 1, 1, 0);
+	kt_init(&self->bans, PN_WORDS, 1, 0);
 	return (PyObject *)self;
 }
 
 static int limiter_traverse(LimiterObject *self, visitproc visit, void *arg)
 {
 	Py_VISIT(self->clock);
+	Py_VISIT(self->on_ban);
 	Py_VISIT(Py_TYPE(self));
 	return 0;
 }
@@ -77,6 +91,7 @@ static int limiter_traverse(LimiterObject *self, visitproc visit, void *arg)
 static int limiter_clear(LimiterObject *self)
 {
 	Py_CLEAR(self->clock);
+	Py_CLEAR(self->on_ban);
 	return 0;
 }
 
@@ -86,6 +101,7 @@ static void limiter_dealloc(LimiterObject *self)
 	PyObject_GC_UnTrack(self);
 	limiter_clear(self);
 	kt_free(&self->table);
+	kt_free(&self->bans);
 	tp->tp_free(self);
 	Py_DECREF(tp);
 }
@@ -253,11 +269,47 @@ static int parse_burst(PyObject *burst, int nrates, int64_t *out)
 	return -1;
 }
 
+/* penalty: None, or (after, within_ns, ban_ns, factor, max_ban_ns) as
+ * stanchion.Penalty compiles it (it checks the user's values first, with
+ * messages in seconds; this check guards the engine's bounds). */
+static int parse_penalty(PyObject *o, st_penalty *p)
+{
+	long long after, within, ban, max_ban;
+	double factor;
+	const char *why;
+
+	if (o == Py_None)
+		return 0;
+	if (!PyTuple_Check(o)) {
+		PyErr_Format(
+		    PyExc_TypeError,
+		    "penalty must be None or a tuple (after, within_ns, "
+		    "ban_ns, factor, max_ban_ns), not %.100s",
+		    Py_TYPE(o)->tp_name);
+		return -1;
+	}
+	if (!PyArg_ParseTuple(o, "LLLdL:penalty", &after, &within, &ban,
+	                      &factor, &max_ban))
+		return -1;
+	p->after = after;
+	p->within_ns = within;
+	p->ban_ns = ban;
+	p->factor = factor;
+	p->max_ban_ns = max_ban;
+	if (pn_check(p, &why) < 0) {
+		PyErr_Format(PyExc_ValueError, "penalty: %s", why);
+		return -1;
+	}
+	return 0;
+}
+
 static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"rates",    "algorithm", "burst",
-	                         "max_keys", "clock",     NULL};
+	static char *kwlist[] = {"rates", "algorithm", "burst",  "max_keys",
+	                         "clock", "penalty",   "on_ban", NULL};
 	PyObject *rates_arg, *burst = Py_None, *clock = Py_None;
+	PyObject *penalty_o = Py_None, *on_ban = Py_None;
+	st_penalty penalty = {0};
 	PyObject *max_keys_o = NULL;
 	const char *algorithm = "token_bucket";
 	long long max_keys = 1000000;
@@ -267,9 +319,9 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	st_policy policy;
 	st_algorithm alg;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|sOOO:Limiter", kwlist,
-	                                 &rates_arg, &algorithm, &burst,
-	                                 &max_keys_o, &clock))
+	if (!PyArg_ParseTupleAndKeywords(
+	        args, kwds, "O|sOOOOO:Limiter", kwlist, &rates_arg, &algorithm,
+	        &burst, &max_keys_o, &clock, &penalty_o, &on_ban))
 		return -1;
 	if (strcmp(algorithm, "token_bucket") == 0) {
 		alg = ST_TOKEN_BUCKET;
@@ -345,6 +397,14 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 		             Py_TYPE(clock)->tp_name);
 		return -1;
 	}
+	if (parse_penalty(penalty_o, &penalty) < 0)
+		return -1;
+	if (on_ban != Py_None && !PyCallable_Check(on_ban)) {
+		PyErr_Format(PyExc_TypeError,
+		             "on_ban must be a callable or None, not %.100s",
+		             Py_TYPE(on_ban)->tp_name);
+		return -1;
+	}
 	st_policy_init(&policy, alg);
 	for (int i = 0; i < nrates; i++) {
 		const char *why;
@@ -371,7 +431,15 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	st_fastclock_copy(&self->fclock, &self->st->clock);
 	self->evicted = self->expired = 0;
 	self->inserts_since_sweep = 0;
+	kt_free(&self->bans);
+	kt_init(&self->bans, PN_WORDS, (size_t)max_keys,
+	        self->table.rng * UINT64_C(0x9E3779B97F4A7C15) + 1);
+	self->has_penalty = penalty_o != Py_None;
+	self->penalty = penalty;
+	self->ban_evicted = 0;
+	self->ban_inserts = 0;
 	Py_XSETREF(self->clock, clock == Py_None ? NULL : Py_NewRef(clock));
+	Py_XSETREF(self->on_ban, on_ban == Py_None ? NULL : Py_NewRef(on_ban));
 	self->ready = 1;
 	return 0;
 }
@@ -533,10 +601,116 @@ static void limiter_make_room(LimiterObject *self, int64_t now)
 		self->evicted++;
 }
 
+/* ---- the penalty box ---------------------------------------------------- */
+
+/* What a penalty record is worth keeping, for eviction: a ban outranks
+ * every record that is not one (a record holds at most about 2**61 ns of
+ * memory), and a longer one a shorter one. 0: dropping it loses nothing. */
+static int64_t ban_worth(const LimiterObject *self, const int64_t *s,
+                         int64_t now)
+{
+	int64_t left = pn_banned_for(s, now);
+	if (left > 0)
+		return (INT64_C(1) << 62) + left;
+	return pn_idle_in(&self->penalty, s, now);
+}
+
+/* Makes room for one record in a full ban table: first drops records that
+ * hold nothing (amortised over inserts), otherwise the sampled record
+ * worth least, so a flood of refused keys displaces refusal counts before
+ * bans. */
+static void limiter_ban_room(LimiterObject *self, int64_t now)
+{
+	kt_table *t = &self->bans;
+	size_t best = 0;
+	int64_t best_worth = INT64_MAX;
+
+	if (self->ban_inserts >= t->count / 4 + 16) {
+		self->ban_inserts = 0;
+		for (size_t i = t->count; i-- > 0;) {
+			if (ban_worth(self, kt_at(t, i)->state, now) == 0)
+				kt_remove_at(t, i);
+		}
+		if (t->count < t->max)
+			return;
+	}
+	for (int k = 0; k < EVICT_SAMPLES; k++) {
+		size_t i = kt_random(t);
+		int64_t w = ban_worth(self, kt_at(t, i)->state, now);
+		if (w < best_worth) {
+			best_worth = w;
+			best = i;
+			if (w == 0)
+				break;
+		}
+	}
+	kt_remove_at(t, best);
+	if (best_worth > 0)
+		self->ban_evicted++;
+}
+
+/* Counts one refusal of a key that is not banned; `b` is its record or
+ * NULL (one is made). Returns the length of the ban this refusal starts
+ * (0: none) and sets *count to the key's ban count, or returns -1 when
+ * memory runs out (nothing changed). Runs no Python code. */
+static int64_t limiter_strike(LimiterObject *self, kt_entry *b, uint64_t hash,
+                              uint8_t tag, const char *key, size_t len,
+                              int64_t now, int64_t *count)
+{
+	int64_t dur;
+
+	if (b == NULL) {
+		if (self->bans.count >= self->bans.max)
+			limiter_ban_room(self, now);
+		b = kt_insert(&self->bans, hash, tag, key, len);
+		if (b == NULL)
+			return -1;
+		memset(b->state, 0, sizeof(int64_t) * PN_WORDS);
+		self->ban_inserts++;
+	}
+	dur = pn_strike(&self->penalty, b->state, now);
+	*count = b->state[PN_BANS];
+	return dur;
+}
+
+/* The refusal of a banned key: nothing charged, retry when the ban ends;
+ * the limit reported is the smallest capacity. */
+ST_INLINE void banned_decision(const LimiterObject *self, int64_t left,
+                               st_decision *d)
+{
+	d->allowed = 0;
+	d->banned = 1;
+	d->binding = 0;
+	d->limit = self->max_cost;
+	d->remaining = 0;
+	d->reset_after_ns = left;
+	d->retry_after_ns = left;
+}
+
+/* Tells on_ban (when set) of a ban that just started: on_ban(key,
+ * seconds, count). The tables are consistent; an exception from it is
+ * reported as unraisable, since the ban already holds. */
+static void limiter_report_ban(LimiterObject *self, PyObject *key, int64_t dur,
+                               int64_t count)
+{
+	PyObject *cb = self->on_ban, *r;
+
+	if (cb == NULL)
+		return;
+	Py_INCREF(cb); /* the callback may re-initialise this limiter */
+	r = PyObject_CallFunction(cb, "OdL", key, (double)dur / 1e9,
+	                          (long long)count);
+	if (r == NULL)
+		PyErr_WriteUnraisable(cb);
+	Py_XDECREF(r);
+	Py_DECREF(cb);
+}
+
 /* Decides for `key` (checked as limiter_key does) at `cost` (already
  * checked against max_cost), committing the hit when `commit`. Returns
  * 0 with *d filled, or -1 with an exception set. Python code runs only
- * in an injected clock, before the table is touched. */
+ * in an injected clock, before the tables are touched, and in on_ban,
+ * once they are consistent. */
 static int limiter_decide_key(LimiterObject *self, PyObject *keyobj,
                               int64_t cost, int commit, st_decision *d)
 {
@@ -545,7 +719,7 @@ static int limiter_decide_key(LimiterObject *self, PyObject *keyobj,
 	uint8_t tag;
 	Py_hash_t hash;
 	int64_t now;
-	kt_entry *e;
+	kt_entry *e, *b = NULL;
 
 	if (limiter_key(keyobj, &key, &len, &tag, &hash) < 0)
 		return -1;
@@ -556,6 +730,17 @@ static int limiter_decide_key(LimiterObject *self, PyObject *keyobj,
 	    limiter_recheck_cost(self, cost) < 0)
 		return -1;
 	/* From here on no Python code runs until the table is consistent. */
+	if (ST_UNLIKELY(self->bans.count != 0)) {
+		b = kt_find(&self->bans, (uint64_t)hash, tag, key,
+		            (size_t)len);
+		if (b != NULL) {
+			int64_t left = pn_banned_for(b->state, now);
+			if (left > 0) {
+				banned_decision(self, left, d);
+				return 0;
+			}
+		}
+	}
 	e = kt_find(&self->table, (uint64_t)hash, tag, key, (size_t)len);
 	if (ST_LIKELY(e != NULL)) {
 		st_policy_decide(&self->policy, e->state, now, cost, commit,
@@ -579,6 +764,19 @@ static int limiter_decide_key(LimiterObject *self, PyObject *keyobj,
 			       sizeof(int64_t) *
 			           (size_t)st_policy_words(&self->policy));
 			self->inserts_since_sweep++;
+		}
+	}
+	if (ST_UNLIKELY(!d->allowed) && commit && self->has_penalty) {
+		int64_t count = 0;
+		int64_t dur = limiter_strike(self, b, (uint64_t)hash, tag, key,
+		                             (size_t)len, now, &count);
+		if (dur < 0) {
+			PyErr_NoMemory();
+			return -1;
+		}
+		if (dur > 0) {
+			banned_decision(self, dur, d);
+			limiter_report_ban(self, keyobj, dur, count);
 		}
 	}
 	return 0;
@@ -624,31 +822,150 @@ static PyObject *limiter_reset(LimiterObject *self, PyObject *args,
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:reset", kwlist, &key))
 		return NULL;
 	if (key == Py_None) {
-		size_t words = self->table.words, max = self->table.max;
-		uint64_t rng = self->table.rng;
-		kt_free(&self->table);
-		kt_init(&self->table, words, max, rng);
+		kt_clear(&self->table);
+		kt_clear(&self->bans);
 		Py_RETURN_NONE;
 	}
 	if (limiter_key(key, &buf, &len, &tag, &hash) < 0)
 		return NULL;
 	e = kt_find(&self->table, (uint64_t)hash, tag, buf, (size_t)len);
 	if (e != NULL)
-		kt_remove_at(&self->table,
-		             (size_t)((char *)e - self->table.entries) /
-		                 self->table.stride);
+		kt_remove_entry(&self->table, e);
+	e = kt_find(&self->bans, (uint64_t)hash, tag, buf, (size_t)len);
+	if (e != NULL)
+		kt_remove_entry(&self->bans, e);
 	Py_RETURN_NONE;
+}
+
+/* The key an entry holds, as the str or bytes it was given as. */
+static PyObject *entry_key(const kt_entry *e)
+{
+	const char *buf = e->len > KT_INLINE ? e->key.big : e->key.small;
+	if (e->tag == KEY_BYTES)
+		return PyBytes_FromStringAndSize(buf, (Py_ssize_t)e->len);
+	return PyUnicode_DecodeUTF8(buf, (Py_ssize_t)e->len, NULL);
+}
+
+/* The key's penalty record (NULL when it has none) at *now. Reads the
+ * clock (Python code when injected) before looking. */
+static int ban_lookup(LimiterObject *self, PyObject *key, kt_entry **out,
+                      int64_t *now)
+{
+	const char *buf;
+	Py_ssize_t len;
+	uint8_t tag;
+	Py_hash_t hash;
+
+	if (ST_UNLIKELY(!self->ready)) {
+		PyErr_SetString(PyExc_RuntimeError,
+		                "Limiter.__init__ was not called");
+		return -1;
+	}
+	if (limiter_key(key, &buf, &len, &tag, &hash) < 0)
+		return -1;
+	if (st_clock_now(self->clock, &self->fclock, &self->last_now, now) < 0)
+		return -1;
+	*out = kt_find(&self->bans, (uint64_t)hash, tag, buf, (size_t)len);
+	return 0;
+}
+
+static PyObject *limiter_lift(LimiterObject *self, PyObject *key)
+{
+	kt_entry *b;
+	int64_t now;
+	int was;
+
+	if (ban_lookup(self, key, &b, &now) < 0)
+		return NULL;
+	if (b == NULL)
+		Py_RETURN_FALSE;
+	was = pn_banned_for(b->state, now) > 0;
+	kt_remove_entry(&self->bans, b);
+	return PyBool_FromLong(was);
+}
+
+static PyObject *limiter_ban_state(LimiterObject *self, PyObject *key)
+{
+	kt_entry *b;
+	int64_t now, left, bans, strikes;
+
+	if (ban_lookup(self, key, &b, &now) < 0)
+		return NULL;
+	if (b == NULL)
+		Py_RETURN_NONE;
+	left = pn_banned_for(b->state, now);
+	bans = pn_bans(&self->penalty, b->state, now);
+	strikes = pn_strikes(&self->penalty, b->state, now);
+	if (left == 0 && bans == 0 && strikes == 0)
+		Py_RETURN_NONE;
+	return Py_BuildValue("(LLL)", (long long)left, (long long)bans,
+	                     (long long)strikes);
+}
+
+static PyObject *limiter_bans_list(LimiterObject *self, PyObject *unused)
+{
+	PyObject *out;
+	int64_t now;
+
+	(void)unused;
+	if (ST_UNLIKELY(!self->ready)) {
+		PyErr_SetString(PyExc_RuntimeError,
+		                "Limiter.__init__ was not called");
+		return NULL;
+	}
+	if (st_clock_now(self->clock, &self->fclock, &self->last_now, &now) <
+	    0)
+		return NULL;
+	out = PyList_New(0);
+	if (out == NULL)
+		return NULL;
+	/* Building the items allocates, and a collection may run Python
+	 * code that changes the table: the bound is re-read every time, and
+	 * an entry is read only before anything is allocated for it. */
+	for (size_t i = 0; i < self->bans.count; i++) {
+		const kt_entry *b = kt_at(&self->bans, i);
+		int64_t left = pn_banned_for(b->state, now);
+		int64_t bans = b->state[PN_BANS];
+		PyObject *k, *item;
+		if (left == 0)
+			continue;
+		k = entry_key(b);
+		if (k == NULL)
+			goto fail;
+		item = Py_BuildValue("(NLL)", k, (long long)left,
+		                     (long long)bans);
+		if (item == NULL || PyList_Append(out, item) < 0) {
+			Py_XDECREF(item);
+			goto fail;
+		}
+		Py_DECREF(item);
+	}
+	return out;
+fail:
+	Py_DECREF(out);
+	return NULL;
 }
 
 static PyObject *limiter_stats(LimiterObject *self, PyObject *unused)
 {
 	(void)unused;
-	return Py_BuildValue("{s:n,s:n,s:K,s:K,s:n}", "keys",
-	                     (Py_ssize_t)self->table.count, "max_keys",
-	                     (Py_ssize_t)self->table.max, "evicted",
-	                     (unsigned long long)self->evicted, "expired",
-	                     (unsigned long long)self->expired, "memory_bytes",
-	                     (Py_ssize_t)kt_memory(&self->table));
+	if (!self->has_penalty)
+		return Py_BuildValue(
+		    "{s:n,s:n,s:K,s:K,s:n}", "keys",
+		    (Py_ssize_t)self->table.count, "max_keys",
+		    (Py_ssize_t)self->table.max, "evicted",
+		    (unsigned long long)self->evicted, "expired",
+		    (unsigned long long)self->expired, "memory_bytes",
+		    (Py_ssize_t)kt_memory(&self->table));
+	return Py_BuildValue(
+	    "{s:n,s:n,s:K,s:K,s:n,s:n,s:K}", "keys",
+	    (Py_ssize_t)self->table.count, "max_keys",
+	    (Py_ssize_t)self->table.max, "evicted",
+	    (unsigned long long)self->evicted, "expired",
+	    (unsigned long long)self->expired, "memory_bytes",
+	    (Py_ssize_t)(kt_memory(&self->table) + kt_memory(&self->bans)),
+	    "penalty_keys", (Py_ssize_t)self->bans.count, "penalty_evicted",
+	    (unsigned long long)self->ban_evicted);
 }
 
 static PyObject *limiter_get_algorithm(LimiterObject *self, void *c)
@@ -708,11 +1025,24 @@ PyDoc_STRVAR(limiter_peek_doc,
 PyDoc_STRVAR(limiter_reset_doc,
              "reset($self, /, key=None)\n--\n\n"
              "Forget one key (back to full), or every key when key is None.");
+PyDoc_STRVAR(limiter_lift_doc,
+             "lift($self, key, /)\n--\n\n"
+             "Forget the key's ban, its ban count and its counted refusals. "
+             "Returns True\nwhen the key was banned.");
+PyDoc_STRVAR(limiter_ban_state_doc,
+             "_ban_state($self, key, /)\n--\n\n"
+             "(ban_left_ns, ban_count, refusals_counted) of the key, or None "
+             "when it has\nno penalty state.");
+PyDoc_STRVAR(limiter_bans_doc,
+             "_bans($self, /)\n--\n\n"
+             "[(key, ban_left_ns, ban_count), ...] of the keys banned now.");
 PyDoc_STRVAR(limiter_stats_doc,
              "stats($self, /)\n--\n\n"
              "A dict: keys tracked, max_keys, evicted (live keys dropped to "
              "make room),\nexpired (full keys dropped, nothing lost) and "
-             "memory_bytes.");
+             "memory_bytes;\nwith a penalty, penalty_keys (keys with "
+             "penalty state) and penalty_evicted\n(penalty records dropped "
+             "to make room).");
 
 static PyMethodDef limiter_methods[] = {
     {"hit", (PyCFunction)(void (*)(void))limiter_hit,
@@ -722,6 +1052,10 @@ static PyMethodDef limiter_methods[] = {
     {"reset", (PyCFunction)(void (*)(void))limiter_reset,
      METH_VARARGS | METH_KEYWORDS, limiter_reset_doc},
     {"stats", (PyCFunction)limiter_stats, METH_NOARGS, limiter_stats_doc},
+    {"lift", (PyCFunction)limiter_lift, METH_O, limiter_lift_doc},
+    {"_ban_state", (PyCFunction)limiter_ban_state, METH_O,
+     limiter_ban_state_doc},
+    {"_bans", (PyCFunction)limiter_bans_list, METH_NOARGS, limiter_bans_doc},
     {NULL},
 };
 
@@ -742,7 +1076,8 @@ static PyGetSetDef limiter_getset[] = {
 
 PyDoc_STRVAR(limiter_doc,
              "Limiter(rates, algorithm='token_bucket', burst=None, "
-             "max_keys=1000000, clock=None)\n--\n\n"
+             "max_keys=1000000, clock=None, penalty=None, "
+             "on_ban=None)\n--\n\n"
              "An in-process rate limiter keyed by client. `clock` is a "
              "callable returning\nseconds (default: the monotonic clock); a "
              "reading earlier than the last one\ncounts as the last one, "
@@ -876,6 +1211,16 @@ int st_limiter_hit(st_state *st, PyObject *obj, PyObject *key, int64_t cost,
 		return -1;
 	}
 	return limiter_decide_key(lim, key, cost, 1, d);
+}
+
+int st_limiter_penalty(PyObject *obj, st_penalty *penalty)
+{
+	LimiterObject *lim = (LimiterObject *)obj;
+
+	if (!lim->has_penalty)
+		return 0;
+	*penalty = lim->penalty;
+	return 1;
 }
 
 int st_limiter_exec(PyObject *module, st_state *st)

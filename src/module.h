@@ -14,6 +14,7 @@
 
 #include "clock.h"
 #include "limit.h"
+#include "penalty.h"
 
 /* Decisions kept for reuse: a hit allocates nothing in the common case. */
 #define ST_DECISION_FREELIST 64
@@ -73,9 +74,14 @@ int st_limiter_policy(st_state *st, PyObject *obj, st_policy *policy,
  * Python methods are not called) without building a Decision: fills *d.
  * Returns 0, or -1 with an exception set (TypeError: not a Limiter or a
  * bad key; ValueError: a cost out of range; RuntimeError: not
- * initialised). Python code runs only in the limiter's injected clock;
- * the caller holds references to `obj` and `key`. */
+ * initialised). Python code runs only in the limiter's injected clock
+ * and its ban callback; the caller holds references to `obj` and `key`. */
 int st_limiter_hit(st_state *st, PyObject *obj, PyObject *key, int64_t cost,
                    st_decision *d);
+
+/* The penalty of a _core.Limiter `obj` already checked by
+ * st_limiter_policy: returns 1 and fills *penalty when it has one, else
+ * 0. */
+int st_limiter_penalty(PyObject *obj, st_penalty *penalty);
 
 #endif /* ST_MODULE_H */

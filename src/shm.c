@@ -40,6 +40,11 @@ typedef struct {
 	st_shm_rate rates[ST_MAX_RATES]; /* the compiled rates */
 	uint64_t evicted;                /* atomic counters */
 	uint64_t expired;
+	/* The penalty (all zero without one, as in segments made before
+	 * penalties existed: the header page is zeroed when created). */
+	int64_t pn_on; /* 1 with a penalty */
+	int64_t pn_after, pn_within_ns, pn_ban_ns, pn_max_ban_ns;
+	double pn_factor;
 } st_shm_header;
 
 _Static_assert(sizeof(st_shm_header) <= ST_SHM_HEADER_SIZE,
@@ -81,10 +86,13 @@ static size_t bucket_bytes(int words)
 
 ST_INLINE int64_t *slot_state(const st_shm *h, char *b, int i, int copy)
 {
-	size_t words = (size_t)st_policy_words(&h->policy);
+	size_t words = (size_t)h->words;
 	return (int64_t *)(b + B_STATE) +
 	       ((size_t)i * 2 + (size_t)copy) * words;
 }
+
+/* State words of one copy at most: the rates', then the penalty's. */
+#define MAX_WORDS (ST_MAX_RATES * 3 + PN_WORDS)
 
 ST_INLINE st_shm_header *header(const st_shm *h)
 {
@@ -342,8 +350,16 @@ static const char *algorithm_name(int32_t a)
 
 /* The settings part of a header, from a policy. */
 static void settings_of(st_shm_header *s, const st_policy *p,
-                        uint32_t max_keys)
+                        const st_penalty *pn, uint32_t max_keys)
 {
+	if (pn != NULL) {
+		s->pn_on = 1;
+		s->pn_after = pn->after;
+		s->pn_within_ns = pn->within_ns;
+		s->pn_ban_ns = pn->ban_ns;
+		s->pn_max_ban_ns = pn->max_ban_ns;
+		s->pn_factor = pn->factor;
+	}
 	s->max_keys = max_keys;
 	s->algorithm = (int32_t)p->algorithm;
 	s->nrates = p->nrates;
@@ -365,6 +381,13 @@ static int same_settings(const st_shm_header *a, const st_shm_header *b)
 	if (a->max_keys != b->max_keys || a->algorithm != b->algorithm ||
 	    a->nrates != b->nrates || a->nrates < 1 ||
 	    a->nrates > ST_MAX_RATES)
+		return 0;
+	if (a->pn_on != b->pn_on ||
+	    (a->pn_on && (a->pn_after != b->pn_after ||
+	                  a->pn_within_ns != b->pn_within_ns ||
+	                  a->pn_ban_ns != b->pn_ban_ns ||
+	                  a->pn_max_ban_ns != b->pn_max_ban_ns ||
+	                  a->pn_factor != b->pn_factor)))
 		return 0;
 	for (int i = 0; i < a->nrates; i++) {
 		const st_shm_rate *x = &a->rates[i], *y = &b->rates[i];
@@ -396,6 +419,14 @@ static void describe(char *buf, size_t n, const st_shm_header *s)
 			                         " (one per %lld ns)",
 			                         (long long)r->interval_ns);
 	}
+	if (used < n && s->pn_on)
+		used += (size_t)snprintf(
+		    buf + used, n - used,
+		    ", penalty after %lld within %.9gs ban %.9gs factor %g "
+		    "max %.9gs",
+		    (long long)s->pn_after, (double)s->pn_within_ns / 1e9,
+		    (double)s->pn_ban_ns / 1e9, s->pn_factor,
+		    (double)s->pn_max_ban_ns / 1e9);
 	if (used < n)
 		snprintf(buf + used, n - used, ", max_keys=%u",
 		         (unsigned)s->max_keys);
@@ -527,6 +558,14 @@ static int check_segment(st_shm *h, const st_shm_header *hdr,
 int st_shm_open(st_shm *h, const char *name, const st_policy *policy,
                 uint32_t max_keys, char *err, size_t errlen)
 {
+	return st_shm_open_penalty(h, name, policy, NULL, max_keys, err,
+	                           errlen);
+}
+
+int st_shm_open_penalty(st_shm *h, const char *name, const st_policy *policy,
+                        const st_penalty *penalty, uint32_t max_keys,
+                        char *err, size_t errlen)
+{
 	st_shm_header want;
 	struct stat sb;
 	uint64_t slots;
@@ -534,6 +573,10 @@ int st_shm_open(st_shm *h, const char *name, const st_policy *policy,
 
 	memset(h, 0, sizeof(*h));
 	h->policy = *policy;
+	h->has_penalty = penalty != NULL;
+	if (penalty != NULL)
+		h->penalty = *penalty;
+	h->words = st_policy_words(policy) + (penalty != NULL ? PN_WORDS : 0);
 	pthread_once(&pid_once, init_pid);
 	if (!valid_name(name)) {
 		errno = EINVAL;
@@ -547,10 +590,10 @@ int st_shm_open(st_shm *h, const char *name, const st_policy *policy,
 		return ST_SHM_EOS;
 	}
 	memset(&want, 0, sizeof(want));
-	settings_of(&want, policy, max_keys);
+	settings_of(&want, policy, penalty, max_keys);
 	slots = (uint64_t)max_keys + ((uint64_t)max_keys + 3) / 4;
 	h->nbuckets = (uint32_t)((slots + ST_SHM_WAYS - 1) / ST_SHM_WAYS);
-	h->bucket_size = bucket_bytes(st_policy_words(policy));
+	h->bucket_size = bucket_bytes(h->words);
 	h->size = ST_SHM_HEADER_SIZE + (size_t)h->nbuckets * h->bucket_size;
 
 	fd = shm_open(name, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -654,6 +697,22 @@ static int live_in(char *b)
 	return n;
 }
 
+/* What a slot's state is worth keeping: the time until its rates are
+ * full, or, with a penalty, more when its penalty record holds more (a
+ * ban outranks every rate state, a longer one a shorter one). */
+ST_INLINE int64_t slot_worth(const st_shm *h, const int64_t *state,
+                             int64_t now)
+{
+	int64_t f = st_policy_full_in(&h->policy, state, now);
+	if (h->has_penalty) {
+		const int64_t *pn = state + st_policy_words(&h->policy);
+		int64_t left = pn_banned_for(pn, now);
+		f = st_max64(f, left > 0 ? (INT64_C(1) << 62) + left
+		                         : pn_idle_in(&h->penalty, pn, now));
+	}
+	return f;
+}
+
 /* A slot for a new key, in bucket `a` or `b` (both locked; the same one
  * when a == b): an empty one in the emptier bucket (two choices keep the
  * buckets even, so evictions start only near a full segment), else the
@@ -683,9 +742,8 @@ static int make_room(st_shm *h, char *a, char *b, int64_t now, char **in)
 	for (int c = 0; c < ncand && best_full_in > 0; c++) {
 		char *x = cand[c];
 		for (int i = 0; i < ST_SHM_WAYS; i++) {
-			int64_t f = st_policy_full_in(
-			    &h->policy, slot_state(h, x, i, b_sel(x)[i] & 1),
-			    now);
+			int64_t f = slot_worth(
+			    h, slot_state(h, x, i, b_sel(x)[i] & 1), now);
 			if (f < best_full_in) {
 				best_full_in = f;
 				best = i;
@@ -723,38 +781,75 @@ ST_INLINE int64_t state_time(const st_policy *p, const int64_t *state)
 	return t;
 }
 
-/* Decides on the key in slot `i` of locked bucket `b`. */
-ST_INLINE void decide_at(st_shm *h, char *b, int i, int64_t now, int64_t cost,
-                         int commit, st_decision *out)
+/* The refusal of a banned key (as limiter_type.c's). */
+static void banned_decision(const st_shm *h, int64_t left, st_decision *out)
 {
-	size_t bytes = sizeof(int64_t) * (size_t)st_policy_words(&h->policy);
-	int64_t state[ST_MAX_RATES * 3], floor;
+	out->allowed = 0;
+	out->banned = 1;
+	out->binding = 0;
+	out->limit = st_policy_max_cost(&h->policy);
+	out->remaining = 0;
+	out->reset_after_ns = left;
+	out->retry_after_ns = left;
+}
+
+/* Writes `state` into the spare copy of slot `i` of locked bucket `b`,
+ * then makes it current with one store. */
+ST_INLINE void slot_write(st_shm *h, char *b, int i, const int64_t *state)
+{
+	int sel = b_sel(b)[i] & 1;
+	memcpy(slot_state(h, b, i, sel ^ 1), state,
+	       sizeof(int64_t) * (size_t)h->words);
+	__atomic_store_n(&b_sel(b)[i], (uint8_t)(sel ^ 1), __ATOMIC_RELEASE);
+}
+
+/* Decides on the key in slot `i` of locked bucket `b`. With a penalty: a
+ * banned key is refused, and a committed refusal is counted (and may
+ * start a ban: *ban_count is then set). */
+ST_INLINE void decide_at(st_shm *h, char *b, int i, int64_t now, int64_t cost,
+                         int commit, st_decision *out, int64_t *ban_count)
+{
+	size_t bytes = sizeof(int64_t) * (size_t)h->words;
+	int64_t state[MAX_WORDS], floor;
+	int64_t *pn = state + st_policy_words(&h->policy);
 	int sel = b_sel(b)[i] & 1;
 
 	memcpy(state, slot_state(h, b, i, sel), bytes);
+	if (h->has_penalty) {
+		int64_t left = pn_banned_for(pn, now);
+		if (left > 0) {
+			banned_decision(h, left, out);
+			return;
+		}
+	}
 	floor = state_time(&h->policy, state);
 	if (ST_UNLIKELY(now < floor))
 		now = floor;
 	st_policy_decide(&h->policy, state, now, cost, commit, out);
 	if (out->allowed && commit) {
-		/* The spare copy, then one store makes it current. */
-		memcpy(slot_state(h, b, i, sel ^ 1), state, bytes);
-		__atomic_store_n(&b_sel(b)[i], (uint8_t)(sel ^ 1),
-		                 __ATOMIC_RELEASE);
+		slot_write(h, b, i, state);
+	} else if (h->has_penalty && commit) {
+		int64_t dur = pn_strike(&h->penalty, pn, now);
+		slot_write(h, b, i, state);
+		if (dur > 0) {
+			banned_decision(h, dur, out);
+			*ban_count = pn[PN_BANS];
+		}
 	}
 }
 
 /* Looks `kh` up in bucket `b` and decides on it if there. Returns 1 when
  * found. Takes and releases the bucket's lock. */
 ST_INLINE int decide_in(st_shm *h, char *b, st_shm_hash kh, int64_t now,
-                        int64_t cost, int commit, st_decision *out)
+                        int64_t cost, int commit, st_decision *out,
+                        int64_t *ban_count)
 {
 	int i;
 
 	bucket_lock(b);
 	i = find_slot(b, kh);
 	if (i >= 0)
-		decide_at(h, b, i, now, cost, commit, out);
+		decide_at(h, b, i, now, cost, commit, out, ban_count);
 	bucket_unlock(b);
 	return i >= 0;
 }
@@ -766,18 +861,28 @@ ST_INLINE int decide_in(st_shm *h, char *b, st_shm_hash kh, int64_t now,
 void st_shm_decide(st_shm *h, st_shm_hash kh, int64_t now, int64_t cost,
                    int commit, st_decision *out)
 {
+	int64_t ban_count;
+	st_shm_decide_ban(h, kh, now, cost, commit, out, &ban_count);
+}
+
+void st_shm_decide_ban(st_shm *h, st_shm_hash kh, int64_t now, int64_t cost,
+                       int commit, st_decision *out, int64_t *ban_count)
+{
 	uint32_t ia = bucket_index(h, kh.hi), ib = bucket_index(h, kh.lo);
 	char *a = bucket_at(h, ia), *b = bucket_at(h, ib), *in;
-	size_t bytes = sizeof(int64_t) * (size_t)st_policy_words(&h->policy);
-	int64_t state[ST_MAX_RATES * 3];
+	size_t bytes = sizeof(int64_t) * (size_t)h->words;
+	int64_t state[MAX_WORDS];
 	int i;
 
-	if (ST_LIKELY(decide_in(h, a, kh, now, cost, commit, out)))
+	*ban_count = 0;
+	if (ST_LIKELY(decide_in(h, a, kh, now, cost, commit, out, ban_count)))
 		return;
-	if (ib != ia && decide_in(h, b, kh, now, cost, commit, out))
+	if (ib != ia && decide_in(h, b, kh, now, cost, commit, out, ban_count))
 		return;
 	/* An unknown key is full. Only an allowed, committed hit stores
-	 * it: peeks and denials never grow the table. */
+	 * it: peeks and denials never grow the table. (A full key is never
+	 * refused: a cost is at most the smallest capacity.) */
+	memset(state, 0, sizeof(state));
 	st_policy_fresh(&h->policy, state);
 	st_policy_decide(&h->policy, state, now, cost, commit, out);
 	if (!(out->allowed && commit))
@@ -787,9 +892,9 @@ void st_shm_decide(st_shm *h, st_shm_hash kh, int64_t now, int64_t cost,
 		bucket_lock(ia <= ib ? b : a);
 	/* Stored meanwhile by another process? Then decide on that. */
 	if ((i = find_slot(a, kh)) >= 0) {
-		decide_at(h, a, i, now, cost, commit, out);
+		decide_at(h, a, i, now, cost, commit, out, ban_count);
 	} else if (ib != ia && (i = find_slot(b, kh)) >= 0) {
-		decide_at(h, b, i, now, cost, commit, out);
+		decide_at(h, b, i, now, cost, commit, out, ban_count);
 	} else {
 		i = make_room(h, a, b, now, &in);
 		/* Empty the slot first and publish it last. */
@@ -858,6 +963,95 @@ void st_shm_get_stats(const st_shm *h, st_shm_stats *out)
 void st_shm_hold_lock(st_shm *h, st_shm_hash kh)
 {
 	bucket_lock(bucket_at(h, bucket_index(h, kh.hi)));
+}
+
+/* ---- the penalty box's API ------------------------------------------------
+ */
+
+/* Finds `kh` in its buckets and locks the one holding it: returns the
+ * slot and sets *in, or returns -1 (nothing locked). */
+static int lock_key(st_shm *h, st_shm_hash kh, char **in)
+{
+	uint32_t ia = bucket_index(h, kh.hi), ib = bucket_index(h, kh.lo);
+	char *cand[2] = {bucket_at(h, ia), bucket_at(h, ib)};
+
+	for (int c = 0; c < (ia == ib ? 1 : 2); c++) {
+		int i;
+		bucket_lock(cand[c]);
+		i = find_slot(cand[c], kh);
+		if (i >= 0) {
+			*in = cand[c];
+			return i;
+		}
+		bucket_unlock(cand[c]);
+	}
+	return -1;
+}
+
+int st_shm_penalty_state(st_shm *h, st_shm_hash kh, int64_t *pn)
+{
+	char *b;
+	int i;
+
+	if (!h->has_penalty || (i = lock_key(h, kh, &b)) < 0)
+		return 0;
+	memcpy(
+	    pn,
+	    slot_state(h, b, i, b_sel(b)[i] & 1) + st_policy_words(&h->policy),
+	    sizeof(int64_t) * PN_WORDS);
+	bucket_unlock(b);
+	return 1;
+}
+
+int st_shm_lift(st_shm *h, st_shm_hash kh, int64_t now)
+{
+	int64_t state[MAX_WORDS];
+	int64_t *pn = state + st_policy_words(&h->policy);
+	char *b;
+	int i, was;
+
+	if (!h->has_penalty || (i = lock_key(h, kh, &b)) < 0)
+		return 0;
+	memcpy(state, slot_state(h, b, i, b_sel(b)[i] & 1),
+	       sizeof(int64_t) * (size_t)h->words);
+	was = pn_banned_for(pn, now) > 0;
+	memset(pn, 0, sizeof(int64_t) * PN_WORDS);
+	slot_write(h, b, i, state);
+	bucket_unlock(b);
+	return was;
+}
+
+int st_shm_each_ban(st_shm *h, int64_t now,
+                    int (*fn)(void *arg, int64_t left, int64_t count),
+                    void *arg)
+{
+	int64_t found[ST_SHM_WAYS][2];
+
+	if (!h->has_penalty)
+		return 0;
+	for (uint32_t k = 0; k < h->nbuckets; k++) {
+		char *b = bucket_at(h, k);
+		int n = 0;
+		bucket_lock(b);
+		for (int i = 0; i < ST_SHM_WAYS; i++) {
+			const int64_t *pn;
+			if (b_lo(b)[i] == 0)
+				continue;
+			pn = slot_state(h, b, i, b_sel(b)[i] & 1) +
+			     st_policy_words(&h->policy);
+			if (pn_banned_for(pn, now) > 0) {
+				found[n][0] = pn_banned_for(pn, now);
+				found[n][1] = pn[PN_BANS];
+				n++;
+			}
+		}
+		bucket_unlock(b);
+		for (int j = 0; j < n; j++) {
+			if (fn(arg, found[j][0], found[j][1]) < 0)
+				return -1;
+		}
+	}
+	return 0;
 }
 
 #else /* !__linux__ */
@@ -931,6 +1125,48 @@ void st_shm_hold_lock(st_shm *h, st_shm_hash kh)
 {
 	(void)h;
 	(void)kh;
+}
+
+int st_shm_open_penalty(st_shm *h, const char *name, const st_policy *policy,
+                        const st_penalty *penalty, uint32_t max_keys,
+                        char *err, size_t errlen)
+{
+	(void)penalty;
+	return st_shm_open(h, name, policy, max_keys, err, errlen);
+}
+
+void st_shm_decide_ban(st_shm *h, st_shm_hash kh, int64_t now, int64_t cost,
+                       int commit, st_decision *out, int64_t *ban_count)
+{
+	*ban_count = 0;
+	st_shm_decide(h, kh, now, cost, commit, out);
+}
+
+int st_shm_penalty_state(st_shm *h, st_shm_hash kh, int64_t *pn)
+{
+	(void)h;
+	(void)kh;
+	(void)pn;
+	return 0;
+}
+
+int st_shm_lift(st_shm *h, st_shm_hash kh, int64_t now)
+{
+	(void)h;
+	(void)kh;
+	(void)now;
+	return 0;
+}
+
+int st_shm_each_ban(st_shm *h, int64_t now,
+                    int (*fn)(void *arg, int64_t left, int64_t count),
+                    void *arg)
+{
+	(void)h;
+	(void)now;
+	(void)fn;
+	(void)arg;
+	return 0;
 }
 
 #endif /* __linux__ */

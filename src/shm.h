@@ -35,6 +35,15 @@
  * buckets' 2 * ST_SHM_WAYS slots as the sample: a blocked client outlasts
  * a flood of fresh keys.
  *
+ * Penalty box (penalty.h): a segment made with a penalty keeps PN_WORDS
+ * more words per state copy after the rates' words, updated with them
+ * (both copies, one selector), and stores the penalty in its header. A
+ * banned key is refused from its slot without reading its rates; a
+ * refused hit is counted there and may start a ban. Eviction ranks a ban
+ * above any rate state, so a flood of fresh keys displaces bans last.
+ * Segments without a penalty are laid out as before (the header's
+ * penalty fields are zero).
+ *
  * Lifetime: the first process to open a name creates and sizes the
  * segment (under flock, so concurrent openers wait and a creator that
  * dies mid-way is redone); later ones validate the header. The segment
@@ -50,6 +59,7 @@
 
 #include "common.h"
 #include "limit.h"
+#include "penalty.h"
 
 #define ST_SHM_MAGIC UINT64_C(0x4d5368636e617473) /* "stanchSM" */
 #define ST_SHM_LAYOUT 3
@@ -70,6 +80,9 @@ typedef struct {
 	char *base;         /* the mapping */
 	size_t size;        /* its length in bytes */
 	st_policy policy;   /* this process's copy, equal to the header's */
+	int has_penalty;    /* keys are banned as `penalty` says */
+	st_penalty penalty; /* (zero without a penalty) */
+	int words;          /* state words per copy: rates', then penalty's */
 	uint32_t nbuckets;  /* buckets in the segment */
 	size_t bucket_size; /* bytes per bucket */
 	uint64_t k0, k1;    /* the segment's secret */
@@ -93,6 +106,14 @@ typedef struct {
 int st_shm_open(st_shm *h, const char *name, const st_policy *policy,
                 uint32_t max_keys, char *err, size_t errlen);
 
+/* st_shm_open for a limiter with a penalty (`penalty` checked by
+ * pn_check), or without one when `penalty` is NULL. A segment's penalty
+ * is one of its settings: opening it with another one is
+ * ST_SHM_EMISMATCH. */
+int st_shm_open_penalty(st_shm *h, const char *name, const st_policy *policy,
+                        const st_penalty *penalty, uint32_t max_keys,
+                        char *err, size_t errlen);
+
 /* Unmaps; `h` may be half-built (base NULL). The segment stays. */
 void st_shm_close(st_shm *h);
 
@@ -109,6 +130,29 @@ st_shm_hash st_shm_hash_key(const st_shm *h, uint8_t kind, const void *key,
  * new key. Never fails; may wait for another process's lock. */
 void st_shm_decide(st_shm *h, st_shm_hash kh, int64_t now, int64_t cost,
                    int commit, st_decision *out);
+
+/* st_shm_decide with the penalty box: a banned key is refused (`out`'s
+ * retry the time left, `limit` the smallest capacity, remaining 0), and
+ * a refused hit is counted. Sets *ban_count to the key's ban count when
+ * this hit started a ban (out->retry_after_ns is then its length), else
+ * to 0. */
+void st_shm_decide_ban(st_shm *h, st_shm_hash kh, int64_t now, int64_t cost,
+                       int commit, st_decision *out, int64_t *ban_count);
+
+/* The penalty words of `kh` copied to `pn` (PN_WORDS): 1 when the key is
+ * in the table, else 0. */
+int st_shm_penalty_state(st_shm *h, st_shm_hash kh, int64_t *pn);
+
+/* Zeroes the penalty words of `kh` (its ban, ban count and refusals),
+ * keeping its rates' state. Returns 1 when it was banned at `now`. */
+int st_shm_lift(st_shm *h, st_shm_hash kh, int64_t now);
+
+/* Calls `fn(arg, time_left_ns, ban_count)` for each key banned at `now`
+ * (a scan, bucket by bucket; the keys themselves are not stored). Stops
+ * and returns -1 when `fn` does; else 0. `fn` runs without any lock. */
+int st_shm_each_ban(st_shm *h, int64_t now,
+                    int (*fn)(void *arg, int64_t left, int64_t count),
+                    void *arg);
 
 /* Forgets one key (back to full). */
 void st_shm_reset(st_shm *h, st_shm_hash kh);

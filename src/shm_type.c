@@ -4,7 +4,7 @@
  * Python equivalent (the behaviour, not the speed):
  *
  *     class SharedMemoryLimiter:
- *         def __init__(self, name, template, clock=None):
+ *         def __init__(self, name, template, clock=None, on_ban=None):
  *             # name: a shm_open name ("/stanchion.myapp"); template: a
  *             # _core.Limiter whose rates, algorithm and max_keys the
  *             # segment holds (ValueError when the segment holds others)
@@ -12,6 +12,10 @@
  *         def peek(self, key, /, cost=1) -> Decision: ...
  *         def reset(self, key=None) -> None: ...
  *         def stats(self) -> dict: ...
+ *         # with the template's penalty (penalty.h), in the segment:
+ *         def lift(self, key, /) -> bool: ...
+ *         def _ban_state(self, key, /) -> tuple | None: ...
+ *         def _bans(self) -> list[tuple]: ...        # keys not stored
  *
  * The decisions are the in-process Limiter's, field for field; the state
  * is shared by every process that opens the same name.
@@ -40,6 +44,7 @@ typedef struct {
 	int64_t max_cost;           /* the largest cost any hit may ask */
 	st_shm shm;                 /* the mapping and the policy */
 	int ready;                  /* __init__ succeeded */
+	PyObject *on_ban;           /* NULL, or called once per ban */
 } ShmLimiterObject;
 
 static PyObject *shm_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -61,6 +66,7 @@ static PyObject *shm_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static int shm_traverse(ShmLimiterObject *self, visitproc visit, void *arg)
 {
 	Py_VISIT(self->clock);
+	Py_VISIT(self->on_ban);
 	Py_VISIT(Py_TYPE(self));
 	return 0;
 }
@@ -68,6 +74,7 @@ static int shm_traverse(ShmLimiterObject *self, visitproc visit, void *arg)
 static int shm_clear(ShmLimiterObject *self)
 {
 	Py_CLEAR(self->clock);
+	Py_CLEAR(self->on_ban);
 	return 0;
 }
 
@@ -84,9 +91,11 @@ static void shm_dealloc(ShmLimiterObject *self)
 
 static int shm_init(ShmLimiterObject *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"name", "template", "clock", NULL};
-	PyObject *name, *template, *clock = Py_None;
+	static char *kwlist[] = {"name", "template", "clock", "on_ban", NULL};
+	PyObject *name, *template, *clock = Py_None, *on_ban = Py_None;
 	st_policy policy;
+	st_penalty penalty;
+	int has_penalty;
 	size_t max_keys;
 	const char *cname;
 	char err[1024];
@@ -94,9 +103,15 @@ static int shm_init(ShmLimiterObject *self, PyObject *args, PyObject *kwds)
 	int rc;
 
 	if (!PyArg_ParseTupleAndKeywords(args, kwds,
-	                                 "UO|O:SharedMemoryLimiter", kwlist,
-	                                 &name, &template, &clock))
+	                                 "UO|OO:SharedMemoryLimiter", kwlist,
+	                                 &name, &template, &clock, &on_ban))
 		return -1;
+	if (on_ban != Py_None && !PyCallable_Check(on_ban)) {
+		PyErr_Format(PyExc_TypeError,
+		             "on_ban must be a callable or None, not %.100s",
+		             Py_TYPE(on_ban)->tp_name);
+		return -1;
+	}
 	if (clock != Py_None && !PyCallable_Check(clock)) {
 		PyErr_Format(PyExc_TypeError,
 		             "clock must be a callable returning seconds, or "
@@ -106,6 +121,7 @@ static int shm_init(ShmLimiterObject *self, PyObject *args, PyObject *kwds)
 	}
 	if (st_limiter_policy(self->st, template, &policy, &max_keys) < 0)
 		return -1;
+	has_penalty = st_limiter_penalty(template, &penalty);
 	if (max_keys > ST_SHM_MAX_KEYS) {
 		PyErr_Format(PyExc_ValueError,
 		             "max_keys must be at most %lu in shared memory, "
@@ -126,8 +142,9 @@ static int shm_init(ShmLimiterObject *self, PyObject *args, PyObject *kwds)
 		return -1;
 	}
 	Py_BEGIN_ALLOW_THREADS;
-	rc = st_shm_open(&shm, cname, &policy, (uint32_t)max_keys, err,
-	                 sizeof(err));
+	rc = st_shm_open_penalty(&shm, cname, &policy,
+	                         has_penalty ? &penalty : NULL,
+	                         (uint32_t)max_keys, err, sizeof(err));
 	Py_END_ALLOW_THREADS;
 	if (rc == ST_SHM_EMISMATCH) {
 		PyErr_SetString(PyExc_ValueError, err);
@@ -154,6 +171,7 @@ static int shm_init(ShmLimiterObject *self, PyObject *args, PyObject *kwds)
 	st_fastclock_copy(&self->fclock, &self->st->clock);
 	Py_XSETREF(self->name, Py_NewRef(name));
 	Py_XSETREF(self->clock, clock == Py_None ? NULL : Py_NewRef(clock));
+	Py_XSETREF(self->on_ban, on_ban == Py_None ? NULL : Py_NewRef(on_ban));
 	self->ready = 1;
 	return 0;
 }
@@ -242,7 +260,7 @@ static PyObject *shm_decide(ShmLimiterObject *self, PyObject *const *args,
 	const char *key;
 	Py_ssize_t len;
 	uint8_t kind;
-	int64_t cost, now;
+	int64_t cost, now, ban_count;
 	st_decision d;
 
 	if (shm_args(self, args, nargs, kwnames, fname, &cost) < 0)
@@ -262,10 +280,103 @@ static PyObject *shm_decide(ShmLimiterObject *self, PyObject *const *args,
 		             (long long)cost, (long long)self->max_cost);
 		return NULL;
 	}
-	st_shm_decide(&self->shm,
-	              st_shm_hash_key(&self->shm, kind, key, (size_t)len), now,
-	              cost, commit, &d);
+	st_shm_decide_ban(&self->shm,
+	                  st_shm_hash_key(&self->shm, kind, key, (size_t)len),
+	                  now, cost, commit, &d, &ban_count);
+	if (ST_UNLIKELY(ban_count > 0) && self->on_ban != NULL) {
+		/* A ban started by this hit: told once, by this process. */
+		PyObject *cb = Py_NewRef(self->on_ban);
+		PyObject *r = PyObject_CallFunction(
+		    cb, "OdL", args[0], (double)d.retry_after_ns / 1e9,
+		    (long long)ban_count);
+		if (r == NULL)
+			PyErr_WriteUnraisable(cb);
+		Py_XDECREF(r);
+		Py_DECREF(cb);
+	}
 	return st_decision_make(self->st, &d);
+}
+
+/* The hash of a key, with the clock read (an injected clock is Python
+ * code, and may re-initialise this object: read it first). */
+static int shm_key_now(ShmLimiterObject *self, PyObject *key, st_shm_hash *kh,
+                       int64_t *now)
+{
+	const char *buf;
+	Py_ssize_t len;
+	uint8_t kind;
+
+	if (shm_ready(self) < 0)
+		return -1;
+	if (st_clock_now(self->clock, &self->fclock, &self->last_now, now) < 0)
+		return -1;
+	if (shm_key(key, &buf, &len, &kind) < 0)
+		return -1;
+	*kh = st_shm_hash_key(&self->shm, kind, buf, (size_t)len);
+	return 0;
+}
+
+static PyObject *shm_lift(ShmLimiterObject *self, PyObject *key)
+{
+	st_shm_hash kh;
+	int64_t now;
+
+	if (shm_key_now(self, key, &kh, &now) < 0)
+		return NULL;
+	return PyBool_FromLong(st_shm_lift(&self->shm, kh, now));
+}
+
+static PyObject *shm_ban_state(ShmLimiterObject *self, PyObject *key)
+{
+	st_shm_hash kh;
+	int64_t now, pn[PN_WORDS], left, bans, strikes;
+	const st_penalty *p = &self->shm.penalty;
+
+	if (shm_key_now(self, key, &kh, &now) < 0)
+		return NULL;
+	if (!st_shm_penalty_state(&self->shm, kh, pn))
+		Py_RETURN_NONE;
+	left = pn_banned_for(pn, now);
+	bans = pn_bans(p, pn, now);
+	strikes = pn_strikes(p, pn, now);
+	if (left == 0 && bans == 0 && strikes == 0)
+		Py_RETURN_NONE;
+	return Py_BuildValue("(LLL)", (long long)left, (long long)bans,
+	                     (long long)strikes);
+}
+
+/* st_shm_each_ban's callback: appends (None, left_ns, count). */
+static int append_ban(void *arg, int64_t left, int64_t count)
+{
+	PyObject *item =
+	    Py_BuildValue("(OLL)", Py_None, (long long)left, (long long)count);
+	int rc;
+	if (item == NULL)
+		return -1;
+	rc = PyList_Append((PyObject *)arg, item);
+	Py_DECREF(item);
+	return rc;
+}
+
+static PyObject *shm_bans_list(ShmLimiterObject *self, PyObject *unused)
+{
+	PyObject *out;
+	int64_t now;
+
+	(void)unused;
+	if (shm_ready(self) < 0)
+		return NULL;
+	if (st_clock_now(self->clock, &self->fclock, &self->last_now, &now) <
+	    0)
+		return NULL;
+	out = PyList_New(0);
+	if (out == NULL)
+		return NULL;
+	if (st_shm_each_ban(&self->shm, now, append_ban, out) < 0) {
+		Py_DECREF(out);
+		return NULL;
+	}
+	return out;
 }
 
 static PyObject *shm_hit(ShmLimiterObject *self, PyObject *const *args,
@@ -380,6 +491,18 @@ PyDoc_STRVAR(shm_stats_doc,
              "A dict: keys tracked, max_keys, slots, evicted (live keys "
              "dropped to make\nroom), expired (full keys whose slot was "
              "reused) and memory_bytes (the\nsegment's size).");
+PyDoc_STRVAR(shm_lift_doc,
+             "lift($self, key, /)\n--\n\n"
+             "Forget the key's ban, its ban count and its counted refusals, "
+             "for every\nprocess. Returns True when the key was banned.");
+PyDoc_STRVAR(shm_ban_state_doc,
+             "_ban_state($self, key, /)\n--\n\n"
+             "(ban_left_ns, ban_count, refusals_counted) of the key, or None "
+             "when it has\nno penalty state.");
+PyDoc_STRVAR(shm_bans_doc,
+             "_bans($self, /)\n--\n\n"
+             "[(None, ban_left_ns, ban_count), ...] of the keys banned now "
+             "(the segment\nstores hashes of keys, not keys).");
 PyDoc_STRVAR(shm_hold_lock_doc,
              "_hold_lock($self, key, /)\n--\n\n"
              "Tests only: take the lock of key's bucket and never release "
@@ -394,6 +517,9 @@ static PyMethodDef shm_methods[] = {
      METH_VARARGS | METH_KEYWORDS, shm_reset_doc},
     {"stats", (PyCFunction)shm_stats, METH_NOARGS, shm_stats_doc},
     {"_hold_lock", (PyCFunction)shm_hold_lock, METH_O, shm_hold_lock_doc},
+    {"lift", (PyCFunction)shm_lift, METH_O, shm_lift_doc},
+    {"_ban_state", (PyCFunction)shm_ban_state, METH_O, shm_ban_state_doc},
+    {"_bans", (PyCFunction)shm_bans_list, METH_NOARGS, shm_bans_doc},
     {NULL},
 };
 
@@ -407,14 +533,18 @@ static PyGetSetDef shm_getset[] = {
 };
 
 PyDoc_STRVAR(shm_doc,
-             "SharedMemoryLimiter(name, template, clock=None)\n--\n\n"
+             "SharedMemoryLimiter(name, template, clock=None, "
+             "on_ban=None)\n--\n\n"
              "A rate limiter whose state lives in the shared-memory segment "
              "`name` (a\nshm_open name such as '/stanchion.myapp'), created "
              "on first use with the\nrates, algorithm and max_keys of "
              "`template` (a Limiter); opening a segment\nthat holds other "
              "settings raises ValueError naming both. Decides exactly\nas "
              "the in-process Limiter. `clock`: as Limiter's (tests); every "
-             "process\nsharing a segment must use the same clock.");
+             "process\nsharing a segment must use the same clock. The "
+             "template's penalty, if\nany, is kept in the segment; "
+             "`on_ban(key, seconds, count)` is called once\nper ban, by "
+             "the process whose hit started it.");
 
 static PyType_Slot shm_slots[] = {
     {Py_tp_doc, (void *)shm_doc},

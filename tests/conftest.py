@@ -51,6 +51,7 @@ CORE_MODULES = frozenset(
         "test_limiter.py",
         "test_limiter_model.py",
         "test_limiter_memory.py",
+        "test_penalty.py",
         "test_cache.py",
         "test_cached.py",
         "test_core_reentrancy.py",

@@ -70,6 +70,16 @@ def test_limiter_benchmark_runs_every_implementation() -> None:
         assert any(ln.startswith(name) and " B " in ln for ln in lines), (
             f"no memory line for {name!r} in:\n{out}"
         )
+    # The penalty box's rows: a hit with a penalty, banned or not.
+    for label in (
+        "with a penalty, no penalty state",
+        "another key banned",
+        "banned client",
+    ):
+        assert any(label in ln and TIME.search(ln) for ln in lines), (
+            f"no penalty row {label!r} in:\n{out}"
+        )
+    assert any("a banned client's refusal <= a plain hit" in ln for ln in lines), out
     verdicts = [ln for ln in lines if "MET: " in ln or "MISSED: " in ln]
     # 3 algorithms x 2 paths vs the floor, 2 peers x 2 paths, memory.
     assert len(verdicts) >= 3 * 2 + 2 * 2 + 3, out

@@ -133,3 +133,28 @@ def test_cluster_hits_carry_no_deadline(
     for i in range(10):
         assert lim.hit(f"{key}{i}").remaining == 4
     assert storage._connector.skew is None
+
+
+def test_penalty_on_cluster(cluster_client: redis.cluster.RedisCluster) -> None:
+    # the rate state and the penalty record of a key share its hash tag:
+    # one script call per hit on any master; bans() finds every master's
+    storage = RedisStorage(
+        cluster_client, timeout=SLOW, prefix=f"c{uuid.uuid4().hex[:6]}:"
+    )
+    lim = stanchion.Limiter(
+        "1/hour", storage=storage, penalty=stanchion.Penalty(after=1, within=60, ban=90)
+    )
+    assert isinstance(lim, RedisLimiter)
+    keys = _keys_on_every_master(cluster_client, lim)
+    for key in keys:
+        assert lim.hit(key)
+        assert not lim.hit(key).banned
+        d = lim.hit(key)
+        assert d.banned and 89 < d.retry_after <= 90
+    assert sorted(b.key for b in lim.bans() if isinstance(b.key, bytes)) == sorted(
+        k.encode() for k in keys
+    )
+    assert lim.lift(keys[0]) is True
+    assert len(lim.bans()) == 2
+    lim.reset()
+    assert lim.bans() == [] and lim.hit(keys[1])

@@ -38,6 +38,7 @@ def test_shm_engine_builds_without_python_and_matches_the_engine(
             str(ROOT / "tests/fuzz/shm_fuzz.c"),
             str(ROOT / "src/shm.c"),
             str(ROOT / "src/limit.c"),
+            str(ROOT / "src/penalty.c"),
             "-lm",
             "-o",
             str(exe),

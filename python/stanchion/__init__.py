@@ -8,6 +8,7 @@ from ._cache import CacheBackend, cached
 from ._core import Cache, CacheInfo, Decision
 from ._errors import StorageUnavailable
 from ._limiter import Limiter, RateLimiter, RateLimitExceeded
+from ._penalty import Ban, Penalty
 from ._rates import Rate, parse_rates
 from ._shm import SharedMemoryStorage
 
@@ -15,11 +16,13 @@ if TYPE_CHECKING:
     from .redis import RedisCache, RedisStorage
 
 __all__ = [
+    "Ban",
     "Cache",
     "CacheBackend",
     "CacheInfo",
     "Decision",
     "Limiter",
+    "Penalty",
     "Rate",
     "RateLimitExceeded",
     "RateLimiter",

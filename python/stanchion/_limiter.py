@@ -10,6 +10,7 @@ from typing import Any, Protocol, overload, runtime_checkable
 
 from . import _core
 from ._core import Decision
+from ._penalty import Ban, Penalty, check_penalty, log_ban
 from ._rates import Rate, normalize_rates
 
 __all__ = ["Decision", "Limiter", "RateLimitExceeded", "RateLimiter"]
@@ -106,7 +107,37 @@ class InstantConveniences:
         return await await_hit(self.ahit, key, cost, timeout)
 
 
-class Limiter(InstantConveniences, _core.Limiter):
+class BanConveniences:
+    """The ban API of a limiter whose C type answers ``_bans()``,
+    ``_ban_state(key)`` and ``lift(key)`` in this process's memory (empty
+    without a penalty): :class:`Ban` records and asyncio twins."""
+
+    __slots__ = ()
+
+    def bans(self) -> list[Ban]:
+        """The keys banned now, as :class:`Ban` records."""
+        return [Ban(k, left / 1e9, n) for k, left, n in self._bans()]  # type: ignore[attr-defined]
+
+    def get_ban(self, key: str | bytes) -> Ban | None:
+        """The key's penalty state (banned or not: ``Ban.remaining`` is 0.0
+        when it is not banned now), or None when it has none."""
+        state = self._ban_state(key)  # type: ignore[attr-defined]
+        if state is None:
+            return None
+        left, count, refusals = state
+        return Ban(key, left / 1e9, count, refusals)
+
+    async def abans(self) -> list[Ban]:
+        return self.bans()
+
+    async def aget_ban(self, key: str | bytes) -> Ban | None:
+        return self.get_ban(key)
+
+    async def alift(self, key: str | bytes) -> bool:
+        return self.lift(key)  # type: ignore[attr-defined,no-any-return]
+
+
+class Limiter(BanConveniences, InstantConveniences, _core.Limiter):
     """Rate limiter keyed by client.
 
     ``hit``, ``peek`` and ``reset`` are C methods; this class adds the
@@ -123,9 +154,17 @@ class Limiter(InstantConveniences, _core.Limiter):
     (even for a clock shared by threads); a reading that is not a finite
     number of seconds >= 0 raises ValueError. ``Cache`` treats its clock
     the same way.
+
+    ``penalty`` (a :class:`stanchion.Penalty`) bans keys that keep being
+    refused: a banned key's hits are refused (``Decision.banned``,
+    ``retry_after`` the time left) whatever its rates would allow, in
+    every storage. ``bans()``, ``get_ban(key)`` and ``lift(key)`` list,
+    inspect and lift bans; each ban is logged once (logger
+    ``"stanchion"``, WARNING). Penalty state counts against
+    ``max_keys`` in a table of its own.
     """
 
-    __slots__ = ("_rates",)
+    __slots__ = ("_penalty", "_rates")
 
     # Without a storage: this class. With one: the storage's own limiter
     # (``RedisLimiter`` for a ``RedisStorage``), a :class:`RateLimiter`.
@@ -140,6 +179,7 @@ class Limiter(InstantConveniences, _core.Limiter):
         max_keys: int = ...,
         clock: Callable[[], float] | None = ...,
         on_error: str = ...,
+        penalty: Penalty | None = ...,
     ) -> Limiter: ...
 
     @overload
@@ -153,6 +193,7 @@ class Limiter(InstantConveniences, _core.Limiter):
         max_keys: int = ...,
         clock: Callable[[], float] | None = ...,
         on_error: str = ...,
+        penalty: Penalty | None = ...,
     ) -> RateLimiter: ...
 
     def __new__(
@@ -165,9 +206,11 @@ class Limiter(InstantConveniences, _core.Limiter):
         max_keys: int = 1_000_000,
         clock: Callable[[], float] | None = None,
         on_error: str = "allow",
+        penalty: Penalty | None = None,
     ) -> Any:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        check_penalty(penalty)
         if storage is None:
             return super().__new__(cls)
         if clock is not None:
@@ -183,11 +226,15 @@ class Limiter(InstantConveniences, _core.Limiter):
             )
         # A shared storage decides elsewhere; it returns its own limiter
         # object with the same methods (and Limiter.__init__ is not run).
+        # ``penalty`` is passed only when given, so a storage that knows
+        # nothing of bans keeps working without one.
+        extra = {} if penalty is None else {"penalty": penalty}
         return make(
             normalize_rates(rates),
             algorithm=_check_algorithm(algorithm),
             burst=burst,
             on_error=on_error,
+            **extra,
         )
 
     def __init__(
@@ -200,23 +247,40 @@ class Limiter(InstantConveniences, _core.Limiter):
         max_keys: int = 1_000_000,
         clock: Callable[[], float] | None = None,
         on_error: str = "allow",
+        penalty: Penalty | None = None,
     ) -> None:
+        check_penalty(penalty)
         parsed = normalize_rates(rates)
         _check_algorithm(algorithm)
         if burst is not None and algorithm != "token_bucket":
             raise ValueError("burst applies to algorithm='token_bucket' only")
         if isinstance(max_keys, bool) or not isinstance(max_keys, int):
             raise TypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
-        super().__init__(parsed, algorithm, burst, max_keys, clock)
+        super().__init__(
+            parsed,
+            algorithm,
+            burst,
+            max_keys,
+            clock,
+            None if penalty is None else penalty.compiled(),
+            None if penalty is None else log_ban,
+        )
         self._rates = tuple(parsed)
+        self._penalty = penalty
 
     @property
     def rates(self) -> tuple[Rate, ...]:
         return self._rates
 
+    @property
+    def penalty(self) -> Penalty | None:
+        """The :class:`Penalty` given, or None (no bans)."""
+        return self._penalty
+
     def __repr__(self) -> str:
         rates = ";".join(str(r) for r in self._rates)
-        return f"Limiter({rates!r}, algorithm={self.algorithm!r})"
+        extra = "" if self._penalty is None else f", penalty={self._penalty!r}"
+        return f"Limiter({rates!r}, algorithm={self.algorithm!r}{extra})"
 
 
 def wait_for_hit(

@@ -19,6 +19,13 @@ a debugger; a lock is held for well under a microsecond per decision)
 does: the processes needing that bucket wait, spinning with the GIL held
 (their other threads and Python signal handlers wait too), until it
 continues or dies. All processes must share one pid namespace.
+
+With ``penalty=`` (a ``stanchion.Penalty``), bans live in the segment
+too, next to each key's rate state: every process sees them, and the
+penalty is one of the segment's settings (it has its own segment). The
+segment stores hashes of keys, not keys: ``bans()`` lists each banned
+key's time left and ban count with ``key=None``; ``get_ban(key)`` and
+``lift(key)`` take the key.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ import re
 from collections.abc import Callable, Sequence
 
 from . import _core
-from ._limiter import InstantConveniences, _check_algorithm
+from ._limiter import BanConveniences, InstantConveniences, _check_algorithm
+from ._penalty import Penalty, check_penalty, log_ban
 from ._rates import Rate, normalize_rates
 
 __all__ = ["SharedMemoryLimiter", "SharedMemoryStorage"]
@@ -69,10 +77,14 @@ class SharedMemoryStorage:
         self.name = name
         self.max_keys = max_keys
 
-    def segment(self, template: _core.Limiter) -> str:
+    def segment(self, template: _core.Limiter, penalty: Penalty | None = None) -> str:
         """The shm_open name of the segment for the policy of `template`
-        (its algorithm and compiled rates; ``@`` is not in any name)."""
-        policy = repr((template.algorithm, template.limits)).encode()
+        (its algorithm and compiled rates, and the penalty when there is
+        one; ``@`` is not in any name)."""
+        settings: tuple[object, ...] = (template.algorithm, template.limits)
+        if penalty is not None:
+            settings += (penalty.compiled(),)
+        policy = repr(settings).encode()
         return f"{_PREFIX}{self.name}@{hashlib.sha256(policy).hexdigest()[:20]}"
 
     def __repr__(self) -> str:
@@ -86,13 +98,14 @@ class SharedMemoryStorage:
         burst: int | list[int | None] | None,
         on_error: str = "allow",
         clock: Callable[[], float] | None = None,
+        penalty: Penalty | None = None,
     ) -> SharedMemoryLimiter:
         """Called by ``stanchion.Limiter(..., storage=self)``. ``on_error``
         is accepted for every storage's sake: a decision in shared memory
         cannot fail. ``clock`` (tests): as ``Limiter``'s; every process
         sharing the segment must then use the same clock."""
         return SharedMemoryLimiter(
-            self, rates, algorithm=algorithm, burst=burst, clock=clock
+            self, rates, algorithm=algorithm, burst=burst, clock=clock, penalty=penalty
         )
 
     def segments(self) -> list[str]:
@@ -119,13 +132,15 @@ class SharedMemoryStorage:
                 pass
 
 
-class SharedMemoryLimiter(InstantConveniences, _core.SharedMemoryLimiter):
+class SharedMemoryLimiter(
+    BanConveniences, InstantConveniences, _core.SharedMemoryLimiter
+):
     """A limiter in a :class:`SharedMemoryStorage`: the in-process
     ``Limiter``'s decisions, field for field, with the state shared by
     every process. ``hit``, ``peek``, ``reset`` and ``stats`` are C
     methods; this class adds ``acquire`` and the asyncio twins."""
 
-    __slots__ = ("_rates", "storage")
+    __slots__ = ("_rates", "penalty", "storage")
 
     def __init__(
         self,
@@ -135,7 +150,9 @@ class SharedMemoryLimiter(InstantConveniences, _core.SharedMemoryLimiter):
         algorithm: str = "token_bucket",
         burst: int | list[int | None] | None = None,
         clock: Callable[[], float] | None = None,
+        penalty: Penalty | None = None,
     ) -> None:
+        check_penalty(penalty)
         if not isinstance(storage, SharedMemoryStorage):
             raise TypeError(
                 f"storage must be a SharedMemoryStorage, not {type(storage).__name__}"
@@ -146,9 +163,22 @@ class SharedMemoryLimiter(InstantConveniences, _core.SharedMemoryLimiter):
             raise ValueError("burst applies to algorithm='token_bucket' only")
         # The in-process limiter checks and compiles the rates; the
         # segment is created with (or checked against) its compiled form.
-        template = _core.Limiter(parsed, algorithm, burst, storage.max_keys)
-        super().__init__(storage.segment(template), template, clock)
+        template = _core.Limiter(
+            parsed,
+            algorithm,
+            burst,
+            storage.max_keys,
+            None,
+            None if penalty is None else penalty.compiled(),
+        )
+        super().__init__(
+            storage.segment(template, penalty),
+            template,
+            clock,
+            None if penalty is None else log_ban,
+        )
         self._rates = tuple(parsed)
+        self.penalty = penalty
         self.storage = storage
 
     @property

@@ -12,11 +12,12 @@ The package holds one concept per module: ``request`` (the request view,
 the trusted-proxy walk), ``identity`` (key functions), ``limiters`` (one
 limiter per distinct rate, plans), ``headers`` (verdicts, 429 replies,
 rate limit headers), ``keys`` (packed bucket keys of addresses) and
-``rule`` (the :class:`Rule`).
+``rule`` (the :class:`Rule`), ``access`` (allow and deny lists).
 """
 
 from __future__ import annotations
 
+from .access import AccessList
 from .address import ClientAddress
 from .address import _canonical as _canonical
 from .address import _parse_ip as _parse_ip
@@ -51,6 +52,7 @@ from .rule import middleware_rule as middleware_rule
 
 __all__ = [
     "HEADER_FAMILIES",
+    "AccessList",
     "ClientAddress",
     "LimiterCache",
     "Plans",

@@ -10,6 +10,7 @@ from fractions import Fraction
 from typing import Any
 
 from .._limiter import Limiter, RateLimiter
+from .._penalty import Penalty, check_penalty
 from .._rates import Rate, normalize_rates
 from .request import MAX_LIMITERS, RateSpec, Request, SettingError
 
@@ -44,7 +45,8 @@ class _RateInfo:
 class LimiterCache:
     """One limiter per distinct rate (and algorithm), shared by every rule
     that uses it, at most ``maxsize`` of them (least recently used dropped
-    first: its clients start afresh)."""
+    first: its clients start afresh). ``penalty`` (a ``stanchion.Penalty``)
+    applies to every limiter it builds, in whatever storage."""
 
     def __init__(
         self,
@@ -54,7 +56,12 @@ class LimiterCache:
         max_keys: int = 1_000_000,
         clock: Callable[[], float] | None = None,
         maxsize: int = MAX_LIMITERS,
+        penalty: Penalty | None = None,
     ) -> None:
+        try:
+            check_penalty(penalty)
+        except TypeError as exc:
+            raise SettingError("penalty", str(exc)) from None
         if isinstance(storage, str):
             # A URL, as the framework settings take: memory://, shm://name,
             # redis://, rediss://, unix://.
@@ -66,6 +73,7 @@ class LimiterCache:
         self.max_keys = max_keys
         self.clock = clock
         self.maxsize = maxsize
+        self.penalty = penalty
         self._by_rate: OrderedDict[tuple[Any, ...], _RateInfo] = OrderedDict()
         # Build one limiter now so a bad algorithm/max_keys/storage fails
         # at startup, not on the first request.
@@ -102,6 +110,7 @@ class LimiterCache:
                 storage=self.storage,
                 max_keys=self.max_keys,
                 clock=self.clock,
+                penalty=self.penalty,
             )
         except (TypeError, ValueError) as exc:
             raise SettingError(setting, f"bad rate {spec!r}: {exc}") from None

@@ -10,6 +10,7 @@ the server applies nothing. When Redis fails the limiter answers by its
 from __future__ import annotations
 
 import hashlib
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,12 +23,13 @@ from .._checks import check_seconds
 from .._core import Decision
 from .._errors import StorageUnavailable
 from .._limiter import ALGORITHMS, ON_ERROR, await_hit, wait_for_hit
+from .._penalty import Ban, Penalty, check_penalty, log_ban
 from .._rates import Rate
 from .._sync import at_once, run_at_once
 from .connections import _Connector
 from .links import _glob_escape, _SyncLink
 from .outage import _Guard, _Unavailable, _Who
-from .scripts import SCRIPTS
+from .scripts import BAN_STATE, SCRIPTS
 
 _ALGORITHM_CODES = {"token_bucket": "tb", "fixed_window": "fw", "sliding_window": "sw"}
 
@@ -91,10 +93,16 @@ class RedisStorage:
         algorithm: str,
         burst: int | list[int | None] | None,
         on_error: str,
+        penalty: Penalty | None = None,
     ) -> RedisLimiter:
         """Called by ``stanchion.Limiter(..., storage=self)``."""
         return RedisLimiter(
-            self, rates, algorithm=algorithm, burst=burst, on_error=on_error
+            self,
+            rates,
+            algorithm=algorithm,
+            burst=burst,
+            on_error=on_error,
+            penalty=penalty,
         )
 
     def close(self) -> None:
@@ -134,7 +142,9 @@ class RedisLimiter:
 
     Same methods as ``stanchion.Limiter``: ``hit``/``peek``/``reset``/
     ``acquire`` (blocking client or URL) and ``ahit``/``apeek``/``areset``/
-    ``aacquire`` (asyncio client or URL).
+    ``aacquire`` (asyncio client or URL). With a ``penalty``, bans live in
+    Redis (every worker and host sees them), decided in the hit's script;
+    ``bans``/``get_ban``/``lift`` and ``abans``/``aget_ban``/``alift``.
     """
 
     __slots__ = (
@@ -143,7 +153,9 @@ class RedisLimiter:
         "_guard",
         "_head",
         "_min_cap",
+        "_nkeys",
         "_params",
+        "_pscan",
         "_scan",
         "_script_clock",
         "_sha",
@@ -153,6 +165,7 @@ class RedisLimiter:
         "algorithm",
         "max_cost",
         "on_error",
+        "penalty",
         "rates",
         "storage",
     )
@@ -165,7 +178,9 @@ class RedisLimiter:
         algorithm: str,
         burst: int | list[int | None] | None = None,
         on_error: str = "allow",
+        penalty: Penalty | None = None,
     ) -> None:
+        check_penalty(penalty)
         if not isinstance(storage, RedisStorage):
             raise TypeError(
                 f"storage must be a RedisStorage, not {type(storage).__name__}"
@@ -200,6 +215,26 @@ class RedisLimiter:
         self._tail = f"}}:{code}:{ident}".encode()
         self._scan = _glob_escape(prefix) + b"{*" + _glob_escape(self._tail)
         self._min_cap = min(c for c, _, _ in compiled)
+        self.penalty = penalty
+        self._nkeys = 1
+        self._pscan = self._scan + b":pn"
+        if penalty is not None:
+            # The scripts keep time in us: the penalty's spans are rounded
+            # to the us (at least 1).
+            after, within_ns, ban_ns, factor, max_ns = penalty.compiled()
+            ban_us = max(1, round(ban_ns / 1000))
+            self._params += tuple(
+                str(v).encode()
+                for v in (
+                    after,
+                    max(1, round(within_ns / 1000)),
+                    ban_us,
+                    repr(factor),
+                    max(ban_us, round(max_ns / 1000)),
+                    self._min_cap,
+                )
+            )
+            self._nkeys = 2
         shortest = min(float(r[1]) for r in rates)
         wait = min(1.0, shortest)
         self._deny = Decision(False, self._min_cap, 0, wait, wait)
@@ -219,6 +254,14 @@ class RedisLimiter:
     def _key(self, key: object) -> bytes:
         return self._head + _key_bytes(key) + self._tail
 
+    def _keys(self, key: object) -> tuple[bytes, ...]:
+        """The script's keys: the rate state, and the penalty record
+        (same hash tag) when there is a penalty."""
+        rkey = self._head + _key_bytes(key) + self._tail
+        if self._nkeys == 1:
+            return (rkey,)
+        return (rkey, rkey + b":pn")
+
     def _cost(self, cost: object) -> int:
         if type(cost) is int and 1 <= cost <= self.max_cost:
             return cost
@@ -234,7 +277,7 @@ class RedisLimiter:
         return int(cost)
 
     def _args(
-        self, rkey: bytes, cost: int, commit: bytes, sent: float
+        self, rkey: tuple[bytes, ...], cost: int, commit: bytes, sent: float
     ) -> tuple[Any, ...]:
         """The script's arguments for a call sent at ``sent`` (monotonic
         seconds). A hit carries a deadline: the server time at which its
@@ -244,13 +287,13 @@ class RedisLimiter:
         is not applied: its caller already got the on_error answer."""
         clock = self._script_clock
         if clock is not None:
-            return (rkey, int(clock()), cost, commit, *self._params)
+            return (*rkey, int(clock()), cost, commit, *self._params)
         skew = self._connector.skew
         if skew is not None and commit == b"1":
             # An int: hiredis packs one faster than a float's repr.
             deadline = int(sent * 1e6 + skew + self._connector.timeout_us)
-            return (rkey, b"", cost, deadline, *self._params)
-        return (rkey, b"", cost, commit, *self._params)
+            return (*rkey, b"", cost, deadline, *self._params)
+        return (*rkey, b"", cost, commit, *self._params)
 
     # -- answers -------------------------------------------------------------
 
@@ -279,9 +322,11 @@ class RedisLimiter:
             conn.skew = low
         return bool(late)
 
-    def _conclude(self, reply: Any, cost: int) -> Decision:
+    def _conclude(self, reply: Any, cost: int, key: object = None) -> Decision:
         """The Decision for a script's reply, or by the on_error policy
-        when Redis did not answer."""
+        when Redis did not answer. A reply of seven items is a banned
+        key's refusal; one of eight started a ban of ``key``: logged
+        here, once."""
         if isinstance(reply, _Unavailable):
             if self.on_error == "allow":
                 return Decision(True, self._min_cap, self._min_cap - cost, 0.0, 0.0)
@@ -290,6 +335,10 @@ class RedisLimiter:
             raise StorageUnavailable(
                 f"Redis at {self._connector.where} is unavailable"
             ) from reply.cause
+        if len(reply) > 6:
+            if len(reply) == 8:
+                log_ban(key, reply[5] / 1e9, reply[6])
+            return Decision(False, reply[1], 0, reply[3] / 1e9, reply[4] / 1e9, True)
         return Decision(
             reply[0] == 1, reply[1], reply[2], reply[3] / 1e9, reply[4] / 1e9
         )
@@ -302,17 +351,19 @@ class RedisLimiter:
 
     # -- blocking ------------------------------------------------------------
 
-    def _exchange(self, link: _SyncLink, rkey: bytes, cost: int, commit: bytes) -> Any:
+    def _exchange(
+        self, link: _SyncLink, rkey: tuple[bytes, ...], cost: int, commit: bytes
+    ) -> Any:
         """:meth:`_aexchange` over a blocking link: every call it awaits
         is done at once, so it never suspends."""
         return run_at_once(self._aexchange(at_once(link.call), rkey, cost, commit))
 
     def _decide(self, key: object, cost: object, commit: bytes) -> Decision:
-        rkey = self._key(key)
+        rkey = self._keys(key)
         c = self._cost(cost)
         link = self._connector.sync_link()
         reply = self._guard.call(self._exchange, link, rkey, c, commit)
-        return self._conclude(reply, c)
+        return self._conclude(reply, c, key)
 
     def hit(self, key: str | bytes, /, cost: int = 1) -> Decision:
         """Consume ``cost`` from every rate for ``key`` if all allow it;
@@ -328,8 +379,10 @@ class RedisLimiter:
         link = self._connector.sync_link()
         if key is None:
             reply = self._guard.call(link.scan_delete, self._scan)
+            if not isinstance(reply, _Unavailable) and self.penalty is not None:
+                reply = self._guard.call(link.scan_delete, self._pscan)
         else:
-            reply = self._guard.call(link.call, "UNLINK", self._key(key))
+            reply = self._guard.call(link.call, "UNLINK", *self._keys(key))
         self._reset_done(reply)
 
     def acquire(
@@ -344,7 +397,7 @@ class RedisLimiter:
     async def _aexchange(
         self,
         call: Callable[..., Awaitable[Any]],
-        rkey: bytes,
+        rkey: tuple[bytes, ...],
         cost: int,
         commit: bytes,
         again: bool = False,
@@ -355,9 +408,9 @@ class RedisLimiter:
         sent = time.monotonic()
         args = self._args(rkey, cost, commit, sent)
         try:
-            reply = await call("EVALSHA", self._sha, 1, *args)
+            reply = await call("EVALSHA", self._sha, self._nkeys, *args)
         except NoScriptError:
-            reply = await call("EVAL", self._src, 1, *args)
+            reply = await call("EVAL", self._src, self._nkeys, *args)
         if self._late(reply, sent):
             if again:
                 raise _RedisTimeoutError("Redis ran the hit after its deadline")
@@ -365,11 +418,11 @@ class RedisLimiter:
         return reply
 
     async def _adecide(self, key: object, cost: object, commit: bytes) -> Decision:
-        rkey = self._key(key)
+        rkey = self._keys(key)
         c = self._cost(cost)
         link = self._connector.async_link
         reply = await self._guard.acall(self._aexchange, link.call, rkey, c, commit)
-        return self._conclude(reply, c)
+        return self._conclude(reply, c, key)
 
     async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
         return await self._adecide(key, cost, b"1")
@@ -381,8 +434,10 @@ class RedisLimiter:
         link = self._connector.async_link
         if key is None:
             reply = await self._guard.acall(link.scan_delete, self._scan)
+            if not isinstance(reply, _Unavailable) and self.penalty is not None:
+                reply = await self._guard.acall(link.scan_delete, self._pscan)
         else:
-            reply = await self._guard.acall(link.call, "UNLINK", self._key(key))
+            reply = await self._guard.acall(link.call, "UNLINK", *self._keys(key))
         self._reset_done(reply)
 
     async def aacquire(
@@ -390,3 +445,131 @@ class RedisLimiter:
     ) -> Decision:
         """Like ``acquire``, sleeping with asyncio (never blocks the loop)."""
         return await await_hit(self.ahit, key, cost, timeout)
+
+    # -- the penalty box: list, inspect and lift bans ---------------------------
+    #
+    # These raise StorageUnavailable when Redis does not answer, whatever
+    # on_error says (that policy is for hits): a ban list must not look
+    # empty because Redis is down.
+
+    def _pkey(self, key: object) -> bytes:
+        return self._key(key) + b":pn"
+
+    def _key_of(self, pkey: bytes) -> bytes:
+        """The client key inside a penalty record's Redis key."""
+        return pkey[len(self._head) : -len(self._tail) - 3]
+
+    def _state_args(self, pkey: bytes) -> tuple[Any, ...]:
+        clock = self._script_clock
+        now = b"" if clock is None else int(clock())
+        return (pkey, now)
+
+    def _ban(self, key: object, reply: Any, listing: bool) -> Ban | None:
+        """A Ban from the state script's reply (``None`` when the record
+        holds nothing now, or, when ``listing``, holds no ban now)."""
+        p = self.penalty
+        if p is None or len(reply) < 2:
+            return None
+        now = reply[0]
+        window, strikes, until, bans, last = struct.unpack("<5d", reply[1])
+        within = max(1, round(p.within * 1e6))
+        left = max(0, until - now)
+        if not (bans > 0 and now < until + max(last, within)):
+            bans = 0
+        if not (strikes > 0 and now - window < within):
+            strikes = 0
+        if left == 0 and (listing or (bans == 0 and strikes == 0)):
+            return None
+        return Ban(key, left / 1e6, int(bans), int(strikes))  # type: ignore[arg-type]
+
+    def _admin(self, reply: Any) -> Any:
+        if isinstance(reply, _Unavailable):
+            raise StorageUnavailable(
+                f"Redis at {self._connector.where} is unavailable"
+            ) from reply.cause
+        return reply
+
+    def _state_call(self, call: Callable[..., Any], pkey: bytes) -> Any:
+        src, sha = BAN_STATE
+        args = self._state_args(pkey)
+        try:
+            return call("EVALSHA", sha, 1, *args)
+        except NoScriptError:
+            return call("EVAL", src, 1, *args)
+
+    async def _astate_call(
+        self, call: Callable[..., Awaitable[Any]], pkey: bytes
+    ) -> Any:
+        src, sha = BAN_STATE
+        args = self._state_args(pkey)
+        try:
+            return await call("EVALSHA", sha, 1, *args)
+        except NoScriptError:
+            return await call("EVAL", src, 1, *args)
+
+    def get_ban(self, key: str | bytes) -> Ban | None:
+        """The key's penalty state (``Ban.remaining`` 0.0 when not banned
+        now), or None when it has none. ``Ban.key`` is as given."""
+        pkey = self._pkey(key)
+        if self.penalty is None:
+            return None
+        link = self._connector.sync_link()
+        reply = self._admin(self._guard.call(self._state_call, link.call, pkey))
+        return self._ban(key, reply, False)
+
+    def bans(self) -> list[Ban]:
+        """The keys banned now (``Ban.key`` as bytes), on every host."""
+        if self.penalty is None:
+            return []
+        link = self._connector.sync_link()
+        pkeys = self._admin(self._guard.call(link.scan_keys, self._pscan))
+        out = []
+        for pkey in pkeys:
+            reply = self._admin(self._guard.call(self._state_call, link.call, pkey))
+            ban = self._ban(self._key_of(pkey), reply, True)
+            if ban is not None:
+                out.append(ban)
+        return out
+
+    def lift(self, key: str | bytes) -> bool:
+        """Forget the key's ban, ban count and counted refusals, for every
+        host. True when the key was banned."""
+        pkey = self._pkey(key)
+        if self.penalty is None:
+            return False
+        ban = self.get_ban(key)
+        link = self._connector.sync_link()
+        self._admin(self._guard.call(link.call, "UNLINK", pkey))
+        return ban is not None and ban.banned
+
+    async def aget_ban(self, key: str | bytes) -> Ban | None:
+        pkey = self._pkey(key)
+        if self.penalty is None:
+            return None
+        link = self._connector.async_link
+        reply = self._admin(await self._guard.acall(self._astate_call, link.call, pkey))
+        return self._ban(key, reply, False)
+
+    async def abans(self) -> list[Ban]:
+        if self.penalty is None:
+            return []
+        link = self._connector.async_link
+        pkeys = self._admin(await self._guard.acall(link.scan_keys, self._pscan))
+        out = []
+        for pkey in pkeys:
+            reply = self._admin(
+                await self._guard.acall(self._astate_call, link.call, pkey)
+            )
+            ban = self._ban(self._key_of(pkey), reply, True)
+            if ban is not None:
+                out.append(ban)
+        return out
+
+    async def alift(self, key: str | bytes) -> bool:
+        pkey = self._pkey(key)
+        if self.penalty is None:
+            return False
+        ban = await self.aget_ban(key)
+        link = self._connector.async_link
+        self._admin(await self._guard.acall(link.call, "UNLINK", pkey))
+        return ban is not None and ban.banned

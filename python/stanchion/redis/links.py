@@ -73,12 +73,14 @@ else:  # pragma: no cover - Python 3.10
 class _SyncLink(Protocol):
     def call(self, *args: Any) -> Any: ...
     def scan_delete(self, pattern: bytes) -> int: ...
+    def scan_keys(self, pattern: bytes) -> list[bytes]: ...
     def close(self) -> None: ...
 
 
 class _AsyncLink(Protocol):
     async def call(self, *args: Any) -> Any: ...
     async def scan_delete(self, pattern: bytes) -> int: ...
+    async def scan_keys(self, pattern: bytes) -> list[bytes]: ...
     async def aclose(self) -> None: ...
 
 
@@ -163,6 +165,15 @@ class _StackedSync:
             if cursor in (b"0", 0, "0"):
                 return deleted
 
+    def scan_keys(self, pattern: bytes) -> list[bytes]:
+        cursor: Any = b"0"
+        found: set[bytes] = set()  # SCAN may return a key twice
+        while True:
+            cursor, keys = self.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            found.update(keys)
+            if cursor in (b"0", 0, "0"):
+                return sorted(found)
+
 
 class _AsyncScan:
     """scan_delete for an asyncio link of one server, over its ``call``."""
@@ -181,6 +192,17 @@ class _AsyncScan:
                 deleted += int(await self.call("UNLINK", *keys))
             if cursor in (b"0", 0, "0"):
                 return deleted
+
+    async def scan_keys(self, pattern: bytes) -> list[bytes]:
+        cursor: Any = b"0"
+        found: set[bytes] = set()  # SCAN may return a key twice
+        while True:
+            cursor, keys = await self.call(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", 1000
+            )
+            found.update(keys)
+            if cursor in (b"0", 0, "0"):
+                return sorted(found)
 
 
 class _DirectSync(_StackedSync):
@@ -323,6 +345,9 @@ class _ClusterSync:
             deleted += int(self._client.execute_command("UNLINK", key))
         return deleted
 
+    def scan_keys(self, pattern: bytes) -> list[bytes]:
+        return sorted(set(self._client.scan_iter(match=pattern, count=1000)))
+
     def close(self) -> None:
         pass
 
@@ -345,6 +370,11 @@ class _ClusterAsync:
         for key in keys:
             deleted += int(await self.call("UNLINK", key))
         return deleted
+
+    async def scan_keys(self, pattern: bytes) -> list[bytes]:
+        return sorted(
+            {k async for k in self._client.scan_iter(match=pattern, count=1000)}
+        )
 
     async def aclose(self) -> None:
         pass

@@ -41,6 +41,25 @@ full on every rate, so a key that would be forgotten is forgotten.
 Reply: ``{allowed, limit, remaining, reset_after_ns, retry_after_ns,
 clock_us}``, ``clock_us`` the server time it read; ``{-1, clock_us}`` for
 a hit past its deadline.
+
+With a penalty (``stanchion.Penalty``; ``_penalty.py`` states the rules,
+``src/penalty.c`` is the in-process engine this mirrors) the call names a
+second key, the client's penalty record under the same hash tag, and six
+more arguments follow the rates::
+
+    EVALSHA sha 2 state_key penalty_key now_us cost commit  <rates...>
+        after within_us ban_us factor max_ban_us limit
+
+The record is ``struct.pack`` of five doubles in us: the refusal window's
+start, the refusals counted in it, the ban's end, the ban count and the
+last ban's length; it expires when it holds nothing worth keeping. A
+banned key is refused before its rates are read (``limit`` is the limit
+reported then); a refused hit (not a peek) is counted and may start a
+ban, in the same script, so the check, the count and the ban are atomic
+with the hit. A banned key's refusal replies ``{0, limit, 0, left_ns,
+left_ns, ban_count, clock_us}`` (seven items: ``Decision.banned``); a
+hit that starts a ban ``{0, limit, 0, ban_ns, ban_ns, ban_ns, ban_count,
+clock_us}`` (eight items), so its caller logs the ban once.
 """
 
 from __future__ import annotations
@@ -123,7 +142,19 @@ local clock = now
 local commit = ARGV[3]
 if #commit > 1 and now > tonumber(commit) then return {-1, clock} end
 local cost = tonumber(ARGV[2])
-local n = (#ARGV - 3) / 3
+local pen = #KEYS == 2
+local np = 0
+local ps = nil
+if pen then
+  np = 6
+  local raw = redis.call('GET', KEYS[2])
+  if raw and #raw == 40 then ps = {struct.unpack('ddddd', raw)} end
+  if ps and ps[3] > now then
+    local left = (ps[3] - now) * 1000
+    return {0, tonumber(ARGV[#ARGV]), 0, left, left, ps[4], clock}
+  end
+end
+local n = (#ARGV - 3 - np) / 3
 local fmt = string.rep('d', 1 + n * W)
 local s = nil
 local raw = redis.call('GET', KEYS[1])
@@ -264,7 +295,40 @@ end
 # Denied: nothing is written. Allowed: a hit writes every rate's new
 # state at once, with an expiry of when the key is back to full.
 _TAIL = r"""
-if not allowed then return {0, dc, dr, de, dt, clock} end
+if not allowed then
+  if pen and commit ~= '0' then
+    local b = #ARGV - 6
+    local K = tonumber(ARGV[b + 1])
+    local Wi = tonumber(ARGV[b + 2])
+    local P = tonumber(ARGV[b + 3])
+    local F = tonumber(ARGV[b + 4])
+    local M = tonumber(ARGV[b + 5])
+    if not ps then ps = {0, 0, 0, 0, 0} end
+    if not (ps[2] > 0 and now - ps[1] < Wi) then ps[1] = now; ps[2] = 0 end
+    ps[2] = ps[2] + 1
+    local dur = 0
+    if ps[2] > K then
+      local bans = ps[4]
+      if not (bans > 0 and now < ps[3] + math.max(ps[5], Wi)) then bans = 0 end
+      if bans < 2147483647 then bans = bans + 1 end
+      dur = P * F ^ (bans - 1)
+      if not (dur < M) then dur = M end
+      dur = math.max(P, math.floor(dur + 0.5))
+      ps[3] = now + dur; ps[4] = bans; ps[5] = dur; ps[2] = 0
+    end
+    local keep = 0
+    if ps[4] > 0 then keep = ps[3] + math.max(ps[5], Wi) - now end
+    if ps[2] > 0 then keep = math.max(keep, ps[1] + Wi - now) end
+    local ms = math.ceil(keep / 1000)
+    if ms < 1 then ms = 1 end
+    if fixed then ms = ms + 600000 end
+    redis.call('SET', KEYS[2], struct.pack('ddddd', ps[1], ps[2], ps[3], ps[4], ps[5]), 'PX', ms)
+    if dur > 0 then
+      return {0, tonumber(ARGV[#ARGV]), 0, dur * 1000, dur * 1000, dur * 1000, ps[4], clock}
+    end
+  end
+  return {0, dc, dr, de, dt, clock}
+end
 if commit ~= '0' then
   local ms = math.ceil(full / 1000000)
   if ms < 1 then ms = 1 end
@@ -284,7 +348,7 @@ _LOOPS = {
 def _build(algorithm: str) -> str:
     words, loop = _LOOPS[algorithm]
     return (
-        f"-- stanchion {algorithm} v2\nlocal W = {words}\n"
+        f"-- stanchion {algorithm} v3\nlocal W = {words}\n"
         + _HELPERS.strip()
         + "\n"
         + _HEAD.strip()
@@ -295,6 +359,25 @@ def _build(algorithm: str) -> str:
         + "\n"
     )
 
+
+# A client's penalty record and the server's clock (or the fixed test
+# clock in ARGV[1]): ``{now_us}`` or ``{now_us, record}``.
+_BAN_STATE = r"""
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
+local raw = redis.call('GET', KEYS[1])
+if raw and #raw == 40 then return {now, raw} end
+return {now}
+"""
+BAN_STATE: tuple[bytes, bytes] = (
+    _BAN_STATE.encode(),
+    hashlib.sha1(_BAN_STATE.encode()).hexdigest().encode(),
+)
 
 SCRIPTS: dict[str, tuple[bytes, bytes]] = {}
 """algorithm -> (script source, its SHA1 in hex), both as bytes."""
