@@ -32,7 +32,7 @@ def route_scope(func: Any) -> str:
 
 _shared: LimiterCache | None = None
 #: Settings that ask a route limit for limiters of its own.
-_OWN_CACHE = ("limiters", "algorithm", "storage", "max_keys", "clock")
+_OWN_CACHE = ("limiters", "algorithm", "storage", "max_keys", "clock", "penalty")
 
 
 def shared_limiters() -> LimiterCache:

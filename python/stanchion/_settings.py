@@ -40,8 +40,12 @@ SETTINGS = (
     Setting("EXEMPT_PATHS", "exempt_paths", "rule"),
     Setting("EXEMPT_METHODS", "exempt_methods", "rule"),
     Setting("UNIDENTIFIED", "unidentified", "rule"),
+    Setting("BAN_STATUS", "ban_status", "rule"),
+    Setting("ALLOW", "allow", "rule"),
+    Setting("DENY", "deny", "rule"),
     Setting("ALGORITHM", "algorithm", "limiters"),
     Setting("MAX_KEYS", "max_keys", "limiters"),
+    Setting("PENALTY", "penalty", "limiters"),
     Setting("STORAGE_URL", "storage", "storage"),
     Setting("ENABLED", "enabled", "enabled"),
 )
@@ -83,7 +87,18 @@ def read(
             # bool("false") is True: a string here would enable the limits.
             setting = (name or key)(valid[k])
             raise SettingError(setting, f"must be True or False, got {v!r}")
-    return {valid[k].keyword: v for k, v in given.items()}
+    out = {valid[k].keyword: v for k, v in given.items()}
+    penalty = out.get("penalty")
+    if isinstance(penalty, Mapping):
+        # A penalty written in a config file: Penalty's keywords.
+        from ._penalty import Penalty
+
+        try:
+            out["penalty"] = Penalty(**penalty)
+        except (TypeError, ValueError) as exc:
+            penalty_setting = next(s for s in SETTINGS if s.keyword == "penalty")
+            raise SettingError((name or key)(penalty_setting), str(exc)) from None
+    return out
 
 
 _KINDS = {s.keyword: s.kind for s in SETTINGS}

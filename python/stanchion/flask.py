@@ -136,7 +136,9 @@ class _AppState:
         rule_kw, config_cache_kw = split(values)
         base.update(rule_kw)
         cache_kw: dict[str, Any] = {
-            k: base.pop(k) for k in ("algorithm", "max_keys") if k in base
+            k: base.pop(k)
+            for k in ("algorithm", "max_keys", "penalty", "clock")
+            if k in base
         }
         cache_kw.update(config_cache_kw)
         storage = base.pop("storage", None)

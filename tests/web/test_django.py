@@ -548,3 +548,56 @@ def test_middleware_fast_path_headers_are_the_python_ones(
         dict(h)["ratelimit"].startswith('"inner";r=8;t=1, ') for h in inner_rows
     )
     assert all(dict(h)["x-ratelimit-limit"] == "9" for h in inner_rows)
+
+
+# -- the penalty box and the allow/deny lists ------------------------------------
+
+
+def test_middleware_penalty_and_access_lists_from_settings() -> None:
+    conf = stanchion(
+        LIMIT="1/minute",
+        PENALTY={"after": 2, "within": 60, "ban": 30},
+        DENY=["203.0.113.0/24"],
+        ALLOW=["10.0.0.0/8"],
+        BAN_STATUS=403,
+    )
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        c = Client()
+        statuses = [get(c, "/hello", "198.51.100.4").status_code for _ in range(5)]
+        assert statuses == [200, 429, 429, 403, 403]
+        r = get(c, "/hello", "198.51.100.4")
+        assert r["Retry-After"] == "30" and "banned" in r.json()["detail"]
+        r = get(c, "/hello", "203.0.113.50")
+        assert r.status_code == 403 and r.json()["title"] == "Forbidden"
+        assert not r.has_header("Retry-After")
+        assert [get(c, "/hello", "10.2.3.4").status_code for _ in range(3)] == [200] * 3
+
+
+def test_async_middleware_ban(clock: FakeClock) -> None:
+    from stanchion import Penalty
+
+    limiter = Limiter(
+        "1/minute", clock=clock, penalty=Penalty(after=1, within=60, ban=10)
+    )
+    with override_settings(MIDDLEWARE=MW, STANCHION=stanchion(LIMIT=limiter)):
+
+        async def run() -> list[int]:
+            async with asgi_client("198.51.100.5") as c:
+                out = [(await c.get("/hello")).status_code for _ in range(4)]
+                clock.advance(10)
+                out.append((await c.get("/hello")).status_code)
+                return out
+
+        assert asyncio.run(run()) == [200, 429, 403, 403, 429]
+
+
+def test_penalty_setting_is_checked() -> None:
+    from stanchion.django.settings import stanchion_settings
+
+    with (
+        override_settings(
+            STANCHION=stanchion(LIMIT="1/minute", PENALTY={"after": 1, "ban": 5})
+        ),
+        pytest.raises(SettingError, match=r"STANCHION\['PENALTY'\]"),
+    ):
+        stanchion_settings()

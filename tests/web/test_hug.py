@@ -275,3 +275,19 @@ def test_async_unidentified_never_calls_the_blocking_hit() -> None:
     c = Client(api.http.server())
     for path in ("/plain", "/keyed"):
         assert [get(c, path, ip="").status_code for _ in range(2)] == [200, 429]
+
+
+def test_middleware_ban_and_deny_list(limits: dict[str, Any], clock: FakeClock) -> None:
+    from stanchion import Penalty
+
+    limits = {**limits, "penalty": Penalty(after=1, within=60, ban=20)}
+    _, c = make_api(limits, limit="1/minute", deny=["192.0.2.0/24"])
+    statuses = [get(c, "/open", "198.51.100.8").status_code for _ in range(4)]
+    assert statuses == [200, 429, 403, 403]
+    r = get(c, "/open", "198.51.100.8")
+    assert r.headers["Retry-After"] == "20"
+    assert json.loads(r.data)["status"] == 403
+    r = get(c, "/open", "192.0.2.9")
+    assert r.status_code == 403 and "Retry-After" not in r.headers
+    clock.advance(20)
+    assert get(c, "/open", "198.51.100.8").status_code == 429  # the rate's

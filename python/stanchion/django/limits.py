@@ -252,7 +252,7 @@ class ratelimit:
             kw = {**conf.rule_kw, **self.settings}
             if any(
                 k in self.settings
-                for k in ("algorithm", "storage", "max_keys", "clock")
+                for k in ("algorithm", "storage", "max_keys", "clock", "penalty")
             ):
                 kw.pop("limiters", None)
             rule = self._rules[scope] = Rule(self.limit, scope=scope, **kw)

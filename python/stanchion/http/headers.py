@@ -27,11 +27,13 @@ class Reply(NamedTuple):
 class Verdict:
     """What a rule decided for one request.
 
-    ``blocked`` is True only when the request must get a 429 (never in
-    dry run); ``decision`` is the limiter's Decision (``None`` when the
-    request could not be identified and ``unidentified="deny"``)."""
+    ``blocked`` is True only when the request must be refused (never in
+    dry run): a 429, or a 403 for a banned client (``ban_status``) or an
+    address on the deny list (``reason == "access"``); ``decision`` is
+    the limiter's Decision (``None`` when the request could not be
+    identified and ``unidentified="deny"``, or was denied by address)."""
 
-    __slots__ = ("blocked", "decision", "info", "request", "rule")
+    __slots__ = ("blocked", "decision", "info", "reason", "request", "rule")
 
     def __init__(
         self,
@@ -40,12 +42,16 @@ class Verdict:
         info: _RateInfo | None,
         blocked: bool,
         request: Request | None,
+        reason: str | None = None,
     ) -> None:
         self.rule = rule
         self.decision = decision
         self.info = info
         self.blocked = blocked
         self.request = request
+        #: Why a request was refused other than by its rates: ``"access"``
+        #: (the deny list); None otherwise (a ban is ``decision.banned``).
+        self.reason = reason
 
     @property
     def allowed(self) -> bool:
@@ -92,24 +98,36 @@ def _ceil_seconds(ns: int) -> int:
     return -(-ns // NS)
 
 
-def problem_json(request: Request, decision: Decision | None) -> Reply:
-    """The default 429 body: RFC 9457 problem details with the quota
-    exceeded type of the IETF rate limit headers draft."""
+def problem_json(
+    request: Request | None, decision: Decision | None, status: int = 429
+) -> Reply:
+    """The default refusal body: RFC 9457 problem details, with the quota
+    exceeded type of the IETF rate limit headers draft for a 429.
+    ``status`` is 403 for a ban answered so (see ``Rule``'s
+    ``ban_status``)."""
     if decision is None:
         detail = "The client could not be identified, so it cannot be served."
     else:
         wait = _ceil_seconds(decision.retry_after_ns)
-        detail = (
-            f"Rate limit of {decision.limit} exceeded; retry in {wait} "
-            f"second{'s' if wait != 1 else ''}."
-        )
-    body = {
-        "type": PROBLEM_TYPE,
-        "title": "Too Many Requests",
-        "status": 429,
-        "detail": detail,
-    }
-    return Reply(429, json.dumps(body).encode(), "application/problem+json")
+        again = f"retry in {wait} second{'s' if wait != 1 else ''}."
+        if getattr(decision, "banned", False):
+            detail = f"Too many requests were refused: this client is banned; {again}"
+        else:
+            detail = f"Rate limit of {decision.limit} exceeded; {again}"
+    return _problem(status, detail)
+
+
+def _problem(status: int, detail: str) -> Reply:
+    body: dict[str, Any] = {"type": PROBLEM_TYPE, "title": "Too Many Requests"}
+    if status != 429:
+        body = {"type": "about:blank", "title": "Forbidden"}
+    body.update(status=status, detail=detail)
+    return Reply(status, json.dumps(body).encode(), "application/problem+json")
+
+
+def access_denied() -> Reply:
+    """The 403 for an address on the deny list."""
+    return _problem(403, "This client's address is not allowed.")
 
 
 def _sf_string(text: str) -> str:
@@ -192,6 +210,7 @@ class _RuleHeaders:
     _send_ietf: bool
     _send_x: bool
     _send_retry: bool
+    ban_status: int
     _response: ResponseFunc
     _parts_cache: dict[int, _HeaderParts]
     _fixed_parts: _HeaderParts | None
@@ -266,9 +285,17 @@ class _RuleHeaders:
 
     def _reply(self, v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
         d = v.decision
-        reply = self._response(v.request, d)  # type: ignore[arg-type]
-        if not isinstance(reply, Reply):
-            reply = Reply(*reply)
+        banned = d is not None and getattr(d, "banned", False)
+        if v.reason == "access":
+            reply = access_denied()
+        elif self._response is problem_json:
+            reply = problem_json(v.request, d, self.ban_status if banned else 429)
+        else:
+            reply = self._response(v.request, d)  # type: ignore[arg-type]
+            if not isinstance(reply, Reply):
+                reply = Reply(*reply)
+            if banned and reply.status == 429:
+                reply = reply._replace(status=self.ban_status)
         headers = [
             ("Content-Type", reply.content_type),
             ("Cache-Control", "no-store"),

@@ -20,6 +20,8 @@ from typing import Any, TypeAlias
 
 from .._core import Decision, Gate, RateHeaders
 from .._limiter import Limiter, RateLimiter
+from .._penalty import Penalty
+from .access import AccessList
 from .address import ClientAddress
 from .headers import (
     ResponseFunc,
@@ -72,6 +74,18 @@ class Rule(_RuleHeaders):
 
     ``response``: a function ``(request, decision) -> Reply`` for the
     429 body (default: :func:`problem_json`).
+
+    ``penalty``: a :class:`stanchion.Penalty`: a client refused too often
+    is banned (every request refused) for a while, longer each time; its
+    refusals are answered ``ban_status`` (403, or 429) with
+    ``Retry-After``. It applies to the limiters this rule builds (with
+    ``limiters=``, set it on that :class:`LimiterCache`; a limiter object
+    of its own carries its own).
+
+    ``allow`` and ``deny``: addresses and CIDR blocks (IPv4, IPv6) of
+    clients never limited, and of clients always refused (403), checked
+    before any limit (the longest match wins; see
+    :class:`stanchion.http.AccessList`).
     """
 
     def __init__(
@@ -97,12 +111,34 @@ class Rule(_RuleHeaders):
         storage: Any = None,
         max_keys: int = 1_000_000,
         clock: Callable[[], float] | None = None,
+        penalty: Penalty | None = None,
+        ban_status: int = 403,
+        allow: Iterable[str] | str = (),
+        deny: Iterable[str] | str = (),
     ) -> None:
         if limiters is None:
             limiters = LimiterCache(
-                algorithm=algorithm, storage=storage, max_keys=max_keys, clock=clock
+                algorithm=algorithm,
+                storage=storage,
+                max_keys=max_keys,
+                clock=clock,
+                penalty=penalty,
+            )
+        elif penalty is not None and limiters.penalty != penalty:
+            raise SettingError(
+                "penalty",
+                "this rule shares its limiters (limiters=...): set the penalty "
+                "on that LimiterCache, or give the rule its own limiters",
             )
         self.limiters = limiters
+        if ban_status not in (403, 429) or type(ban_status) is not int:
+            raise SettingError("ban_status", f"must be 403 or 429, got {ban_status!r}")
+        self.ban_status = ban_status
+        try:
+            #: The allow and deny lists, checked before any limit.
+            self.access = AccessList(allow, deny)
+        except (TypeError, ValueError) as exc:
+            raise SettingError("allow/deny", str(exc)) from None
         if not isinstance(scope, str) or not scope:
             raise SettingError("scope", f"must be a non-empty str, got {scope!r}")
         self.scope = scope
@@ -177,11 +213,13 @@ class Rule(_RuleHeaders):
         if exempt_when is not None and not callable(exempt_when):
             raise SettingError("exempt_when", "must be a predicate of the request")
         self._exempt_when = exempt_when
+        # Plain: nothing to check before the plan kept for a client.
         self._plain = not (
             self._exempt_exact
             or self._exempt_prefixes
             or self._exempt_methods
             or self._exempt_when
+            or self.access
         )
 
         if not isinstance(dry_run, bool):
@@ -399,9 +437,24 @@ class Rule(_RuleHeaders):
                 return self._conclude((info, key, cost, request.key), d, request)
         return (info, key, cost, request.key)
 
+    def _screen(self, client: str | None, request: Request | None) -> Verdict | None:
+        """The allow and deny lists' answer for a client address: a 403
+        verdict (denied), or None; ``_ALLOWED`` when it is never limited."""
+        found = self.access.check(client)
+        if found is None:
+            return None
+        if found == "allow":
+            allowed: Verdict = _ALLOWED
+            return allowed
+        return Verdict(self, None, None, True, request, reason="access")
+
     def _plan_client(self, request: Request, client: str) -> _Pending | Verdict | None:
         """``_plan`` for a rule without key, limit or cost functions,
         whose plan depends on the client address alone (so it is kept)."""
+        if self.access:
+            screened = self._screen(client, request)
+            if screened is not None:
+                return None if screened is _ALLOWED else screened
         if client:
             request.key = client
             p = self._client_plans.get(client)
@@ -417,8 +470,13 @@ class Rule(_RuleHeaders):
     ) -> _Pending | Verdict | None:
         """``_plan`` for a rule whose ``simple`` is True, from the method,
         path and socket peer alone."""
-        if not self._plain and self._exempt_simple(method, path):
-            return None
+        if not self._plain:
+            if self._exempt_simple(method, path):
+                return None
+            if self.access:
+                screened = self._screen(peer, None)
+                if screened is not None:
+                    return None if screened is _ALLOWED else screened
         # The plan depends on the peer alone: kept per address.
         p = self._client_plans.get(peer)  # type: ignore[arg-type]
         if p is not None:
@@ -531,6 +589,10 @@ class Rule(_RuleHeaders):
         if not self._plain and self.exempt(request):
             return None
         client = self._client(request, peer)
+        if self.access:
+            screened = self._screen(client, request)
+            if screened is not None:
+                return None if screened is _ALLOWED else screened
         # In this order: the rate and cost functions may read request.key.
         ident = self._key(request) if self._key is not None else None
         key = self._finish(request, client, ident)
@@ -543,6 +605,10 @@ class Rule(_RuleHeaders):
         if not self._plain and self.exempt(request):
             return None
         client = self._client(request, peer)
+        if self.access:
+            screened = self._screen(client, request)
+            if screened is not None:
+                return None if screened is _ALLOWED else screened
         key = self._finish(request, client, await _answer(self._key, request))
         spec = await _answer(self._limit_func, request)
         cost = await _answer(self._cost_func, request)
@@ -567,6 +633,9 @@ def _in_c(limiter: RateLimiter) -> bool:
     never waits. Exactly that class: a subclass may make ``ahit`` wait."""
     return type(limiter) is Limiter
 
+
+#: What ``Rule._screen`` answers for an address on the allow list.
+_ALLOWED: Any = object()  # a sentinel, typed as any Verdict
 
 #: A pending decision: (rate info, bucket key, cost, the identity to name
 #: in logs).

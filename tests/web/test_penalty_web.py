@@ -1,0 +1,197 @@
+"""The penalty box and the allow/deny lists through the adapters: a
+client refused too often is banned (403 with Retry-After, or 429 with
+``ban_status=429``), the ban escalates and expires on the fake clock, a
+denied address gets 403 before any limit and an allowed one is never
+limited. The rule is shared, so every adapter answers alike; Django's
+are in test_django.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from flask import Flask
+from werkzeug.test import Client as WerkzeugClient
+
+from stanchion import Limiter, Penalty
+from stanchion.asgi import RateLimitMiddleware as AsgiMiddleware
+from stanchion.fastapi import limit
+from stanchion.flask import Stanchion
+from stanchion.http import LimiterCache, Rule, SettingError
+from stanchion.wsgi import RateLimitMiddleware as WsgiMiddleware
+
+from ..conftest import FakeClock
+
+Get = Callable[[str], tuple[int, dict[str, str], Any]]
+PENALTY = {"after": 2, "within": 60, "ban": 30, "factor": 2}
+
+
+def asgi_get(app: Any) -> Callable[..., Any]:
+    def get(ip: str, path: str = "/") -> Any:
+        async def go() -> httpx.Response:
+            t = httpx.ASGITransport(app=app, client=(ip, 1234))
+            async with httpx.AsyncClient(transport=t, base_url="http://t") as c:
+                return await c.get(path)
+
+        r = asyncio.run(go())
+        return r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content
+
+    return get
+
+
+def wsgi_get(app: Any) -> Callable[..., Any]:
+    def get(ip: str, path: str = "/") -> Any:
+        r = WerkzeugClient(app).get(path, environ_base={"REMOTE_ADDR": ip})
+        return r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.data
+
+    return get
+
+
+async def hello_asgi(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def hello_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+def fastapi_app(**settings: Any) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/")
+    def root() -> str:
+        return "ok"
+
+    @app.get("/route")
+    @limit("1/minute", **settings)
+    def route() -> str:
+        return "ok"
+
+    return app
+
+
+def flask_app(clock: FakeClock | None = None, **config: Any) -> Flask:
+    """A Flask app limiting "/" to 1/minute, its settings as config keys."""
+    app = Flask("penalty")
+
+    @app.get("/")
+    def root() -> str:
+        return "ok"
+
+    app.config.update({f"STANCHION_{k.upper()}": v for k, v in config.items()})
+    app.config["STANCHION_DEFAULT_LIMIT"] = "1/minute"
+    Stanchion(app, **({"clock": clock} if clock else {}))
+    return app
+
+
+def adapters(clock: FakeClock, **settings: Any) -> dict[str, Callable[..., Any]]:
+    """Each adapter limiting a path to 1/minute with ``settings``."""
+    fast = asgi_get(fastapi_app(clock=clock, **settings))
+    flask_config = dict(settings)
+    if isinstance(flask_config.get("penalty"), Penalty):  # as a config file has it
+        p = flask_config["penalty"]
+        flask_config["penalty"] = {k: getattr(p, k) for k in PENALTY}
+    return {
+        "asgi": asgi_get(
+            AsgiMiddleware(hello_asgi, limit="1/minute", clock=clock, **settings)
+        ),
+        "fastapi @limit": lambda ip, path="/route": fast(ip, path),
+        "wsgi": wsgi_get(
+            WsgiMiddleware(hello_wsgi, limit="1/minute", clock=clock, **settings)
+        ),
+        "flask": wsgi_get(flask_app(clock, **flask_config)),
+    }
+
+
+KINDS = ["asgi", "fastapi @limit", "wsgi", "flask"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_ban_escalates_and_expires(kind: str, clock: FakeClock) -> None:
+    get = adapters(clock, penalty=Penalty(**PENALTY))[kind]
+    ip = "203.0.113.7"
+    assert get(ip)[0] == 200
+    assert [get(ip)[0] for _ in range(2)] == [429, 429]  # tolerated
+    status, headers, body = get(ip)  # the third refusal in 60 s: banned
+    assert status == 403
+    assert headers["retry-after"] == "30"
+    problem = json.loads(body)
+    assert problem["status"] == 403 and "banned" in problem["detail"]
+    assert get("198.51.100.1")[0] == 200  # another client is not
+    clock.advance(29)
+    status, headers, _ = get(ip)
+    assert status == 403 and headers["retry-after"] == "1"
+    clock.advance(1.5)  # the ban is over; the rate's next token is not there
+    assert get(ip)[0] == 429
+    clock.advance(30)  # a minute since the first request
+    assert get(ip)[0] == 200
+    # One refusal counted since the ban (the 429 above), two more ban.
+    assert [get(ip)[0] for _ in range(2)] == [429, 403]
+    assert get(ip)[1]["retry-after"] == "60"  # the second ban: twice as long
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ban_status_429(kind: str, clock: FakeClock) -> None:
+    get = adapters(clock, penalty=Penalty(**PENALTY), ban_status=429)[kind]
+    statuses = [get("203.0.113.7") for _ in range(5)]
+    assert [s for s, _, _ in statuses] == [200, 429, 429, 429, 429]
+    assert statuses[3][1]["retry-after"] == "30"
+    assert "banned" in json.loads(statuses[3][2])["detail"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_allow_and_deny_lists(kind: str, clock: FakeClock) -> None:
+    get = adapters(
+        clock,
+        allow=["10.0.0.0/8", "2001:db8::/32"],
+        deny=["203.0.113.0/24", "10.9.0.0/16"],
+    )[kind]
+    for ip in ("10.1.2.3", "2001:db8::5"):
+        for _ in range(4):  # never limited: no 429, no rate headers
+            status, headers, _ = get(ip)
+            assert status == 200
+            assert "ratelimit" not in headers
+    for ip in ("203.0.113.9", "10.9.8.7"):  # the longest match wins
+        status, headers, body = get(ip)
+        assert status == 403
+        assert "retry-after" not in headers and "ratelimit" not in headers
+        assert json.loads(body)["title"] == "Forbidden"
+    assert [get("198.51.100.1")[0] for _ in range(2)] == [200, 429]
+
+
+def test_flask_penalty_setting_is_checked() -> None:
+    with pytest.raises(SettingError, match="STANCHION_PENALTY"):
+        flask_app(penalty={"after": 0, "within": 60, "ban": 30})
+    with pytest.raises(SettingError, match="STANCHION_PENALTY"):
+        flask_app(penalty={"after": 1, "within": 60})
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(SettingError, match="ban_status"):
+        Rule("1/minute", ban_status=404)
+    with pytest.raises(SettingError, match="allow/deny"):
+        Rule("1/minute", deny=["not an address"])
+    with pytest.raises(SettingError, match="penalty"):
+        Rule("1/minute", penalty=Penalty(**PENALTY), limiters=LimiterCache())
+    # The same penalty as the shared limiters': fine.
+    cache = LimiterCache(penalty=Penalty(**PENALTY))
+    assert Rule("1/minute", penalty=Penalty(**PENALTY), limiters=cache)
+
+
+def test_a_limiter_object_with_its_own_penalty(clock: FakeClock) -> None:
+    lim = Limiter("1/minute", clock=clock, penalty=Penalty(**PENALTY))
+    get = asgi_get(AsgiMiddleware(hello_asgi, limiter=lim))
+    assert [get("203.0.113.7")[0] for _ in range(5)] == [200, 429, 429, 403, 403]
+    assert (
+        lim.get_ban(
+            AsgiMiddleware(hello_asgi, limiter=lim).rule._address_key("203.0.113.7")
+        )
+        is not None
+    )
