@@ -12,6 +12,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->rate_headers_type);
 	Py_VISIT(st->header_send_type);
 	Py_VISIT(st->shm_limiter_type);
+	Py_VISIT(st->conc_type);
+	Py_VISIT(st->hold_type);
 	for (int i = 0; i < 5; i++) {
 		Py_VISIT(st->hdr_str[i]);
 		Py_VISIT(st->hdr_bytes[i]);
@@ -39,6 +41,8 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->rate_headers_type);
 	Py_CLEAR(st->header_send_type);
 	Py_CLEAR(st->shm_limiter_type);
+	Py_CLEAR(st->conc_type);
+	Py_CLEAR(st->hold_type);
 	for (int i = 0; i < 5; i++) {
 		Py_CLEAR(st->hdr_str[i]);
 		Py_CLEAR(st->hdr_bytes[i]);
@@ -105,6 +109,8 @@ static int module_exec(PyObject *module)
 	if (st_header_send_exec(module, st) < 0)
 		return -1;
 	if (st_shm_limiter_exec(module, st) < 0)
+		return -1;
+	if (st_conc_exec(module, st) < 0)
 		return -1;
 	return 0;
 }
