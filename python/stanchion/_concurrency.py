@@ -328,7 +328,9 @@ class Concurrency(_core.Concurrency):
         if status != _WAITING:
             raise self._refusal(hold, _REASONS[status])
         timeout = hold.timeout
-        timer = None if timeout is None else loop.call_later(timeout, _expire, hold, fut)
+        timer = (
+            None if timeout is None else loop.call_later(timeout, _expire, hold, fut)
+        )
         try:
             woken = await fut
         except BaseException:  # CancelledError, GeneratorExit
