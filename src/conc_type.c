@@ -216,6 +216,74 @@ static cc_key *key_state(ConcObject *c, PyObject *key, int add, int *err)
 }
 
 /* =========================================================================
+ * _Ready: an awaitable that is done at once
+ * ========================================================================= */
+
+/* What Hold.__aenter__ returns when a slot was free, and __aexit__: an
+ * awaitable whose first step returns `value`, so `async with` on a free
+ * slot runs no Python code and suspends nothing. */
+typedef struct {
+	PyObject_HEAD PyObject *value; /* strong */
+} ReadyObject;
+
+static PyObject *ready_new(st_state *st, PyObject *value)
+{
+	ReadyObject *r = PyObject_New(ReadyObject, st->ready_type);
+	if (r == NULL)
+		return NULL;
+	r->value = Py_NewRef(value);
+	return (PyObject *)r;
+}
+
+static void ready_dealloc(ReadyObject *r)
+{
+	PyTypeObject *tp = Py_TYPE(r);
+	Py_DECREF(r->value);
+	tp->tp_free(r);
+	Py_DECREF(tp);
+}
+
+static PyObject *ready_await(PyObject *r)
+{
+	return Py_NewRef(r);
+}
+
+static PyObject *ready_next(ReadyObject *r)
+{
+	if (r->value == Py_None)
+		return NULL; /* StopIteration(None) */
+	/* Not a tuple nor an exception: StopIteration(value). */
+	PyErr_SetObject(PyExc_StopIteration, r->value);
+	return NULL;
+}
+
+static PySendResult ready_send(ReadyObject *r, PyObject *arg,
+                               PyObject **result)
+{
+	(void)arg;
+	*result = Py_NewRef(r->value);
+	return PYGEN_RETURN;
+}
+
+static PyType_Slot ready_slots[] = {
+    {Py_tp_doc, (void *)"An awaitable that is done at once."},
+    {Py_tp_dealloc, ready_dealloc},
+    {Py_am_await, ready_await},
+    {Py_tp_iter, ready_await},
+    {Py_tp_iternext, ready_next},
+    {Py_am_send, ready_send},
+    {0, NULL},
+};
+
+static PyType_Spec ready_spec = {
+    .name = "stanchion._core._Ready",
+    .basicsize = sizeof(ReadyObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = ready_slots,
+};
+
+/* =========================================================================
  * Hold: taking, queueing, releasing
  * ========================================================================= */
 
@@ -347,6 +415,35 @@ static PyObject *hold_exit(HoldObject *h, PyObject *const *args,
 		return hold_misuse(h, "release");
 	hold_release(h);
 	Py_RETURN_FALSE;
+}
+
+static PyObject *hold_aenter(HoldObject *h, PyObject *unused)
+{
+	int err;
+	(void)unused;
+
+	if (ST_UNLIKELY(h->state != H_IDLE))
+		return hold_misuse(h, "enter");
+	switch (hold_try(h, &err)) {
+	case 1:
+		return ready_new(h->owner->st, (PyObject *)h);
+	case 0:
+		return PyObject_CallMethod((PyObject *)h->owner,
+		                           "_aenter_slow", "O", h);
+	default:
+		return NULL;
+	}
+}
+
+static PyObject *hold_aexit(HoldObject *h, PyObject *const *args,
+                            Py_ssize_t nargs)
+{
+	(void)args;
+	(void)nargs;
+	if (ST_UNLIKELY(h->state != H_HELD))
+		return hold_misuse(h, "release");
+	hold_release(h);
+	return Py_NewRef(h->owner->st->ready_none);
 }
 
 static PyObject *hold_release_m(HoldObject *h, PyObject *unused)
@@ -542,6 +639,11 @@ static PyMethodDef hold_methods[] = {
     {"__enter__", (PyCFunction)hold_enter, METH_NOARGS,
      "Take a slot: at once when one is free, else through the queue."},
     {"__exit__", (PyCFunction)(void (*)(void))hold_exit, METH_FASTCALL,
+     "Give the slot back (to the next waiter)."},
+    {"__aenter__", (PyCFunction)hold_aenter, METH_NOARGS,
+     "Take a slot with asyncio: at once when one is free, else through "
+     "the queue."},
+    {"__aexit__", (PyCFunction)(void (*)(void))hold_aexit, METH_FASTCALL,
      "Give the slot back (to the next waiter)."},
     {"release", (PyCFunction)hold_release_m, METH_NOARGS,
      "release($self, /)\n--\n\nGive the slot back (to the next waiter)."},
@@ -769,6 +871,13 @@ static PyObject *conc_hold(ConcObject *self, PyObject *const *args,
 	                                  1);
 }
 
+static PyObject *conc_ahold(ConcObject *self, PyObject *const *args,
+                            Py_ssize_t nargs, PyObject *kwnames)
+{
+	return (PyObject *)conc_make_hold(self, "ahold", args, nargs, kwnames,
+	                                  1);
+}
+
 /* try_acquire(key=None, /, *, priority=0): a held Hold, or None. */
 static PyObject *conc_try_acquire(ConcObject *self, PyObject *const *args,
                                   Py_ssize_t nargs, PyObject *kwnames)
@@ -885,9 +994,16 @@ PyDoc_STRVAR(conc_hold_doc,
              "overrides the default wait (seconds, None: as\nlong as the "
              "queue allows, 0: never wait).");
 
+PyDoc_STRVAR(conc_ahold_doc,
+             "ahold($self, key=None, /, *, priority=0, timeout=...)\n--\n\n"
+             "hold() for asyncio code: `async with c.ahold(key): ...` (a "
+             "queued task waits\nwithout blocking its event loop).");
+
 static PyMethodDef conc_methods[] = {
     {"hold", (PyCFunction)(void (*)(void))conc_hold,
      METH_FASTCALL | METH_KEYWORDS, conc_hold_doc},
+    {"ahold", (PyCFunction)(void (*)(void))conc_ahold,
+     METH_FASTCALL | METH_KEYWORDS, conc_ahold_doc},
     {"try_acquire", (PyCFunction)(void (*)(void))conc_try_acquire,
      METH_FASTCALL | METH_KEYWORDS,
      "try_acquire($self, key=None, /, *, priority=0)\n--\n\n"
@@ -953,5 +1069,12 @@ int st_conc_exec(PyObject *module, st_state *st)
 	    (PyTypeObject *)PyType_FromModuleAndSpec(module, &hold_spec, NULL);
 	if (st->hold_type == NULL)
 		return -1;
-	return PyModule_AddType(module, st->hold_type);
+	if (PyModule_AddType(module, st->hold_type) < 0)
+		return -1;
+	st->ready_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+	    module, &ready_spec, NULL);
+	if (st->ready_type == NULL)
+		return -1;
+	st->ready_none = ready_new(st, Py_None);
+	return st->ready_none == NULL ? -1 : 0;
 }

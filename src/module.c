@@ -14,6 +14,8 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->shm_limiter_type);
 	Py_VISIT(st->conc_type);
 	Py_VISIT(st->hold_type);
+	Py_VISIT(st->ready_type);
+	Py_VISIT(st->ready_none);
 	for (int i = 0; i < 5; i++) {
 		Py_VISIT(st->hdr_str[i]);
 		Py_VISIT(st->hdr_bytes[i]);
@@ -42,7 +44,9 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->header_send_type);
 	Py_CLEAR(st->shm_limiter_type);
 	Py_CLEAR(st->conc_type);
+	Py_CLEAR(st->ready_none);
 	Py_CLEAR(st->hold_type);
+	Py_CLEAR(st->ready_type);
 	for (int i = 0; i < 5; i++) {
 		Py_CLEAR(st->hdr_str[i]);
 		Py_CLEAR(st->hdr_bytes[i]);

@@ -29,6 +29,7 @@ typedef struct {
 	PyTypeObject *shm_limiter_type;  /* _core.SharedMemoryLimiter */
 	PyTypeObject *conc_type;         /* _core.Concurrency */
 	PyTypeObject *hold_type;         /* _core.Hold */
+	PyTypeObject *ready_type;        /* _core._Ready */
 	PyObject *hdr_str[5];   /* header names: RateLimit-Policy, ... */
 	PyObject *hdr_bytes[5]; /* the same, lower-case latin-1 (ASGI) */
 	PyObject *kwd_mark;     /* separates args from kwargs in cache keys */
@@ -38,8 +39,9 @@ typedef struct {
 	PyObject *str_type; /* ASGI message keys and the start type */
 	PyObject *str_headers;
 	PyObject *str_response_start;
-	st_fastclock clock; /* calibrated once; limiters copy its rate */
-	int ndecisions;     /* entries used in `decisions` */
+	PyObject *ready_none; /* an awaitable done at once with None */
+	st_fastclock clock;   /* calibrated once; limiters copy its rate */
+	int ndecisions;       /* entries used in `decisions` */
 	PyObject
 	    *decisions[ST_DECISION_FREELIST]; /* freed, type ref dropped */
 } st_state;

@@ -313,7 +313,7 @@ def test_slot_granted_to_a_waiter_cancelled_at_that_moment_is_passed_on() -> Non
         with pytest.raises(asyncio.CancelledError):
             await a
         await asyncio.wait_for(b, 5)
-        assert got == ["b"] and not keep[0].hold.held
+        assert got == ["b"] and not keep[0].held
         idle(c)
 
     asyncio.run(main())
@@ -577,9 +577,7 @@ def test_repr_and_settings() -> None:
     assert "Concurrency(5, queue=3" in repr(c)
     assert c.hold().timeout == 1.5 and c.hold(timeout=None).timeout is None
     assert Concurrency(1, timeout=math.inf).timeout is None
-    assert {"Concurrency", "ConcurrencyLimitExceeded", "Hold", "AsyncHold"} <= set(
-        stanchion.__all__
-    )
+    assert {"Concurrency", "ConcurrencyLimitExceeded", "Hold"} <= set(stanchion.__all__)
 
 
 # =============================================================================
@@ -688,3 +686,23 @@ def test_hot_loop_leaks_nothing() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok" in proc.stdout
+
+
+def test_async_with_a_free_slot_suspends_nothing_and_propagates_errors() -> None:
+    c = Concurrency(1)
+
+    async def main() -> None:
+        h = c.ahold("k")
+        async with h as got:
+            assert got is h and h.held
+        async with h:  # reusable once released
+            assert c.in_flight("k") == 1
+        with pytest.raises(Boom):
+            async with c.ahold("k"):
+                raise Boom
+        idle(c)
+
+    coro = main()
+    with pytest.raises(StopIteration):  # ran to the end without an event loop
+        coro.send(None)
+    idle(c)

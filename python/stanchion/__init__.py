@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._cache import CacheBackend, cached
-from ._concurrency import AsyncHold, Concurrency, ConcurrencyLimitExceeded, Hold
+from ._concurrency import Concurrency, ConcurrencyLimitExceeded, Hold
 from ._core import Cache, CacheInfo, Decision
 from ._errors import StorageUnavailable
 from ._limiter import Limiter, RateLimiter, RateLimitExceeded
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from .redis import RedisCache, RedisStorage
 
 __all__ = [
-    "AsyncHold",
     "Cache",
     "CacheBackend",
     "CacheInfo",

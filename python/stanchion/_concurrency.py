@@ -20,7 +20,7 @@ from typing import Any, overload
 from . import _core
 from ._core import Hold
 
-__all__ = ["AsyncHold", "Concurrency", "ConcurrencyLimitExceeded", "Hold"]
+__all__ = ["Concurrency", "ConcurrencyLimitExceeded", "Hold"]
 
 # Results of Hold._queue (conc_type.c).
 _HELD, _WAITING, _FULL, _TIMEOUT, _KEYS = 0, 1, 2, 3, 4
@@ -91,31 +91,6 @@ def _expire(hold: Hold, fut: asyncio.Future[bool]) -> None:
         _resolve(fut, False)
 
 
-class AsyncHold:
-    """``async with c.ahold(key) as hold:``: a :class:`Hold` taken and
-    given back with asyncio (a queued task waits without blocking its
-    event loop)."""
-
-    __slots__ = ("_hold",)
-
-    def __init__(self, hold: Hold) -> None:
-        self._hold = hold
-
-    @property
-    def hold(self) -> Hold:
-        return self._hold
-
-    async def __aenter__(self) -> Hold:
-        hold = self._hold
-        if hold._try():
-            return hold
-        owner: Concurrency = hold._owner
-        return await owner._aenter_slow(hold)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._hold.release()
-
-
 class Concurrency(_core.Concurrency):
     """At most ``limit`` holders in flight per key, the others waiting in
     a bounded queue, served in arrival order::
@@ -153,6 +128,11 @@ class Concurrency(_core.Concurrency):
     ``max_keys`` bounds memory: a key's state exists only while something
     holds or waits on it, and a new key past ``max_keys`` tracked at once
     is refused (reason ``"max_keys"``).
+
+    ``hold()`` and ``ahold()`` make the same :class:`Hold`; a free slot is
+    taken and given back in C (``async with`` on a free slot suspends
+    nothing). Use ``ahold`` with ``async with`` in asyncio code: ``with``
+    blocks the thread (and so its event loop) while it waits.
 
     Explicit primitives: ``acquire(key)`` / ``await aacquire(key)`` return
     a held :class:`Hold` (call its ``release()``), ``try_acquire(key)``
@@ -252,17 +232,6 @@ class Concurrency(_core.Concurrency):
             return self.hold(key, priority=priority)
         return self.hold(key, priority=priority, timeout=timeout)
 
-    def ahold(
-        self,
-        key: str | bytes | None = None,
-        /,
-        *,
-        priority: int = 0,
-        timeout: float | None = _DEFAULT,
-    ) -> AsyncHold:
-        """``async with c.ahold(key):``: :meth:`hold` for asyncio code."""
-        return AsyncHold(self._new_hold(key, priority, timeout))
-
     def acquire(
         self,
         key: str | bytes | None = None,
@@ -286,7 +255,8 @@ class Concurrency(_core.Concurrency):
         timeout: float | None = _DEFAULT,
     ) -> Hold:
         """:meth:`acquire` for asyncio code."""
-        return await AsyncHold(self._new_hold(key, priority, timeout)).__aenter__()
+        hold: Hold = await self._new_hold(key, priority, timeout).__aenter__()
+        return hold
 
     # ---- waiting (called by the C fast path when no slot is free) ---------
 
