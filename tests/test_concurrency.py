@@ -493,6 +493,8 @@ def test_shed_thread_waiter_is_refused() -> None:
         ({"limit": 4, "reserve": -1}, ValueError),
         ({"limit": 1, "max_keys": 0}, ValueError),
         ({"limit": 1, "max_keys": 1.0}, TypeError),
+        ({"limit": 1, "lease": 5.0}, ValueError),  # Redis only
+        ({"limit": 1, "on_error": "deny"}, ValueError),
     ],
 )
 def test_bad_settings(kwargs: dict[str, object], exc: type[Exception]) -> None:

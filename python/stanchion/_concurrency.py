@@ -171,8 +171,8 @@ class Concurrency(_core.Concurrency):
         reserve: int = ...,
         max_keys: int = ...,
         storage: object,
-        lease: float = ...,
-        on_error: str = ...,
+        lease: float | None = ...,
+        on_error: str | None = ...,
     ) -> Any: ...
 
     def __new__(
@@ -185,10 +185,14 @@ class Concurrency(_core.Concurrency):
         reserve: int = 0,
         max_keys: int = 100_000,
         storage: object = None,
-        lease: float = 30.0,
-        on_error: str = "allow",
+        lease: float | None = None,
+        on_error: str | None = None,
     ) -> Any:
         if storage is None:
+            if lease is not None or on_error is not None:
+                raise ValueError(
+                    "lease and on_error apply to a shared storage (Redis) only"
+                )
             return super().__new__(cls)
         from ._storage_concurrency import make_concurrency
 
@@ -199,8 +203,8 @@ class Concurrency(_core.Concurrency):
             timeout=timeout,
             priorities=priorities,
             reserve=reserve,
-            lease=lease,
-            on_error=on_error,
+            lease=30.0 if lease is None else lease,
+            on_error="allow" if on_error is None else on_error,
         )
 
     def __init__(
@@ -213,8 +217,8 @@ class Concurrency(_core.Concurrency):
         reserve: int = 0,
         max_keys: int = 100_000,
         storage: object = None,
-        lease: float = 30.0,
-        on_error: str = "allow",
+        lease: float | None = None,
+        on_error: str | None = None,
     ) -> None:
         super().__init__(limit, queue, timeout, priorities, reserve, max_keys)
 
