@@ -577,6 +577,8 @@ static int hold_clear(HoldObject *h)
 static void hold_dealloc(HoldObject *h)
 {
 	PyTypeObject *tp = Py_TYPE(h);
+	st_state *st;
+
 	PyObject_GC_UnTrack(h);
 	if (h->state == H_WAITING || h->state == H_HELD) {
 		/* Dropped while queued or holding (an abandoned generator):
@@ -593,7 +595,13 @@ static void hold_dealloc(HoldObject *h)
 #endif
 	}
 	hold_clear(h);
-	tp->tp_free(h);
+	/* Keep the memory for the next hold while the free list has room
+	 * (the type is not subclassable: every Hold has the plain size). */
+	st = PyType_GetModuleState(tp);
+	if (st != NULL && st->nholds < ST_HOLD_FREELIST)
+		st->holds[st->nholds++] = (PyObject *)h;
+	else
+		tp->tp_free(h);
 	Py_DECREF(tp);
 }
 
@@ -847,9 +855,14 @@ static HoldObject *conc_make_hold(ConcObject *self, const char *fname,
 	timeout = self->timeout;
 	if (timeout_o != NULL && timeout_arg(timeout_o, &timeout) < 0)
 		return NULL;
-	h = PyObject_GC_New(HoldObject, self->st->hold_type);
-	if (h == NULL)
-		return NULL;
+	if (self->st->nholds > 0) {
+		h = (HoldObject *)self->st->holds[--self->st->nholds];
+		PyObject_Init((PyObject *)h, self->st->hold_type);
+	} else {
+		h = PyObject_GC_New(HoldObject, self->st->hold_type);
+		if (h == NULL)
+			return NULL;
+	}
 	h->node.prev = h->node.next = NULL;
 	h->node.lane = 0;
 	h->owner = (ConcObject *)Py_NewRef(self);

@@ -35,6 +35,8 @@ static int module_clear(PyObject *module)
 	st_state *st = PyModule_GetState(module);
 	while (st->ndecisions > 0)
 		PyObject_Free(st->decisions[--st->ndecisions]);
+	while (st->nholds > 0)
+		PyObject_GC_Del(st->holds[--st->nholds]);
 	Py_CLEAR(st->limiter_type);
 	Py_CLEAR(st->decision_type);
 	Py_CLEAR(st->cache_type);

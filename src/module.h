@@ -17,6 +17,8 @@
 
 /* Decisions kept for reuse: a hit allocates nothing in the common case. */
 #define ST_DECISION_FREELIST 64
+/* Holds kept for reuse, the same way. */
+#define ST_HOLD_FREELIST 32
 
 typedef struct {
 	PyTypeObject *limiter_type;      /* _core.Limiter */
@@ -44,6 +46,8 @@ typedef struct {
 	int ndecisions;       /* entries used in `decisions` */
 	PyObject
 	    *decisions[ST_DECISION_FREELIST]; /* freed, type ref dropped */
+	int nholds;                           /* entries used in `holds` */
+	PyObject *holds[ST_HOLD_FREELIST];    /* freed Holds (GC memory) */
 } st_state;
 
 extern PyModuleDef st_module_def;
