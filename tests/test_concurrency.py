@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import pickle
 import random
 import subprocess
 import sys
@@ -708,3 +709,17 @@ def test_async_with_a_free_slot_suspends_nothing_and_propagates_errors() -> None
     with pytest.raises(StopIteration):  # ran to the end without an event loop
         coro.send(None)
     idle(c)
+
+
+def test_refusal_pickles_with_its_fields() -> None:
+    c = Concurrency(1)
+    with c.hold(b"k"), pytest.raises(ConcurrencyLimitExceeded) as info:
+        c.acquire(b"k")
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is ConcurrencyLimitExceeded
+    assert (copy.reason, copy.key, copy.priority, str(copy)) == (
+        "queue_full",
+        b"k",
+        0,
+        str(info.value),
+    )

@@ -64,6 +64,19 @@ class ConcurrencyLimitExceeded(Exception):
         self.priority = priority
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled with its fields (multiprocessing, logging to queues):
+        # the default would call cls(message) and fail.
+        return (
+            type(self),
+            (self.reason, str(self)),
+            {
+                "key": self.key,
+                "priority": self.priority,
+                "retry_after": self.retry_after,
+            },
+        )
+
 
 def refusal(
     hold: Any, reason: tuple[str, str], limit: int, retry_after: float | None
