@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 import stanchion
 from stanchion import Concurrency, ConcurrencyLimitExceeded
@@ -303,3 +304,20 @@ def test_bad_input(storage: RedisStorage) -> None:
         with pytest.raises(exc):
             c.hold(*args, **kw)
     assert c.in_flight("k") == 0
+
+
+def test_on_redis_cluster(redis_cluster: Any) -> None:
+    # Every key of one client key carries it as hash tag: one slot, so the
+    # script runs on Redis Cluster; keys of many clients spread out.
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.port)
+    try:
+        c = Concurrency(1, queue=2, timeout=0.2, storage=RedisStorage(client))
+        for i in range(20):
+            with c.hold(f"client-{i}"):
+                assert c.try_acquire(f"client-{i}") is None
+            assert c.in_flight(f"client-{i}") == 0
+        with c.hold(), pytest.raises(ConcurrencyLimitExceeded, match="timeout"):
+            c.acquire()
+        assert (c.in_flight(), c.queued()) == (0, 0)
+    finally:
+        client.close()
