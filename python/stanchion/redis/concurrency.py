@@ -11,7 +11,7 @@ longer than ``lease`` loses its slot the same way (choose a lease above
 your longest request, or call ``hold.extend()`` while holding). The queue
 is a second sorted set, ordered by priority lane then arrival, with a
 third set of waiter expiries: a waiter that stops polling (it died)
-leaves the queue within ``_PATIENCE`` seconds.
+leaves the queue within 5 seconds.
 
 Waiting polls: across hosts there is no wake-up to deliver, so a queued
 hold asks Redis again after 2 ms, then backs off by half again each time
@@ -27,30 +27,27 @@ that fails is logged with the outage and left to the lease's expiry.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from .. import _core
-from .._checks import check_seconds
-from .._concurrency import ConcurrencyLimitExceeded, refusal
+from .._concurrency import refusal
 from .._errors import StorageUnavailable
 from .._limiter import ON_ERROR
+from .._polling import (
+    PATIENCE,
+    UNLEASED,
+    LeaseHold,
+    PollingConcurrency,
+)
 from .._sync import at_once, run_at_once
 from .limiter import RedisStorage, _key_bytes
 from .outage import _Guard, _Unavailable, _Who
 
 __all__ = ["RedisConcurrency", "RedisHold"]
 
-# A queued waiter that has not polled for this long is dropped (it died).
-_PATIENCE = 5.0
-_POLL_FIRST = 0.002
-_POLL_MAX = 0.1
 _LANE = 2**40  # queue scores: lane offset + arrival sequence
 
 _SCRIPT = rb"""
@@ -127,84 +124,23 @@ return {0, held, redis.call('ZCARD', Q), now}
 """
 _SHA = hashlib.sha1(_SCRIPT).hexdigest().encode()
 
-# Script answers: taken, queued (or not taken), queue full, lost place.
-_TAKEN, _WAITING, _FULL, _LOST = 1, 0, -1, -2
-
 _MEANWHILE = {
     "allow": "holds run without a slot (on_error='allow')",
     "deny": "holds are refused (on_error='deny')",
     "raise": "holds raise StorageUnavailable (on_error='raise')",
 }
-_REASONS = {
-    "full": ("queue_full", "the queue is full"),
-    "timeout": ("timeout", "no slot freed up within the timeout"),
-    "shed": ("shed", "a waiter of higher priority took its place in the queue"),
-    "unavailable": ("unavailable", "Redis is unavailable (on_error='deny')"),
-}
-
-# Hold states.
-_IDLE, _HELD, _UNLEASED = 0, 1, 2
+_UNAVAILABLE = ("unavailable", "Redis is unavailable (on_error='deny')")
 
 
-class RedisHold:
+class RedisHold(LeaseHold):
     """A claim on one slot of a :class:`RedisConcurrency`: ``with`` (or
-    ``async with``) takes it and gives it back. Reusable once released."""
+    ``async with``) takes a lease and gives it back; ``extend()`` renews
+    it. Reusable once released."""
 
-    __slots__ = ("_id", "_owner", "_state", "key", "priority", "timeout")
-
-    def __init__(
-        self,
-        owner: RedisConcurrency,
-        key: str | bytes | None,
-        priority: int,
-        timeout: float | None,
-    ) -> None:
-        self._owner = owner
-        self.key = key
-        self.priority = priority
-        self.timeout = timeout
-        self._id = b""
-        self._state = _IDLE
-
-    @property
-    def held(self) -> bool:
-        """True while this hold has a slot (or runs unleased because Redis
-        was unavailable and ``on_error="allow"``)."""
-        return self._state != _IDLE
-
-    def __enter__(self) -> RedisHold:
-        self._owner._enter(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    async def __aenter__(self) -> RedisHold:
-        await self._owner._aenter(self)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.arelease()
-
-    def release(self) -> None:
-        """Give the slot back (blocking client)."""
-        self._owner._release(self)
-
-    async def arelease(self) -> None:
-        """Give the slot back (asyncio client)."""
-        await self._owner._arelease(self)
-
-    def extend(self) -> bool:
-        """Renew the lease for another ``lease`` seconds from now; False
-        when it had already expired (the slot may be someone else's)."""
-        return self._owner._extend(self)
-
-    async def aextend(self) -> bool:
-        """:meth:`extend` for asyncio code."""
-        return await self._owner._aextend(self)
+    __slots__ = ()
 
 
-class RedisConcurrency:
+class RedisConcurrency(PollingConcurrency):
     """``stanchion.Concurrency`` across processes and hosts, in Redis: at
     most ``limit`` leases per key, a bounded queue served by priority lane
     then arrival. Made by ``stanchion.Concurrency(..., storage=...)``.
@@ -217,21 +153,9 @@ class RedisConcurrency:
     poll (see the module docs), and ``retry_after`` of a refusal is None.
     """
 
-    __slots__ = (
-        "_conn",
-        "_guard",
-        "_head",
-        "_tail",
-        "_ttl",
-        "lease",
-        "limit",
-        "on_error",
-        "priorities",
-        "queue",
-        "reserve",
-        "storage",
-        "timeout",
-    )
+    __slots__ = ("_conn", "_guard", "_head", "_tail", "_ttl", "on_error", "storage")
+
+    _hold_class = RedisHold
 
     def __init__(
         self,
@@ -249,21 +173,10 @@ class RedisConcurrency:
             raise TypeError(
                 f"storage must be a RedisStorage, not {type(storage).__name__}"
             )
-        # The in-process engine checks the shared settings (one owner of
-        # those rules and messages).
-        probe = _core.Concurrency(limit, queue, timeout, priorities, reserve, 1)
-        lease = check_seconds("lease", lease, zero_ok=False)
-        if lease < 0.001:
-            raise ValueError(f"lease must be at least 0.001 seconds, got {lease!r}")
+        super().__init__(limit, queue, timeout, priorities, reserve, lease)
         if not isinstance(on_error, str) or on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.storage = storage
-        self.limit = probe.limit
-        self.queue = probe.queue
-        self.timeout = probe.timeout
-        self.priorities = probe.priorities
-        self.reserve = probe.reserve
-        self.lease = lease
         self.on_error = on_error
         self._conn = storage._connector
         self._guard = _Guard(
@@ -274,7 +187,7 @@ class RedisConcurrency:
         ).hexdigest()
         self._head = storage.prefix.encode() + b"{"
         self._tail = f"}}:cc:{ident}:".encode()
-        self._ttl = int((max(lease, _PATIENCE) + 60) * 1000)
+        self._ttl = int((max(self.lease, PATIENCE) + 60) * 1000)
 
     def __repr__(self) -> str:
         return (
@@ -282,90 +195,6 @@ class RedisConcurrency:
             f"timeout={self.timeout!r}, lease={self.lease!r}, "
             f"storage={self.storage!r})"
         )
-
-    # -- holds ---------------------------------------------------------------
-
-    def hold(
-        self,
-        key: str | bytes | None = None,
-        /,
-        *,
-        priority: int = 0,
-        timeout: Any = ...,
-    ) -> RedisHold:
-        """A :class:`RedisHold` on one slot for ``key`` (see
-        ``stanchion.Concurrency.hold``)."""
-        if key is not None:
-            _key_bytes(key)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
-        if not 0 <= priority < self.priorities:
-            raise ValueError(
-                f"priority must be between 0 and {self.priorities - 1}, got {priority}"
-            )
-        if timeout is ...:
-            timeout = self.timeout
-        else:
-            timeout = _core.Concurrency(1, 0, timeout).timeout  # the same checks
-        return RedisHold(self, key, priority, timeout)
-
-    ahold = hold
-
-    def acquire(
-        self,
-        key: str | bytes | None = None,
-        /,
-        *,
-        priority: int = 0,
-        timeout: Any = ...,
-    ) -> RedisHold:
-        """Take a slot, waiting in the queue; returns the held hold."""
-        return self.hold(key, priority=priority, timeout=timeout).__enter__()
-
-    async def aacquire(
-        self,
-        key: str | bytes | None = None,
-        /,
-        *,
-        priority: int = 0,
-        timeout: Any = ...,
-    ) -> RedisHold:
-        """:meth:`acquire` for asyncio code."""
-        return await self.hold(key, priority=priority, timeout=timeout).__aenter__()
-
-    def try_acquire(
-        self, key: str | bytes | None = None, /, *, priority: int = 0
-    ) -> RedisHold | None:
-        """A held hold if a slot is free now (no waiting), else None."""
-        hold = self.hold(key, priority=priority, timeout=0)
-        try:
-            return hold.__enter__()
-        except ConcurrencyLimitExceeded:
-            return None
-
-    async def atry_acquire(
-        self, key: str | bytes | None = None, /, *, priority: int = 0
-    ) -> RedisHold | None:
-        """:meth:`try_acquire` for asyncio code."""
-        hold = self.hold(key, priority=priority, timeout=0)
-        try:
-            return await hold.__aenter__()
-        except ConcurrencyLimitExceeded:
-            return None
-
-    def in_flight(self, key: str | bytes | None = None) -> int:
-        """Unexpired leases for ``key`` now."""
-        return int(self._count(key)[1])
-
-    def queued(self, key: str | bytes | None = None) -> int:
-        """Waiters queued for ``key`` now."""
-        return int(self._count(key)[2])
-
-    async def ain_flight(self, key: str | bytes | None = None) -> int:
-        return int((await self._acount(key))[1])
-
-    async def aqueued(self, key: str | bytes | None = None) -> int:
-        return int((await self._acount(key))[2])
 
     def close(self) -> None:
         self.storage.close()
@@ -382,7 +211,7 @@ class RedisConcurrency:
             base = self._head + _key_bytes(key) + self._tail
         return [base + b"h", base + b"q", base + b"l", base + b"s"]
 
-    def _args(self, hold: RedisHold, op: bytes, mode: bytes) -> list[Any]:
+    def _args(self, hold: LeaseHold, op: bytes, mode: int) -> list[Any]:
         lane = self.priorities - 1 - hold.priority
         cap = self.limit - self.reserve * lane
         return [
@@ -393,7 +222,7 @@ class RedisConcurrency:
             self.queue,
             lane * _LANE,
             mode,
-            int(_PATIENCE * 1e6),
+            int(PATIENCE * 1e6),
             self._ttl,
             (lane + 1) * _LANE,
         ]
@@ -406,24 +235,17 @@ class RedisConcurrency:
         except NoScriptError:
             return await call("EVAL", _SCRIPT, 4, *keys, *args)
 
-    def _run(self, keys: list[bytes], args: list[Any]) -> Any:
+    def _run(self, hold: LeaseHold, op: bytes, mode: int = 0) -> Any:
         link = self._conn.sync_link()
+        keys, args = self._keys(hold.key), self._args(hold, op, mode)
         return self._guard.call(
             lambda: run_at_once(self._script(at_once(link.call), keys, args))
         )
 
-    async def _arun(self, keys: list[bytes], args: list[Any]) -> Any:
+    async def _arun(self, hold: LeaseHold, op: bytes, mode: int = 0) -> Any:
         link = self._conn.async_link
+        keys, args = self._keys(hold.key), self._args(hold, op, mode)
         return await self._guard.acall(self._script, link.call, keys, args)
-
-    def _count(self, key: str | bytes | None) -> Any:
-        hold = self.hold(key)
-        return self._check(self._run(self._keys(key), self._args(hold, b"count", b"0")))
-
-    async def _acount(self, key: str | bytes | None) -> Any:
-        hold = self.hold(key)
-        reply = await self._arun(self._keys(key), self._args(hold, b"count", b"0"))
-        return self._check(reply)
 
     def _check(self, reply: Any) -> Any:
         if isinstance(reply, _Unavailable):
@@ -432,115 +254,40 @@ class RedisConcurrency:
             ) from reply.cause
         return reply
 
-    # -- taking a slot: one flow for both, as a coroutine ------------------------
-
-    async def _take(
-        self,
-        hold: RedisHold,
-        run: Callable[[list[bytes], list[Any]], Awaitable[Any]],
-        sleep: Callable[[float], Awaitable[Any]],
-    ) -> None:
-        if hold._state != _IDLE:
-            raise RuntimeError("cannot enter a hold that is held")
-        keys = self._keys(hold.key)
-        hold._id = os.urandom(12).hex().encode()
-        timeout = hold.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        mode = b"0" if timeout == 0 else b"1"
-        pause = _POLL_FIRST
-        joined = False
-        try:
-            while True:
-                reply = await run(keys, self._args(hold, b"acquire", mode))
-                if isinstance(reply, _Unavailable):
-                    self._unavailable(hold, reply)
-                    return
-                status = reply[0]
-                if status == _TAKEN:
-                    hold._state = _HELD
-                    return
-                if status == _FULL:
-                    raise self._refusal(hold, "full")
-                if status == _LOST:  # shed, or dropped after a long stall
-                    joined = False
-                    raise self._refusal(hold, "shed")
-                if mode == b"0":  # try only: nothing was queued
-                    raise self._refusal(hold, "timeout")
-                joined = True
-                mode = b"2"
-                wait = pause
-                if deadline is not None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise self._refusal(hold, "timeout")
-                    wait = min(wait, left)
-                await sleep(wait)
-                pause = min(pause * 1.5, _POLL_MAX)
-        except ConcurrencyLimitExceeded:
-            if joined:  # leave the queue
-                await run(keys, self._args(hold, b"release", b"0"))
-            raise
-        except BaseException:
-            # Interrupted (cancelled, KeyboardInterrupt) maybe mid-call:
-            # the server may have queued it or given it a slot. Best
-            # effort; else the queue's patience and the lease expire.
-            await run(keys, self._args(hold, b"release", b"0"))
-            raise
-
-    def _unavailable(self, hold: RedisHold, reply: _Unavailable) -> None:
+    def _status(self, hold: LeaseHold, reply: Any) -> int:
+        if not isinstance(reply, _Unavailable):
+            return int(reply[0])
         if self.on_error == "allow":
-            hold._state = _UNLEASED
-        elif self.on_error == "deny":
-            raise self._refusal(hold, "unavailable")
-        else:
-            raise StorageUnavailable(
-                f"Redis at {self._conn.where} is unavailable"
-            ) from reply.cause
+            return UNLEASED
+        if self.on_error == "deny":
+            raise refusal(hold, _UNAVAILABLE, self.limit, None)
+        self._check(reply)
+        raise AssertionError("unreachable")
 
-    def _refusal(self, hold: RedisHold, why: str) -> ConcurrencyLimitExceeded:
-        return refusal(hold, _REASONS[why], self.limit, None)
+    # -- the storage's part of PollingConcurrency ------------------------------
 
-    def _enter(self, hold: RedisHold) -> None:
-        async def sleep(seconds: float) -> None:
-            time.sleep(seconds)
+    def _attempt(self, hold: LeaseHold, mode: int) -> int:
+        return self._status(hold, self._run(hold, b"acquire", mode))
 
-        run_at_once(self._take(hold, at_once(self._run), sleep))
+    async def _aattempt(self, hold: LeaseHold, mode: int) -> int:
+        return self._status(hold, await self._arun(hold, b"acquire", mode))
 
-    async def _aenter(self, hold: RedisHold) -> None:
-        await self._take(hold, self._arun, asyncio.sleep)
+    def _leave(self, hold: LeaseHold) -> None:
+        self._run(hold, b"release")  # failed: logged; the lease expires
 
-    def _give_back(self, hold: RedisHold) -> tuple[list[bytes], list[Any]] | None:
-        if hold._state == _IDLE:
-            raise RuntimeError("cannot release a hold that is idle")
-        leased = hold._state == _HELD
-        hold._state = _IDLE
-        if not leased:
-            return None
-        return self._keys(hold.key), self._args(hold, b"release", b"0")
+    async def _aleave(self, hold: LeaseHold) -> None:
+        await self._arun(hold, b"release")
 
-    def _release(self, hold: RedisHold) -> None:
-        call = self._give_back(hold)
-        if call is not None:
-            self._run(*call)  # failed: logged; the lease expires
+    def _extend(self, hold: LeaseHold) -> bool:
+        return bool(self._check(self._run(hold, b"extend"))[0] == 1)
 
-    async def _arelease(self, hold: RedisHold) -> None:
-        call = self._give_back(hold)
-        if call is not None:
-            await self._arun(*call)
+    async def _aextend(self, hold: LeaseHold) -> bool:
+        return bool(self._check(await self._arun(hold, b"extend"))[0] == 1)
 
-    def _extend_args(self, hold: RedisHold) -> tuple[list[bytes], list[Any]] | None:
-        if hold._state == _IDLE:
-            raise RuntimeError("cannot extend a hold that is idle")
-        if hold._state == _UNLEASED:
-            return None
-        return self._keys(hold.key), self._args(hold, b"extend", b"0")
+    def _counts(self, key: str | bytes | None) -> tuple[int, int]:
+        reply = self._check(self._run(self.hold(key), b"count"))
+        return int(reply[1]), int(reply[2])
 
-    def _extend(self, hold: RedisHold) -> bool:
-        call = self._extend_args(hold)
-        return True if call is None else bool(self._check(self._run(*call))[0] == 1)
-
-    async def _aextend(self, hold: RedisHold) -> bool:
-        call = self._extend_args(hold)
-        if call is None:
-            return True
-        return bool(self._check(await self._arun(*call))[0] == 1)
+    async def _acounts(self, key: str | bytes | None) -> tuple[int, int]:
+        reply = self._check(await self._arun(self.hold(key), b"count"))
+        return int(reply[1]), int(reply[2])
