@@ -32,6 +32,7 @@ typedef struct {
 	PyTypeObject *conc_type;         /* _core.Concurrency */
 	PyTypeObject *hold_type;         /* _core.Hold */
 	PyTypeObject *ready_type;        /* _core._Ready */
+	PyTypeObject *conc_shm_type;     /* _core.SharedMemoryConcurrency */
 	PyObject *hdr_str[5];   /* header names: RateLimit-Policy, ... */
 	PyObject *hdr_bytes[5]; /* the same, lower-case latin-1 (ASGI) */
 	PyObject *kwd_mark;     /* separates args from kwargs in cache keys */
@@ -67,6 +68,7 @@ int st_rate_headers_exec(PyObject *module, st_state *st);
 int st_header_send_exec(PyObject *module, st_state *st);
 int st_shm_limiter_exec(PyObject *module, st_state *st);
 int st_conc_exec(PyObject *module, st_state *st);
+int st_conc_shm_exec(PyObject *module, st_state *st);
 
 /* The compiled policy and max_keys of a _core.Limiter `obj` (limiter_type.c),
  * for engines that must decide exactly as it does. Returns 0, or -1 with a

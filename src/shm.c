@@ -860,6 +860,31 @@ void st_shm_hold_lock(st_shm *h, st_shm_hash kh)
 	bucket_lock(bucket_at(h, bucket_index(h, kh.hi)));
 }
 
+uint64_t st_shm_owner_self(void)
+{
+	pthread_once(&pid_once, init_pid);
+	return __atomic_load_n(&self_owner, __ATOMIC_RELAXED);
+}
+
+int st_shm_owner_gone(uint64_t owner)
+{
+	return owner_gone(owner);
+}
+
+void st_shm_lock_word(uint64_t *lock)
+{
+	uint64_t expected = 0;
+	uint64_t me = st_shm_owner_self();
+	if (!__atomic_compare_exchange_n(lock, &expected, me, 0,
+	                                 __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+		lock_slow(lock, me);
+}
+
+void st_shm_unlock_word(uint64_t *lock)
+{
+	__atomic_store_n(lock, 0, __ATOMIC_RELEASE);
+}
+
 #else /* !__linux__ */
 
 #include <errno.h>
@@ -931,6 +956,27 @@ void st_shm_hold_lock(st_shm *h, st_shm_hash kh)
 {
 	(void)h;
 	(void)kh;
+}
+
+uint64_t st_shm_owner_self(void)
+{
+	return 1;
+}
+
+int st_shm_owner_gone(uint64_t owner)
+{
+	(void)owner;
+	return 0;
+}
+
+void st_shm_lock_word(uint64_t *lock)
+{
+	*lock = 1;
+}
+
+void st_shm_unlock_word(uint64_t *lock)
+{
+	*lock = 0;
 }
 
 #endif /* __linux__ */

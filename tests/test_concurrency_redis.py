@@ -56,10 +56,10 @@ def test_storage_values_make_a_redis_concurrency(redis_server: RedisServer) -> N
             assert h.held and c.in_flight("k") == 1
         assert c.in_flight("k") == 0
         c.close()
-    with pytest.raises(ValueError, match="shm"):
-        Concurrency(1, storage="shm://x")
     with pytest.raises(ValueError, match="unsupported"):
         Concurrency(1, storage="memcached://x")
+    with pytest.raises(ValueError, match="Redis"):
+        Concurrency(1, storage=redis_server.url, max_keys=10)
     with pytest.raises(TypeError, match="unsupported"):
         Concurrency(1, storage=object())
 

@@ -140,7 +140,8 @@ class Concurrency(_core.Concurrency):
 
     ``max_keys`` bounds memory: a key's state exists only while something
     holds or waits on it, and a new key past ``max_keys`` tracked at once
-    is refused (reason ``"max_keys"``).
+    (default 100,000; 1,000 in shared memory) is refused (reason
+    ``"max_keys"``).
 
     ``hold()`` and ``ahold()`` make the same :class:`Hold`; a free slot is
     taken and given back in C (``async with`` on a free slot suspends
@@ -152,10 +153,14 @@ class Concurrency(_core.Concurrency):
     returns one or None without waiting. ``in_flight(key)``,
     ``queued(key)`` and ``stats()`` read the counters.
 
-    ``storage``: None (this process, the C engine), a ``redis://`` URL, a
-    Redis client or a ``RedisStorage`` (every process and host: see
+    ``storage``: None (this process, the C engine); a
+    ``SharedMemoryStorage`` or ``"shm://name"`` (the processes of one
+    host: ``SharedMemoryConcurrency``, with ``lease``); a ``RedisStorage``,
+    ``redis://`` URL or Redis client (every process and host:
     ``stanchion.redis.RedisConcurrency``, with ``lease`` and
-    ``on_error``).
+    ``on_error``). Their slots are leases: a holder that dies frees its
+    slot within ``lease`` seconds (default 30), and their queued holds
+    poll.
     """
 
     __slots__ = ()
@@ -169,7 +174,7 @@ class Concurrency(_core.Concurrency):
         *,
         priorities: int = ...,
         reserve: int = ...,
-        max_keys: int = ...,
+        max_keys: int | None = ...,
         storage: None = ...,
     ) -> Concurrency: ...
 
@@ -182,7 +187,7 @@ class Concurrency(_core.Concurrency):
         *,
         priorities: int = ...,
         reserve: int = ...,
-        max_keys: int = ...,
+        max_keys: int | None = ...,
         storage: object,
         lease: float | None = ...,
         on_error: str | None = ...,
@@ -196,7 +201,7 @@ class Concurrency(_core.Concurrency):
         *,
         priorities: int = 1,
         reserve: int = 0,
-        max_keys: int = 100_000,
+        max_keys: int | None = None,
         storage: object = None,
         lease: float | None = None,
         on_error: str | None = None,
@@ -204,7 +209,8 @@ class Concurrency(_core.Concurrency):
         if storage is None:
             if lease is not None or on_error is not None:
                 raise ValueError(
-                    "lease and on_error apply to a shared storage (Redis) only"
+                    "lease and on_error apply to a shared storage (Redis, shared "
+                    "memory) only"
                 )
             return super().__new__(cls)
         from ._storage_concurrency import make_concurrency
@@ -216,8 +222,9 @@ class Concurrency(_core.Concurrency):
             timeout=timeout,
             priorities=priorities,
             reserve=reserve,
+            max_keys=max_keys,
             lease=30.0 if lease is None else lease,
-            on_error="allow" if on_error is None else on_error,
+            on_error=on_error,
         )
 
     def __init__(
@@ -228,12 +235,19 @@ class Concurrency(_core.Concurrency):
         *,
         priorities: int = 1,
         reserve: int = 0,
-        max_keys: int = 100_000,
+        max_keys: int | None = None,
         storage: object = None,
         lease: float | None = None,
         on_error: str | None = None,
     ) -> None:
-        super().__init__(limit, queue, timeout, priorities, reserve, max_keys)
+        super().__init__(
+            limit,
+            queue,
+            timeout,
+            priorities,
+            reserve,
+            100_000 if max_keys is None else max_keys,
+        )
 
     def __repr__(self) -> str:
         return (

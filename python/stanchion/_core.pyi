@@ -274,3 +274,30 @@ class Hold:
     def _state(self) -> int: ...
     @property
     def _owner(self) -> Any: ...
+
+@disjoint_base
+class SharedMemoryConcurrency:
+    def __init__(
+        self,
+        name: str,
+        limit: int,
+        queue: int = 0,
+        priorities: int = 1,
+        reserve: int = 0,
+        max_keys: int = 1000,
+    ) -> None: ...
+    def _acquire(
+        self,
+        key: str | bytes | None,
+        id: int,
+        lane: int,
+        lease_ns: int,
+        patience_ns: int,
+        mode: int,
+        /,
+    ) -> tuple[int, int, int]: ...
+    def _release(self, key: str | bytes | None, id: int, /) -> None: ...
+    def _extend(self, key: str | bytes | None, id: int, lease_ns: int, /) -> bool: ...
+    def _count(self, key: str | bytes | None, /) -> tuple[int, int]: ...
+    @property
+    def name(self) -> str: ...

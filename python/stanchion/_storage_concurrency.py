@@ -9,35 +9,57 @@ __all__ = ["make_concurrency"]
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def make_concurrency(storage: object, **settings: Any) -> Any:
+def _unsupported(storage: object) -> TypeError:
+    return TypeError(
+        f"unsupported storage {storage!r} for Concurrency: use None "
+        "(in-process), a SharedMemoryStorage or shm:// URL, or a "
+        "RedisStorage, Redis URL or redis-py client"
+    )
+
+
+def make_concurrency(
+    storage: object, *, max_keys: int | None, on_error: str | None, **settings: Any
+) -> Any:
     """The storage's own concurrency limit for ``storage``: a
-    ``RedisConcurrency`` for a ``RedisStorage``, a ``redis://`` (or
-    ``rediss://``, ``unix://``) URL or a redis-py client."""
+    ``SharedMemoryConcurrency`` for a ``SharedMemoryStorage`` or a
+    ``shm://name`` URL, a ``RedisConcurrency`` for a ``RedisStorage``, a
+    ``redis://`` (or ``rediss://``, ``unix://``) URL or a redis-py
+    client."""
+    from ._shm import SharedMemoryStorage
+
     if isinstance(storage, str):
         if storage.startswith("shm://"):
+            from ._settings import _shm_storage
+
+            storage = _shm_storage(storage, "storage")
+        elif not storage.startswith(_REDIS_SCHEMES):
             raise ValueError(
-                "Concurrency does not support shared memory (shm://) yet: use "
-                "None (one process) or Redis"
-            )
-        if not storage.startswith(_REDIS_SCHEMES):
-            raise ValueError(
-                f"unsupported storage URL {storage!r} for Concurrency: use a "
-                "redis://, rediss:// or unix:// URL"
+                f"unsupported storage URL {storage!r} for Concurrency: use "
+                "shm://, redis://, rediss:// or unix://"
             )
     elif type(storage).__module__.split(".")[0] not in ("redis", "stanchion"):
-        raise TypeError(
-            f"unsupported storage {storage!r} for Concurrency: use None "
-            "(in-process), a RedisStorage, a Redis URL or a redis-py client"
+        raise _unsupported(storage)
+    if isinstance(storage, SharedMemoryStorage):
+        if on_error is not None:
+            raise ValueError(
+                "on_error applies to Redis only: shared memory never fails"
+            )
+        from ._shm_concurrency import DEFAULT_MAX_KEYS, SharedMemoryConcurrency
+
+        return SharedMemoryConcurrency(
+            storage,
+            max_keys=DEFAULT_MAX_KEYS if max_keys is None else max_keys,
+            **settings,
         )
+    if max_keys is not None:
+        raise ValueError("max_keys does not apply to Redis (keys expire there)")
     from .redis import RedisStorage
     from .redis.concurrency import RedisConcurrency
 
     if not isinstance(storage, RedisStorage):
         if type(storage).__module__.split(".")[0] == "stanchion":
-            raise TypeError(
-                f"unsupported storage {storage!r} for Concurrency: use None "
-                "(in-process), a RedisStorage, a Redis URL or a redis-py client"
-            )
+            raise _unsupported(storage)
         storage = RedisStorage(storage)
-    settings.pop("max_keys", None)
-    return RedisConcurrency(storage, **settings)
+    return RedisConcurrency(
+        storage, on_error="allow" if on_error is None else on_error, **settings
+    )
