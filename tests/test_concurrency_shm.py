@@ -176,6 +176,9 @@ def test_max_keys_refuses_a_key_whose_bucket_is_full(
     with pytest.raises(ConcurrencyLimitExceeded) as info:
         c.acquire("k8")
     assert info.value.reason == "max_keys"
+    by_url = Concurrency(1, storage=f"shm://{storage.name}?max_keys=1")
+    assert isinstance(by_url, SharedMemoryConcurrency)
+    assert by_url.segment == c.segment and by_url.max_keys == 1
     holds[0].release()
     c.acquire("k8").release()  # a freed entry is reused
     for h in holds[1:]:

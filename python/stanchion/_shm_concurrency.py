@@ -17,7 +17,9 @@ polls (2 ms, backing off to 100 ms), and keeps its place by doing so: a
 waiter that died leaves the queue within 5 seconds. The queue is served
 by priority lane, then arrival, as in-process.
 
-Memory: the segment has room for twice ``max_keys`` keys (default 1000),
+Memory: the segment has room for twice ``max_keys`` keys
+(``Concurrency(max_keys=...)`` or ``shm://name?max_keys=N``, default 1000;
+a ``SharedMemoryStorage``'s own ``max_keys`` sizes its rate limits),
 each ``16 + 32 * (limit + queue)`` bytes, in buckets of 8 chosen by the
 key's hash; a new key whose bucket is full of live keys is refused with
 reason ``"max_keys"`` (rare below ``max_keys`` live keys, likelier as

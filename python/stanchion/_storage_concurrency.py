@@ -31,7 +31,10 @@ def make_concurrency(
         if storage.startswith("shm://"):
             from ._settings import _shm_storage
 
-            storage = _shm_storage(storage, "storage")
+            shm = _shm_storage(storage, "storage")
+            if max_keys is None and "?" in storage:  # shm://name?max_keys=N
+                max_keys = shm.max_keys
+            storage = shm
         elif not storage.startswith(_REDIS_SCHEMES):
             raise ValueError(
                 f"unsupported storage URL {storage!r} for Concurrency: use "
