@@ -120,6 +120,9 @@ class PollingConcurrency:
     __slots__ = ("lease", "limit", "priorities", "queue", "reserve", "timeout")
 
     _hold_class: type[LeaseHold] = LeaseHold
+    # True when an attempt does no I/O (shared memory): a blocking hold
+    # then first tries once without the waiting flow's machinery.
+    _instant = False
 
     def __init__(
         self,
@@ -262,7 +265,7 @@ class PollingConcurrency:
     ) -> None:
         if hold._state != _IDLE:
             raise RuntimeError("cannot enter a hold that is held")
-        hold._id = int.from_bytes(os.urandom(8), "little") >> 1 or 1
+        hold._id = self._new_id()
         timeout = hold.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         mode = TRY if timeout == 0 else JOIN
@@ -305,7 +308,18 @@ class PollingConcurrency:
     def _refusal(self, hold: LeaseHold, status: int) -> ConcurrencyLimitExceeded:
         return refusal(hold, REASONS[status], self.limit, None)
 
+    def _new_id(self) -> int:
+        """A lease id no other holder of the key can have: random (hosts
+        share Redis)."""
+        return int.from_bytes(os.urandom(8), "little") >> 1 or 1
+
     def _enter(self, hold: LeaseHold) -> None:
+        if self._instant and hold._state == _IDLE:
+            hold._id = self._new_id()
+            if self._attempt(hold, TRY) == TAKEN:
+                hold._state = _HELD
+                return
+
         async def sleep(seconds: float) -> None:
             time.sleep(seconds)
 

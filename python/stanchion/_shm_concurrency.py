@@ -29,6 +29,8 @@ their number grows past it).
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 
 from . import _core
 from ._polling import PATIENCE, LeaseHold, PollingConcurrency
@@ -39,6 +41,25 @@ __all__ = ["SharedMemoryConcurrency"]
 DEFAULT_MAX_KEYS = 1000
 
 
+class _Ids:
+    """Lease ids unique on this host: the pid, then a count (restarted in
+    a fork's child, whose pid differs)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.base = os.getpid() << 32
+        self.count = itertools.count(1)
+
+    def next(self) -> int:
+        return self.base | (next(self.count) & 0xFFFFFFFF)
+
+
+_IDS = _Ids()
+
+
 class SharedMemoryConcurrency(PollingConcurrency):
     """``stanchion.Concurrency`` across the processes of one host, in
     shared memory: same settings and methods (``hold``, ``ahold``,
@@ -47,6 +68,8 @@ class SharedMemoryConcurrency(PollingConcurrency):
     storage=SharedMemoryStorage(name))`` or ``storage="shm://name"``."""
 
     __slots__ = ("_lease_ns", "_seg", "max_keys", "storage")
+
+    _instant = True
 
     def __init__(
         self,
@@ -95,6 +118,9 @@ class SharedMemoryConcurrency(PollingConcurrency):
 
     # -- the storage's part of PollingConcurrency: C calls that never do
     # I/O (at most a wait for another process's bucket lock) ------------------
+
+    def _new_id(self) -> int:
+        return _IDS.next()
 
     def _attempt(self, hold: LeaseHold, mode: int) -> int:
         status: int = self._seg._acquire(
