@@ -304,6 +304,9 @@ def measure_concurrency(rounds: int) -> list[tuple[str, float]]:
 
     lim = stanchion.Limiter(f"{HUGE}/second")
     conc = stanchion.Concurrency(1_000_000, queue=10)
+    # The same free slot, shared by the processes of this host.
+    storage = stanchion.SharedMemoryStorage(f"bench-cc-{os.getpid()}")
+    shm = stanchion.Concurrency(8, queue=8, storage=storage)
     sem = threading.Semaphore(1_000_000)
     loop = asyncio.new_event_loop()
     asem = asyncio.Semaphore(1_000_000)
@@ -328,6 +331,7 @@ def measure_concurrency(rounds: int) -> list[tuple[str, float]]:
         "noop": KEY.isascii,
         "hit": lim.hit,
         "hold": conc.hold,
+        "shm_hold": shm.hold,
         "try_acquire": conc.try_acquire,
         "sem": sem,
         "run": loop.run_until_complete,
@@ -342,6 +346,7 @@ def measure_concurrency(rounds: int) -> list[tuple[str, float]]:
         ("concurrency: with c.hold(key): pass", "with hold(key): pass", 1),
         ("concurrency: with c.hold(): pass (global)", "with hold(): pass", 1),
         ("concurrency: c.try_acquire(key).release()", "try_acquire(key).release()", 1),
+        ("shared memory: with c.hold(key): pass", "with shm_hold(key): pass", 1),
         ("floor: with threading.Semaphore: pass", "with sem: pass", 1),
         ("asyncio: await lim.ahit(key)", "run(a_hit())", ASYNC_BATCH),
         ("asyncio: async with c.ahold(key): pass", "run(a_hold())", ASYNC_BATCH),
@@ -355,6 +360,7 @@ def measure_concurrency(rounds: int) -> list[tuple[str, float]]:
                 samples[label].append(ns / per)
     finally:
         loop.close()
+        storage.unlink(missing_ok=True)
     if conc.stats()["in_flight"] != 0:
         raise AssertionError("a benchmarked hold was not given back")
     return [(label, statistics.median(v)) for label, v in samples.items()]
