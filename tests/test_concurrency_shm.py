@@ -279,3 +279,51 @@ def test_bad_input(storage: SharedMemoryStorage) -> None:
     with pytest.raises(RuntimeError, match="idle"):
         c.hold().release()
     assert stanchion.Concurrency(1, storage=storage).in_flight() == 0
+
+
+def test_no_lease_leaks_under_cancellations_and_timeouts(
+    storage: SharedMemoryStorage,
+) -> None:
+    import random
+
+    c = make(storage, 3, queue=4, priorities=2, reserve=1)
+
+    async def main() -> None:
+        rng = random.Random(3)
+        active = {"a": 0, "b": 0}
+        peak = dict(active)
+
+        async def job(key: str, priority: int, timeout: float | None) -> None:
+            async with c.ahold(key, priority=priority, timeout=timeout):
+                active[key] += 1
+                peak[key] = max(peak[key], active[key])
+                try:
+                    await asyncio.sleep(rng.choice((0, 0.001)))
+                    if rng.random() < 0.2:
+                        raise KeyError(key)
+                finally:
+                    active[key] -= 1
+
+        for _ in range(20):
+            tasks = [
+                asyncio.ensure_future(
+                    job(
+                        rng.choice(("a", "b")),
+                        rng.randrange(2),
+                        rng.choice((None, 0, 0.005, 0.05)),
+                    )
+                )
+                for _ in range(50)
+            ]
+            await asyncio.sleep(0.002)
+            for t in rng.sample(tasks, 10):
+                t.cancel()
+            for r in await asyncio.gather(*tasks, return_exceptions=True):
+                assert r is None or isinstance(
+                    r, (KeyError, ConcurrencyLimitExceeded, asyncio.CancelledError)
+                ), r
+        assert max(peak.values()) <= 3
+
+    asyncio.run(main())
+    for key in ("a", "b"):
+        assert (c.in_flight(key), c.queued(key)) == (0, 0)
