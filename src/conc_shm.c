@@ -94,20 +94,45 @@ static void slot_fill(cs_slot *s, uint64_t id, int64_t expiry, uint64_t aux)
 	__atomic_store_n(&s->owner, st_shm_owner_self(), __ATOMIC_RELEASE);
 }
 
+/* Owners whose fate one reap asks the system about, at most: each
+ * question costs system calls, made with the bucket locked. */
+#define CS_OWNER_CHECKS 8
+
 /* Frees what has expired in entry `e`; with `owners`, also the leases of
- * processes that are gone (system calls: only when they matter). */
+ * processes that are gone (system calls: only when they matter, for at
+ * most CS_OWNER_CHECKS distinct owners, from a place that moves with the
+ * clock so that every lease is looked at over a few calls). */
 static void cs_reap(const cs_shm *h, char *e, int64_t now, int owners)
 {
 	cs_slot *s = e_slots(e);
 	int64_t n = h->set.limit + h->set.queue;
+	int64_t start =
+	    owners ? (int64_t)((uint64_t)now % (uint64_t)h->set.limit) : 0;
 	uint64_t self = st_shm_owner_self();
+	uint64_t asked[CS_OWNER_CHECKS];
+	int gone[CS_OWNER_CHECKS], nasked = 0;
 
 	for (int64_t i = 0; i < n; i++) {
 		uint64_t o = slot_owner(&s[i]);
-		if (o == 0)
+		if (o != 0 && s[i].expiry <= now)
+			slot_free(&s[i]);
+	}
+	for (int64_t j = 0; owners && j < h->set.limit; j++) {
+		int64_t i = (start + j) % h->set.limit;
+		uint64_t o = slot_owner(&s[i]);
+		int k = 0;
+		if (o == 0 || o == self)
 			continue;
-		if (s[i].expiry <= now || (owners && i < h->set.limit &&
-		                           o != self && st_shm_owner_gone(o)))
+		while (k < nasked && asked[k] != o)
+			k++;
+		if (k == nasked) {
+			if (nasked == CS_OWNER_CHECKS)
+				continue;
+			asked[k] = o;
+			gone[k] = st_shm_owner_gone(o);
+			nasked++;
+		}
+		if (gone[k])
 			slot_free(&s[i]);
 	}
 }

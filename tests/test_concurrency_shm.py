@@ -327,3 +327,34 @@ def test_no_lease_leaks_under_cancellations_and_timeouts(
     asyncio.run(main())
     for key in ("a", "b"):
         assert (c.in_flight(key), c.queued(key)) == (0, 0)
+
+
+def _hold_forever(name: str, ready: Any) -> None:
+    c = Concurrency(10, storage=f"shm://{name}")
+    c.acquire("many")
+    ready.put(os.getpid())
+    time.sleep(60)
+
+
+def test_many_killed_holders_all_free_their_slots(storage: SharedMemoryStorage) -> None:
+    ready = CTX.Queue()
+    procs = [
+        CTX.Process(target=_hold_forever, args=(storage.name, ready)) for _ in range(10)
+    ]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=60)
+    c = Concurrency(10, storage=f"shm://{storage.name}")
+    assert c.in_flight("many") == 10 and c.try_acquire("many") is None
+    for p in procs:
+        os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        p.join()
+    h = c.try_acquire("many")  # some of the dead owners are asked about at once
+    assert h is not None
+    h.release()
+    # Each look asks about a few owners: all ten are found out in a few.
+    for _ in range(10):
+        if c.in_flight("many") == 0:
+            break
+    assert c.in_flight("many") == 0
