@@ -723,3 +723,29 @@ def test_refusal_pickles_with_its_fields() -> None:
         0,
         str(info.value),
     )
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_signal_handler_raising_in_a_waiting_thread_leaves_the_queue() -> None:
+    import signal
+
+    c = Concurrency(1, queue=5)
+    first = c.acquire("k")
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Interrupted):
+            c.acquire("k")  # the main thread blocks here, GIL released
+        assert c.queued("k") == 0 and c.in_flight("k") == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    first.release()
+    idle(c)
