@@ -252,9 +252,10 @@ def test_cancelled_waiter_leaves_the_queue_and_takes_no_slot() -> None:
         c = Concurrency(1, queue=5)
         first = await c.aacquire("k")
         entered = []
+        hold = c.ahold("k")  # kept alive: it must leave by itself
 
         async def waiter() -> None:
-            async with c.ahold("k"):
+            async with hold:
                 entered.append(1)
 
         t = asyncio.create_task(waiter())
@@ -263,6 +264,7 @@ def test_cancelled_waiter_leaves_the_queue_and_takes_no_slot() -> None:
         with pytest.raises(asyncio.CancelledError):
             await t
         assert c.queued("k") == 0 and c.in_flight("k") == 1
+        assert not hold.held
         first.release()
         assert not entered
         idle(c)
@@ -741,9 +743,12 @@ def test_a_signal_handler_raising_in_a_waiting_thread_leaves_the_queue() -> None
     old = signal.signal(signal.SIGALRM, handler)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.1)
-        with pytest.raises(Interrupted):
+        with pytest.raises(Interrupted) as info:
             c.acquire("k")  # the main thread blocks here, GIL released
+        # `info` keeps the traceback, so the hold is still alive: it left
+        # the queue itself, not through its deallocation.
         assert c.queued("k") == 0 and c.in_flight("k") == 1
+        del info
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
