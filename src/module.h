@@ -42,13 +42,13 @@ typedef struct {
 	PyObject *str_type; /* ASGI message keys and the start type */
 	PyObject *str_headers;
 	PyObject *str_response_start;
-	PyObject *ready_none; /* an awaitable done at once with None */
-	st_fastclock clock;   /* calibrated once; limiters copy its rate */
-	int ndecisions;       /* entries used in `decisions` */
+	st_fastclock clock; /* calibrated once; limiters copy its rate */
+	int ndecisions;     /* entries used in `decisions` */
 	PyObject
 	    *decisions[ST_DECISION_FREELIST]; /* freed, type ref dropped */
 	int nholds;                           /* entries used in `holds` */
 	PyObject *holds[ST_HOLD_FREELIST];    /* freed Holds (GC memory) */
+	PyObject *ready_none; /* an awaitable done at once with None */
 } st_state;
 
 extern PyModuleDef st_module_def;
