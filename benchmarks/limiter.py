@@ -337,6 +337,87 @@ BANNED_HIT = "stanchion token_bucket hit(key), banned client"
 PENALTY_TARGET = 1.25  # a hit with a penalty <= 1.25x a plain hit
 
 
+# -- concurrency limits ----------------------------------------------------------
+
+CONCURRENCY_TARGET = 2.0  # a free slot <= 2x a rate limit hit
+ASYNC_BATCH = 100  # async cases run this many times per timed statement
+
+
+def measure_concurrency(rounds: int) -> list[tuple[str, float]]:
+    """A free slot of ``stanchion.Concurrency`` (taken and given back) on
+    one key, beside a rate-limit hit and the stdlib's semaphores; asyncio
+    cases run ``ASYNC_BATCH`` times in one coroutine per statement, so the
+    event loop's cost of running it is spread over them."""
+    import asyncio
+    import threading
+
+    import stanchion
+    from _bench import per_call_ns
+
+    lim = stanchion.Limiter(f"{HUGE}/second")
+    conc = stanchion.Concurrency(1_000_000, queue=10)
+    # The same free slot, shared by the processes of this host.
+    storage = stanchion.SharedMemoryStorage(f"bench-cc-{os.getpid()}")
+    shm = stanchion.Concurrency(8, queue=8, storage=storage)
+    sem = threading.Semaphore(1_000_000)
+    loop = asyncio.new_event_loop()
+    asem = asyncio.Semaphore(1_000_000)
+
+    async def a_hit() -> None:
+        hit = lim.ahit
+        for _ in range(ASYNC_BATCH):
+            await hit(KEY)
+
+    async def a_hold() -> None:
+        ahold = conc.ahold
+        for _ in range(ASYNC_BATCH):
+            async with ahold(KEY):
+                pass
+
+    async def a_sem() -> None:
+        for _ in range(ASYNC_BATCH):
+            async with asem:
+                pass
+
+    env: dict[str, Any] = {
+        "noop": KEY.isascii,
+        "hit": lim.hit,
+        "hold": conc.hold,
+        "shm_hold": shm.hold,
+        "try_acquire": conc.try_acquire,
+        "sem": sem,
+        "run": loop.run_until_complete,
+        "a_hit": a_hit,
+        "a_hold": a_hold,
+        "a_sem": a_sem,
+        "key": KEY,
+    }
+    cases = [
+        ("key.isascii() (bare C method call, no work)", "noop()", 1),
+        ("rate limit: lim.hit(key)", "hit(key)", 1),
+        ("concurrency: with c.hold(key): pass", "with hold(key): pass", 1),
+        ("concurrency: with c.hold(): pass (global)", "with hold(): pass", 1),
+        ("concurrency: c.try_acquire(key).release()", "try_acquire(key).release()", 1),
+        ("shared memory: with c.hold(key): pass", "with shm_hold(key): pass", 1),
+        ("floor: with threading.Semaphore: pass", "with sem: pass", 1),
+        ("asyncio: await lim.ahit(key)", "run(a_hit())", ASYNC_BATCH),
+        ("asyncio: async with c.ahold(key): pass", "run(a_hold())", ASYNC_BATCH),
+        ("asyncio floor: async with asyncio.Semaphore", "run(a_sem())", ASYNC_BATCH),
+    ]
+    samples: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+    try:
+        for _ in range(rounds):
+            for label, stmt, per in cases:
+                ns = per_call_ns(stmt, env, clock=time.process_time)
+                samples[label].append(ns / per)
+    finally:
+        loop.close()
+        storage.unlink(missing_ok=True)
+    if conc.stats()["in_flight"] != 0:
+        raise AssertionError("a benchmarked hold was not given back")
+    return [(label, statistics.median(v)) for label, v in samples.items()]
+
+
 # -- shared memory across processes -------------------------------------------
 
 SHM_TARGET = 2.0  # a shared-memory hit <= 2x an in-process one
@@ -636,6 +717,22 @@ def main() -> int:
     print("Where stanchion's time goes (reference calls, same process)\n")
     print_table(ctx_headers, ctx_rows)
 
+    conc = measure_concurrency(rounds)
+    conc_ns = dict(conc)
+    conc_hit = conc_ns["rate limit: lim.hit(key)"]
+    conc_ahit = conc_ns["asyncio: await lim.ahit(key)"]
+    conc_headers = ["call (a free slot, taken and given back)", "time", "x lim.hit"]
+    conc_rows = [
+        [
+            label,
+            fmt_ns(ns),
+            fmt_ratio(ns / (conc_ahit if label.startswith("asyncio") else conc_hit)),
+        ]
+        for label, ns in conc
+    ]
+    print("Concurrency: a free slot beside a rate-limit hit (asyncio rows: x ahit)\n")
+    print_table(conc_headers, conc_rows)
+
     shm_rates, shm_memory = measure_shm(n_keys)
     shm_rate_headers = ["processes hitting one segment", "aggregate"]
     shm_mem_headers = ["segment", "max_keys (filled)", "bytes / key", "evicted"]
@@ -738,6 +835,19 @@ def main() -> int:
             verdict(r <= 1.0, f"{fmt_ratio(r)} a plain hit"),
         ]
     )
+    for label, base in (
+        ("concurrency: with c.hold(key): pass", conc_hit),
+        ("concurrency: c.try_acquire(key).release()", conc_hit),
+        ("asyncio: async with c.ahold(key): pass", conc_ahit),
+    ):
+        r = conc_ns[label] / base
+        target_rows.append(
+            [
+                f"{label.split(': ', 1)[1]} <= {CONCURRENCY_TARGET:.0f}x "
+                + ("await lim.ahit(key)" if base is conc_ahit else "lim.hit(key)"),
+                verdict(r <= CONCURRENCY_TARGET, f"{fmt_ratio(r)}"),
+            ]
+        )
     print("Targets\n")
     print_table(["target", "result"], target_rows)
 
@@ -754,6 +864,11 @@ def main() -> int:
             NOTES,
             "Reference calls (where stanchion's time goes):",
             md_table(ctx_headers, ctx_rows),
+            "Concurrency limits (`stanchion.Concurrency`): a free slot taken and "
+            "given back on one key, beside a rate-limit hit (x `lim.hit`; asyncio "
+            "rows x `await lim.ahit`) and the stdlib's semaphores; asyncio rows run "
+            f"{ASYNC_BATCH} times in one coroutine per timed statement:",
+            md_table(conc_headers, conc_rows),
             f"Memory per tracked key at {n_keys:,} keys (`client-0` ...; RSS delta in a "
             "fresh subprocess; the caller's key string is dropped after each hit, so "
             "the delta is what the limiter retains):",

@@ -14,6 +14,11 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->header_start_type);
 	Py_VISIT(st->gate_type);
 	Py_VISIT(st->shm_limiter_type);
+	Py_VISIT(st->conc_type);
+	Py_VISIT(st->hold_type);
+	Py_VISIT(st->ready_type);
+	Py_VISIT(st->conc_shm_type);
+	Py_VISIT(st->ready_none);
 	for (int i = 0; i < 5; i++) {
 		Py_VISIT(st->hdr_str[i]);
 		Py_VISIT(st->hdr_bytes[i]);
@@ -34,6 +39,8 @@ static int module_clear(PyObject *module)
 	st_state *st = PyModule_GetState(module);
 	while (st->ndecisions > 0)
 		PyObject_Free(st->decisions[--st->ndecisions]);
+	while (st->nholds > 0)
+		PyObject_GC_Del(st->holds[--st->nholds]);
 	Py_CLEAR(st->limiter_type);
 	Py_CLEAR(st->decision_type);
 	Py_CLEAR(st->cache_type);
@@ -44,6 +51,11 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->header_start_type);
 	Py_CLEAR(st->gate_type);
 	Py_CLEAR(st->shm_limiter_type);
+	Py_CLEAR(st->conc_type);
+	Py_CLEAR(st->ready_none);
+	Py_CLEAR(st->hold_type);
+	Py_CLEAR(st->ready_type);
+	Py_CLEAR(st->conc_shm_type);
 	for (int i = 0; i < 5; i++) {
 		Py_CLEAR(st->hdr_str[i]);
 		Py_CLEAR(st->hdr_bytes[i]);
@@ -113,6 +125,10 @@ static int module_exec(PyObject *module)
 	if (st_shm_limiter_exec(module, st) < 0)
 		return -1;
 	if (st_gate_exec(module, st) < 0)
+		return -1;
+	if (st_conc_exec(module, st) < 0)
+		return -1;
+	if (st_conc_shm_exec(module, st) < 0)
 		return -1;
 	return 0;
 }

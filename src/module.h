@@ -18,6 +18,8 @@
 
 /* Decisions kept for reuse: a hit allocates nothing in the common case. */
 #define ST_DECISION_FREELIST 64
+/* Holds kept for reuse, the same way. */
+#define ST_HOLD_FREELIST 32
 
 typedef struct {
 	PyTypeObject *limiter_type;      /* _core.Limiter */
@@ -30,6 +32,10 @@ typedef struct {
 	PyTypeObject *header_start_type; /* _core.HeaderStart */
 	PyTypeObject *gate_type;         /* _core.Gate */
 	PyTypeObject *shm_limiter_type;  /* _core.SharedMemoryLimiter */
+	PyTypeObject *conc_type;         /* _core.Concurrency */
+	PyTypeObject *hold_type;         /* _core.Hold */
+	PyTypeObject *ready_type;        /* _core._Ready */
+	PyTypeObject *conc_shm_type;     /* _core.SharedMemoryConcurrency */
 	PyObject *hdr_str[5];   /* header names: RateLimit-Policy, ... */
 	PyObject *hdr_bytes[5]; /* the same, lower-case latin-1 (ASGI) */
 	PyObject *hdr_lower[5]; /* the same, lower-case str (Django) */
@@ -44,6 +50,9 @@ typedef struct {
 	int ndecisions;     /* entries used in `decisions` */
 	PyObject
 	    *decisions[ST_DECISION_FREELIST]; /* freed, type ref dropped */
+	int nholds;                           /* entries used in `holds` */
+	PyObject *holds[ST_HOLD_FREELIST];    /* freed Holds (GC memory) */
+	PyObject *ready_none; /* an awaitable done at once with None */
 } st_state;
 
 extern PyModuleDef st_module_def;
@@ -63,6 +72,8 @@ int st_rate_headers_exec(PyObject *module, st_state *st);
 int st_header_send_exec(PyObject *module, st_state *st);
 int st_shm_limiter_exec(PyObject *module, st_state *st);
 int st_gate_exec(PyObject *module, st_state *st);
+int st_conc_exec(PyObject *module, st_state *st);
+int st_conc_shm_exec(PyObject *module, st_state *st);
 
 /* The compiled policy and max_keys of a _core.Limiter `obj` (limiter_type.c),
  * for engines that must decide exactly as it does. Returns 0, or -1 with a

@@ -1054,6 +1054,31 @@ int st_shm_each_ban(st_shm *h, int64_t now,
 	return 0;
 }
 
+uint64_t st_shm_owner_self(void)
+{
+	pthread_once(&pid_once, init_pid);
+	return __atomic_load_n(&self_owner, __ATOMIC_RELAXED);
+}
+
+int st_shm_owner_gone(uint64_t owner)
+{
+	return owner_gone(owner);
+}
+
+void st_shm_lock_word(uint64_t *lock)
+{
+	uint64_t expected = 0;
+	uint64_t me = st_shm_owner_self();
+	if (!__atomic_compare_exchange_n(lock, &expected, me, 0,
+	                                 __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+		lock_slow(lock, me);
+}
+
+void st_shm_unlock_word(uint64_t *lock)
+{
+	__atomic_store_n(lock, 0, __ATOMIC_RELEASE);
+}
+
 #else /* !__linux__ */
 
 #include <errno.h>
@@ -1167,6 +1192,27 @@ int st_shm_each_ban(st_shm *h, int64_t now,
 	(void)fn;
 	(void)arg;
 	return 0;
+}
+
+uint64_t st_shm_owner_self(void)
+{
+	return 1;
+}
+
+int st_shm_owner_gone(uint64_t owner)
+{
+	(void)owner;
+	return 0;
+}
+
+void st_shm_lock_word(uint64_t *lock)
+{
+	*lock = 1;
+}
+
+void st_shm_unlock_word(uint64_t *lock)
+{
+	*lock = 0;
 }
 
 #endif /* __linux__ */

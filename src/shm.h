@@ -167,6 +167,16 @@ void st_shm_get_stats(const st_shm *h, st_shm_stats *out);
  * a process while it holds a lock. */
 void st_shm_hold_lock(st_shm *h, st_shm_hash kh);
 
+/* Lock words named by their owner, for other shared-memory engines
+ * (conc_shm.c): the caller's owner word (pid and start time; refreshed
+ * in a fork's child), whether an owner can no longer release anything
+ * (gone, a zombie, or its pid reused), and a lock taken over from such
+ * an owner. */
+uint64_t st_shm_owner_self(void);
+int st_shm_owner_gone(uint64_t owner);
+void st_shm_lock_word(uint64_t *lock);
+void st_shm_unlock_word(uint64_t *lock);
+
 /* SipHash-2-4 with a 128-bit result, exposed for tests. */
 st_shm_hash st_siphash128(uint64_t k0, uint64_t k1, const void *data,
                           size_t len);

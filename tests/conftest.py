@@ -54,6 +54,7 @@ CORE_MODULES = frozenset(
         "test_penalty.py",
         "test_cache.py",
         "test_cached.py",
+        "test_concurrency.py",
         "test_core_reentrancy.py",
         "test_rate_headers.py",
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._cache import CacheBackend, cached
+from ._concurrency import Concurrency, ConcurrencyLimitExceeded, Hold
 from ._core import Cache, CacheInfo, Decision
 from ._errors import StorageUnavailable
 from ._limiter import Limiter, RateLimiter, RateLimitExceeded
@@ -20,7 +21,10 @@ __all__ = [
     "Cache",
     "CacheBackend",
     "CacheInfo",
+    "Concurrency",
+    "ConcurrencyLimitExceeded",
     "Decision",
+    "Hold",
     "Limiter",
     "Penalty",
     "Rate",

@@ -110,6 +110,7 @@ from .._errors import StorageUnavailable
 from .cache import RedisCache
 from .cache import Serializer as Serializer
 from .cache import _cache_key as _cache_key
+from .concurrency import RedisConcurrency, RedisHold
 from .connections import _Connector as _Connector
 from .limiter import RedisLimiter, RedisStorage
 from .links import _DirectAsync as _DirectAsync
@@ -122,4 +123,11 @@ from .wire import _RespProtocol as _RespProtocol
 from .wire import _RespSocket as _RespSocket
 from .wire import _sync_link as _sync_link
 
-__all__ = ["RedisCache", "RedisLimiter", "RedisStorage", "StorageUnavailable"]
+__all__ = [
+    "RedisCache",
+    "RedisConcurrency",
+    "RedisHold",
+    "RedisLimiter",
+    "RedisStorage",
+    "StorageUnavailable",
+]
