@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeAlias, overload
 
@@ -33,7 +34,15 @@ class Verdict:
     the limiter's Decision (``None`` when the request could not be
     identified and ``unidentified="deny"``, or was denied by address)."""
 
-    __slots__ = ("blocked", "decision", "info", "reason", "request", "rule")
+    __slots__ = (
+        "blocked",
+        "decision",
+        "info",
+        "reason",
+        "request",
+        "retry_after",
+        "rule",
+    )
 
     def __init__(
         self,
@@ -43,6 +52,7 @@ class Verdict:
         blocked: bool,
         request: Request | None,
         reason: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.rule = rule
         self.decision = decision
@@ -50,8 +60,12 @@ class Verdict:
         self.blocked = blocked
         self.request = request
         #: Why a request was refused other than by its rates: ``"access"``
-        #: (the deny list); None otherwise (a ban is ``decision.banned``).
+        #: (the deny list), ``"busy"`` (no concurrency slot: 503) or
+        #: ``"client busy"`` (none of the client's own: 429); None
+        #: otherwise (a ban is ``decision.banned``).
         self.reason = reason
+        #: For a ``"busy"`` refusal: when a slot may be free, if known.
+        self.retry_after = retry_after
 
     @property
     def allowed(self) -> bool:
@@ -123,6 +137,26 @@ def _problem(status: int, detail: str) -> Reply:
         body = {"type": "about:blank", "title": "Forbidden"}
     body.update(status=status, detail=detail)
     return Reply(status, json.dumps(body).encode(), "application/problem+json")
+
+
+def _busy_reply(v: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The 503 (or 429 for a client's own limit) of a request that got no
+    concurrency slot in time."""
+    wait = max(1, math.ceil(v.retry_after or 1))
+    again = f"retry in {wait} second{'s' if wait != 1 else ''}."
+    if v.reason == "busy":
+        status, title = 503, "Service Unavailable"
+        detail = f"The server is busy; {again}"
+    else:
+        status, title = 429, "Too Many Requests"
+        detail = f"Too many requests of this client are in progress; {again}"
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    headers = [
+        ("Content-Type", "application/problem+json"),
+        ("Cache-Control", "no-store"),
+        ("Retry-After", str(wait)),
+    ]
+    return status, headers, json.dumps(body).encode()
 
 
 def access_denied() -> Reply:
@@ -288,6 +322,8 @@ class _RuleHeaders:
         banned = d is not None and getattr(d, "banned", False)
         if v.reason == "access":
             reply = access_denied()
+        elif v.reason is not None:  # no concurrency slot in time
+            return _busy_reply(v)
         elif self._response is problem_json:
             reply = problem_json(v.request, d, self.ban_status if banned else 429)
         else:

@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
+from .._concurrency import Concurrency, ConcurrencyLimitExceeded
 from .._core import Decision, Gate, RateHeaders
 from .._limiter import Limiter, RateLimiter
 from .._penalty import Penalty
@@ -86,6 +87,15 @@ class Rule(_RuleHeaders):
     clients never limited, and of clients always refused (403), checked
     before any limit (the longest match wins; see
     :class:`stanchion.http.AccessList`).
+
+    ``concurrency``: at most that many requests in flight (globally, or
+    per client with ``concurrency_per="client"``), the next ``queue``
+    ones waiting in arrival order up to ``queue_timeout`` seconds; a
+    request that gets no slot in time is answered 503 with
+    ``Retry-After`` (global) or 429 (per client). The adapters hold the
+    slot until the response is sent. ``limit`` may be None then (no rate
+    limit, only the concurrency limit). The slots live in the rule's
+    ``storage`` (in process, shared memory or Redis, with leases).
     """
 
     def __init__(
@@ -115,6 +125,10 @@ class Rule(_RuleHeaders):
         ban_status: int = 403,
         allow: Iterable[str] | str = (),
         deny: Iterable[str] | str = (),
+        concurrency: int | None = None,
+        queue: int = 0,
+        queue_timeout: float | None = 30.0,
+        concurrency_per: str = "global",
     ) -> None:
         if limiters is None:
             limiters = LimiterCache(
@@ -153,9 +167,31 @@ class Rule(_RuleHeaders):
         # limit: fixed (checked now) or a function (checked per request).
         self._fixed: _RateInfo | None = None
         self._limit_func: Callable[[Request], Any] | None = None
+        #: The concurrency limit's slots (None: no such limit).
+        self.slots: Concurrency | None = None
+        if concurrency is not None:
+            if concurrency_per not in ("global", "client"):
+                raise SettingError(
+                    "concurrency_per",
+                    f"must be 'global' or 'client', got {concurrency_per!r}",
+                )
+            try:
+                self.slots = Concurrency(
+                    concurrency,
+                    queue,
+                    queue_timeout,
+                    storage=storage if limiters is None else limiters.storage,
+                )
+            except (TypeError, ValueError) as exc:
+                raise SettingError("concurrency", str(exc)) from None
+        #: Whether each client has its own ``concurrency`` slots.
+        self.slots_per_client = concurrency_per == "client"
         if limit is None:
-            raise SettingError("limit", "a rule needs a limit such as '100/minute'")
-        if callable(limit) and not isinstance(limit, RateLimiter):
+            if self.slots is not None:
+                pass  # only the concurrency limit
+            else:
+                raise SettingError("limit", "a rule needs a limit such as '100/minute'")
+        elif callable(limit) and not isinstance(limit, RateLimiter):
             self._limit_func = limit
         else:
             self._fixed = limiters.get(limit)
@@ -484,7 +520,8 @@ class Rule(_RuleHeaders):
         if not peer:
             return self._plan(Request(method, path), None, None, 0)
         info = self._fixed
-        assert info is not None  # a simple rule's limit is fixed
+        if info is None:  # a rule with a concurrency limit alone
+            return None
         p = (info, self._address_key(peer), self._cost, peer)
         self._keep_plan(peer, p)
         return p
@@ -526,6 +563,30 @@ class Rule(_RuleHeaders):
         if d.allowed:
             return Verdict(self, d, p[0], False, None)
         return self._conclude(p, d, None)
+
+    def slot_key(
+        self, peer: str | None, header: Callable[[str], str | None] | None = None
+    ) -> str | None:
+        """The ``slots`` key of a request: None (one global limit), or
+        its client's address (after trusted proxies, read through
+        ``header``)."""
+        if not self.slots_per_client:
+            return None
+        if header is not None and self.client_address.has_proxies:
+            client = self.client_address(peer, header)
+        else:
+            client = peer or ""
+        return client or "<unidentified>"
+
+    def busy(
+        self, exc: ConcurrencyLimitExceeded, request: Request | None = None
+    ) -> Verdict:
+        """The refusal of a request that got no ``slots`` in time: a 503
+        (a global limit) or a 429 (the client's own), with Retry-After."""
+        reason = "client busy" if self.slots_per_client else "busy"
+        return Verdict(
+            self, None, None, True, request, reason=reason, retry_after=exc.retry_after
+        )
 
     def refused(self, peer: str | None, d: Decision) -> Verdict:
         """The verdict on a hit :attr:`gate` refused for ``peer``."""
