@@ -9,12 +9,14 @@ blocks the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._adapt import AppMiddleware, outer_headers
+from ._concurrency import Concurrency, ConcurrencyLimitExceeded
 from ._core import HeaderSend
-from .http import Request, Verdict
+from .http import Request, Rule, Verdict
 from .respcache import SENT, CacheFront
 
 __all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
@@ -99,9 +101,11 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
             d = gate(peer)
             if d:
                 render = rule.allowed_render
-                if render is not None:
-                    send = HeaderSend(send, render, d)
-                await self.app(scope, receive, send)
+                out = send if render is None else HeaderSend(send, render, d)
+                if rule.slots is None:
+                    await self.app(scope, receive, out)
+                else:
+                    await run_holding(rule, self.app, scope, receive, send, out, peer)
                 return
             if d is None:
                 verdict = rule.check_simple(scope["method"], scope["path"], peer)
@@ -115,19 +119,110 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
             verdict = await rule.acheck_simple(scope["method"], scope["path"], peer)
         else:
             verdict = await rule.acheck(AsgiRequest(scope), peer)
-        if verdict is None:
-            await self.app(scope, receive, send)
-            return
-        if verdict.blocked:
+        if verdict is not None and verdict.blocked:
             await send_reply(verdict, send)
-            return
-        extra = verdict.raw_headers()
-        if not extra:
-            await self.app(scope, receive, send)
             return
         # send, with the headers added to the response start (in C: one
         # object, no Python frame per message).
-        await self.app(scope, receive, HeaderSend(send, extra))
+        extra = verdict.raw_headers() if verdict is not None else None
+        out = HeaderSend(send, extra) if extra else send
+        if rule.slots is None:
+            await self.app(scope, receive, out)
+        else:
+            await run_holding(rule, self.app, scope, receive, send, out, peer)
+
+
+async def run_holding(
+    rule: Rule,
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    out: Send,
+    peer: str | None,
+) -> None:
+    """Run ``app`` holding one of ``rule.slots`` (sending through ``out``),
+    waiting in its queue if need be; a request that gets no slot in time
+    is answered ``rule.busy`` through ``send``, and one whose client
+    disconnects while queued leaves the queue at once, answered nothing.
+    The slot is given back when the app returns or raises."""
+    slots = rule.slots
+    assert slots is not None
+    header = AsgiRequest(scope)._header if rule.slots_per_client else None
+    key = rule.slot_key(peer, header)
+    hold = slots.try_acquire(key) if type(slots) is Concurrency else None
+    if hold is None:
+        try:
+            hold, receive = await _wait_for_slot(slots, key, receive)
+        except ConcurrencyLimitExceeded as exc:
+            await send_reply(rule.busy(exc), send)
+            return
+        if hold is None:
+            return  # the client went away while it waited
+    try:
+        await app(scope, receive, out)
+    finally:
+        hold.release()
+
+
+async def _wait_for_slot(slots: Any, key: str | None, receive: Receive) -> Any:
+    """``(hold, receive)``: a slot taken from ``slots`` (or None when the
+    client disconnected first), and the receive to give the app (the
+    body messages read while waiting come first). Raises
+    ConcurrencyLimitExceeded when none is free in time."""
+    acquiring = asyncio.ensure_future(slots.aacquire(key))
+    held: list[Message] = []
+    listening: asyncio.Future[Message] | None = None
+    try:
+        while not acquiring.done():
+            if listening is None:
+                listening = asyncio.ensure_future(receive())
+            await asyncio.wait(
+                (acquiring, listening), return_when=asyncio.FIRST_COMPLETED
+            )
+            if listening.done():
+                message = listening.result()
+                listening = None
+                if message["type"] == "http.disconnect":
+                    acquiring.cancel()
+                    hold = await _settled(acquiring)
+                    if hold is not None:  # granted as the client left
+                        hold.release()
+                    return None, receive
+                held.append(message)
+    except BaseException:
+        acquiring.cancel()
+        hold = await _settled(acquiring)
+        if hold is not None:
+            hold.release()
+        raise
+    finally:
+        if listening is not None:
+            listening.cancel()
+            try:
+                await listening
+            except asyncio.CancelledError:
+                pass
+            else:  # it had a message already: the app gets it
+                held.append(listening.result())
+    hold = acquiring.result()  # or ConcurrencyLimitExceeded
+    if not held:
+        return hold, receive
+
+    async def replay() -> Message:
+        if held:
+            return held.pop(0)
+        return await receive()
+
+    return hold, replay
+
+
+async def _settled(task: asyncio.Future[Any]) -> Any:
+    """The Hold a cancelled acquisition got anyway, or None."""
+    try:
+        return await task
+    except (asyncio.CancelledError, ConcurrencyLimitExceeded):
+        return None
 
 
 # ---------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from ._adapt import (
     route_scope,
     share_limiters,
 )
+from ._concurrency import Concurrency, ConcurrencyLimitExceeded, Hold
 from .asgi import CacheMiddleware, RateLimitMiddleware
 from .http import Request, Rule, Verdict
 
@@ -96,6 +97,24 @@ async def _acheck(rule: Rule, request: StarletteRequest) -> Verdict | None:
     if rule.simple:
         return await rule.acheck_simple(scope["method"], scope["path"], peer)
     return await rule.acheck(StarletteView(request), peer)
+
+
+async def _take_slot(rule: Rule, request: StarletteRequest) -> Any:
+    """One of ``rule.slots`` for the request (a Hold, waiting in the
+    queue if need be), or the refusal to send when none is free in time."""
+    slots = rule.slots
+    assert slots is not None
+    scope = request.scope
+    client = scope.get("client")
+    header = StarletteView(request)._header if rule.slots_per_client else None
+    key = rule.slot_key(client[0] if client else None, header)
+    try:
+        hold = slots.try_acquire(key) if type(slots) is Concurrency else None
+        if hold is None:
+            hold = await slots.aacquire(key)
+    except ConcurrencyLimitExceeded as exc:
+        return problem_response(rule.busy(exc))
+    return hold
 
 
 def _in_threadpool(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -349,12 +368,20 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
             request = take_req(kwargs)
             response = take_resp(kwargs)
             verdict = await _acheck(rule, request)
-            if verdict is None:
-                return await call(*args, **kwargs)
-            if verdict.blocked:
+            if verdict is not None and verdict.blocked:
                 return problem_response(verdict)
-            result = await call(*args, **kwargs)
-            _headers_on_allowed(result, response, verdict)
+            if rule.slots is None:
+                result = await call(*args, **kwargs)
+            else:
+                hold = await _take_slot(rule, request)
+                if not isinstance(hold, Hold):
+                    return hold  # no slot in time: the 503 (or 429)
+                try:
+                    result = await call(*args, **kwargs)
+                finally:
+                    hold.release()
+            if verdict is not None:
+                _headers_on_allowed(result, response, verdict)
             return result
 
         wrapper: Any = functools.wraps(func)(limited)

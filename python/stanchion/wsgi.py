@@ -8,7 +8,7 @@ servers run each request in its own thread or process).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._adapt import (
@@ -17,8 +17,9 @@ from ._adapt import (
     outer_headers,
     status_line,
 )
+from ._concurrency import Concurrency, ConcurrencyLimitExceeded
 from ._core import HeaderStart
-from .http import Request, Verdict
+from .http import Request, Rule, Verdict
 from .respcache import CacheFront, environ_header
 
 __all__ = [
@@ -90,9 +91,14 @@ class RateLimitMiddleware(AppMiddleware[WSGIApp]):
             d = gate(peer)
             if d:
                 render = rule.allowed_render
-                if render is not None:
-                    start_response = HeaderStart(start_response, render, d)
-                return self.app(environ, start_response)
+                out = (
+                    start_response
+                    if render is None
+                    else HeaderStart(start_response, render, d)
+                )
+                if rule.slots is None:
+                    return self.app(environ, out)
+                return run_holding(rule, self.app, environ, start_response, out)
             if d is None:
                 verdict = rule.check_simple(
                     environ.get("REQUEST_METHOD", "GET"),
@@ -110,14 +116,67 @@ class RateLimitMiddleware(AppMiddleware[WSGIApp]):
             )
         else:
             verdict = rule.check(WsgiRequest(environ), environ.get("REMOTE_ADDR"))
-        if verdict is None:
-            return self.app(environ, start_response)
-        if verdict.blocked:
+        if verdict is not None and verdict.blocked:
             return reply(verdict, start_response)
-        extra = verdict.headers()
-        if not extra:
-            return self.app(environ, start_response)
-        return self.app(environ, HeaderStart(start_response, extra))
+        extra = verdict.headers() if verdict is not None else None
+        out = HeaderStart(start_response, extra) if extra else start_response
+        if rule.slots is None:
+            return self.app(environ, out)
+        return run_holding(rule, self.app, environ, start_response, out)
+
+
+def run_holding(
+    rule: Rule,
+    app: WSGIApp,
+    environ: dict[str, Any],
+    start_response: StartResponse,
+    out: StartResponse,
+) -> Iterable[bytes]:
+    """Call ``app`` holding one of ``rule.slots`` (starting its response
+    through ``out``), waiting in the queue if need be; with no slot in
+    time, ``rule.busy``'s answer through ``start_response``. The slot is
+    given back when the server closes the response (the body may be sent
+    after the app returns), or at once if the app raises."""
+    slots = rule.slots
+    assert slots is not None
+    header = WsgiRequest(environ)._header if rule.slots_per_client else None
+    key = rule.slot_key(environ.get("REMOTE_ADDR"), header)
+    hold = slots.try_acquire(key) if type(slots) is Concurrency else None
+    if hold is None:
+        try:
+            hold = slots.acquire(key)
+        except ConcurrencyLimitExceeded as exc:
+            return reply(rule.busy(exc), start_response)
+    try:
+        body = app(environ, out)
+    except BaseException:
+        hold.release()
+        raise
+    return _Holding(body, hold)
+
+
+class _Holding:
+    """An app's answer whose ``close`` also gives back its concurrency
+    slot (once)."""
+
+    __slots__ = ("body", "hold")
+
+    def __init__(self, body: Iterable[bytes], hold: Any) -> None:
+        self.body = body
+        self.hold = hold
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        hold, self.hold = self.hold, None
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if hold is not None:
+                hold.release()
 
 
 # ---------------------------------------------------------------------------
