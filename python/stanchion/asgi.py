@@ -148,12 +148,13 @@ async def run_holding(
     The slot is given back when the app returns or raises."""
     slots = rule.slots
     assert slots is not None
-    header = AsgiRequest(scope)._header if rule.slots_per_client else None
-    key = rule.slot_key(peer, header)
-    hold = slots.try_acquire(key) if type(slots) is Concurrency else None
+    view = AsgiRequest(scope)
+    key = rule.slot_key(peer, view._header if rule.slots_per_client else None)
+    lane = rule.lane(view) if rule.slot_priority is not None else 0
+    hold = slots.try_acquire(key, priority=lane) if type(slots) is Concurrency else None
     if hold is None:
         try:
-            hold, receive = await _wait_for_slot(slots, key, receive)
+            hold, receive = await _wait_for_slot(slots, key, lane, receive)
         except ConcurrencyLimitExceeded as exc:
             await send_reply(rule.busy(exc), send)
             return
@@ -165,12 +166,14 @@ async def run_holding(
         hold.release()
 
 
-async def _wait_for_slot(slots: Any, key: str | None, receive: Receive) -> Any:
+async def _wait_for_slot(
+    slots: Any, key: str | None, lane: int, receive: Receive
+) -> Any:
     """``(hold, receive)``: a slot taken from ``slots`` (or None when the
     client disconnected first), and the receive to give the app (the
     body messages read while waiting come first). Raises
     ConcurrencyLimitExceeded when none is free in time."""
-    acquiring = asyncio.ensure_future(slots.aacquire(key))
+    acquiring = asyncio.ensure_future(slots.aacquire(key, priority=lane))
     held: list[Message] = []
     listening: asyncio.Future[Message] | None = None
     try:

@@ -106,12 +106,19 @@ async def _take_slot(rule: Rule, request: StarletteRequest) -> Any:
     assert slots is not None
     scope = request.scope
     client = scope.get("client")
-    header = StarletteView(request)._header if rule.slots_per_client else None
-    key = rule.slot_key(client[0] if client else None, header)
+    view = StarletteView(request)
+    key = rule.slot_key(
+        client[0] if client else None, view._header if rule.slots_per_client else None
+    )
+    lane = rule.lane(view) if rule.slot_priority is not None else 0
     try:
-        hold = slots.try_acquire(key) if type(slots) is Concurrency else None
+        hold = (
+            slots.try_acquire(key, priority=lane)
+            if type(slots) is Concurrency
+            else None
+        )
         if hold is None:
-            hold = await slots.aacquire(key)
+            hold = await slots.aacquire(key, priority=lane)
     except ConcurrencyLimitExceeded as exc:
         return problem_response(rule.busy(exc))
     return hold

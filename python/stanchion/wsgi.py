@@ -139,12 +139,15 @@ def run_holding(
     after the app returns), or at once if the app raises."""
     slots = rule.slots
     assert slots is not None
-    header = WsgiRequest(environ)._header if rule.slots_per_client else None
-    key = rule.slot_key(environ.get("REMOTE_ADDR"), header)
-    hold = slots.try_acquire(key) if type(slots) is Concurrency else None
+    view = WsgiRequest(environ)
+    key = rule.slot_key(
+        environ.get("REMOTE_ADDR"), view._header if rule.slots_per_client else None
+    )
+    lane = rule.lane(view) if rule.slot_priority is not None else 0
+    hold = slots.try_acquire(key, priority=lane) if type(slots) is Concurrency else None
     if hold is None:
         try:
-            hold = slots.acquire(key)
+            hold = slots.acquire(key, priority=lane)
         except ConcurrencyLimitExceeded as exc:
             return reply(rule.busy(exc), start_response)
     try:

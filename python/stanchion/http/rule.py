@@ -96,6 +96,11 @@ class Rule(_RuleHeaders):
     slot until the response is sent. ``limit`` may be None then (no rate
     limit, only the concurrency limit). The slots live in the rule's
     ``storage`` (in process, shared memory or Redis, with leases).
+    Load shedding: ``priorities=N`` lanes and ``priority``, a function of
+    the request giving its lane (0, the default, is the least important);
+    higher lanes are served first, ``reserve`` slots per lane are kept for
+    the lanes above, and when the queue is full a request of a higher
+    lane takes the place of a lower one (see :class:`stanchion.Concurrency`).
     """
 
     def __init__(
@@ -129,6 +134,9 @@ class Rule(_RuleHeaders):
         queue: int = 0,
         queue_timeout: float | None = 30.0,
         concurrency_per: str = "global",
+        priority: Callable[[Request], int] | None = None,
+        priorities: int = 1,
+        reserve: int = 0,
     ) -> None:
         if limiters is None:
             limiters = LimiterCache(
@@ -175,17 +183,26 @@ class Rule(_RuleHeaders):
                     "concurrency_per",
                     f"must be 'global' or 'client', got {concurrency_per!r}",
                 )
+            if priority is not None and not callable(priority):
+                raise SettingError(
+                    "priority", "must be a function of the request giving a lane"
+                )
             try:
                 self.slots = Concurrency(
                     concurrency,
                     queue,
                     queue_timeout,
+                    priorities=priorities,
+                    reserve=reserve,
                     storage=storage if limiters is None else limiters.storage,
                 )
             except (TypeError, ValueError) as exc:
                 raise SettingError("concurrency", str(exc)) from None
+        #: The lane of a request (0, the least important, to priorities-1).
+        self.slot_priority = priority
         #: Whether each client has its own ``concurrency`` slots.
         self.slots_per_client = concurrency_per == "client"
+        self._warned_lane = False
         if limit is None:
             if self.slots is not None:
                 pass  # only the concurrency limit
@@ -577,6 +594,27 @@ class Rule(_RuleHeaders):
         else:
             client = peer or ""
         return client or "<unidentified>"
+
+    def lane(self, request: Request) -> int:
+        """The request's ``priority`` lane (0 without a function); a bad
+        answer is the lowest lane, logged once."""
+        func = self.slot_priority
+        if func is None:
+            return 0
+        p = func(request)
+        slots = self.slots
+        assert slots is not None
+        if type(p) is not int or not 0 <= p < slots.priorities:
+            if not self._warned_lane:
+                self._warned_lane = True
+                log.warning(
+                    "stanchion: priority() gave %r, not a lane from 0 to %d; "
+                    "lane 0 used",
+                    p,
+                    slots.priorities - 1,
+                )
+            return 0
+        return p
 
     def busy(
         self, exc: ConcurrencyLimitExceeded, request: Request | None = None
