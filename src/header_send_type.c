@@ -32,7 +32,9 @@
  *             # the response starts (it may be filled until then); or
  *             # (render, decision): render.pairs(decision).
  *             ...
- *         def __call__(self, status, headers, *exc_info):
+ *         def __call__(self, status, headers, /, *exc_info, **named):
+ *             # exc_info, positional or named (nothing else)
+ *             exc_info += tuple(named.values())
  *             return self.start_response(
  *                 status, _with(list(headers), self.extra()), *exc_info)
  *
@@ -218,19 +220,26 @@ done:
 	return result;
 }
 
-/* HeaderStart(status, headers, exc_info=None). */
+/* HeaderStart(status, headers, exc_info=None): exc_info may be named
+ * (PEP 3333's signature); the server's start_response gets it
+ * positionally. */
 static PyObject *hst_vectorcall(PyObject *op, PyObject *const *args,
                                 size_t nargsf, PyObject *kwnames)
 {
 	HeaderSendObject *self = (HeaderSendObject *)op;
 	Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+	Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
 	PyObject *call[3], *start, *result = NULL;
 
-	if (nargs < 2 || nargs > 3 ||
-	    (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+	if (nkw == 1 && nargs == 2 &&
+	    PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) &&
+	    PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
+	                                     "exc_info") == 0) {
+		nargs = 3; /* args[2] is the named exc_info */
+	} else if (nargs < 2 || nargs > 3 || nkw != 0) {
 		PyErr_SetString(PyExc_TypeError,
 		                "start_response() takes status, headers and "
-		                "an optional exc_info, positionally");
+		                "an optional exc_info");
 		return NULL;
 	}
 	Py_INCREF(self);

@@ -277,9 +277,32 @@ def test_header_start_passes_exc_info_and_errors_through() -> None:
     with pytest.raises(TypeError, match="status, headers"):
         start("200 OK", [], None, None)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="status, headers"):
-        start("200 OK", [], exc_info=None)  # type: ignore[call-arg]
+        start("200 OK", [], err, exc_info=err)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="status, headers"):
+        start("200 OK", [], exc=err)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="status, headers"):
+        start("200 OK", headers=[])  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         start("200 OK", 5)  # type: ignore[arg-type]
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("form", ["list", "rendered"])
+def test_header_start_takes_exc_info_by_keyword(form: str) -> None:
+    """PEP 3333's start_response(status, response_headers, exc_info=None):
+    an app may name exc_info, as the servers and the Python wrappers
+    this replaces allow; it reaches the server's start_response."""
+    calls: list[Any] = []
+    what: Any = ([("RateLimit", "x")],) if form == "list" else (RENDER, DECISION)
+    start = HeaderStart(lambda *a: calls.append(a) or "write", *what)
+    want = what[0] if form == "list" else RENDER.pairs(DECISION)
+    err = (ValueError, ValueError("x"), None)
+    assert start("500 Internal Server Error", [("A", "1")], exc_info=err) == "write"
+    assert start("200 OK", [], exc_info=None) == "write"
+    assert calls == [
+        ("500 Internal Server Error", [("A", "1"), *want], err),
+        ("200 OK", want, None),
+    ]
 
 
 @pytest.mark.parametrize(
