@@ -136,7 +136,7 @@ class _AppState:
         rule_kw, config_cache_kw = split(values)
         base.update(rule_kw)
         cache_kw: dict[str, Any] = {
-            k: base.pop(k) for k in ("algorithm", "max_keys") if k in base
+            k: base.pop(k) for k in ("algorithm", "max_keys", "clock") if k in base
         }
         cache_kw.update(config_cache_kw)
         storage = base.pop("storage", None)
@@ -195,7 +195,8 @@ class Stanchion:
     ``default_limit``, ``key``, ``trusted_proxies``, ``forwarded_header``,
     ``headers``, ``headers_on_allowed``, ``dry_run``, ``exempt_paths``,
     ``exempt_methods``, ``unidentified``, ``algorithm``, ``max_keys``,
-    ``storage`` (a storage object), ``response``, and ``user`` (a function
+    ``storage`` (a storage object), ``clock`` (the in-process limiters'
+    clock, for tests), ``response``, and ``user`` (a function
     returning the current user, for :func:`stanchion.http.authenticated_user`;
     default ``g.user`` if set).
     """

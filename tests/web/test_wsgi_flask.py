@@ -352,13 +352,31 @@ def test_flask_config_set_after_the_extension_applies() -> None:
         get(late.test_client(), "/")
 
 
+def test_flask_extension_clock_drives_its_limits(clock: FakeClock) -> None:
+    """Stanchion(clock=...) is the clock of the app's limiters (as Rule's
+    clock= is), not a keyword taken and then ignored."""
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    Stanchion(app, clock=clock)
+    c = app.test_client()
+    assert [get(c, "/hello").status_code for _ in range(3)] == [200, 200, 429]
+    clock.advance(60)
+    assert [get(c, "/hello").status_code for _ in range(3)] == [200, 200, 429]
+
+
 def test_flask_view_limit_exact(ext: Stanchion, clock: FakeClock) -> None:
     c = make_app(ext, clock).test_client()
     r1 = get(c, "/hello")
-    clock.advance(30)
+    clock.advance(30)  # one token back
     r2 = get(c, "/hello")
+    r2b = get(c, "/hello")
     r3 = get(c, "/hello")
-    assert [r.status_code for r in (r1, r2, r3)] == [200, 200, 429]
+    assert [r.status_code for r in (r1, r2, r2b, r3)] == [200, 200, 200, 429]
     assert r1.json == {"hello": "world"}
     name = '"tests.web.test_wsgi_flask.make_app.<locals>.hello"'
     assert rate_headers(r1) == {
