@@ -212,7 +212,14 @@ static PyObject *hs_vectorcall(PyObject *op, PyObject *const *args,
 	}
 	send = self->target;
 	Py_INCREF(send);
-	result = PyObject_CallOneArg(send, message);
+	/* A chain of wrappers is a chain of C calls, counted as calls of
+	 * Python functions are. */
+	if (Py_EnterRecursiveCall(" in HeaderSend") == 0) {
+		result = PyObject_CallOneArg(send, message);
+		Py_LeaveRecursiveCall();
+	} else {
+		result = NULL;
+	}
 	Py_DECREF(send);
 done:
 	Py_DECREF(message);
@@ -246,10 +253,11 @@ static PyObject *hst_vectorcall(PyObject *op, PyObject *const *args,
 	call[0] = Py_NewRef(args[0]);
 	call[1] = with_extra(self, args[1], 0);
 	call[2] = nargs == 3 ? Py_NewRef(args[2]) : NULL;
-	if (call[1] != NULL) {
+	if (call[1] != NULL && Py_EnterRecursiveCall(" in HeaderStart") == 0) {
 		start = Py_NewRef(self->target);
 		result = PyObject_Vectorcall(start, call, (size_t)nargs, NULL);
 		Py_DECREF(start);
+		Py_LeaveRecursiveCall();
 	}
 	Py_DECREF(call[0]);
 	Py_XDECREF(call[1]);
@@ -396,9 +404,12 @@ static void hs_dealloc(HeaderSendObject *self)
 	PyTypeObject *tp = Py_TYPE(self);
 
 	PyObject_GC_UnTrack(self);
+	/* A chain of wrappers is freed without one C frame per link. */
+	Py_TRASHCAN_BEGIN(self, hs_dealloc);
 	hs_clear(self);
 	tp->tp_free((PyObject *)self);
 	Py_DECREF(tp);
+	Py_TRASHCAN_END;
 }
 
 static PyMemberDef hs_members[] = {

@@ -7,6 +7,8 @@ callbacks that re-enter them."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
 import sys
 from typing import Any
 
@@ -342,6 +344,35 @@ def test_reentrant_start_response() -> None:
     start("200 OK", [])
     want = RENDER.pairs(DECISION)
     assert [c[1] for c in calls] == [want, want, want]
+
+
+def test_deep_chains_of_wrappers_neither_overflow_nor_crash() -> None:
+    """Wrappers wrapping wrappers, far deeper than the interpreter's
+    recursion limit: a call raises RecursionError, and freeing the chain
+    does not overflow the C stack (run apart: a crash would end it)."""
+    code = """if True:
+        import sys
+        from stanchion._core import HeaderSend, HeaderStart
+        for cls, call in ((HeaderSend, lambda w: w({"type": "x"})),
+                          (HeaderStart, lambda w: w("200 OK", []))):
+            w = lambda *a: None
+            for _ in range(300_000):
+                w = cls(w, [])
+            try:
+                call(w)
+            except RecursionError:
+                print("RecursionError")
+            del w
+        print("freed")
+        """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert (out.returncode, out.stdout.split()) == (
+        0,
+        ["RecursionError", "RecursionError", "freed"],
+    ), out.stderr[-2000:]
 
 
 def test_rendered_forms_leak_nothing_in_a_hot_loop() -> None:
