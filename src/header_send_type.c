@@ -32,7 +32,9 @@
  *             # the response starts (it may be filled until then); or
  *             # (render, decision): render.pairs(decision).
  *             ...
- *         def __call__(self, status, headers, *exc_info):
+ *         def __call__(self, status, headers, /, *exc_info, **named):
+ *             # exc_info, positional or named (nothing else)
+ *             exc_info += tuple(named.values())
  *             return self.start_response(
  *                 status, _with(list(headers), self.extra()), *exc_info)
  *
@@ -210,7 +212,14 @@ static PyObject *hs_vectorcall(PyObject *op, PyObject *const *args,
 	}
 	send = self->target;
 	Py_INCREF(send);
-	result = PyObject_CallOneArg(send, message);
+	/* A chain of wrappers is a chain of C calls, counted as calls of
+	 * Python functions are. */
+	if (Py_EnterRecursiveCall(" in HeaderSend") == 0) {
+		result = PyObject_CallOneArg(send, message);
+		Py_LeaveRecursiveCall();
+	} else {
+		result = NULL;
+	}
 	Py_DECREF(send);
 done:
 	Py_DECREF(message);
@@ -218,29 +227,37 @@ done:
 	return result;
 }
 
-/* HeaderStart(status, headers, exc_info=None). */
+/* HeaderStart(status, headers, exc_info=None): exc_info may be named
+ * (PEP 3333's signature); the server's start_response gets it
+ * positionally. */
 static PyObject *hst_vectorcall(PyObject *op, PyObject *const *args,
                                 size_t nargsf, PyObject *kwnames)
 {
 	HeaderSendObject *self = (HeaderSendObject *)op;
 	Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+	Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
 	PyObject *call[3], *start, *result = NULL;
 
-	if (nargs < 2 || nargs > 3 ||
-	    (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+	if (nkw == 1 && nargs == 2 &&
+	    PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) &&
+	    PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0),
+	                                     "exc_info") == 0) {
+		nargs = 3; /* args[2] is the named exc_info */
+	} else if (nargs < 2 || nargs > 3 || nkw != 0) {
 		PyErr_SetString(PyExc_TypeError,
 		                "start_response() takes status, headers and "
-		                "an optional exc_info, positionally");
+		                "an optional exc_info");
 		return NULL;
 	}
 	Py_INCREF(self);
 	call[0] = Py_NewRef(args[0]);
 	call[1] = with_extra(self, args[1], 0);
 	call[2] = nargs == 3 ? Py_NewRef(args[2]) : NULL;
-	if (call[1] != NULL) {
+	if (call[1] != NULL && Py_EnterRecursiveCall(" in HeaderStart") == 0) {
 		start = Py_NewRef(self->target);
 		result = PyObject_Vectorcall(start, call, (size_t)nargs, NULL);
 		Py_DECREF(start);
+		Py_LeaveRecursiveCall();
 	}
 	Py_DECREF(call[0]);
 	Py_XDECREF(call[1]);
@@ -387,9 +404,12 @@ static void hs_dealloc(HeaderSendObject *self)
 	PyTypeObject *tp = Py_TYPE(self);
 
 	PyObject_GC_UnTrack(self);
+	/* A chain of wrappers is freed without one C frame per link. */
+	Py_TRASHCAN_BEGIN(self, hs_dealloc);
 	hs_clear(self);
 	tp->tp_free((PyObject *)self);
 	Py_DECREF(tp);
+	Py_TRASHCAN_END;
 }
 
 static PyMemberDef hs_members[] = {

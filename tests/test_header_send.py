@@ -7,6 +7,8 @@ callbacks that re-enter them."""
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
 import sys
 from typing import Any
 
@@ -277,9 +279,32 @@ def test_header_start_passes_exc_info_and_errors_through() -> None:
     with pytest.raises(TypeError, match="status, headers"):
         start("200 OK", [], None, None)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="status, headers"):
-        start("200 OK", [], exc_info=None)  # type: ignore[call-arg]
+        start("200 OK", [], err, exc_info=err)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="status, headers"):
+        start("200 OK", [], exc=err)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="status, headers"):
+        start("200 OK", headers=[])  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         start("200 OK", 5)  # type: ignore[arg-type]
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("form", ["list", "rendered"])
+def test_header_start_takes_exc_info_by_keyword(form: str) -> None:
+    """PEP 3333's start_response(status, response_headers, exc_info=None):
+    an app may name exc_info, as the servers and the Python wrappers
+    this replaces allow; it reaches the server's start_response."""
+    calls: list[Any] = []
+    what: Any = ([("RateLimit", "x")],) if form == "list" else (RENDER, DECISION)
+    start = HeaderStart(lambda *a: calls.append(a) or "write", *what)
+    want = what[0] if form == "list" else RENDER.pairs(DECISION)
+    err = (ValueError, ValueError("x"), None)
+    assert start("500 Internal Server Error", [("A", "1")], exc_info=err) == "write"
+    assert start("200 OK", [], exc_info=None) == "write"
+    assert calls == [
+        ("500 Internal Server Error", [("A", "1"), *want], err),
+        ("200 OK", want, None),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -319,6 +344,35 @@ def test_reentrant_start_response() -> None:
     start("200 OK", [])
     want = RENDER.pairs(DECISION)
     assert [c[1] for c in calls] == [want, want, want]
+
+
+def test_deep_chains_of_wrappers_neither_overflow_nor_crash() -> None:
+    """Wrappers wrapping wrappers, far deeper than the interpreter's
+    recursion limit: a call raises RecursionError, and freeing the chain
+    does not overflow the C stack (run apart: a crash would end it)."""
+    code = """if True:
+        import sys
+        from stanchion._core import HeaderSend, HeaderStart
+        for cls, call in ((HeaderSend, lambda w: w({"type": "x"})),
+                          (HeaderStart, lambda w: w("200 OK", []))):
+            w = lambda *a: None
+            for _ in range(300_000):
+                w = cls(w, [])
+            try:
+                call(w)
+            except RecursionError:
+                print("RecursionError")
+            del w
+        print("freed")
+        """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert (out.returncode, out.stdout.split()) == (
+        0,
+        ["RecursionError", "RecursionError", "freed"],
+    ), out.stderr[-2000:]
 
 
 def test_rendered_forms_leak_nothing_in_a_hot_loop() -> None:

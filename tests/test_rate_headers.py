@@ -4,6 +4,8 @@ RateLimit, X-RateLimit-*), says."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from typing import Any
 
@@ -314,6 +316,23 @@ def test_extend_and_into_store_follow_the_two_layer_rule(data: Any) -> None:
     store_reference(want, expected)
     h.into_store(d, store)
     assert store == expected
+
+
+def test_outer_headers_never_compares_bytes_with_str() -> None:
+    """ASGI's byte names are never compared with str ones: under
+    ``python -bb`` that comparison raises BytesWarning."""
+    code = """if True:
+        from stanchion._adapt import outer_headers
+        trio = [(b"x-ratelimit-limit", b"5"), (b"x-ratelimit-remaining", b"4"),
+                (b"x-ratelimit-reset", b"9")]
+        extra = [(b"ratelimit", b"r"), *trio]
+        assert outer_headers(extra, []) == extra
+        assert outer_headers(extra, [(b"X-RateLimit-Limit", b"7")]) == extra[:1]
+        s = [(k.decode(), v.decode()) for k, v in extra]
+        assert outer_headers(s, [("x-ratelimit-limit", "7")]) == s[:1]
+        """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-bb", "-c", code], check=True, env=env)
 
 
 def test_into_store_checks_its_arguments_first() -> None:

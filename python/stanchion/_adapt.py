@@ -104,12 +104,14 @@ def decide(
 
 # -- two layers of rate limit headers -------------------------------------------
 
-_X_NAMES = frozenset(
-    f"x-ratelimit-{n}".encode() if raw else f"x-ratelimit-{n}"
-    for n in ("limit", "remaining", "reset")
-    for raw in (False, True)
-)
-_X_LIMIT = frozenset(("x-ratelimit-limit", b"x-ratelimit-limit"))
+# Per type: a set holding both "x" and b"x" would compare bytes with str
+# (a BytesWarning under python -bb).
+_X_STR = frozenset(f"x-ratelimit-{n}" for n in ("limit", "remaining", "reset"))
+_X_NAMES: dict[type, frozenset[Any]] = {
+    str: _X_STR,
+    bytes: frozenset(n.encode() for n in _X_STR),
+}
+_X_LIMIT: dict[type, Any] = {str: "x-ratelimit-limit", bytes: b"x-ratelimit-limit"}
 
 _H = TypeVar("_H", str, bytes)
 
@@ -135,17 +137,23 @@ def outer_headers(
     ``X-RateLimit-Limit``. Either is looked at only when ``extra`` carries
     that family. The C wrappers (``_core.HeaderSend``, ``HeaderStart``,
     ``RateHeaders.extend`` and ``into_store``) apply the same rule."""
-    if not any(len(k) >= 17 and k.lower() in _X_NAMES for k, _ in extra):
+    if not extra:
+        return extra
+    names = _X_NAMES.get(type(extra[0][0].lower()), _X_STR)
+    if not any(len(k) >= 17 and k.lower() in names for k, _ in extra):
         return extra
     if has_x_limit is not None:
         inner = has_x_limit(response)
     else:
         # A plain scan: faster than the frameworks' own lookups when
         # the name is absent.
-        inner = any(len(k) == 17 and k.lower() in _X_LIMIT for k, _ in response)
+        inner = any(
+            len(k) == 17 and (lk := k.lower()) == _X_LIMIT.get(type(lk))
+            for k, _ in response
+        )
     if not inner:
         return extra
-    return [(k, v) for k, v in extra if k.lower() not in _X_NAMES]
+    return [(k, v) for k, v in extra if k.lower() not in names]
 
 
 # -- reading and writing --------------------------------------------------------

@@ -4,12 +4,14 @@ through Flask's test client."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
 from flask import Blueprint, Flask, g, jsonify
 from flask.views import MethodView
-from werkzeug.test import Client
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client, EnvironBuilder
 
 from stanchion import Limiter
 from stanchion.flask import Stanchion
@@ -143,6 +145,43 @@ def test_wsgi_inner_x_headers_win(limits: dict[str, Any]) -> None:
     r = get(Client(RateLimitMiddleware(app, limit="5/minute", **limits)), "/")
     assert r.headers.getlist("X-RateLimit-Limit") == ["7"]
     assert r.headers["RateLimit"] == '"global";r=4;t=12'
+
+
+def error_page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """Starts a page, then an error page in its place, naming exc_info as
+    PEP 3333's start_response(status, response_headers, exc_info=None)
+    allows."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        start_response(
+            "500 Internal Server Error", [("X-Error", "1")], exc_info=sys.exc_info()
+        )
+    return [b"error"]
+
+
+def call_wsgi(app: Any, path: str) -> tuple[str, dict[str, str]]:
+    """The last status and headers ``app`` started (werkzeug's test
+    client raises any exc_info at once, as a server may only once the
+    headers are sent)."""
+    started: list[Any] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        started.append((status, dict(headers)))
+        return lambda data: None
+
+    environ = EnvironBuilder(path, environ_base={"REMOTE_ADDR": "203.0.113.1"})
+    b"".join(app(environ.get_environ(), start_response))
+    return started[-1]  # type: ignore[no-any-return]
+
+
+def test_wsgi_app_naming_exc_info(limits: dict[str, Any]) -> None:
+    app = RateLimitMiddleware(error_page, limit="5/minute", **limits)
+    for remaining in (4, 3):  # the first hit decides in Python, then in C
+        status, headers = call_wsgi(app, "/")
+        assert (status, headers["X-Error"]) == ("500 Internal Server Error", "1")
+        assert headers["X-RateLimit-Remaining"] == str(remaining)
 
 
 def test_wsgi_bad_settings() -> None:
@@ -313,14 +352,31 @@ def test_flask_config_set_after_the_extension_applies() -> None:
         get(late.test_client(), "/")
 
 
+def test_flask_extension_clock_drives_its_limits(clock: FakeClock) -> None:
+    """Stanchion(clock=...) is the clock of the app's limiters (as Rule's
+    clock= is), not a keyword taken and then ignored."""
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    Stanchion(app, clock=clock)
+    c = app.test_client()
+    assert [get(c, "/hello").status_code for _ in range(3)] == [200, 200, 429]
+    clock.advance(60)
+    assert [get(c, "/hello").status_code for _ in range(3)] == [200, 200, 429]
+
+
 def test_flask_view_limit_exact(ext: Stanchion, clock: FakeClock) -> None:
     c = make_app(ext, clock).test_client()
     r1 = get(c, "/hello")
+    clock.advance(30)  # one token back
     r2 = get(c, "/hello")
+    r2b = get(c, "/hello")
     r3 = get(c, "/hello")
-    clock.advance(30)
-    r4 = get(c, "/hello")
-    assert [r.status_code for r in (r1, r2, r3, r4)] == [200, 200, 429, 200]
+    assert [r.status_code for r in (r1, r2, r2b, r3)] == [200, 200, 200, 429]
     assert r1.json == {"hello": "world"}
     name = '"tests.web.test_wsgi_flask.make_app.<locals>.hello"'
     assert rate_headers(r1) == {
@@ -383,6 +439,29 @@ def test_flask_several_apps_keep_their_own_state(
     assert [get(two, "/hello").status_code for _ in range(3)] == [200, 200, 429]
     assert [get(one, "/default").status_code for _ in range(2)] == [200, 429]
     assert [get(two, "/default").status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_flask_wrapper_passes_exc_info_by_keyword(ext: Stanchion) -> None:
+    """A WSGI app mounted in a Flask app (wrapped by init_app after it was
+    mounted) may name exc_info when it calls start_response."""
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "5/minute"
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {"/raw": error_page}
+    )
+    ext.init_app(app)
+    status, headers = call_wsgi(app, "/raw/x")
+    assert (status, headers["X-Error"]) == ("500 Internal Server Error", "1")
+    c = app.test_client()
+    assert [get(c, "/hello").headers["X-RateLimit-Remaining"] for _ in "ab"] == [
+        "4",
+        "3",
+    ]
 
 
 def test_flask_config(ext: Stanchion, clock: FakeClock) -> None:
