@@ -21,6 +21,8 @@
  *             ...
  *         def __call__(self, message):
  *             if message["type"] == "http.response.start":
+ *                 if type(message) is dict:
+ *                     message = dict(message)   # the app's is left alone
  *                 message["headers"] = _with(
  *                     list(message.get("headers") or ()), self.extra())
  *             return self.send(message)
@@ -206,6 +208,17 @@ static PyObject *hs_vectorcall(PyObject *op, PyObject *const *args,
 	        (PyUnicode_Check(type) &&
 	         PyUnicode_Compare(type, st->str_response_start) == 0);
 	Py_DECREF(type);
+	if (start && PyDict_CheckExact(message)) {
+		/* A copy is sent: an app may send the same start message
+		 * again (a module-level dict), which must not collect the
+		 * headers of every request. */
+		PyObject *copy = PyDict_Copy(message);
+		Py_SETREF(message, copy);
+		if (message == NULL) {
+			result = NULL;
+			goto done_self;
+		}
+	}
 	if (start && add_headers(self, message, st->str_headers) < 0) {
 		result = NULL;
 		goto done;
@@ -223,6 +236,7 @@ static PyObject *hs_vectorcall(PyObject *op, PyObject *const *args,
 	Py_DECREF(send);
 done:
 	Py_DECREF(message);
+done_self:
 	Py_DECREF(self);
 	return result;
 }

@@ -45,9 +45,27 @@ def test_same_headers_as_the_python_rule(
     app_list = list(headers)
     message = {"type": "http.response.start", "status": 200, "headers": app_list}
     HeaderSend(sent.append, extra)(message)
-    assert sent == [message]
-    assert message["headers"] == [*headers, *outer_headers(extra, headers)]
-    assert app_list == headers  # the app's own list is never changed
+    assert sent == [{**message, "headers": [*headers, *outer_headers(extra, headers)]}]
+    # The app's own message and list are never changed: it may send them
+    # again.
+    assert message == {"type": "http.response.start", "status": 200, "headers": headers}
+    assert app_list == headers
+
+
+def test_a_start_message_sent_again_gets_fresh_headers() -> None:
+    """An app sending one module-level start message for every request:
+    each response gets its own request's headers, never the earlier
+    ones (which would also pass for an inner layer's X-RateLimit-*)."""
+    start = {"type": "http.response.start", "status": 200, "headers": []}
+    sent: list[Any] = []
+    for remaining in (4, 3):
+        d = Decision(True, 5, remaining, 12.0)
+        HeaderSend(sent.append, RENDER, d)(start)
+    assert start == {"type": "http.response.start", "status": 200, "headers": []}
+    assert [m["headers"] for m in sent] == [
+        RENDER.raw_pairs(Decision(True, 5, 4, 12.0)),
+        RENDER.raw_pairs(Decision(True, 5, 3, 12.0)),
+    ]
 
 
 def test_other_messages_pass_through_untouched() -> None:
@@ -58,13 +76,13 @@ def test_other_messages_pass_through_untouched() -> None:
     assert sent[0] is body and body == {"type": "http.response.body", "body": b"x"}
     start: dict[str, Any] = {"type": "http.response.start", "status": 200}
     hs(start)
-    assert start["headers"] == IETF  # no headers key: ours alone
+    assert sent[-1]["headers"] == IETF  # no headers key: ours alone
     start = {"type": "http.response.start", "status": 200, "headers": None}
     hs(start)
-    assert start["headers"] == IETF
+    assert sent[-1]["headers"] == IETF
     start = {"type": "http.response.start", "headers": ((b"a", b"1"),)}
     hs(start)
-    assert start["headers"] == [(b"a", b"1"), *IETF]
+    assert sent[-1]["headers"] == [(b"a", b"1"), *IETF]
 
 
 def test_returns_what_send_returns_and_raises_what_it_raises() -> None:
@@ -118,7 +136,7 @@ def test_extra_is_copied_at_construction() -> None:
     extra.clear()
     message: dict[str, Any] = {"type": "http.response.start", "headers": []}
     hs(message)
-    assert message["headers"] == IETF
+    assert sent[0]["headers"] == IETF
 
 
 def test_reentrant_send_and_hostile_messages() -> None:

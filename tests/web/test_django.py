@@ -601,3 +601,33 @@ def test_penalty_setting_is_checked() -> None:
         pytest.raises(SettingError, match=r"STANCHION\['PENALTY'\]"),
     ):
         stanchion_settings()
+
+
+def test_cache_hits_set_headers_as_django_would() -> None:
+    """A hit copies a stored entry's headers into the response's store
+    only when Django would keep them as they are; an entry from a cache
+    shared with other adapters may hold other text, which goes through
+    Django's own checks (non-ASCII values MIME-encoded, as on a miss)."""
+    from stanchion.django.response_cache import _django_reply
+    from stanchion.respcache.entries import Entry, Reply
+
+    def hit(headers: list[tuple[str, str]]) -> HttpResponse:
+        entry = Entry("k", "/p", 200, headers, b"body", '"e"', 0.0, ())
+        reply = Reply(
+            200, [*headers, ("Age", "3"), ("X-Cache", "HIT")], b"body", entry=entry
+        )
+        reply.entry_headers = len(headers)
+        return _django_reply(reply)
+
+    def django_would(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        response = HttpResponse(b"body")
+        del response["Content-Type"]
+        for k, v in [*headers, ("Age", "3"), ("X-Cache", "HIT")]:
+            response[k] = v
+        return list(response.items())
+
+    plain = [("Content-Type", "text/plain"), ("ETag", '"e"'), ("Content-Length", "4")]
+    odd = [("Content-Type", "text/plain"), ("X-Name", "Zoë 東京")]
+    for headers in (plain, odd, [("X-Tab", "a\tb")]):
+        assert list(hit(headers).items()) == django_would(headers)
+        assert hit(headers).content == b"body"

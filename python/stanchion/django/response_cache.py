@@ -195,14 +195,18 @@ def _django_reply(reply: Any) -> Any:
     out = HttpResponse(reply.body, status=reply.status)
     n = reply.entry_headers
     store = getattr(out.headers, "_store", None)
-    if n and type(store) is dict:
-        # A hit: the stored headers (which Django checked when the view
-        # set them) go into the response's store as it keeps them, made
-        # once per entry; Django's per-header checks cost more than the
-        # rest of the hit.
-        entry = reply.entry
+    entry = reply.entry
+    if n and type(store) is dict and entry.store is not False:
+        # A hit: the stored headers go into the response's store as it
+        # keeps them, made once per entry (Django's per-header checks cost
+        # more than the rest of the hit), when they are what those checks
+        # pass as they are: printable ASCII (an entry of a cache shared
+        # with other adapters may hold other text, which Django encodes).
         ours = entry.store
         if ours is None:
+            if not all(_plain(k) and _plain(v) for k, v in entry.headers):
+                entry.store = False
+                return _checked(out, reply.headers)
             ours = entry.store = {k.lower(): (k, v) for k, v in entry.headers}
         store.clear()  # the default Content-Type, unless stored
         store.update(ours)
@@ -211,11 +215,21 @@ def _django_reply(reply: Any) -> Any:
         for k, v in reply.headers[n:]:
             store[k.lower()] = (k, v)
         return out
-    if "content-type" not in {k.lower() for k, _ in reply.headers}:
+    return _checked(out, reply.headers)
+
+
+def _checked(out: HttpResponse, headers: list[tuple[str, str]]) -> HttpResponse:
+    """``out`` with ``headers``, set through Django's own checks."""
+    if "content-type" not in {k.lower() for k, _ in headers}:
         del out["Content-Type"]
-    for k, v in reply.headers:
+    for k, v in headers:
         out[k] = v
     return out
+
+
+def _plain(text: str) -> bool:
+    """Printable ASCII: a header name or value Django keeps as it is."""
+    return text.isascii() and text.isprintable()
 
 
 def _plan(rc: Any, request: HttpRequest) -> Any:

@@ -98,8 +98,9 @@ class Entry:
         #: ``headers`` as ASGI sends them, made on the first hit.
         self.raw: list[tuple[bytes, bytes]] | None = None
         #: ``headers`` as a Django response keeps them (lower-case name
-        #: -> (name, value)), made on the first hit.
-        self.store: dict[str, tuple[str, str]] | None = None
+        #: -> (name, value)), made on the first hit (False: they are not
+        #: all printable ASCII, so Django's checks must see them).
+        self.store: dict[str, tuple[str, str]] | bool | None = None
 
     def pack(self) -> bytes:
         head = json.dumps(
