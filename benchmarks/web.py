@@ -679,12 +679,16 @@ def main() -> None:
     )
     # Traffic management (the concurrency and penalty issue's targets).
     verdict(
-        "ASGI, a free concurrency slot, vs the rate limit's added cost (429 "
-        "headers only)",
+        "ASGI, a free concurrency slot (target: twice the rate limit's added "
+        "cost, 429 headers only)",
         c1,
         2 * a2,
     )
-    verdict("ASGI, a banned client's refusal, vs a rate limit's refusal", ban, refused)
+    verdict(
+        "ASGI, a banned client's refusal (target: a rate limit's refusal)",
+        ban,
+        refused,
+    )
     for line in targets:
         print(line)
 

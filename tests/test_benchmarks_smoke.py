@@ -165,9 +165,9 @@ def test_web_benchmark_runs_every_case() -> None:
     ]
     for peer in ("slowapi", "flask-limiter", "django-ratelimit"):
         assert any(peer in ln and TIME.search(ln + " ") for ln in rows), (peer, out)
-    assert sum("stanchion" in ln for ln in rows) == 13, out
+    assert sum("stanchion" in ln for ln in rows) == 18, out
     targets = [ln for ln in lines if ": added " in ln]
-    assert len(targets) == 13, out
+    assert len(targets) == 15, out
     for ln in targets:
         assert re.search(r"; (within|OVER) the [\d.]+ [un]?s target", ln), ln
         if " vs " in ln:
