@@ -120,7 +120,7 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
                 verdict = rule.check_simple(scope["method"], scope["path"], peer)
             else:
                 verdict = rule.refused(peer, d)
-        elif not rule.has_rate:  # a concurrency limit alone
+        elif not rule.decides:  # a concurrency limit alone
             verdict = None
         # Rule.acheck_simple or acheck. The C limiter's hit never waits:
         # no coroutine for it.

@@ -107,7 +107,7 @@ class RateLimitMiddleware(AppMiddleware[WSGIApp]):
                 )
             else:
                 verdict = rule.refused(peer, d)
-        elif not rule.has_rate:  # a concurrency limit alone
+        elif not rule.decides:  # a concurrency limit alone
             verdict = None
         # _adapt.decide, inlined.
         elif rule.simple:

@@ -306,3 +306,24 @@ def test_wsgi_app_errors_release() -> None:
         with pytest.raises(RuntimeError):
             mw({"REMOTE_ADDR": "203.0.113.1", "PATH_INFO": "/"}, lambda *a: None)
     assert mw.rule.slots.stats()["in_flight"] == 0
+
+
+def test_the_deny_list_applies_to_a_concurrency_limit_alone() -> None:
+    async def run() -> None:
+        gate = Gate()
+        gate.go.set()
+        mw = AsgiMiddleware(gate, limit=None, concurrency=2, deny=["192.0.2.0/24"])
+        assert (await call(mw, "/", "192.0.2.1")).status_code == 403
+        assert (await call(mw, "/", "198.51.100.1")).status_code == 200
+
+    asyncio.run(run())
+    wsgi = WsgiMiddleware(
+        lambda e, s: s("200 OK", []) or [b""],
+        limit=None,
+        concurrency=2,
+        deny=["192.0.2.0/24"],
+    )
+    statuses: list[str] = []
+    wsgi({"REMOTE_ADDR": "192.0.2.1"}, lambda st, h, e=None: statuses.append(st))
+    wsgi({"REMOTE_ADDR": "198.51.100.1"}, lambda st, h, e=None: statuses.append(st))
+    assert statuses == ["403 Forbidden", "200 OK"]

@@ -358,9 +358,12 @@ class Rule(_RuleHeaders):
         self.simple_in_c = (
             self.simple and self._fixed is not None and _in_c(self._fixed.limiter)
         )
-        #: False for a rule with a concurrency limit alone: nothing to ask
-        #: a limiter (the adapters skip deciding, and send no rate headers).
-        self.has_rate = self._fixed is not None or self._limit_func is not None
+        #: False for a rule with a concurrency limit alone and no allow or
+        #: deny list: nothing to decide before the slot (the adapters skip
+        #: deciding, and send no rate headers).
+        self.decides = (
+            self._fixed is not None or self._limit_func is not None or bool(self.access)
+        )
         #: The adapters' fast path for a ``simple_in_c`` rule without
         #: exemptions: ``gate(peer)`` hits the limiter with the plan kept
         #: for that address, in C, and returns its Decision (allowed:
