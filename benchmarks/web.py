@@ -41,7 +41,7 @@ logging.disable(logging.WARNING)
 # -- ASGI ------------------------------------------------------------------------
 
 
-def asgi_runner(app: Any, path: str = "/") -> Callable[[], None]:
+def asgi_runner(app: Any, path: str = "/", status: int = 200) -> Callable[[], None]:
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -64,7 +64,7 @@ def asgi_runner(app: Any, path: str = "/") -> Callable[[], None]:
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
-            assert message["status"] == 200, (app, message)
+            assert message["status"] == status, (app, message)
 
     async def batch() -> None:
         for _ in range(100):
@@ -75,9 +75,32 @@ def asgi_runner(app: Any, path: str = "/") -> Callable[[], None]:
     return lambda: loop.run_until_complete(batch())
 
 
-def asgi_call(app: Any, path: str = "/") -> tuple[Callable[[], None], int]:
+def asgi_call(
+    app: Any, path: str = "/", status: int = 200
+) -> tuple[Callable[[], None], int]:
     """A callable running 100 requests, and that count."""
-    return asgi_runner(app, path), 100
+    return asgi_runner(app, path, status), 100
+
+
+def _refusing(app: Any, status: int) -> tuple[Callable[[], None], int]:
+    """``asgi_call`` for a client the app refuses with ``status``, after
+    the requests that bring it there (one allowed, then refused until a
+    penalty bans it)."""
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": []}
+    scope["client"] = (PEER, 40000)
+
+    async def warm() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        for _ in range(3):
+            await app(dict(scope), receive, send)
+
+    asyncio.run(warm())
+    return asgi_call(app, "/", status)
 
 
 def measure(cases: dict[str, tuple[Callable[[], None], int]]) -> dict[str, float]:
@@ -375,11 +398,31 @@ urlpatterns: list[Any] = []
 
 
 def main() -> None:
+    from stanchion import Penalty
     from stanchion.asgi import RateLimitMiddleware as AsgiMW
     from stanchion.wsgi import RateLimitMiddleware as WsgiMW
 
     apps = fastapi_apps()
     fapps = flask_apps()
+    # Traffic management: a free concurrency slot, with and without a rate
+    # limit, and the refusals of a rate limit (429) and of a ban (403).
+    banned = AsgiMW(
+        raw_app, limit="1/hour", penalty=Penalty(after=1, within=3600, ban=3600)
+    )
+    traffic = {
+        "asgi_slot": asgi_call(AsgiMW(raw_app, limit=None, concurrency=1_000_000)),
+        "asgi_st_quiet_slot": asgi_call(
+            AsgiMW(
+                raw_app,
+                limit=HIGH,
+                headers_on_allowed=False,
+                concurrency=1_000_000,
+            )
+        ),
+        "asgi_st_slot": asgi_call(AsgiMW(raw_app, limit=HIGH, concurrency=1_000_000)),
+        "asgi_refused": _refusing(AsgiMW(raw_app, limit="1/hour"), 429),
+        "asgi_banned": _refusing(banned, 403),
+    }
     dj = django_handlers()
     cases = {
         "asgi": asgi_call(raw_app),
@@ -400,6 +443,7 @@ def main() -> None:
         "django_st_quiet": wsgi_call(dj["handler"], "/st-quiet"),
         "django_mw": wsgi_call(dj["mw_handler"], "/"),
         "django_noop_mw": wsgi_call(dj["noop_handler"], "/"),
+        **traffic,
     }
     t = measure(cases)
 
@@ -517,6 +561,23 @@ def main() -> None:
         "django_dj",
     )
     add("Django", "an empty middleware (Django's own cost)", "django_noop_mw", "django")
+    c1 = add("ASGI", "stanchion concurrency=N alone, a free slot", "asgi_slot", "asgi")
+    add(
+        "ASGI",
+        "stanchion rate limit + a free slot, 429 headers only",
+        "asgi_st_quiet_slot",
+        "asgi",
+    )
+    add(
+        "ASGI",
+        "stanchion rate limit + a free slot, headers on allowed",
+        "asgi_st_slot",
+        "asgi",
+    )
+    refused = add("ASGI", "stanchion, a refused request (429)", "asgi_refused", "asgi")
+    ban = add(
+        "ASGI", "stanchion, a banned client's request (403)", "asgi_banned", "asgi"
+    )
 
     headers = ["stack", "limit", "without", "with", "added", "peer added / ours"]
     print_table(headers, rows)
@@ -616,6 +677,14 @@ def main() -> None:
         dj_added,
         10,
     )
+    # Traffic management (the concurrency and penalty issue's targets).
+    verdict(
+        "ASGI, a free concurrency slot, vs the rate limit's added cost (429 "
+        "headers only)",
+        c1,
+        2 * a2,
+    )
+    verdict("ASGI, a banned client's refusal, vs a rate limit's refusal", ban, refused)
     for line in targets:
         print(line)
 

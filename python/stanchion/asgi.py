@@ -102,15 +102,26 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
             if d:
                 render = rule.allowed_render
                 out = send if render is None else HeaderSend(send, render, d)
-                if rule.slots is None:
+                slots = rule.slots
+                if slots is None:
                     await self.app(scope, receive, out)
-                else:
-                    await run_holding(rule, self.app, scope, receive, send, out, peer)
+                    return
+                if rule.slots_plain:  # a free slot: taken in C
+                    hold = slots.try_acquire()
+                    if hold is not None:
+                        try:
+                            await self.app(scope, receive, out)
+                        finally:
+                            hold.release()
+                        return
+                await run_holding(rule, self.app, scope, receive, send, out, peer)
                 return
             if d is None:
                 verdict = rule.check_simple(scope["method"], scope["path"], peer)
             else:
                 verdict = rule.refused(peer, d)
+        elif not rule.has_rate:  # a concurrency limit alone
+            verdict = None
         # Rule.acheck_simple or acheck. The C limiter's hit never waits:
         # no coroutine for it.
         elif rule.simple_in_c:
@@ -126,10 +137,19 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
         # object, no Python frame per message).
         extra = verdict.raw_headers() if verdict is not None else None
         out = HeaderSend(send, extra) if extra else send
-        if rule.slots is None:
+        slots = rule.slots
+        if slots is None:
             await self.app(scope, receive, out)
-        else:
-            await run_holding(rule, self.app, scope, receive, send, out, peer)
+            return
+        if rule.slots_plain:  # a free slot: taken in C
+            hold = slots.try_acquire()
+            if hold is not None:
+                try:
+                    await self.app(scope, receive, out)
+                finally:
+                    hold.release()
+                return
+        await run_holding(rule, self.app, scope, receive, send, out, peer)
 
 
 async def run_holding(
@@ -148,9 +168,9 @@ async def run_holding(
     The slot is given back when the app returns or raises."""
     slots = rule.slots
     assert slots is not None
-    view = AsgiRequest(scope)
-    key = rule.slot_key(peer, view._header if rule.slots_per_client else None)
-    lane = rule.lane(view) if rule.slot_priority is not None else 0
+    view = AsgiRequest(scope) if rule.slots_per_client or rule.slot_priority else None
+    key = rule.slot_key(peer, view._header if view is not None else None)
+    lane = rule.lane(view) if view is not None and rule.slot_priority else 0
     hold = slots.try_acquire(key, priority=lane) if type(slots) is Concurrency else None
     if hold is None:
         try:

@@ -107,6 +107,8 @@ class RateLimitMiddleware(AppMiddleware[WSGIApp]):
                 )
             else:
                 verdict = rule.refused(peer, d)
+        elif not rule.has_rate:  # a concurrency limit alone
+            verdict = None
         # _adapt.decide, inlined.
         elif rule.simple:
             verdict = rule.check_simple(
@@ -139,11 +141,11 @@ def run_holding(
     after the app returns), or at once if the app raises."""
     slots = rule.slots
     assert slots is not None
-    view = WsgiRequest(environ)
+    view = WsgiRequest(environ) if rule.slots_per_client or rule.slot_priority else None
     key = rule.slot_key(
-        environ.get("REMOTE_ADDR"), view._header if rule.slots_per_client else None
+        environ.get("REMOTE_ADDR"), view._header if view is not None else None
     )
-    lane = rule.lane(view) if rule.slot_priority is not None else 0
+    lane = rule.lane(view) if view is not None and rule.slot_priority else 0
     hold = slots.try_acquire(key, priority=lane) if type(slots) is Concurrency else None
     if hold is None:
         try:

@@ -200,6 +200,14 @@ class Rule(_RuleHeaders):
                 raise SettingError("concurrency", str(exc)) from None
         #: The lane of a request (0, the least important, to priorities-1).
         self.slot_priority = priority
+        #: True when a slot needs no look at the request: one in-process
+        #: limit for all, one lane; adapters then call
+        #: ``slots.try_acquire()`` first, without a key.
+        self.slots_plain = (
+            type(self.slots) is Concurrency
+            and concurrency_per == "global"
+            and priority is None
+        )
         #: Whether each client has its own ``concurrency`` slots.
         self.slots_per_client = concurrency_per == "client"
         self._warned_lane = False
@@ -350,6 +358,9 @@ class Rule(_RuleHeaders):
         self.simple_in_c = (
             self.simple and self._fixed is not None and _in_c(self._fixed.limiter)
         )
+        #: False for a rule with a concurrency limit alone: nothing to ask
+        #: a limiter (the adapters skip deciding, and send no rate headers).
+        self.has_rate = self._fixed is not None or self._limit_func is not None
         #: The adapters' fast path for a ``simple_in_c`` rule without
         #: exemptions: ``gate(peer)`` hits the limiter with the plan kept
         #: for that address, in C, and returns its Decision (allowed:
