@@ -40,9 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo_burst()
-        from ._demo_web import demo_web
+        from ._demo_web import demo_ban, demo_queue, demo_web
 
         demo_web()
+        demo_queue()
+        demo_ban()
     return 0
 
 
