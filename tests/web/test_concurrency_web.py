@@ -326,3 +326,202 @@ def test_a_concurrency_limit_alone_does_not_refuse_unidentified_clients() -> Non
     rule = Rule(None, concurrency=1)  # unidentified="deny" applies to rates
     assert rule.check_simple("GET", "/", None) is None
     assert rule.check(Request("GET", "/"), None) is None
+
+
+# -- hug --------------------------------------------------------------------------
+# (hug reads endpoint annotations: the endpoints below have none.)
+
+_apis = 0
+
+
+def hug_api(**mw: Any) -> tuple[Any, Any, Any]:
+    """A hug API whose ``/work?i=N`` records N and blocks until the event
+    is set; ``mw``: the RateLimitMiddleware's keywords (none: no
+    middleware). Returns (api, the middleware, the event)."""
+    import hug
+
+    from stanchion.hug import RateLimitMiddleware
+
+    global _apis
+    _apis += 1
+    api = hug.API(f"stanchion_conc_api_{_apis}")
+    go = threading.Event()
+    started: list[int] = []
+    api.started = started  # type: ignore[attr-defined]
+
+    @hug.get("/work", api=api)
+    def work(request):  # type: ignore[no-untyped-def]
+        started.append(int(request.get_param("i") or 0))
+        assert go.wait(WAIT)
+        return "done"
+
+    @hug.get("/hello", api=api)
+    def hello():  # type: ignore[no-untyped-def]
+        return "hello"
+
+    middleware = None
+    if mw:
+        middleware = RateLimitMiddleware(**mw)
+        api.http.add_middleware(middleware)
+    return api, middleware, go
+
+
+def hug_get(api: Any, path: str, ip: str = "203.0.113.1", method: str = "GET") -> Any:
+    c = WerkzeugClient(api.http.server())
+    with c.open(path, method=method, environ_base={"REMOTE_ADDR": ip}) as r:
+        return r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.data
+
+
+def test_hug_middleware_burst_runs_queues_refuses_in_order() -> None:
+    api, mw, go = hug_api(
+        limit="100/minute", concurrency=1, queue=3, queue_timeout=WAIT
+    )
+    slots = mw.rule.slots
+    started = api.started
+    burst = Burst(lambda i: hug_get(api, f"/work?i={i}"))
+    burst.start(0, lambda: started == [0])
+    for i in (1, 2, 3):
+        burst.start(i, lambda i=i: slots.queued() == i)  # type: ignore[misc]
+    for i in (4, 5):
+        burst.start(i, lambda: False)
+    for i in (4, 5):
+        status, headers, body = burst.results[i]
+        assert status == 503 and int(headers["retry-after"]) >= 1
+        assert headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["status"] == 503
+        assert not any(k.startswith(("ratelimit", "x-ratelimit")) for k in headers)
+    go.set()
+    burst.join()
+    assert started == [0, 1, 2, 3]
+    for i in range(4):
+        status, headers, body = burst.results[i]
+        assert (status, json.loads(body)) == (200, "done") and "ratelimit" in headers
+    assert slots.stats()["in_flight"] == 0 and slots.queued() == 0
+
+
+def test_hug_decorator_per_client_slots_and_429() -> None:
+    import hug
+
+    from stanchion.hug import limit
+
+    api = hug.API(f"stanchion_conc_api_pc_{threading.get_ident()}")
+    go = threading.Event()
+    started: list[str] = []
+
+    @hug.get("/work", api=api)
+    @limit(None, concurrency=1, concurrency_per="client")
+    def work(request):  # type: ignore[no-untyped-def]
+        started.append(request.remote_addr)
+        assert go.wait(WAIT)
+        return "done"
+
+    burst = Burst(lambda i: hug_get(api, "/work", f"198.51.100.{i}"))
+    burst.start(1, lambda: len(started) == 1)
+    burst.start(2, lambda: len(started) == 2)  # another client: its own slot
+    status, headers, body = hug_get(api, "/work", "198.51.100.1")
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert json.loads(body)["status"] == 429
+    go.set()
+    burst.join()
+    assert [burst.results[i][0] for i in (1, 2)] == [200, 200]
+    assert work.__stanchion_rule__.slots.stats()["in_flight"] == 0
+
+
+@pytest.fixture(params=["memory", "shm"])
+def slot_storage(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Where the slots live. A dropped in-process hold frees its slot by
+    itself; a shared memory lease stays taken: a slot the adapter forgot
+    to give back shows there."""
+    if request.param == "memory":
+        yield None
+        return
+    import uuid
+
+    from stanchion import SharedMemoryStorage
+
+    name = f"test-{uuid.uuid4().hex}"
+    storage = SharedMemoryStorage(name)
+    try:
+        yield storage
+    finally:
+        SharedMemoryStorage(name).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def hug_loop() -> Iterator[None]:
+    """hug runs async endpoints on asyncio.get_event_loop()."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+@pytest.mark.usefixtures("hug_loop")
+def test_hug_exceptions_release_the_slots(slot_storage: Any) -> None:
+    import falcon
+    import hug
+
+    from stanchion.hug import limit
+
+    api, mw, _ = hug_api(concurrency=2, storage=slot_storage)
+    own = {"concurrency": 1, "storage": slot_storage}
+
+    @hug.get("/boom", api=api)
+    @limit("1000/minute", scope="boom", **own)
+    def boom():  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    @hug.get("/aboom", api=api)
+    @limit("1000/minute", scope="aboom", **own)
+    async def aboom():  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    @hug.get("/teapot", api=api)
+    @limit(None, scope="teapot", **own)
+    def teapot():  # type: ignore[no-untyped-def]
+        raise falcon.HTTPError("418 I'm a teapot")
+
+    for _ in range(20):
+        for path in ("/boom", "/aboom"):
+            with pytest.raises(RuntimeError):
+                hug_get(api, path)
+        assert hug_get(api, "/teapot")[0] == 418
+    for endpoint in (boom, aboom, teapot):
+        assert endpoint.__stanchion_rule__.slots.in_flight() == 0
+    assert mw.rule.slots.in_flight() == 0
+
+
+@pytest.mark.usefixtures("hug_loop")
+def test_hug_streamed_answers_hold_until_closed(slot_storage: Any) -> None:
+    import io
+
+    import hug
+
+    from stanchion.hug import limit
+
+    api, mw, _ = hug_api(concurrency=5, storage=slot_storage)
+
+    @hug.http("/file", accept=("GET", "HEAD"), api=api, output=hug.output_format.file)
+    @limit(None, scope="file", concurrency=1, storage=slot_storage)
+    def file():  # type: ignore[no-untyped-def]
+        return io.BytesIO(b"x" * 100)
+
+    @hug.http("/afile", accept=("GET", "HEAD"), api=api, output=hug.output_format.file)
+    @limit(None, scope="afile", concurrency=1, storage=slot_storage)
+    async def afile():  # type: ignore[no-untyped-def]
+        return io.BytesIO(b"y" * 100)
+
+    for path, own in (("/file", file), ("/afile", afile)):
+        slots = own.__stanchion_rule__.slots
+        r = WerkzeugClient(api.http.server()).get(path, buffered=False)
+        assert r.status_code == 200
+        assert slots.in_flight() == 1 and mw.rule.slots.in_flight() == 1
+        assert hug_get(api, path)[0] == 503  # its one slot is still held
+        assert r.get_data() == (b"x" if path == "/file" else b"y") * 100
+        r.close()
+        assert slots.in_flight() == 0 and mw.rule.slots.in_flight() == 0
+        assert hug_get(api, path, method="HEAD")[0] == 200
+        assert slots.in_flight() == 0 and mw.rule.slots.in_flight() == 0
