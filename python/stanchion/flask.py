@@ -235,7 +235,9 @@ class Stanchion:
     ``default_limit``, ``key``, ``trusted_proxies``, ``forwarded_header``,
     ``headers``, ``headers_on_allowed``, ``dry_run``, ``exempt_paths``,
     ``exempt_methods``, ``unidentified``, ``algorithm``, ``max_keys``,
-    ``storage`` (a storage object), ``response``, and ``user`` (a function
+    ``storage`` (a storage object), ``response``, ``concurrency``,
+    ``queue``, ``queue_timeout``, ``concurrency_per`` (the app-wide
+    concurrency limit), and ``user`` (a function
     returning the current user, for :func:`stanchion.http.authenticated_user`;
     default ``g.user`` if set).
     """
