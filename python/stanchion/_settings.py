@@ -19,8 +19,10 @@ from .http import SettingError
 class Setting(NamedTuple):
     """One setting: ``key`` as Django writes it (``"TRUSTED_PROXIES"``),
     the ``keyword`` it gives and to what (``kind``): a Rule keyword
-    (``"rule"``), a LimiterCache keyword (``"limiters"``), or one of
-    ``"limit"``, ``"storage"``, ``"enabled"``."""
+    (``"rule"``), a LimiterCache keyword (``"limiters"``), a Rule keyword
+    of the app-wide concurrency limit alone (``"concurrency"``: the
+    middleware's in Django, every request's in Flask, never a view
+    limit's), or one of ``"limit"``, ``"storage"``, ``"enabled"``."""
 
     key: str
     keyword: str
@@ -43,6 +45,10 @@ SETTINGS = (
     Setting("BAN_STATUS", "ban_status", "rule"),
     Setting("ALLOW", "allow", "rule"),
     Setting("DENY", "deny", "rule"),
+    Setting("CONCURRENCY", "concurrency", "concurrency"),
+    Setting("QUEUE", "queue", "concurrency"),
+    Setting("QUEUE_TIMEOUT", "queue_timeout", "concurrency"),
+    Setting("CONCURRENCY_PER", "concurrency_per", "concurrency"),
     Setting("ALGORITHM", "algorithm", "limiters"),
     Setting("MAX_KEYS", "max_keys", "limiters"),
     Setting("PENALTY", "penalty", "limiters"),
@@ -109,6 +115,23 @@ def split(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     rule = {k: v for k, v in values.items() if _KINDS[k] == "rule"}
     limiters = {k: v for k, v in values.items() if _KINDS[k] == "limiters"}
     return rule, limiters
+
+
+def concurrency_settings(values: dict[str, Any], name: Namer) -> dict[str, Any] | None:
+    """The Rule keywords of the app-wide concurrency limit in read
+    ``values`` (None: no such limit); ``QUEUE`` and the others without
+    ``CONCURRENCY`` are refused, naming the setting."""
+    kw = {k: v for k, v in values.items() if _KINDS[k] == "concurrency"}
+    if kw.get("concurrency") is None:
+        given = [s for s in SETTINGS if s.kind == "concurrency" and s.keyword in kw]
+        given = [s for s in given if s.keyword != "concurrency"]
+        if given:
+            raise SettingError(
+                name(given[0]),
+                f"applies to a concurrency limit: set {name(_by_kind('concurrency'))}",
+            )
+        return None
+    return kw
 
 
 def _by_kind(kind: str) -> Setting:

@@ -58,7 +58,23 @@ table is :mod:`stanchion._settings`, shared with Django):
 ``STANCHION_EXEMPT_PATHS``          paths (``"/static/*"``) never limited
 ``STANCHION_EXEMPT_METHODS``        methods never limited (``["OPTIONS"]``)
 ``STANCHION_UNIDENTIFIED``          ``"deny"``, ``"allow"`` or ``"share"``
+``STANCHION_CONCURRENCY``           requests of the app in flight at most
+``STANCHION_QUEUE``                 requests waiting for a slot, in order
+``STANCHION_QUEUE_TIMEOUT``         seconds a request waits (default 30)
+``STANCHION_CONCURRENCY_PER``       ``"global"`` (default) or ``"client"``
 ==================================  =========================================
+
+The concurrency limit (``STANCHION_CONCURRENCY``) covers every request
+of the app but those of exempt views and blueprints and the exempt paths
+and methods: at most that many in flight (each client that many with
+``STANCHION_CONCURRENCY_PER = "client"``), the next ``STANCHION_QUEUE``
+waiting in arrival order; one that gets no slot in time is answered 503
+(429 per client) with ``Retry-After``. A view's or blueprint's own takes
+the same keywords: ``@limits.limit("5/second", concurrency=2)``, or
+``@limits.limit(None, concurrency=2, queue=10)`` for no rate at all. A
+slot is taken after the rate limits let the request through and held
+until the response is sent (a streamed one too: until the server closes
+it).
 
 ``shm://name[?max_keys=N]`` shares the limits between the worker
 processes of one host (:class:`stanchion.SharedMemoryStorage`); Redis URLs
@@ -88,9 +104,17 @@ from flask.globals import _cv_request
 from werkzeug.datastructures import Headers
 
 from ._adapt import MIDDLEWARE_SCOPE, outer_headers, route_scope
+from ._adapt_slots import Holds, needs_slot
 from ._core import HeaderStart
-from ._settings import flask_name, named_errors, read, split, storage_from_url
-from .http import LimiterCache, Request, Rule
+from ._settings import (
+    concurrency_settings,
+    flask_name,
+    named_errors,
+    read,
+    split,
+    storage_from_url,
+)
+from .http import LimiterCache, Request, Rule, Verdict
 
 __all__ = ["FlaskRequest", "Stanchion"]
 
@@ -147,7 +171,14 @@ class _AppState:
         self.user = base.pop("user", None)
         default_limit = base.pop("default_limit", None)
         default_limit = values.get("limit", default_limit)
+        # The app-wide concurrency limit: Stanchion(concurrency=...) and
+        # STANCHION_CONCURRENCY (...), kept off the other rules.
+        given = {k: base.pop(k) for k in _CONCURRENCY if k in base}
         with _config_errors():
+            conc = concurrency_settings(
+                {**given, **{k: v for k, v in values.items() if k in _CONCURRENCY}},
+                flask_name,
+            )
             self.limiters = LimiterCache(storage=storage, **cache_kw)
             # Path and method exemptions apply to every limit of the app.
             self.settings = {**base, "limiters": self.limiters}
@@ -159,6 +190,12 @@ class _AppState:
                 **self.settings,
             )
             self.default_rule = probe if default_limit is not None else None
+            #: The app-wide concurrency limit (None: none).
+            self.slots_rule = (
+                None
+                if conc is None
+                else Rule(None, scope=MIDDLEWARE_SCOPE, **self.settings, **conc)
+            )
         self.rules: dict[int, Rule] = {}
         self.by_endpoint: dict[str | None, list[Rule]] = {}
         self.version = ext._version
@@ -178,6 +215,7 @@ _DEFAULTS = frozenset(inspect.signature(Rule).parameters) - {
     "scope",
     "limiters",
 } | {"default_limit", "user"}
+_CONCURRENCY = ("concurrency", "queue", "queue_timeout", "concurrency_per")
 
 
 def _config(app: Flask) -> dict[str, Any]:
@@ -198,7 +236,9 @@ class Stanchion:
     ``headers``, ``headers_on_allowed``, ``dry_run``, ``exempt_paths``,
     ``exempt_methods``, ``unidentified``, ``algorithm``, ``max_keys``,
     ``storage`` (a storage object), ``clock`` (the in-process limiters'
-    clock, for tests), ``response``, and ``user`` (a function
+    clock, for tests), ``response``, ``concurrency``, ``queue``,
+    ``queue_timeout``, ``concurrency_per`` (the app-wide concurrency
+    limit), and ``user`` (a function
     returning the current user, for :func:`stanchion.http.authenticated_user`;
     default ``g.user`` if set).
     """
@@ -366,6 +406,8 @@ class Stanchion:
                 rules.extend(state.rule(s) for s in self._blueprint_limits.get(bp, ()))
             if not rules and state.default_rule is not None:
                 rules.append(state.default_rule)
+            if state.slots_rule is not None:
+                rules.append(state.slots_rule)
         if len(state.by_endpoint) < 10_000:
             state.by_endpoint[endpoint] = rules
         return rules
@@ -407,6 +449,9 @@ class Stanchion:
         # The headers of allowed requests go in the list _RateHeaders left
         # in the environ (None: the app was called some other way).
         extra: list[tuple[str, str]] | None = environ.get(_HEADERS)
+        # The rules whose concurrency limit the request takes a slot of,
+        # once every rate let it through.
+        slotted: list[tuple[Rule, Any]] | None = None
         for rule in rules:
             gate = rule.gate
             if gate is not None:
@@ -417,6 +462,10 @@ class Stanchion:
                     render = rule.allowed_render
                     if render is not None and extra is not None:
                         render.extend(d, extra)
+                    if rule.slots is not None:
+                        if slotted is None:
+                            slotted = []
+                        slotted.append((rule, True))
                     continue
                 if d is None:
                     verdict = rule.check_simple(req.method, req.path, peer)
@@ -435,30 +484,95 @@ class Stanchion:
                         user if user is not None else _g_user,
                     )
                 verdict = rule.check(view_req, peer)
+            if rule.slots is not None and (verdict is None or not verdict.blocked):
+                if slotted is None:
+                    slotted = []
+                slotted.append((rule, verdict))
             if verdict is None:
                 continue
             if verdict.blocked:
-                if extra:  # the 429 carries its own rule's headers alone
-                    extra.clear()
-                status, headers, body = verdict.reply()
-                return app.response_class(body, status=status, headers=headers)
+                return _refuse(app, verdict, extra)
             if extra is not None and verdict.rule.headers_on_allowed:
                 # The first (most specific) rule's X-RateLimit-* are kept.
                 extra.extend(outer_headers(verdict.headers(), extra))
+        if slotted is not None and extra is not None:
+            # (Without _RateHeaders, nothing would give the slots back
+            # when the response is closed: no concurrency limit then.)
+            busy = _take_slots(state, req, environ, peer, slotted)
+            if busy is not None:
+                return _refuse(app, busy, extra)
         return None
+
+
+def _refuse(
+    app: Flask, verdict: Verdict, extra: list[tuple[str, str]] | None
+) -> Response:
+    """The refusal (429, 403, 503) of a request: it carries its own rule's
+    headers alone."""
+    if extra:
+        extra.clear()
+    status, headers, body = verdict.reply()
+    return app.response_class(body, status=status, headers=headers)
+
+
+def _take_slots(
+    state: _AppState,
+    req: Any,
+    environ: dict[str, Any],
+    peer: str | None,
+    slotted: list[tuple[Rule, Any]],
+) -> Verdict | None:
+    """Take a slot of each rule in ``slotted`` that the request needs one
+    of (waiting in its queue): left in the environ for _RateHeaders to
+    give back when the response is closed. The refusal of a rule that
+    had none in time, if any."""
+    rules: list[Rule] = []
+    keys: list[str | None] = []
+    header = req.headers.get
+    for rule, verdict in slotted:
+        if verdict is True or needs_slot(
+            rule,
+            verdict,
+            req.method,
+            req.path,
+            peer,
+            header,
+            lambda: FlaskRequest(
+                req.method, req.path, None, req, state.user or _g_user
+            ),
+        ):
+            rules.append(rule)
+            keys.append(rule.slot_key(peer, header))
+    if not rules:
+        return None
+    holds = environ.get(_HOLDS)
+    if holds is None:
+        holds = environ[_HOLDS] = Holds()
+        _RateHeaders.holding = True
+    return holds.take_all(rules, keys)
 
 
 #: The environ key of the list of rate limit headers for the response.
 _HEADERS = "stanchion.headers"
+#: The environ key of the concurrency slots the request holds (Holds).
+_HOLDS = "stanchion.holds"
 
 
 class _RateHeaders:
     """The app's WSGI callable with the rate limit headers of its allowed
     requests (the verdicts ``_before_request`` left in the environ) added
     as the response starts: to the list werkzeug hands the server, after
-    its header checks and copies, which cost more than the decision."""
+    its header checks and copies, which cost more than the decision.
+
+    The concurrency slots the request took (in the environ, ``_HOLDS``)
+    are given back when the server closes the response (a streamed one
+    once it is sent), or at once if the app raises."""
 
     __slots__ = ("app",)
+
+    #: True once a request took a concurrency slot (in any app): only
+    #: then is the environ looked at for slots to give back.
+    holding = False
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -468,7 +582,43 @@ class _RateHeaders:
         # puts its own in the environ, so each layer sends its own once.
         extra: list[tuple[str, str]] = []
         environ[_HEADERS] = extra
-        return self.app(environ, HeaderStart(start_response, extra))
+        try:
+            body = self.app(environ, HeaderStart(start_response, extra))
+        except BaseException:
+            if self.holding:
+                holds = environ.pop(_HOLDS, None)
+                if holds is not None:
+                    holds.release()
+            raise
+        if not self.holding:
+            return body
+        holds = environ.pop(_HOLDS, None)
+        if not holds:  # none taken, or refused (busy): nothing held
+            return body
+        return _Releasing(body, holds)
+
+
+class _Releasing:
+    """A WSGI response body whose ``close`` also gives back the request's
+    concurrency slots (PEP 3333: the server calls it once the body is
+    sent, or the client went away)."""
+
+    __slots__ = ("_body", "_holds")
+
+    def __init__(self, body: Any, holds: Holds) -> None:
+        self._body = body
+        self._holds = holds
+
+    def __iter__(self) -> Any:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._holds.release()
 
 
 def _flask_upstream(app: Flask, view: Any, args: Any, kwargs: Any, limit: int) -> Any:

@@ -30,6 +30,15 @@ endpoint's rendered answers in this process (or in Redis with
 ``RateLimitMiddleware`` is falcon-style (``process_request`` /
 ``process_response``) and limits every request of the API.
 
+Both take a concurrency limit too (``concurrency=``, ``queue=``,
+``queue_timeout=``, ``concurrency_per=``; ``limit=None`` for that
+alone): a request its rate let through takes a slot, waiting in the
+queue if none is free, or is answered 503 (429 per client) with
+``Retry-After``. The middleware holds the slot from ``process_request``
+to ``process_response``, the decorator while the endpoint runs; a
+streamed answer (a file-like object) keeps it until the server closes
+the body.
+
 hug 2.6.1 pins falcon 2.0.0, which imports the ``cgi`` module: that
 works on Python 3.10 to 3.12 (``cgi`` is deprecated there and prints a
 DeprecationWarning) and not on 3.13, where ``cgi`` was removed.
@@ -53,6 +62,7 @@ from ._adapt import (
     share_limiters,
     status_line,
 )
+from ._adapt_slots import Holds, needs_slot
 from ._limiter import RateLimiter
 from .http import RateSpec, Request, Rule, Verdict, middleware_rule
 
@@ -190,6 +200,65 @@ def _allowed(result: Any, verdict: Verdict | None, response: falcon.Response) ->
     return result
 
 
+# -- concurrency slots ------------------------------------------------------------
+
+
+def _wants_slot(rule: Rule, verdict: Verdict | None, req: falcon.Request) -> bool:
+    return needs_slot(
+        rule,
+        verdict,
+        req.method,
+        req.path,
+        req.remote_addr,
+        req.get_header,
+        lambda: FalconRequest(req),
+    )
+
+
+def _slot_key(rule: Rule, req: falcon.Request) -> str | None:
+    return rule.slot_key(req.remote_addr, req.get_header)
+
+
+def _released_with(
+    result: Any, holds: Holds, req: falcon.Request, resp: falcon.Response
+) -> Any:
+    """An endpoint's ``result``, the request's slots given back now, or,
+    for a file-like answer (hug streams it), when the body is closed."""
+    if hasattr(result, "read") and _sends_body(req, resp):
+        return _ReleasingStream(result, holds)
+    holds.release()
+    return result
+
+
+def _sends_body(req: falcon.Request, resp: falcon.Response) -> bool:
+    """Whether falcon sends (and so closes) ``resp.stream``: not for HEAD
+    nor a status without a body."""
+    return req.method != "HEAD" and not str(resp.status).startswith(("1", "204", "304"))
+
+
+class _ReleasingStream:
+    """A streamed answer whose ``close`` (called by falcon's body
+    iterator or the server's ``wsgi.file_wrapper`` once it is sent) also
+    gives back the request's concurrency slots."""
+
+    __slots__ = ("_holds", "_stream")
+
+    def __init__(self, stream: Any, holds: Holds) -> None:
+        self._stream = stream
+        self._holds = holds
+
+    def read(self, size: int = -1) -> Any:
+        return self._stream.read(size)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._holds.release()
+
+
 def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[[F], F]:
     """Endpoint decorator, placed under ``@hug.get(...)`` (or any other
     hug route decorator). ``scope`` defaults to the endpoint's module and
@@ -205,6 +274,19 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
             verdict = _check(rule, request)
             if verdict is not None and verdict.blocked:
                 return io.BytesIO(_blocked(verdict, response))
+            if rule.slots is not None and _wants_slot(rule, verdict, request):
+                holds = Holds()
+                busy = holds.take_all([rule], [_slot_key(rule, request)])
+                if busy is not None:
+                    return io.BytesIO(_blocked(busy, response))
+                try:
+                    result = func(*args, **kwargs)
+                except BaseException:
+                    holds.release()
+                    raise
+                return _allowed(
+                    _released_with(result, holds, request, response), verdict, response
+                )
             return _allowed(func(*args, **kwargs), verdict, response)
 
         async def astep(request: Any, response: Any, args: Any, kwargs: Any) -> Any:
@@ -216,6 +298,19 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
             )
             if verdict is not None and verdict.blocked:
                 return io.BytesIO(_blocked(verdict, response))
+            if rule.slots is not None and _wants_slot(rule, verdict, request):
+                holds = Holds()
+                busy = await holds.atake_all([rule], [_slot_key(rule, request)])
+                if busy is not None:
+                    return io.BytesIO(_blocked(busy, response))
+                try:
+                    result = await func(*args, **kwargs)
+                except BaseException:
+                    await holds.arelease()
+                    raise
+                return _allowed(
+                    _released_with(result, holds, request, response), verdict, response
+                )
             return _allowed(await func(*args, **kwargs), verdict, response)
 
         wrapper = _wrap(func, step, astep)
@@ -243,7 +338,11 @@ class RateLimitMiddleware:
         self.rule = middleware_rule(limit, limiter, scope, settings)
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        verdict = _check(self.rule, req)
+        rule = self.rule
+        verdict = _check(rule, req)
+        if rule.slots is not None:
+            self._take_slot(req, resp, verdict)
+            return
         if verdict is None:
             return
         if verdict.blocked:
@@ -251,6 +350,27 @@ class RateLimitMiddleware:
             resp.complete = True
             return
         req.context.stanchion_verdict = verdict
+
+    def _take_slot(
+        self, req: falcon.Request, resp: falcon.Response, verdict: Verdict | None
+    ) -> None:
+        """``process_request`` for a rule with a concurrency limit: a slot
+        held (until ``process_response``), or the refusal answered."""
+        rule = self.rule
+        if verdict is not None and verdict.blocked:
+            resp.data = _blocked(verdict, resp)
+            resp.complete = True
+            return
+        if _wants_slot(rule, verdict, req):
+            holds = Holds()
+            busy = holds.take_all([rule], [_slot_key(rule, req)])
+            if busy is not None:
+                resp.data = _blocked(busy, resp)
+                resp.complete = True
+                return
+            req.context.stanchion_holds = holds
+        if verdict is not None:
+            req.context.stanchion_verdict = verdict
 
     def process_response(
         self,
@@ -262,6 +382,15 @@ class RateLimitMiddleware:
         verdict = getattr(req.context, "stanchion_verdict", None)
         if verdict is not None:
             _add_headers(resp, verdict)
+        if self.rule.slots is not None:
+            holds = getattr(req.context, "stanchion_holds", None)
+            if holds is not None:
+                stream = resp.stream
+                if stream is not None and _sends_body(req, resp):
+                    # Sent after this: the slot is kept until it is closed.
+                    resp.stream = _ReleasingStream(stream, holds)
+                else:
+                    holds.release()
 
 
 # =============================================================================

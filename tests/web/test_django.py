@@ -631,3 +631,401 @@ def test_cache_hits_set_headers_as_django_would() -> None:
     for headers in (plain, odd, [("X-Tab", "a\tb")]):
         assert list(hit(headers).items()) == django_would(headers)
         assert hit(headers).content == b"body"
+
+
+# -- concurrency limits: CONCURRENCY, QUEUE, @ratelimit(concurrency=...) ---------
+
+import threading  # noqa: E402
+from collections.abc import AsyncIterator, Iterator  # noqa: E402
+
+from django.http import FileResponse, StreamingHttpResponse  # noqa: E402
+
+from stanchion.django.settings import stanchion_settings  # noqa: E402
+
+from .test_concurrency_web import WAIT, Burst, wait_until  # noqa: E402
+
+GO = threading.Event()
+STARTED: list[str] = []
+AGO: dict[str, asyncio.Event] = {}
+
+
+def cwork(request: HttpRequest) -> HttpResponse:
+    STARTED.append(request.GET.get("i", request.META["REMOTE_ADDR"]))
+    assert GO.wait(WAIT)
+    return HttpResponse("done")
+
+
+async def acwork(request: HttpRequest) -> HttpResponse:
+    STARTED.append(request.GET["i"])
+    await asyncio.wait_for(AGO["go"].wait(), WAIT)
+    return HttpResponse("done")
+
+
+@ratelimit(None, concurrency=1, concurrency_per="client")
+def per_client(request: HttpRequest) -> HttpResponse:
+    return cwork(request)
+
+
+@ratelimit("1000/minute", scope="cboom", concurrency=2)
+def cboom(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("boom")
+
+
+@ratelimit("1000/minute", scope="acboom", concurrency=2)
+async def acboom(request: HttpRequest) -> HttpResponse:
+    raise RuntimeError("boom")
+
+
+@ratelimit("1/minute", scope="cone", concurrency=3)
+def cone(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("one")
+
+
+@ratelimit(None, scope="acqueue", concurrency=1, queue=1, queue_timeout=WAIT)
+async def acqueue(request: HttpRequest) -> HttpResponse:
+    return await acwork(request)
+
+
+def cstream(request: HttpRequest) -> StreamingHttpResponse:
+    return StreamingHttpResponse(iter([b"a", b"b", b"c"]))
+
+
+def cfile(request: HttpRequest) -> FileResponse:
+    import io
+
+    return FileResponse(io.BytesIO(b"x" * 100))
+
+
+async def acstream(request: HttpRequest) -> StreamingHttpResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a"
+        await asyncio.wait_for(AGO["stream"].wait(), WAIT)
+        yield b"b"
+
+    return StreamingHttpResponse(body())
+
+
+urlpatterns += [
+    path("cwork", cwork),
+    path("acwork", acwork),
+    path("per-client", per_client),
+    path("cboom", cboom),
+    path("acboom", acboom),
+    path("cone", cone),
+    path("acqueue", acqueue),
+    path("cstream", cstream),
+    path("cfile", cfile),
+    path("acstream", acstream),
+]
+
+
+@pytest.fixture
+def conc() -> Iterator[None]:
+    GO.clear()
+    STARTED.clear()
+    AGO.clear()
+    yield
+    GO.set()
+
+
+def mw_slots() -> Any:
+    return stanchion_settings().probe.slots
+
+
+def ratelimit_of(view: Any) -> Any:
+    for cell in view.__closure__:
+        if isinstance(cell.cell_contents, ratelimit):
+            return cell.cell_contents
+    raise AssertionError("no ratelimit")
+
+
+def slots_of(view: Any) -> Any:
+    (rule,) = ratelimit_of(view)._rules.values()
+    return rule.slots
+
+
+def django_get(path: str, ip: str = "203.0.113.1") -> tuple[int, dict[str, str], bytes]:
+    r = Client().get(path, REMOTE_ADDR=ip)
+    return r.status_code, {k.lower(): v for k, v in r.items()}, r.content
+
+
+def test_sync_middleware_burst_runs_queues_refuses_in_order(conc: None) -> None:
+    conf = stanchion(LIMIT="100/minute", CONCURRENCY=1, QUEUE=3, QUEUE_TIMEOUT=WAIT)
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        slots = mw_slots()
+        burst = Burst(lambda i: django_get(f"/cwork?i={i}"))
+        burst.start(0, lambda: STARTED == ["0"])
+        for i in (1, 2, 3):
+            burst.start(i, lambda i=i: slots.queued() == i)  # type: ignore[misc]
+        for i in (4, 5):
+            burst.start(i, lambda: False)
+        for i in (4, 5):
+            status, headers, body = burst.results[i]
+            assert status == 503 and int(headers["retry-after"]) >= 1
+            assert json.loads(body)["status"] == 503
+            assert headers["content-type"] == "application/problem+json"
+            assert not any(k.startswith(("ratelimit", "x-ratelimit")) for k in headers)
+        GO.set()
+        burst.join()
+        assert STARTED == ["0", "1", "2", "3"]
+        for i in range(4):
+            status, headers, body = burst.results[i]
+            assert (status, body) == (200, b"done") and "ratelimit" in headers
+        assert slots.stats()["in_flight"] == 0 and slots.queued() == 0
+
+
+def test_middleware_concurrency_alone_exemptions_and_rate_refusals(conc: None) -> None:
+    conf = stanchion(CONCURRENCY=1, EXEMPT_PATHS=["/health"])
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        slots = mw_slots()
+        t = threading.Thread(target=lambda: django_get("/cwork"), daemon=True)
+        t.start()
+        wait_until(lambda: slots.in_flight() == 1, "a slot held")
+        assert django_get("/health")[0] == 200  # exempt: no slot
+        assert django_get("/hello")[0] == 503
+        GO.set()
+        t.join(WAIT)
+        assert django_get("/hello")[0] == 200
+        assert slots.stats()["in_flight"] == 0
+        assert "ratelimit" not in django_get("/hello")[1]  # no rate at all
+    c = Client()
+    assert get(c, "/cone").status_code == 200
+    assert [get(c, "/cone").status_code for _ in range(5)] == [429] * 5
+    assert slots_of(cone).stats()["in_flight"] == 0
+
+
+def test_decorator_per_client_slots_and_429(conc: None) -> None:
+    burst = Burst(lambda i: django_get("/per-client", f"198.51.100.{i}"))
+    burst.start(1, lambda: len(STARTED) == 1)
+    burst.start(2, lambda: len(STARTED) == 2)  # another client: its own slot
+    status, headers, body = django_get("/per-client", "198.51.100.1")
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert json.loads(body)["status"] == 429
+    GO.set()
+    burst.join()
+    assert [burst.results[i][0] for i in (1, 2)] == [200, 200]
+    assert slots_of(per_client).stats()["in_flight"] == 0
+
+
+@pytest.mark.parametrize("raise_exc", [True, False])
+@pytest.mark.parametrize("where", ["memory", "shm"])
+def test_exceptions_release_the_slots(raise_exc: bool, where: str) -> None:
+    # (A dropped in-process hold frees its slot by itself; a shared
+    # memory lease stays taken: a slot not given back shows there.)
+    import uuid
+
+    from stanchion import SharedMemoryStorage
+
+    name = f"test-{uuid.uuid4().hex}"
+    conf = stanchion(CONCURRENCY=2)
+    if where == "shm":
+        conf["STORAGE_URL"] = f"shm://{name}"
+    try:
+        _raise_and_count(conf, raise_exc)
+    finally:
+        SharedMemoryStorage(name).unlink(missing_ok=True)
+
+
+def _raise_and_count(conf: dict[str, Any], raise_exc: bool) -> None:
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        c = Client(raise_request_exception=raise_exc)
+        for _ in range(20):
+            for p in ("/cboom", "/acboom"):
+                if raise_exc:
+                    with pytest.raises(RuntimeError):
+                        c.get(p, REMOTE_ADDR="203.0.113.1")
+                else:
+                    assert get(c, p).status_code == 500
+        assert mw_slots().in_flight() == 0
+    assert slots_of(cboom).stats()["in_flight"] == 0
+    assert slots_of(acboom).stats()["in_flight"] == 0
+
+
+def test_sync_streamed_and_file_responses_hold_until_closed() -> None:
+    with override_settings(MIDDLEWARE=MW, STANCHION=stanchion(CONCURRENCY=1)):
+        slots = mw_slots()
+        c = Client()
+        r = get(c, "/cstream")
+        it = iter(r.streaming_content)
+        assert next(it) == b"a"
+        assert slots.in_flight() == 1  # held while the body is sent
+        assert get(c, "/hello").status_code == 503
+        assert b"".join(it) == b"bc"
+        assert slots.in_flight() == 0
+        r = get(c, "/cstream")
+        assert slots.in_flight() == 1
+        r.close()  # a client gone away: the server closes the response
+        assert slots.in_flight() == 0
+        r = get(c, "/cfile")
+        assert slots.in_flight() == 1
+        assert b"".join(r.streaming_content) == b"x" * 100
+        assert slots.in_flight() == 0
+
+
+async def test_asgi_middleware_queue_in_order_and_503(conc: None) -> None:
+    AGO["go"] = asyncio.Event()
+    conf = stanchion(CONCURRENCY=1, QUEUE=2, QUEUE_TIMEOUT=WAIT)
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        slots = mw_slots()
+        async with asgi_client() as c:
+
+            async def until(cond: Any) -> None:
+                for _ in range(int(WAIT / 0.002)):
+                    if cond():
+                        return
+                    await asyncio.sleep(0.002)
+                raise AssertionError("timed out")
+
+            tasks = [asyncio.create_task(c.get("/acwork?i=0"))]
+            await until(lambda: STARTED == ["0"])
+            for i in (1, 2):
+                tasks.append(asyncio.create_task(c.get(f"/acwork?i={i}")))
+                await until(lambda i=i: slots.queued() == i)
+            r = await c.get("/acwork?i=3")
+            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+            assert r.json()["status"] == 503
+            AGO["go"].set()
+            done = await asyncio.gather(*tasks)
+    assert [x.status_code for x in done] == [200, 200, 200]
+    assert STARTED == ["0", "1", "2"]
+    assert slots.stats()["in_flight"] == 0 and slots.queued() == 0
+
+
+async def test_asgi_decorator_queue_and_streaming(conc: None) -> None:
+    AGO["go"] = asyncio.Event()
+    AGO["stream"] = asyncio.Event()
+    async with asgi_client() as c:
+        first = asyncio.create_task(c.get("/acqueue?i=0"))
+        for _ in range(int(WAIT / 0.002)):
+            if STARTED:
+                break
+            await asyncio.sleep(0.002)
+        slots = slots_of(acqueue)  # (its rule is made on first use)
+        second = asyncio.create_task(c.get("/acqueue?i=1"))
+        for _ in range(int(WAIT / 0.002)):
+            if slots.queued() == 1:
+                break
+            await asyncio.sleep(0.002)
+        r = await c.get("/acqueue?i=2")
+        assert r.status_code == 503
+        AGO["go"].set()
+        assert [(await t).status_code for t in (first, second)] == [200, 200]
+        assert STARTED == ["0", "1"] and slots.stats()["in_flight"] == 0
+    conf = stanchion(CONCURRENCY=1)
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        mw = mw_slots()
+        async with asgi_client() as c:
+            streamed = asyncio.create_task(c.get("/acstream"))
+            for _ in range(int(WAIT / 0.002)):
+                if mw.in_flight() == 1:
+                    break
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.01)
+            assert mw.in_flight() == 1  # held while the body is sent
+            assert (await c.get("/hello")).status_code == 503
+            AGO["stream"].set()
+            r = await streamed
+        assert r.content == b"ab" and mw.stats()["in_flight"] == 0
+
+
+def test_concurrency_settings_are_checked() -> None:
+    from stanchion.django.settings import stanchion_settings as read
+
+    with (
+        override_settings(STANCHION=stanchion(QUEUE=5)),
+        pytest.raises(SettingError, match=r"STANCHION\['QUEUE'\]"),
+    ):
+        read()
+    with (
+        override_settings(STANCHION=stanchion(CONCURRENCY=2, CONCURRENCY_PER="x")),
+        pytest.raises(SettingError, match=r"STANCHION\['CONCURRENCY_PER'\]"),
+    ):
+        read()
+    with override_settings(
+        STANCHION=stanchion(LIMIT="5/minute", CONCURRENCY=2, QUEUE=4, QUEUE_TIMEOUT=1)
+    ):
+        conf = read()
+        assert (conf.probe.slots.limit, conf.probe.slots.queue) == (2, 4)
+        assert conf.probe.slots.timeout == 1
+        # Not passed on to the view decorators' rules.
+        assert "concurrency" not in conf.rule_kw
+
+
+async def test_asgi_client_gone_mid_stream_releases_the_slot(conc: None) -> None:
+    # Django cancels the response when the client disconnects, without
+    # closing it: the slot is given back as the content is closed.
+    AGO["stream"] = asyncio.Event()
+    sent: list[dict[str, Any]] = []
+    gone = asyncio.Event()
+
+    received: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        received.append(1)
+        if len(received) == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/acstream",
+        "raw_path": b"/acstream",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test")],
+        "client": ("203.0.113.9", 5000),
+        "server": ("test", 80),
+    }
+    with override_settings(MIDDLEWARE=MW, STANCHION=stanchion(CONCURRENCY=1)):
+        slots = mw_slots()
+        handler = asyncio.create_task(ASGIHandler()(scope, receive, send))
+        for _ in range(int(WAIT / 0.002)):
+            if any(m.get("body") == b"a" for m in sent):
+                break
+            await asyncio.sleep(0.002)
+        assert slots.in_flight() == 1
+        gone.set()
+        await asyncio.wait_for(handler, WAIT)
+        assert slots.in_flight() == 0
+
+
+class Replacing:
+    """An outer middleware that answers with a response of its own,
+    dropping the streamed one (never closed)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        self.get_response(request)
+        return HttpResponse("replaced")
+
+
+def test_streamed_response_dropped_by_an_outer_layer_releases() -> None:
+    # (An in-process slot frees itself when its hold is dropped; a shared
+    # storage's lease would stay taken until it expires.)
+    import gc
+    import uuid
+
+    from stanchion import SharedMemoryStorage
+
+    name = f"test-{uuid.uuid4().hex}"
+    mw = [f"{__name__}.Replacing", *MW]
+    conf = stanchion(CONCURRENCY=1, STORAGE_URL=f"shm://{name}")
+    try:
+        with override_settings(MIDDLEWARE=mw, STANCHION=conf):
+            c = Client()
+            for _ in range(3):
+                assert get(c, "/cstream").content == b"replaced"
+                gc.collect()
+                assert mw_slots().in_flight() == 0
+    finally:
+        SharedMemoryStorage(name).unlink(missing_ok=True)

@@ -96,7 +96,10 @@ def test_hug_example() -> None:
     c = Client(m.api.http.server())
 
     def get(path: str, ip: str, **headers: str) -> Any:
-        return c.get(path, environ_base={"REMOTE_ADDR": ip}, headers=headers)
+        r = c.get(path, environ_base={"REMOTE_ADDR": ip}, headers=headers)
+        r.get_data()
+        r.close()  # as a WSGI server does: the concurrency slot is given back
+        return r
 
     r = get("/users", "203.0.113.9")
     assert r.status_code == 200
@@ -124,6 +127,7 @@ def test_hug_example() -> None:
     )
     slots = mw.rule.slots
     assert (slots.limit, slots.queue, slots.timeout) == (16, 64, 10.0)
+    assert slots.stats()["in_flight"] == 0
 
 
 DJANGO_SCRIPT = textwrap.dedent(

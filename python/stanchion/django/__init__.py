@@ -13,6 +13,10 @@ Settings (all optional) in one dict::
         "EXEMPT_PATHS": ["/health", "/static/*"],
         "EXEMPT_METHODS": [],
         "UNIDENTIFIED": "deny",
+        "CONCURRENCY": None,               # the middleware's: requests in flight
+        "QUEUE": 0,                        # waiting for a slot, in arrival order
+        "QUEUE_TIMEOUT": 30,               # seconds; then 503 (429 per client)
+        "CONCURRENCY_PER": "global",       # or "client"
         "ALGORITHM": "token_bucket",
         "MAX_KEYS": 1_000_000,
         "STORAGE_URL": None,               # or "shm://myapp", "redis://..."

@@ -1,9 +1,20 @@
 """Rate limiting for Django views: ``RateLimitMiddleware`` and the
-``@ratelimit`` decorator."""
+``@ratelimit`` decorator.
+
+Both also apply a concurrency limit (``STANCHION["CONCURRENCY"]`` for
+the middleware, ``@ratelimit(..., concurrency=N, queue=Q)`` for a view):
+a request the rate let through takes a slot, waiting in the queue if
+none is free (``await``-ed under ASGI, never blocking the loop), and is
+answered 503 (429 per client) with ``Retry-After`` if none frees up in
+time. The slot is given back when the response is built, or, for a
+streamed response (``StreamingHttpResponse``, ``FileResponse``), when
+it is closed (sent, or the client went away).
+"""
 
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,6 +23,7 @@ from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse
 
 from .._adapt import decide, header_from_environ, outer_headers, route_scope
+from .._adapt_slots import Holds, needs_slot
 from .._core import Decision, RateHeaders
 from ..http import Request, Rule, SettingError, Verdict
 from .middleware import SyncAndAsyncMiddleware
@@ -116,8 +128,64 @@ def _add_headers_slow(response: HttpResponse, headers: list[tuple[str, str]]) ->
         response.headers[k] = v
 
 
+# -- concurrency slots ------------------------------------------------------------
+
+
+def _wants_slot(rule: Rule, verdict: Verdict | None, request: HttpRequest) -> bool:
+    """Whether a request ``rule`` let through takes one of its slots."""
+    meta = request.META
+    return needs_slot(
+        rule,
+        verdict,
+        request.method or "GET",
+        request.path,
+        meta.get("REMOTE_ADDR"),
+        lambda name: header_from_environ(meta, name),
+        lambda: DjangoRequest(request),
+    )
+
+
+def _slot_key(rule: Rule, request: HttpRequest) -> str | None:
+    meta = request.META
+    return rule.slot_key(
+        meta.get("REMOTE_ADDR"), lambda name: header_from_environ(meta, name)
+    )
+
+
+def _take(rule: Rule, request: HttpRequest) -> Holds | HttpResponse:
+    """A slot of ``rule`` for the request (waiting in its queue), or the
+    response refusing it (503, or 429 per client)."""
+    holds = Holds()
+    busy = holds.take_all([rule], [_slot_key(rule, request)])
+    return holds if busy is None else _response(busy)
+
+
+async def _atake(rule: Rule, request: HttpRequest) -> Holds | HttpResponse:
+    """:func:`_take`, awaiting the queue."""
+    holds = Holds()
+    busy = await holds.atake_all([rule], [_slot_key(rule, request)])
+    return holds if busy is None else _response(busy)
+
+
+def _keep_until_sent(response: Any, holds: Holds) -> bool:
+    """For a streamed response: give ``holds`` back when it is closed
+    (Django's handlers close every response once sent, or once the
+    client went away), or, if an outer layer dropped it unclosed, when
+    it is collected; True then. False for any other response: its
+    content is built, the caller gives the slots back now."""
+    if not getattr(response, "streaming", False):
+        return False
+    closers = getattr(response, "_resource_closers", None)
+    if closers is not None:
+        closers.append(holds.release)
+    weakref.finalize(response, holds.release)
+    return True
+
+
 class RateLimitMiddleware(SyncAndAsyncMiddleware):
-    """``STANCHION["LIMIT"]`` on every request (except exemptions).
+    """``STANCHION["LIMIT"]`` on every request (except exemptions), and
+    ``STANCHION["CONCURRENCY"]`` (``"QUEUE"``, ``"QUEUE_TIMEOUT"``,
+    ``"CONCURRENCY_PER"``) if set.
 
     Sync and async capable: under ASGI it awaits ``limiter.ahit`` and
     never blocks the loop; under WSGI it calls ``hit``."""
@@ -128,8 +196,10 @@ class RateLimitMiddleware(SyncAndAsyncMiddleware):
             conf = stanchion_settings()
         except SettingError as exc:
             raise ImproperlyConfigured(str(exc)) from None
-        if not conf.enabled or conf.limit is None:
-            raise MiddlewareNotUsed("STANCHION['LIMIT'] is not set")
+        if not conf.enabled or (conf.limit is None and conf.concurrency is None):
+            raise MiddlewareNotUsed(
+                "neither STANCHION['LIMIT'] nor STANCHION['CONCURRENCY'] is set"
+            )
         self.rule = conf.probe
 
     def __call__(self, request: HttpRequest) -> Any:
@@ -143,6 +213,8 @@ class RateLimitMiddleware(SyncAndAsyncMiddleware):
             peer = request.META.get("REMOTE_ADDR")
             d = gate(peer)
             if d:
+                if rule.slots is not None:
+                    return self._held(request, None, d)
                 response = self.get_response(request)
                 render = rule.allowed_render
                 if render is not None:
@@ -151,12 +223,62 @@ class RateLimitMiddleware(SyncAndAsyncMiddleware):
             verdict = _check(rule, request) if d is None else rule.refused(peer, d)
         else:
             verdict = _check(rule, request)
+        if rule.slots is not None:
+            return self._held(request, verdict, None)
         if verdict is None:
             return self.get_response(request)
         if verdict.blocked:
             return _response(verdict)
         response = self.get_response(request)
         _add_headers(response, verdict)
+        return response
+
+    def _held(
+        self, request: HttpRequest, verdict: Verdict | None, d: Decision | None
+    ) -> Any:
+        """``__call__`` for a rule with a concurrency limit: the verdict
+        (or the gate's allowing Decision ``d``) answered, holding a slot
+        while the response is made (and sent, if streamed)."""
+        rule = self.rule
+        if verdict is not None and verdict.blocked:
+            return _response(verdict)
+        if d is None and not _wants_slot(rule, verdict, request):
+            response = self.get_response(request)
+        else:
+            holds = _take(rule, request)
+            if not isinstance(holds, Holds):
+                return holds
+            try:
+                response = self.get_response(request)
+            except BaseException:
+                holds.release()
+                raise
+            if not _keep_until_sent(response, holds):
+                holds.release()
+        _finish(response, rule, verdict, d)
+        return response
+
+    async def _aheld(
+        self, request: HttpRequest, verdict: Verdict | None, d: Decision | None
+    ) -> Any:
+        """:meth:`_held` under ASGI: waits for a slot without blocking."""
+        rule = self.rule
+        if verdict is not None and verdict.blocked:
+            return _response(verdict)
+        if d is None and not _wants_slot(rule, verdict, request):
+            response = await self.get_response(request)
+        else:
+            holds = await _atake(rule, request)
+            if not isinstance(holds, Holds):
+                return holds
+            try:
+                response = await self.get_response(request)
+            except BaseException:
+                await holds.arelease()
+                raise
+            if not _keep_until_sent(response, holds):
+                await holds.arelease()
+        _finish(response, rule, verdict, d)
         return response
 
     async def __acall__(self, request: HttpRequest) -> Any:
@@ -166,6 +288,8 @@ class RateLimitMiddleware(SyncAndAsyncMiddleware):
             peer = request.META.get("REMOTE_ADDR")
             d = gate(peer)
             if d:
+                if rule.slots is not None:
+                    return await self._aheld(request, None, d)
                 response = await self.get_response(request)
                 render = rule.allowed_render
                 if render is not None:
@@ -174,6 +298,8 @@ class RateLimitMiddleware(SyncAndAsyncMiddleware):
             verdict = _check(rule, request) if d is None else rule.refused(peer, d)
         else:
             verdict = await _acheck(rule, request)
+        if rule.slots is not None:
+            return await self._aheld(request, verdict, None)
         if verdict is None:
             return await self.get_response(request)
         if verdict.blocked:
@@ -181,6 +307,19 @@ class RateLimitMiddleware(SyncAndAsyncMiddleware):
         response = await self.get_response(request)
         _add_headers(response, verdict)
         return response
+
+
+def _finish(
+    response: Any, rule: Rule, verdict: Verdict | None, d: Decision | None
+) -> None:
+    """The allowed request's rate limit headers on its ``response``: those
+    of the Decision ``d`` of ``rule.gate``, or the verdict's."""
+    if d is not None:
+        render = rule.allowed_render
+        if render is not None:
+            _render_headers(response, render, d)
+    elif verdict is not None:
+        _add_headers(response, verdict)
 
 
 def _before_view(
@@ -268,10 +407,13 @@ class ratelimit:
             async def async_view(
                 request: HttpRequest, *args: Any, **kwargs: Any
             ) -> Any:
-                verdict = await _acheck(self._rule(scope), request)
+                rule = self._rule(scope)
+                verdict = await _acheck(rule, request)
                 refused = _before_view(request, verdict, block)
                 if refused is not None:
                     return refused
+                if rule.slots is not None:
+                    return await _aview_held(rule, verdict, request, view, args, kwargs)
                 response = await view(request, *args, **kwargs)
                 if verdict is not None:
                     _add_headers(response, verdict)
@@ -281,13 +423,72 @@ class ratelimit:
 
         @functools.wraps(view)
         def sync_view(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-            verdict = _check(self._rule(scope), request)
+            rule = self._rule(scope)
+            verdict = _check(rule, request)
             refused = _before_view(request, verdict, block)
             if refused is not None:
                 return refused
+            if rule.slots is not None:
+                return _view_held(rule, verdict, request, view, args, kwargs)
             response = view(request, *args, **kwargs)
             if verdict is not None:
                 _add_headers(response, verdict)
             return response
 
         return sync_view  # type: ignore[return-value]
+
+
+def _view_held(
+    rule: Rule,
+    verdict: Verdict | None,
+    request: HttpRequest,
+    view: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+) -> Any:
+    """A view under ``@ratelimit`` with a concurrency limit, run holding
+    one of its slots (unless exempt). With ``block=False`` a request over
+    the rate runs too: it takes a slot all the same."""
+    if verdict is None and not _wants_slot(rule, None, request):
+        response = view(request, *args, **kwargs)
+    else:
+        holds = _take(rule, request)
+        if not isinstance(holds, Holds):
+            return holds
+        try:
+            response = view(request, *args, **kwargs)
+        except BaseException:
+            holds.release()
+            raise
+        if not _keep_until_sent(response, holds):
+            holds.release()
+    if verdict is not None:
+        _add_headers(response, verdict)
+    return response
+
+
+async def _aview_held(
+    rule: Rule,
+    verdict: Verdict | None,
+    request: HttpRequest,
+    view: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+) -> Any:
+    """:func:`_view_held` for an ``async def`` view."""
+    if verdict is None and not _wants_slot(rule, None, request):
+        response = await view(request, *args, **kwargs)
+    else:
+        holds = await _atake(rule, request)
+        if not isinstance(holds, Holds):
+            return holds
+        try:
+            response = await view(request, *args, **kwargs)
+        except BaseException:
+            await holds.arelease()
+            raise
+        if not _keep_until_sent(response, holds):
+            await holds.arelease()
+    if verdict is not None:
+        _add_headers(response, verdict)
+    return response

@@ -13,6 +13,7 @@ from django.utils.module_loading import import_string
 from .._adapt import MIDDLEWARE_SCOPE
 from .._settings import (
     Setting,
+    concurrency_settings,
     django_name,
     named_errors,
     read,
@@ -44,13 +45,21 @@ class _Settings:
                 ) from None
         storage = storage_from_url(values.get("storage"), django_name)
         with _named_errors():
+            #: The middleware's concurrency limit (Rule keywords; None:
+            #: none). Never the decorators': they take their own.
+            self.concurrency = concurrency_settings(values, django_name)
             self.limiters = LimiterCache(storage=storage, **cache_kw)
             self.rule_kw = {**rule_kw, "limiters": self.limiters}
-            # Every setting checked now, with or without a LIMIT.
+            # Every setting checked now, with or without a LIMIT: the
+            # middleware's rule.
+            limit = self.limit
+            if limit is None and self.concurrency is None:
+                limit = "1/second"
             self.probe = Rule(
-                self.limit if self.limit is not None else "1/second",
+                limit,
                 scope=MIDDLEWARE_SCOPE,
                 **self.rule_kw,
+                **(self.concurrency or {}),
             )
 
 

@@ -484,6 +484,8 @@ class Rule(_RuleHeaders):
         limit and cost functions' answers, ignored when there are none);
         a Verdict when it is decided already; None when the request is
         not limited."""
+        if self._fixed is None and self._limit_func is None:
+            return None  # a concurrency limit alone: no rate, any identity
         if key is None:
             shared = self._unidentified(request)
             if not isinstance(shared, str):
