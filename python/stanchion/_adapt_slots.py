@@ -18,7 +18,7 @@ from typing import Any
 from ._concurrency import Concurrency, ConcurrencyLimitExceeded
 from .http import Request, Rule, Verdict
 
-__all__ = ["Holds", "atake", "needs_slot", "take"]
+__all__ = ["Holds", "atake", "lane_of", "needs_slot", "take"]
 
 
 def needs_slot(
@@ -57,25 +57,32 @@ def needs_slot(
     return True
 
 
-def take(rule: Rule, key: str | None) -> Any:
-    """One of ``rule``'s slots for ``key``, waiting in the queue if none
-    is free (blocks the thread). Raises ConcurrencyLimitExceeded."""
+def take(rule: Rule, key: str | None, lane: int = 0) -> Any:
+    """One of ``rule``'s slots for ``key`` in priority ``lane``, waiting
+    in the queue if none is free (blocks the thread). Raises
+    ConcurrencyLimitExceeded."""
     slots: Any = rule.slots
     if type(slots) is Concurrency:
-        hold = slots.try_acquire(key)
+        hold = slots.try_acquire(key, priority=lane)
         if hold is not None:
             return hold
-    return slots.acquire(key)
+    return slots.acquire(key, priority=lane)
 
 
-async def atake(rule: Rule, key: str | None) -> Any:
+async def atake(rule: Rule, key: str | None, lane: int = 0) -> Any:
     """:func:`take` for asyncio code (waits without blocking the loop)."""
     slots: Any = rule.slots
     if type(slots) is Concurrency:
-        hold = slots.try_acquire(key)
+        hold = slots.try_acquire(key, priority=lane)
         if hold is not None:
             return hold
-    return await slots.aacquire(key)
+    return await slots.aacquire(key, priority=lane)
+
+
+def lane_of(rule: Rule, view: Callable[[], Request]) -> int:
+    """The request's priority lane for ``rule`` (``view()`` builds the
+    rule's Request view, only when the rule has a priority function)."""
+    return rule.lane(view()) if rule.slot_priority is not None else 0
 
 
 class Holds:
@@ -98,13 +105,15 @@ class Holds:
         self,
         rules: list[Rule],
         keys: list[str | None],
+        lanes: list[int] | None = None,
     ) -> Verdict | None:
-        """A slot of each rule (``keys[i]`` for ``rules[i]``); on a refusal
-        the slots taken so far are given back and the rule's ``busy``
-        verdict returned."""
-        for rule, key in zip(rules, keys, strict=True):
+        """A slot of each rule (``keys[i]`` for ``rules[i]``, in lane
+        ``lanes[i]``); on a refusal the slots taken so far are given back
+        and the rule's ``busy`` verdict returned."""
+        lanes = lanes or [0] * len(rules)
+        for rule, key, lane in zip(rules, keys, lanes, strict=True):
             try:
-                self._holds.append(take(rule, key))
+                self._holds.append(take(rule, key, lane))
             except ConcurrencyLimitExceeded as exc:
                 self.release()
                 return rule.busy(exc)
@@ -114,11 +123,13 @@ class Holds:
         self,
         rules: list[Rule],
         keys: list[str | None],
+        lanes: list[int] | None = None,
     ) -> Verdict | None:
         """:meth:`take_all` for asyncio code."""
-        for rule, key in zip(rules, keys, strict=True):
+        lanes = lanes or [0] * len(rules)
+        for rule, key, lane in zip(rules, keys, lanes, strict=True):
             try:
-                self._holds.append(await atake(rule, key))
+                self._holds.append(await atake(rule, key, lane))
             except ConcurrencyLimitExceeded as exc:
                 await self.arelease()
                 return rule.busy(exc)

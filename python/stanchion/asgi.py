@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._adapt import AppMiddleware, outer_headers
+from ._adapt_slots import needs_slot
 from ._concurrency import Concurrency, ConcurrencyLimitExceeded
 from ._core import HeaderSend
 from .http import Request, Rule, Verdict
@@ -138,7 +139,7 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
         extra = verdict.raw_headers() if verdict is not None else None
         out = HeaderSend(send, extra) if extra else send
         slots = rule.slots
-        if slots is None:
+        if slots is None or (verdict is None and not _needs_slot(rule, scope, peer)):
             await self.app(scope, receive, out)
             return
         if rule.slots_plain:  # a free slot: taken in C
@@ -150,6 +151,20 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
                     hold.release()
                 return
         await run_holding(rule, self.app, scope, receive, send, out, peer)
+
+
+def _needs_slot(rule: Rule, scope: Scope, peer: str | None) -> bool:
+    """Whether a request the rule did not decide on takes a slot: not
+    when exempt or on the allow list (see ``_adapt_slots.needs_slot``)."""
+    return needs_slot(
+        rule,
+        None,
+        scope["method"],
+        scope["path"],
+        peer,
+        lambda name: AsgiRequest(scope)._header(name),
+        lambda: AsgiRequest(scope),
+    )
 
 
 async def run_holding(

@@ -42,6 +42,7 @@ from ._adapt import (
     route_scope,
     share_limiters,
 )
+from ._adapt_slots import needs_slot
 from ._concurrency import Concurrency, ConcurrencyLimitExceeded, Hold
 from .asgi import CacheMiddleware, RateLimitMiddleware
 from .http import Request, Rule, Verdict
@@ -377,7 +378,18 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
             verdict = await _acheck(rule, request)
             if verdict is not None and verdict.blocked:
                 return problem_response(verdict)
-            if rule.slots is None:
+            if rule.slots is None or (
+                verdict is None
+                and not needs_slot(
+                    rule,
+                    None,
+                    request.method,
+                    request.url.path,
+                    request.client.host if request.client else None,
+                    StarletteView(request)._header,
+                    lambda: StarletteView(request),
+                )
+            ):
                 result = await call(*args, **kwargs)
             else:
                 hold = await _take_slot(rule, request)

@@ -104,7 +104,7 @@ from flask.globals import _cv_request
 from werkzeug.datastructures import Headers
 
 from ._adapt import MIDDLEWARE_SCOPE, outer_headers, route_scope
-from ._adapt_slots import Holds, needs_slot
+from ._adapt_slots import Holds, lane_of, needs_slot
 from ._core import HeaderStart
 from ._settings import (
     concurrency_settings,
@@ -528,28 +528,26 @@ def _take_slots(
     had none in time, if any."""
     rules: list[Rule] = []
     keys: list[str | None] = []
+    lanes: list[int] = []
     header = req.headers.get
+
+    def view() -> FlaskRequest:
+        return FlaskRequest(req.method, req.path, None, req, state.user or _g_user)
+
     for rule, verdict in slotted:
         if verdict is True or needs_slot(
-            rule,
-            verdict,
-            req.method,
-            req.path,
-            peer,
-            header,
-            lambda: FlaskRequest(
-                req.method, req.path, None, req, state.user or _g_user
-            ),
+            rule, verdict, req.method, req.path, peer, header, view
         ):
             rules.append(rule)
             keys.append(rule.slot_key(peer, header))
+            lanes.append(lane_of(rule, view))
     if not rules:
         return None
     holds = environ.get(_HOLDS)
     if holds is None:
         holds = environ[_HOLDS] = Holds()
         _RateHeaders.holding = True
-    return holds.take_all(rules, keys)
+    return holds.take_all(rules, keys, lanes)
 
 
 #: The environ key of the list of rate limit headers for the response.

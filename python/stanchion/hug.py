@@ -62,7 +62,7 @@ from ._adapt import (
     share_limiters,
     status_line,
 )
-from ._adapt_slots import Holds, needs_slot
+from ._adapt_slots import Holds, lane_of, needs_slot
 from ._limiter import RateLimiter
 from .http import RateSpec, Request, Rule, Verdict, middleware_rule
 
@@ -219,6 +219,10 @@ def _slot_key(rule: Rule, req: falcon.Request) -> str | None:
     return rule.slot_key(req.remote_addr, req.get_header)
 
 
+def _lane(rule: Rule, req: falcon.Request) -> int:
+    return lane_of(rule, lambda: FalconRequest(req))
+
+
 def _released_with(
     result: Any, holds: Holds, req: falcon.Request, resp: falcon.Response
 ) -> Any:
@@ -276,7 +280,9 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 return io.BytesIO(_blocked(verdict, response))
             if rule.slots is not None and _wants_slot(rule, verdict, request):
                 holds = Holds()
-                busy = holds.take_all([rule], [_slot_key(rule, request)])
+                busy = holds.take_all(
+                    [rule], [_slot_key(rule, request)], [_lane(rule, request)]
+                )
                 if busy is not None:
                     return io.BytesIO(_blocked(busy, response))
                 try:
@@ -300,7 +306,9 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 return io.BytesIO(_blocked(verdict, response))
             if rule.slots is not None and _wants_slot(rule, verdict, request):
                 holds = Holds()
-                busy = await holds.atake_all([rule], [_slot_key(rule, request)])
+                busy = await holds.atake_all(
+                    [rule], [_slot_key(rule, request)], [_lane(rule, request)]
+                )
                 if busy is not None:
                     return io.BytesIO(_blocked(busy, response))
                 try:
@@ -363,7 +371,7 @@ class RateLimitMiddleware:
             return
         if _wants_slot(rule, verdict, req):
             holds = Holds()
-            busy = holds.take_all([rule], [_slot_key(rule, req)])
+            busy = holds.take_all([rule], [_slot_key(rule, req)], [_lane(rule, req)])
             if busy is not None:
                 resp.data = _blocked(busy, resp)
                 resp.complete = True

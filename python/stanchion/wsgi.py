@@ -17,6 +17,7 @@ from ._adapt import (
     outer_headers,
     status_line,
 )
+from ._adapt_slots import needs_slot
 from ._concurrency import Concurrency, ConcurrencyLimitExceeded
 from ._core import HeaderStart
 from .http import Request, Rule, Verdict
@@ -122,7 +123,18 @@ class RateLimitMiddleware(AppMiddleware[WSGIApp]):
             return reply(verdict, start_response)
         extra = verdict.headers() if verdict is not None else None
         out = HeaderStart(start_response, extra) if extra else start_response
-        if rule.slots is None:
+        if rule.slots is None or (
+            verdict is None
+            and not needs_slot(
+                rule,
+                None,
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("PATH_INFO") or "/",
+                environ.get("REMOTE_ADDR"),
+                lambda name: WsgiRequest(environ)._header(name),
+                lambda: WsgiRequest(environ),
+            )
+        ):
             return self.app(environ, out)
         return run_holding(rule, self.app, environ, start_response, out)
 

@@ -327,3 +327,36 @@ def test_the_deny_list_applies_to_a_concurrency_limit_alone() -> None:
     wsgi({"REMOTE_ADDR": "192.0.2.1"}, lambda st, h, e=None: statuses.append(st))
     wsgi({"REMOTE_ADDR": "198.51.100.1"}, lambda st, h, e=None: statuses.append(st))
     assert statuses == ["403 Forbidden", "200 OK"]
+
+
+def test_asgi_lanes_and_exempt_paths() -> None:
+    """priority= lanes: with a slot reserved for lane 1, a second lane-0
+    request is refused while a lane-1 one is served; exempt paths take no
+    slot at all."""
+
+    async def run() -> None:
+        gate = Gate()
+        mw = AsgiMiddleware(
+            gate,
+            limit="1000/second",
+            concurrency=2,
+            priorities=2,
+            reserve=1,
+            priority=lambda r: 1 if r.path.startswith("/vip") else 0,
+            exempt_paths=["/health"],
+        )
+        slots = mw.rule.slots
+        first = asyncio.ensure_future(call(mw, "/a"))
+        await until(lambda: gate.started == ["/a"])
+        assert (await call(mw, "/b")).status_code == 503  # lane 0 is full
+        vip = asyncio.ensure_future(call(mw, "/vip"))
+        await until(lambda: gate.started == ["/a", "/vip"])
+        assert slots.stats()["in_flight"] == 2
+        health = asyncio.ensure_future(call(mw, "/health"))  # takes no slot
+        await until(lambda: len(gate.started) == 3)
+        assert slots.stats()["in_flight"] == 2
+        gate.go.set()
+        assert {(await t).status_code for t in (first, vip, health)} == {200}
+        assert slots.stats()["in_flight"] == 0
+
+    asyncio.run(run())

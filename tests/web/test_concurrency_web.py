@@ -529,3 +529,47 @@ def test_hug_streamed_answers_hold_until_closed(slot_storage: Any) -> None:
         assert slots.in_flight() == 0 and mw.rule.slots.in_flight() == 0
         assert hug_get(api, path, method="HEAD")[0] == 200
         assert slots.in_flight() == 0 and mw.rule.slots.in_flight() == 0
+
+
+def test_flask_view_priority_lanes() -> None:
+    """A view's priority= lanes: with one of two slots kept for lane 1, a
+    second lane-0 request is refused while a lane-1 one is served."""
+    from flask import request
+
+    app, limits = flask_app()
+    go = threading.Event()
+    started: list[str] = []
+
+    @app.route("/work")
+    @limits.limit(
+        None,
+        concurrency=2,
+        priorities=2,
+        reserve=1,
+        priority=lambda r: 1 if r.header("x-plan") == "paid" else 0,
+    )
+    def work() -> str:
+        started.append(request.headers.get("x-plan", "free"))
+        assert go.wait(WAIT)
+        return "done"
+
+    c = app.test_client()
+    out: list[int] = []
+
+    def hit(plan: str | None) -> None:
+        headers = {"X-Plan": plan} if plan else {}
+        with c.get("/work", headers=headers) as r:
+            out.append(r.status_code)
+
+    first = threading.Thread(target=hit, args=(None,))
+    first.start()
+    wait_until(lambda: started == ["free"], "the first request runs")
+    hit(None)  # lane 0 has no slot left: refused at once
+    assert out == [503]
+    paid = threading.Thread(target=hit, args=("paid",))
+    paid.start()
+    wait_until(lambda: started == ["free", "paid"], "the paid request runs")
+    go.set()
+    first.join()
+    paid.join()
+    assert sorted(out) == [200, 200, 503]

@@ -23,7 +23,7 @@ from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse
 
 from .._adapt import decide, header_from_environ, outer_headers, route_scope
-from .._adapt_slots import Holds, needs_slot
+from .._adapt_slots import Holds, lane_of, needs_slot
 from .._core import Decision, RateHeaders
 from ..http import Request, Rule, SettingError, Verdict
 from .middleware import SyncAndAsyncMiddleware
@@ -156,14 +156,16 @@ def _take(rule: Rule, request: HttpRequest) -> Holds | HttpResponse:
     """A slot of ``rule`` for the request (waiting in its queue), or the
     response refusing it (503, or 429 per client)."""
     holds = Holds()
-    busy = holds.take_all([rule], [_slot_key(rule, request)])
+    lane = lane_of(rule, lambda: DjangoRequest(request))
+    busy = holds.take_all([rule], [_slot_key(rule, request)], [lane])
     return holds if busy is None else _response(busy)
 
 
 async def _atake(rule: Rule, request: HttpRequest) -> Holds | HttpResponse:
     """:func:`_take`, awaiting the queue."""
     holds = Holds()
-    busy = await holds.atake_all([rule], [_slot_key(rule, request)])
+    lane = lane_of(rule, lambda: DjangoRequest(request))
+    busy = await holds.atake_all([rule], [_slot_key(rule, request)], [lane])
     return holds if busy is None else _response(busy)
 
 
