@@ -182,6 +182,28 @@ def test_asgi_per_client_slots_and_exceptions_release() -> None:
     asyncio.run(run())
 
 
+def test_asgi_per_client_slots_group_ipv6_networks_as_the_rate_limit() -> None:
+    # One host owns its /64: another address of it is the same client,
+    # for the slots as for the rate limit and its bans.
+    async def run() -> None:
+        gate = Gate()
+        mw = AsgiMiddleware(
+            gate, limit=None, concurrency=1, queue=0, concurrency_per="client"
+        )
+        a = asyncio.ensure_future(call(mw, "/a", "2001:db8:1:2::1"))
+        await until(lambda: len(gate.started) == 1)
+        same = asyncio.ensure_future(call(mw, "/b", "2001:db8:1:2::ffff"))
+        await until(lambda: same.done() or len(gate.started) == 2)
+        assert gate.started == ["/a"] and same.result().status_code == 429
+        other = asyncio.ensure_future(call(mw, "/c", "2001:db8:1:3::1"))
+        await until(lambda: len(gate.started) == 2)
+        gate.go.set()
+        assert [(await a).status_code, (await other).status_code] == [200, 200]
+        assert mw.rule.slots.stats()["in_flight"] == 0
+
+    asyncio.run(run())
+
+
 def test_fastapi_limit_decorator_concurrency() -> None:
     go = asyncio.Event()
     app = FastAPI()

@@ -608,7 +608,9 @@ class Rule(_RuleHeaders):
         if header is not None and self.client_address.has_proxies:
             client = self.client_address(peer, header)
         else:
-            client = peer or ""
+            # Named as the rate limit names it: an IPv6 client by its
+            # network (ipv6_prefix), an IPv4-mapped one as IPv4.
+            client = self.client_address._name(peer) if peer else ""
         return client or "<unidentified>"
 
     def lane(self, request: Request) -> int:
