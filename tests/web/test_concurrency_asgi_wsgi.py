@@ -11,16 +11,21 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 from fastapi import FastAPI
 
+from stanchion import SharedMemoryStorage
 from stanchion.asgi import RateLimitMiddleware as AsgiMiddleware
 from stanchion.fastapi import limit
+from stanchion.redis import RedisStorage
 from stanchion.wsgi import RateLimitMiddleware as WsgiMiddleware
 
+from .._redis import SLOW, RedisServer
 from .test_gateway import Served
 
 # -- ASGI ----------------------------------------------------------------------------
@@ -202,6 +207,68 @@ def test_asgi_per_client_slots_group_ipv6_networks_as_the_rate_limit() -> None:
         assert mw.rule.slots.stats()["in_flight"] == 0
 
     asyncio.run(run())
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_asgi_slots_in_redis_given_back_through_an_asyncio_client(
+    redis_server: RedisServer,
+) -> None:
+    # The slot is a Redis lease: given back with the client's own
+    # asyncio calls (a blocking release fails on an asyncio client, and
+    # would stall the loop on any other), not left until the lease ends.
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        storage = RedisStorage(client, prefix=f"t{uuid.uuid4().hex[:8]}:", timeout=SLOW)
+        gate = Gate()
+        mw = AsgiMiddleware(
+            gate, limit=None, concurrency=1, queue=2, queue_timeout=5, storage=storage
+        )
+        slots = mw.rule.slots
+        first = asyncio.ensure_future(call(mw, "/a"))
+        await until(lambda: gate.started == ["/a"])
+        queued = asyncio.ensure_future(call(mw, "/b"))
+        await asyncio.sleep(0.05)
+        assert gate.started == ["/a"]
+        gate.go.set()
+        answers = [await first, await queued]
+        assert [r.status_code for r in answers] == [200, 200]
+        assert await slots.ain_flight() == 0
+        mw2 = AsgiMiddleware(_ok, limit=None, concurrency=1, storage=storage)
+        for _ in range(3):
+            assert (await call(mw2, "/c")).status_code == 200
+        assert await mw2.rule.slots.ain_flight() == 0
+        await storage.aclose()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_fastapi_limit_with_shared_slots_runs_and_gives_them_back() -> None:
+    name = f"test-{uuid.uuid4().hex}"
+    storage = SharedMemoryStorage(name)
+    try:
+        app = FastAPI()
+
+        @app.get("/x")
+        @limit("1000/second", concurrency=2, queue=0, storage=storage)
+        async def x() -> dict[str, int]:
+            return {"ok": 1}
+
+        async def run() -> None:
+            t = httpx.ASGITransport(app=app, client=("203.0.113.1", 1))
+            async with httpx.AsyncClient(transport=t, base_url="http://t") as c:
+                for _ in range(4):
+                    r = await c.get("/x")
+                    assert (r.status_code, r.json()) == (200, {"ok": 1})
+
+        asyncio.run(run())
+        assert x.__stanchion_rule__.slots.in_flight() == 0  # type: ignore[attr-defined]
+    finally:
+        SharedMemoryStorage(name).unlink(missing_ok=True)
 
 
 def test_fastapi_limit_decorator_concurrency() -> None:
