@@ -8,6 +8,7 @@ the middleware under a burst of three times its capacity."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import threading
 import time
@@ -447,5 +448,36 @@ def test_asgi_lanes_and_exempt_paths() -> None:
         gate.go.set()
         assert {(await t).status_code for t in (first, vip, health)} == {200}
         assert slots.stats()["in_flight"] == 0
+
+    asyncio.run(run())
+
+
+def test_asgi_lanes_given_as_an_int_enum() -> None:
+    """A lane may be an IntEnum member (an int, as Concurrency takes it):
+    it is that lane, not lane 0."""
+
+    class Lane(enum.IntEnum):
+        LOW = 0
+        HIGH = 1
+
+    async def run() -> None:
+        gate = Gate()
+        mw = AsgiMiddleware(
+            gate,
+            limit=None,
+            concurrency=2,
+            priorities=2,
+            reserve=1,
+            priority=lambda r: Lane.HIGH if r.path == "/vip" else Lane.LOW,
+        )
+        first = asyncio.ensure_future(call(mw, "/a"))
+        await until(lambda: gate.started == ["/a"])
+        assert (await call(mw, "/b")).status_code == 503  # lane 0 is full
+        vip = asyncio.ensure_future(call(mw, "/vip"))
+        await until(lambda: vip.done() or gate.started == ["/a", "/vip"])
+        assert gate.started == ["/a", "/vip"]
+        gate.go.set()
+        assert {(await t).status_code for t in (first, vip)} == {200}
+        assert mw.rule.slots.stats()["in_flight"] == 0
 
     asyncio.run(run())

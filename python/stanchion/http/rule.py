@@ -622,6 +622,8 @@ class Rule(_RuleHeaders):
         p = func(request)
         slots = self.slots
         assert slots is not None
+        if isinstance(p, int) and not isinstance(p, bool):
+            p = int.__index__(p)  # an IntEnum lane is its value
         if type(p) is not int or not 0 <= p < slots.priorities:
             if not self._warned_lane:
                 self._warned_lane = True
