@@ -399,6 +399,14 @@ class Rule(_RuleHeaders):
         request.client = client or None
         return client
 
+    def _whole(self, request: Request, client: str, peer: str | None) -> str:
+        """The client address for the allow and deny lists: ``client``
+        (from ``_client``), or, when that names an IPv6 network, the
+        address itself (a list may name one address of the network)."""
+        if "/" not in client:
+            return client
+        return self.client_address.address(peer, request._header)
+
     def _finish(self, request: Request, client: str, answer: Any) -> str | bytes | None:
         """The bucket key from a key function's answer (falling back to
         the client address), or None when there is no identity at all."""
@@ -517,11 +525,13 @@ class Rule(_RuleHeaders):
             return allowed
         return Verdict(self, None, None, True, request, reason="access")
 
-    def _plan_client(self, request: Request, client: str) -> _Pending | Verdict | None:
+    def _plan_client(
+        self, request: Request, client: str, peer: str | None
+    ) -> _Pending | Verdict | None:
         """``_plan`` for a rule without key, limit or cost functions,
         whose plan depends on the client address alone (so it is kept)."""
         if self.access:
-            screened = self._screen(client, request)
+            screened = self._screen(self._whole(request, client, peer), request)
             if screened is not None:
                 return None if screened is _ALLOWED else screened
         if client:
@@ -673,7 +683,7 @@ class Rule(_RuleHeaders):
         if self._has_funcs:
             p = self._plan_funcs(request, peer)
         elif self._plain or not self.exempt(request):
-            p = self._plan_client(request, self._client(request, peer))
+            p = self._plan_client(request, self._client(request, peer), peer)
         else:
             return None
         if not isinstance(p, tuple):
@@ -701,7 +711,7 @@ class Rule(_RuleHeaders):
         """``_plan`` for a rule without key, limit or cost functions."""
         if not self._plain and self.exempt(request):
             return None
-        return self._plan_client(request, self._client(request, peer))
+        return self._plan_client(request, self._client(request, peer), peer)
 
     def _plan_funcs(self, request: Request, peer: str | None) -> _Planned:
         """``_plan`` for a rule with key, limit or cost functions."""
@@ -709,7 +719,7 @@ class Rule(_RuleHeaders):
             return None
         client = self._client(request, peer)
         if self.access:
-            screened = self._screen(client, request)
+            screened = self._screen(self._whole(request, client, peer), request)
             if screened is not None:
                 return None if screened is _ALLOWED else screened
         # In this order: the rate and cost functions may read request.key.
@@ -725,7 +735,7 @@ class Rule(_RuleHeaders):
             return None
         client = self._client(request, peer)
         if self.access:
-            screened = self._screen(client, request)
+            screened = self._screen(self._whole(request, client, peer), request)
             if screened is not None:
                 return None if screened is _ALLOWED else screened
         key = self._finish(request, client, await _answer(self._key, request))
