@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from stanchion import SharedMemoryStorage
 from stanchion.asgi import RateLimitMiddleware as AsgiMiddleware
 from stanchion.fastapi import limit
+from stanchion.http import SettingError
 from stanchion.redis import RedisStorage
 from stanchion.wsgi import RateLimitMiddleware as WsgiMiddleware
 
@@ -481,3 +482,25 @@ def test_asgi_lanes_given_as_an_int_enum() -> None:
         assert mw.rule.slots.stats()["in_flight"] == 0
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"queue": 8},
+        {"queue_timeout": 5},
+        {"concurrency_per": "client"},
+        {"priority": lambda r: 1},
+        {"priorities": 2, "reserve": 1},
+    ],
+)
+def test_queue_and_lane_settings_without_concurrency_are_refused(
+    setting: dict[str, Any],
+) -> None:
+    # Forgetting concurrency= must not leave a queue that silently is not.
+    name = next(iter(setting))
+    with pytest.raises(SettingError, match=f"^{name}: .*set concurrency"):
+        AsgiMiddleware(_ok, limit="10/second", **setting)
+    with pytest.raises(SettingError, match=f"^{name}: .*set concurrency"):
+        limit("10/second", **setting)(lambda: None)
+    assert AsgiMiddleware(_ok, limit=None, concurrency=2, **setting).rule.slots

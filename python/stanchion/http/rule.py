@@ -198,6 +198,21 @@ class Rule(_RuleHeaders):
                 )
             except (TypeError, ValueError) as exc:
                 raise SettingError("concurrency", str(exc)) from None
+        else:
+            # A queue or lanes without the limit they belong to would be
+            # silently nothing: refused, as the settings refuse QUEUE.
+            for name, value, default in (
+                ("queue", queue, 0),
+                ("queue_timeout", queue_timeout, 30.0),
+                ("concurrency_per", concurrency_per, "global"),
+                ("priority", priority, None),
+                ("priorities", priorities, 1),
+                ("reserve", reserve, 0),
+            ):
+                if value is not default and value != default:
+                    raise SettingError(
+                        name, "applies to a concurrency limit: set concurrency"
+                    )
         #: The lane of a request (0, the least important, to priorities-1).
         self.slot_priority = priority
         #: True when a slot needs no look at the request: one in-process
