@@ -49,7 +49,7 @@ def needs_slot(
         return False
     if rule.access:
         if header is not None and rule.client_address.has_proxies:
-            client = rule.client_address(peer, header)
+            client = rule.client_address.address(peer, header)
         else:
             client = peer or ""
         if rule.access.check(client) == "allow":

@@ -198,7 +198,18 @@ async def run_holding(
     try:
         await app(scope, receive, out)
     finally:
+        await give_back(hold)
+
+
+async def give_back(hold: Any) -> None:
+    """Give ``hold``'s slot back; a shared storage's (Redis, shared
+    memory) without blocking the loop (and through an asyncio-only
+    Redis client, which has no blocking calls)."""
+    arelease = getattr(hold, "arelease", None)
+    if arelease is None:
         hold.release()
+    else:
+        await arelease()
 
 
 async def _wait_for_slot(
@@ -225,14 +236,14 @@ async def _wait_for_slot(
                     acquiring.cancel()
                     hold = await _settled(acquiring)
                     if hold is not None:  # granted as the client left
-                        hold.release()
+                        await give_back(hold)
                     return None, receive
                 held.append(message)
     except BaseException:
         acquiring.cancel()
         hold = await _settled(acquiring)
         if hold is not None:
-            hold.release()
+            await give_back(hold)
         raise
     finally:
         if listening is not None:

@@ -43,8 +43,8 @@ from ._adapt import (
     share_limiters,
 )
 from ._adapt_slots import needs_slot
-from ._concurrency import Concurrency, ConcurrencyLimitExceeded, Hold
-from .asgi import CacheMiddleware, RateLimitMiddleware
+from ._concurrency import Concurrency, ConcurrencyLimitExceeded
+from .asgi import CacheMiddleware, RateLimitMiddleware, give_back
 from .http import Request, Rule, Verdict
 
 __all__ = [
@@ -393,12 +393,12 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 result = await call(*args, **kwargs)
             else:
                 hold = await _take_slot(rule, request)
-                if not isinstance(hold, Hold):
+                if isinstance(hold, Response):
                     return hold  # no slot in time: the 503 (or 429)
                 try:
                     result = await call(*args, **kwargs)
                 finally:
-                    hold.release()
+                    await give_back(hold)
             if verdict is not None:
                 _headers_on_allowed(result, response, verdict)
             return result

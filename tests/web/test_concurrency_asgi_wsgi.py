@@ -8,19 +8,26 @@ the middleware under a burst of three times its capacity."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio
 from fastapi import FastAPI
 
+from stanchion import SharedMemoryStorage
 from stanchion.asgi import RateLimitMiddleware as AsgiMiddleware
 from stanchion.fastapi import limit
+from stanchion.http import SettingError
+from stanchion.redis import RedisStorage
 from stanchion.wsgi import RateLimitMiddleware as WsgiMiddleware
 
+from .._redis import SLOW, RedisServer
 from .test_gateway import Served
 
 # -- ASGI ----------------------------------------------------------------------------
@@ -180,6 +187,90 @@ def test_asgi_per_client_slots_and_exceptions_release() -> None:
         assert mw2.rule.slots.stats()["in_flight"] == 0
 
     asyncio.run(run())
+
+
+def test_asgi_per_client_slots_group_ipv6_networks_as_the_rate_limit() -> None:
+    # One host owns its /64: another address of it is the same client,
+    # for the slots as for the rate limit and its bans.
+    async def run() -> None:
+        gate = Gate()
+        mw = AsgiMiddleware(
+            gate, limit=None, concurrency=1, queue=0, concurrency_per="client"
+        )
+        a = asyncio.ensure_future(call(mw, "/a", "2001:db8:1:2::1"))
+        await until(lambda: len(gate.started) == 1)
+        same = asyncio.ensure_future(call(mw, "/b", "2001:db8:1:2::ffff"))
+        await until(lambda: same.done() or len(gate.started) == 2)
+        assert gate.started == ["/a"] and same.result().status_code == 429
+        other = asyncio.ensure_future(call(mw, "/c", "2001:db8:1:3::1"))
+        await until(lambda: len(gate.started) == 2)
+        gate.go.set()
+        assert [(await a).status_code, (await other).status_code] == [200, 200]
+        assert mw.rule.slots.stats()["in_flight"] == 0
+
+    asyncio.run(run())
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_asgi_slots_in_redis_given_back_through_an_asyncio_client(
+    redis_server: RedisServer,
+) -> None:
+    # The slot is a Redis lease: given back with the client's own
+    # asyncio calls (a blocking release fails on an asyncio client, and
+    # would stall the loop on any other), not left until the lease ends.
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(redis_server.url)
+        storage = RedisStorage(client, prefix=f"t{uuid.uuid4().hex[:8]}:", timeout=SLOW)
+        gate = Gate()
+        mw = AsgiMiddleware(
+            gate, limit=None, concurrency=1, queue=2, queue_timeout=5, storage=storage
+        )
+        slots = mw.rule.slots
+        first = asyncio.ensure_future(call(mw, "/a"))
+        await until(lambda: gate.started == ["/a"])
+        queued = asyncio.ensure_future(call(mw, "/b"))
+        await asyncio.sleep(0.05)
+        assert gate.started == ["/a"]
+        gate.go.set()
+        answers = [await first, await queued]
+        assert [r.status_code for r in answers] == [200, 200]
+        assert await slots.ain_flight() == 0
+        mw2 = AsgiMiddleware(_ok, limit=None, concurrency=1, storage=storage)
+        for _ in range(3):
+            assert (await call(mw2, "/c")).status_code == 200
+        assert await mw2.rule.slots.ain_flight() == 0
+        await storage.aclose()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_fastapi_limit_with_shared_slots_runs_and_gives_them_back() -> None:
+    name = f"test-{uuid.uuid4().hex}"
+    storage = SharedMemoryStorage(name)
+    try:
+        app = FastAPI()
+
+        @app.get("/x")
+        @limit("1000/second", concurrency=2, queue=0, storage=storage)
+        async def x() -> dict[str, int]:
+            return {"ok": 1}
+
+        async def run() -> None:
+            t = httpx.ASGITransport(app=app, client=("203.0.113.1", 1))
+            async with httpx.AsyncClient(transport=t, base_url="http://t") as c:
+                for _ in range(4):
+                    r = await c.get("/x")
+                    assert (r.status_code, r.json()) == (200, {"ok": 1})
+
+        asyncio.run(run())
+        assert x.__stanchion_rule__.slots.in_flight() == 0  # type: ignore[attr-defined]
+    finally:
+        SharedMemoryStorage(name).unlink(missing_ok=True)
 
 
 def test_fastapi_limit_decorator_concurrency() -> None:
@@ -360,3 +451,56 @@ def test_asgi_lanes_and_exempt_paths() -> None:
         assert slots.stats()["in_flight"] == 0
 
     asyncio.run(run())
+
+
+def test_asgi_lanes_given_as_an_int_enum() -> None:
+    """A lane may be an IntEnum member (an int, as Concurrency takes it):
+    it is that lane, not lane 0."""
+
+    class Lane(enum.IntEnum):
+        LOW = 0
+        HIGH = 1
+
+    async def run() -> None:
+        gate = Gate()
+        mw = AsgiMiddleware(
+            gate,
+            limit=None,
+            concurrency=2,
+            priorities=2,
+            reserve=1,
+            priority=lambda r: Lane.HIGH if r.path == "/vip" else Lane.LOW,
+        )
+        first = asyncio.ensure_future(call(mw, "/a"))
+        await until(lambda: gate.started == ["/a"])
+        assert (await call(mw, "/b")).status_code == 503  # lane 0 is full
+        vip = asyncio.ensure_future(call(mw, "/vip"))
+        await until(lambda: vip.done() or gate.started == ["/a", "/vip"])
+        assert gate.started == ["/a", "/vip"]
+        gate.go.set()
+        assert {(await t).status_code for t in (first, vip)} == {200}
+        assert mw.rule.slots.stats()["in_flight"] == 0
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"queue": 8},
+        {"queue_timeout": 5},
+        {"concurrency_per": "client"},
+        {"priority": lambda r: 1},
+        {"priorities": 2, "reserve": 1},
+    ],
+)
+def test_queue_and_lane_settings_without_concurrency_are_refused(
+    setting: dict[str, Any],
+) -> None:
+    # Forgetting concurrency= must not leave a queue that silently is not.
+    name = next(iter(setting))
+    with pytest.raises(SettingError, match=f"^{name}: .*set concurrency"):
+        AsgiMiddleware(_ok, limit="10/second", **setting)
+    with pytest.raises(SettingError, match=f"^{name}: .*set concurrency"):
+        limit("10/second", **setting)(lambda: None)
+    assert AsgiMiddleware(_ok, limit=None, concurrency=2, **setting).rule.slots

@@ -195,3 +195,23 @@ def test_a_limiter_object_with_its_own_penalty(clock: FakeClock) -> None:
         )
         is not None
     )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ipv6_allow_and_deny_entries_with_trusted_proxies(
+    kind: str, clock: FakeClock
+) -> None:
+    # With trusted proxies the rule names an IPv6 client by its /64 (its
+    # bucket); the lists are still checked against its whole address.
+    get = adapters(
+        clock,
+        trusted_proxies=["10.0.0.1"],
+        allow=["2001:db8:1::5"],
+        deny=["2001:db8:2::/48"],
+    )[kind]
+    assert [get("2001:db8:1::5")[0] for _ in range(3)] == [200, 200, 200]
+    # Another address of that /64 is not on the list: limited.
+    assert [get("2001:db8:1::6")[0] for _ in range(2)] == [200, 429]
+    status, headers, body = get("2001:db8:2::9")
+    assert status == 403 and "retry-after" not in headers
+    assert json.loads(body)["detail"] == "This client's address is not allowed."

@@ -141,18 +141,27 @@ class ClientAddress:
     def __call__(
         self, peer: str | None, get_header: Callable[[str], str | None]
     ) -> str:
-        """The client address, or ``""`` when it cannot be known."""
+        """The client address (an IPv6 one as its network of
+        ``ipv6_prefix`` bits), or ``""`` when it cannot be known."""
+        address = self.address(peer, get_header)
+        return self._name(address) if address else ""
+
+    def address(
+        self, peer: str | None, get_header: Callable[[str], str | None]
+    ) -> str:
+        """The client address as the peer or the proxy gave it (an IPv6
+        address whole, for allow and deny lists), or ``""``."""
         if not self.has_proxies:
-            return self._name(peer) if peer else ""
+            return peer or ""
         if not peer:
             if not self.trust_unix:
                 return ""
         elif not self._trusted(peer):
-            return self._name(peer)
+            return peer
         value = get_header(self.header)
         current = peer or ""
         if not value:
-            return self._name(current) if current else ""
+            return current
         if self.header == "forwarded":
             hops: Iterable[Any] = _forwarded_hops(value)
         else:
@@ -162,9 +171,9 @@ class ClientAddress:
                 break  # garbled: keep the last hop we could trust
             text = str(ip)
             if not self._trusted(text):
-                return self._name(text)
+                return text
             current = text
-        return self._name(current) if current else ""
+        return current
 
     def _trusted(self, addr: str) -> bool:
         cache = self._trusted_cache

@@ -198,6 +198,21 @@ class Rule(_RuleHeaders):
                 )
             except (TypeError, ValueError) as exc:
                 raise SettingError("concurrency", str(exc)) from None
+        else:
+            # A queue or lanes without the limit they belong to would be
+            # silently nothing: refused, as the settings refuse QUEUE.
+            for name, value, default in (
+                ("queue", queue, 0),
+                ("queue_timeout", queue_timeout, 30.0),
+                ("concurrency_per", concurrency_per, "global"),
+                ("priority", priority, None),
+                ("priorities", priorities, 1),
+                ("reserve", reserve, 0),
+            ):
+                if value is not default and value != default:
+                    raise SettingError(
+                        name, "applies to a concurrency limit: set concurrency"
+                    )
         #: The lane of a request (0, the least important, to priorities-1).
         self.slot_priority = priority
         #: True when a slot needs no look at the request: one in-process
@@ -399,6 +414,14 @@ class Rule(_RuleHeaders):
         request.client = client or None
         return client
 
+    def _whole(self, request: Request, client: str, peer: str | None) -> str:
+        """The client address for the allow and deny lists: ``client``
+        (from ``_client``), or, when that names an IPv6 network, the
+        address itself (a list may name one address of the network)."""
+        if "/" not in client:
+            return client
+        return self.client_address.address(peer, request._header)
+
     def _finish(self, request: Request, client: str, answer: Any) -> str | bytes | None:
         """The bucket key from a key function's answer (falling back to
         the client address), or None when there is no identity at all."""
@@ -517,11 +540,13 @@ class Rule(_RuleHeaders):
             return allowed
         return Verdict(self, None, None, True, request, reason="access")
 
-    def _plan_client(self, request: Request, client: str) -> _Pending | Verdict | None:
+    def _plan_client(
+        self, request: Request, client: str, peer: str | None
+    ) -> _Pending | Verdict | None:
         """``_plan`` for a rule without key, limit or cost functions,
         whose plan depends on the client address alone (so it is kept)."""
         if self.access:
-            screened = self._screen(client, request)
+            screened = self._screen(self._whole(request, client, peer), request)
             if screened is not None:
                 return None if screened is _ALLOWED else screened
         if client:
@@ -608,7 +633,9 @@ class Rule(_RuleHeaders):
         if header is not None and self.client_address.has_proxies:
             client = self.client_address(peer, header)
         else:
-            client = peer or ""
+            # Named as the rate limit names it: an IPv6 client by its
+            # network (ipv6_prefix), an IPv4-mapped one as IPv4.
+            client = self.client_address._name(peer) if peer else ""
         return client or "<unidentified>"
 
     def lane(self, request: Request) -> int:
@@ -620,6 +647,8 @@ class Rule(_RuleHeaders):
         p = func(request)
         slots = self.slots
         assert slots is not None
+        if isinstance(p, int) and not isinstance(p, bool):
+            p = int.__index__(p)  # an IntEnum lane is its value
         if type(p) is not int or not 0 <= p < slots.priorities:
             if not self._warned_lane:
                 self._warned_lane = True
@@ -669,7 +698,7 @@ class Rule(_RuleHeaders):
         if self._has_funcs:
             p = self._plan_funcs(request, peer)
         elif self._plain or not self.exempt(request):
-            p = self._plan_client(request, self._client(request, peer))
+            p = self._plan_client(request, self._client(request, peer), peer)
         else:
             return None
         if not isinstance(p, tuple):
@@ -697,7 +726,7 @@ class Rule(_RuleHeaders):
         """``_plan`` for a rule without key, limit or cost functions."""
         if not self._plain and self.exempt(request):
             return None
-        return self._plan_client(request, self._client(request, peer))
+        return self._plan_client(request, self._client(request, peer), peer)
 
     def _plan_funcs(self, request: Request, peer: str | None) -> _Planned:
         """``_plan`` for a rule with key, limit or cost functions."""
@@ -705,7 +734,7 @@ class Rule(_RuleHeaders):
             return None
         client = self._client(request, peer)
         if self.access:
-            screened = self._screen(client, request)
+            screened = self._screen(self._whole(request, client, peer), request)
             if screened is not None:
                 return None if screened is _ALLOWED else screened
         # In this order: the rate and cost functions may read request.key.
@@ -721,7 +750,7 @@ class Rule(_RuleHeaders):
             return None
         client = self._client(request, peer)
         if self.access:
-            screened = self._screen(client, request)
+            screened = self._screen(self._whole(request, client, peer), request)
             if screened is not None:
                 return None if screened is _ALLOWED else screened
         key = self._finish(request, client, await _answer(self._key, request))
