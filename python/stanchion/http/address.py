@@ -146,9 +146,7 @@ class ClientAddress:
         address = self.address(peer, get_header)
         return self._name(address) if address else ""
 
-    def address(
-        self, peer: str | None, get_header: Callable[[str], str | None]
-    ) -> str:
+    def address(self, peer: str | None, get_header: Callable[[str], str | None]) -> str:
         """The client address as the peer or the proxy gave it (an IPv6
         address whole, for allow and deny lists), or ``""``."""
         if not self.has_proxies:
