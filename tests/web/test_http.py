@@ -28,7 +28,7 @@ from stanchion.http import (
 from stanchion.redis import RedisStorage
 
 from .._redis import SLOW, RedisServer
-from ..conftest import FakeClock
+from ..conftest import SANITIZED, FakeClock
 from .conftest import AsyncOnlyLimiter
 
 
@@ -161,7 +161,9 @@ def test_forwarded_parsing_is_linear_and_bounded(value: str) -> None:
     ca = ClientAddress(["10.0.0.0/8"], header="Forwarded")
     start = time.process_time()
     assert ca("10.1.2.3", {"forwarded": value}.get) in ("10.1.2.3", "10.0.0.1")
-    assert time.process_time() - start < 1.0
+    # Linear: well under a second (quadratic parsing of these headers
+    # takes minutes); AddressSanitizer's pass runs every step 2-3x slower.
+    assert time.process_time() - start < (3.0 if SANITIZED else 1.0)
 
 
 def test_forwarded_header_is_ignored_when_xff_is_configured() -> None:
