@@ -149,7 +149,5 @@ def test_a_cycle_through_the_gate_is_collected() -> None:
     plans: dict[str, Any] = {}
     gate = Gate(Limiter("1/s"), plans)
     plans["self"] = (gate, "k", 1)
-    ref_count = sys.getrefcount(gate)
-    assert ref_count >= 3
     del gate, plans
     assert gc.collect() >= 1
