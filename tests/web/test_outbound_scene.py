@@ -1,0 +1,84 @@
+"""examples/outbound/run.py, the one command, on 3-second windows: three
+providers enforcing their limits with 429s (one silent, found by probe),
+two uvicorn processes sharing the budgets through a real redis-server,
+3x the capacity offered, one provider killed and revived."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+RUN = Path(__file__).resolve().parents[2] / "examples" / "outbound" / "run.py"
+WINDOW = 3.0
+DURATION = 6.0
+
+
+@pytest.fixture(scope="module")
+def scene() -> dict[str, object]:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(RUN),
+            "--window",
+            str(WINDOW),
+            "--duration",
+            str(DURATION),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=os.environ.copy(),
+    )
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    figures: dict[str, object] = json.loads(proc.stdout)
+    figures["returncode"] = proc.returncode
+    return figures
+
+
+def test_no_provider_ever_answers_429(scene: dict) -> None:
+    assert scene["provider_429s"] == {"a": 0, "b": 0, "c": 0}, scene
+    assert scene["returncode"] == 0
+
+
+def test_every_search_is_answered_or_refused_with_retry_after(scene: dict) -> None:
+    assert scene["failed"] == 0, scene
+    assert scene["refused"] > 0, "3x the capacity offered: some searches are refused"
+    assert scene["refused_with_retry_after"] == scene["refused"]
+    assert scene["answered"] + scene["refused"] == scene["offered"]
+
+
+def test_answers_come_within_the_deadline_and_refusals_promptly(scene: dict) -> None:
+    deadline_ms = 1000 * scene["deadline_s"]
+    assert scene["answered_late"] == 0, scene
+    assert scene["refused_p99_ms"] <= deadline_ms + 500, scene
+
+
+def test_the_budgets_are_spent_not_wasted(scene: dict) -> None:
+    # The providers' capacity over the run, less b's downtime: the pool
+    # answers most of it, and never more than the providers allow.
+    capacity = scene["capacity_per_s"] * scene["duration_s"]
+    served = sum(scene["provider_served"].values())
+    assert scene["answered"] == served
+    # Paced: a provider's first call, then one per interval.
+    assert served <= capacity + 3
+    assert served >= 0.6 * capacity, scene
+
+
+def test_a_killed_provider_is_skipped_and_rejoins(scene: dict) -> None:
+    assert scene["b_served_after_revival"] > 0, scene
+    rejoined = scene["b_rejoined_after_s"]
+    assert rejoined is not None
+    assert rejoined <= scene["cooldown_s"] + 2.0, scene
+
+
+def test_probe_finds_the_silent_limit_within_ten_percent(scene: dict) -> None:
+    assert abs(scene["probe_error"]) <= 0.10, scene["probe_suggested"]
