@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 import threading
 import time
 import uuid
@@ -585,3 +586,39 @@ def test_busy_refusals_carry_retry_after_whatever_headers_says(
     assert json.loads(body)["status"] == status
     assert not any(k.startswith(("ratelimit", "x-ratelimit")) for k in headers)
     assert post(peer)[:3:2] == (200, b"/x")
+
+
+@pytest.mark.parametrize("queue", [0, 1])
+@pytest.mark.parametrize("per", ["global", "client"])
+@pytest.mark.parametrize("kind", SLOT_KINDS)
+def test_dry_run_serves_a_request_with_no_slot_and_logs_it(
+    kind: str, per: str, queue: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    post, rule = slots_adapter(
+        kind,
+        concurrency=1,
+        concurrency_per=per,
+        queue=queue,
+        queue_timeout=0.05,
+        dry_run=True,
+    )
+    peer = "203.0.113.1"
+    hold = rule.slots.try_acquire(None if per == "global" else peer)
+    try:
+        with caplog.at_level(logging.INFO, logger="stanchion"):
+            status, headers, body = post(peer)
+        # Served, its body intact (read while it waited in the queue),
+        # holding no slot: the one taken above is still the only one.
+        assert (status, body) == (200, b"/x")
+        assert headers["x-ratelimit-limit"] == "1000"
+        assert rule.slots.stats()["in_flight"] == 1
+        assert rule.slots.stats()["queued"] == 0
+    finally:
+        hold.release()
+    assert rule.dry_run_denials == 1
+    refusal = 429 if per == "client" else 503
+    assert any(
+        f"would have answered {refusal}" in r.getMessage() for r in caplog.records
+    )
+    assert rule.slots.stats()["in_flight"] == 0
+    assert post(peer)[0] == 200 and rule.dry_run_denials == 1

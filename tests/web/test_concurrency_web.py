@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -631,3 +632,35 @@ def test_busy_refusals_carry_retry_after_whatever_headers_says(
     assert json.loads(body)["status"] == status
     assert not any(k.startswith(("ratelimit", "x-ratelimit")) for k in headers)
     assert get(ip)[0] == 200
+
+
+@pytest.mark.parametrize("per", ["global", "client"])
+@pytest.mark.parametrize("kind", BUSY_KINDS)
+def test_dry_run_serves_a_request_with_no_slot_and_logs_it(
+    kind: str, per: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    get, rule = busy_adapter(
+        kind,
+        concurrency=1,
+        concurrency_per=per,
+        queue=1,
+        queue_timeout=0.05,
+        dry_run=True,
+    )
+    ip = "203.0.113.1"
+    hold = rule.slots.try_acquire(None if per == "global" else ip)
+    try:
+        with caplog.at_level(logging.INFO, logger="stanchion"):
+            status, headers, body = get(ip)
+        assert status == 200 and b"hello" in body
+        assert headers["x-ratelimit-limit"] == "1000"
+        assert rule.slots.stats()["in_flight"] == 1  # only the one taken above
+    finally:
+        hold.release()
+    assert rule.dry_run_denials == 1
+    refusal = 429 if per == "client" else 503
+    assert any(
+        f"would have answered {refusal}" in r.getMessage() for r in caplog.records
+    )
+    assert rule.slots.stats()["in_flight"] == 0 and rule.slots.stats()["queued"] == 0
+    assert get(ip)[0] == 200 and rule.dry_run_denials == 1

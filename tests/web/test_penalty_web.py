@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -284,3 +285,78 @@ def test_a_ban_says_when_it_ends_whatever_headers_says(
     clock.advance(29.2)  # whole seconds, rounded up
     status, headers, _ = get(ip)
     assert (status, headers["retry-after"]) == (ban_status, "1")
+
+
+# -- dry run: bans imagined, none recorded -------------------------------------------
+
+
+def _bans_recorded(rule: Rule) -> list[Any]:
+    """Every ban (and penalty state) held by the rule's limiters, and by
+    the limiters of the LimiterCache it was given."""
+    found = []
+    for info in rule.limiters._by_rate.values():
+        found += info.limiter.bans()
+    return found
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_dry_run_logs_would_be_bans_and_records_none(
+    kind: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    get, rule = each_adapter(clock, penalty=Penalty(**PENALTY), dry_run=True)[kind]
+    ip = "203.0.113.7"
+    with caplog.at_level(logging.INFO, logger="stanchion"):
+        answers = [get(ip) for _ in range(6)]
+    assert [s for s, _, _ in answers] == [200] * 6
+    # Refusals by the rate (2), the would-be ban, and 2 while it would last.
+    assert rule.dry_run_denials == 5
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("would have banned" in m for m in lines) == 1
+    assert any("for 30.000 s (ban 1 in a row)" in m for m in lines)
+    assert sum("would have refused banned key" in m for m in lines) == 2
+    assert not any("stanchion: key" in m for m in lines)  # no real ban logged
+    # Nothing recorded: no limiter of the rule (nor of its cache) holds a
+    # ban or any penalty state, so turning dry run off bans no one.
+    assert rule.limiters.penalty is None
+    assert _bans_recorded(rule) == []
+    for info in rule.limiters._by_rate.values():
+        assert info.limiter.get_ban(rule._address_key(ip)) is None
+    clock.advance(30)  # the would-be ban is over: refusals count again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stanchion"):
+        assert get(ip)[0] == 200
+    assert rule.dry_run_denials == 6
+    assert not any("banned" in r.getMessage() for r in caplog.records)
+
+
+def test_dry_run_shares_no_penalty_with_the_enforcing_rules(clock: FakeClock) -> None:
+    # Two rules on one LimiterCache with a penalty: the dry-run one
+    # records no refusal, no ban, in the cache the enforcing one uses.
+    cache = LimiterCache(clock=clock, penalty=Penalty(**PENALTY))
+    dry = Rule("1/minute", scope="s", limiters=cache, dry_run=True)
+    live = Rule("1/minute", scope="s", limiters=cache)
+    ip = "203.0.113.7"
+    for _ in range(8):
+        v = dry.check_simple("GET", "/", ip)
+        assert v is not None and not v.blocked
+    assert dry.dry_run_denials == 7
+    assert cache.for_dry_run() is dry.limiters
+    assert cache.for_dry_run().penalty is None and cache.penalty is not None
+    assert all(i.limiter.bans() == [] for i in cache._by_rate.values())
+    assert all(i.limiter.bans() == [] for i in dry.limiters._by_rate.values())
+    # The enforcing rule bans on its own count alone.
+    statuses = [live.check_simple("GET", "/", ip) for _ in range(4)]
+    assert [v.blocked for v in statuses if v] == [False, True, True, True]
+    assert statuses[3] is not None and statuses[3].decision.banned  # type: ignore[union-attr]
+    # A second dry-run rule on that cache: its own would-be bans.
+    again = Rule("1/minute", scope="t", limiters=cache, dry_run=True)
+    assert again.limiters is dry.limiters
+
+
+def test_dry_run_refuses_a_limiter_object_carrying_a_penalty(clock: FakeClock) -> None:
+    lim = Limiter("1/minute", clock=clock, penalty=Penalty(**PENALTY))
+    with pytest.raises(SettingError, match="dry_run"):
+        Rule(lim, dry_run=True)
+    with pytest.raises(SettingError, match="dry_run"):
+        AsgiMiddleware(hello_asgi, limiter=lim, dry_run=True)
+    assert Rule(lim).dry_run is False  # enforcing: fine
