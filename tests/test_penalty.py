@@ -9,7 +9,7 @@ import logging
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stanchion import Ban, Decision, Limiter, Penalty, RateLimitExceeded
@@ -547,3 +547,57 @@ def test_a_million_penalty_calls_leak_nothing() -> None:
     from .test_limiter_memory import run_isolated
 
     assert "ok" in run_isolated("leak_penalty.py")
+
+
+# -- the would-be bans of a rule in dry run ----------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=120),
+    after=st.integers(min_value=1, max_value=4),
+    factor=st.sampled_from([1, 2, 3]),
+    max_ban=st.sampled_from([None, 100]),
+)
+@example(steps=[0, 0, 60], after=1, factor=2, max_ban=None)  # the window's end
+@example(steps=[0, 0, 0, 80, 0], after=1, factor=2, max_ban=None)  # forgotten
+def test_dry_run_bans_follow_the_engines_rules(
+    steps: list[int], after: int, factor: int, max_ban: int | None
+) -> None:
+    """DryRunBans (a dry run's imagined penalty box) bans exactly when,
+    and for as long as, the C engine does: driven side by side by the
+    refusals of a 1/hour limiter, in whole seconds."""
+    from stanchion._penalty import DryRunBans
+
+    clock = FakeClock()
+    penalty = Penalty(after=after, within=60, ban=20, factor=factor, max_ban=max_ban)
+    engine = Limiter("1/hour", clock=clock, penalty=penalty)
+    imagined = DryRunBans(penalty, clock)
+    for step in steps:
+        clock.advance(step)
+        d = engine.hit("k")
+        left = imagined.banned("k")
+        if left:
+            assert d.banned and d.retry_after == pytest.approx(left)
+            continue
+        if d.allowed:
+            continue
+        ban = imagined.refused("k")  # a refusal by the rate
+        if ban is None:
+            assert not d.banned
+        else:
+            assert d.banned and d.retry_after == pytest.approx(ban[0])
+            assert engine.get_ban("k").ban_count == ban[1]  # type: ignore[union-attr]
+
+
+def test_dry_run_bans_table_is_bounded(clock: FakeClock) -> None:
+    from stanchion._penalty import DryRunBans
+
+    imagined = DryRunBans(Penalty(after=1, within=60, ban=20), clock, max_keys=10)
+    for i in range(1000):
+        imagined.refused(f"k{i}")
+        assert len(imagined._keys) <= 10
+    assert imagined.refused("k999") == (20.0, 1)
+    assert imagined.banned("k999") == 20.0
+    clock.advance(20)
+    assert imagined.banned("k999") == 0.0

@@ -9,8 +9,9 @@ import logging
 import random
 import subprocess
 import sys
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -255,3 +256,138 @@ def test_penalty_with_a_storage_url(redis_server: RedisServer) -> None:
     assert local.limiter.penalty == penalty
     with pytest.raises(stanchion.http.SettingError):
         LimiterCache(penalty="3 strikes")  # type: ignore[arg-type]
+
+
+# -- lift against a racing hit -----------------------------------------------------
+
+
+class _HitsBetween:
+    """A lifting limiter's link whose every command, once answered, lets
+    ``between`` run (another client's hits) before lift's next command:
+    the worst interleaving a non-atomic lift could meet."""
+
+    def __init__(self, link: object, between: Callable[[], object]) -> None:
+        self._link = link
+        self._between = between
+
+    def call(self, *args: object) -> object:
+        reply = self._link.call(*args)  # type: ignore[attr-defined]
+        self._between()
+        return reply
+
+
+class _AsyncHitsBetween(_HitsBetween):
+    """:class:`_HitsBetween` for an asyncio link."""
+
+    async def call(self, *args: object) -> object:  # type: ignore[override]
+        reply = await self._link.call(*args)  # type: ignore[attr-defined]
+        self._between()
+        return reply
+
+
+def _lifter_and_hitter(
+    url: str, penalty: Penalty
+) -> tuple[RedisLimiter, RedisLimiter, list[RedisStorage]]:
+    """Two limiters on one prefix, each with connections of its own."""
+    prefix = f"l{uuid.uuid4().hex[:8]}:"
+    stores = [RedisStorage(url, timeout=SLOW, prefix=prefix) for _ in range(2)]
+    lifter, hitter = (
+        stanchion.Limiter("1/hour", storage=s, penalty=penalty) for s in stores
+    )
+    assert isinstance(lifter, RedisLimiter) and isinstance(hitter, RedisLimiter)
+    return lifter, hitter, stores
+
+
+def _ban_once(hitter: RedisLimiter) -> Callable[[], None]:
+    """Two refusals of "k" by ``hitter`` (the second bans it), once."""
+    done: list[bool] = []
+
+    def ban() -> None:
+        if not done:
+            done.append(True)
+            assert not hitter.hit("k")
+            assert hitter.hit("k").banned
+
+    return ban
+
+
+def test_lift_racing_a_hit_lifts_exactly_what_it_reports(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    penalty = Penalty(after=1, within=600, ban=1000)
+    lifter, hitter, stores = _lifter_and_hitter(redis_server.url, penalty)
+    try:
+        assert hitter.hit("k")  # the hour's one hit: the next are refused
+        link = lifter._connector.sync_link()
+        between = _ban_once(hitter)
+        monkeypatch.setattr(
+            lifter._connector, "sync_link", lambda: _HitsBetween(link, between)
+        )
+        lifted = lifter.lift("k")
+        ban = hitter.get_ban("k")
+        # The ban came after the lift (reported False, and it stays) or
+        # before it (reported True, and gone): never gone unreported.
+        assert lifted is False and ban is not None and ban.banned
+        monkeypatch.undo()
+        assert lifter.lift("k") is True and hitter.get_ban("k") is None
+        assert not hitter.hit("k").banned  # a refusal counted afresh
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_alift_racing_a_hit_lifts_exactly_what_it_reports(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        penalty = Penalty(after=1, within=600, ban=1000)
+        lifter, hitter, stores = _lifter_and_hitter(redis_server.url, penalty)
+        assert hitter.hit("k")
+        link = lifter._connector.async_link
+        lifter._connector._async = _AsyncHitsBetween(link, _ban_once(hitter))  # type: ignore[assignment]
+        lifted = await lifter.alift("k")  # type: ignore[attr-defined]
+        ban = hitter.get_ban("k")
+        assert lifted is False and ban is not None and ban.banned
+        lifter._connector._async = link
+        assert await lifter.alift("k") is True  # type: ignore[attr-defined]
+        assert hitter.get_ban("k") is None
+        for s in stores:
+            s.close()
+            await s.aclose()
+
+    asyncio.run(main())
+
+
+def test_lifts_and_hits_in_threads_never_lose_a_ban(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hits banning "k" over and over in one thread, lifts in another:
+    every ban started is lifted by a lift that reports it, or still on."""
+    penalty = Penalty(after=1, within=600, ban=1000)
+    lifter, hitter, stores = _lifter_and_hitter(redis_server.url, penalty)
+    lifted: list[bool] = []
+    stop = threading.Event()
+
+    def lift() -> None:
+        while not stop.is_set():
+            lifted.append(lifter.lift("k"))
+
+    try:
+        assert hitter.hit("k")
+        t = threading.Thread(target=lift)
+        with caplog.at_level(logging.WARNING, logger="stanchion"):
+            t.start()
+            try:
+                for _ in range(1500):
+                    hitter.hit("k")
+            finally:
+                stop.set()
+                t.join(30)
+        started = sum("banned for" in r.getMessage() for r in caplog.records)
+        ban = hitter.get_ban("k")
+        still = int(ban is not None and ban.banned)
+        assert started > 10 and sum(lifted) > 10  # they did race
+        assert started == sum(lifted) + still
+    finally:
+        for s in stores:
+            s.close()

@@ -109,14 +109,18 @@ class Holds:
     ) -> Verdict | None:
         """A slot of each rule (``keys[i]`` for ``rules[i]``, in lane
         ``lanes[i]``); on a refusal the slots taken so far are given back
-        and the rule's ``busy`` verdict returned."""
+        and the rule's ``busy`` verdict returned (a rule in dry run
+        refuses nothing: the request goes on without its slot)."""
         lanes = lanes or [0] * len(rules)
         for rule, key, lane in zip(rules, keys, lanes, strict=True):
             try:
                 self._holds.append(take(rule, key, lane))
             except ConcurrencyLimitExceeded as exc:
+                busy = rule.busy(exc)
+                if not busy.blocked:
+                    continue  # dry run: served without this rule's slot
                 self.release()
-                return rule.busy(exc)
+                return busy
         return None
 
     async def atake_all(
@@ -131,8 +135,11 @@ class Holds:
             try:
                 self._holds.append(await atake(rule, key, lane))
             except ConcurrencyLimitExceeded as exc:
+                busy = rule.busy(exc)
+                if not busy.blocked:
+                    continue  # dry run: served without this rule's slot
                 await self.arelease()
-                return rule.busy(exc)
+                return busy
             except BaseException:  # cancelled while waiting
                 await self.arelease()
                 raise

@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
+from collections.abc import Callable, Hashable
 from typing import NamedTuple
 
 __all__ = ["Ban", "Penalty"]
@@ -198,3 +201,60 @@ def log_ban(key: object, seconds: float, count: int) -> None:
     logger.warning(
         "stanchion: key %s banned for %.3f s (ban %d in a row)", shown, seconds, count
     )
+
+
+class DryRunBans:
+    """The penalty box of a rule in dry run: which keys *would* be banned,
+    by the rules above, kept in this process only (at most ``max_keys``
+    keys; the table is emptied when full), never enforced, stored or
+    listed by ``bans()``. Refusals that did not happen leave no ban in
+    the limiter's storage; this table only says what to log."""
+
+    __slots__ = ("_clock", "_keys", "_lock", "max_keys", "penalty")
+
+    def __init__(
+        self,
+        penalty: Penalty,
+        clock: Callable[[], float] | None = None,
+        max_keys: int = 100_000,
+    ) -> None:
+        self.penalty = penalty
+        self.max_keys = max_keys
+        self._clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        # key -> [window opened at, refusals in it, ban ends at, last ban's
+        # length, bans in a row]
+        self._keys: dict[Hashable, list[float]] = {}
+
+    def banned(self, key: Hashable) -> float:
+        """Seconds left on ``key``'s would-be ban (0.0: none)."""
+        state = self._keys.get(key)
+        if state is None:
+            return 0.0
+        left = state[2] - self._clock()
+        return left if left > 0 else 0.0
+
+    def refused(self, key: Hashable) -> tuple[float, int] | None:
+        """Count a would-be refusal of ``key`` by its rates: ``(seconds,
+        n)`` when it would be the key's n-th ban in a row, else None."""
+        p = self.penalty
+        with self._lock:
+            now = self._clock()
+            state = self._keys.get(key)
+            if state is None:
+                if len(self._keys) >= self.max_keys:
+                    self._keys.clear()
+                state = self._keys[key] = [now, 0, -math.inf, 0.0, 0]
+            if now < state[2]:
+                return None  # refusals while banned are not counted
+            if state[1] == 0 or now - state[0] >= p.within:
+                state[0], state[1] = now, 0
+            state[1] += 1
+            if state[1] <= p.after:
+                return None
+            if state[4] and now >= state[2] + max(state[3], p.within):
+                state[4] = 0  # behaved long enough: a first ban again
+            count = int(state[4]) + 1
+            seconds = p.duration(count)
+            state[1:] = [0, now + seconds, seconds, count]
+            return seconds, count

@@ -188,10 +188,13 @@ async def run_holding(
     lane = rule.lane(view) if view is not None and rule.slot_priority else 0
     hold = slots.try_acquire(key, priority=lane) if type(slots) is Concurrency else None
     if hold is None:
-        try:
-            hold, receive = await _wait_for_slot(slots, key, lane, receive)
-        except ConcurrencyLimitExceeded as exc:
-            await send_reply(rule.busy(exc), send)
+        hold, receive = await _wait_for_slot(slots, key, lane, receive)
+        if isinstance(hold, ConcurrencyLimitExceeded):
+            busy = rule.busy(hold)
+            if busy.blocked:
+                await send_reply(busy, send)
+            else:  # dry run: served without a slot
+                await app(scope, receive, out)
             return
         if hold is None:
             return  # the client went away while it waited
@@ -215,10 +218,10 @@ async def give_back(hold: Any) -> None:
 async def _wait_for_slot(
     slots: Any, key: str | None, lane: int, receive: Receive
 ) -> Any:
-    """``(hold, receive)``: a slot taken from ``slots`` (or None when the
-    client disconnected first), and the receive to give the app (the
-    body messages read while waiting come first). Raises
-    ConcurrencyLimitExceeded when none is free in time."""
+    """``(hold, receive)``: a slot taken from ``slots`` (None when the
+    client disconnected first; the ConcurrencyLimitExceeded when none
+    was free in time), and the receive to give the app (the body
+    messages read while waiting come first)."""
     acquiring = asyncio.ensure_future(slots.aacquire(key, priority=lane))
     held: list[Message] = []
     listening: asyncio.Future[Message] | None = None
@@ -254,7 +257,10 @@ async def _wait_for_slot(
                 pass
             else:  # it had a message already: the app gets it
                 held.append(listening.result())
-    hold = acquiring.result()  # or ConcurrencyLimitExceeded
+    try:
+        hold = acquiring.result()
+    except ConcurrencyLimitExceeded as exc:
+        hold = exc
     if not held:
         return hold, receive
 

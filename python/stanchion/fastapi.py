@@ -102,7 +102,8 @@ async def _acheck(rule: Rule, request: StarletteRequest) -> Verdict | None:
 
 async def _take_slot(rule: Rule, request: StarletteRequest) -> Any:
     """One of ``rule.slots`` for the request (a Hold, waiting in the
-    queue if need be), or the refusal to send when none is free in time."""
+    queue if need be), or the refusal to send when none is free in time
+    (None in dry run: served without a slot)."""
     slots = rule.slots
     assert slots is not None
     scope = request.scope
@@ -121,7 +122,8 @@ async def _take_slot(rule: Rule, request: StarletteRequest) -> Any:
         if hold is None:
             hold = await slots.aacquire(key, priority=lane)
     except ConcurrencyLimitExceeded as exc:
-        return problem_response(rule.busy(exc))
+        busy = rule.busy(exc)
+        return problem_response(busy) if busy.blocked else None
     return hold
 
 
@@ -398,7 +400,8 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
                 try:
                     result = await call(*args, **kwargs)
                 finally:
-                    await give_back(hold)
+                    if hold is not None:
+                        await give_back(hold)
             if verdict is not None:
                 _headers_on_allowed(result, response, verdict)
             return result

@@ -163,7 +163,10 @@ def run_holding(
         try:
             hold = slots.acquire(key, priority=lane)
         except ConcurrencyLimitExceeded as exc:
-            return reply(rule.busy(exc), start_response)
+            busy = rule.busy(exc)
+            if busy.blocked:
+                return reply(busy, start_response)
+            return app(environ, out)  # dry run: served without a slot
     try:
         body = app(environ, out)
     except BaseException:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import logging
 import threading
 import time
 import uuid
@@ -19,6 +20,8 @@ import httpx
 import pytest
 import redis.asyncio
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
 
 from stanchion import SharedMemoryStorage
 from stanchion.asgi import RateLimitMiddleware as AsgiMiddleware
@@ -504,3 +507,118 @@ def test_queue_and_lane_settings_without_concurrency_are_refused(
     with pytest.raises(SettingError, match=f"^{name}: .*set concurrency"):
         limit("10/second", **setting)(lambda: None)
     assert AsgiMiddleware(_ok, limit=None, concurrency=2, **setting).rule.slots
+
+
+# -- refusals under headers=[] and in dry run -----------------------------------------
+
+
+async def _echo_asgi(scope: Any, receive: Any, send: Any) -> None:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _echo_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+    size = int(environ.get("CONTENT_LENGTH") or 0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["wsgi.input"].read(size)]
+
+
+def slots_adapter(kind: str, **settings: Any) -> tuple[Any, Any]:
+    """``(post(peer) -> (status, headers, body), rule)``: ``kind`` with a
+    rate of 1000/second and ``settings``, answering a POST with its body."""
+    if kind == "asgi":
+        mw = AsgiMiddleware(_echo_asgi, limit="1000/second", **settings)
+
+        def post_asgi(peer: str) -> Any:
+            r = asyncio.run(call(mw, "/x", peer))
+            return r.status_code, dict(r.headers), r.content
+
+        return post_asgi, mw.rule
+    if kind == "fastapi @limit":
+        app = FastAPI()
+
+        @app.post("/x")
+        @limit("1000/second", **settings)
+        async def x(request: Request) -> Response:
+            return Response(await request.body())
+
+        def post_fastapi(peer: str) -> Any:
+            r = asyncio.run(call(app, "/x", peer))
+            return r.status_code, dict(r.headers), r.content
+
+        return post_fastapi, x.__stanchion_rule__  # type: ignore[attr-defined]
+    from werkzeug.test import Client
+
+    wsgi = WsgiMiddleware(_echo_wsgi, limit="1000/second", **settings)
+
+    def post_wsgi(peer: str) -> Any:
+        with Client(wsgi).post(
+            "/x", data=b"/x", environ_base={"REMOTE_ADDR": peer}
+        ) as r:
+            return r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.data
+
+    return post_wsgi, wsgi.rule
+
+
+SLOT_KINDS = ["asgi", "fastapi @limit", "wsgi"]
+
+
+@pytest.mark.parametrize("per", ["global", "client"])
+@pytest.mark.parametrize("kind", SLOT_KINDS)
+def test_busy_refusals_carry_retry_after_whatever_headers_says(
+    kind: str, per: str
+) -> None:
+    post, rule = slots_adapter(kind, concurrency=1, concurrency_per=per, headers=[])
+    peer = "203.0.113.1"
+    hold = rule.slots.try_acquire(None if per == "global" else peer)
+    try:
+        status, headers, body = post(peer)
+    finally:
+        hold.release()
+    assert status == (503 if per == "global" else 429)
+    assert int(headers["retry-after"]) >= 1
+    assert json.loads(body)["status"] == status
+    assert not any(k.startswith(("ratelimit", "x-ratelimit")) for k in headers)
+    assert post(peer)[:3:2] == (200, b"/x")
+
+
+@pytest.mark.parametrize("queue", [0, 1])
+@pytest.mark.parametrize("per", ["global", "client"])
+@pytest.mark.parametrize("kind", SLOT_KINDS)
+def test_dry_run_serves_a_request_with_no_slot_and_logs_it(
+    kind: str, per: str, queue: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    post, rule = slots_adapter(
+        kind,
+        concurrency=1,
+        concurrency_per=per,
+        queue=queue,
+        queue_timeout=0.05,
+        dry_run=True,
+    )
+    peer = "203.0.113.1"
+    hold = rule.slots.try_acquire(None if per == "global" else peer)
+    try:
+        with caplog.at_level(logging.INFO, logger="stanchion"):
+            status, headers, body = post(peer)
+        # Served, its body intact (read while it waited in the queue),
+        # holding no slot: the one taken above is still the only one.
+        assert (status, body) == (200, b"/x")
+        assert headers["x-ratelimit-limit"] == "1000"
+        assert rule.slots.stats()["in_flight"] == 1
+        assert rule.slots.stats()["queued"] == 0
+    finally:
+        hold.release()
+    assert rule.dry_run_denials == 1
+    refusal = 429 if per == "client" else 503
+    assert any(
+        f"would have answered {refusal}" in r.getMessage() for r in caplog.records
+    )
+    assert rule.slots.stats()["in_flight"] == 0
+    assert post(peer)[0] == 200 and rule.dry_run_denials == 1

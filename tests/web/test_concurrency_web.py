@@ -7,7 +7,9 @@ are at the end of test_django.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -573,3 +575,92 @@ def test_flask_view_priority_lanes() -> None:
     first.join()
     paid.join()
     assert sorted(out) == [200, 200, 503]
+
+
+# -- refusals under headers=[] and in dry run (Flask, hug) ------------------------------
+
+
+def busy_adapter(kind: str, **settings: Any) -> tuple[Any, Any]:
+    """``(get(ip) -> (status, headers, body), rule)``: ``kind`` limiting
+    "/hello" to 1000/minute with ``settings`` (a concurrency limit)."""
+    if kind == "flask":
+        app, _ = flask_app(
+            STANCHION_DEFAULT_LIMIT="1000/minute",
+            **{f"STANCHION_{k.upper()}": v for k, v in settings.items()},
+        )
+        app.route("/hello")(lambda: "hello")
+        return (lambda ip: flask_get(app, "/hello", ip)), app_slots_rule(app)
+    if kind == "hug":
+        api, mw, _ = hug_api(limit="1000/minute", **settings)
+        return (lambda ip: hug_get(api, "/hello", ip)), mw.rule
+    import hug
+
+    from stanchion.hug import limit
+
+    api = hug.API(f"stanchion_conc_busy_{next(_busy_apis)}")
+
+    @hug.get("/hello", api=api)
+    @limit("1000/minute", **settings)
+    def hello():  # type: ignore[no-untyped-def]
+        return "hello"
+
+    return (lambda ip: hug_get(api, "/hello", ip)), hello.__stanchion_rule__
+
+
+def app_slots_rule(app: Flask) -> Any:
+    return app.extensions["stanchion"].slots_rule
+
+
+_busy_apis = itertools.count()
+BUSY_KINDS = ["flask", "hug", "hug @limit"]
+
+
+@pytest.mark.parametrize("per", ["global", "client"])
+@pytest.mark.parametrize("kind", BUSY_KINDS)
+def test_busy_refusals_carry_retry_after_whatever_headers_says(
+    kind: str, per: str
+) -> None:
+    get, rule = busy_adapter(kind, concurrency=1, concurrency_per=per, headers=[])
+    ip = "203.0.113.1"
+    hold = rule.slots.try_acquire(None if per == "global" else ip)
+    try:
+        status, headers, body = get(ip)
+    finally:
+        hold.release()
+    assert status == (503 if per == "global" else 429)
+    assert int(headers["retry-after"]) >= 1
+    assert json.loads(body)["status"] == status
+    assert not any(k.startswith(("ratelimit", "x-ratelimit")) for k in headers)
+    assert get(ip)[0] == 200
+
+
+@pytest.mark.parametrize("per", ["global", "client"])
+@pytest.mark.parametrize("kind", BUSY_KINDS)
+def test_dry_run_serves_a_request_with_no_slot_and_logs_it(
+    kind: str, per: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    get, rule = busy_adapter(
+        kind,
+        concurrency=1,
+        concurrency_per=per,
+        queue=1,
+        queue_timeout=0.05,
+        dry_run=True,
+    )
+    ip = "203.0.113.1"
+    hold = rule.slots.try_acquire(None if per == "global" else ip)
+    try:
+        with caplog.at_level(logging.INFO, logger="stanchion"):
+            status, headers, body = get(ip)
+        assert status == 200 and b"hello" in body
+        assert headers["x-ratelimit-limit"] == "1000"
+        assert rule.slots.stats()["in_flight"] == 1  # only the one taken above
+    finally:
+        hold.release()
+    assert rule.dry_run_denials == 1
+    refusal = 429 if per == "client" else 503
+    assert any(
+        f"would have answered {refusal}" in r.getMessage() for r in caplog.records
+    )
+    assert rule.slots.stats()["in_flight"] == 0 and rule.slots.stats()["queued"] == 0
+    assert get(ip)[0] == 200 and rule.dry_run_denials == 1

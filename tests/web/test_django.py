@@ -591,6 +591,30 @@ def test_async_middleware_ban(clock: FakeClock) -> None:
         assert asyncio.run(run()) == [200, 429, 403, 403, 429]
 
 
+@pytest.mark.parametrize("ban_status", [403, 429])
+def test_a_ban_says_when_it_ends_whatever_headers_says(ban_status: int) -> None:
+    conf = stanchion(
+        LIMIT="1/minute",
+        PENALTY={"after": 2, "within": 60, "ban": 30},
+        BAN_STATUS=ban_status,
+        HEADERS=[],
+    )
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        c = Client()
+        rs = [get(c, "/hello", "198.51.100.4") for _ in range(4)]
+        assert [r.status_code for r in rs] == [200, 429, 429, ban_status]
+        assert not rs[1].has_header("Retry-After")  # the rate's: as HEADERS says
+        assert rs[3]["Retry-After"] == "30" and "banned" in rs[3].json()["detail"]
+        assert not rs[3].has_header("RateLimit")
+
+        async def run() -> httpx.Response:
+            async with asgi_client("198.51.100.4") as ac:
+                return await ac.get("/hello")
+
+        r = asyncio.run(run())
+        assert r.status_code == ban_status and r.headers["retry-after"] == "30"
+
+
 def test_penalty_setting_is_checked() -> None:
     from stanchion.django.settings import stanchion_settings
 
@@ -1029,3 +1053,113 @@ def test_streamed_response_dropped_by_an_outer_layer_releases() -> None:
                 assert mw_slots().in_flight() == 0
     finally:
         SharedMemoryStorage(name).unlink(missing_ok=True)
+
+
+# -- refusals under HEADERS=[] and in dry run ----------------------------------------
+
+
+@ratelimit("1000/minute", scope="cdry", concurrency=1, dry_run=True)
+def cdry(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("dry")
+
+
+urlpatterns += [path("cdry", cdry)]
+
+
+def _both_ways(path: str, ip: str) -> list[tuple[int, dict[str, str], bytes]]:
+    """One GET through the sync handler (test Client), one through ASGI."""
+
+    async def run() -> httpx.Response:
+        async with asgi_client(ip) as ac:
+            return await ac.get(path)
+
+    r = asyncio.run(run())
+    return [django_get(path, ip), (r.status_code, dict(r.headers), r.content)]
+
+
+@pytest.mark.parametrize("per", ["global", "client"])
+def test_busy_refusals_carry_retry_after_whatever_headers_says(per: str) -> None:
+    conf = stanchion(
+        LIMIT="1000/minute", CONCURRENCY=1, CONCURRENCY_PER=per, HEADERS=[]
+    )
+    ip = "203.0.113.1"
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        hold = mw_slots().try_acquire(None if per == "global" else ip)
+        try:
+            answers = _both_ways("/hello", ip)
+        finally:
+            hold.release()
+        for status, headers, body in answers:
+            assert status == (503 if per == "global" else 429)
+            assert int(headers["retry-after"]) >= 1
+            assert json.loads(body)["status"] == status
+            assert not any(k.startswith(("ratelimit", "x-ratelimit")) for k in headers)
+        assert [a[0] for a in _both_ways("/hello", ip)] == [200, 200]
+
+
+@pytest.mark.parametrize("per", ["global", "client"])
+def test_dry_run_serves_a_request_with_no_slot_and_logs_it(
+    per: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = stanchion(
+        LIMIT="1000/minute",
+        CONCURRENCY=1,
+        CONCURRENCY_PER=per,
+        QUEUE=1,
+        QUEUE_TIMEOUT=0.05,
+        DRY_RUN=True,
+    )
+    ip = "203.0.113.1"
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        rule = stanchion_settings().probe
+        hold = rule.slots.try_acquire(None if per == "global" else ip)
+        try:
+            with caplog.at_level("INFO", logger="stanchion"):
+                answers = _both_ways("/hello", ip)
+            assert rule.slots.stats()["in_flight"] == 1  # the one taken above
+        finally:
+            hold.release()
+        assert [(s, b) for s, _, b in answers] == [(200, b'{"hello": "world"}')] * 2
+        assert rule.dry_run_denials == 2
+        refusal = 429 if per == "client" else 503
+        logged = [r.getMessage() for r in caplog.records]
+        assert sum(f"would have answered {refusal}" in m for m in logged) == 2
+        assert rule.slots.stats()["in_flight"] == 0
+    # The decorator's slot, in dry run.
+    assert django_get("/cdry")[0] == 200  # its rule is built on first use
+    slots = slots_of(cdry)
+    (rule,) = ratelimit_of(cdry)._rules.values()
+    before = rule.dry_run_denials
+    hold = slots.try_acquire()
+    try:
+        assert [(s, b) for s, _, b in _both_ways("/cdry", ip)] == [(200, b"dry")] * 2
+    finally:
+        hold.release()
+    assert rule.dry_run_denials == before + 2 and slots.stats()["in_flight"] == 0
+
+
+def test_dry_run_logs_would_be_bans_and_records_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    conf = stanchion(
+        LIMIT="1/minute", PENALTY={"after": 2, "within": 60, "ban": 30}, DRY_RUN=True
+    )
+    with override_settings(MIDDLEWARE=MW, STANCHION=conf):
+        rule = stanchion_settings().probe
+        with caplog.at_level("INFO", logger="stanchion"):
+            c = Client()
+            statuses = [get(c, "/hello", "198.51.100.4").status_code for _ in range(3)]
+            statuses += [a[0] for a in _both_ways("/hello", "198.51.100.4")]
+            statuses.append(get(c, "/hello", "198.51.100.4").status_code)
+        assert statuses == [200] * 6
+        # Refusals by the rate (2), the would-be ban, and 2 while it lasts.
+        assert rule.dry_run_denials == 5
+        logged = [r.getMessage() for r in caplog.records]
+        assert sum("would have banned" in m for m in logged) == 1
+        assert sum("would have refused banned key" in m for m in logged) == 2
+        # Recorded nowhere: the settings' limiters (which carry the
+        # penalty) and the rule's own hold no ban.
+        limiters = stanchion_settings().limiters
+        assert limiters.penalty is not None and rule.limiters.penalty is None
+        for cache in (limiters, rule.limiters):
+            assert all(i.limiter.bans() == [] for i in cache._by_rate.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -91,26 +92,71 @@ def flask_app(clock: FakeClock | None = None, **config: Any) -> Flask:
     return app
 
 
-def adapters(clock: FakeClock, **settings: Any) -> dict[str, Callable[..., Any]]:
-    """Each adapter limiting a path to 1/minute with ``settings``."""
-    fast = asgi_get(fastapi_app(clock=clock, **settings))
+_hug_apis = 0
+
+
+def hug_app(**settings: Any) -> tuple[Any, Rule, Rule]:
+    """A hug API: "/" under the middleware limiting to 1/minute, and
+    "/route" limited to 1/minute by the decorator (the middleware exempts
+    it), both with ``settings``; and the two rules."""
+    import hug
+
+    from stanchion.hug import RateLimitMiddleware as HugMiddleware
+    from stanchion.hug import limit as hug_limit
+
+    global _hug_apis
+    _hug_apis += 1
+    api = hug.API(f"stanchion_penalty_api_{_hug_apis}")
+
+    @hug.get("/", api=api)
+    def root():  # type: ignore[no-untyped-def]
+        return "ok"
+
+    @hug.get("/route", api=api)
+    @hug_limit("1/minute", **settings)
+    def route():  # type: ignore[no-untyped-def]
+        return "ok"
+
+    mw = HugMiddleware(limit="1/minute", exempt_paths=["/route"], **settings)
+    api.http.add_middleware(mw)
+    return api.http.server(), mw.rule, route.__stanchion_rule__
+
+
+def each_adapter(clock: FakeClock, **settings: Any) -> dict[str, tuple[Get, Rule]]:
+    """Each adapter limiting a path to 1/minute with ``settings``, and
+    its rule."""
+    fast = fastapi_app(clock=clock, **settings)
+    route = next(r for r in fast.routes if getattr(r, "path", "") == "/route")
     flask_config = dict(settings)
     if isinstance(flask_config.get("penalty"), Penalty):  # as a config file has it
         p = flask_config["penalty"]
         flask_config["penalty"] = {k: getattr(p, k) for k in PENALTY}
+    flask = flask_app(clock, **flask_config)
+    asgi = AsgiMiddleware(hello_asgi, limit="1/minute", clock=clock, **settings)
+    wsgi = WsgiMiddleware(hello_wsgi, limit="1/minute", clock=clock, **settings)
+    hug, hug_mw, hug_route = hug_app(clock=clock, **settings)
+    fast_get = asgi_get(fast)
+    hug_get = wsgi_get(hug)
     return {
-        "asgi": asgi_get(
-            AsgiMiddleware(hello_asgi, limit="1/minute", clock=clock, **settings)
+        "asgi": (asgi_get(asgi), asgi.rule),
+        "fastapi @limit": (
+            lambda ip, path="/route": fast_get(ip, path),
+            route.endpoint.__stanchion_rule__,  # type: ignore[attr-defined]
         ),
-        "fastapi @limit": lambda ip, path="/route": fast(ip, path),
-        "wsgi": wsgi_get(
-            WsgiMiddleware(hello_wsgi, limit="1/minute", clock=clock, **settings)
-        ),
-        "flask": wsgi_get(flask_app(clock, **flask_config)),
+        "wsgi": (wsgi_get(wsgi), wsgi.rule),
+        "flask": (wsgi_get(flask), flask.extensions["stanchion"].default_rule),
+        "hug": (hug_get, hug_mw),
+        "hug @limit": (lambda ip, path="/route": hug_get(ip, path), hug_route),
     }
 
 
+def adapters(clock: FakeClock, **settings: Any) -> dict[str, Callable[..., Any]]:
+    """Each adapter limiting a path to 1/minute with ``settings``."""
+    return {k: get for k, (get, _) in each_adapter(clock, **settings).items()}
+
+
 KINDS = ["asgi", "fastapi @limit", "wsgi", "flask"]
+ALL_KINDS = [*KINDS, "hug", "hug @limit"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -215,3 +261,102 @@ def test_ipv6_allow_and_deny_entries_with_trusted_proxies(
     status, headers, body = get("2001:db8:2::9")
     assert status == 403 and "retry-after" not in headers
     assert json.loads(body)["detail"] == "This client's address is not allowed."
+
+
+# -- Retry-After on a ban, whatever ``headers`` says ------------------------------
+
+
+@pytest.mark.parametrize("ban_status", [403, 429])
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_a_ban_says_when_it_ends_whatever_headers_says(
+    kind: str, ban_status: int, clock: FakeClock
+) -> None:
+    get = adapters(
+        clock, penalty=Penalty(**PENALTY), ban_status=ban_status, headers=[]
+    )[kind]
+    ip = "203.0.113.7"
+    answers = [get(ip) for _ in range(4)]
+    assert [s for s, _, _ in answers] == [200, 429, 429, ban_status]
+    assert "retry-after" not in answers[1][1]  # a rate refusal: as headers says
+    status, headers, body = answers[3]
+    assert headers["retry-after"] == "30"
+    assert not any(k.startswith(("ratelimit", "x-ratelimit")) for k in headers)
+    assert "banned" in json.loads(body)["detail"]
+    clock.advance(29.2)  # whole seconds, rounded up
+    status, headers, _ = get(ip)
+    assert (status, headers["retry-after"]) == (ban_status, "1")
+
+
+# -- dry run: bans imagined, none recorded -------------------------------------------
+
+
+def _bans_recorded(rule: Rule) -> list[Any]:
+    """Every ban (and penalty state) held by the rule's limiters, and by
+    the limiters of the LimiterCache it was given."""
+    found = []
+    for info in rule.limiters._by_rate.values():
+        found += info.limiter.bans()
+    return found
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_dry_run_logs_would_be_bans_and_records_none(
+    kind: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    get, rule = each_adapter(clock, penalty=Penalty(**PENALTY), dry_run=True)[kind]
+    ip = "203.0.113.7"
+    with caplog.at_level(logging.INFO, logger="stanchion"):
+        answers = [get(ip) for _ in range(6)]
+    assert [s for s, _, _ in answers] == [200] * 6
+    # Refusals by the rate (2), the would-be ban, and 2 while it would last.
+    assert rule.dry_run_denials == 5
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("would have banned" in m for m in lines) == 1
+    assert any("for 30.000 s (ban 1 in a row)" in m for m in lines)
+    assert sum("would have refused banned key" in m for m in lines) == 2
+    assert not any("stanchion: key" in m for m in lines)  # no real ban logged
+    # Nothing recorded: no limiter of the rule (nor of its cache) holds a
+    # ban or any penalty state, so turning dry run off bans no one.
+    assert rule.limiters.penalty is None
+    assert _bans_recorded(rule) == []
+    for info in rule.limiters._by_rate.values():
+        assert info.limiter.get_ban(rule._address_key(ip)) is None
+    clock.advance(30)  # the would-be ban is over: refusals count again
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stanchion"):
+        assert get(ip)[0] == 200
+    assert rule.dry_run_denials == 6
+    assert not any("banned" in r.getMessage() for r in caplog.records)
+
+
+def test_dry_run_shares_no_penalty_with_the_enforcing_rules(clock: FakeClock) -> None:
+    # Two rules on one LimiterCache with a penalty: the dry-run one
+    # records no refusal, no ban, in the cache the enforcing one uses.
+    cache = LimiterCache(clock=clock, penalty=Penalty(**PENALTY))
+    dry = Rule("1/minute", scope="s", limiters=cache, dry_run=True)
+    live = Rule("1/minute", scope="s", limiters=cache)
+    ip = "203.0.113.7"
+    for _ in range(8):
+        v = dry.check_simple("GET", "/", ip)
+        assert v is not None and not v.blocked
+    assert dry.dry_run_denials == 7
+    assert cache.for_dry_run() is dry.limiters
+    assert cache.for_dry_run().penalty is None and cache.penalty is not None
+    assert all(i.limiter.bans() == [] for i in cache._by_rate.values())
+    assert all(i.limiter.bans() == [] for i in dry.limiters._by_rate.values())
+    # The enforcing rule bans on its own count alone.
+    statuses = [live.check_simple("GET", "/", ip) for _ in range(4)]
+    assert [v.blocked for v in statuses if v] == [False, True, True, True]
+    assert statuses[3] is not None and statuses[3].decision.banned  # type: ignore[union-attr]
+    # A second dry-run rule on that cache: its own would-be bans.
+    again = Rule("1/minute", scope="t", limiters=cache, dry_run=True)
+    assert again.limiters is dry.limiters
+
+
+def test_dry_run_refuses_a_limiter_object_carrying_a_penalty(clock: FakeClock) -> None:
+    lim = Limiter("1/minute", clock=clock, penalty=Penalty(**PENALTY))
+    with pytest.raises(SettingError, match="dry_run"):
+        Rule(lim, dry_run=True)
+    with pytest.raises(SettingError, match="dry_run"):
+        AsgiMiddleware(hello_asgi, limiter=lim, dry_run=True)
+    assert Rule(lim).dry_run is False  # enforcing: fine

@@ -337,7 +337,9 @@ class _RuleHeaders:
             ("Cache-Control", "no-store"),
         ]
         if d is not None:
-            if self._send_retry:
+            # A ban always says when it ends, whatever ``headers`` says
+            # (as a busy refusal always does).
+            if self._send_retry or banned:
                 headers.append(
                     ("Retry-After", str(max(1, _ceil_seconds(d.retry_after_ns))))
                 )

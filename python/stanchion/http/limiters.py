@@ -75,6 +75,7 @@ class LimiterCache:
         self.maxsize = maxsize
         self.penalty = penalty
         self._by_rate: OrderedDict[tuple[Any, ...], _RateInfo] = OrderedDict()
+        self._dry_run: LimiterCache | None = None
         # Build one limiter now so a bad algorithm/max_keys/storage fails
         # at startup, not on the first request.
         try:
@@ -88,6 +89,22 @@ class LimiterCache:
                 f"unsupported storage {storage!r}: use None (in-process), a "
                 "storage URL or a stanchion storage such as RedisStorage",
             )
+
+    def for_dry_run(self) -> LimiterCache:
+        """The limiters of the rules in dry run: these settings without
+        the penalty (a refusal that did not happen bans no one), one
+        cache shared by every such rule."""
+        if self.penalty is None:
+            return self
+        if self._dry_run is None:
+            self._dry_run = LimiterCache(
+                algorithm=self.algorithm,
+                storage=self.storage,
+                max_keys=self.max_keys,
+                clock=self.clock,
+                maxsize=self.maxsize,
+            )
+        return self._dry_run
 
     def get(self, spec: RateSpec, setting: str = "limit") -> _RateInfo:
         if isinstance(spec, str):

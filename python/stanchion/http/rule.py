@@ -21,7 +21,7 @@ from typing import Any, TypeAlias
 from .._concurrency import Concurrency, ConcurrencyLimitExceeded
 from .._core import Decision, Gate, RateHeaders
 from .._limiter import Limiter, RateLimiter
-from .._penalty import Penalty
+from .._penalty import DryRunBans, Penalty
 from .access import AccessList
 from .address import ClientAddress
 from .headers import (
@@ -67,8 +67,13 @@ class Rule(_RuleHeaders):
     ``exempt_paths`` (exact, or a prefix ending in ``*``),
     ``exempt_methods``, ``exempt_when`` (a predicate): not limited.
 
-    ``dry_run``: decide and send headers, but never block (would-be
-    429s are logged and counted in ``dry_run_denials``).
+    ``dry_run``: decide and send headers, but never refuse: would-be
+    429s, bans and busy refusals (no concurrency slot in time: the
+    request is then served without one) are logged and counted in
+    ``dry_run_denials``. No ban is recorded: the penalty's bans are
+    only imagined, in this process (with a penalty, dry-run rules use
+    limiters of their own, without it; a limiter object carrying a
+    penalty is refused).
 
     ``headers``: which header families to send (:data:`HEADER_FAMILIES`);
     ``headers_on_allowed``: also on responses that were let through.
@@ -152,6 +157,12 @@ class Rule(_RuleHeaders):
                 "this rule shares its limiters (limiters=...): set the penalty "
                 "on that LimiterCache, or give the rule its own limiters",
             )
+        #: In dry run with a penalty, the bans it would give (logged, never
+        #: recorded nor enforced): the rule's limiters then carry none.
+        self._dry_bans: DryRunBans | None = None
+        if dry_run is True and limiters.penalty is not None:
+            self._dry_bans = DryRunBans(limiters.penalty, limiters.clock)
+            limiters = limiters.for_dry_run()
         self.limiters = limiters
         if ban_status not in (403, 429) or type(ban_status) is not int:
             raise SettingError("ban_status", f"must be 403 or 429, got {ban_status!r}")
@@ -235,6 +246,12 @@ class Rule(_RuleHeaders):
             self._limit_func = limit
         else:
             self._fixed = limiters.get(limit)
+            if dry_run is True and getattr(self._fixed.limiter, "penalty", None):
+                raise SettingError(
+                    "dry_run",
+                    "this limiter object carries a penalty, whose bans a dry run "
+                    "would record: give the penalty to the rule (penalty=...)",
+                )
 
         if key is not None and not callable(key):
             raise SettingError("key", f"must be a function of the request, not {key!r}")
@@ -388,7 +405,7 @@ class Rule(_RuleHeaders):
         self.gate: Gate | None = None
         #: Renders the headers of an allowed response (``None``: none).
         self.allowed_render: RateHeaders | None = None
-        if self.simple_in_c and self._plain:
+        if self.simple_in_c and self._plain and self._dry_bans is None:
             assert self._fixed is not None and self._fixed_parts is not None
             self.gate = Gate(self._fixed.limiter, self._client_plans)
             if self.headers_on_allowed:
@@ -596,9 +613,45 @@ class Rule(_RuleHeaders):
         self, pending: _Pending, d: Decision, request: Request | None
     ) -> Verdict:
         """The verdict on a pending decision, given the limiter's answer."""
+        if self._dry_bans is not None:
+            return self._imagine_bans(pending, d, request)
         if d.allowed:
             return Verdict(self, d, pending[0], False, request)
         return self._denied(d, pending[0], request, pending[3])
+
+    def _imagine_bans(
+        self, pending: _Pending, d: Decision, request: Request | None
+    ) -> Verdict:
+        """``_conclude`` in dry run with a penalty: a key that would be
+        banned is logged, and each of its requests meanwhile counted as
+        a would-be refusal; nothing is refused, no ban recorded."""
+        bans = self._dry_bans
+        assert bans is not None
+        left = bans.banned(pending[1])
+        if left:
+            self.dry_run_denials += 1
+            log.info(
+                "stanchion dry run: would have refused banned key %r (scope %r, "
+                "%.3f s left)",
+                pending[3],
+                self.scope,
+                left,
+            )
+            return Verdict(self, d, pending[0], False, request)
+        if d.allowed:
+            return Verdict(self, d, pending[0], False, request)
+        ban = bans.refused(pending[1])
+        if ban is None:
+            return self._denied(d, pending[0], request, pending[3])
+        self.dry_run_denials += 1
+        log.info(
+            "stanchion dry run: would have banned key %r (scope %r) for %.3f s "
+            "(ban %d in a row)",
+            pending[3],
+            self.scope,
+            *ban,
+        )
+        return Verdict(self, d, pending[0], False, request)
 
     def _exempt_simple(self, method: str, path: str) -> bool:
         return (
@@ -618,7 +671,7 @@ class Rule(_RuleHeaders):
                 return plan
             p = plan
         d = p[0].limiter.hit(p[1], p[2])
-        if d.allowed:
+        if d.allowed and self._dry_bans is None:
             return Verdict(self, d, p[0], False, None)
         return self._conclude(p, d, None)
 
@@ -665,10 +718,26 @@ class Rule(_RuleHeaders):
         self, exc: ConcurrencyLimitExceeded, request: Request | None = None
     ) -> Verdict:
         """The refusal of a request that got no ``slots`` in time: a 503
-        (a global limit) or a 429 (the client's own), with Retry-After."""
+        (a global limit) or a 429 (the client's own), with Retry-After. In
+        dry run it is not refused (``blocked`` False: the adapters serve
+        it without a slot), only logged and counted."""
         reason = "client busy" if self.slots_per_client else "busy"
+        if self.dry_run:
+            self.dry_run_denials += 1
+            log.info(
+                "stanchion dry run: would have answered %d (scope %r): %s",
+                429 if self.slots_per_client else 503,
+                self.scope,
+                exc,
+            )
         return Verdict(
-            self, None, None, True, request, reason=reason, retry_after=exc.retry_after
+            self,
+            None,
+            None,
+            not self.dry_run,
+            request,
+            reason=reason,
+            retry_after=exc.retry_after,
         )
 
     def refused(self, peer: str | None, d: Decision) -> Verdict:
@@ -704,7 +773,7 @@ class Rule(_RuleHeaders):
         if not isinstance(p, tuple):
             return p
         d = p[0].limiter.hit(p[1], p[2])
-        if d.allowed:
+        if d.allowed and self._dry_bans is None:
             return Verdict(self, d, p[0], False, request)
         return self._conclude(p, d, request)
 

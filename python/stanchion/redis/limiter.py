@@ -29,7 +29,7 @@ from .._sync import at_once, run_at_once
 from .connections import _Connector
 from .links import _glob_escape, _SyncLink
 from .outage import _Guard, _Unavailable, _Who
-from .scripts import BAN_STATE, SCRIPTS
+from .scripts import BAN_STATE, LIFT, SCRIPTS
 
 _ALGORITHM_CODES = {"token_bucket": "tb", "fixed_window": "fw", "sliding_window": "sw"}
 
@@ -489,8 +489,13 @@ class RedisLimiter:
             ) from reply.cause
         return reply
 
-    def _state_call(self, call: Callable[..., Any], pkey: bytes) -> Any:
-        src, sha = BAN_STATE
+    def _state_call(
+        self,
+        call: Callable[..., Any],
+        pkey: bytes,
+        script: tuple[bytes, bytes] = BAN_STATE,
+    ) -> Any:
+        src, sha = script
         args = self._state_args(pkey)
         try:
             return call("EVALSHA", sha, 1, *args)
@@ -498,9 +503,12 @@ class RedisLimiter:
             return call("EVAL", src, 1, *args)
 
     async def _astate_call(
-        self, call: Callable[..., Awaitable[Any]], pkey: bytes
+        self,
+        call: Callable[..., Awaitable[Any]],
+        pkey: bytes,
+        script: tuple[bytes, bytes] = BAN_STATE,
     ) -> Any:
-        src, sha = BAN_STATE
+        src, sha = script
         args = self._state_args(pkey)
         try:
             return await call("EVALSHA", sha, 1, *args)
@@ -533,13 +541,15 @@ class RedisLimiter:
 
     def lift(self, key: str | bytes) -> bool:
         """Forget the key's ban, ban count and counted refusals, for every
-        host. True when the key was banned."""
+        host. True when the key was banned. One script reads and deletes
+        the record: a hit of another client lands before it (its ban is
+        lifted, and reported) or after it (its ban stays)."""
         pkey = self._pkey(key)
         if self.penalty is None:
             return False
-        ban = self.get_ban(key)
         link = self._connector.sync_link()
-        self._admin(self._guard.call(link.call, "UNLINK", pkey))
+        reply = self._admin(self._guard.call(self._state_call, link.call, pkey, LIFT))
+        ban = self._ban(key, reply, False)
         return ban is not None and ban.banned
 
     async def aget_ban(self, key: str | bytes) -> Ban | None:
@@ -569,7 +579,9 @@ class RedisLimiter:
         pkey = self._pkey(key)
         if self.penalty is None:
             return False
-        ban = await self.aget_ban(key)
         link = self._connector.async_link
-        self._admin(await self._guard.acall(link.call, "UNLINK", pkey))
+        reply = self._admin(
+            await self._guard.acall(self._astate_call, link.call, pkey, LIFT)
+        )
+        ban = self._ban(key, reply, False)
         return ban is not None and ban.banned

@@ -379,6 +379,27 @@ BAN_STATE: tuple[bytes, bytes] = (
     hashlib.sha1(_BAN_STATE.encode()).hexdigest().encode(),
 )
 
+# ``_BAN_STATE`` that also deletes the record, in the same script: the
+# state it reports is the one it removed, so no hit of another client can
+# land between the look and the delete (``RedisLimiter.lift``).
+_LIFT = r"""
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = t[1] * 1000000 + t[2]
+end
+local raw = redis.call('GET', KEYS[1])
+if raw then redis.call('UNLINK', KEYS[1]) end
+if raw and #raw == 40 then return {now, raw} end
+return {now}
+"""
+LIFT: tuple[bytes, bytes] = (
+    _LIFT.encode(),
+    hashlib.sha1(_LIFT.encode()).hexdigest().encode(),
+)
+
 SCRIPTS: dict[str, tuple[bytes, bytes]] = {}
 """algorithm -> (script source, its SHA1 in hex), both as bytes."""
 
