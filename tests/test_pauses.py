@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stanchion
 from stanchion._pauses import (
@@ -133,7 +135,14 @@ def test_a_pause_ends(env: Env) -> None:
 
 
 def test_fractions_are_rounded_up_never_down(env: Env) -> None:
-    env.pauses.pause("a", 0.0004)
+    if env.clock is None:
+        # Redis keeps whole milliseconds: a read may come after the
+        # first one has passed, so the rounding itself is checked.
+        assert RedisPauses._ms(0.0004) == 1
+        assert RedisPauses._ms(1.0001) == 1001
+        assert RedisPauses._ms(2.0) == 2000
+        return
+    env.pauses.pause("a", 1e-10)
     assert env.pauses.remaining("a") > 0.0
 
 
@@ -283,6 +292,29 @@ def test_unknown_storages_are_refused() -> None:
             pauses_for(storage)
 
 
+def test_pauses_for_does_not_import_redis() -> None:
+    code = (
+        "import sys, stanchion\n"
+        "from stanchion._pauses import pauses_for\n"
+        "pauses_for(None)\n"
+        "try:\n"
+        "    pauses_for(object())\n"
+        "except TypeError:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": PYTHON_PATH}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_a_bad_clock_is_refused(redis_storage: RedisStorage) -> None:
     with pytest.raises(TypeError):
         pauses_for(None, clock=1.0)  # type: ignore[arg-type]
@@ -430,6 +462,23 @@ def test_shm_a_foreign_file_is_refused(
     path.write_bytes(b"tiny")
     with pytest.raises(ValueError, match="not a stanchion pauses segment"):
         pauses_for(shm_storage)
+
+
+def test_shm_a_fifo_is_refused(shm_storage: stanchion.SharedMemoryStorage) -> None:
+    os.mkfifo(_shm_file(shm_storage), 0o600)
+    with pytest.raises(ValueError, match="not a regular file"):
+        pauses_for(shm_storage)
+
+
+def test_shm_a_symlink_is_not_followed(
+    shm_storage: stanchion.SharedMemoryStorage, tmp_path: Path
+) -> None:
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    _shm_file(shm_storage).symlink_to(target)
+    with pytest.raises(OSError):
+        pauses_for(shm_storage)
+    assert target.read_bytes() == b""
 
 
 def test_shm_another_layout_is_refused(
@@ -764,3 +813,63 @@ async def test_redis_async_down_is_ignored(
         assert _outage_records(caplog) == [logging.WARNING, logging.INFO]
     finally:
         await storage.aclose()
+
+
+# -- a model of the rules ----------------------------------------------------------
+
+_KEYS = st.sampled_from(["a", "b"])
+_QUARTERS = st.integers(min_value=1, max_value=40).map(lambda n: n / 4)
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("pause"), _KEYS, _QUARTERS),
+        st.tuples(st.just("claim"), _KEYS, _QUARTERS),
+        st.tuples(st.just("release"), _KEYS, st.just(0.0)),
+        st.tuples(st.just("remaining"), _KEYS, st.just(0.0)),
+        st.tuples(st.just("advance"), st.just(""), _QUARTERS),
+    ),
+    max_size=40,
+)
+
+
+def _model_run(pauses: Pauses, clock: FakeClock, ops: list[Any]) -> None:
+    """Run ``ops`` on ``pauses`` and on a model of the rules (times in
+    quarters of a second, exact in both), comparing every answer."""
+    paused: dict[str, float] = {}
+    claimed: dict[str, float] = {}
+    for op, key, seconds in ops:
+        now = clock.now
+        if op == "advance":
+            clock.advance(seconds)
+        elif op == "pause":
+            pauses.pause(key, seconds)
+            paused[key] = max(paused.get(key, 0.0), now + seconds)
+        elif op == "claim":
+            free = claimed.get(key, 0.0) <= now
+            assert pauses.claim(key, seconds) == free
+            if free:
+                claimed[key] = now + seconds
+        elif op == "release":
+            pauses.release(key)
+            claimed.pop(key, None)
+        else:
+            assert pauses.remaining(key) == max(0.0, paused.get(key, 0.0) - now)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS)
+def test_memory_follows_the_model(ops: list[Any]) -> None:
+    clock = FakeClock()
+    _model_run(MemoryPauses(clock=clock), clock, ops)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=_OPS)
+def test_shm_follows_the_model(ops: list[Any]) -> None:
+    clock = FakeClock()
+    storage = stanchion.SharedMemoryStorage(f"test-pauses-{uuid.uuid4().hex}")
+    try:
+        pauses = ShmPauses(storage, clock=clock)
+        _model_run(pauses, clock, ops)
+        pauses.close()
+    finally:
+        storage.unlink(missing_ok=True)

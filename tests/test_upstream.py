@@ -142,6 +142,11 @@ def test_reset_neither_seconds_nor_milliseconds_is_ignored():
     assert pause(429, {"X-RateLimit-Reset": "9" * 18}) is None
 
 
+def test_reset_hyphenated_names():
+    headers = {"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": str(int(NOW) + 9)}
+    assert pause(200, headers) == 9.0
+
+
 def test_reset_on_a_success_with_nothing_left():
     headers = {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "30"}
     assert pause(200, headers) == 30.0

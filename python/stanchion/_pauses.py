@@ -39,7 +39,9 @@ import heapq
 import math
 import mmap
 import os
+import stat
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -350,7 +352,10 @@ class ShmPauses(_AtOnce):
 
     def _attach(self, fd: int) -> mmap.mmap:
         """The segment's mapping, created or checked; under its flock."""
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"shared memory {self.segment} is not a regular file")
+        size = info.st_size
         if size == 0:
             return self._create(fd)
         if size < _HEADER_SIZE:
@@ -690,16 +695,16 @@ def pauses_for(storage: object, *, clock: Callable[[], float] | None = None) -> 
 
     if isinstance(storage, SharedMemoryStorage):
         return ShmPauses(storage, clock=clock)
-    if type(storage).__module__.startswith("stanchion.redis"):
-        from .redis import RedisStorage
-
-        if isinstance(storage, RedisStorage):
-            if clock is not None:
-                raise ValueError(
-                    "clock applies to the in-process and shared-memory pauses "
-                    "only: Redis decides on the server's clock"
-                )
-            return RedisPauses(storage)
+    # A RedisStorage exists only once stanchion.redis is imported: never
+    # import redis-py here for another object.
+    redis_module = sys.modules.get("stanchion.redis")
+    if redis_module is not None and isinstance(storage, redis_module.RedisStorage):
+        if clock is not None:
+            raise ValueError(
+                "clock applies to the in-process and shared-memory pauses "
+                "only: Redis decides on the server's clock"
+            )
+        return RedisPauses(storage)
     raise TypeError(
         f"unsupported storage {storage!r} for pauses: use None (in-process), "
         "a stanchion.SharedMemoryStorage or a stanchion.redis.RedisStorage"
