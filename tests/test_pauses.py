@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import math
 import multiprocessing
@@ -581,6 +582,31 @@ def test_shm_a_table_made_before_fork_excludes_across_processes(
         assert sorted(won) == [False] * 6 + [True]
 
 
+def _pause_timed(p: ShmPauses, out: Any) -> None:
+    t0 = time.monotonic()
+    p.pause("a", 10)
+    out.put(time.monotonic() - t0)
+
+
+def test_shm_a_forked_child_has_a_lock_of_its_own(
+    shm_storage: stanchion.SharedMemoryStorage,
+) -> None:
+    """Forked while the parent holds the segment's lock (and its thread
+    lock): the child waits for the parent's flock, not for a thread lock
+    no thread of its own will release, and not past a flock it shares."""
+    p = pauses_for(shm_storage)
+    assert isinstance(p, ShmPauses)
+    out = _fork.Queue()
+    with p._locked(fcntl.LOCK_EX):
+        child = _fork.Process(target=_pause_timed, args=(p, out), daemon=True)
+        child.start()
+        time.sleep(0.3)
+    waited = out.get(timeout=30)
+    child.join(10)
+    assert waited >= 0.2
+    assert p.remaining("a") > 9
+
+
 def test_shm_a_pause_from_another_program(
     shm_storage: stanchion.SharedMemoryStorage,
 ) -> None:
@@ -607,7 +633,7 @@ def test_shm_a_pause_from_another_program(
 def _hold_the_lock(storage: Any, ready: Any) -> None:
     p = pauses_for(storage)
     assert isinstance(p, ShmPauses)
-    with p._locked(__import__("fcntl").LOCK_EX):
+    with p._locked(fcntl.LOCK_EX):
         ready.set()
         time.sleep(60)
 
@@ -761,7 +787,9 @@ def test_redis_down_is_ignored_quickly(
         assert time.monotonic() - t0 < 5 * OUTAGE_TIMEOUT + MARGIN
     assert _outage_records(caplog) == [logging.WARNING]
     (warning,) = [r for r in caplog.records if r.name == "stanchion.redis"]
-    assert "pauses" in warning.getMessage()
+    message = warning.getMessage()
+    assert message.startswith("stanchion upstream pauses: Redis at 127.0.0.1:")
+    assert "every claim is granted" in message
     private_redis.start()  # empty: the pause is gone with the server
     assert p.remaining("a") == 0.0
     p.pause("a", 60)
@@ -873,3 +901,49 @@ def test_shm_follows_the_model(ops: list[Any]) -> None:
         pauses.close()
     finally:
         storage.unlink(missing_ok=True)
+
+
+# -- Redis Cluster (slow: three servers) ----------------------------------------------
+
+
+def test_redis_cluster_pauses(redis_cluster: Any) -> None:
+    import redis.cluster
+
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.port)
+    try:
+        storage = RedisStorage(client, prefix=f"c{uuid.uuid4().hex[:6]}:", timeout=SLOW)
+        p = pauses_for(storage)
+        keys = [f"provider-{i}" for i in range(30)]  # spread over the masters
+        for i, key in enumerate(keys):
+            p.pause(key, 100 + i)
+            p.pause(key, 1)
+            assert p.claim(key, 60) and not p.claim(key, 60)
+        for i, key in enumerate(keys):
+            assert 99 + i < p.remaining(key) <= 100 + i
+            p.release(key)
+            assert p.claim(key, 60)
+        client.script_flush()
+        p.pause(keys[0], 500)
+        assert p.remaining(keys[0]) > 499
+    finally:
+        client.close()
+
+
+async def test_redis_cluster_async_pauses(redis_cluster: Any) -> None:
+    import redis.asyncio.cluster
+
+    client = redis.asyncio.cluster.RedisCluster(
+        host="127.0.0.1", port=redis_cluster.port
+    )
+    try:
+        storage = RedisStorage(client, prefix=f"c{uuid.uuid4().hex[:6]}:", timeout=SLOW)
+        p = pauses_for(storage)
+        for i in range(10):
+            await p.apause(f"k{i}", 50)
+            assert await p.aremaining(f"k{i}") > 49
+            assert await p.aclaim(f"k{i}", 5)
+            assert not await p.aclaim(f"k{i}", 5)
+            await p.arelease(f"k{i}")
+            assert await p.aclaim(f"k{i}", 5)
+    finally:
+        await client.aclose()

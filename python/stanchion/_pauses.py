@@ -270,6 +270,18 @@ _SLOT = struct.Struct("<QqqQ")  # key hash (0: free), pause until, claim until (
 _BUCKETS = 256
 _WAYS = 16
 
+# Serializes the reopening after fork of every ShmPauses; new in each
+# child (the parent's may have been held by a thread that fork left out).
+_FORK_LOCK = threading.Lock()
+
+
+def _new_fork_lock() -> None:
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
+
 
 def pauses_segment(storage: Any) -> str:
     """The shm_open name of a ``SharedMemoryStorage``'s pauses: one of
@@ -288,7 +300,9 @@ class ShmPauses(_AtOnce):
 
     Each call takes the segment's lock (``flock``, for microseconds): a
     process killed while holding it releases it; one stopped while
-    holding it (SIGSTOP) makes the others wait until it continues."""
+    holding it (SIGSTOP) makes the others wait until it continues. After
+    ``storage.unlink()`` the tables already open keep the old segment;
+    tables made afterwards share a new one."""
 
     def __init__(
         self, storage: Any, *, clock: Callable[[], float] | None = None
@@ -407,7 +421,13 @@ class ShmPauses(_AtOnce):
     def _after_fork(self) -> None:
         """In a forked child: its own open file, so that its flock and the
         parent's exclude each other (a flock belongs to an open file,
-        which fork shares), and its own thread lock."""
+        which fork shares), and its own thread lock. Once per child, even
+        when its threads race here."""
+        with _FORK_LOCK:
+            if self._pid != os.getpid():
+                self._reopen()
+
+    def _reopen(self) -> None:
         self._lock = threading.Lock()
         try:
             fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC)
@@ -576,8 +596,8 @@ class RedisPauses:
         self._guard = _Guard(
             self._connector,
             _Who(
-                "stanchion pauses",
-                "pauses are ignored (none is seen, set or claimed exclusively)",
+                "stanchion upstream pauses",
+                "pauses are neither seen nor kept, and every claim is granted",
             ),
         )
         prefix = storage.prefix.encode()
