@@ -154,6 +154,19 @@ def test_reset_on_a_success_with_nothing_left():
     assert pause(200, headers) == 11.0
 
 
+def test_remaining_counts_in_other_notations():
+    assert pause(200, {"X-RateLimit-Remaining": "0.0", "X-RateLimit-Reset": "4"}) == 4.0
+    assert pause(200, {"X-RateLimit-Remaining": "-1", "X-RateLimit-Reset": "4"}) == 4.0
+    assert pause(200, {"X-RateLimit-Remaining": "0.5", "X-RateLimit-Reset": "4"}) == 4.0
+    assert (
+        pause(200, {"X-RateLimit-Remaining": "1.5", "X-RateLimit-Reset": "4"}) is None
+    )
+    # Unreadable: says nothing either way.
+    assert (
+        pause(200, {"X-RateLimit-Remaining": "none", "X-RateLimit-Reset": "4"}) is None
+    )
+
+
 def test_success_with_budget_left_says_nothing():
     headers = {"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": "30"}
     assert pause(200, headers) is None

@@ -185,14 +185,15 @@ def _number(text: str) -> float | None:
 
 
 def _integer(text: str) -> int | None:
-    """An integer with an optional minus sign (a remaining count), or None."""
+    """A count (a remaining): an integer with an optional minus sign, or a
+    decimal (``0.0``, rounded down); None otherwise."""
     s = text.strip()
     negative = s.startswith("-")
-    if negative:
-        s = s[1:]
-    if not s or len(s) > _MAX_NUMBER or not all("0" <= ch <= "9" for ch in s):
+    number = _number(s[1:] if negative else s)
+    if number is None:
         return None
-    return -int(s) if negative else int(s)
+    count = math.floor(number)
+    return -count if negative else count
 
 
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
