@@ -18,9 +18,14 @@ the storage's own table:
 Each has ``pause(key, seconds)`` (at least that long from now; a longer
 pause already there is kept), ``remaining(key)`` (seconds left, 0.0 when
 not paused), ``claim(key, seconds)`` (True for exactly one caller until
-``seconds`` pass or ``release(key)``) and ``release(key)``, and the
-asyncio twins ``apause``, ``aremaining``, ``aclaim`` and ``arelease``.
-Pauses and claims of one key are independent.
+``seconds`` pass or ``release(key)``) and ``release(key)`` (ends the
+key's claim, whoever holds it), and the asyncio twins ``apause``,
+``aremaining``, ``aclaim`` and ``arelease``. Pauses and claims of one
+key are independent. Each ``pauses_for`` call gives a new table object:
+in-process, share the object to share the pauses. A key is any str;
+``seconds`` a finite number from 0 to 1e9 (a pause of 0 does nothing, a
+claim needs more than 0); anything else raises TypeError or ValueError
+before any state changes.
 
 Pauses are advisory. Memory is bounded: an in-process or shared-memory
 table that is full forgets the entries closest to expiring (a forgotten
