@@ -51,7 +51,7 @@ class Env:
     def __init__(self, pauses: Pauses, clock: FakeClock | None) -> None:
         self.pauses = pauses
         self.clock = clock
-        self.tol = 0.0 if clock is not None else 0.15
+        self.tol = 0.0 if clock is not None else 0.5
 
     def advance(self, seconds: float) -> None:
         if self.clock is not None:
@@ -334,8 +334,9 @@ def test_a_clock_reading_must_be_seconds() -> None:
 
 def test_memory_default_clock_is_monotonic() -> None:
     p = pauses_for(None)
+    p.pause("b", 60)
+    assert 0 < p.remaining("b") <= 60
     p.pause("a", 0.05)
-    assert 0 < p.remaining("a") <= 0.05
     time.sleep(0.07)
     assert p.remaining("a") == 0.0
 
@@ -427,8 +428,9 @@ def test_shm_default_clock_is_monotonic(
     shm_storage: stanchion.SharedMemoryStorage,
 ) -> None:
     p = pauses_for(shm_storage)
+    p.pause("b", 60)
+    assert 0 < p.remaining("b") <= 60
     p.pause("a", 0.05)
-    assert 0 < p.remaining("a") <= 0.05
     time.sleep(0.07)
     assert p.remaining("a") == 0.0
 
@@ -582,10 +584,10 @@ def test_shm_a_table_made_before_fork_excludes_across_processes(
         assert sorted(won) == [False] * 6 + [True]
 
 
-def _pause_timed(p: ShmPauses, out: Any) -> None:
-    t0 = time.monotonic()
+def _pause_timed(p: ShmPauses, trying: Any, out: Any) -> None:
+    trying.set()
     p.pause("a", 10)
-    out.put(time.monotonic() - t0)
+    out.put(time.monotonic())
 
 
 def test_shm_a_forked_child_has_a_lock_of_its_own(
@@ -596,14 +598,17 @@ def test_shm_a_forked_child_has_a_lock_of_its_own(
     no thread of its own will release, and not past a flock it shares."""
     p = pauses_for(shm_storage)
     assert isinstance(p, ShmPauses)
+    trying = _fork.Event()
     out = _fork.Queue()
     with p._locked(fcntl.LOCK_EX):
-        child = _fork.Process(target=_pause_timed, args=(p, out), daemon=True)
+        child = _fork.Process(target=_pause_timed, args=(p, trying, out), daemon=True)
         child.start()
-        time.sleep(0.3)
-    waited = out.get(timeout=30)
+        assert trying.wait(30)
+        time.sleep(0.2)
+        released = time.monotonic()  # CLOCK_MONOTONIC: the host's
+    done = out.get(timeout=30)
     child.join(10)
-    assert waited >= 0.2
+    assert done >= released
     assert p.remaining("a") > 9
 
 
@@ -626,7 +631,7 @@ def test_shm_a_pause_from_another_program(
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
     p = pauses_for(shm_storage)
-    assert 25 < p.remaining("provider-a") <= 30
+    assert 15 < p.remaining("provider-a") <= 30
     assert not p.claim("probe", 30)
 
 
@@ -741,7 +746,7 @@ def test_redis_across_processes(
     assert sorted(won) == [False] * 3 + [True]
     p = pauses_for(redis_storage)
     assert not p.claim("probe", 1)
-    assert 25 < p.remaining("provider-a") <= 30
+    assert 15 < p.remaining("provider-a") <= 30
 
 
 def test_redis_a_blocking_only_storage_has_no_async_side(
@@ -761,7 +766,7 @@ def test_redis_a_blocking_only_storage_has_no_async_side(
 
 
 OUTAGE_TIMEOUT = 0.1
-MARGIN = 0.4
+MARGIN = 1.0
 
 
 def _outage_records(caplog: pytest.LogCaptureFixture) -> list[int]:
