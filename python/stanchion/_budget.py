@@ -18,6 +18,12 @@ same upstream:
   storage) tries it: a success closes the breaker, a failure opens it
   again.
 
+``rate=None`` has no rates: only the pauses and the breaker. ``rate`` may
+also be a limiter (a :class:`~stanchion.RateLimiter`, paced as above)
+that several budgets share, each as its own key; ``pauses`` a table from
+``pauses_for(storage)`` that they share: one of each serves any number of
+upstreams (a shared-memory storage opens a file for each).
+
 ``rate="auto"`` replaces the rates by a pace this process learns: it
 starts at ``auto_start`` calls per second, adds ``auto_increase`` per
 second of successful calls and halves on each 429 (additive increase,
@@ -43,8 +49,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._limiter import Limiter
-from ._pauses import pauses_for
+from ._limiter import Limiter, RateLimiter
+from ._pauses import Pauses, pauses_for
 from ._upstream import pause_from_answer
 
 __all__ = ["Budget", "answer_of"]
@@ -153,6 +159,7 @@ class Budget:
         auto_max: float = 1000.0,
         auto_increase: float = 1.0,
         clock: Callable[[], float] | None = None,
+        pauses: Pauses | None = None,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
@@ -173,18 +180,26 @@ class Budget:
                 _positive("auto_increase", auto_increase),
                 self.clock,
             )
-        else:
+        elif isinstance(rate, RateLimiter):
+            self.limiter = rate
+        elif rate is not None:
             if algorithm != "token_bucket":
                 burst = None
             if clock is not None and storage is None:
                 self.limiter = Limiter(
-                    rate, algorithm=algorithm, burst=burst, clock=clock
-                )  # type: ignore[arg-type]
+                    rate,  # type: ignore[arg-type]
+                    algorithm=algorithm,
+                    burst=burst,
+                    clock=clock,
+                )
             else:
                 self.limiter = Limiter(
-                    rate, algorithm=algorithm, burst=burst, storage=storage
-                )  # type: ignore[arg-type]
-        self.pauses = pauses_for(storage, clock=clock)
+                    rate,  # type: ignore[arg-type]
+                    algorithm=algorithm,
+                    burst=burst,
+                    storage=storage,
+                )
+        self.pauses = pauses_for(storage, clock=clock) if pauses is None else pauses
         self._half = name + "\x00half"  # the breaker opened; not closed since
         self._probe = name + "\x00probe"  # who tries it while half-open
         self._lock = threading.Lock()
@@ -194,7 +209,11 @@ class Budget:
 
     def __repr__(self) -> str:
         rate = (
-            "auto" if self.auto is not None else ";".join(map(str, self.limiter.rates))
+            "auto"
+            if self.auto is not None
+            else None
+            if self.limiter is None
+            else ";".join(map(str, self.limiter.rates))
         )
         return f"Budget({self.name!r}, {rate!r})"
 
@@ -237,12 +256,16 @@ class Budget:
     def _spend(self) -> float:
         if self.auto is not None:
             return self.auto.take()
+        if self.limiter is None:
+            return 0.0
         d = self.limiter.hit(self.name)
         return 0.0 if d.allowed else max(d.retry_after, 0.001)
 
     async def _aspend(self) -> float:
         if self.auto is not None:
             return self.auto.take()
+        if self.limiter is None:
+            return 0.0
         d = await self.limiter.ahit(self.name)
         return 0.0 if d.allowed else max(d.retry_after, 0.001)
 
