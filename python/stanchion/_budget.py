@@ -56,6 +56,9 @@ from ._upstream import pause_from_answer
 __all__ = ["Budget", "answer_of"]
 
 _BACKOFF_FIRST = 1.0  # a bare 429's first pause, in seconds
+# How often a caller asks again while another's half-open probe is out (a
+# claim tells no one when it ends), at most: the cool-down when shorter.
+_PROBE_POLL = 1.0
 
 
 def _positive(name: str, value: object, *, zero_ok: bool = False) -> float:
@@ -200,7 +203,11 @@ class Budget:
                     storage=storage,
                 )
         self.pauses = pauses_for(storage, clock=clock) if pauses is None else pauses
-        self._half = name + "\x00half"  # the breaker opened; not closed since
+        # Half-open while the pause on _half outlasts the one on _closed: a
+        # pause cannot be cut short, so the breaker opens by pausing _half
+        # past _closed, and closes by pausing _closed past _half.
+        self._half = name + "\x00half"
+        self._closed = name + "\x00closed"
         self._probe = name + "\x00probe"  # who tries it while half-open
         self._lock = threading.Lock()
         self._failed = 0  # failed calls in a row, in this process
@@ -225,9 +232,10 @@ class Budget:
         wait = self.pauses.remaining(self.name)
         if wait > 0:
             return wait
-        if self.pauses.remaining(self._half) > 0:
+        half = self.pauses.remaining(self._half)
+        if half > 0 and half > self.pauses.remaining(self._closed):
             if not self.pauses.claim(self._probe, self.cooldown):
-                return max(self.pauses.remaining(self._probe), 0.001)
+                return min(self.cooldown, _PROBE_POLL)
             wait = self._spend()
             if wait:
                 # No budget for the probe: let the next caller try.
@@ -242,9 +250,10 @@ class Budget:
         wait = await self.pauses.aremaining(self.name)
         if wait > 0:
             return wait
-        if await self.pauses.aremaining(self._half) > 0:
+        half = await self.pauses.aremaining(self._half)
+        if half > 0 and half > await self.pauses.aremaining(self._closed):
             if not await self.pauses.aclaim(self._probe, self.cooldown):
-                return max(await self.pauses.aremaining(self._probe), 0.001)
+                return min(self.cooldown, _PROBE_POLL)
             wait = await self._aspend()
             if wait:
                 await self.pauses.arelease(self._probe)
@@ -281,9 +290,12 @@ class Budget:
         if pause:
             self.pauses.pause(self.name, pause)
             if release is None:
-                self.pauses.pause(self._half, 2 * pause)
+                closed = self.pauses.remaining(self._closed)
+                self.pauses.pause(self._half, max(2 * pause, closed + pause))
         if release:
-            self.pauses.release(self._half)
+            half = self.pauses.remaining(self._half)
+            if half > 0:
+                self.pauses.pause(self._closed, half + 0.001)
             self.pauses.release(self._probe)
         return pause
 
@@ -295,9 +307,12 @@ class Budget:
         if pause:
             await self.pauses.apause(self.name, pause)
             if release is None:
-                await self.pauses.apause(self._half, 2 * pause)
+                closed = await self.pauses.aremaining(self._closed)
+                await self.pauses.apause(self._half, max(2 * pause, closed + pause))
         if release:
-            await self.pauses.arelease(self._half)
+            half = await self.pauses.aremaining(self._half)
+            if half > 0:
+                await self.pauses.apause(self._closed, half + 0.001)
             await self.pauses.arelease(self._probe)
         return pause
 
@@ -337,6 +352,7 @@ class Budget:
         upstream's answer) or ``"half_open"``, as the storage says now."""
         if self.pauses.remaining(self.name) > 0:
             return "open"
-        if self.pauses.remaining(self._half) > 0:
+        half = self.pauses.remaining(self._half)
+        if half > 0 and half > self.pauses.remaining(self._closed):
             return "half_open"
         return "closed"
