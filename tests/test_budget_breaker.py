@@ -138,3 +138,33 @@ class _Answer:
     def __init__(self, status: int, headers: dict[str, str]) -> None:
         self.status_code = status
         self.headers = headers
+
+
+def test_an_abandoned_probe_lets_the_next_caller_probe(make) -> None:
+    new, advance = make
+    budget = new("up", None, failures=1, cooldown=0.3)
+    budget.take()
+    budget.settle(False)
+    advance(0.31)
+    assert budget.take() == 0.0  # the probe, then cancelled
+    budget.abandon()
+    assert budget.state() == "half_open"
+    assert budget.take() == 0.0  # another probe, at once
+    budget.settle(True)
+    assert budget.state() == "closed"
+
+
+def test_an_abandoned_call_counts_neither_way(clock) -> None:
+    import asyncio
+
+    budget = Budget("up", None, failures=2, clock=clock)
+    budget.take()
+    budget.settle(False)
+    budget.take()
+    budget.abandon()
+    assert budget.state() == "closed"
+    budget.take()
+    asyncio.run(budget.aabandon())
+    budget.take()
+    budget.settle(False)  # the second failure in a row
+    assert budget.state() == "open"

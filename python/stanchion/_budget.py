@@ -316,6 +316,23 @@ class Budget:
             await self.pauses.arelease(self._probe)
         return pause
 
+    def abandon(self) -> None:
+        """Tell that a call :meth:`take` let through ended without an
+        outcome (cancelled, interrupted, never sent): it counts neither
+        way, and the half-open probe it may have been is left to the next
+        caller."""
+        with self._lock:
+            probing, self._probing = self._probing, False
+        if probing:
+            self.pauses.release(self._probe)
+
+    async def aabandon(self) -> None:
+        """:meth:`abandon` for asyncio."""
+        with self._lock:
+            probing, self._probing = self._probing, False
+        if probing:
+            await self.pauses.arelease(self._probe)
+
     def _outcome(self, ok: bool, result: object) -> tuple[float, bool | None]:
         """(pause, release): the pause to set, and whether to close a
         half-open breaker (True), open it (None: the pause is the
