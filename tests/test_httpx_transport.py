@@ -617,6 +617,17 @@ async def test_async_breaker_opens_then_probes() -> None:
             server.close()
 
 
+async def test_async_cancelled_requests_count_for_nothing(upstream: Upstream) -> None:
+    transport = sh.AsyncLimitedTransport(
+        rates={upstream.host: "100/second"}, failures=1, cooldown=5, wait=0.1
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.get(upstream.url("/slow?s=0.5")), 0.1)
+        assert transport.budget(upstream.url("/")).state() == "closed"
+        assert (await client.get(upstream.url("/ok"))).status_code == 200
+
+
 async def test_async_streams_are_not_read(upstream: Upstream) -> None:
     transport = sh.AsyncLimitedTransport(rates={upstream.host: "100/second"})
     async with (

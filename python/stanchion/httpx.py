@@ -292,10 +292,12 @@ class _Hosts:
         ok = self.ok(response) if host.breaker else True
         return {"ok": ok, "answer": response if self.learn else None}
 
-    def failed(self, host: _Host, error: BaseException) -> dict[str, Any]:
-        """settle()'s arguments for a request that raised."""
-        if isinstance(error, HostRateLimited):  # a wrapped transport's: not sent
-            return {"ok": True}
+    def failed(self, host: _Host, error: BaseException) -> dict[str, Any] | None:
+        """settle()'s arguments for a request that raised; None to abandon
+        it: cancelled or interrupted (no word on the host), or not sent (a
+        wrapped transport's HostRateLimited)."""
+        if not isinstance(error, Exception) or isinstance(error, HostRateLimited):
+            return None
         return {
             "ok": not host.breaker,
             "error": error if self.learn else None,
@@ -406,7 +408,11 @@ class LimitedTransport(_Options, httpx.BaseTransport):
             response = self._transport.handle_request(request)
             outcome = hosts.answered(host, response)
         except BaseException as e:
-            host.budget.settle(**hosts.failed(host, e))
+            failed = hosts.failed(host, e)
+            if failed is None:
+                host.budget.abandon()
+            else:
+                host.budget.settle(**failed)
             raise
         host.budget.settle(**outcome)
         return response  # type: ignore[no-any-return]
@@ -445,7 +451,11 @@ class AsyncLimitedTransport(_Options, httpx.AsyncBaseTransport):
             response = await self._transport.handle_async_request(request)
             outcome = hosts.answered(host, response)
         except BaseException as e:
-            await host.budget.asettle(**hosts.failed(host, e))
+            failed = hosts.failed(host, e)
+            if failed is None:
+                await host.budget.aabandon()
+            else:
+                await host.budget.asettle(**failed)
             raise
         await host.budget.asettle(**outcome)
         return response  # type: ignore[no-any-return]
