@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import math
 import multiprocessing
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stanchion
 from stanchion._pauses import (
@@ -48,7 +51,7 @@ class Env:
     def __init__(self, pauses: Pauses, clock: FakeClock | None) -> None:
         self.pauses = pauses
         self.clock = clock
-        self.tol = 0.0 if clock is not None else 0.15
+        self.tol = 0.0 if clock is not None else 0.5
 
     def advance(self, seconds: float) -> None:
         if self.clock is not None:
@@ -133,7 +136,14 @@ def test_a_pause_ends(env: Env) -> None:
 
 
 def test_fractions_are_rounded_up_never_down(env: Env) -> None:
-    env.pauses.pause("a", 0.0004)
+    if env.clock is None:
+        # Redis keeps whole milliseconds: a read may come after the
+        # first one has passed, so the rounding itself is checked.
+        assert RedisPauses._ms(0.0004) == 1
+        assert RedisPauses._ms(1.0001) == 1001
+        assert RedisPauses._ms(2.0) == 2000
+        return
+    env.pauses.pause("a", 1e-10)
     assert env.pauses.remaining("a") > 0.0
 
 
@@ -283,6 +293,29 @@ def test_unknown_storages_are_refused() -> None:
             pauses_for(storage)
 
 
+def test_pauses_for_does_not_import_redis() -> None:
+    code = (
+        "import sys, stanchion\n"
+        "from stanchion._pauses import pauses_for\n"
+        "pauses_for(None)\n"
+        "try:\n"
+        "    pauses_for(object())\n"
+        "except TypeError:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'redis'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": PYTHON_PATH}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_a_bad_clock_is_refused(redis_storage: RedisStorage) -> None:
     with pytest.raises(TypeError):
         pauses_for(None, clock=1.0)  # type: ignore[arg-type]
@@ -301,8 +334,9 @@ def test_a_clock_reading_must_be_seconds() -> None:
 
 def test_memory_default_clock_is_monotonic() -> None:
     p = pauses_for(None)
+    p.pause("b", 60)
+    assert 0 < p.remaining("b") <= 60
     p.pause("a", 0.05)
-    assert 0 < p.remaining("a") <= 0.05
     time.sleep(0.07)
     assert p.remaining("a") == 0.0
 
@@ -394,8 +428,9 @@ def test_shm_default_clock_is_monotonic(
     shm_storage: stanchion.SharedMemoryStorage,
 ) -> None:
     p = pauses_for(shm_storage)
+    p.pause("b", 60)
+    assert 0 < p.remaining("b") <= 60
     p.pause("a", 0.05)
-    assert 0 < p.remaining("a") <= 0.05
     time.sleep(0.07)
     assert p.remaining("a") == 0.0
 
@@ -430,6 +465,23 @@ def test_shm_a_foreign_file_is_refused(
     path.write_bytes(b"tiny")
     with pytest.raises(ValueError, match="not a stanchion pauses segment"):
         pauses_for(shm_storage)
+
+
+def test_shm_a_fifo_is_refused(shm_storage: stanchion.SharedMemoryStorage) -> None:
+    os.mkfifo(_shm_file(shm_storage), 0o600)
+    with pytest.raises(ValueError, match="not a regular file"):
+        pauses_for(shm_storage)
+
+
+def test_shm_a_symlink_is_not_followed(
+    shm_storage: stanchion.SharedMemoryStorage, tmp_path: Path
+) -> None:
+    target = tmp_path / "target"
+    target.write_bytes(b"")
+    _shm_file(shm_storage).symlink_to(target)
+    with pytest.raises(OSError):
+        pauses_for(shm_storage)
+    assert target.read_bytes() == b""
 
 
 def test_shm_another_layout_is_refused(
@@ -532,6 +584,34 @@ def test_shm_a_table_made_before_fork_excludes_across_processes(
         assert sorted(won) == [False] * 6 + [True]
 
 
+def _pause_timed(p: ShmPauses, trying: Any, out: Any) -> None:
+    trying.set()
+    p.pause("a", 10)
+    out.put(time.monotonic())
+
+
+def test_shm_a_forked_child_has_a_lock_of_its_own(
+    shm_storage: stanchion.SharedMemoryStorage,
+) -> None:
+    """Forked while the parent holds the segment's lock (and its thread
+    lock): the child waits for the parent's flock, not for a thread lock
+    no thread of its own will release, and not past a flock it shares."""
+    p = pauses_for(shm_storage)
+    assert isinstance(p, ShmPauses)
+    trying = _fork.Event()
+    out = _fork.Queue()
+    with p._locked(fcntl.LOCK_EX):
+        child = _fork.Process(target=_pause_timed, args=(p, trying, out), daemon=True)
+        child.start()
+        assert trying.wait(30)
+        time.sleep(0.2)
+        released = time.monotonic()  # CLOCK_MONOTONIC: the host's
+    done = out.get(timeout=30)
+    child.join(10)
+    assert done >= released
+    assert p.remaining("a") > 9
+
+
 def test_shm_a_pause_from_another_program(
     shm_storage: stanchion.SharedMemoryStorage,
 ) -> None:
@@ -551,14 +631,14 @@ def test_shm_a_pause_from_another_program(
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
     p = pauses_for(shm_storage)
-    assert 25 < p.remaining("provider-a") <= 30
+    assert 15 < p.remaining("provider-a") <= 30
     assert not p.claim("probe", 30)
 
 
 def _hold_the_lock(storage: Any, ready: Any) -> None:
     p = pauses_for(storage)
     assert isinstance(p, ShmPauses)
-    with p._locked(__import__("fcntl").LOCK_EX):
+    with p._locked(fcntl.LOCK_EX):
         ready.set()
         time.sleep(60)
 
@@ -666,7 +746,7 @@ def test_redis_across_processes(
     assert sorted(won) == [False] * 3 + [True]
     p = pauses_for(redis_storage)
     assert not p.claim("probe", 1)
-    assert 25 < p.remaining("provider-a") <= 30
+    assert 15 < p.remaining("provider-a") <= 30
 
 
 def test_redis_a_blocking_only_storage_has_no_async_side(
@@ -686,7 +766,7 @@ def test_redis_a_blocking_only_storage_has_no_async_side(
 
 
 OUTAGE_TIMEOUT = 0.1
-MARGIN = 0.4
+MARGIN = 1.0
 
 
 def _outage_records(caplog: pytest.LogCaptureFixture) -> list[int]:
@@ -712,7 +792,9 @@ def test_redis_down_is_ignored_quickly(
         assert time.monotonic() - t0 < 5 * OUTAGE_TIMEOUT + MARGIN
     assert _outage_records(caplog) == [logging.WARNING]
     (warning,) = [r for r in caplog.records if r.name == "stanchion.redis"]
-    assert "pauses" in warning.getMessage()
+    message = warning.getMessage()
+    assert message.startswith("stanchion upstream pauses: Redis at 127.0.0.1:")
+    assert "every claim is granted" in message
     private_redis.start()  # empty: the pause is gone with the server
     assert p.remaining("a") == 0.0
     p.pause("a", 60)
@@ -764,3 +846,109 @@ async def test_redis_async_down_is_ignored(
         assert _outage_records(caplog) == [logging.WARNING, logging.INFO]
     finally:
         await storage.aclose()
+
+
+# -- a model of the rules ----------------------------------------------------------
+
+_KEYS = st.sampled_from(["a", "b"])
+_QUARTERS = st.integers(min_value=1, max_value=40).map(lambda n: n / 4)
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("pause"), _KEYS, _QUARTERS),
+        st.tuples(st.just("claim"), _KEYS, _QUARTERS),
+        st.tuples(st.just("release"), _KEYS, st.just(0.0)),
+        st.tuples(st.just("remaining"), _KEYS, st.just(0.0)),
+        st.tuples(st.just("advance"), st.just(""), _QUARTERS),
+    ),
+    max_size=40,
+)
+
+
+def _model_run(pauses: Pauses, clock: FakeClock, ops: list[Any]) -> None:
+    """Run ``ops`` on ``pauses`` and on a model of the rules (times in
+    quarters of a second, exact in both), comparing every answer."""
+    paused: dict[str, float] = {}
+    claimed: dict[str, float] = {}
+    for op, key, seconds in ops:
+        now = clock.now
+        if op == "advance":
+            clock.advance(seconds)
+        elif op == "pause":
+            pauses.pause(key, seconds)
+            paused[key] = max(paused.get(key, 0.0), now + seconds)
+        elif op == "claim":
+            free = claimed.get(key, 0.0) <= now
+            assert pauses.claim(key, seconds) == free
+            if free:
+                claimed[key] = now + seconds
+        elif op == "release":
+            pauses.release(key)
+            claimed.pop(key, None)
+        else:
+            assert pauses.remaining(key) == max(0.0, paused.get(key, 0.0) - now)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS)
+def test_memory_follows_the_model(ops: list[Any]) -> None:
+    clock = FakeClock()
+    _model_run(MemoryPauses(clock=clock), clock, ops)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=_OPS)
+def test_shm_follows_the_model(ops: list[Any]) -> None:
+    clock = FakeClock()
+    storage = stanchion.SharedMemoryStorage(f"test-pauses-{uuid.uuid4().hex}")
+    try:
+        pauses = ShmPauses(storage, clock=clock)
+        _model_run(pauses, clock, ops)
+        pauses.close()
+    finally:
+        storage.unlink(missing_ok=True)
+
+
+# -- Redis Cluster (slow: three servers) ----------------------------------------------
+
+
+def test_redis_cluster_pauses(redis_cluster: Any) -> None:
+    import redis.cluster
+
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.port)
+    try:
+        storage = RedisStorage(client, prefix=f"c{uuid.uuid4().hex[:6]}:", timeout=SLOW)
+        p = pauses_for(storage)
+        keys = [f"provider-{i}" for i in range(30)]  # spread over the masters
+        for i, key in enumerate(keys):
+            p.pause(key, 100 + i)
+            p.pause(key, 1)
+            assert p.claim(key, 60) and not p.claim(key, 60)
+        for i, key in enumerate(keys):
+            assert 99 + i < p.remaining(key) <= 100 + i
+            p.release(key)
+            assert p.claim(key, 60)
+        client.script_flush()
+        p.pause(keys[0], 500)
+        assert p.remaining(keys[0]) > 499
+    finally:
+        client.close()
+
+
+async def test_redis_cluster_async_pauses(redis_cluster: Any) -> None:
+    import redis.asyncio.cluster
+
+    client = redis.asyncio.cluster.RedisCluster(
+        host="127.0.0.1", port=redis_cluster.port
+    )
+    try:
+        storage = RedisStorage(client, prefix=f"c{uuid.uuid4().hex[:6]}:", timeout=SLOW)
+        p = pauses_for(storage)
+        for i in range(10):
+            await p.apause(f"k{i}", 50)
+            assert await p.aremaining(f"k{i}") > 49
+            assert await p.aclaim(f"k{i}", 5)
+            assert not await p.aclaim(f"k{i}", 5)
+            await p.arelease(f"k{i}")
+            assert await p.aclaim(f"k{i}", 5)
+    finally:
+        await client.aclose()

@@ -18,9 +18,14 @@ the storage's own table:
 Each has ``pause(key, seconds)`` (at least that long from now; a longer
 pause already there is kept), ``remaining(key)`` (seconds left, 0.0 when
 not paused), ``claim(key, seconds)`` (True for exactly one caller until
-``seconds`` pass or ``release(key)``) and ``release(key)``, and the
-asyncio twins ``apause``, ``aremaining``, ``aclaim`` and ``arelease``.
-Pauses and claims of one key are independent.
+``seconds`` pass or ``release(key)``) and ``release(key)`` (ends the
+key's claim, whoever holds it), and the asyncio twins ``apause``,
+``aremaining``, ``aclaim`` and ``arelease``. Pauses and claims of one
+key are independent. Each ``pauses_for`` call gives a new table object:
+in-process, share the object to share the pauses. A key is any str;
+``seconds`` a finite number from 0 to 1e9 (a pause of 0 does nothing, a
+claim needs more than 0); anything else raises TypeError or ValueError
+before any state changes.
 
 Pauses are advisory. Memory is bounded: an in-process or shared-memory
 table that is full forgets the entries closest to expiring (a forgotten
@@ -39,7 +44,9 @@ import heapq
 import math
 import mmap
 import os
+import stat
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -268,6 +275,18 @@ _SLOT = struct.Struct("<QqqQ")  # key hash (0: free), pause until, claim until (
 _BUCKETS = 256
 _WAYS = 16
 
+# Serializes the reopening after fork of every ShmPauses; new in each
+# child (the parent's may have been held by a thread that fork left out).
+_FORK_LOCK = threading.Lock()
+
+
+def _new_fork_lock() -> None:
+    global _FORK_LOCK
+    _FORK_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
+
 
 def pauses_segment(storage: Any) -> str:
     """The shm_open name of a ``SharedMemoryStorage``'s pauses: one of
@@ -286,7 +305,9 @@ class ShmPauses(_AtOnce):
 
     Each call takes the segment's lock (``flock``, for microseconds): a
     process killed while holding it releases it; one stopped while
-    holding it (SIGSTOP) makes the others wait until it continues."""
+    holding it (SIGSTOP) makes the others wait until it continues. After
+    ``storage.unlink()`` the tables already open keep the old segment;
+    tables made afterwards share a new one."""
 
     def __init__(
         self, storage: Any, *, clock: Callable[[], float] | None = None
@@ -350,7 +371,10 @@ class ShmPauses(_AtOnce):
 
     def _attach(self, fd: int) -> mmap.mmap:
         """The segment's mapping, created or checked; under its flock."""
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"shared memory {self.segment} is not a regular file")
+        size = info.st_size
         if size == 0:
             return self._create(fd)
         if size < _HEADER_SIZE:
@@ -402,7 +426,13 @@ class ShmPauses(_AtOnce):
     def _after_fork(self) -> None:
         """In a forked child: its own open file, so that its flock and the
         parent's exclude each other (a flock belongs to an open file,
-        which fork shares), and its own thread lock."""
+        which fork shares), and its own thread lock. Once per child, even
+        when its threads race here."""
+        with _FORK_LOCK:
+            if self._pid != os.getpid():
+                self._reopen()
+
+    def _reopen(self) -> None:
         self._lock = threading.Lock()
         try:
             fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC)
@@ -571,8 +601,8 @@ class RedisPauses:
         self._guard = _Guard(
             self._connector,
             _Who(
-                "stanchion pauses",
-                "pauses are ignored (none is seen, set or claimed exclusively)",
+                "stanchion upstream pauses",
+                "pauses are neither seen nor kept, and every claim is granted",
             ),
         )
         prefix = storage.prefix.encode()
@@ -690,16 +720,16 @@ def pauses_for(storage: object, *, clock: Callable[[], float] | None = None) -> 
 
     if isinstance(storage, SharedMemoryStorage):
         return ShmPauses(storage, clock=clock)
-    if type(storage).__module__.startswith("stanchion.redis"):
-        from .redis import RedisStorage
-
-        if isinstance(storage, RedisStorage):
-            if clock is not None:
-                raise ValueError(
-                    "clock applies to the in-process and shared-memory pauses "
-                    "only: Redis decides on the server's clock"
-                )
-            return RedisPauses(storage)
+    # A RedisStorage exists only once stanchion.redis is imported: never
+    # import redis-py here for another object.
+    redis_module = sys.modules.get("stanchion.redis")
+    if redis_module is not None and isinstance(storage, redis_module.RedisStorage):
+        if clock is not None:
+            raise ValueError(
+                "clock applies to the in-process and shared-memory pauses "
+                "only: Redis decides on the server's clock"
+            )
+        return RedisPauses(storage)
     raise TypeError(
         f"unsupported storage {storage!r} for pauses: use None (in-process), "
         "a stanchion.SharedMemoryStorage or a stanchion.redis.RedisStorage"
