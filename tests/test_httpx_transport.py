@@ -292,6 +292,35 @@ def test_a_503_with_retry_after_pauses_too(upstream: Upstream) -> None:
     assert 4.5 < info.value.retry_after <= 5.0
 
 
+def test_a_spent_ratelimit_budget_pauses_until_its_reset() -> None:
+    def app(request: httpx.Request) -> httpx.Response:
+        # The last request of the window: allowed, but nothing left.
+        return httpx.Response(200, headers={"RateLimit": '"default";r=0;t=7'})
+
+    transport = sh.LimitedTransport(httpx.MockTransport(app), wait=0)
+    with httpx.Client(transport=transport) as client:
+        assert client.get("https://api.example.com/").status_code == 200
+        with pytest.raises(sh.HostRateLimited) as info:
+            client.get("https://api.example.com/")
+    assert 6.5 < info.value.retry_after <= 7.0
+
+
+def test_auto_rates_learn_a_pace() -> None:
+    transport = sh.LimitedTransport(
+        httpx.MockTransport(lambda r: httpx.Response(200)),
+        rates={"api.example.com": "auto"},
+        wait=0,
+    )
+    budget = transport.budget("https://api.example.com/")
+    assert budget.auto is not None and budget.limiter is None
+    with httpx.Client(transport=transport) as client:
+        assert client.get("https://api.example.com/").status_code == 200
+        with pytest.raises(sh.HostRateLimited) as info:
+            client.get("https://api.example.com/")  # auto starts at 1/second
+    assert 0.5 < info.value.retry_after <= 1.0
+    assert info.value.decision.limit == 0
+
+
 def test_hosts_without_rates_still_learn_pauses(upstream: Upstream) -> None:
     transport = sh.LimitedTransport(wait=0)
     with httpx.Client(transport=transport) as client:
