@@ -323,11 +323,15 @@ class _Deadline:
 
 
 class _Options:
-    """The constructor of both transports."""
+    """The constructor of both transports: ``_kind`` is the transports
+    one wraps, ``_make`` its default one."""
+
+    _kind: type
+    _make: Callable[[], Any]
 
     def __init__(
         self,
-        transport: Any,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
         *,
         rates: Mapping[str, object] | None = None,
         default: object = None,
@@ -341,6 +345,15 @@ class _Options:
         learn: bool = True,
         max_hosts: int = 1024,
     ) -> None:
+        if transport is not None and not isinstance(transport, self._kind):
+            if self._kind is httpx.BaseTransport:
+                hint = "AsyncLimitedTransport wraps asyncio ones"
+            else:
+                hint = "LimitedTransport wraps blocking ones"
+            raise TypeError(
+                f"transport must be an httpx.{self._kind.__name__}, not "
+                f"{type(transport).__name__} ({hint})"
+            )
         self._hosts = _Hosts(
             rates,
             default,
@@ -354,7 +367,7 @@ class _Options:
             learn,
             max_hosts,
         )
-        self._transport = transport
+        self._transport: Any = self._make() if transport is None else transport
 
     def budget(self, url: httpx.URL | str) -> Budget | None:
         """The budget requests to ``url`` go through (None: they are sent
@@ -382,17 +395,8 @@ class LimitedTransport(_Options, httpx.BaseTransport):
     ``max_hosts``: hosts not in ``rates`` tracked at once.
     """
 
-    def __init__(
-        self, transport: httpx.BaseTransport | None = None, **options: Any
-    ) -> None:
-        if transport is None:
-            transport = httpx.HTTPTransport()
-        elif not isinstance(transport, httpx.BaseTransport):
-            raise TypeError(
-                "transport must be an httpx.BaseTransport (AsyncLimitedTransport "
-                f"takes asyncio ones), not {type(transport).__name__}"
-            )
-        super().__init__(transport, **options)
+    _kind = httpx.BaseTransport
+    _make = httpx.HTTPTransport
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         hosts = self._hosts
@@ -425,17 +429,8 @@ class AsyncLimitedTransport(_Options, httpx.AsyncBaseTransport):
     """:class:`LimitedTransport` for ``httpx.AsyncClient``: ``transport``
     defaults to ``httpx.AsyncHTTPTransport()``; waits sleep with asyncio."""
 
-    def __init__(
-        self, transport: httpx.AsyncBaseTransport | None = None, **options: Any
-    ) -> None:
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport()
-        elif not isinstance(transport, httpx.AsyncBaseTransport):
-            raise TypeError(
-                "transport must be an httpx.AsyncBaseTransport (LimitedTransport "
-                f"takes blocking ones), not {type(transport).__name__}"
-            )
-        super().__init__(transport, **options)
+    _kind = httpx.AsyncBaseTransport
+    _make = httpx.AsyncHTTPTransport
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         hosts = self._hosts
