@@ -18,6 +18,12 @@ same upstream:
   storage) tries it: a success closes the breaker, a failure opens it
   again.
 
+``rate=None`` has no rates: only the pauses and the breaker. ``rate`` may
+also be a limiter (a :class:`~stanchion.RateLimiter`, paced as above)
+that several budgets share, each as its own key; ``pauses`` a table from
+``pauses_for(storage)`` that they share: one of each serves any number of
+upstreams (a shared-memory storage opens a file for each).
+
 ``rate="auto"`` replaces the rates by a pace this process learns: it
 starts at ``auto_start`` calls per second, adds ``auto_increase`` per
 second of successful calls and halves on each 429 (additive increase,
@@ -43,13 +49,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._limiter import Limiter
-from ._pauses import pauses_for
+from ._limiter import Limiter, RateLimiter
+from ._pauses import Pauses, pauses_for
 from ._upstream import pause_from_answer
 
 __all__ = ["Budget", "answer_of"]
 
 _BACKOFF_FIRST = 1.0  # a bare 429's first pause, in seconds
+# How often a caller asks again while another's half-open probe is out (a
+# claim tells no one when it ends), at most: the cool-down when shorter.
+_PROBE_POLL = 1.0
 
 
 def _positive(name: str, value: object, *, zero_ok: bool = False) -> float:
@@ -153,6 +162,7 @@ class Budget:
         auto_max: float = 1000.0,
         auto_increase: float = 1.0,
         clock: Callable[[], float] | None = None,
+        pauses: Pauses | None = None,
     ) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
@@ -173,19 +183,31 @@ class Budget:
                 _positive("auto_increase", auto_increase),
                 self.clock,
             )
-        else:
+        elif isinstance(rate, RateLimiter):
+            self.limiter = rate
+        elif rate is not None:
             if algorithm != "token_bucket":
                 burst = None
             if clock is not None and storage is None:
                 self.limiter = Limiter(
-                    rate, algorithm=algorithm, burst=burst, clock=clock
-                )  # type: ignore[arg-type]
+                    rate,  # type: ignore[arg-type]
+                    algorithm=algorithm,
+                    burst=burst,
+                    clock=clock,
+                )
             else:
                 self.limiter = Limiter(
-                    rate, algorithm=algorithm, burst=burst, storage=storage
-                )  # type: ignore[arg-type]
-        self.pauses = pauses_for(storage, clock=clock)
-        self._half = name + "\x00half"  # the breaker opened; not closed since
+                    rate,  # type: ignore[arg-type]
+                    algorithm=algorithm,
+                    burst=burst,
+                    storage=storage,
+                )
+        self.pauses = pauses_for(storage, clock=clock) if pauses is None else pauses
+        # Half-open while the pause on _half outlasts the one on _closed: a
+        # pause cannot be cut short, so the breaker opens by pausing _half
+        # past _closed, and closes by pausing _closed past _half.
+        self._half = name + "\x00half"
+        self._closed = name + "\x00closed"
         self._probe = name + "\x00probe"  # who tries it while half-open
         self._lock = threading.Lock()
         self._failed = 0  # failed calls in a row, in this process
@@ -194,7 +216,11 @@ class Budget:
 
     def __repr__(self) -> str:
         rate = (
-            "auto" if self.auto is not None else ";".join(map(str, self.limiter.rates))
+            "auto"
+            if self.auto is not None
+            else None
+            if self.limiter is None
+            else ";".join(map(str, self.limiter.rates))
         )
         return f"Budget({self.name!r}, {rate!r})"
 
@@ -206,9 +232,10 @@ class Budget:
         wait = self.pauses.remaining(self.name)
         if wait > 0:
             return wait
-        if self.pauses.remaining(self._half) > 0:
+        half = self.pauses.remaining(self._half)
+        if half > 0 and half > self.pauses.remaining(self._closed):
             if not self.pauses.claim(self._probe, self.cooldown):
-                return max(self.pauses.remaining(self._probe), 0.001)
+                return min(self.cooldown, _PROBE_POLL)
             wait = self._spend()
             if wait:
                 # No budget for the probe: let the next caller try.
@@ -223,9 +250,10 @@ class Budget:
         wait = await self.pauses.aremaining(self.name)
         if wait > 0:
             return wait
-        if await self.pauses.aremaining(self._half) > 0:
+        half = await self.pauses.aremaining(self._half)
+        if half > 0 and half > await self.pauses.aremaining(self._closed):
             if not await self.pauses.aclaim(self._probe, self.cooldown):
-                return max(await self.pauses.aremaining(self._probe), 0.001)
+                return min(self.cooldown, _PROBE_POLL)
             wait = await self._aspend()
             if wait:
                 await self.pauses.arelease(self._probe)
@@ -237,12 +265,16 @@ class Budget:
     def _spend(self) -> float:
         if self.auto is not None:
             return self.auto.take()
+        if self.limiter is None:
+            return 0.0
         d = self.limiter.hit(self.name)
         return 0.0 if d.allowed else max(d.retry_after, 0.001)
 
     async def _aspend(self) -> float:
         if self.auto is not None:
             return self.auto.take()
+        if self.limiter is None:
+            return 0.0
         d = await self.limiter.ahit(self.name)
         return 0.0 if d.allowed else max(d.retry_after, 0.001)
 
@@ -258,9 +290,12 @@ class Budget:
         if pause:
             self.pauses.pause(self.name, pause)
             if release is None:
-                self.pauses.pause(self._half, 2 * pause)
+                closed = self.pauses.remaining(self._closed)
+                self.pauses.pause(self._half, max(2 * pause, closed + pause))
         if release:
-            self.pauses.release(self._half)
+            half = self.pauses.remaining(self._half)
+            if half > 0:
+                self.pauses.pause(self._closed, half + 0.001)
             self.pauses.release(self._probe)
         return pause
 
@@ -272,11 +307,31 @@ class Budget:
         if pause:
             await self.pauses.apause(self.name, pause)
             if release is None:
-                await self.pauses.apause(self._half, 2 * pause)
+                closed = await self.pauses.aremaining(self._closed)
+                await self.pauses.apause(self._half, max(2 * pause, closed + pause))
         if release:
-            await self.pauses.arelease(self._half)
+            half = await self.pauses.aremaining(self._half)
+            if half > 0:
+                await self.pauses.apause(self._closed, half + 0.001)
             await self.pauses.arelease(self._probe)
         return pause
+
+    def abandon(self) -> None:
+        """Tell that a call :meth:`take` let through ended without an
+        outcome (cancelled, interrupted, never sent): it counts neither
+        way, and the half-open probe it may have been is left to the next
+        caller."""
+        with self._lock:
+            probing, self._probing = self._probing, False
+        if probing:
+            self.pauses.release(self._probe)
+
+    async def aabandon(self) -> None:
+        """:meth:`abandon` for asyncio."""
+        with self._lock:
+            probing, self._probing = self._probing, False
+        if probing:
+            await self.pauses.arelease(self._probe)
 
     def _outcome(self, ok: bool, result: object) -> tuple[float, bool | None]:
         """(pause, release): the pause to set, and whether to close a
@@ -314,6 +369,7 @@ class Budget:
         upstream's answer) or ``"half_open"``, as the storage says now."""
         if self.pauses.remaining(self.name) > 0:
             return "open"
-        if self.pauses.remaining(self._half) > 0:
+        half = self.pauses.remaining(self._half)
+        if half > 0 and half > self.pauses.remaining(self._closed):
             return "half_open"
         return "closed"
