@@ -360,3 +360,29 @@ def test_dry_run_refuses_a_limiter_object_carrying_a_penalty(clock: FakeClock) -
     with pytest.raises(SettingError, match="dry_run"):
         AsgiMiddleware(hello_asgi, limiter=lim, dry_run=True)
     assert Rule(lim).dry_run is False  # enforcing: fine
+
+
+def test_dry_run_refuses_a_penalized_limiter_from_plans_or_a_limit_function(
+    clock: FakeClock,
+) -> None:
+    # A limiter object carrying a penalty reached through Plans or a limit
+    # function would record its bans as surely as one given as the limit.
+    from stanchion.http import Plans
+    from stanchion.http.request import Request
+
+    lim = Limiter("1/minute", clock=clock, penalty=Penalty(**PENALTY))
+    with pytest.raises(SettingError, match=r"^dry_run: .*carries a penalty"):
+        Rule(
+            Plans({"free": "5/minute", "paid": lim}, plan=lambda r: "free"),
+            dry_run=True,
+        )
+    rule = Rule(lambda request: lim, dry_run=True)
+    for _ in range(4):
+        with pytest.raises(SettingError, match=r"^dry_run: .*carries a penalty"):
+            rule.check(Request("GET", "/"), "203.0.113.7")
+    assert lim.bans() == [] and rule.dry_run_denials == 0
+    # Nothing was hit: an enforcing rule on it starts with the full rate.
+    live = Rule(lambda request: lim)
+    assert [
+        live.check(Request("GET", "/"), "203.0.113.7").blocked for _ in range(2)
+    ] == [False, True]  # type: ignore[union-attr]
