@@ -355,9 +355,25 @@ def test_bad_arguments():
         pause_from_answer(429, {}, now=math.nan)
     with pytest.raises(TypeError):
         pause_from_answer(429, {}, now="now")  # type: ignore[arg-type]
-    for bad in (0, -1, math.inf, math.nan):
+    for bad in (0, -1, math.inf, math.nan, 10**400):
         with pytest.raises(ValueError):
             pause_from_answer(429, {}, max_seconds=bad)
+
+
+def test_a_now_past_floats_range_is_a_value_error():
+    # Not the OverflowError math.isfinite raises for such an int.
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    for now in (10**400, -(10**400)):
+        with pytest.raises(ValueError, match=r"^now must be a finite"):
+            pause_from_answer(429, {"Retry-After": date}, now=now)
+        with pytest.raises(ValueError, match=r"^now must be a finite"):
+            retry_after_seconds(date, now=now)
+    # retry_after_seconds checks now as pause_from_answer does.
+    for bad, error in ((math.nan, ValueError), ("now", TypeError)):
+        with pytest.raises(error):
+            retry_after_seconds(date, now=bad)  # type: ignore[arg-type]
+    assert retry_after_seconds(date, now=1445412480.0) == 0.0
+    assert retry_after_seconds(date, now=1445412470) == 10.0
 
 
 def test_long_hostile_inputs_take_bounded_time():

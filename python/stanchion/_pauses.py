@@ -81,13 +81,13 @@ def _check_seconds(seconds: object, *, zero_ok: bool) -> float:
         raise TypeError(
             f"seconds must be a number of seconds, not {type(seconds).__name__}"
         )
+    if seconds > MAX_SECONDS:  # before isfinite: an int past float's range
+        raise ValueError(f"seconds must be at most {MAX_SECONDS:g}, got {seconds!r}")
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
         raise ValueError(
             f"seconds must be a finite number of seconds {bound}, got {seconds!r}"
         )
-    if seconds > MAX_SECONDS:
-        raise ValueError(f"seconds must be at most {MAX_SECONDS:g}, got {seconds!r}")
     return float(seconds)
 
 
@@ -186,7 +186,7 @@ class MemoryPauses(_AtOnce):
         now = self._clock()
         if isinstance(now, bool) or not isinstance(now, (int, float)):
             raise TypeError(f"clock() must return seconds, not {type(now).__name__}")
-        if not math.isfinite(now):
+        if not -1e300 < now < 1e300:  # NaN, infinities, ints past float's range
             raise ValueError(f"clock() must return finite seconds, got {now!r}")
         return float(now)
 
@@ -556,7 +556,7 @@ def _clock_ns(clock: Callable[[], float]) -> int:
     now = clock()
     if isinstance(now, bool) or not isinstance(now, (int, float)):
         raise TypeError(f"clock() must return seconds, not {type(now).__name__}")
-    if not math.isfinite(now) or not 0 <= now < 9e9:
+    if not 0 <= now < 9e9:  # NaN and infinities too
         raise ValueError(f"clock() must return finite seconds >= 0, got {now!r}")
     return int(now * 1e9)
 
