@@ -615,6 +615,48 @@ def test_shm_a_forked_child_has_a_lock_of_its_own(
     assert p.remaining("a") > 9
 
 
+def _pause_unable_to_open(p: ShmPauses, trying: Any, out: Any) -> None:
+    # As in a worker that dropped its privileges after the fork: the
+    # segment (mode 0600, the parent's) cannot be opened any more.
+    def refused(*args: Any, **kwargs: Any) -> int:
+        raise PermissionError(13, "Permission denied", args[0])
+
+    os.open = refused  # this child's only
+    trying.set()
+    try:
+        p.pause("a", 10)
+    except OSError as exc:
+        out.put(repr(exc))
+    else:
+        out.put(time.monotonic())
+
+
+def test_shm_a_forked_child_that_cannot_open_the_segment(
+    shm_storage: stanchion.SharedMemoryStorage,
+) -> None:
+    """The child's own open file is made by the parent before the fork:
+    it has a lock of its own (it waits for the parent's) without opening
+    anything."""
+    p = pauses_for(shm_storage)
+    assert isinstance(p, ShmPauses)
+    trying = _fork.Event()
+    out = _fork.Queue()
+    with p._locked(fcntl.LOCK_EX):
+        child = _fork.Process(
+            target=_pause_unable_to_open, args=(p, trying, out), daemon=True
+        )
+        child.start()
+        assert trying.wait(30)
+        time.sleep(0.2)
+        released = time.monotonic()
+    done = out.get(timeout=30)
+    child.join(10)
+    assert isinstance(done, float), done
+    assert done >= released
+    assert p.remaining("a") > 9
+    assert p._spare == -1  # the parent's copy is closed after the fork
+
+
 def test_shm_a_pause_from_another_program(
     shm_storage: stanchion.SharedMemoryStorage,
 ) -> None:
