@@ -386,3 +386,30 @@ def test_dry_run_refuses_a_penalized_limiter_from_plans_or_a_limit_function(
     assert [
         live.check(Request("GET", "/"), "203.0.113.7").blocked for _ in range(2)
     ] == [False, True]  # type: ignore[union-attr]
+
+
+def test_dry_run_imagines_no_ban_for_a_cost_no_limit_allows(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cost above the limit's capacity is refused without asking the
+    # limiter, so no penalty counts it: a dry run imagines no ban for it
+    # either, as the enforcing rule gives none.
+    from stanchion.http.request import Request
+
+    penalty = Penalty(after=1, within=60, ban=30)
+    live = Rule("10/minute", cost=lambda request: 50, penalty=penalty, clock=clock)
+    dry = Rule(
+        "10/minute", cost=lambda request: 50, penalty=penalty, clock=clock, dry_run=True
+    )
+    ip = "203.0.113.7"
+    with caplog.at_level(logging.INFO, logger="stanchion"):
+        for _ in range(4):
+            v = live.check(Request("GET", "/"), ip)
+            assert v is not None and v.blocked and not v.decision.banned  # type: ignore[union-attr]
+            v = dry.check(Request("GET", "/"), ip)
+            assert v is not None and not v.blocked
+    assert _bans_recorded(live) == []
+    assert dry.dry_run_denials == 4
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("would have limited" in m for m in lines) == 4
+    assert not any("banned" in m for m in lines)

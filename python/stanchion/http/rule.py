@@ -546,8 +546,10 @@ class Rule(_RuleHeaders):
             cost = _check_cost(cost, "cost function")
             if info.max_cost is not None and cost > info.max_cost:
                 # More than the limit allows at once: it could never pass.
+                # The limiter is not asked: no penalty counts it (nor a
+                # dry run's imagined one).
                 d = Decision(False, min(info.capacities or (0,)), 0)
-                return self._conclude((info, key, cost, request.key), d, request)
+                return self._denied(d, info, request, request.key)
         return (info, key, cost, request.key)
 
     def _screen(self, client: str | None, request: Request | None) -> Verdict | None:
