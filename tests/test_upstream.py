@@ -143,6 +143,16 @@ def test_reset_neither_seconds_nor_milliseconds_is_ignored():
     assert pause(429, {"X-RateLimit-Reset": "9" * 18}) is None
 
 
+def test_a_ratelimit_reset_that_is_no_time_leaves_the_other_headers():
+    # As among the reset headers: one whose value reads as no time does
+    # not hide the next one that does.
+    far = '"default";r=0;t=' + "9" * 14
+    assert pause(429, {"RateLimit": far, "X-RateLimit-Reset": "30"}) == 30.0
+    assert pause(429, {"RateLimit": far, "RateLimit-Reset": "12"}) == 12.0
+    assert pause(429, {"RateLimit": far}) is None
+    assert pause(429, {"RateLimit": '"default";r=0;t=5', "RateLimit-Reset": "9"}) == 5.0
+
+
 def test_reset_hyphenated_names():
     headers = {"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": str(int(NOW) + 9)}
     assert pause(200, headers) == 9.0

@@ -429,11 +429,14 @@ def _reset_after(
     timed = [(r, t) for r, t in quotas if t is not None]
     if timed:
         spent = [t for r, t in timed if r is not None and r <= 0]
-        if spent:
-            return _reset(max(spent), now)
-        least = min((r for r, _ in timed if r is not None), default=None)
-        resets = [t for r, t in timed if r == least]
-        return _reset(max(resets), now)
+        if not spent:
+            least = min((r for r, _ in timed if r is not None), default=None)
+            spent = [t for r, t in timed if r == least]
+        seconds = _reset(max(spent), now)
+        if seconds is not None:
+            return seconds
+        # Not a time (a reset neither a delta nor near now): the other
+        # headers may say.
     for name in _RESETS:
         value = _first(found, name, _number)
         if value is not None:
