@@ -413,5 +413,12 @@ def test_lift_clears_a_record_of_another_type(
     assert ban is not None and ban.ban_count == 1 and ban.remaining > 29
     assert lim.lift("k") is True
     redis_server.cli("SADD", pkey.decode(), "x")
-    assert asyncio.run(lim.alift("k")) is False
+
+    async def alift() -> bool:
+        try:
+            return await lim.alift("k")  # type: ignore[no-any-return]
+        finally:
+            await storage.aclose()
+
+    assert asyncio.run(alift()) is False
     assert redis_server.cli("EXISTS", pkey.decode()).strip() == "0"
