@@ -233,7 +233,7 @@ def test_any_str_is_a_key(env: Env) -> None:
     assert env.pauses.remaining("x" * 4999) == 0.0
 
 
-BAD: list[tuple[Any, Any, type[Exception]]] = [
+BAD: list[Any] = [
     (b"a", 1, TypeError),
     (None, 1, TypeError),
     (1, 1, TypeError),
@@ -244,6 +244,7 @@ BAD: list[tuple[Any, Any, type[Exception]]] = [
     ("a", math.nan, ValueError),
     ("a", math.inf, ValueError),
     ("a", 1e10, ValueError),
+    pytest.param("a", 10**400, ValueError, id="past-float-range"),
 ]
 
 
@@ -327,6 +328,8 @@ def test_a_clock_reading_must_be_seconds() -> None:
     p = MemoryPauses(clock=lambda: math.nan)
     with pytest.raises(ValueError):
         p.remaining("a")
+    with pytest.raises(ValueError):
+        MemoryPauses(clock=lambda: 10**400).remaining("a")
 
 
 # -- in-process ------------------------------------------------------------------
@@ -610,6 +613,48 @@ def test_shm_a_forked_child_has_a_lock_of_its_own(
     child.join(10)
     assert done >= released
     assert p.remaining("a") > 9
+
+
+def _pause_unable_to_open(p: ShmPauses, trying: Any, out: Any) -> None:
+    # As in a worker that dropped its privileges after the fork: the
+    # segment (mode 0600, the parent's) cannot be opened any more.
+    def refused(*args: Any, **kwargs: Any) -> int:
+        raise PermissionError(13, "Permission denied", args[0])
+
+    os.open = refused  # this child's only
+    trying.set()
+    try:
+        p.pause("a", 10)
+    except OSError as exc:
+        out.put(repr(exc))
+    else:
+        out.put(time.monotonic())
+
+
+def test_shm_a_forked_child_that_cannot_open_the_segment(
+    shm_storage: stanchion.SharedMemoryStorage,
+) -> None:
+    """The child's own open file is made by the parent before the fork:
+    it has a lock of its own (it waits for the parent's) without opening
+    anything."""
+    p = pauses_for(shm_storage)
+    assert isinstance(p, ShmPauses)
+    trying = _fork.Event()
+    out = _fork.Queue()
+    with p._locked(fcntl.LOCK_EX):
+        child = _fork.Process(
+            target=_pause_unable_to_open, args=(p, trying, out), daemon=True
+        )
+        child.start()
+        assert trying.wait(30)
+        time.sleep(0.2)
+        released = time.monotonic()
+    done = out.get(timeout=30)
+    child.join(10)
+    assert isinstance(done, float), done
+    assert done >= released
+    assert p.remaining("a") > 9
+    assert p._spare == -1  # the parent's copy is closed after the fork
 
 
 def test_shm_a_pause_from_another_program(

@@ -391,3 +391,34 @@ def test_lifts_and_hits_in_threads_never_lose_a_ban(
     finally:
         for s in stores:
             s.close()
+
+
+def test_lift_clears_a_record_of_another_type(
+    storage: RedisStorage, redis_server: RedisServer
+) -> None:
+    # Something else wrote under the penalty record's key: lift (the
+    # admin's way out) removes it, instead of failing on it and leaving
+    # it there, and the storage is not taken for down.
+    lim = stanchion.Limiter(
+        "1/minute", storage=storage, penalty=Penalty(after=1, within=60, ban=30)
+    )
+    assert isinstance(lim, RedisLimiter)
+    pkey = lim._pkey("k")
+    redis_server.cli("RPUSH", pkey.decode(), "x")
+    assert lim.lift("k") is False
+    assert redis_server.cli("EXISTS", pkey.decode()).strip() == "0"
+    assert lim.get_ban("k") is None
+    assert lim.hit("k") and not lim.hit("k") and not lim.hit("k")
+    ban = lim.get_ban("k")
+    assert ban is not None and ban.ban_count == 1 and ban.remaining > 29
+    assert lim.lift("k") is True
+    redis_server.cli("SADD", pkey.decode(), "x")
+
+    async def alift() -> bool:
+        try:
+            return await lim.alift("k")  # type: ignore[no-any-return]
+        finally:
+            await storage.aclose()
+
+    assert asyncio.run(alift()) is False
+    assert redis_server.cli("EXISTS", pkey.decode()).strip() == "0"

@@ -143,6 +143,16 @@ def test_reset_neither_seconds_nor_milliseconds_is_ignored():
     assert pause(429, {"X-RateLimit-Reset": "9" * 18}) is None
 
 
+def test_a_ratelimit_reset_that_is_no_time_leaves_the_other_headers():
+    # As among the reset headers: one whose value reads as no time does
+    # not hide the next one that does.
+    far = '"default";r=0;t=' + "9" * 14
+    assert pause(429, {"RateLimit": far, "X-RateLimit-Reset": "30"}) == 30.0
+    assert pause(429, {"RateLimit": far, "RateLimit-Reset": "12"}) == 12.0
+    assert pause(429, {"RateLimit": far}) is None
+    assert pause(429, {"RateLimit": '"default";r=0;t=5', "RateLimit-Reset": "9"}) == 5.0
+
+
 def test_reset_hyphenated_names():
     headers = {"X-Rate-Limit-Remaining": "0", "X-Rate-Limit-Reset": str(int(NOW) + 9)}
     assert pause(200, headers) == 9.0
@@ -355,9 +365,25 @@ def test_bad_arguments():
         pause_from_answer(429, {}, now=math.nan)
     with pytest.raises(TypeError):
         pause_from_answer(429, {}, now="now")  # type: ignore[arg-type]
-    for bad in (0, -1, math.inf, math.nan):
+    for bad in (0, -1, math.inf, math.nan, 10**400):
         with pytest.raises(ValueError):
             pause_from_answer(429, {}, max_seconds=bad)
+
+
+def test_a_now_past_floats_range_is_a_value_error():
+    # Not the OverflowError math.isfinite raises for such an int.
+    date = "Wed, 21 Oct 2015 07:28:00 GMT"
+    for now in (10**400, -(10**400)):
+        with pytest.raises(ValueError, match=r"^now must be a finite"):
+            pause_from_answer(429, {"Retry-After": date}, now=now)
+        with pytest.raises(ValueError, match=r"^now must be a finite"):
+            retry_after_seconds(date, now=now)
+    # retry_after_seconds checks now as pause_from_answer does.
+    for bad, error in ((math.nan, ValueError), ("now", TypeError)):
+        with pytest.raises(error):
+            retry_after_seconds(date, now=bad)  # type: ignore[arg-type]
+    assert retry_after_seconds(date, now=1445412480.0) == 0.0
+    assert retry_after_seconds(date, now=1445412470) == 10.0
 
 
 def test_long_hostile_inputs_take_bounded_time():

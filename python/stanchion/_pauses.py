@@ -49,6 +49,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
@@ -81,13 +82,13 @@ def _check_seconds(seconds: object, *, zero_ok: bool) -> float:
         raise TypeError(
             f"seconds must be a number of seconds, not {type(seconds).__name__}"
         )
+    if seconds > MAX_SECONDS:  # before isfinite: an int past float's range
+        raise ValueError(f"seconds must be at most {MAX_SECONDS:g}, got {seconds!r}")
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
         raise ValueError(
             f"seconds must be a finite number of seconds {bound}, got {seconds!r}"
         )
-    if seconds > MAX_SECONDS:
-        raise ValueError(f"seconds must be at most {MAX_SECONDS:g}, got {seconds!r}")
     return float(seconds)
 
 
@@ -186,7 +187,7 @@ class MemoryPauses(_AtOnce):
         now = self._clock()
         if isinstance(now, bool) or not isinstance(now, (int, float)):
             raise TypeError(f"clock() must return seconds, not {type(now).__name__}")
-        if not math.isfinite(now):
+        if not -1e300 < now < 1e300:  # NaN, infinities, ints past float's range
             raise ValueError(f"clock() must return finite seconds, got {now!r}")
         return float(now)
 
@@ -285,7 +286,27 @@ def _new_fork_lock() -> None:
     _FORK_LOCK = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_new_fork_lock)
+# The open tables: before a fork each opens the file once more, in the
+# parent, for the child's own lock (a child may no longer be allowed to
+# open it: a server's workers drop their privileges after the fork).
+_TABLES: weakref.WeakSet[ShmPauses] = weakref.WeakSet()
+
+
+def _spares_before_fork() -> None:
+    for table in list(_TABLES):
+        table._open_spare()
+
+
+def _spares_after_fork_in_parent() -> None:
+    for table in list(_TABLES):
+        table._close_spare()
+
+
+os.register_at_fork(
+    before=_spares_before_fork,
+    after_in_parent=_spares_after_fork_in_parent,
+    after_in_child=_new_fork_lock,
+)
 
 
 def pauses_segment(storage: Any) -> str:
@@ -329,10 +350,12 @@ class ShmPauses(_AtOnce):
         self._bucket = struct.Struct("<" + "QqqQ" * _WAYS)
         self._size = _HEADER_SIZE + _BUCKETS * self._bucket.size
         self._fd = -1
+        self._spare = -1  # the file opened once more for a forked child
         self._map: mmap.mmap | None = None
         self._open()
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        _TABLES.add(self)
 
     def __repr__(self) -> str:
         return f"ShmPauses({self.storage!r})"
@@ -349,6 +372,7 @@ class ShmPauses(_AtOnce):
         fd, self._fd = getattr(self, "_fd", -1), -1
         if fd >= 0:
             os.close(fd)
+        self._close_spare()
 
     # -- opening -------------------------------------------------------------
 
@@ -434,13 +458,38 @@ class ShmPauses(_AtOnce):
 
     def _reopen(self) -> None:
         self._lock = threading.Lock()
-        try:
-            fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # The file the parent opened for this child before the fork;
+        # else opened now (when the fork skipped the hooks).
+        fd, self._spare = self._spare, -1
+        if fd < 0:
+            try:
+                fd = os.open(f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
         os.close(self._fd)
         self._fd = fd
         self._pid = os.getpid()
+
+    def _open_spare(self) -> None:
+        """Before a fork: the open file the child will lock with (once
+        this process has its own, a child not yet reopened has to take
+        it first: its spare is shared with the child to come)."""
+        if getattr(self, "_fd", -1) < 0:
+            return
+        try:
+            if self._pid != os.getpid():
+                self._after_fork()
+            if self._spare < 0:
+                self._spare = os.open(
+                    f"/proc/self/fd/{self._fd}", os.O_RDWR | os.O_CLOEXEC
+                )
+        except OSError:
+            pass  # the child opens it itself, if it can
+
+    def _close_spare(self) -> None:
+        fd, self._spare = getattr(self, "_spare", -1), -1
+        if fd >= 0:
+            os.close(fd)
 
     @contextlib.contextmanager
     def _locked(self, how: int) -> Iterator[mmap.mmap]:
@@ -556,7 +605,7 @@ def _clock_ns(clock: Callable[[], float]) -> int:
     now = clock()
     if isinstance(now, bool) or not isinstance(now, (int, float)):
         raise TypeError(f"clock() must return seconds, not {type(now).__name__}")
-    if not math.isfinite(now) or not 0 <= now < 9e9:
+    if not 0 <= now < 9e9:  # NaN and infinities too
         raise ValueError(f"clock() must return finite seconds >= 0, got {now!r}")
     return int(now * 1e9)
 

@@ -258,6 +258,7 @@ def retry_after_seconds(value: str, now: float | None = None) -> float | None:
     ``Retry-After`` value asks for: delta-seconds (fractions accepted) or
     an HTTP-date (0.0 once past); None when it is neither. Not clamped:
     ``pause_from_answer`` bounds it."""
+    wall = None if now is None else _check_now(now)
     if not isinstance(value, str) or len(value) > MAX_VALUE:
         return None
     delta = _number(value)
@@ -266,7 +267,7 @@ def retry_after_seconds(value: str, now: float | None = None) -> float | None:
     when = _http_date(value)
     if when is None:
         return None
-    return max(0.0, when - (time.time() if now is None else now))
+    return max(0.0, when - (time.time() if wall is None else wall))
 
 
 def _reset(value: float, now: float) -> float | None:
@@ -357,7 +358,7 @@ def _check_now(now: object) -> float:
         return time.time()
     if isinstance(now, bool) or not isinstance(now, (int, float)):
         raise TypeError(f"now must be a number of seconds, not {type(now).__name__}")
-    if not math.isfinite(now):
+    if not -1e300 < now < 1e300:  # NaN, infinities, ints past float's range
         raise ValueError(f"now must be a finite number of seconds, got {now!r}")
     return float(now)
 
@@ -367,7 +368,7 @@ def _check_max(max_seconds: object) -> float:
         raise TypeError(
             f"max_seconds must be a number of seconds, not {type(max_seconds).__name__}"
         )
-    if not math.isfinite(max_seconds) or max_seconds <= 0:
+    if not 0 < max_seconds < 1e300:  # NaN, inf, ints past float's range
         raise ValueError(
             f"max_seconds must be a finite number of seconds > 0, got {max_seconds!r}"
         )
@@ -428,11 +429,14 @@ def _reset_after(
     timed = [(r, t) for r, t in quotas if t is not None]
     if timed:
         spent = [t for r, t in timed if r is not None and r <= 0]
-        if spent:
-            return _reset(max(spent), now)
-        least = min((r for r, _ in timed if r is not None), default=None)
-        resets = [t for r, t in timed if r == least]
-        return _reset(max(resets), now)
+        if not spent:
+            least = min((r for r, _ in timed if r is not None), default=None)
+            spent = [t for r, t in timed if r == least]
+        seconds = _reset(max(spent), now)
+        if seconds is not None:
+            return seconds
+        # Not a time (a reset neither a delta nor near now): the other
+        # headers may say.
     for name in _RESETS:
         value = _first(found, name, _number)
         if value is not None:

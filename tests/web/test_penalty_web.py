@@ -360,3 +360,56 @@ def test_dry_run_refuses_a_limiter_object_carrying_a_penalty(clock: FakeClock) -
     with pytest.raises(SettingError, match="dry_run"):
         AsgiMiddleware(hello_asgi, limiter=lim, dry_run=True)
     assert Rule(lim).dry_run is False  # enforcing: fine
+
+
+def test_dry_run_refuses_a_penalized_limiter_from_plans_or_a_limit_function(
+    clock: FakeClock,
+) -> None:
+    # A limiter object carrying a penalty reached through Plans or a limit
+    # function would record its bans as surely as one given as the limit.
+    from stanchion.http import Plans
+    from stanchion.http.request import Request
+
+    lim = Limiter("1/minute", clock=clock, penalty=Penalty(**PENALTY))
+    with pytest.raises(SettingError, match=r"^dry_run: .*carries a penalty"):
+        Rule(
+            Plans({"free": "5/minute", "paid": lim}, plan=lambda r: "free"),
+            dry_run=True,
+        )
+    rule = Rule(lambda request: lim, dry_run=True)
+    for _ in range(4):
+        with pytest.raises(SettingError, match=r"^dry_run: .*carries a penalty"):
+            rule.check(Request("GET", "/"), "203.0.113.7")
+    assert lim.bans() == [] and rule.dry_run_denials == 0
+    # Nothing was hit: an enforcing rule on it starts with the full rate.
+    live = Rule(lambda request: lim)
+    assert [
+        live.check(Request("GET", "/"), "203.0.113.7").blocked for _ in range(2)
+    ] == [False, True]  # type: ignore[union-attr]
+
+
+def test_dry_run_imagines_no_ban_for_a_cost_no_limit_allows(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A cost above the limit's capacity is refused without asking the
+    # limiter, so no penalty counts it: a dry run imagines no ban for it
+    # either, as the enforcing rule gives none.
+    from stanchion.http.request import Request
+
+    penalty = Penalty(after=1, within=60, ban=30)
+    live = Rule("10/minute", cost=lambda request: 50, penalty=penalty, clock=clock)
+    dry = Rule(
+        "10/minute", cost=lambda request: 50, penalty=penalty, clock=clock, dry_run=True
+    )
+    ip = "203.0.113.7"
+    with caplog.at_level(logging.INFO, logger="stanchion"):
+        for _ in range(4):
+            v = live.check(Request("GET", "/"), ip)
+            assert v is not None and v.blocked and not v.decision.banned  # type: ignore[union-attr]
+            v = dry.check(Request("GET", "/"), ip)
+            assert v is not None and not v.blocked
+    assert _bans_recorded(live) == []
+    assert dry.dry_run_denials == 4
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("would have limited" in m for m in lines) == 4
+    assert not any("banned" in m for m in lines)

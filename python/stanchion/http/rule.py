@@ -33,7 +33,7 @@ from .headers import (
 )
 from .identity import KeyFunc, _safe_identity
 from .keys import MAX_ADDRESS_KEYS, _pack_address, _scope_tags
-from .limiters import LimiterCache, _RateInfo
+from .limiters import LimiterCache, Plans, _RateInfo
 from .request import (
     HEADER_FAMILIES,
     MAX_ADDRESS,
@@ -244,14 +244,14 @@ class Rule(_RuleHeaders):
                 raise SettingError("limit", "a rule needs a limit such as '100/minute'")
         elif callable(limit) and not isinstance(limit, RateLimiter):
             self._limit_func = limit
+            if dry_run is True and isinstance(limit, Plans):
+                for spec in limit.rates.values():
+                    if isinstance(spec, RateLimiter):
+                        _refuse_penalized(spec)
         else:
             self._fixed = limiters.get(limit)
-            if dry_run is True and getattr(self._fixed.limiter, "penalty", None):
-                raise SettingError(
-                    "dry_run",
-                    "this limiter object carries a penalty, whose bans a dry run "
-                    "would record: give the penalty to the rule (penalty=...)",
-                )
+            if dry_run is True:
+                _refuse_penalized(self._fixed.limiter)
 
         if key is not None and not callable(key):
             raise SettingError("key", f"must be a function of the request, not {key!r}")
@@ -536,14 +536,20 @@ class Rule(_RuleHeaders):
             if spec is None:
                 return None
             info = self.limiters.get(spec)
+            if self.dry_run:
+                # A limit function's limiter object: its bans would be
+                # recorded, as for one given as the rule's limit.
+                _refuse_penalized(info.limiter)
         if self._cost_func is None:
             cost = self._cost
         else:
             cost = _check_cost(cost, "cost function")
             if info.max_cost is not None and cost > info.max_cost:
                 # More than the limit allows at once: it could never pass.
+                # The limiter is not asked: no penalty counts it (nor a
+                # dry run's imagined one).
                 d = Decision(False, min(info.capacities or (0,)), 0)
-                return self._conclude((info, key, cost, request.key), d, request)
+                return self._denied(d, info, request, request.key)
         return (info, key, cost, request.key)
 
     def _screen(self, client: str | None, request: Request | None) -> Verdict | None:
@@ -839,6 +845,17 @@ class Rule(_RuleHeaders):
             )
             return Verdict(self, d, info, False, request)
         return Verdict(self, d, info, True, request)
+
+
+def _refuse_penalized(limiter: Any) -> None:
+    """Refuse, for a rule in dry run, a limiter object that carries its
+    own penalty: its bans would be recorded in its storage."""
+    if getattr(limiter, "penalty", None):
+        raise SettingError(
+            "dry_run",
+            "this limiter object carries a penalty, whose bans a dry run "
+            "would record: give the penalty to the rule (penalty=...)",
+        )
 
 
 def _in_c(limiter: RateLimiter) -> bool:

@@ -390,8 +390,13 @@ else
   local t = redis.call('TIME')
   now = t[1] * 1000000 + t[2]
 end
-local raw = redis.call('GET', KEYS[1])
-if raw then redis.call('UNLINK', KEYS[1]) end
+-- Whatever is there goes, even a value of another type (GET would fail
+-- on it and leave it in place).
+local raw = false
+if redis.call('TYPE', KEYS[1]).ok == 'string' then
+  raw = redis.call('GET', KEYS[1])
+end
+redis.call('UNLINK', KEYS[1])
 if raw and #raw == 40 then return {now, raw} end
 return {now}
 """
