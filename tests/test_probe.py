@@ -164,6 +164,8 @@ def simulate(limit, window, kind, steps, phase=0.0):
     [
         ("sliding", [(1000, 30)] * 3, 0.0),
         ("fixed", [(1000, 30)] * 3, 13.0),
+        # Ten windows: starts picked evenly would fall in step with them.
+        ("sliding", [(1000, 30)] * 10, 0.0),
         # Earlier steps under the limit spent part of the quota first.
         ("sliding", [(5, 10), (20, 30), (30, 30), (40, 30)], 0.0),
         ("fixed", [(5, 30), (20, 30), (30, 30), (40, 30)], 7.0),

@@ -873,6 +873,9 @@ def run_probe_command(args: argparse.Namespace, parser: argparse.ArgumentParser)
     except RuntimeError as e:
         print(f"stanchion probe: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("stanchion probe: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
