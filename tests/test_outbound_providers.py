@@ -226,7 +226,8 @@ def test_spec():
             parse_spec(bad)
 
 
-def test_command_line_runs_providers_until_interrupted():
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_command_line_runs_providers_until_interrupted(sig):
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -253,7 +254,7 @@ def test_command_line_runs_providers_until_interrupted():
             assert r.status == expected
         conn.close()
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "b: 1 served, 1 refused" in out

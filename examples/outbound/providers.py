@@ -27,6 +27,7 @@ import asyncio
 import collections
 import json
 import math
+import signal
 import sys
 import threading
 import time
@@ -409,6 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{p.kind}, {mode})",
             flush=True,
         )
+    # SIGTERM stops them as Ctrl-C does (background jobs of a shell
+    # ignore SIGINT).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while True:
             time.sleep(3600)
