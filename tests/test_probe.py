@@ -100,8 +100,9 @@ def test_headers():
 def test_round_window():
     assert round_window(29.4) == 30.0
     assert round_window(61.5) == 60.0
-    assert round_window(2.05) == 2.0
-    assert round_window(25.0) == 25.0  # not within 3 % of 20 or 30
+    assert round_window(2.09) == 2.0
+    assert round_window(2.11) == 2.11
+    assert round_window(25.0) == 25.0  # not within 5 % of 20 or 30
     assert round_window(0.4567) == 0.457
 
 
@@ -195,6 +196,13 @@ def test_infer_evenly_spread_successes_give_the_sustained_rate():
     assert found.window == 1 and within(found.limit, 100)
 
 
+def test_infer_does_not_take_a_replay_for_the_sustained_rate():
+    # One worker at 42/s spent most of a 60/s quota evenly; right after the
+    # first refusal, the successes replay those 42/s: even, but not the
+    # limit's rate (the two halves of the refused part differ).
+    assert infer_limit(*simulate(60, 1, "sliding", [(42, 1), (80, 1.2)])) is None
+
+
 def test_infer_without_refusals():
     assert infer_limit([0.1 * i for i in range(100)], [], 10.0) is None
 
@@ -221,6 +229,18 @@ def test_finds_a_silent_providers_limit(provider, kind):
     assert result.failures_began["concurrency"] == 1
     assert sum(s.ok for s in result.steps) == p.served
     assert sum(s.limited for s in result.steps) == p.refused
+
+
+def test_finds_a_limit_that_bites_at_a_later_step(provider):
+    # Answers take 20 ms: one worker asks ~45/s, under the limit's 60/s.
+    p = provider("slow", 120, 2, kind="fixed", advertise=False, latency=0.02)
+    result = probe(p.url + "/search?q=x", "1..8", "1.5s")
+    assert result.steps[0].limited == 0
+    assert result.failures_began is not None
+    assert result.failures_began["concurrency"] > 1
+    assert result.source == "inferred", result.format()
+    (rate,) = parse_rates(result.suggested)
+    assert within(rate.limit, 120) and within(rate.period, 2), result.format()
 
 
 def test_reads_an_advertised_limit(provider):

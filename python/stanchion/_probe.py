@@ -19,9 +19,9 @@ string for a :class:`~stanchion.Limiter`:
   limit is the count that intervals of one length agree on, and the
   window the longest such interval that never holds more than one quota.
   Seeing it takes two windows of refused traffic; the window is rounded to
-  a common value (1 s, 30 s, 1 minute...) when within 3 %. Successes
+  a common value (1 s, 30 s, 1 minute...) when within 5 %. Successes
   that come evenly (no burst to see) tell only the sustained rate, which
-  is then suggested per second or per minute.
+  is then suggested per second or per minute once two steps agree on it.
 
 The steps run back to back without a pause: a new step adds or stops
 workers, and the answers so far are studied in a thread while the workers
@@ -58,7 +58,7 @@ MAX_DURATION = 600.0
 DEFAULT_MAX_REQUESTS = 100_000
 MAX_REQUESTS = 10_000_000
 COMMON_WINDOWS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600)
-ROUNDING = 0.03  # a window within 3 % of a common one is that one
+ROUNDING = 0.05  # a window within 5 % of a common one is that one
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*", re.IGNORECASE)
@@ -408,8 +408,16 @@ def infer_limit(
             return None
     # Successes spread evenly over the refused part (no long pause in
     # them) tell their rate and nothing of a burst.
+    # (The first window after the first refusal replays whatever came
+    # before it: evenly spread there, but not at the limit's rate, while
+    # the two halves of the refused part differ.)
     gaps = [b - a for a, b in zip([r[0], *inside], [*inside, end], strict=True)]
-    if max(gaps) <= span / 20:
+    half = len(inside) - bisect.bisect_right(inside, r[0] + span / 2)
+    if (
+        max(gaps) <= span / 20
+        and len(inside) >= 40
+        and abs(2 * half - len(inside)) <= 0.05 * len(inside)
+    ):
         per_second = len(inside) / span
         for seconds in (1.0, 60.0, 3600.0):
             if per_second * seconds >= 20:
@@ -420,7 +428,7 @@ def infer_limit(
 
 
 def round_window(seconds: float) -> float:
-    """A common window length within 3 % of ``seconds``, else ``seconds``
+    """A common window length within 5 % of ``seconds``, else ``seconds``
     to three significant digits."""
     for common in COMMON_WINDOWS:
         if abs(seconds - common) <= ROUNDING * common:
@@ -724,6 +732,7 @@ async def _probe(
         # never pause: a step runs on while the answers so far are
         # studied, and the next one starts by adding or stopping workers.
         marks: list[tuple[int, float, int]] = []
+        sustained: float | None = None  # the last step's sustained rate
         try:
             for i, workers in enumerate(plan):
                 now = time.monotonic()
@@ -748,6 +757,14 @@ async def _probe(
                     run.advertised.rates(),
                     end,
                 )
+                if result.source == "sustained" and result.limit is not None:
+                    # A rate measured over a few windows is off by up to a
+                    # part of one: known once two steps agree.
+                    rate = result.limit / (result.window or 1.0)
+                    known = sustained is not None and abs(rate - sustained) <= (
+                        0.05 * sustained
+                    )
+                    sustained = rate
                 if known and stop_early and i < len(plan) - 1:
                     result.stopped = f"the limit was known after {i + 1} step(s)"
                     break
