@@ -1,4 +1,4 @@
-"""Command line: ``python -m stanchion demo``."""
+"""Command line: ``python -m stanchion demo``, ``stanchion probe URL``."""
 
 from __future__ import annotations
 
@@ -37,7 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stanchion")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="show limiters at work")
+    from ._probe import add_probe_parser, run_probe_command
+
+    add_probe_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "probe":
+        return run_probe_command(args, parser)
     if args.command == "demo":
         demo_burst()
         from ._demo_web import demo_ban, demo_queue, demo_web
