@@ -26,6 +26,10 @@ penalty is one of the segment's settings (it has its own segment). The
 segment stores hashes of keys, not keys: ``bans()`` lists each banned
 key's time left and ban count with ``key=None``; ``get_ban(key)`` and
 ``lift(key)`` take the key.
+
+The pauses of the providers an app calls (``stanchion._pauses``) live
+in one more segment, ``stanchion.myapp@pauses``: ``segments()`` lists it
+and ``unlink()`` removes it with the others.
 """
 
 from __future__ import annotations

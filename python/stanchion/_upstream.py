@@ -12,10 +12,11 @@ request, or None when the answer says nothing about it:
    first of these that holds a usable value: the IETF ``RateLimit`` field
    (``"default";r=0;t=30``, or the older ``limit=10, remaining=0,
    reset=5``), ``RateLimit-Reset``, ``X-RateLimit-Reset-After``,
-   ``X-RateLimit-Reset``, ``X-RateLimit-Reset-Requests`` and
-   ``X-RateLimit-Reset-Tokens`` (durations such as ``6m0s``). A reset
-   above 1e9 is a Unix time (seconds, or milliseconds when it reads as a
-   time near ``now``), turned into seconds from ``now``.
+   ``X-RateLimit-Reset`` (or ``X-Rate-Limit-Reset``), then
+   ``X-RateLimit-Reset-Requests`` and ``X-RateLimit-Reset-Tokens``
+   (durations such as ``6m0s``, each paired with its own remaining). A
+   reset above 1e9 is a Unix time (seconds, or milliseconds when it reads
+   as a time near ``now``), turned into seconds from ``now``.
 3. Otherwise None: a 200 with budget left, or a 429 with nothing usable
    (the caller then applies its own back-off).
 
@@ -57,10 +58,16 @@ _RETRY_AFTER = "retry-after"
 _RETRY_AFTER_MS = "retry-after-ms"
 _RATELIMIT = "ratelimit"
 # Deltas in seconds, or Unix times (above 1e9), in the order read.
-_RESETS = ("ratelimit-reset", "x-ratelimit-reset-after", "x-ratelimit-reset")
+_RESETS = (
+    "ratelimit-reset",
+    "x-ratelimit-reset-after",
+    "x-ratelimit-reset",
+    "x-rate-limit-reset",
+)
 _REMAINING = (
     "ratelimit-remaining",
     "x-ratelimit-remaining",
+    "x-rate-limit-remaining",
     "x-ratelimit-remaining-requests",
     "x-ratelimit-remaining-tokens",
 )
@@ -178,14 +185,15 @@ def _number(text: str) -> float | None:
 
 
 def _integer(text: str) -> int | None:
-    """An integer with an optional minus sign (a remaining count), or None."""
+    """A count (a remaining): an integer with an optional minus sign, or a
+    decimal (``0.0``, rounded down); None otherwise."""
     s = text.strip()
     negative = s.startswith("-")
-    if negative:
-        s = s[1:]
-    if not s or len(s) > _MAX_NUMBER or not all("0" <= ch <= "9" for ch in s):
+    number = _number(s[1:] if negative else s)
+    if number is None:
         return None
-    return -int(s) if negative else int(s)
+    count = math.floor(number)
+    return -count if negative else count
 
 
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
