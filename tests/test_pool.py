@@ -737,6 +737,19 @@ async def test_acall_falls_back_and_rotates() -> None:
     assert got == ["b", "b", "c"]  # start a (fails), start b, start c
 
 
+async def test_acall_least_used(clock: FakeClock) -> None:
+    ups = {n: AsyncUpstream(n) for n in "ab"}
+    rates = {"a": "1/minute", "b": "2/minute"}
+    pool = Pool(
+        [Provider(n, ups[n], rate=rates[n], burst=None, clock=clock) for n in "ab"],
+        strategy="least_used",
+        timeout=0,
+    )
+    assert [who(await pool.acall(i)) for i in range(3)] == ["b", "a", "b"]
+    with pytest.raises(PoolExhausted):
+        await pool.acall(3)
+
+
 async def test_acall_waits_for_the_first_back_without_blocking_the_loop() -> None:
     pool = Pool(
         [Provider("a", AsyncUpstream("a"), rate="1 per 0.3 seconds")], timeout=1
