@@ -10,6 +10,7 @@ from ._core import Cache, CacheInfo, Decision
 from ._errors import StorageUnavailable
 from ._limiter import Limiter, RateLimiter, RateLimitExceeded
 from ._penalty import Ban, Penalty
+from ._pool import Pool, PoolExhausted, Provider
 from ._rates import Rate, parse_rates
 from ._shm import SharedMemoryStorage
 
@@ -27,6 +28,9 @@ __all__ = [
     "Hold",
     "Limiter",
     "Penalty",
+    "Pool",
+    "PoolExhausted",
+    "Provider",
     "Rate",
     "RateLimitExceeded",
     "RateLimiter",

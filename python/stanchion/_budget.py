@@ -18,16 +18,16 @@ same upstream:
   storage) tries it: a success closes the breaker, a failure opens it
   again.
 
+``rate="auto"`` replaces the rates by a pace this process learns: it
+starts at ``auto_start`` calls per second, adds ``auto_increase`` per
+second of successful calls and halves on each 429 (additive increase,
+multiplicative decrease), between ``auto_min`` and ``auto_max``.
+
 ``rate=None`` has no rates: only the pauses and the breaker. ``rate`` may
 also be a limiter (a :class:`~stanchion.RateLimiter`, paced as above)
 that several budgets share, each as its own key; ``pauses`` a table from
 ``pauses_for(storage)`` that they share: one of each serves any number of
 upstreams (a shared-memory storage opens a file for each).
-
-``rate="auto"`` replaces the rates by a pace this process learns: it
-starts at ``auto_start`` calls per second, adds ``auto_increase`` per
-second of successful calls and halves on each 429 (additive increase,
-multiplicative decrease), between ``auto_min`` and ``auto_max``.
 
 Python equivalent of a call through a budget::
 
@@ -43,6 +43,7 @@ Python equivalent of a call through a budget::
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 import time
@@ -51,22 +52,39 @@ from typing import Any
 
 from ._limiter import Limiter, RateLimiter
 from ._pauses import Pauses, pauses_for
+from ._rates import normalize_rates
 from ._upstream import pause_from_answer
 
 __all__ = ["Budget", "answer_of"]
 
 _BACKOFF_FIRST = 1.0  # a bare 429's first pause, in seconds
-# How often a caller asks again while another's half-open probe is out (a
-# claim tells no one when it ends), at most: the cool-down when shorter.
-_PROBE_POLL = 1.0
+# While another caller probes a half-open upstream, when to look again
+# (its probe's end is not known), in seconds.
+_PROBE_POLL = 0.1
+# Two pause ends this close (seconds) are the same: Redis keeps
+# milliseconds.
+_SAME = 0.001
+# What a call's outcome does to the breaker.
+_OPEN = 1
+_CLOSE = 2
+# The longest pause a storage takes (seconds): cooldown and max_pause
+# stay well under it (a breaker's half-open marker lasts twice as long).
+_MAX_SECONDS = 1e8
 
 
-def _positive(name: str, value: object, *, zero_ok: bool = False) -> float:
+def _positive(
+    name: str, value: object, *, zero_ok: bool = False, most: float = math.inf
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int too large for a float
+        v = math.inf
     if not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if v > most:
+        raise ValueError(f"{name} must be at most {most:g} seconds, got {value!r}")
     return v
 
 
@@ -96,6 +114,11 @@ def answer_of(result: object) -> tuple[int | None, Any]:
     if isinstance(status, bool) or not isinstance(status, int):
         return None, None
     return status, getattr(response, "headers", None)
+
+
+def _headroom(d: Any) -> float:
+    # A peek's remaining is what a hit would leave: this one included.
+    return float(d.remaining + 1) if d.allowed else 0.0
 
 
 class _AutoPace:
@@ -133,6 +156,10 @@ class _AutoPace:
             self._next = max(now, self._next) + 1.0 / self.rate
             return 0.0
 
+    def headroom(self) -> float:
+        with self._lock:
+            return 1.0 if self.clock() >= self._next else 0.0
+
     def succeeded(self) -> None:
         # ``increase`` calls/s more per second of calls at this pace.
         with self._lock:
@@ -169,8 +196,8 @@ class Budget:
         if not name:
             raise ValueError("name must not be empty")
         self.failures = _count("failures", failures)
-        self.cooldown = _positive("cooldown", cooldown)
-        self.max_pause = _positive("max_pause", max_pause)
+        self.cooldown = _positive("cooldown", cooldown, most=_MAX_SECONDS)
+        self.max_pause = _positive("max_pause", max_pause, most=_MAX_SECONDS)
         self.name = name
         self.clock = time.monotonic if clock is None else clock
         self.auto: _AutoPace | None = None
@@ -188,9 +215,15 @@ class Budget:
         elif rate is not None:
             if algorithm != "token_bucket":
                 burst = None
+            elif isinstance(burst, int) and not isinstance(burst, bool):
+                # The Limiter takes one burst per rate when there are
+                # several: the same for each.
+                rates = normalize_rates(rate)
+                if len(rates) > 1:
+                    burst = [burst] * len(rates)
             if clock is not None and storage is None:
                 self.limiter = Limiter(
-                    rate,  # type: ignore[arg-type]
+                    rate,  # type: ignore[arg-type]  # checked by the Limiter
                     algorithm=algorithm,
                     burst=burst,
                     clock=clock,
@@ -203,16 +236,22 @@ class Budget:
                     storage=storage,
                 )
         self.pauses = pauses_for(storage, clock=clock) if pauses is None else pauses
-        # Half-open while the pause on _half outlasts the one on _closed: a
-        # pause cannot be cut short, so the breaker opens by pausing _half
-        # past _closed, and closes by pausing _closed past _half.
+        # Pauses only grow, and release() frees claims only: the breaker
+        # is half-open while "half" (set when it opens, to outlast the
+        # open pause) outlasts "closed" (set to the end of "half" when a
+        # probe succeeds).
         self._half = name + "\x00half"
         self._closed = name + "\x00closed"
-        self._probe = name + "\x00probe"  # who tries it while half-open
+        self._probe = name + "\x00probe"  # claimed by who tries it, half-open
         self._lock = threading.Lock()
         self._failed = 0  # failed calls in a row, in this process
         self._refused = 0  # bare 429s in a row, in this process
-        self._probing = False
+        # Whether the call let through in this thread or task is the
+        # half-open probe: per context, so that another call's outcome,
+        # settled meanwhile, is not taken for the probe's.
+        self._probing: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            "stanchion_probing", default=False
+        )
 
     def __repr__(self) -> str:
         rate = (
@@ -233,15 +272,15 @@ class Budget:
         if wait > 0:
             return wait
         half = self.pauses.remaining(self._half)
-        if half > 0 and half > self.pauses.remaining(self._closed):
+        if half > 0 and half > self.pauses.remaining(self._closed) + _SAME:
             if not self.pauses.claim(self._probe, self.cooldown):
-                return min(self.cooldown, _PROBE_POLL)
+                return min(_PROBE_POLL, self.cooldown)
             wait = self._spend()
             if wait:
                 # No budget for the probe: let the next caller try.
                 self.pauses.release(self._probe)
             else:
-                self._probing = True
+                self._probing.set(True)
             return wait
         return self._spend()
 
@@ -251,16 +290,35 @@ class Budget:
         if wait > 0:
             return wait
         half = await self.pauses.aremaining(self._half)
-        if half > 0 and half > await self.pauses.aremaining(self._closed):
+        if half > 0 and half > await self.pauses.aremaining(self._closed) + _SAME:
             if not await self.pauses.aclaim(self._probe, self.cooldown):
-                return min(self.cooldown, _PROBE_POLL)
+                return min(_PROBE_POLL, self.cooldown)
             wait = await self._aspend()
             if wait:
                 await self.pauses.arelease(self._probe)
             else:
-                self._probing = True
+                self._probing.set(True)
             return wait
         return await self._aspend()
+
+    def headroom(self) -> float:
+        """Calls the rates would let through now, spending nothing: the
+        limiter's ``remaining`` (with the default ``burst=1``: 1 or 0);
+        with ``rate="auto"``, 1 when the pace allows a call now, else 0.
+        Pauses and the breaker are not counted: :meth:`take` sees them."""
+        if self.auto is not None:
+            return self.auto.headroom()
+        if self.limiter is None:
+            return 1.0
+        return _headroom(self.limiter.peek(self.name))
+
+    async def aheadroom(self) -> float:
+        """:meth:`headroom` for asyncio."""
+        if self.auto is not None:
+            return self.auto.headroom()
+        if self.limiter is None:
+            return 1.0
+        return _headroom(await self.limiter.apeek(self.name))
 
     def _spend(self) -> float:
         if self.auto is not None:
@@ -286,16 +344,19 @@ class Budget:
         """Tell the outcome of a call :meth:`take` let through: ``ok``, the
         result (``answer``) or the exception (``error``). Returns the pause
         it set (0.0 for none)."""
-        pause, release = self._outcome(ok, error if error is not None else answer)
+        pause, breaker, probing = self._outcome(
+            ok, error if error is not None else answer
+        )
         if pause:
             self.pauses.pause(self.name, pause)
-            if release is None:
-                closed = self.pauses.remaining(self._closed)
-                self.pauses.pause(self._half, max(2 * pause, closed + pause))
-        if release:
+        if breaker == _OPEN:
+            closed = self.pauses.remaining(self._closed)
+            self.pauses.pause(self._half, max(2 * pause, closed + pause))
+        elif breaker == _CLOSE:
             half = self.pauses.remaining(self._half)
             if half > 0:
-                self.pauses.pause(self._closed, half + 0.001)
+                self.pauses.pause(self._closed, half)
+        if probing:
             self.pauses.release(self._probe)
         return pause
 
@@ -303,46 +364,49 @@ class Budget:
         self, ok: bool, *, answer: object = None, error: BaseException | None = None
     ) -> float:
         """:meth:`settle` for asyncio."""
-        pause, release = self._outcome(ok, error if error is not None else answer)
+        pause, breaker, probing = self._outcome(
+            ok, error if error is not None else answer
+        )
         if pause:
             await self.pauses.apause(self.name, pause)
-            if release is None:
-                closed = await self.pauses.aremaining(self._closed)
-                await self.pauses.apause(self._half, max(2 * pause, closed + pause))
-        if release:
+        if breaker == _OPEN:
+            closed = await self.pauses.aremaining(self._closed)
+            await self.pauses.apause(self._half, max(2 * pause, closed + pause))
+        elif breaker == _CLOSE:
             half = await self.pauses.aremaining(self._half)
             if half > 0:
-                await self.pauses.apause(self._closed, half + 0.001)
+                await self.pauses.apause(self._closed, half)
+        if probing:
             await self.pauses.arelease(self._probe)
         return pause
 
     def abandon(self) -> None:
-        """Tell that a call :meth:`take` let through ended without an
-        outcome (cancelled, interrupted, never sent): it counts neither
-        way, and the half-open probe it may have been is left to the next
-        caller."""
-        with self._lock:
-            probing, self._probing = self._probing, False
-        if probing:
+        """Forget a call :meth:`take` let through whose outcome is unknown
+        (cancelled, interrupted, or never sent): it counts neither way, and
+        the half-open probe it may have been is left to the next caller.
+        The budget it spent stays spent."""
+        if self._probing.get():
+            self._probing.set(False)
             self.pauses.release(self._probe)
 
     async def aabandon(self) -> None:
         """:meth:`abandon` for asyncio."""
-        with self._lock:
-            probing, self._probing = self._probing, False
-        if probing:
+        if self._probing.get():
+            self._probing.set(False)
             await self.pauses.arelease(self._probe)
 
-    def _outcome(self, ok: bool, result: object) -> tuple[float, bool | None]:
-        """(pause, release): the pause to set, and whether to close a
-        half-open breaker (True), open it (None: the pause is the
-        breaker's cool-down) or leave it (False)."""
+    def _outcome(self, ok: bool, result: object) -> tuple[float, int, bool]:
+        """(pause, breaker, probing): the pause to set; whether to open the
+        breaker (_OPEN: the pause is its cool-down), close it (_CLOSE) or
+        leave it (0); whether this call was the half-open probe."""
         status, headers = answer_of(result)
         asked = None
         if status is not None:
             asked = pause_from_answer(status, headers, max_seconds=self.max_pause)
+        probing = self._probing.get()
+        if probing:
+            self._probing.set(False)
         with self._lock:
-            probing, self._probing = self._probing, False
             if status == 429:
                 if self.auto is not None:
                     self.auto.refused()
@@ -357,12 +421,12 @@ class Budget:
                 self._failed = 0
                 if self.auto is not None:
                     self.auto.succeeded()
-                return (asked or 0.0), probing
+                return (asked or 0.0), (_CLOSE if probing else 0), probing
             self._failed += 1
             if probing or self._failed >= self.failures:
                 self._failed = 0
-                return max(asked or 0.0, self.cooldown), None
-            return (asked or 0.0), False
+                return max(asked or 0.0, self.cooldown), _OPEN, probing
+            return (asked or 0.0), 0, probing
 
     def state(self) -> str:
         """``"closed"``, ``"open"`` (paused: by the breaker or by the
@@ -370,6 +434,6 @@ class Budget:
         if self.pauses.remaining(self.name) > 0:
             return "open"
         half = self.pauses.remaining(self._half)
-        if half > 0 and half > self.pauses.remaining(self._closed):
+        if half > 0 and half > self.pauses.remaining(self._closed) + _SAME:
             return "half_open"
         return "closed"
