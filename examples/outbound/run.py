@@ -47,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from providers import FakeProvider  # noqa: E402
+
 from stanchion._probe import probe  # noqa: E402
 
 HEADROOM = 0.97  # the share of a provider's limit the pool spends
@@ -224,33 +225,35 @@ def run_scene(window: float = 30.0, duration: float | None = None) -> dict[str, 
         ("b", 400, "fixed", True),
         ("c", 300, "sliding", False),
     ]
-    fakes = {
-        name: FakeProvider(
-            name, max(1, round(limit * k)), window, kind=kind, advertise=adv
+
+    def make(name: str, limit: int, kind: str, advertise: bool) -> FakeProvider:
+        limit = max(1, round(limit * k))
+        return FakeProvider(name, limit, window, kind=kind, advertise=advertise)
+
+    # 1. What is c's limit? It does not say.
+    with make(*specs[2]) as c_alone:
+        found = probe(
+            c_alone.url + "/search?q=probe", concurrency="2,4", duration=window * 1.25
         )
-        for name, limit, kind, adv in specs
-    }
+    if found.limit is None or found.window is None:
+        raise SystemExit(f"probe found no limit for c:\n{found.format()}")
+    truth = c_alone.limit / window
+    found_rate = found.limit / found.window
+    fakes = {spec[0]: make(*spec) for spec in specs}
     for f in fakes.values():
         f.start()
     try:
-        # 1. What is c's limit? It does not say.
-        c = fakes["c"]
-        found = probe(c.url + "/search?q=probe", concurrency=[2], duration=window * 1.5)
-        c.restart()
-        suggestion = found.suggested
-        truth = c.limit / window
-        found_rate = suggestion.limit / suggestion.period
         rates = {
             name: f"{math.floor(f.limit * HEADROOM)} per {window:g} seconds"
             for name, f in fakes.items()
             if name != "c"
         }
         rates["c"] = (
-            f"{math.floor(suggestion.limit * HEADROOM)} per {suggestion.period:g} seconds"
+            f"{math.floor(found.limit * HEADROOM)} per {found.window:g} seconds"
         )
         # 2. The load, through two processes sharing the budgets in Redis.
         capacity = sum(f.limit for f in fakes.values()) / window
-        deadline, cooldown = 1.0, window / 6
+        deadline, cooldown = 0.25, window / 6
         providers = [(name, f.url, rates[name]) for name, f in fakes.items()]
         b = fakes["b"]
         downtime: dict[str, float] = {}
@@ -258,8 +261,7 @@ def run_scene(window: float = 30.0, duration: float | None = None) -> dict[str, 
             redis_server() as redis_url,
             search_services(2, providers, redis_url, deadline, cooldown) as urls,
         ):
-            for f in fakes.values():
-                f.reset_counters()
+            before = {name: (f.served, f.refused) for name, f in fakes.items()}
             t0 = time.monotonic()
 
             def kill() -> None:
@@ -302,8 +304,8 @@ def run_scene(window: float = 30.0, duration: float | None = None) -> dict[str, 
         ),
         "failed": len(failed),
         "answered_late": len(late),
-        "provider_429s": {name: f.refused for name, f in fakes.items()},
-        "provider_served": {name: f.served for name, f in fakes.items()},
+        "provider_429s": {n: f.refused - before[n][1] for n, f in fakes.items()},
+        "provider_served": {n: f.served - before[n][0] for n, f in fakes.items()},
         "answered_p50_ms": 1000 * _quantile([r[1] for r in answered], 0.5),
         "answered_p99_ms": 1000 * _quantile([r[1] for r in answered], 0.99),
         "refused_p50_ms": 1000 * _quantile([r[1] for r in refused], 0.5),
@@ -312,7 +314,8 @@ def run_scene(window: float = 30.0, duration: float | None = None) -> dict[str, 
         "b_revived_at_s": downtime["revived"],
         "b_served_after_revival": served_after,
         "b_rejoined_after_s": _rejoined(answered, downtime["revived"]),
-        "probe_suggested": f"{suggestion.limit} per {suggestion.period:g} seconds",
+        "probe_suggested": found.suggested,
+        "probe_seconds": sum(step.elapsed for step in found.steps),
         "probe_error": found_rate / truth - 1,
         "rates": rates,
         "deadline_s": deadline,
