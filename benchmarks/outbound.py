@@ -40,7 +40,7 @@ import stanchion
 def overhead() -> tuple[list[list[str]], str]:
     import limits
     from limits.storage import MemoryStorage
-    from limits.strategies import MovingWindowRateLimiter
+    from limits.strategies import FixedWindowRateLimiter
 
     def call(q: str) -> str:
         return q
@@ -51,7 +51,7 @@ def overhead() -> tuple[list[list[str]], str]:
     big = "1000000000 per 1 second"
     pool = stanchion.Pool([stanchion.Provider("p", call, rate=big)])
     apool = stanchion.Pool([stanchion.Provider("p", acall, rate=big)])
-    window = MovingWindowRateLimiter(MemoryStorage())
+    window = FixedWindowRateLimiter(MemoryStorage())
     item = limits.parse(big.replace(" per 1 second", "/second"))
 
     def by_hand_limits() -> str:
@@ -96,7 +96,7 @@ def overhead() -> tuple[list[list[str]], str]:
             fmt_ratio(med["pool"] / med["limits"]),
         ],
         [
-            "limits MovingWindow hit, then call",
+            "limits FixedWindow hit, then call",
             fmt_ns(med["limits"]),
             fmt_ratio(med["limits"] / med["floor"]),
             "1.00x",

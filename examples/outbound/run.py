@@ -128,7 +128,12 @@ def search_services(
         REDIS_URL=redis_url,
         OUTBOUND_DEADLINE=str(deadline),
         OUTBOUND_COOLDOWN=str(cooldown),
-        PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]),
+        # search.py's directory; not this process's sys.path, whose first
+        # entry is the running script's directory (benchmarks/ holds a
+        # redis.py).
+        PYTHONPATH=os.pathsep.join(
+            p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
+        ),
     )
     procs, urls = [], []
     try:
