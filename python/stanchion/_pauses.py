@@ -228,6 +228,9 @@ class MemoryPauses(_AtOnce):
             entry[0] = max(entry[0], now + s)
 
     def remaining(self, key: str) -> float:
+        if not self._table:  # nothing paused or claimed: the common case
+            _check_key(key)
+            return 0.0
         slot = self._slot(_check_key(key))
         now = self._now()
         with self._lock:
