@@ -344,6 +344,8 @@ class Budget:
         """Tell the outcome of a call :meth:`take` let through: ``ok``, the
         result (``answer``) or the exception (``error``). Returns the pause
         it set (0.0 for none)."""
+        if ok and error is None and self._nothing_to_settle(answer):
+            return 0.0
         pause, breaker, probing = self._outcome(
             ok, error if error is not None else answer
         )
@@ -364,6 +366,8 @@ class Budget:
         self, ok: bool, *, answer: object = None, error: BaseException | None = None
     ) -> float:
         """:meth:`settle` for asyncio."""
+        if ok and error is None and self._nothing_to_settle(answer):
+            return 0.0
         pause, breaker, probing = self._outcome(
             ok, error if error is not None else answer
         )
@@ -394,6 +398,18 @@ class Budget:
         if self._probing.get():
             self._probing.set(False)
             await self.pauses.arelease(self._probe)
+
+    def _nothing_to_settle(self, answer: object) -> bool:
+        """True for a success that changes nothing: no failures or 429s
+        in a row to reset, no pace to raise, not the probe, and an answer
+        without an HTTP status (so asking for no pause)."""
+        return (
+            not self._failed
+            and not self._refused
+            and self.auto is None
+            and not self._probing.get()
+            and answer_of(answer)[0] is None
+        )
 
     def _outcome(self, ok: bool, result: object) -> tuple[float, int, bool]:
         """(pause, breaker, probing): the pause to set; whether to open the

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import math
 import threading
 import time
+import types
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 
@@ -55,6 +57,21 @@ def default_ok(answer: object) -> bool:
     or ``status``) is ok when it is 2xx; an answer without one is ok."""
     status, _ = answer_of(answer)
     return status is None or 200 <= status < 300
+
+
+def _counted(counter: itertools.count[int]) -> int:
+    """How many times next() was called on ``counter`` (started at 0),
+    without counting one more."""
+    return int(repr(counter)[6:-1])
+
+
+def _awaitable(answer: object) -> bool:
+    """inspect.isawaitable, cheaper for the usual answers (which are not):
+    an awaitable's type has ``__await__``, but for a generator-based
+    coroutine (``types.coroutine``)."""
+    if getattr(type(answer), "__await__", None) is not None:
+        return True
+    return type(answer) is types.GeneratorType and inspect.isawaitable(answer)
 
 
 def _is_async(call: object) -> bool:
@@ -303,7 +320,8 @@ class _Run:
         self.deadline = None if pool.timeout is None else now + pool.timeout
         self.first = True  # the first pass tries every provider
         self.called = False  # a provider was called since the last sleep
-        self.errors: dict[str, object | None] = {p.name: None for p in order}
+        # Each provider's last exception or rejected answer in this call.
+        self.errors: dict[str, object | None] = {}
         self.reasons: dict[str, str] = {}
         # Out of budget: when it may be back (monotonic seconds).
         self.until: dict[str, float] = {}
@@ -329,8 +347,9 @@ class _Run:
         return time.monotonic() < self.deadline
 
     def calling(self, p: Provider) -> None:
+        # Counted with its outcome (failure, success or abandoned): one
+        # lock per call.
         self.called = True
-        self.pool._count(p, "calls")
 
     def skipped(self, p: Provider, wait: float) -> None:
         self.until[p.name] = time.monotonic() + wait
@@ -345,7 +364,7 @@ class _Run:
         self.reasons[p.name] = f"{kind} {why!r}"
         if pause:
             self.reasons[p.name] += f", paused {pause:.3f}s"
-        self.pool._count(p, "failures")
+        self.pool._count(p, "calls", "failures")
 
     def next_wait(self) -> float:
         """Seconds to sleep before the next pass; PoolExhausted when no
@@ -382,7 +401,7 @@ class _Run:
         return PoolExhausted(
             f"{why} ({'; '.join(parts)}); retry after {retry_after:.3f}s",
             retry_after=retry_after,
-            errors=dict(self.errors),
+            errors={p.name: self.errors.get(p.name) for p in self.order},
         )
 
 
@@ -488,9 +507,10 @@ class Pool:
         self.cache_ttl = ttl
         self._async = tuple(p.name for p in listed if p.is_async)
         self._lock = threading.Lock()
-        self._turn = 0
+        # Lock-free counters: next() on an itertools.count is atomic.
+        self._calls = itertools.count()  # pool calls, cache hits included
+        self._turns = itertools.count()  # round_robin's next start
         self._counts = {p.name: _Counts() for p in listed}
-        self._calls = 0
         self._answered = 0
         self._exhausted = 0
         self._cache_hits = 0
@@ -511,10 +531,11 @@ class Pool:
 
     # -- counters ------------------------------------------------------------
 
-    def _count(self, p: Provider, field: str) -> None:
+    def _count(self, p: Provider, *fields: str) -> None:
         c = self._counts[p.name]
         with self._lock:
-            setattr(c, field, getattr(c, field) + 1)
+            for field in fields:
+                setattr(c, field, getattr(c, field) + 1)
 
     def _count_exhausted(self) -> None:
         with self._lock:
@@ -527,7 +548,7 @@ class Pool:
         ``failures`` and ``skipped`` (found without budget)."""
         with self._lock:
             return {
-                "calls": self._calls,
+                "calls": _counted(self._calls),
                 "answered": self._answered,
                 "exhausted": self._exhausted,
                 "cache_hits": self._cache_hits,
@@ -537,12 +558,10 @@ class Pool:
     # -- the plan --------------------------------------------------------------
 
     def _start(self) -> int:
-        with self._lock:
-            self._calls += 1
-            turn = self._turn
-            if self.strategy == "round_robin":
-                self._turn = (turn + 1) % len(self.providers)
-            return turn
+        next(self._calls)
+        if self.strategy == "round_robin":
+            return next(self._turns) % len(self.providers)
+        return 0
 
     def _rotated(self, turn: int) -> list[Provider]:
         if self.strategy == "round_robin":
@@ -561,12 +580,13 @@ class Pool:
     def _answered_by(self, p: Provider) -> None:
         c = self._counts[p.name]
         with self._lock:
+            c.calls += 1
             c.successes += 1
             self._answered += 1
 
     def _hit(self) -> None:
+        next(self._calls)
         with self._lock:
-            self._calls += 1
             self._answered += 1
             self._cache_hits += 1
 
@@ -621,10 +641,11 @@ class Pool:
             run.failure(p, e, pause, error=True)
             return False, None
         except BaseException:
+            self._count(p, "calls")
             p.budget.abandon()
             raise
         try:
-            if inspect.isawaitable(answer):
+            if _awaitable(answer):
                 if inspect.iscoroutine(answer):
                     answer.close()
                 raise TypeError(
@@ -633,6 +654,7 @@ class Pool:
                 )
             ok = self._accepts(p, answer)
         except BaseException:
+            self._count(p, "calls")
             p.budget.abandon()
             raise
         pause = p.budget.settle(ok, **p.settle_args(answer, error=False))
@@ -685,18 +707,20 @@ class Pool:
                 answer = await p.call(*args, **kwargs)
             else:
                 answer = await asyncio.to_thread(p.call, *args, **kwargs)
-                if inspect.isawaitable(answer):
+                if _awaitable(answer):
                     answer = await answer
         except Exception as e:
             pause = await p.budget.asettle(False, **p.settle_args(e, error=True))
             run.failure(p, e, pause, error=True)
             return False, None
         except BaseException:
+            self._count(p, "calls")
             await p.budget.aabandon()
             raise
         try:
             ok = self._accepts(p, answer)
         except BaseException:
+            self._count(p, "calls")
             await p.budget.aabandon()
             raise
         pause = await p.budget.asettle(ok, **p.settle_args(answer, error=False))
