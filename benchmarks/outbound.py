@@ -134,7 +134,7 @@ def scene(window: float) -> list[list[str]]:
             "answered latency p50 / p99",
             f"{f['answered_p50_ms']:.1f} / {f['answered_p99_ms']:.1f} ms",
         ],
-        ["answered past the deadline", str(f["answered_late"])],
+        ["answered over 100 ms past the deadline", str(f["answered_late"])],
         [
             "refused (503, with retry_after)",
             f"{f['refused']} ({f['refused_with_retry_after']})",
