@@ -325,11 +325,21 @@ def test_a_bad_clock_is_refused(redis_storage: RedisStorage) -> None:
 
 
 def test_a_clock_reading_must_be_seconds() -> None:
-    p = MemoryPauses(clock=lambda: math.nan)
+    # The clock is read, and checked, whenever the answer depends on it;
+    # with nothing paused or claimed, remaining() is 0.0 without it.
+    for bad in (math.nan, 10**400):
+        p = MemoryPauses(clock=lambda bad=bad: bad)
+        assert p.remaining("a") == 0.0
+        with pytest.raises(ValueError):
+            p.pause("a", 1.0)
+        with pytest.raises(ValueError):
+            p.claim("a", 1.0)
+        assert len(p) == 0
+    readings = iter([1.0, math.nan])
+    p = MemoryPauses(clock=lambda: next(readings))
+    p.pause("a", 5.0)
     with pytest.raises(ValueError):
         p.remaining("a")
-    with pytest.raises(ValueError):
-        MemoryPauses(clock=lambda: 10**400).remaining("a")
 
 
 # -- in-process ------------------------------------------------------------------
