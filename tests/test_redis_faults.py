@@ -322,7 +322,7 @@ def test_restart_empty_needs_nothing(
     """A restart loses the scripts and the idle connection: the next
     decision reconnects, reloads the script and answers for real."""
     caplog.set_level(logging.INFO, logger="stanchion")
-    storage = RedisStorage(private_redis.url)
+    storage = RedisStorage(private_redis.url, timeout=SLOW_TIMEOUT)
     for algorithm in ("token_bucket", "fixed_window", "sliding_window"):
         lim = stanchion.Limiter(
             "5/minute", algorithm=algorithm, storage=storage, on_error="raise"
@@ -337,7 +337,9 @@ def test_restart_empty_needs_nothing(
 
 
 async def test_async_restart_empty(private_redis: RedisServer) -> None:
-    storage = RedisStorage(private_redis.url)
+    # The first connection after a restart may take longer than the
+    # default 50 ms on a busy machine; this test is about the lost state.
+    storage = RedisStorage(private_redis.url, timeout=SLOW_TIMEOUT)
     lim = stanchion.Limiter("5/minute;50/hour", storage=storage, on_error="raise")
     try:
         assert (await lim.ahit("k")).remaining == 4
