@@ -116,6 +116,49 @@ def test_bare_429s_back_off_doubling_up_to_the_cooldown(clock: FakeClock) -> Non
     assert b.settle(False, answer=Answer(429)) == 1.0  # back to the start
 
 
+def test_bare_429s_forever_stay_at_the_cooldown(clock: FakeClock) -> None:
+    # An upstream answering bare 429s for hours: the back-off stays at the
+    # cooldown (its doubling must not overflow a float after ~1024 429s).
+    b = Budget("up", None, failures=1, cooldown=30.0, clock=clock)
+    for _ in range(1100):
+        clock.advance(100)
+        assert b.take() == 0.0
+        assert b.settle(False, answer=Answer(429)) == 30.0
+
+
+class Odd:
+    """A provider's own answer type: a status, and headers in no shape a
+    header reader knows, or whose reading fails."""
+
+    def __init__(self, headers: object) -> None:
+        self.status = 429
+        self._headers = headers
+
+    @property
+    def headers(self) -> object:
+        if isinstance(self._headers, Exception):
+            raise self._headers
+        return self._headers
+
+
+@pytest.mark.parametrize("headers", [5, "Retry-After: 3", object(), RuntimeError("x")])
+def test_unreadable_headers_are_a_bare_answer(
+    clock: FakeClock, headers: object
+) -> None:
+    # The headers are the upstream's (untrusted): unreadable ones are
+    # ignored, the 429 still backs off, and a probe's claim is freed.
+    b = Budget("up", None, failures=1, cooldown=10.0, clock=clock)
+    assert b.take() == 0.0
+    assert b.settle(False, answer=Odd(headers)) == 10.0  # the breaker opened
+    clock.advance(10)
+    assert b.take() == 0.0  # the probe
+    assert b.settle(False, error=Failed(Odd(headers))) == 10.0
+    clock.advance(10)
+    assert b.take() == 0.0  # its claim was freed
+    b.settle(True)
+    assert b.state() == "closed"
+
+
 def fail(b: Budget, n: int) -> None:
     for _ in range(n):
         assert b.take() == 0.0

@@ -113,7 +113,11 @@ def answer_of(result: object) -> tuple[int | None, Any]:
         status = getattr(response, "status", None)
     if isinstance(status, bool) or not isinstance(status, int):
         return None, None
-    return status, getattr(response, "headers", None)
+    try:
+        headers = getattr(response, "headers", None)
+    except Exception:  # the upstream's answer: a property that fails
+        headers = None
+    return status, headers
 
 
 def _headroom(d: Any) -> float:
@@ -402,7 +406,10 @@ class Budget:
         status, headers = answer_of(result)
         asked = None
         if status is not None:
-            asked = pause_from_answer(status, headers, max_seconds=self.max_pause)
+            try:
+                asked = pause_from_answer(status, headers, max_seconds=self.max_pause)
+            except Exception:  # headers in no shape it reads: none
+                asked = None
         probing = self._probing.get()
         if probing:
             self._probing.set(False)
@@ -411,7 +418,9 @@ class Budget:
                 if self.auto is not None:
                     self.auto.refused()
                 if asked is None:
-                    self._refused += 1
+                    # Capped: past 2**63 s the cooldown (<= 1e8 s) binds,
+                    # and the doubling never overflows a float.
+                    self._refused = min(self._refused + 1, 64)
                     asked = min(
                         self.cooldown, _BACKOFF_FIRST * 2 ** (self._refused - 1)
                     )
