@@ -426,7 +426,10 @@ class Pool:
     :class:`~stanchion.CacheBackend` (such as ``RedisCache``) keeping
     successful answers by the call's arguments (as ``@cached`` keys
     them; they must be hashable), for ``cache_ttl`` seconds (None: the
-    cache's own). A hit spends no budget. ``@stanchion.cached`` on a
+    cache's own). A hit spends no budget. The keys are the arguments
+    only, not the pool: pools sharing a cache serve each other's answers
+    to the same arguments, so give each pool its own ``Cache`` (or its
+    own ``RedisCache.namespace(...)``) unless they answer alike. ``@stanchion.cached`` on a
     function that calls the pool works as well, and also makes concurrent
     callers of the same arguments share one pool call.
 
