@@ -91,7 +91,10 @@ def parse_concurrency(text: str | int | Sequence[int]) -> tuple[int, ...]:
         if ".." in s:
             if bounds[0] > bounds[1]:
                 raise ValueError(f"concurrency range {text!r} is empty")
-            counts = list(range(bounds[0], bounds[1] + 1))
+            # The bounds first: a huge range is not listed to be refused.
+            counts = [n for n in bounds if not 1 <= n <= MAX_CONCURRENCY]
+            if not counts:
+                counts = list(range(bounds[0], bounds[1] + 1))
     elif isinstance(text, Sequence):
         counts = list(cast("Sequence[int]", text))
         for n in counts:
@@ -150,6 +153,10 @@ def _check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"url must be an http:// or https:// URL, not {url!r}")
+    try:
+        parts.port  # noqa: B018  # raises for a port not in 0..65535
+    except ValueError:
+        raise ValueError(f"url has a bad port: {url!r}") from None
     return url
 
 
@@ -551,7 +558,7 @@ class _Run:
                 self.spent.set()
             try:
                 response = await self.client.request(self.method, self.url)
-            except httpx.TransportError as e:
+            except httpx.RequestError as e:  # a TransportError, a bad body
                 self.times.append(time.monotonic() - self.t0)
                 self.statuses.append(ERROR)
                 self.error_kinds.append(type(e).__name__)
