@@ -3,6 +3,7 @@ circuit breaker and the "auto" pace, on an injected clock."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from stanchion import SharedMemoryStorage
+from stanchion import Limiter, SharedMemoryStorage
 from stanchion._budget import Budget, answer_of
 
 from ._redis import SLOW, RedisServer
@@ -233,6 +234,81 @@ def test_cancel_frees_the_probe(clock: FakeClock) -> None:
     b.settle(True)
     assert b.state() == "closed"
     b.abandon()  # not probing: nothing to free
+    assert b.state() == "closed"
+
+
+class Stuck:
+    """A limiter (a wrapped one) whose next hit raises, or whose asyncio
+    hits wait until cancelled: a storage failing or slow at the moment a
+    half-open probe spends its budget."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.inner = Limiter("1000/second", clock=clock)
+        self.rates = self.inner.rates
+        self.algorithm = self.inner.algorithm
+        self.fail = False
+        self.entered = asyncio.Event()
+
+    def hit(self, key: Any, cost: int = 1) -> Any:
+        if self.fail:
+            raise RuntimeError("storage failed")
+        return self.inner.hit(key, cost)
+
+    async def ahit(self, key: Any, cost: int = 1) -> Any:
+        if self.fail:
+            self.entered.set()
+            await asyncio.Event().wait()  # until cancelled
+        return self.inner.hit(key, cost)
+
+    def peek(self, key: Any, cost: int = 1) -> Any:
+        return self.inner.peek(key, cost)
+
+    async def apeek(self, key: Any, cost: int = 1) -> Any:
+        return self.inner.peek(key, cost)
+
+    def reset(self, key: Any = None) -> None:
+        self.inner.reset(key)
+
+    async def areset(self, key: Any = None) -> None:
+        self.inner.reset(key)
+
+    def acquire(self, key: Any, cost: int = 1, timeout: Any = None) -> Any:
+        raise NotImplementedError  # a Budget never waits in its limiter
+
+    async def aacquire(self, key: Any, cost: int = 1, timeout: Any = None) -> Any:
+        raise NotImplementedError
+
+
+def test_a_probe_whose_budget_fails_frees_its_claim(clock: FakeClock) -> None:
+    limiter = Stuck(clock)
+    b = Budget("up", limiter, failures=1, cooldown=10.0, clock=clock)
+    fail(b, 1)
+    clock.advance(10)
+    limiter.fail = True
+    with pytest.raises(RuntimeError):
+        b.take()  # claimed the probe, then the limiter failed
+    limiter.fail = False
+    assert b.take() == 0.0  # the claim was freed: this is the probe
+    b.settle(True)
+    assert b.state() == "closed"
+
+
+async def test_a_probe_cancelled_while_spending_frees_its_claim(
+    clock: FakeClock,
+) -> None:
+    limiter = Stuck(clock)
+    b = Budget("up", limiter, failures=1, cooldown=10.0, clock=clock)
+    fail(b, 1)
+    clock.advance(10)
+    limiter.fail = True
+    task = asyncio.ensure_future(b.atake())
+    await limiter.entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    limiter.fail = False
+    assert await b.atake() == 0.0  # the claim was freed: this is the probe
+    await b.asettle(True)
     assert b.state() == "closed"
 
 

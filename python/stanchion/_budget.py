@@ -279,7 +279,11 @@ class Budget:
         if half > 0 and half > self.pauses.remaining(self._closed) + _SAME:
             if not self.pauses.claim(self._probe, self.cooldown):
                 return min(_PROBE_POLL, self.cooldown)
-            wait = self._spend()
+            try:
+                wait = self._spend()
+            except BaseException:  # the claim is not held past this call
+                self.pauses.release(self._probe)
+                raise
             if wait:
                 # No budget for the probe: let the next caller try.
                 self.pauses.release(self._probe)
@@ -297,7 +301,11 @@ class Budget:
         if half > 0 and half > await self.pauses.aremaining(self._closed) + _SAME:
             if not await self.pauses.aclaim(self._probe, self.cooldown):
                 return min(_PROBE_POLL, self.cooldown)
-            wait = await self._aspend()
+            try:
+                wait = await self._aspend()
+            except BaseException:  # cancelled too: the claim is freed
+                await self.pauses.arelease(self._probe)
+                raise
             if wait:
                 await self.pauses.arelease(self._probe)
             else:
