@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -468,6 +468,60 @@ def test_transport_errors_reach_the_caller_unchanged() -> None:
                 client.get("http://example.test/")
         with pytest.raises(sh.HostRateLimited):
             client.get("http://example.test/")
+
+
+class Body(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that counts its closes (the connection it holds
+    goes back to the pool on close)."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"ok"
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"ok"
+
+    def close(self) -> None:
+        self.closed += 1
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def broken_ok(response: httpx.Response) -> bool:
+    raise ValueError("ok broke")
+
+
+def test_a_response_ok_raised_on_is_closed() -> None:
+    body = Body()
+    transport = sh.LimitedTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200, stream=body)),
+        default="100/second",
+        ok=broken_ok,
+    )
+    with (
+        httpx.Client(transport=transport) as client,
+        pytest.raises(ValueError, match="ok broke"),
+    ):
+        client.get("http://example.test/")
+    assert body.closed == 1
+
+
+async def test_async_a_response_ok_raised_on_is_closed() -> None:
+    body = Body()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=body)
+
+    transport = sh.AsyncLimitedTransport(
+        httpx.MockTransport(answer), default="100/second", ok=broken_ok
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(ValueError, match="ok broke"):
+            await client.get("http://example.test/")
+    assert body.closed == 1
 
 
 def test_the_default_transport_is_an_http_transport(upstream: Upstream) -> None:

@@ -408,10 +408,13 @@ class LimitedTransport(_Options, httpx.BaseTransport):
             if deadline.reached(delay):
                 return hosts.refuse(request, host, delay)
             time.sleep(delay)
+        response = None
         try:
             response = self._transport.handle_request(request)
             outcome = hosts.answered(host, response)
         except BaseException as e:
+            if response is not None:  # ok() raised: nobody will read it
+                response.close()
             failed = hosts.failed(host, e)
             if failed is None:
                 host.budget.abandon()
@@ -442,10 +445,13 @@ class AsyncLimitedTransport(_Options, httpx.AsyncBaseTransport):
             if deadline.reached(delay):
                 return hosts.refuse(request, host, delay)
             await asyncio.sleep(delay)
+        response = None
         try:
             response = await self._transport.handle_async_request(request)
             outcome = hosts.answered(host, response)
         except BaseException as e:
+            if response is not None:  # ok() raised: nobody will read it
+                await response.aclose()
             failed = hosts.failed(host, e)
             if failed is None:
                 await host.budget.aabandon()
