@@ -769,6 +769,10 @@ async def test_async_close_reaches_the_wrapped_transport() -> None:
         ({"failures": 1.5}, TypeError),
         ({"cooldown": 0}, ValueError),
         ({"max_pause": float("inf")}, ValueError),
+        # Beyond what a budget takes: refused here, not on the first
+        # request to a host outside rates.
+        ({"cooldown": 1e9}, ValueError),
+        ({"max_pause": 1e9}, ValueError),
         ({"learn": 1}, TypeError),
         ({"max_hosts": 0}, ValueError),
         ({"max_hosts": True}, TypeError),

@@ -56,7 +56,7 @@ from typing import Any
 
 import httpx
 
-from ._budget import Budget, _count, _positive
+from ._budget import _MAX_SECONDS, Budget, _count, _positive
 from ._core import Decision
 from ._limiter import Limiter, RateLimiter, RateLimitExceeded
 from ._pauses import pauses_for
@@ -194,8 +194,8 @@ class _Hosts:
             raise TypeError(f"learn must be a bool, not {type(learn).__name__}")
         self.budget_options: dict[str, Any] = {
             "failures": _count("failures", failures),
-            "cooldown": _positive("cooldown", cooldown),
-            "max_pause": _positive("max_pause", max_pause),
+            "cooldown": _positive("cooldown", cooldown, most=_MAX_SECONDS),
+            "max_pause": _positive("max_pause", max_pause, most=_MAX_SECONDS),
         }
         self.max_hosts = _count("max_hosts", max_hosts)
         self.default_limit = (
