@@ -577,6 +577,39 @@ def test_hosts_match_case_insensitively_on_any_port() -> None:
     ]
 
 
+def test_a_host_written_another_way_is_the_same_host() -> None:
+    # A fully qualified name (trailing dot) and an IPv6 address written
+    # longhand name the same host: they must not escape its rates.
+    transport = sh.LimitedTransport(
+        rates={
+            "api.example.com": "10/second",
+            "[::1]:8080": "1/second",
+            "[2001:db8::1]": "1/second",
+            "other.example.": "1/second",
+        },
+        learn=False,
+    )
+    assert names(
+        transport,
+        "https://api.example.com./x",
+        "http://API.EXAMPLE.COM.:8080/",
+        "http://[0:0::1]:8080/",
+        "http://[0000:0000:0000:0000:0000:0000:0000:0001]:8080/",
+        "http://[2001:DB8:0::1]/",
+        "http://other.example/",
+    ) == [
+        "host:api.example.com",
+        "host:api.example.com",
+        "host:[::1]:8080",
+        "host:[::1]:8080",
+        "host:[2001:db8::1]",
+        "host:other.example",
+    ]
+    others = sh.LimitedTransport(default="10/second")
+    assert others.budget("http://a.example./") is others.budget("http://a.example/")
+    assert others.budget("http://[0::1]/") is others.budget("http://[::1]/")
+
+
 def test_other_hosts_get_a_budget_each_with_their_port() -> None:
     transport = sh.LimitedTransport(default="10/second")
     assert names(

@@ -31,7 +31,9 @@ budget how the request went. It never retries a request.
 Hosts: a key of ``rates`` is a host (``"api.example.com"``: any port) or a
 host and port (``"api.example.com:8443"``, which wins over the bare host).
 Hosts compare as httpx normalises them: case-insensitive, international
-names in their IDNA form, IPv6 addresses in brackets (``"[::1]:8080"``); a
+names in their IDNA form, IPv6 addresses in brackets (``"[::1]:8080"``),
+and further as one host: a name's trailing dot dropped, an IPv6 address
+compressed (``[0:0::1]`` is ``[::1]``); a
 request without a port has its scheme's default (80 for http, 443 for
 https). Other hosts get the ``default`` rates, one budget per host and
 non-default port; with ``default=None`` they are not rate limited, but
@@ -46,6 +48,7 @@ hosts, each bounded in size itself).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import re
 import threading
@@ -123,6 +126,18 @@ def _authority(host: str, port: int | None) -> str:
     return host if port is None else f"{host}:{port}"
 
 
+def _normal_host(host: str) -> str:
+    """One spelling per host: lowercase, without a fully qualified name's
+    trailing dot, an IPv6 address in its compressed form."""
+    host = host.lower()
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            return host
+    return host.rstrip(".") or host
+
+
 def _parse_host(key: object) -> tuple[str, int | None]:
     """(host, port) of a ``rates`` key, normalised as httpx does a URL's."""
     if not isinstance(key, str):
@@ -142,7 +157,7 @@ def _parse_host(key: object) -> tuple[str, int | None]:
     port = None if m is None or m[2] is None else int(m[2])
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"port must be between 1 and 65535, got {key!r}")
-    return host.lower(), port
+    return _normal_host(host), port
 
 
 class _Host:
@@ -243,7 +258,7 @@ class _Hosts:
 
     def host_of(self, url: httpx.URL) -> _Host | None:
         """The request's host budget; None to send it as it is."""
-        host = url.raw_host.decode("ascii").lower()
+        host = _normal_host(url.raw_host.decode("ascii"))
         port = url.port
         if self.fixed:
             known = self.fixed.get((host, port or _DEFAULT_PORTS.get(url.scheme)))
