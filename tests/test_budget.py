@@ -4,6 +4,7 @@ circuit breaker and the "auto" pace, on an injected clock."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 import uuid
@@ -310,6 +311,25 @@ async def test_a_probe_cancelled_while_spending_frees_its_claim(
     assert await b.atake() == 0.0  # the claim was freed: this is the probe
     await b.asettle(True)
     assert b.state() == "closed"
+
+
+def test_probes_of_many_budgets_leave_the_context_its_size(clock: FakeClock) -> None:
+    # A long-lived thread probing many upstreams (an httpx transport's
+    # hosts, made and dropped as they come) must not keep one context
+    # entry per budget it ever probed.
+    def probed() -> int:
+        b = Budget(uuid.uuid4().hex, None, failures=1, cooldown=1.0, clock=clock)
+        fail(b, 1)
+        clock.advance(1)
+        assert b.take() == 0.0  # the probe
+        b.settle(True)
+        return len(contextvars.copy_context())
+
+    def run() -> list[int]:
+        return [probed() for _ in range(50)]
+
+    sizes = contextvars.Context().run(run)
+    assert sizes[-1] == sizes[0]
 
 
 def test_a_probe_without_budget_lets_the_next_caller_try(clock: FakeClock) -> None:

@@ -67,6 +67,13 @@ _SAME = 0.001
 # What a call's outcome does to the breaker.
 _OPEN = 1
 _CLOSE = 2
+# The budgets whose half-open probe the call let through in this thread or
+# task is: per context, so that another call's outcome, settled meanwhile,
+# is not taken for the probe's. One variable for every budget: a context
+# keeps an entry per variable ever set in it.
+_PROBING: contextvars.ContextVar[frozenset[Budget]] = contextvars.ContextVar(
+    "stanchion_probing", default=frozenset()
+)
 # The longest pause a storage takes (seconds): cooldown and max_pause
 # stay well under it (a breaker's half-open marker lasts twice as long).
 _MAX_SECONDS = 1e8
@@ -250,12 +257,6 @@ class Budget:
         self._lock = threading.Lock()
         self._failed = 0  # failed calls in a row, in this process
         self._refused = 0  # bare 429s in a row, in this process
-        # Whether the call let through in this thread or task is the
-        # half-open probe: per context, so that another call's outcome,
-        # settled meanwhile, is not taken for the probe's.
-        self._probing: contextvars.ContextVar[bool] = contextvars.ContextVar(
-            "stanchion_probing", default=False
-        )
 
     def __repr__(self) -> str:
         rate = (
@@ -288,7 +289,7 @@ class Budget:
                 # No budget for the probe: let the next caller try.
                 self.pauses.release(self._probe)
             else:
-                self._probing.set(True)
+                _PROBING.set(_PROBING.get() | {self})
             return wait
         return self._spend()
 
@@ -309,7 +310,7 @@ class Budget:
             if wait:
                 await self.pauses.arelease(self._probe)
             else:
-                self._probing.set(True)
+                _PROBING.set(_PROBING.get() | {self})
             return wait
         return await self._aspend()
 
@@ -397,14 +398,16 @@ class Budget:
         (cancelled, interrupted, or never sent): it counts neither way, and
         the half-open probe it may have been is left to the next caller.
         The budget it spent stays spent."""
-        if self._probing.get():
-            self._probing.set(False)
+        probing = _PROBING.get()
+        if self in probing:
+            _PROBING.set(probing - {self})
             self.pauses.release(self._probe)
 
     async def aabandon(self) -> None:
         """:meth:`abandon` for asyncio."""
-        if self._probing.get():
-            self._probing.set(False)
+        probing = _PROBING.get()
+        if self in probing:
+            _PROBING.set(probing - {self})
             await self.pauses.arelease(self._probe)
 
     def _outcome(self, ok: bool, result: object) -> tuple[float, int, bool]:
@@ -418,9 +421,10 @@ class Budget:
                 asked = pause_from_answer(status, headers, max_seconds=self.max_pause)
             except Exception:  # headers in no shape it reads: none
                 asked = None
-        probing = self._probing.get()
+        probes = _PROBING.get()
+        probing = self in probes
         if probing:
-            self._probing.set(False)
+            _PROBING.set(probes - {self})
         with self._lock:
             if status == 429:
                 if self.auto is not None:
