@@ -76,6 +76,16 @@ def test_a_huge_concurrency_range_is_refused_at_once():
         parse_concurrency("-100000000000000..2")
 
 
+def test_the_number_of_steps_is_bounded():
+    # Each step may last 600 s: a list of steps bounds the whole run too
+    # (1..64 at most, so 64 steps).
+    assert len(parse_concurrency([1] * 64)) == 64
+    with pytest.raises(ValueError, match="at most 64 steps"):
+        parse_concurrency(",".join(["1"] * 65))
+    with pytest.raises(ValueError, match="at most 64 steps"):
+        parse_concurrency([2] * 10_000)
+
+
 def test_concurrency_types():
     for bad in (True, 2.0, [1, "2"], None):
         with pytest.raises(TypeError):

@@ -55,6 +55,7 @@ from ._rates import Rate
 
 MAX_CONCURRENCY = 64
 MAX_DURATION = 600.0
+MAX_STEPS = 64  # worker counts listed (each step lasts up to MAX_DURATION)
 DEFAULT_MAX_REQUESTS = 100_000
 MAX_REQUESTS = 10_000_000
 COMMON_WINDOWS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600)
@@ -71,7 +72,7 @@ ERROR = -1  # the status recorded for a connection error or a timeout
 
 def parse_concurrency(text: str | int | Sequence[int]) -> tuple[int, ...]:
     """Worker counts from ``"1..10"``, ``"4"``, ``"1,2,4,8"``, an int or a
-    sequence of ints; each 1..64."""
+    sequence of ints; each 1..64, at most 64 of them."""
     if isinstance(text, bool):
         raise TypeError("concurrency must be a str, an int or a list of ints")
     if isinstance(text, int):
@@ -104,6 +105,10 @@ def parse_concurrency(text: str | int | Sequence[int]) -> tuple[int, ...]:
         raise TypeError("concurrency must be a str, an int or a list of ints")
     if not counts:
         raise ValueError("concurrency names no worker count")
+    if len(counts) > MAX_STEPS:
+        raise ValueError(
+            f"concurrency names at most {MAX_STEPS} steps, not {len(counts)}"
+        )
     for n in counts:
         if not 1 <= n <= MAX_CONCURRENCY:
             raise ValueError(
