@@ -636,6 +636,37 @@ def test_hosts_without_rates_are_bounded_in_number() -> None:
     assert len(inner.requests) == 10
 
 
+def test_a_flood_of_other_hosts_does_not_forget_a_rated_hosts_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An app fetching URLs it is given (link previews, webhooks) meets
+    # hosts asking for long pauses: enough of them fill the in-process
+    # pauses table (100 000 entries; 50 here), which forgets the entries
+    # closest to expiring first: those of the hosts in rates must stay.
+    from stanchion._pauses import MemoryPauses
+
+    kwdefaults = MemoryPauses.__init__.__kwdefaults__
+    assert kwdefaults is not None
+    monkeypatch.setitem(kwdefaults, "max_keys", 50)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        after = "30" if request.url.host == "api.example.com" else "3600"
+        return httpx.Response(429, headers={"Retry-After": after})
+
+    transport = sh.LimitedTransport(
+        httpx.MockTransport(answer),
+        rates={"api.example.com": "100/second"},
+        wait=0,
+        max_hosts=1000,
+    )
+    with httpx.Client(transport=transport) as client:
+        assert client.get("http://api.example.com/").status_code == 429
+        for i in range(200):
+            client.get(f"http://h{i}.evil.example/")
+        with pytest.raises(sh.HostRateLimited):
+            client.get("http://api.example.com/")  # still paused
+
+
 # -- asyncio ------------------------------------------------------------------
 
 

@@ -42,7 +42,8 @@ breaker). At most ``max_hosts`` of these are tracked at once, the least
 recently used dropped first; a dropped host loses only this process's
 count of its failures in a row (its rates and pauses live in the
 storage, one limiter per distinct rates and one pauses table for all the
-hosts, each bounded in size itself).
+hosts, each bounded in size itself; in process, the hosts of ``rates``
+have a pauses table of their own, which no number of other hosts fills).
 """
 
 from __future__ import annotations
@@ -227,6 +228,10 @@ class _Hosts:
         # hosts (each its own key in them): a shared-memory storage opens a
         # file for each, Redis shares its connections.
         self.pauses = pauses_for(storage)
+        # In process, the hosts outside rates (any number of them, named
+        # by whoever gives the URLs) get a table of their own: filling it
+        # does not forget the pauses of the hosts in rates.
+        self.other_pauses = self.pauses if storage is not None else pauses_for(None)
         self.storage = storage
         self.limiters: dict[tuple[Rate, ...], RateLimiter] = {}
         self.default = default
@@ -237,13 +242,13 @@ class _Hosts:
         # others on first use, at most max_hosts, least recently used first
         # out.
         self.fixed = {
-            where: _Host(name, self._budget(name, rate), limit, True)
+            where: _Host(name, self._budget(name, rate, self.pauses), limit, True)
             for where, (name, rate, limit) in fixed.items()
         }
         self.others: OrderedDict[tuple[str, int | None], _Host] = OrderedDict()
         self.lock = threading.Lock()
 
-    def _budget(self, authority: str, rate: object) -> Budget:
+    def _budget(self, authority: str, rate: object, pauses: Any) -> Budget:
         if rate is not None and rate != "auto":
             rates = tuple(normalize_rates(rate))
             limiter = self.limiters.get(rates)
@@ -252,9 +257,7 @@ class _Hosts:
                 limiter = Limiter(list(rates), burst=1, storage=self.storage)
                 self.limiters[rates] = limiter
             rate = limiter
-        return Budget(
-            "host:" + authority, rate, pauses=self.pauses, **self.budget_options
-        )
+        return Budget("host:" + authority, rate, pauses=pauses, **self.budget_options)
 
     def host_of(self, url: httpx.URL) -> _Host | None:
         """The request's host budget; None to send it as it is."""
@@ -276,10 +279,11 @@ class _Hosts:
                 return other
             authority = _authority(host, port)
             if self.default is None:
-                other = _Host(authority, self._budget(authority, None), 0, False)
+                budget = self._budget(authority, None, self.other_pauses)
+                other = _Host(authority, budget, 0, False)
             else:
                 assert self.default_limit is not None
-                budget = self._budget(authority, self.default)
+                budget = self._budget(authority, self.default, self.other_pauses)
                 other = _Host(authority, budget, self.default_limit, True)
             self.others[where] = other
             if len(self.others) > self.max_hosts:
