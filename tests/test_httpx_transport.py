@@ -605,6 +605,17 @@ def test_a_host_written_another_way_is_the_same_host() -> None:
         "host:[2001:db8::1]",
         "host:other.example",
     ]
+    # IPv4 written as the system's resolver reads it (inet_aton): short,
+    # one number, hexadecimal.
+    local = sh.LimitedTransport(rates={"127.0.0.1": "1/second"}, learn=False)
+    assert names(
+        local,
+        "http://127.1/",
+        "http://2130706433/",
+        "http://0x7f.0.0.1/",
+        "http://127.0.0.2/",
+        "http://face.example/",
+    ) == ["host:127.0.0.1", "host:127.0.0.1", "host:127.0.0.1", None, None]
     others = sh.LimitedTransport(default="10/second")
     assert others.budget("http://a.example./") is others.budget("http://a.example/")
     assert others.budget("http://[0::1]/") is others.budget("http://[::1]/")

@@ -33,7 +33,8 @@ host and port (``"api.example.com:8443"``, which wins over the bare host).
 Hosts compare as httpx normalises them: case-insensitive, international
 names in their IDNA form, IPv6 addresses in brackets (``"[::1]:8080"``),
 and further as one host: a name's trailing dot dropped, an IPv6 address
-compressed (``[0:0::1]`` is ``[::1]``); a
+compressed (``[0:0::1]`` is ``[::1]``), an IPv4 one dotted (``127.1`` is
+``127.0.0.1``); a
 request without a port has its scheme's default (80 for http, 443 for
 https). Other hosts get the ``default`` rates, one budget per host and
 non-default port; with ``default=None`` they are not rate limited, but
@@ -52,6 +53,7 @@ import asyncio
 import ipaddress
 import math
 import re
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -69,6 +71,8 @@ from ._rates import Rate, normalize_rates
 __all__ = ["AsyncLimitedTransport", "HostRateLimited", "LimitedTransport"]
 
 ON_LIMIT = ("raise", "response")
+# A host that may be an IPv4 address in one of inet_aton's forms.
+_NUMERIC = re.compile(r"[0-9a-fx.]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A rates key: a host name or address, or an IPv6 address in brackets,
 # then an optional port. The host itself is checked by httpx.URL.
@@ -136,7 +140,15 @@ def _normal_host(host: str) -> str:
             return ipaddress.IPv6Address(host).compressed
         except ValueError:
             return host
-    return host.rstrip(".") or host
+    host = host.rstrip(".") or host
+    if _NUMERIC.fullmatch(host):
+        # An IPv4 address as the resolver reads it: 127.1, 2130706433,
+        # 0x7f.0.0.1 all connect to 127.0.0.1.
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return host
+    return host
 
 
 def _parse_host(key: object) -> tuple[str, int | None]:
