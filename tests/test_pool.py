@@ -279,6 +279,34 @@ def test_no_provider_is_called_after_the_deadline() -> None:
     assert "b: not tried" in str(info.value)
 
 
+def test_budget_checks_slower_than_their_waits_still_end_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A slow storage (2 ms a round trip) and budgets taken by other
+    # processes just before (1 ms to wait): by the end of a pass every
+    # wait is over, so the pool never sleeps; it must still stop at its
+    # deadline instead of asking the storage on and on.
+    b = Upstream("b")
+    providers = [free("a", Upstream("a")), free("b", b)]
+    takes = 0
+
+    def slow_take() -> float:
+        nonlocal takes
+        takes += 1
+        time.sleep(0.002)
+        return 0.001 if takes < 500 else 60.0  # (ends the old endless loop)
+
+    for p in providers:
+        monkeypatch.setattr(p.budget, "take", slow_take)
+    pool = Pool(providers, timeout=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(PoolExhausted):
+        pool("q")
+    assert time.monotonic() - t0 < 0.5
+    assert takes < 100
+    assert b.calls == []
+
+
 def test_without_timeout_it_waits_as_long_as_needed() -> None:
     pool = Pool([Provider("a", Upstream("a"), rate="1 per 0.3 seconds")])
     pool(0)

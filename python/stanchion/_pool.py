@@ -354,9 +354,12 @@ class _Run:
         now = time.monotonic()
         if self.until and self.pool.timeout != 0:
             delay = max(0.0, min(self.until.values()) - now)
-            # A provider back now is tried even a little past the
-            # deadline: the sleep that allowed it may have overrun.
-            if delay == 0 or self.deadline is None or now + delay <= self.deadline:
+            # Past the deadline, a provider back now is not tried: a pass
+            # that called no provider but outlasted the waits it met (a
+            # slow storage) would otherwise start another, and so on.
+            # (The providers back after a sleep the deadline allowed are
+            # tried even if it overran: due() and may_call() see to it.)
+            if self.deadline is None or now + delay <= self.deadline:
                 self.called = False
                 return delay
         raise self.exhausted(now)
