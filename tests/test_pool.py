@@ -307,6 +307,30 @@ def test_budget_checks_slower_than_their_waits_still_end_at_the_deadline(
     assert b.calls == []
 
 
+async def test_acall_budget_checks_slower_than_their_waits_end_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b = Upstream("b")
+    providers = [free("a", Upstream("a")), free("b", b)]
+    takes = 0
+
+    async def slow_atake() -> float:
+        nonlocal takes
+        takes += 1
+        await asyncio.sleep(0.002)
+        return 0.001 if takes < 500 else 60.0
+
+    for p in providers:
+        monkeypatch.setattr(p.budget, "atake", slow_atake)
+    pool = Pool(providers, timeout=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(PoolExhausted):
+        await pool.acall("q")
+    assert time.monotonic() - t0 < 0.5
+    assert takes < 100
+    assert b.calls == []
+
+
 def test_without_timeout_it_waits_as_long_as_needed() -> None:
     pool = Pool([Provider("a", Upstream("a"), rate="1 per 0.3 seconds")])
     pool(0)
