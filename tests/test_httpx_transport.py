@@ -817,6 +817,10 @@ async def test_async_close_reaches_the_wrapped_transport() -> None:
 # -- bad input ----------------------------------------------------------------
 
 
+async def async_ok(response: httpx.Response) -> bool:
+    return False
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
@@ -840,6 +844,7 @@ async def test_async_close_reaches_the_wrapped_transport() -> None:
         ({"on_limit": "ignore"}, ValueError),
         ({"on_limit": None}, TypeError),
         ({"ok": 200}, TypeError),
+        ({"ok": async_ok}, TypeError),
         ({"failures": 0}, ValueError),
         ({"failures": 1.5}, TypeError),
         ({"cooldown": 0}, ValueError),

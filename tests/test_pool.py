@@ -908,6 +908,10 @@ def ok_call(q: Any = None) -> Answer:
     return Answer()
 
 
+async def async_ok(answer: object) -> bool:
+    return False
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [
@@ -919,6 +923,9 @@ def ok_call(q: Any = None) -> Answer:
         (("a", ok_call), {"rate": "auto", "learn": False}, ValueError, "learn"),
         (("a", ok_call), {"rate": "1/second", "learn": 1}, TypeError, "learn"),
         (("a", ok_call), {"rate": "1/second", "ok": 3}, TypeError, "ok"),
+        # An async ok would answer a coroutine, always true: every answer
+        # accepted.
+        (("a", ok_call), {"rate": "1/second", "ok": async_ok}, TypeError, "ok"),
         (("a", ok_call), {"rate": "1/second", "failures": 0}, ValueError, "failures"),
         (("a", ok_call), {"rate": "1/second", "cooldown": -1}, ValueError, "cooldown"),
         (
@@ -959,6 +966,7 @@ def test_provider_rejects_bad_input(
         (([free("a", ok_call)],), {"timeout": True}, TypeError, "timeout"),
         (([free("a", ok_call)],), {"timeout": "1"}, TypeError, "timeout"),
         (([free("a", ok_call)],), {"ok": "yes"}, TypeError, "ok"),
+        (([free("a", ok_call)],), {"ok": async_ok}, TypeError, "async"),
         (([free("a", ok_call)],), {"cache": {}}, TypeError, "CacheBackend"),
         (([free("a", ok_call)],), {"cache_ttl": 5}, ValueError, "cache"),
         (

@@ -68,6 +68,9 @@ def _is_async(call: object) -> bool:
 def _check_ok(ok: object) -> Callable[[Any], bool] | None:
     if ok is not None and not callable(ok):
         raise TypeError(f"ok must be a callable or None, not {type(ok).__name__}")
+    if _is_async(ok):
+        # Its coroutine would be true: every answer accepted.
+        raise TypeError("ok must be a plain function returning a bool, not async")
     return ok
 
 

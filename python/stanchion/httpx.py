@@ -50,6 +50,7 @@ have a pauses table of their own, which no number of other hosts fills).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import math
 import re
@@ -218,6 +219,11 @@ class _Hosts:
             )
         if ok is not None and not callable(ok):
             raise TypeError(f"ok must be callable, not {type(ok).__name__}")
+        if inspect.iscoroutinefunction(ok) or inspect.iscoroutinefunction(
+            getattr(ok, "__call__", None)  # noqa: B004  # the method, if any
+        ):
+            # Its coroutine would be true: every response a success.
+            raise TypeError("ok must be a plain function returning a bool, not async")
         if not isinstance(learn, bool):
             raise TypeError(f"learn must be a bool, not {type(learn).__name__}")
         self.budget_options: dict[str, Any] = {
