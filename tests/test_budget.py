@@ -387,6 +387,9 @@ def test_auto_stays_within_its_bounds(clock: FakeClock) -> None:
     [
         ({"name": ""}, ValueError),
         ({"name": 3}, TypeError),
+        # NUL ends a name in the keys of its breaker: "a\x00half" would
+        # be upstream "a"'s half-open marker.
+        ({"name": "a\x00half"}, ValueError),
         ({"failures": 0}, ValueError),
         ({"failures": 1.5}, TypeError),
         ({"cooldown": 0}, ValueError),

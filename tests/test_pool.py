@@ -923,6 +923,7 @@ async def async_ok(answer: object) -> bool:
         (("a", ok_call), {"rate": "auto", "learn": False}, ValueError, "learn"),
         (("a", ok_call), {"rate": "1/second", "learn": 1}, TypeError, "learn"),
         (("a", ok_call), {"rate": "1/second", "ok": 3}, TypeError, "ok"),
+        (("a\x00probe", ok_call), {"rate": "1/second"}, ValueError, "NUL"),
         # An async ok would answer a coroutine, always true: every answer
         # accepted.
         (("a", ok_call), {"rate": "1/second", "ok": async_ok}, TypeError, "ok"),

@@ -206,6 +206,8 @@ class Budget:
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if not name:
             raise ValueError("name must not be empty")
+        if "\x00" in name:  # it ends the name in its breaker's keys
+            raise ValueError(f"name must not hold NUL, got {name!r}")
         self.failures = _count("failures", failures)
         self.cooldown = _positive("cooldown", cooldown, most=_MAX_SECONDS)
         self.max_pause = _positive("max_pause", max_pause, most=_MAX_SECONDS)

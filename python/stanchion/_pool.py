@@ -188,6 +188,8 @@ class Provider:
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if not name:
             raise ValueError("name must not be empty")
+        if "\x00" in name:  # it ends the name in its breaker's keys
+            raise ValueError(f"name must not hold NUL, got {name!r}")
         if not callable(call):
             raise TypeError(
                 f"call must be a callable (sync or async), not {type(call).__name__}"
