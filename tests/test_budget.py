@@ -3,6 +3,8 @@ circuit breaker and the "auto" pace, on an injected clock."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
 import time
 import uuid
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stanchion import SharedMemoryStorage
+from stanchion import Limiter, SharedMemoryStorage
 from stanchion._budget import Budget, answer_of
 
 from ._redis import SLOW, RedisServer
@@ -116,6 +118,49 @@ def test_bare_429s_back_off_doubling_up_to_the_cooldown(clock: FakeClock) -> Non
     assert b.settle(False, answer=Answer(429)) == 1.0  # back to the start
 
 
+def test_bare_429s_forever_stay_at_the_cooldown(clock: FakeClock) -> None:
+    # An upstream answering bare 429s for hours: the back-off stays at the
+    # cooldown (its doubling must not overflow a float after ~1024 429s).
+    b = Budget("up", None, failures=1, cooldown=30.0, clock=clock)
+    for _ in range(1100):
+        clock.advance(100)
+        assert b.take() == 0.0
+        assert b.settle(False, answer=Answer(429)) == 30.0
+
+
+class Odd:
+    """A provider's own answer type: a status, and headers in no shape a
+    header reader knows, or whose reading fails."""
+
+    def __init__(self, headers: object) -> None:
+        self.status = 429
+        self._headers = headers
+
+    @property
+    def headers(self) -> object:
+        if isinstance(self._headers, Exception):
+            raise self._headers
+        return self._headers
+
+
+@pytest.mark.parametrize("headers", [5, "Retry-After: 3", object(), RuntimeError("x")])
+def test_unreadable_headers_are_a_bare_answer(
+    clock: FakeClock, headers: object
+) -> None:
+    # The headers are the upstream's (untrusted): unreadable ones are
+    # ignored, the 429 still backs off, and a probe's claim is freed.
+    b = Budget("up", None, failures=1, cooldown=10.0, clock=clock)
+    assert b.take() == 0.0
+    assert b.settle(False, answer=Odd(headers)) == 10.0  # the breaker opened
+    clock.advance(10)
+    assert b.take() == 0.0  # the probe
+    assert b.settle(False, error=Failed(Odd(headers))) == 10.0
+    clock.advance(10)
+    assert b.take() == 0.0  # its claim was freed
+    b.settle(True)
+    assert b.state() == "closed"
+
+
 def fail(b: Budget, n: int) -> None:
     for _ in range(n):
         assert b.take() == 0.0
@@ -193,6 +238,100 @@ def test_cancel_frees_the_probe(clock: FakeClock) -> None:
     assert b.state() == "closed"
 
 
+class Stuck:
+    """A limiter (a wrapped one) whose next hit raises, or whose asyncio
+    hits wait until cancelled: a storage failing or slow at the moment a
+    half-open probe spends its budget."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.inner = Limiter("1000/second", clock=clock)
+        self.rates = self.inner.rates
+        self.algorithm = self.inner.algorithm
+        self.fail = False
+        self.entered = asyncio.Event()
+
+    def hit(self, key: Any, cost: int = 1) -> Any:
+        if self.fail:
+            raise RuntimeError("storage failed")
+        return self.inner.hit(key, cost)
+
+    async def ahit(self, key: Any, cost: int = 1) -> Any:
+        if self.fail:
+            self.entered.set()
+            await asyncio.Event().wait()  # until cancelled
+        return self.inner.hit(key, cost)
+
+    def peek(self, key: Any, cost: int = 1) -> Any:
+        return self.inner.peek(key, cost)
+
+    async def apeek(self, key: Any, cost: int = 1) -> Any:
+        return self.inner.peek(key, cost)
+
+    def reset(self, key: Any = None) -> None:
+        self.inner.reset(key)
+
+    async def areset(self, key: Any = None) -> None:
+        self.inner.reset(key)
+
+    def acquire(self, key: Any, cost: int = 1, timeout: Any = None) -> Any:
+        raise NotImplementedError  # a Budget never waits in its limiter
+
+    async def aacquire(self, key: Any, cost: int = 1, timeout: Any = None) -> Any:
+        raise NotImplementedError
+
+
+def test_a_probe_whose_budget_fails_frees_its_claim(clock: FakeClock) -> None:
+    limiter = Stuck(clock)
+    b = Budget("up", limiter, failures=1, cooldown=10.0, clock=clock)
+    fail(b, 1)
+    clock.advance(10)
+    limiter.fail = True
+    with pytest.raises(RuntimeError):
+        b.take()  # claimed the probe, then the limiter failed
+    limiter.fail = False
+    assert b.take() == 0.0  # the claim was freed: this is the probe
+    b.settle(True)
+    assert b.state() == "closed"
+
+
+async def test_a_probe_cancelled_while_spending_frees_its_claim(
+    clock: FakeClock,
+) -> None:
+    limiter = Stuck(clock)
+    b = Budget("up", limiter, failures=1, cooldown=10.0, clock=clock)
+    fail(b, 1)
+    clock.advance(10)
+    limiter.fail = True
+    task = asyncio.ensure_future(b.atake())
+    await limiter.entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    limiter.fail = False
+    assert await b.atake() == 0.0  # the claim was freed: this is the probe
+    await b.asettle(True)
+    assert b.state() == "closed"
+
+
+def test_probes_of_many_budgets_leave_the_context_its_size(clock: FakeClock) -> None:
+    # A long-lived thread probing many upstreams (an httpx transport's
+    # hosts, made and dropped as they come) must not keep one context
+    # entry per budget it ever probed.
+    def probed() -> int:
+        b = Budget(uuid.uuid4().hex, None, failures=1, cooldown=1.0, clock=clock)
+        fail(b, 1)
+        clock.advance(1)
+        assert b.take() == 0.0  # the probe
+        b.settle(True)
+        return len(contextvars.copy_context())
+
+    def run() -> list[int]:
+        return [probed() for _ in range(50)]
+
+    sizes = contextvars.Context().run(run)
+    assert sizes[-1] == sizes[0]
+
+
 def test_a_probe_without_budget_lets_the_next_caller_try(clock: FakeClock) -> None:
     b = Budget("up", "1 per 100 seconds", failures=1, cooldown=10.0, clock=clock)
     fail(b, 1)
@@ -248,6 +387,9 @@ def test_auto_stays_within_its_bounds(clock: FakeClock) -> None:
     [
         ({"name": ""}, ValueError),
         ({"name": 3}, TypeError),
+        # NUL ends a name in the keys of its breaker: "a\x00half" would
+        # be upstream "a"'s half-open marker.
+        ({"name": "a\x00half"}, ValueError),
         ({"failures": 0}, ValueError),
         ({"failures": 1.5}, TypeError),
         ({"cooldown": 0}, ValueError),

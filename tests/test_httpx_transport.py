@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -470,6 +470,60 @@ def test_transport_errors_reach_the_caller_unchanged() -> None:
             client.get("http://example.test/")
 
 
+class Body(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that counts its closes (the connection it holds
+    goes back to the pool on close)."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"ok"
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"ok"
+
+    def close(self) -> None:
+        self.closed += 1
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+def broken_ok(response: httpx.Response) -> bool:
+    raise ValueError("ok broke")
+
+
+def test_a_response_ok_raised_on_is_closed() -> None:
+    body = Body()
+    transport = sh.LimitedTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200, stream=body)),
+        default="100/second",
+        ok=broken_ok,
+    )
+    with (
+        httpx.Client(transport=transport) as client,
+        pytest.raises(ValueError, match="ok broke"),
+    ):
+        client.get("http://example.test/")
+    assert body.closed == 1
+
+
+async def test_async_a_response_ok_raised_on_is_closed() -> None:
+    body = Body()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=body)
+
+    transport = sh.AsyncLimitedTransport(
+        httpx.MockTransport(answer), default="100/second", ok=broken_ok
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(ValueError, match="ok broke"):
+            await client.get("http://example.test/")
+    assert body.closed == 1
+
+
 def test_the_default_transport_is_an_http_transport(upstream: Upstream) -> None:
     transport = sh.LimitedTransport()
     assert isinstance(transport._transport, httpx.HTTPTransport)
@@ -523,6 +577,50 @@ def test_hosts_match_case_insensitively_on_any_port() -> None:
     ]
 
 
+def test_a_host_written_another_way_is_the_same_host() -> None:
+    # A fully qualified name (trailing dot) and an IPv6 address written
+    # longhand name the same host: they must not escape its rates.
+    transport = sh.LimitedTransport(
+        rates={
+            "api.example.com": "10/second",
+            "[::1]:8080": "1/second",
+            "[2001:db8::1]": "1/second",
+            "other.example.": "1/second",
+        },
+        learn=False,
+    )
+    assert names(
+        transport,
+        "https://api.example.com./x",
+        "http://API.EXAMPLE.COM.:8080/",
+        "http://[0:0::1]:8080/",
+        "http://[0000:0000:0000:0000:0000:0000:0000:0001]:8080/",
+        "http://[2001:DB8:0::1]/",
+        "http://other.example/",
+    ) == [
+        "host:api.example.com",
+        "host:api.example.com",
+        "host:[::1]:8080",
+        "host:[::1]:8080",
+        "host:[2001:db8::1]",
+        "host:other.example",
+    ]
+    # IPv4 written as the system's resolver reads it (inet_aton): short,
+    # one number, hexadecimal.
+    local = sh.LimitedTransport(rates={"127.0.0.1": "1/second"}, learn=False)
+    assert names(
+        local,
+        "http://127.1/",
+        "http://2130706433/",
+        "http://0x7f.0.0.1/",
+        "http://127.0.0.2/",
+        "http://face.example/",
+    ) == ["host:127.0.0.1", "host:127.0.0.1", "host:127.0.0.1", None, None]
+    others = sh.LimitedTransport(default="10/second")
+    assert others.budget("http://a.example./") is others.budget("http://a.example/")
+    assert others.budget("http://[0::1]/") is others.budget("http://[::1]/")
+
+
 def test_other_hosts_get_a_budget_each_with_their_port() -> None:
     transport = sh.LimitedTransport(default="10/second")
     assert names(
@@ -547,6 +645,37 @@ def test_hosts_without_rates_are_bounded_in_number() -> None:
         "http://h9.example/"
     )
     assert len(inner.requests) == 10
+
+
+def test_a_flood_of_other_hosts_does_not_forget_a_rated_hosts_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An app fetching URLs it is given (link previews, webhooks) meets
+    # hosts asking for long pauses: enough of them fill the in-process
+    # pauses table (100 000 entries; 50 here), which forgets the entries
+    # closest to expiring first: those of the hosts in rates must stay.
+    from stanchion._pauses import MemoryPauses
+
+    kwdefaults = MemoryPauses.__init__.__kwdefaults__
+    assert kwdefaults is not None
+    monkeypatch.setitem(kwdefaults, "max_keys", 50)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        after = "30" if request.url.host == "api.example.com" else "3600"
+        return httpx.Response(429, headers={"Retry-After": after})
+
+    transport = sh.LimitedTransport(
+        httpx.MockTransport(answer),
+        rates={"api.example.com": "100/second"},
+        wait=0,
+        max_hosts=1000,
+    )
+    with httpx.Client(transport=transport) as client:
+        assert client.get("http://api.example.com/").status_code == 429
+        for i in range(200):
+            client.get(f"http://h{i}.evil.example/")
+        with pytest.raises(sh.HostRateLimited):
+            client.get("http://api.example.com/")  # still paused
 
 
 # -- asyncio ------------------------------------------------------------------
@@ -688,6 +817,10 @@ async def test_async_close_reaches_the_wrapped_transport() -> None:
 # -- bad input ----------------------------------------------------------------
 
 
+async def async_ok(response: httpx.Response) -> bool:
+    return False
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
@@ -711,10 +844,15 @@ async def test_async_close_reaches_the_wrapped_transport() -> None:
         ({"on_limit": "ignore"}, ValueError),
         ({"on_limit": None}, TypeError),
         ({"ok": 200}, TypeError),
+        ({"ok": async_ok}, TypeError),
         ({"failures": 0}, ValueError),
         ({"failures": 1.5}, TypeError),
         ({"cooldown": 0}, ValueError),
         ({"max_pause": float("inf")}, ValueError),
+        # Beyond what a budget takes: refused here, not on the first
+        # request to a host outside rates.
+        ({"cooldown": 1e9}, ValueError),
+        ({"max_pause": 1e9}, ValueError),
         ({"learn": 1}, TypeError),
         ({"max_hosts": 0}, ValueError),
         ({"max_hosts": True}, TypeError),

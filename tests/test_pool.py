@@ -279,6 +279,58 @@ def test_no_provider_is_called_after_the_deadline() -> None:
     assert "b: not tried" in str(info.value)
 
 
+def test_budget_checks_slower_than_their_waits_still_end_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A slow storage (2 ms a round trip) and budgets taken by other
+    # processes just before (1 ms to wait): by the end of a pass every
+    # wait is over, so the pool never sleeps; it must still stop at its
+    # deadline instead of asking the storage on and on.
+    b = Upstream("b")
+    providers = [free("a", Upstream("a")), free("b", b)]
+    takes = 0
+
+    def slow_take() -> float:
+        nonlocal takes
+        takes += 1
+        time.sleep(0.002)
+        return 0.001 if takes < 500 else 60.0  # (ends the old endless loop)
+
+    for p in providers:
+        monkeypatch.setattr(p.budget, "take", slow_take)
+    pool = Pool(providers, timeout=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(PoolExhausted):
+        pool("q")
+    assert time.monotonic() - t0 < 0.5
+    assert takes < 100
+    assert b.calls == []
+
+
+async def test_acall_budget_checks_slower_than_their_waits_end_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    b = Upstream("b")
+    providers = [free("a", Upstream("a")), free("b", b)]
+    takes = 0
+
+    async def slow_atake() -> float:
+        nonlocal takes
+        takes += 1
+        await asyncio.sleep(0.002)
+        return 0.001 if takes < 500 else 60.0
+
+    for p in providers:
+        monkeypatch.setattr(p.budget, "atake", slow_atake)
+    pool = Pool(providers, timeout=0.05)
+    t0 = time.monotonic()
+    with pytest.raises(PoolExhausted):
+        await pool.acall("q")
+    assert time.monotonic() - t0 < 0.5
+    assert takes < 100
+    assert b.calls == []
+
+
 def test_without_timeout_it_waits_as_long_as_needed() -> None:
     pool = Pool([Provider("a", Upstream("a"), rate="1 per 0.3 seconds")])
     pool(0)
@@ -856,6 +908,10 @@ def ok_call(q: Any = None) -> Answer:
     return Answer()
 
 
+async def async_ok(answer: object) -> bool:
+    return False
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [
@@ -867,6 +923,10 @@ def ok_call(q: Any = None) -> Answer:
         (("a", ok_call), {"rate": "auto", "learn": False}, ValueError, "learn"),
         (("a", ok_call), {"rate": "1/second", "learn": 1}, TypeError, "learn"),
         (("a", ok_call), {"rate": "1/second", "ok": 3}, TypeError, "ok"),
+        (("a\x00probe", ok_call), {"rate": "1/second"}, ValueError, "NUL"),
+        # An async ok would answer a coroutine, always true: every answer
+        # accepted.
+        (("a", ok_call), {"rate": "1/second", "ok": async_ok}, TypeError, "ok"),
         (("a", ok_call), {"rate": "1/second", "failures": 0}, ValueError, "failures"),
         (("a", ok_call), {"rate": "1/second", "cooldown": -1}, ValueError, "cooldown"),
         (
@@ -907,6 +967,7 @@ def test_provider_rejects_bad_input(
         (([free("a", ok_call)],), {"timeout": True}, TypeError, "timeout"),
         (([free("a", ok_call)],), {"timeout": "1"}, TypeError, "timeout"),
         (([free("a", ok_call)],), {"ok": "yes"}, TypeError, "ok"),
+        (([free("a", ok_call)],), {"ok": async_ok}, TypeError, "async"),
         (([free("a", ok_call)],), {"cache": {}}, TypeError, "CacheBackend"),
         (([free("a", ok_call)],), {"cache_ttl": 5}, ValueError, "cache"),
         (

@@ -67,6 +67,25 @@ def test_bad_concurrency(bad):
         parse_concurrency(bad)
 
 
+def test_a_huge_concurrency_range_is_refused_at_once():
+    # Checked by its bounds, before the range is listed: 1..10**8 took
+    # seconds and gigabytes of memory before being refused.
+    with pytest.raises(ValueError, match=r"1\.\.64 workers"):
+        parse_concurrency("1..100000000000000")
+    with pytest.raises(ValueError, match=r"1\.\.64 workers"):
+        parse_concurrency("-100000000000000..2")
+
+
+def test_the_number_of_steps_is_bounded():
+    # Each step may last 600 s: a list of steps bounds the whole run too
+    # (1..64 at most, so 64 steps).
+    assert len(parse_concurrency([1] * 64)) == 64
+    with pytest.raises(ValueError, match="at most 64 steps"):
+        parse_concurrency(",".join(["1"] * 65))
+    with pytest.raises(ValueError, match="at most 64 steps"):
+        parse_concurrency([2] * 10_000)
+
+
 def test_concurrency_types():
     for bad in (True, 2.0, [1, "2"], None):
         with pytest.raises(TypeError):
@@ -121,6 +140,8 @@ def test_round_window():
         {"method": "G ET"},
         {"timeout": 0},
         {"headers": {"X": "a\nb"}},
+        {"url": "http://127.0.0.1:99999/search"},
+        {"url": "http://127.0.0.1:abc/search"},
     ],
 )
 def test_probe_refuses_bad_input_before_sending(provider, kwargs):
@@ -293,6 +314,39 @@ def test_connection_errors_are_counted(provider):
     assert result.suggested is None
 
 
+def test_an_undecodable_body_is_an_error_not_a_crash():
+    # A host answering "Content-Encoding: gzip" with a body that is not:
+    # httpx raises DecodingError (not a TransportError) reading it.
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"not gzip"
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        result = probe(url, 1, "200ms", max_requests=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    step = result.steps[0]
+    assert step.errors == step.requests == 5
+    assert step.error_kinds == {"DecodingError": 5}
+
+
 def test_max_requests_caps_the_whole_probe(provider):
     p = provider("c", 10**6, 1, advertise=False)
     result = probe(p.url + "/search", "1..3", "5s", max_requests=120)
@@ -352,6 +406,7 @@ def test_cli_text(provider):
         (["--duration", "11m"], "at most 600"),
         (["--max-requests", "0"], "max_requests"),
         (["--header", "nocolon"], "NAME:VALUE"),
+        (["--concurrency", "1..100000000000"], "1..64"),
     ],
 )
 def test_cli_refuses_bad_input(args, message):

@@ -49,7 +49,12 @@ def create_app(
 
     def asker(base: str) -> Any:
         async def ask(q: str) -> httpx.Response:
-            return await client.get(base + "/search", params={"q": q})
+            r = await client.get(base + "/search", params={"q": q})
+            if r.status_code == 200:
+                # A 200 that is not JSON (a maintenance page) raises: a
+                # failure, and the next provider answers the search.
+                r.json()
+            return r
 
         return ask
 

@@ -67,6 +67,13 @@ _SAME = 0.001
 # What a call's outcome does to the breaker.
 _OPEN = 1
 _CLOSE = 2
+# The budgets whose half-open probe the call let through in this thread or
+# task is: per context, so that another call's outcome, settled meanwhile,
+# is not taken for the probe's. One variable for every budget: a context
+# keeps an entry per variable ever set in it.
+_PROBING: contextvars.ContextVar[frozenset[Budget]] = contextvars.ContextVar(
+    "stanchion_probing", default=frozenset()
+)
 # The longest pause a storage takes (seconds): cooldown and max_pause
 # stay well under it (a breaker's half-open marker lasts twice as long).
 _MAX_SECONDS = 1e8
@@ -113,7 +120,11 @@ def answer_of(result: object) -> tuple[int | None, Any]:
         status = getattr(response, "status", None)
     if isinstance(status, bool) or not isinstance(status, int):
         return None, None
-    return status, getattr(response, "headers", None)
+    try:
+        headers = getattr(response, "headers", None)
+    except Exception:  # the upstream's answer: a property that fails
+        headers = None
+    return status, headers
 
 
 def _headroom(d: Any) -> float:
@@ -195,6 +206,8 @@ class Budget:
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if not name:
             raise ValueError("name must not be empty")
+        if "\x00" in name:  # it ends the name in its breaker's keys
+            raise ValueError(f"name must not hold NUL, got {name!r}")
         self.failures = _count("failures", failures)
         self.cooldown = _positive("cooldown", cooldown, most=_MAX_SECONDS)
         self.max_pause = _positive("max_pause", max_pause, most=_MAX_SECONDS)
@@ -246,12 +259,6 @@ class Budget:
         self._lock = threading.Lock()
         self._failed = 0  # failed calls in a row, in this process
         self._refused = 0  # bare 429s in a row, in this process
-        # Whether the call let through in this thread or task is the
-        # half-open probe: per context, so that another call's outcome,
-        # settled meanwhile, is not taken for the probe's.
-        self._probing: contextvars.ContextVar[bool] = contextvars.ContextVar(
-            "stanchion_probing", default=False
-        )
 
     def __repr__(self) -> str:
         rate = (
@@ -275,12 +282,16 @@ class Budget:
         if half > 0 and half > self.pauses.remaining(self._closed) + _SAME:
             if not self.pauses.claim(self._probe, self.cooldown):
                 return min(_PROBE_POLL, self.cooldown)
-            wait = self._spend()
+            try:
+                wait = self._spend()
+            except BaseException:  # the claim is not held past this call
+                self.pauses.release(self._probe)
+                raise
             if wait:
                 # No budget for the probe: let the next caller try.
                 self.pauses.release(self._probe)
             else:
-                self._probing.set(True)
+                _PROBING.set(_PROBING.get() | {self})
             return wait
         return self._spend()
 
@@ -293,11 +304,15 @@ class Budget:
         if half > 0 and half > await self.pauses.aremaining(self._closed) + _SAME:
             if not await self.pauses.aclaim(self._probe, self.cooldown):
                 return min(_PROBE_POLL, self.cooldown)
-            wait = await self._aspend()
+            try:
+                wait = await self._aspend()
+            except BaseException:  # cancelled too: the claim is freed
+                await self.pauses.arelease(self._probe)
+                raise
             if wait:
                 await self.pauses.arelease(self._probe)
             else:
-                self._probing.set(True)
+                _PROBING.set(_PROBING.get() | {self})
             return wait
         return await self._aspend()
 
@@ -389,14 +404,16 @@ class Budget:
         (cancelled, interrupted, or never sent): it counts neither way, and
         the half-open probe it may have been is left to the next caller.
         The budget it spent stays spent."""
-        if self._probing.get():
-            self._probing.set(False)
+        probing = _PROBING.get()
+        if self in probing:
+            _PROBING.set(probing - {self})
             self.pauses.release(self._probe)
 
     async def aabandon(self) -> None:
         """:meth:`abandon` for asyncio."""
-        if self._probing.get():
-            self._probing.set(False)
+        probing = _PROBING.get()
+        if self in probing:
+            _PROBING.set(probing - {self})
             await self.pauses.arelease(self._probe)
 
     def _nothing_to_settle(self, answer: object) -> bool:
@@ -418,16 +435,22 @@ class Budget:
         status, headers = answer_of(result)
         asked = None
         if status is not None:
-            asked = pause_from_answer(status, headers, max_seconds=self.max_pause)
-        probing = self._probing.get()
+            try:
+                asked = pause_from_answer(status, headers, max_seconds=self.max_pause)
+            except Exception:  # headers in no shape it reads: none
+                asked = None
+        probes = _PROBING.get()
+        probing = self in probes
         if probing:
-            self._probing.set(False)
+            _PROBING.set(probes - {self})
         with self._lock:
             if status == 429:
                 if self.auto is not None:
                     self.auto.refused()
                 if asked is None:
-                    self._refused += 1
+                    # Capped: past 2**63 s the cooldown (<= 1e8 s) binds,
+                    # and the doubling never overflows a float.
+                    self._refused = min(self._refused + 1, 64)
                     asked = min(
                         self.cooldown, _BACKOFF_FIRST * 2 ** (self._refused - 1)
                     )

@@ -85,6 +85,9 @@ def _is_async(call: object) -> bool:
 def _check_ok(ok: object) -> Callable[[Any], bool] | None:
     if ok is not None and not callable(ok):
         raise TypeError(f"ok must be a callable or None, not {type(ok).__name__}")
+    if _is_async(ok):
+        # Its coroutine would be true: every answer accepted.
+        raise TypeError("ok must be a plain function returning a bool, not async")
     return ok
 
 
@@ -202,6 +205,8 @@ class Provider:
             raise TypeError(f"name must be a str, not {type(name).__name__}")
         if not name:
             raise ValueError("name must not be empty")
+        if "\x00" in name:  # it ends the name in its breaker's keys
+            raise ValueError(f"name must not hold NUL, got {name!r}")
         if not callable(call):
             raise TypeError(
                 f"call must be a callable (sync or async), not {type(call).__name__}"
@@ -373,9 +378,12 @@ class _Run:
         now = time.monotonic()
         if self.until and self.pool.timeout != 0:
             delay = max(0.0, min(self.until.values()) - now)
-            # A provider back now is tried even a little past the
-            # deadline: the sleep that allowed it may have overrun.
-            if delay == 0 or self.deadline is None or now + delay <= self.deadline:
+            # Past the deadline, a provider back now is not tried: a pass
+            # that called no provider but outlasted the waits it met (a
+            # slow storage) would otherwise start another, and so on.
+            # (The providers back after a sleep the deadline allowed are
+            # tried even if it overran: due() and may_call() see to it.)
+            if self.deadline is None or now + delay <= self.deadline:
                 self.called = False
                 return delay
         raise self.exhausted(now)
@@ -445,7 +453,10 @@ class Pool:
     :class:`~stanchion.CacheBackend` (such as ``RedisCache``) keeping
     successful answers by the call's arguments (as ``@cached`` keys
     them; they must be hashable), for ``cache_ttl`` seconds (None: the
-    cache's own). A hit spends no budget. ``@stanchion.cached`` on a
+    cache's own). A hit spends no budget. The keys are the arguments
+    only, not the pool: pools sharing a cache serve each other's answers
+    to the same arguments, so give each pool its own ``Cache`` (or its
+    own ``RedisCache.namespace(...)``) unless they answer alike. ``@stanchion.cached`` on a
     function that calls the pool works as well, and also makes concurrent
     callers of the same arguments share one pool call.
 

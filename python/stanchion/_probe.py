@@ -55,6 +55,7 @@ from ._rates import Rate
 
 MAX_CONCURRENCY = 64
 MAX_DURATION = 600.0
+MAX_STEPS = 64  # worker counts listed (each step lasts up to MAX_DURATION)
 DEFAULT_MAX_REQUESTS = 100_000
 MAX_REQUESTS = 10_000_000
 COMMON_WINDOWS = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600)
@@ -71,7 +72,7 @@ ERROR = -1  # the status recorded for a connection error or a timeout
 
 def parse_concurrency(text: str | int | Sequence[int]) -> tuple[int, ...]:
     """Worker counts from ``"1..10"``, ``"4"``, ``"1,2,4,8"``, an int or a
-    sequence of ints; each 1..64."""
+    sequence of ints; each 1..64, at most 64 of them."""
     if isinstance(text, bool):
         raise TypeError("concurrency must be a str, an int or a list of ints")
     if isinstance(text, int):
@@ -91,7 +92,10 @@ def parse_concurrency(text: str | int | Sequence[int]) -> tuple[int, ...]:
         if ".." in s:
             if bounds[0] > bounds[1]:
                 raise ValueError(f"concurrency range {text!r} is empty")
-            counts = list(range(bounds[0], bounds[1] + 1))
+            # The bounds first: a huge range is not listed to be refused.
+            counts = [n for n in bounds if not 1 <= n <= MAX_CONCURRENCY]
+            if not counts:
+                counts = list(range(bounds[0], bounds[1] + 1))
     elif isinstance(text, Sequence):
         counts = list(cast("Sequence[int]", text))
         for n in counts:
@@ -101,6 +105,10 @@ def parse_concurrency(text: str | int | Sequence[int]) -> tuple[int, ...]:
         raise TypeError("concurrency must be a str, an int or a list of ints")
     if not counts:
         raise ValueError("concurrency names no worker count")
+    if len(counts) > MAX_STEPS:
+        raise ValueError(
+            f"concurrency names at most {MAX_STEPS} steps, not {len(counts)}"
+        )
     for n in counts:
         if not 1 <= n <= MAX_CONCURRENCY:
             raise ValueError(
@@ -150,6 +158,10 @@ def _check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"url must be an http:// or https:// URL, not {url!r}")
+    try:
+        parts.port  # noqa: B018  # raises for a port not in 0..65535
+    except ValueError:
+        raise ValueError(f"url has a bad port: {url!r}") from None
     return url
 
 
@@ -551,7 +563,7 @@ class _Run:
                 self.spent.set()
             try:
                 response = await self.client.request(self.method, self.url)
-            except httpx.TransportError as e:
+            except httpx.RequestError as e:  # a TransportError, a bad body
                 self.times.append(time.monotonic() - self.t0)
                 self.statuses.append(ERROR)
                 self.error_kinds.append(type(e).__name__)

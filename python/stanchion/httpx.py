@@ -31,7 +31,10 @@ budget how the request went. It never retries a request.
 Hosts: a key of ``rates`` is a host (``"api.example.com"``: any port) or a
 host and port (``"api.example.com:8443"``, which wins over the bare host).
 Hosts compare as httpx normalises them: case-insensitive, international
-names in their IDNA form, IPv6 addresses in brackets (``"[::1]:8080"``); a
+names in their IDNA form, IPv6 addresses in brackets (``"[::1]:8080"``),
+and further as one host: a name's trailing dot dropped, an IPv6 address
+compressed (``[0:0::1]`` is ``[::1]``), an IPv4 one dotted (``127.1`` is
+``127.0.0.1``); a
 request without a port has its scheme's default (80 for http, 443 for
 https). Other hosts get the ``default`` rates, one budget per host and
 non-default port; with ``default=None`` they are not rate limited, but
@@ -40,14 +43,18 @@ breaker). At most ``max_hosts`` of these are tracked at once, the least
 recently used dropped first; a dropped host loses only this process's
 count of its failures in a row (its rates and pauses live in the
 storage, one limiter per distinct rates and one pauses table for all the
-hosts, each bounded in size itself).
+hosts, each bounded in size itself; in process, the hosts of ``rates``
+have a pauses table of their own, which no number of other hosts fills).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import ipaddress
 import math
 import re
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -56,7 +63,7 @@ from typing import Any
 
 import httpx
 
-from ._budget import Budget, _count, _positive
+from ._budget import _MAX_SECONDS, Budget, _count, _positive
 from ._core import Decision
 from ._limiter import Limiter, RateLimiter, RateLimitExceeded
 from ._pauses import pauses_for
@@ -65,6 +72,8 @@ from ._rates import Rate, normalize_rates
 __all__ = ["AsyncLimitedTransport", "HostRateLimited", "LimitedTransport"]
 
 ON_LIMIT = ("raise", "response")
+# A host that may be an IPv4 address in one of inet_aton's forms.
+_NUMERIC = re.compile(r"[0-9a-fx.]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A rates key: a host name or address, or an IPv6 address in brackets,
 # then an optional port. The host itself is checked by httpx.URL.
@@ -123,6 +132,26 @@ def _authority(host: str, port: int | None) -> str:
     return host if port is None else f"{host}:{port}"
 
 
+def _normal_host(host: str) -> str:
+    """One spelling per host: lowercase, without a fully qualified name's
+    trailing dot, an IPv6 address in its compressed form."""
+    host = host.lower()
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host).compressed
+        except ValueError:
+            return host
+    host = host.rstrip(".") or host
+    if _NUMERIC.fullmatch(host):
+        # An IPv4 address as the resolver reads it: 127.1, 2130706433,
+        # 0x7f.0.0.1 all connect to 127.0.0.1.
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return host
+    return host
+
+
 def _parse_host(key: object) -> tuple[str, int | None]:
     """(host, port) of a ``rates`` key, normalised as httpx does a URL's."""
     if not isinstance(key, str):
@@ -142,7 +171,7 @@ def _parse_host(key: object) -> tuple[str, int | None]:
     port = None if m is None or m[2] is None else int(m[2])
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"port must be between 1 and 65535, got {key!r}")
-    return host.lower(), port
+    return _normal_host(host), port
 
 
 class _Host:
@@ -190,12 +219,17 @@ class _Hosts:
             )
         if ok is not None and not callable(ok):
             raise TypeError(f"ok must be callable, not {type(ok).__name__}")
+        if inspect.iscoroutinefunction(ok) or inspect.iscoroutinefunction(
+            getattr(ok, "__call__", None)  # noqa: B004  # the method, if any
+        ):
+            # Its coroutine would be true: every response a success.
+            raise TypeError("ok must be a plain function returning a bool, not async")
         if not isinstance(learn, bool):
             raise TypeError(f"learn must be a bool, not {type(learn).__name__}")
         self.budget_options: dict[str, Any] = {
             "failures": _count("failures", failures),
-            "cooldown": _positive("cooldown", cooldown),
-            "max_pause": _positive("max_pause", max_pause),
+            "cooldown": _positive("cooldown", cooldown, most=_MAX_SECONDS),
+            "max_pause": _positive("max_pause", max_pause, most=_MAX_SECONDS),
         }
         self.max_hosts = _count("max_hosts", max_hosts)
         self.default_limit = (
@@ -212,6 +246,10 @@ class _Hosts:
         # hosts (each its own key in them): a shared-memory storage opens a
         # file for each, Redis shares its connections.
         self.pauses = pauses_for(storage)
+        # In process, the hosts outside rates (any number of them, named
+        # by whoever gives the URLs) get a table of their own: filling it
+        # does not forget the pauses of the hosts in rates.
+        self.other_pauses = self.pauses if storage is not None else pauses_for(None)
         self.storage = storage
         self.limiters: dict[tuple[Rate, ...], RateLimiter] = {}
         self.default = default
@@ -222,13 +260,13 @@ class _Hosts:
         # others on first use, at most max_hosts, least recently used first
         # out.
         self.fixed = {
-            where: _Host(name, self._budget(name, rate), limit, True)
+            where: _Host(name, self._budget(name, rate, self.pauses), limit, True)
             for where, (name, rate, limit) in fixed.items()
         }
         self.others: OrderedDict[tuple[str, int | None], _Host] = OrderedDict()
         self.lock = threading.Lock()
 
-    def _budget(self, authority: str, rate: object) -> Budget:
+    def _budget(self, authority: str, rate: object, pauses: Any) -> Budget:
         if rate is not None and rate != "auto":
             rates = tuple(normalize_rates(rate))
             limiter = self.limiters.get(rates)
@@ -237,13 +275,11 @@ class _Hosts:
                 limiter = Limiter(list(rates), burst=1, storage=self.storage)
                 self.limiters[rates] = limiter
             rate = limiter
-        return Budget(
-            "host:" + authority, rate, pauses=self.pauses, **self.budget_options
-        )
+        return Budget("host:" + authority, rate, pauses=pauses, **self.budget_options)
 
     def host_of(self, url: httpx.URL) -> _Host | None:
         """The request's host budget; None to send it as it is."""
-        host = url.raw_host.decode("ascii").lower()
+        host = _normal_host(url.raw_host.decode("ascii"))
         port = url.port
         if self.fixed:
             known = self.fixed.get((host, port or _DEFAULT_PORTS.get(url.scheme)))
@@ -261,10 +297,11 @@ class _Hosts:
                 return other
             authority = _authority(host, port)
             if self.default is None:
-                other = _Host(authority, self._budget(authority, None), 0, False)
+                budget = self._budget(authority, None, self.other_pauses)
+                other = _Host(authority, budget, 0, False)
             else:
                 assert self.default_limit is not None
-                budget = self._budget(authority, self.default)
+                budget = self._budget(authority, self.default, self.other_pauses)
                 other = _Host(authority, budget, self.default_limit, True)
             self.others[where] = other
             if len(self.others) > self.max_hosts:
@@ -408,10 +445,13 @@ class LimitedTransport(_Options, httpx.BaseTransport):
             if deadline.reached(delay):
                 return hosts.refuse(request, host, delay)
             time.sleep(delay)
+        response = None
         try:
             response = self._transport.handle_request(request)
             outcome = hosts.answered(host, response)
         except BaseException as e:
+            if response is not None:  # ok() raised: nobody will read it
+                response.close()
             failed = hosts.failed(host, e)
             if failed is None:
                 host.budget.abandon()
@@ -442,10 +482,13 @@ class AsyncLimitedTransport(_Options, httpx.AsyncBaseTransport):
             if deadline.reached(delay):
                 return hosts.refuse(request, host, delay)
             await asyncio.sleep(delay)
+        response = None
         try:
             response = await self._transport.handle_async_request(request)
             outcome = hosts.answered(host, response)
         except BaseException as e:
+            if response is not None:  # ok() raised: nobody will read it
+                await response.aclose()
             failed = hosts.failed(host, e)
             if failed is None:
                 await host.budget.aabandon()
