@@ -1068,7 +1068,8 @@ def test_no_refusals_from_paced_providers_under_three_times_their_capacity() -> 
         w.start()
     for w in workers:
         w.join()
-    assert [up.refused for up in ups] == [0, 0]
-    assert answered >= 0.8 * capacity * seconds
-    assert exhausted > answered  # 3x the capacity: most are refused, promptly
-    assert late == []
+    figures = (answered, exhausted, late)
+    assert [up.refused for up in ups] == [0, 0], figures
+    assert answered >= 0.8 * capacity * seconds, figures
+    assert exhausted > answered, figures  # 3x the capacity: most are refused
+    assert late == [], figures

@@ -424,7 +424,7 @@ class Budget:
             not self._failed
             and not self._refused
             and self.auto is None
-            and not self._probing.get()
+            and not _PROBING.get()  # no probe of any budget here
             and answer_of(answer)[0] is None
         )
 
