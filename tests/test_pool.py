@@ -1041,10 +1041,12 @@ def test_no_refusals_from_paced_providers_under_three_times_their_capacity() -> 
     interval = threads / (3 * capacity)
     answered = exhausted = 0
     late: list[float] = []
+    refusals: list[float] = []
     lock = threading.Lock()
 
-    def client() -> None:
+    def client(phase: float) -> None:
         nonlocal answered, exhausted
+        time.sleep(phase)  # clients out of step, as real ones are
         end = time.monotonic() + seconds
         while (start := time.monotonic()) < end:
             try:
@@ -1059,17 +1061,109 @@ def test_no_refusals_from_paced_providers_under_three_times_their_capacity() -> 
                     answered += 1
                 else:
                     exhausted += 1
+                    refusals.append(took)
                 if took > 0.1 + 0.05:
                     late.append(took)
             time.sleep(max(0.0, start + interval - time.monotonic()))
 
-    workers = [threading.Thread(target=client) for _ in range(threads)]
+    workers = [
+        threading.Thread(target=client, args=(i * interval / threads,))
+        for i in range(threads)
+    ]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    figures = (answered, exhausted, late)
+    refusals.sort()
+    median_refusal = refusals[len(refusals) // 2] if refusals else None
+    figures = (answered, exhausted, late, median_refusal)
     assert [up.refused for up in ups] == [0, 0], figures
     assert answered >= 0.8 * capacity * seconds, figures
     assert exhausted > answered, figures  # 3x the capacity: most are refused
     assert late == [], figures
+    # Refused promptly: most callers whose turn is past the deadline are
+    # told at once, not when it passes.
+    assert median_refusal is not None and median_refusal < 0.1 / 4, figures
+
+
+def _queue_pool() -> tuple[SlidingLog, Pool]:
+    # One call every 0.1 s (the provider allows one per 0.08 s, leaving
+    # the scheduler some room); a deadline of 0.25 s serves the caller
+    # that finds budget and about two or three waiting behind it.
+    up = SlidingLog(1, 0.08)
+    return up, Pool([Provider("up", up, rate="10/second")], timeout=0.25)
+
+
+def _queue_outcomes(results: list[tuple[str, float, str]]) -> None:
+    answered = [took for kind, took, _ in results if kind == "answered"]
+    refused = [(took, why) for kind, took, why in results if kind == "refused"]
+    assert 2 <= len(answered) <= 4, results
+    assert max(answered) < 0.25 + 0.05, results
+    # The callers whose turn is past the deadline are refused at once,
+    # saying why; none waits for the deadline to learn it.
+    prompt = [took for took, why in refused if "earlier callers waiting" in why]
+    assert len(prompt) >= 4, results
+    assert max(prompt) < 0.1, results
+
+
+def test_callers_whose_turn_is_past_the_deadline_are_refused_at_once() -> None:
+    up, pool = _queue_pool()
+    callers = 10
+    gate = threading.Barrier(callers)
+    results: list[tuple[str, float, str]] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        gate.wait()
+        start = time.monotonic()
+        try:
+            pool()
+            outcome = ("answered", time.monotonic() - start, "")
+        except PoolExhausted as e:
+            assert e.retry_after > 0
+            outcome = ("refused", time.monotonic() - start, str(e))
+        with lock:
+            results.append(outcome)
+
+    workers = [threading.Thread(target=caller) for _ in range(callers)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert up.refused == 0
+    _queue_outcomes(results)
+    assert pool._queue == {}  # every caller left the queue
+
+
+async def test_acall_callers_whose_turn_is_past_the_deadline_are_refused_at_once() -> (
+    None
+):
+    up, pool = _queue_pool()
+
+    async def caller() -> tuple[str, float, str]:
+        start = time.monotonic()
+        try:
+            await pool.acall()
+            return ("answered", time.monotonic() - start, "")
+        except PoolExhausted as e:
+            assert e.retry_after > 0
+            return ("refused", time.monotonic() - start, str(e))
+
+    results = await asyncio.gather(*(caller() for _ in range(10)))
+    assert up.refused == 0
+    _queue_outcomes(list(results))
+    assert pool._queue == {}
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    up, pool = _queue_pool()
+    pool()  # spends the budget: the next caller waits
+    waiter = asyncio.ensure_future(pool.acall())
+    await asyncio.sleep(0.02)
+    assert len(pool._queue) == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert pool._queue == {}
+    # The next caller is first in line again.
+    assert (await pool.acall()).status_code == 200

@@ -316,6 +316,20 @@ class Budget:
             return wait
         return await self._aspend()
 
+    def pace(self) -> float:
+        """Calls per second the rates let through in the long run (the
+        tightest of them; with ``rate="auto"``, the current pace), shared
+        by every process using the budget's storage; ``math.inf`` when
+        nothing limits it."""
+        if self.auto is not None:
+            return self.auto.rate
+        if self.limiter is None:
+            return math.inf
+        return min(
+            (r.limit / r.period for r in self.limiter.rates if r.period > 0),
+            default=math.inf,
+        )
+
     def headroom(self) -> float:
         """Calls the rates would let through now, spending nothing: the
         limiter's ``remaining`` (with the default ``burst=1``: 1 or 0);

@@ -50,6 +50,8 @@ __all__ = ["Pool", "PoolExhausted", "Provider"]
 STRATEGIES = ("fallback", "round_robin", "least_used")
 
 _MISSING: Any = object()
+# Weight of the newest gap in the average gap between grants.
+_EWMA = 0.25
 
 
 def default_ok(answer: object) -> bool:
@@ -314,6 +316,7 @@ class _Run:
         "first",
         "order",
         "pool",
+        "queued",
         "reasons",
         "until",
     )
@@ -332,6 +335,7 @@ class _Run:
         self.until: dict[str, float] = {}
         # Failed in this call (not tried again): when it may be back.
         self.failed: dict[str, float] = {}
+        self.queued = False  # in the pool's queue of callers waiting
 
     def due(self) -> list[Provider]:
         """The providers to try in this pass, in order: all of them the
@@ -373,29 +377,53 @@ class _Run:
 
     def next_wait(self) -> float:
         """Seconds to sleep before the next pass; PoolExhausted when no
-        provider is left to wait for, or the first back is past the
-        deadline."""
+        provider is left to wait for, or this caller's turn is past the
+        deadline.
+
+        With a deadline, the callers waiting in this process queue in
+        arrival order, and a caller's turn is estimated as the first
+        provider back plus one interval of the pool's pace per caller
+        ahead of it. A caller whose turn comes after the deadline is
+        refused at once instead of waiting for it; the others sleep until
+        the first provider is back."""
         now = time.monotonic()
         if self.until and self.pool.timeout != 0:
             delay = max(0.0, min(self.until.values()) - now)
+            if self.deadline is None:
+                self.called = False
+                return delay
+            # The pace a caller waits at: the providers left's rates, or,
+            # once callers have waited, the pace this process has been
+            # getting budget at (lower when other processes share it).
+            ahead, rate = self.pool._queue_place(self, now)
+            turn = delay + (ahead / rate if ahead and rate > 0 else 0.0)
             # Past the deadline, a provider back now is not tried: a pass
             # that called no provider but outlasted the waits it met (a
             # slow storage) would otherwise start another, and so on.
             # (The providers back after a sleep the deadline allowed are
             # tried even if it overran: due() and may_call() see to it.)
-            if self.deadline is None or now + delay <= self.deadline:
+            if now + turn <= self.deadline:
                 self.called = False
                 return delay
+            raise self.exhausted(now, turn=turn, ahead=ahead)
         raise self.exhausted(now)
+
+    def pace(self) -> float:
+        """Calls per second the providers waited for let through, by
+        their rates (math.inf when one of them is not limited)."""
+        return sum(p.budget.pace() for p in self.order if p.name in self.until)
 
     def deadline_passed(self) -> PoolExhausted:
         return self.exhausted(time.monotonic(), late=True)
 
-    def exhausted(self, now: float, late: bool = False) -> PoolExhausted:
-        # The first skipped for budget back; when none was, the first
-        # failed one (its pause, often none).
+    def exhausted(
+        self, now: float, late: bool = False, turn: float = 0.0, ahead: int = 0
+    ) -> PoolExhausted:
+        # The first skipped for budget back (or this caller's turn, later);
+        # when none was, the first failed one (its pause, often none).
         backs = self.until or self.failed
         retry_after = max(0.0, min(backs.values()) - now) if backs else 0.0
+        retry_after = max(retry_after, turn)
         parts = []
         for p in self.order:
             reason = self.reasons.get(p.name, "not tried")
@@ -405,6 +433,8 @@ class _Run:
         why = "the deadline passed" if late else "no provider answered"
         if self.deadline is not None and not late and self.until:
             why += " within the deadline"
+            if ahead:
+                why += f" for {ahead} earlier callers waiting"
         self.pool._count_exhausted()
         return PoolExhausted(
             f"{why} ({'; '.join(parts)}); retry after {retry_after:.3f}s",
@@ -438,7 +468,11 @@ class Pool:
     first of them has budget again and tries those back, if that is
     within ``timeout`` seconds from the start of the call (None: no
     deadline); otherwise it raises :class:`PoolExhausted` at once, with
-    ``retry_after`` and every provider's error. It also raises it when
+    ``retry_after`` and every provider's error. With a deadline, callers
+    waiting in this process queue in arrival order, and one whose
+    estimated turn (the first provider back, plus one interval of the
+    pace budget comes at per caller ahead) is past its deadline is
+    refused at once, with that turn as ``retry_after``. It also raises it when
     every provider failed, and does not start calling a provider once the
     deadline has passed. ``timeout=0`` never waits. A call in progress is
     not interrupted: give the provider's own client a timeout.
@@ -525,6 +559,12 @@ class Pool:
         self._answered = 0
         self._exhausted = 0
         self._cache_hits = 0
+        # Calls waiting for budget with a deadline, in arrival order.
+        self._queue: dict[_Run, None] = {}
+        # While calls wait, the time budget was last granted and the
+        # average gap between grants (the pace this process gets).
+        self._granted_at: float | None = None
+        self._gap: float | None = None
 
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self.providers)
@@ -551,6 +591,49 @@ class Pool:
     def _count_exhausted(self) -> None:
         with self._lock:
             self._exhausted += 1
+
+    # -- the queue of callers waiting ------------------------------------------
+
+    def _granted(self) -> None:
+        """A call got budget: while callers wait, the gaps between these
+        measure the pace at which this process gets budget."""
+        if not self._queue:
+            if self._granted_at is not None:
+                self._granted_at = None  # the measure holds while saturated
+            return
+        now = time.monotonic()
+        with self._lock:
+            last = self._granted_at
+            if last is not None:
+                gap = now - last
+                self._gap = (
+                    gap if self._gap is None else self._gap + _EWMA * (gap - self._gap)
+                )
+            self._granted_at = now
+
+    def _queue_place(self, run: _Run, now: float) -> tuple[int, float]:
+        """(callers queued ahead of ``run``, the pace in calls per second
+        they are served at); queues ``run`` if it was not."""
+        rate = run.pace()
+        with self._lock:
+            if not run.queued:
+                run.queued = True
+                self._queue[run] = None
+            ahead = 0
+            for other in self._queue:
+                if other is run:
+                    break
+                ahead += 1
+            last, gap = self._granted_at, self._gap
+        if last is not None and gap is not None:
+            # Measured while saturated, and slower still when no budget
+            # has come for longer than the usual gap.
+            rate = min(rate, 1.0 / max(gap, now - last, 1e-9))
+        return ahead, rate
+
+    def _leave(self, run: _Run) -> None:
+        with self._lock:
+            self._queue.pop(run, None)
 
     def stats(self) -> dict[str, Any]:
         """Counters since the pool was made: ``calls`` (pool calls),
@@ -625,20 +708,25 @@ class Pool:
         else:
             order = self._rotated(turn)
         run = _Run(self, order)
-        while True:
-            for p in run.due():
-                if not run.may_call():
-                    raise run.deadline_passed()
-                wait = p.budget.take()
-                if wait:
-                    run.skipped(p, wait)
-                    continue
-                found, answer = self._call_sync(p, run, args, kwargs)
-                if found:
-                    if self.cache is not None:
-                        self.cache.set(key, answer, self.cache_ttl)
-                    return answer
-            time.sleep(run.next_wait())
+        try:
+            while True:
+                for p in run.due():
+                    if not run.may_call():
+                        raise run.deadline_passed()
+                    wait = p.budget.take()
+                    if wait:
+                        run.skipped(p, wait)
+                        continue
+                    self._granted()
+                    found, answer = self._call_sync(p, run, args, kwargs)
+                    if found:
+                        if self.cache is not None:
+                            self.cache.set(key, answer, self.cache_ttl)
+                        return answer
+                time.sleep(run.next_wait())
+        finally:
+            if run.queued:
+                self._leave(run)
 
     def _call_sync(
         self, p: Provider, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -694,20 +782,25 @@ class Pool:
         else:
             order = self._rotated(turn)
         run = _Run(self, order)
-        while True:
-            for p in run.due():
-                if not run.may_call():
-                    raise run.deadline_passed()
-                wait = await p.budget.atake()
-                if wait:
-                    run.skipped(p, wait)
-                    continue
-                found, answer = await self._call_async(p, run, args, kwargs)
-                if found:
-                    if self.cache is not None:
-                        await self.cache.aset(key, answer, self.cache_ttl)
-                    return answer
-            await asyncio.sleep(run.next_wait())
+        try:
+            while True:
+                for p in run.due():
+                    if not run.may_call():
+                        raise run.deadline_passed()
+                    wait = await p.budget.atake()
+                    if wait:
+                        run.skipped(p, wait)
+                        continue
+                    self._granted()
+                    found, answer = await self._call_async(p, run, args, kwargs)
+                    if found:
+                        if self.cache is not None:
+                            await self.cache.aset(key, answer, self.cache_ttl)
+                        return answer
+                await asyncio.sleep(run.next_wait())
+        finally:
+            if run.queued:
+                self._leave(run)
 
     async def _call_async(
         self, p: Provider, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -63,6 +63,10 @@ def test_answers_come_within_the_deadline_and_refusals_promptly(scene: dict) -> 
     deadline_ms = 1000 * scene["deadline_s"]
     assert scene["answered_p99_ms"] <= deadline_ms + 1000 * SLACK, scene
     assert scene["refused_p99_ms"] <= deadline_ms + 1000 * SLACK, scene
+    # Most refusals come at once, not at the deadline: a search whose turn
+    # is past it is not kept waiting to learn so.
+    slow = 1000 * SLACK if os.environ.get("STANCHION_SANITIZED") else 0.0
+    assert scene["refused_p50_ms"] < deadline_ms / 2 + slow, scene
 
 
 def test_the_budgets_are_spent_not_wasted(scene: dict) -> None:
