@@ -1167,3 +1167,4 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     assert pool._queue == {}
     # The next caller is first in line again.
     assert (await pool.acall()).status_code == 200
+    assert (up.served, up.refused) == (2, 0)
