@@ -1168,3 +1168,35 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     # The next caller is first in line again.
     assert (await pool.acall()).status_code == 200
     assert (up.served, up.refused) == (2, 0)
+
+
+def test_a_caller_being_served_is_not_ahead_of_those_waiting() -> None:
+    # One call every 0.1 s; each answer takes 0.3 s. A is served at once,
+    # B waits for the next slot (0.1 s) and is served then; C, coming at
+    # 0.15 s, is next in line, 0.05 s from its turn: well within its
+    # 0.12 s deadline, though B is still being served.
+    def slow(query: Any = None) -> Answer:
+        time.sleep(0.3)
+        return Answer(200)
+
+    pool = Pool([Provider("up", slow, rate="10/second")], timeout=0.12)
+    outcomes: dict[str, str] = {}
+
+    def caller(name: str, after: float) -> None:
+        time.sleep(after)
+        try:
+            pool()
+            outcomes[name] = "answered"
+        except PoolExhausted as e:
+            outcomes[name] = str(e)
+
+    workers = [
+        threading.Thread(target=caller, args=args)
+        for args in (("A", 0.0), ("B", 0.01), ("C", 0.15))
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert outcomes == {"A": "answered", "B": "answered", "C": "answered"}
+    assert pool._queue == {}

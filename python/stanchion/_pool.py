@@ -594,15 +594,20 @@ class Pool:
 
     # -- the queue of callers waiting ------------------------------------------
 
-    def _granted(self) -> None:
-        """A call got budget: while callers wait, the gaps between these
-        measure the pace at which this process gets budget."""
-        if not self._queue:
+    def _granted(self, run: _Run) -> None:
+        """``run`` got budget: while callers wait, the gaps between these
+        measure the pace at which this process gets budget. A caller
+        queued leaves the queue: calling, it is no longer ahead of those
+        waiting (it queues again, last, if it must wait again)."""
+        if not run.queued and not self._queue:
             if self._granted_at is not None:
                 self._granted_at = None  # the measure holds while saturated
             return
         now = time.monotonic()
         with self._lock:
+            if run.queued:
+                run.queued = False
+                self._queue.pop(run, None)
             last = self._granted_at
             if last is not None:
                 gap = now - last
@@ -717,7 +722,7 @@ class Pool:
                     if wait:
                         run.skipped(p, wait)
                         continue
-                    self._granted()
+                    self._granted(run)
                     found, answer = self._call_sync(p, run, args, kwargs)
                     if found:
                         if self.cache is not None:
@@ -791,7 +796,7 @@ class Pool:
                     if wait:
                         run.skipped(p, wait)
                         continue
-                    self._granted()
+                    self._granted(run)
                     found, answer = await self._call_async(p, run, args, kwargs)
                     if found:
                         if self.cache is not None:
