@@ -1200,3 +1200,31 @@ def test_a_caller_being_served_is_not_ahead_of_those_waiting() -> None:
         w.join()
     assert outcomes == {"A": "answered", "B": "answered", "C": "answered"}
     assert pool._queue == {}
+
+
+async def test_the_pace_measured_while_callers_waited_ends_with_the_wait() -> None:
+    # 10 calls/s; the second answer asks for a 1 s pause, which the third
+    # caller waits through: the gap between the grants it saw (1 s) is no
+    # pace once nobody waits. Later, five callers on the idle pool, two
+    # of them 0.12 s after the others, are all served within 0.5 s.
+    answers = iter([Answer(200), Answer(429, {"Retry-After": "1"})])
+
+    def up(query: Any = None) -> Answer:
+        return next(answers, Answer(200))
+
+    pool = Pool([Provider("up", up, rate="10/second")], timeout=1.5)
+
+    async def caller(after: float = 0.0) -> str:
+        await asyncio.sleep(after)
+        try:
+            await pool.acall()
+            return "answered"
+        except PoolExhausted as e:
+            return str(e)
+
+    first = await asyncio.gather(*(caller() for _ in range(3)))
+    assert sorted(first)[:2] == ["answered", "answered"], first
+    assert pool._queue == {}
+    await asyncio.sleep(0.3)
+    later = await asyncio.gather(*(caller(after) for after in (0, 0, 0, 0.12, 0.12)))
+    assert later == ["answered"] * 5

@@ -565,6 +565,7 @@ class Pool:
         # average gap between grants (the pace this process gets).
         self._granted_at: float | None = None
         self._gap: float | None = None
+        self._idle_since = -math.inf  # when the queue was last left empty
 
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self.providers)
@@ -608,6 +609,8 @@ class Pool:
             if run.queued:
                 run.queued = False
                 self._queue.pop(run, None)
+                if not self._queue:
+                    self._idle_since = now
             last = self._granted_at
             if last is not None:
                 gap = now - last
@@ -622,6 +625,11 @@ class Pool:
         rate = run.pace()
         with self._lock:
             if not run.queued:
+                if not self._queue and now - self._idle_since > 1.0 / rate:
+                    # Nobody waited for longer than an interval: the pace
+                    # measured while they did is over (the idle time is no
+                    # gap between grants). This wait measures afresh.
+                    self._granted_at = self._gap = None
                 run.queued = True
                 self._queue[run] = None
             ahead = 0
@@ -639,6 +647,8 @@ class Pool:
     def _leave(self, run: _Run) -> None:
         with self._lock:
             self._queue.pop(run, None)
+            if not self._queue:
+                self._idle_since = time.monotonic()
 
     def stats(self) -> dict[str, Any]:
         """Counters since the pool was made: ``calls`` (pool calls),
