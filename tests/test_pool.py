@@ -1228,3 +1228,72 @@ async def test_the_pace_measured_while_callers_waited_ends_with_the_wait() -> No
     await asyncio.sleep(0.3)
     later = await asyncio.gather(*(caller(after) for after in (0, 0, 0, 0.12, 0.12)))
     assert later == ["answered"] * 5
+
+
+def _fixed_window_pool(timeout: float) -> tuple[Pool, float]:
+    """A pool of one provider allowing 5 calls per fixed 1 s window, the
+    window spent with most of its second to run; and that wait."""
+    pool = Pool(
+        [Provider("up", Upstream("up"), rate="5/second", algorithm="fixed_window")],
+        timeout=timeout,
+    )
+    limiter = pool.providers[0].budget.limiter
+    while True:
+        while limiter.peek("up").allowed:
+            pool()
+        wait: float = limiter.peek("up").retry_after
+        if wait > 0.8:
+            return pool, wait
+        time.sleep(wait)
+
+
+def _callers(pool: Pool, n: int, outcomes: list[tuple[str, float]]) -> list[Any]:
+    """Start ``n`` callers of ``pool``; each appends ("answered", 0.0)
+    or, refused, (why, the seconds from its start to the next window)."""
+    limiter = pool.providers[0].budget.limiter
+
+    def caller() -> None:
+        start = time.monotonic()
+        try:
+            pool()
+            outcomes.append(("answered", 0.0))
+        except PoolExhausted as e:
+            opens = limiter.peek("up").retry_after
+            outcomes.append((str(e), time.monotonic() - start + opens))
+
+    workers = [threading.Thread(target=caller) for _ in range(n)]
+    for w in workers:
+        w.start()
+    return workers
+
+
+def test_callers_waiting_for_a_fixed_window_are_served_when_it_opens() -> None:
+    # A fixed window lets its whole count through when it opens: five
+    # callers waiting for the next window are all served then, within
+    # their deadline, not one per fifth of a second.
+    pool, _ = _fixed_window_pool(timeout=1.2)
+    outcomes: list[tuple[str, float]] = []
+    for w in _callers(pool, 5, outcomes):
+        w.join()
+    assert outcomes == [("answered", 0.0)] * 5
+    assert pool._queue == {}
+
+
+def test_callers_waiting_across_fixed_windows_are_not_refused_early() -> None:
+    # Ten callers wait for the next two windows; three more come 0.3 s
+    # into the first: the gaps between grants (none within a window, a
+    # second between them) tell nothing of a caller's turn. Some may be
+    # refused (those the later ones overtake), but only when the next
+    # window opens past their deadline.
+    pool, wait = _fixed_window_pool(timeout=2.2)
+    outcomes: list[tuple[str, float]] = []
+    workers = _callers(pool, 10, outcomes)
+    time.sleep(wait + 0.3)
+    workers += _callers(pool, 3, outcomes)
+    for w in workers:
+        w.join()
+    assert len(outcomes) == 13
+    early = [(why, opens) for why, opens in outcomes if opens and opens < 2.2 - 0.05]
+    assert early == []
+    assert sum(why == "answered" for why, _ in outcomes) >= 10
+    assert pool._queue == {}

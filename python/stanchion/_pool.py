@@ -638,9 +638,10 @@ class Pool:
                     break
                 ahead += 1
             last, gap = self._granted_at, self._gap
-        if last is not None and gap is not None:
+        if last is not None and gap is not None and rate < math.inf:
             # Measured while saturated, and slower still when no budget
-            # has come for longer than the usual gap.
+            # has come for longer than the usual gap (but for budgets
+            # without a pace, whose gaps tell nothing of the next ones).
             rate = min(rate, 1.0 / max(gap, now - last, 1e-9))
         return ahead, rate
 
