@@ -1297,3 +1297,31 @@ def test_callers_waiting_across_fixed_windows_are_not_refused_early() -> None:
     assert early == []
     assert sum(why == "answered" for why, _ in outcomes) >= 10
     assert pool._queue == {}
+
+
+async def test_a_pause_is_waited_once_not_once_per_caller_ahead() -> None:
+    # 10 calls/s; six callers at once: three are called 0.1 s apart (the
+    # pace measured); the third answer asks for a 1 s pause (its caller
+    # is refused), which the other three wait through. One more comes 0.8 s into the pause: the
+    # pause ends 0.2 s later and three calls go before it, 0.5 s from its
+    # arrival, well within its 2 s deadline; the 0.8 s the pause has
+    # lasted is no interval between the calls to come.
+    answers = iter([Answer(200), Answer(200), Answer(429, {"Retry-After": "1"})])
+
+    def up(query: Any = None) -> Answer:
+        return next(answers, Answer(200))
+
+    pool = Pool([Provider("up", up, rate="10/second")], timeout=2)
+
+    async def caller(after: float = 0.0) -> tuple[str, float]:
+        await asyncio.sleep(after)
+        try:
+            await pool.acall()
+            return "answered", 0.0
+        except PoolExhausted as e:
+            return str(e), e.retry_after
+
+    outcomes = await asyncio.gather(*(caller() for _ in range(6)), caller(1.0))
+    assert [why for why, _ in outcomes].count("answered") == 6, outcomes
+    assert outcomes[-1] == ("answered", 0.0)
+    assert pool._queue == {}

@@ -639,10 +639,11 @@ class Pool:
                 ahead += 1
             last, gap = self._granted_at, self._gap
         if last is not None and gap is not None and rate < math.inf:
-            # Measured while saturated, and slower still when no budget
-            # has come for longer than the usual gap (but for budgets
-            # without a pace, whose gaps tell nothing of the next ones).
-            rate = min(rate, 1.0 / max(gap, now - last, 1e-9))
+            # Measured while saturated (but for budgets without a pace,
+            # whose gaps tell nothing of the next ones). The time since
+            # the last grant is not one: a pause lasts it once, however
+            # many callers wait behind it, and ``delay`` counts it.
+            rate = min(rate, 1.0 / max(gap, 1e-9))
         return ahead, rate
 
     def _leave(self, run: _Run) -> None:
