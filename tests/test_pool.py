@@ -1325,3 +1325,38 @@ async def test_a_pause_is_waited_once_not_once_per_caller_ahead() -> None:
     assert [why for why, _ in outcomes].count("answered") == 6, outcomes
     assert outcomes[-1] == ("answered", 0.0)
     assert pool._queue == {}
+
+
+def test_a_provider_paused_past_the_deadline_adds_no_pace() -> None:
+    # "a" (100/s) asks for a 5 s pause; "b" serves 2 calls a second.
+    # Of six callers with a 1 s deadline, one or two are served by "b";
+    # the others' turns come after their deadline: they are told at
+    # once, not when it passes ("a" serves none of them in time).
+    a = Upstream("a", Answer(429, {"Retry-After": "5"}))
+    pool = Pool(
+        [Provider("a", a, rate="100/second"), Provider("b", ok_call, rate="2/second")],
+        timeout=1.0,
+    )
+    pool()  # "a" is paused, "b" answers
+    a.script = None
+    outcomes: list[tuple[str, float]] = []
+
+    def caller() -> None:
+        start = time.monotonic()
+        try:
+            pool()
+            outcomes.append(("answered", time.monotonic() - start))
+        except PoolExhausted as e:
+            assert e.retry_after > 0
+            outcomes.append(("refused", time.monotonic() - start))
+
+    workers = [threading.Thread(target=caller) for _ in range(6)]
+    for w in workers:
+        w.start()
+        time.sleep(0.01)
+    for w in workers:
+        w.join()
+    refused = [took for kind, took in outcomes if kind == "refused"]
+    assert 4 <= len(refused) <= 5, outcomes
+    assert max(refused) < 0.5, outcomes
+    assert a.calls == [None]

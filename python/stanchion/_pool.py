@@ -410,8 +410,14 @@ class _Run:
 
     def pace(self) -> float:
         """Calls per second the providers waited for let through, by
-        their rates (math.inf when one of them is not limited)."""
-        return sum(p.budget.pace() for p in self.order if p.name in self.until)
+        their rates (math.inf when one of them is not limited); but for
+        those paused past the deadline, which serve no caller in time."""
+        until, deadline = self.until, self.deadline
+        return sum(
+            p.budget.pace()
+            for p in self.order
+            if p.name in until and (deadline is None or until[p.name] <= deadline)
+        )
 
     def deadline_passed(self) -> PoolExhausted:
         return self.exhausted(time.monotonic(), late=True)
@@ -625,7 +631,7 @@ class Pool:
         rate = run.pace()
         with self._lock:
             if not run.queued:
-                if not self._queue and now - self._idle_since > 1.0 / rate:
+                if not self._queue and (now - self._idle_since) * rate > 1.0:
                     # Nobody waited for longer than an interval: the pace
                     # measured while they did is over (the idle time is no
                     # gap between grants). This wait measures afresh.
