@@ -1360,3 +1360,42 @@ def test_a_provider_paused_past_the_deadline_adds_no_pace() -> None:
     assert 4 <= len(refused) <= 5, outcomes
     assert max(refused) < 0.5, outcomes
     assert a.calls == [None]
+
+
+def test_an_interrupt_at_any_line_of_a_wait_leaves_no_caller_queued() -> None:
+    # A KeyboardInterrupt comes between any two lines: raised in turn at
+    # each line of the queue's bookkeeping as a caller waits and is
+    # served, it leaves the queue empty (a caller left in it would be
+    # counted ahead of every later one, for good).
+    from stanchion._pool import _Run
+
+    codes = [Pool._queue_place.__code__, Pool._granted.__code__]
+    codes.append(_Run.next_wait.__code__)
+    targets = [
+        (code, line)
+        for code in codes
+        for line in sorted({n for _, _, n in code.co_lines() if n is not None})
+        if line > code.co_firstlineno
+    ]
+    hit = 0
+    for code, line in targets:
+        pool = Pool([Provider("up", ok_call, rate="100/second")], timeout=1.0)
+        pool()  # the next caller waits 0.01 s
+
+        def local(frame: Any, event: str, arg: Any, line: int = line) -> Any:
+            if event == "line" and frame.f_lineno == line:
+                raise KeyboardInterrupt
+            return local
+
+        def tracer(frame: Any, event: str, arg: Any, code: Any = code) -> Any:
+            return local if frame.f_code is code else None
+
+        sys.settrace(tracer)
+        try:
+            pool()
+        except KeyboardInterrupt:
+            hit += 1
+        finally:
+            sys.settrace(None)
+        assert pool._queue == {}, (code.co_name, line - code.co_firstlineno)
+    assert hit > len(targets) // 2  # most lines are run by a waiting caller

@@ -613,8 +613,9 @@ class Pool:
         now = time.monotonic()
         with self._lock:
             if run.queued:
-                run.queued = False
+                # Interrupted in between, the caller still leaves on exit.
                 self._queue.pop(run, None)
+                run.queued = False
                 if not self._queue:
                     self._idle_since = now
             last = self._granted_at
