@@ -1168,3 +1168,234 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     # The next caller is first in line again.
     assert (await pool.acall()).status_code == 200
     assert (up.served, up.refused) == (2, 0)
+
+
+def test_a_caller_being_served_is_not_ahead_of_those_waiting() -> None:
+    # One call every 0.1 s; each answer takes 0.3 s. A is served at once,
+    # B waits for the next slot (0.1 s) and is served then; C, coming at
+    # 0.15 s, is next in line, 0.05 s from its turn: well within its
+    # 0.12 s deadline, though B is still being served.
+    def slow(query: Any = None) -> Answer:
+        time.sleep(0.3)
+        return Answer(200)
+
+    pool = Pool([Provider("up", slow, rate="10/second")], timeout=0.12)
+    outcomes: dict[str, str] = {}
+
+    def caller(name: str, after: float) -> None:
+        time.sleep(after)
+        try:
+            pool()
+            outcomes[name] = "answered"
+        except PoolExhausted as e:
+            outcomes[name] = str(e)
+
+    workers = [
+        threading.Thread(target=caller, args=args)
+        for args in (("A", 0.0), ("B", 0.01), ("C", 0.15))
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert outcomes == {"A": "answered", "B": "answered", "C": "answered"}
+    assert pool._queue == {}
+
+
+async def test_the_pace_measured_while_callers_waited_ends_with_the_wait() -> None:
+    # 10 calls/s; the second answer asks for a 1 s pause, which the third
+    # caller waits through: the gap between the grants it saw (1 s) is no
+    # pace once nobody waits. Later, five callers on the idle pool, two
+    # of them 0.12 s after the others, are all served within 0.5 s.
+    answers = iter([Answer(200), Answer(429, {"Retry-After": "1"})])
+
+    def up(query: Any = None) -> Answer:
+        return next(answers, Answer(200))
+
+    pool = Pool([Provider("up", up, rate="10/second")], timeout=1.5)
+
+    async def caller(after: float = 0.0) -> str:
+        await asyncio.sleep(after)
+        try:
+            await pool.acall()
+            return "answered"
+        except PoolExhausted as e:
+            return str(e)
+
+    first = await asyncio.gather(*(caller() for _ in range(3)))
+    assert sorted(first)[:2] == ["answered", "answered"], first
+    assert pool._queue == {}
+    await asyncio.sleep(0.3)
+    later = await asyncio.gather(*(caller(after) for after in (0, 0, 0, 0.12, 0.12)))
+    assert later == ["answered"] * 5
+
+
+def _fixed_window_pool(timeout: float) -> tuple[Pool, float]:
+    """A pool of one provider allowing 5 calls per fixed 1 s window, the
+    window spent with most of its second to run; and that wait."""
+    pool = Pool(
+        [Provider("up", Upstream("up"), rate="5/second", algorithm="fixed_window")],
+        timeout=timeout,
+    )
+    limiter = pool.providers[0].budget.limiter
+    while True:
+        while limiter.peek("up").allowed:
+            pool()
+        wait: float = limiter.peek("up").retry_after
+        if wait > 0.8:
+            return pool, wait
+        time.sleep(wait)
+
+
+def _callers(pool: Pool, n: int, outcomes: list[tuple[str, float]]) -> list[Any]:
+    """Start ``n`` callers of ``pool``; each appends ("answered", 0.0)
+    or, refused, (why, the seconds from its start to the next window)."""
+    limiter = pool.providers[0].budget.limiter
+
+    def caller() -> None:
+        start = time.monotonic()
+        try:
+            pool()
+            outcomes.append(("answered", 0.0))
+        except PoolExhausted as e:
+            opens = limiter.peek("up").retry_after
+            outcomes.append((str(e), time.monotonic() - start + opens))
+
+    workers = [threading.Thread(target=caller) for _ in range(n)]
+    for w in workers:
+        w.start()
+    return workers
+
+
+def test_callers_waiting_for_a_fixed_window_are_served_when_it_opens() -> None:
+    # A fixed window lets its whole count through when it opens: five
+    # callers waiting for the next window are all served then, within
+    # their deadline, not one per fifth of a second.
+    pool, _ = _fixed_window_pool(timeout=1.2)
+    outcomes: list[tuple[str, float]] = []
+    for w in _callers(pool, 5, outcomes):
+        w.join()
+    assert outcomes == [("answered", 0.0)] * 5
+    assert pool._queue == {}
+
+
+def test_callers_waiting_across_fixed_windows_are_not_refused_early() -> None:
+    # Ten callers wait for the next two windows; three more come 0.3 s
+    # into the first: the gaps between grants (none within a window, a
+    # second between them) tell nothing of a caller's turn. Some may be
+    # refused (those the later ones overtake), but only when the next
+    # window opens past their deadline.
+    pool, wait = _fixed_window_pool(timeout=2.2)
+    outcomes: list[tuple[str, float]] = []
+    workers = _callers(pool, 10, outcomes)
+    time.sleep(wait + 0.3)
+    workers += _callers(pool, 3, outcomes)
+    for w in workers:
+        w.join()
+    assert len(outcomes) == 13
+    early = [(why, opens) for why, opens in outcomes if opens and opens < 2.2 - 0.05]
+    assert early == []
+    assert sum(why == "answered" for why, _ in outcomes) >= 10
+    assert pool._queue == {}
+
+
+async def test_a_pause_is_waited_once_not_once_per_caller_ahead() -> None:
+    # 10 calls/s; six callers at once: three are called 0.1 s apart (the
+    # pace measured); the third answer asks for a 1 s pause (its caller
+    # is refused), which the other three wait through. One more comes 0.8 s into the pause: the
+    # pause ends 0.2 s later and three calls go before it, 0.5 s from its
+    # arrival, well within its 2 s deadline; the 0.8 s the pause has
+    # lasted is no interval between the calls to come.
+    answers = iter([Answer(200), Answer(200), Answer(429, {"Retry-After": "1"})])
+
+    def up(query: Any = None) -> Answer:
+        return next(answers, Answer(200))
+
+    pool = Pool([Provider("up", up, rate="10/second")], timeout=2)
+
+    async def caller(after: float = 0.0) -> tuple[str, float]:
+        await asyncio.sleep(after)
+        try:
+            await pool.acall()
+            return "answered", 0.0
+        except PoolExhausted as e:
+            return str(e), e.retry_after
+
+    outcomes = await asyncio.gather(*(caller() for _ in range(6)), caller(1.0))
+    assert [why for why, _ in outcomes].count("answered") == 6, outcomes
+    assert outcomes[-1] == ("answered", 0.0)
+    assert pool._queue == {}
+
+
+def test_a_provider_paused_past_the_deadline_adds_no_pace() -> None:
+    # "a" (100/s) asks for a 5 s pause; "b" serves 2 calls a second.
+    # Of six callers with a 1 s deadline, one or two are served by "b";
+    # the others' turns come after their deadline: they are told at
+    # once, not when it passes ("a" serves none of them in time).
+    a = Upstream("a", Answer(429, {"Retry-After": "5"}))
+    pool = Pool(
+        [Provider("a", a, rate="100/second"), Provider("b", ok_call, rate="2/second")],
+        timeout=1.0,
+    )
+    pool()  # "a" is paused, "b" answers
+    a.script = None
+    outcomes: list[tuple[str, float]] = []
+
+    def caller() -> None:
+        start = time.monotonic()
+        try:
+            pool()
+            outcomes.append(("answered", time.monotonic() - start))
+        except PoolExhausted as e:
+            assert e.retry_after > 0
+            outcomes.append(("refused", time.monotonic() - start))
+
+    workers = [threading.Thread(target=caller) for _ in range(6)]
+    for w in workers:
+        w.start()
+        time.sleep(0.01)
+    for w in workers:
+        w.join()
+    refused = [took for kind, took in outcomes if kind == "refused"]
+    assert 4 <= len(refused) <= 5, outcomes
+    assert max(refused) < 0.5, outcomes
+    assert a.calls == [None]
+
+
+def test_an_interrupt_at_any_line_of_a_wait_leaves_no_caller_queued() -> None:
+    # A KeyboardInterrupt comes between any two lines: raised in turn at
+    # each line of the queue's bookkeeping as a caller waits and is
+    # served, it leaves the queue empty (a caller left in it would be
+    # counted ahead of every later one, for good).
+    from stanchion._pool import _Run
+
+    codes = [Pool._queue_place.__code__, Pool._granted.__code__]
+    codes.append(_Run.next_wait.__code__)
+    targets = [
+        (code, line)
+        for code in codes
+        for line in sorted({n for _, _, n in code.co_lines() if n is not None})
+        if line > code.co_firstlineno
+    ]
+    hit = 0
+    for code, line in targets:
+        pool = Pool([Provider("up", ok_call, rate="100/second")], timeout=1.0)
+        pool()  # the next caller waits 0.01 s
+
+        def local(frame: Any, event: str, arg: Any, line: int = line) -> Any:
+            if event == "line" and frame.f_lineno == line:
+                raise KeyboardInterrupt
+            return local
+
+        def tracer(frame: Any, event: str, arg: Any, code: Any = code) -> Any:
+            return local if frame.f_code is code else None
+
+        sys.settrace(tracer)
+        try:
+            pool()
+        except KeyboardInterrupt:
+            hit += 1
+        finally:
+            sys.settrace(None)
+        assert pool._queue == {}, (code.co_name, line - code.co_firstlineno)
+    assert hit > len(targets) // 2  # most lines are run by a waiting caller

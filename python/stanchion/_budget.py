@@ -320,10 +320,11 @@ class Budget:
         """Calls per second the rates let through in the long run (the
         tightest of them; with ``rate="auto"``, the current pace), shared
         by every process using the budget's storage; ``math.inf`` when
-        nothing limits it."""
+        nothing limits it, or when calls come in no steady pace (fixed
+        windows let their whole count through as each one opens)."""
         if self.auto is not None:
             return self.auto.rate
-        if self.limiter is None:
+        if self.limiter is None or self.limiter.algorithm == "fixed_window":
             return math.inf
         return min(
             (r.limit / r.period for r in self.limiter.rates if r.period > 0),

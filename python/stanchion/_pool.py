@@ -410,8 +410,14 @@ class _Run:
 
     def pace(self) -> float:
         """Calls per second the providers waited for let through, by
-        their rates (math.inf when one of them is not limited)."""
-        return sum(p.budget.pace() for p in self.order if p.name in self.until)
+        their rates (math.inf when one of them is not limited); but for
+        those paused past the deadline, which serve no caller in time."""
+        until, deadline = self.until, self.deadline
+        return sum(
+            p.budget.pace()
+            for p in self.order
+            if p.name in until and (deadline is None or until[p.name] <= deadline)
+        )
 
     def deadline_passed(self) -> PoolExhausted:
         return self.exhausted(time.monotonic(), late=True)
@@ -565,6 +571,7 @@ class Pool:
         # average gap between grants (the pace this process gets).
         self._granted_at: float | None = None
         self._gap: float | None = None
+        self._idle_since = -math.inf  # when the queue was last left empty
 
     def __repr__(self) -> str:
         names = ", ".join(p.name for p in self.providers)
@@ -594,15 +601,23 @@ class Pool:
 
     # -- the queue of callers waiting ------------------------------------------
 
-    def _granted(self) -> None:
-        """A call got budget: while callers wait, the gaps between these
-        measure the pace at which this process gets budget."""
-        if not self._queue:
+    def _granted(self, run: _Run) -> None:
+        """``run`` got budget: while callers wait, the gaps between these
+        measure the pace at which this process gets budget. A caller
+        queued leaves the queue: calling, it is no longer ahead of those
+        waiting (it queues again, last, if it must wait again)."""
+        if not run.queued and not self._queue:
             if self._granted_at is not None:
                 self._granted_at = None  # the measure holds while saturated
             return
         now = time.monotonic()
         with self._lock:
+            if run.queued:
+                # Interrupted in between, the caller still leaves on exit.
+                self._queue.pop(run, None)
+                run.queued = False
+                if not self._queue:
+                    self._idle_since = now
             last = self._granted_at
             if last is not None:
                 gap = now - last
@@ -617,6 +632,11 @@ class Pool:
         rate = run.pace()
         with self._lock:
             if not run.queued:
+                if not self._queue and (now - self._idle_since) * rate > 1.0:
+                    # Nobody waited for longer than an interval: the pace
+                    # measured while they did is over (the idle time is no
+                    # gap between grants). This wait measures afresh.
+                    self._granted_at = self._gap = None
                 run.queued = True
                 self._queue[run] = None
             ahead = 0
@@ -625,15 +645,19 @@ class Pool:
                     break
                 ahead += 1
             last, gap = self._granted_at, self._gap
-        if last is not None and gap is not None:
-            # Measured while saturated, and slower still when no budget
-            # has come for longer than the usual gap.
-            rate = min(rate, 1.0 / max(gap, now - last, 1e-9))
+        if last is not None and gap is not None and rate < math.inf:
+            # Measured while saturated (but for budgets without a pace,
+            # whose gaps tell nothing of the next ones). The time since
+            # the last grant is not one: a pause lasts it once, however
+            # many callers wait behind it, and ``delay`` counts it.
+            rate = min(rate, 1.0 / max(gap, 1e-9))
         return ahead, rate
 
     def _leave(self, run: _Run) -> None:
         with self._lock:
             self._queue.pop(run, None)
+            if not self._queue:
+                self._idle_since = time.monotonic()
 
     def stats(self) -> dict[str, Any]:
         """Counters since the pool was made: ``calls`` (pool calls),
@@ -717,7 +741,7 @@ class Pool:
                     if wait:
                         run.skipped(p, wait)
                         continue
-                    self._granted()
+                    self._granted(run)
                     found, answer = self._call_sync(p, run, args, kwargs)
                     if found:
                         if self.cache is not None:
@@ -791,7 +815,7 @@ class Pool:
                     if wait:
                         run.skipped(p, wait)
                         continue
-                    self._granted()
+                    self._granted(run)
                     found, answer = await self._call_async(p, run, args, kwargs)
                     if found:
                         if self.cache is not None:
