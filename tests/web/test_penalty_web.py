@@ -26,6 +26,7 @@ from stanchion.flask import Stanchion
 from stanchion.http import LimiterCache, Rule, SettingError
 from stanchion.wsgi import RateLimitMiddleware as WsgiMiddleware
 
+from .._redis import RedisServer
 from ..conftest import FakeClock
 
 Get = Callable[[str], tuple[int, dict[str, str], Any]]
@@ -413,3 +414,39 @@ def test_dry_run_imagines_no_ban_for_a_cost_no_limit_allows(
     lines = [r.getMessage() for r in caplog.records]
     assert sum("would have limited" in m for m in lines) == 4
     assert not any("banned" in m for m in lines)
+
+
+def test_dry_run_and_enforcing_rules_keep_their_own_counts_in_redis(
+    redis_server: RedisServer,
+) -> None:
+    # In memory each LimiterCache has its own tables; in Redis the keys
+    # are named by the rates, so the dry-run cache must name its own, or
+    # each request would count twice against the enforcing rule.
+    import uuid
+
+    from stanchion.redis import RedisStorage
+
+    storage = RedisStorage(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    try:
+        cache = LimiterCache(storage=storage, penalty=Penalty(**PENALTY))
+        dry = Rule("3/minute", scope="s", limiters=cache, dry_run=True)
+        live = Rule("3/minute", scope="s", limiters=cache)
+        ip = "203.0.113.7"
+        seen = []
+        for _ in range(3):
+            d = dry.check_simple("GET", "/", ip)
+            v = live.check_simple("GET", "/", ip)
+            assert d is not None and v is not None
+            seen.append((v.blocked, v.decision.remaining))
+        # The enforcing rule's three allowed hits are its own alone.
+        assert seen == [(False, 2), (False, 1), (False, 0)]
+        assert dry.dry_run_denials == 0
+        # And the dry run's keys live apart, under their own prefix.
+        client = __import__("redis").Redis.from_url(redis_server.url)
+        names = list(client.scan_iter(f"{storage.prefix}*"))
+        client.close()
+        dry_prefix = f"{storage.prefix}dry-run:".encode()
+        assert len(names) == 2, names
+        assert sum(n.startswith(dry_prefix) for n in names) == 1, names
+    finally:
+        storage.close()

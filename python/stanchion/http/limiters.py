@@ -97,9 +97,16 @@ class LimiterCache:
         if self.penalty is None:
             return self
         if self._dry_run is None:
+            # A storage naming keys by the rates (Redis) counts the dry
+            # run's hits under keys of its own; the others keep a table
+            # per limiter.
+            storage = self.storage
+            namespaced = getattr(storage, "namespaced", None)
+            if namespaced is not None:
+                storage = namespaced("dry-run:")
             self._dry_run = LimiterCache(
                 algorithm=self.algorithm,
-                storage=self.storage,
+                storage=storage,
                 max_keys=self.max_keys,
                 clock=self.clock,
                 maxsize=self.maxsize,

@@ -9,6 +9,7 @@ the server applies nothing. When Redis fails the limiter answers by its
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import struct
 import time
@@ -85,6 +86,20 @@ class RedisStorage:
 
     def __repr__(self) -> str:
         return f"RedisStorage({self._connector.where!r}, prefix={self.prefix!r})"
+
+    def namespaced(self, name: str) -> RedisStorage:
+        """This storage, on the same connections, writing its keys under
+        ``prefix + name``: limiters that must count apart (a dry run's
+        and the enforcing one's, with the same rates) use one each."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not name or "{" in name or "}" in name:
+            raise ValueError(
+                f"name must be non-empty, without '{{' or '}}', got {name!r}"
+            )
+        twin = copy.copy(self)
+        twin.prefix = self.prefix + name
+        return twin
 
     def make_limiter(
         self,
