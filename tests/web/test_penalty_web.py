@@ -450,3 +450,41 @@ def test_dry_run_and_enforcing_rules_keep_their_own_counts_in_redis(
         assert sum(n.startswith(dry_prefix) for n in names) == 1, names
     finally:
         storage.close()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_dry_run_spends_no_budget_during_an_imagined_ban(
+    clock: FakeClock, asynchronous: bool
+) -> None:
+    # The same requests through an enforcing rule and its dry run, on
+    # one clock: an enforced ban spends none of the client's budget, so
+    # neither does the imagined one, and once both bans are over the two
+    # rules let the same requests through.
+    from stanchion.http.request import Request
+
+    penalty = Penalty(after=1, within=60, ban=30)
+    live = Rule("4/minute", scope="s", penalty=penalty, clock=clock)
+    dry = Rule("4/minute", scope="s", penalty=penalty, clock=clock, dry_run=True)
+    ip = "203.0.113.7"
+
+    def remaining(rule: Rule) -> int:
+        if asynchronous:
+            v = asyncio.run(rule.acheck(Request("GET", "/"), ip))
+        else:
+            v = rule.check_simple("GET", "/", ip)
+        assert v is not None and v.decision is not None
+        return v.decision.remaining
+
+    for _ in range(6):  # 4 allowed, then refused twice: banned
+        remaining(live), remaining(dry)
+    assert live.check_simple("GET", "/", ip).decision.banned  # type: ignore[union-attr]
+    assert dry.dry_run_denials >= 1
+    # During the ban, a request every 5 s: the budget would come back by
+    # one every 15 s, and a dry run spending it would stay at 0.
+    for _ in range(5):
+        clock.advance(5)
+        remaining(live), remaining(dry)
+    clock.advance(10)  # both bans over (30 s), 45 s since the last hit
+    after = [(remaining(live), remaining(dry)) for _ in range(3)]
+    assert after == [(x, x) for x, _ in after], after
+    assert after[0][0] >= 1, after

@@ -625,6 +625,28 @@ class Rule(_RuleHeaders):
             return Verdict(self, d, pending[0], False, request)
         return self._denied(d, pending[0], request, pending[3])
 
+    def _dry_hit(self, p: _Pending) -> Decision:
+        """A dry run's hit, with a penalty: while the key's imagined ban
+        lasts, a peek, since an enforced ban spends none of its budget
+        (so the dry run's count after the ban is the enforcing one's)."""
+        assert self._dry_bans is not None
+        if self._dry_bans.banned(p[1]):
+            return p[0].limiter.peek(p[1], p[2])
+        return p[0].limiter.hit(p[1], p[2])
+
+    async def _adry_hit(self, p: _Pending) -> Decision:
+        assert self._dry_bans is not None
+        lim = p[0].limiter
+        if self._dry_bans.banned(p[1]):
+            return (
+                lim.peek(p[1], p[2])
+                if type(lim) is Limiter
+                else await lim.apeek(p[1], p[2])
+            )
+        return (
+            lim.hit(p[1], p[2]) if type(lim) is Limiter else await lim.ahit(p[1], p[2])
+        )
+
     def _imagine_bans(
         self, pending: _Pending, d: Decision, request: Request | None
     ) -> Verdict:
@@ -676,8 +698,10 @@ class Rule(_RuleHeaders):
             if not isinstance(plan, tuple):
                 return plan
             p = plan
+        if self._dry_bans is not None:
+            return self._conclude(p, self._dry_hit(p), None)
         d = p[0].limiter.hit(p[1], p[2])
-        if d.allowed and self._dry_bans is None:
+        if d.allowed:
             return Verdict(self, d, p[0], False, None)
         return self._conclude(p, d, None)
 
@@ -762,6 +786,8 @@ class Rule(_RuleHeaders):
         p = self._plan_simple(method, path, peer)
         if not isinstance(p, tuple):
             return p
+        if self._dry_bans is not None:
+            return self._conclude(p, await self._adry_hit(p), None)
         lim = p[0].limiter
         # The C limiter itself never waits (not a subclass: its ahit may).
         d = lim.hit(p[1], p[2]) if type(lim) is Limiter else await lim.ahit(p[1], p[2])
@@ -778,8 +804,10 @@ class Rule(_RuleHeaders):
             return None
         if not isinstance(p, tuple):
             return p
+        if self._dry_bans is not None:
+            return self._conclude(p, self._dry_hit(p), request)
         d = p[0].limiter.hit(p[1], p[2])
-        if d.allowed and self._dry_bans is None:
+        if d.allowed:
             return Verdict(self, d, p[0], False, request)
         return self._conclude(p, d, request)
 
@@ -793,6 +821,8 @@ class Rule(_RuleHeaders):
         )
         if not isinstance(p, tuple):
             return p
+        if self._dry_bans is not None:
+            return self._conclude(p, await self._adry_hit(p), request)
         lim = p[0].limiter
         d = lim.hit(p[1], p[2]) if type(lim) is Limiter else await lim.ahit(p[1], p[2])
         return self._conclude(p, d, request)
