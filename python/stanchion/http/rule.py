@@ -630,9 +630,10 @@ class Rule(_RuleHeaders):
         lasts, a peek, since an enforced ban spends none of its budget
         (so the dry run's count after the ban is the enforcing one's)."""
         assert self._dry_bans is not None
+        lim: RateLimiter = p[0].limiter
         if self._dry_bans.banned(p[1]):
-            return p[0].limiter.peek(p[1], p[2])
-        return p[0].limiter.hit(p[1], p[2])
+            return lim.peek(p[1], p[2])
+        return lim.hit(p[1], p[2])
 
     async def _adry_hit(self, p: _Pending) -> Decision:
         assert self._dry_bans is not None
