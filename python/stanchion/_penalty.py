@@ -194,12 +194,17 @@ def log_ban(key: object, seconds: float, count: int) -> None:
     """The log line of one ban (once per ban, never per refused hit). A
     client chooses its key's text: a long one is cut, so one ban cannot
     write megabytes to the log."""
-    if isinstance(key, (str, bytes)) and len(key) > LOG_KEY_CHARS:
-        shown = f"{key[:LOG_KEY_CHARS]!r}... ({len(key)} long)"
+    from .http.keys import describe_key  # a ban is rare: imported then
+
+    described = describe_key(key)
+    if described is not None:  # a web rule's packed client address
+        shown = described
+    elif isinstance(key, (str, bytes)) and len(key) > LOG_KEY_CHARS:
+        shown = f"key {key[:LOG_KEY_CHARS]!r}... ({len(key)} long)"
     else:
-        shown = repr(key)
+        shown = f"key {key!r}"
     logger.warning(
-        "stanchion: key %s banned for %.3f s (ban %d in a row)", shown, seconds, count
+        "stanchion: %s banned for %.3f s (ban %d in a row)", shown, seconds, count
     )
 
 

@@ -315,7 +315,8 @@ def test_dry_run_logs_would_be_bans_and_records_none(
     assert sum("would have banned" in m for m in lines) == 1
     assert any("for 30.000 s (ban 1 in a row)" in m for m in lines)
     assert sum("would have refused banned key" in m for m in lines) == 2
-    assert not any("stanchion: key" in m for m in lines)  # no real ban logged
+    # No real ban logged (its line starts "stanchion: client" or "key").
+    assert not any(m.startswith(("stanchion: key", "stanchion: client")) for m in lines)
     # Nothing recorded: no limiter of the rule (nor of its cache) holds a
     # ban or any penalty state, so turning dry run off bans no one.
     assert rule.limiters.penalty is None
@@ -488,3 +489,27 @@ def test_a_dry_run_spends_no_budget_during_an_imagined_ban(
     after = [(remaining(live), remaining(dry)) for _ in range(3)]
     assert after == [(x, x) for x, _ in after], after
     assert after[0][0] >= 1, after
+
+
+def test_a_ban_log_line_names_the_client_and_scope(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A web rule keys clients by packed bytes; its ban's log line shows
+    # the address (an IPv6 client by its network) and the rule's scope.
+    rule = Rule(
+        "2/minute",
+        scope="api",
+        penalty=Penalty(after=1, within=60, ban=30),
+        clock=clock,
+    )
+    with caplog.at_level(logging.WARNING, logger="stanchion"):
+        for ip in ("203.0.113.7", "2001:db8::1"):
+            for _ in range(5):
+                rule.check_simple("GET", "/", ip)
+    lines = [r.getMessage() for r in caplog.records if "banned for" in r.getMessage()]
+    assert lines == [
+        "stanchion: client 203.0.113.7 (scope 'api') banned for 30.000 s "
+        "(ban 1 in a row)",
+        "stanchion: client 2001:db8::/64 (scope 'api') banned for 30.000 s "
+        "(ban 1 in a row)",
+    ]

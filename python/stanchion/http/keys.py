@@ -28,6 +28,8 @@ MAX_ADDRESS_KEYS = 1024
 #: Most scope tags registered in one process.
 MAX_SCOPE_TAGS = 65536
 _SCOPE_TAGS: dict[bytes, str] = {}
+#: The IPv6 prefix length of each IPv6 tag (for describe_key).
+_V6_PREFIXES: dict[bytes, int] = {}
 
 
 def _scope_tags(scope: str, v6_prefix: int) -> tuple[bytes | None, bytes | None]:
@@ -42,7 +44,31 @@ def _scope_tags(scope: str, v6_prefix: int) -> tuple[bytes | None, bytes | None]
             return None, None
         if _SCOPE_TAGS.setdefault(tag, scope) != scope:
             return None, None
+    _V6_PREFIXES[tag6] = v6_prefix
     return tag4, tag6
+
+
+def describe_key(key: object) -> str | None:
+    """What a packed address key stands for, for a log line: ``client
+    203.0.113.7 (scope 'api')`` or ``client 2001:db8::/64 (scope
+    'api')``; None for any other key."""
+    if not isinstance(key, bytes) or len(key) < 9 or key[0] not in (0xFF, 0xFE):
+        return None
+    tag, rest = key[:8], key[8:]
+    scope = _SCOPE_TAGS.get(tag)
+    if scope is None:
+        return None
+    if key[0] == 0xFF:
+        if len(rest) != 4:
+            return None
+        client = str(ipaddress.IPv4Address(rest))
+    else:
+        bits = _V6_PREFIXES.get(tag)
+        if bits is None or len(rest) != (bits + 7) // 8:
+            return None
+        network = ipaddress.IPv6Address(rest.ljust(16, b"\0"))
+        client = f"{network}/{bits}"
+    return f"client {client} (scope {scope!r})"
 
 
 def _pack_address(
