@@ -27,7 +27,11 @@ settings and buckets in ``app.extensions["stanchion"]``. Limits are
 checked in a ``before_request`` hook (so they also cover async views,
 which need no wrapping); the headers of allowed requests are added to
 the WSGI response as it starts (``app.wsgi_app`` is wrapped), so
-``after_request`` hooks do not see them.
+``after_request`` hooks do not see them. When ``STANCHION_DEFAULT_LIMIT``
+is the app's only limit (no view or blueprint limit, no exemption, no
+concurrency limit, clients keyed by address), a request is decided as
+it enters the app, before any ``before_request`` function, and the hook
+runs only to answer a refusal (through the app's hooks, as above).
 
 Which limits apply to a request:
 
@@ -87,6 +91,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
@@ -199,6 +204,9 @@ class _AppState:
         self.rules: dict[int, Rule] = {}
         self.by_endpoint: dict[str | None, list[Rule]] = {}
         self.version = ext._version
+        #: The rule every request of the app gets, decided as the request
+        #: enters the app (see _RateHeaders), or None: decided in the hook.
+        self.front: Rule | None = None
 
     def rule(self, spec: _LimitSpec) -> Rule:
         rule = self.rules.get(id(spec))
@@ -282,7 +290,9 @@ class Stanchion:
         app.extensions["stanchion"] = _AppState(self, app)
         if first:
             app.before_request(self._before_request)
-            app.wsgi_app = _RateHeaders(app.wsgi_app)  # type: ignore[method-assign]
+            app.wsgi_app = _RateHeaders(app.wsgi_app, app, self)  # type: ignore[method-assign]
+        else:
+            _hook_needed(app, self)
 
     # -- declaring limits ------------------------------------------------------
 
@@ -298,6 +308,7 @@ class Stanchion:
             self._view_limits.setdefault(view, []).append(
                 _LimitSpec(limit, name, settings)
             )
+            self._version += 1
             return view
 
         return decorate
@@ -420,6 +431,25 @@ class Stanchion:
             state = _AppState(self, app)
             app.extensions["stanchion"] = state
         state.checked = True
+        front = state.default_rule
+        wrapper = app.wsgi_app
+        if (
+            isinstance(wrapper, _RateHeaders)
+            and wrapper.wraps_flask_itself()
+            and state.enabled
+            and front is not None
+            and front.gate is not None
+            and state.slots_rule is None
+            and not self._view_limits
+            and not self._blueprint_limits
+            and not self._exempt_views
+            and not self._exempt_blueprints
+        ):
+            # Every request gets this one rule, keyed by the socket peer:
+            # decided as it enters the app, without the hook.
+            state.front = front
+            with wrapper._lock:
+                wrapper.hook_off()
         return state
 
     def _before_request(self) -> Response | None:
@@ -429,6 +459,15 @@ class Stanchion:
         ctx = _cv_request.get()
         app = ctx.app
         req = ctx.request
+        environ = req.environ
+        door = environ.get(_DOOR)
+        if door is not None:
+            # Decided as the request entered the app: allowed (True), or
+            # refused (its verdict), answered here so the app's other
+            # hooks and after_request see the refusal as before.
+            if door is True:
+                return None
+            return _refuse(app, door, environ.get(_HEADERS))
         state: _AppState = app.extensions["stanchion"]
         if not state.checked:
             state = self._first_request(app, state)
@@ -443,7 +482,6 @@ class Stanchion:
             rules = self._rules_for(state, endpoint, req)
         if not rules:
             return None
-        environ = req.environ
         peer = environ.get("REMOTE_ADDR")  # req.remote_addr
         view_req: FlaskRequest | None = None
         # The headers of allowed requests go in the list _RateHeaders left
@@ -554,6 +592,9 @@ def _take_slots(
 _HEADERS = "stanchion.headers"
 #: The environ key of the concurrency slots the request holds (Holds).
 _HOLDS = "stanchion.holds"
+#: The environ key of a decision made as the request entered the app:
+#: True (allowed) or the refusal's Verdict (see _RateHeaders).
+_DOOR = "stanchion.door"
 
 
 class _RateHeaders:
@@ -564,18 +605,44 @@ class _RateHeaders:
 
     The concurrency slots the request took (in the environ, ``_HOLDS``)
     are given back when the server closes the response (a streamed one
-    once it is sent), or at once if the app raises."""
+    once it is sent), or at once if the app raises.
 
-    __slots__ = ("app",)
+    When every request of the app gets one rule keyed by the socket peer
+    (``STANCHION_DEFAULT_LIMIT`` alone: no view or blueprint limit, no
+    exemption, no concurrency limit), the request is decided here, as it
+    enters the app, and the ``before_request`` hook is taken off the
+    app's list: it costs Flask a dispatch per request. A refused request
+    puts the hook back for as long as it runs, so its refusal is
+    answered by the hook as before (the app's other hooks, after_request
+    and teardown functions all run)."""
+
+    __slots__ = ("_hook_at", "_lock", "_refusing", "app", "ext", "flask")
 
     #: True once a request took a concurrency slot (in any app): only
     #: then is the environ looked at for slots to give back.
     holding = False
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, flask: Flask | None = None, ext: Any = None) -> None:
         self.app = app
+        self.flask = flask
+        self.ext = ext
+        self._lock = threading.Lock()
+        self._refusing = 0  # refused requests running with the hook back
+        #: The hook's place in the app's list while it is off (None: on).
+        self._hook_at: int | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        flask = self.flask
+        if flask is not None:
+            state: Any = flask.extensions.get("stanchion")
+            front = state.front if state is not None else None
+            if front is not None:
+                if state.version == self.ext._version and front.gate is not None:
+                    return self._at_the_door(front, environ, start_response)
+                # Limits declared since: the hook decides from now on.
+                state.front = None
+                with self._lock:
+                    self.hook_on()
         # A list per call: an app mounted in another (DispatcherMiddleware)
         # puts its own in the environ, so each layer sends its own once.
         extra: list[tuple[str, str]] = []
@@ -594,6 +661,101 @@ class _RateHeaders:
         if not holds:  # none taken, or refused (busy): nothing held
             return body
         return _Releasing(body, holds)
+
+    def _at_the_door(
+        self, rule: Rule, environ: dict[str, Any], start_response: Any
+    ) -> Any:
+        peer = environ.get("REMOTE_ADDR")
+        gate = rule.gate
+        assert gate is not None
+        d = gate(peer)
+        if d:
+            # A known client let through: one C call, its headers
+            # rendered in C as the response starts.
+            environ[_DOOR] = True
+            render = rule.allowed_render
+            if render is not None:
+                start_response = HeaderStart(start_response, render, d)
+            return self.app(environ, start_response)
+        if d is None:
+            verdict = rule.check_simple(
+                environ.get("REQUEST_METHOD", "GET"),
+                environ.get("PATH_INFO", "") or "/",
+                peer,
+            )
+        else:
+            verdict = rule.refused(peer, d)
+        extra: list[tuple[str, str]] = []
+        environ[_HEADERS] = extra
+        if verdict is None or not verdict.blocked:
+            environ[_DOOR] = True
+            if verdict is not None and verdict.rule.headers_on_allowed:
+                extra.extend(verdict.headers())
+            return self.app(environ, HeaderStart(start_response, extra))
+        environ[_DOOR] = verdict
+        with self._lock:
+            self._refusing += 1
+            if self._refusing == 1:
+                self.hook_on()
+        try:
+            return self.app(environ, HeaderStart(start_response, extra))
+        finally:
+            with self._lock:
+                self._refusing -= 1
+                if self._refusing == 0:
+                    self.hook_off()
+
+    def wraps_flask_itself(self) -> bool:
+        """True when the wrapped callable is the app's own ``wsgi_app``:
+        a middleware in between (werkzeug's ProxyFix, say) may change
+        the environ the hook would read, so requests are then decided in
+        the hook only."""
+        inner, flask = self.app, self.flask
+        return (
+            flask is not None
+            and getattr(inner, "__self__", None) is flask
+            and getattr(inner, "__func__", None)
+            is getattr(type(flask), "wsgi_app", None)
+        )
+
+    def hook_off(self) -> None:
+        """Take the hook off the app's list (while requests are decided
+        at the door and none refused runs); the lock is held. The list
+        is replaced, never changed in place: a request going through it
+        sees it whole."""
+        flask, ext = self.flask, self.ext
+        if flask is None or self._hook_at is not None or self._refusing:
+            return
+        hook = ext._before_request
+        funcs = flask.before_request_funcs.get(None, [])
+        for i, f in enumerate(funcs):
+            if f == hook:
+                flask.before_request_funcs[None] = funcs[:i] + funcs[i + 1 :]
+                self._hook_at = i
+                return
+
+    def hook_on(self) -> None:
+        """Put the hook back in its place in the app's list; the lock is
+        held."""
+        flask, at = self.flask, self._hook_at
+        if flask is None or at is None:
+            return
+        funcs = flask.before_request_funcs.get(None, [])
+        flask.before_request_funcs[None] = [
+            *funcs[:at],
+            self.ext._before_request,
+            *funcs[at:],
+        ]
+        self._hook_at = None
+
+
+def _hook_needed(app: Flask, ext: Any) -> None:
+    """init_app again: settings read anew, decided in the hook until the
+    next first request says otherwise."""
+    wrapper = app.wsgi_app
+    if isinstance(wrapper, _RateHeaders):
+        with wrapper._lock:
+            wrapper.hook_on()
 
 
 class _Releasing:

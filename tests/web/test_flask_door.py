@@ -1,0 +1,183 @@
+"""The Flask extension deciding a request as it enters the app (the
+default limit alone, keyed by the socket peer), with the before_request
+hook off the app's list: the same answers as the hook gives."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from stanchion.flask import Stanchion
+
+from ..conftest import FakeClock
+
+
+def get(c: Any, path: str = "/hello", ip: str = "203.0.113.1", **kw: Any) -> Any:
+    return c.get(path, environ_base={"REMOTE_ADDR": ip}, **kw)
+
+
+def make_app(clock: FakeClock, limit: str = "3/minute") -> tuple[Flask, Stanchion]:
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = limit
+    calls: list[str] = []
+    app.config["calls"] = calls
+
+    # A hook registered before the extension's, and after_request and
+    # teardown functions reading what it set: a refusal must go through
+    # them as it does when the hook decides.
+    @app.before_request
+    def started() -> None:
+        g.started = True
+        calls.append("before")
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    @app.route("/other")
+    def other() -> str:
+        return "other"
+
+    ext = Stanchion(app, clock=clock)
+
+    @app.after_request
+    def stamp(response: Any) -> Any:
+        response.headers["X-Started"] = str(g.started)
+        calls.append(f"after {response.status_code}")
+        return response
+
+    @app.teardown_request
+    def done(exc: BaseException | None) -> None:
+        calls.append("teardown")
+
+    return app, ext
+
+
+def hooks(app: Flask) -> list[str]:
+    return [f.__name__ for f in app.before_request_funcs.get(None, [])]
+
+
+def test_the_default_limit_alone_is_decided_at_the_door(clock: FakeClock) -> None:
+    app, _ = make_app(clock)
+    c = app.test_client()
+    answers = [get(c) for _ in range(5)]
+    # Exact counts, each request counted once (the door and the hook
+    # never both hit), the headers of the allowed and refused alike.
+    assert [r.status_code for r in answers] == [200, 200, 200, 429, 429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in answers] == [
+        "2",
+        "1",
+        "0",
+        "0",
+        "0",
+    ]
+    assert answers[3].headers["Retry-After"] == "20"
+    assert answers[3].headers["RateLimit-Policy"] == '"global";q=3;w=60'
+    # The refusal went through the app's hooks, after_request and
+    # teardown functions, in order, as the hook's refusal does.
+    assert answers[3].headers["X-Started"] == "True"
+    assert app.config["calls"][-3:] == ["before", "after 429", "teardown"]
+    # Once the first request said so, the hook is off the app's list and
+    # back on it only while a refusal runs.
+    assert hooks(app) == ["started"]
+    # Another client, its own budget; other routes share the default's.
+    assert get(c, ip="203.0.113.2").headers["X-RateLimit-Remaining"] == "2"
+    assert get(c, "/other", ip="203.0.113.2").headers["X-RateLimit-Remaining"] == "1"
+    clock.advance(20)
+    assert get(c).status_code == 200
+
+
+def test_a_limit_declared_after_the_first_request_puts_the_hook_back(
+    clock: FakeClock,
+) -> None:
+    app, ext = make_app(clock)
+    c = app.test_client()
+    assert get(c).status_code == 200
+    assert hooks(app) == ["started"]
+    # An exemption declared later (the app factory of a test, say): from
+    # the next request on, the hook decides again, and honours it.
+    ext.exempt(app.view_functions["other"])
+    assert [get(c, "/other").status_code for _ in range(5)] == [200] * 5
+    assert "_before_request" in hooks(app)
+    assert [get(c).status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_a_middleware_inside_the_extension_keeps_the_hook(clock: FakeClock) -> None:
+    # ProxyFix applied before init_app rewrites REMOTE_ADDR inside the
+    # extension's wrapper: the hook, which reads the rewritten address,
+    # keeps deciding; clients behind the proxy keep their own budgets.
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+
+    @app.route("/hello")
+    def hello() -> str:
+        return request.remote_addr or ""
+
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    Stanchion(app, clock=clock)
+    c = app.test_client()
+    proxy = "10.0.0.1"
+    for client in ("198.51.100.1", "198.51.100.2"):
+        headers = {"X-Forwarded-For": client}
+        statuses = [get(c, ip=proxy, headers=headers).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429], client
+    assert "_before_request" in hooks(app)
+
+
+def test_refusals_in_threads_leave_the_hook_off_and_refuse_each(
+    clock: FakeClock,
+) -> None:
+    app, _ = make_app(clock, limit="1/minute")
+    c = app.test_client()
+    assert get(c).status_code == 200
+    threads, each = 8, 25
+    gate = threading.Barrier(threads)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        client = app.test_client()
+        gate.wait()
+        got = []
+        for n in range(each):
+            # The refused client, and now and then a new client's first
+            # (allowed) request racing with the refusals.
+            ip = f"198.51.{i}.{n}" if n % 5 == 0 else "203.0.113.1"
+            got.append((ip, get(client, ip=ip).status_code))
+        with lock:
+            statuses.extend(s for ip, s in got if ip == "203.0.113.1")
+            assert all(s == 200 for ip, s in got if ip != "203.0.113.1")
+
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert statuses == [429] * (threads * each * 4 // 5)
+    assert hooks(app) == ["started"]
+
+
+def test_a_disabled_app_or_a_concurrency_limit_keeps_the_hook(
+    clock: FakeClock,
+) -> None:
+    for config in (
+        {"STANCHION_ENABLED": False},
+        {"STANCHION_CONCURRENCY": 2},
+    ):
+        app = Flask(__name__)
+        app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+        app.config.update(config)
+
+        @app.route("/hello")
+        def hello() -> str:
+            return "hello"
+
+        Stanchion(app, clock=clock)
+        c = app.test_client()
+        statuses = [get(c).status_code for _ in range(3)]
+        enabled = config.get("STANCHION_ENABLED", True)
+        assert statuses == ([200, 200, 429] if enabled else [200, 200, 200])
+        assert "_before_request" in hooks(app)
