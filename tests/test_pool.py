@@ -1399,3 +1399,26 @@ def test_an_interrupt_at_any_line_of_a_wait_leaves_no_caller_queued() -> None:
             sys.settrace(None)
         assert pool._queue == {}, (code.co_name, line - code.co_firstlineno)
     assert hit > len(targets) // 2  # most lines are run by a waiting caller
+
+
+def test_code_run_while_the_pool_holds_its_locks_may_call_the_pool() -> None:
+    # The collector may run a finalizer calling the pool in the middle of
+    # the pool's (or a budget's, or a pause table's) locked bookkeeping,
+    # on the same thread: as code run with those locks held, it must not
+    # deadlock.
+    ups = [SlidingLog(100, 1.0)]
+    pool = Pool([Provider("p", ups[0], rate="auto")], timeout=1.0)
+    budget = pool.providers[0].budget
+    got: list[Any] = []
+
+    def run() -> None:
+        with pool._lock, budget._lock, budget.pauses._lock:  # type: ignore[attr-defined]
+            assert budget.auto is not None
+            with budget.auto._lock:
+                got.append(pool().status_code)
+                got.append(pool.stats()["answered"])
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(5)
+    assert got == [200, 1]

@@ -157,7 +157,7 @@ class _AutoPace:
         self.increase = increase
         self.clock = clock
         self._next = -math.inf
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def take(self) -> float:
         with self._lock:
@@ -256,7 +256,7 @@ class Budget:
         self._half = name + "\x00half"
         self._closed = name + "\x00closed"
         self._probe = name + "\x00probe"  # claimed by who tries it, half-open
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer may call it
         self._failed = 0  # failed calls in a row, in this process
         self._refused = 0  # bare 429s in a row, in this process
 

@@ -172,7 +172,7 @@ class MemoryPauses(_AtOnce):
             raise ValueError(f"max_keys must be >= 1, got {max_keys}")
         self._clock: Callable[[], float] = clock or time.monotonic
         self.max_keys = max_keys
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer may call it
         # key -> [pause until, claim until], in clock seconds.
         self._table: dict[str | bytes, list[float]] = {}
         self._sweep_at = 64

@@ -557,7 +557,7 @@ class Pool:
         self.cache = backend
         self.cache_ttl = ttl
         self._async = tuple(p.name for p in listed if p.is_async)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer may call the pool
         # Lock-free counters: next() on an itertools.count is atomic.
         self._calls = itertools.count()  # pool calls, cache hits included
         self._turns = itertools.count()  # round_robin's next start
