@@ -298,6 +298,9 @@ def run_scene(window: float = 30.0, duration: float | None = None) -> dict[str, 
     return {
         "window_s": window,
         "duration_s": duration,
+        # From the first search to the last answer: longer than the
+        # duration when the services fall behind (a slow machine).
+        "span_s": max((r[0] + r[1] for r in results), default=0.0),
         "offered": len(results),
         "offered_per_s": OVERLOAD * capacity,
         "capacity_per_s": capacity,

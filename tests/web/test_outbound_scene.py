@@ -72,11 +72,14 @@ def test_answers_come_within_the_deadline_and_refusals_promptly(scene: dict) -> 
 def test_the_budgets_are_spent_not_wasted(scene: dict) -> None:
     # The providers' capacity over the run, less b's downtime: the pool
     # answers most of it, and never more than the providers allow.
+    # (Over the span the answers came in: on a slow machine, such as the
+    # sanitizer pass, the services may answer past the load's duration.)
     capacity = scene["capacity_per_s"] * scene["duration_s"]
+    most = scene["capacity_per_s"] * max(scene["duration_s"], scene["span_s"])
     served = sum(scene["provider_served"].values())
     assert scene["answered"] == served
     # Paced: a provider's first call, then one per interval.
-    assert served <= capacity + 3
+    assert served <= most + 3, scene
     assert served >= 0.6 * capacity, scene
 
 
