@@ -702,7 +702,10 @@ class _RateHeaders:
         finally:
             with self._lock:
                 self._refusing -= 1
-                if self._refusing == 0:
+                # Not when the hook decides again since (a limit declared,
+                # init_app again): it would stay off, nothing limited.
+                state = self.flask.extensions.get("stanchion")  # type: ignore[union-attr]
+                if self._refusing == 0 and state is not None and state.front is rule:
                     self.hook_off()
 
     def wraps_flask_itself(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
 from flask import Flask, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -181,3 +182,51 @@ def test_a_disabled_app_or_a_concurrency_limit_keeps_the_hook(
         enabled = config.get("STANCHION_ENABLED", True)
         assert statuses == ([200, 200, 429] if enabled else [200, 200, 200])
         assert "_before_request" in hooks(app)
+
+
+@pytest.mark.parametrize("change", ["exempt", "init_app"])
+def test_a_refusal_ending_after_the_hook_came_back_leaves_it_on(
+    clock: FakeClock, change: str
+) -> None:
+    # A refusal in flight while the hook comes back for good (a limit
+    # declared, or init_app again): when it ends, the hook must stay on
+    # the app's list, or no request of the app would be limited again.
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "1/minute"
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    @app.route("/other")
+    def other() -> str:
+        return "other"
+
+    ext = Stanchion(app, clock=clock)
+    inside, go = threading.Event(), threading.Event()
+
+    @app.after_request
+    def hold(response: Any) -> Any:
+        if response.status_code == 429 and not go.is_set():
+            inside.set()
+            go.wait(10)
+        return response
+
+    c = app.test_client()
+    assert get(c).status_code == 200
+    assert hooks(app) == []  # the door decides
+    got: list[int] = []
+    refused = threading.Thread(target=lambda: got.append(get(c).status_code))
+    refused.start()
+    assert inside.wait(10)
+    if change == "exempt":
+        ext.exempt(app.view_functions["other"])
+        assert get(app.test_client(), "/other").status_code == 200
+    else:
+        ext.init_app(app)
+    go.set()
+    refused.join()
+    assert got == [429]
+    assert hooks(app) == ["_before_request"]
+    fresh = [get(c, ip="198.51.100.7").status_code for _ in range(2)]
+    assert fresh == [200, 429]
