@@ -29,9 +29,10 @@ which need no wrapping); the headers of allowed requests are added to
 the WSGI response as it starts (``app.wsgi_app`` is wrapped), so
 ``after_request`` hooks do not see them. When ``STANCHION_DEFAULT_LIMIT``
 is the app's only limit (no view or blueprint limit, no exemption, no
-concurrency limit, clients keyed by address), a request is decided as
-it enters the app, before any ``before_request`` function, and the hook
-runs only to answer a refusal (through the app's hooks, as above).
+concurrency limit, clients keyed by address, the extension's hook the
+app's first ``before_request`` function and no URL value preprocessor),
+a request is decided as it enters the app, and the hook runs only to
+answer a refusal (through the app's hooks, as above).
 
 Which limits apply to a request:
 
@@ -436,6 +437,11 @@ class Stanchion:
         if (
             isinstance(wrapper, _RateHeaders)
             and wrapper.wraps_flask_itself()
+            # Nothing of the app's runs before the hook: a before_request
+            # function or URL value preprocessor ahead of it may answer
+            # (or abort) a request the hook then never counts.
+            and app.before_request_funcs.get(None, [])[:1] == [self._before_request]
+            and not any(app.url_value_preprocessors.values())
             and state.enabled
             and front is not None
             and front.gate is not None

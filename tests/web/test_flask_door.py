@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from flask import Flask, g, request
+from flask import Flask, abort, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from stanchion.flask import Stanchion
@@ -26,14 +26,6 @@ def make_app(clock: FakeClock, limit: str = "3/minute") -> tuple[Flask, Stanchio
     calls: list[str] = []
     app.config["calls"] = calls
 
-    # A hook registered before the extension's, and after_request and
-    # teardown functions reading what it set: a refusal must go through
-    # them as it does when the hook decides.
-    @app.before_request
-    def started() -> None:
-        g.started = True
-        calls.append("before")
-
     @app.route("/hello")
     def hello() -> str:
         return "hello"
@@ -44,9 +36,18 @@ def make_app(clock: FakeClock, limit: str = "3/minute") -> tuple[Flask, Stanchio
 
     ext = Stanchion(app, clock=clock)
 
+    # A hook registered after the extension's (one before it keeps the
+    # hook deciding: it may answer a request the hook never counts), and
+    # after_request and teardown functions reading what it set: a
+    # refusal must go through them as it does when the hook decides.
+    @app.before_request
+    def started() -> None:
+        g.started = True
+        calls.append("before")
+
     @app.after_request
     def stamp(response: Any) -> Any:
-        response.headers["X-Started"] = str(g.started)
+        response.headers["X-Started"] = str(g.get("started"))
         calls.append(f"after {response.status_code}")
         return response
 
@@ -77,10 +78,12 @@ def test_the_default_limit_alone_is_decided_at_the_door(clock: FakeClock) -> Non
     ]
     assert answers[3].headers["Retry-After"] == "20"
     assert answers[3].headers["RateLimit-Policy"] == '"global";q=3;w=60'
-    # The refusal went through the app's hooks, after_request and
-    # teardown functions, in order, as the hook's refusal does.
-    assert answers[3].headers["X-Started"] == "True"
-    assert app.config["calls"][-3:] == ["before", "after 429", "teardown"]
+    # The refusal went through the app's after_request and teardown
+    # functions, in order, as the hook's refusal does (which answers
+    # before the hooks registered after it).
+    assert answers[2].headers["X-Started"] == "True"
+    assert answers[3].headers["X-Started"] == "None"
+    assert app.config["calls"][-3:] == ["teardown", "after 429", "teardown"]
     # Once the first request said so, the hook is off the app's list and
     # back on it only while a refusal runs.
     assert hooks(app) == ["started"]
@@ -230,3 +233,64 @@ def test_a_refusal_ending_after_the_hook_came_back_leaves_it_on(
     assert hooks(app) == ["_before_request"]
     fresh = [get(c, ip="198.51.100.7").status_code for _ in range(2)]
     assert fresh == [200, 429]
+
+
+@pytest.mark.parametrize("force_hook", [False, True])
+def test_what_runs_before_the_hook_answers_uncounted(
+    clock: FakeClock, force_hook: bool
+) -> None:
+    # A before_request function registered ahead of the extension's
+    # answers some requests itself (401), a URL value preprocessor
+    # aborts others (404): the hook never sees them, so they spend no
+    # budget. Deciding them at the door would count them, and lock the
+    # client out once it sends its credentials. Same answers whether the
+    # door could be used or not (an exemption elsewhere forces the hook).
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+
+    @app.before_request
+    def auth() -> Any:
+        if request.headers.get("Authorization") != "ok":
+            return "who are you?", 401
+        return None
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    @app.route("/unrelated")
+    def unrelated() -> str:
+        return "unrelated"
+
+    ext = Stanchion(app, clock=clock)
+    if force_hook:
+        ext.exempt(app.view_functions["unrelated"])
+    c = app.test_client()
+    ok = {"Authorization": "ok"}
+    statuses = [get(c, ip="192.0.2.1", headers=ok).status_code]
+    statuses += [get(c).status_code for _ in range(3)]
+    statuses += [get(c, headers=ok).status_code for _ in range(3)]
+    assert statuses == [200, 401, 401, 401, 200, 200, 429]
+    assert "_before_request" in hooks(app)
+
+
+def test_a_url_value_preprocessor_keeps_the_hook(clock: FakeClock) -> None:
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+
+    @app.url_value_preprocessor
+    def lang(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        if request.args.get("lang") == "xx":
+            abort(404)
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    Stanchion(app, clock=clock)
+    c = app.test_client()
+    statuses = [get(c, ip="192.0.2.1").status_code]
+    statuses += [get(c, query_string={"lang": "xx"}).status_code for _ in range(3)]
+    statuses += [get(c).status_code for _ in range(3)]
+    assert statuses == [200, 404, 404, 404, 200, 200, 429]
+    assert "_before_request" in hooks(app)
