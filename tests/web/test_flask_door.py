@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from flask import Flask, abort, g, request
+from flask import Flask, abort, g, request, request_started
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from stanchion.flask import Stanchion
@@ -294,3 +294,41 @@ def test_a_url_value_preprocessor_keeps_the_hook(clock: FakeClock) -> None:
     statuses += [get(c).status_code for _ in range(3)]
     assert statuses == [200, 404, 404, 404, 200, 200, 429]
     assert "_before_request" in hooks(app)
+
+
+def test_a_request_in_before_the_door_was_chosen_is_decided(
+    clock: FakeClock,
+) -> None:
+    # A request that entered the app before the first request's hook
+    # chose the door reaches the app's hooks after the hook went off:
+    # it must still be decided (here: the client's second request in a
+    # minute, refused), once.
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "1/minute"
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    Stanchion(app, clock=clock)
+    inside, go = threading.Event(), threading.Event()
+
+    def started(sender: Any, **kw: Any) -> None:
+        if request.args.get("late"):
+            inside.set()
+            go.wait(10)
+
+    request_started.connect(started, app)
+    got: list[int] = []
+    late = threading.Thread(
+        target=lambda: got.append(get(app.test_client(), "/hello?late=1").status_code)
+    )
+    late.start()
+    assert inside.wait(10)
+    got.append(get(app.test_client()).status_code)
+    go.set()
+    late.join()
+    assert sorted(got) == [200, 429]
+    assert hooks(app) == []  # the door decides from now on
+    assert get(app.test_client()).status_code == 429
+    assert get(app.test_client(), ip="198.51.100.3").status_code == 200
