@@ -29,9 +29,10 @@ which need no wrapping); the headers of allowed requests are added to
 the WSGI response as it starts (``app.wsgi_app`` is wrapped), so
 ``after_request`` hooks do not see them. When ``STANCHION_DEFAULT_LIMIT``
 is the app's only limit (no view or blueprint limit, no exemption, no
-concurrency limit, clients keyed by address), a request is decided as
-it enters the app, before any ``before_request`` function, and the hook
-runs only to answer a refusal (through the app's hooks, as above).
+concurrency limit, clients keyed by address, the extension's hook the
+app's first ``before_request`` function and no URL value preprocessor),
+a request is decided as it enters the app, and the hook runs only to
+answer a refusal (through the app's hooks, as above).
 
 Which limits apply to a request:
 
@@ -436,6 +437,11 @@ class Stanchion:
         if (
             isinstance(wrapper, _RateHeaders)
             and wrapper.wraps_flask_itself()
+            # Nothing of the app's runs before the hook: a before_request
+            # function or URL value preprocessor ahead of it may answer
+            # (or abort) a request the hook then never counts.
+            and app.before_request_funcs.get(None, [])[:1] == [self._before_request]
+            and not any(app.url_value_preprocessors.values())
             and state.enabled
             and front is not None
             and front.gate is not None
@@ -616,7 +622,7 @@ class _RateHeaders:
     answered by the hook as before (the app's other hooks, after_request
     and teardown functions all run)."""
 
-    __slots__ = ("_hook_at", "_lock", "_refusing", "app", "ext", "flask")
+    __slots__ = ("_early", "_hook_at", "_lock", "_refusing", "app", "ext", "flask")
 
     #: True once a request took a concurrency slot (in any app): only
     #: then is the environ looked at for slots to give back.
@@ -628,11 +634,13 @@ class _RateHeaders:
         self.ext = ext
         self._lock = threading.Lock()
         self._refusing = 0  # refused requests running with the hook back
+        self._early = 0  # requests in before the door was chosen
         #: The hook's place in the app's list while it is off (None: on).
         self._hook_at: int | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         flask = self.flask
+        early = False
         if flask is not None:
             state: Any = flask.extensions.get("stanchion")
             front = state.front if state is not None else None
@@ -642,6 +650,15 @@ class _RateHeaders:
                 # Limits declared since: the hook decides from now on.
                 state.front = None
                 with self._lock:
+                    self.hook_on()
+            elif state is not None and not state.checked:
+                # In before the first request's hook chose the door: the
+                # hook stays on (or is put back, if it went off since
+                # ``checked`` was read) until this one went through it, or
+                # the request would be decided neither here nor there.
+                early = True
+                with self._lock:
+                    self._early += 1
                     self.hook_on()
         # A list per call: an app mounted in another (DispatcherMiddleware)
         # puts its own in the environ, so each layer sends its own once.
@@ -655,6 +672,13 @@ class _RateHeaders:
                 if holds is not None:
                     holds.release()
             raise
+        finally:
+            if early:
+                with self._lock:
+                    self._early -= 1
+                    now: Any = flask.extensions.get("stanchion")  # type: ignore[union-attr]
+                    if self._early == 0 and now is not None and now.front is not None:
+                        self.hook_off()
         if not self.holding:
             return body
         holds = environ.pop(_HOLDS, None)
@@ -702,7 +726,10 @@ class _RateHeaders:
         finally:
             with self._lock:
                 self._refusing -= 1
-                if self._refusing == 0:
+                # Not when the hook decides again since (a limit declared,
+                # init_app again): it would stay off, nothing limited.
+                state = self.flask.extensions.get("stanchion")  # type: ignore[union-attr]
+                if self._refusing == 0 and state is not None and state.front is rule:
                     self.hook_off()
 
     def wraps_flask_itself(self) -> bool:
@@ -724,7 +751,7 @@ class _RateHeaders:
         is replaced, never changed in place: a request going through it
         sees it whole."""
         flask, ext = self.flask, self.ext
-        if flask is None or self._hook_at is not None or self._refusing:
+        if flask is None or self._hook_at is not None or self._refusing or self._early:
             return
         hook = ext._before_request
         funcs = flask.before_request_funcs.get(None, [])

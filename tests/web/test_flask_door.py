@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from flask import Flask, g, request
+import pytest
+from flask import Flask, abort, g, request, request_started
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from stanchion.flask import Stanchion
@@ -25,14 +26,6 @@ def make_app(clock: FakeClock, limit: str = "3/minute") -> tuple[Flask, Stanchio
     calls: list[str] = []
     app.config["calls"] = calls
 
-    # A hook registered before the extension's, and after_request and
-    # teardown functions reading what it set: a refusal must go through
-    # them as it does when the hook decides.
-    @app.before_request
-    def started() -> None:
-        g.started = True
-        calls.append("before")
-
     @app.route("/hello")
     def hello() -> str:
         return "hello"
@@ -43,9 +36,18 @@ def make_app(clock: FakeClock, limit: str = "3/minute") -> tuple[Flask, Stanchio
 
     ext = Stanchion(app, clock=clock)
 
+    # A hook registered after the extension's (one before it keeps the
+    # hook deciding: it may answer a request the hook never counts), and
+    # after_request and teardown functions reading what it set: a
+    # refusal must go through them as it does when the hook decides.
+    @app.before_request
+    def started() -> None:
+        g.started = True
+        calls.append("before")
+
     @app.after_request
     def stamp(response: Any) -> Any:
-        response.headers["X-Started"] = str(g.started)
+        response.headers["X-Started"] = str(g.get("started"))
         calls.append(f"after {response.status_code}")
         return response
 
@@ -76,10 +78,12 @@ def test_the_default_limit_alone_is_decided_at_the_door(clock: FakeClock) -> Non
     ]
     assert answers[3].headers["Retry-After"] == "20"
     assert answers[3].headers["RateLimit-Policy"] == '"global";q=3;w=60'
-    # The refusal went through the app's hooks, after_request and
-    # teardown functions, in order, as the hook's refusal does.
-    assert answers[3].headers["X-Started"] == "True"
-    assert app.config["calls"][-3:] == ["before", "after 429", "teardown"]
+    # The refusal went through the app's after_request and teardown
+    # functions, in order, as the hook's refusal does (which answers
+    # before the hooks registered after it).
+    assert answers[2].headers["X-Started"] == "True"
+    assert answers[3].headers["X-Started"] == "None"
+    assert app.config["calls"][-3:] == ["teardown", "after 429", "teardown"]
     # Once the first request said so, the hook is off the app's list and
     # back on it only while a refusal runs.
     assert hooks(app) == ["started"]
@@ -181,3 +185,150 @@ def test_a_disabled_app_or_a_concurrency_limit_keeps_the_hook(
         enabled = config.get("STANCHION_ENABLED", True)
         assert statuses == ([200, 200, 429] if enabled else [200, 200, 200])
         assert "_before_request" in hooks(app)
+
+
+@pytest.mark.parametrize("change", ["exempt", "init_app"])
+def test_a_refusal_ending_after_the_hook_came_back_leaves_it_on(
+    clock: FakeClock, change: str
+) -> None:
+    # A refusal in flight while the hook comes back for good (a limit
+    # declared, or init_app again): when it ends, the hook must stay on
+    # the app's list, or no request of the app would be limited again.
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "1/minute"
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    @app.route("/other")
+    def other() -> str:
+        return "other"
+
+    ext = Stanchion(app, clock=clock)
+    inside, go = threading.Event(), threading.Event()
+
+    @app.after_request
+    def hold(response: Any) -> Any:
+        if response.status_code == 429 and not go.is_set():
+            inside.set()
+            go.wait(10)
+        return response
+
+    c = app.test_client()
+    assert get(c).status_code == 200
+    assert hooks(app) == []  # the door decides
+    got: list[int] = []
+    refused = threading.Thread(target=lambda: got.append(get(c).status_code))
+    refused.start()
+    assert inside.wait(10)
+    if change == "exempt":
+        ext.exempt(app.view_functions["other"])
+        assert get(app.test_client(), "/other").status_code == 200
+    else:
+        ext.init_app(app)
+    go.set()
+    refused.join()
+    assert got == [429]
+    assert hooks(app) == ["_before_request"]
+    fresh = [get(c, ip="198.51.100.7").status_code for _ in range(2)]
+    assert fresh == [200, 429]
+
+
+@pytest.mark.parametrize("force_hook", [False, True])
+def test_what_runs_before_the_hook_answers_uncounted(
+    clock: FakeClock, force_hook: bool
+) -> None:
+    # A before_request function registered ahead of the extension's
+    # answers some requests itself (401), a URL value preprocessor
+    # aborts others (404): the hook never sees them, so they spend no
+    # budget. Deciding them at the door would count them, and lock the
+    # client out once it sends its credentials. Same answers whether the
+    # door could be used or not (an exemption elsewhere forces the hook).
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+
+    @app.before_request
+    def auth() -> Any:
+        if request.headers.get("Authorization") != "ok":
+            return "who are you?", 401
+        return None
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    @app.route("/unrelated")
+    def unrelated() -> str:
+        return "unrelated"
+
+    ext = Stanchion(app, clock=clock)
+    if force_hook:
+        ext.exempt(app.view_functions["unrelated"])
+    c = app.test_client()
+    ok = {"Authorization": "ok"}
+    statuses = [get(c, ip="192.0.2.1", headers=ok).status_code]
+    statuses += [get(c).status_code for _ in range(3)]
+    statuses += [get(c, headers=ok).status_code for _ in range(3)]
+    assert statuses == [200, 401, 401, 401, 200, 200, 429]
+    assert "_before_request" in hooks(app)
+
+
+def test_a_url_value_preprocessor_keeps_the_hook(clock: FakeClock) -> None:
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+
+    @app.url_value_preprocessor
+    def lang(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        if request.args.get("lang") == "xx":
+            abort(404)
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    Stanchion(app, clock=clock)
+    c = app.test_client()
+    statuses = [get(c, ip="192.0.2.1").status_code]
+    statuses += [get(c, query_string={"lang": "xx"}).status_code for _ in range(3)]
+    statuses += [get(c).status_code for _ in range(3)]
+    assert statuses == [200, 404, 404, 404, 200, 200, 429]
+    assert "_before_request" in hooks(app)
+
+
+def test_a_request_in_before_the_door_was_chosen_is_decided(
+    clock: FakeClock,
+) -> None:
+    # A request that entered the app before the first request's hook
+    # chose the door reaches the app's hooks after the hook went off:
+    # it must still be decided (here: the client's second request in a
+    # minute, refused), once.
+    app = Flask(__name__)
+    app.config["STANCHION_DEFAULT_LIMIT"] = "1/minute"
+
+    @app.route("/hello")
+    def hello() -> str:
+        return "hello"
+
+    Stanchion(app, clock=clock)
+    inside, go = threading.Event(), threading.Event()
+
+    def started(sender: Any, **kw: Any) -> None:
+        if request.args.get("late"):
+            inside.set()
+            go.wait(10)
+
+    request_started.connect(started, app)
+    got: list[int] = []
+    late = threading.Thread(
+        target=lambda: got.append(get(app.test_client(), "/hello?late=1").status_code)
+    )
+    late.start()
+    assert inside.wait(10)
+    got.append(get(app.test_client()).status_code)
+    go.set()
+    late.join()
+    assert sorted(got) == [200, 429]
+    assert hooks(app) == []  # the door decides from now on
+    assert get(app.test_client()).status_code == 429
+    assert get(app.test_client(), ip="198.51.100.3").status_code == 200
