@@ -32,7 +32,10 @@ is the app's only limit (no view or blueprint limit, no exemption, no
 concurrency limit, clients keyed by address, the extension's hook the
 app's first ``before_request`` function and no URL value preprocessor),
 a request is decided as it enters the app, and the hook runs only to
-answer a refusal (through the app's hooks, as above).
+answer a refusal (through the app's hooks, as above). Code that runs the
+hooks by hand (``app.test_request_context()`` then
+``app.preprocess_request()``) bypasses ``wsgi_app`` and so, then, the
+limit; servers and Flask's test client do not.
 
 Which limits apply to a request:
 
