@@ -114,7 +114,7 @@ from werkzeug.datastructures import Headers
 
 from ._adapt import MIDDLEWARE_SCOPE, outer_headers, route_scope
 from ._adapt_slots import Holds, lane_of, needs_slot
-from ._core import HeaderStart
+from ._core import Decision, HeaderStart
 from ._settings import (
     concurrency_settings,
     flask_name,
@@ -648,8 +648,19 @@ class _RateHeaders:
             state: Any = flask.extensions.get("stanchion")
             front = state.front if state is not None else None
             if front is not None:
-                if state.version == self.ext._version and front.gate is not None:
-                    return self._at_the_door(front, environ, start_response)
+                gate = front.gate
+                if state.version == self.ext._version and gate is not None:
+                    peer = environ.get("REMOTE_ADDR")
+                    d = gate(peer)
+                    if d:
+                        # A known client let through: one C call, its
+                        # headers rendered in C as the response starts.
+                        environ[_DOOR] = True
+                        render = front.allowed_render
+                        if render is not None:
+                            start_response = HeaderStart(start_response, render, d)
+                        return self.app(environ, start_response)
+                    return self._at_the_door(front, environ, start_response, peer, d)
                 # Limits declared since: the hook decides from now on.
                 state.front = None
                 with self._lock:
@@ -690,20 +701,15 @@ class _RateHeaders:
         return _Releasing(body, holds)
 
     def _at_the_door(
-        self, rule: Rule, environ: dict[str, Any], start_response: Any
+        self,
+        rule: Rule,
+        environ: dict[str, Any],
+        start_response: Any,
+        peer: str | None,
+        d: Decision | None,
     ) -> Any:
-        peer = environ.get("REMOTE_ADDR")
-        gate = rule.gate
-        assert gate is not None
-        d = gate(peer)
-        if d:
-            # A known client let through: one C call, its headers
-            # rendered in C as the response starts.
-            environ[_DOOR] = True
-            render = rule.allowed_render
-            if render is not None:
-                start_response = HeaderStart(start_response, render, d)
-            return self.app(environ, start_response)
+        """The door's answer to a request its gate did not let through:
+        a client it does not know yet (``d`` None), or refused."""
         if d is None:
             verdict = rule.check_simple(
                 environ.get("REQUEST_METHOD", "GET"),
