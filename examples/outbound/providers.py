@@ -402,24 +402,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         providers = [parse_spec(s) for s in args.provider]
     except ValueError as e:
         parser.error(str(e))
-    for p in providers:
-        p.start()
-        mode = "advertised" if p.advertise else "silent"
-        print(
-            f"{p.name}: {p.url}/search?q=...  ({p.limit} per {p.window:g} s, "
-            f"{p.kind}, {mode})",
-            flush=True,
-        )
     # SIGTERM stops them as Ctrl-C does (background jobs of a shell
-    # ignore SIGINT).
+    # ignore SIGINT); both are handled from before the first provider
+    # starts, so a signal sent once its address is printed stops them.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    started: list[FakeProvider] = []
     try:
+        for p in providers:
+            p.start()
+            started.append(p)
+            mode = "advertised" if p.advertise else "silent"
+            print(
+                f"{p.name}: {p.url}/search?q=...  ({p.limit} per {p.window:g} s, "
+                f"{p.kind}, {mode})",
+                flush=True,
+            )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
-        for p in providers:
+        for p in started:
             p.stop()
             print(f"{p.name}: {p.served} served, {p.refused} refused", flush=True)
     return 0
