@@ -1358,7 +1358,12 @@ def test_a_provider_paused_past_the_deadline_adds_no_pace() -> None:
         w.join()
     refused = [took for kind, took in outcomes if kind == "refused"]
     assert 4 <= len(refused) <= 5, outcomes
-    assert max(refused) < 0.5, outcomes
+    # At once, but for a caller whose turn was "b"'s next slot, due at
+    # its deadline to the millisecond, and lost to another: refused when
+    # it lost, at that slot (0.5 s). Counting "a"'s pace, they were all
+    # refused near the deadline.
+    assert sum(took < 0.1 for took in refused) >= 4, outcomes
+    assert max(refused) < 0.75, outcomes
     assert a.calls == [None]
 
 
