@@ -20,20 +20,21 @@ def get(c: Any, path: str = "/hello", ip: str = "203.0.113.1", **kw: Any) -> Any
     return c.get(path, environ_base={"REMOTE_ADDR": ip}, **kw)
 
 
-def make_app(clock: FakeClock, limit: str = "3/minute") -> tuple[Flask, Stanchion]:
+def limited_app(limit: str, *views: str) -> Flask:
+    """An app whose only limit is ``STANCHION_DEFAULT_LIMIT = limit``,
+    with a route ``/name`` answering ``name`` for each of ``views``
+    (``hello`` when none)."""
     app = Flask(__name__)
     app.config["STANCHION_DEFAULT_LIMIT"] = limit
+    for name in views or ("hello",):
+        app.add_url_rule(f"/{name}", name, lambda name=name: name)
+    return app
+
+
+def make_app(clock: FakeClock, limit: str = "3/minute") -> tuple[Flask, Stanchion]:
+    app = limited_app(limit, "hello", "other")
     calls: list[str] = []
     app.config["calls"] = calls
-
-    @app.route("/hello")
-    def hello() -> str:
-        return "hello"
-
-    @app.route("/other")
-    def other() -> str:
-        return "other"
-
     ext = Stanchion(app, clock=clock)
 
     # A hook registered after the extension's (one before it keeps the
@@ -171,13 +172,8 @@ def test_a_disabled_app_or_a_concurrency_limit_keeps_the_hook(
         {"STANCHION_ENABLED": False},
         {"STANCHION_CONCURRENCY": 2},
     ):
-        app = Flask(__name__)
-        app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+        app = limited_app("2/minute")
         app.config.update(config)
-
-        @app.route("/hello")
-        def hello() -> str:
-            return "hello"
 
         Stanchion(app, clock=clock)
         c = app.test_client()
@@ -194,17 +190,7 @@ def test_a_refusal_ending_after_the_hook_came_back_leaves_it_on(
     # A refusal in flight while the hook comes back for good (a limit
     # declared, or init_app again): when it ends, the hook must stay on
     # the app's list, or no request of the app would be limited again.
-    app = Flask(__name__)
-    app.config["STANCHION_DEFAULT_LIMIT"] = "1/minute"
-
-    @app.route("/hello")
-    def hello() -> str:
-        return "hello"
-
-    @app.route("/other")
-    def other() -> str:
-        return "other"
-
+    app = limited_app("1/minute", "hello", "other")
     ext = Stanchion(app, clock=clock)
     inside, go = threading.Event(), threading.Event()
 
@@ -245,22 +231,13 @@ def test_what_runs_before_the_hook_answers_uncounted(
     # budget. Deciding them at the door would count them, and lock the
     # client out once it sends its credentials. Same answers whether the
     # door could be used or not (an exemption elsewhere forces the hook).
-    app = Flask(__name__)
-    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+    app = limited_app("2/minute", "hello", "unrelated")
 
     @app.before_request
     def auth() -> Any:
         if request.headers.get("Authorization") != "ok":
             return "who are you?", 401
         return None
-
-    @app.route("/hello")
-    def hello() -> str:
-        return "hello"
-
-    @app.route("/unrelated")
-    def unrelated() -> str:
-        return "unrelated"
 
     ext = Stanchion(app, clock=clock)
     if force_hook:
@@ -275,17 +252,12 @@ def test_what_runs_before_the_hook_answers_uncounted(
 
 
 def test_a_url_value_preprocessor_keeps_the_hook(clock: FakeClock) -> None:
-    app = Flask(__name__)
-    app.config["STANCHION_DEFAULT_LIMIT"] = "2/minute"
+    app = limited_app("2/minute")
 
     @app.url_value_preprocessor
     def lang(endpoint: str | None, values: dict[str, Any] | None) -> None:
         if request.args.get("lang") == "xx":
             abort(404)
-
-    @app.route("/hello")
-    def hello() -> str:
-        return "hello"
 
     Stanchion(app, clock=clock)
     c = app.test_client()
@@ -303,13 +275,7 @@ def test_a_request_in_before_the_door_was_chosen_is_decided(
     # chose the door reaches the app's hooks after the hook went off:
     # it must still be decided (here: the client's second request in a
     # minute, refused), once.
-    app = Flask(__name__)
-    app.config["STANCHION_DEFAULT_LIMIT"] = "1/minute"
-
-    @app.route("/hello")
-    def hello() -> str:
-        return "hello"
-
+    app = limited_app("1/minute")
     Stanchion(app, clock=clock)
     inside, go = threading.Event(), threading.Event()
 
