@@ -613,11 +613,7 @@ class Pool:
         now = time.monotonic()
         with self._lock:
             if run.queued:
-                # Interrupted in between, the caller still leaves on exit.
-                self._queue.pop(run, None)
-                run.queued = False
-                if not self._queue:
-                    self._idle_since = now
+                self._dequeue(run, now)
             last = self._granted_at
             if last is not None:
                 gap = now - last
@@ -655,9 +651,15 @@ class Pool:
 
     def _leave(self, run: _Run) -> None:
         with self._lock:
-            self._queue.pop(run, None)
-            if not self._queue:
-                self._idle_since = time.monotonic()
+            self._dequeue(run, time.monotonic())
+
+    def _dequeue(self, run: _Run, now: float) -> None:
+        """Take ``run`` out of the queue (the lock held). Out first, then
+        marked: interrupted in between, it still leaves on exit."""
+        self._queue.pop(run, None)
+        run.queued = False
+        if not self._queue:
+            self._idle_since = now
 
     def stats(self) -> dict[str, Any]:
         """Counters since the pool was made: ``calls`` (pool calls),
