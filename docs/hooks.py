@@ -1,0 +1,56 @@
+"""Build hooks of the docs site (mkdocs.yml names this file twice).
+
+- ``on_page_markdown`` (an mkdocs hook): README sections are included in
+  several pages, so a README link to one of its own headings (``#cache``)
+  may point to another page: it becomes a cross-page reference that
+  mkdocs-autorefs resolves (and reports, failing a strict build, when no
+  page has that heading). Links to ``benchmarks/RESULTS.md`` point to the
+  page that includes it.
+- ``SphinxRoles`` (a griffe extension, for mkdocstrings): the docstrings
+  are written for ``help()`` and Sphinx-style roles; ``:class:`x``` and
+  the like are shown as code, and a paragraph ending in ``::`` (a literal
+  block follows) ends in ``:``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import griffe
+from markdown.extensions.toc import slugify
+
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+_LOCAL_LINK = re.compile(r"\]\(#([A-Za-z0-9_-]+)\)")
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+# README.md's links to other files, as include-markdown rewrote them
+# (relative to docs/), and the page that shows each file.
+_FILES = {"../benchmarks/RESULTS.md": "benchmarks.md"}
+
+
+def on_page_markdown(markdown: str, **kwargs: Any) -> str:
+    own = {slugify(h, "-") for h in _HEADING.findall(_FENCE.sub("", markdown))}
+
+    def link(m: re.Match[str]) -> str:
+        anchor = m.group(1)
+        return m.group(0) if anchor in own else f"][{anchor}]"
+
+    markdown = _LOCAL_LINK.sub(link, markdown)
+    for path, page in _FILES.items():
+        markdown = markdown.replace(f"]({path}", f"]({page}")
+    return markdown
+
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|exc|data|obj):`~?([^`]+)`")
+_LITERAL = re.compile(r"(\S)::$", re.MULTILINE)
+
+
+class SphinxRoles(griffe.Extension):
+    """Sphinx roles in docstrings shown as code spans."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        doc = obj.docstring
+        if doc is None:
+            return
+        value = _ROLE.sub(r"`\1`", doc.value)
+        doc.value = _LITERAL.sub(r"\1:", value)
