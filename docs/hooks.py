@@ -5,11 +5,12 @@
   may point to another page: it becomes a cross-page reference that
   mkdocs-autorefs resolves (and reports, failing a strict build, when no
   page has that heading). Links to ``benchmarks/RESULTS.md`` point to the
-  page that includes it.
+  page that includes it, and the README's link to ``docs/`` (``./`` once
+  rewritten) to the home page.
 - ``SphinxRoles`` (a griffe extension, for mkdocstrings): the docstrings
-  are written for ``help()`` and Sphinx-style roles; ``:class:`x``` and
-  the like are shown as code, and a paragraph ending in ``::`` (a literal
-  block follows) ends in ``:``.
+  are written for ``help()`` in reST; ``:class:`x``` and the like are
+  shown as code, a paragraph ending in ``::`` (a literal block follows)
+  ends in ``:``, and two-column simple tables become Markdown tables.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _LOCAL_LINK = re.compile(r"\]\(#([A-Za-z0-9_-]+)\)")
 _FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 # README.md's links to other files, as include-markdown rewrote them
 # (relative to docs/), and the page that shows each file.
-_FILES = {"../benchmarks/RESULTS.md": "benchmarks.md"}
+_FILES = {"../benchmarks/RESULTS.md": "benchmarks.md", "./)": "index.md)"}
 
 
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
@@ -43,14 +44,41 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
 
 _ROLE = re.compile(r":(?:class|func|meth|mod|attr|exc|data|obj):`~?([^`]+)`")
 _LITERAL = re.compile(r"(\S)::$", re.MULTILINE)
+_RULE = re.compile(r"( *)(=+)( +)=+ *")
+
+
+def _simple_tables(text: str) -> str:
+    """reST simple tables of two columns (a rule of ``=`` runs above and
+    below) as Markdown tables."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        top = _RULE.fullmatch(lines[i])
+        end = next(
+            (j for j in range(i + 1, len(lines)) if _RULE.fullmatch(lines[j])), None
+        )
+        if top is None or end is None:
+            out.append(lines[i])
+            i += 1
+            continue
+        split = len(top.group(1)) + len(top.group(2)) + len(top.group(3))
+        out += ["| | |", "| --- | --- |"]
+        for row in lines[i + 1 : end]:
+            cells = (row[:split].strip(), row[split:].strip())
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        i = end + 1
+    return "\n".join(out)
 
 
 class SphinxRoles(griffe.Extension):
-    """Sphinx roles in docstrings shown as code spans."""
+    """Docstrings written in reST shown as Markdown: roles as code spans,
+    ``::`` as ``:``, simple tables as tables."""
 
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         doc = obj.docstring
         if doc is None:
             return
         value = _ROLE.sub(r"`\1`", doc.value)
-        doc.value = _LITERAL.sub(r"\1:", value)
+        value = _LITERAL.sub(r"\1:", value)
+        doc.value = _simple_tables(value)
