@@ -294,3 +294,38 @@ def test_django_ratelimit_parameters_are_in_the_table() -> None:
     assert settings_read, "django-ratelimit reads no settings: the scan is broken"
     missing = settings_read - names
     assert not missing, f"django-ratelimit settings: {sorted(missing)}"
+
+
+def test_flask_limiter_recipes_of_the_table() -> None:
+    """default_limits_per_method and application_limits, as the table
+    writes them, with Flask's test client."""
+    require_peers("flask")
+    from flask import Flask
+
+    import stanchion.wsgi
+    from stanchion.flask import Stanchion
+
+    app = Flask(__name__)
+    Stanchion(app, default_limit="1/minute", key=lambda r: f"{r.client}:{r.method}")
+
+    @app.route("/a", methods=["GET", "POST"])
+    def a() -> str:
+        return "ok"
+
+    client = app.test_client()
+    # One bucket per method: a GET does not spend the POST's.
+    assert [client.get("/a").status_code, client.post("/a").status_code] == [200, 200]
+    assert [client.get("/a").status_code, client.post("/a").status_code] == [429, 429]
+
+    app = Flask(__name__)
+    app.route("/b")(lambda: "ok")
+    app.wsgi_app = stanchion.wsgi.RateLimitMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, limit="3/minute", key=lambda r: "app"
+    )
+    client = app.test_client()
+    codes = [
+        client.get("/b", environ_base={"REMOTE_ADDR": f"10.0.0.{i}"}).status_code
+        for i in range(5)
+    ]
+    # Every client spends the one application bucket.
+    assert codes == [200, 200, 200, 429, 429]
