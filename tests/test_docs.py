@@ -123,6 +123,8 @@ def test_c_types_carry_their_docstrings(site: Path) -> None:
     # A signature typed by the stub (the compiled method's own
     # __text_signature__ has no types).
     assert re.search(r"get\s*\(\s*key\s*:\s*_K", text), "Cache.get is not typed"
+    hit = r"hit\s*\(\s*key\s*:\s*str\s*\|\s*bytes\s*,\s*/\s*,\s*cost\s*:\s*int"
+    assert re.search(hit + r"\s*=\s*1\s*\)\s*->\s*Decision", text), "hit is not typed"
 
 
 def test_every_readme_section_is_on_a_page(site: Path) -> None:
