@@ -6,7 +6,10 @@
   mkdocs-autorefs resolves (and reports, failing a strict build, when no
   page has that heading). Links to ``benchmarks/RESULTS.md`` point to the
   page that includes it, and the README's link to ``docs/`` (``./`` once
-  rewritten) to the home page.
+  rewritten) to the home page. A link to another file of the repository
+  (``examples/gateway/README.md``: not a page of the site) is shown as
+  its path; a link to a file that does not exist is left for the strict
+  build to report.
 - ``SphinxRoles`` (a griffe extension, for mkdocstrings): the docstrings
   are written for ``help()`` in reST; ``:class:`x``` and the like are
   shown as code, a paragraph ending in ``::`` (a literal block follows)
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -29,7 +33,10 @@ _FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 _FILES = {"../benchmarks/RESULTS.md": "benchmarks.md", "./)": "index.md)"}
 
 
-def on_page_markdown(markdown: str, **kwargs: Any) -> str:
+_REPO_LINK = re.compile(r"\[([^\]\n]+)\]\((\.\./[^)\s#]+)(#[^)\s]*)?\)")
+
+
+def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
     own = {slugify(h, "-") for h in _HEADING.findall(_FENCE.sub("", markdown))}
 
     def link(m: re.Match[str]) -> str:
@@ -37,9 +44,20 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
         return m.group(0) if anchor in own else f"][{anchor}]"
 
     markdown = _LOCAL_LINK.sub(link, markdown)
-    for path, page in _FILES.items():
-        markdown = markdown.replace(f"]({path}", f"]({page}")
-    return markdown
+    for path, target in _FILES.items():
+        markdown = markdown.replace(f"]({path}", f"]({target}")
+    here = Path(page.file.abs_src_path).parent
+    root = Path(kwargs["config"]["config_file_path"]).parent.resolve()
+
+    def repo_file(m: re.Match[str]) -> str:
+        text, path = m.group(1), m.group(2)
+        target = (here / path).resolve()
+        if not target.exists() or not target.is_relative_to(root):
+            return m.group(0)
+        shown = target.relative_to(root).as_posix()
+        return text if text.strip("`") == shown else f"{text} (`{shown}`)"
+
+    return _REPO_LINK.sub(repo_file, markdown)
 
 
 _ROLE = re.compile(r":(?:class|func|meth|mod|attr|exc|data|obj):`~?([^`]+)`")
