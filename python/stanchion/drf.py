@@ -211,7 +211,7 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"{setting}: {exc}") from None
 
-    def get_ident_key(self, request: Any, view: Any) -> str | None | bool:
+    def get_ident_key(self, request: Any, view: Any) -> str | bool | None:
         """The identity to count this request on: a string, ``None`` for
         the client address (stanchion's, through the trusted proxies), or
         ``False`` when this request is not throttled. Default: the
@@ -249,7 +249,9 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
                 f"{type(self).__name__}.get_ident_key() must return a str, "
                 f"None or False, not {type(ident).__name__}"
             )
-        rule = _rule(scope, rate, self.algorithm, self.clock, f"throttle {scope!r}")
+        # Through the class: a plain function there is not a method.
+        clock = getattr(type(self), "clock", None)
+        rule = _rule(scope, rate, self.algorithm, clock, f"throttle {scope!r}")
         native = getattr(request, "_request", request)
         verdict = rule.check(
             _ThrottledRequest(native, ident), native.META.get("REMOTE_ADDR")
@@ -278,7 +280,7 @@ class AnonRateThrottle(RateThrottle):
 
     scope = "anon"
 
-    def get_ident_key(self, request: Any, view: Any) -> str | None | bool:
+    def get_ident_key(self, request: Any, view: Any) -> str | bool | None:
         if _is_authenticated(request):
             return False
         return None
