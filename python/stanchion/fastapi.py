@@ -584,7 +584,7 @@ def _dependency_calls(route: APIRoute) -> list[Any]:
     return out
 
 
-class DocumentedRoute(APIRoute):  # type: ignore[misc]
+class DocumentedRoute(APIRoute):
     """A FastAPI route class that documents what stanchion does to its
     routes in the OpenAPI schema: ``@limit`` and ``Depends(RateLimit(...))``
     add the 429 (problem+json, and FastAPI's ``{"detail"}`` where a
