@@ -262,15 +262,34 @@ async def test_dependency_in_a_parameter_and_on_a_router(clock: FakeClock) -> No
         return {}
 
     app.include_router(router, prefix="/api")
+    # Dependencies of the inclusion: through FastAPI's own responses=.
+    inner = APIRouter(route_class=DocumentedRoute)
+
+    @inner.get("/c")
+    def in_c_route() -> dict[str, int]:
+        return {}
+
+    guard = RateLimit("1/second", scope="c", clock=clock)
+    app.include_router(
+        inner,
+        prefix="/in",
+        dependencies=[Depends(guard)],
+        responses=guard.openapi_responses(),
+    )
     spec = documented(app)["paths"]
+    c_429 = spec["/in/c"]["get"]["responses"]["429"]
+    assert list(spec["/in/c"]["get"]["responses"]["200"]["headers"]) == RATE + X_RATE
     a_429 = spec["/api/a"]["get"]["responses"]["429"]
     assert a_429["headers"]["RateLimit-Policy"]["example"] == '"api";q=5;w=60'
     b_429 = spec["/b"]["get"]["responses"]["429"]
     assert b_429["headers"]["RateLimit-Policy"]["example"] == '"b";q=3;w=60'
     async with client(app) as c:
         answers = [await c.get("/api/a") for _ in range(6)]
+        in_c = [await c.get("/in/c") for _ in range(2)]
     assert answers[-1].status_code == 429
     matches(answers[-1], a_429)
+    assert in_c[-1].status_code == 429
+    matches(in_c[-1], c_429)
 
 
 # -- routes under @cache --------------------------------------------------------------
