@@ -43,6 +43,7 @@ What differs from DRF's own throttles:
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,9 @@ def _given_ident(request: Any) -> str | None:
 _rules: dict[tuple[Any, ...], Rule] = {}
 _rules_of: _Settings | None = None
 _MAX_RULES = 1024
+# Two threads building one scope's rule at once would give it two sets
+# of limiters (with a class's own algorithm or clock): one builds it.
+_building = threading.Lock()
 
 
 def _rule(
@@ -123,15 +127,26 @@ def _rule(
 ) -> Rule:
     """The rule of one (scope, rate), built once on the ``STANCHION``
     settings: their limiters, storage and client identity."""
-    global _rules_of
     conf = stanchion_settings()
+    cache_key = (scope, rate, algorithm, clock)
+    if conf is _rules_of:
+        rule = _rules.get(cache_key)
+        if rule is not None:
+            return rule
+    with _building:
+        return _build_rule(conf, cache_key, setting)
+
+
+def _build_rule(conf: _Settings, cache_key: tuple[Any, ...], setting: str) -> Rule:
+    """:func:`_rule`'s slow path, under ``_building``."""
+    global _rules_of
     if conf is not _rules_of:
         _rules.clear()
         _rules_of = conf
-    cache_key = (scope, rate, algorithm, clock)
     rule = _rules.get(cache_key)
     if rule is not None:
         return rule
+    scope, rate, algorithm, clock = cache_key
     kw = {**conf.rule_kw, "key": _given_ident}
     if algorithm is not None or clock is not None:
         # Limiters of their own, in the settings' storage.

@@ -498,3 +498,23 @@ def test_token_bucket_waits_one_token_where_drf_waits_the_window() -> None:
     assert b[5][1] == pytest.approx(20.0)
     # DRF's Throttled rounds up for Retry-After: same whole seconds.
     assert math.ceil(b[3][1]) == 20
+
+
+def test_concurrent_requests_get_exactly_the_quota() -> None:
+    """Requests from many threads at once: exactly N pass (one atomic
+    decision per request; DRF's read-modify-write of its cache entry can
+    let more through)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Shared(drf.AnonRateThrottle):  # the settings' limiters
+        rate = "7/min"
+
+    view = AnonView.as_view(throttle_classes=[Shared])
+    factory = APIRequestFactory()
+
+    def one(_: int) -> int:
+        return int(view(factory.get("/")).status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(one, range(40)))
+    assert codes.count(200) == 7 and codes.count(429) == 33
