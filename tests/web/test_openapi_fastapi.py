@@ -381,3 +381,43 @@ def test_other_routes_are_untouched() -> None:
     assert json.dumps(ours, sort_keys=True) == json.dumps(
         build(APIRoute).openapi(), sort_keys=True
     )
+
+
+async def test_plans_and_own_responses(clock: FakeClock) -> None:
+    """A rate chosen per request has no one example, but the schema
+    holds; a rule's own response function gives its own media type."""
+    from stanchion.http import Plans, Reply
+
+    app = new_app()
+
+    @app.get("/plan")
+    @limit(
+        Plans({"free": "1/minute", "pro": "9/minute"}, plan=lambda r: None), clock=clock
+    )
+    async def plan() -> dict[str, int]:
+        return {}
+
+    def text(request: Any, decision: Any) -> Reply:
+        return Reply(429, b"slow down", "text/plain")
+
+    @app.get("/text")
+    @limit("1/minute", response=text, clock=clock)
+    async def text_route() -> dict[str, int]:
+        return {}
+
+    spec = documented(app)["paths"]
+    plan_429 = spec["/plan"]["get"]["responses"]["429"]
+    media = plan_429["content"]["application/problem+json"]
+    assert "example" not in media
+    assert "example" not in plan_429["headers"]["RateLimit"]
+    text_429 = spec["/text"]["get"]["responses"]["429"]
+    assert text_429["content"] == {"text/plain": {"example": "slow down"}}
+    async with client(app) as c:
+        await c.get("/plan")
+        refused = await c.get("/plan")
+        await c.get("/text")
+        refused_text = await c.get("/text")
+    assert refused.status_code == 429
+    matches(refused, plan_429)
+    assert refused_text.text == "slow down"
+    assert refused_text.headers["content-type"].startswith("text/plain")
