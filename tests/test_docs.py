@@ -171,6 +171,8 @@ def test_migration_page_and_framework_pages(site: Path) -> None:
         ("flask", "STANCHION_DEFAULT_LIMIT"),
         ("django", "STANCHION"),
         ("hug", "hug.wraps"),
+        ("drf", "DEFAULT_THROTTLE_CLASSES"),
+        ("fastapi", "DocumentedRoute"),
     ):
         assert words in _text(site / page / "index.html"), page
 
