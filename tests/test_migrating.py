@@ -275,6 +275,15 @@ def test_slowapi_parameters_are_in_the_table() -> None:
     ):
         missing = _parameters(fn) - names
         assert not missing, f"{fn.__qualname__}: {sorted(missing)}"
+    # The keys of its config file (config_filename), one class of names.
+    configs = {
+        v
+        for k, v in vars(slowapi.extension.C).items()
+        if not k.startswith("_") and isinstance(v, str)
+    }
+    assert configs, "slowapi names no config keys: the scan is broken"
+    missing = configs - names
+    assert not missing, f"slowapi config keys: {sorted(missing)}"
 
 
 def test_django_ratelimit_parameters_are_in_the_table() -> None:
