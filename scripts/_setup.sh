@@ -12,6 +12,7 @@ ensure_system_packages() {
 	local missing=()
 	command -v redis-server >/dev/null || missing+=(redis-server)
 	command -v clang-format >/dev/null || missing+=(clang-format)
+	command -v memcached >/dev/null || missing+=(memcached)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	local sudo=""
 	[ "$(id -u)" -ne 0 ] && sudo="sudo"
