@@ -30,8 +30,9 @@ _CACHE_MEANWHILE = {
     "ignore": "reads miss and writes are dropped",
     "raise": "calls raise StorageUnavailable (on_error='raise')",
 }
-#: A stored value: generation, expiry (Unix seconds, 0: none), the data.
-_HEADER = struct.Struct("<Qd")
+#: A stored value: generation, expiry (Unix seconds, 0: none), the token
+#: of the value's group (the response cache's path; 0: none), the data.
+_HEADER = struct.Struct("<QdQ")
 #: The generation counter's key body (stored bodies never start with
 #: ``#`` unless hashed, and a hash is 40 hex digits).
 _GENERATION = b"#generation"
@@ -145,23 +146,41 @@ class MemcachedCache:
             raise TypeError(f"key must be str or bytes, not {type(body).__name__}")
         return _safe_key(self._prefix, body)
 
-    def _read(self, client: Any, mkey: bytes) -> bytes | None:
-        """The data stored at ``mkey`` for the current generation and not
-        expired, or None; the generation is read in the same round trip."""
-        got = client.get_many([self._gen_key, mkey])
+    def _read(
+        self, client: Any, mkey: bytes, group: bytes | None = None
+    ) -> bytes | None:
+        """The data stored at ``mkey`` for the current generation (and,
+        with ``group``, the group's current token) and not expired, or
+        None; generation and token are read in the same round trip."""
+        keys = [self._gen_key, mkey] if group is None else [self._gen_key, group, mkey]
+        got = client.get_many(keys)
         gen = int(got.get(self._gen_key) or 0)
         self._gen = gen
         value = got.get(mkey)
         if value is None or len(value) < _HEADER.size:
             return None
-        vgen, expires = _HEADER.unpack_from(value)
-        if vgen != gen or (expires and expires <= self._clock()):
+        vgen, expires, vtoken = _HEADER.unpack_from(value)
+        token = 0 if group is None else int(got.get(group) or 0)
+        if vgen != gen or vtoken != token or (expires and expires <= self._clock()):
             return None
         return bytes(value[_HEADER.size :])
 
-    def _write(self, client: Any, mkey: bytes, data: bytes, ttl: float | None) -> bool:
-        gen = self._gen
-        if gen is None:
+    def _write(
+        self,
+        client: Any,
+        mkey: bytes,
+        data: bytes,
+        ttl: float | None,
+        group: bytes | None = None,
+    ) -> bool:
+        token = 0
+        if group is not None:
+            got = client.get_many([self._gen_key, group])
+            gen = self._gen = int(got.get(self._gen_key) or 0)
+            token = int(got.get(group) or 0)
+        elif self._gen is not None:
+            gen = self._gen
+        else:
             gen = self._gen = int(client.get(self._gen_key) or 0)
         now = self._clock()
         expires = 0.0 if ttl is None else now + ttl
@@ -174,7 +193,7 @@ class MemcachedCache:
             return bool(
                 client.set(
                     mkey,
-                    _HEADER.pack(gen, expires) + data,
+                    _HEADER.pack(gen, expires, token) + data,
                     expire=expire,
                     noreply=False,
                 )
@@ -190,7 +209,7 @@ class MemcachedCache:
         value = got.get(mkey)
         if value is None or len(value) < _HEADER.size:
             raise KeyError("no such key")
-        vgen, expires = _HEADER.unpack_from(value)
+        vgen, expires, _ = _HEADER.unpack_from(value)
         now = self._clock()
         if vgen != gen or (expires and expires <= now):
             raise KeyError("no such key")
@@ -200,18 +219,22 @@ class MemcachedCache:
     def _remove(client: Any, mkey: bytes) -> bool:
         return bool(client.delete(mkey, noreply=False))
 
-    def _new_generation(self, client: Any) -> int:
-        gen = client.incr(self._gen_key, 1, noreply=False)
+    def _new_generation(self, client: Any, group: bytes | None = None) -> int:
+        """Start a new generation (of the cache, or of one ``group``):
+        what was stored under the old one is never served again."""
+        key = self._gen_key if group is None else group
+        gen = client.incr(key, 1, noreply=False)
         if gen is None:
             # None yet: start at a random one, so entries written before
             # a lost counter are not served again.
             start = int.from_bytes(os.urandom(6), "big") + 1
-            if client.add(self._gen_key, b"%d" % start, expire=0, noreply=False):
+            if client.add(key, b"%d" % start, expire=0, noreply=False):
                 gen = start
             else:
-                gen = client.incr(self._gen_key, 1, noreply=False) or 0
-        self._gen = int(gen)
-        return self._gen
+                gen = client.incr(key, 1, noreply=False) or 0
+        if group is None:
+            self._gen = int(gen)
+        return int(gen)
 
     # -- pieces shared by both sides ----------------------------------------------
 
@@ -300,24 +323,34 @@ class MemcachedCache:
     def close(self) -> None:
         self._connector.close()
 
-    # -- raw data under this cache's prefix (for the response cache) -----------
+    # -- raw data under this cache's prefix, in groups (the response cache's
+    # -- paths), each with a generation of its own ------------------------------
 
-    def _get_raw(self, body: str) -> bytes | None:
-        data = self._call(self._read, self._raw_key(body))
+    def _group(self, name: str) -> bytes:
+        return self._raw_key("#g:" + name)
+
+    def _get_raw(self, body: str, group: str) -> bytes | None:
+        data = self._call(self._read, self._raw_key(body), self._group(group))
         return None if data is _MISSING else data
 
-    def _set_raw(self, body: str, data: bytes, ttl: float) -> None:
-        self._call(self._write, self._raw_key(body), data, ttl)
+    def _set_raw(self, body: str, data: bytes, ttl: float, group: str) -> None:
+        self._call(self._write, self._raw_key(body), data, ttl, self._group(group))
 
     def _delete_raw(self, body: str) -> bool:
         return self._call(self._remove, self._raw_key(body)) is True
 
-    async def _aget_raw(self, body: str) -> bytes | None:
-        data = await self._acall(self._read, self._raw_key(body))
+    def _forget_group(self, group: str) -> bool:
+        """Forget everything stored in ``group``; False when Memcached
+        was unavailable."""
+        return self._call(self._new_generation, self._group(group)) is not _MISSING
+
+    async def _aget_raw(self, body: str, group: str) -> bytes | None:
+        data = await self._acall(self._read, self._raw_key(body), self._group(group))
         return None if data is _MISSING else data
 
-    async def _aset_raw(self, body: str, data: bytes, ttl: float) -> None:
-        await self._acall(self._write, self._raw_key(body), data, ttl)
+    async def _aset_raw(self, body: str, data: bytes, ttl: float, group: str) -> None:
+        mkey, gkey = self._raw_key(body), self._group(group)
+        await self._acall(self._write, mkey, data, ttl, gkey)
 
     # -- asyncio: the same steps in the loop's executor --------------------------
 
