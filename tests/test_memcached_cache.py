@@ -322,3 +322,36 @@ async def test_cache_outage(
 def test_lazy_top_level_names() -> None:
     assert stanchion.MemcachedStorage is MemcachedStorage
     assert stanchion.MemcachedCache is MemcachedCache
+
+
+async def test_middleware_storage_url_shares_limits(
+    memcached_server: MemcachedServer,
+) -> None:
+    """``storage="memcached://..."`` in a middleware: two app instances
+    (as two workers would) share one client's budget."""
+    from stanchion.asgi import RateLimitMiddleware
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = f"mw{uuid.uuid4().hex[:8]}"
+    workers = [
+        RateLimitMiddleware(
+            app, limit="3/minute", storage=memcached_server.url, scope=scope
+        )
+        for _ in range(2)
+    ]
+    statuses = []
+    try:
+        for i in range(5):
+            transport = httpx.ASGITransport(app=workers[i % 2])
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                statuses.append((await c.get("/")).status_code)
+    finally:
+        for w in workers:
+            assert isinstance(w.rule.limiters.storage, MemcachedStorage)
+            w.rule.limiters.storage.close()
+    assert statuses == [200, 200, 200, 429, 429]
+    with pytest.raises(ValueError, match="memcached://"):
+        RateLimitMiddleware(app, limit="3/minute", storage="memcached://host:port")
