@@ -7,7 +7,8 @@ VENV="${STANCHION_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 
 # System packages the test suite needs: redis-server (Redis tests),
-# clang-format (C style check). Debian/Ubuntu names.
+# memcached (Memcached tests), clang-format (C style check).
+# Debian/Ubuntu names.
 ensure_system_packages() {
 	local missing=()
 	command -v redis-server >/dev/null || missing+=(redis-server)

@@ -284,3 +284,25 @@ def test_processes_share_one_limit(
         p.join(30)
         assert p.exitcode == 0
     assert sum(totals) == 50
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_threads_share_one_limit(storage: MemcachedStorage, algorithm: str) -> None:
+    """Eight threads racing on one key (one connection each from the
+    pool): exactly the limit passes, the cas loops retrying lost races."""
+    import threading
+
+    lim = Limiter("40/minute", storage=storage, algorithm=algorithm)
+    allowed: list[int] = []
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        allowed.append(sum(lim.hit("raced").allowed for _ in range(20)))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(allowed) == 40

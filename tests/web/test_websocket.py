@@ -540,3 +540,33 @@ def test_uvicorn_refuses_connection_attempts_with_429() -> None:
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "30"
     assert json.loads(response.body)["status"] == 429
+
+
+def test_uvicorn_without_the_extension_answers_403() -> None:
+    """A server that offers no denial extension: the refusal is a close
+    before accept, which uvicorn answers 403."""
+    echo = Echo()
+    mw = RateLimitMiddleware(echo.app, websocket=WebSocketLimit(connections="1/minute"))
+
+    async def plain_server(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            scope = {**scope, "extensions": {}}
+        await mw(scope, receive, send)
+
+    served = Served(plain_server).start()
+    url = served.url.replace("http", "ws") + "/ws"
+
+    async def scenario() -> Any:
+        async with websockets.connect(url) as conn:
+            await conn.send("hi")
+            assert await asyncio.wait_for(conn.recv(), 5) == "echo hi"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(url):
+                pass
+        return refused.value.response
+
+    try:
+        response = asyncio.run(scenario())
+    finally:
+        served.stop()
+    assert response.status_code == 403
