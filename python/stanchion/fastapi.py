@@ -671,6 +671,9 @@ class WebSocketRateLimit:
 
     async def __call__(self, websocket: WebSocket) -> AsyncIterator[None]:
         limit = self.limit
+        if limit.exempt(websocket.scope):
+            yield
+            return
         verdict = await limit.admit(websocket.scope)
         if verdict is not None and verdict.blocked:
             raise WebSocketException(CLOSE_POLICY_VIOLATION, limit.reason)

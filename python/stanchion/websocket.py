@@ -108,9 +108,11 @@ class WebSocketLimit:
     (None when the client could not be identified) gives either.
 
     ``key``, ``trusted_proxies``, ``forwarded_header``, ``ipv6_prefix``,
-    ``unidentified``, ``allow``, ``deny``, ``exempt_paths`` are the HTTP
+    ``unidentified``, ``allow``, ``deny`` are the HTTP
     :class:`~stanchion.http.Rule` settings, applied to the handshake
     request (key functions get a :class:`WebSocketRequest`).
+    ``exempt_paths`` (exact, or a prefix ending in ``*``): WebSockets on
+    these paths are not limited at all.
     ``algorithm``, ``storage``, ``max_keys``, ``clock`` choose the
     limiters of ``per_client`` and ``connections`` (``messages`` always
     lives in this process, bounded by ``max_keys`` connections).
@@ -202,7 +204,6 @@ class WebSocketLimit:
             "unidentified": unidentified,
             "allow": allow,
             "deny": deny,
-            "exempt_paths": exempt_paths,
             "limiters": limiters,
             "dry_run": dry_run,
         }
@@ -226,6 +227,17 @@ class WebSocketLimit:
             else None
         )
         self._numbers = itertools.count()
+        # Parsed and checked as the HTTP rules do (a throwaway rule).
+        exempt = Rule("1/second", exempt_paths=exempt_paths)
+        self._exempt_exact = exempt._exempt_exact
+        self._exempt_prefixes = exempt._exempt_prefixes
+
+    def exempt(self, scope: Scope) -> bool:
+        """Whether the websocket ``scope`` is on an exempt path."""
+        path = scope["path"]
+        return path in self._exempt_exact or bool(
+            self._exempt_prefixes and path.startswith(self._exempt_prefixes)
+        )
 
     @property
     def dry_run_denials(self) -> int:
@@ -303,6 +315,9 @@ class WebSocketLimit:
         self, app: Any, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """Run the ASGI ``app`` on a websocket ``scope`` under these limits."""
+        if self.exempt(scope):
+            await app(scope, receive, send)
+            return
         request = WebSocketRequest(scope)
         verdict = await self.admit(scope, request)
         if verdict is not None and verdict.blocked:

@@ -570,3 +570,41 @@ def test_uvicorn_without_the_extension_answers_403() -> None:
     finally:
         served.stop()
     assert response.status_code == 403
+
+
+def test_exempt_paths(clock: FakeClock) -> None:
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                await websocket.send_text(await websocket.receive_text())
+        except WebSocketDisconnect:
+            pass
+
+    app = Starlette(routes=[WebSocketRoute("/ws", ws), WebSocketRoute("/free/ws", ws)])
+    limit = WebSocketLimit(
+        "1/minute", connections="1/minute", exempt_paths=["/free/*"], clock=clock
+    )
+    tc = client(RateLimitMiddleware(app, websocket=limit))
+    for _ in range(3):
+        with tc.websocket_connect("/free/ws") as conn:
+            for _ in range(3):
+                conn.send_text("x")
+                assert conn.receive_text() == "x"
+    with tc.websocket_connect("/ws") as conn:
+        conn.send_text("x")
+        assert conn.receive_text() == "x"
+        conn.send_text("y")
+        with pytest.raises(WebSocketDisconnect):
+            conn.receive_text()
+    with pytest.raises(WebSocketDenialResponse), tc.websocket_connect("/ws"):
+        pass
+    dep = WebSocketRateLimit("1/minute", exempt_paths=["/ws"], clock=clock)
+    fapp, received = fastapi_echo(dep)
+    with client(fapp).websocket_connect("/ws") as conn:
+        for t in "abc":
+            conn.send_text(t)
+            assert conn.receive_text() == "echo " + t
+    assert received == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="exempt_paths"):
+        WebSocketLimit("1/minute", exempt_paths=[""])
