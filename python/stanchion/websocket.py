@@ -363,7 +363,17 @@ class Connection:
     ``send`` passes the app's messages on, and swallows them once the
     limit closed the connection (the client is gone for the app)."""
 
-    __slots__ = ("_number", "_plan", "_receive", "_send", "closed", "limit", "request")
+    __slots__ = (
+        "_fast",
+        "_number",
+        "_per_conn",
+        "_plan",
+        "_receive",
+        "_send",
+        "closed",
+        "limit",
+        "request",
+    )
 
     def __init__(
         self,
@@ -380,32 +390,53 @@ class Connection:
         self._send = send
         #: True once the limit closed the connection (or the app did).
         self.closed = False
-        self._number = (
-            str(next(limit._numbers)) if limit.connection_limiter is not None else ""
-        )
+        self._per_conn = limit.connection_limiter
+        self._number = str(next(limit._numbers)) if self._per_conn is not None else ""
+        #: The client's hit when it is one C call (the in-process limiter,
+        #: no dry-run bans): (limiter, key, cost); else None.
+        self._fast: tuple[Limiter, str | bytes, int] | None = None
+        rule = limit.client_rule
+        if (
+            isinstance(plan, tuple)
+            and type(plan[0].limiter) is Limiter
+            and rule is not None
+            and rule._dry_bans is None
+        ):
+            self._fast = (plan[0].limiter, plan[1], plan[2])
 
     async def receive(self) -> Message:
         while True:
             message = await self._receive()
             if message["type"] != "websocket.receive" or self.closed:
                 return message
-            d, refused = await self._check()
+            # The connection's limit first (a refused message spends
+            # nothing of the client's); each hit on the in-process
+            # limiter is one C call, awaited nowhere.
+            per_conn = self._per_conn
+            if per_conn is not None:
+                d: Decision | None = per_conn.hit(self._number)
+                if d is not None and not d.allowed and self._refused_by_connection():
+                    if await self._over(d):
+                        return _closed()
+                    continue
+            fast = self._fast
+            if fast is not None:
+                d = fast[0].hit(fast[1], fast[2])
+                if d.allowed:
+                    return message
+                assert isinstance(self._plan, tuple)
+                rule = self.limit.client_rule
+                assert rule is not None
+                verdict = rule._conclude(self._plan, d, self.request)
+                d, refused = verdict.decision, verdict.blocked
+            elif self._plan is None:
+                return message
+            else:
+                d, refused = await self._check_client()
             if not refused:
                 return message
-            limit = self.limit
-            if limit.action == "close":
-                self.closed = True
-                await self._send(
-                    {
-                        "type": "websocket.close",
-                        "code": CLOSE_POLICY_VIOLATION,
-                        "reason": limit.reason,
-                    }
-                )
-                return {"type": "websocket.disconnect", "code": CLOSE_POLICY_VIOLATION}
-            frame = limit._frame(d)
-            if frame is not None:
-                await self._send(frame)
+            if await self._over(d):
+                return _closed()
 
     async def send(self, message: Message) -> None:
         if self.closed:
@@ -414,34 +445,51 @@ class Connection:
             self.closed = True
         await self._send(message)
 
-    async def _check(self) -> tuple[Decision | None, bool]:
-        """``(decision, refused)`` for one client message: the connection's
-        limit first (so a refused message spends nothing of the client's),
-        then the client's."""
+    def _refused_by_connection(self) -> bool:
+        """Whether a message over the connection's limit is refused (not
+        in dry run, where it is logged and counted)."""
         limit = self.limit
-        per_conn = limit.connection_limiter
-        if per_conn is not None:
-            d = per_conn.hit(self._number)
-            if not d.allowed:
-                if limit.dry_run:
-                    limit._dry_denials += 1
-                    log.info(
-                        "stanchion dry run: would have %s a websocket message "
-                        "(scope %r, connection limit)",
-                        "closed on" if limit.action == "close" else "dropped",
-                        limit.scope,
-                    )
-                    return d, False
-                return d, True
+        if not limit.dry_run:
+            return True
+        limit._dry_denials += 1
+        log.info(
+            "stanchion dry run: would have %s a websocket message "
+            "(scope %r, connection limit)",
+            "closed on" if limit.action == "close" else "dropped",
+            limit.scope,
+        )
+        return False
+
+    async def _over(self, d: Decision | None) -> bool:
+        """Act on a refused message: close the connection (True), or drop
+        the message, telling the client if so configured (False)."""
+        limit = self.limit
+        if limit.action == "close":
+            self.closed = True
+            await self._send(
+                {
+                    "type": "websocket.close",
+                    "code": CLOSE_POLICY_VIOLATION,
+                    "reason": limit.reason,
+                }
+            )
+            return True
+        frame = limit._frame(d)
+        if frame is not None:
+            await self._send(frame)
+        return False
+
+    async def _check_client(self) -> tuple[Decision | None, bool]:
+        """``(decision, refused)`` of the client's limit for one message,
+        awaiting a shared storage."""
         plan = self._plan
-        if plan is None:
-            return None, False
         if isinstance(plan, Verdict):  # decided once: unidentified, denied
             return plan.decision, plan.blocked
-        rule = limit.client_rule
+        assert plan is not None
+        rule = self.limit.client_rule
         assert rule is not None
         if rule._dry_bans is not None:
-            verdict = rule._conclude(plan, await rule._adry_hit(plan), self.request)
+            d = await rule._adry_hit(plan)
         else:
             lim = plan[0].limiter
             d = (
@@ -451,11 +499,15 @@ class Connection:
             )
             if d.allowed:
                 return d, False
-            verdict = rule._conclude(plan, d, self.request)
+        verdict = rule._conclude(plan, d, self.request)
         return verdict.decision, verdict.blocked
 
     def end(self) -> None:
         """Forget this connection's own message budget."""
-        per_conn = self.limit.connection_limiter
-        if per_conn is not None:
-            per_conn.reset(self._number)
+        if self._per_conn is not None:
+            self._per_conn.reset(self._number)
+
+
+def _closed() -> Message:
+    """What the app receives once the limit closed its connection."""
+    return {"type": "websocket.disconnect", "code": CLOSE_POLICY_VIOLATION}
