@@ -23,9 +23,14 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pymemcache.client.base import Client, PooledClient
-from pymemcache.client.hash import HashClient
-from pymemcache.exceptions import MemcacheServerError, MemcacheUnknownError
+try:
+    from pymemcache.client.base import Client, PooledClient
+    from pymemcache.client.hash import HashClient
+    from pymemcache.exceptions import MemcacheServerError, MemcacheUnknownError
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "stanchion.memcached needs pymemcache: pip install 'stanchion[memcached]'"
+    ) from exc
 
 from .._outage import _Outage
 
