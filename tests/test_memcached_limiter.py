@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymemcache.client.base import Client
+from pymemcache.client.hash import HashClient
 
 import stanchion
 from stanchion import Decision, Limiter
@@ -306,3 +307,25 @@ def test_threads_share_one_limit(storage: MemcachedStorage, algorithm: str) -> N
     for t in threads:
         t.join(30)
     assert sum(allowed) == 40
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_hash_client_used_as_given(
+    memcached_server: MemcachedServer, algorithm: str
+) -> None:
+    ring = HashClient([("127.0.0.1", memcached_server.port)], timeout=SLOW)
+    storage = MemcachedStorage(ring, prefix=f"h{uuid.uuid4().hex[:8]}:")
+    assert storage._connector.client is ring
+    assert f"127.0.0.1:{memcached_server.port}" in repr(storage)
+    try:
+        lim = Limiter("2/minute", storage=storage, algorithm=algorithm)
+        assert [lim.hit("k").allowed for _ in range(3)] == [True, True, False]
+        lim.reset("k")
+        assert lim.peek("k").allowed
+        cache = stanchion.MemcachedCache(storage)
+        cache.set(("a", 1), "v")
+        assert cache.get(("a", 1)) == "v"
+        cache.clear()
+        assert cache.get(("a", 1)) is None
+    finally:
+        storage.close()

@@ -137,7 +137,7 @@ class _Connector(_Outage):
             # Several servers: used as given, with its own timeouts and
             # retry settings (set them).
             self.client = c
-            self.where = "Memcached servers " + ",".join(sorted(c.clients))
+            self.where = ",".join(sorted(c.clients))
         else:
             raise TypeError(
                 "expected a memcached://host:port URL, host:port, or a pymemcache "
