@@ -9,6 +9,7 @@ import asyncio
 import gc
 import json
 import tracemalloc
+import uuid
 import warnings
 from typing import Any
 
@@ -608,3 +609,37 @@ def test_exempt_paths(clock: FakeClock) -> None:
     assert received == ["a", "b", "c"]
     with pytest.raises(ValueError, match="exempt_paths"):
         WebSocketLimit("1/minute", exempt_paths=[""])
+
+
+def test_per_client_budget_in_a_shared_storage(memcached_server: Any) -> None:
+    """Two app instances (two workers) with the client's budget in
+    Memcached: a client's connections to either share it."""
+    from stanchion.memcached import MemcachedStorage
+
+    storage = MemcachedStorage(
+        memcached_server.url, prefix=f"ws{uuid.uuid4().hex[:8]}:"
+    )
+    try:
+        workers = [
+            RateLimitMiddleware(
+                Echo().app,
+                websocket=WebSocketLimit(per_client="3/minute", storage=storage),
+            )
+            for _ in range(2)
+        ]
+        with (
+            client(workers[0]).websocket_connect("/ws") as a,
+            client(workers[1]).websocket_connect("/ws") as b,
+        ):
+            for conn in (a, b, a):
+                conn.send_text("x")
+                assert conn.receive_text() == "echo x"
+            b.send_text("fourth")
+            with pytest.raises(WebSocketDisconnect) as closed:
+                b.receive_text()
+            assert closed.value.code == 1008
+        with client(workers[0], "203.0.113.99").websocket_connect("/ws") as other:
+            other.send_text("y")
+            assert other.receive_text() == "echo y"
+    finally:
+        storage.close()
