@@ -22,6 +22,11 @@ exception_handlers`` to ``FastAPI()`` for the problem+json body.
 
 For a limit on the whole app use :class:`stanchion.asgi.RateLimitMiddleware`
 (also re-exported here).
+
+WebSocket routes take :class:`WebSocketRateLimit` as a dependency::
+
+    @app.websocket("/ws", dependencies=[Depends(WebSocketRateLimit("5/second"))])
+    async def ws(websocket: WebSocket): ...
 """
 
 from __future__ import annotations
@@ -29,10 +34,10 @@ from __future__ import annotations
 import functools
 import inspect
 import operator
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, WebSocket, WebSocketException
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as StarletteRequest
@@ -48,6 +53,7 @@ from ._concurrency import Concurrency, ConcurrencyLimitExceeded
 from ._openapi import IF_NONE_MATCH, Responses, cache_responses, merge, rule_responses
 from .asgi import CacheMiddleware, RateLimitMiddleware, give_back
 from .http import Request, Rule, Verdict
+from .websocket import CLOSE_POLICY_VIOLATION, WebSocketLimit
 
 __all__ = [
     "CacheMiddleware",
@@ -55,6 +61,7 @@ __all__ = [
     "RateLimit",
     "RateLimitMiddleware",
     "RateLimited",
+    "WebSocketRateLimit",
     "cache",
     "exception_handlers",
     "limit",
@@ -639,3 +646,46 @@ def document_route(route: APIRoute) -> None:
                 **(route.openapi_extra or {}),
                 "parameters": [*extra_params, *new],
             }
+
+
+class WebSocketRateLimit:
+    """A FastAPI dependency limiting a WebSocket route:
+    ``@app.websocket("/ws", dependencies=[Depends(WebSocketRateLimit(
+    "10/second", connections="20/minute"))])``.
+
+    Takes the :class:`stanchion.websocket.WebSocketLimit` settings (or
+    one ``WebSocketLimit``, to share its limits with the middleware). A
+    refused connection attempt raises ``WebSocketException(1008)``
+    before accept, which Starlette turns into a closed handshake (the
+    server answers 403); the route's ``websocket`` then receives through
+    the limits: a message over them closes the connection with code 1008
+    and the reason, or is dropped (``action="drop"``)."""
+
+    def __init__(self, messages: Any = None, /, **settings: Any) -> None:
+        if isinstance(messages, WebSocketLimit):
+            if settings:
+                raise ValueError("give a WebSocketLimit or its settings, not both")
+            self.limit = messages
+        else:
+            self.limit = WebSocketLimit(messages, **settings)
+
+    async def __call__(self, websocket: WebSocket) -> AsyncIterator[None]:
+        limit = self.limit
+        if limit.exempt(websocket.scope):
+            yield
+            return
+        verdict = await limit.admit(websocket.scope)
+        if verdict is not None and verdict.blocked:
+            raise WebSocketException(CLOSE_POLICY_VIOLATION, limit.reason)
+        conn = await limit.connection(
+            websocket.scope,
+            websocket._receive,
+            websocket._send,
+        )
+        # Starlette's WebSocket reads and writes through these two.
+        websocket._receive = conn.receive
+        websocket._send = conn.send
+        try:
+            yield
+        finally:
+            conn.end()
