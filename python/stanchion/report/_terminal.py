@@ -31,8 +31,14 @@ def _table(title: str, *columns: str, left: int = 1) -> Table:
     """A table whose first ``left`` columns are text, the others numbers."""
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i < left else "right", overflow="fold")
+        t.add_column(
+            c, justify="left" if i < left else "right", overflow="fold", no_wrap=i == 0
+        )
     return t
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count:,} {word}" + ("" if count == 1 else "s")
 
 
 def _pct(part: int, whole: int) -> str:
@@ -45,7 +51,7 @@ def render(
     if console is None:
         console = Console()
         if not console.is_terminal:
-            console = Console(width=110)
+            console = Console(width=120)
     p = console.print
     tot = model["totals"]
     names = ", ".join(
@@ -66,8 +72,9 @@ def render(
     timing = model.get("timing") or {}
     if timing.get("lines_per_s"):
         p(
-            f"[dim]parsed by the {model['parser']} parser at "
-            f"{timing['lines_per_s']:,.0f} lines/s[/dim]"
+            f"[dim]{model['parser']} parser: read"
+            + (" and replayed" if model.get("simulation") else "")
+            + f" in {timing['parse_s']:.2f} s ({timing['lines_per_s']:,.0f} lines/s)[/dim]"
         )
 
     # Peaks and bursts.
@@ -138,7 +145,7 @@ def render(
         "60s p99/max",
     ]
     if refused or sim:
-        cols.append("refused" if sim and sim["key"] == "ip" else "")
+        cols.append("refused (sim.)" if sim and sim["key"] == "ip" else "")
     if sug:
         cols.append("refused (sugg.)")
     t = _table("Top clients", *cols)
@@ -247,7 +254,7 @@ def _render_replay(
     p(
         f'[bold]{title}[/bold]: "{r["rates"]}" per {r["key"]}, {r["algorithm"]}{pen}: '
         f"{r['refused']:,} of {r['hits']:,} requests refused ({_pct(r['refused'], r['hits'])}), "
-        f"{r['keys_refused']:,} keys refused at least once"
+        f"{_n(r['keys_refused'], 'key')} refused at least once"
     )
     verdict = verdict or r.get("verdict")
     if verdict:
@@ -275,7 +282,7 @@ def _render_replay(
     if r["penalty"]:
         if r["banned_keys"]:
             p(
-                f"  {r['bans']} bans, {len(r['banned_keys'])} keys banned: "
+                f"  {_n(r['bans'], 'ban')}, {_n(len(r['banned_keys']), 'key')} banned: "
                 + ", ".join(
                     f"{b['key']} ({b['bans']}x from {utc(b['first_ban_ts'])})"
                     for b in r["banned_keys"][:10]
