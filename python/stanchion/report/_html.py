@@ -54,34 +54,26 @@ def _figures(model: dict[str, Any]) -> dict[str, Any]:
         overlays.append((f"refused by the suggestion {sug['rates']}", sug["replay"]))
 
     def traffic(rows: list[list[int]], refused_field: str, title: str) -> Any:
+        # plotly checks every item of a trace's arrays: the long series go
+        # into the figure's JSON after it is built, unchecked (ints, str).
+        stamps = [_t(r[0]) for r in rows]
+        arrays: list[tuple[list[str], list[int]]] = [
+            (stamps, [r[1] for r in rows]),
+            (stamps, [r[3] for r in rows]),
+        ]
         fig = go.Figure()
         fig.add_trace(
-            go.Scatter(
-                x=[_t(r[0]) for r in rows],
-                y=[r[1] for r in rows],
-                name="requests",
-                mode="lines",
-                line={"color": "#1f77b4"},
-            )
+            go.Scatter(name="requests", mode="lines", line={"color": "#1f77b4"})
         )
         fig.add_trace(
-            go.Scatter(
-                x=[_t(r[0]) for r in rows],
-                y=[r[3] for r in rows],
-                name="4xx",
-                mode="lines",
-                line={"color": "#ff7f0e", "width": 1},
-            )
+            go.Scatter(name="4xx", mode="lines", line={"color": "#ff7f0e", "width": 1})
         )
         for (label, r), color in zip(overlays, ("#d62728", "#9467bd"), strict=False):
             pts = r[refused_field]
+            arrays.append(([_t(s) for s, _ in pts], [n for _, n in pts]))
             fig.add_trace(
                 go.Scatter(
-                    x=[_t(s) for s, _ in pts],
-                    y=[n for _, n in pts],
-                    name=label,
-                    mode="markers",
-                    marker={"color": color, "size": 5},
+                    name=label, mode="markers", marker={"color": color, "size": 5}
                 )
             )
         fig.update_layout(
@@ -91,7 +83,10 @@ def _figures(model: dict[str, Any]) -> dict[str, Any]:
             yaxis_title="requests",
             legend={"orientation": "h", "y": -0.2},
         )
-        return fig
+        spec = fig.to_plotly_json()
+        for trace, (x, y) in zip(spec["data"], arrays, strict=True):
+            trace["x"], trace["y"] = x, y
+        return spec
 
     figs["traffic-minute"] = traffic(
         series["per_minute"], "refused_per_minute", "Requests per minute"
@@ -188,7 +183,8 @@ def render_html(model: dict[str, Any]) -> str:
 
     def chart(name: str) -> None:
         if name in figs:
-            spec = figs[name].to_json().replace("</", "<\\/")
+            fig = figs[name]
+            spec = _json(fig if isinstance(fig, dict) else fig.to_plotly_json())
             parts.append(f'<div class="chart" id="chart-{name}"></div>')
             parts.append(
                 f'<script type="application/json" id="chart-{name}-data">{spec}</script>'
