@@ -430,10 +430,53 @@ def test_without_the_report_extra(monkeypatch, capsys):
     assert "stanchion[report]" in err and "rich" in err
 
 
-def test_progress_bar_when_asked(tmp_path):
-    proc = run_cli(str(SAMPLE), "--progress", "--json")
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert json.loads(proc.stdout)["totals"]["parsed"] > 0
+def test_progress_bar_on_a_terminal_or_when_asked():
+    """On a terminal (a pty here) --progress shows bytes read and lines per
+    second on stderr; stdout stays the report."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "COLUMNS": "120"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stanchion",
+            "report",
+            str(SAMPLE),
+            "--progress",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    seen: list[bytes] = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            seen.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    out, _ = proc.communicate(timeout=120)
+    reader.join(timeout=10)
+    os.close(master)
+    assert proc.returncode == 0
+    assert json.loads(out)["totals"]["parsed"] > 0
+    bar = b"".join(seen).decode(errors="replace")
+    assert "lines/s" in bar and "access.log.gz" in bar and "kB" in bar
+    # Without a terminal and without --progress: nothing on stderr.
+    quiet = run_cli(str(SAMPLE), "--json")
+    assert quiet.returncode == 0 and quiet.stderr == b""
 
 
 def test_other_formats_through_the_command(tmp_path):

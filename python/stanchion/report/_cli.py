@@ -13,7 +13,7 @@ from typing import Any
 from .._limiter import ALGORITHMS
 from .._penalty import Penalty
 from .._rates import normalize_rates
-from ._input import Input, check_inputs, locate, make_parser, parser_engine, read_inputs
+from ._input import check_inputs, locate, make_parser, parser_engine, read_inputs
 from ._model import HEADROOM, analyze, judge_replay, suggest_rates
 from ._simulate import KEYS, Replay, parse_penalty
 
@@ -89,7 +89,6 @@ def build_report(
             feed,
             progress=progress,
             spool_stdin=suggest,
-            lines_seen=lambda: _lines(parser),
         )
         ev = parser.finish()
         if replay is not None:
@@ -137,11 +136,6 @@ def build_report(
             if i.spool is not None:
                 i.spool.close()
     return model
-
-
-def _lines(parser: Any) -> int:
-    # The C parser counts as it goes; the progress bar asks rarely.
-    return int(parser.summary()["lines"]) if hasattr(parser, "summary") else 0
 
 
 # -- command line -------------------------------------------------------------
@@ -353,7 +347,3 @@ def run_report_command(
 
         render(model, html=args.html)
     return 0
-
-
-def _input_names(inputs: Sequence[Input]) -> list[str]:
-    return [i.name for i in inputs]

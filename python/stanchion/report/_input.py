@@ -128,7 +128,6 @@ def read_inputs(
     *,
     progress: bool = False,
     spool_stdin: bool = False,
-    lines_seen: Callable[[], int] | None = None,
 ) -> None:
     """Feed every input's bytes to ``feed`` in order, a newline added
     after an input whose last line has none (so two inputs never join
@@ -176,13 +175,11 @@ def read_inputs(
             if spool_stdin and inp.name == "-" and inp.spool is None:
                 spool = tempfile.TemporaryFile(prefix="stanchion-report-")  # noqa: SIM115 (closed by build_report)
 
-            def counted(n: int) -> None:
+            def counted(n: int, before: int = line_no - 1, inp: Input = inp) -> None:
                 if bar is not None and n:
                     elapsed = max(time.monotonic() - start, 1e-9)
-                    rate = ""
-                    if lines_seen is not None:
-                        rate = f"{lines_seen() / elapsed:,.0f} lines/s"
-                    bar.update(task, advance=n, rate=rate)
+                    lines = before + inp.lines
+                    bar.update(task, advance=n, rate=f"{lines / elapsed:,.0f} lines/s")
 
             try:
                 if spool is not None:
