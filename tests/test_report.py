@@ -414,6 +414,25 @@ def test_missing_input_and_no_input(tmp_path):
     assert proc.returncode == 2 and "only once" in proc.stderr.decode()
 
 
+def test_empty_and_unparsable_inputs(tmp_path):
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    bad = tmp_path / "bad.log"
+    bad.write_bytes(b"garbage\n\nmore")
+    proc = run_cli(str(empty))
+    assert proc.returncode == 0 and b"No line parsed" in proc.stdout
+    proc = run_cli(
+        str(bad), "--simulate", "1/second", "--html", str(tmp_path / "r.html")
+    )
+    assert proc.returncode == 0
+    out = proc.stdout.decode()
+    assert "right --format?" in out and "bad.log:1" in out and "bad.log:3" in out
+    m = json.loads(run_cli(str(bad), "--json").stdout)
+    assert (m["totals"]["lines"], m["totals"]["malformed"]) == (2, 2)
+    proc = run_cli(str(empty), "--suggest")
+    assert proc.returncode == 1 and b"no parsed line" in proc.stderr
+
+
 def test_truncated_gzip_fails_cleanly(tmp_path):
     cut = tmp_path / "cut.log.gz"
     cut.write_bytes(SAMPLE.read_bytes()[:5000])

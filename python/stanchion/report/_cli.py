@@ -117,7 +117,7 @@ def build_report(
             model["simulation"] = sim
         if suggest:
             if not all_clients:
-                raise ValueError("no parsed line to base a suggestion on")
+                raise RuntimeError("no parsed line to base a suggestion on")
             s = suggest_rates(all_clients, headroom)
             again = Replay(s["rates"], key="ip", algorithm=algorithm, top=track)
             p2 = make_parser(log_format, top=1, events=True, engine=engine)
@@ -283,7 +283,8 @@ def run_report_command(
     out: Callable[[str], None] | None = None,
 ) -> int:
     """``stanchion report``: 0 on success, 2 on bad arguments or inputs
-    (or without the ``report`` extra), 1 when an input fails mid-way."""
+    (or without the ``report`` extra), 1 when an input fails mid-way or
+    holds nothing to suggest from."""
     missing = _missing_extra()
     if missing is not None:
         print(
@@ -325,6 +326,9 @@ def run_report_command(
             if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError))
             else 1
         )
+    except RuntimeError as e:
+        print(f"stanchion report: {e}", file=sys.stderr)
+        return 1
     except EOFError as e:  # a truncated .gz
         print(f"stanchion report: input ends early: {e}", file=sys.stderr)
         return 1

@@ -58,10 +58,15 @@ def render(
         i["name"] + (" (gzip)" if i["gzip"] else "") for i in model["inputs"]
     )
     p(f"[bold]stanchion report[/bold]: {names}")
+    span = ""
+    if tot["first_ts"] is not None:
+        span = (
+            f"; {utc(tot['first_ts'])} to {utc(tot['last_ts'])} UTC "
+            f"({(tot['duration_s'] or 0) / 60:.1f} min)"
+        )
     p(
-        f"{tot['lines']:,} lines, {tot['parsed']:,} parsed, {tot['malformed']:,} malformed; "
-        f"{utc(tot['first_ts'])} to {utc(tot['last_ts'])} UTC "
-        f"({(tot['duration_s'] or 0) / 60:.1f} min); {size(tot['bytes'])} sent; "
+        f"{tot['lines']:,} lines, {tot['parsed']:,} parsed, "
+        f"{tot['malformed']:,} malformed{span}; {size(tot['bytes'])} sent; "
         f"{tot['clients_tracked']:,} clients"
         + (
             ""
@@ -76,6 +81,14 @@ def render(
             + (" and replayed" if model.get("simulation") else "")
             + f" in {timing['parse_s']:.2f} s ({timing['lines_per_s']:,.0f} lines/s)[/dim]"
         )
+
+    if not tot["parsed"]:
+        p(
+            f"No line parsed with the format {model['format']!r}"
+            + ("; is it the right --format?" if tot["malformed"] else ".")
+        )
+        _malformed(console, model)
+        return
 
     # Peaks and bursts.
     rates = model["site_rates"]
@@ -217,16 +230,7 @@ def render(
     for code, n in model["status"].items():
         t.add_row(code, f"{n:,}", _pct(n, parsed))
     p(t)
-    if model["malformed_examples"]:
-        t = _table(
-            f"Malformed lines ({tot['malformed']:,}); the first ones",
-            "where",
-            "line",
-            left=2,
-        )
-        for m in model["malformed_examples"]:
-            t.add_row(f"{m['input']}:{m['line']}", m["text"])
-        p(t)
+    _malformed(console, model)
 
     if sim:
         _render_replay(console, "Simulation", sim)
@@ -238,6 +242,19 @@ def render(
         )
     if html:
         p(f"HTML report written to {html}")
+
+
+def _malformed(console: Console, model: dict[str, Any]) -> None:
+    if model["malformed_examples"]:
+        t = _table(
+            f"Malformed lines ({model['totals']['malformed']:,}); the first ones",
+            "where",
+            "line",
+            left=2,
+        )
+        for m in model["malformed_examples"]:
+            t.add_row(f"{m['input']}:{m['line']}", m["text"])
+        console.print(t)
 
 
 def _render_replay(
