@@ -58,15 +58,9 @@ def render(
         i["name"] + (" (gzip)" if i["gzip"] else "") for i in model["inputs"]
     )
     p(f"[bold]stanchion report[/bold]: {names}")
-    span = ""
-    if tot["first_ts"] is not None:
-        span = (
-            f"; {utc(tot['first_ts'])} to {utc(tot['last_ts'])} UTC "
-            f"({(tot['duration_s'] or 0) / 60:.1f} min)"
-        )
     p(
         f"{tot['lines']:,} lines, {tot['parsed']:,} parsed, "
-        f"{tot['malformed']:,} malformed{span}; {size(tot['bytes'])} sent; "
+        f"{tot['malformed']:,} malformed; {size(tot['bytes'])} sent; "
         f"{tot['clients_tracked']:,} clients"
         + (
             ""
@@ -74,6 +68,11 @@ def render(
             else " tracked (more seen; counts are upper bounds)"
         )
     )
+    if tot["first_ts"] is not None:
+        p(
+            f"{utc(tot['first_ts'])} to {utc(tot['last_ts'])} UTC "
+            f"({(tot['duration_s'] or 0) / 60:.1f} min)"
+        )
     timing = model.get("timing") or {}
     if timing.get("lines_per_s"):
         p(
@@ -158,9 +157,9 @@ def render(
         "60s p99/max",
     ]
     if refused or sim:
-        cols.append("refused (sim.)" if sim and sim["key"] == "ip" else "")
+        cols.append("sim." if sim and sim["key"] == "ip" else "")
     if sug:
-        cols.append("refused (sugg.)")
+        cols.append("sugg.")
     t = _table("Top clients", *cols)
     parsed = tot["parsed"]
     for c in model["clients"]:
@@ -183,8 +182,15 @@ def render(
             row.append(str(sug_refused.get(c["key"], 0)))
         t.add_row(*row)
     p(t)
+    notes = []
     if any(c.get("abusive") for c in model["clients"]):
-        p("[dim]!: looks abusive (see below)[/dim]")
+        notes.append("!: looks abusive (see below)")
+    if sim and sim["key"] == "ip":
+        notes.append("sim.: refused by the simulation")
+    if sug:
+        notes.append("sugg.: refused by the suggestion")
+    if notes:
+        p("[dim]" + "; ".join(notes) + "[/dim]")
 
     ab = model["abusive"]
     if ab["clients"]:
