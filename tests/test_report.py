@@ -29,7 +29,7 @@ ENGINES = ["python"] + (["c"] if hasattr(stanchion._core, "LogParser") else [])
 def run_cli(
     *args: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "COLUMNS": "120"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COLUMNS": "120"}
     return subprocess.run(
         [sys.executable, "-m", "stanchion", "report", *args],
         input=stdin,
@@ -456,7 +456,7 @@ def test_progress_bar_on_a_terminal_or_when_asked():
     import threading
 
     master, slave = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "COLUMNS": "120"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COLUMNS": "120"}
     proc = subprocess.Popen(
         [
             sys.executable,
