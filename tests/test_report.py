@@ -519,3 +519,110 @@ def test_other_formats_through_the_command(tmp_path):
     m = json.loads(proc.stdout)
     assert m["totals"]["parsed"] == 2
     assert m["templates"] == [{"key": "/a/{id}", "requests": 2, "error": 0}]
+
+
+# -- the model's rules on hand-made figures ------------------------------------------
+
+
+def _client(key, requests, max1, max60, n4xx=0, p99_1=None, p99_60=None):
+    return {
+        "key": key,
+        "requests": requests,
+        "n4xx": n4xx,
+        "rates": {
+            "1": [1, 1, p99_1 or max1, max1],
+            "60": [1, 1, p99_60 or max60, max60],
+        },
+    }
+
+
+def test_friendly_numbers():
+    from stanchion.report._model import friendly
+
+    got = [friendly(x) for x in (0, 1, 1.01, 2, 2.5, 4, 5.5, 9, 10, 11, 31, 299, 501)]
+    assert got == [1, 1, 2, 2, 3, 5, 10, 10, 10, 20, 50, 300, 1000]
+
+
+def test_abuse_rule_on_hand_made_clients():
+    from stanchion.report._model import analyze
+
+    # 9 normal clients: max 1-s rates 2..4, max 60-s 10..14; median 1-s 3,
+    # MAD 1 -> threshold max(3 + 6 * 1.4826, 15, 10) = 15 ; 60-s: median 12,
+    # MAD 1 -> max(12 + 8.9, 60, 60) = 60.
+    clients = [_client(f"n{i}", 50, 2 + i % 3, 10 + i % 5) for i in range(9)]
+    clients.append(_client("fast", 100, 16, 50))  # 16 > 15: abusive
+    clients.append(_client("steady", 300, 10, 61))  # 61 > 60: abusive
+    clients.append(_client("errors", 60, 3, 12, n4xx=30))  # 50% 4xx, 60 >= 50
+    clients.append(_client("few-errors", 10, 3, 12, n4xx=10))  # too few requests
+    summary = {
+        "clients": clients,
+        "per_second": [[60, 1, 0, 0, 0]],
+        "first_ts": 60.0,
+        "last_ts": 60.0,
+        "status": {},
+        "methods": {},
+        "paths": [],
+        "templates": [],
+        "lines": 1,
+        "parsed": 1,
+        "malformed": 0,
+        "bytes": 0,
+        "distinct_exact": True,
+    }
+    m = analyze(summary, top=20)
+    found = {a["key"]: a["reasons"] for a in m["abusive"]["clients"]}
+    assert set(found) == {"fast", "steady", "errors"}
+    assert found["fast"] == ["max 1-s rate 16 > 15"]
+    assert found["steady"] == ["max 60-s rate 61 > 60"]
+    assert found["errors"] == ["50% 4xx of 60 requests"]
+    assert m["abusive"]["thresholds"]["max_1s"]["median"] == 3
+
+
+def test_suggestion_from_normal_clients_only():
+    from stanchion.report._model import suggest_rates
+
+    clients = [_client(f"n{i}", 50, 5, 20, p99_1=3, p99_60=14) for i in range(99)]
+    clients.append(_client("odd", 50, 5, 20, p99_1=4, p99_60=16))
+    clients.append(
+        dict(_client("bad", 9000, 90, 900, p99_1=80, p99_60=800), abusive=["x"])
+    )
+    s = suggest_rates(clients, headroom=2)
+    # p99 over 100 normal clients (nearest rank 99): 3/s and 14/min;
+    # x2 = 6 and 28 -> 10/second, 30/minute.
+    assert s["basis"] == {"clients": 100, "p99_of_p99_1s": 3, "p99_of_p99_60s": 14}
+    assert s["rates"] == "10/second;30/minute"
+    assert suggest_rates(clients, headroom=3)["rates"] == "10/second;50/minute"
+
+
+def test_bursts_group_consecutive_minutes():
+    from stanchion.report._model import analyze
+
+    # 20 minutes of 10 requests; minutes 5 and 12-13 at 100, 60, 80.
+    counts = [10] * 20
+    counts[5], counts[12], counts[13] = 100, 60, 80
+    per_second = [[600 + 60 * i, n, 0, 0, 0] for i, n in enumerate(counts)]
+    summary = {
+        "clients": [],
+        "per_second": per_second,
+        "first_ts": 600.0,
+        "last_ts": 600.0 + 60 * 19,
+        "status": {},
+        "methods": {},
+        "paths": [],
+        "templates": [],
+        "lines": 1,
+        "parsed": 1,
+        "malformed": 0,
+        "bytes": 0,
+        "distinct_exact": True,
+    }
+    b = analyze(summary)["bursts"]
+    # median 10, MAD 0 -> threshold max(10, 30) = 30
+    assert b["threshold"] == 30
+    assert [
+        (e["start"], e["minutes"], e["requests"], e["peak_minute"])
+        for e in b["minutes"]
+    ] == [
+        (900, 1, 100, 900),
+        (1320, 2, 140, 1380),
+    ]
