@@ -192,7 +192,14 @@ def render_html(model: dict[str, Any]) -> str:
 
     parts.append("<h2>Traffic over time</h2>")
     chart("traffic-minute")
-    chart("traffic-second")
+    if "traffic-second" in figs:
+        chart("traffic-second")
+    else:
+        parts.append(
+            f'<p class="rule">The per-second chart is left out: the log has more '
+            f"than {MAX_SECOND_POINTS:,} seconds with traffic (the JSON model "
+            "has them all).</p>"
+        )
     b = model["bursts"]
     if b["minutes"]:
         parts.append(
