@@ -22,8 +22,9 @@ static PyObject *testing_disable(PyObject *module, PyObject *arg)
 
 	if (delta == -1 && PyErr_Occurred())
 		return NULL;
-	if (delta != 1 && delta != -1) {
-		PyErr_SetString(PyExc_ValueError, "delta must be 1 or -1");
+	if (delta < -1 || delta > 1) {
+		PyErr_SetString(PyExc_ValueError,
+		                "delta must be 1, -1 or 0 (ask)");
 		return NULL;
 	}
 	if (delta < 0 && st->disabled == 0) {
@@ -51,8 +52,8 @@ static PyObject *testing_set_tracker(PyObject *module, PyObject *fn)
 
 PyDoc_STRVAR(testing_disable_doc,
              "_testing_disable(delta, /)\n--\n\n"
-             "Open (1) or close (-1) a disabled() block; returns how many "
-             "are open.");
+             "Open (1) or close (-1) a disabled() block, or ask (0); "
+             "returns how many\nare open.");
 PyDoc_STRVAR(testing_set_tracker_doc,
              "_testing_set_tracker(fn, /)\n--\n\n"
              "Call fn(obj) as each Limiter and Cache is initialised (None: "

@@ -5,7 +5,7 @@
  *     _disabled = 0      # open disabled() blocks, process-wide
  *     _tracker = None    # told of each Limiter and Cache at __init__
  *
- *     def _testing_disable(delta):      # +1 on enter, -1 on exit
+ *     def _testing_disable(delta):      # +1 enter, -1 exit, 0 ask
  *         _disabled += delta; return _disabled
  *     def _testing_set_tracker(fn):     # None to stop telling
  *         _tracker = fn
