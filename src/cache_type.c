@@ -906,6 +906,19 @@ static PyObject *cache_pop(CacheObject *self, PyObject *const *args,
 	return NULL;
 }
 
+/* KeyError('popitem(): cache is empty') with __suppress_context__ set, as
+ * MutableMapping.popitem raises it (`raise KeyError from None`). */
+static void set_empty_error(void)
+{
+	PyObject *exc = PyObject_CallFunction(PyExc_KeyError, "s",
+	                                      "popitem(): cache is empty");
+	if (exc == NULL)
+		return;
+	PyException_SetCause(exc, NULL); /* also suppresses the context */
+	PyErr_SetObject(PyExc_KeyError, exc);
+	Py_DECREF(exc);
+}
+
 static PyObject *cache_popitem(CacheObject *self, PyObject *unused)
 {
 	lru_table *t = &self->table;
@@ -925,7 +938,7 @@ static PyObject *cache_popitem(CacheObject *self, PyObject *unused)
 	}
 	if (t->count == 0) {
 		Py_DECREF(pair);
-		PyErr_SetString(PyExc_KeyError, "popitem(): cache is empty");
+		set_empty_error();
 		return NULL;
 	}
 	/* The table's references move into the pair. */
