@@ -74,8 +74,10 @@ def test_equality_with_mappings() -> None:
     c.update({1: "a", 2: "b"})
     d: Cache[Any, Any] = Cache(100, ttl=60)
     d.update({2: "b", 1: "a"})
-    assert c == {1: "a", 2: "b"} and c == {1: "a", 2: "b"}
-    assert c == d and not c != d
+    assert c == {1: "a", 2: "b"}
+    assert dict.__eq__({1: "a", 2: "b"}, c) is NotImplemented
+    assert c == d
+    assert (c != d) is False
     assert c == types.MappingProxyType({1: "a", 2: "b"})
     assert c != {1: "a"} and c != {1: "a", 2: "c"}
     assert c != [(1, "a"), (2, "b")] and c != 3 and c != "x"
@@ -180,7 +182,7 @@ def test_on_evict_may_use_the_cache() -> None:
         c[i] = i
         assert len(c) <= c.maxsize  # type: ignore[operator]
     assert len(c) <= 3 and log
-    for k, n, items, got in log:
+    for _k, n, items, got in log:
         assert got is None and n <= 3 and len(items) == n
     c2: Cache[Any, Any] = Cache(4, ttl=1, clock=clock)
 
