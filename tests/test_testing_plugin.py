@@ -476,3 +476,55 @@ def test_plugin_fixtures_listed(pytester: pytest.Pytester) -> None:
 def test_entry_point_declared() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     assert '[project.entry-points.pytest11]\nstanchion = "stanchion.testing"\n' in text
+
+
+# -- concurrency limits --------------------------------------------------------
+
+
+def test_disabled_concurrency_in_process() -> None:
+    conc = stanchion.Concurrency(1)
+    held = conc.try_acquire("k")
+    assert held is not None and conc.try_acquire("k") is None
+    with testing.disabled():
+        extra = conc.try_acquire("k")
+        assert extra is not None and extra.held
+        with conc.hold("k", timeout=0) as h:
+            assert h.held
+        assert conc.in_flight("k") == 1  # the free passes take no slot
+
+        async def twice() -> None:
+            async with conc.ahold("k", timeout=0), conc.ahold("k", timeout=0):
+                await asyncio.sleep(0)
+
+        asyncio.run(twice())
+    assert conc.try_acquire("k") is None  # the limit is back
+    extra.release()  # a pass taken while disabled gives nothing back
+    assert conc.in_flight("k") == 1
+    held.release()
+    assert conc.in_flight("k") == 0
+    again = conc.try_acquire("k")
+    assert again is not None and conc.try_acquire("k") is None
+    again.release()
+
+
+def test_disabled_concurrency_in_shared_memory() -> None:
+    import uuid
+
+    storage = stanchion.SharedMemoryStorage(f"st-testing-{uuid.uuid4().hex[:12]}")
+    try:
+        _shared_concurrency_disabled(storage)
+    finally:
+        storage.unlink(missing_ok=True)
+
+
+def _shared_concurrency_disabled(storage: Any) -> None:
+    conc = stanchion.Concurrency(1, storage=storage)
+    held = conc.try_acquire("k")
+    assert held is not None and conc.try_acquire("k") is None
+    with testing.disabled():
+        extra = conc.try_acquire("k")
+        assert extra is not None and extra.held
+    assert conc.try_acquire("k") is None
+    extra.release()
+    held.release()
+    assert conc.in_flight("k") == 0

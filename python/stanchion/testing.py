@@ -5,7 +5,8 @@
     every limiter of the process allows every hit and charges nothing:
     the in-process, shared-memory and Redis limiters, and so every
     middleware, decorator and dependency of the framework adapters built
-    on them (no 429, no ban). Blocks nest and may be opened from any
+    on them (no 429, no ban); every concurrency limit grants every hold
+    at once, on no slot. Blocks nest and may be opened from any
     thread; they are process-wide, not per thread or task, so a server
     thread under test sees them too.
 ``reset_all()``
@@ -48,7 +49,9 @@ class disabled:
     on a test function (plain or ``async def``). A denied hit becomes an
     allowed one that charges nothing (``remaining`` equals ``limit``), a
     banned key is let through, and the framework adapters therefore send
-    no 429. Keys are still checked (a bad key still raises). Blocks nest
+    no 429. A concurrency hold is held at once on no slot (its release,
+    even after the block, gives nothing back). Keys are still checked (a
+    bad key still raises). Blocks nest
     and count across threads; the limiting comes back when the last one
     closes.
     """
