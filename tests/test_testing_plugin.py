@@ -380,6 +380,24 @@ limits = Stanchion(app)
 def index():
     return "ok"
 
+SERVED = []
+
+@app.route("/items")
+@limits.cache(ttl=60)
+def items():
+    SERVED.append(1)
+    return f"items {len(SERVED)}"
+
+def test_flask_response_cache(stanchion_clock):
+    c = app.test_client()
+    first = c.get("/items")
+    assert first.headers["X-Cache"] == "MISS" and SERVED == [1]
+    stanchion_clock.advance(59)
+    again = c.get("/items")
+    assert again.headers["X-Cache"] == "HIT" and again.headers["Age"] == "59"
+    stanchion_clock.advance(1)
+    assert c.get("/items").headers["X-Cache"] == "MISS" and SERVED == [1, 1]
+
 def test_flask(stanchion_clock):
     c = app.test_client()
     assert [c.get("/").status_code for _ in range(3)] == [200, 200, 429]
@@ -440,7 +458,7 @@ def test_second_sees_the_first():
 
 @pytest.mark.parametrize(
     ("source", "passed"),
-    [(PLAIN, 3), (FLASK, 2), (FASTAPI, 2), (WITHOUT, 2)],
+    [(PLAIN, 3), (FLASK, 3), (FASTAPI, 2), (WITHOUT, 2)],
     ids=["plain", "flask", "fastapi", "without-fixture"],
 )
 def test_plugin_runs_test_files(
@@ -528,3 +546,24 @@ def _shared_concurrency_disabled(storage: Any) -> None:
     extra.release()
     held.release()
     assert conc.in_flight("k") == 0
+
+
+def test_redis_limiter_disabled_tracked_and_reset(redis_server: Any) -> None:
+    import uuid
+
+    from stanchion.redis import RedisStorage
+
+    storage = RedisStorage(redis_server.url, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    try:
+        lim = stanchion.Limiter("1/hour", storage=storage)
+        assert any(o is lim for o in live())
+        assert lim.hit("k").allowed and not lim.hit("k").allowed
+        with testing.disabled():
+            d = lim.hit("k")
+            assert d.allowed and d.remaining == d.limit == 1
+            assert lim.peek("k").allowed
+        assert not lim.hit("k").allowed  # charged nothing meanwhile
+        testing.reset_all()  # deletes its keys on the server
+        assert lim.hit("k").allowed
+    finally:
+        storage.close()
