@@ -567,3 +567,22 @@ def test_redis_limiter_disabled_tracked_and_reset(redis_server: Any) -> None:
         assert lim.hit("k").allowed
     finally:
         storage.close()
+
+
+def test_shared_memory_limiter_disabled_and_reset() -> None:
+    import uuid
+
+    storage = stanchion.SharedMemoryStorage(f"st-testing-{uuid.uuid4().hex[:12]}")
+    try:
+        lim = stanchion.Limiter("1/hour", storage=storage)
+        assert any(o is lim for o in live())
+        assert lim.hit("k").allowed and not lim.hit("k").allowed
+        with testing.disabled():
+            assert lim.hit("k").allowed
+        assert not lim.hit("k").allowed
+        testing.reset_all()
+        assert lim.hit("k").allowed
+        with testing.fake_clock():  # shared time: it keeps its own clock
+            assert lim.hit("k").allowed and not lim.hit("k").allowed
+    finally:
+        storage.unlink(missing_ok=True)

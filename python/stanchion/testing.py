@@ -94,9 +94,10 @@ def reset_all() -> None:
     entry of every live cache and response cache (with their counts).
 
     Covers what the process made, at any time: the objects are tracked
-    (weakly) as they are built. A Redis limiter's keys are deleted on
-    the server. Concurrency limits are left alone: their holders are
-    work in flight."""
+    (weakly) as they are built. A shared-memory limiter's policy is
+    emptied for every process; a Redis limiter's keys are deleted on the
+    server. Concurrency limits are left alone: their holders are work in
+    flight."""
     for obj in _registry.live():
         _registry.reset(obj)
 
