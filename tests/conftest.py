@@ -104,6 +104,8 @@ def require_peers(*modules: str) -> None:
 
 # Real redis-server fixtures (redis_server, private_redis, redis_cluster,
 # redis_sentinel).
+# Real memcached fixtures (memcached_server, private_memcached).
+from ._memcached import memcached_server, private_memcached  # noqa: E402, F401
 from ._redis import (  # noqa: E402, F401
     private_redis,
     redis_cluster,

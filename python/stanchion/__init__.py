@@ -16,6 +16,7 @@ from ._rates import Rate, parse_rates
 from ._shm import SharedMemoryStorage
 
 if TYPE_CHECKING:
+    from .memcached import MemcachedCache, MemcachedStorage
     from .redis import RedisCache, RedisStorage
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "Decision",
     "Hold",
     "Limiter",
+    "MemcachedCache",
+    "MemcachedStorage",
     "Penalty",
     "Pool",
     "PoolExhausted",
@@ -56,8 +59,14 @@ def _version() -> str:
 
 __version__ = _version()
 
-# Imported on first use, so that `import stanchion` does not import redis.
-_LAZY = {"RedisStorage": "redis", "RedisCache": "redis"}
+# Imported on first use, so that `import stanchion` does not import redis
+# or pymemcache.
+_LAZY = {
+    "RedisStorage": "redis",
+    "RedisCache": "redis",
+    "MemcachedStorage": "memcached",
+    "MemcachedCache": "memcached",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,7 @@ from .keys import (
     normalize_query,
 )
 from .rules import _NEVER, Rules
-from .stores import Store, _LocalStore, _RedisStore, _weigh
+from .stores import Store, _LocalStore, _MemcachedStore, _RedisStore, _weigh
 
 
 class ResponseCache(Rules):
@@ -178,10 +178,14 @@ class ResponseCache(Rules):
             self.store = _LocalStore(backend)
         elif type(backend).__name__ == "RedisCache" and hasattr(backend, "namespace"):
             self.store = _RedisStore(backend)
+        elif type(backend).__name__ == "MemcachedCache" and hasattr(
+            backend, "namespace"
+        ):
+            self.store = _MemcachedStore(backend)
         else:
             raise TypeError(
-                "backend must be None, a stanchion.Cache or a stanchion.RedisCache, "
-                f"not {type(backend).__name__}"
+                "backend must be None, a stanchion.Cache, a stanchion.RedisCache "
+                f"or a stanchion.MemcachedCache, not {type(backend).__name__}"
             )
         self.hits = self.misses = self.stale = self.stores = self.not_modified = 0
         self.flights: dict[str, Any] = {}
