@@ -586,3 +586,23 @@ def test_shared_memory_limiter_disabled_and_reset() -> None:
             assert lim.hit("k").allowed and not lim.hit("k").allowed
     finally:
         storage.unlink(missing_ok=True)
+
+
+def test_memcached_limiter_disabled(memcached_server: Any) -> None:
+    import uuid
+
+    from stanchion.memcached import MemcachedStorage
+
+    storage = MemcachedStorage(memcached_server.url, prefix=f"t{uuid.uuid4().hex[:8]}:")
+    try:
+        lim = stanchion.Limiter("1/hour", storage=storage)
+        assert lim.hit("k").allowed and not lim.hit("k").allowed
+        with testing.disabled():
+            d = lim.hit("k")
+            assert d.allowed and d.remaining == d.limit == 1
+            assert asyncio.run(lim.ahit("k")).allowed
+        assert not lim.hit("k").allowed  # charged nothing meanwhile
+        testing.reset_all()  # not tracked: Memcached cannot list its keys
+        assert not lim.hit("k").allowed
+    finally:
+        storage.close()
