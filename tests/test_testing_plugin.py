@@ -606,3 +606,43 @@ def test_memcached_limiter_disabled(memcached_server: Any) -> None:
         assert not lim.hit("k").allowed
     finally:
         storage.close()
+
+
+def test_websocket_limit_disabled() -> None:
+    import warnings
+
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
+
+    from stanchion.asgi import RateLimitMiddleware
+    from stanchion.websocket import WebSocketLimit
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TestClient on httpx warns
+        from starlette.testclient import TestClient
+
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            while True:
+                await websocket.send_text(await websocket.receive_text())
+        except WebSocketDisconnect:
+            pass
+
+    app = RateLimitMiddleware(
+        Starlette(routes=[WebSocketRoute("/ws", echo)]),
+        websocket=WebSocketLimit("1/minute"),
+    )
+    client = TestClient(app, client=("203.0.113.9", 50000))
+    with testing.disabled(), client.websocket_connect("/ws") as conn:
+        for i in range(3):
+            conn.send_text(str(i))
+            assert conn.receive_text() == str(i)
+    with client.websocket_connect("/ws") as conn:
+        conn.send_text("a")
+        assert conn.receive_text() == "a"
+        conn.send_text("b")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            conn.receive_text()
+    assert closed.value.code == 1008
