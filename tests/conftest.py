@@ -53,6 +53,7 @@ CORE_MODULES = frozenset(
         "test_limiter_memory.py",
         "test_penalty.py",
         "test_cache.py",
+        "test_cache_mapping.py",
         "test_cached.py",
         "test_concurrency.py",
         "test_core_reentrancy.py",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _registry  # noqa: F401  (tracks limiters and caches)
 from ._cache import CacheBackend, cached
 from ._concurrency import Concurrency, ConcurrencyLimitExceeded, Hold
 from ._core import Cache, CacheInfo, Decision

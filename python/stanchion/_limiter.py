@@ -170,7 +170,7 @@ class Limiter(BanConveniences, InstantConveniences, _core.Limiter):
     ``max_keys`` in a table of its own.
     """
 
-    __slots__ = ("_penalty", "_rates")
+    __slots__ = ("__weakref__", "_penalty", "_rates")
 
     # Without a storage: this class. With one: the storage's own limiter
     # (``RedisLimiter`` for a ``RedisStorage``), a :class:`RateLimiter`.

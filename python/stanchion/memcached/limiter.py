@@ -29,6 +29,7 @@ from .._errors import StorageUnavailable
 from .._limiter import ALGORITHMS, ON_ERROR, await_hit, wait_for_hit
 from .._outage import _Guard, _Unavailable, _Who
 from .._rates import Rate
+from .._registry import disabled_now
 from .connection import _check_prefix, _Connector, _safe_key
 
 _ALGORITHM_CODES = {"token_bucket": "tb", "fixed_window": "fw", "sliding_window": "sw"}
@@ -389,6 +390,8 @@ class MemcachedLimiter:
     def _decide(self, key: object, cost: object, commit: bool) -> Decision:
         kb = _key_bytes(key)
         c = self._cost(cost)
+        if disabled_now():  # stanchion.testing.disabled()
+            return Decision(True, self._min_cap, self._min_cap)
         conn = self._connector
         reply = self._guard.call(conn.run, self._io, kb, c, commit)
         return self._conclude(reply, c)
@@ -444,6 +447,8 @@ class MemcachedLimiter:
     async def _adecide(self, key: object, cost: object, commit: bool) -> Decision:
         kb = _key_bytes(key)
         c = self._cost(cost)
+        if disabled_now():
+            return Decision(True, self._min_cap, self._min_cap)
         conn = self._connector
         reply = await self._guard.acall(conn.arun, self._io, kb, c, commit)
         return self._conclude(reply, c)

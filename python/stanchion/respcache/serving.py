@@ -19,6 +19,7 @@ from urllib.parse import quote
 from .. import http as _http
 from .._checks import check_int, check_seconds
 from .._core import Cache
+from .._registry import track
 from .entries import SENT, Entry, Reply, Upstream
 from .flights import CALL, Flight, Steps, _LoopFlight, _ThreadFlight, arun, run
 from .keys import (
@@ -191,6 +192,12 @@ class ResponseCache(Rules):
         self.refreshing: set[str] = set()
         self._refresh_lock = threading.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
+        track(self)
+
+    def _set_clock(self, clock: Callable[[], float] | None) -> None:
+        """stanchion.testing's fake clock (None: back to ``time.time``);
+        clear the entries first, their times are the old clock's."""
+        self.clock = clock or time.time
 
     # -- storage (sync) --------------------------------------------------------
 
