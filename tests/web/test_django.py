@@ -591,6 +591,30 @@ def test_headers_replaced_by_an_outer_layer_are_the_ones_sent() -> None:
     assert not any(k.startswith("X-RateLimit") for k, _ in sent)
 
 
+class Unlisted(HttpResponse):
+    """A response class whose ``items()`` leaves a header out."""
+
+    def items(self) -> Any:
+        return [(k, v) for k, v in self.headers.items() if k != "X-Internal"]
+
+
+def unlisted(request: HttpRequest) -> HttpResponse:
+    return Unlisted("unlisted", headers={"X-Internal": "secret"})
+
+
+urlpatterns += [path("unlisted", unlisted)]
+
+
+def test_a_response_class_s_own_items_is_what_is_sent() -> None:
+    with override_settings(
+        MIDDLEWARE=MW, STANCHION=stanchion(LIMIT="5/minute", TRUSTED_PROXIES=[])
+    ):
+        r, sent = wsgi_get("/unlisted")
+    assert r["X-Internal"] == "secret" and r["X-RateLimit-Remaining"] == "4"
+    assert ("X-RateLimit-Remaining", "4") in sent
+    assert all(k != "X-Internal" for k, _ in sent)
+
+
 @pytest.mark.parametrize("backend", ["locmem.LocMemCache", "filebased.FileBasedCache"])
 @pytest.mark.parametrize("inside", [True, False])
 def test_cached_limited_responses_never_name_stanchion(
