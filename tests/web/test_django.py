@@ -591,6 +591,18 @@ def test_headers_replaced_by_an_outer_layer_are_the_ones_sent() -> None:
     assert not any(k.startswith("X-RateLimit") for k, _ in sent)
 
 
+async def test_headers_replaced_by_an_outer_layer_are_sent_under_asgi() -> None:
+    with override_settings(
+        MIDDLEWARE=[f"{__name__}.RebuildHeaders", *MW],
+        STANCHION=stanchion(LIMIT="5/minute", TRUSTED_PROXIES=[]),
+    ):
+        async with asgi_client("198.51.100.6") as c:
+            r = await c.get("/hello")
+    assert r.status_code == 200 and r.headers["x-rebuilt"] == "1"
+    assert r.headers["ratelimit"] == '"global";r=4;t=12'
+    assert not any(k.startswith("x-ratelimit") for k in r.headers)
+
+
 class Unlisted(HttpResponse):
     """A response class whose ``items()`` leaves a header out."""
 
