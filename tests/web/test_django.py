@@ -680,6 +680,40 @@ def test_cached_limited_responses_never_name_stanchion(
         assert ("X-RateLimit-Remaining", "3") in sent2
 
 
+UPDATE = "django.middleware.cache.UpdateCacheMiddleware"
+FETCH = "django.middleware.cache.FetchFromCacheMiddleware"
+WHOLE = "django.middleware.cache.CacheMiddleware"
+
+
+@pytest.mark.parametrize(
+    ("middleware", "warned"),
+    [
+        ([UPDATE, *MW, FETCH], True),
+        ([UPDATE, FETCH, *MW], True),
+        ([WHOLE, *MW], True),
+        ([*MW, UPDATE, FETCH], False),
+        ([*MW, WHOLE], False),
+        ([FETCH, *MW], False),
+        (MW, False),
+    ],
+)
+def test_check_warns_when_djangos_cache_stores_our_headers(
+    middleware: list[str], warned: bool
+) -> None:
+    """Inside Django's cache, the headers of the request that filled it
+    are stored with the page and replayed to every client (see
+    test_cached_limited_responses_never_name_stanchion): a warning."""
+    with override_settings(
+        MIDDLEWARE=middleware, STANCHION=stanchion(LIMIT="5/minute")
+    ):
+        found = [m for m in checks.run_checks() if m.id == "stanchion.W002"]
+    if not warned:
+        assert found == []
+        return
+    assert len(found) == 1 and found[0].level == checks.WARNING
+    assert MW[0] in found[0].msg and middleware[0] in found[0].msg
+
+
 # -- the C fast path sends what the Python path sends ---------------------------
 
 
