@@ -510,7 +510,7 @@ def test_items_of_a_limited_response_are_djangos_items() -> None:
         }
         r = WSGIHandler()(environ, lambda status, headers: sent.append(headers))
     assert r.status_code == 200 and r["X-RateLimit-Remaining"] == "4"
-    assert "items" in vars(r)  # the fast view is the one tested
+    assert type(r.items()).__name__ == "_StoreItems"  # the fast view is tested
     # Django's WSGI handler sent exactly Django's pairs.
     assert sent[0] == list(r.headers.items())
 
@@ -538,6 +538,180 @@ def test_items_of_a_limited_response_are_djangos_items() -> None:
         twin["X-Twin"] = "1"  # its own store, not the original's
         assert ("X-Twin", "1") in twin.items()
         assert ("X-Twin", "1") not in r.items()
+
+
+class RebuildHeaders:
+    """A middleware that gives the response new headers: the ones it
+    had but the X- ones, and one of its own."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        from django.http.response import ResponseHeaders
+
+        r = self.get_response(request)
+        kept = {k: v for k, v in r.headers.items() if not k.startswith("X-")}
+        r.headers = ResponseHeaders({**kept, "X-Rebuilt": "1"})
+        return r
+
+
+def wsgi_get(path: str, ip: str = "198.51.100.5") -> tuple[Any, list[Any]]:
+    """``path`` through Django's WSGI handler: the response and the
+    headers the handler sent."""
+    import io
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    sent: list[Any] = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": ip,
+        "wsgi.input": io.BytesIO(),
+        "wsgi.url_scheme": "http",
+    }
+    r = WSGIHandler()(environ, lambda status, headers: sent.append(headers))
+    return r, sent[0]
+
+
+def test_headers_replaced_by_an_outer_layer_are_the_ones_sent() -> None:
+    """``response.headers`` is public: a layer outside ours that gives the
+    response new headers has those sent, not the ones we rendered into."""
+    with override_settings(
+        MIDDLEWARE=[f"{__name__}.RebuildHeaders", *MW],
+        STANCHION=stanchion(LIMIT="5/minute", TRUSTED_PROXIES=[]),
+    ):
+        r, sent = wsgi_get("/hello")
+    assert r.status_code == 200 and r["X-Rebuilt"] == "1"
+    assert sent == list(r.headers.items())
+    assert ("X-Rebuilt", "1") in sent and ("RateLimit", '"global";r=4;t=12') in sent
+    assert not any(k.startswith("X-RateLimit") for k, _ in sent)
+
+
+async def test_headers_replaced_by_an_outer_layer_are_sent_under_asgi() -> None:
+    with override_settings(
+        MIDDLEWARE=[f"{__name__}.RebuildHeaders", *MW],
+        STANCHION=stanchion(LIMIT="5/minute", TRUSTED_PROXIES=[]),
+    ):
+        async with asgi_client("198.51.100.6") as c:
+            r = await c.get("/hello")
+    assert r.status_code == 200 and r.headers["x-rebuilt"] == "1"
+    assert r.headers["ratelimit"] == '"global";r=4;t=12'
+    assert not any(k.startswith("x-ratelimit") for k in r.headers)
+
+
+class Unlisted(HttpResponse):
+    """A response class whose ``items()`` leaves a header out."""
+
+    def items(self) -> Any:
+        return [(k, v) for k, v in self.headers.items() if k != "X-Internal"]
+
+
+def unlisted(request: HttpRequest) -> HttpResponse:
+    return Unlisted("unlisted", headers={"X-Internal": "secret"})
+
+
+urlpatterns += [path("unlisted", unlisted)]
+
+
+def test_a_response_class_s_own_items_is_what_is_sent() -> None:
+    with override_settings(
+        MIDDLEWARE=MW, STANCHION=stanchion(LIMIT="5/minute", TRUSTED_PROXIES=[])
+    ):
+        r, sent = wsgi_get("/unlisted")
+    assert r["X-Internal"] == "secret" and r["X-RateLimit-Remaining"] == "4"
+    assert ("X-RateLimit-Remaining", "4") in sent
+    assert all(k != "X-Internal" for k, _ in sent)
+
+
+@pytest.mark.parametrize("backend", ["locmem.LocMemCache", "filebased.FileBasedCache"])
+@pytest.mark.parametrize("inside", [True, False])
+def test_cached_limited_responses_never_name_stanchion(
+    backend: str, inside: bool, tmp_path: Any
+) -> None:
+    """Django's cache middleware pickles a limited response into a real
+    cache (with ours inside or outside it): the entry is Django's
+    response, loadable where stanchion is not (another service, another
+    stanchion version), and served again with our headers of the time."""
+    import pickle
+    import zlib
+
+    from django.core.cache import caches
+    from django.core.cache.backends import locmem
+    from django.http.response import ResponseHeaders
+
+    update = "django.middleware.cache.UpdateCacheMiddleware"
+    fetch = "django.middleware.cache.FetchFromCacheMiddleware"
+    mw = [update, *MW, fetch] if inside else [*MW, update, fetch]
+    with override_settings(
+        MIDDLEWARE=mw,
+        STANCHION=stanchion(LIMIT="5/minute", TRUSTED_PROXIES=[]),
+        CACHE_MIDDLEWARE_SECONDS=60,
+        CACHES={
+            "default": {
+                "BACKEND": f"django.core.cache.backends.{backend}",
+                "LOCATION": str(tmp_path),
+            }
+        },
+    ):
+        try:
+            r1, sent1 = wsgi_get("/hello")
+            r2, sent2 = wsgi_get("/hello")
+            if backend.startswith("locmem"):
+                raw = [v for v in locmem._caches[str(tmp_path)].values()]
+            else:
+                raw = []
+                for f in tmp_path.iterdir():
+                    with f.open("rb") as fh:
+                        pickle.load(fh)  # the expiry time
+                        raw.append(zlib.decompress(fh.read()))
+        finally:
+            caches["default"].clear()
+    assert r1.status_code == r2.status_code == 200
+    assert ("X-RateLimit-Remaining", "4") in sent1
+    assert b"hello" in r2.content
+    page = [b for b in raw if b"world" in b]
+    assert len(page) == 1 and b"stanchion" not in page[0]
+    assert type(pickle.loads(page[0]).headers) is ResponseHeaders
+    if not inside:  # ours counted the cached answer's request too
+        assert ("X-RateLimit-Remaining", "3") in sent2
+
+
+UPDATE = "django.middleware.cache.UpdateCacheMiddleware"
+FETCH = "django.middleware.cache.FetchFromCacheMiddleware"
+WHOLE = "django.middleware.cache.CacheMiddleware"
+
+
+@pytest.mark.parametrize(
+    ("middleware", "warned"),
+    [
+        ([UPDATE, *MW, FETCH], True),
+        ([UPDATE, FETCH, *MW], True),
+        ([WHOLE, *MW], True),
+        ([*MW, UPDATE, FETCH], False),
+        ([*MW, WHOLE], False),
+        ([FETCH, *MW], False),
+        (MW, False),
+    ],
+)
+def test_check_warns_when_djangos_cache_stores_our_headers(
+    middleware: list[str], warned: bool
+) -> None:
+    """Inside Django's cache, the headers of the request that filled it
+    are stored with the page and replayed to every client (see
+    test_cached_limited_responses_never_name_stanchion): a warning."""
+    with override_settings(
+        MIDDLEWARE=middleware, STANCHION=stanchion(LIMIT="5/minute")
+    ):
+        found = [m for m in checks.run_checks() if m.id == "stanchion.W002"]
+    if not warned:
+        assert found == []
+        return
+    assert len(found) == 1 and found[0].level == checks.WARNING
+    assert MW[0] in found[0].msg and middleware[0] in found[0].msg
 
 
 # -- the C fast path sends what the Python path sends ---------------------------

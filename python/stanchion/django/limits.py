@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from asgiref.sync import iscoroutinefunction
 from django.core.exceptions import ImproperlyConfigured, MiddlewareNotUsed
 from django.http import HttpRequest, HttpResponse
+from django.http.response import ResponseHeaders
 
 from .._adapt import decide, header_from_environ, outer_headers, route_scope
 from .._adapt_slots import Holds, lane_of, needs_slot
@@ -107,8 +108,8 @@ def _add_headers(response: HttpResponse, verdict: Verdict) -> None:
 
 
 class _StoreItems(ItemsView[str, str]):
-    """``response.items()`` of a response stanchion added headers to:
-    the same view of the same (name, value) pairs, iterated straight off
+    """The ``items()`` of a response's headers stanchion added to: the
+    same view of the same (name, value) pairs, iterated straight off
     Django's header store (whose values are those pairs) rather than
     through one ``headers[name]`` lookup per header, which is what
     Django's handlers pay for every header they send."""
@@ -119,16 +120,33 @@ class _StoreItems(ItemsView[str, str]):
         return iter(self._mapping._store.values())  # type: ignore[attr-defined]
 
 
+class _Headers(ResponseHeaders):  # type: ignore[misc]
+    """The class of a response's ``headers`` stanchion added to: Django's,
+    with the items view above. It is the headers object's, not the
+    response's: a layer that gives the response other headers has them
+    sent. A copy or pickle of it is a plain ``ResponseHeaders``, so that
+    a cached response never names stanchion."""
+
+    __slots__ = ()
+
+    def items(self) -> ItemsView[str, str]:
+        return _StoreItems(self)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        return (ResponseHeaders, (None,), self.__dict__)
+
+
 def _render_headers(response: HttpResponse, render: RateHeaders, d: Decision) -> None:
     # Our names and values are plain ASCII made here, so they skip
     # Django's per-header charset checks when its store is at hand: the
     # C renderer writes them there, by the rule of outer_headers; and the
-    # handler reads them back through _StoreItems.
+    # handler reads them back through _Headers.items.
     headers = response.headers
     store = getattr(headers, "_store", None)
     if type(store) is dict:
         render.into_store(d, store)
-        response.items = functools.partial(_StoreItems, headers)
+        if type(headers) is ResponseHeaders:
+            headers.__class__ = _Headers
     else:
         _add_headers_slow(response, render.pairs(d))
 

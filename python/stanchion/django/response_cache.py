@@ -82,6 +82,53 @@ def check_middleware_order(
     return found
 
 
+#: Django's own cache middleware: they store pages whole, headers and all.
+_DJANGO_CACHE = (
+    "django.middleware.cache.UpdateCacheMiddleware",
+    "django.middleware.cache.CacheMiddleware",
+)
+
+
+@checks.register("stanchion")  # type: ignore[untyped-decorator]
+def check_rate_limit_outside_django_cache(
+    app_configs: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """System check: ``RateLimitMiddleware`` listed after (inside) Django's
+    ``UpdateCacheMiddleware`` or ``CacheMiddleware`` has its headers
+    stored with the page: every client the page is served to gets the
+    quota of the one whose request filled the cache."""
+    from .limits import RateLimitMiddleware
+
+    listed = list(getattr(django_settings, "MIDDLEWARE", None) or ())
+    classes = [_middleware_class(p) for p in listed]
+    for i, cls in enumerate(classes):
+        if not (isinstance(cls, type) and issubclass(cls, RateLimitMiddleware)):
+            continue
+        outer = [
+            p
+            for p, c in zip(listed[:i], classes[:i], strict=True)
+            if isinstance(c, type)
+            and any(
+                f"{m.__module__}.{m.__qualname__}" in _DJANGO_CACHE for m in c.__mro__
+            )
+        ]
+        if outer:
+            return [
+                checks.Warning(
+                    f"{listed[i]} is listed after {', '.join(outer)} in "
+                    "MIDDLEWARE: Django's cache stores the page with one "
+                    "client's rate limit headers and serves them to every "
+                    "client.",
+                    hint="List RateLimitMiddleware before Django's cache "
+                    "middleware (every request is then counted and gets its "
+                    "own headers), or use stanchion.django.CacheMiddleware, "
+                    "which never stores them.",
+                    id="stanchion.W002",
+                )
+            ]
+    return []
+
+
 def _response_cache(settings: dict[str, Any]) -> tuple[tuple[str, ...] | None, Any]:
     """``(paths, ResponseCache)`` of CacheMiddleware's keywords."""
     from ..respcache import ResponseCache
