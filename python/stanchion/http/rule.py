@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
+from .. import metrics as _metrics
 from .._concurrency import Concurrency, ConcurrencyLimitExceeded
 from .._core import Decision, Gate, RateHeaders
 from .._limiter import Limiter, RateLimiter
@@ -206,6 +207,7 @@ class Rule(_RuleHeaders):
                     priorities=priorities,
                     reserve=reserve,
                     storage=storage if limiters is None else limiters.storage,
+                    name=scope,
                 )
             except (TypeError, ValueError) as exc:
                 raise SettingError("concurrency", str(exc)) from None
@@ -410,6 +412,10 @@ class Rule(_RuleHeaders):
             self.gate = Gate(self._fixed.limiter, self._client_plans)
             if self.headers_on_allowed:
                 self.allowed_render = self._fixed_parts.render
+        # Counted (and hooks called) while stanchion.metrics is on: the
+        # rule then gets methods that count, and no gate; nothing is
+        # looked up per request otherwise.
+        _metrics.attach(self)
 
     # -- deciding --------------------------------------------------------------
 
