@@ -32,8 +32,10 @@ flood of distinct clients adds no series):
   ``stanchion_storage_outage{storage, server}`` (1 during an outage):
   failed calls to Redis (or another shared storage using the same
   outage tracking).
-- ``stanchion_cache_requests_total{cache, result}`` (``hit``, ``miss``,
-  ``stale``), ``stanchion_cache_stores_total{cache}``,
+- ``stanchion_cache_requests_total{cache, result}`` (``hit``,
+  ``miss``), ``stanchion_cache_stale_total{cache}`` (stale answers
+  served: stale-while-revalidate hits, stale-if-error misses),
+  ``stanchion_cache_stores_total{cache}``,
   ``stanchion_cache_evictions_total{cache, reason}`` (``size``,
   ``expired``): read from the caches' own counters when the metrics are
   collected (nothing is added to a cache lookup). Response caches are
@@ -74,6 +76,7 @@ __all__ = [
     "remove_hook",
     "unwatch",
     "watch",
+    "watch_as",
 ]
 
 log = logging.getLogger("stanchion.metrics")
@@ -257,6 +260,11 @@ class _Collected:
             "Cache lookups, by result",
             labels=["cache", "result"],
         )
+        stale = counter(
+            "stanchion_cache_stale",
+            "Stale entries served (also counted as a hit or a miss)",
+            labels=["cache"],
+        )
         stores = counter("stanchion_cache_stores", "Cache stores", labels=["cache"])
         evictions = counter(
             "stanchion_cache_evictions",
@@ -266,11 +274,12 @@ class _Collected:
         for name, c in sorted(cache_counts().items()):
             requests.add_metric([name, "hit"], c["hit"])
             requests.add_metric([name, "miss"], c["miss"])
-            requests.add_metric([name, "stale"], c["stale"])
+            stale.add_metric([name], c["stale"])
             stores.add_metric([name], c["stores"])
             evictions.add_metric([name, "size"], c["evictions"])
             evictions.add_metric([name, "expired"], c["expirations"])
         yield requests
+        yield stale
         yield stores
         yield evictions
 
@@ -329,9 +338,14 @@ class _OpenTelemetry:
                 return []
             out = []
             for name, c in cache_counts().items():
-                for result in ("hit", "miss", "stale"):
+                for result in ("hit", "miss"):
                     out.append(obs(c[result], {"cache": name, "result": result}))
             return out
+
+        def cache_stale(_: CallbackOptions) -> Iterable[Observation]:
+            if self.closed:
+                return []
+            return [obs(c["stale"], {"cache": n}) for n, c in cache_counts().items()]
 
         def cache_stores(_: CallbackOptions) -> Iterable[Observation]:
             if self.closed:
@@ -363,6 +377,12 @@ class _OpenTelemetry:
             [cache_requests],
             unit="{request}",
             description="Cache lookups, by result",
+        )
+        meter.create_observable_counter(
+            "stanchion.cache.stale",
+            [cache_stale],
+            unit="{response}",
+            description="Stale entries served (also counted as a hit or a miss)",
         )
         meter.create_observable_counter(
             "stanchion.cache.stores",
@@ -812,6 +832,13 @@ def watch(obj: Any, name: str) -> Any:
     return obj
 
 
+def watch_as(name: str) -> Callable[[Any], Any]:
+    """:func:`watch` as a decorator, above ``@cached``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    return lambda obj: watch(obj, name)
+
+
 def unwatch(obj: Any) -> bool:
     """Stop exporting a cache :func:`watch` named; False if not watched."""
     with _lock:
@@ -842,7 +869,7 @@ def _counts(obj: Any) -> dict[str, int]:
     if isinstance(obj, ResponseCache):
         s = obj.stats()
         return {
-            "hit": s["hits"] - s["stale"],
+            "hit": s["hits"],
             "miss": s["misses"],
             "stale": s["stale"],
             "stores": s["stores"],

@@ -1,0 +1,558 @@
+"""stanchion.metrics: real prometheus_client registries and the
+OpenTelemetry SDK's in-memory reader, fed by real FastAPI and Flask apps
+(and a real redis-server for the storage series)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import prometheus_client
+import pytest
+from fastapi import FastAPI
+from flask import Flask
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import stanchion
+import stanchion.metrics as metrics
+from stanchion import Penalty
+from stanchion.asgi import CacheMiddleware, RateLimitMiddleware
+from stanchion.flask import Stanchion
+from stanchion.http import Rule
+from stanchion.redis import RedisStorage
+
+from .._redis import RedisServer
+from ..conftest import FakeClock
+
+
+@pytest.fixture(autouse=True)
+def metrics_off() -> Iterator[None]:
+    metrics.disable()
+    yield
+    metrics.disable()
+
+
+@pytest.fixture
+def registry() -> prometheus_client.CollectorRegistry:
+    reg = prometheus_client.CollectorRegistry()
+    metrics.enable(prometheus_registry=reg)
+    return reg
+
+
+def samples(reg: prometheus_client.CollectorRegistry) -> dict[str, float]:
+    """Every sample of the text exposition, ``name{labels}`` -> value
+    (the ``_created`` timestamps left out)."""
+    text = prometheus_client.generate_latest(reg).decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#") or "_created" in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
+def decisions(reg: Any, scope: str) -> dict[str, float]:
+    found = {}
+    for name, value in samples(reg).items():
+        m = re.fullmatch(
+            r'stanchion_decisions_total\{outcome="(\w+)",scope="([^"]+)"\}', name
+        )
+        if m and m.group(2) == scope and value:
+            found[m.group(1)] = value
+    return found
+
+
+def fastapi_app(**mw: Any) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/hello")
+    def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    app.add_middleware(RateLimitMiddleware, **mw)
+    return app
+
+
+def client(app: Any, ip: str = "203.0.113.1") -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(ip, 40000)),
+        base_url="http://test",
+    )
+
+
+async def statuses(app: Any, n: int, ip: str = "203.0.113.1") -> list[int]:
+    async with client(app, ip) as c:
+        return [(await c.get("/hello")).status_code for _ in range(n)]
+
+
+# -- Prometheus through real apps ------------------------------------------------
+
+
+async def test_fastapi_prometheus_series(
+    registry: Any, clock: FakeClock
+) -> None:
+    app = fastapi_app(limit="2/minute", scope="api", clock=clock)
+    assert await statuses(app, 5) == [200, 200, 429, 429, 429]
+    assert await statuses(app, 1, ip="203.0.113.2") == [200]
+    text = prometheus_client.generate_latest(registry).decode()
+    assert "# TYPE stanchion_decisions_total counter" in text
+    assert 'stanchion_decisions_total{outcome="allowed",scope="api"} 3.0' in text
+    assert 'stanchion_decisions_total{outcome="denied",scope="api"} 3.0' in text
+    assert 'stanchion_decisions_total{outcome="banned",scope="api"} 0.0' in text
+
+
+def test_flask_prometheus_series(registry: Any, clock: FakeClock) -> None:
+    app = Flask(__name__)
+    limiter = Stanchion(app, default_limit="3/minute", clock=clock)
+
+    @app.get("/a")
+    def a() -> str:
+        return "a"
+
+    @app.get("/b")
+    @limiter.limit("1/minute", scope="b")
+    def b() -> str:
+        return "b"
+
+    c = app.test_client()
+    env = {"REMOTE_ADDR": "198.51.100.7"}
+    got = [c.get("/a", environ_base=env).status_code for _ in range(4)]
+    got += [c.get("/b", environ_base=env).status_code for _ in range(2)]
+    assert got == [200, 200, 200, 429, 200, 429]
+    found = {k: v for k, v in samples(registry).items() if v and "decisions" in k}
+    assert found == {
+        'stanchion_decisions_total{outcome="allowed",scope="global"}': 3.0,
+        'stanchion_decisions_total{outcome="denied",scope="global"}': 1.0,
+        'stanchion_decisions_total{outcome="allowed",scope="b"}': 1.0,
+        'stanchion_decisions_total{outcome="denied",scope="b"}': 1.0,
+    }
+
+
+async def test_banned_and_dry_run_outcomes(registry: Any, clock: FakeClock) -> None:
+    banning = fastapi_app(
+        limit="1/minute",
+        scope="banning",
+        clock=clock,
+        penalty=Penalty(after=1, within=60, ban=600),
+    )
+    # allowed, refused (the one refusal tolerated), refused: banned.
+    assert await statuses(banning, 4) == [200, 429, 403, 403]
+    assert decisions(registry, "banning") == {
+        "allowed": 1.0,
+        "denied": 1.0,
+        "banned": 2.0,
+    }
+    watching = fastapi_app(limit="1/minute", scope="watching", dry_run=True)
+    assert await statuses(watching, 3) == [200, 200, 200]
+    assert decisions(registry, "watching") == {"allowed": 1.0, "dry_run_denied": 2.0}
+
+
+async def test_forbidden_outcome(registry: Any) -> None:
+    app = fastapi_app(limit="10/minute", scope="listed", deny=["203.0.113.0/24"])
+    assert await statuses(app, 2) == [403, 403]
+    assert await statuses(app, 1, ip="198.51.100.1") == [200]
+    assert decisions(registry, "listed") == {"forbidden": 2.0, "allowed": 1.0}
+
+
+async def test_queue_wait_and_busy(registry: Any) -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            entered.set()
+            await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = RateLimitMiddleware(
+        app, limit=None, scope="pool", concurrency=1, queue=1, queue_timeout=5
+    )
+    async with client(mw) as c:
+        slow = asyncio.ensure_future(c.get("/slow"))
+        await entered.wait()
+        queued = asyncio.ensure_future(c.get("/fast"))
+        for _ in range(100):  # until it waits in the queue
+            if samples(registry).get('stanchion_queued_total{scope="pool"}'):
+                break
+            await asyncio.sleep(0.01)
+        refused = await c.get("/fast")  # the queue is full: 503
+        await asyncio.sleep(0.05)
+        release.set()
+        assert (await slow).status_code == 200
+        assert (await queued).status_code == 200
+    assert refused.status_code == 503
+    s = samples(registry)
+    assert s['stanchion_queued_total{scope="pool"}'] == 1.0
+    count = s['stanchion_queue_wait_seconds_count{result="acquired",scope="pool"}']
+    assert count == 1.0
+    waited = s['stanchion_queue_wait_seconds_sum{result="acquired",scope="pool"}']
+    assert 0.04 < waited < 5
+    assert decisions(registry, "pool") == {"busy": 1.0}
+
+
+def test_queue_wait_timeout_in_threads(registry: Any) -> None:
+    slots = stanchion.Concurrency(1, queue=1, timeout=0.05, name="workers")
+    with slots.hold():
+        with pytest.raises(stanchion.ConcurrencyLimitExceeded):
+            slots.acquire()
+    s = samples(registry)
+    assert s['stanchion_queued_total{scope="workers"}'] == 1.0
+    assert s['stanchion_queue_wait_seconds_count{result="timeout",scope="workers"}'] == 1
+    assert s['stanchion_queue_wait_seconds_sum{result="timeout",scope="workers"}'] >= 0.04
+
+
+async def test_cache_series(registry: Any) -> None:
+    calls = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"page"})
+
+    front = CacheMiddleware(app, ttl=60)
+    async with client(front) as c:
+        for _ in range(3):
+            assert (await c.get("/page")).status_code == 200
+    assert calls == 1
+
+    cache: stanchion.Cache[str, int] = stanchion.Cache(maxsize=1)
+    metrics.watch(cache, "sessions")
+    cache["a"] = 1
+    cache["b"] = 2  # evicts a
+    assert cache.get("a") is None and cache.get("b") == 2
+
+    @metrics.watch_as("squares")
+    @stanchion.cached
+    def square(x: int) -> int:
+        return x * x
+
+    assert [square(2), square(2), square(3)] == [4, 4, 9]
+    s = samples(registry)
+    assert s['stanchion_cache_requests_total{cache="response",result="hit"}'] == 2
+    assert s['stanchion_cache_requests_total{cache="response",result="miss"}'] == 1
+    assert s['stanchion_cache_stores_total{cache="response"}'] == 1
+    assert s['stanchion_cache_requests_total{cache="sessions",result="hit"}'] == 1
+    assert s['stanchion_cache_requests_total{cache="sessions",result="miss"}'] == 1
+    assert s['stanchion_cache_evictions_total{cache="sessions",reason="size"}'] == 1
+    assert s['stanchion_cache_requests_total{cache="squares",result="hit"}'] == 1
+    assert s['stanchion_cache_requests_total{cache="squares",result="miss"}'] == 2
+    assert s['stanchion_cache_stores_total{cache="squares"}'] == 2
+    # Cleared: the counters stay monotonic.
+    square.cache_clear()
+    assert square(2) == 4
+    s = samples(registry)
+    assert s['stanchion_cache_requests_total{cache="squares",result="miss"}'] == 3
+    assert s['stanchion_cache_stores_total{cache="squares"}'] == 3
+
+
+def test_stale_response_served(registry: Any, clock: FakeClock) -> None:
+    from stanchion.wsgi import CacheMiddleware as WsgiCache
+
+    failing = False
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        if failing:
+            start_response("500 Internal Server Error", [])
+            return [b"down"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"page"]
+
+    front = WsgiCache(app, ttl=10, stale_if_error=100, clock=clock)
+    metrics.watch(front, "pages")
+    c = prometheus_free_client(front)
+    assert c.get("/p").status_code == 200
+    clock.advance(30)
+    failing = True
+    r = c.get("/p")
+    assert (r.status_code, r.data) == (200, b"page")
+    s = samples(registry)
+    # The refetch missed; its answer was the stale entry.
+    assert s['stanchion_cache_stale_total{cache="pages"}'] == 1
+    assert s['stanchion_cache_requests_total{cache="pages",result="miss"}'] == 2
+    assert s['stanchion_cache_requests_total{cache="pages",result="hit"}'] == 0
+    assert s['stanchion_cache_stores_total{cache="pages"}'] == 1
+
+
+def prometheus_free_client(app: Any) -> Any:
+    from werkzeug.test import Client
+
+    return Client(app)
+
+
+# -- storage errors and outages --------------------------------------------------
+
+
+def test_redis_outage_series(
+    private_redis: RedisServer, registry: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stanchion")
+    storage = RedisStorage(private_redis.url, timeout=0.2, retry_interval=0)
+    app = Flask(__name__)
+    Stanchion(app, default_limit="100/minute", storage=storage)
+
+    @app.get("/")
+    def index() -> str:
+        return "ok"
+
+    c = app.test_client()
+    where = private_redis.url.split("://", 1)[1].rstrip("/").split("/")[0]
+
+    def series() -> tuple[float, float]:
+        s = samples(registry)
+        errors = outage = 0.0
+        for name, value in s.items():
+            if name.startswith("stanchion_storage_errors_total") and where in name:
+                errors += value
+            if name.startswith("stanchion_storage_outage{") and where in name:
+                outage = value
+        return errors, outage
+
+    try:
+        assert c.get("/").status_code == 200
+        before, _ = series()
+        private_redis.kill()
+        assert [c.get("/").status_code for _ in range(3)] == [200, 200, 200]
+        errors, outage = series()
+        assert errors - before == 3 and outage == 1
+        private_redis.start()
+        assert c.get("/").status_code == 200
+        assert series() == (errors, 0)
+    finally:
+        storage.close()
+
+
+# -- OpenTelemetry ----------------------------------------------------------------
+
+
+def otel_points(reader: InMemoryMetricReader) -> dict[str, dict[tuple[Any, ...], Any]]:
+    data = reader.get_metrics_data()
+    out: dict[str, dict[tuple[Any, ...], Any]] = {}
+    assert data is not None
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                points = out.setdefault(metric.name, {})
+                for p in metric.data.data_points:
+                    key = tuple(sorted(p.attributes.items()))
+                    points[key] = getattr(p, "value", None) or p
+    return out
+
+
+@pytest.fixture
+def reader() -> Iterator[InMemoryMetricReader]:
+    r = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[r])
+    metrics.enable(otel_meter=provider.get_meter("test"))
+    yield r
+    provider.shutdown()
+
+
+async def test_otel_decisions_queue_and_cache(
+    reader: InMemoryMetricReader, clock: FakeClock
+) -> None:
+    app = fastapi_app(limit="2/minute", scope="api", clock=clock)
+    assert await statuses(app, 3) == [200, 200, 429]
+    slots = stanchion.Concurrency(1, queue=1, timeout=0.02, name="jobs")
+    with slots.hold():
+        with pytest.raises(stanchion.ConcurrencyLimitExceeded):
+            slots.acquire()
+    cache: stanchion.Cache[str, int] = stanchion.Cache(4)
+    metrics.watch(cache, "c")
+    cache.get("x")
+    points = otel_points(reader)
+    d = points["stanchion.decisions"]
+    assert d[(("outcome", "allowed"), ("scope", "api"))] == 2
+    assert d[(("outcome", "denied"), ("scope", "api"))] == 1
+    assert points["stanchion.queued"][(("scope", "jobs"),)] == 1
+    wait = points["stanchion.queue.wait"][(("result", "timeout"), ("scope", "jobs"))]
+    assert wait.count == 1 and wait.sum >= 0.015
+    requests = points["stanchion.cache.requests"]
+    assert requests[(("cache", "c"), ("result", "miss"))] == 1
+
+
+# -- hooks --------------------------------------------------------------------------
+
+
+async def test_hooks_get_the_decision_and_context(clock: FakeClock) -> None:
+    every: list[metrics.DecisionEvent] = []
+    breaches: list[metrics.DecisionEvent] = []
+    metrics.on_decision(every.append)
+    metrics.on_breach(breaches.append)
+    app = fastapi_app(limit="1/minute", scope="hooked", clock=clock)
+    assert await statuses(app, 2, ip="192.0.2.9") == [200, 429]
+    assert [e.outcome for e in every] == ["allowed", "denied"]
+    assert [e.outcome for e in breaches] == ["denied"]
+    e = breaches[0]
+    assert (e.scope, e.client, e.method, e.path) == (
+        "hooked",
+        "192.0.2.9",
+        "GET",
+        "/hello",
+    )
+    assert e.blocked and e.decision is not None and not e.decision.allowed
+    assert e.retry_after == pytest.approx(60)
+    assert metrics.remove_hook(every.append) is True  # equal bound methods
+    assert metrics.remove_hook(every.append) is False
+    assert metrics.remove_hook(breaches.append) is True
+    assert not metrics.enabled()
+
+
+async def test_a_failing_hook_is_logged_once(
+    caplog: pytest.LogCaptureFixture, registry: Any
+) -> None:
+    def broken(event: metrics.DecisionEvent) -> None:
+        raise RuntimeError("hook bug")
+
+    metrics.on_decision(broken)
+    app = fastapi_app(limit="10/minute", scope="fragile")
+    with caplog.at_level(logging.ERROR, logger="stanchion.metrics"):
+        assert await statuses(app, 3) == [200, 200, 200]
+    logged = [r for r in caplog.records if "hook" in r.getMessage()]
+    assert len(logged) == 1 and "hook bug" in (logged[0].exc_text or "")
+    assert decisions(registry, "fragile") == {"allowed": 3.0}
+    assert metrics.remove_hook(broken) is True
+
+
+def test_a_hook_that_reenters_stanchion(registry: Any) -> None:
+    """A hook that decides through the same rule, hits a limiter and
+    scrapes the registry: no recursion, no deadlock."""
+    rule = Rule("5/minute", scope="again")
+    side = stanchion.Limiter("100/second")
+    seen: list[str] = []
+
+    def hook(event: metrics.DecisionEvent) -> None:
+        seen.append(event.outcome)
+        rule.check_simple("GET", "/nested", "192.0.2.50")  # calls no hook
+        side.hit("x")
+        prometheus_client.generate_latest(registry)
+        metrics.on_breach(print)  # changing the hooks from a hook
+        metrics.remove_hook(print)
+
+    metrics.on_decision(hook)
+    for _ in range(3):
+        v = rule.check_simple("GET", "/", "192.0.2.1")
+        assert v is not None and not v.blocked
+    assert seen == ["allowed"] * 3
+    assert decisions(registry, "again") == {"allowed": 6.0}
+
+
+def test_hooks_reject_bad_input() -> None:
+    with pytest.raises(TypeError):
+        metrics.on_decision(5)  # type: ignore[arg-type]
+
+    async def coro(event: Any) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="plain function"):
+        metrics.on_breach(coro)
+    assert not metrics.enabled()
+
+
+# -- cardinality ---------------------------------------------------------------------
+
+
+async def test_a_flood_of_clients_adds_no_series(
+    registry: Any, reader: InMemoryMetricReader
+) -> None:
+    app = fastapi_app(limit="1/minute", scope="flood")
+    assert await statuses(app, 2) == [200, 429]
+    prom_before = set(samples(registry))
+    otel_before = {k: set(v) for k, v in otel_points(reader).items()}
+    for i in range(300):
+        ip = f"10.{i // 250}.{i % 250}.{i % 7 + 1}"
+        assert await statuses(app, 2, ip=ip) == [200, 429]
+    assert set(samples(registry)) == prom_before
+    assert {k: set(v) for k, v in otel_points(reader).items()} == otel_before
+    assert decisions(registry, "flood") == {"allowed": 301.0, "denied": 301.0}
+    assert len([k for k in prom_before if 'scope="flood"' in k]) == len(
+        metrics.OUTCOMES
+    )
+
+
+# -- switching on and off, failures -----------------------------------------------------
+
+
+def test_rules_switch_paths_when_enabled_and_disabled() -> None:
+    rule = Rule("5/minute", scope="switch")
+    gate = rule.gate
+    assert gate is not None and "check_simple" not in vars(rule)
+    reg = prometheus_client.CollectorRegistry()
+    metrics.enable(prometheus_registry=reg)
+    assert rule.gate is None and "check_simple" in vars(rule)
+    rule.check_simple("GET", "/", "192.0.2.1")
+    assert decisions(reg, "switch") == {"allowed": 1.0}
+    metrics.disable()
+    assert rule.gate is gate and "check_simple" not in vars(rule)
+    assert "stanchion_decisions_total" not in prometheus_client.generate_latest(
+        reg
+    ).decode()
+    assert rule.gate is not None and bool(rule.gate("192.0.2.1"))
+
+
+def test_exporter_failures() -> None:
+    reg = prometheus_client.CollectorRegistry()
+    prometheus_client.Counter("stanchion_decisions", "taken", registry=reg)
+    rule = Rule("5/minute", scope="fail")
+    with pytest.raises(ValueError, match="already has stanchion"):
+        metrics.enable(prometheus_registry=reg)
+    assert not metrics.enabled() and rule.gate is not None
+    with pytest.raises(TypeError, match="CollectorRegistry"):
+        metrics.enable(prometheus_registry=object())
+    with pytest.raises(TypeError, match="Meter"):
+        metrics.enable(otel_meter=object())
+    with pytest.raises(ValueError):
+        metrics.enable()
+    with pytest.raises(TypeError):
+        metrics.watch(object(), "x")
+    with pytest.raises(ValueError):
+        metrics.watch(stanchion.Cache(2), "")
+    with pytest.raises(ValueError):
+        stanchion.Concurrency(1, name="")
+    assert not metrics.enabled()
+
+
+async def test_a_broken_meter_never_breaks_a_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken:
+        def add(self, *a: Any, **k: Any) -> None:
+            raise RuntimeError("exporter down")
+
+        record = add
+
+    class Meter:
+        def create_counter(self, *a: Any, **k: Any) -> Broken:
+            return Broken()
+
+        create_histogram = create_counter
+
+        def create_observable_counter(self, *a: Any, **k: Any) -> None:
+            return None
+
+        create_observable_gauge = create_observable_counter
+
+    metrics.enable(otel_meter=Meter())
+    app = fastapi_app(limit="1/minute", scope="broken")
+    with caplog.at_level(logging.ERROR, logger="stanchion.metrics"):
+        assert await statuses(app, 3) == [200, 429, 429]
+    failed = [r for r in caplog.records if "exporting" in r.getMessage()]
+    assert len(failed) == 1
+
+
+def test_disabled_costs_no_lookup_per_request() -> None:
+    """Built with nothing enabled, a rule keeps its C gate and its class's
+    methods: the adapters' fast path is the one without metrics."""
+    rule = Rule("5/minute", scope="plain")
+    assert rule.gate is not None
+    assert not {"check_simple", "check", "acheck", "busy"} & set(vars(rule))
+    rule.check_simple("GET", "/", "192.0.2.1")  # keeps the client's plan
+    assert rule.gate("192.0.2.1")
+    assert metrics._queue is None  # the queues' slow path records nothing
