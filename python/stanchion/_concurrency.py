@@ -312,7 +312,9 @@ class Concurrency(_core.Concurrency):
             return hold
         if status != _WAITING:
             raise self._refusal(hold, _REASONS[status])
-        started = _metrics.queue_entered(self.name) if _metrics._queue is not None else 0.0
+        started = (
+            _metrics.queue_entered(self.name) if _metrics._queue is not None else 0.0
+        )
         timeout = hold.timeout
         result = "cancelled"
         try:
@@ -348,7 +350,9 @@ class Concurrency(_core.Concurrency):
             return hold
         if status != _WAITING:
             raise self._refusal(hold, _REASONS[status])
-        started = _metrics.queue_entered(self.name) if _metrics._queue is not None else 0.0
+        started = (
+            _metrics.queue_entered(self.name) if _metrics._queue is not None else 0.0
+        )
         timeout = hold.timeout
         timer = (
             None if timeout is None else loop.call_later(timeout, _expire, hold, fut)

@@ -213,7 +213,9 @@ class _Prometheus:
         inc: Callable[[], None] = self.decisions.labels(scope, outcome).inc
         return inc
 
-    def queue(self, scope: str) -> tuple[Callable[[], None], Callable[[str, float], None]]:
+    def queue(
+        self, scope: str
+    ) -> tuple[Callable[[], None], Callable[[str, float], None]]:
         wait = self.wait
         return self.queued.labels(scope).inc, lambda r, s: wait.labels(
             scope, r
@@ -402,7 +404,9 @@ class _OpenTelemetry:
         attributes = {"scope": scope, "outcome": outcome}
         return lambda: add(1, attributes)
 
-    def queue(self, scope: str) -> tuple[Callable[[], None], Callable[[str, float], None]]:
+    def queue(
+        self, scope: str
+    ) -> tuple[Callable[[], None], Callable[[str, float], None]]:
         add = self.queued.add
         record = self.wait.record
         attributes = {"scope": scope}
@@ -474,9 +478,7 @@ _hook_failures: set[int] = set()
 _in_hook = threading.local()
 
 
-def _add_hook(
-    hooks: list[Callable[[DecisionEvent], Any]], func: Any, what: str
-) -> Any:
+def _add_hook(hooks: list[Callable[[DecisionEvent], Any]], func: Any, what: str) -> Any:
     if not callable(func):
         raise TypeError(f"{what} needs a callable, not {type(func).__name__}")
     if inspect.iscoroutinefunction(func):
@@ -518,7 +520,9 @@ def remove_hook(func: Callable[[DecisionEvent], Any]) -> bool:
     return found
 
 
-def _call_hooks(hooks: tuple[Callable[[DecisionEvent], Any], ...], event: DecisionEvent) -> None:
+def _call_hooks(
+    hooks: tuple[Callable[[DecisionEvent], Any], ...], event: DecisionEvent
+) -> None:
     if getattr(_in_hook, "on", False):
         return  # a decision made by a hook: no hook for it (no recursion)
     _in_hook.on = True
@@ -913,9 +917,7 @@ def cache_counts() -> dict[str, dict[str, int]]:
     """Every watched name's counters now (monotonic: a cleared cache's
     counts before the clear, and a dropped cache's last ones, are kept)."""
     with _lock:
-        totals: dict[str, dict[str, int]] = {
-            n: dict(c) for n, c in _retired.items()
-        }
+        totals: dict[str, dict[str, int]] = {n: dict(c) for n, c in _retired.items()}
         for key, w in list(_watched.items()):
             obj = w.ref()
             if obj is None:

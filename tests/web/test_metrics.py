@@ -94,9 +94,7 @@ async def statuses(app: Any, n: int, ip: str = "203.0.113.1") -> list[int]:
 # -- Prometheus through real apps ------------------------------------------------
 
 
-async def test_fastapi_prometheus_series(
-    registry: Any, clock: FakeClock
-) -> None:
+async def test_fastapi_prometheus_series(registry: Any, clock: FakeClock) -> None:
     app = fastapi_app(limit="2/minute", scope="api", clock=clock)
     assert await statuses(app, 5) == [200, 200, 429, 429, 429]
     assert await statuses(app, 1, ip="203.0.113.2") == [200]
@@ -199,13 +197,16 @@ async def test_queue_wait_and_busy(registry: Any) -> None:
 
 def test_queue_wait_timeout_in_threads(registry: Any) -> None:
     slots = stanchion.Concurrency(1, queue=1, timeout=0.05, name="workers")
-    with slots.hold():
-        with pytest.raises(stanchion.ConcurrencyLimitExceeded):
-            slots.acquire()
+    with slots.hold(), pytest.raises(stanchion.ConcurrencyLimitExceeded):
+        slots.acquire()
     s = samples(registry)
     assert s['stanchion_queued_total{scope="workers"}'] == 1.0
-    assert s['stanchion_queue_wait_seconds_count{result="timeout",scope="workers"}'] == 1
-    assert s['stanchion_queue_wait_seconds_sum{result="timeout",scope="workers"}'] >= 0.04
+    assert (
+        s['stanchion_queue_wait_seconds_count{result="timeout",scope="workers"}'] == 1
+    )
+    assert (
+        s['stanchion_queue_wait_seconds_sum{result="timeout",scope="workers"}'] >= 0.04
+    )
 
 
 async def test_cache_series(registry: Any) -> None:
@@ -361,9 +362,8 @@ async def test_otel_decisions_queue_and_cache(
     app = fastapi_app(limit="2/minute", scope="api", clock=clock)
     assert await statuses(app, 3) == [200, 200, 429]
     slots = stanchion.Concurrency(1, queue=1, timeout=0.02, name="jobs")
-    with slots.hold():
-        with pytest.raises(stanchion.ConcurrencyLimitExceeded):
-            slots.acquire()
+    with slots.hold(), pytest.raises(stanchion.ConcurrencyLimitExceeded):
+        slots.acquire()
     cache: stanchion.Cache[str, int] = stanchion.Cache(4)
     metrics.watch(cache, "c")
     cache.get("x")
@@ -491,9 +491,10 @@ def test_rules_switch_paths_when_enabled_and_disabled() -> None:
     assert decisions(reg, "switch") == {"allowed": 1.0}
     metrics.disable()
     assert rule.gate is gate and "check_simple" not in vars(rule)
-    assert "stanchion_decisions_total" not in prometheus_client.generate_latest(
-        reg
-    ).decode()
+    assert (
+        "stanchion_decisions_total"
+        not in prometheus_client.generate_latest(reg).decode()
+    )
     assert rule.gate is not None and bool(rule.gate("192.0.2.1"))
 
 
