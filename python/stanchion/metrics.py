@@ -52,6 +52,7 @@ the hooks); :func:`disable` switches them back.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import threading
 import time
@@ -176,13 +177,6 @@ class _Prometheus:
         self._gauge_family = GaugeMetricFamily
         made: list[Any] = []
         try:
-            self.decisions = pc.Counter(
-                "stanchion_decisions",
-                "Requests decided by a rate limit rule, by outcome",
-                ["scope", "outcome"],
-                registry=registry,
-            )
-            made.append(self.decisions)
             self.queued = pc.Counter(
                 "stanchion_queued",
                 "Holds that waited in a concurrency queue",
@@ -209,10 +203,6 @@ class _Prometheus:
                 "call stanchion.metrics.disable() first, or give another registry"
             ) from None
 
-    def decision(self, scope: str, outcome: str) -> Callable[[], None]:
-        inc: Callable[[], None] = self.decisions.labels(scope, outcome).inc
-        return inc
-
     def queue(
         self, scope: str
     ) -> tuple[Callable[[], None], Callable[[str, float], None]]:
@@ -222,7 +212,7 @@ class _Prometheus:
         ).observe(s)
 
     def close(self) -> None:
-        for c in (self.decisions, self.queued, self.wait, self.collector):
+        for c in (self.queued, self.wait, self.collector):
             try:
                 self.registry.unregister(c)
             except KeyError:
@@ -236,11 +226,31 @@ class _Collected:
         self.owner = owner
 
     def describe(self) -> list[Any]:
-        return []  # not known before collecting: no duplicate checks
+        """The families' names, without samples: the registry refuses
+        a second collector with the same ones."""
+        counter = self.owner._counter_family
+        gauge = self.owner._gauge_family
+        return [
+            counter("stanchion_decisions", "", labels=["scope", "outcome"]),
+            counter("stanchion_storage_errors", "", labels=["storage", "server"]),
+            gauge("stanchion_storage_outage", "", labels=["storage", "server"]),
+            counter("stanchion_cache_requests", "", labels=["cache", "result"]),
+            counter("stanchion_cache_stale", "", labels=["cache"]),
+            counter("stanchion_cache_stores", "", labels=["cache"]),
+            counter("stanchion_cache_evictions", "", labels=["cache", "reason"]),
+        ]
 
     def collect(self) -> Iterator[Any]:
         counter = self.owner._counter_family
         gauge = self.owner._gauge_family
+        decided = counter(
+            "stanchion_decisions",
+            "Requests decided by a rate limit rule, by outcome",
+            labels=["scope", "outcome"],
+        )
+        for (scope, outcome), n in decision_counts():
+            decided.add_metric([scope, outcome], n)
+        yield decided
         errors = counter(
             "stanchion_storage_errors",
             "Failed calls to a shared storage",
@@ -303,11 +313,6 @@ class _OpenTelemetry:
             )
         self.closed = False
         obs = Observation
-        self.decisions = meter.create_counter(
-            "stanchion.decisions",
-            unit="{request}",
-            description="Requests decided by a rate limit rule, by outcome",
-        )
         self.queued = meter.create_counter(
             "stanchion.queued",
             unit="{hold}",
@@ -318,6 +323,14 @@ class _OpenTelemetry:
             unit="s",
             description="Time spent in a concurrency queue",
         )
+
+        def decided(_: CallbackOptions) -> Iterable[Observation]:
+            if self.closed:
+                return []
+            return [
+                obs(n, {"scope": scope, "outcome": outcome})
+                for (scope, outcome), n in decision_counts()
+            ]
 
         def storage_errors(_: CallbackOptions) -> Iterable[Observation]:
             if self.closed:
@@ -364,6 +377,12 @@ class _OpenTelemetry:
             return out
 
         meter.create_observable_counter(
+            "stanchion.decisions",
+            [decided],
+            unit="{request}",
+            description="Requests decided by a rate limit rule, by outcome",
+        )
+        meter.create_observable_counter(
             "stanchion.storage.errors",
             [storage_errors],
             unit="{error}",
@@ -398,11 +417,6 @@ class _OpenTelemetry:
             unit="{entry}",
             description="Cache entries dropped, by reason",
         )
-
-    def decision(self, scope: str, outcome: str) -> Callable[[], None]:
-        add = self.decisions.add
-        attributes = {"scope": scope, "outcome": outcome}
-        return lambda: add(1, attributes)
 
     def queue(
         self, scope: str
@@ -568,9 +582,7 @@ class _RuleMetrics:
 
     def __init__(self, scope: str) -> None:
         self.scope = scope
-        self.counters = {
-            o: _fan([e.decision(scope, o) for e in _exporters]) for o in OUTCOMES
-        }
+        self.counters = {o: _counter(scope, o) for o in OUTCOMES}
         self.hooks = tuple(_decision_hooks)
         self.breach = tuple(dict.fromkeys([*_decision_hooks, *_breach_hooks]))
 
@@ -597,10 +609,7 @@ class _RuleMetrics:
             outcome = "banned"
         else:
             outcome = "denied"
-        try:
-            self.counters[outcome]()
-        except Exception:
-            _exporter_failed("a decision")
+        self.counters[outcome]()
         hooks = self.hooks if outcome == "allowed" else self.breach
         if hooks:
             d = verdict.decision if verdict is not None else None
@@ -627,6 +636,32 @@ class _RuleMetrics:
                     request,
                 ),
             )
+
+
+# The decisions are counted here, in process, and read by the exporters
+# when they collect: a request pays one C-level increment (``next`` of an
+# itertools.count, atomic under the GIL), whatever the exporters.
+_decisions: dict[tuple[str, str], itertools.count[int]] = {}
+
+
+def _counter(scope: str, outcome: str) -> Callable[[], int]:
+    """The increment of the (scope, outcome) count (one per pair, so
+    rules sharing a scope share it; scopes are settings, never
+    clients, so this stays small)."""
+    c = _decisions.get((scope, outcome))
+    if c is None:
+        c = _decisions[(scope, outcome)] = itertools.count()
+    return c.__next__
+
+
+def _value(c: itertools.count[int]) -> int:
+    """How many times ``c`` was advanced (``count(n)`` is its repr)."""
+    return int(repr(c)[6:-1])
+
+
+def decision_counts() -> list[tuple[tuple[str, str], int]]:
+    """The decisions counted so far: ((scope, outcome), count) pairs."""
+    return [(k, _value(c)) for k, c in sorted(list(_decisions.items()))]
 
 
 def _fan(funcs: list[Callable[[], None]]) -> Callable[[], None]:
@@ -677,7 +712,8 @@ def _plain(rule: Rule) -> None:
 
 def _instrument(rule: Rule) -> None:
     """Give ``rule`` instance methods that decide as its own do, then
-    count (the adapters' C gate is off meanwhile: it decides alone)."""
+    count; its C gate counts what it allows (without hooks), or is off
+    (with hooks)."""
     m = _RuleMetrics(rule.scope)
     record = m.record
     cls = type(rule)
@@ -735,7 +771,23 @@ def _instrument(rule: Rule) -> None:
     )
     if "_metrics_gate" not in d:
         d["_metrics_gate"] = rule.gate
-    rule.gate = None
+    gate = d["_metrics_gate"]
+    if gate is None or m.hooks or m.breach:
+        # Hooks get the request's method and path: the gate knows only
+        # the peer, so the rule decides on its full path.
+        rule.gate = None
+        return
+    allowed = m.counters["allowed"]
+
+    def gate_m(peer: str | None) -> Any:
+        # The C gate, counting what it lets through; what it does not is
+        # decided (and counted) by refused or check_simple.
+        d = gate(peer)
+        if d:
+            allowed()
+        return d
+
+    rule.gate = gate_m  # type: ignore[assignment]
 
 
 # -- concurrency queues -----------------------------------------------------------

@@ -120,10 +120,17 @@ def test_flask_prometheus_series(registry: Any, clock: FakeClock) -> None:
 
     c = app.test_client()
     env = {"REMOTE_ADDR": "198.51.100.7"}
+    # Counts live as long as the process: what this test adds.
+    before = samples(registry)
     got = [c.get("/a", environ_base=env).status_code for _ in range(4)]
     got += [c.get("/b", environ_base=env).status_code for _ in range(2)]
     assert got == [200, 200, 200, 429, 200, 429]
-    found = {k: v for k, v in samples(registry).items() if v and "decisions" in k}
+    after = samples(registry)
+    found = {
+        k: v - before.get(k, 0)
+        for k, v in after.items()
+        if "decisions" in k and v != before.get(k, 0)
+    }
     assert found == {
         'stanchion_decisions_total{outcome="allowed",scope="global"}': 3.0,
         'stanchion_decisions_total{outcome="denied",scope="global"}': 1.0,
@@ -359,7 +366,7 @@ def reader() -> Iterator[InMemoryMetricReader]:
 async def test_otel_decisions_queue_and_cache(
     reader: InMemoryMetricReader, clock: FakeClock
 ) -> None:
-    app = fastapi_app(limit="2/minute", scope="api", clock=clock)
+    app = fastapi_app(limit="2/minute", scope="otel", clock=clock)
     assert await statuses(app, 3) == [200, 200, 429]
     slots = stanchion.Concurrency(1, queue=1, timeout=0.02, name="jobs")
     with slots.hold(), pytest.raises(stanchion.ConcurrencyLimitExceeded):
@@ -369,8 +376,8 @@ async def test_otel_decisions_queue_and_cache(
     cache.get("x")
     points = otel_points(reader)
     d = points["stanchion.decisions"]
-    assert d[(("outcome", "allowed"), ("scope", "api"))] == 2
-    assert d[(("outcome", "denied"), ("scope", "api"))] == 1
+    assert d[(("outcome", "allowed"), ("scope", "otel"))] == 2
+    assert d[(("outcome", "denied"), ("scope", "otel"))] == 1
     assert points["stanchion.queued"][(("scope", "jobs"),)] == 1
     wait = points["stanchion.queue.wait"][(("result", "timeout"), ("scope", "jobs"))]
     assert wait.count == 1 and wait.sum >= 0.015
@@ -486,16 +493,23 @@ def test_rules_switch_paths_when_enabled_and_disabled() -> None:
     assert gate is not None and "check_simple" not in vars(rule)
     reg = prometheus_client.CollectorRegistry()
     metrics.enable(prometheus_registry=reg)
-    assert rule.gate is None and "check_simple" in vars(rule)
+    # Exporters alone: the C gate stays, wrapped to count what it allows.
+    assert rule.gate is not None and rule.gate is not gate
+    assert "check_simple" in vars(rule)
+    assert rule.gate("192.0.2.1") is None  # a client it does not know yet
     rule.check_simple("GET", "/", "192.0.2.1")
-    assert decisions(reg, "switch") == {"allowed": 1.0}
+    assert rule.gate("192.0.2.1")
+    assert decisions(reg, "switch") == {"allowed": 2.0}
+    # A hook wants the method and path: the gate is off.
+    metrics.on_breach(print)
+    assert rule.gate is None
     metrics.disable()
     assert rule.gate is gate and "check_simple" not in vars(rule)
     assert (
         "stanchion_decisions_total"
         not in prometheus_client.generate_latest(reg).decode()
     )
-    assert rule.gate is not None and bool(rule.gate("192.0.2.1"))
+    assert bool(rule.gate("192.0.2.1"))
 
 
 def test_exporter_failures() -> None:
@@ -520,9 +534,12 @@ def test_exporter_failures() -> None:
     assert not metrics.enabled()
 
 
-async def test_a_broken_meter_never_breaks_a_request(
+async def test_a_broken_exporter_never_breaks_a_request(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A meter whose instruments raise, and a watched cache whose stats
+    raise while Prometheus collects: logged once each, nothing else."""
+
     class Broken:
         def add(self, *a: Any, **k: Any) -> None:
             raise RuntimeError("exporter down")
@@ -540,12 +557,35 @@ async def test_a_broken_meter_never_breaks_a_request(
 
         create_observable_gauge = create_observable_counter
 
-    metrics.enable(otel_meter=Meter())
+    class BadStats(stanchion.Cache):  # type: ignore[type-arg]
+        fail = False
+
+        def stats(self) -> Any:
+            if self.fail:
+                raise RuntimeError("stats down")
+            return super().stats()
+
+    reg = prometheus_client.CollectorRegistry()
+    metrics.enable(otel_meter=Meter(), prometheus_registry=reg)
     app = fastapi_app(limit="1/minute", scope="broken")
+    slots = stanchion.Concurrency(1, queue=1, timeout=0.01, name="broken")
+    bad = BadStats(4)
+    metrics.watch(bad, "bad")
+    bad.get("x")
     with caplog.at_level(logging.ERROR, logger="stanchion.metrics"):
         assert await statuses(app, 3) == [200, 429, 429]
-    failed = [r for r in caplog.records if "exporting" in r.getMessage()]
-    assert len(failed) == 1
+        for _ in range(2):
+            with slots.hold(), pytest.raises(stanchion.ConcurrencyLimitExceeded):
+                slots.acquire()
+        assert samples(reg)['stanchion_cache_requests_total{cache="bad",result="miss"}']
+        bad.fail = True
+        for _ in range(2):
+            s = samples(reg)  # the last counts read
+            assert s['stanchion_cache_requests_total{cache="bad",result="miss"}'] == 1
+    failed = [r.getMessage() for r in caplog.records if "exporting" in r.getMessage()]
+    # Once each: the queued hold's add, its wait's record, the cache's stats.
+    assert len(failed) == len(set(failed)) == 3, failed
+    assert decisions(reg, "broken") == {"allowed": 1.0, "denied": 2.0}
 
 
 def test_disabled_costs_no_lookup_per_request() -> None:
