@@ -230,6 +230,7 @@ class Concurrency(_core.Concurrency):
             max_keys=max_keys,
             lease=30.0 if lease is None else lease,
             on_error=on_error,
+            name=_check_name(name),
         )
 
     def __init__(
@@ -246,8 +247,7 @@ class Concurrency(_core.Concurrency):
         on_error: str | None = None,
         name: str = "default",
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        _check_name(name)
         super().__init__(
             limit,
             queue,
@@ -384,6 +384,12 @@ class Concurrency(_core.Concurrency):
             return hold
         hold._cancel()  # shed: back to idle
         raise self._refusal(hold, _SHED)
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    return name
 
 
 def _give_up(hold: Hold) -> None:

@@ -85,7 +85,7 @@ log = logging.getLogger("stanchion.metrics")
 #: The ``outcome`` label's values.
 OUTCOMES = ("allowed", "denied", "banned", "dry_run_denied", "busy", "forbidden")
 #: Queue wait results.
-QUEUE_RESULTS = ("acquired", "timeout", "shed", "cancelled")
+QUEUE_RESULTS = ("acquired", "timeout", "shed", "cancelled", "refused")
 #: Histogram buckets of the queue wait, in seconds.
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30)
 

@@ -597,3 +597,40 @@ def test_disabled_costs_no_lookup_per_request() -> None:
     rule.check_simple("GET", "/", "192.0.2.1")  # keeps the client's plan
     assert rule.gate("192.0.2.1")
     assert metrics._queue is None  # the queues' slow path records nothing
+
+
+@pytest.mark.parametrize("where", ["shm", "redis"])
+def test_queue_wait_in_a_shared_storage(
+    where: str, registry: Any, request: pytest.FixtureRequest
+) -> None:
+    """A shared storage's queue (polled) is measured as the in-process
+    one: a wait that got its slot, and one that timed out."""
+    import threading
+    import uuid
+
+    if where == "shm":
+        storage: Any = stanchion.SharedMemoryStorage(f"mx-{uuid.uuid4().hex[:12]}")
+    else:
+        server: RedisServer = request.getfixturevalue("private_redis")
+        storage = RedisStorage(server.url)
+    name = f"shared-{where}"
+    try:
+        slots = stanchion.Concurrency(1, queue=1, storage=storage, name=name)
+        assert slots.name == name
+        first = slots.acquire()
+        threading.Timer(0.1, first.release).start()
+        second = slots.acquire(timeout=5)  # waits for the release
+        with pytest.raises(stanchion.ConcurrencyLimitExceeded):
+            slots.acquire(timeout=0.05)
+        second.release()
+    finally:
+        if where == "shm":
+            storage.unlink(missing_ok=True)
+        else:
+            storage.close()
+    s = samples(registry)
+    assert s[f'stanchion_queued_total{{scope="{name}"}}'] == 2
+    got = f'stanchion_queue_wait_seconds_sum{{result="acquired",scope="{name}"}}'
+    assert 0.05 < s[got] < 5
+    out = f'stanchion_queue_wait_seconds_count{{result="timeout",scope="{name}"}}'
+    assert s[out] == 1
