@@ -507,6 +507,27 @@ def _add_hook(hooks: list[Callable[[DecisionEvent], Any]], func: Any, what: str)
     return func
 
 
+def check_hooks(value: Any, what: str) -> tuple[Callable[[DecisionEvent], Any], ...]:
+    """A rule's ``on_decision``/``on_breach`` setting as a tuple of
+    hooks (None: none); TypeError for anything else."""
+    if value is None:
+        return ()
+    funcs = [value] if callable(value) else value
+    if isinstance(funcs, (str, bytes)) or not isinstance(funcs, Iterable):
+        raise TypeError(f"{what} must be a function or a list of functions")
+    out = []
+    for f in funcs:
+        if not callable(f):
+            raise TypeError(f"{what} needs callables, not {type(f).__name__}")
+        if inspect.iscoroutinefunction(f):
+            raise TypeError(
+                f"{what} hooks are called in the request's path and must not "
+                "block: give a plain function"
+            )
+        out.append(f)
+    return tuple(out)
+
+
 def on_decision(func: Callable[[DecisionEvent], Any]) -> Callable[[DecisionEvent], Any]:
     """Call ``func(event)`` (a :class:`DecisionEvent`) for every request a
     rule decides. Usable as a decorator. A hook that raises is logged
@@ -580,11 +601,12 @@ class _RuleMetrics:
 
     __slots__ = ("breach", "counters", "hooks", "scope")
 
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
+    def __init__(self, rule: Rule) -> None:
+        scope = self.scope = rule.scope
         self.counters = {o: _counter(scope, o) for o in OUTCOMES}
-        self.hooks = tuple(_decision_hooks)
-        self.breach = tuple(dict.fromkeys([*_decision_hooks, *_breach_hooks]))
+        every = [*_decision_hooks, *rule.on_decision]
+        self.hooks = tuple(every)
+        self.breach = tuple(dict.fromkeys([*every, *_breach_hooks, *rule.on_breach]))
 
     def record(
         self,
@@ -660,8 +682,12 @@ def _value(c: itertools.count[int]) -> int:
 
 
 def decision_counts() -> list[tuple[tuple[str, str], int]]:
-    """The decisions counted so far: ((scope, outcome), count) pairs."""
-    return [(k, _value(c)) for k, c in sorted(list(_decisions.items()))]
+    """The decisions counted so far: ((scope, outcome), count) pairs,
+    every outcome of each scope that decided anything (a rule built
+    only to check settings adds no series)."""
+    counts = [(k, _value(c)) for k, c in sorted(list(_decisions.items()))]
+    active = {k[0] for k, n in counts if n}
+    return [(k, n) for k, n in counts if k[0] in active]
 
 
 def _fan(funcs: list[Callable[[], None]]) -> Callable[[], None]:
@@ -683,7 +709,7 @@ def attach(rule: Rule) -> None:
     on, and whenever they are turned on later."""
     with _lock:
         _rules.add(rule)
-        if enabled():
+        if enabled() or rule.on_decision or rule.on_breach:
             _instrument(rule)
 
 
@@ -694,7 +720,7 @@ def _refresh() -> None:
     on = enabled()
     for rule in list(_rules):
         _plain(rule)
-        if on:
+        if on or rule.on_decision or rule.on_breach:
             _instrument(rule)
 
 
@@ -714,7 +740,7 @@ def _instrument(rule: Rule) -> None:
     """Give ``rule`` instance methods that decide as its own do, then
     count; its C gate counts what it allows (without hooks), or is off
     (with hooks)."""
-    m = _RuleMetrics(rule.scope)
+    m = _RuleMetrics(rule)
     record = m.record
     cls = type(rule)
     check_simple = cls.check_simple.__get__(rule)

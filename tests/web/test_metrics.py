@@ -634,3 +634,56 @@ def test_queue_wait_in_a_shared_storage(
     assert 0.05 < s[got] < 5
     out = f'stanchion_queue_wait_seconds_count{{result="timeout",scope="{name}"}}'
     assert s[out] == 1
+
+
+async def test_a_middleware_and_a_view_limit_with_hooks_of_their_own(
+    clock: FakeClock,
+) -> None:
+    """on_breach/on_decision as rule settings (flask-limiter's per-limit
+    on_breach): called without any exporter, for that rule alone."""
+    breached: list[metrics.DecisionEvent] = []
+    app = fastapi_app(
+        limit="1/minute", scope="own", clock=clock, on_breach=breached.append
+    )
+    other = fastapi_app(limit="1/minute", scope="other", clock=clock)
+    assert await statuses(app, 3) == [200, 429, 429]
+    assert await statuses(other, 2) == [200, 429]
+    assert [(e.scope, e.outcome, e.path) for e in breached] == [
+        ("own", "denied", "/hello")
+    ] * 2
+    assert not metrics.enabled()
+
+    flask = Flask(__name__)
+    seen: list[metrics.DecisionEvent] = []
+    limiter = Stanchion(flask, clock=clock)
+
+    @flask.get("/v")
+    @limiter.limit("1/minute", scope="view", on_decision=[seen.append])
+    def v() -> str:
+        return "v"
+
+    c = flask.test_client()
+    got = [c.get("/v", environ_base={"REMOTE_ADDR": "192.0.2.4"}) for _ in range(2)]
+    assert [r.status_code for r in got] == [200, 429]
+    assert [(e.scope, e.outcome, e.client) for e in seen] == [
+        ("view", "allowed", "192.0.2.4"),
+        ("view", "denied", "192.0.2.4"),
+    ]
+    # disable() removes the global hooks only.
+    metrics.disable()
+    assert (await statuses(app, 1)) == [429] and len(breached) == 3
+
+
+def test_rule_hook_settings_are_checked() -> None:
+    from stanchion.http import SettingError
+
+    with pytest.raises(SettingError, match="on_breach"):
+        Rule("1/second", on_breach=5)
+    with pytest.raises(SettingError, match="on_decision"):
+        Rule("1/second", on_decision=[print, "x"])
+
+    async def coro(event: Any) -> None:
+        pass
+
+    with pytest.raises(SettingError, match="plain function"):
+        Rule("1/second", on_breach=coro)
