@@ -162,10 +162,12 @@ class Concurrency(_core.Concurrency):
     ``on_error``). Their slots are leases: a holder that dies frees its
     slot within ``lease`` seconds (default 30), and their queued holds
     poll.
+
+    ``name``: the ``scope`` label of its queue's metrics
+    (:mod:`stanchion.metrics`; default ``"default"``); a rule's slots are
+    named after the rule's scope.
     """
 
-    #: ``name``: the label of its queue's metrics (stanchion.metrics);
-    #: a rule's slots are named after its scope.
     __slots__ = ("name",)
 
     @overload
