@@ -183,7 +183,7 @@ async def test_queue_wait_and_busy(registry: Any) -> None:
         slow = asyncio.ensure_future(c.get("/slow"))
         await entered.wait()
         queued = asyncio.ensure_future(c.get("/fast"))
-        for _ in range(100):  # until it waits in the queue
+        for _ in range(500):  # until it waits in the queue
             if samples(registry).get('stanchion_queued_total{scope="pool"}'):
                 break
             await asyncio.sleep(0.01)
