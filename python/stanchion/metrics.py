@@ -68,7 +68,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OUTCOMES",
+    "CountedLimiter",
     "DecisionEvent",
+    "counted",
     "disable",
     "enable",
     "enabled",
@@ -814,6 +816,140 @@ def _instrument(rule: Rule) -> None:
         return d
 
     rule.gate = gate_m  # type: ignore[assignment]
+
+
+# -- limiters used directly ------------------------------------------------------
+
+
+class CountedLimiter:
+    """A limiter whose decisions are counted as ``scope`` (see
+    :func:`counted`); every other attribute is the limiter's own."""
+
+    __slots__ = ("_allowed", "_banned", "_denied", "limiter", "scope")
+
+    def __init__(self, limiter: Any, scope: str) -> None:
+        self.limiter = limiter
+        self.scope = scope
+        self._allowed = _counter(scope, "allowed")
+        self._denied = _counter(scope, "denied")
+        self._banned = _counter(scope, "banned")
+
+    def _count(self, d: Decision, key: Any) -> Decision:
+        if d.allowed:
+            self._allowed()
+            outcome = "allowed"
+        elif d.banned:
+            self._banned()
+            outcome = "banned"
+        else:
+            self._denied()
+            outcome = "denied"
+        if _decision_hooks or (_breach_hooks and outcome != "allowed"):
+            hooks = (
+                tuple(_decision_hooks)
+                if outcome == "allowed"
+                else tuple(dict.fromkeys([*_decision_hooks, *_breach_hooks]))
+            )
+            _call_hooks(
+                hooks,
+                DecisionEvent(
+                    self.scope,
+                    outcome,
+                    d,
+                    key,
+                    None,
+                    None,
+                    None if d.allowed else d.retry_after,
+                    not d.allowed,
+                    None,
+                ),
+            )
+        return d
+
+    def hit(self, key: str | bytes, cost: int = 1) -> Decision:
+        return self._count(self.limiter.hit(key, cost), key)
+
+    async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
+        return self._count(await self.limiter.ahit(key, cost), key)
+
+    def acquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
+        """The limiter's ``acquire``: its outcome counted once (not each
+        try while it waits)."""
+        from ._limiter import RateLimitExceeded
+
+        try:
+            d = self.limiter.acquire(key, cost, timeout)
+        except RateLimitExceeded as exc:
+            self._count(exc.decision, key)
+            raise
+        return self._count(d, key)
+
+    async def aacquire(
+        self, key: str | bytes, cost: int = 1, timeout: float | None = None
+    ) -> Decision:
+        from ._limiter import RateLimitExceeded
+
+        try:
+            d = await self.limiter.aacquire(key, cost, timeout)
+        except RateLimitExceeded as exc:
+            self._count(exc.decision, key)
+            raise
+        return self._count(d, key)
+
+    # Not decisions: passed through (so are the attributes below).
+    def peek(self, key: str | bytes, cost: int = 1) -> Decision:
+        d: Decision = self.limiter.peek(key, cost)
+        return d
+
+    async def apeek(self, key: str | bytes, cost: int = 1) -> Decision:
+        d: Decision = await self.limiter.apeek(key, cost)
+        return d
+
+    def reset(self, key: str | bytes | None = None) -> None:
+        self.limiter.reset(key)
+
+    async def areset(self, key: str | bytes | None = None) -> None:
+        await self.limiter.areset(key)
+
+    @property
+    def rates(self) -> Any:
+        return self.limiter.rates
+
+    @property
+    def algorithm(self) -> str:
+        algorithm: str = self.limiter.algorithm
+        return algorithm
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.limiter, name)
+
+    def __repr__(self) -> str:
+        return f"counted({self.limiter!r}, scope={self.scope!r})"
+
+
+def counted(limiter: Any, scope: str) -> CountedLimiter:
+    """A limiter used directly (not through a rule), counted as ``scope``
+    in ``stanchion_decisions_total`` (``allowed``, ``denied``,
+    ``banned``) and seen by the hooks (``method`` and ``path`` None)::
+
+        api = stanchion.metrics.counted(stanchion.Limiter("10/second"), "upstream")
+        api.hit("client-42")
+
+    ``hit``, ``ahit``, ``acquire`` and ``aacquire`` count (an acquire
+    once, however long it waited); ``peek`` and ``reset`` do not. The
+    limiter itself stays uncounted: only calls through this object are."""
+    from ._limiter import RateLimiter
+
+    if not isinstance(limiter, RateLimiter):
+        raise TypeError(
+            f"counted() needs a limiter (a stanchion.RateLimiter), not "
+            f"{type(limiter).__name__}"
+        )
+    if not isinstance(scope, str) or not scope:
+        raise ValueError(f"scope must be a non-empty str, got {scope!r}")
+    return CountedLimiter(limiter, scope)
 
 
 # -- concurrency queues -----------------------------------------------------------

@@ -687,3 +687,40 @@ def test_rule_hook_settings_are_checked() -> None:
 
     with pytest.raises(SettingError, match="plain function"):
         Rule("1/second", on_breach=coro)
+
+
+async def test_a_limiter_used_directly_is_counted(
+    registry: Any, clock: FakeClock
+) -> None:
+    lim = metrics.counted(
+        stanchion.Limiter(
+            "2/minute", clock=clock, penalty=Penalty(after=1, within=60, ban=60)
+        ),
+        "direct",
+    )
+    assert isinstance(lim, stanchion.RateLimiter)
+    seen: list[metrics.DecisionEvent] = []
+    metrics.on_breach(seen.append)
+    got = [lim.hit("k").allowed, lim.hit("k").allowed, (await lim.ahit("k")).allowed]
+    assert got == [True, True, False]
+    assert lim.hit("k").banned  # the second refusal within a minute
+    assert lim.peek("k").banned  # peek: not counted
+    with pytest.raises(stanchion.RateLimitExceeded):
+        lim.acquire("k", timeout=0)
+    assert lim.acquire("other").allowed
+    assert lim.bans()[0].key == "k"  # the limiter's own methods
+    assert lim.rates == lim.limiter.rates and lim.algorithm == "token_bucket"
+    assert decisions(registry, "direct") == {
+        "allowed": 3.0,
+        "denied": 1.0,
+        "banned": 2.0,
+    }
+    assert [(e.scope, e.outcome, e.client) for e in seen] == [
+        ("direct", "denied", "k"),
+        ("direct", "banned", "k"),
+        ("direct", "banned", "k"),
+    ]
+    with pytest.raises(TypeError):
+        metrics.counted(object(), "x")
+    with pytest.raises(ValueError):
+        metrics.counted(stanchion.Limiter("1/second"), "")
