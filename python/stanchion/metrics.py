@@ -25,9 +25,10 @@ flood of distinct clients adds no series):
   concurrency slot in time) or ``forbidden`` (the deny list).
 - ``stanchion_queued_total{scope}`` and the histogram
   ``stanchion_queue_wait_seconds{scope, result}`` (``stanchion.queued``,
-  ``stanchion.queue.wait``): holds of an in-process
-  :class:`stanchion.Concurrency` that waited in its queue, and how long;
-  ``result`` is ``acquired``, ``timeout``, ``shed`` or ``cancelled``.
+  ``stanchion.queue.wait``): holds of a :class:`stanchion.Concurrency`
+  (in process, shared memory or Redis; a rule's is named after its
+  scope) that waited in its queue, and how long; ``result`` is
+  ``acquired``, ``timeout``, ``shed``, ``cancelled`` or ``refused``.
 - ``stanchion_storage_errors_total{storage, server}`` and the gauge
   ``stanchion_storage_outage{storage, server}`` (1 during an outage):
   failed calls to Redis (or another shared storage using the same
@@ -43,10 +44,15 @@ flood of distinct clients adds no series):
   :class:`stanchion.Cache` or an ``@cached`` function, with
   :func:`watch`.
 
+A limiter used directly is counted through :func:`counted`; a rule's
+own ``on_decision``/``on_breach`` settings add hooks for it alone.
+
 Cost: with nothing enabled (no exporter, no hook) the rules keep their
 metrics-free path (nothing is looked up per request). Enabling switches
 every rule, existing and future, to a path that also counts (and calls
-the hooks); :func:`disable` switches them back.
+the hooks); :func:`disable` switches them back. The decisions are
+counted in process (one ``itertools.count`` step per request) and read
+by the exporters when they collect.
 """
 
 from __future__ import annotations
