@@ -1028,13 +1028,35 @@ _FIELDS = ("hit", "miss", "stale", "stores", "evictions", "expirations")
 
 
 class _Watched:
-    __slots__ = ("base", "last", "name", "ref")
+    __slots__ = ("__weakref__", "base", "last", "name", "ref")
 
     def __init__(self, obj: Any, name: str) -> None:
-        self.ref = weakref.ref(obj)
+        self.ref = weakref.ref(obj, _Dropper(weakref.ref(self), id(obj)))
         self.name = name
         self.last = dict.fromkeys(_FIELDS, 0)
         self.base = dict.fromkeys(_FIELDS, 0)
+
+
+class _Dropper:
+    """Called when a watched cache is gone: its entry leaves the table
+    (so caches made and dropped by the thousand leave nothing behind),
+    its counts as last collected stay in its name's total."""
+
+    __slots__ = ("key", "watched")
+
+    def __init__(self, watched: weakref.ref[_Watched], key: int) -> None:
+        self.watched = watched
+        self.key = key
+
+    def __call__(self, _: Any) -> None:
+        w = self.watched()
+        with _lock:
+            if w is None or _watched.get(self.key) is not w:
+                return
+            del _watched[self.key]
+            gone = _retired.setdefault(w.name, dict.fromkeys(_FIELDS, 0))
+            for f in _FIELDS:
+                gone[f] += w.base[f] + w.last[f]
 
 
 _watched: dict[int, _Watched] = {}
@@ -1141,14 +1163,7 @@ def cache_counts() -> dict[str, dict[str, int]]:
         for key, w in list(_watched.items()):
             obj = w.ref()
             if obj is None:
-                gone = _retired.setdefault(w.name, dict.fromkeys(_FIELDS, 0))
-                for f in _FIELDS:
-                    gone[f] += w.base[f] + w.last[f]
-                del _watched[key]
-                t = totals.setdefault(w.name, dict.fromkeys(_FIELDS, 0))
-                for f in _FIELDS:
-                    t[f] += w.base[f] + w.last[f]
-                continue
+                continue  # its dropper moves its counts to _retired
             try:
                 now = _counts(obj)
             except Exception:

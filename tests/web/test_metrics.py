@@ -724,3 +724,23 @@ async def test_a_limiter_used_directly_is_counted(
         metrics.counted(object(), "x")
     with pytest.raises(ValueError):
         metrics.counted(stanchion.Limiter("1/second"), "")
+
+
+def test_dropped_caches_leave_their_counts_and_no_entry(registry: Any) -> None:
+    import gc
+
+    from stanchion.respcache import ResponseCache
+
+    before = len(metrics._watched)
+    for _ in range(200):
+        ResponseCache()  # watched as "response", then dropped
+    gc.collect()
+    assert len(metrics._watched) <= before
+    cache: stanchion.Cache[str, int] = stanchion.Cache(4)
+    metrics.watch(cache, "short-lived")
+    cache.get("a")
+    key = 'stanchion_cache_requests_total{cache="short-lived",result="miss"}'
+    assert samples(registry)[key] == 1
+    del cache
+    gc.collect()
+    assert samples(registry)[key] == 1  # kept after the cache is gone
