@@ -1160,7 +1160,7 @@ def cache_counts() -> dict[str, dict[str, int]]:
     counts before the clear, and a dropped cache's last ones, are kept)."""
     with _lock:
         totals: dict[str, dict[str, int]] = {n: dict(c) for n, c in _retired.items()}
-        for key, w in list(_watched.items()):
+        for w in list(_watched.values()):
             obj = w.ref()
             if obj is None:
                 continue  # its dropper moves its counts to _retired
