@@ -154,7 +154,14 @@ def test_web_benchmark_runs_every_case() -> None:
     """Every stack's rows print with figures, and every target line a
     verdict (the web benchmark is the only one timing whole frameworks)."""
     require_peers(
-        "fastapi", "slowapi", "flask", "flask_limiter", "django", "django_ratelimit"
+        "fastapi",
+        "slowapi",
+        "flask",
+        "flask_limiter",
+        "django",
+        "django_ratelimit",
+        "prometheus_client",
+        "opentelemetry.sdk",
     )
     out = run_quick("web.py")
     lines = out.splitlines()
