@@ -9,7 +9,9 @@ figures are the cost of deciding and (where enabled) of the headers.
     stanchion vs slowapi (FastAPI), flask-limiter (Flask),
     django-ratelimit (Django).
 
-"added" = limited app minus the same app without limiting.
+"added" = limited app minus the same app without limiting; for the
+metrics rows (stanchion.metrics on: Prometheus, OpenTelemetry, a hook),
+the same stanchion app with metrics off.
 Run: python benchmarks/web.py   (STANCHION_BENCH_QUICK=1 for a smoke run)
 """
 
