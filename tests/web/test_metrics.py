@@ -305,7 +305,10 @@ def prometheus_free_client(app: Any) -> Any:
 
 
 def test_redis_outage_series(
-    private_redis: RedisServer, registry: Any, caplog: pytest.LogCaptureFixture
+    private_redis: RedisServer,
+    registry: Any,
+    reader: InMemoryMetricReader,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="stanchion")
     storage = RedisStorage(private_redis.url, timeout=0.2, retry_interval=0)
@@ -329,6 +332,12 @@ def test_redis_outage_series(
                 outage = value
         return errors, outage
 
+    def otel_outage() -> Any:
+        points = otel_points(reader)["stanchion.storage.outage"]
+        found = [v for k, v in points.items() if where in dict(k)["server"]]
+        assert len(found) == 1, points
+        return found[0]
+
     try:
         assert c.get("/").status_code == 200
         before, _ = series()
@@ -336,9 +345,11 @@ def test_redis_outage_series(
         assert [c.get("/").status_code for _ in range(3)] == [200, 200, 200]
         errors, outage = series()
         assert errors - before == 3 and outage == 1
+        assert otel_outage() == 1
         private_redis.start()
         assert c.get("/").status_code == 200
         assert series() == (errors, 0)
+        assert otel_outage() == 0
     finally:
         storage.close()
 
@@ -356,7 +367,7 @@ def otel_points(reader: InMemoryMetricReader) -> dict[str, dict[tuple[Any, ...],
                 points = out.setdefault(metric.name, {})
                 for p in metric.data.data_points:
                     key = tuple(sorted(p.attributes.items()))
-                    points[key] = getattr(p, "value", None) or p
+                    points[key] = p.value if hasattr(p, "value") else p
     return out
 
 
