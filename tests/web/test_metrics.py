@@ -761,3 +761,39 @@ def test_dropped_caches_leave_their_counts_and_no_entry(registry: Any) -> None:
     del cache
     gc.collect()
     assert samples(registry)[key] == 1  # kept after the cache is gone
+
+
+async def test_memcached_outage_series(
+    private_memcached: Any, registry: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Memcached storage shares the outage tracking: its failures and
+    outage state are exported as storage="memcached"."""
+    from stanchion.memcached import MemcachedStorage
+
+    caplog.set_level(logging.INFO, logger="stanchion")
+    storage = MemcachedStorage(private_memcached.url, timeout=0.2, retry_interval=0)
+    app = fastapi_app(limit="100/minute", scope="memcached", storage=storage)
+
+    def series() -> tuple[float, float]:
+        errors = outage = 0.0
+        for name, value in samples(registry).items():
+            if 'storage="memcached"' not in name:
+                continue
+            if name.startswith("stanchion_storage_errors_total"):
+                errors += value
+            elif name.startswith("stanchion_storage_outage{"):
+                outage = max(outage, value)
+        return errors, outage
+
+    try:
+        assert await statuses(app, 1) == [200]
+        before, _ = series()
+        private_memcached.kill()
+        assert await statuses(app, 3) == [200, 200, 200]  # on_error="allow"
+        errors, outage = series()
+        assert errors - before >= 3 and outage == 1
+        private_memcached.start()
+        assert await statuses(app, 1) == [200]
+        assert series()[1] == 0
+    finally:
+        storage.close()
