@@ -31,8 +31,8 @@ flood of distinct clients adds no series):
   ``acquired``, ``timeout``, ``shed``, ``cancelled`` or ``refused``.
 - ``stanchion_storage_errors_total{storage, server}`` and the gauge
   ``stanchion_storage_outage{storage, server}`` (1 during an outage):
-  failed calls to Redis (or another shared storage using the same
-  outage tracking).
+  failed calls to Redis or Memcached (``storage="redis"``,
+  ``"memcached"``).
 - ``stanchion_cache_requests_total{cache, result}`` (``hit``,
   ``miss``), ``stanchion_cache_stale_total{cache}`` (stale answers
   served: stale-while-revalidate hits, stale-if-error misses),
