@@ -9,7 +9,9 @@ figures are the cost of deciding and (where enabled) of the headers.
     stanchion vs slowapi (FastAPI), flask-limiter (Flask),
     django-ratelimit (Django).
 
-"added" = limited app minus the same app without limiting.
+"added" = limited app minus the same app without limiting; for the
+metrics rows (stanchion.metrics on: Prometheus, OpenTelemetry, a hook),
+the same stanchion app with metrics off.
 Run: python benchmarks/web.py   (STANCHION_BENCH_QUICK=1 for a smoke run)
 """
 
@@ -397,6 +399,60 @@ urlpatterns: list[Any] = []
 # -- report ----------------------------------------------------------------------
 
 
+def metered(build: Callable[[], Any], call: Callable[[Any], Any], **on: Any) -> Any:
+    """``call(build())`` with stanchion.metrics on (``on``: ``enable``'s
+    exporters, or ``hook=`` for an ``on_decision`` hook) for this app
+    alone: the rules it builds keep counting once metrics are switched
+    off again for the others (every other case runs metrics-free)."""
+    import stanchion.metrics as metrics
+
+    hook = on.pop("hook", None)
+    before = set(metrics._rules)
+    if on:
+        metrics.enable(**on)
+    if hook is not None:
+        metrics.on_decision(hook)
+    try:
+        case = call(build())  # builds the app's rules (and warms it up)
+    finally:
+        for rule in set(metrics._rules) - before:
+            metrics._rules.discard(rule)  # so disable() leaves it counting
+        metrics.disable()
+    return case
+
+
+def metered_cases() -> dict[str, tuple[Callable[[], None], int]]:
+    """The ASGI middleware and Flask with metrics on: a Prometheus
+    registry, an OpenTelemetry SDK meter (in-memory reader), a hook."""
+    import prometheus_client
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from stanchion.asgi import RateLimitMiddleware as AsgiMW
+
+    def meter() -> Any:
+        provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        return provider.get_meter("bench")
+
+    def asgi() -> Any:
+        return AsgiMW(raw_app, limit=HIGH)
+
+    def flask() -> Any:
+        return flask_apps()["st"]
+
+    return {
+        "asgi_st_prom": metered(
+            asgi, asgi_call, prometheus_registry=prometheus_client.CollectorRegistry()
+        ),
+        "asgi_st_otel": metered(asgi, asgi_call, otel_meter=meter()),
+        "asgi_st_hook": metered(asgi, asgi_call, hook=lambda event: None),
+        "flask_st_prom": metered(
+            flask, wsgi_call, prometheus_registry=prometheus_client.CollectorRegistry()
+        ),
+        "flask_st_otel": metered(flask, wsgi_call, otel_meter=meter()),
+    }
+
+
 def main() -> None:
     from stanchion import Penalty
     from stanchion.asgi import RateLimitMiddleware as AsgiMW
@@ -444,6 +500,7 @@ def main() -> None:
         "django_mw": wsgi_call(dj["mw_handler"], "/"),
         "django_noop_mw": wsgi_call(dj["noop_handler"], "/"),
         **traffic,
+        **metered_cases(),
     }
     t = measure(cases)
 
@@ -579,6 +636,18 @@ def main() -> None:
         "ASGI", "stanchion, a banned client's request (403)", "asgi_banned", "asgi"
     )
 
+    # Metrics on (stanchion.metrics), against the same app with them off.
+    add("ASGI", "stanchion middleware + Prometheus metrics", "asgi_st_prom", "asgi_st")
+    add(
+        "ASGI",
+        "stanchion middleware + OpenTelemetry metrics",
+        "asgi_st_otel",
+        "asgi_st",
+    )
+    add("ASGI", "stanchion middleware + an on_decision hook", "asgi_st_hook", "asgi_st")
+    add("Flask", "stanchion + Prometheus metrics", "flask_st_prom", "flask_st")
+    add("Flask", "stanchion + OpenTelemetry metrics", "flask_st_otel", "flask_st")
+
     headers = ["stack", "limit", "without", "with", "added", "peer added / ours"]
     print_table(headers, rows)
 
@@ -699,7 +768,8 @@ def main() -> None:
         "one client. Each figure is the fastest of 400 batches of 100 requests, the cases taken in a new random order each round. "
         '"added" is the limited app minus the same app without limiting; the last '
         "column is the peer's added cost divided by stanchion's (the peers send no "
-        "rate limit headers on allowed responses unless noted).\n\n"
+        "rate limit headers on allowed responses unless noted). The metrics rows "
+        "compare with the same stanchion app, metrics off.\n\n"
         + md_table(headers, rows)
         + "\n\n"
         + "\n".join(f"- {x}" for x in targets)

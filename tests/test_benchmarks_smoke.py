@@ -154,7 +154,14 @@ def test_web_benchmark_runs_every_case() -> None:
     """Every stack's rows print with figures, and every target line a
     verdict (the web benchmark is the only one timing whole frameworks)."""
     require_peers(
-        "fastapi", "slowapi", "flask", "flask_limiter", "django", "django_ratelimit"
+        "fastapi",
+        "slowapi",
+        "flask",
+        "flask_limiter",
+        "django",
+        "django_ratelimit",
+        "prometheus_client",
+        "opentelemetry.sdk",
     )
     out = run_quick("web.py")
     lines = out.splitlines()
@@ -165,7 +172,7 @@ def test_web_benchmark_runs_every_case() -> None:
     ]
     for peer in ("slowapi", "flask-limiter", "django-ratelimit"):
         assert any(peer in ln and TIME.search(ln + " ") for ln in rows), (peer, out)
-    assert sum("stanchion" in ln for ln in rows) == 18, out
+    assert sum("stanchion" in ln for ln in rows) == 23, out
     targets = [ln for ln in lines if ": added " in ln]
     assert len(targets) == 15, out
     for ln in targets:

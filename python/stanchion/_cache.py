@@ -255,6 +255,7 @@ class _Store:
         self.typed = typed
         self.hits = 0
         self.misses = 0
+        self.stores = 0  # for stanchion.metrics (a miss's path only)
 
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
         if self.key_func is not None:
@@ -268,6 +269,7 @@ class _Store:
         return self.backend.get(key, _MISSING)
 
     def store(self, key: Hashable, value: Any) -> None:
+        self.stores += 1
         if self.local is None:
             self.backend.set(key, value, self.ttl)
             return
@@ -418,6 +420,7 @@ class _AsyncFlights:
         if self.store.local is not None:
             self.store.store(key, value)
         else:
+            self.store.stores += 1
             await self.store.backend.aset(key, value, self.store.ttl)
 
 
@@ -500,6 +503,7 @@ def _decorate(
         # The hot path: key, lookup and hit in C.
         wrapper = CachedCall(func, store.local, _SyncFlights(store).miss, typed, key)
         functools.update_wrapper(wrapper, func)
+        wrapper._stanchion_store = store
         return wrapper
     else:
         sync_flights = _SyncFlights(store)
@@ -520,6 +524,7 @@ def _decorate(
     wrapper.cache_info = store.cache_info
     wrapper.cache_clear = store.cache_clear
     wrapper.invalidate = store.invalidate
+    wrapper._stanchion_store = store
     return wrapper
 
 

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, overload
 
 from . import _core
+from . import metrics as _metrics
 from ._core import Hold
 
 __all__ = ["Concurrency", "ConcurrencyLimitExceeded", "Hold"]
@@ -161,9 +162,13 @@ class Concurrency(_core.Concurrency):
     ``on_error``). Their slots are leases: a holder that dies frees its
     slot within ``lease`` seconds (default 30), and their queued holds
     poll.
+
+    ``name``: the ``scope`` label of its queue's metrics
+    (:mod:`stanchion.metrics`; default ``"default"``); a rule's slots are
+    named after the rule's scope.
     """
 
-    __slots__ = ()
+    __slots__ = ("name",)
 
     @overload
     def __new__(
@@ -176,6 +181,7 @@ class Concurrency(_core.Concurrency):
         reserve: int = ...,
         max_keys: int | None = ...,
         storage: None = ...,
+        name: str = ...,
     ) -> Concurrency: ...
 
     @overload
@@ -205,6 +211,7 @@ class Concurrency(_core.Concurrency):
         storage: object = None,
         lease: float | None = None,
         on_error: str | None = None,
+        name: str = "default",
     ) -> Any:
         if storage is None:
             if lease is not None or on_error is not None:
@@ -225,6 +232,7 @@ class Concurrency(_core.Concurrency):
             max_keys=max_keys,
             lease=30.0 if lease is None else lease,
             on_error=on_error,
+            name=_check_name(name),
         )
 
     def __init__(
@@ -239,7 +247,9 @@ class Concurrency(_core.Concurrency):
         storage: object = None,
         lease: float | None = None,
         on_error: str | None = None,
+        name: str = "default",
     ) -> None:
+        _check_name(name)
         super().__init__(
             limit,
             queue,
@@ -248,6 +258,7 @@ class Concurrency(_core.Concurrency):
             reserve,
             100_000 if max_keys is None else max_keys,
         )
+        self.name = name
 
     def __repr__(self) -> str:
         return (
@@ -303,18 +314,31 @@ class Concurrency(_core.Concurrency):
             return hold
         if status != _WAITING:
             raise self._refusal(hold, _REASONS[status])
+        started = (
+            _metrics.queue_entered(self.name) if _metrics._queue is not None else 0.0
+        )
         timeout = hold.timeout
+        result = "cancelled"
         try:
             if timeout is None:
                 woken = lock.acquire()
             else:
                 woken = lock.acquire(timeout=min(timeout, threading.TIMEOUT_MAX))
+            if not woken and hold._cancel():
+                result = "timeout"
+                raise self._refusal(hold, _REASONS[_TIMEOUT])
+            if not hold.held:
+                result = "shed"
+            granted = self._granted_or_shed(hold)
+            result = "acquired"
+            return granted
         except BaseException:  # KeyboardInterrupt, or a signal handler's
-            _give_up(hold)
+            if result == "cancelled":
+                _give_up(hold)
             raise
-        if not woken and hold._cancel():
-            raise self._refusal(hold, _REASONS[_TIMEOUT])
-        return self._granted_or_shed(hold)
+        finally:
+            if started:
+                _metrics.queue_left(self.name, started, result)
 
     async def _aenter_slow(self, hold: Hold) -> Hold:
         """Queue `hold` and wait, with asyncio, until it gets a slot."""
@@ -328,27 +352,46 @@ class Concurrency(_core.Concurrency):
             return hold
         if status != _WAITING:
             raise self._refusal(hold, _REASONS[status])
+        started = (
+            _metrics.queue_entered(self.name) if _metrics._queue is not None else 0.0
+        )
         timeout = hold.timeout
         timer = (
             None if timeout is None else loop.call_later(timeout, _expire, hold, fut)
         )
+        result = "cancelled"
         try:
-            woken = await fut
-        except BaseException:  # CancelledError, GeneratorExit
-            _give_up(hold)
-            raise
+            try:
+                woken = await fut
+            except BaseException:  # CancelledError, GeneratorExit
+                _give_up(hold)
+                raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if not woken:
+                result = "timeout"
+                raise self._refusal(hold, _REASONS[_TIMEOUT])
+            if not hold.held:
+                result = "shed"
+            granted = self._granted_or_shed(hold)
+            result = "acquired"
+            return granted
         finally:
-            if timer is not None:
-                timer.cancel()
-        if not woken:
-            raise self._refusal(hold, _REASONS[_TIMEOUT])
-        return self._granted_or_shed(hold)
+            if started:
+                _metrics.queue_left(self.name, started, result)
 
     def _granted_or_shed(self, hold: Hold) -> Hold:
         if hold.held:
             return hold
         hold._cancel()  # shed: back to idle
         raise self._refusal(hold, _SHED)
+
+
+def _check_name(name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    return name
 
 
 def _give_up(hold: Hold) -> None:

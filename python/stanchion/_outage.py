@@ -24,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import metrics as _metrics
+
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Outage lines for an application that configured no logging (plain
@@ -129,6 +131,7 @@ class _Outage:
                 return
             self.down_since = now
             self.epoch += 1
+        _metrics.storage_outage(self.service.lower(), self.where, True)
         _log(
             self.logger,
             logging.WARNING,
@@ -152,6 +155,7 @@ class _Outage:
             self._retry_at = 0.0
             self.last_error = None
             self.epoch += 1
+        _metrics.storage_outage(self.service.lower(), self.where, False)
         _log(
             self.logger,
             logging.INFO,
@@ -189,6 +193,8 @@ class _Guard:
         self.who = who
 
     def _failed(self, exc: BaseException, epoch: int) -> _Unavailable:
+        # Counted for stanchion.metrics (storage: "redis", "memcached").
+        _metrics.storage_error(self.outage.service.lower(), self.outage.where)
         self.outage.failed(exc, epoch, self.who)
         return _Unavailable(exc)
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import _core
+from . import metrics as _metrics
 from ._checks import check_seconds
 from ._concurrency import ConcurrencyLimitExceeded, refusal
 from ._registry import disabled_now
@@ -118,7 +119,15 @@ class PollingConcurrency:
     waiting: a queued hold polls after 2 ms, then backs off by half again
     each time up to 100 ms (never past its deadline)."""
 
-    __slots__ = ("lease", "limit", "priorities", "queue", "reserve", "timeout")
+    __slots__ = (
+        "lease",
+        "limit",
+        "name",
+        "priorities",
+        "queue",
+        "reserve",
+        "timeout",
+    )
 
     _hold_class: type[LeaseHold] = LeaseHold
     # True when an attempt does no I/O (shared memory): a blocking hold
@@ -144,6 +153,8 @@ class PollingConcurrency:
         self.priorities = probe.priorities
         self.reserve = probe.reserve
         self.lease = lease
+        #: The label of its queue's metrics (stanchion.metrics).
+        self.name = "default"
 
     # -- what a storage supplies ----------------------------------------------
 
@@ -272,20 +283,26 @@ class PollingConcurrency:
         mode = TRY if timeout == 0 else JOIN
         pause = POLL_FIRST
         queued = False
+        started = 0.0  # when it started waiting, for the metrics
+        result = "cancelled"
         try:
             while True:
                 status = await attempt(hold, mode)
                 if status == TAKEN:
                     hold._state = _HELD
+                    result = "acquired"
                     return
                 if status == UNLEASED:
                     hold._state = _UNLEASED
+                    result = "acquired"
                     return
                 if status == LOST:
                     queued = False
                 if status != WAITING or mode == TRY:
                     raise self._refusal(hold, status)
                 queued = True
+                if not started and _metrics._queue is not None:
+                    started = _metrics.queue_entered(self.name)
                 mode = POLL
                 wait = pause
                 if deadline is not None:
@@ -295,7 +312,8 @@ class PollingConcurrency:
                     wait = min(wait, left)
                 await sleep(wait)
                 pause = min(pause * 1.5, POLL_MAX)
-        except ConcurrencyLimitExceeded:
+        except ConcurrencyLimitExceeded as exc:
+            result = exc.reason if exc.reason in ("timeout", "shed") else "refused"
             if queued:  # leave the queue
                 await leave(hold)
             raise
@@ -305,6 +323,9 @@ class PollingConcurrency:
             # effort; else its patience and the lease run out.
             await leave(hold)
             raise
+        finally:
+            if started:
+                _metrics.queue_left(self.name, started, result)
 
     def _refusal(self, hold: LeaseHold, status: int) -> ConcurrencyLimitExceeded:
         return refusal(hold, REASONS[status], self.limit, None)

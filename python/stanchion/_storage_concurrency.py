@@ -18,7 +18,12 @@ def _unsupported(storage: object) -> TypeError:
 
 
 def make_concurrency(
-    storage: object, *, max_keys: int | None, on_error: str | None, **settings: Any
+    storage: object,
+    *,
+    max_keys: int | None,
+    on_error: str | None,
+    name: str = "default",
+    **settings: Any,
 ) -> Any:
     """The storage's own concurrency limit for ``storage``: a
     ``SharedMemoryConcurrency`` for a ``SharedMemoryStorage`` or a
@@ -49,11 +54,13 @@ def make_concurrency(
             )
         from ._shm_concurrency import DEFAULT_MAX_KEYS, SharedMemoryConcurrency
 
-        return SharedMemoryConcurrency(
+        shared = SharedMemoryConcurrency(
             storage,
             max_keys=DEFAULT_MAX_KEYS if max_keys is None else max_keys,
             **settings,
         )
+        shared.name = name
+        return shared
     if max_keys is not None:
         raise ValueError("max_keys does not apply to Redis (keys expire there)")
     from .redis import RedisStorage
@@ -63,6 +70,8 @@ def make_concurrency(
         if type(storage).__module__.split(".")[0] == "stanchion":
             raise _unsupported(storage)
         storage = RedisStorage(storage)
-    return RedisConcurrency(
+    redis = RedisConcurrency(
         storage, on_error="allow" if on_error is None else on_error, **settings
     )
+    redis.name = name
+    return redis

@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
+from .. import metrics as _metrics
 from .._concurrency import Concurrency, ConcurrencyLimitExceeded
 from .._core import Decision, Gate, RateHeaders
 from .._limiter import Limiter, RateLimiter
@@ -106,6 +107,11 @@ class Rule(_RuleHeaders):
     higher lanes are served first, ``reserve`` slots per lane are kept for
     the lanes above, and when the queue is full a request of a higher
     lane takes the place of a lower one (see :class:`stanchion.Concurrency`).
+
+    ``on_decision`` and ``on_breach``: a function (or a list of them)
+    called with a :class:`stanchion.metrics.DecisionEvent` for each
+    request this rule decides, or each one it does not allow, besides
+    the hooks given to :mod:`stanchion.metrics`.
     """
 
     def __init__(
@@ -142,7 +148,15 @@ class Rule(_RuleHeaders):
         priority: Callable[[Request], int] | None = None,
         priorities: int = 1,
         reserve: int = 0,
+        on_decision: Any = None,
+        on_breach: Any = None,
     ) -> None:
+        try:
+            #: This rule's own hooks (see stanchion.metrics.on_decision).
+            self.on_decision = _metrics.check_hooks(on_decision, "on_decision")
+            self.on_breach = _metrics.check_hooks(on_breach, "on_breach")
+        except TypeError as exc:
+            raise SettingError("on_decision/on_breach", str(exc)) from None
         if limiters is None:
             limiters = LimiterCache(
                 algorithm=algorithm,
@@ -206,6 +220,7 @@ class Rule(_RuleHeaders):
                     priorities=priorities,
                     reserve=reserve,
                     storage=storage if limiters is None else limiters.storage,
+                    name=scope,
                 )
             except (TypeError, ValueError) as exc:
                 raise SettingError("concurrency", str(exc)) from None
@@ -410,6 +425,10 @@ class Rule(_RuleHeaders):
             self.gate = Gate(self._fixed.limiter, self._client_plans)
             if self.headers_on_allowed:
                 self.allowed_render = self._fixed_parts.render
+        # Counted (and hooks called) while stanchion.metrics is on: the
+        # rule then gets methods that count, and no gate; nothing is
+        # looked up per request otherwise.
+        _metrics.attach(self)
 
     # -- deciding --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .. import http as _http
+from .. import metrics as _metrics
 from .._checks import check_int, check_seconds
 from .._core import Cache
 from .._registry import track
@@ -188,6 +189,9 @@ class ResponseCache(Rules):
                 f"or a stanchion.MemcachedCache, not {type(backend).__name__}"
             )
         self.hits = self.misses = self.stale = self.stores = self.not_modified = 0
+        # Exported as cache="response" while metrics are on (read when
+        # collected: serving pays nothing for it).
+        _metrics.watch_default(self, "response")
         self.flights: dict[str, Any] = {}
         self.refreshing: set[str] = set()
         self._refresh_lock = threading.Condition()
