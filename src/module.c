@@ -18,6 +18,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->hold_type);
 	Py_VISIT(st->ready_type);
 	Py_VISIT(st->conc_shm_type);
+	Py_VISIT(st->logparser_type);
 	Py_VISIT(st->ready_none);
 	for (int i = 0; i < 5; i++) {
 		Py_VISIT(st->hdr_str[i]);
@@ -56,6 +57,7 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->hold_type);
 	Py_CLEAR(st->ready_type);
 	Py_CLEAR(st->conc_shm_type);
+	Py_CLEAR(st->logparser_type);
 	for (int i = 0; i < 5; i++) {
 		Py_CLEAR(st->hdr_str[i]);
 		Py_CLEAR(st->hdr_bytes[i]);
@@ -129,6 +131,8 @@ static int module_exec(PyObject *module)
 	if (st_conc_exec(module, st) < 0)
 		return -1;
 	if (st_conc_shm_exec(module, st) < 0)
+		return -1;
+	if (st_logparser_exec(module, st) < 0)
 		return -1;
 	return 0;
 }
