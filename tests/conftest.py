@@ -57,6 +57,7 @@ CORE_MODULES = frozenset(
         "test_concurrency.py",
         "test_core_reentrancy.py",
         "test_rate_headers.py",
+        "test_report_pyparse.py",
     }
 )
 TESTS = Path(__file__).resolve().parent
