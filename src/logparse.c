@@ -13,10 +13,14 @@
 static const char FMT_COMMON[] = "%h %l %u %t \"%r\" %>s %b";
 static const char FMT_COMBINED[] =
     "%h %l %u %t \"%r\" %>s %b \"%{Referer}i\" \"%{User-agent}i\"";
+static const char FMT_NGINX[] =
+    "$remote_addr - $remote_user [$time_local] \"$request\" $status "
+    "$body_bytes_sent \"$http_referer\" \"$http_user_agent\"";
 
 typedef struct {
 	lp_format *f;
 	size_t litcap, litlen;
+	size_t t_mark; /* litlen right after an Apache %t's "]" */
 	const char *err;
 } fmt_builder;
 
@@ -55,25 +59,41 @@ static int fb_lit(fmt_builder *b, const char *s, size_t n)
 	return 0;
 }
 
-static int fb_field(fmt_builder *b, int kind)
+/* A field may start here: a literal (not an Apache %t's "]") precedes
+ * it, or nothing does. */
+static int fb_separated(fmt_builder *b)
 {
 	lp_format *f = b->f;
-	lp_item *it;
 
-	if (f->nitems > 0 && f->items[f->nitems - 1].kind != LP_LIT) {
+	if ((f->nitems > 0 && f->items[f->nitems - 1].kind != LP_LIT) ||
+	    (b->t_mark != 0 && b->litlen == b->t_mark)) {
 		b->err =
 		    "two fields of the log format have nothing between "
 		    "them";
 		return -1;
 	}
+	return 0;
+}
+
+static int fb_field(fmt_builder *b, int kind)
+{
+	lp_format *f = b->f;
+	lp_item *it;
+
+	if (fb_separated(b) < 0)
+		return -1;
 	if (f->nitems == LP_MAX_ITEMS) {
 		b->err = "the log format has too many fields";
 		return -1;
 	}
-	/* Only the first field of a kind counts; repeats are opaque. */
-	for (int i = 0; i < f->nitems; i++)
-		if (f->items[i].kind == kind)
+	/* Only the first field of a kind counts (the two time kinds are
+	 * one); repeats are opaque. */
+	for (int i = 0; i < f->nitems; i++) {
+		int k = f->items[i].kind;
+		if (k == kind || (k == LP_TIME_ISO && kind == LP_TIME_CLF) ||
+		    (k == LP_TIME_CLF && kind == LP_TIME_ISO))
 			kind = LP_OPAQUE;
+	}
 	it = &f->items[f->nitems++];
 	memset(it, 0, sizeof(*it));
 	it->kind = kind;
@@ -82,17 +102,7 @@ static int fb_field(fmt_builder *b, int kind)
 
 static int ieq(const char *a, size_t n, const char *lit)
 {
-	size_t m = strlen(lit);
-	if (n != m)
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = a[i];
-		if (c >= 'A' && c <= 'Z')
-			c = (char)(c - 'A' + 'a');
-		if (c != lit[i])
-			return 0;
-	}
-	return 1;
+	return strlen(lit) == n && memcmp(a, lit, n) == 0;
 }
 
 static int is_name_char(char c)
@@ -115,10 +125,6 @@ static int nginx_kind(const char *v, size_t n)
 		return LP_STATUS;
 	if (ieq(v, n, "body_bytes_sent") || ieq(v, n, "bytes_sent"))
 		return LP_BYTES;
-	if (ieq(v, n, "http_referer"))
-		return LP_REFERER;
-	if (ieq(v, n, "http_user_agent"))
-		return LP_AGENT;
 	return LP_OPAQUE;
 }
 
@@ -166,83 +172,88 @@ static int compile_nginx(fmt_builder *b, const char *s, size_t len)
 
 static int compile_apache(fmt_builder *b, const char *s, size_t len)
 {
-	size_t i = 0, start, arg = 0, argn = 0;
-	int kind;
+	size_t i = 0, start;
+	int kind, braces;
 
 	while (i < len) {
+		if (s[i] == '\\' && i + 1 < len && s[i + 1] == '"') {
+			/* httpd.conf's \" is a quote */
+			if (fb_lit(b, "\"", 1) < 0)
+				return -1;
+			i += 2;
+			continue;
+		}
 		if (s[i] != '%') {
 			start = i;
-			while (i < len && s[i] != '%')
+			while (
+			    i < len && s[i] != '%' &&
+			    !(s[i] == '\\' && i + 1 < len && s[i + 1] == '"'))
 				i++;
 			if (fb_lit(b, s + start, i - start) < 0)
 				return -1;
 			continue;
 		}
-		i++;
-		if (i < len && s[i] == '%') {
+		/* %[<>]*!?[0-9,]*({...})?[A-Za-z%] */
+		start = i++;
+		while (i < len && (s[i] == '<' || s[i] == '>'))
+			i++;
+		if (i < len && s[i] == '!')
+			i++;
+		while (i < len &&
+		       ((s[i] >= '0' && s[i] <= '9') || s[i] == ','))
+			i++;
+		braces = 0;
+		if (i < len && s[i] == '{') {
+			const char *close = memchr(s + i, '}', len - i);
+			if (close != NULL) {
+				i = (size_t)(close - s) + 1;
+				braces = 1;
+			}
+		}
+		if (i >= len ||
+		    !((s[i] >= 'a' && s[i] <= 'z') ||
+		      (s[i] >= 'A' && s[i] <= 'Z') || s[i] == '%')) {
+			b->err = "a '%' in the log format starts no directive";
+			return -1;
+		}
+		if (s[i] == '%') {
 			if (fb_lit(b, "%", 1) < 0)
 				return -1;
 			i++;
 			continue;
 		}
-		/* modifiers: status conditions, '<' '>' */
-		while (i < len &&
-		       ((s[i] >= '0' && s[i] <= '9') || s[i] == ',' ||
-		        s[i] == '!' || s[i] == '<' || s[i] == '>'))
-			i++;
-		argn = 0;
-		if (i < len && s[i] == '{') {
-			arg = ++i;
-			while (i < len && s[i] != '}')
-				i++;
-			if (i >= len) {
-				b->err =
-				    "a '%{' in the log format is not "
-				    "closed by '}'";
-				return -1;
-			}
-			argn = i - arg;
-			i++;
-		}
-		if (i >= len || !((s[i] >= 'a' && s[i] <= 'z') ||
-		                  (s[i] >= 'A' && s[i] <= 'Z'))) {
-			b->err = "a '%' in the log format starts no directive";
-			return -1;
-		}
 		kind = LP_OPAQUE;
-		switch (s[i]) {
-		case 'h':
-		case 'a':
-			kind = LP_CLIENT;
-			break;
-		case 't':
-			if (argn == 0) {
-				if (fb_lit(b, "[", 1) < 0 ||
-				    fb_field(b, LP_TIME_CLF) < 0 ||
-				    fb_lit(b, "]", 1) < 0)
+		if (!braces) {
+			switch (s[i]) {
+			case 'h':
+			case 'a':
+				kind = LP_CLIENT;
+				break;
+			case 't':
+				/* "[" time "]": time ends at the first ']' */
+				if (fb_separated(b) < 0 ||
+				    fb_lit(b, "[", 1) < 0 ||
+				    fb_field(b, LP_TIME_CLF) < 0)
 					return -1;
+				b->t_mark = 0;
+				if (fb_lit(b, "]", 1) < 0)
+					return -1;
+				b->t_mark = b->litlen;
 				i++;
 				continue;
+			case 'r':
+				kind = LP_REQUEST;
+				break;
+			case 's':
+				kind = LP_STATUS;
+				break;
+			case 'b':
+			case 'B':
+				kind = LP_BYTES;
+				break;
+			default:
+				break;
 			}
-			break;
-		case 'r':
-			kind = LP_REQUEST;
-			break;
-		case 's':
-			kind = LP_STATUS;
-			break;
-		case 'b':
-		case 'B':
-			kind = LP_BYTES;
-			break;
-		case 'i':
-			if (ieq(s + arg, argn, "referer"))
-				kind = LP_REFERER;
-			else if (ieq(s + arg, argn, "user-agent"))
-				kind = LP_AGENT;
-			break;
-		default:
-			break;
 		}
 		if (fb_field(b, kind) < 0)
 			return -1;
@@ -255,7 +266,7 @@ static int compile_apache(fmt_builder *b, const char *s, size_t len)
 int lp_format_compile(lp_format *f, const char *spec, size_t len,
                       const char **err)
 {
-	fmt_builder b = {f, 0, 0, NULL};
+	fmt_builder b = {f, 0, 0, 0, NULL};
 	int has_client = 0, has_time = 0, rc;
 
 	memset(f, 0, sizeof(*f));
@@ -265,9 +276,10 @@ int lp_format_compile(lp_format *f, const char *spec, size_t len,
 		rc = compile_apache(&b, spec, len);
 	} else if (len == 6 && memcmp(spec, "common", 6) == 0) {
 		rc = compile_apache(&b, FMT_COMMON, strlen(FMT_COMMON));
-	} else if ((len == 8 && memcmp(spec, "combined", 8) == 0) ||
-	           (len == 5 && memcmp(spec, "nginx", 5) == 0)) {
+	} else if (len == 8 && memcmp(spec, "combined", 8) == 0) {
 		rc = compile_apache(&b, FMT_COMBINED, strlen(FMT_COMBINED));
+	} else if (len == 5 && memcmp(spec, "nginx", 5) == 0) {
+		rc = compile_nginx(&b, FMT_NGINX, strlen(FMT_NGINX));
 	} else {
 		b.err =
 		    "log_format must be 'common', 'combined', 'nginx', an "
@@ -297,6 +309,7 @@ int lp_format_compile(lp_format *f, const char *spec, size_t len,
 				            f->items[i - 1].len - 1] == '"';
 			} else {
 				it->last = 1;
+				it->delim = ' ';
 			}
 		}
 		if (!has_client || !has_time) {
@@ -382,7 +395,7 @@ static int month_of(const unsigned char *s)
 
 static int64_t date_days(int y, int m, int d)
 {
-	if (y < 1970 || y > 2199 || m < 1 || m > 12 || d < 1 ||
+	if (y < 1970 || y > 2261 || m < 1 || m > 12 || d < 1 ||
 	    d > days_in_month(y, m))
 		return BAD_DAYS;
 	return days_from_civil(y, m, d);
@@ -394,7 +407,7 @@ static int64_t clock_secs(const unsigned char *s)
 	int h, mi, se;
 	if (num2(s, &h) < 0 || s[2] != ':' || num2(s + 3, &mi) < 0 ||
 	    s[5] != ':' || num2(s + 6, &se) < 0 || h > 23 || mi > 59 ||
-	    se > 59)
+	    se > 60)
 		return -1;
 	return h * 3600 + mi * 60 + se;
 }
@@ -444,6 +457,8 @@ static int parse_clf(lp_parser *p, const unsigned char *s, size_t n,
 	off = offset_secs(s + 21, 0);
 	if (tod < 0 || off == INT64_MIN)
 		return -1;
+	if (days * 86400 + tod - off < 0)
+		return -1;
 	*ns = (days * 86400 + tod - off) * LP_NS;
 	memcpy(p->tkey, s, 26);
 	p->tkey_len = 26;
@@ -472,7 +487,8 @@ static int parse_iso(lp_parser *p, const unsigned char *s, size_t n,
 	days = date_days(y, m, d);
 	tod = clock_secs(s + 11);
 	off = n == 20 ? 0 : offset_secs(s + 19, 1);
-	if (days == BAD_DAYS || tod < 0 || off == INT64_MIN)
+	if (days == BAD_DAYS || tod < 0 || off == INT64_MIN ||
+	    days * 86400 + tod - off < 0)
 		return -1;
 	*ns = (days * 86400 + tod - off) * LP_NS;
 	memcpy(p->tkey, s, n);
@@ -480,6 +496,13 @@ static int parse_iso(lp_parser *p, const unsigned char *s, size_t n,
 	p->tkey_ns = *ns;
 	p->tkind = LP_TIME_ISO;
 	return 0;
+}
+
+/* a + b, clamped at INT64_MAX (both are >= 0). */
+static inline int64_t sat_add(int64_t a, int64_t b)
+{
+	int64_t r;
+	return __builtin_add_overflow(a, b, &r) ? INT64_MAX : r;
 }
 
 static int64_t floor_div(int64_t a, int64_t b)
@@ -1085,7 +1108,7 @@ static int parse_request(const unsigned char *s, size_t n, lp_line *ln)
 
 	while (i < n && method_char(s[i]))
 		i++;
-	if (i == 0 || i > LP_METHOD_LEN || i >= n || s[i] != ' ')
+	if (i == 0 || i >= n || s[i] != ' ')
 		return -1;
 	ln->method = s;
 	ln->method_len = i;
@@ -1131,9 +1154,7 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 			pos += it->len;
 			continue;
 		}
-		if (it->last) {
-			end = n;
-		} else if (it->quoted) {
+		if (it->quoted) {
 			end = pos;
 			for (;;) {
 				const unsigned char *q =
@@ -1152,9 +1173,9 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 		} else {
 			const unsigned char *q =
 			    memchr(s + pos, it->delim, n - pos);
-			if (q == NULL)
+			if (q == NULL && !it->last)
 				return -1;
-			end = (size_t)(q - s);
+			end = q ? (size_t)(q - s) : n;
 		}
 		switch (it->kind) {
 		case LP_CLIENT:
@@ -1188,7 +1209,7 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 				ln->bytes = 0;
 				break;
 			}
-			if (end == pos || end - pos > 15)
+			if (end == pos || end - pos > 18)
 				return -1;
 			ln->bytes = 0;
 			for (size_t k = pos; k < end; k++) {
@@ -1202,7 +1223,8 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 		}
 		pos = end;
 	}
-	return pos == n ? 0 : -1;
+	/* What follows the format is ignored (extra fields). */
+	return 0;
 }
 
 static void add_example(lp_parser *p, const unsigned char *s, size_t n)
@@ -1216,21 +1238,25 @@ static void add_example(lp_parser *p, const unsigned char *s, size_t n)
 	memcpy(ex->text, s, ex->len);
 }
 
-static void count_method(lp_parser *p, const unsigned char *m, size_t n)
+static int count_method(lp_parser *p, const unsigned char *m, size_t n)
 {
 	for (int i = 0; i < p->nmethods; i++) {
 		if (p->method_len[i] == n && memcmp(p->method[i], m, n) == 0) {
 			p->method_count[i]++;
-			return;
+			return 0;
 		}
 	}
 	if (p->nmethods < LP_MAX_METHODS) {
+		p->method[p->nmethods] = malloc(n);
+		if (p->method[p->nmethods] == NULL)
+			return -1;
 		memcpy(p->method[p->nmethods], m, n);
-		p->method_len[p->nmethods] = (uint8_t)n;
+		p->method_len[p->nmethods] = n;
 		p->method_count[p->nmethods++] = 1;
-		return;
+		return 0;
 	}
 	p->method_other++;
+	return 0;
 }
 
 /* Counts a parsed line. Returns 0 or -1 (no memory). */
@@ -1261,7 +1287,7 @@ static int aggregate(lp_parser *p, const lp_line *ln)
 		for (int w = 0; w < p->nwin; w++)
 			win_reset(&wins[w], floor_div(sec, p->windows[w]));
 	} else {
-		en->bytes += ln->bytes;
+		en->bytes = sat_add(en->bytes, ln->bytes);
 		en->n4xx += is4;
 		en->n5xx += is5;
 		if (ln->ts_ns < en->first_ns)
@@ -1291,24 +1317,25 @@ static int aggregate(lp_parser *p, const lp_line *ln)
 			en->n4xx = is4;
 			en->n5xx = is5;
 		} else {
-			en->bytes += ln->bytes;
+			en->bytes = sat_add(en->bytes, ln->bytes);
 			en->n4xx += is4;
 			en->n5xx += is5;
 		}
 		tn = lp_template(ln->path, ln->path_len, p->tmpl);
 		if (tab_touch(&p->templates, p->tmpl, tn, &fresh) == LP_NIL)
 			return -1;
-		count_method(p, ln->method, ln->method_len);
+		if (count_method(p, ln->method, ln->method_len) < 0)
+			return -1;
 	}
 
 	p->parsed++;
-	p->bytes += ln->bytes;
+	p->bytes = sat_add(p->bytes, ln->bytes);
 	if (p->parsed == 1 || ln->ts_ns < p->first_ns)
 		p->first_ns = ln->ts_ns;
 	if (p->parsed == 1 || ln->ts_ns > p->last_ns)
 		p->last_ns = ln->ts_ns;
 	sc->requests++;
-	sc->bytes += ln->bytes;
+	sc->bytes = sat_add(sc->bytes, ln->bytes);
 	sc->n4xx += is4;
 	sc->n5xx += is5;
 	if (p->fmt.has_status)
@@ -1447,5 +1474,7 @@ void lp_free(lp_parser *p)
 	tab_free(&p->clients);
 	tab_free(&p->paths);
 	tab_free(&p->templates);
+	for (int i = 0; i < p->nmethods; i++)
+		free(p->method[i]);
 	memset(p, 0, sizeof(*p));
 }

@@ -28,11 +28,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LP_MAX_LINE 65536     /* longer lines (after '\r') are malformed */
-#define LP_EXAMPLE_LEN 200    /* bytes of a malformed line kept */
-#define LP_MAX_EXAMPLES 5     /* malformed lines kept */
-#define LP_MAX_METHODS 16     /* distinct methods counted by name */
-#define LP_METHOD_LEN 32      /* longest method accepted */
+#define LP_MAX_LINE 65536  /* longer lines (after '\r') are malformed */
+#define LP_EXAMPLE_LEN 200 /* bytes of a malformed line kept */
+#define LP_MAX_EXAMPLES 5  /* malformed lines kept */
+#define LP_MAX_METHODS 16  /* distinct methods counted by name */
+
 #define LP_MAX_WINDOWS 4      /* rate windows per client */
 #define LP_MAX_ITEMS 256      /* literals + fields in a format */
 #define LP_MAX_TOP 0x7fffffff /* largest `top` */
@@ -46,9 +46,7 @@ enum {
 	LP_TIME_ISO, /* 2000-10-10T13:55:36-07:00 or ...Z */
 	LP_REQUEST,  /* GET /a?b=1 HTTP/1.1 */
 	LP_STATUS,   /* three digits */
-	LP_BYTES,    /* digits or "-" */
-	LP_REFERER,  /* scanned, not used */
-	LP_AGENT,    /* scanned, not used */
+	LP_BYTES,    /* 1 to 18 digits or "-" */
 	LP_OPAQUE    /* anything else */
 };
 
@@ -57,7 +55,7 @@ typedef struct {
 	int quoted; /* field between two '"' */
 	unsigned char
 	    delim;       /* a field's end byte (the next literal's first) */
-	int last;        /* a field that runs to the end of the line */
+	int last;        /* the last item (delim ' ', or the line's end) */
 	size_t off, len; /* a literal's bytes in lp_format.lits */
 } lp_item;
 
@@ -169,8 +167,8 @@ typedef struct {
 	lp_example examples[LP_MAX_EXAMPLES];
 	int64_t status[1000];
 	int nmethods;
-	unsigned char method[LP_MAX_METHODS][LP_METHOD_LEN];
-	uint8_t method_len[LP_MAX_METHODS];
+	unsigned char *method[LP_MAX_METHODS]; /* owned */
+	size_t method_len[LP_MAX_METHODS];
 	int64_t method_count[LP_MAX_METHODS];
 	int64_t method_other;
 	/* per second */

@@ -114,10 +114,10 @@ static PyObject *logparser_new(PyTypeObject *type, PyObject *args,
 			PyObject *w = PySequence_Fast_GET_ITEM(win_obj, i);
 			if (get_int64(w, "a window", &windows[i]) < 0)
 				return NULL;
-			if (windows[i] < 1) {
+			if (windows[i] < 1 || windows[i] > 0x7fffffff) {
 				PyErr_Format(PyExc_ValueError,
-				             "a window must be a positive "
-				             "number of seconds, not %lld",
+				             "a window must be from 1 to "
+				             "2**31 - 1 seconds, not %lld",
 				             (long long)windows[i]);
 				return NULL;
 			}
@@ -360,9 +360,10 @@ static PyObject *latin1(const unsigned char *s, size_t n)
 	return PyUnicode_DecodeLatin1((const char *)s, (Py_ssize_t)n, NULL);
 }
 
+/* Times are whole seconds: exact as a double. */
 static PyObject *ts_float(int64_t ns)
 {
-	return PyFloat_FromDouble((double)ns / 1e9);
+	return PyFloat_FromDouble((double)(ns / 1000000000));
 }
 
 /* d[key] = value, stealing value. */
@@ -514,7 +515,7 @@ static PyObject *status_dict(const lp_parser *p)
 	for (int s = 0; s < 1000; s++) {
 		if (p->status[s] == 0)
 			continue;
-		PyOS_snprintf(name, sizeof(name), "%d", s);
+		PyOS_snprintf(name, sizeof(name), "%03d", s);
 		if (set_int(d, name, p->status[s]) < 0) {
 			Py_DECREF(d);
 			return NULL;
@@ -539,9 +540,22 @@ static PyObject *methods_dict(const lp_parser *p)
 			return NULL;
 		}
 	}
-	if (p->method_other > 0 && set_int(d, "OTHER", p->method_other) < 0) {
-		Py_DECREF(d);
-		return NULL;
+	if (p->method_other > 0) {
+		/* added to a method named OTHER, if one was counted */
+		PyObject *k = PyUnicode_FromString("OTHER"), *v = NULL;
+		PyObject *old = k ? PyDict_GetItemWithError(d, k) : NULL;
+		long long n = old ? PyLong_AsLongLong(old) : 0;
+		int rc = -1;
+		if (k != NULL && !PyErr_Occurred())
+			v = PyLong_FromLongLong(n + p->method_other);
+		if (v != NULL)
+			rc = PyDict_SetItem(d, k, v);
+		Py_XDECREF(k);
+		Py_XDECREF(v);
+		if (rc < 0) {
+			Py_DECREF(d);
+			return NULL;
+		}
 	}
 	return d;
 }
