@@ -424,6 +424,18 @@ static int64_t offset_secs(const unsigned char *s, int colon)
 	return (s[0] == '-' ? -1 : 1) * (int64_t)(h * 3600 + mi * 60);
 }
 
+/* 26 bytes equal, without a call. */
+static inline int same26(const unsigned char *a, const unsigned char *b)
+{
+	uint64_t x[4], y[4];
+	memcpy(x, a, 24);
+	memcpy(y, b, 24);
+	memcpy(&x[3], a + 18, 8);
+	memcpy(&y[3], b + 18, 8);
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) |
+	        (x[3] ^ y[3])) == 0;
+}
+
 /* "10/Oct/2000:13:55:36 -0700" -> epoch ns. Returns 0 or -1. */
 static int parse_clf(lp_parser *p, const unsigned char *s, size_t n,
                      int64_t *ns)
@@ -434,7 +446,7 @@ static int parse_clf(lp_parser *p, const unsigned char *s, size_t n,
 	if (n != 26)
 		return -1;
 	if (p->tkind == LP_TIME_CLF && p->tkey_len == 26 &&
-	    memcmp(p->tkey, s, 26) == 0) {
+	    same26(p->tkey, s)) {
 		*ns = p->tkey_ns;
 		return 0;
 	}
@@ -530,7 +542,14 @@ static uint64_t lp_hash(const unsigned char *s, size_t n)
 		n -= 8;
 	}
 	v = 0;
-	memcpy(&v, s, n);
+	if (n >= 4) {
+		uint32_t a, b;
+		memcpy(&a, s, 4);
+		memcpy(&b, s + n - 4, 4);
+		v = (uint64_t)a << 32 | b;
+	} else if (n > 0) {
+		v = (uint64_t)s[0] << 16 | (uint64_t)s[n / 2] << 8 | s[n - 1];
+	}
 	h = (h ^ v) * 0xff51afd7ed558ccdULL;
 	h ^= h >> 32;
 	h *= 0xc4ceb9fe1a85ec53ULL;
@@ -658,10 +677,16 @@ void lp_client_rates(const lp_parser *p, int32_t e, int wi, int64_t out[4])
 /* Space-saving tables                                                  */
 /* ------------------------------------------------------------------ */
 
+/* A slot's value: the hash's high half tags it, so probing rarely
+ * touches an entry that is not the one sought. */
+#define SLOT(h, e) (((h) >> 32 << 32) | ((uint64_t)(uint32_t)(e) + 1))
+#define SLOT_ENTRY(s) ((int32_t)((uint32_t)(s)-1))
+
 static void tab_free(lp_table *t)
 {
 	for (int32_t i = 0; i < t->n; i++)
-		free(t->entries[i].key);
+		if (t->entries[i].kcap)
+			free(t->entries[i].k.heap);
 	if (t->wins != NULL)
 		for (size_t i = 0; i < (size_t)t->n * t->nwin; i++)
 			free(t->wins[i].bins);
@@ -680,7 +705,7 @@ static int tab_init(lp_table *t, int32_t top, int nwin)
 	t->bfree = LP_NIL;
 	t->bhead = LP_NIL;
 	t->mask = 63;
-	t->slots = calloc(64, sizeof(uint32_t));
+	t->slots = calloc(64, sizeof(uint64_t));
 	return t->slots == NULL ? -1 : 0;
 }
 
@@ -723,14 +748,15 @@ static int tab_reserve(lp_table *t)
 	nslots = (size_t)t->mask + 1;
 	if ((size_t)(t->n + 1) * 2 > nslots) {
 		size_t ns = nslots * 2;
-		uint32_t *s = calloc(ns, sizeof(uint32_t));
+		uint64_t *s = calloc(ns, sizeof(uint64_t));
 		if (s == NULL)
 			return -1;
 		for (int32_t i = 0; i < t->n; i++) {
-			size_t j = t->entries[i].hash & (ns - 1);
+			uint64_t h = t->entries[i].hash;
+			size_t j = (h >> 32) & (ns - 1);
 			while (s[j] != 0)
 				j = (j + 1) & (ns - 1);
-			s[j] = (uint32_t)i + 1;
+			s[j] = SLOT(h, i);
 		}
 		free(t->slots);
 		t->slots = s;
@@ -743,17 +769,29 @@ static int tab_reserve(lp_table *t)
 static size_t tab_find(const lp_table *t, const unsigned char *key,
                        size_t klen, uint64_t h)
 {
-	size_t j = h & t->mask;
+	size_t j = (h >> 32) & t->mask;
+	uint64_t tag = h >> 32 << 32;
 	for (;;) {
-		uint32_t s = t->slots[j];
+		uint64_t s = t->slots[j];
 		if (s == 0)
 			return j;
-		const lp_entry *e = &t->entries[s - 1];
-		if (e->hash == h && e->klen == klen &&
-		    memcmp(e->key, key, klen) == 0)
-			return j;
+		if ((s >> 32 << 32) == tag) {
+			const lp_entry *e = &t->entries[SLOT_ENTRY(s)];
+			if (e->hash == h && e->klen == klen &&
+			    memcmp(lp_key(e), key, klen) == 0)
+				return j;
+		}
 		j = (j + 1) & t->mask;
 	}
+}
+
+/* The slot of entry e. */
+static size_t tab_slot_of(const lp_table *t, int32_t e)
+{
+	size_t j = (t->entries[e].hash >> 32) & t->mask;
+	while (SLOT_ENTRY(t->slots[j]) != e)
+		j = (j + 1) & t->mask;
+	return j;
 }
 
 /* Removes slot j, shifting the probe chain back. */
@@ -766,7 +804,7 @@ static void tab_unslot(lp_table *t, size_t j)
 			j = (j + 1) & t->mask;
 			if (t->slots[j] == 0)
 				return;
-			k = t->entries[t->slots[j] - 1].hash & t->mask;
+			k = (t->slots[j] >> 32) & t->mask;
 			/* Leave j when its home lies cyclically in (i, j]. */
 			if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
 				continue;
@@ -775,6 +813,26 @@ static void tab_unslot(lp_table *t, size_t j)
 		t->slots[i] = t->slots[j];
 		i = j;
 	}
+}
+
+/* Sets entry e's key; returns 0 or -1 (no memory). */
+static int ent_set_key(lp_entry *en, const unsigned char *key, size_t klen)
+{
+	if (klen <= LP_INLINE && en->kcap == 0) {
+		memcpy(en->k.inl, key, klen);
+	} else {
+		if (en->kcap < klen) {
+			unsigned char *q = en->kcap ? realloc(en->k.heap, klen)
+			                            : malloc(klen);
+			if (q == NULL)
+				return -1;
+			en->k.heap = q;
+			en->kcap = (uint32_t)klen;
+		}
+		memcpy(en->k.heap, key, klen);
+	}
+	en->klen = (uint32_t)klen;
+	return 0;
 }
 
 static int32_t bucket_new(lp_table *t, int64_t count)
@@ -869,7 +927,7 @@ static int32_t tab_touch(lp_table *t, const unsigned char *key, size_t klen,
 	lp_entry *en;
 
 	if (t->slots[j] != 0) {
-		e = (int32_t)t->slots[j] - 1;
+		e = SLOT_ENTRY(t->slots[j]);
 		tab_increment(t, e);
 		*fresh = 0;
 		return e;
@@ -881,12 +939,10 @@ static int32_t tab_touch(lp_table *t, const unsigned char *key, size_t klen,
 		j = tab_find(t, key, klen, h);
 		e = t->n;
 		en = &t->entries[e];
-		en->key = malloc(klen ? klen : 1);
-		if (en->key == NULL)
+		en->kcap = 0;
+		if (ent_set_key(en, key, klen) < 0)
 			return LP_NIL;
 		t->n++;
-		memcpy(en->key, key, klen);
-		en->klen = en->kcap = (uint32_t)klen;
 		en->hash = h;
 		en->requests = 1;
 		en->error = 0;
@@ -905,26 +961,27 @@ static int32_t tab_touch(lp_table *t, const unsigned char *key, size_t klen,
 			t->bhead = b;
 			bucket_append(t, b, e);
 		}
-		t->slots[j] = (uint32_t)e + 1;
+		t->slots[j] = SLOT(h, e);
 		return e;
 	}
 	/* Evict the least: head of the lowest bucket. */
 	e = t->buckets[t->bhead].head;
 	en = &t->entries[e];
-	if (en->kcap < klen) {
-		unsigned char *k = realloc(en->key, klen);
-		if (k == NULL)
+	if (klen > LP_INLINE && en->kcap < klen) {
+		/* the allocation first: on failure, nothing changed */
+		unsigned char *q =
+		    en->kcap ? realloc(en->k.heap, klen) : malloc(klen);
+		if (q == NULL)
 			return LP_NIL;
-		en->key = k;
+		en->k.heap = q;
 		en->kcap = (uint32_t)klen;
 	}
-	tab_unslot(t, tab_find(t, en->key, en->klen, en->hash));
-	memcpy(en->key, key, klen);
-	en->klen = (uint32_t)klen;
+	tab_unslot(t, tab_slot_of(t, e));
+	ent_set_key(en, key, klen);
 	en->hash = h;
 	en->error = en->requests;
 	tab_increment(t, e);
-	t->slots[tab_find(t, key, klen, h)] = (uint32_t)e + 1;
+	t->slots[tab_find(t, key, klen, h)] = SLOT(h, e);
 	t->evicted = 1;
 	return e;
 }
@@ -932,7 +989,7 @@ static int32_t tab_touch(lp_table *t, const unsigned char *key, size_t klen,
 static int key_cmp(const lp_entry *a, const lp_entry *b)
 {
 	size_t n = a->klen < b->klen ? a->klen : b->klen;
-	int c = memcmp(a->key, b->key, n);
+	int c = memcmp(lp_key(a), lp_key(b), n);
 	if (c != 0)
 		return c;
 	return a->klen < b->klen ? -1 : a->klen > b->klen;
@@ -1043,28 +1100,36 @@ int lp_seconds_order(const lp_parser *p, size_t *order)
 /* Templates                                                            */
 /* ------------------------------------------------------------------ */
 
-static int is_hex(unsigned char c)
-{
-	return DIG(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
+/* Byte classes for templates: 1 = digit, 2 = hex digit, 4 = '-'. */
+static const unsigned char CLS[256] = {
+    ['0'] = 3, ['1'] = 3, ['2'] = 3, ['3'] = 3, ['4'] = 3, ['5'] = 3,
+    ['6'] = 3, ['7'] = 3, ['8'] = 3, ['9'] = 3, ['a'] = 2, ['b'] = 2,
+    ['c'] = 2, ['d'] = 2, ['e'] = 2, ['f'] = 2, ['A'] = 2, ['B'] = 2,
+    ['C'] = 2, ['D'] = 2, ['E'] = 2, ['F'] = 2, ['-'] = 4,
+};
 
+/* All digits, a UUID (8-4-4-4-12 hex) or >= 16 hex digits. One pass
+ * that stops at the first byte that rules all three out. */
 static int is_id(const unsigned char *s, size_t n)
 {
-	size_t i, hex = 0, dig = 0;
+	unsigned all = 7;
 
 	if (n == 0)
 		return 0;
-	for (i = 0; i < n; i++) {
-		dig += DIG(s[i]);
-		hex += is_hex(s[i]);
+	for (size_t i = 0; i < n && (all & 3) != 0; i++)
+		all &= CLS[s[i]];
+	if (all & 1)
+		return 1;
+	if ((all & 2) && n >= 16)
+		return 1;
+	if (n == 36 && s[8] == '-' && s[13] == '-' && s[18] == '-' &&
+	    s[23] == '-') {
+		for (size_t i = 0; i < 36; i++)
+			if (i != 8 && i != 13 && i != 18 && i != 23 &&
+			    !(CLS[s[i]] & 2))
+				return 0;
+		return 1;
 	}
-	if (dig == n)
-		return 1;
-	if (hex == n && n >= 16)
-		return 1;
-	if (n == 36 && hex == 32 && s[8] == '-' && s[13] == '-' &&
-	    s[18] == '-' && s[23] == '-')
-		return 1;
 	return 0;
 }
 
@@ -1148,9 +1213,13 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 		size_t end;
 
 		if (it->kind == LP_LIT) {
-			if (n - pos < it->len ||
-			    memcmp(s + pos, f->lits + it->off, it->len) != 0)
+			/* literals are short: no call */
+			const unsigned char *l = f->lits + it->off;
+			if (n - pos < it->len)
 				return -1;
+			for (size_t k = 0; k < it->len; k++)
+				if (s[pos + k] != l[k])
+					return -1;
 			pos += it->len;
 			continue;
 		}
@@ -1171,11 +1240,19 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 				end++;
 			}
 		} else {
-			const unsigned char *q =
-			    memchr(s + pos, it->delim, n - pos);
-			if (q == NULL && !it->last)
+			/* short fields end within a few bytes: look
+			 * there before calling memchr */
+			size_t lim = n - pos > 16 ? pos + 16 : n;
+			const unsigned char *q = NULL;
+			for (end = pos; end < lim; end++)
+				if (s[end] == it->delim)
+					break;
+			if (end == lim && lim < n) {
+				q = memchr(s + lim, it->delim, n - lim);
+				end = q ? (size_t)(q - s) : n;
+			}
+			if (end == n && !it->last)
 				return -1;
-			end = q ? (size_t)(q - s) : n;
 		}
 		switch (it->kind) {
 		case LP_CLIENT:

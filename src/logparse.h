@@ -108,8 +108,13 @@ typedef struct {
 	uint32_t nbins, cap;
 } lp_win;
 
+#define LP_INLINE 24 /* keys up to this long live in the entry */
+
 typedef struct {
-	unsigned char *key; /* owned */
+	union {
+		unsigned char inl[LP_INLINE]; /* kcap == 0 */
+		unsigned char *heap;          /* kcap > 0: owned */
+	} k;
 	uint32_t klen, kcap;
 	uint64_t hash;
 	int64_t requests, error; /* space-saving count and overestimate */
@@ -133,7 +138,7 @@ typedef struct {
 	lp_bucket *buckets; /* `cap` of them; free ones chained by next */
 	int32_t bfree;      /* free bucket list */
 	int32_t bhead;      /* the lowest count bucket */
-	uint32_t *slots;    /* hash index: entry + 1, 0 = empty */
+	uint64_t *slots;    /* index: hash >> 32 << 32 | entry + 1; 0 empty */
 	uint32_t mask;      /* slots - 1 */
 	int nwin;           /* rate windows per entry (clients only) */
 	lp_win *wins;       /* cap * nwin, or NULL */
@@ -212,6 +217,12 @@ uint32_t lp_bucket_of(int64_t v);
 /* p50, p90, p99 and max of window `w` of client entry `e`, the open
  * window included as a sample. Without any sample, all 0. */
 void lp_client_rates(const lp_parser *p, int32_t e, int w, int64_t out[4]);
+
+/* The key bytes of an entry. */
+static inline const unsigned char *lp_key(const lp_entry *e)
+{
+	return e->kcap ? e->k.heap : e->k.inl;
+}
 
 /* Fills order[0..t->n) with the entries by requests descending, then key
  * ascending (bytes). Returns 0, or -1 when memory ran out. */

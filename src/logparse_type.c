@@ -418,7 +418,7 @@ static PyObject *table_list(const lp_parser *p, const lp_table *t, int kind)
 		d = PyDict_New();
 		if (d == NULL)
 			goto fail;
-		if (set_new(d, "key", latin1(e->key, e->klen)) < 0 ||
+		if (set_new(d, "key", latin1(lp_key(e), e->klen)) < 0 ||
 		    set_int(d, "requests", e->requests) < 0)
 			goto fail;
 		if (kind != 2 && (set_int(d, "bytes", e->bytes) < 0 ||
