@@ -40,10 +40,9 @@ from pathlib import Path
 if "--quick" in sys.argv[1:]:
     os.environ["STANCHION_BENCH_QUICK"] = "1"
 
-from _bench import fmt_ratio, md_table, print_table, quick, write_section  # noqa: E402
-
-from stanchion._core import LogParser  # noqa: E402
-from stanchion.report._pyparse import PyLogParser  # noqa: E402
+from _bench import fmt_ratio, md_table, print_table, quick, write_section
+from stanchion._core import LogParser
+from stanchion.report._pyparse import PyLogParser
 
 FULL_BYTES = 1 << 30
 QUICK_BYTES = 8 << 20
@@ -52,20 +51,34 @@ TARGET_LINES_PER_S = 1_500_000
 GENERATOR_VERSION = 1
 
 METHODS = ["GET"] * 90 + ["POST"] * 7 + ["PUT", "DELETE", "HEAD"]
-STATUSES = ["200"] * 85 + ["304"] * 5 + ["301", "302"] + ["404"] * 5 + ["500", "503", "403"]
+STATUSES = (
+    ["200"] * 85 + ["304"] * 5 + ["301", "302"] + ["404"] * 5 + ["500", "503", "403"]
+)
 AGENTS = [
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/126.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 "
     '(KHTML, like Gecko) Version/17.5 Safari/605.1.15 \\"quoted\\"',
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:127.0) Gecko/20100101 "
-    "Firefox/127.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:127.0) Gecko/20100101 Firefox/127.0",
     "curl/8.8.0",
     "python-httpx/0.27.0",
     "Googlebot/2.1 (+http://www.google.com/bot.html)",
 ]
 REFERERS = ["-", "-", "https://example.com/", "https://www.google.com/search?q=x"]
-MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+MONTHS = [
+    "Jan",
+    "Feb",
+    "Mar",
+    "Apr",
+    "May",
+    "Jun",
+    "Jul",
+    "Aug",
+    "Sep",
+    "Oct",
+    "Nov",
+    "Dec",
+]
 
 
 def _path(rng: random.Random) -> str:
@@ -112,7 +125,11 @@ def generate(path: Path, size: int) -> int:
                         f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} +0000"
                     )
                 if rng.random() < 0.05:
-                    ip, req, status = abuser, f"GET /login?u={rng.randrange(10**6)}", "401"
+                    ip, req, status = (
+                        abuser,
+                        f"GET /login?u={rng.randrange(10**6)}",
+                        "401",
+                    )
                 else:
                     ip = clients[min(int(rng.paretovariate(1.2)) - 1, 99_999)]
                     if rng.random() < 0.5:
@@ -293,7 +310,9 @@ def main() -> None:
 
 
 def goaccess_version(exe: str) -> str:
-    proc = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [exe, "--version"], capture_output=True, text=True, check=False
+    )
     for word in proc.stdout.split():
         if word[:1].isdigit():
             return word.rstrip(".")

@@ -207,7 +207,8 @@ def test_line_length_limit_is_65536_bytes() -> None:
 def test_nul_bytes_and_invalid_utf8_are_latin1_keys() -> None:
     ip = b"\xff\x00\xc3("
     data = (
-        ip + b' - - [10/Oct/2000:13:55:36 -0700] "GET /\xe9\x00x HTTP/1.1" 200 1 "-" "-"\n'
+        ip
+        + b' - - [10/Oct/2000:13:55:36 -0700] "GET /\xe9\x00x HTTP/1.1" 200 1 "-" "-"\n'
     )
     p = LogParser(events=True)
     ev = p.feed(data)
@@ -356,7 +357,9 @@ def test_format_by_position_or_name_and_keyword_only_rest() -> None:
 def test_more_clients_than_top_keeps_top_and_the_heavy_hitter() -> None:
     lines = []
     for i in range(5000):
-        lines.append(line(ip=f"10.0.{i // 250}.{i % 250}", req=f"GET /item/{i} HTTP/1.1"))
+        lines.append(
+            line(ip=f"10.0.{i // 250}.{i % 250}", req=f"GET /item/{i} HTTP/1.1")
+        )
         if i % 10 == 0:
             lines.append(line(ip="6.6.6.6", req="GET /login HTTP/1.1"))
     s = parse(b"".join(lines), top=50)
@@ -481,7 +484,9 @@ def _lines(draw: st.DrawFn) -> bytes:
     data = text.encode("latin-1")
     if kind == 4 and data:
         i = draw(st.integers(0, len(data) - 1))
-        data = data[:i] + draw(st.binary(max_size=3)).replace(b"\n", b"") + data[i + 1 :]
+        data = (
+            data[:i] + draw(st.binary(max_size=3)).replace(b"\n", b"") + data[i + 1 :]
+        )
     return data + draw(st.sampled_from([b"", b"\r", b" trailing"]))
 
 
@@ -490,7 +495,7 @@ def _timed_line(draw: st.DrawFn) -> bytes:
     """A well-formed line from a small pool of clients, paths and seconds,
     so tables evict and rate windows open and close."""
     sec = draw(st.integers(0, 200))
-    when = "10/Oct/2000:13:{:02d}:{:02d} +0000".format(sec // 60, sec % 60)
+    when = f"10/Oct/2000:13:{sec // 60:02d}:{sec % 60:02d} +0000"
     return line(
         ip=f"10.0.0.{draw(st.integers(0, 12))}",
         when=when,
@@ -506,7 +511,7 @@ def _both(data: bytes, cuts: list[int], **kw: object) -> tuple[dict, dict, list,
         p = cls("combined", events=True, **kw)  # type: ignore[arg-type]
         events: list = [[], [], [], []]
         prev = 0
-        for c in sorted(set(cuts)) + [len(data)]:
+        for c in [*sorted(set(cuts)), len(data)]:
             ev = p.feed(data[prev:c])
             prev = c
             for i in range(4):
@@ -524,7 +529,9 @@ def _both(data: bytes, cuts: list[int], **kw: object) -> tuple[dict, dict, list,
     seps=st.data(),
     top=st.integers(1, 6),
 )
-def test_differential_random_lines(lines: list[bytes], seps: st.DataObject, top: int) -> None:
+def test_differential_random_lines(
+    lines: list[bytes], seps: st.DataObject, top: int
+) -> None:
     data = b"\n".join(lines) + seps.draw(st.sampled_from([b"", b"\n", b"\n\n"]))
     cuts = seps.draw(st.lists(st.integers(0, len(data)), max_size=6))
     c, py, ce, pe = _both(data, cuts, top=top)
