@@ -627,3 +627,20 @@ def test_engine_builds_without_python_and_survives_fuzzing(tmp_path: Path) -> No
     # tables evict
     _, parsed, malformed, evicting = map(int, re.findall(r"\d+", proc.stdout))
     assert parsed > 100_000 and malformed > 10_000 and evicting > 1000
+
+
+def test_differential_long_lines_at_the_limit() -> None:
+    ok = line(ua="u" * 100)
+    pad = 65536 - (len(ok) - 1)
+    data = b"".join(
+        [
+            line(ua="u" * (100 + pad)),  # 65536 bytes: parsed
+            line(ua="u" * (101 + pad)),  # one more: malformed
+            line(ua="u" * (100 + pad))[:-1] + b"\r\n",
+            b"z" * 200_000 + b"\n",
+            line(),
+        ]
+    )
+    c, py, ce, pe = _both(data, [70_000, 140_000, 300_000])
+    assert c == py and ce == pe
+    assert (c["parsed"], c["malformed"]) == (3, 2)
