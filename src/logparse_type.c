@@ -15,8 +15,10 @@
  * decoded as latin-1: every byte sequence gives a str, one character per
  * byte, and encoding it back as latin-1 gives the log's bytes.
  *
- * feed() without events releases the GIL while it parses; a parser busy
- * in one thread refuses calls from another with a RuntimeError.
+ * feed() without events releases the GIL while it parses. A parser busy
+ * in a call (parsing without the GIL, or allocating Python objects, when
+ * a collection may run a finalizer that calls it) refuses other calls
+ * with a RuntimeError: its state never changes under a call.
  */
 #include "logparse.h"
 #include "module.h"
@@ -338,7 +340,9 @@ static PyObject *logparser_finish(LogParserObject *self,
 		return NULL;
 	}
 	self->finished = 1;
+	self->busy = 1;
 	rc = lp_finish(&self->p, self->events ? on_line : NULL, &ev);
+	self->busy = 0;
 	if (rc < 0 || (self->events && ev.failed)) {
 		if (self->events)
 			events_clear(&ev);
@@ -560,15 +564,28 @@ static PyObject *methods_dict(const lp_parser *p)
 	return d;
 }
 
+static PyObject *logparser_build_summary(LogParserObject *self);
+
 static PyObject *logparser_summary(LogParserObject *self,
                                    PyObject *Py_UNUSED(ignored))
 {
-	const lp_parser *p = &self->p;
 	PyObject *d;
 
 	if (check_usable(self, "summary") < 0)
 		return NULL;
-	d = PyDict_New();
+	/* Building the dict allocates: a collection may run a finalizer
+	 * that calls this parser, which must not change under us. */
+	self->busy = 1;
+	d = logparser_build_summary(self);
+	self->busy = 0;
+	return d;
+}
+
+static PyObject *logparser_build_summary(LogParserObject *self)
+{
+	const lp_parser *p = &self->p;
+	PyObject *d = PyDict_New();
+
 	if (d == NULL)
 		return NULL;
 	if (set_int(d, "lines", p->lines) < 0 ||

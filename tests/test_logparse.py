@@ -7,6 +7,7 @@ the pure-Python reference stanchion.report._pyparse.PyLogParser."""
 from __future__ import annotations
 
 import calendar
+import gc
 import re
 import shutil
 import subprocess
@@ -409,7 +410,7 @@ def test_rate_histograms_per_window() -> None:
     assert big["clients"][0]["rates"]["1"] == [992, 992, 992, 1000]
 
 
-def test_parsing_releases_nothing_to_another_thread_midway() -> None:
+def test_another_thread_is_refused_while_feed_parses() -> None:
     data = line() * 200_000
     p = LogParser()
     errors: list[BaseException] = []
@@ -644,3 +645,38 @@ def test_differential_long_lines_at_the_limit() -> None:
     c, py, ce, pe = _both(data, [70_000, 140_000, 300_000])
     assert c == py and ce == pe
     assert (c["parsed"], c["malformed"]) == (3, 2)
+
+
+def test_a_finalizer_calling_the_parser_mid_summary_is_refused() -> None:
+    p = LogParser(events=True)
+    p.feed(b"".join(line(ip=f"10.0.0.{i}") for i in range(50)))
+    seen: list[str] = []
+
+    class Calls:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: only the collector frees it
+
+        def __del__(self) -> None:
+            try:
+                p.feed(line(ip="9.9.9.9"))
+                seen.append("fed")
+            except RuntimeError as e:
+                seen.append(str(e))
+
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            Calls()
+        gc.set_threshold(1)
+        gc.enable()
+        s = p.summary()  # allocations collect, the finalizers run
+    finally:
+        gc.set_threshold(*threshold)
+        gc.enable()
+    gc.collect()
+    assert seen and all(x == "fed" or "busy" in x for x in seen)
+    assert "busy" in seen[0]
+    assert s["parsed"] == 50 and len(s["clients"]) == 50
+    assert p.summary()["parsed"] == 50 + seen.count("fed")
