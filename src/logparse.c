@@ -1348,6 +1348,12 @@ static int aggregate(lp_parser *p, const lp_line *ln)
 	int fresh;
 	size_t tn;
 
+	if (sec != p->wsec) {
+		/* window ids change at most once a second */
+		p->wsec = sec;
+		for (int w = 0; w < p->nwin; w++)
+			p->wid[w] = floor_div(sec, p->windows[w]);
+	}
 	sc = sec_get(p, sec);
 	if (sc == NULL)
 		return -1;
@@ -1362,7 +1368,7 @@ static int aggregate(lp_parser *p, const lp_line *ln)
 		en->n5xx = is5;
 		en->first_ns = en->last_ns = ln->ts_ns;
 		for (int w = 0; w < p->nwin; w++)
-			win_reset(&wins[w], floor_div(sec, p->windows[w]));
+			win_reset(&wins[w], p->wid[w]);
 	} else {
 		en->bytes = sat_add(en->bytes, ln->bytes);
 		en->n4xx += is4;
@@ -1373,7 +1379,7 @@ static int aggregate(lp_parser *p, const lp_line *ln)
 			en->last_ns = ln->ts_ns;
 		for (int w = 0; w < p->nwin; w++) {
 			lp_win *wn = &wins[w];
-			int64_t id = floor_div(sec, p->windows[w]);
+			int64_t id = p->wid[w];
 			if (id > wn->cur_id) {
 				if (win_add(wn, wn->cur_count) < 0)
 					return -1;
@@ -1528,6 +1534,7 @@ int lp_init(lp_parser *p, lp_format *fmt, int32_t top, const int64_t *windows,
 		p->windows[i] = windows[i];
 	p->carry = malloc(CARRY_CAP);
 	p->tmpl = malloc(4 * (size_t)LP_MAX_LINE + 8);
+	p->wsec = INT64_MIN;
 	p->secmask = 63;
 	p->secs = malloc(64 * sizeof(*p->secs));
 	if (p->carry == NULL || p->tmpl == NULL || p->secs == NULL)

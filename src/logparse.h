@@ -176,6 +176,8 @@ typedef struct {
 	size_t method_len[LP_MAX_METHODS];
 	int64_t method_count[LP_MAX_METHODS];
 	int64_t method_other;
+	int64_t wsec;                /* the second wid[] is for */
+	int64_t wid[LP_MAX_WINDOWS]; /* its window ids */
 	/* per second */
 	lp_second *secs;
 	size_t nsecs, secmask;
