@@ -67,8 +67,10 @@ static PyObject *logparser_new(PyTypeObject *type, PyObject *args,
 	int nwin = 2, events = 0;
 	const char *spec = "combined", *err = NULL;
 	Py_ssize_t spec_len = 8;
+	PyObject *spec_bytes = NULL;
 	LogParserObject *self;
 	lp_format fmt;
+	int rc;
 
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O$OOO:LogParser",
 	                                 kwlist, &fmt_obj, &top_obj, &win_obj,
@@ -81,18 +83,33 @@ static PyObject *logparser_new(PyTypeObject *type, PyObject *args,
 			             Py_TYPE(fmt_obj)->tp_name);
 			return NULL;
 		}
-		spec = PyUnicode_AsUTF8AndSize(fmt_obj, &spec_len);
-		if (spec == NULL)
+		/* latin-1, as the lines are read: a literal byte of the
+		 * format is one character (UnicodeEncodeError is a
+		 * ValueError) */
+		spec_bytes = PyUnicode_AsLatin1String(fmt_obj);
+		if (spec_bytes == NULL)
 			return NULL;
+		spec = PyBytes_AS_STRING(spec_bytes);
+		spec_len = PyBytes_GET_SIZE(spec_bytes);
+	}
+	/* the format first, as the reference parser checks it */
+	rc = lp_format_compile(&fmt, spec, (size_t)spec_len, &err);
+	Py_XDECREF(spec_bytes);
+	if (rc < 0) {
+		if (err != NULL && strcmp(err, "out of memory") == 0)
+			return PyErr_NoMemory();
+		PyErr_Format(PyExc_ValueError, "%s: %R", err,
+		             fmt_obj ? fmt_obj : Py_None);
+		return NULL;
 	}
 	if (top_obj != NULL) {
 		if (get_int64(top_obj, "top", &top) < 0)
-			return NULL;
+			goto bad;
 		if (top < 1 || top > LP_MAX_TOP) {
 			PyErr_Format(PyExc_ValueError,
 			             "top must be from 1 to %d, not %lld",
 			             LP_MAX_TOP, (long long)top);
-			return NULL;
+			goto bad;
 		}
 	}
 	if (win_obj != NULL) {
@@ -102,7 +119,7 @@ static PyObject *logparser_new(PyTypeObject *type, PyObject *args,
 			             "windows must be a tuple of ints, not "
 			             "%.100s",
 			             Py_TYPE(win_obj)->tp_name);
-			return NULL;
+			goto bad;
 		}
 		n = PySequence_Fast_GET_SIZE(win_obj);
 		if (n < 1 || n > LP_MAX_WINDOWS) {
@@ -110,18 +127,18 @@ static PyObject *logparser_new(PyTypeObject *type, PyObject *args,
 			             "windows must hold 1 to %d window sizes, "
 			             "not %zd",
 			             LP_MAX_WINDOWS, n);
-			return NULL;
+			goto bad;
 		}
 		for (Py_ssize_t i = 0; i < n; i++) {
 			PyObject *w = PySequence_Fast_GET_ITEM(win_obj, i);
 			if (get_int64(w, "a window", &windows[i]) < 0)
-				return NULL;
+				goto bad;
 			if (windows[i] < 1 || windows[i] > 0x7fffffff) {
 				PyErr_Format(PyExc_ValueError,
 				             "a window must be from 1 to "
 				             "2**31 - 1 seconds, not %lld",
 				             (long long)windows[i]);
-				return NULL;
+				goto bad;
 			}
 			for (Py_ssize_t j = 0; j < i; j++)
 				if (windows[j] == windows[i]) {
@@ -130,7 +147,7 @@ static PyObject *logparser_new(PyTypeObject *type, PyObject *args,
 					    "windows must be distinct: "
 					    "%lld appears twice",
 					    (long long)windows[i]);
-					return NULL;
+					goto bad;
 				}
 		}
 		nwin = (int)n;
@@ -140,15 +157,9 @@ static PyObject *logparser_new(PyTypeObject *type, PyObject *args,
 			PyErr_Format(PyExc_TypeError,
 			             "events must be a bool, not %.100s",
 			             Py_TYPE(ev_obj)->tp_name);
-			return NULL;
+			goto bad;
 		}
 		events = ev_obj == Py_True;
-	}
-	if (lp_format_compile(&fmt, spec, (size_t)spec_len, &err) < 0) {
-		if (err != NULL && strcmp(err, "out of memory") == 0)
-			return PyErr_NoMemory();
-		PyErr_Format(PyExc_ValueError, "%s: %R", err, fmt_obj);
-		return NULL;
 	}
 	self = (LogParserObject *)type->tp_alloc(type, 0);
 	if (self == NULL) {
@@ -162,6 +173,9 @@ static PyObject *logparser_new(PyTypeObject *type, PyObject *args,
 	}
 	self->ready = 1;
 	return (PyObject *)self;
+bad:
+	lp_format_free(&fmt);
+	return NULL;
 }
 
 static void logparser_dealloc(LogParserObject *self)

@@ -680,3 +680,19 @@ def test_a_finalizer_calling_the_parser_mid_summary_is_refused() -> None:
     assert "busy" in seen[0]
     assert s["parsed"] == 50 and len(s["clients"]) == 50
     assert p.summary()["parsed"] == 50 + seen.count("fed")
+
+
+def test_format_literals_are_latin1_like_the_lines() -> None:
+    data = b"1.1.1.1 \xe9 [10/Oct/2000:13:55:36 -0700]\n"
+    for cls in (LogParser, PyLogParser):
+        p = cls("%h \xe9 %t")
+        p.feed(data)
+        assert p.summary()["parsed"] == 1
+        with pytest.raises(ValueError):
+            cls("%h \u20ac %t")  # not latin-1
+
+
+def test_a_bad_format_is_reported_before_other_arguments() -> None:
+    for cls in (LogParser, PyLogParser):
+        with pytest.raises(ValueError):
+            cls("apache", top=1.5)  # type: ignore[arg-type]
