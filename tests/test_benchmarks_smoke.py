@@ -198,3 +198,23 @@ def test_logparse_benchmark_runs_every_parser() -> None:
     assert any(
         re.search(r"lines/s on one core: (MET|MISSED): [\d,]+$", ln) for ln in lines
     ), out
+
+
+def test_report_benchmark_runs_every_case() -> None:
+    """The replay rows (floor, each algorithm, a penalty) and the whole
+    command print a rate each."""
+    require_peers("rich", "plotly")
+    out = run_quick("report.py")
+    lines = out.splitlines()
+    for name in (
+        "bare Limiter.hit loop (floor)",
+        "replay token_bucket",
+        "replay fixed_window",
+        "replay sliding_window",
+        "replay token_bucket + penalty",
+        "whole command (python parser)",
+    ):
+        assert any(
+            ln.startswith(name + "  ") and re.search(r"[\d,]+ lines/s", ln)
+            for ln in lines
+        ), f"no row for {name!r} in:\n{out}"

@@ -1,4 +1,5 @@
-"""Command line: ``python -m stanchion demo``, ``stanchion probe URL``."""
+"""Command line: ``python -m stanchion demo``, ``stanchion probe URL``,
+``stanchion report access.log``."""
 
 from __future__ import annotations
 
@@ -40,9 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._probe import add_probe_parser, run_probe_command
 
     add_probe_parser(sub)
+    from .report._cli import add_report_parser, run_report_command
+
+    add_report_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "probe":
         return run_probe_command(args, parser)
+    if args.command == "report":
+        return run_report_command(args, parser)
     if args.command == "demo":
         demo_burst()
         from ._demo_web import demo_ban, demo_queue, demo_web

@@ -201,7 +201,7 @@ def compile_format(log_format: str) -> tuple[re.Pattern[bytes], dict[str, int]]:
             body = r"\[([^\]\n]*)\]"
             kind = "time"
         elif prev.endswith('"') and nxt.startswith('"'):
-            body = r'((?:[^"\\\n]|\\[^\n])*)'
+            body = r'([^"\\\n]*(?:\\[^\n][^"\\\n]*)*)'
         else:
             stop = nxt[0] if nxt else " "
             body = "([^" + re.escape(stop) + r"\n]*)"
