@@ -696,3 +696,9 @@ def test_a_bad_format_is_reported_before_other_arguments() -> None:
     for cls in (LogParser, PyLogParser):
         with pytest.raises(ValueError):
             cls("apache", top=1.5)  # type: ignore[arg-type]
+
+
+def test_thousands_of_parsers_leak_nothing() -> None:
+    from .test_limiter_memory import run_isolated
+
+    assert "ok" in run_isolated("leak_logparse.py")
