@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define LP_NS 1000000000LL
 
@@ -529,9 +530,13 @@ static int64_t floor_div(int64_t a, int64_t b)
 /* Hashing                                                              */
 /* ------------------------------------------------------------------ */
 
-static uint64_t lp_hash(const unsigned char *s, size_t n)
+/* A fast keyed hash. The key (seed) differs per table and per process,
+ * so a log written to collide (request paths are anyone's to choose)
+ * cannot be prepared in advance to pile keys into one probe chain. */
+static uint64_t lp_hash(const unsigned char *s, size_t n, uint64_t seed)
 {
-	uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
+	uint64_t h =
+	    seed ^ 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
 	uint64_t v;
 
 	while (n >= 8) {
@@ -697,9 +702,10 @@ static void tab_free(lp_table *t)
 	memset(t, 0, sizeof(*t));
 }
 
-static int tab_init(lp_table *t, int32_t top, int nwin)
+static int tab_init(lp_table *t, int32_t top, int nwin, uint64_t seed)
 {
 	memset(t, 0, sizeof(*t));
+	t->seed = seed;
 	t->top = top;
 	t->nwin = nwin;
 	t->bfree = LP_NIL;
@@ -921,7 +927,7 @@ static void tab_increment(lp_table *t, int32_t e)
 static int32_t tab_touch(lp_table *t, const unsigned char *key, size_t klen,
                          int *fresh)
 {
-	uint64_t h = lp_hash(key, klen);
+	uint64_t h = lp_hash(key, klen, t->seed);
 	size_t j = tab_find(t, key, klen, h);
 	int32_t e;
 	lp_entry *en;
@@ -1037,7 +1043,7 @@ static int secs_grow(lp_parser *p)
 		if (p->secs[i].sec == SEC_EMPTY)
 			continue;
 		size_t j = (size_t)(lp_hash(
-		               (const unsigned char *)&p->secs[i].sec, 8)) &
+		               (const unsigned char *)&p->secs[i].sec, 8, 0)) &
 		           (ncap - 1);
 		while (ns[j].sec != SEC_EMPTY)
 			j = (j + 1) & (ncap - 1);
@@ -1057,7 +1063,7 @@ static lp_second *sec_get(lp_parser *p, int64_t sec)
 		return &p->secs[p->seclast];
 	if ((p->nsecs + 1) * 2 > p->secmask + 1 && secs_grow(p) < 0)
 		return NULL;
-	j = (size_t)lp_hash((const unsigned char *)&sec, 8) & p->secmask;
+	j = (size_t)lp_hash((const unsigned char *)&sec, 8, 0) & p->secmask;
 	while (p->secs[j].sec != sec) {
 		if (p->secs[j].sec == SEC_EMPTY) {
 			p->secs[j].sec = sec;
@@ -1522,10 +1528,14 @@ int lp_finish(lp_parser *p, lp_event_fn fn, void *ctx)
 /* Life cycle                                                           */
 /* ------------------------------------------------------------------ */
 
+static uint64_t seed_count; /* varies the keys of parsers made together */
+
 /* See logparse.h. */
 int lp_init(lp_parser *p, lp_format *fmt, int32_t top, const int64_t *windows,
             int nwin)
 {
+	uint64_t seed;
+
 	memset(p, 0, sizeof(*p));
 	p->fmt = *fmt;
 	memset(fmt, 0, sizeof(*fmt));
@@ -1541,9 +1551,13 @@ int lp_init(lp_parser *p, lp_format *fmt, int32_t top, const int64_t *windows,
 		return -1;
 	for (size_t i = 0; i < 64; i++)
 		p->secs[i].sec = SEC_EMPTY;
-	if (tab_init(&p->clients, top, nwin) < 0 ||
-	    tab_init(&p->paths, top, 0) < 0 ||
-	    tab_init(&p->templates, top, 0) < 0)
+	/* per-process (ASLR) and per-run keys for the table hashes */
+	seed = (uint64_t)(uintptr_t)p ^ ((uint64_t)time(NULL) << 32) ^
+	       (uint64_t)(uintptr_t)&seed_count;
+	seed = lp_hash((const unsigned char *)&seed, 8, ++seed_count);
+	if (tab_init(&p->clients, top, nwin, seed) < 0 ||
+	    tab_init(&p->paths, top, 0, seed * 3 + 1) < 0 ||
+	    tab_init(&p->templates, top, 0, seed * 5 + 2) < 0)
 		return -1;
 	return 0;
 }

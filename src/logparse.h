@@ -143,6 +143,7 @@ typedef struct {
 	int nwin;           /* rate windows per entry (clients only) */
 	lp_win *wins;       /* cap * nwin, or NULL */
 	int evicted;        /* an entry was ever evicted */
+	uint64_t seed;      /* the hash's key */
 } lp_table;
 
 typedef struct {
