@@ -1249,7 +1249,7 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 			/* short fields end within a few bytes: look
 			 * there before calling memchr */
 			size_t lim = n - pos > 16 ? pos + 16 : n;
-			const unsigned char *q = NULL;
+			const unsigned char *q;
 			for (end = pos; end < lim; end++)
 				if (s[end] == it->delim)
 					break;

@@ -4,10 +4,12 @@
  * Plain C, no Python: tests/fuzz/logparse_fuzz.c drives it directly and
  * src/logparse_type.c wraps it as stanchion._core.LogParser.
  *
- *   format    a compiled list of literals and fields. A field ends at the
- *             first byte of the literal that follows it (or at the end of
- *             the line when it is last); a field between two '"' ends at
- *             the first '"' not escaped by a backslash.
+ *   format    a compiled list of literals and fields (the rules of
+ *             stanchion.report._pyparse, the reference): a field ends at
+ *             the first byte of the literal that follows it (a space when
+ *             it is last); a field between two '"' ends at the first '"'
+ *             not escaped by a backslash; Apache's %t is "[", a field up
+ *             to the next ']', then "]"; text after the format is ignored.
  *   lines     split on '\n'; one trailing '\r' is dropped; empty lines are
  *             not counted; a line longer than LP_MAX_LINE bytes is
  *             malformed and never buffered past that bound.
@@ -28,11 +30,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define LP_MAX_LINE 65536  /* longer lines (after '\r') are malformed */
-#define LP_EXAMPLE_LEN 200 /* bytes of a malformed line kept */
-#define LP_MAX_EXAMPLES 5  /* malformed lines kept */
-#define LP_MAX_METHODS 16  /* distinct methods counted by name */
-
+#define LP_MAX_LINE 65536     /* longer lines (after '\r') are malformed */
+#define LP_EXAMPLE_LEN 200    /* bytes of a malformed line kept */
+#define LP_MAX_EXAMPLES 5     /* malformed lines kept */
+#define LP_MAX_METHODS 16     /* distinct methods counted by name */
 #define LP_MAX_WINDOWS 4      /* rate windows per client */
 #define LP_MAX_ITEMS 256      /* literals + fields in a format */
 #define LP_MAX_TOP 0x7fffffff /* largest `top` */
