@@ -702,3 +702,140 @@ def test_thousands_of_parsers_leak_nothing() -> None:
     from .test_limiter_memory import run_isolated
 
     assert "ok" in run_isolated("leak_logparse.py")
+
+
+# Pieces of a format and what each puts in a line.
+_PIECES = {
+    "%h": "1.2.3.4",
+    "%a": "5.6.7.8",
+    "%t": "[10/Oct/2000:13:55:36 -0700]",
+    "%r": "GET /u/1?x HTTP/1.1",
+    "%>s": "404",
+    "%s": "200",
+    "%b": "-",
+    "%B": "17",
+    "%D": "99",
+    "%{X-Y}i": "v w",
+    "%%": "%",
+    "%": "%",
+    "%!200,304<s": "304",
+    "\\": "\\",
+    '\\"': '"',
+    '"': '"',
+    " ": " ",
+    "[": "[",
+    "]": "]",
+    "|": "|",
+    "-": "-",
+    "$remote_addr": "9.9.9.9",
+    "$time_local": "10/Oct/2000:13:55:37 -0700",
+    "$time_iso8601": "2000-10-10T13:55:38-07:00",
+    "$request": "POST /a/b HTTP/2.0",
+    "$status": "503",
+    "$body_bytes_sent": "5",
+    "${upstream}": "u",
+    "$": "$",
+    "\xe9": "\xe9",
+}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=st.lists(st.sampled_from(sorted(_PIECES)), min_size=1, max_size=14),
+    noise=st.lists(st.tuples(st.integers(0, 200), st.binary(max_size=2)), max_size=2),
+)
+def test_differential_random_formats(pieces: list[str], noise: list) -> None:
+    """Random formats compile alike (both accept or both refuse with a
+    ValueError), and lines rendered from them, exact or with noise, give
+    the same summary."""
+    fmt = "".join(pieces)
+    outcomes = []
+    for cls in (LogParser, PyLogParser):
+        try:
+            outcomes.append(cls(fmt, events=True))
+        except ValueError:
+            outcomes.append(None)
+    c, py = outcomes
+    assert (c is None) == (py is None), fmt
+    if c is None or py is None:
+        return
+    good = "".join(_PIECES[p] for p in pieces).encode("latin-1")
+    bad = bytearray(good)
+    for pos, junk in noise:
+        bad[pos % (len(bad) + 1) : pos % (len(bad) + 1) + 1] = junk.replace(b"\n", b"")
+    data = good + b"\n" + bytes(bad) + b"\n" + good + b" extra\n"
+    assert c.feed(data) == py.feed(data), fmt
+    assert c.summary() == py.summary(), fmt
+
+
+_APACHE_FIELDS = ["%h", "%a", "%t", "%r", "%>s", "%s", "%b", "%B", "%D", "%{X-Y}i"]
+_NGINX_FIELDS = [
+    "$remote_addr",
+    "$time_local",
+    "$time_iso8601",
+    "$request",
+    "$status",
+    "$body_bytes_sent",
+    "${upstream}",
+]
+_SEPARATORS = [" ", "|", " - ", " [", "] ", '"', '" "', ' "', '" ', "\xe9", " %% "]
+
+
+@st.composite
+def _format(draw: st.DrawFn) -> list[str]:
+    """A format as pieces: fields of one style (with a client and a time
+    among them) between separators, sometimes a stray piece."""
+    nginx = draw(st.booleans())
+    fields = _NGINX_FIELDS if nginx else _APACHE_FIELDS
+    client, when = (
+        ("$remote_addr", draw(st.sampled_from(["$time_local", "$time_iso8601"])))
+        if nginx
+        else (draw(st.sampled_from(["%h", "%a"])), "%t")
+    )
+    chosen = [*draw(st.lists(st.sampled_from(fields), max_size=5)), client, when]
+    chosen = draw(st.permutations(chosen))
+    out: list[str] = []
+    for i, f in enumerate(chosen):
+        sep = draw(st.sampled_from(_SEPARATORS))
+        if nginx and sep == " %% ":
+            sep = " % "
+        if i or draw(st.booleans()):
+            out.append(sep)
+        if f == "$time_local":
+            out += ["[", f, "]"]
+        elif f in ("%r", "$request") and draw(st.booleans()):
+            out += ['"', f, '"']
+        else:
+            out.append(f)
+    if draw(st.integers(0, 9)) == 0:
+        out.insert(
+            draw(st.integers(0, len(out))), draw(st.sampled_from(sorted(_PIECES)))
+        )
+    return out
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pieces=_format(),
+    noise=st.lists(st.tuples(st.integers(0, 200), st.binary(max_size=2)), max_size=2),
+)
+def test_differential_structured_formats(pieces: list[str], noise: list) -> None:
+    fmt = "".join(pieces)
+    outcomes = []
+    for cls in (LogParser, PyLogParser):
+        try:
+            outcomes.append(cls(fmt, events=True))
+        except ValueError:
+            outcomes.append(None)
+    c, py = outcomes
+    assert (c is None) == (py is None), fmt
+    if c is None or py is None:
+        return
+    values = {**_PIECES, " %% ": " % ", " % ": " % "}
+    good = "".join(values.get(p, p) for p in pieces).encode("latin-1")
+    bad = bytearray(good)
+    for pos, junk in noise:
+        bad[pos % (len(bad) + 1) : pos % (len(bad) + 1) + 1] = junk.replace(b"\n", b"")
+    data = good + b"\n" + bytes(bad) + b"\n" + good + b" extra\n"
+    assert c.feed(data) == py.feed(data), fmt
+    assert c.summary() == py.summary(), fmt
