@@ -1528,8 +1528,6 @@ int lp_finish(lp_parser *p, lp_event_fn fn, void *ctx)
 /* Life cycle                                                           */
 /* ------------------------------------------------------------------ */
 
-static uint64_t seed_count; /* varies the keys of parsers made together */
-
 /* See logparse.h. */
 int lp_init(lp_parser *p, lp_format *fmt, int32_t top, const int64_t *windows,
             int nwin)
@@ -1551,10 +1549,12 @@ int lp_init(lp_parser *p, lp_format *fmt, int32_t top, const int64_t *windows,
 		return -1;
 	for (size_t i = 0; i < 64; i++)
 		p->secs[i].sec = SEC_EMPTY;
-	/* per-process (ASLR) and per-run keys for the table hashes */
+	/* keys for the table hashes: the parser's and the stack's addresses
+	 * (ASLR) and the time; no shared state, so interpreters with their
+	 * own GIL may make parsers at once */
 	seed = (uint64_t)(uintptr_t)p ^ ((uint64_t)time(NULL) << 32) ^
-	       (uint64_t)(uintptr_t)&seed_count;
-	seed = lp_hash((const unsigned char *)&seed, 8, ++seed_count);
+	       ((uint64_t)(uintptr_t)&seed << 16);
+	seed = lp_hash((const unsigned char *)&seed, 8, 0x5eed);
 	if (tab_init(&p->clients, top, nwin, seed) < 0 ||
 	    tab_init(&p->paths, top, 0, seed * 3 + 1) < 0 ||
 	    tab_init(&p->templates, top, 0, seed * 5 + 2) < 0)
