@@ -669,16 +669,19 @@ PyDoc_STRVAR(
     "events=False)\n"
     "--\n\n"
     "A streaming access-log parser and traffic counter.\n\n"
-    "log_format: 'common', 'combined', 'nginx' (nginx's default, the "
-    "same as\ncombined), an nginx log_format string ('$remote_addr - "
-    "...') or an Apache\nLogFormat string ('%h %l %u %t ...'). top: "
-    "the capacity of the client,\npath and template tables (space-saving "
-    "top-K). windows: 1 to 4 distinct\nwindow sizes in seconds for each "
-    "client's rate percentiles. events: feed()\nand finish() return the "
-    "parsed lines.\n\n"
-    "Keys and malformed examples are decoded as latin-1, so any bytes "
-    "give a\nstr that encodes back to them. A line over 65536 bytes is "
-    "malformed.");
+    "log_format: 'common', 'combined', 'nginx' (nginx's default: combined "
+    "with a\nliteral '-' where combined has %l), an nginx log_format "
+    "string\n('$remote_addr - ...') or an Apache LogFormat string "
+    "('%h %l %u %t ...');\nunknown variables and directives are opaque "
+    "fields. top: the capacity of\nthe client, path and template tables "
+    "(space-saving top-K, 1 to 2**31 - 1).\nwindows: 1 to 4 distinct "
+    "window sizes in seconds for each client's rate\npercentiles. events: "
+    "feed() and finish() return the parsed lines.\n\n"
+    "The format, keys and malformed examples are latin-1: any bytes give "
+    "a str\nthat encodes back to them. A line over 65536 bytes is "
+    "malformed. The\nmatching rules are those of "
+    "stanchion.report._pyparse.PyLogParser, whose\nsummaries this "
+    "parser's equal.");
 
 static PyType_Slot logparser_slots[] = {
     {Py_tp_doc, (void *)logparser_doc}, {Py_tp_new, logparser_new},
