@@ -680,8 +680,8 @@ PyDoc_STRVAR(
     "The format, keys and malformed examples are latin-1: any bytes give "
     "a str\nthat encodes back to them. A line over 65536 bytes is "
     "malformed. The\nmatching rules are those of "
-    "stanchion.report._pyparse.PyLogParser, whose\nsummaries this "
-    "parser's equal.");
+    "stanchion.report._pyparse.PyLogParser, and the\nsummaries are "
+    "equal.");
 
 static PyType_Slot logparser_slots[] = {
     {Py_tp_doc, (void *)logparser_doc}, {Py_tp_new, logparser_new},
