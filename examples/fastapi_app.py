@@ -16,7 +16,12 @@ import os
 from fastapi import FastAPI
 
 from stanchion import Penalty
-from stanchion.fastapi import RateLimitMiddleware, exception_handlers, limit
+from stanchion.fastapi import (
+    DocumentedRoute,
+    RateLimitMiddleware,
+    exception_handlers,
+    limit,
+)
 from stanchion.http import Plans, Request, api_key
 
 PAID_KEYS = {"paid-demo"}
@@ -39,6 +44,9 @@ def lane_of(request: Request) -> int:
 
 
 app = FastAPI(title="stanchion example", exception_handlers=exception_handlers)
+# /docs shows each limited route's 429 (and 403 for login's bans) with
+# the rate limit headers.
+app.router.route_class = DocumentedRoute
 app.add_middleware(
     RateLimitMiddleware,
     limit=Plans({"free": "60/minute", "paid": "600/minute"}, plan=plan_of),

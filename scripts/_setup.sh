@@ -7,13 +7,15 @@ VENV="${STANCHION_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 
 # System packages the test suite needs: redis-server (Redis tests),
-# clang-format (C style check). Debian/Ubuntu names.
+# memcached (Memcached tests), clang-format (C style check).
+# Debian/Ubuntu names.
 ensure_system_packages() {
 	local missing=()
 	command -v redis-server >/dev/null || missing+=(redis-server)
 	command -v clang-format >/dev/null || missing+=(clang-format)
 	# the GoAccess peer of benchmarks/logparse.py
 	command -v goaccess >/dev/null || missing+=(goaccess)
+	command -v memcached >/dev/null || missing+=(memcached)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	local sudo=""
 	[ "$(id -u)" -ne 0 ] && sudo="sudo"

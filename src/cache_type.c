@@ -44,6 +44,7 @@
 #include "module.h"
 #include "pyclock.h"
 #include "structmember.h"
+#include "testhooks.h"
 
 #define DEFAULT_MAXSIZE 1024
 
@@ -255,13 +256,34 @@ static int cache_lookup(CacheObject *self, PyObject *key, Py_hash_t hash,
 	}
 }
 
-/* Removes entry `i` and drops its references afterwards. */
+/* Tells on_evict (when set) that `k` -> `v` left the cache for room or
+ * by expiry. Runs where a dropped reference could run a finalizer: the
+ * table is consistent and every caller re-reads it afterwards, so the
+ * callback may use this cache freely. An exception from it is reported
+ * as unraisable: the entry is gone either way. */
+static void cache_notify(CacheObject *self, PyObject *k, PyObject *v)
+{
+	PyObject *cb = self->on_evict, *r;
+
+	if (cb == NULL)
+		return;
+	Py_INCREF(cb); /* the callback may re-initialise this cache */
+	r = PyObject_CallFunctionObjArgs(cb, k, v, NULL);
+	if (r == NULL)
+		PyErr_WriteUnraisable(cb);
+	Py_XDECREF(r);
+	Py_DECREF(cb);
+}
+
+/* Removes entry `i` (evicted or expired), tells on_evict, and drops its
+ * references afterwards. */
 static void cache_drop(CacheObject *self, uint32_t i)
 {
 	PyObject *k = (PyObject *)self->table.entries[i].key;
 	PyObject *v = (PyObject *)self->table.entries[i].value;
 
 	lru_remove(&self->table, i);
+	cache_notify(self, k, v);
 	Py_DECREF(k);
 	Py_DECREF(v);
 }
@@ -459,6 +481,8 @@ static int cache_write(CacheObject *self, PyObject *key, PyObject *value,
 	/* The bounds hold before any reference we let go of can run a
 	 * finalizer that uses this cache. */
 	cache_evict(self);
+	if (old_key != NULL) /* the least recently used one, replaced */
+		cache_notify(self, (PyObject *)old_key, (PyObject *)old_value);
 	Py_XDECREF((PyObject *)old_key);
 	Py_XDECREF((PyObject *)old_value);
 	return 0;
@@ -517,19 +541,19 @@ static PyObject *cache_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 
 static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"maxsize",   "ttl",   "clock",
-	                         "maxweight", "weigh", NULL};
+	static char *kwlist[] = {"maxsize", "ttl",      "clock", "maxweight",
+	                         "weigh",   "on_evict", NULL};
 	PyObject *maxsize_o = NULL, *ttl_o = Py_None, *clock = Py_None;
-	PyObject *maxweight_o = Py_None, *weigh = Py_None;
+	PyObject *maxweight_o = Py_None, *weigh = Py_None, *on_evict = Py_None;
 	long long maxsize = DEFAULT_MAXSIZE, maxweight = 0;
 	int bounded = 1;
 	int64_t ttl_ns = 0;
 	lru_table old;
-	PyObject *old_clock, *old_weigh;
+	PyObject *old_clock, *old_weigh, *old_on_evict;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOO$OO:Cache", kwlist,
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|OOO$OOO:Cache", kwlist,
 	                                 &maxsize_o, &ttl_o, &clock,
-	                                 &maxweight_o, &weigh))
+	                                 &maxweight_o, &weigh, &on_evict))
 		return -1;
 	if (maxsize_o == Py_None) {
 		bounded = 0;
@@ -573,6 +597,12 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
 		                "or neither");
 		return -1;
 	}
+	if (on_evict != Py_None && !PyCallable_Check(on_evict)) {
+		PyErr_Format(PyExc_TypeError,
+		             "on_evict must be a callable or None, not %.100s",
+		             Py_TYPE(on_evict)->tp_name);
+		return -1;
+	}
 	if (weigh != Py_None && !PyCallable_Check(weigh)) {
 		PyErr_Format(PyExc_TypeError,
 		             "weigh must be a callable, not %.100s",
@@ -611,11 +641,15 @@ static int cache_init(CacheObject *self, PyObject *args, PyObject *kwds)
 	self->hits = self->misses = self->evictions = self->expirations = 0;
 	old_clock = self->clock;
 	old_weigh = self->weigh;
+	old_on_evict = self->on_evict;
 	self->clock = clock == Py_None ? NULL : Py_NewRef(clock);
 	self->weigh = weigh == Py_None ? NULL : Py_NewRef(weigh);
+	self->on_evict = on_evict == Py_None ? NULL : Py_NewRef(on_evict);
 	drop_table(&old);
 	Py_XDECREF(old_clock);
 	Py_XDECREF(old_weigh);
+	Py_XDECREF(old_on_evict);
+	st_track(self->st, (PyObject *)self);
 	return 0;
 }
 
@@ -627,6 +661,7 @@ static int cache_traverse(CacheObject *self, visitproc visit, void *arg)
 	}
 	Py_VISIT(self->clock);
 	Py_VISIT(self->weigh);
+	Py_VISIT(self->on_evict);
 	Py_VISIT(Py_TYPE(self));
 	return 0;
 }
@@ -636,6 +671,7 @@ static int cache_tp_clear(CacheObject *self)
 	cache_clear_table(self);
 	Py_CLEAR(self->clock);
 	Py_CLEAR(self->weigh);
+	Py_CLEAR(self->on_evict);
 	return 0;
 }
 
@@ -655,6 +691,27 @@ static void cache_dealloc(CacheObject *self)
 /* ---- mapping protocol ---------------------------------------------------
  */
 
+/* A miss of cache[key] in a subclass that defines __missing__ (as dict
+ * and cachetools do): its answer, or NULL with an exception set. Sets
+ * *found to 0 when the subclass has no __missing__. */
+static PyObject *cache_missing(CacheObject *self, PyObject *key, int *found)
+{
+	PyObject *missing, *r;
+
+	*found = 0;
+	missing =
+	    PyObject_GetAttrString((PyObject *)Py_TYPE(self), "__missing__");
+	if (missing == NULL) {
+		if (PyErr_ExceptionMatches(PyExc_AttributeError))
+			PyErr_Clear();
+		return NULL;
+	}
+	*found = 1;
+	r = PyObject_CallFunctionObjArgs(missing, (PyObject *)self, key, NULL);
+	Py_DECREF(missing);
+	return r;
+}
+
 static PyObject *cache_subscript(CacheObject *self, PyObject *key)
 {
 	PyObject *value;
@@ -662,8 +719,15 @@ static PyObject *cache_subscript(CacheObject *self, PyObject *key)
 
 	if (ST_LIKELY(r > 0))
 		return value;
-	if (r == 0)
+	if (r == 0) {
+		if (Py_TYPE(self) != self->st->cache_type) {
+			int found;
+			value = cache_missing(self, key, &found);
+			if (found || PyErr_Occurred())
+				return value;
+		}
 		set_key_error(key);
+	}
 	return NULL;
 }
 
@@ -842,6 +906,19 @@ static PyObject *cache_pop(CacheObject *self, PyObject *const *args,
 	return NULL;
 }
 
+/* KeyError('popitem(): cache is empty') with __suppress_context__ set, as
+ * MutableMapping.popitem raises it (`raise KeyError from None`). */
+static void set_empty_error(void)
+{
+	PyObject *exc = PyObject_CallFunction(PyExc_KeyError, "s",
+	                                      "popitem(): cache is empty");
+	if (exc == NULL)
+		return;
+	PyException_SetCause(exc, NULL); /* also suppresses the context */
+	PyErr_SetObject(PyExc_KeyError, exc);
+	Py_DECREF(exc);
+}
+
 static PyObject *cache_popitem(CacheObject *self, PyObject *unused)
 {
 	lru_table *t = &self->table;
@@ -861,7 +938,7 @@ static PyObject *cache_popitem(CacheObject *self, PyObject *unused)
 	}
 	if (t->count == 0) {
 		Py_DECREF(pair);
-		PyErr_SetString(PyExc_KeyError, "popitem(): cache is empty");
+		set_empty_error();
 		return NULL;
 	}
 	/* The table's references move into the pair. */
@@ -995,6 +1072,401 @@ static PyObject *cache_get_weight(CacheObject *self, void *c)
 	return weight_object(self->table.total_weight);
 }
 
+static PyObject *cache_get_clock(CacheObject *self, void *c)
+{
+	(void)c;
+	return Py_NewRef(self->clock != NULL ? self->clock : Py_None);
+}
+
+static PyObject *cache_get_on_evict(CacheObject *self, void *c)
+{
+	(void)c;
+	return Py_NewRef(self->on_evict != NULL ? self->on_evict : Py_None);
+}
+
+/* cachetools' currsize: the total weight when the cache weighs its
+ * values, else the number of live entries. */
+static PyObject *cache_get_currsize(CacheObject *self, void *c)
+{
+	(void)c;
+	if (cache_purge_now(self) < 0)
+		return NULL;
+	if (self->weigh != NULL)
+		return weight_object(self->table.total_weight);
+	return PyLong_FromUnsignedLong(self->table.count);
+}
+
+/* Swaps the clock of a live cache (stanchion.testing's fake clock). The
+ * expiry times stored count in the old clock's time: the caller clears
+ * the cache first. */
+static PyObject *cache_set_clock(CacheObject *self, PyObject *clock)
+{
+	if (clock != Py_None && !PyCallable_Check(clock)) {
+		PyErr_Format(PyExc_TypeError,
+		             "clock must be a callable returning seconds, or "
+		             "None, not %.100s",
+		             Py_TYPE(clock)->tp_name);
+		return NULL;
+	}
+	Py_XSETREF(self->clock, clock == Py_None ? NULL : Py_NewRef(clock));
+	self->last_now = INT64_MIN;
+	st_fastclock_copy(&self->fclock, &self->st->clock);
+	Py_RETURN_NONE;
+}
+
+/* cache[k] = v for each pair of `pairs` (an iterable of pairs). */
+static int cache_update_pairs(CacheObject *self, PyObject *pairs)
+{
+	PyObject *it = PyObject_GetIter(pairs), *item;
+
+	if (it == NULL)
+		return -1;
+	while ((item = PyIter_Next(it)) != NULL) {
+		PyObject *seq = PySequence_Fast(
+		    item,
+		    "Cache.update() takes a mapping or (key, value) "
+		    "pairs");
+		int r = -1;
+		Py_DECREF(item);
+		if (seq == NULL)
+			break;
+		if (PySequence_Fast_GET_SIZE(seq) != 2)
+			PyErr_Format(
+			    PyExc_ValueError,
+			    "Cache.update() takes (key, value) pairs, "
+			    "got a sequence of length %zd",
+			    PySequence_Fast_GET_SIZE(seq));
+		else
+			r = cache_write(self, PySequence_Fast_GET_ITEM(seq, 0),
+			                PySequence_Fast_GET_ITEM(seq, 1),
+			                NULL);
+		Py_DECREF(seq);
+		if (r < 0)
+			break;
+	}
+	Py_DECREF(it);
+	return PyErr_Occurred() ? -1 : 0;
+}
+
+/* cache[k] = mapping[k] for each key of `mapping` (it has keys()). */
+static int cache_update_mapping(CacheObject *self, PyObject *mapping)
+{
+	PyObject *keys = PyMapping_Keys(mapping), *it, *k;
+
+	if (keys == NULL)
+		return -1;
+	it = PyObject_GetIter(keys);
+	Py_DECREF(keys);
+	if (it == NULL)
+		return -1;
+	while ((k = PyIter_Next(it)) != NULL) {
+		PyObject *v = PyObject_GetItem(mapping, k);
+		int r = v == NULL ? -1 : cache_write(self, k, v, NULL);
+		Py_XDECREF(v);
+		Py_DECREF(k);
+		if (r < 0)
+			break;
+	}
+	Py_DECREF(it);
+	return PyErr_Occurred() ? -1 : 0;
+}
+
+/* MutableMapping.update: a mapping (anything with keys()) or pairs,
+ * then keyword arguments; each stored as cache[k] = v, in order. */
+static PyObject *cache_update(CacheObject *self, PyObject *args,
+                              PyObject *kwds)
+{
+	PyObject *other = NULL;
+	int has_keys, r = 0;
+
+	if (!PyArg_UnpackTuple(args, "update", 0, 1, &other))
+		return NULL;
+	if (other != NULL) {
+		if (PyDict_Check(other)) {
+			r = cache_update_mapping(self, other);
+		} else {
+			PyObject *keys = PyObject_GetAttrString(other, "keys");
+			if (keys == NULL) {
+				if (!PyErr_ExceptionMatches(
+				        PyExc_AttributeError))
+					return NULL;
+				PyErr_Clear();
+			}
+			has_keys = keys != NULL;
+			Py_XDECREF(keys);
+			r = has_keys ? cache_update_mapping(self, other)
+			             : cache_update_pairs(self, other);
+		}
+	}
+	if (r == 0 && kwds != NULL)
+		r = cache_update_mapping(self, kwds);
+	if (r < 0)
+		return NULL;
+	Py_RETURN_NONE;
+}
+
+/* MutableMapping.setdefault: the live value of `key` (a hit, as
+ * cache[key]), or stores `default` and returns it. */
+static PyObject *cache_setdefault(CacheObject *self, PyObject *const *args,
+                                  Py_ssize_t nargs, PyObject *kwnames)
+{
+	PyObject *dflt, *value;
+	int r;
+
+	if (st_fast_args("setdefault", args, nargs, kwnames, 1,
+	                 self->st->str_default, &dflt) < 0)
+		return NULL;
+	r = cache_read(self, args[0], &value);
+	if (r > 0)
+		return value;
+	if (r < 0)
+		return NULL;
+	dflt = dflt ? dflt : Py_None;
+	Py_INCREF(dflt); /* ours: storing it may run Python code */
+	if (cache_write(self, args[0], dflt, NULL) < 0) {
+		Py_DECREF(dflt);
+		return NULL;
+	}
+	return dflt;
+}
+
+/* Adds the items of mapping `m` to dict `d`: a Cache's live items
+ * (read without counting hits or moving keys), else m.items(). */
+static int cache_update_mapping_into(PyObject *d, PyObject *m,
+                                     PyTypeObject *cache_type)
+{
+	PyObject *items;
+	int r;
+
+	if (PyObject_TypeCheck(m, cache_type))
+		items = cache_snapshot((CacheObject *)m, SNAP_ITEMS);
+	else
+		items = PyMapping_Items(m);
+	if (items == NULL)
+		return -1;
+	r = PyDict_MergeFromSeq2(d, items, 1);
+	Py_DECREF(items);
+	return r;
+}
+
+/* Mapping.__eq__: equal to any Mapping (a dict, another Cache, ...) with
+ * the same live items; NotImplemented for anything else. */
+static PyObject *cache_richcompare(PyObject *self, PyObject *other, int op)
+{
+	PyObject *abc, *mapping_abc, *mine = NULL, *theirs = NULL, *r = NULL;
+	st_state *st = ((CacheObject *)self)->st;
+	int is_mapping;
+
+	if (op != Py_EQ && op != Py_NE)
+		Py_RETURN_NOTIMPLEMENTED;
+	if (PyDict_Check(other) || PyObject_TypeCheck(other, Py_TYPE(self)) ||
+	    PyObject_TypeCheck(self, Py_TYPE(other))) {
+		is_mapping = 1;
+	} else {
+		abc = PyImport_ImportModule("collections.abc");
+		if (abc == NULL)
+			return NULL;
+		mapping_abc = PyObject_GetAttrString(abc, "Mapping");
+		Py_DECREF(abc);
+		if (mapping_abc == NULL)
+			return NULL;
+		is_mapping = PyObject_IsInstance(other, mapping_abc);
+		Py_DECREF(mapping_abc);
+		if (is_mapping < 0)
+			return NULL;
+	}
+	if (!is_mapping)
+		Py_RETURN_NOTIMPLEMENTED;
+	mine = PyDict_New();
+	if (mine == NULL ||
+	    cache_update_mapping_into(mine, self, st->cache_type) < 0)
+		goto done;
+	if (PyDict_Check(other)) {
+		theirs = Py_NewRef(other);
+	} else {
+		theirs = PyDict_New();
+		if (theirs == NULL || cache_update_mapping_into(
+		                          theirs, other, st->cache_type) < 0)
+			goto done;
+	}
+	r = PyObject_RichCompare(mine, theirs, op);
+done:
+	Py_XDECREF(mine);
+	Py_XDECREF(theirs);
+	return r;
+}
+
+/* ---- copy and pickle ----------------------------------------------------
+ */
+
+typedef struct {
+	PyObject *key, *value; /* strong */
+	int64_t expires;       /* LRU_NEVER: never */
+} snap_entry;
+
+/* __getstate__: the settings and the live entries, least recently used
+ * first, each with the seconds it has left (None: no expiry), so that a
+ * copy or an unpickled cache in another process expires them on time by
+ * its own clock. A Python subclass's instance __dict__ comes along. */
+static PyObject *cache_getstate(CacheObject *self, PyObject *unused)
+{
+	lru_table *t = &self->table;
+	snap_entry *snap = NULL;
+	PyObject *entries = NULL, *state = NULL, *maxsize = NULL, *ttl = NULL;
+	PyObject *maxweight = NULL, *dict = NULL;
+	uint32_t n = 0, j;
+	int64_t now;
+
+	(void)unused;
+	if (cache_purge_now(self) < 0)
+		return NULL;
+	now = self->last_now;
+	/* Copy the references out with no Python code running (PyMem
+	 * does not collect), then build the objects at leisure. */
+	n = t->count;
+	snap = PyMem_Calloc(n ? n : 1, sizeof(*snap));
+	if (snap == NULL)
+		return PyErr_NoMemory();
+	j = 0;
+	for (uint32_t i = t->lru; i != LRU_NIL; i = t->entries[i].newer) {
+		snap[j].key = Py_NewRef((PyObject *)t->entries[i].key);
+		snap[j].value = Py_NewRef((PyObject *)t->entries[i].value);
+		snap[j].expires = lru_expires(t, i);
+		j++;
+	}
+	entries = PyList_New((Py_ssize_t)n);
+	if (entries == NULL)
+		goto done;
+	for (j = 0; j < n; j++) {
+		PyObject *left, *item;
+		if (snap[j].expires == LRU_NEVER)
+			left = Py_NewRef(Py_None);
+		else
+			left = ns_to_seconds(snap[j].expires - now > 0
+			                         ? snap[j].expires - now
+			                         : 1);
+		item = left ? PyTuple_Pack(3, snap[j].key, snap[j].value, left)
+		            : NULL;
+		Py_XDECREF(left);
+		if (item == NULL)
+			goto done;
+		PyList_SET_ITEM(entries, j, item);
+	}
+	maxsize = maxsize_object(self);
+	ttl = self->ttl_ns ? ns_to_seconds(self->ttl_ns) : Py_NewRef(Py_None);
+	maxweight = self->weigh ? PyLong_FromLongLong(self->maxweight)
+	                        : Py_NewRef(Py_None);
+	if (maxsize == NULL || ttl == NULL || maxweight == NULL)
+		goto done;
+	dict = PyObject_GetAttrString((PyObject *)self, "__dict__");
+	if (dict == NULL) {
+		if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+			goto done;
+		PyErr_Clear();
+		dict = Py_NewRef(Py_None);
+	}
+	state = Py_BuildValue(
+	    "{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}", "maxsize", maxsize, "ttl",
+	    ttl, "clock", self->clock ? self->clock : Py_None, "maxweight",
+	    maxweight, "weigh", self->weigh ? self->weigh : Py_None,
+	    "on_evict", self->on_evict ? self->on_evict : Py_None, "entries",
+	    entries, "dict", dict);
+done:
+	for (j = 0; j < n; j++) {
+		Py_XDECREF(snap[j].key);
+		Py_XDECREF(snap[j].value);
+	}
+	PyMem_Free(snap);
+	Py_XDECREF(entries);
+	Py_XDECREF(maxsize);
+	Py_XDECREF(ttl);
+	Py_XDECREF(maxweight);
+	Py_XDECREF(dict);
+	return state;
+}
+
+static const char *const state_settings[] = {
+    "maxsize", "ttl", "clock", "maxweight", "weigh", "on_evict", NULL};
+
+/* __setstate__: re-initialises the cache from what __getstate__ gave,
+ * then stores the entries in their order with the time they had left. */
+static PyObject *cache_setstate(CacheObject *self, PyObject *state)
+{
+	PyObject *kwargs = NULL, *noargs = NULL, *entries = NULL, *dict = NULL;
+	PyObject *r = NULL;
+
+	if (!PyDict_Check(state)) {
+		PyErr_Format(PyExc_TypeError,
+		             "Cache state must be a dict, not %.100s",
+		             Py_TYPE(state)->tp_name);
+		return NULL;
+	}
+	state = Py_NewRef(state); /* ours: the code below may run Python */
+	kwargs = PyDict_New();
+	noargs = PyTuple_New(0);
+	if (kwargs == NULL || noargs == NULL)
+		goto done;
+	for (int i = 0; state_settings[i] != NULL; i++) {
+		PyObject *v = PyDict_GetItemString(state, state_settings[i]);
+		if (v == NULL) {
+			PyErr_Format(PyExc_ValueError,
+			             "not a Cache state: no %s",
+			             state_settings[i]);
+			goto done;
+		}
+		if (PyDict_SetItemString(kwargs, state_settings[i], v) < 0)
+			goto done;
+	}
+	entries = PyDict_GetItemString(state, "entries");
+	dict = PyDict_GetItemString(state, "dict");
+	if (entries == NULL || dict == NULL) {
+		PyErr_SetString(PyExc_ValueError,
+		                "not a Cache state: no entries or dict");
+		goto done;
+	}
+	entries = PySequence_Fast(entries,
+	                          "Cache state: entries must be a "
+	                          "sequence");
+	Py_XINCREF(dict);
+	if (entries == NULL)
+		goto done;
+	if (cache_init(self, noargs, kwargs) < 0)
+		goto done;
+	if (dict != Py_None) {
+		PyObject *mine =
+		    PyObject_GetAttrString((PyObject *)self, "__dict__");
+		int u = mine ? PyDict_Update(mine, dict) : -1;
+		Py_XDECREF(mine);
+		if (u < 0)
+			goto done;
+	}
+	for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(entries); i++) {
+		PyObject *e = PySequence_Fast_GET_ITEM(entries, i);
+		if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 3) {
+			PyErr_SetString(PyExc_ValueError,
+			                "Cache state: an entry must be a "
+			                "(key, value, ttl) tuple");
+			goto done;
+		}
+		Py_INCREF(e);
+		if (cache_write(self, PyTuple_GET_ITEM(e, 0),
+		                PyTuple_GET_ITEM(e, 1),
+		                PyTuple_GET_ITEM(e, 2)) < 0) {
+			Py_DECREF(e);
+			goto done;
+		}
+		Py_DECREF(e);
+	}
+	r = Py_NewRef(Py_None);
+done:
+	Py_XDECREF(kwargs);
+	Py_XDECREF(noargs);
+	Py_XDECREF(entries);
+	Py_XDECREF(dict);
+	Py_DECREF(state);
+	return r;
+}
+
 PyDoc_STRVAR(cache_get_doc,
              "get($self, key, /, default=None)\n--\n\n"
              "The value for `key` if it is live, else `default`. A hit makes "
@@ -1035,6 +1507,19 @@ PyDoc_STRVAR(cache_stats_doc,
              "A dict: hits, misses, evictions (live entries dropped for "
              "room), expirations,\nsize and maxsize; weight and maxweight "
              "too when the cache weighs its values.");
+PyDoc_STRVAR(cache_update_doc,
+             "update($self, other=(), /, **kwargs)\n--\n\n"
+             "cache[k] = v for each item of a mapping or (key, value) pairs, "
+             "then of kwargs.");
+PyDoc_STRVAR(cache_setdefault_doc,
+             "setdefault($self, key, /, default=None)\n--\n\n"
+             "cache[key] if it is live (a hit), else store `default` and "
+             "return it.");
+PyDoc_STRVAR(cache_getstate_doc,
+             "__getstate__($self, /)\n--\n\n"
+             "The settings and the live entries, each with the seconds it "
+             "has left, for\ncopy and pickle (the callables must be "
+             "picklable to pickle).");
 PyDoc_STRVAR(cache_reset_stats_doc,
              "reset_stats($self, /)\n--\n\n"
              "Set the hit, miss, eviction and "
@@ -1057,6 +1542,16 @@ static PyMethodDef cache_methods[] = {
     {"stats", (PyCFunction)cache_stats, METH_NOARGS, cache_stats_doc},
     {"reset_stats", (PyCFunction)cache_reset_stats, METH_NOARGS,
      cache_reset_stats_doc},
+    {"update", (PyCFunction)(void (*)(void))cache_update,
+     METH_VARARGS | METH_KEYWORDS, cache_update_doc},
+    {"setdefault", (PyCFunction)(void (*)(void))cache_setdefault,
+     METH_FASTCALL | METH_KEYWORDS, cache_setdefault_doc},
+    {"_set_clock", (PyCFunction)cache_set_clock, METH_O,
+     "_set_clock($self, clock, /)\n--\n\nReplace the clock (None: the "
+     "monotonic one); clear the cache first."},
+    {"__getstate__", (PyCFunction)cache_getstate, METH_NOARGS,
+     cache_getstate_doc},
+    {"__setstate__", (PyCFunction)cache_setstate, METH_O, NULL},
     {"__sizeof__", (PyCFunction)cache_sizeof, METH_NOARGS, NULL},
     {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
      "See PEP 585."},
@@ -1072,6 +1567,13 @@ static PyGetSetDef cache_getset[] = {
      NULL},
     {"maxweight", (getter)cache_get_maxweight, NULL,
      "The most total weight kept; None when unweighted.", NULL},
+    {"currsize", (getter)cache_get_currsize, NULL,
+     "cachetools' currsize: the total weight with weigh, else len(cache).",
+     NULL},
+    {"clock", (getter)cache_get_clock, NULL,
+     "The injected clock, or None for the monotonic clock.", NULL},
+    {"on_evict", (getter)cache_get_on_evict, NULL,
+     "The eviction callback, or None.", NULL},
     {"weight", (getter)cache_get_weight, NULL,
      "The total weight of the entries (0 when unweighted).", NULL},
     {NULL},
@@ -1085,7 +1587,7 @@ static PyMemberDef cache_members[] = {
 
 PyDoc_STRVAR(cache_doc,
              "Cache(maxsize=1024, ttl=None, clock=None, *, maxweight=None, "
-             "weigh=None)\n--\n\n"
+             "weigh=None, on_evict=None)\n--\n\n"
              "A mapping that keeps the `maxsize` most recently used entries "
              "(None: no bound),\neach living `ttl` seconds (None: forever). "
              "`clock` is a callable returning\nseconds, for tests (default: "
@@ -1094,7 +1596,9 @@ PyDoc_STRVAR(cache_doc,
              "number\nof seconds >= 0 raises ValueError. With `weigh`, a "
              "callable\ngiving each "
              "value's weight (an int or float >= 0), the entries' total "
-             "weight\nstays within `maxweight` too.");
+             "weight\nstays within `maxweight` too. `on_evict(key, value)` is "
+             "called for each entry\ndropped for room or by expiry (an "
+             "exception it raises is reported as\nunraisable).");
 
 static PyType_Slot cache_slots[] = {
     {Py_tp_doc, (void *)cache_doc},
@@ -1104,6 +1608,7 @@ static PyType_Slot cache_slots[] = {
     {Py_tp_traverse, cache_traverse},
     {Py_tp_clear, cache_tp_clear},
     {Py_tp_repr, cache_repr},
+    {Py_tp_richcompare, cache_richcompare},
     {Py_tp_iter, cache_iter},
     {Py_tp_methods, cache_methods},
     {Py_tp_getset, cache_getset},

@@ -20,6 +20,7 @@ typedef struct {
 	PyObject *clock;      /* NULL = the C monotonic clock */
 	st_fastclock fclock;  /* the C monotonic clock, fast */
 	PyObject *weigh;      /* NULL = unweighted */
+	PyObject *on_evict;   /* NULL, or called (key, value) per eviction */
 	int64_t last_now;     /* time never runs backwards in here */
 	uint64_t hits;        /* reads that found a live entry */
 	uint64_t misses;      /* reads that did not */

@@ -40,6 +40,7 @@
 #include "clock.h"
 #include "conc.h"
 #include "module.h"
+#include "testhooks.h"
 
 /* Key kinds in the table, as in the Limiter's. */
 #define KEY_STR 1
@@ -311,7 +312,17 @@ static void hold_wake(PyObject *wake)
 ST_INLINE int hold_try(HoldObject *h, int *err)
 {
 	ConcObject *c = h->owner;
-	cc_key *k = key_state(c, h->key, 1, err);
+	cc_key *k;
+
+	if (st_is_disabled(c->st)) {
+		/* stanchion.testing.disabled(): held, on no slot at all (a
+		 * hold with no key state; releasing it changes nothing). */
+		h->k = NULL;
+		h->state = H_HELD;
+		h->since_ns = 0;
+		return 1;
+	}
+	k = key_state(c, h->key, 1, err);
 
 	if (k == NULL)
 		return *err == CC_FULL ? 0 : -1;
@@ -346,6 +357,10 @@ static void hold_release(HoldObject *h)
 	PyObject *wake = NULL;
 	cc_node *n;
 
+	if (k == NULL) { /* held while disabled(): no slot to give back */
+		h->state = H_IDLE;
+		return;
+	}
 	if (h->since_ns != 0) {
 		int64_t d = st_fastclock_now(&c->clock) - h->since_ns;
 		c->mean_ns =

@@ -65,14 +65,20 @@ typedef struct {
 
 /* Appends to `out` the n pairs of items[], leaving out the X-RateLimit-*
  * ones when `out` already has X-RateLimit-Limit (the inner layer's quota
- * is kept). Returns 0, or -1 with an exception set. */
-static int append_pairs(PyObject *out, PyObject *const *items, Py_ssize_t n)
+ * is kept). which[] says which header each pair is, when rendered here;
+ * NULL when the pairs come from elsewhere (the names are read then).
+ * Returns 0, or -1 with an exception set. */
+static int append_pairs(PyObject *out, PyObject *const *items,
+                        const int *which, Py_ssize_t n)
 {
 	int inner = -1; /* not looked at yet */
 
 	for (Py_ssize_t i = 0; i < n; i++) {
 		PyObject *item = items[i];
-		if (st_is_x_header(PyTuple_GET_ITEM(item, 0))) {
+		int x = which != NULL
+		            ? which[i] >= ST_HDR_X_LIMIT
+		            : st_is_x_header(PyTuple_GET_ITEM(item, 0));
+		if (x) {
 			if (inner < 0)
 				inner = st_has_x_limit(out);
 			if (inner)
@@ -113,7 +119,7 @@ static PyObject *with_extra(HeaderSendObject *self, PyObject *headers, int raw)
 {
 	PyObject *out, *items[ST_NHDR], *extra = NULL;
 	PyObject *const *src;
-	int which[ST_NHDR];
+	int which[ST_NHDR], *kinds = NULL;
 	Py_ssize_t n, i;
 	int rc;
 
@@ -134,6 +140,7 @@ static PyObject *with_extra(HeaderSendObject *self, PyObject *headers, int raw)
 			return NULL;
 		}
 		src = items;
+		kinds = which;
 	} else {
 		extra = PyList_GetSlice(self->extra, 0,
 		                        PyList_GET_SIZE(self->extra));
@@ -145,7 +152,7 @@ static PyObject *with_extra(HeaderSendObject *self, PyObject *headers, int raw)
 		n = PyList_GET_SIZE(extra);
 		src = &PyList_GET_ITEM(extra, 0);
 	}
-	rc = append_pairs(out, src, n);
+	rc = append_pairs(out, src, kinds, n);
 	if (extra != NULL) {
 		Py_DECREF(extra);
 	} else {

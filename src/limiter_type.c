@@ -28,6 +28,7 @@
 #include "penalty.h"
 #include "pyclock.h"
 #include "rate.h"
+#include "testhooks.h"
 
 /* Key kinds in the table, so "a" and b"a" are different clients. */
 #define KEY_STR 1
@@ -441,6 +442,7 @@ static int limiter_init(LimiterObject *self, PyObject *args, PyObject *kwds)
 	Py_XSETREF(self->clock, clock == Py_None ? NULL : Py_NewRef(clock));
 	Py_XSETREF(self->on_ban, on_ban == Py_None ? NULL : Py_NewRef(on_ban));
 	self->ready = 1;
+	st_track(self->st, (PyObject *)self);
 	return 0;
 }
 
@@ -723,6 +725,10 @@ static int limiter_decide_key(LimiterObject *self, PyObject *keyobj,
 
 	if (limiter_key(keyobj, &key, &len, &tag, &hash) < 0)
 		return -1;
+	if (st_is_disabled(self->st)) {
+		st_allow_all(self->max_cost, d);
+		return 0;
+	}
 	if (st_clock_now(self->clock, &self->fclock, &self->last_now, &now) <
 	    0)
 		return -1;
@@ -1044,6 +1050,30 @@ PyDoc_STRVAR(limiter_stats_doc,
              "penalty state) and penalty_evicted\n(penalty records dropped "
              "to make room).");
 
+static PyObject *limiter_get_clock(LimiterObject *self, void *c)
+{
+	(void)c;
+	return Py_NewRef(self->clock != NULL ? self->clock : Py_None);
+}
+
+/* Swaps the clock of a live limiter (stanchion.testing's fake clock).
+ * Time restarts from the new clock's first reading: the caller resets
+ * the keys, whose state counts in the old clock's time. */
+static PyObject *limiter_set_clock(LimiterObject *self, PyObject *clock)
+{
+	if (clock != Py_None && !PyCallable_Check(clock)) {
+		PyErr_Format(PyExc_TypeError,
+		             "clock must be a callable returning seconds, or "
+		             "None, not %.100s",
+		             Py_TYPE(clock)->tp_name);
+		return NULL;
+	}
+	Py_XSETREF(self->clock, clock == Py_None ? NULL : Py_NewRef(clock));
+	self->last_now = INT64_MIN;
+	st_fastclock_copy(&self->fclock, &self->st->clock);
+	Py_RETURN_NONE;
+}
+
 static PyMethodDef limiter_methods[] = {
     {"hit", (PyCFunction)(void (*)(void))limiter_hit,
      METH_FASTCALL | METH_KEYWORDS, limiter_hit_doc},
@@ -1051,6 +1081,9 @@ static PyMethodDef limiter_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, limiter_peek_doc},
     {"reset", (PyCFunction)(void (*)(void))limiter_reset,
      METH_VARARGS | METH_KEYWORDS, limiter_reset_doc},
+    {"_set_clock", (PyCFunction)limiter_set_clock, METH_O,
+     "_set_clock($self, clock, /)\n--\n\nReplace the clock (None: the "
+     "monotonic one); reset the keys first."},
     {"stats", (PyCFunction)limiter_stats, METH_NOARGS, limiter_stats_doc},
     {"lift", (PyCFunction)limiter_lift, METH_O, limiter_lift_doc},
     {"_ban_state", (PyCFunction)limiter_ban_state, METH_O,
@@ -1060,6 +1093,8 @@ static PyMethodDef limiter_methods[] = {
 };
 
 static PyGetSetDef limiter_getset[] = {
+    {"clock", (getter)limiter_get_clock, NULL,
+     "The injected clock, or None for the monotonic clock.", NULL},
     {"algorithm", (getter)limiter_get_algorithm, NULL,
      "'token_bucket', 'fixed_window' or 'sliding_window'.", NULL},
     {"max_keys", (getter)limiter_get_max_keys, NULL,

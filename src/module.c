@@ -20,6 +20,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->conc_shm_type);
 	Py_VISIT(st->logparser_type);
 	Py_VISIT(st->ready_none);
+	Py_VISIT(st->tracker);
 	for (int i = 0; i < 5; i++) {
 		Py_VISIT(st->hdr_str[i]);
 		Py_VISIT(st->hdr_bytes[i]);
@@ -54,6 +55,7 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->shm_limiter_type);
 	Py_CLEAR(st->conc_type);
 	Py_CLEAR(st->ready_none);
+	Py_CLEAR(st->tracker);
 	Py_CLEAR(st->hold_type);
 	Py_CLEAR(st->ready_type);
 	Py_CLEAR(st->conc_shm_type);
@@ -133,6 +135,8 @@ static int module_exec(PyObject *module)
 	if (st_conc_shm_exec(module, st) < 0)
 		return -1;
 	if (st_logparser_exec(module, st) < 0)
+		return -1;
+	if (st_testhooks_exec(module, st) < 0)
 		return -1;
 	return 0;
 }

@@ -54,6 +54,8 @@ typedef struct {
 	int nholds;                           /* entries used in `holds` */
 	PyObject *holds[ST_HOLD_FREELIST];    /* freed Holds (GC memory) */
 	PyObject *ready_none; /* an awaitable done at once with None */
+	PyObject *tracker;    /* testhooks.h: told of new objects, or NULL */
+	Py_ssize_t disabled;  /* testhooks.h: open disabled() blocks */
 } st_state;
 
 extern PyModuleDef st_module_def;
@@ -76,6 +78,7 @@ int st_gate_exec(PyObject *module, st_state *st);
 int st_conc_exec(PyObject *module, st_state *st);
 int st_conc_shm_exec(PyObject *module, st_state *st);
 int st_logparser_exec(PyObject *module, st_state *st);
+int st_testhooks_exec(PyObject *module, st_state *st);
 
 /* The compiled policy and max_keys of a _core.Limiter `obj` (limiter_type.c),
  * for engines that must decide exactly as it does. Returns 0, or -1 with a

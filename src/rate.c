@@ -125,11 +125,26 @@ static void rate_skip_space(const char **p, const char *end)
 static int rate_one(const char *s, const char *end, st_rate *out, char *err,
                     size_t errlen)
 {
-	const char *p = s, *word;
+	const char *p = s, *q, *word;
 	double amount, multiple = 1.0, period;
 	size_t wlen, i;
 	char unit[16];
 
+	for (q = s; q < end; q++) {
+		unsigned char c = (unsigned char)*q;
+		if (c >= 0x80 || (c < 0x20 && !rate_isspace(*q)) ||
+		    c == 0x7f) {
+			/* Python's \s (and so limits) also takes Unicode
+			 * spaces such as U+00A0: say so rather than a vaguer
+			 * "expected ..." further on. */
+			rate_error(
+			    err, errlen, s, (size_t)(end - s),
+			    "non-ASCII or control byte 0x%02X: only ASCII "
+			    "whitespace may separate the parts of a rate",
+			    c);
+			return -1;
+		}
+	}
 	rate_skip_space(&p, end);
 	if (rate_number(&p, end, &amount) < 0) {
 		rate_error(err, errlen, s, (size_t)(end - s),
@@ -151,8 +166,9 @@ static int rate_one(const char *s, const char *end, st_rate *out, char *err,
 	if (p < end && *p == '/') {
 		p++;
 	} else if (end - p >= 3 && rate_lower(p[0]) == 'p' &&
-	           rate_lower(p[1]) == 'e' && rate_lower(p[2]) == 'r' &&
-	           (end - p == 3 || !rate_isalpha(p[3]))) {
+	           rate_lower(p[1]) == 'e' && rate_lower(p[2]) == 'r') {
+		/* No unit starts with "per", so "10persecond" is read as
+		 * limits reads it. */
 		p += 3;
 	} else {
 		rate_error(err, errlen, s, (size_t)(end - s),
@@ -225,7 +241,7 @@ int rate_parse(const char *s, size_t n, st_rate *out, size_t max, char *err,
 		err[0] = '\0';
 	for (;;) {
 		sep = p;
-		while (sep < end && *sep != ';' && *sep != ',')
+		while (sep < end && *sep != ';' && *sep != ',' && *sep != '|')
 			sep++;
 		if (count == max) {
 			rate_error(err, errlen, s, n,

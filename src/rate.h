@@ -3,9 +3,10 @@
  *
  *     "10/second"  "10 per minute"  "100 per 2 hours"  "5/s;1000/day"
  *
- * Rates are separated by ';' or ','. Units: second, minute, hour, day,
- * month (30 days), year (365 days), in singular or plural, with the
- * shorthands s/sec, m/min, h/hr, d, mo, y/yr. N may be fractional
+ * Rates are separated by ';', ',' or '|' (limits takes all three). Units:
+ * second, minute, hour, day, month (30 days), year (365 days), in singular or
+ * plural, with the shorthands s/sec, m/min, h/hr, d, mo, y/yr. N may be
+ * fractional
  * ("0.5/second"); K ("per 2 hours") is a positive number too.
  */
 #ifndef ST_RATE_H

@@ -292,13 +292,27 @@ static Py_ssize_t lower_name(PyObject *name, char *buf, Py_ssize_t cap)
 	return n;
 }
 
+/* The length of a header name (bytes or str), or -1 for anything else. */
+static Py_ssize_t name_length(PyObject *name)
+{
+	if (PyBytes_Check(name))
+		return PyBytes_GET_SIZE(name);
+	if (PyUnicode_Check(name))
+		return PyUnicode_GET_LENGTH(name);
+	return -1;
+}
+
 /* See rate_headers_type.h. */
 int st_is_x_header(PyObject *name)
 {
 	static const char *x[3] = {
 	    "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"};
 	char buf[24];
-	Py_ssize_t n = lower_name(name, buf, (Py_ssize_t)sizeof(buf));
+	Py_ssize_t len = name_length(name), n;
+
+	if (len != 17 && len != 21) /* none of the three */
+		return 0;
+	n = lower_name(name, buf, (Py_ssize_t)sizeof(buf));
 
 	for (int i = 0; i < 3 && n > 0; i++)
 		if ((size_t)n == strlen(x[i]) &&
@@ -320,7 +334,9 @@ int st_has_x_limit(PyObject *headers)
 			name = PyList_GET_ITEM(item, 0);
 		else
 			continue;
-		if (lower_name(name, buf, 17) == 17 &&
+		/* Most names are of another length: no need to read them. */
+		if (name_length(name) == 17 &&
+		    lower_name(name, buf, 17) == 17 &&
 		    memcmp(buf, "x-ratelimit-limit", 17) == 0)
 			return 1;
 	}

@@ -30,6 +30,7 @@
 #include "module.h"
 #include "pyclock.h"
 #include "shm.h"
+#include "testhooks.h"
 
 /* Key kinds, so "a" and b"a" are different clients. */
 #define KEY_STR 1
@@ -267,6 +268,10 @@ static PyObject *shm_decide(ShmLimiterObject *self, PyObject *const *args,
 		return NULL;
 	if (shm_key(args[0], &key, &len, &kind) < 0)
 		return NULL;
+	if (st_is_disabled(self->st)) {
+		st_allow_all(self->max_cost, &d);
+		return st_decision_make(self->st, &d);
+	}
 	if (st_clock_now(self->clock, &self->fclock, &self->last_now, &now) <
 	    0)
 		return NULL;

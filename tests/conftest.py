@@ -53,6 +53,7 @@ CORE_MODULES = frozenset(
         "test_limiter_memory.py",
         "test_penalty.py",
         "test_cache.py",
+        "test_cache_mapping.py",
         "test_cached.py",
         "test_concurrency.py",
         "test_core_reentrancy.py",
@@ -105,6 +106,8 @@ def require_peers(*modules: str) -> None:
 
 # Real redis-server fixtures (redis_server, private_redis, redis_cluster,
 # redis_sentinel).
+# Real memcached fixtures (memcached_server, private_memcached).
+from ._memcached import memcached_server, private_memcached  # noqa: E402, F401
 from ._redis import (  # noqa: E402, F401
     private_redis,
     redis_cluster,

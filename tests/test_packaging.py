@@ -83,7 +83,9 @@ def test_sdist_holds_the_build_and_the_whole_test_suite(tmp_path: Path) -> None:
         "benchmarks/*",
         "examples/**/*.py",
         "scripts/*",
+        "docs/*",
     ) | {
+        "mkdocs.yml",
         "LICENSE",
         "README.md",
         "CHANGELOG.md",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _registry  # noqa: F401  (tracks limiters and caches)
 from ._cache import CacheBackend, cached
 from ._concurrency import Concurrency, ConcurrencyLimitExceeded, Hold
 from ._core import Cache, CacheInfo, Decision
@@ -15,6 +16,7 @@ from ._rates import Rate, parse_rates
 from ._shm import SharedMemoryStorage
 
 if TYPE_CHECKING:
+    from .memcached import MemcachedCache, MemcachedStorage
     from .redis import RedisCache, RedisStorage
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "Decision",
     "Hold",
     "Limiter",
+    "MemcachedCache",
+    "MemcachedStorage",
     "Penalty",
     "Pool",
     "PoolExhausted",
@@ -55,8 +59,14 @@ def _version() -> str:
 
 __version__ = _version()
 
-# Imported on first use, so that `import stanchion` does not import redis.
-_LAZY = {"RedisStorage": "redis", "RedisCache": "redis"}
+# Imported on first use, so that `import stanchion` does not import redis
+# or pymemcache.
+_LAZY = {
+    "RedisStorage": "redis",
+    "RedisCache": "redis",
+    "MemcachedStorage": "memcached",
+    "MemcachedCache": "memcached",
+}
 
 
 def __getattr__(name: str) -> Any:

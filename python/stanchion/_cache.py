@@ -24,12 +24,17 @@ import functools
 import inspect
 import math
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, MutableMapping
 from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
 
 from ._core import Cache, CachedCall, CacheInfo, make_key
 
 __all__ = ["CacheBackend", "CachedFunction", "LocalBackend", "cached"]
+
+# Cache is a C type with the whole MutableMapping interface (get, pop,
+# popitem, setdefault, update, keys/values/items, ==): isinstance checks
+# and cachetools-style code accept it.
+MutableMapping.register(Cache)
 
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)

@@ -92,12 +92,15 @@ class InstantConveniences:
         return wait_for_hit(self.hit, key, cost, timeout)  # type: ignore[attr-defined]
 
     async def ahit(self, key: str | bytes, cost: int = 1) -> Decision:
+        """``hit`` for asyncio code (it decides at once: no thread hop)."""
         return self.hit(key, cost)  # type: ignore[attr-defined,no-any-return]
 
     async def apeek(self, key: str | bytes, cost: int = 1) -> Decision:
+        """``peek`` for asyncio code."""
         return self.peek(key, cost)  # type: ignore[attr-defined,no-any-return]
 
     async def areset(self, key: str | bytes | None = None) -> None:
+        """``reset`` for asyncio code."""
         self.reset(key)  # type: ignore[attr-defined]
 
     async def aacquire(
@@ -128,12 +131,15 @@ class BanConveniences:
         return Ban(key, left / 1e9, count, refusals)
 
     async def abans(self) -> list[Ban]:
+        """``bans`` for asyncio code."""
         return self.bans()
 
     async def aget_ban(self, key: str | bytes) -> Ban | None:
+        """``get_ban`` for asyncio code."""
         return self.get_ban(key)
 
     async def alift(self, key: str | bytes) -> bool:
+        """``lift`` for asyncio code."""
         return self.lift(key)  # type: ignore[attr-defined,no-any-return]
 
 
@@ -164,7 +170,7 @@ class Limiter(BanConveniences, InstantConveniences, _core.Limiter):
     ``max_keys`` in a table of its own.
     """
 
-    __slots__ = ("_penalty", "_rates")
+    __slots__ = ("__weakref__", "_penalty", "_rates")
 
     # Without a storage: this class. With one: the storage's own limiter
     # (``RedisLimiter`` for a ``RedisStorage``), a :class:`RateLimiter`.

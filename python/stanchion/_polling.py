@@ -18,6 +18,7 @@ from typing import Any
 from . import _core
 from ._checks import check_seconds
 from ._concurrency import ConcurrencyLimitExceeded, refusal
+from ._registry import disabled_now
 from ._sync import at_once, run_at_once
 
 __all__ = ["LeaseHold", "PollingConcurrency"]
@@ -314,6 +315,9 @@ class PollingConcurrency:
         return int.from_bytes(os.urandom(8), "little") >> 1 or 1
 
     def _enter(self, hold: LeaseHold) -> None:
+        if hold._state == _IDLE and disabled_now():
+            hold._state = _UNLEASED  # stanchion.testing.disabled(): no lease
+            return
         if self._instant and hold._state == _IDLE:
             hold._id = self._new_id()
             if self._attempt(hold, TRY) == TAKEN:
@@ -328,6 +332,9 @@ class PollingConcurrency:
         )
 
     async def _aenter(self, hold: LeaseHold) -> None:
+        if hold._state == _IDLE and disabled_now():
+            hold._state = _UNLEASED
+            return
         await self._take(hold, self._aattempt, self._aleave, asyncio.sleep)
 
     def _give_back(self, hold: LeaseHold) -> bool:

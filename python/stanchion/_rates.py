@@ -40,9 +40,17 @@ class Rate(NamedTuple):
 
 def parse_rates(text: str) -> list[Rate]:
     """Parse ``"10/second"``, ``"10 per minute"``, ``"100 per 2 hours"`` or
-    several rates separated by ``;`` or ``,`` (``"5/s;1000/day"``).
+    several rates separated by ``;``, ``,`` or ``|`` (``"5/s;1000/day"``).
+
+    Units: second, minute, hour, day, month (30 days) and year (365 days;
+    the limits package counts 360), singular or plural, and the shorthands
+    s/sec, m/min, h/hr, d, mo, y/yr. N and K may be fractional.
 
     Raises ValueError naming the bad part.
+
+    Example:
+        >>> parse_rates("5/s;1000/day")
+        [Rate(limit=5, period=1.0), Rate(limit=1000, period=86400.0)]
     """
     return [Rate(n, ns / 1e9) for n, ns in _core.parse_rates(text)]
 

@@ -141,14 +141,16 @@ def _by_kind(kind: str) -> Setting:
 #: URL schemes of the Redis storage (``stanchion.redis`` accepts these).
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 SHM_SCHEME = "shm://"
+MEMCACHED_SCHEME = "memcached://"
 
 
 def storage_from_url(url: Any, name: Namer) -> Any:
     """The storage a ``STORAGE_URL`` names: ``None`` (or ``"memory://"``)
     for the in-process table, a ``SharedMemoryStorage`` for
     ``shm://name[?max_keys=N]``, a ``RedisStorage`` for ``redis://``,
-    ``rediss://`` and ``unix://`` URLs; anything else is refused with
-    the setting's name."""
+    ``rediss://`` and ``unix://`` URLs, a ``MemcachedStorage`` for
+    ``memcached://host:port``; anything else is refused with the
+    setting's name."""
     if url is None or url == "memory://":
         return None
     setting = name(_by_kind("storage"))
@@ -156,11 +158,22 @@ def storage_from_url(url: Any, name: Namer) -> Any:
         raise SettingError(setting, f"expected a URL string, got {url!r}")
     if url.startswith(SHM_SCHEME):
         return _shm_storage(url, setting)
+    if url.startswith(MEMCACHED_SCHEME):
+        try:
+            memcached = importlib.import_module("stanchion.memcached")
+        except ImportError as exc:
+            raise SettingError(
+                setting, f"Memcached storage is not available: {exc}"
+            ) from None
+        try:
+            return memcached.MemcachedStorage(url)
+        except ValueError as exc:
+            raise SettingError(setting, str(exc)) from None
     if not url.startswith(REDIS_SCHEMES):
         raise SettingError(
             setting,
             f"unsupported URL {url!r} "
-            "(memory://, shm://, redis://, rediss:// or unix://)",
+            "(memory://, shm://, redis://, rediss://, unix:// or memcached://)",
         )
     try:
         redis_storage = importlib.import_module("stanchion.redis").RedisStorage

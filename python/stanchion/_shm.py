@@ -43,6 +43,7 @@ from . import _core
 from ._limiter import BanConveniences, InstantConveniences, _check_algorithm
 from ._penalty import Penalty, check_penalty, log_ban
 from ._rates import Rate, normalize_rates
+from ._registry import track
 
 __all__ = ["SharedMemoryLimiter", "SharedMemoryStorage"]
 
@@ -144,7 +145,7 @@ class SharedMemoryLimiter(
     every process. ``hit``, ``peek``, ``reset`` and ``stats`` are C
     methods; this class adds ``acquire`` and the asyncio twins."""
 
-    __slots__ = ("_rates", "penalty", "storage")
+    __slots__ = ("__weakref__", "_rates", "penalty", "storage")
 
     def __init__(
         self,
@@ -184,6 +185,9 @@ class SharedMemoryLimiter(
         self._rates = tuple(parsed)
         self.penalty = penalty
         self.storage = storage
+        # stanchion.testing.reset_all() empties its policy's shared state;
+        # the fake clock leaves it alone (other processes share the time).
+        track(self)
 
     @property
     def rates(self) -> tuple[Rate, ...]:

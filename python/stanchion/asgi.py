@@ -2,8 +2,9 @@
 
 ``RateLimitMiddleware`` is plain ASGI: it decides before calling the app,
 answers 429 itself, and adds the rate limit headers to the app's
-``http.response.start``. Lifespan and websocket scopes pass through
-untouched. It awaits ``limiter.ahit`` so a Redis-backed limiter never
+``http.response.start``. Lifespan scopes pass through untouched; websocket
+scopes too, unless ``websocket=`` gives a
+:class:`stanchion.websocket.WebSocketLimit`. It awaits ``limiter.ahit`` so a Redis-backed limiter never
 blocks the event loop.
 """
 
@@ -19,6 +20,7 @@ from ._concurrency import Concurrency, ConcurrencyLimitExceeded
 from ._core import HeaderSend
 from .http import Request, Rule, Verdict
 from .respcache import SENT, CacheFront
+from .websocket import WebSocketLimit
 
 __all__ = ["AsgiRequest", "CacheMiddleware", "RateLimitMiddleware", "send_reply"]
 
@@ -86,15 +88,52 @@ class RateLimitMiddleware(AppMiddleware[ASGIApp]):
     :class:`stanchion.http.Rule` setting (``key``, ``scope``, ``cost``,
     ``exempt_paths``, ``dry_run``, ``trusted_proxies``, ``headers``, ...).
     Key, cost and limit functions get a :class:`AsgiRequest`.
+
+    ``websocket``: a :class:`stanchion.websocket.WebSocketLimit` applied
+    to every websocket scope (messages and connection attempts); with it
+    alone (no ``limit``/``limiter``), HTTP requests pass unlimited.
     """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        /,
+        limit: Any = None,
+        *,
+        limiter: Any = None,
+        websocket: WebSocketLimit | None = None,
+        **settings: Any,
+    ) -> None:
+        if websocket is not None and not isinstance(websocket, WebSocketLimit):
+            raise TypeError(
+                f"websocket= must be a stanchion.websocket.WebSocketLimit, "
+                f"not {type(websocket).__name__}"
+            )
+        if websocket is not None and limit is None and limiter is None:
+            if settings:
+                raise ValueError(
+                    f"{', '.join(sorted(settings))}: HTTP settings without a "
+                    "limit= or limiter="
+                )
+            self.app = app
+            self.rule = None  # type: ignore[assignment]
+        else:
+            super().__init__(app, limit, limiter=limiter, **settings)
+        self.websocket = websocket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket" and self.websocket is not None:
+                await self.websocket(self.app, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         client = scope.get("client")
         peer = client[0] if client else None
         rule = self.rule
+        if rule is None:  # websocket limits alone
+            await self.app(scope, receive, send)
+            return
         gate = rule.gate
         if gate is not None:
             # This runs on every request: a known client's hit is one C

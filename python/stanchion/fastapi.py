@@ -22,6 +22,11 @@ exception_handlers`` to ``FastAPI()`` for the problem+json body.
 
 For a limit on the whole app use :class:`stanchion.asgi.RateLimitMiddleware`
 (also re-exported here).
+
+WebSocket routes take :class:`WebSocketRateLimit` as a dependency::
+
+    @app.websocket("/ws", dependencies=[Depends(WebSocketRateLimit("5/second"))])
+    async def ws(websocket: WebSocket): ...
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from __future__ import annotations
 import functools
 import inspect
 import operator
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, WebSocket, WebSocketException
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
@@ -44,14 +50,18 @@ from ._adapt import (
 )
 from ._adapt_slots import needs_slot
 from ._concurrency import Concurrency, ConcurrencyLimitExceeded
+from ._openapi import IF_NONE_MATCH, Responses, cache_responses, merge, rule_responses
 from .asgi import CacheMiddleware, RateLimitMiddleware, give_back
 from .http import Request, Rule, Verdict
+from .websocket import CLOSE_POLICY_VIOLATION, WebSocketLimit
 
 __all__ = [
     "CacheMiddleware",
+    "DocumentedRoute",
     "RateLimit",
     "RateLimitMiddleware",
     "RateLimited",
+    "WebSocketRateLimit",
     "cache",
     "exception_handlers",
     "limit",
@@ -282,6 +292,9 @@ class RateLimit:
             return self.rule
         endpoint = request.scope.get("endpoint")
         name = route_scope(endpoint) if endpoint is not None else request.url.path
+        return self._rule_named(name)
+
+    def _rule_named(self, name: str) -> Rule:
         rule = self._rules.get(name)
         if rule is None:
             if len(self._rules) >= 4096:  # one per route; bound it anyway
@@ -296,6 +309,18 @@ class RateLimit:
         if verdict.blocked:
             raise RateLimited(verdict)
         _set_headers(response, verdict)
+
+    def openapi_responses(
+        self, success: int | str = 200, endpoint: Callable[..., Any] | None = None
+    ) -> Responses:
+        """The OpenAPI ``responses`` this dependency adds to a route whose
+        success status is ``success`` (the route of ``endpoint``): the
+        429 and the rate limit headers; :class:`DocumentedRoute` puts
+        them on every route it guards. Usable as ``responses=`` too."""
+        rule = self.rule
+        if not self._fixed_scope and endpoint is not None:
+            rule = self._rule_named(route_scope(endpoint))
+        return rule_responses(rule, success, raised=True)
 
 
 def _find_param(sig: inspect.Signature, cls: type) -> str | None:
@@ -337,6 +362,9 @@ def _gated(func: Callable[..., Any], rule: Rule) -> Any:
     else:
         params.append(param)
     gated.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    _add_docs(
+        gated, func, lambda success: (rule_responses(rule, success, raised=True), [])
+    )
     return gated
 
 
@@ -409,6 +437,11 @@ def limit(limit: Any, *, scope: str | None = None, **settings: Any) -> Callable[
         wrapper: Any = functools.wraps(func)(limited)
         wrapper.__signature__ = new_sig
         wrapper.__stanchion_rule__ = rule
+        _add_docs(
+            wrapper,
+            func,
+            lambda success: (rule_responses(rule, success, raised=False), []),
+        )
         return wrapper  # type: ignore[no-any-return]
 
     return decorate
@@ -509,6 +542,11 @@ def cache(**settings: Any) -> Callable[[F], F]:
 
         wrapper.__signature__ = new_sig  # type: ignore[attr-defined]
         wrapper.cache = rc  # type: ignore[attr-defined]
+        _add_docs(
+            wrapper,
+            func,
+            lambda success: (cache_responses(rc, success), [IF_NONE_MATCH]),
+        )
         return wrapper  # type: ignore[return-value]
 
     return decorate
@@ -520,3 +558,134 @@ def _rebuild(up: Any) -> Response:
         (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in up.headers
     ]
     return out
+
+
+# ---------------------------------------------------------------------------
+# OpenAPI
+# ---------------------------------------------------------------------------
+
+#: A route decorator's OpenAPI: success status -> (responses, parameters).
+_Docs = Callable[[Any], tuple[Responses, list[dict[str, Any]]]]
+_DOCS = "__stanchion_openapi__"
+
+
+def _add_docs(wrapper: Any, func: Callable[..., Any], docs: _Docs) -> None:
+    """Record on ``wrapper`` what its decorator adds to the route's
+    OpenAPI, after what decorators under it (on ``func``) add."""
+    setattr(wrapper, _DOCS, (*getattr(func, _DOCS, ()), docs))
+
+
+def _dependency_calls(route: APIRoute) -> list[Any]:
+    """Every dependency callable of ``route`` (its parameters', its
+    ``dependencies=``, its router's and app's), each once."""
+    seen: set[int] = set()
+    out: list[Any] = []
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dep = stack.pop(0)
+        call = dep.call
+        if call is not None and id(call) not in seen:
+            seen.add(id(call))
+            out.append(call)
+        stack.extend(dep.dependencies)
+    return out
+
+
+class DocumentedRoute(APIRoute):
+    """A FastAPI route class that documents what stanchion does to its
+    routes in the OpenAPI schema: ``@limit`` and ``Depends(RateLimit(...))``
+    add the 429 (problem+json, and FastAPI's ``{"detail"}`` where a
+    dependency raises it) with ``Retry-After``, ``RateLimit``,
+    ``RateLimit-Policy`` and ``X-RateLimit-*``, and those headers on the
+    success response when allowed responses get them (403 and 503 where
+    the rule bans or limits concurrency); ``@cache`` adds ``X-Cache``,
+    ``Age``, ``ETag`` (and ``Cache-Control`` with ``max_age``), the 304
+    and the ``If-None-Match`` parameter. What the route's own
+    ``responses=`` says wins. Other routes are left as they are.
+
+    ``app.router.route_class = DocumentedRoute`` (before the routes are
+    added), or ``APIRouter(route_class=DocumentedRoute)``."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        document_route(self)
+
+
+def document_route(route: APIRoute) -> None:
+    """Add to ``route.responses`` (and its ``openapi_extra`` parameters)
+    what its stanchion decorators and ``RateLimit`` dependencies do (see
+    :class:`DocumentedRoute`); a route without them is left untouched."""
+    success = route.status_code or 200
+    found: Responses = {}
+    params: list[dict[str, Any]] = []
+    for docs in getattr(route.endpoint, _DOCS, ()):
+        more, extra = docs(success)
+        merge(found, more)
+        params += extra
+    for call in _dependency_calls(route):
+        if isinstance(call, RateLimit):
+            merge(found, call.openapi_responses(success, route.endpoint))
+    if not found and not params:
+        return
+    responses = dict(route.responses)
+    merge(responses, found)
+    route.responses = responses
+    if params:
+        declared = {
+            (p.get("in"), str(p.get("name", "")).lower())
+            for p in (route.openapi_extra or {}).get("parameters", [])
+        }
+        declared |= {
+            ("header", (f.alias or f.name).lower().replace("_", "-"))
+            for f in route.dependant.header_params
+        }
+        new = [p for p in params if (p["in"], p["name"].lower()) not in declared]
+        if new:
+            extra_params = (route.openapi_extra or {}).get("parameters", [])
+            route.openapi_extra = {
+                **(route.openapi_extra or {}),
+                "parameters": [*extra_params, *new],
+            }
+
+
+class WebSocketRateLimit:
+    """A FastAPI dependency limiting a WebSocket route:
+    ``@app.websocket("/ws", dependencies=[Depends(WebSocketRateLimit(
+    "10/second", connections="20/minute"))])``.
+
+    Takes the :class:`stanchion.websocket.WebSocketLimit` settings (or
+    one ``WebSocketLimit``, to share its limits with the middleware). A
+    refused connection attempt raises ``WebSocketException(1008)``
+    before accept, which Starlette turns into a closed handshake (the
+    server answers 403); the route's ``websocket`` then receives through
+    the limits: a message over them closes the connection with code 1008
+    and the reason, or is dropped (``action="drop"``)."""
+
+    def __init__(self, messages: Any = None, /, **settings: Any) -> None:
+        if isinstance(messages, WebSocketLimit):
+            if settings:
+                raise ValueError("give a WebSocketLimit or its settings, not both")
+            self.limit = messages
+        else:
+            self.limit = WebSocketLimit(messages, **settings)
+
+    async def __call__(self, websocket: WebSocket) -> AsyncIterator[None]:
+        limit = self.limit
+        if limit.exempt(websocket.scope):
+            yield
+            return
+        verdict = await limit.admit(websocket.scope)
+        if verdict is not None and verdict.blocked:
+            raise WebSocketException(CLOSE_POLICY_VIOLATION, limit.reason)
+        conn = await limit.connection(
+            websocket.scope,
+            websocket._receive,
+            websocket._send,
+        )
+        # Starlette's WebSocket reads and writes through these two.
+        websocket._receive = conn.receive
+        websocket._send = conn.send
+        try:
+            yield
+        finally:
+            conn.end()

@@ -33,6 +33,18 @@ dflt = object()
 blob = b"x" * 100
 unhashable: list[int] = []
 calls = [0]
+evicted = [0]
+
+
+def on_evict(k: object, v: object) -> None:
+    evicted[0] += 1
+    if evicted[0] % 97 == 0:
+        raise RuntimeError("from on_evict")  # reported as unraisable
+
+
+sys.unraisablehook = lambda unraisable: None
+noted: Cache[object, object] = Cache(50, ttl=0.3, clock=lambda: t[0], on_evict=on_evict)
+pairs = [(j, value) for j in range(5)]
 
 
 @stanchion.cached(ttl=60, maxsize=100)
@@ -54,7 +66,13 @@ def burst(n: int) -> None:
         ttl.get((i * 7) % 3000, dflt)
         weighted[i % 1000] = blob
         square(i % 200)
+        noted[i % 300] = value  # evictions and expiries told to on_evict
+        noted.setdefault(("d", i % 60), value)
         if i % 10 == 0:
+            noted.update(pairs, extra=value)
+            noted == {key: value}  # noqa: B015
+            noted.__setstate__(noted.__getstate__())
+            noted.currsize  # noqa: B018
             lru.pop(key, dflt)
             key in ttl  # noqa: B015
             try:
@@ -77,7 +95,7 @@ def burst(n: int) -> None:
 
 burst(20_000)  # warm up: freelists, the tables, pymalloc arenas
 gc.collect()
-objs = (key, value, dflt, blob, unhashable, Cache, lru, ttl, square)
+objs = (key, value, dflt, blob, unhashable, Cache, lru, ttl, square, noted, on_evict)
 refs = [sys.getrefcount(o) for o in objs]
 before = rss()
 burst(100_000)  # about 1,000,000 operations plus error paths

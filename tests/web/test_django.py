@@ -427,7 +427,7 @@ async def test_asgi_unidentified_never_calls_the_blocking_hit() -> None:
         ({"LIMITS": "5/minute"}, "STANCHION: unknown keys ['LIMITS']"),
         ({"ALGORITHM": "leaky"}, "STANCHION['ALGORITHM'] / STANCHION['MAX_KEYS']: "),
         ({"KEY": "no.such.module.key"}, "STANCHION['KEY']: cannot import"),
-        ({"STORAGE_URL": "memcached://x"}, "STANCHION['STORAGE_URL']: "),
+        ({"STORAGE_URL": "mongodb://x"}, "STANCHION['STORAGE_URL']: "),
         ({"DRY_RUN": "no"}, "STANCHION['DRY_RUN']: "),
         ({"LIMIT": "5/minute", "HEADERS": False}, "STANCHION['HEADERS']: "),
         ({"EXEMPT_METHODS": None}, "STANCHION['EXEMPT_METHODS']: "),
@@ -480,6 +480,64 @@ def test_header_fast_path_is_taken_on_this_django() -> None:
     import django
 
     assert type(HttpResponse("x").headers._store) is dict, django.__version__
+
+
+def test_items_of_a_limited_response_are_djangos_items() -> None:
+    """The handler reads a limited response's headers through its own
+    items view, straight off the header store: the same pairs, in the
+    same order, as Django's view gives, live as later layers add, change
+    and delete headers, with the view's set operations, and after the
+    pickle and copies Django's cache and tests make."""
+    import copy
+    import io
+    import pickle
+    from collections.abc import ItemsView
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    sent: list[Any] = []
+    with override_settings(
+        MIDDLEWARE=MW, STANCHION=stanchion(LIMIT="5/minute", TRUSTED_PROXIES=[])
+    ):
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": "/hello",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "REMOTE_ADDR": "198.51.100.5",
+            "wsgi.input": io.BytesIO(),
+            "wsgi.url_scheme": "http",
+        }
+        r = WSGIHandler()(environ, lambda status, headers: sent.append(headers))
+    assert r.status_code == 200 and r["X-RateLimit-Remaining"] == "4"
+    assert "items" in vars(r)  # the fast view is the one tested
+    # Django's WSGI handler sent exactly Django's pairs.
+    assert sent[0] == list(r.headers.items())
+
+    def same(resp: HttpResponse) -> list[tuple[str, str]]:
+        mine = resp.items()
+        djangos = resp.headers.items()  # Mapping's own view
+        assert isinstance(mine, ItemsView)
+        assert list(mine) == list(djangos) and len(mine) == len(djangos)
+        assert mine == djangos and set(mine) == set(djangos)
+        return list(mine)
+
+    pairs = same(r)
+    assert ("RateLimit-Policy", '"global";q=5;w=60') in pairs
+    assert ("X-RateLimit-Limit", "5") in r.items()
+    r["Cache-Control"] = "no-store"
+    r["x-ratelimit-limit"] = "7"  # replaces the value, keeps Django's rule
+    del r["Content-Type"]
+    after = same(r)
+    assert ("Cache-Control", "no-store") in after
+    assert ("x-ratelimit-limit", "7") in after
+    assert all(k.lower() != "content-type" for k, _ in after)
+    r.close()
+    for twin in (pickle.loads(pickle.dumps(r)), copy.deepcopy(r)):
+        assert same(twin) == after
+        twin["X-Twin"] = "1"  # its own store, not the original's
+        assert ("X-Twin", "1") in twin.items()
+        assert ("X-Twin", "1") not in r.items()
 
 
 # -- the C fast path sends what the Python path sends ---------------------------

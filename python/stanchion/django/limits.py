@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, ItemsView, Iterator
 from typing import Any, TypeVar
 
 from asgiref.sync import iscoroutinefunction
@@ -106,13 +106,29 @@ def _add_headers(response: HttpResponse, verdict: Verdict) -> None:
         _add_headers_slow(response, verdict.headers())
 
 
+class _StoreItems(ItemsView[str, str]):
+    """``response.items()`` of a response stanchion added headers to:
+    the same view of the same (name, value) pairs, iterated straight off
+    Django's header store (whose values are those pairs) rather than
+    through one ``headers[name]`` lookup per header, which is what
+    Django's handlers pay for every header they send."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._mapping._store.values())  # type: ignore[attr-defined]
+
+
 def _render_headers(response: HttpResponse, render: RateHeaders, d: Decision) -> None:
     # Our names and values are plain ASCII made here, so they skip
     # Django's per-header charset checks when its store is at hand: the
-    # C renderer writes them there, by the rule of outer_headers.
-    store = getattr(response.headers, "_store", None)
+    # C renderer writes them there, by the rule of outer_headers; and the
+    # handler reads them back through _StoreItems.
+    headers = response.headers
+    store = getattr(headers, "_store", None)
     if type(store) is dict:
         render.into_store(d, store)
+        response.items = functools.partial(_StoreItems, headers)
     else:
         _add_headers_slow(response, render.pairs(d))
 

@@ -26,6 +26,7 @@ from .._errors import StorageUnavailable
 from .._limiter import ALGORITHMS, ON_ERROR, await_hit, wait_for_hit
 from .._penalty import Ban, Penalty, check_penalty, log_ban
 from .._rates import Rate
+from .._registry import disabled_now, track
 from .._sync import at_once, run_at_once
 from .connections import _Connector
 from .links import _glob_escape, _SyncLink
@@ -163,6 +164,7 @@ class RedisLimiter:
     """
 
     __slots__ = (
+        "__weakref__",
         "_connector",
         "_deny",
         "_guard",
@@ -256,6 +258,7 @@ class RedisLimiter:
         self._script_clock: Callable[[], int] | None = None
         self._who = _Who("stanchion rate limiter", _LIMITER_MEANWHILE[on_error])
         self._guard = _Guard(self._connector, self._who)
+        track(self)
 
     def __repr__(self) -> str:
         rates = ";".join(str(r) for r in self.rates)
@@ -376,6 +379,8 @@ class RedisLimiter:
     def _decide(self, key: object, cost: object, commit: bytes) -> Decision:
         rkey = self._keys(key)
         c = self._cost(cost)
+        if disabled_now():
+            return Decision(True, self._min_cap, self._min_cap)
         link = self._connector.sync_link()
         reply = self._guard.call(self._exchange, link, rkey, c, commit)
         return self._conclude(reply, c, key)
@@ -435,6 +440,8 @@ class RedisLimiter:
     async def _adecide(self, key: object, cost: object, commit: bytes) -> Decision:
         rkey = self._keys(key)
         c = self._cost(cost)
+        if disabled_now():
+            return Decision(True, self._min_cap, self._min_cap)
         link = self._connector.async_link
         reply = await self._guard.acall(self._aexchange, link.call, rkey, c, commit)
         return self._conclude(reply, c, key)

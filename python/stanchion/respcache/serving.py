@@ -19,6 +19,7 @@ from urllib.parse import quote
 from .. import http as _http
 from .._checks import check_int, check_seconds
 from .._core import Cache
+from .._registry import track
 from .entries import SENT, Entry, Reply, Upstream
 from .flights import CALL, Flight, Steps, _LoopFlight, _ThreadFlight, arun, run
 from .keys import (
@@ -32,7 +33,7 @@ from .keys import (
     normalize_query,
 )
 from .rules import _NEVER, Rules
-from .stores import Store, _LocalStore, _RedisStore, _weigh
+from .stores import Store, _LocalStore, _MemcachedStore, _RedisStore, _weigh
 
 
 class ResponseCache(Rules):
@@ -177,16 +178,26 @@ class ResponseCache(Rules):
             self.store = _LocalStore(backend)
         elif type(backend).__name__ == "RedisCache" and hasattr(backend, "namespace"):
             self.store = _RedisStore(backend)
+        elif type(backend).__name__ == "MemcachedCache" and hasattr(
+            backend, "namespace"
+        ):
+            self.store = _MemcachedStore(backend)
         else:
             raise TypeError(
-                "backend must be None, a stanchion.Cache or a stanchion.RedisCache, "
-                f"not {type(backend).__name__}"
+                "backend must be None, a stanchion.Cache, a stanchion.RedisCache "
+                f"or a stanchion.MemcachedCache, not {type(backend).__name__}"
             )
         self.hits = self.misses = self.stale = self.stores = self.not_modified = 0
         self.flights: dict[str, Any] = {}
         self.refreshing: set[str] = set()
         self._refresh_lock = threading.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
+        track(self)
+
+    def _set_clock(self, clock: Callable[[], float] | None) -> None:
+        """stanchion.testing's fake clock (None: back to ``time.time``);
+        clear the entries first, their times are the old clock's."""
+        self.clock = clock or time.time
 
     # -- storage (sync) --------------------------------------------------------
 

@@ -4,7 +4,8 @@
 asyncio: the Vary names of a resource, an entry, storing both, and the
 invalidations. ``_LocalStore`` keeps them in a C :class:`stanchion.Cache`
 bounded by bytes; ``_RedisStore`` in Redis through a
-``stanchion.RedisCache``.
+``stanchion.RedisCache``; ``_MemcachedStore`` in Memcached through a
+``stanchion.MemcachedCache``.
 """
 
 from __future__ import annotations
@@ -202,6 +203,81 @@ class _RedisStore:
     async def aput(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
         for cmd in self._put_cmds(entry, vary, ttl):
             await self._acommand(*cmd)
+
+
+def _path_of(key: str) -> str:
+    """The raw path of an entry key (``e:<path>?<query> ...``) or a Vary
+    record's resource (``<path> <scheme>://<authority>``)."""
+    if key.startswith("e:"):
+        return key[2:].split("?", 1)[0]
+    return key.split(" ", 1)[0]
+
+
+class _MemcachedStore:
+    """Entries in Memcached (through a ``stanchion.MemcachedCache``, its
+    connections and outage handling), packed as for Redis (no pickle).
+
+    Memcached cannot list keys, so invalidation works by generations:
+    each path has one (its entries and Vary records are read only
+    under the current one, in the same round trip), so ``invalidate(
+    path=...)`` is exact for that path; ``prefix=``, ``query=``,
+    ``tag=`` and ``clear()`` start a new generation of the whole cache
+    (every entry goes, not only the ones named). The counts they return
+    are of generations started (1), not of keys."""
+
+    shared = True
+
+    def __init__(self, cache: Any) -> None:
+        self.rc = cache.namespace("http")
+
+    def get_vary(self, path: str) -> tuple[str, ...] | None:
+        return _RedisStore._vary(self.rc._get_raw("v:" + path, _path_of(path)))
+
+    def get(self, key: str) -> Entry | None:
+        data = self.rc._get_raw(key, _path_of(key))
+        return None if data is None else Entry.unpack(data)
+
+    def put(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
+        group = _path_of(entry.path)
+        self.rc._set_raw("v:" + entry.path, ",".join(vary).encode(), ttl, group)
+        self.rc._set_raw(entry.key, entry.pack(), ttl, group)
+
+    def delete(self, key: str) -> bool:
+        return bool(self.rc._delete_raw(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        if prefix.startswith("v:"):
+            return 0  # gone with the entries' generation
+        if prefix.startswith("e:") and prefix.endswith("?") and prefix.count("?") == 1:
+            return int(self.rc._forget_group(prefix[2:-1]))
+        self.rc.clear()
+        return 1
+
+    def delete_tag(self, tag: str) -> int:
+        self.rc.clear()
+        return 1
+
+    def clear(self) -> None:
+        self.rc.clear()
+
+    def close(self) -> None:
+        self.rc.close()
+
+    async def aclose(self) -> None:
+        await self.rc.aclose()
+
+    async def aget_vary(self, path: str) -> tuple[str, ...] | None:
+        data = await self.rc._aget_raw("v:" + path, _path_of(path))
+        return _RedisStore._vary(data)
+
+    async def aget(self, key: str) -> Entry | None:
+        data = await self.rc._aget_raw(key, _path_of(key))
+        return None if data is None else Entry.unpack(data)
+
+    async def aput(self, entry: Entry, vary: tuple[str, ...], ttl: float) -> None:
+        group = _path_of(entry.path)
+        await self.rc._aset_raw("v:" + entry.path, ",".join(vary).encode(), ttl, group)
+        await self.rc._aset_raw(entry.key, entry.pack(), ttl, group)
 
 
 def _weigh(value: Any) -> int:
