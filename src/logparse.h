@@ -206,8 +206,9 @@ void lp_free(lp_parser *p);
 
 /* Parses and aggregates the complete lines of `data`; a tail without
  * '\n' waits for the next call. `fn` (may be NULL) is called for each
- * parsed line after it is counted. Returns 0, or -1 when memory ran out
- * (the counts so far stay consistent). */
+ * parsed line after it is counted. Returns 0, or -1 when memory ran out:
+ * the tables stay well formed (safe to read and free), but the line that
+ * failed may be partly counted and the rest of `data` is not parsed. */
 int lp_feed(lp_parser *p, const unsigned char *data, size_t len,
             lp_event_fn fn, void *ctx);
 /* Parses the waiting tail, if any, as the last line. */
