@@ -13,6 +13,8 @@ ensure_system_packages() {
 	local missing=()
 	command -v redis-server >/dev/null || missing+=(redis-server)
 	command -v clang-format >/dev/null || missing+=(clang-format)
+	# the GoAccess peer of benchmarks/logparse.py
+	command -v goaccess >/dev/null || missing+=(goaccess)
 	command -v memcached >/dev/null || missing+=(memcached)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	local sudo=""

@@ -18,6 +18,7 @@ static int module_traverse(PyObject *module, visitproc visit, void *arg)
 	Py_VISIT(st->hold_type);
 	Py_VISIT(st->ready_type);
 	Py_VISIT(st->conc_shm_type);
+	Py_VISIT(st->logparser_type);
 	Py_VISIT(st->ready_none);
 	Py_VISIT(st->tracker);
 	for (int i = 0; i < 5; i++) {
@@ -58,6 +59,7 @@ static int module_clear(PyObject *module)
 	Py_CLEAR(st->hold_type);
 	Py_CLEAR(st->ready_type);
 	Py_CLEAR(st->conc_shm_type);
+	Py_CLEAR(st->logparser_type);
 	for (int i = 0; i < 5; i++) {
 		Py_CLEAR(st->hdr_str[i]);
 		Py_CLEAR(st->hdr_bytes[i]);
@@ -131,6 +133,8 @@ static int module_exec(PyObject *module)
 	if (st_conc_exec(module, st) < 0)
 		return -1;
 	if (st_conc_shm_exec(module, st) < 0)
+		return -1;
+	if (st_logparser_exec(module, st) < 0)
 		return -1;
 	if (st_testhooks_exec(module, st) < 0)
 		return -1;

@@ -36,6 +36,7 @@ typedef struct {
 	PyTypeObject *hold_type;         /* _core.Hold */
 	PyTypeObject *ready_type;        /* _core._Ready */
 	PyTypeObject *conc_shm_type;     /* _core.SharedMemoryConcurrency */
+	PyTypeObject *logparser_type;    /* _core.LogParser */
 	PyObject *hdr_str[5];   /* header names: RateLimit-Policy, ... */
 	PyObject *hdr_bytes[5]; /* the same, lower-case latin-1 (ASGI) */
 	PyObject *hdr_lower[5]; /* the same, lower-case str (Django) */
@@ -76,6 +77,7 @@ int st_shm_limiter_exec(PyObject *module, st_state *st);
 int st_gate_exec(PyObject *module, st_state *st);
 int st_conc_exec(PyObject *module, st_state *st);
 int st_conc_shm_exec(PyObject *module, st_state *st);
+int st_logparser_exec(PyObject *module, st_state *st);
 int st_testhooks_exec(PyObject *module, st_state *st);
 
 /* The compiled policy and max_keys of a _core.Limiter `obj` (limiter_type.c),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import require_peers
+from .conftest import in_ci, require_peers
 
 pytestmark = pytest.mark.bench
 
@@ -183,6 +184,27 @@ def test_web_benchmark_runs_every_case() -> None:
             assert re.search(
                 r"peer adds (inf|-?[\d.]+)x more \((meets|misses) \d+x\)", ln
             ), ln
+
+
+def test_logparse_benchmark_runs_every_parser() -> None:
+    """The C parser, the Python regex parser and GoAccess each print a
+    lines-per-second figure and a ratio; the peak RSS and the verdict on
+    the 1.5 million lines/s target print too."""
+    if shutil.which("goaccess") is None:
+        what = "goaccess is not installed (apt-get install goaccess)"
+        if in_ci():
+            pytest.fail(what + "; CI must have it", pytrace=False)
+        pytest.skip(what)
+    out = run_quick("logparse.py")
+    lines = out.splitlines()
+    rate = re.compile(r"  [\d,]+ +[\d.]+x")
+    for name in ("stanchion LogParser (C)", "PyLogParser (Python regex)", "GoAccess "):
+        row = [ln for ln in lines if ln.startswith(name)]
+        assert row and rate.search(row[0]), (name, out)
+    assert any(ln.startswith("peak RSS of a full C parse: ") for ln in lines), out
+    assert any(
+        re.search(r"lines/s on one core: (MET|MISSED): [\d,]+$", ln) for ln in lines
+    ), out
 
 
 def test_report_benchmark_runs_every_case() -> None:

@@ -367,3 +367,19 @@ class SharedMemoryConcurrency:
     def _count(self, key: str | bytes | None, /) -> tuple[int, int]: ...
     @property
     def name(self) -> str: ...
+
+_Events = tuple[list[int], list[str], list[str], list[int]]
+
+@final
+class LogParser:
+    def __new__(
+        cls,
+        log_format: str = "combined",
+        *,
+        top: int = 10000,
+        windows: Sequence[int] = (1, 60),
+        events: bool = False,
+    ) -> LogParser: ...
+    def feed(self, data: bytes | bytearray | memoryview, /) -> _Events | None: ...
+    def finish(self, /) -> _Events | None: ...
+    def summary(self, /) -> dict[str, Any]: ...

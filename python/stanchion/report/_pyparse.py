@@ -108,6 +108,9 @@ _LONG_HEX = re.compile(r"[0-9a-fA-F]{16,}")
 MAX_METHODS = 16
 MAX_EXAMPLES = 5
 EXAMPLE_BYTES = 200
+# A longer line (after dropping a trailing "\r") is malformed: the C
+# parser never buffers more than this of one line.
+MAX_LINE = 65536
 
 
 def _tokenize(log_format: str) -> list[tuple[str, str]]:
@@ -544,6 +547,9 @@ class PyLogParser:
             if not line:
                 continue
             self._lines += 1
+            if len(line) > MAX_LINE:
+                self._bad(line)
+                continue
             self._line(line, ev)
         return ev
 
