@@ -19,6 +19,7 @@ import stanchion
 from stanchion import Limiter, StorageUnavailable, cached
 from stanchion.asgi import CacheMiddleware
 from stanchion.memcached import MemcachedCache, MemcachedStorage
+from stanchion.memcached.connection import _safe_key
 
 from ._memcached import MemcachedServer
 from ._redis import SLOW
@@ -112,6 +113,24 @@ def test_clear_and_namespaces(cache: MemcachedCache) -> None:
         assert other.get("x") is None
     finally:
         other.close()
+
+
+def test_keys_of_the_parent_never_reach_a_namespaces_own(cache: MemcachedCache) -> None:
+    """A namespace's generation counter and its hashed keys (the response
+    cache's entries, groups and Vary records) are out of the parent's
+    reach: a parent key spelled like one of them is a key of its own."""
+    users = cache.namespace("users")
+    users.set("k", "user")
+    users.set("a b", "secret")  # stored under a hash of its body
+    hashed = _safe_key(users._prefix, b"a b")[len(cache._prefix) :].decode()
+    assert hashed.startswith("users:#")
+    assert cache.get(hashed) is None
+    cache.set("users:#generation", "x")
+    cache.set(hashed, "poison")
+    assert (users.get("k"), users.get("a b")) == ("user", "secret")
+    users.clear()
+    assert users.get("k") is None
+    assert (cache.get("users:#generation"), cache.get(hashed)) == ("x", "poison")
 
 
 def test_json_serializer_and_too_large_values(

@@ -147,6 +147,7 @@ def test_safe_keys_hash_what_memcached_refuses() -> None:
         b"\x7f",
         "café".encode(),
         b"#starts-with-hash",
+        b"ns:#generation",
     ):
         key = _safe_key(p, body)
         assert key.startswith(b"pre:#") and len(key) == len(p) + 41

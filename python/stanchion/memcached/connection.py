@@ -58,16 +58,14 @@ _HASHED = b"#"
 
 def _safe_key(prefix: bytes, body: bytes) -> bytes:
     """``prefix + body`` when Memcached can store it as it is (at most
-    250 bytes, printable ASCII, no space or control byte, ``body`` not
-    starting with ``#``); otherwise ``prefix + "#"`` and a 40-digit hash
-    of ``body``, so no key is ever refused and two bodies never share a
-    key (a body that starts with ``#`` is hashed too)."""
+    250 bytes, printable ASCII, no space or control byte, no ``#`` in
+    ``body``); otherwise ``prefix + "#"`` and a 40-digit hash of
+    ``body``, so no key is ever refused and two bodies never share a key.
+    A body holding ``#`` anywhere is hashed too: a namespace's prefix is
+    its parent's plus ``name:``, and the parent's body ``name:#...``
+    must not reach the namespace's hashed keys or its ``#generation``."""
     key = prefix + body
-    if (
-        len(key) <= MAX_KEY
-        and not body.startswith(_HASHED)
-        and _KEY_BYTES.issuperset(key)
-    ):
+    if len(key) <= MAX_KEY and _HASHED not in body and _KEY_BYTES.issuperset(key):
         return key
     return prefix + _HASHED + hashlib.blake2b(body, digest_size=20).hexdigest().encode()
 
