@@ -568,3 +568,31 @@ def test_drfs_own_hooks_throttle_rates_and_timer() -> None:
     assert [t(factory.get("/")).status_code for _ in range(2)] == [200, 429]
     clock.advance(60)
     assert t(factory.get("/")).status_code == 200
+
+
+def test_num_proxies_without_trusted_proxies_is_a_check_warning() -> None:
+    """DRF's NUM_PROXIES has no meaning here: a project that set it and
+    switches would count every client behind its proxy as the proxy.
+    ``manage.py check`` says so until TRUSTED_PROXIES is set."""
+    from django.core import checks
+
+    throttles = {"DEFAULT_THROTTLE_CLASSES": ["stanchion.drf.AnonRateThrottle"]}
+    behind = {**REST, **throttles, "NUM_PROXIES": 1}
+    with override_settings(REST_FRAMEWORK=behind, STANCHION={}):
+        found = checks.run_checks(tags=["stanchion"])
+        assert [e.id for e in found] == ["stanchion.W002"]
+        assert "NUM_PROXIES" in found[0].msg and "TRUSTED_PROXIES" in found[0].hint
+        # Every client behind the proxy is one client, as the check says.
+        factory = APIRequestFactory()
+        seen = []
+        for i in range(4):
+            request = factory.get("/", HTTP_X_FORWARDED_FOR=f"198.51.100.{i}")
+            seen.append(AnonView.as_view()(request).status_code)
+        assert seen == [200, 200, 200, 429]
+    trusted = {"TRUSTED_PROXIES": ["127.0.0.1"]}
+    with override_settings(REST_FRAMEWORK=behind, STANCHION=trusted):
+        assert checks.run_checks(tags=["stanchion"]) == []
+    with override_settings(REST_FRAMEWORK={**REST, **throttles}, STANCHION={}):
+        assert checks.run_checks(tags=["stanchion"]) == []
+    with override_settings(REST_FRAMEWORK={**REST, "NUM_PROXIES": 1}, STANCHION={}):
+        assert checks.run_checks(tags=["stanchion"]) == []  # DRF's own throttles
