@@ -427,7 +427,7 @@ async def test_asgi_unidentified_never_calls_the_blocking_hit() -> None:
         ({"LIMITS": "5/minute"}, "STANCHION: unknown keys ['LIMITS']"),
         ({"ALGORITHM": "leaky"}, "STANCHION['ALGORITHM'] / STANCHION['MAX_KEYS']: "),
         ({"KEY": "no.such.module.key"}, "STANCHION['KEY']: cannot import"),
-        ({"STORAGE_URL": "memcached://x"}, "STANCHION['STORAGE_URL']: "),
+        ({"STORAGE_URL": "mongodb://x"}, "STANCHION['STORAGE_URL']: "),
         ({"DRY_RUN": "no"}, "STANCHION['DRY_RUN']: "),
         ({"LIMIT": "5/minute", "HEADERS": False}, "STANCHION['HEADERS']: "),
         ({"EXEMPT_METHODS": None}, "STANCHION['EXEMPT_METHODS']: "),
