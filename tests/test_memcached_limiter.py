@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -292,7 +293,6 @@ def test_processes_share_one_limit(
 def test_threads_share_one_limit(storage: MemcachedStorage, algorithm: str) -> None:
     """Eight threads racing on one key (one connection each from the
     pool): exactly the limit passes, the cas loops retrying lost races."""
-    import threading
 
     lim = Limiter("40/minute", storage=storage, algorithm=algorithm)
     allowed: list[int] = []
@@ -314,7 +314,12 @@ def test_threads_share_one_limit(storage: MemcachedStorage, algorithm: str) -> N
 def test_hash_client_used_as_given(
     memcached_server: MemcachedServer, algorithm: str
 ) -> None:
-    ring = HashClient([("127.0.0.1", memcached_server.port)], timeout=SLOW)
+    ring = HashClient(
+        [("127.0.0.1", memcached_server.port)],
+        timeout=SLOW,
+        connect_timeout=SLOW,
+        use_pooling=True,
+    )
     storage = MemcachedStorage(ring, prefix=f"h{uuid.uuid4().hex[:8]}:")
     assert storage._connector.client is ring
     assert f"127.0.0.1:{memcached_server.port}" in repr(storage)
@@ -328,5 +333,44 @@ def test_hash_client_used_as_given(
         assert cache.get(("a", 1)) == "v"
         cache.clear()
         assert cache.get(("a", 1)) is None
+    finally:
+        storage.close()
+
+
+def test_hash_client_must_be_safe_for_threads_and_bounded(
+    memcached_server: MemcachedServer,
+) -> None:
+    """A HashClient is used as given: one without pooling shares one
+    socket per server among the threads that call it (replies mixed up:
+    spurious outages, a cas answered with another call's STORED), and
+    one without timeouts hangs on a stalled server. Both are refused,
+    naming the setting; a pooled, bounded one keeps every quota exact
+    under threads."""
+    servers = [("127.0.0.1", memcached_server.port)]
+    bounded = {"timeout": SLOW, "connect_timeout": SLOW}
+    for make in (MemcachedStorage, stanchion.MemcachedCache):
+        with pytest.raises(ValueError, match=r"use_pooling=True"):
+            make(HashClient(servers, **bounded))
+        with pytest.raises(ValueError, match=r"connect_timeout and timeout="):
+            make(HashClient(servers, use_pooling=True))
+        with pytest.raises(ValueError, match=r"connect_timeout="):
+            make(HashClient(servers, use_pooling=True, timeout=SLOW))
+    ring = HashClient(servers, use_pooling=True, **bounded)
+    storage = MemcachedStorage(ring, prefix=f"h{uuid.uuid4().hex[:8]}:")
+    try:
+        lim = Limiter("40/minute", storage=storage, on_error="raise")
+        start = threading.Barrier(8)
+        allowed: list[int] = []
+
+        def work() -> None:
+            start.wait()
+            allowed.append(sum(lim.hit("raced").allowed for _ in range(20)))
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sum(allowed) == 40
     finally:
         storage.close()

@@ -133,7 +133,28 @@ class _Connector(_Outage):
             )
         elif isinstance(c, HashClient):
             # Several servers: used as given, with its own timeouts and
-            # retry settings (set them).
+            # retry settings, so they must be safe here: calls come from
+            # several threads (the loop's executor, a threaded server),
+            # and one socket per server would mix their replies up; and
+            # a call with no timeout would hang a request on a stalled
+            # server instead of following on_error.
+            if not c.use_pooling:
+                raise ValueError(
+                    "a HashClient used from several threads needs "
+                    "use_pooling=True (one socket per server mixes up the "
+                    "replies of concurrent calls)"
+                )
+            unbounded = [
+                name
+                for name in ("connect_timeout", "timeout")
+                if c.default_kwargs.get(name) is None
+            ]
+            if unbounded:
+                raise ValueError(
+                    f"give the HashClient {' and '.join(unbounded)}= (seconds): "
+                    "it is used as given, and without them a stalled server "
+                    "hangs the request instead of following on_error"
+                )
             self.client = c
             self.where = ",".join(sorted(c.clients))
         else:
