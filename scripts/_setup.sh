@@ -14,6 +14,7 @@ ensure_system_packages() {
 	command -v redis-server >/dev/null || missing+=(redis-server)
 	command -v clang-format >/dev/null || missing+=(clang-format)
 	command -v memcached >/dev/null || missing+=(memcached)
+	command -v openssl >/dev/null || missing+=(openssl)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	local sudo=""
 	[ "$(id -u)" -ne 0 ] && sudo="sudo"

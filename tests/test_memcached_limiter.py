@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import shutil
+import ssl
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,8 +26,8 @@ import stanchion
 from stanchion import Decision, Limiter
 from stanchion.memcached import MemcachedLimiter, MemcachedStorage, _safe_key
 
-from ._memcached import MemcachedServer
-from ._redis import SLOW
+from ._memcached import MEMCACHED, MemcachedServer
+from ._redis import SLOW, free_port, server_env
 
 ALGORITHMS = ["token_bucket", "fixed_window", "sliding_window"]
 PERIODS = [0.001, 0.0025, 0.5, 1, 2, 3, 60, 3600, 86400, 604800]
@@ -374,3 +380,45 @@ def test_hash_client_must_be_safe_for_threads_and_bounded(
         assert sum(allowed) == 40
     finally:
         storage.close()
+
+
+def test_a_tls_client_keeps_its_tls(tmp_path: Any) -> None:
+    """A pymemcache Client given with a TLS context: stanchion's own
+    connections to its server speak TLS too (never the same data in the
+    clear), against a real memcached listening with TLS only."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None and MEMCACHED is not None
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    args = [MEMCACHED, "-p", str(port), "-U", "0", "-l", "127.0.0.1", "-Z",
+            "-o", f"ssl_chain_cert={cert},ssl_key={key}"]  # fmt: skip
+    if os.geteuid() == 0:
+        args += ["-u", "root"]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env()
+    )
+    ctx = ssl.create_default_context(cafile=str(cert))
+    given = Client(("127.0.0.1", port), tls_context=ctx, timeout=SLOW)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                given.version()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "memcached with TLS did not start"
+                time.sleep(0.05)
+        storage = MemcachedStorage(given, prefix="tls:")
+        lim = Limiter("2/minute", storage=storage, on_error="raise")
+        assert [lim.hit("k").allowed for _ in range(3)] == [True, True, False]
+        storage.close()
+    finally:
+        given.close()
+        proc.terminate()
+        proc.wait(10)

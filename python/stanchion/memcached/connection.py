@@ -125,9 +125,15 @@ class _Connector(_Outage):
             self.where = f"{server[0]}:{server[1]}"
         elif isinstance(c, (Client, PooledClient)):
             # Our own connections to its server, bounded by our timeout,
-            # storing bytes (its serializer is its own business).
+            # storing bytes (its serializer is its own business), over
+            # its transport: its TLS context and socket module.
             server = c.server
-            self.client = PooledClient(server, **settings)
+            self.client = PooledClient(
+                server,
+                tls_context=c.tls_context,
+                socket_module=c.socket_module,
+                **settings,
+            )
             self.where = (
                 f"{server[0]}:{server[1]}" if isinstance(server, tuple) else str(server)
             )

@@ -98,8 +98,8 @@ class MemcachedStorage:
     """Rate limits shared through Memcached: ``Limiter(storage=...)``.
 
     ``client_or_url``: ``"memcached://host:port"``, ``"host:port"``, a
-    pymemcache ``Client`` or ``PooledClient`` (its server, on connections
-    of our own bounded by ``timeout``), or a ``HashClient`` (used as
+    pymemcache ``Client`` or ``PooledClient`` (its server and TLS context,
+    on connections of our own bounded by ``timeout``), or a ``HashClient`` (used as
     given: ``use_pooling=True``, its ``timeout`` and ``connect_timeout``
     set). ``prefix`` starts every key written; ``timeout`` (seconds)
     bounds each socket operation; ``retry_interval`` spaces the attempts
