@@ -92,6 +92,22 @@ def test_any_key_and_short_ttls(cache: MemcachedCache) -> None:
         cache.set("k", 1, ttl=0)
 
 
+def test_ttls_past_2038_are_kept(cache: MemcachedCache) -> None:
+    """Memcached reads an expiry over 30 days as a Unix time in 31 bits:
+    a longer ttl (one past January 2038) is still stored, and expires at
+    its exact time."""
+    for ttl in (10 * 365 * 86400, 2**31, 1e10):
+        cache.set("long", ttl, ttl=ttl)
+        assert cache.get("long") == ttl
+        left = cache.ttl("long")
+        assert left is not None and ttl - 5 < left <= ttl
+    clock = FakeClock(time.time())
+    cache._clock = clock
+    cache.set("long", "v", ttl=2**31)
+    clock.advance(2**31)
+    assert cache.get("long") is None
+
+
 def test_clear_and_namespaces(cache: MemcachedCache) -> None:
     users = cache.namespace("users")
     cache.set("k", "root")

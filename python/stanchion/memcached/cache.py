@@ -24,7 +24,7 @@ from .._errors import StorageUnavailable
 from .._outage import _Guard, _Unavailable, _Who
 from .._shared_cache import _MISSING, _cache_key, _serializer
 from .connection import _check_prefix, _Connector, _safe_key
-from .limiter import MemcachedStorage
+from .limiter import MAX_EXPIRY, MemcachedStorage
 
 _CACHE_MEANWHILE = {
     "ignore": "reads miss and writes are dropped",
@@ -189,6 +189,8 @@ class MemcachedCache:
             expire = math.ceil(ttl) + 1
             if expire > _RELATIVE_EXPIRY:
                 expire += int(now)
+                if expire > MAX_EXPIRY:
+                    expire = 0  # past 2038: kept until evicted (the header expires it)
         try:
             return bool(
                 client.set(

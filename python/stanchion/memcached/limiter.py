@@ -42,6 +42,9 @@ _LIMITER_MEANWHILE = {
 MAX_CAS = 32
 #: Memcached reads an expiry over 30 days as a Unix time.
 _RELATIVE_EXPIRY = 30 * 24 * 3600
+#: The latest Unix time Memcached holds (31 bits, January 2038); a later
+#: one is stored as "already expired", so 0 (no expiry) stands for it.
+MAX_EXPIRY = 2**31 - 1
 _NS = 1_000_000_000
 
 
@@ -56,10 +59,12 @@ def _key_bytes(key: object) -> bytes:
 def _expiry(ns: int, now_ns: int) -> int:
     """Memcached's ``expire`` for something needed ``ns`` from now: whole
     seconds rounded up, plus one (the server's clock ticks in seconds),
-    as an absolute Unix time past 30 days."""
+    as an absolute Unix time past 30 days; 0 (kept until evicted) past
+    the last time Memcached can hold."""
     seconds = -(-ns // _NS) + 1
     if seconds > _RELATIVE_EXPIRY:
-        return now_ns // _NS + seconds
+        at = now_ns // _NS + seconds
+        return at if at <= MAX_EXPIRY else 0
     return seconds
 
 
