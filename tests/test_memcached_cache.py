@@ -319,6 +319,29 @@ def test_paused_server_bounded_by_timeout(
     storage.close()
 
 
+async def test_paused_server_bounds_many_concurrent_calls(
+    private_memcached: MemcachedServer, clock: FakeClock
+) -> None:
+    """Memcached's asyncio calls wait in the loop's executor (a few
+    threads): many at once on a paused server must not wait there one
+    timeout after another. A call that reaches its thread after the
+    outage began is answered by on_error without asking the server."""
+    storage = MemcachedStorage(private_memcached.url, timeout=FAIL_FAST)
+    storage._connector.clock = clock
+    lim = Limiter("500/minute", storage=storage)
+    assert (await lim.ahit("warm")).allowed
+    private_memcached.pause()
+    try:
+        t0 = time.monotonic()
+        got = await asyncio.gather(*(lim.ahit(f"k{i}") for i in range(60)))
+        took = time.monotonic() - t0
+    finally:
+        private_memcached.resume()
+    assert all(d.allowed for d in got)  # on_error="allow"
+    assert took < 2 * FAIL_FAST + MARGIN
+    storage.close()
+
+
 async def test_cache_outage(
     private_memcached: MemcachedServer,
     caplog: pytest.LogCaptureFixture,

@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "stanchion.memcached needs pymemcache: pip install 'stanchion[memcached]'"
     ) from exc
 
-from .._outage import _Outage
+from .._outage import _Outage, _Unavailable
 
 logger = logging.getLogger("stanchion.memcached")
 
@@ -173,12 +173,23 @@ class _Connector(_Outage):
         """``io(client, *args)``, blocking."""
         return io(self.client, *args)
 
-    async def arun(self, io: Callable[..., _T], *args: Any) -> _T:
+    async def arun(self, io: Callable[..., _T], *args: Any) -> _T | _Unavailable:
         """``io(client, *args)`` in the loop's default executor."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, functools.partial(io, self.client, *args)
+            None, functools.partial(self._queued, self.epoch, io, *args)
         )
+
+    def _queued(
+        self, epoch: int, io: Callable[..., _T], *args: Any
+    ) -> _T | _Unavailable:
+        """``io(client, *args)`` in an executor thread, unless an outage
+        began while the call waited for its thread (the executor has a
+        few; many calls on a stalled server would each wait a timeout in
+        turn): then unavailable at once, as a call not sent."""
+        if self.epoch != epoch and self.down_since is not None:
+            return _Unavailable(self.last_error)
+        return io(self.client, *args)
 
     def close(self) -> None:
         self.client.close()
