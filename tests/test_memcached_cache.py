@@ -149,6 +149,39 @@ def test_keys_of_the_parent_never_reach_a_namespaces_own(cache: MemcachedCache) 
     assert (cache.get("users:#generation"), cache.get(hashed)) == ("x", "poison")
 
 
+def test_an_evicted_generation_never_brings_old_entries_back(
+    cache: MemcachedCache,
+) -> None:
+    """Memcached evicts the small generation counters apart from the
+    entries (another slab class). Entries are never written under the
+    generation a missing counter reads as, so one evicted after clear()
+    (or after a path's invalidation) brings nothing back."""
+    cache.set("k", "before clear")
+    cache.clear()
+    cache.set("other", 1)
+    client = cache._connector.client
+    client.delete(cache._gen_key, noreply=False)  # evicted
+    assert cache.get("k") is None
+    assert cache.get("other") is None  # its generation is gone too
+    cache.set("k", "after")
+    assert cache.get("k") == "after"
+    # The response cache's per-path generations, the same way.
+    cache._set_raw("e:/p?", b"old", 60, "/p")
+    assert cache._get_raw("e:/p?", "/p") == b"old"
+    assert cache._forget_group("/p")
+    assert cache._get_raw("e:/p?", "/p") is None
+    client.delete(cache._group("/p"), noreply=False)  # evicted
+    assert cache._get_raw("e:/p?", "/p") is None
+    # Another process that never read the generation writes under the
+    # current one.
+    other = MemcachedCache(client, prefix=cache.prefix)
+    try:
+        other.set("x", 2)
+        assert cache.get("x") == 2
+    finally:
+        other.close()
+
+
 def test_json_serializer_and_too_large_values(
     cache: MemcachedCache, caplog: pytest.LogCaptureFixture
 ) -> None:
