@@ -16,6 +16,7 @@ ensure_system_packages() {
 	# the GoAccess peer of benchmarks/logparse.py
 	command -v goaccess >/dev/null || missing+=(goaccess)
 	command -v memcached >/dev/null || missing+=(memcached)
+	command -v openssl >/dev/null || missing+=(openssl)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	local sudo=""
 	[ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -46,10 +46,18 @@ static const rate_unit rate_units[] = {
     {"years", 365 * 86400},
 };
 
+/* Writes "invalid rate '<part>': <why>" to err. The message becomes a
+ * Python str (UTF-8): a long part is cut at 57 bytes, backed up to the
+ * start of a character (never inside one, which would not decode), and
+ * a control byte (a NUL among them, which would end the text) is shown
+ * as '?'. */
 static void rate_error(char *err, size_t errlen, const char *part,
                        size_t partlen, const char *fmt, ...)
 {
 	char why[128];
+	char shown[64];
+	size_t n = partlen, i;
+	int cut = partlen > 60;
 	va_list ap;
 
 	if (errlen == 0)
@@ -57,12 +65,20 @@ static void rate_error(char *err, size_t errlen, const char *part,
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
-	if (partlen > 60)
-		snprintf(err, errlen, "invalid rate '%.57s...': %s", part,
-		         why);
+	if (cut) {
+		n = 57;
+		while (n > 0 && ((unsigned char)part[n] & 0xC0) == 0x80)
+			n--;
+	}
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)part[i];
+		shown[i] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+	}
+	shown[n] = '\0';
+	if (cut)
+		snprintf(err, errlen, "invalid rate '%s...': %s", shown, why);
 	else
-		snprintf(err, errlen, "invalid rate '%.*s': %s", (int)partlen,
-		         part, why);
+		snprintf(err, errlen, "invalid rate '%s': %s", shown, why);
 }
 
 static int rate_isspace(char c)

@@ -19,6 +19,7 @@ import stanchion
 from stanchion import Limiter, StorageUnavailable, cached
 from stanchion.asgi import CacheMiddleware
 from stanchion.memcached import MemcachedCache, MemcachedStorage
+from stanchion.memcached.connection import _safe_key
 
 from ._memcached import MemcachedServer
 from ._redis import SLOW
@@ -91,6 +92,22 @@ def test_any_key_and_short_ttls(cache: MemcachedCache) -> None:
         cache.set("k", 1, ttl=0)
 
 
+def test_ttls_past_2038_are_kept(cache: MemcachedCache) -> None:
+    """Memcached reads an expiry over 30 days as a Unix time in 31 bits:
+    a longer ttl (one past January 2038) is still stored, and expires at
+    its exact time."""
+    for ttl in (10 * 365 * 86400, 2**31, 1e10):
+        cache.set("long", ttl, ttl=ttl)
+        assert cache.get("long") == ttl
+        left = cache.ttl("long")
+        assert left is not None and ttl - 5 < left <= ttl
+    clock = FakeClock(time.time())
+    cache._clock = clock
+    cache.set("long", "v", ttl=2**31)
+    clock.advance(2**31)
+    assert cache.get("long") is None
+
+
 def test_clear_and_namespaces(cache: MemcachedCache) -> None:
     users = cache.namespace("users")
     cache.set("k", "root")
@@ -110,6 +127,57 @@ def test_clear_and_namespaces(cache: MemcachedCache) -> None:
         assert cache.get("x") == 1
         cache.clear()
         assert other.get("x") is None
+    finally:
+        other.close()
+
+
+def test_keys_of_the_parent_never_reach_a_namespaces_own(cache: MemcachedCache) -> None:
+    """A namespace's generation counter and its hashed keys (the response
+    cache's entries, groups and Vary records) are out of the parent's
+    reach: a parent key spelled like one of them is a key of its own."""
+    users = cache.namespace("users")
+    users.set("k", "user")
+    users.set("a b", "secret")  # stored under a hash of its body
+    hashed = _safe_key(users._prefix, b"a b")[len(cache._prefix) :].decode()
+    assert hashed.startswith("users:#")
+    assert cache.get(hashed) is None
+    cache.set("users:#generation", "x")
+    cache.set(hashed, "poison")
+    assert (users.get("k"), users.get("a b")) == ("user", "secret")
+    users.clear()
+    assert users.get("k") is None
+    assert (cache.get("users:#generation"), cache.get(hashed)) == ("x", "poison")
+
+
+def test_an_evicted_generation_never_brings_old_entries_back(
+    cache: MemcachedCache,
+) -> None:
+    """Memcached evicts the small generation counters apart from the
+    entries (another slab class). Entries are never written under the
+    generation a missing counter reads as, so one evicted after clear()
+    (or after a path's invalidation) brings nothing back."""
+    cache.set("k", "before clear")
+    cache.clear()
+    cache.set("other", 1)
+    client = cache._connector.client
+    client.delete(cache._gen_key, noreply=False)  # evicted
+    assert cache.get("k") is None
+    assert cache.get("other") is None  # its generation is gone too
+    cache.set("k", "after")
+    assert cache.get("k") == "after"
+    # The response cache's per-path generations, the same way.
+    cache._set_raw("e:/p?", b"old", 60, "/p")
+    assert cache._get_raw("e:/p?", "/p") == b"old"
+    assert cache._forget_group("/p")
+    assert cache._get_raw("e:/p?", "/p") is None
+    client.delete(cache._group("/p"), noreply=False)  # evicted
+    assert cache._get_raw("e:/p?", "/p") is None
+    # Another process that never read the generation writes under the
+    # current one.
+    other = MemcachedCache(client, prefix=cache.prefix)
+    try:
+        other.set("x", 2)
+        assert cache.get("x") == 2
     finally:
         other.close()
 
@@ -281,6 +349,29 @@ def test_paused_server_bounded_by_timeout(
     clock.advance(0.1)
     d = lim.hit("k")
     assert d.allowed and d.remaining == 3  # the hit in the outage never landed
+    storage.close()
+
+
+async def test_paused_server_bounds_many_concurrent_calls(
+    private_memcached: MemcachedServer, clock: FakeClock
+) -> None:
+    """Memcached's asyncio calls wait in the loop's executor (a few
+    threads): many at once on a paused server must not wait there one
+    timeout after another. A call that reaches its thread after the
+    outage began is answered by on_error without asking the server."""
+    storage = MemcachedStorage(private_memcached.url, timeout=FAIL_FAST)
+    storage._connector.clock = clock
+    lim = Limiter("500/minute", storage=storage)
+    assert (await lim.ahit("warm")).allowed
+    private_memcached.pause()
+    try:
+        t0 = time.monotonic()
+        got = await asyncio.gather(*(lim.ahit(f"k{i}") for i in range(60)))
+        took = time.monotonic() - t0
+    finally:
+        private_memcached.resume()
+    assert all(d.allowed for d in got)  # on_error="allow"
+    assert took < 2 * FAIL_FAST + MARGIN
     storage.close()
 
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import shutil
+import ssl
+import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,8 +26,8 @@ import stanchion
 from stanchion import Decision, Limiter
 from stanchion.memcached import MemcachedLimiter, MemcachedStorage, _safe_key
 
-from ._memcached import MemcachedServer
-from ._redis import SLOW
+from ._memcached import MEMCACHED, MemcachedServer
+from ._redis import SLOW, free_port, server_env
 
 ALGORITHMS = ["token_bucket", "fixed_window", "sliding_window"]
 PERIODS = [0.001, 0.0025, 0.5, 1, 2, 3, 60, 3600, 86400, 604800]
@@ -147,6 +154,7 @@ def test_safe_keys_hash_what_memcached_refuses() -> None:
         b"\x7f",
         "café".encode(),
         b"#starts-with-hash",
+        b"ns:#generation",
     ):
         key = _safe_key(p, body)
         assert key.startswith(b"pre:#") and len(key) == len(p) + 41
@@ -291,7 +299,6 @@ def test_processes_share_one_limit(
 def test_threads_share_one_limit(storage: MemcachedStorage, algorithm: str) -> None:
     """Eight threads racing on one key (one connection each from the
     pool): exactly the limit passes, the cas loops retrying lost races."""
-    import threading
 
     lim = Limiter("40/minute", storage=storage, algorithm=algorithm)
     allowed: list[int] = []
@@ -313,7 +320,12 @@ def test_threads_share_one_limit(storage: MemcachedStorage, algorithm: str) -> N
 def test_hash_client_used_as_given(
     memcached_server: MemcachedServer, algorithm: str
 ) -> None:
-    ring = HashClient([("127.0.0.1", memcached_server.port)], timeout=SLOW)
+    ring = HashClient(
+        [("127.0.0.1", memcached_server.port)],
+        timeout=SLOW,
+        connect_timeout=SLOW,
+        use_pooling=True,
+    )
     storage = MemcachedStorage(ring, prefix=f"h{uuid.uuid4().hex[:8]}:")
     assert storage._connector.client is ring
     assert f"127.0.0.1:{memcached_server.port}" in repr(storage)
@@ -329,3 +341,96 @@ def test_hash_client_used_as_given(
         assert cache.get(("a", 1)) is None
     finally:
         storage.close()
+
+
+def test_hash_client_must_be_safe_for_threads_and_bounded(
+    memcached_server: MemcachedServer,
+) -> None:
+    """A HashClient is used as given: one without pooling shares one
+    socket per server among the threads that call it (replies mixed up:
+    spurious outages, a cas answered with another call's STORED), and
+    one without timeouts hangs on a stalled server. Both are refused,
+    naming the setting; a pooled, bounded one keeps every quota exact
+    under threads."""
+    servers = [("127.0.0.1", memcached_server.port)]
+    bounded = {"timeout": SLOW, "connect_timeout": SLOW}
+    for make in (MemcachedStorage, stanchion.MemcachedCache):
+        with pytest.raises(ValueError, match=r"use_pooling=True"):
+            make(HashClient(servers, **bounded))
+        with pytest.raises(ValueError, match=r"connect_timeout and timeout="):
+            make(HashClient(servers, use_pooling=True))
+        with pytest.raises(ValueError, match=r"connect_timeout="):
+            make(HashClient(servers, use_pooling=True, timeout=SLOW))
+    ring = HashClient(servers, use_pooling=True, **bounded)
+    storage = MemcachedStorage(ring, prefix=f"h{uuid.uuid4().hex[:8]}:")
+    try:
+        lim = Limiter("40/minute", storage=storage, on_error="raise")
+        start = threading.Barrier(8)
+        allowed: list[int] = []
+
+        def work() -> None:
+            start.wait()
+            allowed.append(sum(lim.hit("raced").allowed for _ in range(20)))
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sum(allowed) == 40
+    finally:
+        storage.close()
+
+
+def test_a_tls_client_keeps_its_tls(tmp_path: Any) -> None:
+    """A pymemcache Client given with a TLS context: stanchion's own
+    connections to its server speak TLS too (never the same data in the
+    clear), against a real memcached listening with TLS only."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None and MEMCACHED is not None
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    args = [MEMCACHED, "-p", str(port), "-U", "0", "-l", "127.0.0.1", "-Z",
+            "-o", f"ssl_chain_cert={cert},ssl_key={key}"]  # fmt: skip
+    if os.geteuid() == 0:
+        args += ["-u", "root"]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env()
+    )
+    ctx = ssl.create_default_context(cafile=str(cert))
+    given = Client(("127.0.0.1", port), tls_context=ctx, timeout=SLOW)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                given.version()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "memcached with TLS did not start"
+                time.sleep(0.05)
+        storage = MemcachedStorage(given, prefix="tls:")
+        lim = Limiter("2/minute", storage=storage, on_error="raise")
+        assert [lim.hit("k").allowed for _ in range(3)] == [True, True, False]
+        storage.close()
+    finally:
+        given.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_periods_ending_past_2038_are_kept(
+    storage: MemcachedStorage, algorithm: str
+) -> None:
+    """A state needed until past January 2038 (an expiry Memcached cannot
+    hold in 31 bits) was stored already expired: the next hit found the
+    client full again. It is kept until Memcached evicts it."""
+    for rate, n in (("1 per 30 years", 1), ("2 per 20 years", 2)):
+        lim = Limiter(rate, storage=storage, algorithm=algorithm, on_error="raise")
+        assert [lim.hit("k").allowed for _ in range(n + 1)] == [True] * n + [False]

@@ -68,6 +68,28 @@ def test_parse_errors_name_the_bad_part(text: str, fragment: str) -> None:
     assert fragment in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # A long part is cut at 57 bytes: never inside a character (the
+        # message would not decode: UnicodeDecodeError, not the reason).
+        ("1" * 56 + "\u00e9" + "x" * 10, "'" + "1" * 56 + "..."),
+        ("1/second;" + "x" * 56 + "\u20ac" + "y" * 10, "'" + "x" * 56 + "..."),
+        ("x" * 55 + "\U0001f600" + "/second", "'" + "x" * 55 + "..."),
+        # A NUL or control byte is shown as '?', not cut the text short.
+        ("10/second\x00;5/minute", "'10/second?'"),
+        ("10/sec\x00ond", "'10/sec?ond'"),
+    ],
+)
+def test_parse_errors_show_the_part_whatever_its_bytes(text: str, shown: str) -> None:
+    for parse in (parse_rates, stanchion.Limiter):
+        with pytest.raises(ValueError) as info:
+            parse(text)
+        assert type(info.value) is ValueError
+        assert f"invalid rate {shown}" in str(info.value)
+        assert "non-ASCII or control byte" in str(info.value)
+
+
 def test_parse_rejects_non_str() -> None:
     with pytest.raises(TypeError, match="must be a str"):
         parse_rates(10)  # type: ignore[arg-type]

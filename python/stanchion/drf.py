@@ -168,6 +168,23 @@ def _build_rule(conf: _Settings, cache_key: tuple[Any, ...], setting: str) -> Ru
     return rule
 
 
+def _timer_clock(cls: type) -> Callable[[], float]:
+    """The clock of a throttle class that defines DRF's ``timer``: one
+    function per class (the rules are cached by their clock) that calls
+    the class's current ``timer`` as DRF does, through an instance."""
+    held = cls.__dict__.get("_stanchion_timer")
+    if held is not None:
+        clock: Callable[[], float] = held.__func__
+    else:
+
+        def clock() -> float:
+            return float(object.__new__(cls).timer())
+
+        # A staticmethod: read through an instance it stays a function.
+        cls._stanchion_timer = staticmethod(clock)  # type: ignore[attr-defined]
+    return clock
+
+
 def _is_authenticated(request: Any) -> bool:
     user = getattr(request, "user", None)
     return bool(user and user.is_authenticated)
@@ -181,9 +198,13 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
 
     Class attributes: ``scope`` (names the rate in
     ``DEFAULT_THROTTLE_RATES``, the buckets and the policy in the
-    headers), ``rate`` (overrides the setting), ``algorithm`` (default:
-    ``STANCHION["ALGORITHM"]``), ``clock`` (a function giving seconds,
-    for tests; as DRF's ``timer``). A scope whose rate is ``None`` is not
+    headers), ``rate`` (overrides the setting), ``THROTTLE_RATES`` (as
+    in DRF: the rates of this class, in place of the setting),
+    ``algorithm`` (default: ``STANCHION["ALGORITHM"]``), ``clock`` (a
+    function giving seconds, for tests). DRF's ``timer`` (a method, or a
+    callable, giving seconds) is the clock when a subclass defines one
+    and no ``clock``: it is called on each reading, so a test that
+    replaces it moves time. A scope whose rate is ``None`` is not
     throttled, as in DRF.
 
     DRF builds a throttle per request: the limiter lives in a cache of
@@ -191,6 +212,7 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
 
     scope: str | None = None
     rate: str | None = None
+    THROTTLE_RATES: dict[str, Any] | None = None
     algorithm: str | None = None
     clock: Callable[[], float] | None = None
 
@@ -211,7 +233,11 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
             rate: Any = self.rate
             setting = f"{type(self).__name__}.rate"
         else:
-            rates = api_settings.DEFAULT_THROTTLE_RATES
+            rates = self.THROTTLE_RATES
+            if rates is None:
+                rates = api_settings.DEFAULT_THROTTLE_RATES
+            else:
+                setting = f"{type(self).__name__}.THROTTLE_RATES"
             if scope not in rates:
                 raise ImproperlyConfigured(
                     f"No default throttle rate set for {scope!r} scope "
@@ -266,6 +292,8 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
             )
         # Through the class: a plain function there is not a method.
         clock = getattr(type(self), "clock", None)
+        if clock is None and getattr(type(self), "timer", None) is not None:
+            clock = _timer_clock(type(self))
         rule = _rule(scope, rate, self.algorithm, clock, f"throttle {scope!r}")
         native = getattr(request, "_request", request)
         verdict = rule.check(

@@ -158,9 +158,30 @@ def problem_response(verdict: Verdict) -> Response:
     return response
 
 
+_X_RAW = (b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset")
+
+
 def _set_headers(response: Response, verdict: Verdict) -> None:
     # raw_headers is the list both Starlette and FastAPI's header merge use.
-    verdict.extend_headers(response.raw_headers, raw=True)
+    raw = response.raw_headers
+    # Several limits of one route (a router's RateLimit, the route's own
+    # dependency or @limit): the X-RateLimit-* trio is the one with the
+    # fewest requests left, not the first checked.
+    if _fewer_left(raw, verdict):
+        raw[:] = [(k, v) for k, v in raw if k not in _X_RAW]
+    verdict.extend_headers(raw, raw=True)
+
+
+def _fewer_left(raw: list[tuple[bytes, bytes]], verdict: Verdict) -> bool:
+    """Whether ``verdict``'s trio shows fewer requests left than the one
+    already in ``raw`` (False when either has none)."""
+    held = next((v for k, v in raw if k == b"x-ratelimit-remaining"), None)
+    if held is None:
+        return False
+    new = next(
+        (v for k, v in verdict.raw_headers() if k == b"x-ratelimit-remaining"), None
+    )
+    return new is not None and held.isdigit() and int(new) < int(held)
 
 
 def _headers_on_allowed(result: Any, response: Response | None, v: Verdict) -> None:

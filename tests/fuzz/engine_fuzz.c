@@ -33,6 +33,29 @@
 
 /* ---- rate parser -------------------------------------------------------- */
 
+/* Whether s[0..n) is UTF-8 (structure only: lead and continuation
+ * bytes), as Python needs an error message to be. */
+static int utf8_ok(const unsigned char *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		unsigned char c = s[i];
+		size_t more = c < 0x80             ? 0
+		              : (c & 0xE0) == 0xC0 ? 1
+		              : (c & 0xF0) == 0xE0 ? 2
+		              : (c & 0xF8) == 0xF0 ? 3
+		                                   : 4;
+		if (more == 4 || more > n - i - 1)
+			return 0;
+		for (size_t k = 1; k <= more; k++)
+			if ((s[i + k] & 0xC0) != 0x80)
+				return 0;
+		i += more + 1;
+	}
+	return 1;
+}
+
 static void fuzz_rates(const uint8_t *data, size_t size)
 {
 	st_rate rates[ST_MAX_RATES];
@@ -46,6 +69,11 @@ static void fuzz_rates(const uint8_t *data, size_t size)
 	n = rate_parse(buf, size, rates, ST_MAX_RATES, err, sizeof(err));
 	if (n < 0) {
 		CHECK(strlen(err) > 0);
+		/* The message shows part of the text: never cut inside a
+		 * character of a UTF-8 input (Python must decode it). */
+		if (utf8_ok(data, size))
+			CHECK(
+			    utf8_ok((const unsigned char *)err, strlen(err)));
 	} else {
 		st_policy p;
 		CHECK(n >= 1 && n <= ST_MAX_RATES);

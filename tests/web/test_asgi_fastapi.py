@@ -756,7 +756,8 @@ async def test_layers_list_ratelimit_and_keep_one_x_family(
 ) -> None:
     """A route limited by a dependency and by @limit, inside the ASGI
     middleware: every layer's RateLimit item is sent, and one
-    X-RateLimit-* trio, the first one set (the route's)."""
+    X-RateLimit-* trio, the route's (of its two, the one with the fewest
+    requests left)."""
     app = FastAPI()
 
     @app.get(
@@ -780,9 +781,9 @@ async def test_layers_list_ratelimit_and_keep_one_x_family(
         '"route";q=2;w=60',
         '"global";q=9;w=60',
     ]
-    assert r.headers.get_list("x-ratelimit-limit") == ["5"]
-    assert r.headers.get_list("x-ratelimit-remaining") == ["4"]
-    assert r.headers.get_list("x-ratelimit-reset") == ["12"]
+    assert r.headers.get_list("x-ratelimit-limit") == ["2"]
+    assert r.headers.get_list("x-ratelimit-remaining") == ["1"]
+    assert r.headers.get_list("x-ratelimit-reset") == ["30"]
 
 
 def test_route_limits_share_the_adapters_limiter_cache() -> None:
@@ -801,3 +802,46 @@ def test_route_limits_share_the_adapters_limiter_cache() -> None:
     assert endpoint.__stanchion_rule__.limiters is shared  # type: ignore[attr-defined]
     with pytest.raises(AttributeError, match="no_such_name"):
         stanchion.fastapi.no_such_name  # noqa: B018
+
+
+async def test_a_routes_limits_advertise_the_most_restrictive_quota() -> None:
+    """A router's RateLimit and a route's own limit (a dependency or
+    @limit) both apply: X-RateLimit-* are the one with the fewest
+    requests left, so a client that trusts them is not refused while
+    they say it has some left (the first one checked said 4 of 9)."""
+    from fastapi import APIRouter
+
+    clock = FakeClock()
+    router = APIRouter(
+        dependencies=[Depends(RateLimit("9/minute", scope="router", clock=clock))]
+    )
+
+    @router.get(
+        "/dep",
+        dependencies=[Depends(RateLimit("2/minute", scope="route", clock=clock))],
+    )
+    async def dep() -> dict[str, bool]:
+        return {"ok": True}
+
+    @router.get("/deco")
+    @limit("2/minute", scope="deco", clock=clock)
+    async def deco() -> dict[str, bool]:
+        return {"ok": True}
+
+    @router.get("/own")
+    @limit("2/minute", scope="own", clock=clock)
+    async def own() -> PlainTextResponse:
+        return PlainTextResponse("own")
+
+    app = FastAPI(exception_handlers=exception_handlers)
+    app.include_router(router)
+    async with client(app) as c:
+        for path in ("/dep", "/deco", "/own"):
+            seen = []
+            for _ in range(3):
+                r = await c.get(path)
+                seen.append((r.status_code, r.headers.get("x-ratelimit-remaining")))
+                # One trio, whatever the layers.
+                assert len(r.headers.get_list("x-ratelimit-limit")) == 1
+            assert seen == [(200, "1"), (200, "0"), (429, "0")], path
+            assert r.headers["x-ratelimit-limit"] == "2"

@@ -518,3 +518,81 @@ def test_concurrent_requests_get_exactly_the_quota() -> None:
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(one, range(40)))
     assert codes.count(200) == 7 and codes.count(429) == 33
+
+
+def test_drfs_own_hooks_throttle_rates_and_timer() -> None:
+    """A subclass written for DRF's throttles keeps working on ours: its
+    ``THROTTLE_RATES`` name the rates and its ``timer`` is the clock
+    (DRF's tests and projects replace ``timer`` to move time)."""
+
+    class XY(drf.ScopedRateThrottle):
+        THROTTLE_RATES = {"x": "3/min", "y": "1/min"}
+        TIMER_SECONDS = 7200.0
+
+        def timer(self) -> float:
+            return self.TIMER_SECONDS
+
+    class XView(Base):
+        throttle_classes = [XY]
+        throttle_scope = "x"
+
+        def get(self, request: Any) -> Response:
+            return Response("x")
+
+    class YView(XView):
+        throttle_scope = "y"
+
+    factory = APIRequestFactory()
+    x, y = XView.as_view(), YView.as_view()
+    assert [x(factory.get("/")).status_code for _ in range(4)] == [200] * 3 + [429]
+    assert [y(factory.get("/")).status_code for _ in range(2)] == [200, 429]
+    refused = y(factory.get("/"))
+    assert refused["Retry-After"] == "60"
+    XY.TIMER_SECONDS += 60  # DRF's way to move time: the class's timer
+    assert y(factory.get("/")).status_code == 200
+    assert x(factory.get("/")).status_code == 200
+    # A timer given as a callable object (not a method), as DRF allows.
+    clock = FakeClock(7200.0)
+
+    class Timed(drf.AnonRateThrottle):
+        timer = clock
+        THROTTLE_RATES = {"anon": "1/min"}
+
+    class TView(Base):
+        throttle_classes = [Timed]
+
+        def get(self, request: Any) -> Response:
+            return Response("t")
+
+    t = TView.as_view()
+    assert [t(factory.get("/")).status_code for _ in range(2)] == [200, 429]
+    clock.advance(60)
+    assert t(factory.get("/")).status_code == 200
+
+
+def test_num_proxies_without_trusted_proxies_is_a_check_warning() -> None:
+    """DRF's NUM_PROXIES has no meaning here: a project that set it and
+    switches would count every client behind its proxy as the proxy.
+    ``manage.py check`` says so until TRUSTED_PROXIES is set."""
+    from django.core import checks
+
+    throttles = {"DEFAULT_THROTTLE_CLASSES": ["stanchion.drf.AnonRateThrottle"]}
+    behind = {**REST, **throttles, "NUM_PROXIES": 1}
+    with override_settings(REST_FRAMEWORK=behind, STANCHION={}):
+        found = checks.run_checks(tags=["stanchion"])
+        assert [e.id for e in found] == ["stanchion.W002"]
+        assert "NUM_PROXIES" in found[0].msg and "TRUSTED_PROXIES" in found[0].hint
+        # Every client behind the proxy is one client, as the check says.
+        factory = APIRequestFactory()
+        seen = []
+        for i in range(4):
+            request = factory.get("/", HTTP_X_FORWARDED_FOR=f"198.51.100.{i}")
+            seen.append(AnonView.as_view()(request).status_code)
+        assert seen == [200, 200, 200, 429]
+    trusted = {"TRUSTED_PROXIES": ["127.0.0.1"]}
+    with override_settings(REST_FRAMEWORK=behind, STANCHION=trusted):
+        assert checks.run_checks(tags=["stanchion"]) == []
+    with override_settings(REST_FRAMEWORK={**REST, **throttles}, STANCHION={}):
+        assert checks.run_checks(tags=["stanchion"]) == []
+    with override_settings(REST_FRAMEWORK={**REST, "NUM_PROXIES": 1}, STANCHION={}):
+        assert checks.run_checks(tags=["stanchion"]) == []  # DRF's own throttles

@@ -98,4 +98,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="stanchion.E001",
             )
         ]
-    return []
+    return _check_num_proxies()
+
+
+def _check_num_proxies() -> list[checks.CheckMessage]:
+    """DRF's ``NUM_PROXIES`` means nothing to stanchion.drf's throttles:
+    without ``TRUSTED_PROXIES`` every client behind the proxies would be
+    counted as the nearest proxy, one bucket for the whole site."""
+    rest = getattr(django_settings, "REST_FRAMEWORK", None)
+    if not isinstance(rest, dict):
+        return []
+    classes = rest.get("DEFAULT_THROTTLE_CLASSES") or ()
+    ours = any(isinstance(c, str) and c.startswith("stanchion.drf.") for c in classes)
+    raw = getattr(django_settings, "STANCHION", None) or {}
+    if not ours or rest.get("NUM_PROXIES") is None or raw.get("TRUSTED_PROXIES"):
+        return []
+    return [
+        checks.Warning(
+            "REST_FRAMEWORK['NUM_PROXIES'] is set, but stanchion.drf's throttles "
+            "ignore it: every client behind the proxies counts as the proxy",
+            hint="Name the proxies' addresses in STANCHION['TRUSTED_PROXIES'] "
+            "(X-Forwarded-For is then believed from them only).",
+            id="stanchion.W002",
+        )
+    ]

@@ -24,7 +24,7 @@ from .._errors import StorageUnavailable
 from .._outage import _Guard, _Unavailable, _Who
 from .._shared_cache import _MISSING, _cache_key, _serializer
 from .connection import _check_prefix, _Connector, _safe_key
-from .limiter import MemcachedStorage
+from .limiter import MAX_EXPIRY, MemcachedStorage
 
 _CACHE_MEANWHILE = {
     "ignore": "reads miss and writes are dropped",
@@ -154,8 +154,10 @@ class MemcachedCache:
         None; generation and token are read in the same round trip."""
         keys = [self._gen_key, mkey] if group is None else [self._gen_key, group, mkey]
         got = client.get_many(keys)
-        gen = int(got.get(self._gen_key) or 0)
-        self._gen = gen
+        raw = got.get(self._gen_key)
+        # None: no counter (never set, or evicted); a write starts one.
+        self._gen = None if raw is None else int(raw)
+        gen = self._gen or 0
         value = got.get(mkey)
         if value is None or len(value) < _HEADER.size:
             return None
@@ -173,15 +175,19 @@ class MemcachedCache:
         ttl: float | None,
         group: bytes | None = None,
     ) -> bool:
+        # Never under 0, what a missing counter reads as: a counter
+        # evicted later (Memcached keeps small items apart from large
+        # ones) must not bring back what clear() or an invalidation hid.
         token = 0
         if group is not None:
             got = client.get_many([self._gen_key, group])
-            gen = self._gen = int(got.get(self._gen_key) or 0)
-            token = int(got.get(group) or 0)
+            gen = self._gen = self._counter(client, self._gen_key, got)
+            token = self._counter(client, group, got)
         elif self._gen is not None:
             gen = self._gen
         else:
-            gen = self._gen = int(client.get(self._gen_key) or 0)
+            got = client.get_many([self._gen_key])
+            gen = self._gen = self._counter(client, self._gen_key, got)
         now = self._clock()
         expires = 0.0 if ttl is None else now + ttl
         expire = 0
@@ -189,6 +195,8 @@ class MemcachedCache:
             expire = math.ceil(ttl) + 1
             if expire > _RELATIVE_EXPIRY:
                 expire += int(now)
+                if expire > MAX_EXPIRY:
+                    expire = 0  # past 2038: kept until evicted (the header expires it)
         try:
             return bool(
                 client.set(
@@ -214,6 +222,19 @@ class MemcachedCache:
         if vgen != gen or (expires and expires <= now):
             raise KeyError("no such key")
         return None if not expires else expires - now
+
+    @staticmethod
+    def _counter(client: Any, key: bytes, got: dict[bytes, Any]) -> int:
+        """The generation counter at ``key`` (as read in ``got``); when
+        there is none, one started at a random value (another writer's,
+        if it started one first)."""
+        raw = got.get(key)
+        if raw is not None:
+            return int(raw)
+        start = int.from_bytes(os.urandom(6), "big") + 1
+        if client.add(key, b"%d" % start, expire=0, noreply=False):
+            return start
+        return int(client.get(key) or start)
 
     @staticmethod
     def _remove(client: Any, mkey: bytes) -> bool:
@@ -258,6 +279,9 @@ class MemcachedCache:
 
     def _settle(self, reply: Any) -> Any:
         if isinstance(reply, _Unavailable):
+            # The server may come back empty (restarted): read the
+            # generation again rather than write under a lost one.
+            self._gen = None
             if self.on_error == "raise":
                 raise StorageUnavailable(
                     f"Memcached at {self._connector.where} is unavailable"

@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "stanchion.memcached needs pymemcache: pip install 'stanchion[memcached]'"
     ) from exc
 
-from .._outage import _Outage
+from .._outage import _Outage, _Unavailable
 
 logger = logging.getLogger("stanchion.memcached")
 
@@ -58,16 +58,14 @@ _HASHED = b"#"
 
 def _safe_key(prefix: bytes, body: bytes) -> bytes:
     """``prefix + body`` when Memcached can store it as it is (at most
-    250 bytes, printable ASCII, no space or control byte, ``body`` not
-    starting with ``#``); otherwise ``prefix + "#"`` and a 40-digit hash
-    of ``body``, so no key is ever refused and two bodies never share a
-    key (a body that starts with ``#`` is hashed too)."""
+    250 bytes, printable ASCII, no space or control byte, no ``#`` in
+    ``body``); otherwise ``prefix + "#"`` and a 40-digit hash of
+    ``body``, so no key is ever refused and two bodies never share a key.
+    A body holding ``#`` anywhere is hashed too: a namespace's prefix is
+    its parent's plus ``name:``, and the parent's body ``name:#...``
+    must not reach the namespace's hashed keys or its ``#generation``."""
     key = prefix + body
-    if (
-        len(key) <= MAX_KEY
-        and not body.startswith(_HASHED)
-        and _KEY_BYTES.issuperset(key)
-    ):
+    if len(key) <= MAX_KEY and _HASHED not in body and _KEY_BYTES.issuperset(key):
         return key
     return prefix + _HASHED + hashlib.blake2b(body, digest_size=20).hexdigest().encode()
 
@@ -127,15 +125,42 @@ class _Connector(_Outage):
             self.where = f"{server[0]}:{server[1]}"
         elif isinstance(c, (Client, PooledClient)):
             # Our own connections to its server, bounded by our timeout,
-            # storing bytes (its serializer is its own business).
+            # storing bytes (its serializer is its own business), over
+            # its transport: its TLS context and socket module.
             server = c.server
-            self.client = PooledClient(server, **settings)
+            self.client = PooledClient(
+                server,
+                tls_context=c.tls_context,
+                socket_module=c.socket_module,
+                **settings,
+            )
             self.where = (
                 f"{server[0]}:{server[1]}" if isinstance(server, tuple) else str(server)
             )
         elif isinstance(c, HashClient):
             # Several servers: used as given, with its own timeouts and
-            # retry settings (set them).
+            # retry settings, so they must be safe here: calls come from
+            # several threads (the loop's executor, a threaded server),
+            # and one socket per server would mix their replies up; and
+            # a call with no timeout would hang a request on a stalled
+            # server instead of following on_error.
+            if not c.use_pooling:
+                raise ValueError(
+                    "a HashClient used from several threads needs "
+                    "use_pooling=True (one socket per server mixes up the "
+                    "replies of concurrent calls)"
+                )
+            unbounded = [
+                name
+                for name in ("connect_timeout", "timeout")
+                if c.default_kwargs.get(name) is None
+            ]
+            if unbounded:
+                raise ValueError(
+                    f"give the HashClient {' and '.join(unbounded)}= (seconds): "
+                    "it is used as given, and without them a stalled server "
+                    "hangs the request instead of following on_error"
+                )
             self.client = c
             self.where = ",".join(sorted(c.clients))
         else:
@@ -148,12 +173,23 @@ class _Connector(_Outage):
         """``io(client, *args)``, blocking."""
         return io(self.client, *args)
 
-    async def arun(self, io: Callable[..., _T], *args: Any) -> _T:
+    async def arun(self, io: Callable[..., _T], *args: Any) -> _T | _Unavailable:
         """``io(client, *args)`` in the loop's default executor."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            None, functools.partial(io, self.client, *args)
+            None, functools.partial(self._queued, self.epoch, io, *args)
         )
+
+    def _queued(
+        self, epoch: int, io: Callable[..., _T], *args: Any
+    ) -> _T | _Unavailable:
+        """``io(client, *args)`` in an executor thread, unless an outage
+        began while the call waited for its thread (the executor has a
+        few; many calls on a stalled server would each wait a timeout in
+        turn): then unavailable at once, as a call not sent."""
+        if self.epoch != epoch and self.down_since is not None:
+            return _Unavailable(self.last_error)
+        return io(self.client, *args)
 
     def close(self) -> None:
         self.client.close()

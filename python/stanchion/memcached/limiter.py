@@ -43,6 +43,9 @@ _LIMITER_MEANWHILE = {
 MAX_CAS = 32
 #: Memcached reads an expiry over 30 days as a Unix time.
 _RELATIVE_EXPIRY = 30 * 24 * 3600
+#: The latest Unix time Memcached holds (31 bits, January 2038); a later
+#: one is stored as "already expired", so 0 (no expiry) stands for it.
+MAX_EXPIRY = 2**31 - 1
 _NS = 1_000_000_000
 
 
@@ -57,10 +60,12 @@ def _key_bytes(key: object) -> bytes:
 def _expiry(ns: int, now_ns: int) -> int:
     """Memcached's ``expire`` for something needed ``ns`` from now: whole
     seconds rounded up, plus one (the server's clock ticks in seconds),
-    as an absolute Unix time past 30 days."""
+    as an absolute Unix time past 30 days; 0 (kept until evicted) past
+    the last time Memcached can hold."""
     seconds = -(-ns // _NS) + 1
     if seconds > _RELATIVE_EXPIRY:
-        return now_ns // _NS + seconds
+        at = now_ns // _NS + seconds
+        return at if at <= MAX_EXPIRY else 0
     return seconds
 
 
@@ -99,9 +104,10 @@ class MemcachedStorage:
     """Rate limits shared through Memcached: ``Limiter(storage=...)``.
 
     ``client_or_url``: ``"memcached://host:port"``, ``"host:port"``, a
-    pymemcache ``Client`` or ``PooledClient`` (its server, on connections
-    of our own bounded by ``timeout``), or a ``HashClient`` (used as
-    given). ``prefix`` starts every key written; ``timeout`` (seconds)
+    pymemcache ``Client`` or ``PooledClient`` (its server and TLS context,
+    on connections of our own bounded by ``timeout``), or a ``HashClient`` (used as
+    given: ``use_pooling=True``, its ``timeout`` and ``connect_timeout``
+    set). ``prefix`` starts every key written; ``timeout`` (seconds)
     bounds each socket operation; ``retry_interval`` spaces the attempts
     while Memcached is down.
     """
