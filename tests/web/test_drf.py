@@ -580,7 +580,7 @@ def test_num_proxies_without_trusted_proxies_is_a_check_warning() -> None:
     behind = {**REST, **throttles, "NUM_PROXIES": 1}
     with override_settings(REST_FRAMEWORK=behind, STANCHION={}):
         found = checks.run_checks(tags=["stanchion"])
-        assert [e.id for e in found] == ["stanchion.W002"]
+        assert [e.id for e in found] == ["stanchion.W003"]
         assert "NUM_PROXIES" in found[0].msg and "TRUSTED_PROXIES" in found[0].hint
         # Every client behind the proxy is one client, as the check says.
         factory = APIRequestFactory()

@@ -119,6 +119,6 @@ def _check_num_proxies() -> list[checks.CheckMessage]:
             "ignore it: every client behind the proxies counts as the proxy",
             hint="Name the proxies' addresses in STANCHION['TRUSTED_PROXIES'] "
             "(X-Forwarded-For is then believed from them only).",
-            id="stanchion.W002",
+            id="stanchion.W003",
         )
     ]
