@@ -626,3 +626,48 @@ def test_bursts_group_consecutive_minutes():
         (900, 1, 100, 900),
         (1320, 2, 140, 1380),
     ]
+
+
+# -- hostile log content ------------------------------------------------------------
+
+# Fields an attacker writes (the path, even the client field behind a
+# proxy): escape sequences (clear the screen, set the title, a hidden
+# hyperlink, an 8-bit CSI), rich markup and emoji codes.
+EVIL_CLIENT = "\x1b]0;pwned\x07[red]:smile:"
+EVIL_PATH = "/\x1b[2J[link=https://evil.example]x[/link]:smile:"
+EVIL_LINE = (
+    "junk \x1b]8;;https://evil.example\x1b\\x\x1b]8;;\x1b\\ [bold]b[/bold] \x9b31m"
+)
+
+
+def evil_log() -> bytes:
+    rows = [(f"10.0.0.{i}", 5 * i, "/ok", 200) for i in range(1, 8)]
+    rows += [(EVIL_CLIENT, 1, EVIL_PATH, 404)] * 30
+    rows.sort(key=lambda r: r[1])
+    return log(rows).replace(b"\n", b"\n" + EVIL_LINE.encode("latin-1") + b"\n", 1)
+
+
+def test_terminal_report_shows_hostile_fields_as_text():
+    """What the log says is printed as text: no escape sequence reaches
+    the terminal, no rich markup or emoji code is interpreted."""
+    proc = run_cli(
+        "-",
+        "--simulate",
+        "1/second",
+        "--penalty",
+        "after=1,within=10,ban=5",
+        "--suggest",
+        stdin=evil_log(),
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    shown = "\\x1b]0;pwned\\x07[red]:smile:"
+    assert f"{shown} !" in out  # the abusive clients' table
+    assert f"abusive clients: 29 refused ({shown})" in out
+    assert f"1 key banned: {shown} (" in out
+    assert "/\\x1b[2J[link=https://evil.example]x[/link]:smile:" in out
+    # the malformed line (the table may wrap it at a space)
+    assert "-:2     junk" in out
+    assert "\\x1b]8;;https://evil.example\\x1b\\x\\x1b]8;;\\x1b\\" in out
+    assert "[bold]b[/bold]" in out and "\\x9b31m" in out
