@@ -671,3 +671,39 @@ def test_terminal_report_shows_hostile_fields_as_text():
     assert "-:2     junk" in out
     assert "\\x1b]8;;https://evil.example\\x1b\\x\\x1b]8;;\\x1b\\" in out
     assert "[bold]b[/bold]" in out and "\\x9b31m" in out
+
+
+def test_html_report_keeps_hostile_fields_out_of_its_markup(tmp_path):
+    """Strings from the log never end or reopen the page's <script>
+    blocks ("</script>", or "<!--" then "<script", which keeps the end
+    tag from ending the block), and chart labels carry no tags for
+    plotly to draw (a link)."""
+    link = '<a\thref="https://evil.example/">x</a>'
+    rows = [(f"10.0.0.{i}", 5 * i, "/ok", 200) for i in range(1, 8)]
+    rows += [("<!--<script>", 1, "/</script><script>alert(1)</script>", 404)] * 30
+    rows += [(link, 2, "/<!--<script>", 200)] * 2
+    path = tmp_path / "evil.log"
+    path.write_bytes(log(sorted(rows, key=lambda r: r[1])))
+    out = tmp_path / "r.html"
+    proc = run_cli(str(path), "--suggest", "--html", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    page = out.read_text()
+    blocks = page.split('<script type="application/json"')[1:]
+    assert len(blocks) == 6
+    for block in blocks:
+        text = block[block.index(">") + 1 : block.index("</script>")]
+        assert "<" not in text  # no "</", "<!--" or "<script" inside
+    c = _Checker()
+    c.feed(page)
+    c.close()
+    assert c.errors == [] and c.stack == []
+    model = json.loads(c.scripts["report-model"])
+    assert model == json.loads(proc.stdout)
+    keys = {x["key"] for x in model["clients"]}
+    assert {"<!--<script>", link} <= keys
+    assert "/</script><script>alert(1)</script>" in {x["key"] for x in model["paths"]}
+    bars = json.loads(c.scripts["chart-clients-data"])["data"][0]["y"]
+    assert "&lt;!--&lt;script&gt;" in bars
+    assert '&lt;a\thref="https://evil.example/"&gt;x&lt;/a&gt;' in bars
+    refused = json.loads(c.scripts["chart-suggestion-data"])["data"][0]["x"]
+    assert refused and not any("<" in k for k in refused)
