@@ -707,3 +707,47 @@ def test_html_report_keeps_hostile_fields_out_of_its_markup(tmp_path):
     assert '&lt;a\thref="https://evil.example/"&gt;x&lt;/a&gt;' in bars
     refused = json.loads(c.scripts["chart-suggestion-data"])["data"][0]["x"]
     assert refused and not any("<" in k for k in refused)
+
+
+def test_counts_with_empty_steps_match_the_filled_list():
+    """Percentiles, median and MAD over a series' steps, the empty ones as
+    zeros, agree with the same figures over the list written out."""
+    import random
+    import statistics
+
+    from stanchion.report._model import _Counts, _percentile
+
+    rng = random.Random(5)
+    for _ in range(300):
+        step = rng.choice([1, 60])
+        secs = sorted(rng.sample(range(0, 400 * step, step), rng.randrange(1, 40)))
+        series = [[s, rng.choice([1, 2, 3, 50, rng.randrange(1, 400)])] for s in secs]
+        filled = [0] * ((secs[-1] - secs[0]) // step + 1)
+        for s, n in series:
+            filled[(s - secs[0]) // step] = n
+        c = _Counts(series, step)
+        assert c.n == len(filled)
+        for p in (1, 50, 90, 99, 100):
+            assert c.percentile(p) == _percentile(filled, p)
+        med = statistics.median(filled)
+        assert c.median_and_mad() == (
+            med,
+            statistics.median(abs(v - med) for v in filled),
+        )
+
+
+def test_a_log_spanning_centuries_is_no_memory_bomb(tmp_path):
+    """Two lines 292 years apart: the report neither lists every empty
+    second nor every empty minute in between."""
+    path = tmp_path / "span.log"
+    path.write_bytes(
+        b'1.1.1.1 - - [01/Jan/1970:00:00:00 +0000] "GET / HTTP/1.1" 200 1 "-" "u"\n'
+        b'1.1.1.1 - - [31/Dec/2261:23:59:59 +0000] "GET / HTTP/1.1" 200 1 "-" "u"\n'
+        b'1.1.1.1 - - [31/Dec/2261:23:59:59 +0000] "GET / HTTP/1.1" 200 1 "-" "u"\n'
+    )
+    m = build_report([str(path)])
+    rates = m["site_rates"]
+    assert rates["per_second"] == {"p50": 0, "p90": 0, "p99": 0, "max": 2}
+    assert rates["per_minute"] == {"p50": 0, "p90": 0, "p99": 0, "max": 2}
+    assert m["totals"]["duration_s"] == 9214646400
+    assert m["bursts"]["median"] == 0 and m["bursts"]["mad"] == 0
