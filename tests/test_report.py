@@ -751,3 +751,22 @@ def test_a_log_spanning_centuries_is_no_memory_bomb(tmp_path):
     assert rates["per_minute"] == {"p50": 0, "p90": 0, "p99": 0, "max": 2}
     assert m["totals"]["duration_s"] == 9214646400
     assert m["bursts"]["median"] == 0 and m["bursts"]["mad"] == 0
+
+
+def test_lines_past_the_limiters_clock_are_left_out_of_the_replay(tmp_path):
+    """The parsers read dates up to 2261, the limiter's clock ends in
+    2116: such lines are counted, not replayed, and the rest is."""
+    path = tmp_path / "late.log"
+    path.write_bytes(
+        log([("a", 0, "/", 200), ("a", 0, "/", 200)])
+        + b'b - - [31/Dec/2261:23:59:59 +0000] "GET / HTTP/1.1" 200 1 "-" "u"\n'
+    )
+    proc = run_cli(str(path), "--simulate", "1/second", "--suggest", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    m = json.loads(proc.stdout)
+    assert m["totals"]["parsed"] == 3
+    sim = m["simulation"]
+    assert (sim["hits"], sim["refused"], sim["beyond_clock"]) == (2, 1, 1)
+    assert m["suggestion"]["replay"]["beyond_clock"] == 1
+    text = run_cli(str(path), "--simulate", "1/second").stdout.decode()
+    assert "1 line dated from 2116 on not replayed" in text

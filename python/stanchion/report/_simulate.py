@@ -27,6 +27,9 @@ from ._pyparse import Events, _Table
 __all__ = ["KEYS", "Replay", "parse_penalty"]
 
 KEYS = ("ip", "path", "ip+path")
+# The limiter's clock ends at 2**62 ns (early 2116); the parsers read
+# dates up to 2261. Lines from that far on are not replayed.
+CLOCK_END_NS = 4_611_686_017 * 1_000_000_000
 _PENALTY_PART = re.compile(r"\s*(after|within|ban|factor|max_ban)\s*=\s*([^,\s]+)\s*")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)?")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -134,6 +137,7 @@ class Replay:
         self.hits = 0
         self.refused = 0
         self.banned_hits = 0
+        self.beyond_clock = 0  # lines dated past CLOCK_END_NS, not replayed
         self._refused_by_key = _Table(top)
         self._hits_by_key = _Table(top)
         self._per_second: dict[int, int] = {}
@@ -162,6 +166,9 @@ class Replay:
         seq = self.hits
         with _quiet_bans():
             for ts, k in zip(ts_ns, keys, strict=True):
+                if ts >= CLOCK_END_NS:
+                    self.beyond_clock += 1
+                    continue
                 now = ts / 1e9
                 self._now = now
                 seq += 1
@@ -229,6 +236,7 @@ class Replay:
             "refused_by_key": keys,
             "refused_per_second": sorted([s, n] for s, n in self._per_second.items()),
             "banned_hits": self.banned_hits,
+            "beyond_clock": self.beyond_clock,
             "bans": self.bans,
             "banned_keys": bans,
         }

@@ -304,6 +304,11 @@ def _render_replay(
         f"{r['refused']:,} of {r['hits']:,} requests refused ({_pct(r['refused'], r['hits'])}), "
         f"{_n(r['keys_refused'], 'key')} refused at least once"
     )
+    if r.get("beyond_clock"):
+        p(
+            f"  [dim]{_n(r['beyond_clock'], 'line')} dated from 2116 on not "
+            "replayed (past the limiter's clock)[/dim]"
+        )
     verdict = verdict or r.get("verdict")
     if verdict:
         p(
