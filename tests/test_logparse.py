@@ -839,3 +839,56 @@ def test_differential_structured_formats(pieces: list[str], noise: list) -> None
     data = good + b"\n" + bytes(bad) + b"\n" + good + b" extra\n"
     assert c.feed(data) == py.feed(data), fmt
     assert c.summary() == py.summary(), fmt
+
+
+def test_long_clients_and_paths_are_cut_to_bound_the_tables() -> None:
+    """Tables hold `top` keys of at most 2048 bytes each, however long the
+    lines: 60 kB paths that differ after the cut are one key, in both
+    parsers, in the tables, the templates and the events."""
+    data = b"".join(
+        line(ip="c" * 3000 + str(i % 3), req=f"GET /{'1/' * 30_000}{i}?q HTTP/1.1")
+        for i in range(6)
+    ) + line(req="GET /" + "a" * 2046 + "?x HTTP/1.1")
+    c, py, ce, pe = _both(data, [100_001, 200_003])
+    assert c == py and ce == pe
+    assert c["parsed"] == 7
+    client, _ = c["clients"]
+    assert client["key"] == "c" * 2048 and client["requests"] == 6
+    long_path = "/" + "1/" * 1023 + "1"  # 2048 bytes
+    assert [(p["key"], p["requests"]) for p in c["paths"]] == [
+        (long_path, 6),
+        ("/" + "a" * 2046, 1),
+    ]
+    assert c["templates"][0] == {
+        "key": "/" + "{id}/" * 1023 + "{id}",
+        "requests": 6,
+        "error": 0,
+    }
+    assert {len(k) for k in ce[1] + ce[2]} <= {7, 2047, 2048}
+
+
+def test_memory_stays_bounded_under_a_flood_of_long_distinct_paths() -> None:
+    """1000 tracked paths of 60 kB each, each with its template, would take
+    over 400 MB; cut keys keep the parser's memory small."""
+    script = (
+        "import resource\n"
+        "from stanchion._core import LogParser\n"
+        "p = LogParser(top=1000)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "body = '/1' * 30000\n"
+        "for i in range(2000):\n"
+        "    p.feed(f'10.0.{i % 250}.1 - - [10/Oct/2000:13:55:36 -0700] "
+        '"GET {body}/p{i} HTTP/1.1" 200 1 "-" "u"\\n\'.encode())\n'
+        "s = p.summary()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    grown_kb = int(proc.stdout)
+    assert grown_kb < 60_000, grown_kb

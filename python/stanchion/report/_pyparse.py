@@ -25,6 +25,9 @@ both follow, beyond those of REPORT_SPEC (see ``LogParser``'s docstring):
 * Request: ``METHOD TARGET`` or ``METHOD TARGET PROTOCOL`` separated by
   single spaces, METHOD one or more of ``A-Z``, ``_``, ``-``, TARGET and
   PROTOCOL one or more bytes other than a space.
+* Client and path are cut to their first ``MAX_KEY`` bytes (the path
+  after dropping the query; its template is made from the cut path), so
+  the tables' memory is bounded by ``top`` times a few kB.
 * Every text (client, path, method, examples) is decoded as latin-1, so
   any byte string is a key and the order of keys is the order of bytes.
 """
@@ -111,6 +114,8 @@ EXAMPLE_BYTES = 200
 # A longer line (after dropping a trailing "\r") is malformed: the C
 # parser never buffers more than this of one line.
 MAX_LINE = 65536
+# Clients and paths are cut to this many bytes (the C parser's LP_MAX_KEY).
+MAX_KEY = 2048
 
 
 def _tokenize(log_format: str) -> list[tuple[str, str]]:
@@ -592,7 +597,8 @@ class PyLogParser:
             if r is None:
                 return self._bad(line)
             method = r.group(1).decode("latin-1")
-            path = r.group(2).split(b"?", 1)[0].decode("latin-1")
+            path = r.group(2).split(b"?", 1)[0][:MAX_KEY].decode("latin-1")
+        client = client[:MAX_KEY]
         self._count(client.decode("latin-1"), sec, method, path, status, size)
         if ev is not None:
             ev[0].append(sec * 1_000_000_000)
