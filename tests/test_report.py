@@ -770,3 +770,40 @@ def test_lines_past_the_limiters_clock_are_left_out_of_the_replay(tmp_path):
     assert m["suggestion"]["replay"]["beyond_clock"] == 1
     text = run_cli(str(path), "--simulate", "1/second").stdout.decode()
     assert "1 line dated from 2116 on not replayed" in text
+
+
+def test_replay_keeps_long_keys_apart_in_little_memory():
+    """Keys of any length are limited apart (two 2 kB paths that differ in
+    their last byte, a path that looks like a digest), while the limiter
+    holds a short digest of the long ones, not the 2 kB."""
+    from stanchion.report._simulate import Replay, _limiter_key
+
+    base = "/" + "a" * 2046
+    keys = [base + "1", base + "2", "#" + "0" * 32, _limiter_key(base + "1")]
+    assert len(set(map(_limiter_key, keys))) == 4
+    r = Replay("1/second", key="path")
+    n = 3 * len(keys)
+    r.feed(([10**18] * n, ["c"] * n, keys * 3, [200] * n))
+    res = r.result()
+    assert (res["hits"], res["refused"]) == (12, 8)
+    assert {x["key"]: x["refused"] for x in res["refused_by_key"]} == dict.fromkeys(
+        keys, 2
+    )
+    script = (
+        "import resource\n"
+        "from stanchion.report._simulate import Replay\n"
+        "r = Replay('1/second', key='path')\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "body = '/' + 'a' * 2040\n"
+        "for j in range(10):\n"
+        "    keys = [f'{body}{j * 10000 + i:07d}' for i in range(10000)]\n"
+        "    r.feed(([10**18] * 10000, ['c'] * 10000, keys, [200] * 10000))\n"
+        "    del keys\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) < 100_000  # kB; 100000 keys of 2 kB: 200 MB and more
