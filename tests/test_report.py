@@ -807,3 +807,20 @@ def test_replay_keeps_long_keys_apart_in_little_memory():
     )
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) < 100_000  # kB; 100000 keys of 2 kB: 200 MB and more
+
+
+def test_an_unwritable_html_path_fails_before_reading(tmp_path):
+    """A wrong --html path is told at once (exit 2), not after the whole
+    log was read; nothing is printed on stdout."""
+    for bad, why in (
+        (tmp_path, "is a directory"),
+        (tmp_path / "no" / "r.html", "its directory does not exist"),
+    ):
+        proc = run_cli("-", "--html", str(bad), stdin=b"never read\n")
+        assert proc.returncode == 2 and proc.stdout == b""
+        assert f"cannot write {bad}: {why}" in proc.stderr.decode()
+
+
+def test_penalty_after_too_large_says_the_range():
+    with pytest.raises(ValueError, match=r"from 1 to 2\*\*63 - 1"):
+        parse_penalty("after=99999999999999999999,within=1,ban=1")

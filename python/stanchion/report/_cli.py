@@ -295,6 +295,21 @@ def run_report_command(
         return 2
     if args.penalty is not None and args.simulate is None:
         parser.error("--penalty applies to a simulation: give --simulate RATES too")
+    if args.html:
+        # Before reading a large log, not after: where the page goes.
+        where = os.path.dirname(os.path.abspath(args.html))
+        why = (
+            "is a directory"
+            if os.path.isdir(args.html)
+            else "its directory does not exist"
+            if not os.path.isdir(where)
+            else "its directory is not writable"
+            if not os.access(where, os.W_OK)
+            else None
+        )
+        if why is not None:
+            print(f"stanchion report: cannot write {args.html}: {why}", file=sys.stderr)
+            return 2
     progress = args.progress
     if progress is None:
         sizes = [
