@@ -892,3 +892,16 @@ def test_memory_stays_bounded_under_a_flood_of_long_distinct_paths() -> None:
     assert proc.returncode == 0, proc.stderr
     grown_kb = int(proc.stdout)
     assert grown_kb < 60_000, grown_kb
+
+
+def test_both_parsers_bound_a_format_to_256_items() -> None:
+    """Literal runs and fields (Apache's %t is "[", a field, "]"): 256
+    are taken, 257 are refused, by the C parser and the reference alike."""
+    fits = "%h" + " %x" * 126 + " %t"  # 1 + 2 * 126 + 3 items
+    for cls in (LogParser, PyLogParser):
+        p = cls(fits)
+        p.feed(b"1.1.1.1" + b" x" * 126 + b" [10/Oct/2000:13:55:36 -0700]\n")
+        assert p.summary()["parsed"] == 1
+        for over in (fits + " %x", "%h" + " %x" * 200 + " %t", "$x " * 300):
+            with pytest.raises(ValueError, match="too many fields"):
+                cls(over)

@@ -109,6 +109,7 @@ _UUID = re.compile(
 _LONG_HEX = re.compile(r"[0-9a-fA-F]{16,}")
 
 MAX_METHODS = 16
+MAX_ITEMS = 256  # literals and fields in a format
 MAX_EXAMPLES = 5
 EXAMPLE_BYTES = 200
 # A longer line (after dropping a trailing "\r") is malformed: the C
@@ -192,6 +193,21 @@ def compile_format(log_format: str) -> tuple[re.Pattern[bytes], dict[str, int]]:
         raise TypeError(f"log_format must be a str, not {type(log_format).__name__}")
     named = NAMED_FORMATS.get(log_format)
     tokens = _tokenize(named if named is not None else log_format)
+    # The C parser's bound (LP_MAX_ITEMS): runs of literal bytes and
+    # fields, an Apache %t counting as "[", a field and "]".
+    items, in_lit = 0, False
+    for what, value in tokens:
+        if what == "lit" and value:
+            items += not in_lit
+            in_lit = True
+        elif value == "apache_time":
+            items += 2 + (not in_lit)
+            in_lit = True
+        elif what != "lit":
+            items += 1
+            in_lit = False
+    if items > MAX_ITEMS:
+        raise ValueError(f"the log format has too many fields: {log_format!r}")
     parts: list[str] = []
     kinds: dict[str, int] = {}
     group = 0
