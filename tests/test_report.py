@@ -824,3 +824,22 @@ def test_an_unwritable_html_path_fails_before_reading(tmp_path):
 def test_penalty_after_too_large_says_the_range():
     with pytest.raises(ValueError, match=r"from 1 to 2\*\*63 - 1"):
         parse_penalty("after=99999999999999999999,within=1,ban=1")
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"]])
+def test_a_reader_that_leaves_early_gets_no_traceback(fmt):
+    """`stanchion report log --json | head -1`: the pipe closes before the
+    report is written; the command ends with status 1, quietly."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stanchion", "report", str(SAMPLE), *fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the log is read
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert b"Traceback" not in err and b"Broken pipe" not in err

@@ -358,11 +358,17 @@ def run_report_command(
         except OSError as e:
             print(f"stanchion report: cannot write {args.html}: {e}", file=sys.stderr)
             return 1
-    if args.json:
-        text = json.dumps(model, indent=2)
-        (out or print)(text)
-    else:
-        from ._terminal import render
+    try:
+        if args.json:
+            text = json.dumps(model, indent=2)
+            (out or print)(text)
+        else:
+            from ._terminal import render
 
-        render(model, html=args.html)
+            render(model, html=args.html)
+    except BrokenPipeError:
+        # The reader left (| head): no traceback, and none again when
+        # Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
