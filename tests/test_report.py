@@ -398,6 +398,7 @@ def test_parse_penalty():
         (["--simulate", "10/second", "--penalty", "after=1"], "lacks within, ban"),
         (["--penalty", "after=1,within=1,ban=1"], "give --simulate"),
         (["--top", "0"], "expected an integer >= 1"),
+        (["--track", "3000000000"], "track must be an int from 1 to 2**31 - 1"),
         (["--headroom", "0.5"], "from 1 to 1000"),
         (["--format", "%l %u"], "client field"),
         (["--format", "apache"], "'apache'"),

@@ -55,6 +55,8 @@ def build_report(
     rates. Bad arguments raise ValueError/TypeError before any reading."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be an int >= 1, got {top!r}")
+    if isinstance(track, bool) or not isinstance(track, int) or not 1 <= track < 2**31:
+        raise ValueError(f"track must be an int from 1 to 2**31 - 1, got {track!r}")
     if key not in KEYS:
         raise ValueError(f"key must be one of {', '.join(KEYS)}, got {key!r}")
     if algorithm not in ALGORITHMS:
