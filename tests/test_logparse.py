@@ -905,3 +905,14 @@ def test_both_parsers_bound_a_format_to_256_items() -> None:
         for over in (fits + " %x", "%h" + " %x" * 200 + " %t", "$x " * 300):
             with pytest.raises(ValueError, match="too many fields"):
                 cls(over)
+
+
+def test_byte_sums_stop_at_the_largest_int64_in_both_parsers() -> None:
+    big = line(size="9" * 18)
+    data = big * 10 + line(ip="5.5.5.5", size="1")
+    c, py, ce, pe = _both(data, [len(big) * 3 + 7])
+    assert c == py and ce == pe
+    top = 2**63 - 1
+    assert c["bytes"] == c["clients"][0]["bytes"] == c["paths"][0]["bytes"] == top
+    assert c["per_second"][0][2] == top
+    assert c["clients"][1]["bytes"] == 1

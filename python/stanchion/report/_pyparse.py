@@ -117,6 +117,8 @@ EXAMPLE_BYTES = 200
 MAX_LINE = 65536
 # Clients and paths are cut to this many bytes (the C parser's LP_MAX_KEY).
 MAX_KEY = 2048
+# Byte sums stop at the largest int64, as the C parser's do.
+BYTES_MAX = 2**63 - 1
 
 
 def _tokenize(log_format: str) -> list[tuple[str, str]]:
@@ -627,7 +629,7 @@ class PyLogParser:
     ) -> None:
         self._parsed += 1
         seq = self._parsed
-        self._bytes += size
+        self._bytes = min(self._bytes + size, BYTES_MAX)
         if self._first_ts is None or sec < self._first_ts:
             self._first_ts = sec
         if self._last_ts is None or sec > self._last_ts:
@@ -638,7 +640,7 @@ class PyLogParser:
         if row is None:
             row = self._per_second[sec] = [0, 0, 0, 0]
         row[0] += 1
-        row[1] += size
+        row[1] = min(row[1] + size, BYTES_MAX)
         row[2] += is4
         row[3] += is5
         if self._g_status is not None:
@@ -650,7 +652,7 @@ class PyLogParser:
             self._methods[method] = self._methods.get(method, 0) + 1
 
         e, new = self._clients.touch(client, seq)
-        e.bytes += size
+        e.bytes = min(e.bytes + size, BYTES_MAX)
         e.n4xx += is4
         e.n5xx += is5
         if new:
@@ -664,7 +666,7 @@ class PyLogParser:
 
         if self._g_request is not None:
             p, _ = self._paths.touch(path, seq)
-            p.bytes += size
+            p.bytes = min(p.bytes + size, BYTES_MAX)
             p.n4xx += is4
             p.n5xx += is5
             self._templates.touch(template(path), seq)
