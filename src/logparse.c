@@ -1208,6 +1208,7 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 	size_t pos = 0;
 
 	ln->client = NULL;
+	ln->client_len = 0;
 	ln->path = (const unsigned char *)"";
 	ln->path_len = 0;
 	ln->method = (const unsigned char *)"";
