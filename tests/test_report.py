@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -667,7 +668,7 @@ def test_terminal_report_shows_hostile_fields_as_text():
     assert f"{shown} !" in out  # the abusive clients' table
     assert f"abusive clients: 29 refused ({shown})" in out
     assert f"1 key banned: {shown} (" in out
-    assert "/\\x1b[2J[link=https://evil.example]x[/link]:smile:" in out
+    assert folded(out, "/\\x1b[2J[link=https://evil.example]x[/link]:smile:")
     # the malformed line (the table may wrap it at a space)
     assert "-:2     junk" in out
     assert "\\x1b]8;;https://evil.example\\x1b\\x\\x1b]8;;\\x1b\\" in out
@@ -844,3 +845,27 @@ def test_a_reader_that_leaves_early_gets_no_traceback(fmt):
     proc.stderr.close()
     assert proc.wait(timeout=120) == 1
     assert b"Traceback" not in err and b"Broken pipe" not in err
+
+
+def test_a_long_key_does_not_push_the_numbers_out_of_the_tables():
+    """Anyone can request a 300-byte path (or, behind a proxy, send a long
+    client field): the tables still show every row's counts, the long
+    key on several lines."""
+    rows = [(f"10.0.0.{i}", i, "/a", 200) for i in range(5)]
+    rows.append(("X" * 300, 9, "/" + "p" * 300, 404))
+    proc = run_cli("-", stdin=log(rows))
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert re.search(r"^ 10\.0\.0\.0 +1 +16\.7% +10 B +0 +0 +1/1/1 +1/1 *$", out, re.M)
+    assert re.search(r"^ /a +5 +50 B +0 +0 *$", out, re.M)
+    assert re.search(r"^ /p{47} +1 +10 B +1 +0 *$", out, re.M)
+    assert re.search(r"^ X{48} +1 +16\.7% +10 B +1 +0 ", out, re.M)
+    assert folded(out, "/" + "p" * 300)
+
+
+def folded(out: str, text: str, width: int = 48) -> bool:
+    """``text`` in a table's first column, on lines of ``width``."""
+    return all(
+        re.search("^ " + re.escape(text[i : i + width]), out, re.M)
+        for i in range(0, len(text), width)
+    )

@@ -37,6 +37,20 @@ def plain(s: str, style: str = "") -> Text:
     return Text(visible(s), style=style)
 
 
+KEY_WIDTH = 48  # an IPv6 address fits
+
+
+def key(s: str, style: str = "") -> Text:
+    """A key for a table's first column (never wrapped, so an address
+    stays whole): ``plain``, on lines of KEY_WIDTH characters when longer,
+    so that a long path (anyone can send one) does not push the other
+    columns out of the table."""
+    v = visible(s)
+    if len(v) > KEY_WIDTH:
+        v = "\n".join(v[i : i + KEY_WIDTH] for i in range(0, len(v), KEY_WIDTH))
+    return Text(v, style=style)
+
+
 def quoted(s: str) -> str:
     """Text from a log for a markup string (printed with emoji=False)."""
     return escape(visible(s))
@@ -188,9 +202,9 @@ def render(
     for c in model["clients"]:
         r1, r60 = c["rates"]["1"], c["rates"]["60"]
         row: list[Text | str] = [
-            Text.assemble(plain(c["key"], "bold red"), " !")
+            Text.assemble(key(c["key"], "bold red"), " !")
             if c.get("abusive")
-            else plain(c["key"]),
+            else key(c["key"]),
             f"{c['requests']:,}" + (f" (+-{c['error']})" if c["error"] else ""),
             _pct(c["requests"], parsed),
             size(c["bytes"]),
@@ -231,7 +245,7 @@ def render(
         t.columns[-1].justify = "left"
         for a in ab["clients"]:
             t.add_row(
-                plain(a["key"]),
+                key(a["key"]),
                 f"{a['requests']:,}",
                 str(a["max_1s"]),
                 str(a["max_60s"]),
@@ -246,7 +260,7 @@ def render(
     t = _table("Top paths", "path", "requests", "bytes", "4xx", "5xx")
     for x in model["paths"]:
         t.add_row(
-            plain(x["key"]),
+            key(x["key"]),
             f"{x['requests']:,}",
             size(x["bytes"]),
             str(x["n4xx"]),
@@ -255,7 +269,7 @@ def render(
     p(t)
     t = _table("Top path templates", "template", "requests")
     for x in model["templates"]:
-        t.add_row(plain(x["key"]), f"{x['requests']:,}")
+        t.add_row(key(x["key"]), f"{x['requests']:,}")
     p(t)
     t = _table("Status", "status", "requests", "share")
     for code, n in model["status"].items():
@@ -321,7 +335,7 @@ def _render_replay(
         t = _table(f"{title}: most refused", r["key"], "refused", "of requests", "bans")
         for row in r["refused_by_key"]:
             t.add_row(
-                plain(row["key"]),
+                key(row["key"]),
                 f"{row['refused']:,}",
                 f"{row['hits']:,}" if row["hits"] is not None else "-",
                 str(row["bans"]),
