@@ -7,7 +7,8 @@ VENV="${STANCHION_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 
 # System packages the test suite needs: redis-server (Redis tests),
-# memcached (Memcached tests), clang-format (C style check).
+# memcached (Memcached tests), clang-format (C style check), valgrind
+# (the log parser under memcheck).
 # Debian/Ubuntu names.
 ensure_system_packages() {
 	local missing=()
@@ -17,6 +18,8 @@ ensure_system_packages() {
 	command -v goaccess >/dev/null || missing+=(goaccess)
 	command -v memcached >/dev/null || missing+=(memcached)
 	command -v openssl >/dev/null || missing+=(openssl)
+	# the log parser's fuzz harness under memcheck
+	command -v valgrind >/dev/null || missing+=(valgrind)
 	[ ${#missing[@]} -eq 0 ] && return 0
 	local sudo=""
 	[ "$(id -u)" -ne 0 ] && sudo="sudo"

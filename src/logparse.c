@@ -1208,6 +1208,7 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 	size_t pos = 0;
 
 	ln->client = NULL;
+	ln->client_len = 0;
 	ln->path = (const unsigned char *)"";
 	ln->path_len = 0;
 	ln->method = (const unsigned char *)"";
@@ -1306,7 +1307,12 @@ static int match_line(lp_parser *p, const unsigned char *s, size_t n,
 		}
 		pos = end;
 	}
-	/* What follows the format is ignored (extra fields). */
+	/* What follows the format is ignored (extra fields). Keys are
+	 * cut: a table holds `top` of them, whatever the lines' length. */
+	if (ln->client_len > LP_MAX_KEY)
+		ln->client_len = LP_MAX_KEY;
+	if (ln->path_len > LP_MAX_KEY)
+		ln->path_len = LP_MAX_KEY;
 	return 0;
 }
 

@@ -14,7 +14,10 @@
  *             not counted; a line longer than LP_MAX_LINE bytes is
  *             malformed and never buffered past that bound.
  *   tables    clients, paths and templates: space-saving top-K tables
- *             (Metwally et al.) of at most `top` entries each. Entries sit
+ *             (Metwally et al.) of at most `top` entries each, keyed by
+ *             the first LP_MAX_KEY bytes of a client or path (a template
+ *             is made from the cut path), so that their memory is bounded
+ *             by `top` times a few kB, not by the line length. Entries sit
  *             in count buckets (ascending), each bucket's entries in the
  *             order of their last update, so the entry evicted (fewest
  *             requests, then least recently updated) is the head of the
@@ -31,6 +34,7 @@
 #include <stdint.h>
 
 #define LP_MAX_LINE 65536     /* longer lines (after '\r') are malformed */
+#define LP_MAX_KEY 2048       /* clients and paths are cut to this */
 #define LP_EXAMPLE_LEN 200    /* bytes of a malformed line kept */
 #define LP_MAX_EXAMPLES 5     /* malformed lines kept */
 #define LP_MAX_METHODS 16     /* distinct methods counted by name */

@@ -630,6 +630,47 @@ def test_engine_builds_without_python_and_survives_fuzzing(tmp_path: Path) -> No
     assert parsed > 100_000 and malformed > 10_000 and evicting > 1000
 
 
+@pytest.mark.slow
+def test_engine_reads_no_uninitialised_memory_under_valgrind(tmp_path: Path) -> None:
+    """The fuzz harness built plain and run under valgrind's memcheck,
+    which sees what ASan does not: a branch on memory never written
+    (ASan fills new blocks alike, so both parses of an input agree)."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    valgrind = shutil.which("valgrind")
+    assert cc, "a C compiler is required"
+    assert valgrind, "valgrind is required (apt-get install valgrind)"
+    exe = tmp_path / "logparse_fuzz"
+    subprocess.run(
+        [
+            cc,
+            "-std=c11",
+            "-O1",
+            "-g",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I",
+            str(ROOT / "src"),
+            str(ROOT / "tests/fuzz/logparse_fuzz.c"),
+            str(ROOT / "src/logparse.c"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    proc = subprocess.run(
+        [valgrind, "-q", "--error-exitcode=9", "--leak-check=full", str(exe), "2000"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PATH": "/usr/bin:/bin"},  # not the sanitizer pass's LD_PRELOAD
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "2000 inputs ok" in proc.stdout
+
+
 def test_differential_long_lines_at_the_limit() -> None:
     ok = line(ua="u" * 100)
     pad = 65536 - (len(ok) - 1)
@@ -839,3 +880,80 @@ def test_differential_structured_formats(pieces: list[str], noise: list) -> None
     data = good + b"\n" + bytes(bad) + b"\n" + good + b" extra\n"
     assert c.feed(data) == py.feed(data), fmt
     assert c.summary() == py.summary(), fmt
+
+
+def test_long_clients_and_paths_are_cut_to_bound_the_tables() -> None:
+    """Tables hold `top` keys of at most 2048 bytes each, however long the
+    lines: 60 kB paths that differ after the cut are one key, in both
+    parsers, in the tables, the templates and the events."""
+    data = b"".join(
+        line(ip="c" * 3000 + str(i % 3), req=f"GET /{'1/' * 30_000}{i}?q HTTP/1.1")
+        for i in range(6)
+    ) + line(req="GET /" + "a" * 2046 + "?x HTTP/1.1")
+    c, py, ce, pe = _both(data, [100_001, 200_003])
+    assert c == py and ce == pe
+    assert c["parsed"] == 7
+    client, _ = c["clients"]
+    assert client["key"] == "c" * 2048 and client["requests"] == 6
+    long_path = "/" + "1/" * 1023 + "1"  # 2048 bytes
+    assert [(p["key"], p["requests"]) for p in c["paths"]] == [
+        (long_path, 6),
+        ("/" + "a" * 2046, 1),
+    ]
+    assert c["templates"][0] == {
+        "key": "/" + "{id}/" * 1023 + "{id}",
+        "requests": 6,
+        "error": 0,
+    }
+    assert {len(k) for k in ce[1] + ce[2]} <= {7, 2047, 2048}
+
+
+def test_memory_stays_bounded_under_a_flood_of_long_distinct_paths() -> None:
+    """1000 tracked paths of 60 kB each, each with its template, would take
+    over 400 MB; cut keys keep the parser's memory small."""
+    script = (
+        "import resource\n"
+        "from stanchion._core import LogParser\n"
+        "p = LogParser(top=1000)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "body = '/1' * 30000\n"
+        "for i in range(2000):\n"
+        "    p.feed(f'10.0.{i % 250}.1 - - [10/Oct/2000:13:55:36 -0700] "
+        '"GET {body}/p{i} HTTP/1.1" 200 1 "-" "u"\\n\'.encode())\n'
+        "s = p.summary()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    import os
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    grown_kb = int(proc.stdout)
+    assert grown_kb < 60_000, grown_kb
+
+
+def test_both_parsers_bound_a_format_to_256_items() -> None:
+    """Literal runs and fields (Apache's %t is "[", a field, "]"): 256
+    are taken, 257 are refused, by the C parser and the reference alike."""
+    fits = "%h" + " %x" * 126 + " %t"  # 1 + 2 * 126 + 3 items
+    for cls in (LogParser, PyLogParser):
+        p = cls(fits)
+        p.feed(b"1.1.1.1" + b" x" * 126 + b" [10/Oct/2000:13:55:36 -0700]\n")
+        assert p.summary()["parsed"] == 1
+        for over in (fits + " %x", "%h" + " %x" * 200 + " %t", "$x " * 300):
+            with pytest.raises(ValueError, match="too many fields"):
+                cls(over)
+
+
+def test_byte_sums_stop_at_the_largest_int64_in_both_parsers() -> None:
+    big = line(size="9" * 18)
+    data = big * 10 + line(ip="5.5.5.5", size="1")
+    c, py, ce, pe = _both(data, [len(big) * 3 + 7])
+    assert c == py and ce == pe
+    top = 2**63 - 1
+    assert c["bytes"] == c["clients"][0]["bytes"] == c["paths"][0]["bytes"] == top
+    assert c["per_second"][0][2] == top
+    assert c["clients"][1]["bytes"] == 1

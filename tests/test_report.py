@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -398,6 +399,7 @@ def test_parse_penalty():
         (["--simulate", "10/second", "--penalty", "after=1"], "lacks within, ban"),
         (["--penalty", "after=1,within=1,ban=1"], "give --simulate"),
         (["--top", "0"], "expected an integer >= 1"),
+        (["--track", "3000000000"], "track must be an int from 1 to 2**31 - 1"),
         (["--headroom", "0.5"], "from 1 to 1000"),
         (["--format", "%l %u"], "client field"),
         (["--format", "apache"], "'apache'"),
@@ -626,3 +628,244 @@ def test_bursts_group_consecutive_minutes():
         (900, 1, 100, 900),
         (1320, 2, 140, 1380),
     ]
+
+
+# -- hostile log content ------------------------------------------------------------
+
+# Fields an attacker writes (the path, even the client field behind a
+# proxy): escape sequences (clear the screen, set the title, a hidden
+# hyperlink, an 8-bit CSI), rich markup and emoji codes.
+EVIL_CLIENT = "\x1b]0;pwned\x07[red]:smile:"
+EVIL_PATH = "/\x1b[2J[link=https://evil.example]x[/link]:smile:"
+EVIL_LINE = (
+    "junk \x1b]8;;https://evil.example\x1b\\x\x1b]8;;\x1b\\ [bold]b[/bold] \x9b31m"
+)
+
+
+def evil_log() -> bytes:
+    rows = [(f"10.0.0.{i}", 5 * i, "/ok", 200) for i in range(1, 8)]
+    rows += [(EVIL_CLIENT, 1, EVIL_PATH, 404)] * 30
+    rows.sort(key=lambda r: r[1])
+    return log(rows).replace(b"\n", b"\n" + EVIL_LINE.encode("latin-1") + b"\n", 1)
+
+
+def test_terminal_report_shows_hostile_fields_as_text():
+    """What the log says is printed as text: no escape sequence reaches
+    the terminal, no rich markup or emoji code is interpreted."""
+    proc = run_cli(
+        "-",
+        "--simulate",
+        "1/second",
+        "--penalty",
+        "after=1,within=10,ban=5",
+        "--suggest",
+        stdin=evil_log(),
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    shown = "\\x1b]0;pwned\\x07[red]:smile:"
+    assert f"{shown} !" in out  # the abusive clients' table
+    assert f"abusive clients: 29 refused ({shown})" in out
+    assert f"1 key banned: {shown} (" in out
+    assert folded(out, "/\\x1b[2J[link=https://evil.example]x[/link]:smile:")
+    # the malformed line (the table may wrap it at a space)
+    assert "-:2     junk" in out
+    assert "\\x1b]8;;https://evil.example\\x1b\\x\\x1b]8;;\\x1b\\" in out
+    assert "[bold]b[/bold]" in out and "\\x9b31m" in out
+
+
+def test_html_report_keeps_hostile_fields_out_of_its_markup(tmp_path):
+    """Strings from the log never end or reopen the page's <script>
+    blocks ("</script>", or "<!--" then "<script", which keeps the end
+    tag from ending the block), and chart labels carry no tags for
+    plotly to draw (a link)."""
+    link = '<a\thref="https://evil.example/">x</a>'
+    rows = [(f"10.0.0.{i}", 5 * i, "/ok", 200) for i in range(1, 8)]
+    rows += [("<!--<script>", 1, "/</script><script>alert(1)</script>", 404)] * 30
+    rows += [(link, 2, "/<!--<script>", 200)] * 2
+    path = tmp_path / "evil.log"
+    path.write_bytes(log(sorted(rows, key=lambda r: r[1])))
+    out = tmp_path / "r.html"
+    proc = run_cli(str(path), "--suggest", "--html", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    page = out.read_text()
+    blocks = page.split('<script type="application/json"')[1:]
+    assert len(blocks) == 6
+    for block in blocks:
+        text = block[block.index(">") + 1 : block.index("</script>")]
+        assert "<" not in text  # no "</", "<!--" or "<script" inside
+    c = _Checker()
+    c.feed(page)
+    c.close()
+    assert c.errors == [] and c.stack == []
+    model = json.loads(c.scripts["report-model"])
+    assert model == json.loads(proc.stdout)
+    keys = {x["key"] for x in model["clients"]}
+    assert {"<!--<script>", link} <= keys
+    assert "/</script><script>alert(1)</script>" in {x["key"] for x in model["paths"]}
+    bars = json.loads(c.scripts["chart-clients-data"])["data"][0]["y"]
+    assert "&lt;!--&lt;script&gt;" in bars
+    assert '&lt;a\thref="https://evil.example/"&gt;x&lt;/a&gt;' in bars
+    refused = json.loads(c.scripts["chart-suggestion-data"])["data"][0]["x"]
+    assert refused and not any("<" in k for k in refused)
+
+
+def test_counts_with_empty_steps_match_the_filled_list():
+    """Percentiles, median and MAD over a series' steps, the empty ones as
+    zeros, agree with the same figures over the list written out."""
+    import random
+    import statistics
+
+    from stanchion.report._model import _Counts, _percentile
+
+    rng = random.Random(5)
+    for _ in range(300):
+        step = rng.choice([1, 60])
+        secs = sorted(rng.sample(range(0, 400 * step, step), rng.randrange(1, 40)))
+        series = [[s, rng.choice([1, 2, 3, 50, rng.randrange(1, 400)])] for s in secs]
+        filled = [0] * ((secs[-1] - secs[0]) // step + 1)
+        for s, n in series:
+            filled[(s - secs[0]) // step] = n
+        c = _Counts(series, step)
+        assert c.n == len(filled)
+        for p in (1, 50, 90, 99, 100):
+            assert c.percentile(p) == _percentile(filled, p)
+        med = statistics.median(filled)
+        assert c.median_and_mad() == (
+            med,
+            statistics.median(abs(v - med) for v in filled),
+        )
+
+
+def test_a_log_spanning_centuries_is_no_memory_bomb(tmp_path):
+    """Two lines 292 years apart: the report neither lists every empty
+    second nor every empty minute in between."""
+    path = tmp_path / "span.log"
+    path.write_bytes(
+        b'1.1.1.1 - - [01/Jan/1970:00:00:00 +0000] "GET / HTTP/1.1" 200 1 "-" "u"\n'
+        b'1.1.1.1 - - [31/Dec/2261:23:59:59 +0000] "GET / HTTP/1.1" 200 1 "-" "u"\n'
+        b'1.1.1.1 - - [31/Dec/2261:23:59:59 +0000] "GET / HTTP/1.1" 200 1 "-" "u"\n'
+    )
+    m = build_report([str(path)])
+    rates = m["site_rates"]
+    assert rates["per_second"] == {"p50": 0, "p90": 0, "p99": 0, "max": 2}
+    assert rates["per_minute"] == {"p50": 0, "p90": 0, "p99": 0, "max": 2}
+    assert m["totals"]["duration_s"] == 9214646400
+    assert m["bursts"]["median"] == 0 and m["bursts"]["mad"] == 0
+
+
+def test_lines_past_the_limiters_clock_are_left_out_of_the_replay(tmp_path):
+    """The parsers read dates up to 2261, the limiter's clock ends in
+    2116: such lines are counted, not replayed, and the rest is."""
+    path = tmp_path / "late.log"
+    path.write_bytes(
+        log([("a", 0, "/", 200), ("a", 0, "/", 200)])
+        + b'b - - [31/Dec/2261:23:59:59 +0000] "GET / HTTP/1.1" 200 1 "-" "u"\n'
+    )
+    proc = run_cli(str(path), "--simulate", "1/second", "--suggest", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    m = json.loads(proc.stdout)
+    assert m["totals"]["parsed"] == 3
+    sim = m["simulation"]
+    assert (sim["hits"], sim["refused"], sim["beyond_clock"]) == (2, 1, 1)
+    assert m["suggestion"]["replay"]["beyond_clock"] == 1
+    text = run_cli(str(path), "--simulate", "1/second").stdout.decode()
+    assert "1 line dated from 2116 on not replayed" in text
+
+
+def test_replay_keeps_long_keys_apart_in_little_memory():
+    """Keys of any length are limited apart (two 2 kB paths that differ in
+    their last byte, a path that looks like a digest), while the limiter
+    holds a short digest of the long ones, not the 2 kB."""
+    from stanchion.report._simulate import Replay, _limiter_key
+
+    base = "/" + "a" * 2046
+    keys = [base + "1", base + "2", "#" + "0" * 32, _limiter_key(base + "1")]
+    assert len(set(map(_limiter_key, keys))) == 4
+    r = Replay("1/second", key="path")
+    n = 3 * len(keys)
+    r.feed(([10**18] * n, ["c"] * n, keys * 3, [200] * n))
+    res = r.result()
+    assert (res["hits"], res["refused"]) == (12, 8)
+    assert {x["key"]: x["refused"] for x in res["refused_by_key"]} == dict.fromkeys(
+        keys, 2
+    )
+    script = (
+        "import resource\n"
+        "from stanchion.report._simulate import Replay\n"
+        "r = Replay('1/second', key='path')\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "body = '/' + 'a' * 2040\n"
+        "for j in range(10):\n"
+        "    keys = [f'{body}{j * 10000 + i:07d}' for i in range(10000)]\n"
+        "    r.feed(([10**18] * 10000, ['c'] * 10000, keys, [200] * 10000))\n"
+        "    del keys\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) < 100_000  # kB; 100000 keys of 2 kB: 200 MB and more
+
+
+def test_an_unwritable_html_path_fails_before_reading(tmp_path):
+    """A wrong --html path is told at once (exit 2), not after the whole
+    log was read; nothing is printed on stdout."""
+    for bad, why in (
+        (tmp_path, "is a directory"),
+        (tmp_path / "no" / "r.html", "its directory does not exist"),
+    ):
+        proc = run_cli("-", "--html", str(bad), stdin=b"never read\n")
+        assert proc.returncode == 2 and proc.stdout == b""
+        assert f"cannot write {bad}: {why}" in proc.stderr.decode()
+
+
+def test_penalty_after_too_large_says_the_range():
+    with pytest.raises(ValueError, match=r"from 1 to 2\*\*63 - 1"):
+        parse_penalty("after=99999999999999999999,within=1,ban=1")
+
+
+@pytest.mark.parametrize("fmt", [[], ["--json"]])
+def test_a_reader_that_leaves_early_gets_no_traceback(fmt):
+    """`stanchion report log --json | head -1`: the pipe closes before the
+    report is written; the command ends with status 1, quietly."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stanchion", "report", str(SAMPLE), *fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the log is read
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert b"Traceback" not in err and b"Broken pipe" not in err
+
+
+def test_a_long_key_does_not_push_the_numbers_out_of_the_tables():
+    """Anyone can request a 300-byte path (or, behind a proxy, send a long
+    client field): the tables still show every row's counts, the long
+    key on several lines."""
+    rows = [(f"10.0.0.{i}", i, "/a", 200) for i in range(5)]
+    rows.append(("X" * 300, 9, "/" + "p" * 300, 404))
+    proc = run_cli("-", stdin=log(rows))
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert re.search(r"^ 10\.0\.0\.0 +1 +16\.7% +10 B +0 +0 +1/1/1 +1/1 *$", out, re.M)
+    assert re.search(r"^ /a +5 +50 B +0 +0 *$", out, re.M)
+    assert re.search(r"^ /p{47} +1 +10 B +1 +0 *$", out, re.M)
+    assert re.search(r"^ X{48} +1 +16\.7% +10 B +1 +0 ", out, re.M)
+    assert folded(out, "/" + "p" * 300)
+
+
+def folded(out: str, text: str, width: int = 48) -> bool:
+    """``text`` in a table's first column, on lines of ``width``."""
+    return all(
+        re.search("^ " + re.escape(text[i : i + width]), out, re.M)
+        for i in range(0, len(text), width)
+    )

@@ -85,7 +85,7 @@ class Penalty:
         if isinstance(after, bool) or not isinstance(after, int):
             raise TypeError(f"after must be an int, not {type(after).__name__}")
         if not 1 <= after < 2**63:
-            raise ValueError(f"after must be >= 1, got {after!r}")
+            raise ValueError(f"after must be from 1 to 2**63 - 1, got {after!r}")
         within_s = _seconds("within", within)
         ban_s = _seconds("ban", ban)
         if isinstance(factor, bool) or not isinstance(factor, (int, float)):

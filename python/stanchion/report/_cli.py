@@ -55,6 +55,8 @@ def build_report(
     rates. Bad arguments raise ValueError/TypeError before any reading."""
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValueError(f"top must be an int >= 1, got {top!r}")
+    if isinstance(track, bool) or not isinstance(track, int) or not 1 <= track < 2**31:
+        raise ValueError(f"track must be an int from 1 to 2**31 - 1, got {track!r}")
     if key not in KEYS:
         raise ValueError(f"key must be one of {', '.join(KEYS)}, got {key!r}")
     if algorithm not in ALGORITHMS:
@@ -295,6 +297,21 @@ def run_report_command(
         return 2
     if args.penalty is not None and args.simulate is None:
         parser.error("--penalty applies to a simulation: give --simulate RATES too")
+    if args.html:
+        # Before reading a large log, not after: where the page goes.
+        where = os.path.dirname(os.path.abspath(args.html))
+        why = (
+            "is a directory"
+            if os.path.isdir(args.html)
+            else "its directory does not exist"
+            if not os.path.isdir(where)
+            else "its directory is not writable"
+            if not os.access(where, os.W_OK)
+            else None
+        )
+        if why is not None:
+            print(f"stanchion report: cannot write {args.html}: {why}", file=sys.stderr)
+            return 2
     progress = args.progress
     if progress is None:
         sizes = [
@@ -343,11 +360,17 @@ def run_report_command(
         except OSError as e:
             print(f"stanchion report: cannot write {args.html}: {e}", file=sys.stderr)
             return 1
-    if args.json:
-        text = json.dumps(model, indent=2)
-        (out or print)(text)
-    else:
-        from ._terminal import render
+    try:
+        if args.json:
+            text = json.dumps(model, indent=2)
+            (out or print)(text)
+        else:
+            from ._terminal import render
 
-        render(model, html=args.html)
+            render(model, html=args.html)
+    except BrokenPipeError:
+        # The reader left (| head): no traceback, and none again when
+        # Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0

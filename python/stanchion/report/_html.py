@@ -24,8 +24,18 @@ def _t(ts: float) -> str:
 
 
 def _json(obj: Any) -> str:
-    # "</" would end the script element early.
-    return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
+    # Inside <script>, "</" ends the element and "<!--" then "<script"
+    # keeps its end tag from ending it (the rest of the page becomes
+    # script text): the log's strings carry no "<", ">" or "&" into it.
+    text = json.dumps(obj, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _label(key: str) -> str:
+    """A log's key as a chart label: plotly reads tags (<a href>, <span
+    style>) and entities in labels, so the key's own "<", ">" and "&"
+    are written as entities, which plotly shows as the characters."""
+    return html.escape(key, quote=False)
 
 
 MAX_SECOND_POINTS = 50_000
@@ -99,7 +109,7 @@ def _figures(model: dict[str, Any]) -> dict[str, Any]:
     figs["clients"] = go.Figure(
         go.Bar(
             x=[c["requests"] for c in clients],
-            y=[c["key"] for c in clients],
+            y=[_label(c["key"]) for c in clients],
             orientation="h",
             marker={
                 "color": ["#d62728" if c.get("abusive") else "#1f77b4" for c in clients]
@@ -109,6 +119,7 @@ def _figures(model: dict[str, Any]) -> dict[str, Any]:
     ).update_layout(
         title="Top clients (red: looks abusive)",
         template="plotly_white",
+        yaxis={"type": "category"},
         xaxis_title="requests",
     )
     figs["status"] = go.Figure(
@@ -124,7 +135,7 @@ def _figures(model: dict[str, Any]) -> dict[str, Any]:
         abusive = {c["key"] for c in model["abusive"]["clients"]}
         figs["suggestion"] = go.Figure(
             go.Bar(
-                x=[r["key"] for r in rows],
+                x=[_label(r["key"]) for r in rows],
                 y=[r["refused"] for r in rows],
                 marker={
                     "color": [
@@ -136,6 +147,7 @@ def _figures(model: dict[str, Any]) -> dict[str, Any]:
         ).update_layout(
             title=f"Who the suggestion {sug['rates']} would refuse",
             template="plotly_white",
+            xaxis={"type": "category"},
             yaxis_title="refused requests",
         )
     return figs

@@ -169,7 +169,10 @@ def read_inputs(
             inp.first_line = line_no
             inp.lines = 0
             if bar is not None:
-                bar.update(task, description=os.path.basename(inp.name) or inp.name)
+                from ._terminal import quoted
+
+                name = os.path.basename(inp.name) or inp.name
+                bar.update(task, description=quoted(name))
             raw = inp.open_raw()
             spool = None
             if spool_stdin and inp.name == "-" and inp.spool is None:

@@ -4,9 +4,10 @@ lists throughout, so ``--json`` is the model itself."""
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 __all__ = [
@@ -86,23 +87,56 @@ def _series(per_second: Sequence[Sequence[int]], step: int) -> list[list[int]]:
     return [[s, *row] for s, row in sorted(out.items())]
 
 
-def _filled(series: Sequence[Sequence[int]], step: int) -> list[int]:
-    """The request counts of a series with its empty steps as zeros."""
-    if not series:
-        return []
-    first = series[0][0]
-    counts = [0] * ((series[-1][0] - first) // step + 1)
-    for row in series:
-        counts[(row[0] - first) // step] = row[1]
-    return counts
+class _Counts:
+    """The request counts of a series with its empty steps as zeros,
+    without a list of the zeros: a log's first and last lines may lie
+    centuries apart (its timestamps are anyone's to write)."""
+
+    def __init__(self, series: Sequence[Sequence[int]], step: int) -> None:
+        self.values = sorted(row[1] for row in series)  # the steps with traffic
+        span = (series[-1][0] - series[0][0]) // step + 1 if series else 0
+        self.zeros = span - len(self.values)
+        self.n = span
+
+    def nth(self, k: int) -> int:
+        """The k-th smallest count (0-based)."""
+        return 0 if k < self.zeros else self.values[k - self.zeros]
+
+    def percentile(self, p: int) -> int:
+        """Nearest rank, as ``_percentile``."""
+        return self.nth(max(0, (p * self.n + 99) // 100 - 1)) if self.n else 0
+
+    def median_and_mad(self) -> tuple[float, float]:
+        """``statistics.median`` of the counts and of their distances to
+        it (n >= 1)."""
+        med = _median(self.nth, self.n)
+        # distances: the zeros' are all med; the others' sorted apart
+        dist = sorted(abs(v - med) for v in self.values)
+        cut = bisect.bisect_left(dist, med)
+
+        def nth_dist(k: int) -> float:
+            if k < cut:
+                return dist[k]
+            if k < cut + self.zeros:
+                return med
+            return dist[k - self.zeros]
+
+        return med, _median(nth_dist, self.n)
 
 
-def _rate_stats(counts: Sequence[int]) -> dict[str, int]:
+def _median(nth: Callable[[int], float], n: int) -> float:
+    """``statistics.median`` of n sorted values read through ``nth``."""
+    if n % 2:
+        return nth(n // 2)
+    return (nth(n // 2 - 1) + nth(n // 2)) / 2
+
+
+def _rate_stats(counts: _Counts) -> dict[str, int]:
     return {
-        "p50": _percentile(counts, 50),
-        "p90": _percentile(counts, 90),
-        "p99": _percentile(counts, 99),
-        "max": max(counts, default=0),
+        "p50": counts.percentile(50),
+        "p90": counts.percentile(90),
+        "p99": counts.percentile(99),
+        "max": counts.values[-1] if counts.values else 0,
     }
 
 
@@ -154,12 +188,11 @@ def _abusive(clients: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _bursts(per_minute: list[list[int]]) -> dict[str, Any]:
-    counts = _filled(per_minute, 60)
+    counts = _Counts(per_minute, 60)
     out: dict[str, Any] = {"rule": BURST_RULE, "minutes": []}
-    if len(counts) < 3:
+    if counts.n < 3:
         return out
-    med = statistics.median(counts)
-    mad = statistics.median(abs(v - med) for v in counts)
+    med, mad = counts.median_and_mad()
     t = max(med + BURST_K * MAD_SCALE * mad, BURST_F * med)
     out.update(threshold=t, median=med, mad=mad)
     episodes: list[dict[str, Any]] = []
@@ -287,8 +320,8 @@ def analyze(summary: dict[str, Any], *, top: int = 10) -> dict[str, Any]:
             "minutes": [{"start": r[0], "requests": r[1]} for r in by_min],
         },
         "site_rates": {
-            "per_second": _rate_stats(_filled(per_second, 1)),
-            "per_minute": _rate_stats(_filled(per_minute, 60)),
+            "per_second": _rate_stats(_Counts(per_second, 1)),
+            "per_minute": _rate_stats(_Counts(per_minute, 60)),
         },
         "bursts": _bursts(per_minute),
         "abusive": abusive,

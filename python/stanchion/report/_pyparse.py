@@ -25,6 +25,9 @@ both follow, beyond those of REPORT_SPEC (see ``LogParser``'s docstring):
 * Request: ``METHOD TARGET`` or ``METHOD TARGET PROTOCOL`` separated by
   single spaces, METHOD one or more of ``A-Z``, ``_``, ``-``, TARGET and
   PROTOCOL one or more bytes other than a space.
+* Client and path are cut to their first ``MAX_KEY`` bytes (the path
+  after dropping the query; its template is made from the cut path), so
+  the tables' memory is bounded by ``top`` times a few kB.
 * Every text (client, path, method, examples) is decoded as latin-1, so
   any byte string is a key and the order of keys is the order of bytes.
 """
@@ -106,11 +109,16 @@ _UUID = re.compile(
 _LONG_HEX = re.compile(r"[0-9a-fA-F]{16,}")
 
 MAX_METHODS = 16
+MAX_ITEMS = 256  # literals and fields in a format
 MAX_EXAMPLES = 5
 EXAMPLE_BYTES = 200
 # A longer line (after dropping a trailing "\r") is malformed: the C
 # parser never buffers more than this of one line.
 MAX_LINE = 65536
+# Clients and paths are cut to this many bytes (the C parser's LP_MAX_KEY).
+MAX_KEY = 2048
+# Byte sums stop at the largest int64, as the C parser's do.
+BYTES_MAX = 2**63 - 1
 
 
 def _tokenize(log_format: str) -> list[tuple[str, str]]:
@@ -187,6 +195,21 @@ def compile_format(log_format: str) -> tuple[re.Pattern[bytes], dict[str, int]]:
         raise TypeError(f"log_format must be a str, not {type(log_format).__name__}")
     named = NAMED_FORMATS.get(log_format)
     tokens = _tokenize(named if named is not None else log_format)
+    # The C parser's bound (LP_MAX_ITEMS): runs of literal bytes and
+    # fields, an Apache %t counting as "[", a field and "]".
+    items, in_lit = 0, False
+    for what, value in tokens:
+        if what == "lit" and value:
+            items += not in_lit
+            in_lit = True
+        elif value == "apache_time":
+            items += 2 + (not in_lit)
+            in_lit = True
+        elif what != "lit":
+            items += 1
+            in_lit = False
+    if items > MAX_ITEMS:
+        raise ValueError(f"the log format has too many fields: {log_format!r}")
     parts: list[str] = []
     kinds: dict[str, int] = {}
     group = 0
@@ -592,7 +615,8 @@ class PyLogParser:
             if r is None:
                 return self._bad(line)
             method = r.group(1).decode("latin-1")
-            path = r.group(2).split(b"?", 1)[0].decode("latin-1")
+            path = r.group(2).split(b"?", 1)[0][:MAX_KEY].decode("latin-1")
+        client = client[:MAX_KEY]
         self._count(client.decode("latin-1"), sec, method, path, status, size)
         if ev is not None:
             ev[0].append(sec * 1_000_000_000)
@@ -605,7 +629,7 @@ class PyLogParser:
     ) -> None:
         self._parsed += 1
         seq = self._parsed
-        self._bytes += size
+        self._bytes = min(self._bytes + size, BYTES_MAX)
         if self._first_ts is None or sec < self._first_ts:
             self._first_ts = sec
         if self._last_ts is None or sec > self._last_ts:
@@ -616,7 +640,7 @@ class PyLogParser:
         if row is None:
             row = self._per_second[sec] = [0, 0, 0, 0]
         row[0] += 1
-        row[1] += size
+        row[1] = min(row[1] + size, BYTES_MAX)
         row[2] += is4
         row[3] += is5
         if self._g_status is not None:
@@ -628,7 +652,7 @@ class PyLogParser:
             self._methods[method] = self._methods.get(method, 0) + 1
 
         e, new = self._clients.touch(client, seq)
-        e.bytes += size
+        e.bytes = min(e.bytes + size, BYTES_MAX)
         e.n4xx += is4
         e.n5xx += is5
         if new:
@@ -642,7 +666,7 @@ class PyLogParser:
 
         if self._g_request is not None:
             p, _ = self._paths.touch(path, seq)
-            p.bytes += size
+            p.bytes = min(p.bytes + size, BYTES_MAX)
             p.n4xx += is4
             p.n5xx += is5
             self._templates.touch(template(path), seq)

@@ -12,6 +12,7 @@ length on the hit that triggers it).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -27,6 +28,23 @@ from ._pyparse import Events, _Table
 __all__ = ["KEYS", "Replay", "parse_penalty"]
 
 KEYS = ("ip", "path", "ip+path")
+# The limiter's clock ends at 2**62 ns (early 2116); the parsers read
+# dates up to 2261. Lines from that far on are not replayed.
+CLOCK_END_NS = 4_611_686_017 * 1_000_000_000
+# The limiter holds up to max_keys keys: a longer key (a path is up to
+# 2 kB) goes into it as its digest, so its memory stays near 150 bytes
+# a key whatever the log's paths. A digest is itself that long, so it
+# never stands for a key that is one.
+DIGEST_FROM = 64
+
+
+def _limiter_key(key: str) -> str:
+    if len(key) < DIGEST_FROM:
+        return key
+    data = key.encode("utf-8", "surrogatepass")
+    return "#" + hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
 _PENALTY_PART = re.compile(r"\s*(after|within|ban|factor|max_ban)\s*=\s*([^,\s]+)\s*")
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)?")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -134,6 +152,7 @@ class Replay:
         self.hits = 0
         self.refused = 0
         self.banned_hits = 0
+        self.beyond_clock = 0  # lines dated past CLOCK_END_NS, not replayed
         self._refused_by_key = _Table(top)
         self._hits_by_key = _Table(top)
         self._per_second: dict[int, int] = {}
@@ -162,10 +181,13 @@ class Replay:
         seq = self.hits
         with _quiet_bans():
             for ts, k in zip(ts_ns, keys, strict=True):
+                if ts >= CLOCK_END_NS:
+                    self.beyond_clock += 1
+                    continue
                 now = ts / 1e9
                 self._now = now
                 seq += 1
-                d = hit(k)
+                d = hit(k if len(k) < DIGEST_FROM else _limiter_key(k))
                 hits_by_key.touch(k, seq)
                 if d.allowed:
                     continue
@@ -229,6 +251,7 @@ class Replay:
             "refused_by_key": keys,
             "refused_per_second": sorted([s, n] for s, n in self._per_second.items()),
             "banned_hits": self.banned_hits,
+            "beyond_clock": self.beyond_clock,
             "bans": self.bans,
             "banned_keys": bans,
         }

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ["render", "utc"]
 
@@ -17,6 +20,40 @@ def utc(ts: float | None, seconds: bool = True) -> str:
         return "-"
     t = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
     return t.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def visible(s: str) -> str:
+    """``s`` with its control and other unprintable characters written as
+    ``\\xNN``/``\\uNNNN``: log fields are anyone's to write, and an escape
+    sequence printed as it is would drive the operator's terminal."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def plain(s: str, style: str = "") -> Text:
+    """Text from a log (or any outside source) for a table cell: shown as
+    it is, never read as rich markup or emoji codes."""
+    return Text(visible(s), style=style)
+
+
+KEY_WIDTH = 48  # an IPv6 address fits
+
+
+def key(s: str, style: str = "") -> Text:
+    """A key for a table's first column (never wrapped, so an address
+    stays whole): ``plain``, on lines of KEY_WIDTH characters when longer,
+    so that a long path (anyone can send one) does not push the other
+    columns out of the table."""
+    v = visible(s)
+    if len(v) > KEY_WIDTH:
+        v = "\n".join(v[i : i + KEY_WIDTH] for i in range(0, len(v), KEY_WIDTH))
+    return Text(v, style=style)
+
+
+def quoted(s: str) -> str:
+    """Text from a log for a markup string (printed with emoji=False)."""
+    return escape(visible(s))
 
 
 def size(n: float) -> str:
@@ -52,10 +89,10 @@ def render(
         console = Console()
         if not console.is_terminal:
             console = Console(width=120)
-    p = console.print
+    p = functools.partial(console.print, emoji=False)
     tot = model["totals"]
     names = ", ".join(
-        i["name"] + (" (gzip)" if i["gzip"] else "") for i in model["inputs"]
+        quoted(i["name"]) + (" (gzip)" if i["gzip"] else "") for i in model["inputs"]
     )
     p(f"[bold]stanchion report[/bold]: {names}")
     p(
@@ -83,7 +120,7 @@ def render(
 
     if not tot["parsed"]:
         p(
-            f"No line parsed with the format {model['format']!r}"
+            f"No line parsed with the format {quoted(repr(model['format']))}"
             + ("; is it the right --format?" if tot["malformed"] else ".")
         )
         _malformed(console, model)
@@ -164,8 +201,10 @@ def render(
     parsed = tot["parsed"]
     for c in model["clients"]:
         r1, r60 = c["rates"]["1"], c["rates"]["60"]
-        row = [
-            ("[bold red]" + c["key"] + "[/] !") if c.get("abusive") else c["key"],
+        row: list[Text | str] = [
+            Text.assemble(key(c["key"], "bold red"), " !")
+            if c.get("abusive")
+            else key(c["key"]),
             f"{c['requests']:,}" + (f" (+-{c['error']})" if c["error"] else ""),
             _pct(c["requests"], parsed),
             size(c["bytes"]),
@@ -206,7 +245,7 @@ def render(
         t.columns[-1].justify = "left"
         for a in ab["clients"]:
             t.add_row(
-                a["key"],
+                key(a["key"]),
                 f"{a['requests']:,}",
                 str(a["max_1s"]),
                 str(a["max_60s"]),
@@ -221,7 +260,7 @@ def render(
     t = _table("Top paths", "path", "requests", "bytes", "4xx", "5xx")
     for x in model["paths"]:
         t.add_row(
-            x["key"],
+            key(x["key"]),
             f"{x['requests']:,}",
             size(x["bytes"]),
             str(x["n4xx"]),
@@ -230,7 +269,7 @@ def render(
     p(t)
     t = _table("Top path templates", "template", "requests")
     for x in model["templates"]:
-        t.add_row(x["key"], f"{x['requests']:,}")
+        t.add_row(key(x["key"]), f"{x['requests']:,}")
     p(t)
     t = _table("Status", "status", "requests", "share")
     for code, n in model["status"].items():
@@ -247,7 +286,7 @@ def render(
             console, "Replay of the suggestion", sug["replay"], sug.get("verdict")
         )
     if html:
-        p(f"HTML report written to {html}")
+        p(f"HTML report written to {quoted(html)}")
 
 
 def _malformed(console: Console, model: dict[str, Any]) -> None:
@@ -259,7 +298,7 @@ def _malformed(console: Console, model: dict[str, Any]) -> None:
             left=2,
         )
         for m in model["malformed_examples"]:
-            t.add_row(f"{m['input']}:{m['line']}", m["text"])
+            t.add_row(plain(f"{m['input']}:{m['line']}"), plain(m["text"]))
         console.print(t)
 
 
@@ -269,7 +308,7 @@ def _render_replay(
     r: dict[str, Any],
     verdict: dict[str, Any] | None = None,
 ) -> None:
-    p = console.print
+    p = functools.partial(console.print, emoji=False)
     pen = ""
     if r["penalty"]:
         q = r["penalty"]
@@ -279,11 +318,16 @@ def _render_replay(
         f"{r['refused']:,} of {r['hits']:,} requests refused ({_pct(r['refused'], r['hits'])}), "
         f"{_n(r['keys_refused'], 'key')} refused at least once"
     )
+    if r.get("beyond_clock"):
+        p(
+            f"  [dim]{_n(r['beyond_clock'], 'line')} dated from 2116 on not "
+            "replayed (past the limiter's clock)[/dim]"
+        )
     verdict = verdict or r.get("verdict")
     if verdict:
         p(
             f"  abusive clients: {verdict['abusive_refused']:,} refused "
-            f"({', '.join(verdict['abusive_clients_refused']) or 'none'}); "
+            f"({', '.join(map(quoted, verdict['abusive_clients_refused'])) or 'none'}); "
             f"other clients: {verdict['other_refused']:,} refused over "
             f"{verdict['other_clients_refused']} clients"
         )
@@ -291,7 +335,7 @@ def _render_replay(
         t = _table(f"{title}: most refused", r["key"], "refused", "of requests", "bans")
         for row in r["refused_by_key"]:
             t.add_row(
-                row["key"],
+                key(row["key"]),
                 f"{row['refused']:,}",
                 f"{row['hits']:,}" if row["hits"] is not None else "-",
                 str(row["bans"]),
@@ -307,7 +351,7 @@ def _render_replay(
             p(
                 f"  {_n(r['bans'], 'ban')}, {_n(len(r['banned_keys']), 'key')} banned: "
                 + ", ".join(
-                    f"{b['key']} ({b['bans']}x from {utc(b['first_ban_ts'])})"
+                    f"{quoted(b['key'])} ({b['bans']}x from {utc(b['first_ban_ts'])})"
                     for b in r["banned_keys"][:10]
                 )
             )
