@@ -793,7 +793,13 @@ async def test_memcached_outage_series(
         errors, outage = series()
         assert errors - before >= 3 and outage == 1
         private_memcached.start()
-        assert await statuses(app, 1) == [200]
+        # Recovered by itself: the next requests reach the server again
+        # (the first may still time out on a slow, sanitized build).
+        for _ in range(20):
+            assert await statuses(app, 1) == [200]
+            if series()[1] == 0:
+                break
+            await asyncio.sleep(0.1)
         assert series()[1] == 0
     finally:
         storage.close()
