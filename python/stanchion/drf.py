@@ -212,6 +212,9 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
 
     scope: str | None = None
     rate: str | None = None
+    #: DRF's key format, for subclasses that override ``get_cache_key``
+    #: as they would DRF's ``SimpleRateThrottle``'s.
+    cache_format = "throttle_%(scope)s_%(ident)s"
     THROTTLE_RATES: dict[str, Any] | None = None
     algorithm: str | None = None
     clock: Callable[[], float] | None = None
@@ -256,7 +259,11 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
         """The identity to count this request on: a string, ``None`` for
         the client address (stanchion's, through the trusted proxies), or
         ``False`` when this request is not throttled. Default: the
-        authenticated user's ``pk``, else the client address."""
+        authenticated user's ``pk``, else the client address.
+
+        A subclass that defines DRF's ``get_cache_key(request, view)``
+        instead is honoured: the key it returns is the identity, ``None``
+        means not throttled (as in DRF)."""
         if _is_authenticated(request):
             return f"user:{request.user.pk}"
         return None
@@ -282,14 +289,22 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
         rate = self.get_rate(scope)
         if rate is None:
             return True
-        ident = self.get_ident_key(request, view)
+        if getattr(type(self), "get_cache_key", None) is not None:
+            # A subclass written for DRF's SimpleRateThrottle: its key is
+            # the identity (None: this request is not throttled).
+            key = self.get_cache_key(request, view)
+            ident = False if key is None else key
+        else:
+            ident = self.get_ident_key(request, view)
         if ident is False:
             return True
         if ident is not None and not isinstance(ident, str):
-            raise TypeError(
-                f"{type(self).__name__}.get_ident_key() must return a str, "
-                f"None or False, not {type(ident).__name__}"
+            hook = (
+                "get_cache_key() must return a str or None"
+                if getattr(type(self), "get_cache_key", None) is not None
+                else "get_ident_key() must return a str, None or False"
             )
+            raise TypeError(f"{type(self).__name__}.{hook}, not {type(ident).__name__}")
         # Through the class: a plain function there is not a method.
         clock = getattr(type(self), "clock", None)
         if clock is None and getattr(type(self), "timer", None) is not None:

@@ -570,6 +570,60 @@ def test_drfs_own_hooks_throttle_rates_and_timer() -> None:
     assert t(factory.get("/")).status_code == 200
 
 
+def test_drfs_get_cache_key_override_is_the_identity() -> None:
+    """A subclass overriding DRF's ``get_cache_key`` (the usual way to
+    throttle by something else than the user or address) keeps working:
+    its key is the bucket, and None means not throttled, as in DRF; the
+    same subclass on DRF's own throttle gives the same answers."""
+    from rest_framework import throttling
+
+    def by_api_key(self: Any, request: Any, view: Any) -> str | None:
+        key = request.META.get("HTTP_X_API_KEY")
+        if key is None:
+            return None  # not throttled
+        return self.cache_format % {"scope": self.scope, "ident": key}
+
+    ours = type(
+        "ByKey",
+        (drf.RateThrottle,),
+        {"scope": "keyed", "rate": "2/min", "get_cache_key": by_api_key},
+    )
+    drfs = type(
+        "DrfByKey",
+        (throttling.SimpleRateThrottle,),
+        {"scope": "keyed", "rate": "2/min", "get_cache_key": by_api_key},
+    )
+    factory = APIRequestFactory()
+
+    def run(throttle: type) -> list[int]:
+        class KeyView(Base):
+            throttle_classes = [throttle]
+
+            def get(self, request: Any) -> Response:
+                return Response("k")
+
+        view = KeyView.as_view()
+        out = []
+        for key in ("a", "a", "a", "b", "b", "b", None, None, None):
+            headers = {} if key is None else {"HTTP_X_API_KEY": key}
+            out.append(view(factory.get("/", **headers)).status_code)
+        return out
+
+    expected = [200, 200, 429] * 2 + [200] * 3
+    assert run(ours) == expected
+    assert run(drfs) == expected
+
+    class BadKey(drf.RateThrottle):
+        scope = "keyed"
+        rate = "2/min"
+
+        def get_cache_key(self, request: Any, view: Any) -> Any:
+            return 42
+
+    with pytest.raises(TypeError, match=r"get_cache_key\(\) must return a str"):
+        BadKey().allow_request(factory.get("/"), None)
+
+
 def test_num_proxies_without_trusted_proxies_is_a_check_warning() -> None:
     """DRF's NUM_PROXIES has no meaning here: a project that set it and
     switches would count every client behind its proxy as the proxy.
