@@ -38,7 +38,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from fastapi import Depends, HTTPException, WebSocket, WebSocketException
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as StarletteRequest
 from starlette.responses import Response
@@ -63,6 +63,7 @@ __all__ = [
     "RateLimited",
     "WebSocketRateLimit",
     "cache",
+    "document",
     "exception_handlers",
     "limit",
     "problem_response",
@@ -625,7 +626,8 @@ class DocumentedRoute(APIRoute):
     ``responses=`` says wins. Other routes are left as they are.
 
     ``app.router.route_class = DocumentedRoute`` (before the routes are
-    added), or ``APIRouter(route_class=DocumentedRoute)``."""
+    added), or ``APIRouter(route_class=DocumentedRoute)``; or
+    ``stanchion.fastapi.document(app)`` once the routes are there."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
@@ -667,6 +669,55 @@ def document_route(route: APIRoute) -> None:
                 **(route.openapi_extra or {}),
                 "parameters": [*extra_params, *new],
             }
+
+
+def document(app: Any) -> None:
+    """Document stanchion's limits and cache (see :class:`DocumentedRoute`)
+    on every route ``app`` has: a ``FastAPI`` app or an ``APIRouter``,
+    called once its routes (and included routers) are added, whatever
+    their route class; routes added later are documented too (the
+    router's route class becomes :class:`DocumentedRoute` unless it has
+    one of its own). A schema generated already is made again."""
+    router = getattr(app, "router", app)
+    if not isinstance(router, APIRouter):
+        raise TypeError(
+            f"expected a FastAPI app or an APIRouter, not {type(app).__name__}"
+        )
+    _document_routes(router, set())
+    if router.route_class is APIRoute:
+        router.route_class = DocumentedRoute
+    if getattr(app, "openapi_schema", None) is not None:
+        app.openapi_schema = None
+
+
+def _document_routes(router: Any, seen: set[int]) -> None:
+    """document() on one router's routes, and on the routers included in
+    it: FastAPI flattens them into the routes (older releases) or keeps
+    each as an ``original_router`` (0.165 and later)."""
+    if id(router) in seen:
+        return
+    seen.add(id(router))
+    changed = False
+    for route in router.routes:
+        inner = getattr(route, "original_router", None)
+        if isinstance(inner, APIRouter):
+            _document_routes(inner, seen)
+        elif (
+            isinstance(route, APIRoute)
+            and not isinstance(route, DocumentedRoute)
+            and not getattr(route, _DOCUMENTED, False)
+        ):
+            document_route(route)
+            setattr(route, _DOCUMENTED, True)
+            changed = True
+    # The routes FastAPI derived from these for an including router are
+    # made again when this version moves.
+    if changed and isinstance(getattr(router, "_routes_version", None), int):
+        router._routes_version += 1
+
+
+# Set on a route document() has documented (it may be called again).
+_DOCUMENTED = "_stanchion_documented"
 
 
 class WebSocketRateLimit:

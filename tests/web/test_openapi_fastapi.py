@@ -20,6 +20,7 @@ from stanchion.fastapi import (
     DocumentedRoute,
     RateLimit,
     cache,
+    document,
     exception_handlers,
     limit,
 )
@@ -381,6 +382,59 @@ def test_other_routes_are_untouched() -> None:
     assert json.dumps(ours, sort_keys=True) == json.dumps(
         build(APIRoute).openapi(), sort_keys=True
     )
+
+
+async def test_document_after_the_routes_are_added(clock: FakeClock) -> None:
+    """document(app) documents routes added before it, those of a plain
+    APIRouter included into the app among them, and those added after;
+    other routes come out as FastAPI documents them; twice is once; a
+    schema generated before is made again."""
+
+    def build(documenting: bool) -> FastAPI:
+        app = FastAPI()
+        router = APIRouter(prefix="/v1")
+
+        @router.get("/items")
+        @limit("2/minute", scope="items", clock=clock)
+        async def items() -> dict[str, int]:
+            return {"n": 1}
+
+        @app.get("/plain")
+        def plain(x: int = 0) -> dict[str, int]:
+            return {"x": x}
+
+        app.include_router(router)
+        if documenting:
+            app.openapi()  # generated before: made again
+            document(app)
+            document(app)
+
+        @app.get("/later")
+        @cache(ttl=30)
+        async def later() -> dict[str, int]:
+            return {"n": 2}
+
+        return app
+
+    app = build(True)
+    spec = documented(app)
+    refused = spec["paths"]["/v1/items"]["get"]["responses"]["429"]
+    assert list(refused["headers"]) == REFUSAL
+    assert refused["headers"]["RateLimit-Policy"]["example"] == '"items";q=2;w=60'
+    later = spec["paths"]["/later"]["get"]
+    assert "304" in later["responses"]
+    names = [p["name"] for p in later.get("parameters", [])]
+    assert names.count("If-None-Match") == 1
+    plain = build(False).openapi()["paths"]["/plain"]
+    assert json.dumps(spec["paths"]["/plain"], sort_keys=True) == json.dumps(
+        plain, sort_keys=True
+    )
+    async with client(app) as c:
+        answers = [await c.get("/v1/items") for _ in range(3)]
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    matches(answers[2], refused)
+    with pytest.raises(TypeError, match="FastAPI app or an APIRouter"):
+        document(object())
 
 
 async def test_plans_and_own_responses(clock: FakeClock) -> None:
