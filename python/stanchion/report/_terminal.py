@@ -328,8 +328,13 @@ def _render_replay(
         p(
             f"  abusive clients: {verdict['abusive_refused']:,} refused "
             f"({', '.join(map(quoted, verdict['abusive_clients_refused'])) or 'none'}); "
-            f"other clients: {verdict['other_refused']:,} refused over "
-            f"{verdict['other_clients_refused']} clients"
+            "other clients: "
+            + (
+                f"{_n(verdict['other_refused'], 'request')} of "
+                f"{_n(verdict['other_clients_refused'], 'client')} refused"
+                if verdict["other_refused"]
+                else "none refused"
+            )
         )
     if r["refused_by_key"]:
         t = _table(f"{title}: most refused", r["key"], "refused", "of requests", "bans")
