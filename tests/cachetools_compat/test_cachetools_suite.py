@@ -24,8 +24,12 @@ from pathlib import Path
 
 import pytest
 
+import stanchion
+
 HERE = Path(__file__).resolve().parent
-PACKAGE = HERE.parent.parent / "python"
+# Where the stanchion under test is imported from: the checkout's python/
+# (an editable install), or site-packages (an installed build).
+PACKAGE = Path(stanchion.__file__).resolve().parent.parent
 
 # Test id -> the difference that makes it fail (each a row of the README
 # table). Both their LRU and TTL classes run the shared CacheTestMixin.
