@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import hiredis as _hiredis
 from redis.asyncio.cluster import RedisCluster as _AsyncRedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster as _RedisCluster
 from redis.exceptions import ConnectionError as _RedisConnectionError
@@ -84,12 +85,16 @@ class _AsyncLink(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _own_kwargs(kwargs: dict[str, Any], timeout: float | None) -> dict[str, Any]:
-    """A client's connection settings with our timeout and no retries."""
+def _own_kwargs(
+    kwargs: dict[str, Any], timeout: float | None, *, for_asyncio: bool = False
+) -> dict[str, Any]:
+    """A client's connection settings with our timeout and no retries
+    (an asyncio connection takes redis-py's asyncio Retry: recent
+    releases warn of a blocking one)."""
     kw = dict(kwargs)
     kw["socket_timeout"] = timeout
     kw["socket_connect_timeout"] = timeout
-    kw["retry"] = Retry(NoBackoff(), 0)
+    kw["retry"] = (AsyncRetry if for_asyncio else Retry)(NoBackoff(), 0)
     kw["decode_responses"] = False  # cached values are bytes
     kw.pop("retry_on_timeout", None)
     kw.pop("retry_on_error", None)
@@ -250,7 +255,7 @@ class _DirectAsync(_AsyncScan):
         self, connection_class: type[Any], kwargs: dict[str, Any], timeout: float
     ):
         self._class = connection_class
-        self._kwargs = _own_kwargs(kwargs, None)
+        self._kwargs = _own_kwargs(kwargs, None, for_asyncio=True)
         self._timeout = timeout
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
             weakref.WeakKeyDictionary()
