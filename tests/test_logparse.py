@@ -11,6 +11,7 @@ import gc
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -718,7 +719,10 @@ def test_a_finalizer_calling_the_parser_mid_summary_is_refused() -> None:
         gc.enable()
     gc.collect()
     assert seen and all(x == "fed" or "busy" in x for x in seen)
-    assert "busy" in seen[0]
+    if sys.version_info < (3, 12):
+        # Before 3.12 the collector runs inside an allocation, so mid-
+        # summary; since, only between bytecodes (after summary returns).
+        assert "busy" in seen[0]
     assert s["parsed"] == 50 and len(s["clients"]) == 50
     assert p.summary()["parsed"] == 50 + seen.count("fed")
 
