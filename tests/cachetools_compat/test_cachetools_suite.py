@@ -101,7 +101,10 @@ def their_tests(tmp_path_factory: pytest.TempPathFactory) -> Path:
             m.name = "/".join(
                 m.name.split("/")[1:]
             )  # cachetools-X/tests/... -> tests/...
-            tar.extract(m, where)
+            if hasattr(tarfile, "data_filter"):  # 3.12, and 3.10.12 on
+                tar.extract(m, where, filter="data")
+            else:
+                tar.extract(m, where)
     tests = where / "tests"
     assert (tests / "test_lru.py").is_file() and (tests / "test_ttl.py").is_file()
     return tests
