@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 from stanchion._core import LogParser
 from stanchion.report._pyparse import PyLogParser
 
+from ._fuzz import fuzz
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -594,40 +596,10 @@ def test_differential_other_formats(fmt: str) -> None:
 
 @pytest.mark.slow
 def test_engine_builds_without_python_and_survives_fuzzing(tmp_path: Path) -> None:
-    cc = shutil.which("gcc") or shutil.which("cc")
-    assert cc, "a C compiler is required"
-    exe = tmp_path / "logparse_fuzz"
-    subprocess.run(
-        [
-            cc,
-            "-std=c11",
-            "-O1",
-            "-g",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-fsanitize=address,undefined",
-            "-fno-sanitize-recover=undefined",
-            "-I",
-            str(ROOT / "src"),
-            str(ROOT / "tests/fuzz/logparse_fuzz.c"),
-            str(ROOT / "src/logparse.c"),
-            "-o",
-            str(exe),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    env = {"ASAN_OPTIONS": "detect_leaks=1", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run(
-        [str(exe), "20000"], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "20000 inputs ok" in proc.stdout
+    out = fuzz(tmp_path, "logparse_fuzz", ["logparse.c"], 20000, timeout=600)
     # the inputs reach the parser's far end: lines parse, some are bad,
     # tables evict
-    _, parsed, malformed, evicting = map(int, re.findall(r"\d+", proc.stdout))
+    _, parsed, malformed, evicting = map(int, re.findall(r"\d+", out))
     assert parsed > 100_000 and malformed > 10_000 and evicting > 1000
 
 
