@@ -173,13 +173,15 @@ async def _offer(
     duration: float,
     deadline: float,
     events: list[tuple[float, Any]],
-) -> list[tuple[float, float, int, Any]]:
+) -> list[tuple[float, float, int, Any, float]]:
     """Open-loop load: one search every 1/rate seconds for ``duration``,
     alternating between the services. Returns (start, latency, status,
-    detail) per search: detail is the provider that answered (200) or the
-    retry_after (503); status 0 for a failure to get an answer.
-    ``events`` are (time from start, callable) run on the way."""
-    results: list[tuple[float, float, int, Any]] = []
+    detail, held) per search: detail is the provider that answered (200)
+    or the retry_after (503); status 0 for a failure to get an answer;
+    held is how long the service says (Server-Timing) it held the search,
+    NaN when it did not say. ``events`` are (time from start, callable)
+    run on the way."""
+    results: list[tuple[float, float, int, Any, float]] = []
     limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
     async with httpx.AsyncClient(timeout=deadline + 5, limits=limits) as client:
 
@@ -194,9 +196,10 @@ async def _offer(
                 detail = (
                     body.get("retry_after") if status == 503 else body.get("provider")
                 )
+                held = _held(r.headers.get("server-timing", ""))
             except (httpx.HTTPError, ValueError):
-                status, detail = 0, None
-            results.append((start - t0, time.monotonic() - start, status, detail))
+                status, detail, held = 0, None, math.nan
+            results.append((start - t0, time.monotonic() - start, status, detail, held))
 
         t0 = time.monotonic()
         tasks = []
@@ -212,6 +215,15 @@ async def _offer(
             tasks.append(asyncio.create_task(one(i, t0)))
         await asyncio.gather(*tasks)
     return results
+
+
+def _held(timing: str) -> float:
+    """Seconds from a ``Server-Timing: search;dur=<ms>`` header."""
+    for metric in timing.split(","):
+        name, _, params = metric.strip().partition(";")
+        if name == "search" and params.startswith("dur="):
+            return float(params[4:]) / 1000
+    return math.nan
 
 
 def _quantile(xs: list[float], q: float) -> float:
@@ -318,6 +330,12 @@ def run_scene(window: float = 30.0, duration: float | None = None) -> dict[str, 
         "answered_p99_ms": 1000 * _quantile([r[1] for r in answered], 0.99),
         "refused_p50_ms": 1000 * _quantile([r[1] for r in refused], 0.5),
         "refused_p99_ms": 1000 * _quantile([r[1] for r in refused], 0.99),
+        # What the services held the searches (Server-Timing): the part
+        # the deadline bounds, without the client's and the accept queues.
+        "answered_held_p99_ms": 1000 * _quantile([r[4] for r in answered], 0.99),
+        "refused_held_p50_ms": 1000 * _quantile([r[4] for r in refused], 0.5),
+        "refused_held_p99_ms": 1000 * _quantile([r[4] for r in refused], 0.99),
+        "untimed": sum(1 for r in results if r[2] and math.isnan(r[4])),
         "b_killed_at_s": downtime["killed"],
         "b_revived_at_s": downtime["revived"],
         "b_served_after_revival": served_after,
@@ -335,10 +353,10 @@ def run_scene(window: float = 30.0, duration: float | None = None) -> dict[str, 
 
 
 def _rejoined(
-    answered: list[tuple[float, float, int, Any]], revived: float
+    answered: list[tuple[float, float, int, Any, float]], revived: float
 ) -> float | None:
     """Seconds from b's revival to the first search it answered after."""
-    after = [start for start, _, _, who in answered if who == "b" and start >= revived]
+    after = [r[0] for r in answered if r[3] == "b" and r[0] >= revived]
     return min(after) - revived if after else None
 
 
@@ -373,7 +391,8 @@ def _report(f: dict[str, Any]) -> None:
     print(
         f"  answered:         {f['answered']} ({f['answered_share']:.1%}), "
         f"p50 {f['answered_p50_ms']:.1f} ms, p99 {f['answered_p99_ms']:.1f} ms, "
-        f"{f['answered_late']} over 100 ms past the deadline"
+        f"{f['answered_late']} over 100 ms past the deadline "
+        f"(held by the service: p99 {f['answered_held_p99_ms']:.1f} ms)"
     )
     print(
         f"  refused (503):    {f['refused']}, {f['refused_with_retry_after']} with "

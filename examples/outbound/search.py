@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 
 import stanchion
@@ -78,15 +79,22 @@ def create_app(
     app.state.pool = pool
 
     @app.get("/search")
-    async def search(q: str) -> Any:
+    async def search(q: str, response: Response) -> Any:
+        # Server-Timing: how long this service held the search (what the
+        # deadline bounds), apart from any wait before it was accepted.
+        start = time.perf_counter()
         try:
             answer = await pool.acall(q)
         except stanchion.PoolExhausted as e:
             return JSONResponse(
                 {"error": "no provider can answer now", "retry_after": e.retry_after},
                 status_code=503,
-                headers={"Retry-After": str(max(1, math.ceil(e.retry_after)))},
+                headers={
+                    "Retry-After": str(max(1, math.ceil(e.retry_after))),
+                    "Server-Timing": _timing(start),
+                },
             )
+        response.headers["Server-Timing"] = _timing(start)
         return answer.json()
 
     @app.get("/health")
@@ -94,6 +102,10 @@ def create_app(
         return {"providers": {p.name: p.state() for p in pool.providers}}
 
     return app
+
+
+def _timing(start: float) -> str:
+    return f"search;dur={1000 * (time.perf_counter() - start):.1f}"
 
 
 def _from_environment() -> FastAPI:

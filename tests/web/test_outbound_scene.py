@@ -61,12 +61,24 @@ def test_every_search_is_answered_or_refused_with_retry_after(scene: dict) -> No
 
 def test_answers_come_within_the_deadline_and_refusals_promptly(scene: dict) -> None:
     deadline_ms = 1000 * scene["deadline_s"]
-    assert scene["answered_p99_ms"] <= deadline_ms + 1000 * SLACK, scene
-    assert scene["refused_p99_ms"] <= deadline_ms + 1000 * SLACK, scene
+    bound = deadline_ms + 1000 * SLACK
+    # What the services held each search (their Server-Timing header): the
+    # part the deadline bounds, on any machine.
+    assert scene["untimed"] == 0, scene
+    assert scene["answered_held_p99_ms"] <= bound, scene
+    assert scene["refused_held_p99_ms"] <= bound, scene
     # Most refusals come at once, not at the deadline: a search whose turn
     # is past it is not kept waiting to learn so.
     slow = 1000 * SLACK if os.environ.get("STANCHION_SANITIZED") else 0.0
-    assert scene["refused_p50_ms"] < deadline_ms / 2 + slow, scene
+    assert scene["refused_held_p50_ms"] < deadline_ms / 2 + slow, scene
+    if os.environ.get("STANCHION_SANITIZED"):
+        # Seen from the client, a search also waits for a CPU: under the
+        # sanitizer the scene's processes fall seconds behind the load
+        # (span_s over duration_s), the machine's time, not the deadline's.
+        return
+    assert scene["answered_p99_ms"] <= bound, scene
+    assert scene["refused_p99_ms"] <= bound, scene
+    assert scene["refused_p50_ms"] < deadline_ms / 2, scene
 
 
 def test_the_budgets_are_spent_not_wasted(scene: dict) -> None:
