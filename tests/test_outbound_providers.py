@@ -226,6 +226,10 @@ def test_spec():
             parse_spec(bad)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_command_line_runs_providers_until_interrupted(sig):
     proc = subprocess.Popen(
@@ -239,6 +243,10 @@ def test_command_line_runs_providers_until_interrupted(sig):
         ],
         stdout=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal sends it, whatever this run inherited: a
+        # suite started as a background job (nohup, &) ignores SIGINT, and
+        # a child would too.
+        preexec_fn=_default_sigint,
     )
     try:
         assert proc.stdout is not None
@@ -255,7 +263,12 @@ def test_command_line_runs_providers_until_interrupted(sig):
         conn.close()
     finally:
         proc.send_signal(sig)
-        out, _ = proc.communicate(timeout=10)
+        try:
+            out, _ = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 0
     assert "b: 1 served, 1 refused" in out
 
