@@ -289,9 +289,10 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
         rate = self.get_rate(scope)
         if rate is None:
             return True
-        if getattr(type(self), "get_cache_key", None) is not None:
-            # A subclass written for DRF's SimpleRateThrottle: its key is
-            # the identity (None: this request is not throttled).
+        # A subclass written for DRF's SimpleRateThrottle: its key is the
+        # identity (None: this request is not throttled).
+        keyed = getattr(type(self), "get_cache_key", None) is not None
+        if keyed:
             key = self.get_cache_key(request, view)
             ident = False if key is None else key
         else:
@@ -301,7 +302,7 @@ class RateThrottle(BaseThrottle):  # type: ignore[misc]
         if ident is not None and not isinstance(ident, str):
             hook = (
                 "get_cache_key() must return a str or None"
-                if getattr(type(self), "get_cache_key", None) is not None
+                if keyed
                 else "get_ident_key() must return a str, None or False"
             )
             raise TypeError(f"{type(self).__name__}.{hook}, not {type(ident).__name__}")
