@@ -44,12 +44,47 @@ class Call:
     outcome: str  # "real" | "allowed" | "denied" | "raised"
 
 
+class Stalls:
+    """When the whole process stood still (a full garbage collection late
+    in a long suite, a busy machine's scheduler): a thread that wakes
+    every 5 ms records each gap of more than 30 ms between its wake-ups.
+    A call that spans such a gap did not wait for Redis during it."""
+
+    TICK = 0.005
+    GAP = 0.03
+
+    def __init__(self) -> None:
+        self.gaps: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.TICK):
+            now = time.monotonic()
+            if now - last > self.GAP:
+                self.gaps.append((last + self.TICK, now))
+            last = now
+
+    def __enter__(self) -> Stalls:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def within(self, start: float, end: float) -> float:
+        return sum(max(0.0, min(end, b) - max(start, a)) for a, b in self.gaps)
+
+
 @dataclass
 class Timeline:
     calls: list[Call] = field(default_factory=list)
     down_at: float = 0.0  # just before the kill or pause
     back_at: float = 0.0  # just before the restart or resume
     up_at: float = 0.0  # once it answers again
+    stalls: Stalls = field(default_factory=Stalls)
 
     def record(self, start: float, result: object) -> None:
         end = time.monotonic()
@@ -96,8 +131,24 @@ class Timeline:
                 self.up_at - self.down_at,
                 odd,
             )
-        worst = max(c.end - c.start for c in self.calls)
-        assert worst < TIMEOUT + MARGIN, worst
+
+        # No call waits much beyond the timeout. The process standing
+        # still is not waiting for Redis: the time a call spent in such a
+        # stall is not counted (it is reported if the bound is crossed).
+        def waited(c: Call) -> float:
+            return c.end - c.start - self.stalls.within(c.start, c.end)
+
+        worst = max(self.calls, key=waited)
+        assert waited(worst) < TIMEOUT + MARGIN, (
+            round(waited(worst), 3),
+            round(worst.start - self.down_at, 3),
+            round(worst.end - worst.start, 3),
+            worst.outcome,
+            [
+                (round(a - self.down_at, 3), round(b - a, 3))
+                for a, b in self.stalls.gaps
+            ],
+        )
         # Most calls during the outage do not even wait for the timeout:
         # one per retry interval tries Redis, the others answer at once.
         waits = sorted(c.end - c.start for c in during)
@@ -160,14 +211,15 @@ def test_outage_under_load(
             time.sleep(0.002)
 
     threads = [threading.Thread(target=load) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        _outage(private_redis, kind, timeline)
-    finally:
-        stop.set()
+    with timeline.stalls:
         for t in threads:
-            t.join()
+            t.start()
+        try:
+            _outage(private_redis, kind, timeline)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
     lim.storage.close()
     timeline.check(policy)
     _one_warning_one_info(caplog)
@@ -196,14 +248,15 @@ async def test_outage_under_async_load(
             timeline.record(start, result)
             await asyncio.sleep(0.002)
 
-    tasks = [asyncio.create_task(load(n)) for n in range(4)]
-    try:
-        # The outage is driven from a thread: kill/pause/sleep block.
-        await asyncio.to_thread(_outage, private_redis, kind, timeline)
-    finally:
-        stop = True
-        await asyncio.gather(*tasks)
-        await lim.storage.aclose()
+    with timeline.stalls:
+        tasks = [asyncio.create_task(load(n)) for n in range(4)]
+        try:
+            # The outage is driven from a thread: kill/pause/sleep block.
+            await asyncio.to_thread(_outage, private_redis, kind, timeline)
+        finally:
+            stop = True
+            await asyncio.gather(*tasks)
+            await lim.storage.aclose()
     timeline.check(policy)
     _one_warning_one_info(caplog)
 
