@@ -811,6 +811,55 @@ def test_replay_keeps_long_keys_apart_in_little_memory():
     assert int(proc.stdout) < 100_000  # kB; 100000 keys of 2 kB: 200 MB and more
 
 
+def _run_without(blocked: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The report command in a Python where ``blocked`` cannot be imported."""
+    script = (
+        "import sys\n"
+        f"for name in {blocked!r}:\n"
+        "    sys.modules[name] = None\n"
+        "from stanchion.__main__ import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COLUMNS": "120"}
+    return subprocess.run(
+        [sys.executable, "-c", script, "report", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_json_needs_neither_rich_nor_plotly(tmp_path):
+    """--json runs without the report extra and gives the same model;
+    the tables need rich, --html plotly, --progress rich: each refused
+    with exit 2 and the extra to install, before anything is read."""
+    both = ["rich", "plotly"]
+    bare = _run_without(both, str(SAMPLE), "--json", "--no-progress")
+    assert bare.returncode == 0, bare.stderr
+    full = run_cli(str(SAMPLE), "--json", "--no-progress")
+    assert full.returncode == 0
+    bare_model, full_model = json.loads(bare.stdout), json.loads(full.stdout)
+    assert bare_model["totals"]["lines"] == 11_405
+    bare_model.pop("timing"), full_model.pop("timing")  # how long it took
+    assert bare_model == full_model
+    page = tmp_path / "r.html"
+    for blocked, args, module in (
+        (both, [], "rich"),
+        (["plotly"], ["--json", "--html", str(page)], "plotly"),
+        (["rich"], ["--json", "--progress"], "rich"),
+    ):
+        proc = _run_without(blocked, str(SAMPLE), *args)
+        assert proc.returncode == 2 and proc.stdout == "", (blocked, args)
+        assert f"({module} is not installed)" in proc.stderr
+        assert "pip install 'stanchion[report]'" in proc.stderr
+    assert not page.exists()
+    # plotly alone missing: the tables still print.
+    tables = _run_without(["plotly"], str(SAMPLE), "--no-progress")
+    assert tables.returncode == 0 and "198.51.100.66" in tables.stdout
+
+
 def test_an_unwritable_html_path_fails_before_reading(tmp_path):
     """A wrong --html path is told at once (exit 2), not after the whole
     log was read; nothing is printed on stdout."""

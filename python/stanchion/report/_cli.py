@@ -269,13 +269,29 @@ def add_report_parser(sub: Any) -> None:
     )
 
 
-def _missing_extra() -> str | None:
-    for module in ("rich", "plotly"):
+def _missing_extra(args: argparse.Namespace) -> str | None:
+    """The first module of the ``report`` extra this run needs and cannot
+    import: rich for the tables and an asked-for progress bar, plotly for
+    ``--html``. ``--json`` alone needs neither."""
+    needed = []
+    if not args.json or args.progress:
+        needed.append("rich")
+    if args.html:
+        needed.append("plotly")
+    for module in needed:
         try:
             __import__(module)
         except ImportError:
             return module
     return None
+
+
+def _have(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def run_report_command(
@@ -287,11 +303,11 @@ def run_report_command(
     """``stanchion report``: 0 on success, 2 on bad arguments or inputs
     (or without the ``report`` extra), 1 when an input fails mid-way or
     holds nothing to suggest from."""
-    missing = _missing_extra()
+    missing = _missing_extra(args)
     if missing is not None:
         print(
-            f"stanchion report needs the 'report' extra ({missing} is not "
-            f"installed): {EXTRA_HINT}",
+            f"stanchion report needs the 'report' extra for this ({missing} is "
+            f"not installed): {EXTRA_HINT}",
             file=sys.stderr,
         )
         return 2
@@ -317,7 +333,7 @@ def run_report_command(
         sizes = [
             os.path.getsize(n) for n in args.logs if n != "-" and os.path.isfile(n)
         ]
-        progress = sys.stderr.isatty() and sum(sizes) >= (32 << 20)
+        progress = sys.stderr.isatty() and sum(sizes) >= (32 << 20) and _have("rich")
     try:
         model = build_report(
             args.logs,
