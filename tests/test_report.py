@@ -440,6 +440,40 @@ def test_empty_and_unparsable_inputs(tmp_path):
     assert proc.returncode == 1 and b"no parsed line" in proc.stderr
 
 
+def test_progress_counts_compressed_bytes_from_a_pipe():
+    """The progress bar advances by the compressed bytes read, from a file
+    and from a pipe (stdin: no tell()); the lines are the same."""
+    import io
+
+    from stanchion.report._input import Input, _chunks
+
+    gz = SAMPLE.read_bytes()
+
+    class Pipe(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = io.BytesIO(gz)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+            chunk = self.data.read(min(len(b), 4096))
+            b[: len(chunk)] = chunk
+            return len(chunk)
+
+    results = []
+    for raw in (open(SAMPLE, "rb"), io.BufferedReader(Pipe())):  # noqa: SIM115
+        assert raw.seekable() is (not isinstance(raw.raw, Pipe))
+        steps: list[int] = []
+        inp = Input("-")
+        with raw:
+            text = b"".join(_chunks(inp, raw, steps.append))
+        assert inp.gzip and sum(steps) == len(gz)
+        assert len([n for n in steps if n]) > 1  # it moves as it reads
+        results.append(text)
+    assert results[0] == results[1] and results[0].count(b"\n") == 11_405
+
+
 def test_truncated_gzip_fails_cleanly(tmp_path):
     cut = tmp_path / "cut.log.gz"
     cut.write_bytes(SAMPLE.read_bytes()[:5000])

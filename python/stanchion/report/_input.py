@@ -87,6 +87,24 @@ def check_inputs(names: Sequence[str]) -> list[Input]:
     return out
 
 
+class _Counted:
+    """A binary stream's reads, counted (``count``: bytes read so far)."""
+
+    __slots__ = ("count", "raw")
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.count += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:  # gzip's rewind only
+        return self.raw.seek(offset, whence)
+
+
 def _chunks(
     inp: Input, raw: IO[bytes], counted: Callable[[int], None]
 ) -> Iterator[bytes]:
@@ -100,13 +118,14 @@ def _chunks(
     if inp.gzip:
         if prefix:
             raw.seek(0)
-        stream: Any = gzip.GzipFile(fileobj=raw, mode="rb")
+        # Progress in compressed bytes read, also from a pipe (no tell()).
+        source = _Counted(raw)
+        stream: Any = gzip.GzipFile(fileobj=source, mode="rb")
         last = 0
         while True:
             data = stream.read(CHUNK)
-            pos = raw.tell() if raw.seekable() else last
-            counted(pos - last)
-            last = pos
+            counted(source.count - last)
+            last = source.count
             if not data:
                 return
             yield data
