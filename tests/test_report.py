@@ -442,36 +442,60 @@ def test_empty_and_unparsable_inputs(tmp_path):
 
 def test_progress_counts_compressed_bytes_from_a_pipe():
     """The progress bar advances by the compressed bytes read, from a file
-    and from a pipe (stdin: no tell()); the lines are the same."""
+    and from a pipe (stdin: no tell()), whose first read may bring a
+    single byte; the lines are the same. Stdin kept for a second pass
+    (--suggest) is copied as it is read, not before."""
     import io
 
     from stanchion.report._input import Input, _chunks
 
-    gz = SAMPLE.read_bytes()
+    plain = gzip.decompress(SAMPLE.read_bytes())[:300_000]
+    for data in (SAMPLE.read_bytes(), plain):
 
-    class Pipe(io.RawIOBase):
-        def __init__(self) -> None:
-            self.data = io.BytesIO(gz)
+        class Pipe(io.RawIOBase):
+            def __init__(self, data: bytes) -> None:
+                self.data = io.BytesIO(data)
+                self.first = True
 
-        def readable(self) -> bool:
-            return True
+            def readable(self) -> bool:
+                return True
 
-        def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-            chunk = self.data.read(min(len(b), 4096))
-            b[: len(chunk)] = chunk
-            return len(chunk)
+            def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+                n = 1 if self.first else min(len(b), 4096)
+                self.first = False
+                chunk = self.data.read(n)
+                b[: len(chunk)] = chunk
+                return len(chunk)
 
-    results = []
-    for raw in (open(SAMPLE, "rb"), io.BufferedReader(Pipe())):  # noqa: SIM115
-        assert raw.seekable() is (not isinstance(raw.raw, Pipe))
-        steps: list[int] = []
-        inp = Input("-")
-        with raw:
-            text = b"".join(_chunks(inp, raw, steps.append))
-        assert inp.gzip and sum(steps) == len(gz)
-        assert len([n for n in steps if n]) > 1  # it moves as it reads
-        results.append(text)
-    assert results[0] == results[1] and results[0].count(b"\n") == 11_405
+        results = []
+        for raw in (io.BufferedReader(io.BytesIO(data)), io.BufferedReader(Pipe(data))):
+            steps: list[int] = []
+            copy = io.BytesIO()
+            inp = Input("-")
+            with raw:
+                text = b"".join(_chunks(inp, raw, steps.append, copy))
+            assert inp.gzip is (data is not plain)
+            assert sum(steps) == len(data) and copy.getvalue() == data
+            if inp.gzip:
+                assert len([n for n in steps if n]) > 1  # it moves as it reads
+            results.append(text)
+        assert results[0] == results[1]
+        assert results[0].count(b"\n") == (11_405 if inp.gzip else plain.count(b"\n"))
+
+
+def test_closed_stdin_is_an_error_not_a_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "stanchion", "report", "-", "--json"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=60,
+        check=False,
+        close_fds=True,
+        preexec_fn=lambda: os.close(0),
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.decode().strip() == "stanchion report: stdin ('-') is closed"
 
 
 def test_truncated_gzip_fails_cleanly(tmp_path):
@@ -888,6 +912,9 @@ def test_json_needs_neither_rich_nor_plotly(tmp_path):
         assert proc.returncode == 2 and proc.stdout == "", (blocked, args)
         assert f"({module} is not installed)" in proc.stderr
         assert "pip install 'stanchion[report]'" in proc.stderr
+    assert not page.exists()
+    proc = _run_without(both, str(SAMPLE), "--html", str(page))
+    assert proc.returncode == 2 and "(rich and plotly are not installed)" in proc.stderr
     assert not page.exists()
     # plotly alone missing: the tables still print.
     tables = _run_without(["plotly"], str(SAMPLE), "--no-progress")

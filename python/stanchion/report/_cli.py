@@ -269,8 +269,8 @@ def add_report_parser(sub: Any) -> None:
     )
 
 
-def _missing_extra(args: argparse.Namespace) -> str | None:
-    """The first module of the ``report`` extra this run needs and cannot
+def _missing_extra(args: argparse.Namespace) -> list[str]:
+    """The modules of the ``report`` extra this run needs and cannot
     import: rich for the tables and an asked-for progress bar, plotly for
     ``--html``. ``--json`` alone needs neither."""
     needed = []
@@ -278,12 +278,7 @@ def _missing_extra(args: argparse.Namespace) -> str | None:
         needed.append("rich")
     if args.html:
         needed.append("plotly")
-    for module in needed:
-        try:
-            __import__(module)
-        except ImportError:
-            return module
-    return None
+    return [m for m in needed if not _have(m)]
 
 
 def _have(module: str) -> bool:
@@ -304,9 +299,10 @@ def run_report_command(
     (or without the ``report`` extra), 1 when an input fails mid-way or
     holds nothing to suggest from."""
     missing = _missing_extra(args)
-    if missing is not None:
+    if missing:
         print(
-            f"stanchion report needs the 'report' extra for this ({missing} is "
+            "stanchion report needs the 'report' extra for this "
+            f"({' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
             f"not installed): {EXTRA_HINT}",
             file=sys.stderr,
         )

@@ -4,8 +4,8 @@ name) and stdin ("-"), in 1 MiB chunks, with an optional progress bar."""
 from __future__ import annotations
 
 import gzip
+import io
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -76,6 +76,8 @@ def check_inputs(names: Sequence[str]) -> list[Input]:
         raise ValueError("stdin ('-') can be read only once")
     for name in names:
         if name == "-":
+            if sys.stdin is None:  # started with stdin closed
+                raise ValueError("stdin ('-') is closed")
             out.append(Input(name))
             continue
         if os.path.isdir(name):
@@ -87,58 +89,63 @@ def check_inputs(names: Sequence[str]) -> list[Input]:
     return out
 
 
-class _Counted:
-    """A binary stream's reads, counted (``count``: bytes read so far)."""
+class _Source:
+    """An input's bytes as the parser reads them: counted (``count``, for
+    the progress bar: compressed bytes for gzip, also from a pipe) and
+    copied to ``copy`` when one is given (stdin kept for a second pass,
+    written as it is read). ``head()`` reads the first two bytes in full
+    (a pipe may bring them one at a time) and gives them back first."""
 
-    __slots__ = ("count", "raw")
+    __slots__ = ("_pending", "copy", "count", "raw")
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], copy: IO[bytes] | None = None) -> None:
         self.raw = raw
+        self.copy = copy
         self.count = 0
+        self._pending = b""
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
+    def _read(self, size: int) -> bytes:
+        data = self.raw.read(size)  # buffered: size bytes unless at the end
         self.count += len(data)
+        if self.copy is not None and data:
+            self.copy.write(data)
         return data
 
-    def seek(self, offset: int, whence: int = 0) -> int:  # gzip's rewind only
-        return self.raw.seek(offset, whence)
+    def head(self) -> bytes:
+        self._pending = self._read(2)
+        return self._pending
+
+    def read(self, size: int = -1) -> bytes:
+        head = self._pending
+        if not head:
+            return self._read(size)
+        if 0 <= size < len(head):
+            self._pending = head[size:]
+            return head[:size]
+        self._pending = b""
+        return head + self._read(-1 if size < 0 else size - len(head))
+
+    def seek(self, offset: int, whence: int = 0) -> int:  # never: read once
+        raise io.UnsupportedOperation("an input is read once, in order")
 
 
 def _chunks(
-    inp: Input, raw: IO[bytes], counted: Callable[[int], None]
+    inp: Input,
+    raw: IO[bytes],
+    counted: Callable[[int], None],
+    copy: IO[bytes] | None = None,
 ) -> Iterator[bytes]:
-    peek = getattr(raw, "peek", None)
-    head = peek(2)[:2] if peek is not None else b""
-    prefix = b""
-    if peek is None:  # a spool file: read and put back
-        prefix = raw.read(2)
-        head = prefix
-    inp.gzip = head == GZIP_MAGIC
-    if inp.gzip:
-        if prefix:
-            raw.seek(0)
-        # Progress in compressed bytes read, also from a pipe (no tell()).
-        source = _Counted(raw)
-        stream: Any = gzip.GzipFile(fileobj=source, mode="rb")
-        last = 0
-        while True:
-            data = stream.read(CHUNK)
-            counted(source.count - last)
-            last = source.count
-            if not data:
-                return
-            yield data
-    else:
-        if prefix:
-            counted(len(prefix))
-            yield prefix
-        while True:
-            data = raw.read(CHUNK)
-            if not data:
-                return
-            counted(len(data))
-            yield data
+    source = _Source(raw, copy)
+    inp.gzip = source.head() == GZIP_MAGIC
+    stream: Any = gzip.GzipFile(fileobj=source, mode="rb") if inp.gzip else source
+    last = 0
+    while True:
+        data = stream.read(CHUNK)
+        counted(source.count - last)
+        last = source.count
+        if not data:
+            return
+        yield data
 
 
 def read_inputs(
@@ -205,12 +212,9 @@ def read_inputs(
 
             try:
                 if spool is not None:
-                    shutil.copyfileobj(raw, spool, CHUNK)
-                    spool.seek(0)
-                    inp.spool = spool
-                    raw = spool
+                    inp.spool = spool  # written as read (closed by build_report)
                 last = b"\n"
-                for data in _chunks(inp, raw, counted):
+                for data in _chunks(inp, raw, counted, spool):
                     inp.lines += data.count(b"\n")
                     feed(data)
                     last = data[-1:]
