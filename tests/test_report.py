@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -28,11 +29,17 @@ ENGINES = ["python"] + (["c"] if hasattr(stanchion._core, "LogParser") else [])
 
 
 def run_cli(
-    *args: str, stdin: bytes | None = None
+    *args: str, stdin: bytes | None = None, blocked: Sequence[str] = ()
 ) -> subprocess.CompletedProcess[bytes]:
+    """``stanchion report ARGS`` in a child Python, where the modules
+    ``blocked`` cannot be imported."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COLUMNS": "120"}
+    script = (
+        f"import sys\nsys.modules.update(dict.fromkeys({list(blocked)!r}))\n"
+        "from stanchion.__main__ import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
     return subprocess.run(
-        [sys.executable, "-m", "stanchion", "report", *args],
+        [sys.executable, "-c", script, "report", *args],
         input=stdin,
         capture_output=True,
         env=env,
@@ -452,23 +459,23 @@ def test_progress_counts_compressed_bytes_from_a_pipe():
     # Four gzip members: more than gzip reads at once (128 KiB on 3.15).
     gz = SAMPLE.read_bytes() * 4
     plain = gzip.decompress(SAMPLE.read_bytes())[:300_000]
+
+    class Pipe(io.RawIOBase):
+        def __init__(self, data: bytes) -> None:
+            self.data = io.BytesIO(data)
+            self.first = True
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+            n = 1 if self.first else min(len(b), 4096)
+            self.first = False
+            chunk = self.data.read(n)
+            b[: len(chunk)] = chunk
+            return len(chunk)
+
     for data in (gz, plain):
-
-        class Pipe(io.RawIOBase):
-            def __init__(self, data: bytes) -> None:
-                self.data = io.BytesIO(data)
-                self.first = True
-
-            def readable(self) -> bool:
-                return True
-
-            def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
-                n = 1 if self.first else min(len(b), 4096)
-                self.first = False
-                chunk = self.data.read(n)
-                b[: len(chunk)] = chunk
-                return len(chunk)
-
         results = []
         for raw in (io.BufferedReader(io.BytesIO(data)), io.BufferedReader(Pipe(data))):
             steps: list[int] = []
@@ -873,32 +880,12 @@ def test_replay_keeps_long_keys_apart_in_little_memory():
     assert int(proc.stdout) < 100_000  # kB; 100000 keys of 2 kB: 200 MB and more
 
 
-def _run_without(blocked: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-    """The report command in a Python where ``blocked`` cannot be imported."""
-    script = (
-        "import sys\n"
-        f"for name in {blocked!r}:\n"
-        "    sys.modules[name] = None\n"
-        "from stanchion.__main__ import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COLUMNS": "120"}
-    return subprocess.run(
-        [sys.executable, "-c", script, "report", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_json_needs_neither_rich_nor_plotly(tmp_path):
     """--json runs without the report extra and gives the same model;
     the tables need rich, --html plotly, --progress rich: each refused
     with exit 2 and the extra to install, before anything is read."""
     both = ["rich", "plotly"]
-    bare = _run_without(both, str(SAMPLE), "--json", "--no-progress")
+    bare = run_cli(str(SAMPLE), "--json", "--no-progress", blocked=both)
     assert bare.returncode == 0, bare.stderr
     full = run_cli(str(SAMPLE), "--json", "--no-progress")
     assert full.returncode == 0
@@ -907,22 +894,21 @@ def test_json_needs_neither_rich_nor_plotly(tmp_path):
     bare_model.pop("timing"), full_model.pop("timing")  # how long it took
     assert bare_model == full_model
     page = tmp_path / "r.html"
-    for blocked, args, module in (
-        (both, [], "rich"),
-        (["plotly"], ["--json", "--html", str(page)], "plotly"),
-        (["rich"], ["--json", "--progress"], "rich"),
+    for blocked, args, missing in (
+        (both, [], "rich is"),
+        (["plotly"], ["--json", "--html", str(page)], "plotly is"),
+        (["rich"], ["--json", "--progress"], "rich is"),
+        (both, ["--html", str(page)], "rich and plotly are"),
     ):
-        proc = _run_without(blocked, str(SAMPLE), *args)
-        assert proc.returncode == 2 and proc.stdout == "", (blocked, args)
-        assert f"({module} is not installed)" in proc.stderr
-        assert "pip install 'stanchion[report]'" in proc.stderr
-    assert not page.exists()
-    proc = _run_without(both, str(SAMPLE), "--html", str(page))
-    assert proc.returncode == 2 and "(rich and plotly are not installed)" in proc.stderr
+        proc = run_cli(str(SAMPLE), *args, blocked=blocked)
+        assert proc.returncode == 2 and proc.stdout == b"", (blocked, args)
+        err = proc.stderr.decode()
+        assert f"({missing} not installed)" in err
+        assert "pip install 'stanchion[report]'" in err
     assert not page.exists()
     # plotly alone missing: the tables still print.
-    tables = _run_without(["plotly"], str(SAMPLE), "--no-progress")
-    assert tables.returncode == 0 and "198.51.100.66" in tables.stdout
+    tables = run_cli(str(SAMPLE), "--no-progress", blocked=["plotly"])
+    assert tables.returncode == 0 and b"198.51.100.66" in tables.stdout
 
 
 def test_an_unwritable_html_path_fails_before_reading(tmp_path):

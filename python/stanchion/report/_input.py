@@ -200,9 +200,9 @@ def read_inputs(
                 name = os.path.basename(inp.name) or inp.name
                 bar.update(task, description=quoted(name))
             raw = inp.open_raw()
-            spool = None
+            spool = None  # stdin kept for a second pass, written as read
             if spool_stdin and inp.name == "-" and inp.spool is None:
-                spool = tempfile.TemporaryFile(prefix="stanchion-report-")  # noqa: SIM115 (closed by build_report)
+                spool = inp.spool = tempfile.TemporaryFile(prefix="stanchion-report-")  # noqa: SIM115 (closed by build_report)
 
             def counted(n: int, before: int = line_no - 1, inp: Input = inp) -> None:
                 if bar is not None and n:
@@ -211,8 +211,6 @@ def read_inputs(
                     bar.update(task, advance=n, rate=f"{lines / elapsed:,.0f} lines/s")
 
             try:
-                if spool is not None:
-                    inp.spool = spool  # written as read (closed by build_report)
                 last = b"\n"
                 for data in _chunks(inp, raw, counted, spool):
                     inp.lines += data.count(b"\n")
