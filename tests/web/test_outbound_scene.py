@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ..conftest import SANITIZED
+
 pytestmark = pytest.mark.slow
 
 RUN = Path(__file__).resolve().parents[2] / "examples" / "outbound" / "run.py"
@@ -20,7 +22,7 @@ WINDOW = 3.0
 DURATION = 6.0
 # Latency slack over the deadline: the sanitizer pass runs every Python
 # process of the scene (search services, load) several times slower.
-SLACK = 2.0 if os.environ.get("STANCHION_SANITIZED") else 0.5
+SLACK = 2.0 if SANITIZED else 0.5
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +71,9 @@ def test_answers_come_within_the_deadline_and_refusals_promptly(scene: dict) -> 
     assert scene["refused_held_p99_ms"] <= bound, scene
     # Most refusals come at once, not at the deadline: a search whose turn
     # is past it is not kept waiting to learn so.
-    slow = 1000 * SLACK if os.environ.get("STANCHION_SANITIZED") else 0.0
+    slow = 1000 * SLACK if SANITIZED else 0.0
     assert scene["refused_held_p50_ms"] < deadline_ms / 2 + slow, scene
-    if os.environ.get("STANCHION_SANITIZED"):
+    if SANITIZED:
         # Seen from the client, a search also waits for a CPU: under the
         # sanitizer the scene's processes fall seconds behind the load
         # (span_s over duration_s), the machine's time, not the deadline's.
